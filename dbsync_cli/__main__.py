@@ -1,0 +1,3 @@
+from dbsync_cli.cli.app import main
+
+main()
