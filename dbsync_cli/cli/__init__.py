@@ -1,0 +1,1 @@
+"""Thin command-line layer: parse options, build stages, read and write NDJSON."""

@@ -1,0 +1,42 @@
+"""The `dbsync` command: composable stages plus the supervised sender and receiver."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbsync_cli import __version__
+from dbsync_cli.cli import common, config_cmd, schema_cmd
+
+app = typer.Typer(
+    name="dbsync",
+    help="Keep a central OpenMRS database in sync with the databases of many sites (binlog CDC over Artemis STOMP).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dbsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr.")] = 0,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less log output on stderr.")] = 0,
+) -> None:
+    """Keep a central OpenMRS database in sync with the databases of many sites."""
+    common.state["verbosity"] = verbose - quiet
+
+
+app.add_typer(config_cmd.app, name="config")
+app.command("schema")(schema_cmd.schema)
+
+
+def main() -> None:
+    app()

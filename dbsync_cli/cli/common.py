@@ -1,0 +1,61 @@
+"""What every command shares: the --config option, logging set-up, one-line fatal errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from dbsync_cli import config as config_mod
+from dbsync_cli import exitcodes, logs
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $DBSYNC_CONFIG).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+state: dict[str, int] = {"verbosity": 0}
+
+
+def fail(message: str, code: int = exitcodes.FAILURE) -> NoReturn:
+    """One line on stderr naming what went wrong, then exit with a code that says why."""
+    print(f"dbsync: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def config_path(path: Path | None) -> Path | None:
+    if path is not None:
+        return path
+    env = os.environ.get("DBSYNC_CONFIG")
+    return Path(env) if env else None
+
+
+def detect_role(path: Path | None) -> str:
+    """A config's role is the section it has: [sender] or [receiver]."""
+    if path is None:
+        return os.environ.get("DBSYNC_ROLE", "sender")
+    try:
+        with open(path, "rb") as fh:
+            tree = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return "sender"
+    return "receiver" if "receiver" in tree or "central_db" in tree else "sender"
+
+
+def load_config(path: Path | None, role: str | None = None, *, log: bool = True) -> config_mod.Config:
+    path = config_path(path)
+    role = role or detect_role(path)
+    try:
+        cfg = config_mod.load(path, role)
+    except config_mod.ConfigError as exc:
+        fail(str(exc), exitcodes.CONFIG)
+    if log:
+        logs.setup(cfg["log_level"], state["verbosity"], cfg.log_file, cfg.secrets())
+        logging.getLogger("dbsync").debug("config %s (%s)", cfg.source, role)
+    return cfg

@@ -1,0 +1,236 @@
+"""Configuration: one TOML file per role, `DBSYNC_*` environment overrides, secrets from files.
+
+Keys read like the OpenMRS EIP properties (sender id, server id, broker url/user/password, home directory) so an
+operator who ran EIP recognises them. Every key is declared once in `KEYS`; validation errors name the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dbsync_cli.db import DbParams
+
+ENV_PREFIX = "DBSYNC_"
+MASK = "********"
+
+
+class ConfigError(Exception):
+    """A configuration problem: the message is one line that names the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    secret: bool = False
+    choices: tuple[str, ...] | None = None
+    roles: tuple[str, ...] = ("sender", "receiver")
+    help: str = ""
+
+
+_BOTH = ("sender", "receiver")
+_S = ("sender",)
+_R = ("receiver",)
+
+KEYS: dict[str, Key] = {
+    "home": Key(str, required=True, help="working directory (state, logs), like eip.home"),
+    "log_level": Key(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    "log_file": Key(str, None, help="default <home>/logs/dbsync.log"),
+    # broker (both roles)
+    "broker.url": Key(str, "stomp://127.0.0.1:61613", help="stomp://host:port or stomp+ssl://host:port"),
+    "broker.user": Key(str, required=True),
+    "broker.password": Key(str, required=True, secret=True),
+    "broker.tls": Key(bool, False),
+    "broker.ca_file": Key(str, None),
+    "broker.verify_hostname": Key(bool, True),
+    "broker.destination": Key(str, "openmrs.sync"),
+    "broker.destination_type": Key(str, "queue", choices=("queue", "topic")),
+    "broker.batch_messages": Key(int, 500, roles=_S),
+    "broker.batch_bytes": Key(int, 2_000_000, roles=_S),
+    "broker.compress_over": Key(int, 16_384, roles=_S),
+    "broker.max_message_bytes": Key(int, 4_000_000),
+    "broker.subscription": Key(str, "dbsync", roles=_R, help="durable subscription name (topic mode)"),
+    "broker.consumer_window": Key(int, 1_048_576, roles=_R),
+    # sender
+    "sender.id": Key(str, required=True, roles=_S, help="this site's identifier, e.g. the site name"),
+    "sender.server_id": Key(int, required=True, roles=_S, help="replication server id, unique per server"),
+    "sender.timezone": Key(str, "UTC", roles=_S, help="time zone of DATETIME values in the site DB"),
+    "sender.snapshot": Key(str, "initial", roles=_S, choices=("initial", "never", "when_needed")),
+    "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),
+    "sender.extra_tables": Key(list, [], roles=_S, help="module tables synced in addition"),
+    "sender.min_binlog_retention_hours": Key(int, 72, roles=_S),
+    "site_db.host": Key(str, "127.0.0.1", roles=_S),
+    "site_db.port": Key(int, 3306, roles=_S),
+    "site_db.database": Key(str, "openmrs", roles=_S),
+    "site_db.user": Key(str, required=True, roles=_S),
+    "site_db.password": Key(str, required=True, secret=True, roles=_S),
+    # receiver
+    "receiver.site_id": Key(str, "central", roles=_R, help="this receiver's own identifier"),
+    "receiver.timezone": Key(str, "UTC", roles=_R, help="time zone of DATETIME values at central"),
+    "receiver.conflict_policy": Key(str, "newer", roles=_R, choices=("newer", "any")),
+    "receiver.tables": Key(list, None, roles=_R),
+    "receiver.extra_tables": Key(list, [], roles=_R),
+    "receiver.batch_messages": Key(int, 500, roles=_R),
+    "receiver.retry_interval_seconds": Key(int, 60, roles=_R),
+    "central_db.host": Key(str, "127.0.0.1", roles=_R),
+    "central_db.port": Key(int, 3306, roles=_R),
+    "central_db.database": Key(str, "openmrs", roles=_R),
+    "central_db.state_schema": Key(str, "dbsync", roles=_R),
+    "central_db.user": Key(str, required=True, roles=_R),
+    "central_db.password": Key(str, required=True, secret=True, roles=_R),
+    "openmrs.url": Key(str, None, roles=_R, help="base URL, e.g. http://localhost:8080/openmrs"),
+    "openmrs.user": Key(str, None, roles=_R),
+    "openmrs.password": Key(str, None, secret=True, roles=_R),
+}
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _coerce_env(key: str, spec: Key, raw: str) -> Any:
+    """Environment values are strings: give them the key's type."""
+    kind = spec.type
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if kind is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: environment variable {_env_name(key)} is not a valid {kind.__name__}") from None
+    return raw
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+
+
+@dataclass
+class Config:
+    role: str
+    values: dict[str, Any]
+    source: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.values.get(key)
+        return default if value is None else value
+
+    @property
+    def home(self) -> Path:
+        return Path(self.values["home"]).expanduser()
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.values.get("log_file") or self.home / "logs" / "dbsync.log")
+
+    def db(self, section: str) -> DbParams:
+        return DbParams(
+            host=self[f"{section}.host"],
+            port=self[f"{section}.port"],
+            user=self[f"{section}.user"],
+            password=self[f"{section}.password"],
+            database=self[f"{section}.database"],
+        )
+
+    def secrets(self) -> list[str]:
+        """Secret values, so log output can mask them wherever they appear."""
+        return [str(v) for k, v in self.values.items() if KEYS[k].secret and v]
+
+    def masked(self) -> dict[str, Any]:
+        return {k: (MASK if KEYS[k].secret and v else v) for k, v in sorted(self.values.items())}
+
+
+def load(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, resolve secret files, validate. Raises ConfigError on the first problem."""
+    problems = validate(path, role, env)
+    if isinstance(problems, Config):
+        return problems
+    raise ConfigError(problems[0])
+
+
+def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, str] | None = None) -> Config | list[str]:
+    """Return the config, or every problem found (one line each)."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    tree: dict[str, Any] = {}
+    source = "environment"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                tree = tomllib.load(fh)
+        except FileNotFoundError:
+            return [f"config file {path}: not found"]
+        except tomllib.TOMLDecodeError as exc:
+            return [f"config file {path}: invalid TOML: {exc}"]
+    flat = _flatten(tree)
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.endswith("_file") and key[: -len("_file")] in KEYS and KEYS[key[: -len("_file")]].secret:
+            continue
+        if key not in KEYS:
+            problems.append(f"{key}: unknown key in {source}")
+        elif role not in KEYS[key].roles:
+            problems.append(f"{key}: not a {role} key (it belongs to the {'/'.join(KEYS[key].roles)} config)")
+        else:
+            values[key] = value
+    for key, spec in KEYS.items():
+        if role not in spec.roles:
+            continue
+        env_value = env.get(_env_name(key))
+        if env_value is not None:
+            try:
+                values[key] = _coerce_env(key, spec, env_value)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+        if spec.secret and values.get(key) is None:
+            secret_file = env.get(_env_name(key) + "_FILE") or flat.get(key + "_file")
+            if secret_file:
+                try:
+                    values[key] = Path(secret_file).expanduser().read_text().strip()
+                except OSError as exc:
+                    problems.append(f"{key}_file: cannot read {secret_file}: {exc.strerror}")
+                    continue
+        value = values.get(key)
+        if value is None:
+            if spec.required:
+                problems.append(f"{key}: missing (set it in {source} or {_env_name(key)})")
+            values[key] = spec.default
+            continue
+        if spec.type is int and isinstance(value, bool) or not isinstance(value, spec.type):
+            problems.append(f"{key}: expected {_type_name(spec.type)}, got {type(value).__name__} {_shown(spec, value)}")
+        elif spec.choices and value not in spec.choices:
+            problems.append(f"{key}: {_shown(spec, value)} is not one of {', '.join(spec.choices)}")
+    if problems:
+        return problems
+    return Config(role=role, values=values, source=source)
+
+
+def _shown(spec: Key, value: Any) -> str:
+    return MASK if spec.secret else repr(value)

@@ -1,0 +1,224 @@
+"""Throwaway MariaDB servers (central + sites) with the binlog settings dbsync's capture relies on.
+
+Each instance lives in ``<home>/mariadb/<name>/`` (datadir, socket, pid file, logs) and is reached over
+TCP on 127.0.0.1 with two accounts: ``dbsync_admin`` (everything) and ``dbsync_repl`` (the least a
+capture needs: SELECT, REPLICATION SLAVE, BINLOG MONITOR — MariaDB's name for REPLICATION CLIENT).
+Tests can start more instances with other settings through :func:`start_mariadb` (``extra_args`` are
+appended last, so ``--binlog-row-metadata=MINIMAL`` overrides the default).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymysql
+
+from dbsync_cli.db import DbParams
+from dbsync_cli.devservices.common import (
+    HOST,
+    ServiceError,
+    pid_alive,
+    port_open,
+    read_pid,
+    run,
+    secret,
+    services_home,
+    spawn,
+    stop_pid,
+    wait_until,
+)
+
+ADMIN_USER = "dbsync_admin"
+REPL_USER = "dbsync_repl"
+# What capture needs and nothing more (verified with mysql-replication 1.0.17 streaming the binlog).
+REPL_GRANTS = "SELECT, REPLICATION SLAVE, BINLOG MONITOR"
+
+# name -> (port, server_id); the port moves with DBSYNC_SERVICES_PORT_OFFSET.
+DEFAULT_INSTANCES: dict[str, tuple[int, int]] = {"central": (33306, 1), "site1": (33307, 11), "site2": (33308, 12)}
+
+
+@dataclass(frozen=True)
+class MariaDbInstance:
+    """One server: where its files are and how to reach it."""
+
+    name: str
+    port: int
+    server_id: int
+    home: Path
+    extra_args: tuple[str, ...] = ()
+    host: str = HOST
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "mariadb" / self.name
+
+    @property
+    def datadir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "mariadbd.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "mariadbd.pid"
+
+    @property
+    def error_log(self) -> Path:
+        return self.dir / "error.log"
+
+    @property
+    def admin(self) -> DbParams:
+        return DbParams(host=self.host, port=self.port, user=ADMIN_USER, password=secret(self.home, ADMIN_USER))
+
+    @property
+    def repl(self) -> DbParams:
+        return DbParams(host=self.host, port=self.port, user=REPL_USER, password=secret(self.home, REPL_USER))
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def running(self) -> bool:
+        """Our process is alive (its datadir on the command line) and the port greets like MySQL."""
+        return pid_alive(self.pid(), str(self.datadir)) and _greets(self.port, self.host)
+
+    def server_args(self) -> list[str]:
+        args = [
+            "mariadbd",
+            "--no-defaults",  # must stay first: ignore /etc/mysql so the settings below are all there is
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.pid_file}",
+            f"--log-error={self.error_log}",
+            f"--port={self.port}",
+            f"--bind-address={self.host}",
+            "--skip-name-resolve",
+            "--log-bin=mysql-bin",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+            f"--server-id={self.server_id}",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-log-file-size=64M",
+            # Throwaway servers: durability of the last second is not worth the fsyncs.
+            "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0",
+            "--max-connections=300",
+            "--max-allowed-packet=64M",
+        ]
+        if os.geteuid() == 0:
+            args.insert(2, "--user=root")
+        return args + list(self.extra_args)
+
+
+def _greets(port: int, host: str = HOST) -> bool:
+    """The server sent a protocol-10 handshake: it is up and accepting logins (no credentials needed)."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.settimeout(2)
+            head = sock.recv(5)
+    except OSError:
+        return False
+    return len(head) == 5 and head[4] == 10
+
+
+def instance(name: str, port: int | None = None, server_id: int | None = None, *,
+             extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None) -> MariaDbInstance:
+    """Describe an instance; a default name (central/site1/site2) fills in its port and server id."""
+    from dbsync_cli.devservices.common import port_offset
+
+    if port is None or server_id is None:
+        if name not in DEFAULT_INSTANCES:
+            raise ServiceError(f"mariadb {name}: no default port/server id, give them explicitly")
+        dport, dsid = DEFAULT_INSTANCES[name]
+        port = port if port is not None else dport + port_offset()
+        server_id = server_id if server_id is not None else dsid
+    return MariaDbInstance(name=name, port=port, server_id=server_id, home=home or services_home(),
+                           extra_args=tuple(extra_args))
+
+
+def _install(inst: MariaDbInstance) -> None:
+    """Create the system tables into a scratch dir, then rename, so a failed install leaves nothing."""
+    tmp = inst.dir / "data.installing"
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={tmp}", "--auth-root-authentication-method=socket",
+           "--skip-test-db", "--skip-name-resolve"]
+    cmd += ["--user=root"] if os.geteuid() == 0 else [f"--auth-root-socket-user={getpass.getuser()}"]
+    run(cmd, what=f"mariadb {inst.name}: mariadb-install-db", timeout=120)
+    tmp.rename(inst.datadir)
+
+
+def _bootstrap_users(inst: MariaDbInstance) -> None:
+    """Create/refresh the two TCP accounts, logging in over the socket as the OS user (unix_socket auth)."""
+    os_user = "root" if os.geteuid() == 0 else getpass.getuser()
+    conn = pymysql.connect(unix_socket=str(inst.socket), user=os_user, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            for user, grants, extra in ((ADMIN_USER, "ALL PRIVILEGES", " WITH GRANT OPTION"),
+                                        (REPL_USER, REPL_GRANTS, "")):
+                password = secret(inst.home, user)
+                cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, inst.host, password))
+                cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, inst.host, password))
+                cur.execute(f"GRANT {grants} ON *.* TO %s@%s{extra}", (user, inst.host))  # noqa: S608
+    finally:
+        conn.close()
+
+
+def _state_file(inst: MariaDbInstance) -> Path:
+    return inst.dir / "instance.json"
+
+
+def start_mariadb(name: str, port: int | None = None, server_id: int | None = None, *,
+                  extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None,
+                  timeout: float = 60) -> MariaDbInstance:
+    """Start (or keep) the instance ``name``; a running one with other settings is restarted.
+
+    Idempotent: when the instance already runs with the same port, server id and extra args this
+    returns at once.
+    """
+    inst = instance(name, port, server_id, extra_args=extra_args, home=home)
+    wanted = {"port": inst.port, "server_id": inst.server_id, "args": inst.server_args()}
+    state = _state_file(inst)
+    if inst.running():
+        recorded = json.loads(state.read_text()) if state.exists() else {}
+        if {k: recorded.get(k) for k in wanted} == wanted:
+            return inst
+        stop_mariadb(inst)
+    if port_open(inst.port, inst.host):
+        raise ServiceError(f"mariadb {name}: port {inst.host}:{inst.port} is taken by another process")
+    inst.dir.mkdir(parents=True, exist_ok=True)
+    if not inst.datadir.exists():
+        _install(inst)
+    inst.pid_file.unlink(missing_ok=True)
+    pid = spawn(inst.server_args(), log=inst.dir / "console.log")
+    wait_until(lambda: _greets(inst.port, inst.host) and inst.socket.exists(), timeout=timeout,
+               what=f"mariadb {name} (port {inst.port})", alive=lambda: pid_alive(pid), log=inst.error_log)
+    wait_until(lambda: inst.pid() == pid, timeout=5, what=f"mariadb {name} pid file")
+    marker = inst.dir / "users.done"
+    if not marker.exists():
+        _bootstrap_users(inst)
+        marker.write_text("dbsync_admin, dbsync_repl created\n")
+    state.write_text(json.dumps({**wanted, "pid": pid}, indent=2) + "\n")
+    return inst
+
+
+def stop_mariadb(inst: MariaDbInstance | str, *, home: Path | None = None, timeout: float = 60) -> bool:
+    """Stop by PID (SIGTERM = clean shutdown, SIGKILL after ``timeout``). True if it was running."""
+    if isinstance(inst, str):
+        inst = instance(inst, 0, 0, home=home)  # port/server id are irrelevant for stopping
+    return stop_pid(inst.pid(), marker=str(inst.datadir), what=f"mariadb {inst.name}", timeout=timeout)
+
+
+def destroy_mariadb(inst: MariaDbInstance) -> None:
+    """Stop and delete the instance's files (for tests' extra instances)."""
+    stop_mariadb(inst)
+    shutil.rmtree(inst.dir, ignore_errors=True)

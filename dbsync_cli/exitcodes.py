@@ -1,0 +1,9 @@
+"""Process exit codes, one meaning each, so scripts and supervisors can react to the cause."""
+
+OK = 0
+FAILURE = 1
+CONFIG = 2  # configuration or usage problem
+UNREACHABLE = 3  # a configured server could not be reached
+BINLOG_PURGED = 10  # the checkpoint's binlog file is gone: re-snapshot needed
+BINLOG_SETTINGS = 11  # the site server's binlog settings cannot support capture
+SCHEMA = 12  # the schema lacks a configured table or column

@@ -1,0 +1,52 @@
+"""Logging to <home>/logs/dbsync.log (rotated) and stderr, with every configured secret masked."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+class SecretMask(logging.Filter):
+    """Replace secret values wherever they would appear, including in exception text."""
+
+    def __init__(self, secrets: Iterable[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            for secret in self.secrets:
+                text = text.replace(secret, "********")
+            record.msg, record.args = text, None
+        return True
+
+
+def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None, secrets: Iterable[str] = ()) -> None:
+    """-v lowers the stderr level, -q raises it; the file always keeps the configured level."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    base = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    stderr_level = max(logging.DEBUG, min(logging.CRITICAL, base - 10 * verbosity))
+    mask = SecretMask(secrets)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(stderr_level)
+    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    stderr.addFilter(mask)
+    root.addHandler(stderr)
+    root.setLevel(min(stderr_level, base))
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20_000_000, backupCount=5, encoding="utf-8")
+        handler.setLevel(base)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(mask)
+        root.addHandler(handler)
+    for noisy in ("stomp", "stomp.py", "pymysqlreplication"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, stderr_level))

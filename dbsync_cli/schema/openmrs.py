@@ -1,0 +1,187 @@
+"""The one place that knows OpenMRS: which tables sync, how a row is identified, how references travel, special rules.
+
+Everything is derived from the introspected schema, so module tables and later OpenMRS versions work when configured;
+the only literal knowledge is the EIP table set and the EIP rules (users secrets, site suffixes, attribute ids).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbsync_cli.schema.introspect import TableInfo, introspect
+
+#: The OpenMRS EIP set of synced (patient/clinical) tables, in an order where parents come before children.
+DEFAULT_SYNCED_TABLES: tuple[str, ...] = (
+    "person", "patient", "users", "provider", "person_name", "person_address", "person_attribute",
+    "patient_identifier", "relationship", "visit", "visit_attribute", "encounter", "encounter_provider",
+    "obs", "encounter_diagnosis", "conditions", "allergy", "patient_program", "patient_state",
+    "patient_program_attribute", "order_group", "order_group_attribute", "orders", "drug_order", "test_order",
+    "referral_order", "order_attribute", "diagnosis_attribute",
+)  # fmt: skip
+
+#: Columns of `users` that never leave the site (credentials and reset secrets).
+SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("password", "salt", "secret_question", "secret_answer", "activation_key"),
+}
+
+#: Columns that central suffixes with `|<site>` so that usernames and provider identifiers of sites cannot collide.
+SITE_SUFFIX_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("username", "system_id"),
+    "provider": ("identifier",),
+}
+
+#: Attribute tables whose value column holds a local id when the attribute type's format is an org.openmrs class.
+ATTRIBUTE_ID_VALUES: dict[str, tuple[str, str, str]] = {
+    # table: (value column, attribute type reference column, format column of the type table)
+    "person_attribute": ("value", "person_attribute_type_id", "format"),
+}
+
+PLACEHOLDER_REASON = "[placeholder]"
+
+_CLASS_TABLE_EXCEPTIONS = {"User": "users", "Order": "orders"}
+
+
+class SchemaError(Exception):
+    """The live schema does not support what the configuration asks for (one line, names the table)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Where a table's rows get their uuid: the table itself, or the parent a subclass shares its primary key with."""
+
+    table: str  # table that holds the uuid column
+    key: str  # its integer primary key; a subclass row's key has the same value
+
+
+@dataclass(frozen=True)
+class Reference:
+    column: str
+    table: str  # the referenced table
+    identity: Identity | None  # None: the target has no uuid, the value travels as it is (e.g. a role name)
+
+    @property
+    def by_uuid(self) -> bool:
+        return self.identity is not None
+
+
+@dataclass
+class SyncedTable:
+    name: str
+    info: TableInfo
+    key: str
+    identity: Identity
+    references: dict[str, Reference] = field(default_factory=dict)
+    secret_columns: tuple[str, ...] = ()
+    site_suffix_columns: tuple[str, ...] = ()
+    uuid_indexed: bool = False
+
+    @property
+    def is_subclass(self) -> bool:
+        return self.identity.table != self.name
+
+    @property
+    def data_columns(self) -> list[str]:
+        """Columns a sync message carries: all but the local key, the uuid (sent beside data) and secrets."""
+        skip = {self.key, "uuid", *self.secret_columns}
+        return [c for c in self.info.columns if c not in skip]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "table": self.name,
+            "key": self.key,
+            "identity": f"{self.identity.table}.uuid" + ("" if not self.is_subclass else f" (via {self.key})"),
+            "uuid_indexed": self.uuid_indexed,
+            "references": {c: r.table + ("" if r.by_uuid else " (by value)") for c, r in self.references.items()},
+            "secret_columns": list(self.secret_columns),
+            "site_suffix_columns": list(self.site_suffix_columns),
+            "attribute_id_value": self.name in ATTRIBUTE_ID_VALUES,
+        }
+
+
+def class_table(java_class: str) -> str | None:
+    """`org.openmrs.ProgramWorkflow` → `program_workflow`: the table an attribute format class is stored in."""
+    if not java_class.startswith("org.openmrs.") or java_class.count(".") != 2:
+        return None
+    simple = java_class.rsplit(".", 1)[1]
+    if simple in _CLASS_TABLE_EXCEPTIONS:
+        return _CLASS_TABLE_EXCEPTIONS[simple]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", simple).lower()
+
+
+class SchemaModel:
+    """Tables of one database plus the sync model of the configured tables."""
+
+    def __init__(self, database: str, tables: dict[str, TableInfo], synced: Iterable[str] = DEFAULT_SYNCED_TABLES):
+        self.database = database
+        self.tables = tables
+        self.synced: dict[str, SyncedTable] = {}
+        for name in synced:
+            if name not in tables:
+                raise SchemaError(f"synced table {name!r} does not exist in database {database!r}")
+            self.synced[name] = self._derive(tables[name])
+
+    @classmethod
+    def load(cls, conn: Any, database: str, synced: Iterable[str] | None = None) -> SchemaModel:
+        return cls(database, introspect(conn, database), synced if synced is not None else DEFAULT_SYNCED_TABLES)
+
+    def identity_of(self, table: str, _seen: frozenset[str] = frozenset()) -> Identity | None:
+        """The uuid holder for a table: itself, or (for a subclass keyed by its parent's key) the parent's."""
+        info = self.tables.get(table)
+        if info is None or table in _seen or len(info.primary_key) != 1:
+            return None
+        key = info.primary_key[0]
+        if info.has_uuid:
+            return Identity(table, key)
+        parent = info.foreign_keys.get(key)
+        if parent is None:
+            return None
+        return self.identity_of(parent.ref_table, _seen | {table})
+
+    def _derive(self, info: TableInfo) -> SyncedTable:
+        if len(info.primary_key) != 1:
+            raise SchemaError(f"synced table {info.name!r} needs a single-column primary key")
+        identity = self.identity_of(info.name)
+        if identity is None:
+            raise SchemaError(f"synced table {info.name!r} has no uuid column and its primary key is not a parent key")
+        key = info.primary_key[0]
+        refs = {
+            col: Reference(col, fk.ref_table, self.identity_of(fk.ref_table))
+            for col, fk in info.foreign_keys.items()
+            if col != key
+        }
+        return SyncedTable(
+            name=info.name,
+            info=info,
+            key=key,
+            identity=identity,
+            references=refs,
+            secret_columns=tuple(c for c in SECRET_COLUMNS.get(info.name, ()) if c in info.columns),
+            site_suffix_columns=tuple(c for c in SITE_SUFFIX_COLUMNS.get(info.name, ()) if c in info.columns),
+            uuid_indexed=identity.table == info.name and "uuid" in info.unique_single_columns,
+        )
+
+    def table(self, name: str) -> SyncedTable:
+        try:
+            return self.synced[name]
+        except KeyError:
+            raise SchemaError(f"table {name!r} is not a synced table") from None
+
+    def ident(self, table: str, column: str | None = None) -> str:
+        """A quoted identifier, only for names the introspected schema has: never built from message text."""
+        info = self.tables.get(table)
+        if info is None or (column is not None and column not in info.columns):
+            raise SchemaError(f"unknown {'column' if column else 'table'} {table}{'.' + column if column else ''}")
+        return f"`{table}`" if column is None else f"`{column}`"
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [t.describe() for t in self.synced.values()]
+
+
+def synced_table_names(tables: list[str] | None, extra: list[str] | None) -> list[str]:
+    """The configured synced set: the EIP default (or an explicit list) plus module tables."""
+    names = list(tables) if tables else list(DEFAULT_SYNCED_TABLES)
+    names += [t for t in extra or [] if t not in names]
+    return names
