@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dbsync_cli import __version__
-from dbsync_cli.cli import common, config_cmd, schema_cmd
+from dbsync_cli.cli import common, config_cmd, schema_cmd, sender_cmds
 
 app = typer.Typer(
     name="dbsync",
@@ -36,6 +36,10 @@ def main_options(
 
 app.add_typer(config_cmd.app, name="config")
 app.command("schema")(schema_cmd.schema)
+app.command("capture")(sender_cmds.capture)
+app.command("enrich")(sender_cmds.enrich)
+app.command("publish")(sender_cmds.publish)
+app.command("sender")(sender_cmds.sender)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -49,15 +50,17 @@ def cache_dir() -> Path:
 def secret(home: Path, name: str, *, nbytes: int = 18) -> str:
     """Return the secret ``name``, generating it once (hex: safe in SQL, URLs, properties files)."""
     path = home / "secrets" / name
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    value = secrets.token_hex(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(nbytes) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic: the first writer wins, concurrent callers read its value
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def secret_file(home: Path, name: str) -> Path:

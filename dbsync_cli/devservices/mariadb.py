@@ -121,14 +121,20 @@ class MariaDbInstance:
 
 
 def _greets(port: int, host: str = HOST) -> bool:
-    """The server sent a protocol-10 handshake: it is up and accepting logins (no credentials needed)."""
+    """The server answered with a MySQL packet: a handshake (protocol 10) or an error packet (0xff, e.g.
+    "host not allowed" before the TCP accounts exist). Needs no credentials and logs nothing."""
+    head = b""
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
             sock.settimeout(2)
-            head = sock.recv(5)
+            while len(head) < 5:
+                chunk = sock.recv(5 - len(head))
+                if not chunk:
+                    break
+                head += chunk
     except OSError:
         return False
-    return len(head) == 5 and head[4] == 10
+    return len(head) == 5 and head[4] in (10, 0xFF)
 
 
 def instance(name: str, port: int | None = None, server_id: int | None = None, *,
@@ -200,7 +206,7 @@ def start_mariadb(name: str, port: int | None = None, server_id: int | None = No
         _install(inst)
     inst.pid_file.unlink(missing_ok=True)
     pid = spawn(inst.server_args(), log=inst.dir / "console.log")
-    wait_until(lambda: _greets(inst.port, inst.host) and inst.socket.exists(), timeout=timeout,
+    wait_until(lambda: inst.socket.exists() and _greets(inst.port, inst.host), timeout=timeout,
                what=f"mariadb {name} (port {inst.port})", alive=lambda: pid_alive(pid), log=inst.error_log)
     wait_until(lambda: inst.pid() == pid, timeout=5, what=f"mariadb {name} pid file")
     marker = inst.dir / "users.done"

@@ -1,0 +1,48 @@
+"""The sender's durable state: one SQLite file under home holding named checkpoints.
+
+Only `publish` writes the binlog checkpoint, after the broker confirmed the data; `capture` reads it to resume.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BINLOG = "binlog"
+
+
+class CheckpointStore:
+    def __init__(self, home: Path):
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = home / "state.sqlite"
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, value BLOB NOT NULL, updated REAL NOT NULL)"
+        )
+
+    def load(self, name: str = BINLOG) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT value FROM checkpoint WHERE name=?", (name,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def updated(self, name: str = BINLOG) -> float | None:
+        row = self.conn.execute("SELECT updated FROM checkpoint WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def save(self, value: dict[str, Any], name: str = BINLOG) -> None:
+        self.conn.execute(
+            "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+            (name, orjson.dumps(value), time.time()),
+        )
+
+    def clear(self, name: str = BINLOG) -> None:
+        self.conn.execute("DELETE FROM checkpoint WHERE name=?", (name,))
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,119 @@
+"""`dbsync capture | enrich | publish` (each alone, NDJSON between them) and the combined `dbsync sender`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from dbsync_cli import exitcodes, records
+from dbsync_cli import sender as sender_mod
+from dbsync_cli.binlog import CaptureStop
+from dbsync_cli.checkpoint import CheckpointStore
+from dbsync_cli.cli import common
+from dbsync_cli.schema import SchemaError
+from dbsync_cli.stages.capture import capture as capture_stage
+from dbsync_cli.stages.enrich import enrich as enrich_stage
+from dbsync_cli.stages.publish import publish as publish_stage
+
+log = logging.getLogger("dbsync")
+
+SnapshotOption = Annotated[
+    str | None, typer.Option("--snapshot", help="initial | never | when_needed (default: sender.snapshot).")
+]
+UntilIdleOption = Annotated[bool, typer.Option("--until-idle", help="Stop at the end of the binlog.")]
+MaxEventsOption = Annotated[int | None, typer.Option("--max-events", help="Stop after N change events.")]
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT ask for a clean stop: finish the batch, write the checkpoint, exit 0."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping after the in-flight batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _model(cfg):  # type: ignore[no-untyped-def]
+    try:
+        return sender_mod.load_model(cfg)
+    except SchemaError as exc:
+        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+
+
+def capture(
+    config: common.ConfigOption = None,
+    snapshot: SnapshotOption = None,
+    until_idle: UntilIdleOption = False,
+    max_events: MaxEventsOption = None,
+) -> None:
+    """Stream the site's binlog as NDJSON change events, resuming after the published checkpoint."""
+    cfg = common.load_config(config, "sender")
+    stop = stop_on_signals()
+    model = _model(cfg)
+    settings = sender_mod.capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
+                                           max_events=max_events, progress=sys.stderr.isatty())
+    store = CheckpointStore(cfg.home)
+    checkpoint = store.load()
+    store.close()
+    try:
+        count = records.write(capture_stage(settings, checkpoint))
+    except CaptureStop as exc:
+        common.fail(str(exc), exc.code)
+    except BrokenPipeError:
+        raise typer.Exit(exitcodes.OK) from None
+    log.info("capture: %d records", count)
+
+
+def enrich(config: common.ConfigOption = None) -> None:
+    """Turn change events (stdin) into sync messages (stdout): current row, uuid references, wire types."""
+    cfg = common.load_config(config, "sender")
+    model = _model(cfg)
+    events = records.read(sys.stdin.buffer, "stdin")
+    try:
+        count = records.write(enrich_stage(events, sender_mod.enrich_settings(cfg), model))
+    except BrokenPipeError:
+        raise typer.Exit(exitcodes.OK) from None
+    log.info("enrich: %d messages", count)
+
+
+def publish(
+    config: common.ConfigOption = None,
+    echo: Annotated[bool, typer.Option("--echo", help="Write confirmed messages to stdout.")] = False,
+) -> None:
+    """Send sync messages (stdin) to Artemis; move the checkpoint only after the broker's receipt."""
+    cfg = common.load_config(config, "sender")
+    stop = threading.Event()
+    store = CheckpointStore(cfg.home)
+    messages = records.read(sys.stdin.buffer, "stdin", max_bytes=None)
+    confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), store.save)
+    count = records.write(confirmed) if echo else sum(1 for _ in confirmed)
+    store.close()
+    log.info("publish: %d messages confirmed", count)
+
+
+def sender(
+    config: common.ConfigOption = None,
+    snapshot: SnapshotOption = None,
+    until_idle: UntilIdleOption = False,
+    max_events: MaxEventsOption = None,
+) -> None:
+    """capture → enrich → publish in one supervised process (restart with backoff; SIGTERM drains and exits 0)."""
+    cfg = common.load_config(config, "sender")
+    stop = stop_on_signals()
+    try:
+        total = sender_mod.run_supervised(cfg, stop, snapshot=snapshot, until_idle=until_idle or None,
+                                          max_events=max_events, progress=sys.stderr.isatty() or None)
+    except CaptureStop as exc:
+        common.fail(str(exc), exc.code)
+    except SchemaError as exc:
+        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+    log.info("sender: %d messages confirmed", total)

@@ -1,0 +1,217 @@
+"""Real throwaway services for tests and the demo: three MariaDB servers and one Artemis broker.
+
+``ensure_up()`` starts whatever is not running (idempotent, fast when all run) and returns their
+endpoints; ``load()`` reads them without starting anything; ``down()`` stops everything by PID.
+All state is under ``services_home()``; ``<home>/services.json`` lists the endpoints (no passwords).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dbsync_cli.db import DbParams
+from dbsync_cli.devservices.artemis import ArtemisBroker, broker, start_artemis, stop_artemis
+from dbsync_cli.devservices.common import ServiceError, pid_alive, read_pid, secret, services_home
+from dbsync_cli.devservices.mariadb import (
+    ADMIN_USER,
+    DEFAULT_INSTANCES,
+    REPL_USER,
+    MariaDbInstance,
+    destroy_mariadb,
+    instance,
+    start_mariadb,
+    stop_mariadb,
+)
+from dbsync_cli.devservices.tls import ensure_tls
+
+if TYPE_CHECKING:
+    from dbsync_cli.broker import BrokerSettings
+
+__all__ = [
+    "ALL_NAMES", "ArtemisService", "MariaDbInstance", "MariaDbService", "ServiceError", "Services", "destroy_mariadb",
+    "down", "ensure_up", "load", "services_home", "start_mariadb", "status", "stop_mariadb",
+]
+
+ALL_NAMES: tuple[str, ...] = (*DEFAULT_INSTANCES, "artemis")
+
+
+@dataclass(frozen=True)
+class MariaDbService:
+    name: str
+    host: str
+    port: int
+    server_id: int
+    socket: str
+    admin: DbParams
+    repl: DbParams
+
+
+@dataclass(frozen=True)
+class ArtemisService:
+    host: str
+    port: int
+    tls_port: int
+    core_port: int
+    user: str
+    password: str = field(repr=False)
+    ca_file: str
+    rogue_ca_file: str
+
+    def settings(self, *, tls: bool = False) -> BrokerSettings:
+        """Connection settings for the plain or the TLS STOMP acceptor (TLS trusts our CA)."""
+        from dbsync_cli.broker import BrokerSettings
+
+        return BrokerSettings(host=self.host, port=self.tls_port if tls else self.port, user=self.user,
+                              password=self.password, tls=tls, ca_file=self.ca_file if tls else None)
+
+
+@dataclass(frozen=True)
+class Services:
+    home: Path
+    mariadb: Mapping[str, MariaDbService]
+    artemis: ArtemisService | None
+
+    def __getitem__(self, name: str) -> MariaDbService:
+        try:
+            return self.mariadb[name]
+        except KeyError:
+            raise ServiceError(f"no MariaDB instance {name!r} in {self.home} (have: {sorted(self.mariadb)})") from None
+
+
+def _manifest_path(home: Path) -> Path:
+    return home / "services.json"
+
+
+def _read_manifest(home: Path) -> dict[str, Any]:
+    path = _manifest_path(home)
+    return json.loads(path.read_text()) if path.exists() else {"mariadb": {}, "artemis": None}
+
+
+def _record(home: Path, started: Iterable[MariaDbInstance | ArtemisBroker]) -> None:
+    """Merge endpoints into services.json (never passwords: those stay in secrets/)."""
+    manifest = _read_manifest(home)
+    manifest["home"] = str(home)
+    for svc in started:
+        if isinstance(svc, MariaDbInstance):
+            manifest["mariadb"][svc.name] = {
+                "host": svc.host, "port": svc.port, "server_id": svc.server_id, "socket": str(svc.socket),
+                "admin_user": ADMIN_USER, "repl_user": REPL_USER, "pid_file": str(svc.pid_file),
+            }
+        else:
+            tls = ensure_tls(home)
+            manifest["artemis"] = {
+                "host": svc.host, "stomp_port": svc.stomp_port, "stomp_tls_port": svc.tls_port,
+                "core_port": svc.core_port, "user": svc.user, "ca_file": str(tls.ca_file),
+                "rogue_ca_file": str(tls.rogue_ca_file), "pid_file": str(svc.pid_file),
+                "stomp_url": f"stomp://{svc.host}:{svc.stomp_port}",
+                "stomp_tls_url": f"stomp+ssl://{svc.host}:{svc.tls_port}",
+            }
+    _manifest_path(home).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def load(home: Path | None = None) -> Services:
+    """Endpoints and credentials of services started before (does not check they still run)."""
+    home = home or services_home()
+    if not _manifest_path(home).exists():
+        raise ServiceError(f"no services recorded in {home}: run scripts/services up")
+    manifest = _read_manifest(home)
+    dbs = {}
+    for name, m in manifest["mariadb"].items():
+        base = DbParams(host=m["host"], port=m["port"])
+        dbs[name] = MariaDbService(
+            name=name, host=m["host"], port=m["port"], server_id=m["server_id"], socket=m["socket"],
+            admin=DbParams(host=base.host, port=base.port, user=m["admin_user"], password=secret(home, m["admin_user"])),
+            repl=DbParams(host=base.host, port=base.port, user=m["repl_user"], password=secret(home, m["repl_user"])),
+        )
+    a = manifest.get("artemis")
+    art = None
+    if a:
+        art = ArtemisService(host=a["host"], port=a["stomp_port"], tls_port=a["stomp_tls_port"],
+                             core_port=a["core_port"], user=a["user"], password=secret(home, "artemis"),
+                             ca_file=a["ca_file"], rogue_ca_file=a["rogue_ca_file"])
+    return Services(home=home, mariadb=dbs, artemis=art)
+
+
+def _check_names(names: Iterable[str] | None) -> list[str]:
+    wanted = list(names) if names else list(ALL_NAMES)
+    unknown = [n for n in wanted if n not in ALL_NAMES]
+    if unknown:
+        raise ServiceError(f"unknown service(s) {unknown}; known: {list(ALL_NAMES)}")
+    return wanted
+
+
+def ensure_up(names: Iterable[str] | None = None, *, home: Path | None = None,
+              report: Callable[[str], None] | None = None) -> Services:
+    """Start the named services (default: all) that are not running, in parallel; return all endpoints."""
+    home = home or services_home()
+    home.mkdir(parents=True, exist_ok=True)
+    wanted = _check_names(names)
+    say = report or (lambda _msg: None)
+
+    def one(name: str) -> MariaDbInstance | ArtemisBroker:
+        if name == "artemis":
+            was = broker(home).running()
+            svc: MariaDbInstance | ArtemisBroker = start_artemis(home)
+            port = f"stomp {svc.stomp_port}, stomp+tls {svc.tls_port}, core {svc.core_port}"
+        else:
+            was = instance(name, home=home).running()
+            svc = start_mariadb(name, home=home)
+            port = f"port {svc.port}, server-id {svc.server_id}"
+        say(f"{name:8} {'already running' if was else 'started'} ({port}, pid {svc.pid()})")
+        return svc
+
+    ensure_tls(home)  # before the threads: artemis and the manifest both need it
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        futures = {n: pool.submit(one, n) for n in wanted}
+    started, errors = [], []
+    for name, fut in futures.items():
+        try:
+            started.append(fut.result())
+        except Exception as exc:  # noqa: BLE001 - report every failing service, not just the first
+            errors.append(f"{name}: {exc}")
+    _record(home, started)
+    if errors:
+        raise ServiceError("; ".join(errors))
+    return load(home)
+
+
+def down(names: Iterable[str] | None = None, *, home: Path | None = None,
+         report: Callable[[str], None] | None = None) -> None:
+    """Stop services by PID; without names, every server under the home (extra test instances too)."""
+    home = home or services_home()
+    say = report or (lambda _msg: None)
+    wanted = _check_names(names)
+    db_names = [n for n in wanted if n != "artemis"]
+    if not names and (home / "mariadb").is_dir():
+        db_names = sorted({*db_names, *(p.name for p in (home / "mariadb").iterdir() if p.is_dir())})
+    with ThreadPoolExecutor(max_workers=len(db_names) + 1) as pool:
+        stopped = {n: pool.submit(stop_mariadb, n, home=home) for n in db_names}
+        if "artemis" in wanted:
+            stopped["artemis"] = pool.submit(stop_artemis, home)
+    for name, fut in stopped.items():
+        say(f"{name:8} {'stopped' if fut.result() else 'was not running'}")
+
+
+def status(home: Path | None = None) -> list[dict[str, Any]]:
+    """One row per known service: name, port(s), pid, up (True only if running and answering)."""
+    home = home or services_home()
+    manifest = _read_manifest(home)
+    rows = []
+    for name in DEFAULT_INSTANCES:
+        m = manifest["mariadb"].get(name)
+        inst = instance(name, m["port"] if m else None, m["server_id"] if m else None, home=home)
+        pid = inst.pid()
+        rows.append({"name": name, "port": str(inst.port), "pid": pid if pid_alive(pid) else None, "up": inst.running()})
+    a = manifest.get("artemis")
+    b = broker(home)
+    if a:
+        b = ArtemisBroker(home=home, core_port=a["core_port"], stomp_port=a["stomp_port"], tls_port=a["stomp_tls_port"])
+    pid = read_pid(b.pid_file)
+    rows.append({"name": "artemis", "port": f"{b.stomp_port},{b.tls_port},{b.core_port}",
+                 "pid": pid if pid_alive(pid) else None, "up": b.running()})
+    return rows

@@ -1,0 +1,76 @@
+"""NDJSON in and out: one record per line, bad lines reported with their number and skipped, never fatal."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger("dbsync.records")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return format_time(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$b64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def format_time(value: dt.timedelta) -> str:
+    """A TIME column as MySQL prints it (may be negative or over 24 h)."""
+    micros = value // dt.timedelta(microseconds=1)
+    sign = "-" if micros < 0 else ""
+    seconds, micro = divmod(abs(micros), 1_000_000)
+    text = f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return text + (f".{micro:06d}" if micro else "")
+
+
+def dumps(record: Any) -> bytes:
+    return orjson.dumps(record, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def read(stream: IO[bytes], source: str = "stdin", max_bytes: int | None = None) -> Iterator[dict[str, Any]]:
+    """Yield objects from NDJSON; a malformed line gets one error line naming where and why, then is skipped."""
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        if max_bytes is not None and len(line) > max_bytes:
+            log.error("%s line %d: record of %d bytes exceeds the %d-byte limit; skipped", source, number, len(line), max_bytes)
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            log.error("%s line %d: malformed JSON (%s); skipped", source, number, str(exc).split(":")[0])
+            continue
+        if not isinstance(record, dict):
+            log.error("%s line %d: expected a JSON object, got %s; skipped", source, number, type(record).__name__)
+            continue
+        yield record
+
+
+def write(records: Iterable[dict[str, Any]], stream: IO[bytes] | None = None) -> int:
+    """Write records as NDJSON; flush on heartbeats and every few records so a downstream pipe never waits long."""
+    out = stream or sys.stdout.buffer
+    count = 0
+    for record in records:
+        out.write(dumps(record) + b"\n")
+        count += 1
+        if record.get("op") == "h" or count % 64 == 0:
+            out.flush()
+    out.flush()
+    return count

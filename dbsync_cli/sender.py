@@ -1,0 +1,111 @@
+"""The sender: capture → enrich → publish composed in one process, supervised.
+
+A failing stage restarts the whole chain from the last confirmed checkpoint after a backoff; SIGTERM sets `stop`,
+capture ends at the next event or heartbeat, the in-flight batch is confirmed and checkpointed, and we return.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tenacity import wait_exponential
+
+from dbsync_cli.binlog import CaptureStop
+from dbsync_cli.broker import BrokerSettings
+from dbsync_cli.checkpoint import CheckpointStore
+from dbsync_cli.config import Config
+from dbsync_cli.schema import SchemaModel, synced_table_names
+from dbsync_cli.stages.capture import CaptureSettings, capture
+from dbsync_cli.stages.enrich import EnrichSettings, enrich
+from dbsync_cli.stages.publish import PublishSettings, publish
+
+log = logging.getLogger("dbsync.sender")
+
+
+def load_model(cfg: Config) -> SchemaModel:
+    params = cfg.db("site_db")
+    with params.connect() as conn:
+        return SchemaModel.load(conn, params.database or "",
+                                synced_table_names(cfg.get("sender.tables"), cfg.get("sender.extra_tables")))
+
+
+def broker_settings(cfg: Config) -> BrokerSettings:
+    return BrokerSettings.from_url(
+        cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"], tls=cfg["broker.tls"],
+        ca_file=cfg.get("broker.ca_file"), verify_hostname=cfg["broker.verify_hostname"],
+    )
+
+
+def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **overrides: Any) -> CaptureSettings:
+    settings = CaptureSettings(
+        db=cfg.db("site_db"), server_id=cfg["sender.server_id"], tables=list(model.synced),
+        snapshot=cfg["sender.snapshot"], min_retention_hours=cfg["sender.min_binlog_retention_hours"], stop=stop,
+        secret_columns={t.name: t.secret_columns for t in model.synced.values() if t.secret_columns},
+    )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
+
+
+def enrich_settings(cfg: Config) -> EnrichSettings:
+    return EnrichSettings(db=cfg.db("site_db"), site=cfg["sender.id"], timezone=cfg["sender.timezone"],
+                          batch_events=cfg["broker.batch_messages"])
+
+
+def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:
+    return PublishSettings(
+        broker=broker_settings(cfg), destination=cfg["broker.destination"],
+        destination_type=cfg["broker.destination_type"], batch_messages=cfg["broker.batch_messages"],
+        batch_bytes=cfg["broker.batch_bytes"], compress_over=cfg["broker.compress_over"],
+        max_message_bytes=cfg["broker.max_message_bytes"], reject_dir=cfg.home / "rejected", stop=stop,
+    )
+
+
+def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str, Any]], None] | None = None,
+             **capture_overrides: Any) -> int:
+    """One pass of the chain until capture ends (idle, max events or stop); returns messages confirmed."""
+    store = CheckpointStore(cfg.home)
+    try:
+        model = load_model(cfg)
+        events = capture(capture_settings(cfg, model, stop, **capture_overrides), store.load())
+        messages = enrich(events, enrich_settings(cfg), model)
+        count = 0
+        for message in publish(messages, publish_settings(cfg, stop), store.save):
+            count += 1
+            if on_message is not None:
+                on_message(message)
+        return count
+    finally:
+        store.close()
+
+
+def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any) -> int:
+    """Restart the chain with exponential backoff after any failure but those an operator must fix."""
+    wait = wait_exponential(multiplier=1, max=60)
+    failures = 0
+    total = 0
+    while not stop.is_set():
+        try:
+            total += run_once(cfg, stop, **capture_overrides)
+            if capture_overrides.get("until_idle") or capture_overrides.get("max_events"):
+                break
+            failures = 0
+        except CaptureStop:
+            raise
+        except Exception as exc:  # noqa: BLE001 - supervision: any stage failure restarts the chain
+            failures += 1
+            delay = wait(_RetryState(failures))
+            log.error("sender chain failed (%s: %s); restarting in %.1f s", type(exc).__name__, exc, delay)
+            stop.wait(delay)
+    return total
+
+
+class _RetryState:
+    """The one attribute tenacity's wait strategies read."""
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number

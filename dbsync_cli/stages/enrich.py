@@ -1,0 +1,242 @@
+"""Enrich: change events → sync messages, the wire format.
+
+Each message carries the row as it is now in the site DB (loaded by primary key in batches), not the binlog image:
+the latest state wins and an update for a row deleted since is dropped. Foreign keys become uuid references; local
+ids never leave the site. Output order equals input order, so per-entity binlog order survives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql.cursors
+
+from dbsync_cli.db import DbParams
+from dbsync_cli.schema import SchemaModel, SyncedTable, class_table
+from dbsync_cli.schema.openmrs import ATTRIBUTE_ID_VALUES
+from dbsync_cli.uuid_cache import IdToUuid, chunks
+from dbsync_cli.values import Converter, parse_timezone, wire_converter
+
+log = logging.getLogger("dbsync.enrich")
+
+WIRE_VERSION = 1
+
+
+@dataclass
+class EnrichSettings:
+    db: DbParams
+    site: str
+    timezone: str = "UTC"
+    batch_events: int = 500
+    cache_size: int = 200_000
+
+
+def message_id(site: str, event: dict[str, Any], key: Any) -> str:
+    """Deterministic: a message re-sent after a crash carries the same id, so the receiver can recognise it."""
+    src = event["source"]
+    if src.get("snapshot"):
+        return f"{site}:snap:{src['file']}:{src['pos']}:{event['table']}:{key}"
+    return f"{site}:{src['file']}:{src['pos']}:{src['row']}"
+
+
+class Enricher:
+    def __init__(self, settings: EnrichSettings, model: SchemaModel):
+        self.settings = settings
+        self.model = model
+        self.tz = parse_timezone(settings.timezone)
+        self.conn = settings.db.connect()
+        with self.conn.cursor() as cur:
+            cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP values then come back as UTC
+        self.uuids = IdToUuid(self.conn, settings.cache_size)
+        self.converters: dict[str, list[tuple[str, Converter]]] = {}
+        self.attribute_formats: dict[Any, str | None] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _converters(self, table: SyncedTable) -> list[tuple[str, Converter]]:
+        if table.name not in self.converters:
+            self.converters[table.name] = [
+                (c, wire_converter(table.info.columns[c], self.tz)) for c in table.data_columns
+            ]
+        return self.converters[table.name]
+
+    def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        for event in events:
+            if event.get("op") == "h":
+                yield from self._flush(batch)
+                batch = []
+                yield event
+                continue
+            batch.append(event)
+            if len(batch) >= self.settings.batch_events:
+                yield from self._flush(batch)
+                batch = []
+        yield from self._flush(batch)
+
+    def _load_rows(self, table: SyncedTable, keys: set[Any]) -> dict[Any, dict[str, Any]]:
+        rows: dict[Any, dict[str, Any]] = {}
+        for part in chunks(sorted(keys, key=str)):
+            with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute(
+                    f"SELECT * FROM `{table.name}` WHERE `{table.key}` IN ({','.join(['%s'] * len(part))})",  # noqa: S608
+                    part,
+                )
+                for row in cur.fetchall():
+                    rows[row[table.key]] = row
+        return rows
+
+    def _valid(self, event: dict[str, Any]) -> SyncedTable | None:
+        table = self.model.synced.get(event.get("table", ""))
+        if table is None:
+            log.error("event at %s: table %r is not synced; skipped", event.get("source"), event.get("table"))
+            return None
+        image = event.get("before") if event.get("op") == "d" else event.get("after")
+        if event.get("op") not in ("c", "u", "d", "r") or not isinstance(image, dict) or table.key not in image:
+            log.error("event at %s: malformed %s event for %s; skipped", event.get("source"), event.get("op"), table.name)
+            return None
+        return table
+
+    def _flush(self, batch: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        if not batch:
+            return
+        valid = [(e, t) for e in batch if (t := self._valid(e)) is not None]
+        wanted: dict[str, set[Any]] = {}
+        for event, table in valid:
+            if event["op"] != "d":
+                wanted.setdefault(table.name, set()).add(event["after"][table.key])
+        current = {name: self._load_rows(self.model.synced[name], keys) for name, keys in wanted.items()}
+        refs = self._resolve_references(current)
+        deleted_uuids = self._deleted_identity(valid)
+        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        for event, table in valid:
+            if event["op"] == "d":
+                key = event["before"][table.key]
+                uuid = deleted_uuids.get((table.identity.table, key))
+                if uuid is None:
+                    log.warning("delete of %s %s: its uuid is unknown (parent gone); skipped", table.name, key)
+                    continue
+                yield self._message(event, table, key, uuid, None)
+                continue
+            key = event["after"][table.key]
+            row = current[table.name].get(key)
+            if row is None:
+                log.debug("%s %s of %s %s: row deleted since; dropped", event["op"], event["source"], table.name, key)
+                continue
+            uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
+            if uuid is None:
+                log.warning("%s %s: parent %s row is gone; dropped", table.name, key, table.identity.table)
+                continue
+            yield self._message(event, table, key, uuid, self._data(table, row, refs), sent)
+
+    def _message(
+        self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
+        sent: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "v": WIRE_VERSION,
+            "id": message_id(self.settings.site, event, key),
+            "site": self.settings.site,
+            "table": table.name,
+            "op": event["op"],
+            "uuid": uuid,
+            "snapshot": bool(event["source"].get("snapshot")),
+            "sent": sent or dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "source": event["source"],
+            "data": data,
+        }
+
+    def _deleted_identity(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> dict[tuple[str, Any], str]:
+        """uuids of deleted rows: own uuid from the before image; a subclass's from its parent's delete or the DB."""
+        found: dict[tuple[str, Any], str] = {}
+        need: dict[str, set[Any]] = {}
+        for event, table in valid:
+            if event["op"] != "d":
+                continue
+            key = event["before"][table.key]
+            if not table.is_subclass and event["before"].get("uuid"):
+                found[(table.name, key)] = event["before"]["uuid"]
+            else:
+                need.setdefault(table.identity.table, set()).add(key)
+        for ident_table, keys in need.items():
+            missing = {k for k in keys if (ident_table, k) not in found}
+            if missing:
+                identity_key = self.model.tables[ident_table].primary_key[0]
+                for key, uuid in self.uuids.resolve(ident_table, identity_key, missing).items():
+                    found[(ident_table, key)] = uuid
+        return found
+
+    def _resolve_references(self, current: dict[str, dict[Any, dict[str, Any]]]) -> dict[tuple[str, Any], str]:
+        """One batched lookup per referenced identity table for every foreign key (and subclass identity)."""
+        need: dict[tuple[str, str], set[Any]] = {}
+        for name, rows in current.items():
+            table = self.model.synced[name]
+            if table.is_subclass:
+                need.setdefault((table.identity.table, table.identity.key), set()).update(rows)
+            for column, ref in table.references.items():
+                if ref.identity is None:
+                    continue
+                ids = need.setdefault((ref.identity.table, ref.identity.key), set())
+                ids.update(row[column] for row in rows.values() if row[column] is not None)
+            if name in ATTRIBUTE_ID_VALUES:
+                self._attribute_value_ids(table, rows, need)
+        resolved: dict[tuple[str, Any], str] = {}
+        for (ident_table, key), ids in need.items():
+            for local, uuid in self.uuids.resolve(ident_table, key, ids).items():
+                resolved[(ident_table, local)] = uuid
+        return resolved
+
+    def _attribute_format(self, table: SyncedTable, type_id: Any) -> str | None:
+        if type_id not in self.attribute_formats:
+            type_column = ATTRIBUTE_ID_VALUES[table.name][1]
+            type_table = table.references[type_column].table
+            type_key = self.model.tables[type_table].primary_key[0]
+            with self.conn.cursor() as cur:
+                cur.execute(f"SELECT `{type_key}`, format FROM `{type_table}`")  # noqa: S608
+                for tid, fmt in cur.fetchall():
+                    target = class_table(fmt or "")
+                    self.attribute_formats[tid] = target if target in self.model.tables else None
+        return self.attribute_formats.get(type_id)
+
+    def _attribute_value_ids(self, table: SyncedTable, rows: dict[Any, dict[str, Any]],
+                             need: dict[tuple[str, str], set[Any]]) -> None:
+        value_column, type_column, _ = ATTRIBUTE_ID_VALUES[table.name]
+        for row in rows.values():
+            target = self._attribute_format(table, row[type_column])
+            if target and row[value_column] and str(row[value_column]).isdigit():
+                identity = self.model.identity_of(target)
+                if identity is not None:
+                    need.setdefault((identity.table, identity.key), set()).add(int(row[value_column]))
+
+    def _data(self, table: SyncedTable, row: dict[str, Any], refs: dict[tuple[str, Any], str]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for column, convert in self._converters(table):
+            value = row[column]
+            ref = table.references.get(column)
+            if ref is not None and ref.identity is not None:
+                data[column] = None if value is None else {
+                    "$ref": ref.table, "uuid": refs.get((ref.identity.table, value))
+                }
+            else:
+                data[column] = convert(value)
+        if table.name in ATTRIBUTE_ID_VALUES:
+            value_column, type_column, _ = ATTRIBUTE_ID_VALUES[table.name]
+            target = self._attribute_format(table, row[type_column])
+            identity = self.model.identity_of(target) if target else None
+            raw = row[value_column]
+            if identity is not None and raw and str(raw).isdigit():
+                data[value_column] = {"$ref": target, "uuid": refs.get((identity.table, int(raw)))}
+        return data
+
+
+def enrich(events: Iterable[dict[str, Any]], settings: EnrichSettings, model: SchemaModel) -> Iterator[dict[str, Any]]:
+    enricher = Enricher(settings, model)
+    try:
+        yield from enricher.run(events)
+    finally:
+        enricher.close()

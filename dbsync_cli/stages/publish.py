@@ -1,0 +1,196 @@
+"""Publish: sync messages → Artemis over STOMP, and the only stage that moves the sender's checkpoint.
+
+Every SEND is persistent; a batch ends with a RECEIPT request, and since frames on one connection are processed in
+order, the receipt confirms the whole batch. Only then is the checkpoint written. A dropped connection means
+reconnect with backoff and resend the unconfirmed batch with the same `_AMQ_DUPL_ID`s (the broker drops duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid as uuidlib
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import stomp
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.records import dumps
+
+log = logging.getLogger("dbsync.publish")
+
+ENCODING_HEADER = "dbsync-encoding"
+
+
+@dataclass
+class PublishSettings:
+    broker: BrokerSettings
+    destination: str = "openmrs.sync"
+    destination_type: str = "queue"  # queue (ANYCAST) | topic (MULTICAST, durable subscriptions)
+    batch_messages: int = 500
+    batch_bytes: int = 2_000_000
+    compress_over: int = 16_384
+    max_message_bytes: int = 4_000_000
+    receipt_timeout: float = 30.0
+    reject_dir: Path | None = None  # oversized messages are kept here for an operator, never silently dropped
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _Receipts(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.received: set[str] = set()
+        self.error: str | None = None
+        self.disconnected = False
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.lock:
+            self.received.add(frame.headers.get("receipt-id", ""))
+            self.lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self.lock:
+            self.error = frame.headers.get("message", "ERROR frame") + (f": {frame.body[:200]}" if frame.body else "")
+            self.lock.notify_all()
+
+    def on_disconnected(self) -> None:
+        with self.lock:
+            self.disconnected = True
+            self.lock.notify_all()
+
+    def wait(self, receipt: str, timeout: float) -> None:
+        with self.lock:
+            ok = self.lock.wait_for(lambda: receipt in self.received or self.error or self.disconnected, timeout)
+            if receipt in self.received:
+                self.received.discard(receipt)
+                return
+            if self.error:
+                raise BrokerError(f"broker refused the batch: {self.error}")
+            if self.disconnected:
+                raise BrokerError("connection to the broker dropped before the receipt")
+            if not ok:
+                raise BrokerError(f"no receipt from the broker within {timeout:.0f} s")
+
+
+class Publisher:
+    def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None]):
+        self.settings = settings
+        self.on_confirmed = on_confirmed
+        self.conn: stomp.Connection12 | None = None
+        self.receipts = _Receipts()
+        self.sent = 0
+
+    def _connect(self) -> stomp.Connection12:
+        if self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected:
+            return self.conn
+        self.close()
+        self.receipts = _Receipts()
+        self.conn = open_connection(self.settings.broker, listener=self.receipts)
+        log.info("connected to %s:%d", self.settings.broker.host, self.settings.broker.port)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not hide the original error
+                pass
+            self.conn = None
+
+    def _frame(self, message: dict[str, Any]) -> tuple[bytes, dict[str, str]] | None:
+        body = dumps(message)
+        headers = {
+            "persistent": "true",
+            "destination-type": "ANYCAST" if self.settings.destination_type == "queue" else "MULTICAST",
+            "_AMQ_DUPL_ID": message["id"],
+            "dbsync-id": message["id"],
+            "dbsync-site": str(message.get("site", "")),
+            "dbsync-table": str(message.get("table", "")),
+        }
+        if len(body) > self.settings.compress_over:
+            body = zlib.compress(body, 6)
+            headers[ENCODING_HEADER] = "deflate"
+        if len(body) > self.settings.max_message_bytes:
+            self._reject(message, len(body))
+            return None
+        return body, headers
+
+    def _reject(self, message: dict[str, Any], size: int) -> None:
+        where = ""
+        if self.settings.reject_dir is not None:
+            self.settings.reject_dir.mkdir(parents=True, exist_ok=True)
+            path = self.settings.reject_dir / (message["id"].replace("/", "_").replace(":", "_") + ".json")
+            path.write_bytes(dumps(message))
+            where = f"; kept in {path}"
+        log.error("message %s (%s %s) is %d bytes, over the %d-byte limit: not sent%s", message["id"],
+                  message.get("table"), message.get("uuid"), size, self.settings.max_message_bytes, where)
+
+    def _send_batch(self, frames: list[tuple[bytes, dict[str, str]]]) -> None:
+        conn = self._connect()
+        receipt = uuidlib.uuid4().hex
+        for index, (body, headers) in enumerate(frames):
+            if index == len(frames) - 1:
+                headers = {**headers, "receipt": receipt}
+            conn.send(destination=self.settings.destination, body=body, headers=headers,
+                      content_type="application/json")
+        self.receipts.wait(receipt, self.settings.receipt_timeout)
+
+    def _deliver(self, frames: list[tuple[bytes, dict[str, str]]]) -> None:
+        """Send until the broker confirms; each retry resends the whole batch (duplicates are dropped by id)."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type((BrokerError, OSError, stomp.exception.StompException)),
+            wait=wait_exponential(multiplier=0.5, max=30),
+            before_sleep=lambda state: (
+                log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?"),
+                self.close(),
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self._send_batch(frames)
+
+    def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Yield each message once the broker confirmed it; heartbeats move the checkpoint after the batch."""
+        frames: list[tuple[bytes, dict[str, str]]] = []
+        batch: list[dict[str, Any]] = []
+        size = 0
+        last_source: dict[str, Any] | None = None
+
+        def flush() -> Iterator[dict[str, Any]]:
+            nonlocal frames, batch, size, last_source
+            if frames:
+                self._deliver(frames)
+                self.sent += len(frames)
+            if last_source is not None:
+                self.on_confirmed(last_source)
+            confirmed = batch
+            frames, batch, size, last_source = [], [], 0, None
+            yield from confirmed
+
+        try:
+            for record in records:
+                if record.get("op") == "h":
+                    last_source = record["source"]
+                    yield from flush()
+                    continue
+                frame = self._frame(record)
+                last_source = record.get("source") or last_source
+                if frame is not None:
+                    frames.append(frame)
+                    batch.append(record)
+                    size += len(frame[0])
+                if len(frames) >= self.settings.batch_messages or size >= self.settings.batch_bytes:
+                    yield from flush()
+            yield from flush()
+        finally:
+            self.close()
+
+
+def publish(records: Iterable[dict[str, Any]], settings: PublishSettings,
+            on_confirmed: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
+    yield from Publisher(settings, on_confirmed).run(records)
