@@ -6,6 +6,7 @@ capture ends at the next event or heartbeat, the in-flight batch is confirmed an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -33,10 +34,12 @@ def load_model(cfg: Config) -> SchemaModel:
 
 
 def broker_settings(cfg: Config) -> BrokerSettings:
-    return BrokerSettings.from_url(
-        cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"], tls=cfg["broker.tls"],
+    """From broker.url; `broker.tls = true` turns TLS on for a stomp:// URL too."""
+    settings = BrokerSettings.from_url(
+        cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"],
         ca_file=cfg.get("broker.ca_file"), verify_hostname=cfg["broker.verify_hostname"],
     )
+    return dataclasses.replace(settings, tls=True) if cfg["broker.tls"] else settings
 
 
 def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **overrides: Any) -> CaptureSettings:

@@ -26,6 +26,7 @@ from dbsync_cli.devservices.common import (
     HOST,
     ServiceError,
     cache_dir,
+    locked,
     pid_alive,
     port_offset,
     port_open,
@@ -212,6 +213,11 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
 def start_artemis(home: Path | None = None, *, timeout: float = 90) -> ArtemisBroker:
     """Start (or keep) the broker; returns once STOMP accepts a CONNECT with the dbsync user."""
     b = broker(home)
+    with locked(b.home, "artemis"):
+        return _start(b, timeout)
+
+
+def _start(b: ArtemisBroker, timeout: float) -> ArtemisBroker:
     if b.running():
         return b
     for port in (b.core_port, b.stomp_port, b.tls_port):
@@ -228,7 +234,7 @@ def start_artemis(home: Path | None = None, *, timeout: float = 90) -> ArtemisBr
         answer = stomp_probe(b.host, b.stomp_port, b.user, b.password)
         if answer and answer.startswith("ERROR"):
             raise ServiceError(f"artemis: STOMP CONNECT refused: {answer}")
-        return answer == "CONNECTED" and port_open(b.tls_port, b.host)
+        return answer == "CONNECTED" and port_open(b.tls_port, b.host) and pid_alive(pid)
 
     wait_until(ready, timeout=timeout, what=f"artemis (STOMP port {b.stomp_port})", alive=lambda: pid_alive(pid),
                log=b.log)
@@ -238,6 +244,7 @@ def start_artemis(home: Path | None = None, *, timeout: float = 90) -> ArtemisBr
 def stop_artemis(home: Path | None = None, *, timeout: float = 30) -> bool:
     """SIGTERM the JVM (Artemis shuts down cleanly on it), SIGKILL after ``timeout``."""
     b = broker(home)
-    stopped = stop_pid(b.pid(), marker=f"-Dartemis.instance={b.dir}", what="artemis", timeout=timeout)
-    b.pid_file.unlink(missing_ok=True)
+    with locked(b.home, "artemis"):
+        stopped = stop_pid(b.pid(), marker=f"-Dartemis.instance={b.dir}", what="artemis", timeout=timeout)
+        b.pid_file.unlink(missing_ok=True)
     return stopped

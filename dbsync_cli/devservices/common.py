@@ -8,6 +8,7 @@ travels on a command line: secrets are files of mode 0600 under ``<home>/secrets
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -67,6 +69,19 @@ def secret_file(home: Path, name: str) -> Path:
     """Path of a secret file (created on demand) for tools that read a password from a file."""
     secret(home, name)
     return home / "secrets" / name
+
+
+@contextlib.contextmanager
+def locked(home: Path, name: str) -> Iterator[None]:
+    """Serialise start/stop of one service across processes (two test runs starting the same broker)."""
+    path = home / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_private(path: Path, text: str) -> None:

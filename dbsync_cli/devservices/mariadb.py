@@ -23,6 +23,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.devservices.common import (
     HOST,
     ServiceError,
+    locked,
     pid_alive,
     port_open,
     read_pid,
@@ -71,6 +72,10 @@ class MariaDbInstance:
         return self.dir / "mariadbd.pid"
 
     @property
+    def tmpdir(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
     def error_log(self) -> Path:
         return self.dir / "error.log"
 
@@ -91,12 +96,13 @@ class MariaDbInstance:
 
     def server_args(self) -> list[str]:
         args = [
-            "mariadbd",
+            _binary("mariadbd"),
             "--no-defaults",  # must stay first: ignore /etc/mysql so the settings below are all there is
             f"--datadir={self.datadir}",
             f"--socket={self.socket}",
             f"--pid-file={self.pid_file}",
             f"--log-error={self.error_log}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             f"--bind-address={self.host}",
             "--skip-name-resolve",
@@ -118,6 +124,11 @@ class MariaDbInstance:
         if os.geteuid() == 0:
             args.insert(2, "--user=root")
         return args + list(self.extra_args)
+
+
+def _binary(name: str) -> str:
+    """Debian puts mariadbd in /usr/sbin, which a non-root PATH often lacks."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin") or name
 
 
 def _greets(port: int, host: str = HOST) -> bool:
@@ -156,8 +167,9 @@ def _install(inst: MariaDbInstance) -> None:
     """Create the system tables into a scratch dir, then rename, so a failed install leaves nothing."""
     tmp = inst.dir / "data.installing"
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={tmp}", "--auth-root-authentication-method=socket",
-           "--skip-test-db", "--skip-name-resolve"]
+    inst.tmpdir.mkdir(parents=True, exist_ok=True)
+    cmd = [_binary("mariadb-install-db"), "--no-defaults", f"--datadir={tmp}", "--auth-root-authentication-method=socket",
+           "--skip-test-db", "--skip-name-resolve", f"--tmpdir={inst.tmpdir}"]
     cmd += ["--user=root"] if os.geteuid() == 0 else [f"--auth-root-socket-user={getpass.getuser()}"]
     run(cmd, what=f"mariadb {inst.name}: mariadb-install-db", timeout=120)
     tmp.rename(inst.datadir)
@@ -192,16 +204,22 @@ def start_mariadb(name: str, port: int | None = None, server_id: int | None = No
     returns at once.
     """
     inst = instance(name, port, server_id, extra_args=extra_args, home=home)
+    with locked(inst.home, f"mariadb-{name}"):
+        return _start(inst, timeout)
+
+
+def _start(inst: MariaDbInstance, timeout: float) -> MariaDbInstance:
+    name = inst.name
     wanted = {"port": inst.port, "server_id": inst.server_id, "args": inst.server_args()}
     state = _state_file(inst)
     if inst.running():
         recorded = json.loads(state.read_text()) if state.exists() else {}
         if {k: recorded.get(k) for k in wanted} == wanted:
             return inst
-        stop_mariadb(inst)
+        stop_pid(inst.pid(), marker=str(inst.datadir), what=f"mariadb {name}", timeout=timeout)  # lock is held
     if port_open(inst.port, inst.host):
         raise ServiceError(f"mariadb {name}: port {inst.host}:{inst.port} is taken by another process")
-    inst.dir.mkdir(parents=True, exist_ok=True)
+    inst.tmpdir.mkdir(parents=True, exist_ok=True)
     if not inst.datadir.exists():
         _install(inst)
     inst.pid_file.unlink(missing_ok=True)
@@ -221,7 +239,8 @@ def stop_mariadb(inst: MariaDbInstance | str, *, home: Path | None = None, timeo
     """Stop by PID (SIGTERM = clean shutdown, SIGKILL after ``timeout``). True if it was running."""
     if isinstance(inst, str):
         inst = instance(inst, 0, 0, home=home)  # port/server id are irrelevant for stopping
-    return stop_pid(inst.pid(), marker=str(inst.datadir), what=f"mariadb {inst.name}", timeout=timeout)
+    with locked(inst.home, f"mariadb-{inst.name}"):
+        return stop_pid(inst.pid(), marker=str(inst.datadir), what=f"mariadb {inst.name}", timeout=timeout)
 
 
 def destroy_mariadb(inst: MariaDbInstance) -> None:

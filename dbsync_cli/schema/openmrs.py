@@ -39,6 +39,13 @@ ATTRIBUTE_ID_VALUES: dict[str, tuple[str, str, str]] = {
     "person_attribute": ("value", "person_attribute_type_id", "format"),
 }
 
+#: Columns that reference users by OpenMRS convention even where the schema declares no foreign key
+#: (e.g. person_name.changed_by in 2.5): a local id must never cross the wire unconverted.
+AUDIT_COLUMNS = ("creator", "changed_by", "voided_by", "retired_by")
+
+#: Other references the 2.5 schema leaves undeclared.
+UNDECLARED_REFERENCES: dict[tuple[str, str], str] = {("orders", "concept_id"): "concept"}
+
 PLACEHOLDER_REASON = "[placeholder]"
 
 _CLASS_TABLE_EXCEPTIONS = {"User": "users", "Order": "orders"}
@@ -152,6 +159,12 @@ class SchemaModel:
             for col, fk in info.foreign_keys.items()
             if col != key
         }
+        implied = {c: "users" for c in AUDIT_COLUMNS}
+        implied.update({c: t for (tbl, c), t in UNDECLARED_REFERENCES.items() if tbl == info.name})
+        for col, target in implied.items():
+            column = info.columns.get(col)
+            if column is not None and column.is_integer and col not in refs and target in self.tables:
+                refs[col] = Reference(col, target, self.identity_of(target))
         return SyncedTable(
             name=info.name,
             info=info,

@@ -158,7 +158,7 @@ class Book:
         """Canonical reference for a local id; shared objects keep a 200k-row truth small."""
         if local_id is None:
             return None
-        uuid = self.uuid_of[table][local_id]
+        uuid = self.uuid_of[IDENTITY_PARENT.get(table, table)][local_id]
         key = (table, uuid)
         if key not in self._refs:
             self._refs[key] = ref(table, uuid)

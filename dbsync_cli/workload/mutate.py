@@ -52,6 +52,8 @@ class Mutator:
         return self.w.user(), self.when()
 
     def run(self) -> None:
+        if self.f <= 0:
+            return
         self.updates()
         self.obs_corrections()
         self.voids()

@@ -99,7 +99,7 @@ def _q(name: str) -> str:
     return f"`{name}`"
 
 
-class _Schema:
+class SchemaInfo:
     """Primary keys, uuid columns and parent links read from information_schema, plus cached id→uuid maps."""
 
     def __init__(self, conn: pymysql.connections.Connection, database: str) -> None:
@@ -149,7 +149,7 @@ def compare(db: DbParams, truth: GroundTruth, *, username_suffix: str | None = N
     diffs: list[str] = []
     conn = db.connect()
     try:
-        schema = _Schema(conn, db.database or "")
+        schema = SchemaInfo(conn, db.database or "")
         for table in tables or list(truth.tables):
             expected = truth.tables.get(table, {})
             if table not in schema.pk:
@@ -165,7 +165,7 @@ def compare(db: DbParams, truth: GroundTruth, *, username_suffix: str | None = N
     return diffs
 
 
-def _compare_table(conn: pymysql.connections.Connection, schema: _Schema, table: str, expected: dict[str, Row],
+def _compare_table(conn: pymysql.connections.Connection, schema: SchemaInfo, table: str, expected: dict[str, Row],
                    truth: GroundTruth, suffix: str | None, strict: bool) -> list[str]:
     diffs: list[str] = []
     cols = sorted({c for row in expected.values() for c in row})

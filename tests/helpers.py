@@ -1,0 +1,120 @@
+"""Test helpers: sender configs for fresh databases, and draining a queue of the real broker."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import stomp
+
+from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.db import DbParams
+
+
+def sender_config(
+    tmp_path: Path, site_db: DbParams, broker: BrokerSettings, *, site: str = "site1", destination: str,
+    timezone: str = "UTC", snapshot: str = "initial", batch: int = 500, home: Path | None = None,
+    server_id: int | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """A sender TOML (no secrets in it) plus the environment that carries the passwords."""
+    home = home or tmp_path / f"home-{site}"
+    path = tmp_path / f"sender-{site}.toml"
+    path.write_text(
+        f'home = "{home}"\nlog_level = "INFO"\n'
+        f'[sender]\nid = "{site}"\nserver_id = {server_id or random.randint(1000, 4_000_000)}\ntimezone = "{timezone}"\n'
+        f'snapshot = "{snapshot}"\nmin_binlog_retention_hours = 0\n'
+        f'[site_db]\nhost = "{site_db.host}"\nport = {site_db.port}\ndatabase = "{site_db.database}"\n'
+        f'user = "{site_db.user}"\n'
+        f'[broker]\nurl = "{broker.url}"\nuser = "{broker.user}"\ndestination = "{destination}"\n'
+        f'batch_messages = {batch}\n' + (f'ca_file = "{broker.ca_file}"\n' if broker.ca_file else "")
+    )
+    env = {**os.environ, "DBSYNC_SITE_DB__PASSWORD": site_db.password, "DBSYNC_BROKER__PASSWORD": broker.password or ""}
+    return path, env
+
+
+def dbsync(*args: str, env: dict[str, str], timeout: float = 300, stdin: bytes | None = None,
+           check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    run = subprocess.run([sys.executable, "-m", "dbsync_cli", *args], env=env, capture_output=True,
+                         timeout=timeout, input=stdin)
+    if check and run.returncode != 0:
+        raise AssertionError(f"dbsync {' '.join(args)} exited {run.returncode}: {run.stderr.decode()[-3000:]}")
+    return run
+
+
+class _Collector(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.frames: queue.Queue[Any] = queue.Queue()
+
+    def on_message(self, frame: Any) -> None:
+        self.frames.put(frame)
+
+
+def decode_body(frame: Any) -> dict[str, Any]:
+    body = frame.body if isinstance(frame.body, bytes) else frame.body.encode()
+    if frame.headers.get("dbsync-encoding") == "deflate":
+        body = zlib.decompress(body)
+    return orjson.loads(body)
+
+
+def drain(broker: BrokerSettings, destination: str, idle: float = 3.0) -> list[dict[str, Any]]:
+    """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds."""
+    collector = _Collector()
+    conn = open_connection(broker, listener=collector)
+    conn.subscribe(destination, id="drain", ack="client-individual",
+                   headers={"subscription-type": "ANYCAST", "consumer-window-size": "1048576"})
+    out: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                frame = collector.frames.get(timeout=idle)
+            except queue.Empty:
+                return out
+            out.append(decode_body(frame))
+            conn.ack(frame.headers["ack"])
+    finally:
+        conn.disconnect()
+
+
+def final_state(messages: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(table, uuid) → last data (None when the last word was a delete): what central should end up with."""
+    state: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for message in messages:
+        state[(message["table"], message["uuid"])] = message["data"]
+    return state
+
+
+_DATETIME = __import__("re").compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+def data_mismatches(truth_tables: dict[str, dict[str, dict[str, Any]]], state: dict[tuple[str, str], Any],
+                    offset: str, datetime_columns: dict[str, set[str]]) -> list[str]:
+    """Differences between the generator's ground truth and the last message of each entity (wire form)."""
+    problems: list[str] = []
+    for table, rows in truth_tables.items():
+        for uuid, row in rows.items():
+            data = state.get((table, uuid))
+            if data is None:
+                problems.append(f"{table} {uuid}: no message with its final state")
+                continue
+            for column, expected in row.items():
+                actual = data.get(column)
+                if isinstance(expected, dict) and "$ref" in expected:
+                    ok = isinstance(actual, dict) and actual.get("uuid") == expected["uuid"]
+                elif isinstance(expected, str) and _DATETIME.match(expected) and column in datetime_columns[table]:
+                    ok = actual == expected.replace(" ", "T") + offset
+                elif isinstance(expected, float) or isinstance(actual, float):
+                    ok = actual is not None and abs(float(actual) - float(expected)) < 1e-9
+                else:
+                    ok = actual == expected or str(actual) == str(expected)
+                if not ok:
+                    problems.append(f"{table} {uuid}.{column}: expected {expected!r}, message has {actual!r}")
+            if len(problems) > 50:
+                return problems
+    return problems

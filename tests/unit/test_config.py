@@ -1,0 +1,96 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbsync_cli import config
+
+SENDER = """
+home = "{home}"
+[sender]
+id = "site1"
+server_id = 11
+[site_db]
+user = "dbsync_repl"
+password_file = "{secret}"
+[broker]
+user = "dbsync"
+password = "broker-secret"
+"""
+
+
+@pytest.fixture
+def sender_file(tmp_path: Path) -> Path:
+    secret = tmp_path / "db.pass"
+    secret.write_text("db-secret\n")
+    path = tmp_path / "sender.toml"
+    path.write_text(SENDER.format(home=tmp_path / "home", secret=secret))
+    return path
+
+
+def test_valid_sender_config_reads_secret_file_and_defaults(sender_file: Path) -> None:
+    cfg = config.load(sender_file, "sender", env={})
+    assert cfg["site_db.password"] == "db-secret"
+    assert cfg["broker.destination"] == "openmrs.sync"
+    assert cfg.log_file == cfg.home / "logs" / "dbsync.log"
+    assert "db-secret" not in str(cfg.masked()) and "broker-secret" not in str(cfg.masked())
+
+
+def test_environment_overrides_with_types(sender_file: Path) -> None:
+    env = {"DBSYNC_SITE_DB__PORT": "3307", "DBSYNC_BROKER__TLS": "yes", "DBSYNC_BROKER__PASSWORD": "from-env"}
+    cfg = config.load(sender_file, "sender", env=env)
+    assert cfg["site_db.port"] == 3307 and cfg["broker.tls"] is True and cfg["broker.password"] == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda t: t.replace('id = "site1"\n', ""), "sender.id: missing"),
+        (lambda t: t.replace("server_id = 11", 'server_id = "eleven"'), "sender.server_id: expected int"),
+        (lambda t: t + '\n[extra]\nthing = 1\n', "extra.thing: unknown key"),
+        (lambda t: t.replace('[broker]', '[broker]\ndestination_type = "fanout"'), "broker.destination_type"),
+        (lambda t: t.replace("[site_db]", "[site_db\n"), "invalid TOML"),
+    ],
+)
+def test_broken_config_gives_one_line_naming_the_key(sender_file: Path, edit, key: str) -> None:
+    sender_file.write_text(edit(sender_file.read_text()))
+    problems = config.validate(sender_file, "sender", env={})
+    assert isinstance(problems, list)
+    assert any(key in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_bad_env_value_is_named(sender_file: Path) -> None:
+    problems = config.validate(sender_file, "sender", env={"DBSYNC_SITE_DB__PORT": "abc"})
+    assert problems == ["site_db.port: environment variable DBSYNC_SITE_DB__PORT is not a valid int"]
+
+
+def test_receiver_key_in_sender_config_is_refused(sender_file: Path) -> None:
+    sender_file.write_text(sender_file.read_text() + '\n[central_db]\nhost = "x"\n')
+    problems = config.validate(sender_file, "sender", env={})
+    assert any("central_db.host: not a sender key" in p for p in problems)
+
+
+def test_cli_config_check_rejects_broken_config(sender_file: Path) -> None:
+    sender_file.write_text(sender_file.read_text().replace("server_id = 11", "server_id = true"))
+    run = subprocess.run([sys.executable, "-m", "dbsync_cli", "config", "check", "--config", str(sender_file),
+                          "--offline"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["dbsync: config: sender.server_id: expected int, got bool True"]
+
+
+def test_cli_config_check_masks_secrets(sender_file: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "dbsync_cli", "config", "check", "--config", str(sender_file),
+                          "--offline", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "db-secret" not in run.stdout and "broker-secret" not in run.stdout
+    assert '"site_db.password":"********"' in run.stdout
+
+
+def test_example_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    env = {"DBSYNC_SITE_DB__PASSWORD": "x", "DBSYNC_BROKER__PASSWORD": "x", "DBSYNC_CENTRAL_DB__PASSWORD": "x",
+           "DBSYNC_OPENMRS__PASSWORD": "x"}
+    assert isinstance(config.validate(root / "sender.toml", "sender", env=env), config.Config)
+    assert isinstance(config.validate(root / "receiver.toml", "receiver", env=env), config.Config)
