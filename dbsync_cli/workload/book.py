@@ -237,7 +237,7 @@ class Book:
             local = ids[uuid]
             changes = dict(zip(columns, values, strict=True))
             changes[pk] = local
-            self.truth.update(table, uuid, {k: v for k, v in self.to_truth(table, changes).items()})
+            self.truth.update(table, uuid, self.to_truth(table, changes))
             db_rows.append((local, *values))
         self.sink.update(table, pk, list(columns), db_rows)
         self.rows_written += len(db_rows)

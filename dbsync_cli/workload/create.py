@@ -7,6 +7,7 @@ same seed and parameters give the same rows in the same order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ NOTES = ["Patient doing well.", "Complains of headache, advised fluids.", "Adher
          "Patient reports improved appetite.", "Follow up in one month."]
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def ts(minutes: int) -> str:
     """BASE + minutes as a DATETIME literal (never now(): runs must repeat)."""
     return (BASE + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S")

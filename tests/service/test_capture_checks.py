@@ -1,0 +1,94 @@
+"""Capture refuses servers it cannot trust, with distinct exit codes and one line naming the remedy."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid as uuidlib
+
+import orjson
+import pytest
+from helpers import dbsync, drain, sender_config
+
+from dbsync_cli import exitcodes
+from dbsync_cli.devservices.mariadb import destroy_mariadb, start_mariadb
+from dbsync_cli.workload.generator import generate
+from dbsync_cli.workload.openmrs import load_openmrs
+
+
+@pytest.fixture(scope="module")
+def extra_site(services):
+    """A throwaway instance we may purge binlogs on and reconfigure without disturbing the shared ones."""
+    inst = start_mariadb("capture-checks", port=33391, server_id=391)
+    yield inst
+    destroy_mariadb(inst)
+
+
+def _site(inst, name: str):
+    name = f"{name}_{uuidlib.uuid4().hex[:6]}"
+    load_openmrs(inst.admin, name)
+    return inst.admin.with_database(name), inst.repl.with_database(name)
+
+
+def _global(inst, sql: str) -> None:
+    with inst.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute(sql)
+
+
+def test_purged_checkpoint_stops_with_exit_10_and_when_needed_resnapshots(extra_site, broker_settings,
+                                                                           tmp_path) -> None:
+    admin, repl = _site(extra_site, "purge_test")
+    dest = f"test.purge.{uuidlib.uuid4().hex[:8]}"
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest)
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    _global(extra_site, "FLUSH BINARY LOGS")
+    generate(admin, seed=5, patients=5)
+    checkpoint_file = orjson.loads(sqlite3.connect(tmp_path / "home-site1" / "state.sqlite").execute(
+        "SELECT value FROM checkpoint").fetchone()[0])["file"]
+    with admin.connect() as conn, conn.cursor() as cur:
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        current = cur.fetchone()[0]
+        for _ in range(50):  # a file still read by a lingering dump thread is kept: wait until it is gone
+            cur.execute("PURGE BINARY LOGS TO %s", (current,))
+            cur.execute("SHOW BINARY LOGS")
+            if checkpoint_file not in [row[0] for row in cur.fetchall()]:
+                break
+            time.sleep(0.2)
+    run = dbsync("capture", "--config", str(conf), "--until-idle", env=env, check=False)
+    assert run.returncode == exitcodes.BINLOG_PURGED == 10
+    lines = run.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "purged" in lines[0] and "--snapshot when_needed" in lines[0], lines
+    run = dbsync("sender", "--config", str(conf), "--until-idle", "--snapshot", "when_needed", env=env)
+    assert b"taking a new snapshot" in run.stderr
+    assert any(m["op"] == "r" and m["table"] == "obs" for m in drain(broker_settings, dest, idle=1.5))
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [("binlog_format='STATEMENT'", "binlog_format=STATEMENT"), ("binlog_row_image='MINIMAL'", "binlog_row_image=MINIMAL"),
+     ("binlog_row_metadata='MINIMAL'", "binlog_row_metadata=MINIMAL")],
+)
+def test_wrong_binlog_settings_stop_with_exit_11(extra_site, broker_settings, tmp_path, setting, shown) -> None:
+    _admin, repl = _site(extra_site, "settings_test")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination="test.unused")
+    _global(extra_site, f"SET GLOBAL {setting}")
+    try:
+        run = dbsync("capture", "--config", str(conf), "--until-idle", env=env, check=False)
+    finally:
+        _global(extra_site, "SET GLOBAL binlog_format='ROW', binlog_row_image='FULL', binlog_row_metadata='FULL'")
+    assert run.returncode == exitcodes.BINLOG_SETTINGS == 11
+    lines = run.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and shown in lines[0] and "--binlog-format=ROW" in lines[0], lines
+
+
+def test_short_binlog_retention_warns(extra_site, broker_settings, tmp_path) -> None:
+    _admin, repl = _site(extra_site, "retention_test")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination="test.retention")
+    conf.write_text(conf.read_text().replace("min_binlog_retention_hours = 0", "min_binlog_retention_hours = 72"))
+    _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 3600")
+    try:
+        run = dbsync("capture", "--config", str(conf), "--until-idle", "--snapshot", "never", env=env)
+    finally:
+        _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 0")
+    assert b"binlog retention is 1.0 h, shorter than the 72 h minimum" in run.stderr
