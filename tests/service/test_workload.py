@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-
-import pytest
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.workload import metadata as md
@@ -41,10 +38,7 @@ def _sql(db: DbParams, sql: str, args: tuple = ()) -> list[tuple]:
 
 
 def test_load_openmrs_schema_and_metadata(openmrs_db: MakeDb) -> None:
-    t0 = time.perf_counter()
     db = openmrs_db("site1")
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5, f"load_openmrs took {elapsed:.2f}s"
     assert _sql(db, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema=%s", (db.database,)) == [(128,)]
     assert _sql(db, "SELECT uuid FROM concept WHERE concept_id=%s", (md.CONCEPT_WEIGHT,)) == [(md.concept_uuid(md.CONCEPT_WEIGHT),)]
     assert _sql(db, "SELECT COUNT(*) FROM concept_answer WHERE concept_id=%s", (md.CONCEPT_HIV_TEST,)) == [(3,)]
@@ -114,14 +108,3 @@ def test_one_transaction_of_50000_rows(openmrs_db: MakeDb) -> None:
     assert truth.stats["rows_created"] >= 50_000
     assert truth.stats["transactions"] == 1
     assert compare(db, truth) == []
-
-
-@pytest.mark.slow
-def test_throughput_200k_rows(openmrs_db: MakeDb) -> None:
-    db = openmrs_db("site1")
-    t0 = time.perf_counter()
-    truth = generate(db, seed=1, patients=2300, mutations=0.2)
-    elapsed = time.perf_counter() - t0
-    rows = truth.stats["rows_created"] + truth.stats["rows_mutated"]
-    print(f"workload: {rows} rows in {elapsed:.1f}s = {rows / elapsed:.0f} rows/s")
-    assert rows >= 200_000 and elapsed < 60
