@@ -12,16 +12,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import wait_exponential
-
 from dbsync_cli.binlog import CaptureStop
 from dbsync_cli.broker import BrokerSettings
 from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.config import Config
-from dbsync_cli.schema import SchemaModel, synced_table_names
+from dbsync_cli.schema import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.stages.capture import CaptureSettings, capture
 from dbsync_cli.stages.enrich import EnrichSettings, enrich
 from dbsync_cli.stages.publish import PublishSettings, publish
+from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.sender")
 
@@ -88,27 +87,12 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
 
 def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any) -> int:
     """Restart the chain with exponential backoff after any failure but those an operator must fix."""
-    wait = wait_exponential(multiplier=1, max=60)
-    failures = 0
     total = 0
-    while not stop.is_set():
-        try:
-            total += run_once(cfg, stop, **capture_overrides)
-            if capture_overrides.get("until_idle") or capture_overrides.get("max_events"):
-                break
-            failures = 0
-        except CaptureStop:
-            raise
-        except Exception as exc:  # noqa: BLE001 - supervision: any stage failure restarts the chain
-            failures += 1
-            delay = wait(_RetryState(failures))
-            log.error("sender chain failed (%s: %s); restarting in %.1f s", type(exc).__name__, exc, delay)
-            stop.wait(delay)
+
+    def chain() -> None:
+        nonlocal total
+        total += run_once(cfg, stop, **capture_overrides)
+
+    bounded = bool(capture_overrides.get("until_idle") or capture_overrides.get("max_events"))
+    supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
     return total
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number

@@ -118,3 +118,43 @@ def data_mismatches(truth_tables: dict[str, dict[str, dict[str, Any]]], state: d
             if len(problems) > 50:
                 return problems
     return problems
+
+
+# -- receiver helpers -------------------------------------------------------------------------------------------
+
+def receiver_config(
+    tmp_path: Path, central_db: DbParams, broker: BrokerSettings, *, destination: str, state_schema: str,
+    destination_type: str = "queue", site_id: str = "central", subscription: str = "dbsync",
+    openmrs_url: str | None = None, openmrs_user: str = "admin", openmrs_password: str | None = None,
+    home: Path | None = None, batch: int = 500, name: str = "receiver",
+) -> tuple[Path, dict[str, str]]:
+    """A receiver TOML (no secrets in it) plus the environment that carries the passwords."""
+    home = home or tmp_path / f"home-{name}"
+    path = tmp_path / f"{name}.toml"
+    text = (
+        f'home = "{home}"\nlog_level = "INFO"\n'
+        f'[receiver]\nsite_id = "{site_id}"\nbatch_messages = {batch}\n'
+        f'[central_db]\nhost = "{central_db.host}"\nport = {central_db.port}\n'
+        f'database = "{central_db.database or "openmrs"}"\nstate_schema = "{state_schema}"\nuser = "{central_db.user}"\n'
+        f'[broker]\nurl = "{broker.url}"\nuser = "{broker.user}"\ndestination = "{destination}"\n'
+        f'destination_type = "{destination_type}"\nsubscription = "{subscription}"\n'
+        + (f'ca_file = "{broker.ca_file}"\n' if broker.ca_file else "")
+    )
+    if openmrs_url:
+        text += f'[openmrs]\nurl = "{openmrs_url}"\nuser = "{openmrs_user}"\n'
+    path.write_text(text)
+    env = {**os.environ, "DBSYNC_CENTRAL_DB__PASSWORD": central_db.password,
+           "DBSYNC_BROKER__PASSWORD": broker.password or ""}
+    if openmrs_password is not None:
+        env["DBSYNC_OPENMRS__PASSWORD"] = openmrs_password
+    return path, env
+
+
+def drop_schema(admin: DbParams, schema: str) -> None:
+    """Drop a (state) schema on the server of `admin`."""
+    conn = admin.with_database(None).connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{schema}`")
+    finally:
+        conn.close()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dbsync_cli import __version__
-from dbsync_cli.cli import common, config_cmd, schema_cmd, sender_cmds
+from dbsync_cli.cli import common, config_cmd, receiver_admin, receiver_cmds, schema_cmd, sender_cmds
 
 app = typer.Typer(
     name="dbsync",
@@ -40,6 +40,11 @@ app.command("capture")(sender_cmds.capture)
 app.command("enrich")(sender_cmds.enrich)
 app.command("publish")(sender_cmds.publish)
 app.command("sender")(sender_cmds.sender)
+app.command("apply")(receiver_cmds.apply)
+app.command("receiver")(receiver_cmds.receiver)
+app.add_typer(receiver_cmds.conflicts_app, name="conflicts")
+app.command("consume")(receiver_admin.consume)
+app.add_typer(receiver_admin.sites_app, name="sites")
 
 
 def main() -> None:

@@ -95,8 +95,12 @@ def publish(
     store = CheckpointStore(cfg.home)
     messages = records.read(sys.stdin.buffer, "stdin", max_bytes=None)
     confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), store.save)
-    count = records.write(confirmed) if echo else sum(1 for _ in confirmed)
-    store.close()
+    try:
+        count = records.write(confirmed) if echo else sum(1 for _ in confirmed)
+    except CaptureStop as exc:  # e.g. the broker's certificate is not trusted: retrying cannot help
+        common.fail(str(exc), exc.code)
+    finally:
+        store.close()
     log.info("publish: %d messages confirmed", count)
 
 

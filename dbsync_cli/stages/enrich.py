@@ -79,17 +79,27 @@ class Enricher:
                 batch = []
         yield from self._flush(batch)
 
-    def _load_rows(self, table: SyncedTable, keys: set[Any]) -> dict[Any, dict[str, Any]]:
+    def _load_rows(self, table: SyncedTable, keys: set[Any]) -> tuple[dict[Any, dict[str, Any]], bool]:
+        """Current rows by key, and whether the table's columns differ from the model's (DDL since it loaded)."""
         rows: dict[Any, dict[str, Any]] = {}
+        changed = False
         for part in chunks(sorted(keys, key=str)):
             with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
                 cur.execute(
                     f"SELECT * FROM `{table.name}` WHERE `{table.key}` IN ({','.join(['%s'] * len(part))})",  # noqa: S608
                     part,
                 )
+                changed = changed or [d[0] for d in cur.description] != list(table.info.columns)
                 for row in cur.fetchall():
                     rows[row[table.key]] = row
-        return rows
+        return rows, changed
+
+    def _reload_model(self, tables: Iterable[str]) -> None:
+        """After DDL: read information_schema again and rebuild the per-table converters."""
+        log.info("columns of %s changed: reloading the schema model", ", ".join(sorted(tables)))
+        self.model = SchemaModel.load(self.conn, self.model.database, list(self.model.synced))
+        self.converters.clear()
+        self.attribute_formats.clear()
 
     def _valid(self, event: dict[str, Any]) -> SyncedTable | None:
         table = self.model.synced.get(event.get("table", ""))
@@ -110,7 +120,15 @@ class Enricher:
         for event, table in valid:
             if event["op"] != "d":
                 wanted.setdefault(table.name, set()).add(event["after"][table.key])
-        current = {name: self._load_rows(self.model.synced[name], keys) for name, keys in wanted.items()}
+        current: dict[str, dict[Any, dict[str, Any]]] = {}
+        changed: list[str] = []
+        for name, keys in wanted.items():
+            current[name], ddl = self._load_rows(self.model.synced[name], keys)
+            if ddl:
+                changed.append(name)
+        if changed:
+            self._reload_model(changed)
+            valid = [(e, self.model.synced[t.name]) for e, t in valid]
         refs = self._resolve_references(current)
         deleted_uuids = self._deleted_identity(valid)
         sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")

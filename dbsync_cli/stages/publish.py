@@ -19,12 +19,21 @@ from typing import Any
 import stomp
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
+from dbsync_cli import exitcodes
+from dbsync_cli.binlog import CaptureStop
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.records import dumps
 
 log = logging.getLogger("dbsync.publish")
 
 ENCODING_HEADER = "dbsync-encoding"
+
+# connect failures that retrying cannot fix: the broker's certificate is not trusted, or the login is refused
+_PERMANENT = ("TLS certificate rejected", "Security Error")
+
+
+class BrokerStop(CaptureStop):
+    """The broker refuses us for a reason only an operator can fix: stop (exit code) instead of retrying forever."""
 
 
 @dataclass
@@ -90,7 +99,12 @@ class Publisher:
             return self.conn
         self.close()
         self.receipts = _Receipts()
-        self.conn = open_connection(self.settings.broker, listener=self.receipts)
+        try:
+            self.conn = open_connection(self.settings.broker, listener=self.receipts)
+        except BrokerError as exc:
+            if any(marker in str(exc) for marker in _PERMANENT):
+                raise BrokerStop(str(exc), exitcodes.UNREACHABLE) from None
+            raise
         log.info("connected to %s:%d", self.settings.broker.host, self.settings.broker.port)
         return self.conn
 
@@ -101,6 +115,15 @@ class Publisher:
             except Exception:  # noqa: BLE001 - closing a broken connection must not hide the original error
                 pass
             self.conn = None
+
+    @staticmethod
+    def _valid(message: dict[str, Any]) -> bool:
+        """A record without an id or table is not a sync message: sending it would break dedup and the receiver."""
+        if isinstance(message.get("id"), str) and message["id"] and message.get("table"):
+            return True
+        log.error("record at %s (table %r) has no message id or table: not a sync message; skipped",
+                  message.get("source"), message.get("table"))
+        return False
 
     def _frame(self, message: dict[str, Any]) -> tuple[bytes, dict[str, str]] | None:
         body = dumps(message)
@@ -175,8 +198,10 @@ class Publisher:
         try:
             for record in records:
                 if record.get("op") == "h":
-                    last_source = record["source"]
+                    last_source = record.get("source") or last_source
                     yield from flush()
+                    continue
+                if not self._valid(record):
                     continue
                 frame = self._frame(record)
                 last_source = record.get("source") or last_source

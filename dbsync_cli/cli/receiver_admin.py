@@ -1,0 +1,148 @@
+"""`dbsync consume` (broker → inbox, NDJSON out) and `dbsync sites add|list|disable|enable|remove`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+import pymysql
+import typer
+
+from dbsync_cli import exitcodes, records
+from dbsync_cli.broker import BrokerError
+from dbsync_cli.cli import common
+from dbsync_cli.cli.sender_cmds import stop_on_signals
+from dbsync_cli.config import Config
+from dbsync_cli.receiver import central, state
+from dbsync_cli.stages.consume import consume as consume_stage
+
+log = logging.getLogger("dbsync")
+
+
+def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
+    """A connection to the central server with the state schema in place (created/migrated when asked)."""
+    params = central.central_db(cfg)
+    try:
+        conn = params.connect(autocommit=False)
+    except pymysql.err.OperationalError as exc:
+        common.fail(f"cannot connect to central database {params.describe()}: {exc.args[-1]}", exitcodes.UNREACHABLE)
+    try:
+        if migrate:
+            state.migrate(conn, central.state_schema(cfg), openmrs_db=cfg["central_db.database"])
+    except state.StateError as exc:
+        conn.close()
+        common.fail(str(exc), exitcodes.CONFIG)
+    except pymysql.err.MySQLError as exc:
+        conn.close()
+        common.fail(f"receiver state schema {cfg['central_db.state_schema']}: {exc.args[-1]}")
+    return conn
+
+
+def consume(
+    config: common.ConfigOption = None,
+    max_messages: Annotated[int | None, typer.Option("--max-messages", help="Stop after N records.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(
+        "--idle-exit", help="Stop when nothing was delivered for SECONDS.", metavar="SECONDS")] = None,
+) -> None:
+    """Store deliveries in the central inbox (ACK after COMMIT) and write the inbox records as NDJSON.
+
+    Rows already in the inbox and not applied yet are written first, so a restart re-emits them.
+    """
+    cfg = common.load_config(config, "receiver")
+    stop = stop_on_signals()
+    _state_conn(cfg).close()
+    settings = central.consume_settings(cfg)
+    try:
+        count = records.write(consume_stage(settings, stop, max_messages=max_messages, idle_seconds=idle_exit))
+    except BrokerError as exc:
+        common.fail(str(exc), exitcodes.UNREACHABLE)
+    except BrokenPipeError:
+        raise typer.Exit(exitcodes.OK) from None
+    log.info("consume: %d records", count)
+
+
+sites_app = typer.Typer(help="Register, list, disable and remove the sites this receiver accepts.",
+                        no_args_is_help=True)
+
+
+def _run(config: Any, action: Any) -> Any:
+    cfg = common.load_config(config, "receiver")
+    conn = _state_conn(cfg)
+    try:
+        return action(conn, central.state_schema(cfg))
+    except state.StateError as exc:
+        common.fail(str(exc))
+    finally:
+        conn.close()
+
+
+@sites_app.command("add")
+def sites_add(
+    identifier: Annotated[str, typer.Argument(help="The site's sender.id.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name (default: the identifier).")] = None,
+    config: common.ConfigOption = None,
+) -> None:
+    """Register a site."""
+    site = _run(config, lambda conn, schema: state.add_site(conn, schema, identifier, name))
+    print(f"site {site.identifier!r} registered ({site.name})")
+
+
+def _last_sync(conn: Any, schema: str) -> dict[int, Any]:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT site_id, last_sync_date FROM {state.schema_name(schema)}.receiver_sync_status")  # noqa: S608
+        return {int(row[0]): row[1] for row in cur.fetchall()}
+
+
+def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
+    last = _last_sync(conn, schema)
+    return [
+        {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
+         "disabled": site.disabled, "last_sync_date": last.get(site.id)}
+        for site in sorted(state.sites(conn, schema).values(), key=lambda s: s.identifier)
+    ]
+
+
+def _when(value: Any) -> str | None:
+    return None if value is None else value.isoformat(sep=" ")
+
+
+@sites_app.command("list")
+def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = False) -> None:
+    """List registered sites with their last sync date."""
+    rows = _run(config, _listing)
+    if as_json:
+        out = [{**row, "date_created": _when(row["date_created"]), "last_sync_date": _when(row["last_sync_date"])}
+               for row in rows]
+        print(json.dumps(out, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("identifier", "name", "created", "status", "last sync")
+    for row in rows:
+        table.add_row(row["identifier"], row["name"], _when(row["date_created"]),
+                      "disabled" if row["disabled"] else "enabled",
+                      _when(row["last_sync_date"]) or "never")
+    Console().print(table if rows else "no sites registered")
+
+
+@sites_app.command("disable")
+def sites_disable(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
+    """Stop applying a site's messages."""
+    _run(config, lambda conn, schema: state.set_disabled(conn, schema, identifier, True))
+    print(f"site {identifier!r} disabled")
+
+
+@sites_app.command("enable")
+def sites_enable(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
+    """Apply a disabled site's messages again."""
+    _run(config, lambda conn, schema: state.set_disabled(conn, schema, identifier, False))
+    print(f"site {identifier!r} enabled")
+
+
+@sites_app.command("remove")
+def sites_remove(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
+    """Unregister a site (its sync status goes with it; synced data stays in central)."""
+    _run(config, lambda conn, schema: state.remove_site(conn, schema, identifier))
+    print(f"site {identifier!r} removed")

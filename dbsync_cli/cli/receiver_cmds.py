@@ -1,0 +1,151 @@
+"""`dbsync apply`, `dbsync receiver` and `dbsync conflicts list|show|resolve`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dbsync_cli import exitcodes, records
+from dbsync_cli.cli import common
+from dbsync_cli.cli.sender_cmds import stop_on_signals
+from dbsync_cli.receiver import conflicts as conflicts_mod
+from dbsync_cli.receiver import run as run_mod
+from dbsync_cli.receiver.apply import Applier
+from dbsync_cli.receiver.apply import apply as apply_stage
+from dbsync_cli.receiver.retry import retry_pending
+from dbsync_cli.schema import SchemaError
+
+
+def _model(cfg):  # type: ignore[no-untyped-def]
+    try:
+        return run_mod.load_model(cfg)
+    except SchemaError as exc:
+        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+
+
+def apply(
+    config: common.ConfigOption = None,
+    from_inbox: Annotated[bool, typer.Option("--from-inbox", help="Apply the inbox table instead of stdin.")] = False,
+    retry: Annotated[bool, typer.Option("--retry", help="Re-apply the retry queue afterwards.")] = False,
+) -> None:
+    """Apply sync messages (stdin NDJSON, or the inbox) to the central DB; one outcome line per message."""
+    cfg = common.load_config(config, "receiver")
+    model = _model(cfg)
+    settings = run_mod.apply_settings(cfg)
+    if from_inbox or retry:
+        applier = Applier(settings, model)
+        try:
+            if from_inbox:
+                run_mod.drain_inbox(applier)
+            if retry:
+                records.write(o.record() for o in retry_pending(applier))
+        finally:
+            applier.close()
+        return
+    records.write(apply_stage(records.read(sys.stdin.buffer, "stdin"), settings, model))
+
+
+def receiver(
+    site_id: Annotated[str | None, typer.Option("--site-id", help="This receiver's identifier (default: "
+                                                                  "receiver.site_id); names the durable "
+                                                                  "subscription's client id.")] = None,
+    config: common.ConfigOption = None,
+    idle_exit: Annotated[float | None, typer.Option("--idle-exit", help="Exit after N idle seconds.")] = None,
+) -> None:
+    """consume + apply + retry + OpenMRS REST calls in one supervised process; SIGTERM drains and exits 0."""
+    cfg = common.load_config(config, "receiver")
+    if site_id:
+        cfg.values["receiver.site_id"] = site_id
+    stop = stop_on_signals()
+    run_mod.run_receiver(cfg, stop, idle_exit=idle_exit)
+
+
+conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally and at a site.",
+                            no_args_is_help=True)
+
+
+def _applier(config):  # type: ignore[no-untyped-def]
+    cfg = common.load_config(config, "receiver")
+    return Applier(run_mod.apply_settings(cfg), _model(cfg))
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    config: common.ConfigOption = None,
+    json_out: common.JsonOption = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved conflicts.")] = False,
+) -> None:
+    """Unresolved conflicts (oldest first)."""
+    applier = _applier(config)
+    try:
+        found = conflicts_mod.list_conflicts(applier.conn, applier.s, include_resolved=all_)
+    finally:
+        applier.close()
+    if json_out:
+        sys.stdout.write(orjson.dumps([c.summary() for c in found]).decode() + "\n")
+        return
+    table = Table(title=f"{len(found)} conflict(s)")
+    for col in ("#", "site", "table", "uuid", "since", "reason", "resolution"):
+        table.add_column(col, overflow="fold")
+    for c in found:
+        table.add_row(str(c.id), c.site, c.table, c.uuid, c.date_created.isoformat(sep=" ", timespec="seconds"),
+                      c.reason, c.resolution or "")
+    Console().print(table)
+
+
+@conflicts_app.command("show")
+def conflicts_show(number: int, config: common.ConfigOption = None, json_out: common.JsonOption = False) -> None:
+    """Column-by-column diff of the central row and the incoming change."""
+    applier = _applier(config)
+    try:
+        conflict = conflicts_mod.get_conflict(applier.conn, applier.s, number)
+        rows = conflicts_mod.diff(applier, conflict)
+    except conflicts_mod.ConflictError as exc:
+        common.fail(str(exc))
+    finally:
+        applier.close()
+    if json_out:
+        out = {**conflict.summary(), "columns": [
+            {"column": c, "central": central, "incoming": incoming, "differs": d} for c, central, incoming, d in rows]}
+        sys.stdout.write(orjson.dumps(out, default=str).decode() + "\n")
+        return
+    table = Table(title=f"conflict {number}: {conflict.table} {conflict.uuid} from {conflict.site}",
+                  caption=conflict.reason)
+    for col in ("column", "central", "incoming"):
+        table.add_column(col, overflow="fold")
+    for column, central, incoming, differs in rows:
+        style = "bold yellow" if differs else None
+        table.add_row(column, "" if central is None else str(central), "" if incoming is None else str(incoming),
+                      style=style)
+    Console().print(table)
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    number: int,
+    config: common.ConfigOption = None,
+    keep_central: Annotated[bool, typer.Option("--keep-central", help="Keep central's row, drop the incoming "
+                                                                      "change.")] = False,
+    take_incoming: Annotated[bool, typer.Option("--take-incoming", help="Apply the incoming change.")] = False,
+    merge: Annotated[str | None, typer.Option("--merge", help="Take these incoming columns (col1,col2), keep "
+                                                              "the rest.")] = None,
+) -> None:
+    """Resolve conflict N; bare `resolve N` records a manual fix. Messages waiting behind it are then applied."""
+    chosen = [m for m, on in (("keep-central", keep_central), ("take-incoming", take_incoming),
+                              ("merge", merge is not None)) if on]
+    if len(chosen) > 1:
+        common.fail("choose one of --keep-central, --take-incoming, --merge", exitcodes.CONFIG)
+    mode = chosen[0] if chosen else "manual"
+    columns = [c.strip() for c in merge.split(",") if c.strip()] if merge else None
+    applier = _applier(config)
+    try:
+        print(conflicts_mod.resolve(applier, number, mode, columns))
+    except conflicts_mod.ConflictError as exc:
+        common.fail(str(exc))
+    finally:
+        applier.close()

@@ -1,0 +1,66 @@
+"""Settings the receiver's parts build from a receiver Config: central DB, state schema, broker, consume."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dbsync_cli.broker import BrokerSettings
+from dbsync_cli.config import Config
+from dbsync_cli.db import DbParams
+from dbsync_cli.receiver import state
+from dbsync_cli.sender import broker_settings as _broker_settings
+
+if TYPE_CHECKING:
+    from dbsync_cli.receiver.rest import RestSettings
+    from dbsync_cli.stages.consume import ConsumeSettings
+
+
+def central_db(cfg: Config) -> DbParams:
+    """The central OpenMRS database (``central_db.*``)."""
+    return cfg.db("central_db")
+
+
+def state_schema(cfg: Config) -> str:
+    """The schema holding receiver state on the central server (validated as a plain identifier)."""
+    name = cfg["central_db.state_schema"]
+    state.schema_name(name)
+    return name
+
+
+def broker_settings(cfg: Config) -> BrokerSettings:
+    return _broker_settings(cfg)
+
+
+def migrate_state(cfg: Config) -> int:
+    """Create/upgrade the state schema (and the uuid indexes central needs); returns its version."""
+    conn = central_db(cfg).connect(autocommit=False)
+    try:
+        return state.migrate(conn, state_schema(cfg), openmrs_db=cfg["central_db.database"])
+    finally:
+        conn.close()
+
+
+def consume_settings(cfg: Config, **overrides: Any) -> ConsumeSettings:
+    """ConsumeSettings for ``broker.destination`` (queue or durable topic subscription)."""
+    from dbsync_cli.stages.consume import ConsumeSettings
+
+    settings = ConsumeSettings(
+        broker=broker_settings(cfg), db=central_db(cfg), state_schema=state_schema(cfg),
+        destination=cfg["broker.destination"], destination_type=cfg["broker.destination_type"],
+        subscription=cfg["broker.subscription"], client_id=cfg["receiver.site_id"],
+        consumer_window=cfg["broker.consumer_window"], batch_messages=cfg["receiver.batch_messages"],
+    )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
+
+
+def rest_settings(cfg: Config) -> RestSettings | None:
+    """RestSettings for the OpenMRS REST worker, or None when ``openmrs.url`` is not configured."""
+    from dbsync_cli.receiver.rest import RestSettings
+
+    if not cfg.get("openmrs.url"):
+        return None
+    return RestSettings(url=cfg["openmrs.url"], user=cfg.get("openmrs.user"), password=cfg.get("openmrs.password"),
+                        db=central_db(cfg), state_schema=state_schema(cfg))

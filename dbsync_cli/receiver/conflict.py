@@ -1,0 +1,73 @@
+"""The conflict rule: a central row is *edited centrally* when its hash differs from the hash stored when dbsync
+last wrote it. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
+date_retired is after the incoming one's (policy "newer", the EIP rule) or always (policy "any"). A placeholder is
+never a conflict; a row central had before any sync (same uuid) is parked unless the incoming row equals it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from dbsync_cli.receiver.placeholder import is_placeholder
+from dbsync_cli.schema import SyncedTable
+
+DATE_COLUMNS = ("date_changed", "date_voided", "date_retired")
+
+
+@dataclass
+class Verdict:
+    park: bool = False
+    stale: bool = False
+    reason: str | None = None
+
+
+def canonical(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None).isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.timedelta | Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """Over the row exactly as stored at central: it only has to tell whether the row changed since we wrote it."""
+    return hashlib.sha256(orjson.dumps({k: canonical(v) for k, v in sorted(row.items())})).hexdigest()
+
+
+def _latest(values: dict[str, Any]) -> dt.datetime | None:
+    dates = [v for c in DATE_COLUMNS if isinstance(v := values.get(c), dt.datetime)]
+    return max(dates) if dates else None
+
+
+def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
+          values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str) -> Verdict:
+    """Decide for an incoming change to an existing central row (values: converted data, None for a delete)."""
+    if is_placeholder(current):
+        return Verdict()
+    central_latest = _latest(current)
+    incoming_latest = _latest(values) if values is not None else incoming_time
+    if stored_hash is None:
+        if values is not None and all(canonical(current.get(c)) == canonical(v) for c, v in values.items()):
+            return Verdict()
+        return Verdict(park=True, reason="row existed at central before any sync and differs from the incoming one")
+    if stored_hash == row_hash(current):
+        if (values is not None and central_latest and incoming_latest and incoming_latest < central_latest):
+            return Verdict(stale=True, reason=f"incoming change ({incoming_latest}) is older than central "
+                                              f"({central_latest})")
+        return Verdict()
+    if policy == "any":
+        return Verdict(park=True, reason="row edited centrally since its last sync")
+    if central_latest is not None and (incoming_latest is None or central_latest > incoming_latest):
+        return Verdict(park=True, reason=f"row edited centrally at {central_latest}, after the incoming change "
+                                         f"({incoming_latest or 'undated'})")
+    return Verdict()

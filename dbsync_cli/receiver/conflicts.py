@@ -1,0 +1,155 @@
+"""Listing, showing and resolving parked conflicts; resolving releases the messages waiting behind them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pymysql.cursors
+
+from dbsync_cli.receiver import state
+from dbsync_cli.receiver.apply import Applier, _Batch, _now
+from dbsync_cli.receiver.conflict import canonical, row_hash
+from dbsync_cli.receiver.message import parse_raw
+from dbsync_cli.receiver.resolve import MessageError
+from dbsync_cli.receiver.retry import retry_pending
+
+MODES = ("keep-central", "take-incoming", "merge", "manual")
+
+
+class ConflictError(Exception):
+    """One line for the operator."""
+
+
+@dataclass
+class Conflict:
+    id: int
+    message_id: str
+    site: str
+    table: str
+    uuid: str
+    reason: str
+    date_created: dt.datetime
+    resolved: bool
+    resolution: str | None
+    body: bytes
+    central_row: bytes | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "site": self.site, "table": self.table, "uuid": self.uuid, "reason": self.reason,
+                "date_created": self.date_created.isoformat(sep=" "), "resolved": self.resolved,
+                "resolution": self.resolution, "message_id": self.message_id}
+
+
+_COLUMNS = ("id, message_id, site, table_name, entity_uuid, reason, date_created, resolved, resolution, body, "
+            "central_row")
+
+
+def list_conflicts(conn: Any, schema: str, include_resolved: bool = False) -> list[Conflict]:
+    where = "" if include_resolved else " WHERE resolved = 0"
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM {schema}.receiver_conflict_queue{where} ORDER BY id")  # noqa: S608
+        return [_conflict(row) for row in cur.fetchall()]
+
+
+def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM {schema}.receiver_conflict_queue WHERE id = %s", (number,))  # noqa: S608
+        row = cur.fetchone()
+    if row is None:
+        raise ConflictError(f"conflict {number} does not exist")
+    return _conflict(row)
+
+
+def _conflict(row: tuple[Any, ...]) -> Conflict:
+    return Conflict(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], bytes(row[9]),
+                    bytes(row[10]) if row[10] is not None else None)
+
+
+def diff(applier: Applier, conflict: Conflict) -> list[tuple[str, Any, Any, bool]]:
+    """(column, central now, incoming, differs) for every incoming column; references shown as uuids."""
+    message = orjson.loads(conflict.body)
+    table = applier.model.synced[conflict.table]
+    current = _current_row(applier, table.name, conflict.uuid) or {}
+    rows = []
+    for column, incoming in (message.get("data") or {}).items():
+        central = current.get(column)
+        ref = table.references.get(column)
+        if ref is not None and ref.identity is not None and central is not None:
+            central = _uuid_of(applier, ref.identity.table, central)
+            shown_in = incoming.get("uuid") if isinstance(incoming, dict) else incoming
+        else:
+            try:
+                converted = applier.convert._value(table.info.columns[column].data_type, incoming, column)
+            except MessageError:
+                converted = incoming
+            shown_in = converted
+        rows.append((column, central, shown_in, canonical(central) != canonical(shown_in)))
+    return rows
+
+
+def _uuid_of(applier: Applier, table: str, key: Any) -> Any:
+    pk = applier.model.tables[table].primary_key[0]
+    with applier.conn.cursor() as cur:
+        cur.execute(f"SELECT uuid FROM `{table}` WHERE `{pk}` = %s", (key,))  # noqa: S608
+        row = cur.fetchone()
+    return row[0] if row else key
+
+
+def _current_row(applier: Applier, table_name: str, uuid: str) -> dict[str, Any] | None:
+    table = applier.model.synced[table_name]
+    ident = table.identity
+    with applier.conn.cursor() as cur:
+        cur.execute(f"SELECT `{ident.key}` FROM `{ident.table}` WHERE uuid = %s", (uuid,))  # noqa: S608
+        found = cur.fetchone()
+    if found is None:
+        return None
+    with applier.conn.cursor(pymysql.cursors.DictCursor) as dcur:
+        dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{table.key}` = %s", (found[0],))  # noqa: S608
+        return dcur.fetchone()
+
+
+def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None) -> str:
+    """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards."""
+    if mode not in MODES:
+        raise ConflictError(f"unknown resolution {mode!r}")
+    s = applier.s
+    conflict = get_conflict(applier.conn, s, number)
+    if conflict.resolved:
+        raise ConflictError(f"conflict {number} is already resolved ({conflict.resolution})")
+    applier.sites = state.sites(applier.conn, applier.settings.state_schema)
+    with applier.conn.cursor() as cur:
+        if mode in ("take-incoming", "merge"):
+            item = parse_raw(conflict.body, conflict.message_id, conflict.site, applier.model,
+                             applier.settings.max_message_bytes)
+            if item.error is not None:
+                raise ConflictError(f"conflict {number}: stored message is invalid: {item.error}")
+            if mode == "merge" and (item.message or {}).get("op") == "d":
+                raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
+            batch = _Batch()
+            outcome = applier._one(cur, item, batch, from_retry=True, force=True,
+                                   only=merge_columns if mode == "merge" else None)
+            if outcome.outcome != "applied":
+                applier.conn.rollback()
+                raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
+            applier._finish(cur, batch)
+        else:
+            current = _current_row(applier, conflict.table, conflict.uuid)
+            if current is None:
+                cur.execute(f"DELETE FROM {s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
+                            (conflict.table, conflict.uuid))
+            else:
+                cur.execute(
+                    f"INSERT INTO {s}.entity_hash (table_name, entity_uuid, hash, site, date_synced) "  # noqa: S608
+                    "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE hash=VALUES(hash), "
+                    "date_synced=VALUES(date_synced)",
+                    (conflict.table, conflict.uuid, row_hash(current), conflict.site, _now()))
+        cur.execute(f"UPDATE {s}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "  # noqa: S608
+                    "WHERE id = %s", (mode, _now(), number))
+    applier.conn.commit()
+    applier._load_blocked()
+    released = retry_pending(applier)
+    done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
+    return f"conflict {number} resolved ({mode}); {done} waiting message(s) applied"

@@ -1,0 +1,98 @@
+"""Placeholders: a row that only holds a uuid, for a reference whose real row has not arrived yet.
+
+Like EIP's light entities: voided/retired with reason `[placeholder]`, required columns filled with defaults (the
+central default user, an existing row for other required references, the uuid for text so unique keys hold). The
+real message later overwrites it; a placeholder is never a conflict. A subclass placeholder (a reference to
+`patient`) also gets its parent (`person`) so the foreign key holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid as uuidlib
+from typing import Any
+
+from dbsync_cli.schema import SchemaModel
+from dbsync_cli.schema.introspect import Column, TableInfo
+from dbsync_cli.schema.openmrs import AUDIT_COLUMNS, PLACEHOLDER_REASON
+
+_LENGTH = re.compile(r"\((\d+)")
+_TEXT = {"char", "varchar"}
+
+
+def is_placeholder(row: dict[str, Any]) -> bool:
+    return PLACEHOLDER_REASON in (row.get("void_reason"), row.get("retire_reason"))
+
+
+def _default(cur: Any, model: SchemaModel, info: TableInfo, column: Column, uuid: str, user: int) -> Any:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    fk = info.foreign_keys.get(column.name)
+    target = fk.ref_table if fk else ("users" if column.name in AUDIT_COLUMNS else None)
+    if target == "users":
+        return user
+    if target is not None:
+        key = model.tables[target].primary_key[0]
+        cur.execute(f"SELECT MIN(`{key}`) FROM `{target}`")  # noqa: S608 - names from the schema model
+        found = cur.fetchone()[0]
+        if found is not None:
+            return found
+        return create(cur, model, target, str(uuidlib.uuid4()), user)
+    kind = column.data_type
+    if kind in _TEXT:
+        match = _LENGTH.search(column.column_type)
+        return uuid[: int(match.group(1))] if match else uuid
+    if kind.endswith("text"):
+        return PLACEHOLDER_REASON
+    if kind in ("datetime", "timestamp"):
+        return now
+    if kind == "date":
+        return now.date()
+    if kind == "time":
+        return "00:00:00"
+    return 0
+
+
+def _insert(cur: Any, table: str, values: dict[str, Any]) -> None:
+    columns = ", ".join(f"`{c}`" for c in values)
+    cur.execute(f"INSERT INTO `{table}` ({columns}) VALUES ({', '.join(['%s'] * len(values))})",  # noqa: S608
+                list(values.values()))
+
+
+def create(cur: Any, model: SchemaModel, table: str, uuid: str, user: int) -> Any:
+    """Insert a placeholder for `uuid` in `table` (and its identity parent); return the shared key."""
+    identity = model.identity_of(table)
+    if identity is None:
+        raise ValueError(f"cannot create a placeholder in {table}: it has no uuid")
+    if identity.table != table:
+        parent_key = create(cur, model, identity.table, uuid, user)
+        _insert(cur, table, _values(cur, model, model.tables[table], uuid, user, key=parent_key))
+        return parent_key
+    info = model.tables[table]
+    _insert(cur, table, _values(cur, model, info, uuid, user))
+    return cur.lastrowid
+
+
+def _values(cur: Any, model: SchemaModel, info: TableInfo, uuid: str, user: int, key: Any = None) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    values: dict[str, Any] = {}
+    pk = info.primary_key[0]
+    if key is not None:
+        values[pk] = key
+    for column in info.columns.values():
+        if column.name in values or column.auto_increment:
+            continue
+        if column.name == "uuid":
+            values["uuid"] = uuid
+        elif column.name in ("voided", "retired"):
+            values[column.name] = 1
+        elif column.name in ("void_reason", "retire_reason"):
+            values[column.name] = PLACEHOLDER_REASON
+        elif column.name in ("date_voided", "date_retired"):
+            values[column.name] = now
+        elif column.name in ("voided_by", "retired_by", "creator"):
+            values[column.name] = user
+        elif not column.nullable and (column.default is None or column.name in info.foreign_keys):
+            # a NOT NULL reference needs a real target even when the schema declares a default such as 0
+            values[column.name] = _default(cur, model, info, column, uuid, user)
+    return values

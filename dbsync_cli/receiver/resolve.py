@@ -1,0 +1,170 @@
+"""uuid → central id, batched and cached, and the wire → central conversion of a message's data.
+
+Every reference is resolved through the target's identity table (a reference to `patient` resolves through
+`person`, since a subclass row shares its parent's key). A missing synced row becomes a placeholder; missing
+metadata is an error naming the table and uuid, for the retry queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from dbsync_cli.receiver import placeholder
+from dbsync_cli.schema import SchemaModel, SyncedTable
+from dbsync_cli.schema.openmrs import ATTRIBUTE_ID_VALUES
+from dbsync_cli.uuid_cache import LruMap, chunks
+from dbsync_cli.values import wire_to_local_datetime
+
+UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}$")
+
+
+class MessageError(Exception):
+    """The message itself is wrong (shape, table, column, value): retrying will not help until it is fixed."""
+
+
+class MissingReference(Exception):
+    """A referenced metadata row is not at central (yet): retry later."""
+
+
+class UuidToId:
+    """Central key of an identity table's row by uuid; misses are fetched in one `IN (…)` query per table."""
+
+    def __init__(self, model: SchemaModel, size: int = 200_000):
+        self.model = model
+        self.size = size
+        self.cache: dict[str, LruMap] = {}
+
+    def _map(self, table: str) -> LruMap:
+        if table not in self.cache:
+            self.cache[table] = LruMap(self.size)
+        return self.cache[table]
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def remember(self, table: str, uuid: str, key: Any) -> None:
+        self._map(table).put(uuid, key)
+
+    def forget(self, table: str, uuid: str) -> None:
+        self._map(table).pop(uuid)
+
+    def get(self, table: str, uuid: str) -> Any:
+        return self._map(table).get(uuid)
+
+    def prefetch(self, cur: Any, table: str, uuids: Iterable[str]) -> None:
+        cache = self._map(table)
+        missing = sorted({u for u in uuids if u and cache.get(u) is None})
+        key = self.model.tables[table].primary_key[0]
+        for part in chunks(missing):
+            cur.execute(
+                f"SELECT uuid, `{key}` FROM `{table}` WHERE uuid IN ({','.join(['%s'] * len(part))})",  # noqa: S608
+                part,
+            )
+            for uuid, local in cur.fetchall():
+                cache.put(uuid, local)
+
+
+class Converter:
+    """Turns a message's `data` into central column values (refs → ids, datetimes → central zone, suffixes)."""
+
+    def __init__(self, model: SchemaModel, ids: UuidToId, central_tz: dt.tzinfo, default_user: int):
+        self.model = model
+        self.ids = ids
+        self.tz = central_tz
+        self.default_user = default_user
+        self.attribute_formats: dict[Any, str | None] = {}
+
+    def references(self, table: SyncedTable, data: dict[str, Any]) -> Iterable[tuple[str, str]]:
+        """(identity table, uuid) of every reference in `data`, for batched prefetching."""
+        for column, ref in table.references.items():
+            value = data.get(column)
+            if ref.identity is not None and isinstance(value, dict) and value.get("uuid"):
+                yield ref.identity.table, value["uuid"]
+        if table.name in ATTRIBUTE_ID_VALUES:
+            value = data.get(ATTRIBUTE_ID_VALUES[table.name][0])
+            if isinstance(value, dict) and value.get("$ref") in self.model.tables and value.get("uuid"):
+                identity = self.model.identity_of(value["$ref"])
+                if identity is not None:
+                    yield identity.table, value["uuid"]
+
+    def resolve(self, cur: Any, table_name: str, uuid: str, *, allow_placeholder: bool) -> Any:
+        """Central key of `uuid` in `table_name` (a synced table gets a placeholder when it is missing)."""
+        identity = self.model.identity_of(table_name)
+        if identity is None:
+            raise MessageError(f"reference to {table_name}, which has no uuid")
+        key = self.ids.get(identity.table, uuid)
+        if key is None:
+            self.ids.prefetch(cur, identity.table, [uuid])
+            key = self.ids.get(identity.table, uuid)
+        if key is not None:
+            return key
+        if allow_placeholder and (table_name in self.model.synced or identity.table in self.model.synced):
+            key = placeholder.create(cur, self.model, table_name, uuid, self.default_user)
+            self.ids.remember(identity.table, uuid, key)
+            return key
+        raise MissingReference(f"{table_name} {uuid} does not exist at central")
+
+    def values(self, cur: Any, table: SyncedTable, data: dict[str, Any], site: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        columns = table.info.columns
+        attribute_column = ATTRIBUTE_ID_VALUES.get(table.name, (None,))[0]
+        for column, value in data.items():
+            if column == attribute_column and isinstance(value, dict):
+                continue  # an id-valued attribute: resolved below
+            info = columns.get(column)
+            if info is None or column == table.key or column == "uuid" or column in table.secret_columns:
+                raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
+            ref = table.references.get(column)
+            if ref is not None and ref.identity is not None:
+                if value is None:
+                    out[column] = None
+                elif isinstance(value, dict) and isinstance(value.get("uuid"), str):
+                    out[column] = self.resolve(cur, ref.table, _uuid(value["uuid"]), allow_placeholder=True)
+                else:
+                    raise MessageError(f"{table.name}.{column}: expected a uuid reference")
+                continue
+            out[column] = self._value(info.data_type, value, f"{table.name}.{column}")
+        for column in table.site_suffix_columns:
+            value = out.get(column)
+            if isinstance(value, str) and value and not value.endswith(f"|{site}"):
+                out[column] = f"{value}|{site}"
+        if table.name in ATTRIBUTE_ID_VALUES:
+            value_column = ATTRIBUTE_ID_VALUES[table.name][0]
+            value = data.get(value_column)
+            if isinstance(value, dict) and isinstance(value.get("uuid"), str):
+                target = str(value.get("$ref"))
+                if target not in self.model.tables or self.model.identity_of(target) is None:
+                    raise MessageError(f"{table.name}.{value_column}: unknown reference table {target[:64]!r}")
+                out[value_column] = str(self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False))
+        return out
+
+    def _value(self, data_type: str, value: Any, where: str) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            if "$b64" in value:
+                try:
+                    return base64.b64decode(value["$b64"], validate=True)
+                except (ValueError, TypeError):
+                    raise MessageError(f"{where}: invalid base64") from None
+            raise MessageError(f"{where}: unexpected object value")
+        if isinstance(value, list):
+            raise MessageError(f"{where}: unexpected list value")
+        try:
+            if data_type == "datetime" and isinstance(value, str):
+                return wire_to_local_datetime(value, self.tz)
+            if data_type == "timestamp" and isinstance(value, str):
+                return wire_to_local_datetime(value, dt.UTC)
+        except ValueError:
+            raise MessageError(f"{where}: invalid datetime {value[:40]!r}") from None
+        return value
+
+
+def _uuid(value: str) -> str:
+    if not UUID_TEXT.match(value):
+        raise MessageError(f"invalid uuid {value[:40]!r}")
+    return value

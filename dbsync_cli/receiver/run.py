@@ -1,0 +1,111 @@
+"""The receiver: consume (into the inbox) + apply (from the inbox) + retry + OpenMRS REST calls, supervised.
+
+Consume and the REST worker run in threads with their own connections; apply reads the inbox in id order, so the
+broker's delivery order is the apply order. SIGTERM sets `stop`: consume commits and acknowledges its batch, apply
+finishes its batch, and everything returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from dbsync_cli.config import Config
+from dbsync_cli.receiver import state
+from dbsync_cli.receiver.apply import Applier, ApplySettings
+from dbsync_cli.receiver.retry import retry_pending
+from dbsync_cli.schema import SchemaModel, synced_table_names
+from dbsync_cli.supervise import supervise
+
+log = logging.getLogger("dbsync.receiver")
+
+
+def apply_settings(cfg: Config) -> ApplySettings:
+    return ApplySettings(
+        central=cfg.db("central_db"), state_schema=cfg["central_db.state_schema"], timezone=cfg["receiver.timezone"],
+        conflict_policy=cfg["receiver.conflict_policy"], batch_messages=cfg["receiver.batch_messages"],
+        max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
+    )
+
+
+def load_model(cfg: Config) -> SchemaModel:
+    params = cfg.db("central_db")
+    with params.connect() as conn:
+        return SchemaModel.load(conn, params.database or "", synced_table_names(
+            cfg.get("receiver.tables"), cfg.get("receiver.extra_tables")))
+
+
+def read_inbox(applier: Applier, limit: int) -> list[dict[str, Any]]:
+    """The oldest inbox rows (apply deletes what it applied in the same transaction)."""
+    applier.conn.commit()
+    with applier.conn.cursor() as cur:
+        cur.execute(f"SELECT id, message_id, site, body FROM {applier.s}.inbox ORDER BY id LIMIT %s", (limit,))  # noqa: S608
+        rows = cur.fetchall()
+    applier.conn.commit()
+    return [{"inbox": r[0], "message_id": r[1], "site": r[2], "body": {"$b64": _b64(r[3])}} for r in rows]
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def drain_inbox(applier: Applier, stop: threading.Event | None = None) -> int:
+    """Apply inbox rows until the inbox is empty; returns messages handled."""
+    total = 0
+    while stop is None or not stop.is_set():
+        records = read_inbox(applier, applier.settings.batch_messages)
+        if not records:
+            break
+        total += len(applier.apply_batch(records))
+    return total
+
+
+def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None) -> None:
+    applier = Applier(apply_settings(cfg), model)
+    interval = cfg["receiver.retry_interval_seconds"]
+    last_retry = 0.0
+    last_work = time.monotonic()
+    try:
+        while not stop.is_set():
+            records = read_inbox(applier, applier.settings.batch_messages)
+            if records:
+                applier.apply_batch(records)
+                last_work = time.monotonic()
+            if time.monotonic() - last_retry >= interval:
+                retry_pending(applier)
+                last_retry = time.monotonic()
+            if not records:
+                if idle_exit is not None and time.monotonic() - last_work >= idle_exit:
+                    return
+                stop.wait(0.2)
+    finally:
+        applier.close()
+
+
+def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
+    """Supervise: each part restarts with exponential backoff after a failure."""
+    from dbsync_cli.receiver import central, rest
+    from dbsync_cli.stages import consume
+
+    params = cfg.db("central_db")
+    with params.connect(autocommit=False) as conn:
+        state.migrate(conn, cfg["central_db.state_schema"], params.database)
+    model = load_model(cfg)
+    threads = [
+        threading.Thread(target=supervise, name="consume", daemon=True,
+                         args=("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop), stop)),
+    ]
+    if rest.rest_enabled(cfg):
+        threads.append(threading.Thread(target=supervise, name="rest", daemon=True,
+                                        args=("rest", lambda: rest.RestWorker(central.rest_settings(cfg), stop).run(),
+                                              stop)))
+    for thread in threads:
+        thread.start()
+    supervise("apply", lambda: run_apply_loop(cfg, stop, model, idle_exit), stop, once=idle_exit is not None)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)

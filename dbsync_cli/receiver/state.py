@@ -1,0 +1,185 @@
+"""Receiver state in a `dbsync` schema on the central server, so that applying a change, its entity hash, its
+message id and the site status commit in one transaction with the change itself.
+
+Table names an OpenMRS operator knows from EIP are kept: site_info, receiver_sync_status, receiver_conflict_queue,
+receiver_retry_queue. Migrations are numbered and recorded in schema_version; each runs once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("dbsync.state")
+
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE IF NOT EXISTS {s}.schema_version (version INT NOT NULL PRIMARY KEY, applied DATETIME NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS {s}.site_info (
+            id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            identifier VARCHAR(100) NOT NULL,
+            date_created DATETIME NOT NULL,
+            disabled TINYINT(1) NOT NULL DEFAULT 0,
+            UNIQUE KEY site_identifier (identifier)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_sync_status (
+            site_id INT NOT NULL PRIMARY KEY,
+            last_sync_date DATETIME(3) NOT NULL,
+            last_message_id VARCHAR(255) NULL,
+            messages BIGINT NOT NULL DEFAULT 0,
+            CONSTRAINT status_site FOREIGN KEY (site_id) REFERENCES {s}.site_info (id) ON DELETE CASCADE)""",
+        """CREATE TABLE IF NOT EXISTS {s}.inbox (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            message_id VARCHAR(255) NOT NULL,
+            site VARCHAR(100) NULL,
+            body LONGBLOB NOT NULL,
+            date_received DATETIME(3) NOT NULL,
+            UNIQUE KEY inbox_message (message_id)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.applied_message (
+            message_id VARCHAR(255) NOT NULL PRIMARY KEY,
+            date_applied DATETIME(3) NOT NULL,
+            KEY applied_date (date_applied)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.entity_hash (
+            table_name VARCHAR(64) NOT NULL,
+            entity_uuid VARCHAR(38) NOT NULL,
+            hash CHAR(64) NOT NULL,
+            site VARCHAR(100) NULL,
+            date_synced DATETIME(3) NOT NULL,
+            PRIMARY KEY (table_name, entity_uuid)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_retry_queue (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            message_id VARCHAR(255) NOT NULL,
+            site VARCHAR(100) NULL,
+            table_name VARCHAR(64) NULL,
+            entity_key VARCHAR(120) NULL,
+            body LONGBLOB NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INT NOT NULL DEFAULT 0,
+            date_created DATETIME(3) NOT NULL,
+            date_last_attempt DATETIME(3) NULL,
+            KEY retry_entity (entity_key)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_conflict_queue (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            message_id VARCHAR(255) NOT NULL,
+            site VARCHAR(100) NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            entity_uuid VARCHAR(38) NOT NULL,
+            entity_key VARCHAR(120) NOT NULL,
+            body LONGBLOB NOT NULL,
+            central_row LONGBLOB NULL,
+            reason TEXT NOT NULL,
+            date_created DATETIME(3) NOT NULL,
+            resolved TINYINT(1) NOT NULL DEFAULT 0,
+            resolution VARCHAR(40) NULL,
+            date_resolved DATETIME(3) NULL,
+            KEY conflict_entity (entity_key, resolved)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.rest_call (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            resource VARCHAR(40) NOT NULL,
+            sub_resource VARCHAR(40) NULL,
+            entity_uuid VARCHAR(38) NOT NULL,
+            attempts INT NOT NULL DEFAULT 0,
+            last_error TEXT NULL,
+            date_created DATETIME(3) NOT NULL,
+            date_last_attempt DATETIME(3) NULL) CHARACTER SET utf8mb4""",
+    ],
+]
+
+#: Synced OpenMRS tables that have no index on uuid in 2.5: the receiver adds one, or every lookup is a full scan.
+UUID_INDEX_TABLES = ("users", "allergy")
+
+
+class StateError(Exception):
+    """Receiver state problem an operator must act on (one line)."""
+
+
+def schema_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise StateError(f"central_db.state_schema {name!r} is not a plain identifier")
+    return f"`{name}`"
+
+
+def migrate(conn: Any, schema: str, openmrs_db: str | None = None) -> int:
+    """Create or upgrade the state schema; returns the version now in place."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {s} CHARACTER SET utf8mb4")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version INT NOT NULL PRIMARY KEY, "
+                    "applied DATETIME NOT NULL)")
+        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_version")  # noqa: S608
+        current = int(cur.fetchone()[0])
+        for number, statements in enumerate(MIGRATIONS, 1):
+            if number <= current:
+                continue
+            for statement in statements:
+                cur.execute(statement.format(s=s))
+            cur.execute(f"INSERT INTO {s}.schema_version (version, applied) VALUES (%s, %s)",  # noqa: S608
+                        (number, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+            log.info("receiver state schema %s migrated to version %d", schema, number)
+            current = number
+        if openmrs_db:
+            _uuid_indexes(cur, openmrs_db)
+    conn.commit()
+    return current
+
+
+def _uuid_indexes(cur: Any, database: str) -> None:
+    for table in UUID_INDEX_TABLES:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s "
+            "AND COLUMN_NAME='uuid' AND SEQ_IN_INDEX=1", (database, table))
+        if cur.fetchone()[0] == 0:
+            cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+                        (database, table))
+            if cur.fetchone()[0]:
+                cur.execute(f"CREATE INDEX dbsync_uuid ON `{database}`.`{table}` (uuid)")
+                log.info("added index dbsync_uuid on %s.%s(uuid) for uuid lookups", database, table)
+
+
+@dataclass(frozen=True)
+class Site:
+    id: int
+    name: str
+    identifier: str
+    date_created: dt.datetime
+    disabled: bool
+
+
+def sites(conn: Any, schema: str) -> dict[str, Site]:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id, name, identifier, date_created, disabled FROM {schema_name(schema)}.site_info")  # noqa: S608
+        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4])) for row in cur.fetchall()}
+
+
+def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -> Site:
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {s}.site_info WHERE identifier=%s", (identifier,))  # noqa: S608
+        if cur.fetchone():
+            raise StateError(f"site {identifier!r} is already registered")
+        cur.execute(f"INSERT INTO {s}.site_info (name, identifier, date_created) VALUES (%s, %s, %s)",  # noqa: S608
+                    (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    conn.commit()
+    return sites(conn, schema)[identifier]
+
+
+def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"UPDATE {schema_name(schema)}.site_info SET disabled=%s WHERE identifier=%s",  # noqa: S608
+                    (int(disabled), identifier))
+        if cur.rowcount == 0 and identifier not in sites(conn, schema):
+            raise StateError(f"site {identifier!r} is not registered")
+    conn.commit()
+
+
+def remove_site(conn: Any, schema: str, identifier: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {schema_name(schema)}.site_info WHERE identifier=%s", (identifier,))  # noqa: S608
+        if cur.rowcount == 0:
+            raise StateError(f"site {identifier!r} is not registered")
+    conn.commit()

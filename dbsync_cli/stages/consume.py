@@ -1,0 +1,357 @@
+"""Consume: Artemis (STOMP) → the receiver's inbox table on the central server, then ACK.
+
+Each delivery is written to ``<state_schema>.inbox`` (``INSERT IGNORE`` on the unique message id, so a redelivered
+duplicate is simply acknowledged again); frames are stored in batches, one transaction per batch, and only after
+the COMMIT is each frame acknowledged (``client-individual``). A crash between COMMIT and ACK means a redelivery
+that the unique key drops; a crash before COMMIT means a redelivery that is stored then. NACK is never sent:
+Artemis treats a STOMP NACK as an ACK and discards the message.
+
+Memory stays constant: the broker sends at most ``consumer_window`` bytes ahead of the acknowledgements, and the
+listener hands frames over through a bounded queue (a full queue makes the listener thread wait, so the socket
+is not read and the broker holds back).
+
+stomp.py does not reconnect a connection that dropped after it was established: the session loop reconnects
+with exponential backoff; unacknowledged deliveries come back from the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import stomp
+import stomp.exception
+from tenacity import wait_exponential
+
+from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.db import DbParams
+from dbsync_cli.receiver.state import schema_name
+
+log = logging.getLogger("dbsync.consume")
+
+ENCODING_HEADER = "dbsync-encoding"
+SUBSCRIPTION_ID = "dbsync-consume"
+MAX_ID = 255  # inbox.message_id VARCHAR(255)
+MAX_SITE = 100  # inbox.site VARCHAR(100)
+MAX_INFLATED = 256 * 1024 * 1024  # a deflate body that inflates beyond this is kept compressed (apply rejects it)
+
+#: Failures that a reconnect (broker and database) can cure.
+RECOVERABLE: tuple[type[BaseException], ...] = (
+    BrokerError, OSError, stomp.exception.StompException, pymysql.err.OperationalError, pymysql.err.InterfaceError,
+)
+
+
+@dataclass
+class ConsumeSettings:
+    broker: BrokerSettings
+    db: DbParams  # the central server (any database: state tables are schema-qualified)
+    state_schema: str = "dbsync"
+    destination: str = "openmrs.sync"
+    destination_type: str = "queue"  # queue (ANYCAST) | topic (MULTICAST, durable subscription)
+    subscription: str = "dbsync"  # durable subscription name (topic mode)
+    client_id: str = "central"  # CONNECT client-id (topic mode): the durable queue is client_id.subscription
+    consumer_window: int = 1_048_576  # bytes the broker may send ahead of the ACKs
+    batch_messages: int = 500  # frames per inbox transaction
+    batch_linger: float = 0.05  # how long a batch waits for more frames before it is committed
+    queue_frames: int = 1000  # bound of the listener → writer hand-over queue
+    max_messages: int | None = None  # stop after this many records/rows
+    idle_seconds: float | None = None  # stop when nothing was delivered for this long
+    page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    id: int
+    message_id: str
+    site: str | None
+    body: bytes
+
+    def record(self) -> dict[str, Any]:
+        """The NDJSON record: the body as text when it is UTF-8, else ``{"$b64": …}``."""
+        try:
+            body: Any = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body = {"$b64": base64.b64encode(self.body).decode()}
+        return {"inbox": self.id, "message_id": self.message_id, "site": self.site, "body": body}
+
+
+class _Deliveries(stomp.ConnectionListener):
+    """Listener thread → writer: a bounded queue of MESSAGE frames, plus the connection's fate."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.frames: queue.Queue[Any] = queue.Queue(maxsize)
+        self.closed = threading.Event()
+        self.error: str | None = None
+
+    def on_message(self, frame: Any) -> None:
+        while not self.closed.is_set():
+            try:
+                self.frames.put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def on_error(self, frame: Any) -> None:
+        body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else (frame.body or "")
+        self.error = (frame.headers.get("message") or "ERROR frame") + (f": {body[:200]}" if body else "")
+        log.error("broker error: %s", " ".join(self.error.split()))
+
+    def on_disconnected(self) -> None:
+        self.closed.set()
+
+    def take(self, limit: int, linger: float, timeout: float) -> list[Any]:
+        """Up to ``limit`` frames: wait ``timeout`` for the first, then ``linger`` for more."""
+        try:
+            batch = [self.frames.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + linger
+        while len(batch) < limit:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.frames.get(timeout=remaining) if remaining > 0 else self.frames.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+
+def _message_id(frame: Any) -> str:
+    message_id = frame.headers.get("dbsync-id") or f"broker:{frame.headers.get('message-id', '')}"
+    if len(message_id) > MAX_ID:  # never truncate into a collision: keep a prefix and a digest of the whole
+        digest = hashlib.sha256(message_id.encode()).hexdigest()
+        message_id = f"{message_id[:MAX_ID - 66]}#{digest}"
+    return message_id
+
+
+def _body(frame: Any, message_id: str) -> bytes:
+    body = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
+    if frame.headers.get(ENCODING_HEADER) == "deflate":
+        try:
+            inflater = zlib.decompressobj()
+            inflated = inflater.decompress(body, MAX_INFLATED)
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise zlib.error("truncated or over the size limit")
+            return inflated
+        except zlib.error as exc:
+            log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
+    return body
+
+
+def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:
+    """Inbox rows after ``after_id`` whose message is not recorded as applied, in id order."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT i.id, i.message_id, i.site, i.body FROM {s}.inbox i WHERE i.id > %s "  # noqa: S608
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.applied_message a WHERE a.message_id = i.message_id) "
+            "ORDER BY i.id LIMIT %s", (after_id, limit))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
+    conn.commit()  # end the read snapshot so the next page sees rows committed since
+    return rows
+
+
+class Consumer:
+    """Moves deliveries into the inbox; ``batches()`` yields the rows of each committed (and ACKed) batch."""
+
+    def __init__(self, settings: ConsumeSettings, stop: threading.Event) -> None:
+        if settings.destination_type not in ("queue", "topic"):
+            raise ValueError(f"broker.destination_type {settings.destination_type!r}: expected queue or topic")
+        self.settings = settings
+        self.stop = stop
+        self.schema = schema_name(settings.state_schema)
+        self.count = 0  # rows handed out (backlog + new)
+        self.stored = 0  # new inbox rows committed by this consumer
+        self.duplicates = 0  # deliveries already in the inbox (acked again)
+        self.last_delivery = time.monotonic()
+
+    # -- stop conditions ------------------------------------------------------------------------------------
+    def _remaining(self) -> int | None:
+        limit = self.settings.max_messages
+        return None if limit is None else max(0, limit - self.count)
+
+    def _idle(self) -> bool:
+        idle = self.settings.idle_seconds
+        return idle is not None and time.monotonic() - self.last_delivery >= idle
+
+    def _finished(self) -> bool:
+        return self.stop.is_set() or self._remaining() == 0 or self._idle()
+
+    # -- backlog --------------------------------------------------------------------------------------------
+    def backlog(self) -> Iterator[InboxRow]:
+        """The inbox rows already there and not applied (a restart re-emits them), page by page."""
+        conn = self.settings.db.connect(autocommit=False)
+        try:
+            after = 0
+            while self._remaining() != 0 and not self.stop.is_set():
+                rows = pending_rows(conn, self.settings.state_schema, after,
+                                    min(self.settings.page_rows, self._remaining() or self.settings.page_rows))
+                if not rows:
+                    return
+                for row in rows:
+                    self.count += 1
+                    yield row
+                after = rows[-1].id
+        finally:
+            conn.close()
+
+    # -- broker → inbox -------------------------------------------------------------------------------------
+    def batches(self) -> Iterator[list[InboxRow]]:
+        """Committed batches until stop / max_messages / idle; reconnects with backoff in between."""
+        wait = wait_exponential(multiplier=0.5, max=30)
+        failures = 0
+        self.last_delivery = time.monotonic()
+        while not self._finished():
+            try:
+                for rows in self._session():
+                    failures = 0
+                    yield rows
+                return
+            except RECOVERABLE as exc:
+                failures += 1
+                if self._idle() or self.stop.is_set():
+                    if self.stop.is_set():
+                        return
+                    raise  # nothing arrives and we cannot connect: a script asked for an idle exit, say why
+                delay = wait(_RetryState(failures))
+                log.warning("consume: %s; reconnecting in %.1f s", " ".join(str(exc).split()) or type(exc).__name__,
+                            delay)
+                self.stop.wait(delay)
+
+    def _subscribe_headers(self) -> dict[str, str]:
+        headers = {"consumer-window-size": str(self.settings.consumer_window)}
+        if self.settings.destination_type == "topic":
+            headers["subscription-type"] = "MULTICAST"
+            headers["durable-subscription-name"] = self.settings.subscription
+        else:
+            headers["subscription-type"] = "ANYCAST"
+        return headers
+
+    def _session(self) -> Iterator[list[InboxRow]]:
+        settings = self.settings
+        deliveries = _Deliveries(settings.queue_frames)
+        client_id = settings.client_id if settings.destination_type == "topic" else None
+        conn = open_connection(settings.broker, client_id=client_id, listener=deliveries)
+        db = None
+        try:
+            # Bodies must stay bytes (deflate, or anything a sender put there): stomp.py would decode them as
+            # UTF-8 with errors="replace". Only the CONNECTED frame has been read so far.
+            conn.transport._BaseTransport__auto_decode = False  # noqa: SLF001
+            db = settings.db.connect(autocommit=False)
+            conn.subscribe(settings.destination, id=SUBSCRIPTION_ID, ack="client-individual",
+                           headers=self._subscribe_headers())
+            log.info("consuming %s %s from %s", settings.destination_type, settings.destination,
+                     settings.broker.address)
+            while not self._finished():
+                limit = settings.batch_messages
+                remaining = self._remaining()
+                if remaining is not None:
+                    limit = min(limit, remaining)
+                frames = deliveries.take(limit, settings.batch_linger, timeout=0.2)
+                if not frames:
+                    if deliveries.closed.is_set() or not conn.is_connected():
+                        raise BrokerError(f"connection to {settings.broker.address} lost"
+                                          + (f": {deliveries.error}" if deliveries.error else ""))
+                    continue
+                self.last_delivery = time.monotonic()
+                rows = self._store(db, frames)
+                ack_error: BaseException | None = None
+                for frame in frames:
+                    try:
+                        conn.ack(frame.headers["ack"])
+                    except RECOVERABLE as exc:  # stored already: the redelivery will be a dropped duplicate
+                        ack_error = exc
+                        break
+                self.count += len(rows)
+                self.stored += len(rows)
+                self.duplicates += len(frames) - len(rows)
+                if rows:
+                    yield rows
+                if ack_error is not None:
+                    raise BrokerError(f"acknowledgement failed: {ack_error}")
+        finally:
+            deliveries.closed.set()  # let a listener blocked on the full queue go
+            try:
+                if conn.is_connected():
+                    conn.disconnect()  # unacked deliveries go back to the queue
+            except Exception:  # noqa: BLE001,S110 - closing a broken connection must not hide the real error
+                pass
+            if db is not None:
+                try:
+                    db.close()
+                except Exception:  # noqa: BLE001,S110
+                    pass
+
+    def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
+        """One transaction for the batch; returns the rows that were new (duplicates are ignored)."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        rows: list[InboxRow] = []
+        sql = (f"INSERT IGNORE INTO {self.schema}.inbox (message_id, site, body, date_received) "  # noqa: S608
+               "VALUES (%s, %s, %s, %s)")
+        try:
+            with db.cursor() as cur:
+                for frame in frames:
+                    message_id = _message_id(frame)
+                    site = frame.headers.get("dbsync-site") or None
+                    body = _body(frame, message_id)
+                    cur.execute(sql, (message_id, site[:MAX_SITE] if site else None, body, now))
+                    if cur.rowcount == 1:
+                        rows.append(InboxRow(int(cur.lastrowid), message_id, site, body))
+            db.commit()
+        except BaseException:
+            try:
+                db.rollback()
+            except Exception:  # noqa: BLE001,S110 - the connection may be gone; the error below says why
+                pass
+            raise
+        return rows
+
+
+class _RetryState:
+    """The one attribute tenacity's wait strategies read."""
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number
+
+
+def consume(settings: ConsumeSettings, stop: threading.Event, *, max_messages: int | None = None,
+            idle_seconds: float | None = None) -> Iterator[dict[str, Any]]:
+    """Inbox records: first the backlog (rows not applied yet, in id order), then each newly committed row.
+
+    Records are ``{"inbox": id, "message_id", "site", "body"}``. Stops after ``max_messages`` records, after
+    ``idle_seconds`` without a delivery, or when ``stop`` is set (the batch in hand is committed and acked first).
+    """
+    if max_messages is not None:
+        settings.max_messages = max_messages
+    if idle_seconds is not None:
+        settings.idle_seconds = idle_seconds
+    consumer = Consumer(settings, stop)
+    for row in consumer.backlog():
+        yield row.record()
+    for rows in consumer.batches():
+        for row in rows:
+            yield row.record()
+    log.info("consume: %d records (%d new in the inbox, %d duplicate deliveries)", consumer.count,
+             consumer.stored, consumer.duplicates)
+
+
+def run_into_inbox(settings: ConsumeSettings, stop: threading.Event,
+                   notify: threading.Event | None = None) -> int:
+    """Only move deliveries into the inbox (the supervised receiver applies from the table); returns rows stored.
+
+    ``notify`` is set after every commit that added rows, so an applier can wake up at once.
+    """
+    consumer = Consumer(settings, stop)
+    for _rows in consumer.batches():
+        if notify is not None:
+            notify.set()
+    return consumer.stored

@@ -1,0 +1,489 @@
+"""More sender behaviour against the real services: DDL while streaming, the broker going away, TLS, topics,
+malformed NDJSON, SIGTERM and supervision after a killed DB connection."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import queue
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import stomp
+from helpers import data_mismatches, dbsync, decode_body, drain, final_state, sender_config
+
+from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.devservices import down, ensure_up
+from dbsync_cli.schema import SchemaModel
+from dbsync_cli.workload.generator import generate
+from dbsync_cli.workload.truth import GroundTruth
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def queue_name(kind: str = "more") -> str:
+    return f"test.{kind}.{uuidlib.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def site(openmrs_db, services):
+    admin = openmrs_db("site1")
+    return admin, services["site1"].repl.with_database(admin.database)
+
+
+def sql(db, statement: str, args: Any = None) -> list[tuple]:
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(statement, args)
+        rows = list(cur.fetchall())
+        conn.commit()
+        return rows
+
+
+def checkpoint(home: Path) -> dict[str, Any] | None:
+    if not (home / "state.sqlite").exists():
+        return None
+    with contextlib.closing(sqlite3.connect(home / "state.sqlite")) as conn:
+        row = conn.execute("SELECT value FROM checkpoint WHERE name='binlog'").fetchone()
+    return orjson.loads(row[0]) if row else None
+
+
+def confirmed(stderr: bytes) -> int:
+    found = re.findall(rb"sender: (\d+) messages confirmed", stderr)
+    assert found, stderr.decode()[-2000:]
+    return int(found[-1])
+
+
+def master_position(admin) -> tuple[str, int]:
+    file, pos = sql(admin, "SHOW MASTER STATUS")[0][:2]
+    return file, int(pos)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+def caught_up(home: Path, target: tuple[str, int]) -> bool:
+    cp = checkpoint(home)
+    return cp is not None and not cp.get("snapshot") and (cp["file"], int(cp["pos"])) >= target
+
+
+def datetime_columns(db) -> dict[str, set[str]]:
+    with db.connect() as conn:
+        model = SchemaModel.load(conn, db.database)
+    return {t.name: {c for c, col in t.info.columns.items() if col.data_type == "datetime"}
+            for t in model.synced.values()}
+
+
+def check_final_state(admin, truths: list[GroundTruth], messages: list[dict[str, Any]]) -> None:
+    tables: dict[str, dict] = {}
+    deleted: dict[str, set[str]] = {}
+    for truth in truths:
+        for table, rows in truth.tables.items():
+            tables.setdefault(table, {}).update(rows)
+        for table, uuids in truth.deleted.items():
+            deleted.setdefault(table, set()).update(uuids)
+    state = final_state(messages)
+    assert data_mismatches(tables, state, "+00:00", datetime_columns(admin)) == []
+    for table, uuids in deleted.items():
+        assert all(state.get((table, u)) is None for u in uuids), f"a deleted {table} row survives"
+
+
+class Sender:
+    """`dbsync sender` in the background, stderr in a file (a pipe could fill up and block it)."""
+
+    def __init__(self, conf: Path, env: dict[str, str], tmp_path: Path, *args: str):
+        self.err_path = tmp_path / f"sender-{uuidlib.uuid4().hex[:6]}.err"
+        self.err_file = self.err_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(conf), *args],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.err_file)
+
+    @property
+    def stderr(self) -> bytes:
+        return self.err_path.read_bytes()
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.err_file.close()
+
+
+@contextlib.contextmanager
+def background_sender(conf: Path, env: dict[str, str], tmp_path: Path, *args: str) -> Iterator[Sender]:
+    sender = Sender(conf, env, tmp_path, *args)
+    try:
+        yield sender
+    finally:
+        sender.kill()
+
+
+class Subscriber(stomp.ConnectionListener):
+    """A live consumer of one queue (or a durable topic subscription) collecting decoded messages in order."""
+
+    def __init__(self, broker: BrokerSettings, destination: str, *, client_id: str | None = None,
+                 durable: str | None = None):
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self.messages: list[dict[str, Any]] = []
+        self.conn = open_connection(broker, listener=self, client_id=client_id)
+        headers = {"consumer-window-size": "1048576"}
+        if durable:
+            headers.update({"subscription-type": "MULTICAST", "durable-subscription-name": durable})
+        else:
+            headers["subscription-type"] = "ANYCAST"
+        self.headers = headers
+        self.conn.subscribe(destination, id="sub", ack="client-individual", headers=headers)
+
+    def on_message(self, frame: Any) -> None:
+        self.frames.put(frame)
+
+    def collect(self, idle: float) -> list[dict[str, Any]]:
+        """Take messages until none arrived for `idle` seconds; returns the new ones."""
+        new = []
+        while True:
+            try:
+                frame = self.frames.get(timeout=idle)
+            except queue.Empty:
+                self.messages.extend(new)
+                return new
+            new.append(decode_body(frame))
+            self.conn.ack(frame.headers["ack"])
+
+    def wait_for(self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not check(self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; {len(self.messages)} messages so far")
+            self.collect(0.5)
+
+    def close(self, unsubscribe: bool = False) -> None:
+        if unsubscribe:
+            self.conn.unsubscribe(id="sub", headers=self.headers)  # removes a durable subscription's queue
+        self.conn.disconnect()
+
+
+def local_ports(pid: int) -> set[int]:
+    """Local TCP ports of one process (from /proc): to find its connections in the server's processlist."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def connections_of(admin, pid: int, user: str) -> list[tuple[int, str]]:
+    """(thread id, command) of the server connections that `pid` holds as `user`."""
+    ports = local_ports(pid)
+    rows = sql(admin, "SELECT id, host, command FROM information_schema.processlist WHERE user = %s", (user,))
+    return [(tid, command) for tid, host, command in rows if host and int(host.rsplit(":", 1)[1]) in ports]
+
+
+# --------------------------------------------------------------------------------------------------- DDL
+
+
+def test_ddl_while_streaming_new_column_appears_in_later_messages(site, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    generate(admin, seed=5, patients=4, mutations=0)
+    ids = [r[0] for r in sql(admin, "SELECT person_attribute_id FROM person_attribute ORDER BY 1 LIMIT 3")]
+    assert len(ids) == 3
+    uuid_of = dict(sql(admin, "SELECT person_attribute_id, uuid FROM person_attribute"))
+    dest = queue_name("ddl")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    sub = Subscriber(broker_settings, dest)
+    try:
+        with background_sender(conf, env, tmp_path) as sender:
+            sub.wait_for(lambda ms: any(m["table"] == "person_attribute" for m in ms))
+            sub.collect(2)  # the rest of the snapshot
+            sql(admin, "UPDATE person_attribute SET void_reason = 'before ddl' WHERE person_attribute_id = %s",
+                (ids[0],))
+            sub.wait_for(lambda ms: any(m["uuid"] == uuid_of[ids[0]] and m["op"] == "u" for m in ms))
+            earlier = list(sub.messages)
+            sql(admin, "ALTER TABLE person_attribute ADD COLUMN note VARCHAR(50) NULL")
+            sql(admin, "UPDATE person_attribute SET note = 'noted' WHERE person_attribute_id = %s", (ids[1],))
+            fresh = str(uuidlib.uuid4())
+            sql(admin, "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, "
+                       "date_created, uuid, note) SELECT person_id, value, person_attribute_type_id, creator, "
+                       "date_created, %s, 'fresh note' FROM person_attribute WHERE person_attribute_id = %s",
+                (fresh, ids[2]))
+            sub.wait_for(lambda ms: any(m["uuid"] == fresh for m in ms), timeout=30)
+            later = sub.messages[len(earlier):]
+            sql(admin, "ALTER TABLE person_attribute DROP COLUMN note")
+            sql(admin, "UPDATE person_attribute SET void_reason = 'after drop' WHERE person_attribute_id = %s",
+                (ids[1],))
+            sub.wait_for(lambda ms: any((m["data"] or {}).get("void_reason") == "after drop" for m in ms), timeout=30)
+            assert sender.terminate() == 0, sender.stderr.decode()[-2000:]
+            err = sender.stderr.decode()
+    finally:
+        sub.close()
+    # enrich noticed the schema change itself: no crash and restart of the chain was needed
+    assert "sender chain failed" not in err, err[-2000:]
+    assert "note" not in sub.messages[-1]["data"]
+    earlier_pa = [m for m in earlier if m["table"] == "person_attribute"]
+    assert len(earlier_pa) >= 3 and all("note" not in m["data"] for m in earlier_pa)
+    updated = [m for m in later if m["uuid"] == uuid_of[ids[1]]]
+    assert updated and updated[-1]["op"] == "u" and updated[-1]["data"]["note"] == "noted", updated
+    inserted = [m for m in later if m["uuid"] == fresh]
+    assert inserted and inserted[-1]["op"] == "c" and inserted[-1]["data"]["note"] == "fresh note", inserted
+    # the rest of the row is still right after the schema change
+    assert inserted[-1]["data"]["person_id"]["uuid"] and inserted[-1]["data"]["person_id"]["$ref"] == "person"
+
+
+# --------------------------------------------------------------------------------------------------- broker down
+
+
+def test_broker_down_mid_stream_reconnects_and_loses_nothing(site, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    dest = queue_name("down")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=200)
+    home = tmp_path / "home-site1"
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    truths: list[GroundTruth] = []
+    try:
+        with background_sender(conf, env, tmp_path) as sender:
+            truths.append(generate(admin, seed=31, patients=30, mutations=0.3, transaction_rows=300))
+            down(["artemis"])
+            assert sender.proc.poll() is None
+            truths.append(generate(admin, seed=32, patients=30, mutations=0.3, transaction_rows=300))
+            time.sleep(2)
+            ensure_up(["artemis"])
+            truths.append(generate(admin, seed=33, patients=10, mutations=0.3, transaction_rows=300))
+            target = master_position(admin)
+            wait_until(lambda: caught_up(home, target), 120, "the sender to catch up after the broker came back")
+            assert sender.terminate() == 0, sender.stderr.decode()[-2000:]
+            err = sender.stderr
+    finally:
+        ensure_up(["artemis"])
+    assert b"publish failed" in err and b"retrying" in err, err.decode()[-2000:]
+    assert broker_settings.password.encode() not in err
+    rest = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    assert confirmed(rest.stderr) == 0, "the running sender should have delivered everything itself"
+    messages = drain(broker_settings, dest)
+    check_final_state(admin, truths, messages)
+
+
+# --------------------------------------------------------------------------------------------------- TLS
+
+
+def test_tls_publish_and_rogue_ca_fails_clearly(site, services, broker_tls_settings, tmp_path) -> None:
+    admin, repl = site
+    generate(admin, seed=41, patients=2, mutations=0)
+    dest = queue_name("tls")
+    conf, env = sender_config(tmp_path, repl, broker_tls_settings, destination=dest)
+    assert "stomp+ssl://" in conf.read_text()
+    run = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    sent = confirmed(run.stderr)
+    assert sent > 50
+    assert len(drain(broker_tls_settings, dest, idle=1.5)) == sent
+
+    rogue = dataclasses.replace(broker_tls_settings, ca_file=services.artemis.rogue_ca_file)
+    rogue_conf, rogue_env = sender_config(tmp_path, repl, rogue, destination=dest, site="rogue")
+    rogue_home = tmp_path / "home-rogue"
+    source = {"server_id": 1, "file": "mysql-bin.000001", "pos": 4, "row": 0, "gtid": None, "ts_ms": 0,
+              "snapshot": False}
+    lines = b"".join(orjson.dumps({"v": 1, "id": f"rogue:{i}", "site": "rogue", "table": "person", "op": "c",
+                                   "uuid": str(uuidlib.uuid4()), "snapshot": False, "sent": "",
+                                   "source": {**source, "row": i}, "data": {}}) + b"\n" for i in range(3))
+    started = time.monotonic()
+    pub = dbsync("publish", "--config", str(rogue_conf), env=rogue_env, stdin=lines, timeout=60, check=False)
+    err = pub.stderr.decode()
+    assert pub.returncode not in (0, None), err
+    assert time.monotonic() - started < 45
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dbsync: ") and "certificate" in last and broker_tls_settings.address in last, err
+    assert checkpoint(rogue_home) is None, "the checkpoint moved although nothing was confirmed"
+    sender = dbsync("sender", "--config", str(rogue_conf), "--until-idle", env=rogue_env, timeout=60, check=False)
+    sender_err = sender.stderr.decode()
+    assert sender.returncode not in (0, None) and "certificate" in sender_err.strip().splitlines()[-1], sender_err
+    assert checkpoint(rogue_home) is None
+    for text in (err, sender_err):
+        assert broker_tls_settings.password not in text and repl.password not in text
+
+
+# --------------------------------------------------------------------------------------------------- topic
+
+
+def test_topic_mode_durable_subscription_receives_everything(site, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    generate(admin, seed=51, patients=3, mutations=0.3)
+    topic = queue_name("topic")
+    client_id, durable = f"dbsync-test-{uuidlib.uuid4().hex[:8]}", "central"
+    first = Subscriber(broker_settings, topic, client_id=client_id, durable=durable)
+    first.close()  # the durable subscription exists now; nobody is connected while the sender publishes
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=topic)
+    env = {**env, "DBSYNC_BROKER__DESTINATION_TYPE": "topic"}
+    sent = confirmed(dbsync("sender", "--config", str(conf), "--until-idle", env=env).stderr)
+    assert sent > 100
+    again = Subscriber(broker_settings, topic, client_id=client_id, durable=durable)
+    try:
+        again.wait_for(lambda ms: len(ms) >= sent, timeout=60)
+        again.collect(1)
+    finally:
+        again.close(unsubscribe=True)
+    ids = [m["id"] for m in again.messages]
+    assert len(ids) == sent == len(set(ids))
+
+
+# --------------------------------------------------------------------------------------------------- malformed input
+
+
+def test_malformed_lines_to_enrich_and_publish_are_reported_and_skipped(site, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    dest = queue_name("malformed")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, snapshot="never")
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    generate(admin, seed=61, patients=1, mutations=0)
+    events = [orjson.loads(line) for line in
+              dbsync("capture", "--config", str(conf), "--until-idle", env=env).stdout.splitlines()]
+    rows = [e for e in events if e["op"] == "c" and e["table"] == "person"][:3]
+    assert len(rows) == 3
+    no_key = {**rows[0], "after": {k: v for k, v in rows[0]["after"].items() if k != "person_id"}}
+    lines = [
+        orjson.dumps(rows[0]),
+        b'{"op": "c", "table": "person", "after": {',  # line 2: truncated JSON
+        b"[1, 2, 3]",  # line 3: not an object
+        b'{"op": "c", "table": "person", "after": {"person_id": 1, "gender": "\xff\xfe"}}',  # line 4: bad UTF-8
+        orjson.dumps({**rows[1], "table": "no_such_table"}),  # line 5
+        orjson.dumps(no_key),  # line 6
+        orjson.dumps(rows[1]),
+        orjson.dumps(rows[2]),
+    ]
+    enriched = dbsync("enrich", "--config", str(conf), env=env, stdin=b"\n".join(lines) + b"\n")
+    err = enriched.stderr.decode()
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 5, err
+    assert "line 2" in errors[0] and "malformed JSON" in errors[0]
+    assert "line 3" in errors[1] and "object" in errors[1]
+    assert "line 4" in errors[2]
+    assert "no_such_table" in errors[3] and "not synced" in errors[3]
+    assert "person" in errors[4] and "malformed" in errors[4]
+    messages = [orjson.loads(line) for line in enriched.stdout.splitlines()]
+    assert [m["uuid"] for m in messages] == [r["after"]["uuid"] for r in rows]
+
+    no_id = {k: v for k, v in messages[1].items() if k != "id"}
+    lines = [
+        orjson.dumps(messages[0]),
+        b'{"v": 1, "id": ',  # line 2
+        b'"just a string"',  # line 3
+        b'{"v": 1, "id": "x:1", "table": "person", "data": {"a": "\xc3\x28"}}',  # line 4: bad UTF-8
+        orjson.dumps(no_id),  # line 5: no id (the broker's duplicate detection and the receiver need it)
+        orjson.dumps(messages[1]),
+        orjson.dumps(messages[2]),
+    ]
+    published = dbsync("publish", "--config", str(conf), env=env, stdin=b"\n".join(lines) + b"\n", timeout=60)
+    err = published.stderr.decode()
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 4, err
+    for number, line in zip((2, 3, 4), errors, strict=False):
+        assert f"line {number}" in line, line
+    assert "id" in errors[3] and "person" in errors[3], errors[3]
+    got = drain(broker_settings, dest, idle=1.5)
+    assert [m["id"] for m in got] == [m["id"] for m in messages]
+    assert checkpoint(tmp_path / "home-site1") == messages[2]["source"]
+
+
+# --------------------------------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_exits_0_and_the_next_run_sends_nothing_twice(site, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    dest = queue_name("term")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    home = tmp_path / "home-site1"
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    baseline = drain(broker_settings, dest, idle=1)
+    truths = [generate(admin, seed=71, patients=250, mutations=0.3, transaction_rows=0, batch_rows=200)]
+    with background_sender(conf, env, tmp_path) as sender:
+        wait_until(lambda: (checkpoint(home) or {}).get("row", -1) > 500, 60, "the sender to be mid-transaction")
+        assert sender.terminate() == 0, sender.stderr.decode()[-2000:]
+        first = confirmed(sender.stderr)
+    stopped_at = checkpoint(home)
+    assert stopped_at is not None and stopped_at["row"] >= 0, "should have stopped inside the big transaction"
+    sent_before = drain(broker_settings, dest, idle=1)
+    assert len(sent_before) == first
+    assert sent_before[-1]["source"] == stopped_at, "checkpoint must be the last confirmed message"
+    rest = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    second = confirmed(rest.stderr)
+    after = drain(broker_settings, dest)
+    assert second == len(after) > 0
+    first_after = after[0]["source"]
+    assert (first_after["file"], first_after["pos"]) == (stopped_at["file"], stopped_at["pos"])
+    assert first_after["row"] > stopped_at["row"], "the next run resumed inside the transaction"
+    ids = [m["id"] for m in sent_before + after]
+    assert len(ids) == len(set(ids)), "a message was sent twice across the SIGTERM"
+    check_final_state(admin, truths, baseline + sent_before + after)
+
+
+# --------------------------------------------------------------------------------------------------- supervision
+
+
+def test_killed_db_connections_restart_the_chain_without_loss(site, services, broker_settings, tmp_path) -> None:
+    admin, repl = site
+    server_admin = services["site1"].admin
+    dest = queue_name("kill")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    home = tmp_path / "home-site1"
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    truths: list[GroundTruth] = []
+    with background_sender(conf, env, tmp_path) as sender:
+        killed: list[str] = []
+        for round_, seed in enumerate((81, 82, 83)):
+            truths.append(generate(admin, seed=seed, patients=20, mutations=0.3, transaction_rows=200))
+            time.sleep(0.5)
+            conns: list[tuple[int, str]] = []
+            deadline = time.monotonic() + 30
+            while not any(c == "Binlog Dump" for _, c in conns) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                conns = connections_of(server_admin, sender.proc.pid, repl.user)
+            for thread_id, command in conns:
+                if round_ == 0 and command != "Binlog Dump" or round_ == 1 and command == "Binlog Dump":
+                    continue  # first the binlog stream, then the others, then all
+                with contextlib.suppress(Exception):
+                    sql(server_admin, f"KILL {int(thread_id)}")
+                killed.append(command)
+        truths.append(generate(admin, seed=84, patients=5, mutations=0.3))
+        target = master_position(admin)
+        wait_until(lambda: caught_up(home, target), 120, "the sender to catch up after the kills")
+        assert sender.proc.poll() is None, "supervision should keep the sender running"
+        assert sender.terminate() == 0
+        err = sender.stderr.decode()
+    assert "Binlog Dump" in killed and any(c != "Binlog Dump" for c in killed), killed
+    assert "sender chain failed" in err and "restarting in" in err, err[-3000:]
+    assert repl.password not in err
+    rest = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    assert confirmed(rest.stderr) == 0
+    check_final_state(admin, truths, drain(broker_settings, dest))

@@ -1,0 +1,77 @@
+"""`dbsync sites add|list|disable|enable|remove` on a fresh receiver state schema on the central server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid as uuidlib
+
+import pytest
+from helpers import dbsync, drop_schema, receiver_config
+
+
+@pytest.fixture
+def receiver(openmrs_db, services, broker_settings, tmp_path):
+    db = openmrs_db("central", metadata=False)
+    schema = f"t_state_{uuidlib.uuid4().hex[:10]}"
+    conf, env = receiver_config(tmp_path, db, broker_settings, destination="openmrs.sync", state_schema=schema)
+    yield db, schema, conf, env
+    drop_schema(services["central"].admin, schema)
+
+
+def sites(conf, env) -> list[dict]:
+    return json.loads(dbsync("sites", "list", "--json", "--config", str(conf), env=env).stdout)
+
+
+def test_sites_lifecycle(receiver) -> None:
+    db, schema, conf, env = receiver
+    assert sites(conf, env) == []
+    run = dbsync("sites", "add", "clinic-a", "--name", "Clinic A", "--config", str(conf), env=env)
+    assert "clinic-a" in run.stdout.decode()
+    dbsync("sites", "add", "clinic-b", "--config", str(conf), env=env)
+
+    listed = sites(conf, env)
+    assert [(s["identifier"], s["name"], s["disabled"], s["last_sync_date"]) for s in listed] == [
+        ("clinic-a", "Clinic A", False, None), ("clinic-b", "clinic-b", False, None)]
+    assert all(dt.datetime.fromisoformat(s["date_created"]) for s in listed)
+
+    # the last sync date comes from receiver_sync_status when apply has recorded one
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO `{schema}`.receiver_sync_status (site_id, last_sync_date, messages) "  # noqa: S608
+                        f"SELECT id, '2024-05-06 07:08:09.123', 3 FROM `{schema}`.site_info WHERE identifier='clinic-a'")
+    finally:
+        conn.close()
+    dbsync("sites", "disable", "clinic-b", "--config", str(conf), env=env)
+    listed = {s["identifier"]: s for s in sites(conf, env)}
+    assert listed["clinic-a"]["last_sync_date"].startswith("2024-05-06 07:08:09.123")
+    assert listed["clinic-b"]["disabled"] is True
+    dbsync("sites", "enable", "clinic-b", "--config", str(conf), env=env)
+    assert {s["identifier"]: s["disabled"] for s in sites(conf, env)} == {"clinic-a": False, "clinic-b": False}
+
+    table = dbsync("sites", "list", "--config", str(conf), env=env).stdout.decode()
+    assert "clinic-a" in table and "Clinic A" in table and "never" in table
+
+    dbsync("sites", "remove", "clinic-a", "--config", str(conf), env=env)
+    assert [s["identifier"] for s in sites(conf, env)] == ["clinic-b"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("remove", "nowhere"), "dbsync: site 'nowhere' is not registered"),
+    (("disable", "nowhere"), "dbsync: site 'nowhere' is not registered"),
+    (("enable", "nowhere"), "dbsync: site 'nowhere' is not registered"),
+])
+def test_unknown_site_is_one_line_and_exit_1(receiver, args, message) -> None:
+    _db, _schema, conf, env = receiver
+    run = dbsync("sites", *args, "--config", str(conf), env=env, check=False)
+    assert run.returncode == 1
+    assert run.stderr.decode().strip().splitlines()[-1] == message
+
+
+def test_adding_a_site_twice_fails(receiver) -> None:
+    _db, _schema, conf, env = receiver
+    dbsync("sites", "add", "clinic-a", "--config", str(conf), env=env)
+    run = dbsync("sites", "add", "clinic-a", "--config", str(conf), env=env, check=False)
+    assert run.returncode == 1
+    assert run.stderr.decode().strip().splitlines()[-1] == "dbsync: site 'clinic-a' is already registered"
