@@ -137,6 +137,7 @@ class Applier:
 
     def _run(self, parsed: list[Parsed], careful: bool) -> list[Outcome]:
         batch = _Batch()
+        self.ids.new_batch()
         with self.conn.cursor() as cur:
             done = self._handled_ids(cur, [p.message_id for p in parsed])
             self._prefetch(cur, parsed)
@@ -202,7 +203,7 @@ class Applier:
         assert message is not None
         uuid = message["uuid"]
         ident = table.identity.table
-        key = self.ids.get(ident, uuid)
+        key = self.ids.lookup(cur, ident, uuid)
         current = self._current(cur, table, key) if key is not None else None
         if message["op"] == "d":
             if current is None:
@@ -224,7 +225,7 @@ class Applier:
             data = {c: data[c] for c in only}
         values = self.convert.values(cur, table, data, message["site"])
         if key is None:  # the entity (or its parent) may have become a placeholder while converting
-            key = self.ids.get(ident, uuid)
+            key = self.ids.lookup(cur, ident, uuid)
             if key is None and table.is_subclass:
                 key = self.convert.resolve(cur, ident, uuid, allow_placeholder=True)
             current = self._current(cur, table, key) if key is not None else None
@@ -277,7 +278,8 @@ class Applier:
     # ---- parking -------------------------------------------------------------------------------------------
     def _park(self, cur: Any, item: Parsed, reason: str, batch: _Batch, kind: str = "retry") -> Outcome:
         message = item.message or {}
-        ek = entity_key(self.model, item.table, message.get("uuid")) if item.table else None
+        # a message that can never apply (kind "error") holds nothing up; a retry keeps its entity's later messages
+        ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
         cur.execute(
             f"INSERT INTO {self.s}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "  # noqa: S608
             "date_created) VALUES (%s, %s, %s, %s, %s, %s, %s)",

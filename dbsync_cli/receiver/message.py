@@ -83,8 +83,7 @@ def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
         item.message = message
         item.table = model.synced[message["table"]]
         item.site = message["site"]
-        if item.inbox is None and not item.message_id.startswith("broker:"):
-            item.message_id = message["id"]
+        item.message_id = message["id"]  # the sender's deterministic id, whatever the transport called it
     return item
 
 

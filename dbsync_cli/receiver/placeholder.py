@@ -66,11 +66,16 @@ def create(cur: Any, model: SchemaModel, table: str, uuid: str, user: int) -> An
         raise ValueError(f"cannot create a placeholder in {table}: it has no uuid")
     if identity.table != table:
         parent_key = create(cur, model, identity.table, uuid, user)
-        _insert(cur, table, _values(cur, model, model.tables[table], uuid, user, key=parent_key))
+        create_subclass_row(cur, model, table, parent_key, uuid, user)
         return parent_key
     info = model.tables[table]
     _insert(cur, table, _values(cur, model, info, uuid, user))
     return cur.lastrowid
+
+
+def create_subclass_row(cur: Any, model: SchemaModel, table: str, key: Any, uuid: str, user: int) -> None:
+    """The subclass half (e.g. `patient`) for an existing parent row (e.g. `person`)."""
+    _insert(cur, table, _values(cur, model, model.tables[table], uuid, user, key=key))
 
 
 def _values(cur: Any, model: SchemaModel, info: TableInfo, uuid: str, user: int, key: Any = None) -> dict[str, Any]:

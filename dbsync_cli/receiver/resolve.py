@@ -37,6 +37,8 @@ class UuidToId:
         self.model = model
         self.size = size
         self.cache: dict[str, LruMap] = {}
+        self.absent: set[tuple[str, str]] = set()  # looked up in this batch and not found: no second query
+        self.subclass_rows: LruMap = LruMap(size)  # (subclass table, key) known to exist
 
     def _map(self, table: str) -> LruMap:
         if table not in self.cache:
@@ -44,13 +46,28 @@ class UuidToId:
         return self.cache[table]
 
     def clear(self) -> None:
+        """After a rollback: forget everything, the database is the truth again."""
         self.cache.clear()
+        self.absent.clear()
+        self.subclass_rows = LruMap(self.size)
+
+    def new_batch(self) -> None:
+        self.absent.clear()
 
     def remember(self, table: str, uuid: str, key: Any) -> None:
         self._map(table).put(uuid, key)
+        self.absent.discard((table, uuid))
 
     def forget(self, table: str, uuid: str) -> None:
         self._map(table).pop(uuid)
+
+    def lookup(self, cur: Any, table: str, uuid: str) -> Any:
+        """Key of `uuid`, querying only when neither cached nor known absent in this batch."""
+        key = self._map(table).get(uuid)
+        if key is None and (table, uuid) not in self.absent:
+            self.prefetch(cur, table, [uuid])
+            key = self._map(table).get(uuid)
+        return key
 
     def get(self, table: str, uuid: str) -> Any:
         return self._map(table).get(uuid)
@@ -64,8 +81,12 @@ class UuidToId:
                 f"SELECT uuid, `{key}` FROM `{table}` WHERE uuid IN ({','.join(['%s'] * len(part))})",  # noqa: S608
                 part,
             )
-            for uuid, local in cur.fetchall():
-                cache.put(uuid, local)
+            found = dict(cur.fetchall())
+            for uuid in part:
+                if uuid in found:
+                    cache.put(uuid, found[uuid])
+                else:
+                    self.absent.add((table, uuid))
 
 
 class Converter:
@@ -96,22 +117,38 @@ class Converter:
         identity = self.model.identity_of(table_name)
         if identity is None:
             raise MessageError(f"reference to {table_name}, which has no uuid")
-        key = self.ids.get(identity.table, uuid)
-        if key is None:
-            self.ids.prefetch(cur, identity.table, [uuid])
-            key = self.ids.get(identity.table, uuid)
+        key = self.ids.lookup(cur, identity.table, uuid)
         if key is not None:
+            if identity.table != table_name:
+                self._subclass_row(cur, table_name, key, uuid, allow_placeholder)
             return key
         if allow_placeholder and (table_name in self.model.synced or identity.table in self.model.synced):
             key = placeholder.create(cur, self.model, table_name, uuid, self.default_user)
             self.ids.remember(identity.table, uuid, key)
+            if identity.table != table_name:
+                self.ids.subclass_rows.put((table_name, key), True)
             return key
         raise MissingReference(f"{table_name} {uuid} does not exist at central")
+
+    def _subclass_row(self, cur: Any, table_name: str, key: Any, uuid: str, allow_placeholder: bool) -> None:
+        """A reference to `patient` needs the patient row, not only the person: add a placeholder row if absent."""
+        if self.ids.subclass_rows.get((table_name, key)):
+            return
+        pk = self.model.tables[table_name].primary_key[0]
+        cur.execute(f"SELECT 1 FROM `{table_name}` WHERE `{pk}` = %s", (key,))  # noqa: S608
+        if cur.fetchone() is None:
+            if not allow_placeholder:
+                raise MissingReference(f"{table_name} {uuid} does not exist at central")
+            placeholder.create_subclass_row(cur, self.model, table_name, key, uuid, self.default_user)
+        self.ids.subclass_rows.put((table_name, key), True)
 
     def values(self, cur: Any, table: SyncedTable, data: dict[str, Any], site: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         columns = table.info.columns
         attribute_column = ATTRIBUTE_ID_VALUES.get(table.name, (None,))[0]
+        for column in data:  # every name first, so a bad message creates no placeholder on its way to failing
+            if column not in columns or column == table.key or column == "uuid" or column in table.secret_columns:
+                raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
         for column, value in data.items():
             if column == attribute_column and isinstance(value, dict):
                 continue  # an id-valued attribute: resolved below

@@ -129,7 +129,7 @@ class RestWorker:
         except urllib.error.URLError as exc:
             raise RestError(self._clean(f"POST {endpoint}: cannot reach {self.settings.url}: {exc.reason}"),
                             unreachable=True) from None
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:  # timeouts, resets, a malformed URL
             raise RestError(self._clean(f"POST {endpoint}: {exc or type(exc).__name__}"), unreachable=True) from None
 
     def call(self, resource: str, sub_resource: str | None, entity_uuid: str) -> None:

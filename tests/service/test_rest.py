@@ -4,7 +4,6 @@ in order, with Basic auth; failures are counted, kept without the password, and 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import threading
 import time
 import uuid as uuidlib
@@ -166,7 +165,7 @@ def test_wrong_password_and_unreachable_server_never_leak_the_password(schema, s
     assert "HTTP 401" in error and wrong not in error and PASSWORD not in error
 
     # nothing listens there: the error says so, in one line, and the row stays
-    dead = f"http://admin:{wrong}@127.0.0.1:9/openmrs"
+    dead = "http://127.0.0.1:9/openmrs"
     time.sleep(0.3)
     worker = RestWorker(settings(admin, name, dead, password=wrong), threading.Event())
     assert worker.run_once() == 0
@@ -184,4 +183,3 @@ def test_disabled_without_url(schema) -> None:
     cfg = Config(role="receiver", values={"openmrs.url": None}, source="test")
     assert not rest_enabled(cfg)
     assert rest_enabled(Config(role="receiver", values={"openmrs.url": "http://x/openmrs"}, source="test"))
-    assert dt.datetime.now() is not None
