@@ -7,6 +7,7 @@ was taken; then, each as its own `python -m dbsync_cli` process started from tha
   (b) enrich    events file → `dbsync enrich` → messages file
   (c) publish   messages file → `dbsync publish` → a fresh queue
   (d) sender    `dbsync sender --until-idle` → a fresh queue, once at the small size and once at the full size
+  (e) pipe      `dbsync capture | dbsync enrich | dbsync publish` → a fresh queue (three processes)
 
 Rows/s is change events (binlog rows) per wall second of the process, start-up included. Peak RSS is the kernel's
 high-water mark of that one process: `ru_maxrss` of the rusage `os.wait4()` returns for its pid (exact per process,
@@ -91,6 +92,38 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, stdin: IO[byte
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
         err.seek(0)
         return Measured(proc.returncode, seconds, usage.ru_maxrss / 1024, err.read())
+
+
+def measure_pipeline(cmds: list[list[str]], *, env: dict[str, str] | None = None,
+                     timeout: float = 3600) -> list[Measured]:
+    """`a | b | c`: each process measured like `measure`, wall time until the last one exits."""
+    errs = [tempfile.TemporaryFile() for _ in cmds]
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.perf_counter()
+    try:
+        for index, (cmd, err) in enumerate(zip(cmds, errs, strict=True)):
+            last = index == len(cmds) - 1
+            procs.append(subprocess.Popen(
+                cmd, env=env, stdin=procs[-1].stdout if procs else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=err))
+            if index:
+                procs[-2].stdout.close()  # type: ignore[union-attr] - only the next process holds the pipe
+        timer = threading.Timer(timeout, lambda: [p.kill() for p in procs])
+        timer.start()
+        results = []
+        try:
+            for proc, err in zip(procs, errs, strict=True):
+                _pid, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                err.seek(0)
+                results.append(Measured(proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024,
+                                        err.read()))
+        finally:
+            timer.cancel()
+        return results
+    finally:
+        for err in errs:
+            err.close()
 
 
 def dbsync_cmd(*args: str) -> list[str]:
@@ -272,6 +305,17 @@ class Bench:
                              "messages file → queue"))
 
         self.runs.append(self.sender_run("sender", start, f"backlog {written:,} rows"))
+
+        conf, env, _dest, _home = self.config("pipe", from_home=start)
+        self.say("(e) capture | enrich | publish …")
+        ms = measure_pipeline([dbsync_cmd("capture", "--config", str(conf), "--until-idle", "--snapshot", "never"),
+                               dbsync_cmd("enrich", "--config", str(conf)),
+                               dbsync_cmd("publish", "--config", str(conf))], env=env)
+        for name, m in zip(("pipe capture", "pipe enrich", "pipe publish"), ms, strict=True):
+            self.check(name, m)
+        self.runs.append(Run("pipe", confirmed(ms[-1].stderr, "publish"), ms[-1].seconds,
+                             sum(m.peak_rss_mb for m in ms), 0, "3 processes; RSS = sum of their peaks",
+                             {"peak_rss_mb": [round(m.peak_rss_mb, 1) for m in ms]}))
         self.data.update(events=n_events, messages=n_messages,
                          events_bytes=events.stat().st_size, messages_bytes=messages.stat().st_size)
         if args.profile:

@@ -119,14 +119,16 @@ def _diagnose(settings: BrokerSettings) -> str:
 
 
 def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
-                    listener: stomp.ConnectionListener | None = None) -> stomp.Connection12:
+                    listener: stomp.ConnectionListener | None = None, auto_decode: bool = True) -> stomp.Connection12:
     """Connect, log in and wait for CONNECTED; raise BrokerError otherwise (one attempt, no retries).
 
     ``listener`` is registered (as "dbsync") before connecting; ``client_id`` is sent as Artemis'
-    ``client-id`` header (needed for durable subscriptions).
+    ``client-id`` header (needed for durable subscriptions). ``auto_decode=False`` keeps bodies as bytes
+    (compressed bodies must not pass through a UTF-8 decoder).
     """
     conn = stomp.Connection12([(settings.host, settings.port)], heartbeats=settings.heartbeats, vhost=settings.vhost,
-                              reconnect_attempts_max=1, timeout=settings.connect_timeout, keepalive=True)
+                              reconnect_attempts_max=1, timeout=settings.connect_timeout, keepalive=True,
+                              auto_decode=auto_decode)
     legacy = False
     if settings.tls:
         # stomp.py builds an SSLContext(ssl_version): PROTOCOL_TLS_CLIENT checks the host name, the

@@ -66,7 +66,7 @@ def decode_body(frame: Any) -> dict[str, Any]:
 def drain(broker: BrokerSettings, destination: str, idle: float = 3.0) -> list[dict[str, Any]]:
     """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds."""
     collector = _Collector()
-    conn = open_connection(broker, listener=collector)
+    conn = open_connection(broker, listener=collector, auto_decode=False)
     conn.subscribe(destination, id="drain", ack="client-individual",
                    headers={"subscription-type": "ANYCAST", "consumer-window-size": "1048576"})
     out: list[dict[str, Any]] = []

@@ -47,7 +47,8 @@ TARBALL_SHA512 = ("270a00dc3028fb3b93c6aa09aa3e40fbe76015029e5308e0aac241589299a
 MAVEN_ARTIFACT = f"org.apache.activemq:apache-artemis:{VERSION}:tar.gz:bin"
 CENTRAL_URL = f"https://repo1.maven.org/maven2/org/apache/activemq/apache-artemis/{VERSION}/{TARBALL}"
 USER = "dbsync"
-JAVA_MEMORY = "512M"
+JAVA_MEMORY = "2G"  # heap headroom; paging starts at GLOBAL_MAX_SIZE so a backlog goes to disk, not the heap
+GLOBAL_MAX_SIZE = "256Mb"
 DEFAULT_PORTS = {"core": 61616, "stomp": 61613, "stomp_tls": 61614}
 
 
@@ -186,7 +187,8 @@ def _acceptors(b: ArtemisBroker, tls: TlsFiles) -> str:
 
 def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     """``artemis create`` then rewrite acceptors and the user's password; re-run when ports change."""
-    wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port}
+    wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port,
+              "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE}
     stamp = b.dir / "dbsync-instance.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
@@ -202,6 +204,10 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     xml, n = re.subn(r"<acceptors>.*?</acceptors>", lambda _m: _acceptors(b, tls), xml, count=1, flags=re.S)
     if n != 1:
         raise ServiceError("artemis: no <acceptors> block found in etc/broker.xml")
+    xml, n = re.subn(r"(\s*)<persistence-enabled>", lambda m: f"{m.group(1)}<global-max-size>{GLOBAL_MAX_SIZE}"
+                     f"</global-max-size>{m.group(1)}<persistence-enabled>", xml, count=1)
+    if n != 1:
+        raise ServiceError("artemis: no <persistence-enabled> element found in etc/broker.xml")
     (etc / "broker.xml").write_text(xml)
     os.chmod(etc / "broker.xml", 0o600)  # it holds the keystore password
     users = etc / "artemis-users.properties"
@@ -220,6 +226,11 @@ def start_artemis(home: Path | None = None, *, timeout: float = 90) -> ArtemisBr
 def _start(b: ArtemisBroker, timeout: float) -> ArtemisBroker:
     if b.running():
         return b
+    if pid_alive(b.pid(), f"-Dartemis.instance={b.dir}"):
+        # our JVM is alive but does not answer STOMP (e.g. out of memory): replace it
+        stop_pid(b.pid(), marker=f"-Dartemis.instance={b.dir}", what="artemis (unresponsive)", timeout=30)
+        wait_until(lambda: not any(port_open(p, b.host) for p in (b.core_port, b.stomp_port, b.tls_port)),
+                   timeout=15, what="artemis ports to close")
     for port in (b.core_port, b.stomp_port, b.tls_port):
         if port_open(port, b.host):
             raise ServiceError(f"artemis: port {b.host}:{port} is taken by another process")

@@ -240,12 +240,10 @@ class Consumer:
         settings = self.settings
         deliveries = _Deliveries(settings.queue_frames)
         client_id = settings.client_id if settings.destination_type == "topic" else None
-        conn = open_connection(settings.broker, client_id=client_id, listener=deliveries)
+        # bodies stay bytes (deflate, or anything a sender put there): no UTF-8 decoding with errors="replace"
+        conn = open_connection(settings.broker, client_id=client_id, listener=deliveries, auto_decode=False)
         db = None
         try:
-            # Bodies must stay bytes (deflate, or anything a sender put there): stomp.py would decode them as
-            # UTF-8 with errors="replace". Only the CONNECTED frame has been read so far.
-            conn.transport._BaseTransport__auto_decode = False  # noqa: SLF001
             db = settings.db.connect(autocommit=False)
             conn.subscribe(settings.destination, id=SUBSCRIPTION_ID, ack="client-individual",
                            headers=self._subscribe_headers())
