@@ -254,3 +254,17 @@ def _cli(central, *args: str, check: bool = True):
     from helpers import dbsync
 
     return dbsync(*args, "--config", str(central.config), env=central.env, check=check)
+
+
+def test_person_changes_queue_openmrs_rest_calls(openmrs_db, services, tmp_path, broker_settings) -> None:
+    central = make_central(openmrs_db, tmp_path, broker_settings, openmrs_url="http://127.0.0.1:1/openmrs")
+    try:
+        site = make_site(openmrs_db, services, tmp_path, broker_settings)
+        person_uuid, name_uuid = new_person(site)
+        assert set(outcomes(central.apply(site.messages()))) == {"applied"}
+        calls = central.sql(f"SELECT resource, sub_resource, entity_uuid FROM `{central.schema}`.rest_call ORDER BY id")
+        assert ("person", None, person_uuid) in calls
+        assert ("patient", None, person_uuid) in calls
+        assert ("person", "name", name_uuid) in calls
+    finally:
+        drop_schema(central)
