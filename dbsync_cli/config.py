@@ -78,6 +78,7 @@ KEYS: dict[str, Key] = {
     "receiver.extra_tables": Key(list, [], roles=_R),
     "receiver.batch_messages": Key(int, 500, roles=_R),
     "receiver.retry_interval_seconds": Key(int, 60, roles=_R),
+    "receiver.applied_ids_days": Key(int, 30, roles=_R, help="how long handled message ids are kept"),
     "central_db.host": Key(str, "127.0.0.1", roles=_R),
     "central_db.port": Key(int, 3306, roles=_R),
     "central_db.database": Key(str, "openmrs", roles=_R),

@@ -77,6 +77,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 last_work = time.monotonic()
             if time.monotonic() - last_retry >= interval:
                 retry_pending(applier)
+                state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
                 last_retry = time.monotonic()
             if not records:
                 if idle_exit is not None and time.monotonic() - last_work >= idle_exit:

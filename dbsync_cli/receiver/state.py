@@ -183,3 +183,15 @@ def remove_site(conn: Any, schema: str, identifier: str) -> None:
         if cur.rowcount == 0:
             raise StateError(f"site {identifier!r} is not registered")
     conn.commit()
+
+
+def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -> int:
+    """Forget handled message ids older than `keep_days`: a redelivery older than that is judged by the entity hash
+    and dates instead (stale changes are skipped), so the table stays small whatever the history."""
+    cutoff = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=keep_days)
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {schema_name(schema)}.applied_message WHERE date_applied < %s LIMIT %s",  # noqa: S608
+                    (cutoff, limit))
+        removed = cur.rowcount
+    conn.commit()
+    return removed
