@@ -9,16 +9,20 @@ was taken; then, each as its own `python -m dbsync_cli` process started from tha
   (d) sender    `dbsync sender --until-idle` → a fresh queue, once at the small size and once at the full size
   (e) pipe      `dbsync capture | dbsync enrich | dbsync publish` → a fresh queue (three processes)
 
-Rows/s is change events (binlog rows) per wall second of the process, start-up included. Peak RSS is the kernel's
-high-water mark of that one process: `ru_maxrss` of the rusage `os.wait4()` returns for its pid (exact per process,
-unlike RUSAGE_CHILDREN, which is a maximum over all children reaped so far). Queues are deleted afterwards through
-Artemis' management address (no password on any command line).
+Rows/s is change events (binlog rows) per wall second of the process, start-up included. Peak RSS is `VmHWM` (the
+kernel's resident high-water mark of the process's own memory map, reset by exec) read from /proc/<pid>/status every
+50 ms while it runs; the last reading before exit is the peak (it is monotonic). `ru_maxrss` from wait4/
+RUSAGE_CHILDREN is not used: Linux folds the forking parent's high-water mark into it, so every child would report
+at least this benchmark process's own peak. CPU seconds (user + system) come from the rusage of `os.wait4()`.
+Each queue is deleted right after its measurement through Artemis' management address (no password on any command
+line), so that the shared broker never holds more than one benchmark backlog.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -57,6 +61,8 @@ class Run:
     peak_rss_mb: float
     exit_code: int
     note: str = ""
+    cpu_seconds: float = 0.0
+    services_cpu: dict[str, float] = field(default_factory=dict)  # CPU the site DB and broker used meanwhile
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -64,7 +70,8 @@ class Run:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_second": round(self.rows_per_second), "seconds": round(self.seconds, 3)}
+        return {**asdict(self), "rows_per_second": round(self.rows_per_second), "seconds": round(self.seconds, 3),
+                "cpu_seconds": round(self.cpu_seconds, 2), "peak_rss_mb": round(self.peak_rss_mb, 1)}
 
 
 @dataclass
@@ -73,25 +80,85 @@ class Measured:
     seconds: float
     peak_rss_mb: float
     stderr: bytes
+    cpu_seconds: float = 0.0
+    services_cpu: dict[str, float] = field(default_factory=dict)
+
+
+SERVICE_PIDS: dict[str, int] = {}  # name → pid of the services whose CPU is reported beside each run
+
+
+class ServicesCpu:
+    def __init__(self) -> None:
+        self.start = {name: process_cpu(pid) for name, pid in SERVICE_PIDS.items()}
+
+    def used(self) -> dict[str, float]:
+        return {name: round(process_cpu(SERVICE_PIDS[name]) - before, 2) for name, before in self.start.items()}
+
+
+class PeakRss:
+    """Polls /proc/<pid>/status VmHWM (kB) until stopped; `mb` is the last reading, i.e. the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval, self.kb = pid, interval, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        path = f"/proc/{self.pid}/status"
+        while not self.done.is_set():
+            try:
+                with open(path, "rb") as fh:
+                    for line in fh:
+                        if line.startswith(b"VmHWM:"):
+                            self.kb = max(self.kb, int(line.split()[1]))
+                            break
+            except (OSError, ValueError):
+                return
+            self.done.wait(self.interval)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.kb / 1024
+
+
+def process_cpu(pid: int | None) -> float:
+    """utime + stime of a running process (all its threads), in seconds; 0 if unknown."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _reap(proc: subprocess.Popen[bytes], rss: PeakRss) -> tuple[int, float, float]:
+    """Wait for one process: exit code, peak RSS MB (VmHWM), CPU seconds (wait4 rusage)."""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    return proc.returncode, rss.stop(), usage.ru_utime + usage.ru_stime
 
 
 def measure(cmd: list[str], *, env: dict[str, str] | None = None, stdin: IO[bytes] | None = None,
             stdout: IO[bytes] | None = None, timeout: float = 3600) -> Measured:
-    """Run one process to completion; its wall time and its own peak RSS (ru_maxrss from wait4, in MB)."""
+    """Run one process to completion: wall time, its own peak RSS (VmHWM) and CPU time."""
     with tempfile.TemporaryFile() as err:
+        services = ServicesCpu()
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err)
+        rss = PeakRss(proc.pid)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            code, peak, cpu = _reap(proc, rss)
         finally:
             timer.cancel()
         seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
         err.seek(0)
-        return Measured(proc.returncode, seconds, usage.ru_maxrss / 1024, err.read())
+        return Measured(code, seconds, peak, err.read(), cpu, services.used())
 
 
 def measure_pipeline(cmds: list[list[str]], *, env: dict[str, str] | None = None,
@@ -99,6 +166,7 @@ def measure_pipeline(cmds: list[list[str]], *, env: dict[str, str] | None = None
     """`a | b | c`: each process measured like `measure`, wall time until the last one exits."""
     errs = [tempfile.TemporaryFile() for _ in cmds]
     procs: list[subprocess.Popen[bytes]] = []
+    services = ServicesCpu()
     started = time.perf_counter()
     try:
         for index, (cmd, err) in enumerate(zip(cmds, errs, strict=True)):
@@ -108,16 +176,15 @@ def measure_pipeline(cmds: list[list[str]], *, env: dict[str, str] | None = None
                 stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=err))
             if index:
                 procs[-2].stdout.close()  # type: ignore[union-attr] - only the next process holds the pipe
+        watchers = [PeakRss(p.pid) for p in procs]
         timer = threading.Timer(timeout, lambda: [p.kill() for p in procs])
         timer.start()
         results = []
         try:
-            for proc, err in zip(procs, errs, strict=True):
-                _pid, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
+            for proc, err, rss in zip(procs, errs, watchers, strict=True):
+                code, peak, cpu = _reap(proc, rss)
                 err.seek(0)
-                results.append(Measured(proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024,
-                                        err.read()))
+                results.append(Measured(code, time.perf_counter() - started, peak, err.read(), cpu, services.used()))
         finally:
             timer.cancel()
         return results
@@ -155,7 +222,7 @@ class _Replies(stomp.ConnectionListener):
         self.frames.put(frame)
 
 
-def delete_queues(broker: BrokerSettings, names: Iterable[str], timeout: float = 30) -> dict[str, bool]:
+def delete_queues(broker: BrokerSettings, names: Iterable[str], timeout: float = 120) -> dict[str, bool]:
     """Destroy queues (and their addresses) through Artemis' management address over STOMP.
 
     The management operation reads a text body, so the SEND must go without content-length.
@@ -164,7 +231,7 @@ def delete_queues(broker: BrokerSettings, names: Iterable[str], timeout: float =
     if not names:
         return {}
     replies = _Replies()
-    conn = open_connection(broker, listener=replies)
+    conn = open_connection(dataclasses.replace(broker, heartbeats=(0, 0)), listener=replies)
     reply_to = f"dbsync.bench.mgmt.{uuid.uuid4().hex[:8]}"
     done: dict[str, bool] = {}
     try:
@@ -242,7 +309,18 @@ class Bench:
                                   server_id=self.server_id, name=name)
         return path, env, dest, home
 
+    def done_with(self, dest: str) -> None:
+        """Delete a benchmark queue right away: the shared broker must not hold several 200k backlogs."""
+        if self.args.keep:
+            return
+        try:
+            if delete_queues(self.broker, [dest]).get(dest):
+                self.queues.remove(dest)
+        except Exception as exc:  # noqa: BLE001 - retried in cleanup
+            self.say(f"  could not delete queue {dest} yet ({exc})")
+
     def check(self, name: str, m: Measured) -> None:
+        (self.workdir / f"{name.replace(' ', '-')}.err").write_bytes(m.stderr)
         if m.exit_code != 0:
             raise SystemExit(f"bench: {name} exited {m.exit_code}: {m.stderr.decode(errors='replace')[-2000:]}")
 
@@ -255,67 +333,77 @@ class Bench:
         self.say(f"  {truth.stats['rows_created']:,} rows in {truth.stats['seconds']:.1f} s")
         return int(truth.stats["rows_created"])
 
-    def sender_run(self, name: str, start: Path, note: str) -> Run:
-        conf, env, _dest, _home = self.config(name, from_home=start)
+    def record(self, name: str, rows: int, m: Measured, note: str, **extra: Any) -> None:
+        self.runs.append(Run(name, rows, m.seconds, m.peak_rss_mb, m.exit_code, note, m.cpu_seconds,
+                             m.services_cpu, extra))
+
+    def sender_run(self, name: str, start: Path, note: str) -> None:
+        conf, env, dest, _home = self.config(name, from_home=start)
         self.say(f"(d) {name}: dbsync sender --until-idle …")
         m = measure(dbsync_cmd("sender", "--config", str(conf), "--until-idle"), env=env)
         self.check(name, m)
-        return Run(name, confirmed(m.stderr, "sender"), m.seconds, m.peak_rss_mb, m.exit_code, note)
+        self.done_with(dest)
+        self.record(name, confirmed(m.stderr, "sender"), m, note)
 
     def run(self) -> dict[str, Any]:
+        from dbsync_cli.devservices import status
         from dbsync_cli.workload.openmrs import load_openmrs
 
         args = self.args
+        SERVICE_PIDS.update({s["name"]: s["pid"] for s in status() if s["name"] in (self.instance.name, "artemis")})
         self.say(f"database {self.database} on {self.instance.name} ({self.instance.host}:{self.instance.port}), "
                  f"work dir {self.workdir}")
         load_openmrs(self.instance.admin, self.database)
-        conf, env, _dest, start = self.config("start")
+        conf, env, dest, start = self.config("start")
         self.check("checkpoint", measure(dbsync_cmd("sender", "--config", str(conf), "--until-idle"), env=env))
+        self.done_with(dest)
         small = min(args.small_rows, args.rows)
         written = self.generate(small, seed=1)
-        self.runs.append(self.sender_run("sender-small", start, f"backlog {written:,} rows"))
+        self.sender_run("sender-small", start, f"backlog {written:,} rows")
         written += self.generate(args.rows - small, seed=2) if args.rows > small else 0
         self.data.update(rows_written=written, database=self.database, instance=self.instance.name)
 
         events = self.workdir / "events.ndjson"
         messages = self.workdir / "messages.ndjson"
-        conf, env, _dest, _home = self.config("capture", from_home=start)
+        conf, env, dest, _home = self.config("capture", from_home=start)
+        self.done_with(dest)  # capture and enrich publish nothing
         self.say("(a) capture …")
         with events.open("wb") as out:
             m = measure(dbsync_cmd("capture", "--config", str(conf), "--until-idle", "--snapshot", "never"),
                         env=env, stdout=out)
         self.check("capture", m)
         n_events = count_lines(events)
-        self.runs.append(Run("capture", n_events, m.seconds, m.peak_rss_mb, m.exit_code, "binlog → events file"))
+        self.record("capture", n_events, m, "binlog → events file")
 
         self.say("(b) enrich …")
         with events.open("rb") as inp, messages.open("wb") as out:
             m = measure(dbsync_cmd("enrich", "--config", str(conf)), env=env, stdin=inp, stdout=out)
         self.check("enrich", m)
         n_messages = count_lines(messages)
-        self.runs.append(Run("enrich", n_events, m.seconds, m.peak_rss_mb, m.exit_code,
-                             "events file → messages file", {"messages": n_messages}))
+        self.record("enrich", n_events, m, "events file → messages file", messages=n_messages)
 
-        conf, env, _dest, _home = self.config("publish", from_home=start)
+        conf, env, dest, _home = self.config("publish", from_home=start)
         self.say("(c) publish …")
         with messages.open("rb") as inp:
             m = measure(dbsync_cmd("publish", "--config", str(conf)), env=env, stdin=inp)
         self.check("publish", m)
-        self.runs.append(Run("publish", confirmed(m.stderr, "publish"), m.seconds, m.peak_rss_mb, m.exit_code,
-                             "messages file → queue"))
+        self.done_with(dest)
+        self.record("publish", confirmed(m.stderr, "publish"), m, "messages file → queue")
 
-        self.runs.append(self.sender_run("sender", start, f"backlog {written:,} rows"))
+        self.sender_run("sender", start, f"backlog {written:,} rows")
 
-        conf, env, _dest, _home = self.config("pipe", from_home=start)
+        conf, env, dest, _home = self.config("pipe", from_home=start)
         self.say("(e) capture | enrich | publish …")
         ms = measure_pipeline([dbsync_cmd("capture", "--config", str(conf), "--until-idle", "--snapshot", "never"),
                                dbsync_cmd("enrich", "--config", str(conf)),
                                dbsync_cmd("publish", "--config", str(conf))], env=env)
         for name, m in zip(("pipe capture", "pipe enrich", "pipe publish"), ms, strict=True):
             self.check(name, m)
-        self.runs.append(Run("pipe", confirmed(ms[-1].stderr, "publish"), ms[-1].seconds,
-                             sum(m.peak_rss_mb for m in ms), 0, "3 processes; RSS = sum of their peaks",
-                             {"peak_rss_mb": [round(m.peak_rss_mb, 1) for m in ms]}))
+        self.done_with(dest)
+        total = Measured(0, ms[-1].seconds, sum(m.peak_rss_mb for m in ms), b"", sum(m.cpu_seconds for m in ms),
+                         ms[-1].services_cpu)
+        self.record("pipe", confirmed(ms[-1].stderr, "publish"), total, "3 processes; RSS and CPU = sums",
+                    peak_rss_mb=[round(m.peak_rss_mb, 1) for m in ms], cpu_seconds=[round(m.cpu_seconds, 2) for m in ms])
         self.data.update(events=n_events, messages=n_messages,
                          events_bytes=events.stat().st_size, messages_bytes=messages.stat().st_size)
         if args.profile:
@@ -327,7 +415,7 @@ class Bench:
         from dbsync_cli import config as config_mod
         from dbsync_cli import sender
 
-        conf, env, _dest, _home = self.config("profile", from_home=start)
+        conf, env, dest, _home = self.config("profile", from_home=start)
         os.environ.update({k: env[k] for k in ("DBSYNC_SITE_DB__PASSWORD", "DBSYNC_BROKER__PASSWORD")})
         cfg = config_mod.load(conf, "sender")
         self.say("profiling an in-process run_once …")
@@ -335,6 +423,7 @@ class Bench:
         profiler.enable()
         sent = sender.run_once(cfg, threading.Event(), until_idle=True)
         profiler.disable()
+        self.done_with(dest)
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text).sort_stats("cumulative")
         stats.print_stats(45)
@@ -370,14 +459,18 @@ def print_table(result: dict[str, Any]) -> None:
     data = result["data"]
     table = Table(title=f"dbsync sender benchmark: {data.get('rows_written', 0):,} rows written "
                         f"({data.get('instance')}, obs_per_encounter=20)")
-    for column in ("stage", "rows", "seconds", "rows/s", "peak RSS MB", "note"):
+    for column in ("stage", "rows", "seconds", "rows/s", "CPU s", "DB CPU s", "broker CPU s", "peak RSS MB", "note"):
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for run in result["runs"]:
+        db_cpu = sum(v for k, v in run["services_cpu"].items() if k != "artemis")
         table.add_row(run["name"], f"{run['rows']:,}", f"{run['seconds']:.1f}", f"{run['rows_per_second']:,}",
+                      f"{run['cpu_seconds']:.1f}", f"{db_cpu:.1f}", f"{run['services_cpu'].get('artemis', 0):.1f}",
                       f"{run['peak_rss_mb']:.0f}", run["note"])
-    Console(stderr=False).print(table)
-    print("rows/s = binlog rows (change events) per wall second, process start-up included; peak RSS = ru_maxrss "
-          "of that process (os.wait4). Target: sender >= 10,000 rows/s; raw row decoder ~16-17k rows/s.")
+    Console(width=160).print(table)
+    print(f"rows/s = binlog rows (change events) per wall second, process start-up included; CPU s = user+system "
+          f"of that process; DB / broker CPU s = what the site MariaDB and Artemis used meanwhile (whole server, "
+          f"other users included); peak RSS = the process's VmHWM (polled from /proc). {os.cpu_count()} CPUs. "
+          f"Target: sender >= 10,000 rows/s; raw row decoder ~16-17k rows/s.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 BINLOG = "binlog"
+STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 
 class CheckpointStore:
@@ -25,6 +26,9 @@ class CheckpointStore:
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, value BLOB NOT NULL, updated REAL NOT NULL)"
         )
+        self.conn.execute("CREATE TABLE IF NOT EXISTS stats (ts REAL NOT NULL, messages INTEGER NOT NULL)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS stats_ts ON stats (ts)")
+        self.unsaved_messages = 0
 
     def load(self, name: str = BINLOG) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT value FROM checkpoint WHERE name=?", (name,)).fetchone()
@@ -34,12 +38,32 @@ class CheckpointStore:
         row = self.conn.execute("SELECT updated FROM checkpoint WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
+    def count_sent(self, messages: int) -> None:
+        """Messages the broker just confirmed: recorded with the next save(), in the same transaction."""
+        self.unsaved_messages += messages
+
     def save(self, value: dict[str, Any], name: str = BINLOG) -> None:
-        self.conn.execute(
-            "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
-            (name, orjson.dumps(value), time.time()),
-        )
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                (name, orjson.dumps(value), now),
+            )
+            if self.unsaved_messages:
+                self.conn.execute("INSERT INTO stats (ts, messages) VALUES (?, ?)", (now, self.unsaved_messages))
+                self.conn.execute("DELETE FROM stats WHERE ts < ?", (now - STATS_KEEP_SECONDS,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.unsaved_messages = 0
+
+    def sent_since(self, since: float) -> int:
+        """Messages confirmed since the epoch time `since` (at most STATS_KEEP_SECONDS back)."""
+        row = self.conn.execute("SELECT COALESCE(SUM(messages), 0) FROM stats WHERE ts >= ?", (since,)).fetchone()
+        return int(row[0])
 
     def clear(self, name: str = BINLOG) -> None:
         self.conn.execute("DELETE FROM checkpoint WHERE name=?", (name,))

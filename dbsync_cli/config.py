@@ -88,6 +88,24 @@ KEYS: dict[str, Key] = {
     "openmrs.url": Key(str, None, roles=_R, help="base URL, e.g. http://localhost:8080/openmrs"),
     "openmrs.user": Key(str, None, roles=_R),
     "openmrs.password": Key(str, None, secret=True, roles=_R),
+    # `dbsync status` thresholds (a --option of the same name overrides each; 0 turns a threshold off)
+    "status.timeout_seconds": Key(int, 5, help="connect timeout of each status probe (broker, database)"),
+    "status.lag_warning_seconds": Key(int, 300, roles=_S, help="seconds behind the binlog"),
+    "status.lag_critical_seconds": Key(int, 3600, roles=_S),
+    "status.lag_warning_bytes": Key(int, 104_857_600, roles=_S, help="binlog bytes after the checkpoint"),
+    "status.lag_critical_bytes": Key(int, 1_073_741_824, roles=_S),
+    "status.checkpoint_warning_minutes": Key(int, 15, roles=_S, help="checkpoint not moved: sender down or stuck"),
+    "status.checkpoint_critical_minutes": Key(int, 60, roles=_S),
+    "status.site_silent_warning_minutes": Key(int, 60, roles=_R, help="no change applied from an enabled site"),
+    "status.site_silent_critical_minutes": Key(int, 240, roles=_R),
+    "status.retry_warning": Key(int, 1, roles=_R, help="entries in the retry queue"),
+    "status.retry_critical": Key(int, 100, roles=_R),
+    "status.conflict_warning": Key(int, 1, roles=_R, help="unresolved conflicts"),
+    "status.conflict_critical": Key(int, 0, roles=_R),
+    "status.inbox_warning": Key(int, 10_000, roles=_R, help="messages received and not applied yet"),
+    "status.inbox_critical": Key(int, 100_000, roles=_R),
+    "status.rest_failing_warning": Key(int, 1, roles=_R, help="OpenMRS REST calls that failed at least once"),
+    "status.rest_failing_critical": Key(int, 0, roles=_R),
 }
 
 

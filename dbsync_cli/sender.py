@@ -76,7 +76,7 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
         events = capture(capture_settings(cfg, model, stop, **capture_overrides), store.load())
         messages = enrich(events, enrich_settings(cfg), model)
         count = 0
-        for message in publish(messages, publish_settings(cfg, stop), store.save):
+        for message in publish(messages, publish_settings(cfg, stop), store.save, on_sent=store.count_sent):
             count += 1
             if on_message is not None:
                 on_message(message)

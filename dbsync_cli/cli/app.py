@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 
 from dbsync_cli import __version__
-from dbsync_cli.cli import common, config_cmd, receiver_admin, receiver_cmds, schema_cmd, sender_cmds
+from dbsync_cli.cli import (
+    common,
+    config_cmd,
+    receiver_admin,
+    receiver_cmds,
+    schema_cmd,
+    sender_cmds,
+    status_cmd,
+)
 
 app = typer.Typer(
     name="dbsync",
@@ -45,6 +53,7 @@ app.command("receiver")(receiver_cmds.receiver)
 app.add_typer(receiver_cmds.conflicts_app, name="conflicts")
 app.command("consume")(receiver_admin.consume)
 app.add_typer(receiver_admin.sites_app, name="sites")
+app.command("status")(status_cmd.status)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import orjson
+import pymysql
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,6 +27,8 @@ def _model(cfg):  # type: ignore[no-untyped-def]
         return run_mod.load_model(cfg)
     except SchemaError as exc:
         common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+    except pymysql.MySQLError as exc:
+        common.fail(f"central_db {cfg.db('central_db').describe()}: {exc.args[-1]}", exitcodes.UNREACHABLE)
 
 
 def apply(
@@ -62,7 +65,10 @@ def receiver(
     if site_id:
         cfg.values["receiver.site_id"] = site_id
     stop = stop_on_signals()
-    run_mod.run_receiver(cfg, stop, idle_exit=idle_exit)
+    try:
+        run_mod.run_receiver(cfg, stop, idle_exit=idle_exit)
+    except SchemaError as exc:
+        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
 
 
 conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally and at a site.",

@@ -78,6 +78,23 @@ class _Batch:
     ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
 
 
+@dataclass
+class _Inserts:
+    """Consecutive INSERTs of one table (same columns), written with one multi-row statement when flushed."""
+
+    table: SyncedTable
+    columns: tuple[str, ...]
+    rows: list[str] = field(default_factory=list)  # each row's escaped "(v1, v2, …)"
+    size: int = 0
+    uuids: list[str] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)
+    keys: list[Any] = field(default_factory=list)  # subclass rows: the parent's key, known before the insert
+
+
+GROUP_ROWS = 1000  # rows per multi-row INSERT at most
+GROUP_BYTES = 1_000_000  # and bytes of values (max_allowed_packet is 16 MB by default)
+
+
 class Applier:
     def __init__(self, settings: ApplySettings, model: SchemaModel):
         self.settings = settings
@@ -90,10 +107,19 @@ class Applier:
             state.migrate(self.conn, settings.state_schema, settings.central.database)
             cur.execute("SELECT MIN(user_id) FROM users")
             self.default_user = cur.fetchone()[0] or 1
+            # lock modes 0 and 1 give the rows of one multi-row INSERT consecutive auto-increment values
+            cur.execute("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+            mode, step = cur.fetchone()
+            self.autoinc_step = int(step) if mode is not None and int(mode) in (0, 1) else None
         self.ids = UuidToId(model)
         self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
         self.sites: dict[str, state.Site] = {}
         self.blocked: set[str] = set()
+        # Grouped INSERTs (only while a batch runs fast-path, never with savepoints): rows held back until the next
+        # statement that could depend on them; (identity table, uuid) of every held row.
+        self._group: _Inserts | None = None
+        self._grouped: set[tuple[str, str]] = set()
+        self._grouping = False
         self._load_blocked()
 
     def close(self) -> None:
@@ -141,30 +167,40 @@ class Applier:
         with self.conn.cursor() as cur:
             done = self._handled_ids(cur, [p.message_id for p in parsed])
             self._prefetch(cur, parsed)
-            for index, item in enumerate(parsed):
-                if item.inbox is not None:
-                    batch.inbox.append(item.inbox)
-                if item.message_id in done:
-                    batch.outcomes.append(Outcome(item.message_id, "duplicate"))
-                    continue
-                done.add(item.message_id)
-                if careful:
-                    cur.execute(f"SAVEPOINT m{index}")
-                try:
-                    batch.outcomes.append(self._one(cur, item, batch))
-                except Exception as exc:
-                    if not careful:
-                        raise
-                    cur.execute(f"ROLLBACK TO SAVEPOINT m{index}")
-                    self.ids.clear()
-                    reason = exc.args[1] if isinstance(exc, pymysql.MySQLError) and len(exc.args) > 1 else str(exc)
-                    batch.outcomes.append(self._park(cur, item, f"apply failed: {reason}", batch))
+            self._grouping = not careful
+            try:
+                self._messages(cur, parsed, batch, done, careful)
+                self._flush(cur, batch)
+            finally:
+                self._grouping = False
+                self._group = None
+                self._grouped.clear()
             self._finish(cur, batch)
         self.conn.commit()
         for outcome in batch.outcomes:
             if outcome.outcome in ("retry", "error", "waiting"):
                 log.warning("message %s → %s: %s", outcome.message_id, outcome.outcome, outcome.reason)
         return batch.outcomes
+
+    def _messages(self, cur: Any, parsed: list[Parsed], batch: _Batch, done: set[str], careful: bool) -> None:
+        for index, item in enumerate(parsed):
+            if item.inbox is not None:
+                batch.inbox.append(item.inbox)
+            if item.message_id in done:
+                batch.outcomes.append(Outcome(item.message_id, "duplicate"))
+                continue
+            done.add(item.message_id)
+            if careful:
+                cur.execute(f"SAVEPOINT m{index}")
+            try:
+                batch.outcomes.append(self._one(cur, item, batch))
+            except Exception as exc:
+                if not careful:
+                    raise
+                cur.execute(f"ROLLBACK TO SAVEPOINT m{index}")
+                self.ids.clear()
+                reason = exc.args[1] if isinstance(exc, pymysql.MySQLError) and len(exc.args) > 1 else str(exc)
+                batch.outcomes.append(self._park(cur, item, f"apply failed: {reason}", batch))
 
     # ---- one message ---------------------------------------------------------------------------------------
     def _one(self, cur: Any, item: Parsed, batch: _Batch, *, from_retry: bool = False, force: bool = False,
@@ -203,6 +239,9 @@ class Applier:
         assert message is not None
         uuid = message["uuid"]
         ident = table.identity.table
+        if self._grouped and ((ident, uuid) in self._grouped or any(
+                ref in self._grouped for ref in self.convert.references(table, message.get("data") or {}))):
+            self._flush(cur, batch)  # this message reads a row that is still held back
         key = self.ids.lookup(cur, ident, uuid)
         current = self._current(cur, table, key) if key is not None else None
         if message["op"] == "d":
@@ -245,6 +284,10 @@ class Applier:
                 row[table.key] = key
             else:
                 row["uuid"] = uuid
+            if self._grouping:
+                self._hold(cur, batch, table, row, uuid, message["site"], key)
+                batch.ours.add((table.name, uuid))
+                return Outcome(item.message_id, "applied", table.name, uuid)
             columns = ", ".join(f"`{c}`" for c in row)
             cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES ({', '.join(['%s'] * len(row))})",  # noqa: S608
                         list(row.values()))
@@ -254,6 +297,68 @@ class Applier:
         batch.touched[(table.name, key)] = (uuid, message["site"])
         batch.ours.add((table.name, uuid))
         return Outcome(item.message_id, "applied", table.name, uuid)
+
+    # ---- grouped inserts -----------------------------------------------------------------------------------
+    def _hold(self, cur: Any, batch: _Batch, table: SyncedTable, row: dict[str, Any], uuid: str, site: str,
+              key: Any) -> None:
+        """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
+        columns = tuple(row)
+        values = "(" + ",".join(map(self._literal, row.values())) + ")"
+        group = self._group
+        if group is not None and (group.table.name != table.name or group.columns != columns
+                                  or len(group.rows) >= GROUP_ROWS or group.size + len(values) > GROUP_BYTES):
+            self._flush(cur, batch)
+            group = None
+        if group is None:
+            group = self._group = _Inserts(table, columns)
+        group.rows.append(values)
+        group.size += len(values) + 1
+        group.uuids.append(uuid)
+        group.sites.append(site)
+        group.keys.append(key)
+        self._grouped.add((table.identity.table, uuid))
+
+    def _literal(self, value: Any) -> str:
+        """pymysql's literal for a value, with the common types first (what cursor.execute would send)."""
+        kind = type(value)
+        if kind is str:
+            return "'" + self.conn.escape_string(value) + "'"
+        if kind is int:
+            return str(value)
+        if value is None:
+            return "NULL"
+        return self.conn.escape(value)
+
+    def _flush(self, cur: Any, batch: _Batch) -> None:
+        """Write the held rows (one multi-row INSERT) and learn their keys; any error fails the batch as usual."""
+        group, self._group = self._group, None
+        self._grouped.clear()
+        if group is None or not group.rows:
+            return
+        table = group.table
+        columns = ", ".join(f"`{c}`" for c in group.columns)
+        cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES {','.join(group.rows)}")  # noqa: S608
+        if cur.rowcount != len(group.rows):
+            raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
+        ident = table.identity.table
+        key_column = table.info.columns.get(table.key)
+        if table.is_subclass:
+            keys = group.keys
+        elif self.autoinc_step is not None and key_column is not None and key_column.auto_increment:
+            first = cur.lastrowid  # the first row's value; the others follow it by the increment
+            keys = [first + i * self.autoinc_step for i in range(len(group.rows))]
+        else:  # read the keys back by uuid
+            found: dict[str, Any] = {}
+            for i in range(0, len(group.uuids), GROUP_ROWS):
+                part = group.uuids[i:i + GROUP_ROWS]
+                cur.execute(f"SELECT uuid, `{table.key}` FROM `{table.name}` WHERE uuid IN "  # noqa: S608
+                            f"({','.join(['%s'] * len(part))})", part)
+                found.update(cur.fetchall())
+            keys = [found[u] for u in group.uuids]
+        for uuid, site, key in zip(group.uuids, group.sites, keys, strict=True):
+            if not table.is_subclass:
+                self.ids.remember(ident, uuid, key)
+            batch.touched[(table.name, key)] = (uuid, site)
 
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
         with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:

@@ -41,7 +41,11 @@ def canonical(value: Any) -> Any:
 
 def row_hash(row: dict[str, Any]) -> str:
     """Over the row exactly as stored at central: it only has to tell whether the row changed since we wrote it."""
-    return hashlib.sha256(orjson.dumps({k: canonical(v) for k, v in sorted(row.items())})).hexdigest()
+    return hashlib.sha256(orjson.dumps({k: v if type(v) in _PLAIN else canonical(v)
+                                        for k, v in sorted(row.items())})).hexdigest()
+
+
+_PLAIN = (int, str, type(None))  # canonical() returns these unchanged (exact types: bool goes through canonical)
 
 
 def _latest(values: dict[str, Any]) -> dt.datetime | None:

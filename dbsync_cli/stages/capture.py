@@ -134,6 +134,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
     in_txn = False
     emitted = 0
     last_beat = time.monotonic()
+    binlog_ms: int | None = None  # time of the last binlog event read: a heartbeat is as old as what it covers
     try:
         for event in reader:
             if isinstance(event, RotateEvent):
@@ -143,6 +144,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     boundary = txn = Position(event.next_binlog, event.position)
                 continue
             end = Position(reader.log_file, event.packet.log_pos)
+            if not isinstance(event, HeartbeatLogEvent) and event.timestamp:
+                binlog_ms = event.timestamp * 1000
             if isinstance(event, MariadbGtidEvent | GtidEvent) or (
                 isinstance(event, QueryEvent) and event.query == "BEGIN"
             ):
@@ -186,12 +189,13 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
             now = time.monotonic()
             if not in_txn and (isinstance(event, HeartbeatLogEvent) or now - last_beat >= settings.heartbeat_seconds):
                 last_beat = now
-                yield heartbeat(server_id, boundary)
+                # an idle server's heartbeat means "caught up": it carries now; otherwise the binlog time
+                yield heartbeat(server_id, boundary, None if isinstance(event, HeartbeatLogEvent) else binlog_ms)
             if settings.stop.is_set():
                 # inside a transaction too: the checkpoint keeps the row index, a restart skips what was done
                 break
         if not in_txn:
-            yield heartbeat(server_id, boundary)
+            yield heartbeat(server_id, boundary)  # --until-idle reached the end of the binlog: caught up
     except pymysql.err.OperationalError as exc:
         if exc.args and exc.args[0] == 1236:
             raise binlog.purged_error(start) from None
@@ -200,12 +204,12 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
         reader.close()
 
 
-def heartbeat(server_id: int, position: Position) -> Event:
-    """A record that only says: everything before `position` has been captured."""
+def heartbeat(server_id: int, position: Position, ts_ms: int | None = None) -> Event:
+    """A record that only says: everything before `position` has been captured (`ts_ms`: its binlog time)."""
     return {
         "op": "h",
         "source": {"server_id": server_id, "file": position.file, "pos": position.pos, "row": -1,
-                   "ts_ms": int(time.time() * 1000), "snapshot": False},
+                   "ts_ms": ts_ms if ts_ms is not None else int(time.time() * 1000), "snapshot": False},
     }
 
 

@@ -1,16 +1,21 @@
 """Publish: sync messages → Artemis over STOMP, and the only stage that moves the sender's checkpoint.
 
 Every SEND is persistent; a batch ends with a RECEIPT request, and since frames on one connection are processed in
-order, the receipt confirms the whole batch. Only then is the checkpoint written. A dropped connection means
-reconnect with backoff and resend the unconfirmed batch with the same `_AMQ_DUPL_ID`s (the broker drops duplicates).
+order, the receipt confirms the whole batch. Only then is the checkpoint written. While the broker persists a batch
+the next ones are built and sent (at most `max_unconfirmed_batches` in flight, confirmed strictly in order). A dropped
+connection means reconnect with backoff and resend every unconfirmed batch with the same `_AMQ_DUPL_ID`s (the broker
+drops duplicates).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 import uuid as uuidlib
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +51,22 @@ class PublishSettings:
     compress_over: int = 16_384
     max_message_bytes: int = 4_000_000
     receipt_timeout: float = 30.0
+    max_unconfirmed_batches: int = 2  # sent while earlier ones await their receipt (0: wait for every batch)
     reject_dir: Path | None = None  # oversized messages are kept here for an operator, never silently dropped
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+RETRYABLE = (BrokerError, OSError, stomp.exception.StompException)
+
+
+@dataclass
+class _Batch:
+    """Frames sent together; `receipt` is the id the broker confirms them with (None: nothing to confirm)."""
+
+    frames: list[tuple[bytes, dict[str, str]]]
+    records: list[dict[str, Any]]
+    source: dict[str, Any] | None
+    receipt: str | None = None
 
 
 class _Receipts(stomp.ConnectionListener):
@@ -87,9 +106,11 @@ class _Receipts(stomp.ConnectionListener):
 
 
 class Publisher:
-    def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None]):
+    def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None],
+                 on_sent: Callable[[int], None] | None = None):
         self.settings = settings
         self.on_confirmed = on_confirmed
+        self.on_sent = on_sent  # messages confirmed per batch, told before on_confirmed (the rate for `dbsync status`)
         self.conn: stomp.Connection12 | None = None
         self.receipts = _Receipts()
         self.sent = 0
@@ -105,6 +126,11 @@ class Publisher:
             if any(marker in str(exc) for marker in _PERMANENT):
                 raise BrokerStop(str(exc), exitcodes.UNREACHABLE) from None
             raise
+        sock = getattr(self.conn.transport, "socket", None)
+        if sock is not None:
+            # without it, Nagle holds the small RECEIPT-carrying tail of a batch until the broker's delayed ACK
+            # (~40 ms per batch, most of the publish time)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("connected to %s:%d", self.settings.broker.host, self.settings.broker.port)
         return self.conn
 
@@ -153,20 +179,26 @@ class Publisher:
         log.error("message %s (%s %s) is %d bytes, over the %d-byte limit: not sent%s", message["id"],
                   message.get("table"), message.get("uuid"), size, self.settings.max_message_bytes, where)
 
-    def _send_batch(self, frames: list[tuple[bytes, dict[str, str]]]) -> None:
+    def _transmit(self, batch: _Batch) -> None:
+        """Send a batch's frames, the last one asking for a receipt (a new id each time); does not wait."""
+        if not batch.frames:
+            batch.receipt = None
+            return
         conn = self._connect()
-        receipt = uuidlib.uuid4().hex
-        for index, (body, headers) in enumerate(frames):
-            if index == len(frames) - 1:
-                headers = {**headers, "receipt": receipt}
+        batch.receipt = uuidlib.uuid4().hex
+        last = len(batch.frames) - 1
+        for index, (body, headers) in enumerate(batch.frames):
+            if index == last:
+                headers = {**headers, "receipt": batch.receipt}
             conn.send(destination=self.settings.destination, body=body, headers=headers,
                       content_type="application/json")
-        self.receipts.wait(receipt, self.settings.receipt_timeout)
 
-    def _deliver(self, frames: list[tuple[bytes, dict[str, str]]]) -> None:
-        """Send until the broker confirms; each retry resends the whole batch (duplicates are dropped by id)."""
+    def _resend(self, pending: deque[_Batch], failures: int = 0) -> None:
+        """Reconnect with backoff and send every unconfirmed batch again, in order (duplicates dropped by id)."""
+        if failures:
+            time.sleep(min(30.0, 0.5 * 2 ** (failures - 1)))
         for attempt in Retrying(
-            retry=retry_if_exception_type((BrokerError, OSError, stomp.exception.StompException)),
+            retry=retry_if_exception_type(RETRYABLE),
             wait=wait_exponential(multiplier=0.5, max=30),
             before_sleep=lambda state: (
                 log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?"),
@@ -175,31 +207,66 @@ class Publisher:
             reraise=True,
         ):
             with attempt:
-                self._send_batch(frames)
+                self.close()
+                for batch in pending:
+                    self._transmit(batch)
+
+    def _send(self, pending: deque[_Batch], batch: _Batch) -> None:
+        pending.append(batch)
+        try:
+            self._transmit(batch)
+        except RETRYABLE as exc:
+            log.warning("publish failed (%s); retrying", exc)
+            self._resend(pending)
+
+    def _confirm(self, pending: deque[_Batch], keep: int) -> Iterator[dict[str, Any]]:
+        """Wait for the oldest receipts until at most `keep` batches are unconfirmed; yield confirmed records."""
+        failures = 0
+        while len(pending) > keep:
+            batch = pending[0]
+            if batch.receipt is not None:
+                try:
+                    self.receipts.wait(batch.receipt, self.settings.receipt_timeout)
+                except RETRYABLE as exc:
+                    failures += 1
+                    log.warning("publish failed (%s); retrying %d unconfirmed batch(es)", exc, len(pending))
+                    self._resend(pending, failures)
+                    continue
+            pending.popleft()
+            if batch.frames:
+                self.sent += len(batch.frames)
+                if self.on_sent is not None:
+                    self.on_sent(len(batch.frames))
+            if batch.source is not None:
+                self.on_confirmed(batch.source)
+            yield from batch.records
 
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Yield each message once the broker confirmed it; heartbeats move the checkpoint after the batch."""
+        """Yield each message once the broker confirmed it; heartbeats move the checkpoint after the batch.
+
+        The next batch is built and sent while the broker persists the previous ones (at most
+        `max_unconfirmed_batches` in flight); receipts are awaited strictly in order, so the checkpoint only moves
+        over confirmed data. A heartbeat or the end of input waits for everything.
+        """
+        pending: deque[_Batch] = deque()
         frames: list[tuple[bytes, dict[str, str]]] = []
         batch: list[dict[str, Any]] = []
         size = 0
         last_source: dict[str, Any] | None = None
 
-        def flush() -> Iterator[dict[str, Any]]:
+        def flush(keep: int) -> Iterator[dict[str, Any]]:
             nonlocal frames, batch, size, last_source
-            if frames:
-                self._deliver(frames)
-                self.sent += len(frames)
-            if last_source is not None:
-                self.on_confirmed(last_source)
-            confirmed = batch
+            if frames or last_source is not None:
+                self._send(pending, _Batch(frames, batch, last_source))
             frames, batch, size, last_source = [], [], 0, None
-            yield from confirmed
+            yield from self._confirm(pending, keep)
 
+        window = max(0, self.settings.max_unconfirmed_batches)
         try:
             for record in records:
                 if record.get("op") == "h":
                     last_source = record.get("source") or last_source
-                    yield from flush()
+                    yield from flush(0)
                     continue
                 if not self._valid(record):
                     continue
@@ -210,12 +277,13 @@ class Publisher:
                     batch.append(record)
                     size += len(frame[0])
                 if len(frames) >= self.settings.batch_messages or size >= self.settings.batch_bytes:
-                    yield from flush()
-            yield from flush()
+                    yield from flush(window)
+            yield from flush(0)
         finally:
             self.close()
 
 
 def publish(records: Iterable[dict[str, Any]], settings: PublishSettings,
-            on_confirmed: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
-    yield from Publisher(settings, on_confirmed).run(records)
+            on_confirmed: Callable[[dict[str, Any]], None],
+            on_sent: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    yield from Publisher(settings, on_confirmed, on_sent).run(records)

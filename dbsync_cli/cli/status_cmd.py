@@ -1,0 +1,166 @@
+"""`dbsync status`: the health report of a sender or a receiver, for people (table) and scripts (--json, exit code)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dbsync_cli import config as config_mod
+from dbsync_cli import logs
+from dbsync_cli import status as status_mod
+from dbsync_cli.cli import common
+
+_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta", "DISABLED": "dim"}
+
+
+def _opt(name: str, help_text: str) -> Any:
+    default = config_mod.KEYS[f"status.{name}"].default
+    return typer.Option(f"--{name.replace('_', '-')}", help=f"{help_text} (default: status.{name}, {default}).",
+                        show_default=False, metavar="N")
+
+
+def status(
+    config: common.ConfigOption = None,
+    json_out: common.JsonOption = False,
+    timeout_seconds: Annotated[int | None, _opt("timeout_seconds", "Connect timeout of each probe, seconds")] = None,
+    lag_warning_seconds: Annotated[int | None, _opt("lag_warning_seconds", "Sender: WARNING when this many "
+                                                                           "seconds behind the binlog")] = None,
+    lag_critical_seconds: Annotated[int | None, _opt("lag_critical_seconds", "Sender: CRITICAL when this many "
+                                                                             "seconds behind")] = None,
+    lag_warning_bytes: Annotated[int | None, _opt("lag_warning_bytes", "Sender: WARNING when this many binlog "
+                                                                       "bytes are not published")] = None,
+    lag_critical_bytes: Annotated[int | None, _opt("lag_critical_bytes", "Sender: CRITICAL at this many "
+                                                                         "unpublished binlog bytes")] = None,
+    checkpoint_warning_minutes: Annotated[int | None, _opt("checkpoint_warning_minutes", "Sender: WARNING when "
+                                                           "the checkpoint has not moved for this many "
+                                                           "minutes")] = None,
+    checkpoint_critical_minutes: Annotated[int | None, _opt("checkpoint_critical_minutes", "Sender: CRITICAL "
+                                                            "when it has not moved for this many minutes")] = None,
+    site_silent_warning_minutes: Annotated[int | None, _opt("site_silent_warning_minutes", "Receiver: WARNING "
+                                                            "when an enabled site sent nothing for this many "
+                                                            "minutes")] = None,
+    site_silent_critical_minutes: Annotated[int | None, _opt("site_silent_critical_minutes", "Receiver: CRITICAL "
+                                                             "when a site is silent this long")] = None,
+    retry_warning: Annotated[int | None, _opt("retry_warning", "Receiver: WARNING at this many retry queue "
+                                                               "entries")] = None,
+    retry_critical: Annotated[int | None, _opt("retry_critical", "Receiver: CRITICAL at this many retry queue "
+                                                                 "entries")] = None,
+    conflict_warning: Annotated[int | None, _opt("conflict_warning", "Receiver: WARNING at this many unresolved "
+                                                                     "conflicts")] = None,
+    conflict_critical: Annotated[int | None, _opt("conflict_critical", "Receiver: CRITICAL at this many "
+                                                                       "unresolved conflicts")] = None,
+    inbox_warning: Annotated[int | None, _opt("inbox_warning", "Receiver: WARNING at this many inbox messages "
+                                                               "not applied")] = None,
+    inbox_critical: Annotated[int | None, _opt("inbox_critical", "Receiver: CRITICAL at this many inbox "
+                                                                 "messages")] = None,
+    rest_failing_warning: Annotated[int | None, _opt("rest_failing_warning", "Receiver: WARNING at this many "
+                                                                             "failing OpenMRS REST calls")] = None,
+    rest_failing_critical: Annotated[int | None, _opt("rest_failing_critical", "Receiver: CRITICAL at this many "
+                                                                               "failing REST calls")] = None,
+) -> None:
+    """Health of this sender or receiver: checkpoint, lag and rate, or per-site sync, queues and REST calls.
+
+    Probes the broker (one STOMP CONNECT) and the site or central database.
+
+    Exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the Nagios plugin convention).
+
+    A threshold of 0 is off; threshold options of the other role are ignored.
+    """
+    params = dict(locals())
+    overrides = {k: v for k, v in params.items() if k not in ("config", "json_out")}
+    path = common.config_path(config)
+    role = common.detect_role(path)
+    result = config_mod.validate(path, role)
+    if not isinstance(result, config_mod.Config):
+        report = status_mod.unknown(role, f"config: {result[0]}", str(path) if path else None)
+    else:
+        # stderr only: a monitoring user may not be allowed to write the service's log file
+        logs.setup(result["log_level"], common.state["verbosity"] - 1, None, result.secrets())
+        if common.state["verbosity"] <= 0:  # the report names an unreachable broker already
+            logging.getLogger("stomp.py").setLevel(logging.ERROR)
+        report = status_mod.status(result, overrides)
+    if json_out:
+        sys.stdout.write(status_mod.to_json(report).decode() + "\n")
+    else:
+        _print(report)
+    raise typer.Exit(report["exit_code"])
+
+
+def _cell(state: str) -> str:
+    return f"[{_STYLE.get(state, '')}]{state}[/]"
+
+
+def _print(report: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"dbsync {report['role']} {report['id'] or ''}: {_cell(report['state'])}  "
+                  f"[dim]({report['config']}, {report['checked_at']})[/]")
+    by_check: dict[str, str] = {}
+    for problem in report["problems"]:
+        by_check[problem["check"]] = status_mod.worst([by_check.get(problem["check"], "OK"), problem["state"]])
+    table = Table("check", "value", "state")
+    rows = _sender_rows(report) if report["role"] == "sender" else _receiver_rows(report)
+    for check, value, key in rows:
+        table.add_row(check, value, _cell(by_check[key]) if key in by_check else "-" if value == "?" else _cell("OK"))
+    if rows:
+        console.print(table)
+    if report["role"] == "receiver" and report.get("sites"):
+        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "state")
+        for site in report["sites"]:
+            sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or "never",
+                          status_mod.duration(site["silent_seconds"]), str(site["messages"]), _cell(site["state"]))
+        console.print(sites)
+    for problem in report["problems"]:
+        console.print(f"{_cell(problem['state'])} {problem['check']}: {problem['message']}", markup=True,
+                      highlight=False)
+
+
+def _probe(info: dict[str, Any] | None, what: str) -> str:
+    if not info:
+        return "?"
+    return f"{what}: ok" if info.get("ok") else f"{what}: {info.get('error')}"
+
+
+def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    cp, lag, rate = report.get("checkpoint"), report.get("lag") or {}, report.get("rate")
+    checkpoint = "none"
+    if cp:
+        checkpoint = (f"{cp['file']}:{cp['pos']} row {cp['row']}, updated {status_mod.duration(cp['age_seconds'])} "
+                      f"ago" + (f" (snapshot of {cp['snapshot_table']})" if cp["snapshot"] else ""))
+    end = lag.get("binlog_end")
+    return [
+        ("checkpoint", checkpoint, "checkpoint"),
+        ("binlog end", f"{end['file']}:{end['pos']}" if end else "?", "binlog"),
+        ("lag", f"{status_mod.size(lag.get('bytes'))}, {status_mod.duration(lag.get('seconds'))} behind"
+         if lag.get("bytes") is not None else "?", "lag"),
+        ("rate", f"{rate['rows_per_second']:g} rows/s (1 min), {rate['rows_per_second_5m']:g} rows/s (5 min), "
+                 f"{rate['rows_last_hour']} in the last hour" if rate else "?", "rate"),
+        ("site db", _probe(report.get("site_db"), report.get("site_db", {}).get("address", "")), "site_db"),
+        ("broker", _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
+    ]
+
+
+def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    def queue(name: str, key: str) -> str:
+        q = report.get(name)
+        return "?" if q is None else f"{q[key]} (oldest {status_mod.duration(q['oldest_seconds'])})" if q[key] else "0"
+
+    rest = report.get("rest")
+    rest_text = "?"
+    if rest is not None:
+        rest_text = (f"{rest['pending']} pending, {rest['failing']} failing"
+                     + (f": {rest['last_error']}" if rest["failing"] and rest["last_error"] else "")
+                     + ("" if rest["enabled"] else " (openmrs.url not set)"))
+    return [
+        ("inbox", queue("inbox", "size"), "inbox"),
+        ("retry queue", queue("retry_queue", "size"), "retry_queue"),
+        ("conflicts", queue("conflicts", "unresolved"), "conflicts"),
+        ("OpenMRS REST", rest_text, "rest"),
+        ("central db", _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
+         "central_db"),
+        ("broker", _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
+    ]

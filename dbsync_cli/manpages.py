@@ -1,0 +1,385 @@
+"""Man pages generated from the CLI itself: `scripts/gen-man` writes them to man/, a unit test checks for drift.
+
+One page per command, named like git's: ``dbsync.1`` (overview, global options, environment, files, every exit
+code), ``dbsync-<command>.1`` for each command and command group, and ``dbsync-<group>-<command>.1`` for each
+command of a group (``dbsync-conflicts-resolve.1``). Name, synopsis, description, arguments and options (help,
+defaults) come from walking ``typer.main.get_command(app)``; EXAMPLES and EXIT STATUS come from the tables below.
+The output is deterministic (no dates, no terminal width), so the drift test can compare bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dbsync_cli import exitcodes
+
+SOURCE = "dbsync"
+MANUAL = "dbsync manual"
+
+EXIT_TEXT = {
+    exitcodes.OK: "success; for a long-running command also a clean stop after SIGTERM or SIGINT",
+    exitcodes.FAILURE: "failure; the last line on stderr and the log say why",
+    exitcodes.CONFIG: "configuration or usage problem (the message names the key or option)",
+    exitcodes.UNREACHABLE: "a configured server could not be reached (database, broker), or the broker refused "
+                           "the TLS certificate or the login",
+    exitcodes.BINLOG_PURGED: "the checkpoint's binlog file has been purged on the site server: changes since then "
+                             "are lost to capture; run with `--snapshot when_needed`",
+    exitcodes.BINLOG_SETTINGS: "the site server's binlog settings cannot support capture (needs log_bin, "
+                               "binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)",
+    exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
+}
+_BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG)
+_NET = (*_BASIC, exitcodes.UNREACHABLE)
+_CAPTURE = (*_NET, exitcodes.BINLOG_PURGED, exitcodes.BINLOG_SETTINGS, exitcodes.SCHEMA)
+STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITICAL: a critical threshold was "
+               "reached, or the broker or the database does not answer", 3: "UNKNOWN: the check could not judge "
+               "(invalid config, unreadable sender state, no receiver state schema)"}
+
+#: command path → exit codes that command can return (status has its own meaning: STATUS_EXIT)
+EXIT_CODES: dict[str, tuple[int, ...]] = {
+    "capture": _CAPTURE, "sender": _CAPTURE, "enrich": (*_BASIC, exitcodes.SCHEMA), "publish": _NET,
+    "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA), "receiver": (*_NET, exitcodes.SCHEMA),
+    "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE),
+    "conflicts list": (*_BASIC, exitcodes.SCHEMA), "conflicts show": (*_BASIC, exitcodes.SCHEMA),
+    "conflicts resolve": (*_BASIC, exitcodes.SCHEMA),
+    "sites add": _NET, "sites list": _NET, "sites disable": _NET, "sites enable": _NET, "sites remove": _NET,
+}
+
+#: command path → (explanation, command line) pairs
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "": [
+        ("The sender of a site, in one process:", "dbsync sender --config /etc/dbsync/sender.toml"),
+        ("The same chain as three processes:",
+         "dbsync capture -c sender.toml | dbsync enrich -c sender.toml | dbsync publish -c sender.toml"),
+        ("The receiver at central:", "dbsync receiver --config /etc/dbsync/receiver.toml"),
+        ("Is everything healthy?", "dbsync status --config /etc/dbsync/receiver.toml"),
+    ],
+    "capture": [
+        ("What a site would send, without a broker:",
+         "dbsync capture -c sender.toml --until-idle --snapshot never | dbsync enrich -c sender.toml "
+         "| jq -c '{table, op, uuid}'"),
+        ("Reload from a snapshot after the checkpoint's binlog was purged (exit 10):",
+         "dbsync capture -c sender.toml --snapshot when_needed | dbsync enrich -c sender.toml "
+         "| dbsync publish -c sender.toml"),
+    ],
+    "enrich": [("Sync messages for the first 100 change events:",
+                "dbsync capture -c sender.toml --max-events 100 | dbsync enrich -c sender.toml")],
+    "publish": [("The last stage of the sender chain, echoing what the broker confirmed:",
+                 "dbsync capture -c s.toml | dbsync enrich -c s.toml | dbsync publish -c s.toml --echo")],
+    "sender": [("Run the sender (systemd: examples/dbsync-sender.service):",
+                "dbsync sender --config /etc/dbsync/sender.toml"),
+               ("Catch up to the end of the binlog, then exit:",
+                "dbsync sender --config /etc/dbsync/sender.toml --until-idle")],
+    "consume": [("Move what is waiting on the broker into the inbox and apply it:",
+                 "dbsync consume -c receiver.toml --idle-exit 5 | dbsync apply -c receiver.toml")],
+    "apply": [("Apply what the inbox holds, then retry the retry queue:",
+               "dbsync apply -c receiver.toml --from-inbox --retry"),
+              ("Apply messages captured at a site (no broker):",
+               "dbsync capture -c s.toml --until-idle | dbsync enrich -c s.toml | dbsync apply -c r.toml")],
+    "receiver": [("Run the receiver (systemd: examples/dbsync-receiver.service):",
+                  "dbsync receiver --config /etc/dbsync/receiver.toml --site-id central")],
+    "status": [
+        ("The human table:", "dbsync status --config /etc/dbsync/receiver.toml"),
+        ("For scripts: the report as JSON, the state in the exit code:",
+         "dbsync status --json -c /etc/dbsync/receiver.toml | jq '.problems[].message'"),
+        ("Stricter thresholds for one run:",
+         "dbsync status -c receiver.toml --retry-critical 10 --site-silent-warning-minutes 30"),
+        ("Cron or Nagios (one line, syslog, same exit code):",
+         "scripts/check-dbsync --config /etc/dbsync/receiver.toml"),
+    ],
+    "schema": [("Which tables are synced, with their references:", "dbsync schema -c sender.toml"),
+               ("The same as JSON:", "dbsync schema -c sender.toml --json | jq '.tables[].table'")],
+    "config check": [("Validate a config and test that its servers answer:",
+                      "dbsync config check --config /etc/dbsync/sender.toml"),
+                     ("Validate only, with the password from the environment:",
+                      "DBSYNC_BROKER__PASSWORD=secret dbsync config check -c sender.toml --offline")],
+    "conflicts list": [("Unresolved conflicts:", "dbsync conflicts list -c receiver.toml"),
+                       ("Every conflict, as JSON:", "dbsync conflicts list -c receiver.toml --all --json")],
+    "conflicts show": [("Central row and incoming change side by side:", "dbsync conflicts show 7 -c receiver.toml")],
+    "conflicts resolve": [
+        ("Keep central's row (e.g. the admin and daemon users of a new site):",
+         "dbsync conflicts resolve 7 -c receiver.toml --keep-central"),
+        ("Take the site's change:", "dbsync conflicts resolve 8 -c receiver.toml --take-incoming"),
+        ("Take two columns from the site, keep the rest:",
+         "dbsync conflicts resolve 9 -c receiver.toml --merge gender,birthdate"),
+        ("The row was fixed by hand; release the messages waiting behind it:",
+         "dbsync conflicts resolve 10 -c receiver.toml"),
+    ],
+    "sites add": [("Register a site before its sender starts:",
+                   "dbsync sites add site1 --name 'Site One' -c receiver.toml")],
+    "sites list": [("Sites and their last sync:", "dbsync sites list -c receiver.toml")],
+    "sites disable": [("Stop applying a site's messages (they wait in the retry queue):",
+                       "dbsync sites disable site1 -c receiver.toml")],
+    "sites enable": [("Apply them again:", "dbsync sites enable site1 -c receiver.toml")],
+    "sites remove": [("Unregister a site:", "dbsync sites remove site1 -c receiver.toml")],
+}
+
+ROOT_EXTRA = {
+    "ENVIRONMENT": [
+        ("DBSYNC_CONFIG", "The config file when `--config` is not given."),
+        ("DBSYNC_ROLE", "sender or receiver, for a config given only through the environment (no file)."),
+        ("DBSYNC_<SECTION>__<KEY>", "Overrides a config key, e.g. DBSYNC_BROKER__PASSWORD for broker.password or "
+                                    "DBSYNC_HOME for home."),
+        ("DBSYNC_<SECTION>__<KEY>_FILE", "Reads a secret key (a password) from a file."),
+    ],
+    "FILES": [
+        ("/etc/dbsync/sender.toml, /etc/dbsync/receiver.toml", "Configs (examples/ explains every key)."),
+        ("<home>/state.sqlite", "The sender's checkpoint and the rate record read by dbsync status."),
+        ("<home>/logs/dbsync.log", "The log (rotated, 5 x 20 MB), unless log_file says otherwise."),
+        ("<home>/rejected/", "Messages over broker.max_message_bytes, kept instead of sent."),
+    ],
+}
+
+
+# ---- roff --------------------------------------------------------------------------------------------------
+
+def _esc(text: str) -> str:
+    """Plain text → roff: backslashes, then `code` as bold, no line starting with a control character."""
+    text = text.replace("\\", "\\e")
+    text = re.sub(r"`([^`]+)`", lambda m: "\\fB" + m.group(1).replace("-", "\\-") + "\\fR", text)
+    return "".join(ch if ord(ch) < 128 else f"\\[u{ord(ch):04X}]" for ch in text)
+
+
+def _lines(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        out.append("\\&" + line if line.startswith((".", "'")) else line)
+    return "\n".join(out)
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Help text → paragraphs, each reflowed onto one line (the man reader fills them)."""
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
+def _opt(name: str) -> str:
+    return "\\fB" + _hy(name) + "\\fR"
+
+
+def _metavar(param: Any) -> str | None:
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return None
+    if param.metavar:
+        return param.metavar
+    if hasattr(param, "bare_type"):  # typer's own click
+        kind = param.bare_type()
+    else:  # click
+        kind = param.type.name
+    return {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH"}.get(str(kind).lower(),
+                                                                                  str(kind).upper())
+
+
+def _is_argument(param: Any) -> bool:
+    return type(param).__name__.endswith("Argument")
+
+
+def _default(param: Any) -> str | None:
+    if getattr(param, "show_default", None) is False or getattr(param, "is_flag", False) \
+            or getattr(param, "count", False):
+        return None
+    value = param.default
+    if value is None or callable(value) or value == ():
+        return None
+    return str(value)
+
+
+def _option_items(params: list[Any]) -> list[str]:
+    items = []
+    for param in params:
+        if _is_argument(param) or getattr(param, "hidden", False):
+            continue
+        names = ", ".join(_opt(o) for o in sorted(param.opts, key=lambda o: (o.startswith("--"), o)))
+        if param.secondary_opts:
+            names += ", " + ", ".join(_opt(o) for o in param.secondary_opts)
+        metavar = _metavar(param)
+        head = names + (f" \\fI{metavar}\\fR" if metavar else "")
+        text = _esc(" ".join((param.help or "").split()))
+        default = _default(param)
+        if default is not None:
+            text += f" Default: {_esc(default)}."
+        if getattr(param, "count", False):
+            text += " Repeat for more."
+        items.append(f".TP\n{head}\n{_lines(text)}")
+    items.append(f".TP\n{_opt('--help')}\nShow the help and exit.")
+    return items
+
+
+def _argument_items(params: list[Any]) -> list[str]:
+    items = []
+    for param in params:
+        if not _is_argument(param):
+            continue
+        text = _esc(" ".join((getattr(param, "help", None) or "").split())) or "See DESCRIPTION."
+        if not param.required:
+            text += " Optional."
+        items.append(f".TP\n\\fI{param.name.upper()}\\fR\n{_lines(text)}")
+    return items
+
+
+def _synopsis(words: list[str], params: list[Any], group: bool = False) -> str:
+    parts = [f".B {' '.join(words)}"]
+    rest = ["[\\fIOPTIONS\\fR]"]
+    for param in params:
+        if _is_argument(param):
+            name = f"\\fI{param.name.upper()}\\fR"
+            rest.append(name if param.required else f"[{name}]")
+    if group:
+        rest.append("\\fICOMMAND\\fR [\\fIARGS\\fR]...")
+    return parts[0] + "\n" + " ".join(rest)
+
+
+def _hy(text: str) -> str:
+    """Hyphens that must stay hyphens (names, options, command lines), not typographic dashes."""
+    return text.replace("-", "\\-")
+
+
+def _header(page: str, summary: str) -> str:
+    return f'.TH {_hy(page.upper())} 1 "" "{SOURCE}" "{MANUAL}"\n.SH NAME\n{_hy(page)} \\- {_esc(summary)}'
+
+
+def _short(command: Any) -> str:
+    """The first sentence of the help, for NAME and command lists."""
+    paragraphs = _paragraphs(command.help or "")
+    first = paragraphs[0] if paragraphs else ""
+    return re.split(r"(?<=[.;])\s", first, maxsplit=1)[0].rstrip(".;")
+
+
+def _section(title: str, body: list[str] | str) -> str:
+    text = body if isinstance(body, str) else "\n".join(body)
+    return f".SH {title}\n{text}" if text else ""
+
+
+def _exit_section(path: str) -> str:
+    if path == "status":
+        items = [f".TP\n{code}\n{_esc(text)}" for code, text in STATUS_EXIT.items()]
+    else:
+        items = [f".TP\n{code}\n{_esc(EXIT_TEXT[code])}" for code in EXIT_CODES.get(path, _BASIC)]
+    return _section("EXIT STATUS", items)
+
+
+def _examples_section(path: str) -> str:
+    items = []
+    for text, command in EXAMPLES.get(path, []):
+        items.append(f".PP\n{_lines(_esc(text))}\n.PP\n.RS 4\n.nf\n{_lines(_hy(_esc(command)))}\n.fi\n.RE")
+    return _section("EXAMPLES", items)
+
+
+def _description(help_text: str) -> list[str]:
+    return [".PP\n" + _lines(_esc(p)) for p in _paragraphs(help_text)]
+
+
+def _see_also(pages: list[str]) -> str:
+    return _section("SEE ALSO", ",\n".join(f"\\fB{_hy(p)}\\fR(1)" for p in pages))
+
+
+def _join(parts: list[str]) -> str:
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _command_page(words: list[str], command: Any) -> str:
+    page = "-".join(words)
+    path = " ".join(words[1:])
+    parts = [
+        _header(page, _short(command)),
+        _section("SYNOPSIS", _synopsis(words, command.params)),
+        _section("DESCRIPTION", _description(command.help or "")),
+        _section("ARGUMENTS", _argument_items(command.params)),
+        _section("OPTIONS", _option_items(command.params)),
+        _exit_section(path),
+        _examples_section(path),
+        _see_also(["dbsync"] + (["-".join(words[:-1])] if len(words) > 2 else [])),
+    ]
+    return _join(parts)
+
+
+def _commands_list(prefix: list[str], commands: dict[str, Any]) -> list[str]:
+    items = []
+    for name, sub in commands.items():
+        if getattr(sub, "hidden", False):
+            continue
+        page = _hy("-".join([*prefix, name]))
+        items.append(f".TP\n\\fB{name}\\fR\n{_lines(_esc(_short(sub)))}. See \\fB{page}\\fR(1).")
+    return items
+
+
+def _group_page(words: list[str], group: Any) -> str:
+    page = "-".join(words)
+    subs = [f"{page}-{name}" for name, sub in group.commands.items() if not getattr(sub, "hidden", False)]
+    parts = [
+        _header(page, _short(group)),
+        _section("SYNOPSIS", _synopsis(words, group.params, group=True)),
+        _section("DESCRIPTION", _description(group.help or "")),
+        _section("COMMANDS", _commands_list(words, group.commands)),
+        _section("OPTIONS", _option_items(group.params)),
+        _see_also(["dbsync", *subs]),
+    ]
+    return _join(parts)
+
+
+def _root_page(root: Any) -> str:
+    description = _description(root.help or "") + [
+        ".PP\n" + _esc("Each stage of the sender (capture, enrich, publish) and of the receiver (consume, apply) is "
+                       "also a command that reads and writes NDJSON, so `dbsync sender` and `dbsync receiver` run "
+                       "the same chains in one supervised process. Every command takes `--config FILE`; the role "
+                       "(sender or receiver) is the section the config has: [sender] or [receiver]/[central_db]."),
+    ]
+    codes = sorted(EXIT_TEXT)
+    parts = [
+        _header("dbsync", _short(root)),
+        _section("SYNOPSIS", _synopsis(["dbsync"], root.params, group=True)),
+        _section("DESCRIPTION", description),
+        _section("COMMANDS", _commands_list(["dbsync"], root.commands)),
+        _section("GLOBAL OPTIONS", _option_items(root.params)),
+        _section("ENVIRONMENT", [f".TP\n{_esc(k)}\n{_esc(v)}" for k, v in ROOT_EXTRA["ENVIRONMENT"]]),
+        _section("FILES", [f".TP\n{_esc(k)}\n{_esc(v)}" for k, v in ROOT_EXTRA["FILES"]]),
+        _section("EXIT STATUS", [f".TP\n{code}\n{_esc(EXIT_TEXT[code])}" for code in codes]
+                 + [".PP\n\\fBdbsync status\\fR exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN instead."]),
+        _examples_section(""),
+        _see_also([f"dbsync-{name}" for name, sub in root.commands.items() if not getattr(sub, "hidden", False)]),
+    ]
+    return _join(parts)
+
+
+def pages(app: Any = None) -> dict[str, str]:
+    """File name → roff text for every page, from the command tree of `app` (default: the dbsync app)."""
+    import typer.main
+
+    if app is None:
+        from dbsync_cli.cli.app import app
+    root = typer.main.get_command(app)
+    out = {"dbsync.1": _root_page(root)}
+
+    def walk(words: list[str], command: Any) -> None:
+        name = "-".join(words) + ".1"
+        commands = getattr(command, "commands", None)
+        if commands is not None:
+            out[name] = _group_page(words, command)
+            for sub_name, sub in commands.items():
+                if not getattr(sub, "hidden", False):
+                    walk([*words, sub_name], sub)
+        else:
+            out[name] = _command_page(words, command)
+
+    for name, command in root.commands.items():
+        if not getattr(command, "hidden", False):
+            walk(["dbsync", name], command)
+    return dict(sorted(out.items()))
+
+
+def command_paths(app: Any = None) -> list[list[str]]:
+    """Every command and group below the root, as argument lists (for tests that walk the tree)."""
+    import typer.main
+
+    if app is None:
+        from dbsync_cli.cli.app import app
+    found: list[list[str]] = []
+
+    def walk(words: list[str], command: Any) -> None:
+        found.append(words)
+        for sub_name, sub in (getattr(command, "commands", None) or {}).items():
+            walk([*words, sub_name], sub)
+
+    for name, command in typer.main.get_command(app).commands.items():
+        walk([name], command)
+    return found

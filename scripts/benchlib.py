@@ -1,0 +1,314 @@
+"""Helpers shared by scripts/bench-receiver and scripts/bench: fresh OpenMRS databases on the dev services,
+sender/receiver configs without secrets, processes measured for wall time and peak RSS, and result tables.
+
+Peak RSS is the kernel's high-water mark of one process: ``ru_maxrss`` of the rusage that ``os.wait4(pid)`` returns
+when we reap that process ourselves (exact per process; dbsync starts no children of its own). Long-running processes
+(senders, receiver) are stopped with SIGTERM and reaped the same way. While they run, ``VmHWM`` from
+``/proc/<pid>/status`` gives the same figure so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dbsync_cli.broker import BrokerSettings  # noqa: E402
+from dbsync_cli.db import DbParams  # noqa: E402
+from dbsync_cli.devservices import Services, ensure_up  # noqa: E402
+from dbsync_cli.receiver import state  # noqa: E402
+from dbsync_cli.workload.openmrs import load_openmrs  # noqa: E402
+
+console = Console(stderr=True)
+
+
+def dbsync_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dbsync_cli", *args]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# ---------------------------------------------------------------------------------------------------- databases
+
+def drop_database(admin: DbParams, name: str) -> None:
+    with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def fresh_openmrs(admin: DbParams, name: str) -> DbParams:
+    drop_database(admin, name)
+    return load_openmrs(admin, name)
+
+
+def sql(db: DbParams, statement: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(statement, args)
+        return list(cur.fetchall())
+
+
+def fresh_central(svc: Services, name: str, schema: str, sites: tuple[str, ...]) -> DbParams:
+    admin = svc["central"].admin
+    drop_database(admin, schema)
+    central = fresh_openmrs(admin, name)
+    with central.connect(autocommit=False) as conn:
+        state.migrate(conn, schema, central.database)
+        for site in sites:
+            state.add_site(conn, schema, site)
+    return central
+
+
+def binlog_end(db: DbParams) -> dict[str, Any]:
+    """A checkpoint at the end of the site's binlog (what a sender would resume from)."""
+    file, pos = sql(db, "SHOW MASTER STATUS")[0][:2]
+    return {"file": file, "pos": int(pos), "row": -1, "snapshot": False}
+
+
+def set_checkpoint(home: Path, source: dict[str, Any]) -> None:
+    from dbsync_cli.checkpoint import CheckpointStore
+
+    home.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(home)
+    store.save(source)
+    store.close()
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+
+def sender_config(work: Path, repl: DbParams, broker: BrokerSettings, *, site: str, destination: str, home: Path,
+                  server_id: int, destination_type: str = "queue", batch: int = 500) -> tuple[Path, dict[str, str]]:
+    path = work / f"sender-{site}.toml"
+    path.write_text(
+        f'home = "{home}"\nlog_level = "INFO"\n'
+        f'[sender]\nid = "{site}"\nserver_id = {server_id}\ntimezone = "UTC"\nsnapshot = "never"\n'
+        f'min_binlog_retention_hours = 0\n'
+        f'[site_db]\nhost = "{repl.host}"\nport = {repl.port}\ndatabase = "{repl.database}"\nuser = "{repl.user}"\n'
+        f'[broker]\nurl = "{broker.url}"\nuser = "{broker.user}"\ndestination = "{destination}"\n'
+        f'destination_type = "{destination_type}"\nbatch_messages = {batch}\n'
+    )
+    env = {**os.environ, "DBSYNC_SITE_DB__PASSWORD": repl.password, "DBSYNC_BROKER__PASSWORD": broker.password or "",
+           "PYTHONPATH": str(ROOT)}
+    return path, env
+
+
+def receiver_config(work: Path, central: DbParams, broker: BrokerSettings, *, schema: str, destination: str,
+                    home: Path, batch: int = 500, name: str = "receiver") -> tuple[Path, dict[str, str]]:
+    path = work / f"{name}.toml"
+    path.write_text(
+        f'home = "{home}"\nlog_level = "INFO"\n'
+        f'[receiver]\nsite_id = "central"\ntimezone = "UTC"\nbatch_messages = {batch}\nretry_interval_seconds = 5\n'
+        f'[central_db]\nhost = "{central.host}"\nport = {central.port}\ndatabase = "{central.database}"\n'
+        f'state_schema = "{schema}"\nuser = "{central.user}"\n'
+        f'[broker]\nurl = "{broker.url}"\nuser = "{broker.user}"\ndestination = "{destination}"\n'
+    )
+    env = {**os.environ, "DBSYNC_CENTRAL_DB__PASSWORD": central.password,
+           "DBSYNC_BROKER__PASSWORD": broker.password or "", "PYTHONPATH": str(ROOT)}
+    return path, env
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+
+@dataclass
+class Proc:
+    """A dbsync process we reap ourselves (wait4 gives its own peak RSS)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    exit_code: int | None = None
+    peak_rss_mb: float = 0.0
+
+    def hwm_mb(self) -> float:
+        """VmHWM so far (while it runs)."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return self.peak_rss_mb
+
+    def alive(self) -> bool:
+        if self.exit_code is not None:
+            return False
+        pid, status, usage = os.wait4(self.popen.pid, os.WNOHANG)
+        if pid == 0:
+            return True
+        self._reaped(status, usage)
+        return False
+
+    def _reaped(self, status: int, usage: Any) -> None:
+        self.seconds = time.perf_counter() - self.started
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = self.exit_code
+        self.peak_rss_mb = usage.ru_maxrss / 1024
+
+    def wait(self, timeout: float = 3600) -> int:
+        if self.exit_code is not None:
+            return self.exit_code
+        timer = threading.Timer(timeout, self.popen.kill)
+        timer.start()
+        try:
+            _pid, status, usage = os.wait4(self.popen.pid, 0)
+        finally:
+            timer.cancel()
+        self._reaped(status, usage)
+        assert self.exit_code is not None
+        return self.exit_code
+
+    def stop(self, timeout: float = 120) -> int:
+        if self.exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def check(self) -> None:
+        if self.exit_code not in (0, None):
+            raise RuntimeError(f"{self.name} exited {self.exit_code}:\n{self.tail()}")
+
+
+def start(name: str, args: list[str], env: dict[str, str], logdir: Path, *, stdin: IO[bytes] | int | None = None,
+          stdout: IO[bytes] | int | None = None) -> Proc:
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}.log"
+    with log.open("ab") as err:
+        popen = subprocess.Popen(dbsync_cmd(*args), env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                 stdout=stdout if stdout is not None else subprocess.DEVNULL, stderr=err)
+    return Proc(name, popen, log)
+
+
+def run(name: str, args: list[str], env: dict[str, str], logdir: Path, *, stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None, timeout: float = 3600) -> Proc:
+    proc = start(name, args, env, logdir, stdin=stdin, stdout=stdout)
+    proc.wait(timeout)
+    proc.check()
+    return proc
+
+
+def pipeline(names: list[str], commands: list[list[str]], env: dict[str, str], logdir: Path, *,
+             stdout: IO[bytes] | None = None, timeout: float = 3600) -> list[Proc]:
+    """`a | b | …`, each reaped with wait4; each process's seconds run until it exits."""
+    procs: list[Proc] = []
+    for index, (name, args) in enumerate(zip(names, commands, strict=True)):
+        last = index == len(commands) - 1
+        upstream = procs[-1].popen.stdout if procs else None
+        procs.append(start(name, args, env, logdir, stdin=upstream,
+                           stdout=(stdout if stdout is not None else subprocess.DEVNULL) if last else subprocess.PIPE))
+        if upstream is not None:
+            upstream.close()
+    for proc in procs:
+        proc.wait(timeout)
+    for proc in procs:
+        proc.check()
+    return procs
+
+
+@contextlib.contextmanager
+def stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
+    """SIGTERM whatever still runs on the way out (and kill what does not stop)."""
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.exit_code is None:
+                with contextlib.suppress(Exception):
+                    proc.stop(60)
+            if proc.exit_code is None:
+                proc.popen.kill()
+                proc.wait(30)
+
+
+# ----------------------------------------------------------------------------------------------------- workload
+
+def rows_of(truth: Any) -> int:
+    return int(truth.stats["rows_created"] + truth.stats["rows_mutated"])
+
+
+def count_messages(path: Path) -> int:
+    """Sync messages in an NDJSON file (heartbeats excluded)."""
+    count = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip() and b'"op":"h"' not in line:
+                count += 1
+    return count
+
+
+def applied_count(central: DbParams, schema: str) -> tuple[int, dt.datetime | None]:
+    """Messages applied per receiver_sync_status, and the latest last_sync_date (UTC)."""
+    row = sql(central, f"SELECT COALESCE(SUM(messages), 0), MAX(last_sync_date) FROM `{schema}`.receiver_sync_status")  # noqa: S608
+    return int(row[0][0]), row[0][1]
+
+
+def wait_applied(central: DbParams, schema: str, expected: int, procs: list[Proc], timeout: float,
+                 what: str = "central") -> dt.datetime:
+    """Poll until receiver_sync_status counts `expected` applied messages; returns the last apply time (UTC)."""
+    deadline = time.monotonic() + timeout
+    shown = -1
+    while True:
+        count, last = applied_count(central, schema)
+        if count >= expected and last is not None:
+            return last
+        for proc in procs:
+            if not proc.alive():
+                proc.check()
+                raise RuntimeError(f"{proc.name} stopped early: {proc.tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {count} of {expected} messages applied after {timeout:.0f} s")
+        if count != shown and console.is_terminal:
+            console.log(f"{what}: {count}/{expected} applied")
+            shown = count
+        time.sleep(0.5)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuidlib.uuid4().hex[:6]}"
+
+
+def services() -> Services:
+    return ensure_up()
+
+
+# -------------------------------------------------------------------------------------------------------- output
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None) -> None:
+    table = Table(title=title, caption=caption)
+    for index, col in enumerate(columns):
+        table.add_column(col, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*["" if v is None else (f"{v:,.0f}" if isinstance(v, int | float) and abs(v) >= 100
+                                              else f"{v:.3g}" if isinstance(v, float) else str(v)) for v in row])
+    Console().print(table)
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"results written to {path}")
+
+
+def tempdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
