@@ -1,10 +1,10 @@
 """Helpers shared by scripts/bench-receiver and scripts/bench: fresh OpenMRS databases on the dev services,
 sender/receiver configs without secrets, processes measured for wall time and peak RSS, and result tables.
 
-Peak RSS is the kernel's high-water mark of one process: ``ru_maxrss`` of the rusage that ``os.wait4(pid)`` returns
-when we reap that process ourselves (exact per process; dbsync starts no children of its own). Long-running processes
-(senders, receiver) are stopped with SIGTERM and reaped the same way. While they run, ``VmHWM`` from
-``/proc/<pid>/status`` gives the same figure so far.
+Peak RSS is ``VmHWM`` from ``/proc/<pid>/status``, polled every 100 ms by a thread until the process exits (the
+last 100 ms of a process can be missed). Not ``ru_maxrss`` from wait4/RUSAGE_CHILDREN: Linux carries the pre-exec
+high-water mark of the forked child into it, so every child would report at least this (large) Python process's
+RSS at the time of the fork. CPU seconds (user + system) do come from the rusage of ``os.wait4(pid)``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def receiver_config(work: Path, central: DbParams, broker: BrokerSettings, *, sc
 
 @dataclass
 class Proc:
-    """A dbsync process we reap ourselves (wait4 gives its own peak RSS)."""
+    """A dbsync process we reap ourselves (wait4 gives its CPU time, polling its VmHWM)."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -138,15 +138,27 @@ class Proc:
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
     exit_code: int | None = None
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # VmHWM, polled
+    cpu: float = 0.0  # user + system CPU seconds of the process
 
-    def hwm_mb(self) -> float:
-        """VmHWM so far (while it runs)."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+    def __post_init__(self) -> None:
+        self._watch = threading.Thread(target=self._poll_hwm, daemon=True)
+        self._watch.start()
+
+    def _poll_hwm(self) -> None:
+        path = Path(f"/proc/{self.popen.pid}/status")
+        while self.exit_code is None:
+            try:
+                text = path.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return self.peak_rss_mb
+                    self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
+                    break
+            else:
+                return  # a zombie has no memory fields any more
+            time.sleep(0.1)
 
     def alive(self) -> bool:
         if self.exit_code is not None:
@@ -161,7 +173,7 @@ class Proc:
         self.seconds = time.perf_counter() - self.started
         self.exit_code = os.waitstatus_to_exitcode(status)
         self.popen.returncode = self.exit_code
-        self.peak_rss_mb = usage.ru_maxrss / 1024
+        self.cpu = usage.ru_utime + usage.ru_stime
 
     def wait(self, timeout: float = 3600) -> int:
         if self.exit_code is not None:

@@ -179,12 +179,15 @@ class Publisher:
         log.error("message %s (%s %s) is %d bytes, over the %d-byte limit: not sent%s", message["id"],
                   message.get("table"), message.get("uuid"), size, self.settings.max_message_bytes, where)
 
-    def _transmit(self, batch: _Batch) -> None:
-        """Send a batch's frames, the last one asking for a receipt (a new id each time); does not wait."""
+    def _alive(self) -> bool:
+        return (self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected
+                and self.receipts.error is None)
+
+    def _transmit(self, batch: _Batch, conn: stomp.Connection12) -> None:
+        """Send a batch's frames on `conn`, the last one asking for a receipt (a new id each time); no waiting."""
         if not batch.frames:
             batch.receipt = None
             return
-        conn = self._connect()
         batch.receipt = uuidlib.uuid4().hex
         last = len(batch.frames) - 1
         for index, (body, headers) in enumerate(batch.frames):
@@ -194,7 +197,8 @@ class Publisher:
                       content_type="application/json")
 
     def _resend(self, pending: deque[_Batch], failures: int = 0) -> None:
-        """Reconnect with backoff and send every unconfirmed batch again, in order (duplicates dropped by id)."""
+        """Reconnect with backoff and send every unconfirmed batch again, in order, on one new connection (the
+        broker drops the duplicates by `_AMQ_DUPL_ID`)."""
         if failures:
             time.sleep(min(30.0, 0.5 * 2 ** (failures - 1)))
         for attempt in Retrying(
@@ -208,16 +212,21 @@ class Publisher:
         ):
             with attempt:
                 self.close()
+                conn = self._connect()
                 for batch in pending:
-                    self._transmit(batch)
+                    self._transmit(batch, conn)
 
     def _send(self, pending: deque[_Batch], batch: _Batch) -> None:
+        """Send a new batch behind the unconfirmed ones. A connection that dropped since must not carry it alone:
+        the earlier batches go first again, or the queue would get them out of order."""
         pending.append(batch)
         try:
-            self._transmit(batch)
+            if self._alive() or len(pending) == 1:
+                self._transmit(batch, self._connect())
+                return
         except RETRYABLE as exc:
             log.warning("publish failed (%s); retrying", exc)
-            self._resend(pending)
+        self._resend(pending)
 
     def _confirm(self, pending: deque[_Batch], keep: int) -> Iterator[dict[str, Any]]:
         """Wait for the oldest receipts until at most `keep` batches are unconfirmed; yield confirmed records."""

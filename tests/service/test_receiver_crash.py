@@ -16,9 +16,11 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+import orjson
 import pytest
-from helpers import drain, drop_schema, receiver_config, sender_config
+from helpers import dbsync, drain, drop_schema, receiver_config, sender_config
 
+from dbsync_cli.broker import open_connection
 from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
@@ -32,6 +34,9 @@ ROUNDS = 4
 PATIENTS_PER_ROUND = 280  # × 4 rounds ≈ 1,100 patients ≈ 105,000 row changes with 8 obs per encounter
 MIN_ROWS = 100_000
 MIN_KILLS = 10
+MAX_KILLS = 40
+REDELIVER = 2000  # messages delivered a second time after the kill phase
+KILL_UNTIL = 0.6  # keep killing until this share of the site's obs is at central
 
 
 def _cmd(*args: str) -> list[str]:
@@ -72,6 +77,44 @@ def _end(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
+def _redeliver(tmp_path: Path, sconf: Path, senv: dict[str, str], broker, dest: str, count: int) -> int:
+    """Send the first `count` messages of the workload again, with their ids but without the broker's duplicate
+    detection: deliveries of messages applied long ago (their inbox rows are gone), as after a crash between the
+    inbox COMMIT and the ACK. The receiver must recognise every one of them."""
+    replay = tmp_path / "sender-replay.toml"
+    replay.write_text(sconf.read_text().replace(str(tmp_path / "home-site1"), str(tmp_path / "home-replay")))
+    events = dbsync("capture", "--config", str(replay), "--until-idle", "--max-events", str(count), env=senv).stdout
+    out = dbsync("enrich", "--config", str(replay), env=senv, stdin=events).stdout
+    messages = [m for m in (orjson.loads(line) for line in out.splitlines() if line.strip()) if m.get("op") != "h"]
+    conn = open_connection(broker)
+    try:
+        for message in messages:
+            conn.send(dest, orjson.dumps(message), headers={
+                "persistent": "true", "destination-type": "ANYCAST", "dbsync-id": message["id"],
+                "dbsync-site": message["site"], "dbsync-table": message["table"]})
+    finally:
+        conn.disconnect()  # with a RECEIPT: once it arrives (connection closed) every SEND before it was processed
+    deadline = time.monotonic() + 15
+    while conn.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(messages)
+
+
+def _applied(central: DbParams, s: str) -> int:
+    return int(_sql(central, f"SELECT COALESCE(SUM(messages), 0) FROM {s}.receiver_sync_status")[0][0])  # noqa: S608
+
+
+def _enough(kills: list[str], done: threading.Event, truths: list[GroundTruth], central: DbParams,
+            obs_before: int) -> bool:
+    """Stop killing after MIN_KILLS once the workload is written and most of it is at central (at most MAX_KILLS)."""
+    if len(kills) >= MAX_KILLS:
+        return True
+    if len(kills) < MIN_KILLS or not done.is_set():
+        return False
+    expected = sum(len(t.tables.get("obs", {})) for t in truths)
+    return _sql(central, "SELECT COUNT(*) FROM obs")[0][0] - obs_before >= KILL_UNTIL * expected
+
+
 @pytest.fixture
 def world(openmrs_db, services):
     site = openmrs_db("site1")
@@ -93,9 +136,11 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     home = tmp_path / "home-site1"
     home.mkdir()
     binlog_file, binlog_pos = _sql(site, "SHOW MASTER STATUS")[0][:2]
-    store = CheckpointStore(home)  # start at the end of the binlog: only the workload is synced
-    store.save({"file": binlog_file, "pos": int(binlog_pos), "row": -1, "snapshot": False})
-    store.close()
+    for where in (home, tmp_path / "home-replay"):  # start at the end of the binlog: only the workload is synced
+        where.mkdir(exist_ok=True)
+        store = CheckpointStore(where)
+        store.save({"file": binlog_file, "pos": int(binlog_pos), "row": -1, "snapshot": False})
+        store.close()
     rconf, renv = receiver_config(tmp_path, central, broker_settings, destination=dest, state_schema=schema,
                                   batch=300)
     renv["DBSYNC_RECEIVER__RETRY_INTERVAL_SECONDS"] = "2"
@@ -123,20 +168,24 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     writer.start()
     rng = random.Random(4321)
     kills: list[str] = []
+    busy: list[bool] = []  # per kill: did that receiver apply anything before it died?
     log = tmp_path / "receiver.log"
     try:
-        while len(kills) < MIN_KILLS or not done.is_set():
+        while not _enough(kills, done, truths, central, before["obs"]):
             mode = ("receiver", "pipe")[len(kills) % 2]
             procs = _start(mode, str(rconf), renv, log)
+            applied_before = _applied(central, s)
             time.sleep(rng.uniform(1.5, 4.5))  # start-up is ~1 s: most kills land while batches are applied
             victim = rng.choice(procs)
             os.kill(victim.pid, signal.SIGKILL)
+            busy.append(_applied(central, s) > applied_before)
             kills.append(f"{mode}:{['consume', 'apply'][procs.index(victim)] if mode == 'pipe' else 'receiver'}")
             _end(procs)
             assert sender.poll() is None, sender_log.read_text()[-3000:]
         writer.join()
         assert not failure, failure
         kill_phase = time.monotonic() - started
+        replayed = _redeliver(tmp_path, sconf, senv, broker_settings, dest, REDELIVER)
 
         # let the receiver finish: central holds every row (cheap count first, then the full comparison)
         expected_obs = before["obs"] + sum(len(t.tables.get("obs", {})) for t in truths)
@@ -169,10 +218,11 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     rows = sum(t.stats["rows_created"] + t.stats["rows_mutated"] for t in truths)
     total = time.monotonic() - started
     print(f"\n{rows} row changes, {len(kills)} kills {sorted(set(kills))}, kill phase {kill_phase:.0f} s, "
-          f"total {total:.0f} s")
+          f"total {total:.0f} s, {sum(busy)} kills while applying")
     assert rows >= MIN_ROWS
     assert len(kills) >= MIN_KILLS
     assert {k.split(":")[1] for k in kills} == {"receiver", "consume", "apply"}
+    assert sum(busy) >= MIN_KILLS // 2, f"only {sum(busy)} of {len(kills)} kills hit a receiver that was applying"
 
     # central equals the site
     for truth in truths:
@@ -193,6 +243,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     applied_ids = _sql(central, f"SELECT COUNT(*) FROM {s}.applied_message")[0][0]  # noqa: S608
     counted = _sql(central, f"SELECT messages FROM {s}.receiver_sync_status")[0][0]  # noqa: S608
     assert counted == applied_ids, f"{counted} apply counts for {applied_ids} distinct message ids"
+    assert replayed > REDELIVER // 2  # capture counts heartbeats too; enrich skips them
     sender_text = sender_log.read_bytes()
     sent = int(re.findall(rb"sender: (\d+) messages confirmed", sender_text)[-1])
     if b"restarting in" in sender_text:  # a restarted sender re-sends from its checkpoint (at-least-once)

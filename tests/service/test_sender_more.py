@@ -23,6 +23,7 @@ import pytest
 import stomp
 from helpers import data_mismatches, dbsync, decode_body, drain, final_state, sender_config
 
+from dbsync_cli.bench import delete_queues
 from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.devservices import down, ensure_up
 from dbsync_cli.schema import SchemaModel
@@ -35,8 +36,22 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------------------------------- helpers
 
 
+_QUEUES: list[str] = []
+
+
 def queue_name(kind: str = "more") -> str:
-    return f"test.{kind}.{uuidlib.uuid4().hex[:10]}"
+    name = f"test.{kind}.{uuidlib.uuid4().hex[:10]}"
+    _QUEUES.append(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _delete_queues(services):
+    """The broker is shared: leave no test queues (or their messages) behind."""
+    yield
+    names, _QUEUES[:] = list(_QUEUES), []
+    with contextlib.suppress(Exception):
+        delete_queues(services.artemis.settings(), names, timeout=30)
 
 
 @pytest.fixture
@@ -294,6 +309,11 @@ def test_broker_down_mid_stream_reconnects_and_loses_nothing(site, broker_settin
     assert confirmed(rest.stderr) == 0, "the running sender should have delivered everything itself"
     messages = drain(broker_settings, dest)
     check_final_state(admin, truths, messages)
+    # unconfirmed batches were resent in order on the new connection: the queue keeps binlog order, no duplicates
+    streamed = [m for m in messages if not m["snapshot"]]
+    order = [(m["source"]["file"], m["source"]["pos"], m["source"]["row"]) for m in streamed]
+    assert order == sorted(order), "messages reached the queue out of binlog order"
+    assert len({m["id"] for m in messages}) == len(messages)
 
 
 # --------------------------------------------------------------------------------------------------- TLS
