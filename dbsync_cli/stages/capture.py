@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,8 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
             skip_rows = int(checkpoint.get("row", -1)) + 1
         elif settings.snapshot == "never":
             start = binlog.current_position(conn)
+        # --until-idle: the end as it is now; a stream that ends earlier (a dropped connection) is resumed
+        target = binlog.current_position(conn) if settings.until_idle else None
     emitted = 0
     if checkpoint is None and settings.snapshot != "never" or resume_snapshot is not None:
         snap = snapshot_stage.Snapshot(settings, resume_snapshot)
@@ -104,10 +106,18 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
         start, skip_rows = snap.position, 0
     assert start is not None
     remaining = None if settings.max_events is None else settings.max_events - emitted
-    yield from stream(settings, start, skip_rows, remaining)
+    while True:
+        boundary, count = yield from stream(settings, start, skip_rows, remaining)
+        remaining = None if remaining is None else remaining - count
+        if target is None or settings.stop.is_set() or (remaining is not None and remaining <= 0) or (
+                (boundary.file, boundary.pos) >= (target.file, target.pos)):
+            return
+        log.warning("binlog stream ended at %s, before the end seen at start (%s): continuing", boundary, target)
+        start, skip_rows = boundary, 0
 
 
-def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_events: int | None) -> Iterator[Event]:
+def stream(settings: CaptureSettings, start: Position, skip_rows: int,
+           max_events: int | None) -> Generator[Event, None, tuple[Position, int]]:
     """Row events from `start` (a transaction boundary), skipping the first `skip_rows` rows of that transaction."""
     db = settings.db
     reader = BinLogStreamReader(
@@ -185,7 +195,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     }
                     emitted += 1
                     if max_events is not None and emitted >= max_events:
-                        return
+                        return boundary, emitted
             now = time.monotonic()
             if not in_txn and (isinstance(event, HeartbeatLogEvent) or now - last_beat >= settings.heartbeat_seconds):
                 last_beat = now
@@ -196,6 +206,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                 break
         if not in_txn:
             yield heartbeat(server_id, boundary)  # --until-idle reached the end of the binlog: caught up
+        return boundary, emitted
     except pymysql.err.OperationalError as exc:
         if exc.args and exc.args[0] == 1236:
             raise binlog.purged_error(start) from None
