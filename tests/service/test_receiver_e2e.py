@@ -102,8 +102,12 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
     before = _counts(central, tables)
     baseline_users = [u for (u,) in _sql(central, "SELECT uuid FROM users")]
     try:
-        if destination_type == "topic":
-            time.sleep(4)  # the durable subscription must exist before any sender publishes
+        if destination_type == "topic":  # the durable subscription must exist before any sender publishes
+            deadline = time.monotonic() + 60
+            while "consuming topic" not in logs["receiver"].read_text() and time.monotonic() < deadline:
+                assert procs["receiver"].poll() is None, logs["receiver"].read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(0.5)  # the SUBSCRIBE frame is on its way when that line is logged
         for number, site in enumerate(SITES, 1):
             repl = services[site].repl.with_database(sites[site].database)
             sconf, senv = sender_config(tmp_path, repl, broker_settings, site=site, destination=dest, batch=200,
@@ -127,6 +131,8 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
             proc.wait()
 
     assert diffs == {s: [] for s in SITES}, logs["receiver"].read_text()[-3000:]
+    # no batch fell back to the slow message-by-message replay (nothing here is malformed or failing)
+    assert "replaying it message by message" not in logs["receiver"].read_text()
     # once more after the clean stop: the final state is what stays
     for site, truth in truths.items():
         assert compare(central, truth, username_suffix=f"|{site}") == []
