@@ -84,7 +84,7 @@ class _Inserts:
 
     table: SyncedTable
     columns: tuple[str, ...]
-    rows: list[str] = field(default_factory=list)  # each row's escaped "(v1, v2, …)"
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  # parameters, one tuple per row
     size: int = 0
     uuids: list[str] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)
@@ -107,10 +107,6 @@ class Applier:
             state.migrate(self.conn, settings.state_schema, settings.central.database)
             cur.execute("SELECT MIN(user_id) FROM users")
             self.default_user = cur.fetchone()[0] or 1
-            # lock modes 0 and 1 give the rows of one multi-row INSERT consecutive auto-increment values
-            cur.execute("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
-            mode, step = cur.fetchone()
-            self.autoinc_step = int(step) if mode is not None and int(mode) in (0, 1) else None
         self.ids = UuidToId(model)
         self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
         self.sites: dict[str, state.Site] = {}
@@ -309,29 +305,21 @@ class Applier:
               key: Any) -> None:
         """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
         columns = tuple(row)
-        values = "(" + ",".join(map(self._literal, row.values())) + ")"
+        values = tuple(row.values())
+        size = sum(len(v) if isinstance(v, str | bytes) else 8 for v in values)
         group = self._group
         if group is not None and (group.table.name != table.name or group.columns != columns
-                                  or len(group.rows) >= GROUP_ROWS or group.size + len(values) > GROUP_BYTES):
+                                  or len(group.rows) >= GROUP_ROWS or group.size + size > GROUP_BYTES):
             self._flush(cur, batch)
             group = None
         if group is None:
             group = self._group = _Inserts(table, columns)
         group.rows.append(values)
-        group.size += len(values) + 1
+        group.size += size
         group.uuids.append(uuid)
         group.sites.append(site)
         group.keys.append(key)
         self._grouped.add((table.identity.table, uuid))
-
-    def _literal(self, value: Any) -> str:
-        """pymysql's literal for a value, with the common types first (what cursor.execute would send)."""
-        kind = type(value)
-        if kind is int:
-            return str(value)
-        if value is None:
-            return "NULL"
-        return self.conn.escape(value)
 
     def _flush(self, cur: Any, batch: _Batch) -> None:
         """Write the held rows (one multi-row INSERT) and learn their keys; any error fails the batch as usual."""
@@ -341,17 +329,15 @@ class Applier:
             return
         table = group.table
         columns = ", ".join(f"`{c}`" for c in group.columns)
-        cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES {','.join(group.rows)}")  # noqa: S608
+        # parameterised: PyMySQL's executemany sends these as multi-row INSERTs (escaping every value itself)
+        cur.executemany(f"INSERT INTO `{table.name}` ({columns}) VALUES "  # noqa: S608
+                        f"({', '.join(['%s'] * len(group.columns))})", group.rows)
         if cur.rowcount != len(group.rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
         ident = table.identity.table
-        key_column = table.info.columns.get(table.key)
         if table.is_subclass:
             keys = group.keys
-        elif self.autoinc_step is not None and key_column is not None and key_column.auto_increment:
-            first = cur.lastrowid  # the first row's value; the others follow it by the increment
-            keys = [first + i * self.autoinc_step for i in range(len(group.rows))]
-        else:  # read the keys back by uuid
+        else:  # read the keys back by uuid: never infer them from auto-increment arithmetic
             found: dict[str, Any] = {}
             for i in range(0, len(group.uuids), GROUP_ROWS):
                 part = group.uuids[i:i + GROUP_ROWS]
