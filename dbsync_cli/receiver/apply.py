@@ -26,17 +26,11 @@ from dbsync_cli.receiver.conflict import Verdict, judge, row_hash
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
 from dbsync_cli.schema import SchemaModel, SyncedTable
+from dbsync_cli.schema.openmrs import REST_RESOURCES
 from dbsync_cli.values import parse_timezone
 
 log = logging.getLogger("dbsync.apply")
 
-REST_RESOURCES: dict[str, tuple[str, str | None]] = {
-    "person": ("person", None),
-    "patient": ("patient", None),
-    "person_name": ("person", "name"),
-    "patient_identifier": ("patient", "identifier"),
-    "person_attribute": ("person", "attribute"),
-}
 
 
 @dataclass

@@ -29,17 +29,11 @@ import pymysql
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.schema.openmrs import REST_RESOURCES
 
 log = logging.getLogger("dbsync.rest")
 
 #: synced table → (REST resource, sub-resource) whose cache and search index OpenMRS must refresh
-REST_RESOURCES: dict[str, tuple[str, str | None]] = {
-    "person": ("person", None),
-    "patient": ("patient", None),
-    "person_name": ("person", "name"),
-    "patient_identifier": ("patient", "identifier"),
-    "person_attribute": ("person", "attribute"),
-}
 ENDPOINTS = ("cleardbcache", "searchindexupdate")
 
 

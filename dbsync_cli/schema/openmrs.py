@@ -46,6 +46,15 @@ AUDIT_COLUMNS = ("creator", "changed_by", "voided_by", "retired_by")
 #: Other references the 2.5 schema leaves undeclared.
 UNDECLARED_REFERENCES: dict[tuple[str, str], str] = {("orders", "concept_id"): "concept"}
 
+#: Tables whose changes OpenMRS must hear about (cleardbcache + searchindexupdate): (resource, subResource).
+REST_RESOURCES: dict[str, tuple[str, str | None]] = {
+    "person": ("person", None),
+    "patient": ("patient", None),
+    "person_name": ("person", "name"),
+    "patient_identifier": ("patient", "identifier"),
+    "person_attribute": ("person", "attribute"),
+}
+
 PLACEHOLDER_REASON = "[placeholder]"
 
 _CLASS_TABLE_EXCEPTIONS = {"User": "users", "Order": "orders"}
