@@ -123,6 +123,9 @@ def main() -> int:
     stop_demo_processes()
     console.print("[bold]starting MariaDB (site1, site2, central) and Artemis …")
     svc = ensure_up()
+    for instance, database in [*((s, f"demo_{s}") for s in SITES), ("central", "demo_central")]:
+        with svc[instance].admin.connect() as conn, conn.cursor() as cur:  # a second run starts afresh
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
     sites = {s: load_openmrs(svc[s].admin, f"demo_{s}") for s in SITES}
     central = load_openmrs(svc["central"].admin, "demo_central")
     with central.connect(autocommit=False) as conn:
