@@ -158,3 +158,34 @@ def drop_schema(admin: DbParams, schema: str) -> None:
             cur.execute(f"DROP DATABASE IF EXISTS `{schema}`")
     finally:
         conn.close()
+
+
+def datetime_columns(db: DbParams) -> dict[str, set[str]]:
+    """DATETIME columns per synced table (the ones that carry the site's UTC offset on the wire)."""
+    from dbsync_cli.schema import SchemaModel
+
+    with db.connect() as conn:
+        model = SchemaModel.load(conn, db.database)
+    return {t.name: {c for c, col in t.info.columns.items() if col.data_type == "datetime"}
+            for t in model.synced.values()}
+
+
+def merge_truths(truths: list[Any]) -> tuple[dict[str, dict], dict[str, set[str]]]:
+    """Rows and deleted uuids of several workload runs at one site."""
+    tables: dict[str, dict] = {}
+    deleted: dict[str, set[str]] = {}
+    for truth in truths:
+        for table, rows in truth.tables.items():
+            tables.setdefault(table, {}).update(rows)
+        for table, uuids in truth.deleted.items():
+            deleted.setdefault(table, set()).update(uuids)
+    return tables, deleted
+
+
+def check_final_state(admin: DbParams, truths: list[Any], messages: list[dict[str, Any]]) -> None:
+    """The last message of every entity equals the site's ground truth; deleted rows end deleted."""
+    tables, deleted = merge_truths(truths)
+    state = final_state(messages)
+    assert data_mismatches(tables, state, "+00:00", datetime_columns(admin)) == []
+    for table, uuids in deleted.items():
+        assert all(state.get((table, u)) is None for u in uuids), f"a deleted {table} row survives"

@@ -9,14 +9,12 @@ or an unresolved conflict wait behind it, in order.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pymysql
 import pymysql.cursors
 
@@ -25,6 +23,7 @@ from dbsync_cli.receiver import state
 from dbsync_cli.receiver.conflict import Verdict, judge, row_hash
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
+from dbsync_cli.records import dumps
 from dbsync_cli.schema import SchemaModel, SyncedTable
 from dbsync_cli.schema.openmrs import REST_RESOURCES
 from dbsync_cli.values import parse_timezone
@@ -425,7 +424,7 @@ class Applier:
             f"INSERT INTO {self.s}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "  # noqa: S608
             "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (item.message_id, message["site"], item.table.name, message["uuid"], ek, item.raw,
-             orjson.dumps(current, default=_json_default), verdict.reason, _now()),
+             dumps(current), verdict.reason, _now()),
         )
         self.blocked.add(ek)
         batch.handled.append(item.message_id)
@@ -497,14 +496,6 @@ class Applier:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return {"$b64": base64.b64encode(value).decode()}
-    return str(value)
 
 
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

@@ -8,21 +8,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import data_mismatches, dbsync, drain, final_state, sender_config
+from helpers import data_mismatches, datetime_columns, dbsync, drain, final_state, sender_config
 
-from dbsync_cli.schema import SchemaModel
 from dbsync_cli.workload.generator import generate
 
 
 def queue_name() -> str:
     return f"test.sender.{uuidlib.uuid4().hex[:10]}"
-
-
-def datetime_columns(db) -> dict[str, set[str]]:
-    with db.connect() as conn:
-        model = SchemaModel.load(conn, db.database)
-    return {t.name: {c for c, col in t.info.columns.items() if col.data_type == "datetime"}
-            for t in model.synced.values()}
 
 
 @pytest.fixture

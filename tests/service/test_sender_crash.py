@@ -13,39 +13,12 @@ import time
 import uuid as uuidlib
 
 import pytest
-from helpers import data_mismatches, dbsync, drain, final_state, sender_config
+from helpers import check_final_state, dbsync, drain, sender_config
 
-from dbsync_cli.schema import SchemaModel
 from dbsync_cli.workload.generator import generate
 from dbsync_cli.workload.truth import GroundTruth
 
 pytestmark = pytest.mark.slow
-
-
-def merge(truths: list[GroundTruth]) -> tuple[dict[str, dict], dict[str, set[str]]]:
-    tables: dict[str, dict] = {}
-    deleted: dict[str, set[str]] = {}
-    for truth in truths:
-        for table, rows in truth.tables.items():
-            tables.setdefault(table, {}).update(rows)
-        for table, uuids in truth.deleted.items():
-            deleted.setdefault(table, set()).update(uuids)
-    return tables, deleted
-
-
-def datetime_columns(db) -> dict[str, set[str]]:
-    with db.connect() as conn:
-        model = SchemaModel.load(conn, db.database)
-    return {t.name: {c for c, col in t.info.columns.items() if col.data_type == "datetime"}
-            for t in model.synced.values()}
-
-
-def check_final_state(admin, truths, messages) -> None:
-    tables, deleted = merge(truths)
-    state = final_state(messages)
-    assert data_mismatches(tables, state, "+00:00", datetime_columns(admin)) == []
-    for table, uuids in deleted.items():
-        assert all(state.get((table, u)) is None for u in uuids), f"a deleted {table} row survives"
 
 
 @pytest.fixture

@@ -21,12 +21,11 @@ from typing import Any
 import orjson
 import pytest
 import stomp
-from helpers import data_mismatches, dbsync, decode_body, drain, final_state, sender_config
+from helpers import check_final_state, dbsync, decode_body, drain, sender_config
 
 from dbsync_cli.bench import delete_queues
 from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.devservices import down, ensure_up
-from dbsync_cli.schema import SchemaModel
 from dbsync_cli.workload.generator import generate
 from dbsync_cli.workload.truth import GroundTruth
 
@@ -98,27 +97,6 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
 def caught_up(home: Path, target: tuple[str, int]) -> bool:
     cp = checkpoint(home)
     return cp is not None and not cp.get("snapshot") and (cp["file"], int(cp["pos"])) >= target
-
-
-def datetime_columns(db) -> dict[str, set[str]]:
-    with db.connect() as conn:
-        model = SchemaModel.load(conn, db.database)
-    return {t.name: {c for c, col in t.info.columns.items() if col.data_type == "datetime"}
-            for t in model.synced.values()}
-
-
-def check_final_state(admin, truths: list[GroundTruth], messages: list[dict[str, Any]]) -> None:
-    tables: dict[str, dict] = {}
-    deleted: dict[str, set[str]] = {}
-    for truth in truths:
-        for table, rows in truth.tables.items():
-            tables.setdefault(table, {}).update(rows)
-        for table, uuids in truth.deleted.items():
-            deleted.setdefault(table, set()).update(uuids)
-    state = final_state(messages)
-    assert data_mismatches(tables, state, "+00:00", datetime_columns(admin)) == []
-    for table, uuids in deleted.items():
-        assert all(state.get((table, u)) is None for u in uuids), f"a deleted {table} row survives"
 
 
 class Sender:
