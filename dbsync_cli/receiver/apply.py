@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pymysql
@@ -20,8 +20,12 @@ import pymysql.cursors
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
+from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import Verdict, judge, row_hash
+from dbsync_cli.receiver.inserts import GroupedInserts
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
+from dbsync_cli.receiver.position import COLUMNS as POSITION_COLUMNS
+from dbsync_cli.receiver.position import SourcePosition
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
 from dbsync_cli.records import dumps
 from dbsync_cli.schema import SchemaModel, SyncedTable
@@ -29,8 +33,6 @@ from dbsync_cli.schema.openmrs import REST_RESOURCES
 from dbsync_cli.values import parse_timezone
 
 log = logging.getLogger("dbsync.apply")
-
-
 
 @dataclass
 class ApplySettings:
@@ -41,51 +43,6 @@ class ApplySettings:
     batch_messages: int = 500
     max_message_bytes: int = 4_000_000
     rest_enabled: bool = False
-
-
-@dataclass
-class Outcome:
-    message_id: str
-    outcome: str  # applied | duplicate | stale | conflict | waiting | retry | error
-    table: str | None = None
-    uuid: str | None = None
-    reason: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-class _Retry(Exception):
-    """Park this message in the retry queue with this reason (inside the batch transaction)."""
-
-
-@dataclass
-class _Batch:
-    outcomes: list[Outcome] = field(default_factory=list)
-    handled: list[str] = field(default_factory=list)
-    inbox: list[int] = field(default_factory=list)
-    touched: dict[tuple[str, Any], tuple[str, str]] = field(default_factory=dict)  # (table, key) → (uuid, site)
-    removed: list[tuple[str, str]] = field(default_factory=list)
-    rest: list[tuple[str, str | None, str]] = field(default_factory=list)
-    sites: dict[str, tuple[int, str]] = field(default_factory=dict)  # site → (count, last message id)
-    ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
-
-
-@dataclass
-class _Inserts:
-    """Consecutive INSERTs of one table (same columns), written with one multi-row statement when flushed."""
-
-    table: SyncedTable
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)  # parameters, one tuple per row
-    size: int = 0
-    uuids: list[str] = field(default_factory=list)
-    sites: list[str] = field(default_factory=list)
-    keys: list[Any] = field(default_factory=list)  # subclass rows: the parent's key, known before the insert
-
-
-GROUP_ROWS = 1000  # rows per multi-row INSERT at most
-GROUP_BYTES = 1_000_000  # and bytes of values (max_allowed_packet is 16 MB by default)
 
 
 class Applier:
@@ -104,15 +61,13 @@ class Applier:
         self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
         self.sites: dict[str, state.Site] = {}
         self.blocked: set[str] = set()
-        # Grouped INSERTs (only while a batch runs fast-path, never with savepoints): rows held back until the next
-        # statement that could depend on them; (identity table, uuid) of every held row.
-        self._group: _Inserts | None = None
-        self._grouped: set[tuple[str, str]] = set()
+        # Grouped INSERTs, only while a batch runs fast-path (never with savepoints).
+        self.inserts = GroupedInserts(self.ids)
         self._grouping = False
-        # Rows and entity hashes read for a whole batch up front (None outside a batch): rows that existed when the
-        # batch started, dropped when the batch writes them; hashes only change at the end of a batch (_finish).
+        # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
+        # when the batch started, dropped when the batch writes them; entity_hash only changes in _finish.
         self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
-        self._hashes: dict[tuple[str, str], str | None] | None = None
+        self._synced: dict[tuple[str, str], tuple[str | None, SourcePosition | None]] | None = None
         self._load_blocked()
 
     def close(self) -> None:
@@ -155,7 +110,7 @@ class Applier:
         return result
 
     def _run(self, parsed: list[Parsed], careful: bool) -> list[Outcome]:
-        batch = _Batch()
+        batch = Batch()
         self.ids.new_batch()
         with self.conn.cursor() as cur:
             done = self._handled_ids(cur, [p.message_id for p in parsed])
@@ -164,12 +119,11 @@ class Applier:
             self._grouping = not careful
             try:
                 self._messages(cur, parsed, batch, done, careful)
-                self._flush(cur, batch)
+                self.inserts.flush(cur, batch.touched)
             finally:
                 self._grouping = False
-                self._group = None
-                self._grouped.clear()
-                self._rows = self._hashes = None
+                self.inserts.reset()
+                self._rows = self._synced = None
             self._finish(cur, batch)
         self.conn.commit()
         for outcome in batch.outcomes:
@@ -177,7 +131,7 @@ class Applier:
                 log.warning("message %s → %s: %s", outcome.message_id, outcome.outcome, outcome.reason)
         return batch.outcomes
 
-    def _messages(self, cur: Any, parsed: list[Parsed], batch: _Batch, done: set[str], careful: bool) -> None:
+    def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: set[str], careful: bool) -> None:
         for index, item in enumerate(parsed):
             if item.inbox is not None:
                 batch.inbox.append(item.inbox)
@@ -198,7 +152,7 @@ class Applier:
                 batch.outcomes.append(self._park(cur, item, f"apply failed: {reason}", batch))
 
     # ---- one message ---------------------------------------------------------------------------------------
-    def _one(self, cur: Any, item: Parsed, batch: _Batch, *, from_retry: bool = False, force: bool = False,
+    def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_retry: bool = False, force: bool = False,
              only: list[str] | None = None) -> Outcome:
         if item.error is not None:
             return self._park(cur, item, item.error, batch, kind="error")
@@ -227,20 +181,27 @@ class Applier:
         batch.handled.append(item.message_id)
         return outcome
 
-    def _change(self, cur: Any, item: Parsed, table: SyncedTable, batch: _Batch, *, force: bool = False,
+    def _change(self, cur: Any, item: Parsed, table: SyncedTable, batch: Batch, *, force: bool = False,
                 only: list[str] | None = None) -> Outcome:
         """Insert, update or delete one entity; `force` skips the conflict rule, `only` limits the columns."""
         message = item.message
         assert message is not None
         uuid = message["uuid"]
         ident = table.identity.table
-        if self._grouped and ((ident, uuid) in self._grouped or any(
-                ref in self._grouped for ref in self.convert.references(table, message.get("data") or {}))):
-            self._flush(cur, batch)  # this message reads a row that is still held back
+        if self.inserts.held and ((ident, uuid) in self.inserts.held or self.inserts.holds_any(
+                self.convert.references(table, message.get("data") or {}))):
+            self.inserts.flush(cur, batch.touched)  # this message reads a row that is still held back
+        position = SourcePosition.of(message)
+        if position is not None and not force:
+            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
+            if last is not None and position.older_than(last):
+                return Outcome(item.message_id, "stale", table.name, uuid,
+                               f"from {position}, before the change applied last ({last})")
         key = self.ids.lookup(cur, ident, uuid)
         current = self._current(cur, table, key) if key is not None else None
         if message["op"] == "d":
             if current is None:
+                self._applied_at(batch, table, uuid, position, message["site"])
                 return Outcome(item.message_id, "applied", table.name, uuid, "already absent")
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
@@ -248,8 +209,8 @@ class Applier:
             cur.execute(f"DELETE FROM `{table.name}` WHERE `{table.key}` = %s", (key,))  # noqa: S608
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
-            batch.removed.append((table.name, uuid))
             batch.touched.pop((table.name, key), None)
+            self._applied_at(batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
         if only is not None:
@@ -280,8 +241,9 @@ class Applier:
             else:
                 row["uuid"] = uuid
             if self._grouping:
-                self._hold(cur, batch, table, row, uuid, message["site"], key)
+                self.inserts.hold(cur, batch.touched, table, row, uuid, message["site"], key)
                 batch.ours.add((table.name, uuid))
+                self._applied_at(batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
             columns = ", ".join(f"`{c}`" for c in row)
             cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES ({', '.join(['%s'] * len(row))})",  # noqa: S608
@@ -291,68 +253,42 @@ class Applier:
                 self.ids.remember(ident, uuid, key)
         batch.touched[(table.name, key)] = (uuid, message["site"])
         batch.ours.add((table.name, uuid))
+        self._applied_at(batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
 
-    # ---- grouped inserts -----------------------------------------------------------------------------------
-    def _hold(self, cur: Any, batch: _Batch, table: SyncedTable, row: dict[str, Any], uuid: str, site: str,
-              key: Any) -> None:
-        """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
-        columns = tuple(row)
-        values = tuple(row.values())
-        size = sum(len(v) if isinstance(v, str | bytes) else 8 for v in values)
-        group = self._group
-        if group is not None and (group.table.name != table.name or group.columns != columns
-                                  or len(group.rows) >= GROUP_ROWS or group.size + size > GROUP_BYTES):
-            self._flush(cur, batch)
-            group = None
-        if group is None:
-            group = self._group = _Inserts(table, columns)
-        group.rows.append(values)
-        group.size += size
-        group.uuids.append(uuid)
-        group.sites.append(site)
-        group.keys.append(key)
-        self._grouped.add((table.identity.table, uuid))
+    @staticmethod
+    def _applied_at(batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
+                    removed_by: str | None = None) -> None:
+        """Remember where the change just applied came from; a delete (`removed_by` its site) leaves a tombstone."""
+        if position is not None:
+            batch.positions[(table.name, uuid)] = position
+        if removed_by is not None:
+            batch.removed[(table.name, uuid)] = removed_by
+        else:
+            batch.removed.pop((table.name, uuid), None)
 
-    def _flush(self, cur: Any, batch: _Batch) -> None:
-        """Write the held rows (one multi-row INSERT) and learn their keys; any error fails the batch as usual."""
-        group, self._group = self._group, None
-        self._grouped.clear()
-        if group is None or not group.rows:
-            return
-        table = group.table
-        columns = ", ".join(f"`{c}`" for c in group.columns)
-        # parameterised: PyMySQL's executemany sends these as multi-row INSERTs (escaping every value itself)
-        cur.executemany(f"INSERT INTO `{table.name}` ({columns}) VALUES "  # noqa: S608
-                        f"({', '.join(['%s'] * len(group.columns))})", group.rows)
-        if cur.rowcount != len(group.rows):
-            raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
-        ident = table.identity.table
-        if table.is_subclass:
-            keys = group.keys
-        else:  # read the keys back by uuid: never infer them from auto-increment arithmetic
-            found: dict[str, Any] = {}
-            for i in range(0, len(group.uuids), GROUP_ROWS):
-                part = group.uuids[i:i + GROUP_ROWS]
-                cur.execute(f"SELECT uuid, `{table.key}` FROM `{table.name}` WHERE uuid IN "  # noqa: S608
-                            f"({','.join(['%s'] * len(part))})", part)
-                found.update(cur.fetchall())
-            keys = [found[u] for u in group.uuids]
-        for uuid, site, key in zip(group.uuids, group.sites, keys, strict=True):
-            if not table.is_subclass:
-                self.ids.remember(ident, uuid, key)
-            batch.touched[(table.name, key)] = (uuid, site)
+    def _synced_entry(self, cur: Any, table: str, uuid: str) -> tuple[str | None, SourcePosition | None]:
+        """(hash, position) stored when dbsync last wrote this entity; (None, None) if never."""
+        if self._synced is not None and (table, uuid) in self._synced:
+            return self._synced[(table, uuid)]
+        cur.execute(f"SELECT hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
+                    "WHERE table_name=%s AND entity_uuid=%s", (table, uuid))
+        row = cur.fetchone()
+        return (None, None) if row is None else (row[0], SourcePosition.from_row(row[1:]))
 
     def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
-        """Current rows and entity hashes of the batch's entities that exist at central: one query per table."""
+        """Current rows of the batch's entities that exist at central and the entity_hash entries of all of them
+        (tombstones included): one query per table each."""
         keys: dict[str, dict[Any, str]] = {}
+        uuids_of: dict[str, set[str]] = {}
         for item in parsed:
             if item.message is None or item.table is None or not isinstance(item.message.get("uuid"), str):
                 continue
+            uuids_of.setdefault(item.table.name, set()).add(item.message["uuid"])
             key = self.ids.get(item.table.identity.table, item.message["uuid"])
             if key is not None:
                 keys.setdefault(item.table.name, {})[key] = item.message["uuid"]
-        self._rows, self._hashes = {}, {}
+        self._rows, self._synced = {}, {}
         for name, wanted in keys.items():
             info = self.model.synced[name]
             ordered = list(wanted)
@@ -363,14 +299,16 @@ class Applier:
                                  f"({','.join(['%s'] * len(part))})", part)
                     for row in dcur.fetchall():
                         self._rows[(name, row[info.key])] = row
-            uuids = sorted(set(wanted.values()))
+        for name, uuid_set in uuids_of.items():
+            uuids = sorted(uuid_set)
             for i in range(0, len(uuids), 1000):
                 part = uuids[i:i + 1000]
-                self._hashes.update(((name, u), None) for u in part)
-                cur.execute(f"SELECT entity_uuid, hash FROM {self.s}.entity_hash WHERE table_name = %s AND "  # noqa: S608
-                            f"entity_uuid IN ({','.join(['%s'] * len(part))})", [name, *part])
-                for uuid, digest in cur.fetchall():
-                    self._hashes[(name, uuid)] = digest
+                self._synced.update(((name, u), (None, None)) for u in part)
+                cur.execute(f"SELECT entity_uuid, hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
+                            f"WHERE table_name = %s AND entity_uuid IN ({','.join(['%s'] * len(part))})",
+                            [name, *part])
+                for found in cur.fetchall():
+                    self._synced[(name, found[0])] = (found[1], SourcePosition.from_row(found[2:]))
 
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
         if self._rows is not None:
@@ -382,26 +320,20 @@ class Applier:
             return dcur.fetchone()
 
     def _judge(self, cur: Any, table: SyncedTable, uuid: str, current: dict[str, Any], message: dict[str, Any],
-               values: dict[str, Any] | None, batch: _Batch) -> Verdict:
+               values: dict[str, Any] | None, batch: Batch) -> Verdict:
         if (table.name, uuid) in batch.ours:
             return Verdict()
-        if self._hashes is not None and (table.name, uuid) in self._hashes:
-            digest = self._hashes[(table.name, uuid)]
-            row = None if digest is None else (digest,)
-        else:
-            cur.execute(f"SELECT hash FROM {self.s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
-                        (table.name, uuid))
-            row = cur.fetchone()
+        digest = self._synced_entry(cur, table.name, uuid)[0]
         incoming_time = None
         ts_ms = (message.get("source") or {}).get("ts_ms")
         if isinstance(ts_ms, int | float):
             incoming_time = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(self.convert.tz).replace(
                 tzinfo=None)
-        return judge(table, current, row[0] if row else None, message, values, incoming_time,
+        return judge(table, current, digest, message, values, incoming_time,
                      self.settings.conflict_policy)
 
     # ---- parking -------------------------------------------------------------------------------------------
-    def _park(self, cur: Any, item: Parsed, reason: str, batch: _Batch, kind: str = "retry") -> Outcome:
+    def _park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:
         message = item.message or {}
         # a message that can never apply (kind "error") holds nothing up; a retry keeps its entity's later messages
         ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
@@ -409,14 +341,14 @@ class Applier:
             f"INSERT INTO {self.s}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "  # noqa: S608
             "date_created) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (item.message_id[:255], str(message.get("site") or item.site or "")[:100] or None,
-             item.table.name if item.table else None, ek, item.raw, reason[:2000], _now()),
+             item.table.name if item.table else None, ek, item.raw, reason[:2000], now()),
         )
         if ek is not None:
             self.blocked.add(ek)
         batch.handled.append(item.message_id)
         return Outcome(item.message_id, kind, item.table.name if item.table else None, message.get("uuid"), reason)
 
-    def _conflict(self, cur: Any, item: Parsed, verdict: Verdict, current: dict[str, Any], batch: _Batch) -> Outcome:
+    def _conflict(self, cur: Any, item: Parsed, verdict: Verdict, current: dict[str, Any], batch: Batch) -> Outcome:
         message = item.message
         assert message is not None and item.table is not None
         ek = entity_key(self.model, item.table, message["uuid"])
@@ -424,7 +356,7 @@ class Applier:
             f"INSERT INTO {self.s}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "  # noqa: S608
             "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (item.message_id, message["site"], item.table.name, message["uuid"], ek, item.raw,
-             dumps(current), verdict.reason, _now()),
+             dumps(current), verdict.reason, now()),
         )
         self.blocked.add(ek)
         batch.handled.append(item.message_id)
@@ -452,12 +384,39 @@ class Applier:
         for ident, uuids in wanted.items():
             self.ids.prefetch(cur, ident, uuids)
 
-    def _finish(self, cur: Any, batch: _Batch) -> None:
-        now = _now()
+    def _finish(self, cur: Any, batch: Batch) -> None:
+        stamp = now()
+        self._write_entity_hash(cur, batch, stamp)
+        if batch.handled:
+            cur.executemany(f"INSERT IGNORE INTO {self.s}.applied_message (message_id, date_applied) "  # noqa: S608
+                            "VALUES (%s, %s)", [(m[:255], stamp) for m in batch.handled])
+        if batch.inbox:
+            cur.execute(f"DELETE FROM {self.s}.inbox WHERE id IN ({','.join(['%s'] * len(batch.inbox))})",  # noqa: S608
+                        batch.inbox)
+        if batch.rest:
+            cur.executemany(f"INSERT INTO {self.s}.rest_call (resource, sub_resource, entity_uuid, date_created) "  # noqa: S608
+                            "VALUES (%s, %s, %s, %s)", [(*r, stamp) for r in batch.rest])
+        for identifier, (count, last_id) in batch.sites.items():
+            cur.execute(
+                f"INSERT INTO {self.s}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "  # noqa: S608
+                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
+                "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)",
+                (self.sites[identifier].id, stamp, last_id[:255], count),
+            )
+
+    def _write_entity_hash(self, cur: Any, batch: Batch, stamp: dt.datetime) -> None:
+        """Hash and source position of every row the batch wrote; a tombstone (no hash) for every delete."""
+        no_position = (None,) * len(POSITION_COLUMNS)
+
+        def position(table: str, uuid: str) -> tuple[Any, ...]:
+            found = batch.positions.get((table, uuid))
+            return no_position if found is None else found.row_values()
+
+        entries = [(table, uuid, None, site, stamp, *position(table, uuid))
+                   for (table, uuid), site in batch.removed.items()]
         by_table: dict[str, list[Any]] = {}
         for (table, key) in batch.touched:
             by_table.setdefault(table, []).append(key)
-        hashes = []
         for table, keys in by_table.items():
             info = self.model.synced[table]
             with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
@@ -467,35 +426,14 @@ class Applier:
                                  f"({','.join(['%s'] * len(part))})", part)
                     for row in dcur.fetchall():
                         uuid, site = batch.touched[(table, row[info.key])]
-                        hashes.append((table, uuid, row_hash(row), site, now))
-        if hashes:
+                        entries.append((table, uuid, row_hash(row), site, stamp, *position(table, uuid)))
+        if entries:
+            keep = ", ".join(f"{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))" for c in POSITION_COLUMNS)
             cur.executemany(
-                f"INSERT INTO {self.s}.entity_hash (table_name, entity_uuid, hash, site, date_synced) "  # noqa: S608
-                "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), "
-                "date_synced=VALUES(date_synced)", hashes)
-        if batch.removed:
-            cur.executemany(f"DELETE FROM {self.s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
-                            batch.removed)
-        if batch.handled:
-            cur.executemany(f"INSERT IGNORE INTO {self.s}.applied_message (message_id, date_applied) "  # noqa: S608
-                            "VALUES (%s, %s)", [(m[:255], now) for m in batch.handled])
-        if batch.inbox:
-            cur.execute(f"DELETE FROM {self.s}.inbox WHERE id IN ({','.join(['%s'] * len(batch.inbox))})",  # noqa: S608
-                        batch.inbox)
-        if batch.rest:
-            cur.executemany(f"INSERT INTO {self.s}.rest_call (resource, sub_resource, entity_uuid, date_created) "  # noqa: S608
-                            "VALUES (%s, %s, %s, %s)", [(*r, now) for r in batch.rest])
-        for identifier, (count, last_id) in batch.sites.items():
-            cur.execute(
-                f"INSERT INTO {self.s}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "  # noqa: S608
-                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
-                "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)",
-                (self.sites[identifier].id, now, last_id[:255], count),
-            )
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                f"INSERT INTO {self.s}.entity_hash (table_name, entity_uuid, hash, site, date_synced, "  # noqa: S608
+                f"{', '.join(POSITION_COLUMNS)}) VALUES ({', '.join(['%s'] * (5 + len(POSITION_COLUMNS)))}) "
+                f"ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
+                f"{keep}", entries)
 
 
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

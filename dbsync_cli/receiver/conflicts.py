@@ -10,7 +10,8 @@ import orjson
 import pymysql.cursors
 
 from dbsync_cli.receiver import state
-from dbsync_cli.receiver.apply import Applier, _Batch, _now
+from dbsync_cli.receiver.apply import Applier
+from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.conflict import canonical, row_hash
 from dbsync_cli.receiver.message import parse_raw
 from dbsync_cli.receiver.resolve import MessageError
@@ -128,7 +129,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                 raise ConflictError(f"conflict {number}: stored message is invalid: {item.error}")
             if mode == "merge" and (item.message or {}).get("op") == "d":
                 raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
-            batch = _Batch()
+            batch = Batch()
             outcome = applier._one(cur, item, batch, from_retry=True, force=True,
                                    only=merge_columns if mode == "merge" else None)
             if outcome.outcome != "applied":
@@ -145,9 +146,9 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                     f"INSERT INTO {s}.entity_hash (table_name, entity_uuid, hash, site, date_synced) "  # noqa: S608
                     "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE hash=VALUES(hash), "
                     "date_synced=VALUES(date_synced)",
-                    (conflict.table, conflict.uuid, row_hash(current), conflict.site, _now()))
+                    (conflict.table, conflict.uuid, row_hash(current), conflict.site, now()))
         cur.execute(f"UPDATE {s}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "  # noqa: S608
-                    "WHERE id = %s", (mode, _now(), number))
+                    "WHERE id = %s", (mode, now(), number))
     applier.conn.commit()
     applier._load_blocked()
     released = retry_pending(applier)

@@ -12,7 +12,8 @@ from typing import Any
 import pymysql
 
 from dbsync_cli.receiver import state
-from dbsync_cli.receiver.apply import Applier, Outcome, _Batch, _now
+from dbsync_cli.receiver.apply import Applier
+from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.message import parse_raw
 
 log = logging.getLogger("dbsync.retry")
@@ -37,7 +38,7 @@ def retry_pending(applier: Applier, limit: int = 5000) -> list[Outcome]:
             ek = f"{item.table.identity.table}:{item.message['uuid']}" if item.table and item.message else None
             if ek is not None and (ek in in_conflict or ek in stuck):
                 continue
-            batch = _Batch()
+            batch = Batch()
             cur.execute("SAVEPOINT retry_entry")
             try:
                 outcome = _attempt(applier, cur, item, batch)
@@ -47,7 +48,7 @@ def retry_pending(applier: Applier, limit: int = 5000) -> list[Outcome]:
                 cur.execute("ROLLBACK TO SAVEPOINT retry_entry")
                 applier.ids.clear()
                 cur.execute(f"UPDATE {s}.receiver_retry_queue SET attempts = attempts + 1, reason = %s, "  # noqa: S608
-                            "date_last_attempt = %s WHERE id = %s", ((outcome.reason or "")[:2000], _now(), entry_id))
+                            "date_last_attempt = %s WHERE id = %s", ((outcome.reason or "")[:2000], now(), entry_id))
                 if ek is not None:
                     stuck.add(ek)
             else:
@@ -62,7 +63,7 @@ def retry_pending(applier: Applier, limit: int = 5000) -> list[Outcome]:
     return outcomes
 
 
-def _attempt(applier: Applier, cur: Any, item: Any, batch: _Batch) -> Outcome:
+def _attempt(applier: Applier, cur: Any, item: Any, batch: Batch) -> Outcome:
     if item.error is not None:
         return Outcome(item.message_id, "error", reason=item.error)
     return applier._one(cur, item, batch, from_retry=True)

@@ -88,6 +88,12 @@ MIGRATIONS: list[list[str]] = [
             date_created DATETIME(3) NOT NULL,
             date_last_attempt DATETIME(3) NULL) CHARACTER SET utf8mb4""",
     ],
+    [  # 2: the source position of the change applied last (order guard); a delete keeps it as a tombstone
+        """ALTER TABLE {s}.entity_hash MODIFY hash CHAR(64) NULL,
+            ADD COLUMN src_site VARCHAR(100) NULL, ADD COLUMN src_server_id BIGINT NULL,
+            ADD COLUMN src_file VARCHAR(255) NULL, ADD COLUMN src_pos BIGINT NULL, ADD COLUMN src_row INT NULL,
+            ADD COLUMN src_sent DATETIME(3) NULL""",
+    ],
 ]
 
 #: Synced OpenMRS tables that have no index on uuid in 2.5: the receiver adds one, or every lookup is a full scan.

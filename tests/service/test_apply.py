@@ -165,6 +165,35 @@ def test_old_message_replayed_after_newer_is_not_a_conflict(central, site) -> No
     assert conflicts(central) == []
 
 
+def test_a_late_redelivery_never_undoes_a_newer_change(central, site) -> None:
+    """Artemis may redeliver a killed consumer's message after newer ones: the source position guard skips it even
+    when no date tells (a create has none), and a delete's tombstone keeps an older create from bringing a row back."""
+    generate(site.admin, seed=9, patients=2, mutations=0.0)
+    first = site.messages()
+    obs = [m for m in first if m["table"] == "obs" and m["op"] in ("c", "r")]
+    names = [m for m in first if m["table"] == "person_name"]
+    voided, removed = obs[0], names[-1]
+    late = {voided["id"], removed["id"]}
+    assert Counter(r["outcome"] for r in central.apply([m for m in first if m["id"] not in late]))["applied"] > 0
+    site.sql("UPDATE obs SET voided=1, voided_by=1, date_voided='2024-09-01 10:00:00', void_reason='wrong' "
+             "WHERE uuid=%s", (voided["uuid"],))
+    site.sql("DELETE FROM person_name WHERE uuid=%s", (removed["uuid"],))
+    second = site.messages()
+    assert outcomes(central.apply(second)) == Counter({"applied": 2})
+    results = central.apply([voided, removed])  # the originals, delivered late
+    assert outcomes(results) == Counter({"stale": 2}), results
+    assert "before the change applied last" in results[0]["reason"]
+    assert central.sql("SELECT voided, void_reason FROM obs WHERE uuid=%s", (voided["uuid"],)) == [(1, "wrong")]
+    assert central.sql("SELECT COUNT(*) FROM person_name WHERE uuid=%s", (removed["uuid"],)) == [(0,)]
+    # the same position re-sent after a sender crash was loaded later (newer `sent`): it is applied
+    update = next(m for m in second if m["table"] == "obs")
+    resent = dict(update, id=update["id"] + ":resent",
+                  sent=(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)).isoformat(timespec="milliseconds"))
+    resent["source"] = dict(voided["source"])
+    assert outcomes(central.apply([resent])) == Counter({"applied": 1})
+    assert conflicts(central) == []
+
+
 def test_retry_queue_keeps_entity_order(central, site) -> None:
     # a location the central DB does not know yet (metadata is managed centrally)
     site.sql("INSERT INTO location (name, creator, date_created, uuid, retired) "

@@ -1,0 +1,39 @@
+"""What one apply transaction collects: outcomes, written rows, handled ids, status, REST calls — all committed
+together with the changes in `Applier._finish`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbsync_cli.receiver.position import SourcePosition
+
+
+@dataclass
+class Outcome:
+    message_id: str
+    outcome: str  # applied | duplicate | stale | conflict | waiting | retry | error
+    table: str | None = None
+    uuid: str | None = None
+    reason: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class Batch:
+    outcomes: list[Outcome] = field(default_factory=list)
+    handled: list[str] = field(default_factory=list)
+    inbox: list[int] = field(default_factory=list)
+    touched: dict[tuple[str, Any], tuple[str, str]] = field(default_factory=dict)  # (table, key) → (uuid, site)
+    removed: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, uuid) → site
+    positions: dict[tuple[str, str], SourcePosition] = field(default_factory=dict)  # (table, uuid) → last applied
+    rest: list[tuple[str, str | None, str]] = field(default_factory=list)
+    sites: dict[str, tuple[int, str]] = field(default_factory=dict)  # site → (count, last message id)
+    ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
