@@ -119,7 +119,7 @@ class Applier:
             self._grouping = not careful
             try:
                 self._messages(cur, parsed, batch, done, careful)
-                self.inserts.flush(cur, batch.touched)
+                self.inserts.flush(cur, batch)
             finally:
                 self._grouping = False
                 self.inserts.reset()
@@ -190,7 +190,7 @@ class Applier:
         ident = table.identity.table
         if self.inserts.held and ((ident, uuid) in self.inserts.held or self.inserts.holds_any(
                 self.convert.references(table, message.get("data") or {}))):
-            self.inserts.flush(cur, batch.touched)  # this message reads a row that is still held back
+            self.inserts.flush(cur, batch)  # this message reads a row that is still held back
         position = SourcePosition.of(message)
         if position is not None and not force:
             last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
@@ -210,6 +210,7 @@ class Applier:
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
+            batch.hashed.pop((table.name, key), None)
             self._applied_at(batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
@@ -231,6 +232,7 @@ class Applier:
             if verdict.stale:
                 return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
             if values:
+                batch.hashed.pop((table.name, key), None)
                 sets = ", ".join(f"`{c}` = %s" for c in values)
                 cur.execute(f"UPDATE `{table.name}` SET {sets} WHERE `{table.key}` = %s",  # noqa: S608
                             [*values.values(), key])
@@ -241,7 +243,7 @@ class Applier:
             else:
                 row["uuid"] = uuid
             if self._grouping:
-                self.inserts.hold(cur, batch.touched, table, row, uuid, message["site"], key)
+                self.inserts.hold(cur, batch, table, row, uuid, message["site"], key)
                 batch.ours.add((table.name, uuid))
                 self._applied_at(batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
@@ -414,9 +416,13 @@ class Applier:
 
         entries = [(table, uuid, None, site, stamp, *position(table, uuid))
                    for (table, uuid), site in batch.removed.items()]
-        by_table: dict[str, list[Any]] = {}
-        for (table, key) in batch.touched:
-            by_table.setdefault(table, []).append(key)
+        by_table: dict[str, list[Any]] = {}  # rows not read back since their last write
+        for (table, key), (uuid, site) in batch.touched.items():
+            digest = batch.hashed.get((table, key))
+            if digest is not None:
+                entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
+            else:
+                by_table.setdefault(table, []).append(key)
         for table, keys in by_table.items():
             info = self.model.synced[table]
             with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:

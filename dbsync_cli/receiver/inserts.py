@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
+import pymysql.cursors
 
+from dbsync_cli.receiver.batch import Batch
+from dbsync_cli.receiver.conflict import row_hash
 from dbsync_cli.receiver.resolve import UuidToId
 from dbsync_cli.schema import SyncedTable
 
@@ -44,7 +47,7 @@ class GroupedInserts:
         self.group = None
         self.held.clear()
 
-    def hold(self, cur: Any, touched: dict[tuple[str, Any], tuple[str, str]], table: SyncedTable,
+    def hold(self, cur: Any, batch: Batch, table: SyncedTable,
              row: dict[str, Any], uuid: str, site: str, key: Any) -> None:
         """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
         columns = tuple(row)
@@ -53,7 +56,7 @@ class GroupedInserts:
         group = self.group
         if group is not None and (group.table.name != table.name or group.columns != columns
                                   or len(group.rows) >= GROUP_ROWS or group.size + size > GROUP_BYTES):
-            self.flush(cur, touched)
+            self.flush(cur, batch)
             group = None
         if group is None:
             group = self.group = _Group(table, columns)
@@ -64,8 +67,9 @@ class GroupedInserts:
         group.keys.append(key)
         self.held.add((table.identity.table, uuid))
 
-    def flush(self, cur: Any, touched: dict[tuple[str, Any], tuple[str, str]]) -> None:
-        """Write the held rows and learn their keys (into `touched`); any error fails the batch as usual."""
+    def flush(self, cur: Any, batch: Batch) -> None:
+        """Write the held rows, then read them back whole in one query: their keys (never inferred from
+        auto-increment arithmetic) and their hashes as stored. Any error fails the batch as usual."""
         group, self.group = self.group, None
         self.held.clear()
         if group is None or not group.rows:
@@ -78,17 +82,18 @@ class GroupedInserts:
         if cur.rowcount != len(group.rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
         ident = table.identity.table
-        if table.is_subclass:
-            keys = group.keys
-        else:
-            found: dict[str, Any] = {}
-            for i in range(0, len(group.uuids), GROUP_ROWS):
-                part = group.uuids[i:i + GROUP_ROWS]
-                cur.execute(f"SELECT uuid, `{table.key}` FROM `{table.name}` WHERE uuid IN "  # noqa: S608
-                            f"({','.join(['%s'] * len(part))})", part)
-                found.update(cur.fetchall())
-            keys = [found[u] for u in group.uuids]
-        for uuid, site, key in zip(group.uuids, group.sites, keys, strict=True):
+        column = table.key if table.is_subclass else "uuid"
+        wanted = group.keys if table.is_subclass else group.uuids
+        found: dict[Any, dict[str, Any]] = {}
+        with cur.connection.cursor(pymysql.cursors.DictCursor) as dcur:
+            dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{column}` IN "  # noqa: S608
+                         f"({','.join(['%s'] * len(wanted))})", wanted)
+            for row in dcur.fetchall():
+                found[row[column]] = row
+        for uuid, site, wanted_key in zip(group.uuids, group.sites, wanted, strict=True):
+            row = found[wanted_key]
+            key = row[table.key]
             if not table.is_subclass:
                 self.ids.remember(ident, uuid, key)
-            touched[(table.name, key)] = (uuid, site)
+            batch.touched[(table.name, key)] = (uuid, site)
+            batch.hashed[(table.name, key)] = row_hash(row)
