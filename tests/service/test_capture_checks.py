@@ -19,7 +19,7 @@ from dbsync_cli.workload.openmrs import load_openmrs
 @pytest.fixture(scope="module")
 def extra_site(services):
     """A throwaway instance we may purge binlogs on and reconfigure without disturbing the shared ones."""
-    inst = start_mariadb("capture-checks", port=33391, server_id=391)
+    inst = start_mariadb("capture-checks", port=23391, server_id=391)
     yield inst
     destroy_mariadb(inst)
 
