@@ -292,15 +292,9 @@ class Applier:
                 keys.setdefault(item.table.name, {})[key] = item.message["uuid"]
         self._rows, self._synced = {}, {}
         for name, wanted in keys.items():
-            info = self.model.synced[name]
-            ordered = list(wanted)
-            with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-                for i in range(0, len(ordered), 1000):
-                    part = ordered[i:i + 1000]
-                    dcur.execute(f"SELECT * FROM `{name}` WHERE `{info.key}` IN "  # noqa: S608
-                                 f"({','.join(['%s'] * len(part))})", part)
-                    for row in dcur.fetchall():
-                        self._rows[(name, row[info.key])] = row
+            key_column = self.model.synced[name].key
+            for row in self._rows_by_key(name, list(wanted)):
+                self._rows[(name, row[key_column])] = row
         for name, uuid_set in uuids_of.items():
             uuids = sorted(uuid_set)
             for i in range(0, len(uuids), 1000):
@@ -311,6 +305,16 @@ class Applier:
                             [name, *part])
                 for found in cur.fetchall():
                     self._synced[(name, found[0])] = (found[1], SourcePosition.from_row(found[2:]))
+
+    def _rows_by_key(self, table: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
+        """Whole central rows by primary key, 1,000 per query."""
+        key_column = self.model.synced[table].key
+        with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
+            for i in range(0, len(keys), 1000):
+                part = keys[i:i + 1000]
+                dcur.execute(f"SELECT * FROM `{table}` WHERE `{key_column}` IN "  # noqa: S608
+                             f"({','.join(['%s'] * len(part))})", part)
+                yield from dcur.fetchall()
 
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
         if self._rows is not None:
@@ -424,15 +428,10 @@ class Applier:
             else:
                 by_table.setdefault(table, []).append(key)
         for table, keys in by_table.items():
-            info = self.model.synced[table]
-            with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-                for i in range(0, len(keys), 1000):
-                    part = keys[i : i + 1000]
-                    dcur.execute(f"SELECT * FROM `{table}` WHERE `{info.key}` IN "  # noqa: S608
-                                 f"({','.join(['%s'] * len(part))})", part)
-                    for row in dcur.fetchall():
-                        uuid, site = batch.touched[(table, row[info.key])]
-                        entries.append((table, uuid, row_hash(row), site, stamp, *position(table, uuid)))
+            key_column = self.model.synced[table].key
+            for row in self._rows_by_key(table, keys):
+                uuid, site = batch.touched[(table, row[key_column])]
+                entries.append((table, uuid, row_hash(row), site, stamp, *position(table, uuid)))
         if entries:
             keep = ", ".join(f"{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))" for c in POSITION_COLUMNS)
             cur.executemany(
