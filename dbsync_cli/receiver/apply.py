@@ -22,7 +22,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import Verdict, judge, row_hash
-from dbsync_cli.receiver.inserts import GroupedInserts
+from dbsync_cli.receiver.inserts import GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
 from dbsync_cli.receiver.position import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.position import SourcePosition
@@ -43,6 +43,7 @@ class ApplySettings:
     batch_messages: int = 500
     max_message_bytes: int = 4_000_000
     rest_enabled: bool = False
+    consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
 
 
 class Applier:
@@ -62,7 +63,9 @@ class Applier:
         self.sites: dict[str, state.Site] = {}
         self.blocked: set[str] = set()
         # Grouped INSERTs, only while a batch runs fast-path (never with savepoints).
-        self.inserts = GroupedInserts(self.ids)
+        with self.conn.cursor() as cur:
+            consecutive = settings.consecutive_keys and consecutive_keys(cur)
+        self.inserts = GroupedInserts(self.ids, consecutive)
         self._grouping = False
         # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
         # when the batch started, dropped when the batch writes them; entity_hash only changes in _finish.
@@ -210,7 +213,6 @@ class Applier:
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
-            batch.hashed.pop((table.name, key), None)
             self._applied_at(batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
@@ -232,7 +234,6 @@ class Applier:
             if verdict.stale:
                 return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
             if values:
-                batch.hashed.pop((table.name, key), None)
                 sets = ", ".join(f"`{c}` = %s" for c in values)
                 cur.execute(f"UPDATE `{table.name}` SET {sets} WHERE `{table.key}` = %s",  # noqa: S608
                             [*values.values(), key])
@@ -420,13 +421,9 @@ class Applier:
 
         entries = [(table, uuid, None, site, stamp, *position(table, uuid))
                    for (table, uuid), site in batch.removed.items()]
-        by_table: dict[str, list[Any]] = {}  # rows not read back since their last write
-        for (table, key), (uuid, site) in batch.touched.items():
-            digest = batch.hashed.get((table, key))
-            if digest is not None:
-                entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
-            else:
-                by_table.setdefault(table, []).append(key)
+        by_table: dict[str, list[Any]] = {}
+        for (table, key) in batch.touched:
+            by_table.setdefault(table, []).append(key)
         for table, keys in by_table.items():
             key_column = self.model.synced[table].key
             for row in self._rows_by_key(table, keys):

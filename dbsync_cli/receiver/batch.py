@@ -28,7 +28,6 @@ class Batch:
     handled: list[str] = field(default_factory=list)
     inbox: list[int] = field(default_factory=list)
     touched: dict[tuple[str, Any], tuple[str, str]] = field(default_factory=dict)  # (table, key) → (uuid, site)
-    hashed: dict[tuple[str, Any], str] = field(default_factory=dict)  # (table, key) → hash, for rows read back
     removed: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, uuid) → site
     positions: dict[tuple[str, str], SourcePosition] = field(default_factory=dict)  # (table, uuid) → last applied
     rest: list[tuple[str, str | None, str]] = field(default_factory=list)

@@ -2,22 +2,25 @@
 
 Apply holds a new row back while the next messages insert into the same table with the same columns, and writes
 the group as soon as a statement could depend on a held row (a message for the same entity, or one referencing a
-held row). The keys of written rows are read back by uuid — never inferred from auto-increment arithmetic, which
-other writers and `auto_increment_increment` can break.
+held row). The group is one INSERT statement, so its auto-increment keys are consecutive when the server promises
+it (InnoDB `innodb_autoinc_lock_mode` 0 or 1, `auto_increment_increment` 1, no Galera): the first key comes back
+with the statement. Otherwise (MySQL 8's default mode 2 interleaves concurrent inserts) the keys are read back by
+uuid.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
-import pymysql.cursors
 
 from dbsync_cli.receiver.batch import Batch
-from dbsync_cli.receiver.conflict import row_hash
 from dbsync_cli.receiver.resolve import UuidToId
 from dbsync_cli.schema import SyncedTable
+
+log = logging.getLogger("dbsync.apply")
 
 GROUP_ROWS = 1000  # rows per multi-row INSERT at most
 GROUP_BYTES = 1_000_000  # and bytes of values (max_allowed_packet is 16 MB by default)
@@ -34,21 +37,34 @@ class _Group:
     keys: list[Any] = field(default_factory=list)  # subclass rows: the parent's key, known before the insert
 
 
+def consecutive_keys(cur: Any) -> bool:
+    """Does one multi-row INSERT on this server get consecutive auto-increment keys?"""
+    cur.execute("SHOW VARIABLES WHERE Variable_name IN "
+                "('innodb_autoinc_lock_mode', 'auto_increment_increment', 'wsrep_on')")
+    settings = {name.lower(): str(value) for name, value in cur.fetchall()}
+    consecutive = (settings.get("innodb_autoinc_lock_mode") in ("0", "1")
+                   and settings.get("auto_increment_increment") == "1"
+                   and settings.get("wsrep_on", "OFF").upper() in ("OFF", "0"))
+    log.debug("central %s: new keys are %s", settings, "taken from the statement" if consecutive else "read back")
+    return consecutive
+
+
 class GroupedInserts:
-    def __init__(self, ids: UuidToId) -> None:
+    def __init__(self, ids: UuidToId, consecutive: bool) -> None:
         self.ids = ids
+        self.consecutive = consecutive
         self.group: _Group | None = None
         self.held: set[tuple[str, str]] = set()  # (identity table, uuid) of every held row
 
-    def holds_any(self, entries: list[tuple[str, str]] | set[tuple[str, str]]) -> bool:
+    def holds_any(self, entries: Any) -> bool:
         return bool(self.held) and any(entry in self.held for entry in entries)
 
     def reset(self) -> None:
         self.group = None
         self.held.clear()
 
-    def hold(self, cur: Any, batch: Batch, table: SyncedTable,
-             row: dict[str, Any], uuid: str, site: str, key: Any) -> None:
+    def hold(self, cur: Any, batch: Batch, table: SyncedTable, row: dict[str, Any], uuid: str, site: str,
+             key: Any) -> None:
         """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
         columns = tuple(row)
         values = tuple(row.values())
@@ -68,32 +84,30 @@ class GroupedInserts:
         self.held.add((table.identity.table, uuid))
 
     def flush(self, cur: Any, batch: Batch) -> None:
-        """Write the held rows, then read them back whole in one query: their keys (never inferred from
-        auto-increment arithmetic) and their hashes as stored. Any error fails the batch as usual."""
+        """Write the held rows as one statement and learn their keys; any error fails the batch as usual."""
         group, self.group = self.group, None
         self.held.clear()
         if group is None or not group.rows:
             return
         table = group.table
         columns = ", ".join(f"`{c}`" for c in group.columns)
-        # parameterised: PyMySQL's executemany sends these as multi-row INSERTs (escaping every value itself)
-        cur.executemany(f"INSERT INTO `{table.name}` ({columns}) VALUES "  # noqa: S608
-                        f"({', '.join(['%s'] * len(group.columns))})", group.rows)
+        placeholders = f"({', '.join(['%s'] * len(group.columns))})"
+        # parameterised: one statement (PyMySQL escapes every value), so that its keys are consecutive
+        cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES "  # noqa: S608
+                    f"{', '.join([placeholders] * len(group.rows))}", [v for row in group.rows for v in row])
         if cur.rowcount != len(group.rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
+        if table.is_subclass:
+            keys = group.keys
+        elif self.consecutive and cur.lastrowid:
+            keys = list(range(cur.lastrowid, cur.lastrowid + len(group.rows)))
+        else:
+            cur.execute(f"SELECT uuid, `{table.key}` FROM `{table.name}` WHERE uuid IN "  # noqa: S608
+                        f"({','.join(['%s'] * len(group.uuids))})", group.uuids)
+            found = dict(cur.fetchall())
+            keys = [found[u] for u in group.uuids]
         ident = table.identity.table
-        column = table.key if table.is_subclass else "uuid"
-        wanted = group.keys if table.is_subclass else group.uuids
-        found: dict[Any, dict[str, Any]] = {}
-        with cur.connection.cursor(pymysql.cursors.DictCursor) as dcur:
-            dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{column}` IN "  # noqa: S608
-                         f"({','.join(['%s'] * len(wanted))})", wanted)
-            for row in dcur.fetchall():
-                found[row[column]] = row
-        for uuid, site, wanted_key in zip(group.uuids, group.sites, wanted, strict=True):
-            row = found[wanted_key]
-            key = row[table.key]
+        for uuid, site, key in zip(group.uuids, group.sites, keys, strict=True):
             if not table.is_subclass:
                 self.ids.remember(ident, uuid, key)
             batch.touched[(table.name, key)] = (uuid, site)
-            batch.hashed[(table.name, key)] = row_hash(row)
