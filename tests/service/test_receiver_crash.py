@@ -1,6 +1,7 @@
 """Crash safety of the receiver: kill -9 of `dbsync receiver`, or of either side of `dbsync consume | dbsync apply`,
-at random moments while a real sender streams a >100,000-row workload through Artemis. Afterwards central equals the
-site's ground truth, nothing was applied twice, and no message is left anywhere (inbox, retry queue, broker queue).
+at random moments while a real sender streams a >100,000-row workload through Artemis, then a broker restart.
+Afterwards central equals the site's ground truth, nothing was applied twice, and no message is left anywhere
+(inbox, retry queue, broker queue).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ PATIENTS_PER_ROUND = 280  # × 4 rounds ≈ 1,100 patients ≈ 105,000 row chang
 MIN_ROWS = 100_000
 MIN_KILLS = 10
 MAX_KILLS = 40
-STALL_SECONDS = 20  # no progress for this long with messages missing: look for deliveries stranded in the broker
 REDELIVER = 2000  # messages delivered a second time after the kill phase
 KILL_UNTIL = 0.6  # keep killing until this share of the site's obs is at central
 
@@ -213,16 +213,20 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
         writer.join()
         assert not failure, failure
         kill_phase = time.monotonic() - started
+        # The broker restarts while the sender is connected. This also releases deliveries Artemis may strand when a
+        # consumer's connection dies mid-delivery (counted "delivering" with no consumer until a restart; seen about
+        # once in 150-300 kills, docs/troubleshooting.md): the operator's recovery. A message *our* side lost would
+        # still be missing after it.
+        devservices.down(["artemis"])
+        devservices.ensure_up(["artemis"])
         replayed = _redeliver(tmp_path, sconf, senv, broker_settings, dest, REDELIVER)
 
         # let the receiver finish: central holds every row (cheap count first, then the full comparison)
         expected_obs = before["obs"] + sum(len(t.tables.get("obs", {})) for t in truths)
-        broker_restarts = 0
         with log.open("ab") as err:
             receiver = subprocess.Popen(_cmd("receiver", "--config", str(rconf)), env=renv, stderr=err)
         try:
             deadline = time.monotonic() + 240
-            progress, still_since = -1, time.monotonic()
             while time.monotonic() < deadline:
                 assert receiver.poll() is None, log.read_text()[-3000:]
                 obs = _sql(central, "SELECT COUNT(*) FROM obs")[0][0]
@@ -231,17 +235,6 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
                     diffs = [d for t in truths for d in compare(central, t, username_suffix="|site1", limit=20)]
                     if not diffs:
                         break
-                applied = _applied(central, s)
-                if applied != progress or inbox:
-                    progress, still_since = applied, time.monotonic()
-                elif time.monotonic() - still_since > STALL_SECONDS and broker_restarts < 2:
-                    # Artemis can strand a delivery when its consumer's connection dies mid-delivery: the message
-                    # shows as "delivering" with no consumer until the broker restarts (docs/troubleshooting.md).
-                    # The operator's recovery, applied here; anything our side lost would still be missing after it.
-                    broker_restarts += 1
-                    devservices.down(["artemis"])
-                    devservices.ensure_up(["artemis"])
-                    progress, still_since = -1, time.monotonic()
                 time.sleep(2)
             sender.send_signal(signal.SIGTERM)
             assert sender.wait(timeout=60) == 0, sender_log.read_text()[-3000:]
@@ -259,8 +252,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     rows = sum(t.stats["rows_created"] + t.stats["rows_mutated"] for t in truths)
     total = time.monotonic() - started
     print(f"\n{rows} row changes, {len(kills)} kills {sorted(set(kills))}, kill phase {kill_phase:.0f} s, "
-          f"total {total:.0f} s, {sum(busy)} kills while applying, {broker_restarts} broker restart(s) to release "
-          "stranded deliveries")
+          f"total {total:.0f} s, {sum(busy)} kills while applying")
     assert rows >= MIN_ROWS
     assert len(kills) >= MIN_KILLS
     assert {k.split(":")[1] for k in kills} == {"receiver", "consume", "apply"}
