@@ -21,7 +21,7 @@ import pymysql.cursors
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
-from dbsync_cli.receiver.conflict import Verdict, judge, row_hash
+from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.inserts import GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
 from dbsync_cli.receiver.position import COLUMNS as POSITION_COLUMNS
@@ -33,6 +33,7 @@ from dbsync_cli.schema.openmrs import REST_RESOURCES
 from dbsync_cli.values import parse_timezone
 
 log = logging.getLogger("dbsync.apply")
+
 
 @dataclass
 class ApplySettings:
@@ -307,14 +308,14 @@ class Applier:
                 for found in cur.fetchall():
                     self._synced[(name, found[0])] = (found[1], SourcePosition.from_row(found[2:]))
 
-    def _rows_by_key(self, table: str, keys: list[Any]) -> Iterator[dict[str, Any]]:
-        """Whole central rows by primary key, 1,000 per query."""
-        key_column = self.model.synced[table].key
-        with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
+    def _rows_by_key(self, table: str, keys: list[Any], *, whole: bool = True) -> Iterator[Any]:
+        """Central rows by primary key with their hash, 1,000 per query: whole (dicts) or (key, hash) tuples."""
+        info = self.model.synced[table]
+        select = select_with_hash(info) if whole else f"SELECT `{info.key}`, {hash_sql(info)} FROM `{table}`"  # noqa: S608
+        with self.conn.cursor(pymysql.cursors.DictCursor if whole else pymysql.cursors.Cursor) as dcur:
             for i in range(0, len(keys), 1000):
                 part = keys[i:i + 1000]
-                dcur.execute(f"SELECT * FROM `{table}` WHERE `{key_column}` IN "  # noqa: S608
-                             f"({','.join(['%s'] * len(part))})", part)
+                dcur.execute(f"{select} WHERE `{info.key}` IN ({','.join(['%s'] * len(part))})", part)
                 yield from dcur.fetchall()
 
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
@@ -323,7 +324,7 @@ class Applier:
             if row is not None:
                 return row
         with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-            dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{table.key}` = %s", (key,))  # noqa: S608
+            dcur.execute(f"{select_with_hash(table)} WHERE `{table.key}` = %s", (key,))
             return dcur.fetchone()
 
     def _judge(self, cur: Any, table: SyncedTable, uuid: str, current: dict[str, Any], message: dict[str, Any],
@@ -363,7 +364,7 @@ class Applier:
             f"INSERT INTO {self.s}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "  # noqa: S608
             "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (item.message_id, message["site"], item.table.name, message["uuid"], ek, item.raw,
-             dumps(current), verdict.reason, now()),
+             dumps({c: v for c, v in current.items() if c != HASH}), verdict.reason, now()),
         )
         self.blocked.add(ek)
         batch.handled.append(item.message_id)
@@ -425,10 +426,9 @@ class Applier:
         for (table, key) in batch.touched:
             by_table.setdefault(table, []).append(key)
         for table, keys in by_table.items():
-            key_column = self.model.synced[table].key
-            for row in self._rows_by_key(table, keys):
-                uuid, site = batch.touched[(table, row[key_column])]
-                entries.append((table, uuid, row_hash(row), site, stamp, *position(table, uuid)))
+            for key, digest in self._rows_by_key(table, keys, whole=False):
+                uuid, site = batch.touched[(table, key)]
+                entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
         if entries:
             keep = ", ".join(f"{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))" for c in POSITION_COLUMNS)
             cur.executemany(

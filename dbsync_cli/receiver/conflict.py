@@ -1,5 +1,6 @@
 """The conflict rule: a central row is *edited centrally* when its hash differs from the hash stored when dbsync
-last wrote it. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
+last wrote it. The hash is computed by the central server (SHA2 over every column, QUOTE()d so NULL and 'NULL'
+differ), so that apply can record it for a whole batch without reading the rows back into Python. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
 date_retired is after the incoming one's (policy "newer", the EIP rule) or always (policy "any"). A placeholder is
 never a conflict; a row central had before any sync (same uuid) is parked unless the incoming row equals it.
 """
@@ -7,15 +8,14 @@ never a conflict; a row central had before any sync (same uuid) is parked unless
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from dbsync_cli.receiver.placeholder import is_placeholder
 from dbsync_cli.schema import SyncedTable
+
+HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_hash` carries its hash
 
 DATE_COLUMNS = ("date_changed", "date_voided", "date_retired")
 
@@ -39,13 +39,16 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def row_hash(row: dict[str, Any]) -> str:
-    """Over the row exactly as stored at central: it only has to tell whether the row changed since we wrote it."""
-    return hashlib.sha256(orjson.dumps({k: v if type(v) in _PLAIN else canonical(v)
-                                        for k, v in sorted(row.items())})).hexdigest()
+def hash_sql(table: SyncedTable) -> str:
+    """SQL for the hash of a row exactly as stored at central (columns from the introspected schema only): it only
+    has to tell whether the row changed since dbsync wrote it. Needs the session time zone apply uses (+00:00)."""
+    quoted = ", ".join(f"QUOTE(`{column}`)" for column in sorted(table.info.columns))
+    return f"SHA2(CONCAT_WS(',', {quoted}), 256)"
 
 
-_PLAIN = (int, str, type(None))  # canonical() returns these unchanged (exact types: bool goes through canonical)
+def select_with_hash(table: SyncedTable) -> str:
+    """`SELECT` of whole rows plus their hash (under HASH); append the WHERE clause."""
+    return f"SELECT *, {hash_sql(table)} AS `{HASH}` FROM `{table.name}`"  # noqa: S608 - names from the schema
 
 
 def _latest(values: dict[str, Any]) -> dt.datetime | None:
@@ -55,7 +58,8 @@ def _latest(values: dict[str, Any]) -> dt.datetime | None:
 
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
           values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str) -> Verdict:
-    """Decide for an incoming change to an existing central row (values: converted data, None for a delete)."""
+    """Decide for an incoming change to an existing central row (read with `select_with_hash`; values: converted
+    data, None for a delete)."""
     if is_placeholder(current):
         return Verdict()
     central_latest = _latest(current)
@@ -64,7 +68,7 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
         if values is not None and all(canonical(current.get(c)) == canonical(v) for c, v in values.items()):
             return Verdict()
         return Verdict(park=True, reason="row existed at central before any sync and differs from the incoming one")
-    if stored_hash == row_hash(current):
+    if stored_hash == current[HASH]:
         if (values is not None and central_latest and incoming_latest and incoming_latest < central_latest):
             return Verdict(stale=True, reason=f"incoming change ({incoming_latest}) is older than central "
                                               f"({central_latest})")

@@ -12,7 +12,7 @@ import pymysql.cursors
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
-from dbsync_cli.receiver.conflict import canonical, row_hash
+from dbsync_cli.receiver.conflict import HASH, canonical, select_with_hash
 from dbsync_cli.receiver.message import parse_raw
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
@@ -108,7 +108,7 @@ def _current_row(applier: Applier, table_name: str, uuid: str) -> dict[str, Any]
     if found is None:
         return None
     with applier.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-        dcur.execute(f"SELECT * FROM `{table.name}` WHERE `{table.key}` = %s", (found[0],))  # noqa: S608
+        dcur.execute(f"{select_with_hash(table)} WHERE `{table.key}` = %s", (found[0],))
         return dcur.fetchone()
 
 
@@ -146,7 +146,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                     f"INSERT INTO {s}.entity_hash (table_name, entity_uuid, hash, site, date_synced) "  # noqa: S608
                     "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE hash=VALUES(hash), "
                     "date_synced=VALUES(date_synced)",
-                    (conflict.table, conflict.uuid, row_hash(current), conflict.site, now()))
+                    (conflict.table, conflict.uuid, current[HASH], conflict.site, now()))
         cur.execute(f"UPDATE {s}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "  # noqa: S608
                     "WHERE id = %s", (mode, now(), number))
     applier.conn.commit()
