@@ -1,8 +1,10 @@
 """The conflict rule: a central row is *edited centrally* when its hash differs from the hash stored when dbsync
-last wrote it. The hash is computed by the central server (SHA2 over every column, QUOTE()d so NULL and 'NULL'
-differ), so that apply can record it for a whole batch without reading the rows back into Python. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
+last wrote it. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
 date_retired is after the incoming one's (policy "newer", the EIP rule) or always (policy "any"). A placeholder is
 never a conflict; a row central had before any sync (same uuid) is parked unless the incoming row equals it.
+
+The hash is computed by the central server (SHA2 over every column, QUOTE()d so that NULL and 'NULL' differ), so
+that apply records the hashes of a whole batch without reading its rows back into Python.
 """
 
 from __future__ import annotations
