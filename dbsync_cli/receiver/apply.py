@@ -22,7 +22,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
-from dbsync_cli.receiver.inserts import GroupedInserts, consecutive_keys
+from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
 from dbsync_cli.receiver.position import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.position import SourcePosition
@@ -66,7 +66,9 @@ class Applier:
         # Grouped INSERTs, only while a batch runs fast-path (never with savepoints).
         with self.conn.cursor() as cur:
             consecutive = settings.consecutive_keys and consecutive_keys(cur)
-        self.inserts = GroupedInserts(self.ids, consecutive)
+            cur.execute("SELECT @@max_allowed_packet")
+            packet = int(cur.fetchone()[0])
+        self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, packet // 2))
         self._grouping = False
         # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
         # when the batch started, dropped when the batch writes them; entity_hash only changes in _finish.
@@ -205,7 +207,7 @@ class Applier:
         current = self._current(cur, table, key) if key is not None else None
         if message["op"] == "d":
             if current is None:
-                self._applied_at(batch, table, uuid, position, message["site"])
+                self._applied_at(cur, batch, table, uuid, position, message["site"])
                 return Outcome(item.message_id, "applied", table.name, uuid, "already absent")
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
@@ -214,7 +216,7 @@ class Applier:
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
-            self._applied_at(batch, table, uuid, position, message["site"])
+            self._applied_at(cur, batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
         if only is not None:
@@ -247,7 +249,7 @@ class Applier:
             if self._grouping:
                 self.inserts.hold(cur, batch, table, row, uuid, message["site"], key)
                 batch.ours.add((table.name, uuid))
-                self._applied_at(batch, table, uuid, position)
+                self._applied_at(cur, batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
             columns = ", ".join(f"`{c}`" for c in row)
             cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES ({', '.join(['%s'] * len(row))})",  # noqa: S608
@@ -257,15 +259,15 @@ class Applier:
                 self.ids.remember(ident, uuid, key)
         batch.touched[(table.name, key)] = (uuid, message["site"])
         batch.ours.add((table.name, uuid))
-        self._applied_at(batch, table, uuid, position)
+        self._applied_at(cur, batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
 
-    @staticmethod
-    def _applied_at(batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
+    def _applied_at(self, cur: Any, batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
                     removed_by: str | None = None) -> None:
         """Remember where the change just applied came from; a delete (`removed_by` its site) leaves a tombstone."""
         if position is not None:
-            batch.positions[(table.name, uuid)] = position
+            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
+            batch.positions[(table.name, uuid)] = position.since(last)
         if removed_by is not None:
             batch.removed[(table.name, uuid)] = removed_by
         else:

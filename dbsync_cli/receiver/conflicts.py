@@ -12,8 +12,9 @@ import pymysql.cursors
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
-from dbsync_cli.receiver.conflict import HASH, canonical, select_with_hash
+from dbsync_cli.receiver.conflict import canonical, select_with_hash
 from dbsync_cli.receiver.message import parse_raw
+from dbsync_cli.receiver.position import SourcePosition
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
 
@@ -112,6 +113,20 @@ def _current_row(applier: Applier, table_name: str, uuid: str) -> dict[str, Any]
         return dcur.fetchone()
 
 
+def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
+    """Central's row (or its absence: a tombstone) becomes the sync baseline, at the parked message's source
+    position, so a late redelivery older than the decision cannot undo it."""
+    table = applier.model.synced[conflict.table]
+    current = _current_row(applier, table.name, conflict.uuid)
+    message = orjson.loads(conflict.body)
+    position = SourcePosition.of(message) if isinstance(message, dict) else None
+    batch = Batch()
+    if current is not None:
+        batch.touched[(table.name, current[table.key])] = (conflict.uuid, conflict.site)
+    applier._applied_at(cur, batch, table, conflict.uuid, position, None if current is not None else conflict.site)
+    applier._write_entity_hash(cur, batch, now())
+
+
 def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None) -> str:
     """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards."""
     if mode not in MODES:
@@ -137,16 +152,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                 raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
             applier._finish(cur, batch)
         else:
-            current = _current_row(applier, conflict.table, conflict.uuid)
-            if current is None:
-                cur.execute(f"DELETE FROM {s}.entity_hash WHERE table_name=%s AND entity_uuid=%s",  # noqa: S608
-                            (conflict.table, conflict.uuid))
-            else:
-                cur.execute(
-                    f"INSERT INTO {s}.entity_hash (table_name, entity_uuid, hash, site, date_synced) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE hash=VALUES(hash), "
-                    "date_synced=VALUES(date_synced)",
-                    (conflict.table, conflict.uuid, current[HASH], conflict.site, now()))
+            _rebaseline(applier, cur, conflict)
         cur.execute(f"UPDATE {s}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "  # noqa: S608
                     "WHERE id = %s", (mode, now(), number))
     applier.conn.commit()

@@ -23,7 +23,7 @@ from dbsync_cli.schema import SyncedTable
 log = logging.getLogger("dbsync.apply")
 
 GROUP_ROWS = 1000  # rows per multi-row INSERT at most
-GROUP_BYTES = 1_000_000  # and bytes of values (max_allowed_packet is 16 MB by default)
+GROUP_BYTES = 1_000_000  # and bytes of the statement at most (also at most half the server's max_allowed_packet)
 
 
 @dataclass
@@ -49,10 +49,20 @@ def consecutive_keys(cur: Any) -> bool:
     return consecutive
 
 
+def _literal_bytes(value: Any) -> int:
+    """An upper bound of the value's size in the statement: 4 bytes a character (utf8mb4), escapes, quotes."""
+    if isinstance(value, str):
+        return 4 * len(value) + 4
+    if isinstance(value, bytes | bytearray):
+        return 2 * len(value) + 12
+    return 32
+
+
 class GroupedInserts:
-    def __init__(self, ids: UuidToId, consecutive: bool) -> None:
+    def __init__(self, ids: UuidToId, consecutive: bool, max_bytes: int = GROUP_BYTES) -> None:
         self.ids = ids
         self.consecutive = consecutive
+        self.max_bytes = max_bytes
         self.group: _Group | None = None
         self.held: set[tuple[str, str]] = set()  # (identity table, uuid) of every held row
 
@@ -68,10 +78,10 @@ class GroupedInserts:
         """Hold an INSERT back to write it with its neighbours of the same table in one statement."""
         columns = tuple(row)
         values = tuple(row.values())
-        size = sum(len(v) if isinstance(v, str | bytes) else 8 for v in values)
+        size = sum(_literal_bytes(v) for v in values)
         group = self.group
         if group is not None and (group.table.name != table.name or group.columns != columns
-                                  or len(group.rows) >= GROUP_ROWS or group.size + size > GROUP_BYTES):
+                                  or len(group.rows) >= GROUP_ROWS or group.size + size > self.max_bytes):
             self.flush(cur, batch)
             group = None
         if group is None:

@@ -55,14 +55,26 @@ class SourcePosition:
     def row_values(self) -> tuple[Any, ...]:
         return self.site, self.server_id, self.file, self.pos, self.row, self.sent
 
+    def _lineage(self) -> tuple[Any, ...]:
+        return self.site, self.server_id, self.file.rsplit(".", 1)[0]
+
+    def _order(self) -> tuple[int, int, int]:
+        return _seq(self.file) or 0, self.pos, self.row
+
     def older_than(self, last: SourcePosition) -> bool:
         """True when this change comes from before `last` in the same binlog and was loaded no later."""
-        if (self.site, self.server_id, self.file.rsplit(".", 1)[0]) != (
-                last.site, last.server_id, last.file.rsplit(".", 1)[0]):
+        if self._lineage() != last._lineage() or self.sent is None or last.sent is None:
             return False
-        if self.sent is None or last.sent is None:
-            return False
-        return (_seq(self.file), self.pos, self.row) < (_seq(last.file), last.pos, last.row) and self.sent <= last.sent
+        return self._order() < last._order() and self.sent <= last.sent
+
+    def since(self, last: SourcePosition | None) -> SourcePosition:
+        """What to store after applying this change: the guard never moves back within one binlog (a re-send from
+        an older position keeps the newer position, and takes its own, later, load time)."""
+        if last is None or self._lineage() != last._lineage():
+            return self
+        newest = self if self._order() >= last._order() else last
+        sent = max((s for s in (self.sent, last.sent) if s is not None), default=None)
+        return SourcePosition(newest.site, newest.server_id, newest.file, newest.pos, newest.row, sent)
 
     def __str__(self) -> str:
         return f"{self.site} {self.file}:{self.pos}:{self.row}"

@@ -139,7 +139,7 @@ class Enricher:
                 if uuid is None:
                     log.warning("delete of %s %s: its uuid is unknown (parent gone); skipped", table.name, key)
                     continue
-                yield self._message(event, table, key, uuid, None)
+                yield self._message(event, table, key, uuid, None, sent)  # the batch's time, like its neighbours
                 continue
             key = event["after"][table.key]
             row = current[table.name].get(key)
@@ -154,7 +154,7 @@ class Enricher:
 
     def _message(
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
-        sent: str | None = None,
+        sent: str,
     ) -> dict[str, Any]:
         return {
             "v": WIRE_VERSION,
@@ -164,7 +164,7 @@ class Enricher:
             "op": event["op"],
             "uuid": uuid,
             "snapshot": bool(event["source"].get("snapshot")),
-            "sent": sent or dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "sent": sent,  # when the batch's rows were loaded: the receiver's order guard compares it
             "source": event["source"],
             "data": data,
         }

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid as uuidlib
 from collections import Counter
 
 import orjson
 import pytest
+from helpers import dbsync
 from receiver_helpers import drop_schema, make_central, make_site
 
 from dbsync_cli.receiver.apply import Applier, ApplySettings
 from dbsync_cli.receiver.inserts import consecutive_keys
 from dbsync_cli.schema import SchemaModel, synced_table_names
+from dbsync_cli.stages.enrich import EnrichSettings, enrich
 from dbsync_cli.workload import metadata as md
 from dbsync_cli.workload.generator import generate
 from dbsync_cli.workload.truth import compare
@@ -195,6 +198,49 @@ def test_a_late_redelivery_never_undoes_a_newer_change(central, site) -> None:
     resent["source"] = dict(voided["source"])
     assert outcomes(central.apply([resent])) == Counter({"applied": 1})
     assert conflicts(central) == []
+
+
+def test_a_late_delete_never_removes_a_row_the_site_created_again(central, site) -> None:
+    """A delete and a later create of the same uuid in one sender batch carry the same `sent`: the delete, delivered
+    late, is older by position and skipped; a late update older than an applied delete is skipped too."""
+    generate(site.admin, seed=10, patients=2, mutations=0.0)
+    assert outcomes(central.apply(site.messages()))["applied"] > 0
+    name = site.sql("SELECT uuid, person_id FROM person_name ORDER BY person_name_id DESC LIMIT 1")[0]
+    obs = site.sql("SELECT uuid FROM obs ORDER BY obs_id DESC LIMIT 1")[0][0]
+    site.sql("UPDATE obs SET comments='first' WHERE uuid=%s", (obs,))
+    update = site.messages()
+    site.sql("DELETE FROM obs WHERE uuid=%s", (obs,))
+    site.sql("DELETE FROM person_name WHERE uuid=%s", (name[0],))
+    site.sql("INSERT INTO person_name (person_id, given_name, family_name, creator, date_created, preferred, uuid) "
+             "VALUES (%s, 'Ann', 'Again', 1, '2024-03-01 01:00:00', 1, %s)", (name[1], name[0]))
+    later = site.messages()
+    delete = next(m for m in later if m["table"] == "person_name" and m["op"] == "d")
+    assert delete["sent"] == next(m for m in later if m["table"] == "person_name" and m["op"] == "c")["sent"]
+    assert outcomes(central.apply([m for m in later if m is not delete])) == Counter({"applied": 2})
+    assert outcomes(central.apply(update + [delete])) == Counter({"stale": 2})
+    assert central.sql("SELECT family_name FROM person_name WHERE uuid=%s", (name[0],)) == [("Again",)]
+    assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid=%s", (obs,)) == [(0,)]
+    assert conflicts(central) == []
+
+
+def test_every_message_of_an_enrich_batch_carries_the_batch_load_time(site) -> None:
+    """The order guard compares `sent`: a delete must carry its batch's load time too, even when the consumer of
+    enrich (publish, waiting for receipts) takes its time between messages."""
+    generate(site.admin, seed=11, patients=2, mutations=0.0)
+    site.messages()
+    site.sql("UPDATE obs SET comments='later' WHERE obs_id = (SELECT MIN(obs_id) FROM obs)")
+    site.sql("DELETE FROM obs WHERE obs_id = (SELECT MAX(obs_id) FROM obs)")  # yielded after the slow first one
+    events = [orjson.loads(line) for line in dbsync("capture", "--config", str(site.config), "--until-idle",
+                                                   env=site.env).stdout.splitlines() if line.strip()]
+    with site.admin.connect() as conn:
+        model = SchemaModel.load(conn, site.admin.database or "", synced_table_names(None, None))
+    messages = []
+    for message in enrich(events, EnrichSettings(db=site.admin, site="site1"), model):
+        messages.append(message)
+        time.sleep(0.02)
+    changes = [m for m in messages if m.get("op") != "h"]
+    assert sorted(m["op"] for m in changes) == ["d", "u"]
+    assert len({m["sent"] for m in changes}) == 1
 
 
 def test_new_keys_are_read_back_when_the_server_does_not_promise_consecutive_ones(central, site) -> None:

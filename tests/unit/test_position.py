@@ -59,3 +59,13 @@ def test_sent_is_stored_as_naive_utc_milliseconds() -> None:
     found = pos(sent="2026-11-26T08:00:00.123456+02:00")
     assert found.sent == dt.datetime(2026, 11, 26, 6, 0, 0, 123000)
     assert SourcePosition.from_row(found.row_values()) == found
+
+
+def test_the_stored_position_never_moves_back_within_one_binlog() -> None:
+    last = pos(pos=900, sent="2026-11-26T06:00:00.000+00:00")
+    resend = pos(pos=500, sent="2026-11-26T06:05:00.000+00:00")  # applied: loaded later
+    stored = resend.since(last)
+    assert (stored.pos, stored.sent) == (900, dt.datetime(2026, 11, 26, 6, 5))
+    assert pos(pos=700, sent="2026-11-26T06:01:00.000+00:00").older_than(stored)
+    other = pos(pos=5, site="site2")
+    assert other.since(last) == other
