@@ -18,6 +18,18 @@ from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
 
 
+def dbsync_cmd(*args: str) -> list[str]:
+    """argv that runs this checkout's dbsync with the tests' Python (for Popen, where `dbsync()` will not do)."""
+    return [sys.executable, "-m", "dbsync_cli", *args]
+
+
+def query(db: DbParams, statement: str, args: tuple = ()) -> list[tuple]:
+    """All rows of one statement, on a connection of its own."""
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute(statement, args)
+        return list(cur.fetchall())
+
+
 def sender_config(
     tmp_path: Path, site_db: DbParams, broker: BrokerSettings, *, site: str = "site1", destination: str,
     timezone: str = "UTC", snapshot: str = "initial", batch: int = 500, home: Path | None = None,

@@ -11,7 +11,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import dbsync, drain, drop_schema, receiver_config, sender_config
+from helpers import dbsync, dbsync_cmd, drain, drop_schema, query, receiver_config, sender_config
 
 from dbsync_cli import devservices
 from dbsync_cli.broker import open_connection
@@ -41,22 +40,14 @@ REDELIVER = 2000  # messages delivered a second time after the kill phase
 KILL_UNTIL = 0.6  # keep killing until this share of the site's obs is at central
 
 
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dbsync_cli", *args]
-
-
-def _sql(db: DbParams, statement: str, args: tuple = ()) -> list[tuple]:
-    with db.connect() as conn, conn.cursor() as cur:
-        cur.execute(statement, args)
-        return list(cur.fetchall())
 
 
 def _start(mode: str, conf: str, env: dict[str, str], log: Path) -> list[subprocess.Popen]:
     with log.open("ab") as err:
         if mode == "receiver":
-            return [subprocess.Popen(_cmd("receiver", "--config", conf), env=env, stderr=err)]
-        consume = subprocess.Popen(_cmd("consume", "--config", conf), env=env, stdout=subprocess.PIPE, stderr=err)
-        apply = subprocess.Popen(_cmd("apply", "--config", conf), env=env, stdin=consume.stdout,
+            return [subprocess.Popen(dbsync_cmd("receiver", "--config", conf), env=env, stderr=err)]
+        consume = subprocess.Popen(dbsync_cmd("consume", "--config", conf), env=env, stdout=subprocess.PIPE, stderr=err)
+        apply = subprocess.Popen(dbsync_cmd("apply", "--config", conf), env=env, stdin=consume.stdout,
                                  stdout=subprocess.DEVNULL, stderr=err)
     assert consume.stdout is not None
     consume.stdout.close()  # only apply holds the read end: killing apply breaks consume's pipe
@@ -106,11 +97,11 @@ def _redeliver(tmp_path: Path, sconf: Path, senv: dict[str, str], broker, dest: 
 
 def _diagnose(central: DbParams, s: str, log: Path, tmp_path: Path, sconf: Path, senv: dict[str, str]) -> str:
     """Where did the messages of rows that are still placeholders go? (Only runs when the comparison failed.)"""
-    retry = _sql(central, f"SELECT reason, COUNT(*) FROM {s}.receiver_retry_queue GROUP BY reason LIMIT 10")  # noqa: S608
-    inbox = _sql(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
+    retry = query(central, f"SELECT reason, COUNT(*) FROM {s}.receiver_retry_queue GROUP BY reason LIMIT 10")  # noqa: S608
+    inbox = query(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
     lines = [line for line in log.read_text(errors="replace").splitlines()
              if "WARNING" in line or "ERROR" in line or "failed" in line]
-    placeholders = {u for (u,) in _sql(central, "SELECT uuid FROM obs WHERE void_reason = '[placeholder]'")}
+    placeholders = {u for (u,) in query(central, "SELECT uuid FROM obs WHERE void_reason = '[placeholder]'")}
     found = []
     if placeholders:
         diag = tmp_path / "sender-diag.toml"
@@ -121,7 +112,7 @@ def _diagnose(central: DbParams, s: str, log: Path, tmp_path: Path, sconf: Path,
         for line in out.splitlines():
             m = orjson.loads(line)
             if m.get("uuid") in placeholders:
-                applied = _sql(central, f"SELECT date_applied FROM {s}.applied_message WHERE message_id=%s",  # noqa: S608
+                applied = query(central, f"SELECT date_applied FROM {s}.applied_message WHERE message_id=%s",  # noqa: S608
                                (m["id"],))
                 found.append(f"{m['id']} {m['op']} {m['uuid']} applied={applied}")
     return (f"inbox {inbox}, retry queue {retry}, placeholders {sorted(placeholders)}, their messages {found}; "
@@ -129,7 +120,7 @@ def _diagnose(central: DbParams, s: str, log: Path, tmp_path: Path, sconf: Path,
 
 
 def _applied(central: DbParams, s: str) -> int:
-    return int(_sql(central, f"SELECT COALESCE(SUM(messages), 0) FROM {s}.receiver_sync_status")[0][0])  # noqa: S608
+    return int(query(central, f"SELECT COALESCE(SUM(messages), 0) FROM {s}.receiver_sync_status")[0][0])  # noqa: S608
 
 
 def _enough(kills: list[str], done: threading.Event, truths: list[GroundTruth], central: DbParams,
@@ -140,7 +131,7 @@ def _enough(kills: list[str], done: threading.Event, truths: list[GroundTruth], 
     if len(kills) < MIN_KILLS or not done.is_set():
         return False
     expected = sum(len(t.tables.get("obs", {})) for t in truths)
-    return _sql(central, "SELECT COUNT(*) FROM obs")[0][0] - obs_before >= KILL_UNTIL * expected
+    return query(central, "SELECT COUNT(*) FROM obs")[0][0] - obs_before >= KILL_UNTIL * expected
 
 
 @pytest.fixture
@@ -163,7 +154,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     sconf, senv = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=500, snapshot="never")
     home = tmp_path / "home-site1"
     home.mkdir()
-    binlog_file, binlog_pos = _sql(site, "SHOW MASTER STATUS")[0][:2]
+    binlog_file, binlog_pos = query(site, "SHOW MASTER STATUS")[0][:2]
     for where in (home, tmp_path / "home-replay", tmp_path / "home-diag"):  # start at the end of the binlog: only the workload is synced
         where.mkdir(exist_ok=True)
         store = CheckpointStore(where)
@@ -172,11 +163,11 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     rconf, renv = receiver_config(tmp_path, central, broker_settings, destination=dest, state_schema=schema,
                                   batch=300)
     renv["DBSYNC_RECEIVER__RETRY_INTERVAL_SECONDS"] = "2"
-    before = {t: _sql(central, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in ("person", "obs")}  # noqa: S608
+    before = {t: query(central, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in ("person", "obs")}  # noqa: S608
 
     sender_log = tmp_path / "sender.log"
     with sender_log.open("ab") as err:
-        sender = subprocess.Popen(_cmd("sender", "--config", str(sconf)), env=senv, stderr=err)
+        sender = subprocess.Popen(dbsync_cmd("sender", "--config", str(sconf)), env=senv, stderr=err)
     truths: list[GroundTruth] = []
     done = threading.Event()
     failure: list[BaseException] = []
@@ -224,13 +215,13 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
         # let the receiver finish: central holds every row (cheap count first, then the full comparison)
         expected_obs = before["obs"] + sum(len(t.tables.get("obs", {})) for t in truths)
         with log.open("ab") as err:
-            receiver = subprocess.Popen(_cmd("receiver", "--config", str(rconf)), env=renv, stderr=err)
+            receiver = subprocess.Popen(dbsync_cmd("receiver", "--config", str(rconf)), env=renv, stderr=err)
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
                 assert receiver.poll() is None, log.read_text()[-3000:]
-                obs = _sql(central, "SELECT COUNT(*) FROM obs")[0][0]
-                inbox = _sql(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
+                obs = query(central, "SELECT COUNT(*) FROM obs")[0][0]
+                inbox = query(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
                 if obs >= expected_obs and inbox == 0:
                     diffs = [d for t in truths for d in compare(central, t, username_suffix="|site1", limit=20)]
                     if not diffs:
@@ -266,16 +257,16 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
         model = SchemaModel.load(conn, central.database or "")
     for table in model.synced.values():
         if table.info.has_uuid:
-            dup = _sql(central, f"SELECT uuid, COUNT(*) FROM `{table.name}` GROUP BY uuid HAVING COUNT(*) > 1")  # noqa: S608
+            dup = query(central, f"SELECT uuid, COUNT(*) FROM `{table.name}` GROUP BY uuid HAVING COUNT(*) > 1")  # noqa: S608
             assert dup == [], f"{table.name}: duplicate rows {dup[:5]}"
     site_obs = {u for t in truths for u in t.tables.get("obs", {})}
-    central_obs = [u for (u,) in _sql(central, "SELECT uuid FROM obs")]
+    central_obs = [u for (u,) in query(central, "SELECT uuid FROM obs")]
     assert len(central_obs) == before["obs"] + len(site_obs)
     assert site_obs <= set(central_obs)
     # each applied message was counted once by the transaction that applied it: a second apply of the same message
     # (a redelivery the message-id check missed) would count it twice
-    applied_ids = _sql(central, f"SELECT COUNT(*) FROM {s}.applied_message")[0][0]  # noqa: S608
-    counted = _sql(central, f"SELECT messages FROM {s}.receiver_sync_status")[0][0]  # noqa: S608
+    applied_ids = query(central, f"SELECT COUNT(*) FROM {s}.applied_message")[0][0]  # noqa: S608
+    counted = query(central, f"SELECT messages FROM {s}.receiver_sync_status")[0][0]  # noqa: S608
     assert counted == applied_ids, f"{counted} apply counts for {applied_ids} distinct message ids"
     assert replayed > REDELIVER // 2  # capture counts heartbeats too; enrich skips them
     sender_text = sender_log.read_bytes()
@@ -283,7 +274,7 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     if b"restarting in" not in sender_text:  # (a restarted chain re-sends from its checkpoint: at-least-once)
         assert applied_ids == sent, f"the sender confirmed {sent} messages, central handled {applied_ids}"
     # nothing left behind
-    assert _sql(central, f"SELECT COUNT(*) FROM {s}.inbox") == [(0,)]  # noqa: S608
-    assert _sql(central, f"SELECT message_id, reason FROM {s}.receiver_retry_queue") == []  # noqa: S608
-    assert _sql(central, f"SELECT message_id, reason FROM {s}.receiver_conflict_queue") == []  # noqa: S608
+    assert query(central, f"SELECT COUNT(*) FROM {s}.inbox") == [(0,)]  # noqa: S608
+    assert query(central, f"SELECT message_id, reason FROM {s}.receiver_retry_queue") == []  # noqa: S608
+    assert query(central, f"SELECT message_id, reason FROM {s}.receiver_conflict_queue") == []  # noqa: S608
     assert drain(broker_settings, dest, idle=3) == []

@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import subprocess
-import sys
 import time
 import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-from helpers import drain, drop_schema, receiver_config, sender_config
+from helpers import dbsync_cmd, drain, drop_schema, query, receiver_config, sender_config
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
@@ -28,18 +27,10 @@ UUID_TABLES_CHECKED = ("person", "visit", "encounter", "obs", "person_name", "pa
 KEYS = {"orders": "order_id"}
 
 
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dbsync_cli", *args]
-
-
-def _sql(db: DbParams, statement: str, args: tuple = ()) -> list[tuple]:
-    with db.connect() as conn, conn.cursor() as cur:
-        cur.execute(statement, args)
-        return list(cur.fetchall())
 
 
 def _counts(db: DbParams, tables: list[str]) -> dict[str, int]:
-    return {t: _sql(db, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in tables}  # noqa: S608
+    return {t: query(db, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in tables}  # noqa: S608
 
 
 def _stop(proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -56,7 +47,7 @@ def _stop(proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     out = log.open("ab")
     try:
-        return subprocess.Popen(_cmd(*args), env=env, stdout=out, stderr=out)
+        return subprocess.Popen(dbsync_cmd(*args), env=env, stdout=out, stderr=out)
     finally:
         out.close()
 
@@ -100,7 +91,7 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
     procs = {"receiver": _start(["receiver", "--site-id", site_id, "--config", str(rconf)], renv, logs["receiver"])}
     tables = list(UUID_TABLES_CHECKED)
     before = _counts(central, tables)
-    baseline_users = [u for (u,) in _sql(central, "SELECT uuid FROM users")]
+    baseline_users = [u for (u,) in query(central, "SELECT uuid FROM users")]
     try:
         if destination_type == "topic":  # the durable subscription must exist before any sender publishes
             deadline = time.monotonic() + 60
@@ -148,7 +139,7 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
             rows = []
             for i in range(0, len(uuids), 1000):
                 part = uuids[i:i + 1000]
-                rows += _sql(central, f"SELECT uuid, `{KEYS.get(table, table + '_id')}` FROM `{table}` WHERE uuid IN "  # noqa: S608
+                rows += query(central, f"SELECT uuid, `{KEYS.get(table, table + '_id')}` FROM `{table}` WHERE uuid IN "  # noqa: S608
                                       f"({','.join(['%s'] * len(part))})", tuple(part))
             found[site] = {u: int(i) for u, i in rows}
             assert set(found[site]) == expected[site], f"{table}: rows of {site} missing at central"
@@ -159,7 +150,7 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
     assert sum(len(truths[s].tables["obs"]) for s in SITES) > 1000
 
     s = f"`{schema}`"
-    status = dict(_sql(central, f"SELECT i.identifier, r.last_sync_date FROM {s}.site_info i "  # noqa: S608
+    status = dict(query(central, f"SELECT i.identifier, r.last_sync_date FROM {s}.site_info i "  # noqa: S608
                                 f"JOIN {s}.receiver_sync_status r ON r.site_id = i.id"))
     assert set(status) == set(SITES)
     for site, last in status.items():
@@ -167,16 +158,16 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
     # The only parked messages allowed: the initial snapshot's copies of the users that the OpenMRS fixture puts in
     # every database with the same uuid (admin, daemon). Central had them before any sync and they differ (username
     # suffix), so the first site's copies are conflicts by the documented rule and the other site's wait behind them.
-    shared = {u for (u,) in _sql(central, "SELECT uuid FROM users")} & set(baseline_users)
-    conflicts = _sql(central, f"SELECT table_name, entity_uuid, reason FROM {s}.receiver_conflict_queue")  # noqa: S608
-    retries = _sql(central, f"SELECT table_name, entity_key, reason FROM {s}.receiver_retry_queue")  # noqa: S608
+    shared = {u for (u,) in query(central, "SELECT uuid FROM users")} & set(baseline_users)
+    conflicts = query(central, f"SELECT table_name, entity_uuid, reason FROM {s}.receiver_conflict_queue")  # noqa: S608
+    retries = query(central, f"SELECT table_name, entity_key, reason FROM {s}.receiver_retry_queue")  # noqa: S608
     assert all(t == "users" and u in shared and r.startswith("row existed at central before any sync")
                for t, u, r in conflicts), conflicts
     assert all(t == "users" and k.split(":", 1)[1] in shared and r.startswith("waiting behind an earlier message")
                for t, k, r in retries), retries
     assert len(conflicts) <= len(shared) and len(retries) <= len(shared)
-    assert _sql(central, f"SELECT COUNT(*) FROM {s}.inbox") == [(0,)]  # noqa: S608
-    assert _sql(central, "SELECT COUNT(*) FROM person WHERE void_reason = '[placeholder]'") == [(0,)]
+    assert query(central, f"SELECT COUNT(*) FROM {s}.inbox") == [(0,)]  # noqa: S608
+    assert query(central, "SELECT COUNT(*) FROM person WHERE void_reason = '[placeholder]'") == [(0,)]
     if destination_type == "queue":
         assert drain(broker_settings, dest, idle=2) == []
 

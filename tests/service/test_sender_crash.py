@@ -7,13 +7,12 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
 
 import pytest
-from helpers import check_final_state, dbsync, drain, sender_config
+from helpers import check_final_state, dbsync, dbsync_cmd, drain, sender_config
 
 from dbsync_cli.workload.generator import generate
 from dbsync_cli.workload.truth import GroundTruth
@@ -27,18 +26,15 @@ def site(openmrs_db, services):
     return admin, services["site1"].repl.with_database(admin.database)
 
 
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dbsync_cli", *args]
-
 
 def _start(mode: str, conf: str, env: dict[str, str]) -> list[subprocess.Popen]:
     if mode == "sender":
-        return [subprocess.Popen(_cmd("sender", "--config", conf), env=env, stderr=subprocess.DEVNULL)]
-    capture = subprocess.Popen(_cmd("capture", "--config", conf), env=env, stdout=subprocess.PIPE,
+        return [subprocess.Popen(dbsync_cmd("sender", "--config", conf), env=env, stderr=subprocess.DEVNULL)]
+    capture = subprocess.Popen(dbsync_cmd("capture", "--config", conf), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
-    enrich = subprocess.Popen(_cmd("enrich", "--config", conf), env=env, stdin=capture.stdout,
+    enrich = subprocess.Popen(dbsync_cmd("enrich", "--config", conf), env=env, stdin=capture.stdout,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    publish = subprocess.Popen(_cmd("publish", "--config", conf), env=env, stdin=enrich.stdout,
+    publish = subprocess.Popen(dbsync_cmd("publish", "--config", conf), env=env, stdin=enrich.stdout,
                                stderr=subprocess.DEVNULL)
     assert capture.stdout is not None and enrich.stdout is not None
     capture.stdout.close()
@@ -97,7 +93,7 @@ def test_snapshot_while_writing_and_resume_after_interruption(site, broker_setti
     sent_first = int(re.search(rb"sender: (\d+) messages confirmed", first.stderr).group(1))
     assert sent_first == 3000
     # the resumed snapshot runs while the site keeps writing
-    proc = subprocess.Popen(_cmd("sender", "--config", str(conf)), env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(dbsync_cmd("sender", "--config", str(conf)), env=env, stderr=subprocess.PIPE)
     truths.append(generate(admin, seed=22, patients=60, mutations=0.3, transaction_rows=200))
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)

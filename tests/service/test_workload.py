@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from helpers import query
+
 from dbsync_cli.db import DbParams
 from dbsync_cli.workload import metadata as md
 from dbsync_cli.workload.book import TABLES
@@ -27,25 +29,16 @@ def _dump(db: DbParams) -> dict[str, list[tuple]]:
         conn.close()
 
 
-def _sql(db: DbParams, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
 
 def test_load_openmrs_schema_and_metadata(openmrs_db: MakeDb) -> None:
     db = openmrs_db("site1")
-    assert _sql(db, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema=%s", (db.database,)) == [(128,)]
-    assert _sql(db, "SELECT uuid FROM concept WHERE concept_id=%s", (md.CONCEPT_WEIGHT,)) == [(md.concept_uuid(md.CONCEPT_WEIGHT),)]
-    assert _sql(db, "SELECT COUNT(*) FROM concept_answer WHERE concept_id=%s", (md.CONCEPT_HIV_TEST,)) == [(3,)]
-    assert _sql(db, "SELECT format FROM person_attribute_type WHERE person_attribute_type_id=%s",
+    assert query(db, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema=%s", (db.database,)) == [(128,)]
+    assert query(db, "SELECT uuid FROM concept WHERE concept_id=%s", (md.CONCEPT_WEIGHT,)) == [(md.concept_uuid(md.CONCEPT_WEIGHT),)]
+    assert query(db, "SELECT COUNT(*) FROM concept_answer WHERE concept_id=%s", (md.CONCEPT_HIV_TEST,)) == [(3,)]
+    assert query(db, "SELECT format FROM person_attribute_type WHERE person_attribute_type_id=%s",
                 (md.ATTR_HEALTH_CENTER,)) == [("org.openmrs.Location",)]
     bare = openmrs_db("site1", metadata=False)
-    assert _sql(bare, "SELECT COUNT(*) FROM concept") == [(2,)]
+    assert query(bare, "SELECT COUNT(*) FROM concept") == [(2,)]
 
 
 def test_same_seed_same_data_other_seed_other_data(openmrs_db: MakeDb) -> None:
@@ -60,7 +53,7 @@ def test_same_seed_same_data_other_seed_other_data(openmrs_db: MakeDb) -> None:
         assert dump_a[table] == dump_b[table], table
     assert ta.to_dict() == tb.to_dict()
     assert dump_a["obs"] != dump_c["obs"]
-    uuids_a, uuids_c = (set(_sql(d, "SELECT uuid FROM person WHERE person_id > 1")) for d in (a, c))
+    uuids_a, uuids_c = (set(query(d, "SELECT uuid FROM person WHERE person_id > 1")) for d in (a, c))
     assert uuids_a and not uuids_a & uuids_c
 
 
@@ -75,12 +68,12 @@ def test_compare_clean_then_reports_tampering(openmrs_db: MakeDb) -> None:
     obs_uuid = next(u for u, r in truth.tables["obs"].items() if r["value_numeric"] is not None and not r["voided"])
     enc_uuid = next(iter(truth.tables["encounter"]))
     deleted_attr = next(iter(truth.deleted["person_attribute"]))
-    _sql(db, "UPDATE person_name SET given_name='Tampered' WHERE uuid=%s", (name_uuid,))
-    _sql(db, "DELETE FROM obs WHERE uuid=%s", (obs_uuid,))
-    _sql(db, "UPDATE encounter SET location_id=%s WHERE uuid=%s", (md.LOCATION_UNKNOWN, enc_uuid))
-    _sql(db, "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, date_created, uuid) "
+    query(db, "UPDATE person_name SET given_name='Tampered' WHERE uuid=%s", (name_uuid,))
+    query(db, "DELETE FROM obs WHERE uuid=%s", (obs_uuid,))
+    query(db, "UPDATE encounter SET location_id=%s WHERE uuid=%s", (md.LOCATION_UNKNOWN, enc_uuid))
+    query(db, "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, date_created, uuid) "
              "VALUES (1, 'x', %s, 1, '2024-01-01', %s)", (md.ATTR_TELEPHONE, deleted_attr))
-    _sql(db, "INSERT INTO person (gender, creator, date_created, uuid) VALUES ('F', 1, '2024-01-01', %s)",
+    query(db, "INSERT INTO person (gender, creator, date_created, uuid) VALUES ('F', 1, '2024-01-01', %s)",
          ("00000000-0000-4000-8000-000000000001",))
     diffs = compare(db, truth)
     assert any(d.startswith(f"person_name {name_uuid}: given_name expected") and "'Tampered'" in d for d in diffs)
@@ -95,9 +88,9 @@ def test_compare_clean_then_reports_tampering(openmrs_db: MakeDb) -> None:
 def test_compare_with_central_suffixes(openmrs_db: MakeDb) -> None:
     db = openmrs_db("site1")
     truth = generate(db, seed=9, patients=10, mutations=0.0)
-    _sql(db, "UPDATE users SET username=CONCAT(username, '|site1'), system_id=CONCAT(system_id, '|site1') "
+    query(db, "UPDATE users SET username=CONCAT(username, '|site1'), system_id=CONCAT(system_id, '|site1') "
              "WHERE user_id > 2")
-    _sql(db, "UPDATE provider SET identifier=CONCAT(identifier, '|site1')")
+    query(db, "UPDATE provider SET identifier=CONCAT(identifier, '|site1')")
     assert compare(db, truth, username_suffix="|site1") == []
     assert len(compare(db, truth)) == 2 * len(truth.tables["users"]) + len(truth.tables["provider"])
 
