@@ -277,10 +277,18 @@ class Applier:
         """(hash, position) stored when dbsync last wrote this entity; (None, None) if never."""
         if self._synced is not None and (table, uuid) in self._synced:
             return self._synced[(table, uuid)]
-        cur.execute(f"SELECT hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
-                    "WHERE table_name=%s AND entity_uuid=%s", (table, uuid))
-        row = cur.fetchone()
-        return (None, None) if row is None else (row[0], SourcePosition.from_row(row[1:]))
+        return self._fetch_synced(cur, table, [uuid])[(table, uuid)]
+
+    def _fetch_synced(self, cur: Any, table: str, uuids: list[str]) -> dict[tuple[str, str], Any]:
+        """entity_hash entries (hash, position) of these uuids, (None, None) for the unknown, 1,000 per query."""
+        found: dict[tuple[str, str], Any] = {(table, u): (None, None) for u in uuids}
+        for i in range(0, len(uuids), 1000):
+            part = uuids[i:i + 1000]
+            cur.execute(f"SELECT entity_uuid, hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
+                        f"WHERE table_name = %s AND entity_uuid IN ({','.join(['%s'] * len(part))})", [table, *part])
+            for row in cur.fetchall():
+                found[(table, row[0])] = (row[1], SourcePosition.from_row(row[2:]))
+        return found
 
     def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
         """Current rows of the batch's entities that exist at central and the entity_hash entries of all of them
@@ -300,15 +308,7 @@ class Applier:
             for row in self._rows_by_key(name, list(wanted)):
                 self._rows[(name, row[key_column])] = row
         for name, uuid_set in uuids_of.items():
-            uuids = sorted(uuid_set)
-            for i in range(0, len(uuids), 1000):
-                part = uuids[i:i + 1000]
-                self._synced.update(((name, u), (None, None)) for u in part)
-                cur.execute(f"SELECT entity_uuid, hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
-                            f"WHERE table_name = %s AND entity_uuid IN ({','.join(['%s'] * len(part))})",
-                            [name, *part])
-                for found in cur.fetchall():
-                    self._synced[(name, found[0])] = (found[1], SourcePosition.from_row(found[2:]))
+            self._synced.update(self._fetch_synced(cur, name, sorted(uuid_set)))
 
     def _rows_by_key(self, table: str, keys: list[Any], *, whole: bool = True) -> Iterator[Any]:
         """Central rows by primary key with their hash, 1,000 per query: whole (dicts) or (key, hash) tuples."""

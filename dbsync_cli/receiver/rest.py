@@ -33,7 +33,7 @@ from dbsync_cli.schema.openmrs import REST_RESOURCES
 
 log = logging.getLogger("dbsync.rest")
 
-#: synced table → (REST resource, sub-resource) whose cache and search index OpenMRS must refresh
+#: what OpenMRS is asked to do, in this order, after a change to one of schema.openmrs.REST_RESOURCES
 ENDPOINTS = ("cleardbcache", "searchindexupdate")
 
 
