@@ -131,7 +131,7 @@ def _perf(value: float | int) -> str:
 def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:
     """One STOMP CONNECT (no client-id, so a running receiver's durable subscription is not disturbed)."""
     from dbsync_cli.broker import BrokerError, open_connection
-    from dbsync_cli.sender import broker_settings
+    from dbsync_cli.sender.run import broker_settings
 
     started = time.monotonic()
     url = cfg["broker.url"]
@@ -166,7 +166,7 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
     """(checkpoint, rate, error) from <home>/state.sqlite without creating it."""
     import sqlite3
 
-    from dbsync_cli.checkpoint import CheckpointStore
+    from dbsync_cli.sender.checkpoint import CheckpointStore
 
     if not (home / "state.sqlite").exists():
         return None, None, None

@@ -34,9 +34,9 @@ if str(ROOT) not in sys.path:
 
 from dbsync_cli.broker import BrokerSettings  # noqa: E402
 from dbsync_cli.db import DbParams  # noqa: E402
-from dbsync_cli.devservices import Services, ensure_up  # noqa: E402
 from dbsync_cli.receiver import state  # noqa: E402
-from dbsync_cli.workload.openmrs import load_openmrs  # noqa: E402
+from devtools.services import Services, ensure_up  # noqa: E402
+from devtools.workload.openmrs import load_openmrs  # noqa: E402
 
 console = Console(stderr=True)
 
@@ -85,7 +85,7 @@ def binlog_end(db: DbParams) -> dict[str, Any]:
 
 
 def set_checkpoint(home: Path, source: dict[str, Any]) -> None:
-    from dbsync_cli.checkpoint import CheckpointStore
+    from dbsync_cli.sender.checkpoint import CheckpointStore
 
     home.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(home)

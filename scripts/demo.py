@@ -20,11 +20,11 @@ from rich.live import Live
 from rich.table import Table
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.devservices import Services, down, ensure_up
 from dbsync_cli.receiver import state
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.openmrs import load_openmrs
-from dbsync_cli.workload.truth import GroundTruth, compare
+from devtools.services import Services, down, ensure_up
+from devtools.workload.generator import generate
+from devtools.workload.openmrs import load_openmrs
+from devtools.workload.truth import GroundTruth, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".demo"

@@ -15,7 +15,7 @@ import pytest
 
 from dbsync_cli.broker import BrokerSettings
 from dbsync_cli.db import DbParams
-from dbsync_cli.devservices import Services, ensure_up
+from devtools.services import Services, ensure_up
 
 SERVICE_DIR = Path(__file__).parent / "service"
 
@@ -65,7 +65,7 @@ def openmrs_db(services: Services, request: pytest.FixtureRequest) -> Iterator[C
     created: list[tuple[DbParams, str]] = []
 
     def make(instance: str, name: str | None = None, metadata: bool = True) -> DbParams:
-        from dbsync_cli.workload.openmrs import load_openmrs  # written in parallel; import when used
+        from devtools.workload.openmrs import load_openmrs  # written in parallel; import when used
 
         admin = services[instance].admin
         if name is None:

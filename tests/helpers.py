@@ -174,7 +174,7 @@ def drop_schema(admin: DbParams, schema: str) -> None:
 
 def datetime_columns(db: DbParams) -> dict[str, set[str]]:
     """DATETIME columns per synced table (the ones that carry the site's UTC offset on the wire)."""
-    from dbsync_cli.schema import SchemaModel
+    from dbsync_cli.openmrs import SchemaModel
 
     with db.connect() as conn:
         model = SchemaModel.load(conn, db.database)

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 from helpers import dbsync, sender_config
 
-from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
+from dbsync_cli.sender.checkpoint import CheckpointStore
 
 
 @dataclass

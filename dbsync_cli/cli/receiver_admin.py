@@ -15,7 +15,7 @@ from dbsync_cli.cli import common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.receiver import central, state
-from dbsync_cli.stages.consume import consume as consume_stage
+from dbsync_cli.receiver.consume import consume as consume_stage
 
 log = logging.getLogger("dbsync")
 

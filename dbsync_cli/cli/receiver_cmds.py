@@ -14,12 +14,12 @@ from rich.table import Table
 from dbsync_cli import exitcodes, records
 from dbsync_cli.cli import common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
+from dbsync_cli.openmrs import SchemaError
 from dbsync_cli.receiver import conflicts as conflicts_mod
 from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.apply import apply as apply_stage
 from dbsync_cli.receiver.retry import retry_pending
-from dbsync_cli.schema import SchemaError
 
 
 def _model(cfg):  # type: ignore[no-untyped-def]

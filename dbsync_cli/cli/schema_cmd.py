@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
-from dbsync_cli.schema import SchemaError, SchemaModel, synced_table_names
+from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 
 
 def schema(config: common.ConfigOption = None, json_out: common.JsonOption = False) -> None:

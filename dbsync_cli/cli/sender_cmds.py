@@ -11,14 +11,14 @@ from typing import Annotated
 import typer
 
 from dbsync_cli import exitcodes, records
-from dbsync_cli import sender as sender_mod
-from dbsync_cli.binlog import CaptureStop
-from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.cli import common
-from dbsync_cli.schema import SchemaError
-from dbsync_cli.stages.capture import capture as capture_stage
-from dbsync_cli.stages.enrich import enrich as enrich_stage
-from dbsync_cli.stages.publish import publish as publish_stage
+from dbsync_cli.openmrs import SchemaError
+from dbsync_cli.sender import run as sender_mod
+from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.sender.capture import capture as capture_stage
+from dbsync_cli.sender.checkpoint import CheckpointStore
+from dbsync_cli.sender.enrich import enrich as enrich_stage
+from dbsync_cli.sender.publish import publish as publish_stage
 
 log = logging.getLogger("dbsync")
 

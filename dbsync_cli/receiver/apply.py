@@ -19,18 +19,18 @@ import pymysql
 import pymysql.cursors
 
 from dbsync_cli.db import DbParams
+from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.model import REST_RESOURCES
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
+from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
+from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
-from dbsync_cli.receiver.position import COLUMNS as POSITION_COLUMNS
-from dbsync_cli.receiver.position import SourcePosition
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
 from dbsync_cli.records import dumps
-from dbsync_cli.schema import SchemaModel, SyncedTable
-from dbsync_cli.schema.openmrs import REST_RESOURCES
-from dbsync_cli.values import parse_timezone
+from dbsync_cli.sender.values import parse_timezone
 
 log = logging.getLogger("dbsync.apply")
 

@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbsync_cli.receiver.position import SourcePosition
+from dbsync_cli.receiver.guard import SourcePosition
 
 
 @dataclass

@@ -8,11 +8,11 @@ from dbsync_cli.broker import BrokerSettings
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
-from dbsync_cli.sender import broker_settings as _broker_settings
+from dbsync_cli.sender.run import broker_settings as _broker_settings
 
 if TYPE_CHECKING:
+    from dbsync_cli.receiver.consume import ConsumeSettings
     from dbsync_cli.receiver.rest import RestSettings
-    from dbsync_cli.stages.consume import ConsumeSettings
 
 
 def central_db(cfg: Config) -> DbParams:
@@ -42,7 +42,7 @@ def migrate_state(cfg: Config) -> int:
 
 def consume_settings(cfg: Config, **overrides: Any) -> ConsumeSettings:
     """ConsumeSettings for ``broker.destination`` (queue or durable topic subscription)."""
-    from dbsync_cli.stages.consume import ConsumeSettings
+    from dbsync_cli.receiver.consume import ConsumeSettings
 
     settings = ConsumeSettings(
         broker=broker_settings(cfg), db=central_db(cfg), state_schema=state_schema(cfg),

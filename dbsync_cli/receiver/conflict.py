@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.receiver.placeholder import is_placeholder
-from dbsync_cli.schema import SyncedTable
 
 HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_hash` carries its hash
 

@@ -13,8 +13,8 @@ from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.conflict import canonical, select_with_hash
+from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.message import parse_raw
-from dbsync_cli.receiver.position import SourcePosition
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
 

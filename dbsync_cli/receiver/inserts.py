@@ -16,9 +16,9 @@ from typing import Any
 
 import pymysql
 
+from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.receiver.batch import Batch
 from dbsync_cli.receiver.resolve import UuidToId
-from dbsync_cli.schema import SyncedTable
 
 log = logging.getLogger("dbsync.apply")
 

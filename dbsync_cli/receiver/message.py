@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
+from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.receiver.resolve import UUID_TEXT
 from dbsync_cli.records import dumps
-from dbsync_cli.schema import SchemaModel, SyncedTable
 
 OPS = ("c", "u", "d", "r")
 

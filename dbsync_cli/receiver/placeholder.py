@@ -13,9 +13,9 @@ import re
 import uuid as uuidlib
 from typing import Any
 
-from dbsync_cli.schema import SchemaModel
-from dbsync_cli.schema.introspect import Column, TableInfo
-from dbsync_cli.schema.openmrs import AUDIT_COLUMNS, PLACEHOLDER_REASON
+from dbsync_cli.openmrs import SchemaModel
+from dbsync_cli.openmrs.introspect import Column, TableInfo
+from dbsync_cli.openmrs.model import AUDIT_COLUMNS, PLACEHOLDER_REASON
 
 _LENGTH = re.compile(r"\((\d+)")
 _TEXT = {"char", "varchar"}

@@ -13,11 +13,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.model import ATTRIBUTE_ID_VALUES
 from dbsync_cli.receiver import placeholder
-from dbsync_cli.schema import SchemaModel, SyncedTable
-from dbsync_cli.schema.openmrs import ATTRIBUTE_ID_VALUES
-from dbsync_cli.uuid_cache import LruMap, chunks
-from dbsync_cli.values import wire_to_local_datetime
+from dbsync_cli.sender.uuid_cache import LruMap, chunks
+from dbsync_cli.sender.values import wire_to_local_datetime
 
 UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}$")
 

@@ -28,8 +28,8 @@ import pymysql
 
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
+from dbsync_cli.openmrs.model import REST_RESOURCES
 from dbsync_cli.receiver.state import schema_name
-from dbsync_cli.schema.openmrs import REST_RESOURCES
 
 log = logging.getLogger("dbsync.rest")
 

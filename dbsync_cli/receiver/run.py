@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from dbsync_cli.config import Config
+from dbsync_cli.openmrs import SchemaModel, synced_table_names
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
-from dbsync_cli.schema import SchemaModel, synced_table_names
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.receiver")
@@ -89,8 +89,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
 
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
-    from dbsync_cli.receiver import central, rest
-    from dbsync_cli.stages import consume
+    from dbsync_cli.receiver import central, consume, rest
 
     params = cfg.db("central_db")
     with params.connect(autocommit=False) as conn:

@@ -12,13 +12,13 @@ import pytest
 from helpers import dbsync
 from receiver_helpers import drop_schema, make_central, make_site
 
+from dbsync_cli.openmrs import SchemaModel, synced_table_names
 from dbsync_cli.receiver.apply import Applier, ApplySettings
 from dbsync_cli.receiver.inserts import consecutive_keys
-from dbsync_cli.schema import SchemaModel, synced_table_names
-from dbsync_cli.stages.enrich import EnrichSettings, enrich
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import compare
+from dbsync_cli.sender.enrich import EnrichSettings, enrich
+from devtools.workload import metadata as md
+from devtools.workload.generator import generate
+from devtools.workload.truth import compare
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import stomp
 
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
-from dbsync_cli.devservices import Services
+from devtools.services import Services
 
 
 class Collector(stomp.ConnectionListener):

@@ -11,9 +11,9 @@ import pytest
 from helpers import dbsync, drain, sender_config
 
 from dbsync_cli import exitcodes
-from dbsync_cli.devservices.mariadb import destroy_mariadb, start_mariadb
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.openmrs import load_openmrs
+from devtools.services.mariadb import destroy_mariadb, start_mariadb
+from devtools.workload.generator import generate
+from devtools.workload.openmrs import load_openmrs
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import stomp
 from helpers import dbsync, drain, drop_schema, receiver_config
 
 from dbsync_cli.broker import BrokerSettings, open_connection
-from dbsync_cli.stages.publish import Publisher, PublishSettings
+from dbsync_cli.sender.publish import Publisher, PublishSettings
 
 
 @pytest.fixture

@@ -20,14 +20,14 @@ import orjson
 import pytest
 from helpers import dbsync, dbsync_cmd, drain, drop_schema, query, receiver_config, sender_config
 
-from dbsync_cli import devservices
 from dbsync_cli.broker import open_connection
-from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.db import DbParams
+from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.receiver import state
-from dbsync_cli.schema import SchemaModel
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import GroundTruth, compare
+from dbsync_cli.sender.checkpoint import CheckpointStore
+from devtools import services as devservices
+from devtools.workload.generator import generate
+from devtools.workload.truth import GroundTruth, compare
 
 pytestmark = pytest.mark.slow
 

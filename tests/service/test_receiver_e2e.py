@@ -19,8 +19,8 @@ from helpers import dbsync_cmd, drain, drop_schema, query, receiver_config, send
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import GroundTruth, compare
+from devtools.workload.generator import generate
+from devtools.workload.truth import GroundTruth, compare
 
 SITES = ("site1", "site2")
 UUID_TABLES_CHECKED = ("person", "visit", "encounter", "obs", "person_name", "patient_identifier", "orders")

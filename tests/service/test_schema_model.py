@@ -6,7 +6,7 @@ import sys
 import orjson
 import pytest
 
-from dbsync_cli.schema import DEFAULT_SYNCED_TABLES, SchemaError, SchemaModel, synced_table_names
+from dbsync_cli.openmrs import DEFAULT_SYNCED_TABLES, SchemaError, SchemaModel, synced_table_names
 
 
 @pytest.fixture

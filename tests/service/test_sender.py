@@ -10,7 +10,7 @@ import orjson
 import pytest
 from helpers import data_mismatches, datetime_columns, dbsync, drain, final_state, sender_config
 
-from dbsync_cli.workload.generator import generate
+from devtools.workload.generator import generate
 
 
 def queue_name() -> str:

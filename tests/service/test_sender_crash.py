@@ -14,8 +14,8 @@ import uuid as uuidlib
 import pytest
 from helpers import check_final_state, dbsync, dbsync_cmd, drain, sender_config
 
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import GroundTruth
+from devtools.workload.generator import generate
+from devtools.workload.truth import GroundTruth
 
 pytestmark = pytest.mark.slow
 

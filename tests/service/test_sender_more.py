@@ -23,11 +23,11 @@ import pytest
 import stomp
 from helpers import check_final_state, dbsync, decode_body, drain, sender_config
 
-from dbsync_cli.bench import delete_queues
 from dbsync_cli.broker import BrokerSettings, open_connection
-from dbsync_cli.devservices import down, ensure_up
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import GroundTruth
+from devtools.bench import delete_queues
+from devtools.services import down, ensure_up
+from devtools.workload.generator import generate
+from devtools.workload.truth import GroundTruth
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from dbsync_cli.devservices import Services, destroy_mariadb, start_mariadb
+from devtools.services import Services, destroy_mariadb, start_mariadb
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services"

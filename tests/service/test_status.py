@@ -19,7 +19,7 @@ import pytest
 from helpers import dbsync, drain
 from receiver_helpers import make_central, make_site
 
-from dbsync_cli.checkpoint import CheckpointStore
+from dbsync_cli.sender.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOSED_BROKER = "stomp://127.0.0.1:1"

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from helpers import query
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.book import TABLES
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.truth import compare
+from devtools.workload import metadata as md
+from devtools.workload.book import TABLES
+from devtools.workload.generator import generate
+from devtools.workload.truth import compare
 
 MakeDb = Callable[..., DbParams]
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dbsync_cli.cli.app import app
-from dbsync_cli.manpages import command_paths
+from devtools.manpages import command_paths
 
 PATHS = command_paths()
 

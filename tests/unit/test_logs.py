@@ -6,7 +6,7 @@ import orjson
 
 from dbsync_cli import logs
 from dbsync_cli.broker import BrokerSettings
-from dbsync_cli.stages.publish import Publisher, PublishSettings
+from dbsync_cli.sender.publish import Publisher, PublishSettings
 
 
 def test_log_file_and_stderr_mask_secrets(tmp_path, capsys) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dbsync_cli.manpages import command_paths, pages
+from devtools.manpages import command_paths, pages
 
 MAN = Path(__file__).resolve().parents[2] / "man"
 

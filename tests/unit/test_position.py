@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dbsync_cli.receiver.position import SourcePosition
+from dbsync_cli.receiver.guard import SourcePosition
 
 
 def message(file: str = "mysql-bin.000009", pos: int = 500, row: int = 0, sent: str = "2026-11-26T06:00:00.000+00:00",

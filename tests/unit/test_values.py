@@ -1,10 +1,10 @@
 import datetime as dt
 from decimal import Decimal
 
+from dbsync_cli.openmrs import class_table
+from dbsync_cli.openmrs.introspect import Column
 from dbsync_cli.records import dumps, format_time
-from dbsync_cli.schema import class_table
-from dbsync_cli.schema.introspect import Column
-from dbsync_cli.values import parse_timezone, wire_converter, wire_to_local_datetime
+from dbsync_cli.sender.values import parse_timezone, wire_converter, wire_to_local_datetime
 
 
 def col(data_type: str) -> Column:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.book import TABLES, ListSink
-from dbsync_cli.workload.generator import run_workload
-from dbsync_cli.workload.truth import GroundTruth
+from devtools.workload import metadata as md
+from devtools.workload.book import TABLES, ListSink
+from devtools.workload.generator import run_workload
+from devtools.workload.truth import GroundTruth
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "openmrs-metadata.sql"
 DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")

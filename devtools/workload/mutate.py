@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.create import CITIES, GIVEN_F, GIVEN_M, NOTES, Work, ts
+from devtools.workload import metadata as md
+from devtools.workload.create import CITIES, GIVEN_F, GIVEN_M, NOTES, Work, ts
 
 PURGE_ORDER = ["encounter_diagnosis", "conditions", "allergy", "patient_state", "patient_program", "obs", "drug_order",
                "test_order", "orders", "encounter_provider", "encounter", "visit_attribute", "visit", "relationship",

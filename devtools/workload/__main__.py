@@ -17,10 +17,10 @@ from pathlib import Path
 import orjson
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.workload.generator import generate
-from dbsync_cli.workload.metadata import metadata_sql
-from dbsync_cli.workload.openmrs import load_openmrs
-from dbsync_cli.workload.truth import GroundTruth, compare
+from devtools.workload.generator import generate
+from devtools.workload.metadata import metadata_sql
+from devtools.workload.openmrs import load_openmrs
+from devtools.workload.truth import GroundTruth, compare
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:

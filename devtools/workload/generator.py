@@ -18,11 +18,11 @@ import pymysql
 from pymysql.converters import escape_item, escape_string
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.book import TABLES, Book, Sink
-from dbsync_cli.workload.create import Work, create_patient, create_staff
-from dbsync_cli.workload.mutate import Mutator
-from dbsync_cli.workload.truth import GroundTruth, SchemaInfo, _q
+from devtools.workload import metadata as md
+from devtools.workload.book import TABLES, Book, Sink
+from devtools.workload.create import Work, create_patient, create_staff
+from devtools.workload.mutate import Mutator
+from devtools.workload.truth import GroundTruth, SchemaInfo, _q
 
 
 def _literal(v: Any) -> str:

@@ -1,6 +1,6 @@
 """Read a live database's structure from information_schema: the only source of table and column names.
 
-Nothing here knows OpenMRS; `dbsync_cli.schema.openmrs` derives the sync model from what this returns.
+Nothing here knows OpenMRS; `dbsync_cli.openmrs.model` derives the sync model from what this returns.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ import stomp
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from dbsync_cli import exitcodes
-from dbsync_cli.binlog import CaptureStop
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.records import dumps
+from dbsync_cli.sender.binlog import CaptureStop
 
 log = logging.getLogger("dbsync.publish")
 

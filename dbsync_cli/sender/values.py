@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from dbsync_cli.openmrs.introspect import Column
 from dbsync_cli.records import format_time
-from dbsync_cli.schema.introspect import Column
 
 Converter = Callable[[Any], Any]
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")

@@ -12,8 +12,8 @@ import random
 import uuid
 from dataclasses import dataclass, field
 
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.book import Book
+from devtools.workload import metadata as md
+from devtools.workload.book import Book
 
 BASE = dt.datetime(2023, 1, 2, 8, 0, 0)
 GIVEN_F = ["Amina", "Grace", "Mary", "Wanjiru", "Achieng", "Fatuma", "Joy", "Esther", "Zawadi", "Halima", "Ruth", "Neema"]

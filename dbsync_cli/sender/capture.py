@@ -27,10 +27,10 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from dbsync_cli import binlog
-from dbsync_cli.binlog import CaptureStop, Position
 from dbsync_cli.db import DbParams
-from dbsync_cli.stages import snapshot as snapshot_stage
+from dbsync_cli.sender import binlog
+from dbsync_cli.sender import snapshot as snapshot_stage
+from dbsync_cli.sender.binlog import CaptureStop, Position
 
 log = logging.getLogger("dbsync.capture")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.devservices.artemis import ArtemisBroker, broker, start_artemis, stop_artemis
-from dbsync_cli.devservices.common import ServiceError, pid_alive, read_pid, secret, services_home
-from dbsync_cli.devservices.mariadb import (
+from devtools.services.artemis import ArtemisBroker, broker, start_artemis, stop_artemis
+from devtools.services.common import ServiceError, pid_alive, read_pid, secret, services_home
+from devtools.services.mariadb import (
     ADMIN_USER,
     DEFAULT_INSTANCES,
     REPL_USER,
@@ -27,7 +27,7 @@ from dbsync_cli.devservices.mariadb import (
     start_mariadb,
     stop_mariadb,
 )
-from dbsync_cli.devservices.tls import ensure_tls
+from devtools.services.tls import ensure_tls
 
 if TYPE_CHECKING:
     from dbsync_cli.broker import BrokerSettings

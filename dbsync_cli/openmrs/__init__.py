@@ -1,7 +1,7 @@
 """Schema introspection and the OpenMRS sync model."""
 
-from dbsync_cli.schema.introspect import Column, ForeignKey, TableInfo, introspect
-from dbsync_cli.schema.openmrs import (
+from dbsync_cli.openmrs.introspect import Column, ForeignKey, TableInfo, introspect
+from dbsync_cli.openmrs.model import (
     DEFAULT_SYNCED_TABLES,
     Identity,
     Reference,

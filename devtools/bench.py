@@ -277,7 +277,7 @@ def sender_config(workdir: Path, site_db: DbParams, broker: BrokerSettings, *, h
 
 class Bench:
     def __init__(self, args: argparse.Namespace):
-        from dbsync_cli.devservices import ensure_up
+        from devtools.services import ensure_up
 
         self.args = args
         services = ensure_up()
@@ -325,7 +325,7 @@ class Bench:
             raise SystemExit(f"bench: {name} exited {m.exit_code}: {m.stderr.decode(errors='replace')[-2000:]}")
 
     def generate(self, rows: int, seed: int) -> int:
-        from dbsync_cli.workload.generator import generate
+        from devtools.workload.generator import generate
 
         patients = max(1, round(rows / ROWS_PER_PATIENT))
         self.say(f"generating ~{rows:,} rows ({patients} patients, obs_per_encounter=20, no mutations) …")
@@ -346,8 +346,8 @@ class Bench:
         self.record(name, confirmed(m.stderr, "sender"), m, note)
 
     def run(self) -> dict[str, Any]:
-        from dbsync_cli.devservices import status
-        from dbsync_cli.workload.openmrs import load_openmrs
+        from devtools.services import status
+        from devtools.workload.openmrs import load_openmrs
 
         args = self.args
         SERVICE_PIDS.update({s["name"]: s["pid"] for s in status() if s["name"] in (self.instance.name, "artemis")})

@@ -12,14 +12,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dbsync_cli.binlog import CaptureStop
 from dbsync_cli.broker import BrokerSettings
-from dbsync_cli.checkpoint import CheckpointStore
 from dbsync_cli.config import Config
-from dbsync_cli.schema import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.stages.capture import CaptureSettings, capture
-from dbsync_cli.stages.enrich import EnrichSettings, enrich
-from dbsync_cli.stages.publish import PublishSettings, publish
+from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
+from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.sender.capture import CaptureSettings, capture
+from dbsync_cli.sender.checkpoint import CheckpointStore
+from dbsync_cli.sender.enrich import EnrichSettings, enrich
+from dbsync_cli.sender.publish import PublishSettings, publish
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.sender")

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbsync_cli.devservices.common import (
+from devtools.services.common import (
     HOST,
     ServiceError,
     cache_dir,
@@ -38,7 +38,7 @@ from dbsync_cli.devservices.common import (
     stop_pid,
     wait_until,
 )
-from dbsync_cli.devservices.tls import TlsFiles, ensure_tls
+from devtools.services.tls import TlsFiles, ensure_tls
 
 VERSION = "2.40.0"
 TARBALL = f"apache-artemis-{VERSION}-bin.tar.gz"

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbsync_cli.schema.introspect import TableInfo, introspect
+from dbsync_cli.openmrs.introspect import TableInfo, introspect
 
 #: The OpenMRS EIP set of synced (patient/clinical) tables, in an order where parents come before children.
 DEFAULT_SYNCED_TABLES: tuple[str, ...] = (

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dbsync_cli.workload import metadata as md
-from dbsync_cli.workload.truth import GroundTruth, ref
+from devtools.workload import metadata as md
+from devtools.workload.truth import GroundTruth, ref
 
 U = "users"
 _AUDIT = {"creator": U, "changed_by": U, "voided_by": U}

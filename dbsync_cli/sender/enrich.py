@@ -16,10 +16,10 @@ from typing import Any
 import pymysql.cursors
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.schema import SchemaModel, SyncedTable, class_table
-from dbsync_cli.schema.openmrs import ATTRIBUTE_ID_VALUES
-from dbsync_cli.uuid_cache import IdToUuid, chunks
-from dbsync_cli.values import Converter, parse_timezone, wire_converter
+from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
+from dbsync_cli.openmrs.model import ATTRIBUTE_ID_VALUES
+from dbsync_cli.sender.uuid_cache import IdToUuid, chunks
+from dbsync_cli.sender.values import Converter, parse_timezone, wire_converter
 
 log = logging.getLogger("dbsync.enrich")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pymysql.constants import CLIENT
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.workload.metadata import metadata_sql
+from devtools.workload.metadata import metadata_sql
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 SCHEMA_SQL = FIXTURES / "openmrs-2.5-schema.sql"

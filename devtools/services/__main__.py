@@ -1,4 +1,4 @@
-"""``python -m dbsync_cli.devservices up|down|status [--only NAME]`` (what scripts/services runs)."""
+"""``python -m devtools.services up|down|status [--only NAME]`` (what scripts/services runs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from dbsync_cli.devservices import ALL_NAMES, ServiceError, down, ensure_up, services_home, status
+from devtools.services import ALL_NAMES, ServiceError, down, ensure_up, services_home, status
 
 
 def main(argv: list[str] | None = None) -> int:

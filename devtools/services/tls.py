@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbsync_cli.devservices.common import run, secret, secret_file
+from devtools.services.common import run, secret, secret_file
 
 DAYS = "825"
 

@@ -28,10 +28,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from dbsync_cli.binlog import Position
+from dbsync_cli.sender.binlog import Position
 
 if TYPE_CHECKING:
-    from dbsync_cli.stages.capture import CaptureSettings
+    from dbsync_cli.sender.capture import CaptureSettings
 
 log = logging.getLogger("dbsync.snapshot")
 

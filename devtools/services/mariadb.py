@@ -20,7 +20,7 @@ from pathlib import Path
 import pymysql
 
 from dbsync_cli.db import DbParams
-from dbsync_cli.devservices.common import (
+from devtools.services.common import (
     HOST,
     ServiceError,
     locked,
@@ -151,7 +151,7 @@ def _greets(port: int, host: str = HOST) -> bool:
 def instance(name: str, port: int | None = None, server_id: int | None = None, *,
              extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None) -> MariaDbInstance:
     """Describe an instance; a default name (central/site1/site2) fills in its port and server id."""
-    from dbsync_cli.devservices.common import port_offset
+    from devtools.services.common import port_offset
 
     if port is None or server_id is None:
         if name not in DEFAULT_INSTANCES:
