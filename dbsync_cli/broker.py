@@ -9,15 +9,20 @@ appears in a repr or an error message.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import stomp
 import stomp.exception
+
+if TYPE_CHECKING:
+    from dbsync_cli.config import Config
 
 SCHEMES = {"stomp": False, "stomp+ssl": True, "stomp+tls": True, "ssl": True}
 DEFAULT_PORTS = {False: 61613, True: 61614}
@@ -75,6 +80,15 @@ class BrokerSettings:
         ctx = ssl.create_default_context(cafile=self.ca_file)
         ctx.check_hostname = self.verify_hostname
         return ctx
+
+
+def settings_from_config(cfg: Config) -> BrokerSettings:
+    """From the ``broker.*`` keys of a sender or receiver config; `broker.tls = true` turns TLS on for stomp:// too."""
+    settings = BrokerSettings.from_url(
+        cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"],
+        ca_file=cfg.get("broker.ca_file"), verify_hostname=cfg["broker.verify_hostname"],
+    )
+    return dataclasses.replace(settings, tls=True) if cfg["broker.tls"] else settings
 
 
 class _ConnectWaiter(stomp.ConnectionListener):

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import logging
 import sys
 from collections.abc import Iterable, Iterator
-from decimal import Decimal
 from typing import IO, Any
 
 import orjson
 
+from dbsync_cli.wire import dumps
+
 log = logging.getLogger("dbsync.records")
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.timedelta):
-        return format_time(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$b64": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-def format_time(value: dt.timedelta) -> str:
-    """A TIME column as MySQL prints it (may be negative or over 24 h)."""
-    micros = value // dt.timedelta(microseconds=1)
-    sign = "-" if micros < 0 else ""
-    seconds, micro = divmod(abs(micros), 1_000_000)
-    text = f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-    return text + (f".{micro:06d}" if micro else "")
-
-
-def dumps(record: Any) -> bytes:
-    return orjson.dumps(record, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 def read(stream: IO[bytes], source: str = "stdin", max_bytes: int | None = None) -> Iterator[dict[str, Any]]:

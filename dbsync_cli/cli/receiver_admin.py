@@ -88,14 +88,8 @@ def sites_add(
     print(f"site {site.identifier!r} registered ({site.name})")
 
 
-def _last_sync(conn: Any, schema: str) -> dict[int, Any]:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT site_id, last_sync_date FROM {state.schema_name(schema)}.receiver_sync_status")  # noqa: S608
-        return {int(row[0]): row[1] for row in cur.fetchall()}
-
-
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
-    last = _last_sync(conn, schema)
+    last = state.last_sync_dates(conn, schema)
     return [
         {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
          "disabled": site.disabled, "last_sync_date": last.get(site.id)}

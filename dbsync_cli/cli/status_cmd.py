@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dbsync_cli import config as config_mod
-from dbsync_cli import logs
-from dbsync_cli import status as status_mod
+from dbsync_cli import health, logs
 from dbsync_cli.cli import common
+from dbsync_cli.receiver.status import receiver_status
+from dbsync_cli.sender.status import sender_status
 
 _STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta", "DISABLED": "dim"}
 
@@ -77,15 +78,15 @@ def status(
     role = common.detect_role(path)
     result = config_mod.validate(path, role)
     if not isinstance(result, config_mod.Config):
-        report = status_mod.unknown(role, f"config: {result[0]}", str(path) if path else None)
+        report = health.unknown(role, f"config: {result[0]}", str(path) if path else None)
     else:
         # stderr only: a monitoring user may not be allowed to write the service's log file
         logs.setup(result["log_level"], common.state["verbosity"] - 1, None, result.secrets())
         if common.state["verbosity"] <= 0:  # the report names an unreachable broker already
             logging.getLogger("stomp.py").setLevel(logging.ERROR)
-        report = status_mod.status(result, overrides)
+        report = (sender_status if result.role == "sender" else receiver_status)(result, overrides)
     if json_out:
-        sys.stdout.write(status_mod.to_json(report).decode() + "\n")
+        sys.stdout.write(health.to_json(report).decode() + "\n")
     else:
         _print(report)
     raise typer.Exit(report["exit_code"])
@@ -101,7 +102,7 @@ def _print(report: dict[str, Any]) -> None:
                   f"[dim]({report['config']}, {report['checked_at']})[/]")
     by_check: dict[str, str] = {}
     for problem in report["problems"]:
-        by_check[problem["check"]] = status_mod.worst([by_check.get(problem["check"], "OK"), problem["state"]])
+        by_check[problem["check"]] = health.worst([by_check.get(problem["check"], "OK"), problem["state"]])
     table = Table("check", "value", "state")
     rows = _sender_rows(report) if report["role"] == "sender" else _receiver_rows(report)
     for check, value, key in rows:
@@ -112,7 +113,7 @@ def _print(report: dict[str, Any]) -> None:
         sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "state")
         for site in report["sites"]:
             sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or "never",
-                          status_mod.duration(site["silent_seconds"]), str(site["messages"]), _cell(site["state"]))
+                          health.duration(site["silent_seconds"]), str(site["messages"]), _cell(site["state"]))
         console.print(sites)
     for problem in report["problems"]:
         console.print(f"{_cell(problem['state'])} {problem['check']}: {problem['message']}", markup=True,
@@ -129,13 +130,13 @@ def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     cp, lag, rate = report.get("checkpoint"), report.get("lag") or {}, report.get("rate")
     checkpoint = "none"
     if cp:
-        checkpoint = (f"{cp['file']}:{cp['pos']} row {cp['row']}, updated {status_mod.duration(cp['age_seconds'])} "
+        checkpoint = (f"{cp['file']}:{cp['pos']} row {cp['row']}, updated {health.duration(cp['age_seconds'])} "
                       f"ago" + (f" (snapshot of {cp['snapshot_table']})" if cp["snapshot"] else ""))
     end = lag.get("binlog_end")
     return [
         ("checkpoint", checkpoint, "checkpoint"),
         ("binlog end", f"{end['file']}:{end['pos']}" if end else "?", "binlog"),
-        ("lag", f"{status_mod.size(lag.get('bytes'))}, {status_mod.duration(lag.get('seconds'))} behind"
+        ("lag", f"{health.size(lag.get('bytes'))}, {health.duration(lag.get('seconds'))} behind"
          if lag.get("bytes") is not None else "?", "lag"),
         ("rate", f"{rate['rows_per_second']:g} rows/s (1 min), {rate['rows_per_second_5m']:g} rows/s (5 min), "
                  f"{rate['rows_last_hour']} in the last hour" if rate else "?", "rate"),
@@ -147,7 +148,7 @@ def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     def queue(name: str, key: str) -> str:
         q = report.get(name)
-        return "?" if q is None else f"{q[key]} (oldest {status_mod.duration(q['oldest_seconds'])})" if q[key] else "0"
+        return "?" if q is None else f"{q[key]} (oldest {health.duration(q['oldest_seconds'])})" if q[key] else "0"
 
     rest = report.get("rest")
     rest_text = "?"

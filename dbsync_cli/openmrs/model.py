@@ -1,63 +1,27 @@
-"""The one place that knows OpenMRS: which tables sync, how a row is identified, how references travel, special rules.
+"""The sync model of an OpenMRS database: which tables sync, how a row is identified, how references travel.
 
-Everything is derived from the introspected schema, so module tables and later OpenMRS versions work when configured;
-the only literal knowledge is the EIP table set and the EIP rules (users secrets, site suffixes, attribute ids).
+Everything is derived from the introspected schema, so module tables and later OpenMRS versions work when
+configured; the literal OpenMRS knowledge it applies (the EIP table set, secrets, suffixes, attribute ids,
+undeclared references) lives in `rules`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dbsync_cli.openmrs.introspect import TableInfo, introspect
-
-#: The OpenMRS EIP set of synced (patient/clinical) tables, in an order where parents come before children.
-DEFAULT_SYNCED_TABLES: tuple[str, ...] = (
-    "person", "patient", "users", "provider", "person_name", "person_address", "person_attribute",
-    "patient_identifier", "relationship", "visit", "visit_attribute", "encounter", "encounter_provider",
-    "obs", "encounter_diagnosis", "conditions", "allergy", "patient_program", "patient_state",
-    "patient_program_attribute", "order_group", "order_group_attribute", "orders", "drug_order", "test_order",
-    "referral_order", "order_attribute", "diagnosis_attribute",
-)  # fmt: skip
-
-#: Columns of `users` that never leave the site (credentials and reset secrets).
-SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": ("password", "salt", "secret_question", "secret_answer", "activation_key"),
-}
-
-#: Columns that central suffixes with `|<site>` so that usernames and provider identifiers of sites cannot collide.
-SITE_SUFFIX_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": ("username", "system_id"),
-    "provider": ("identifier",),
-}
-
-#: Attribute tables whose value column holds a local id when the attribute type's format is an org.openmrs class.
-ATTRIBUTE_ID_VALUES: dict[str, tuple[str, str, str]] = {
-    # table: (value column, attribute type reference column, format column of the type table)
-    "person_attribute": ("value", "person_attribute_type_id", "format"),
-}
-
-#: Columns that reference users by OpenMRS convention even where the schema declares no foreign key
-#: (e.g. person_name.changed_by in 2.5): a local id must never cross the wire unconverted.
-AUDIT_COLUMNS = ("creator", "changed_by", "voided_by", "retired_by")
-
-#: Other references the 2.5 schema leaves undeclared.
-UNDECLARED_REFERENCES: dict[tuple[str, str], str] = {("orders", "concept_id"): "concept"}
-
-#: Tables whose changes OpenMRS must hear about (cleardbcache + searchindexupdate): (resource, subResource).
-REST_RESOURCES: dict[str, tuple[str, str | None]] = {
-    "person": ("person", None),
-    "patient": ("patient", None),
-    "person_name": ("person", "name"),
-    "patient_identifier": ("patient", "identifier"),
-    "person_attribute": ("person", "attribute"),
-}
-
-PLACEHOLDER_REASON = "[placeholder]"
-
-_CLASS_TABLE_EXCEPTIONS = {"User": "users", "Order": "orders"}
+from dbsync_cli.openmrs.rules import (
+    ATTRIBUTE_ID_VALUES,
+    AUDIT_COLUMNS,
+    DEFAULT_SYNCED_TABLES,
+    DEFAULT_USER_TABLE,
+    SECRET_COLUMNS,
+    SITE_SUFFIX_COLUMNS,
+    UNDECLARED_REFERENCES,
+)
+from dbsync_cli.sql import Sql, quote, sql
 
 
 class SchemaError(Exception):
@@ -115,16 +79,6 @@ class SyncedTable:
             "site_suffix_columns": list(self.site_suffix_columns),
             "attribute_id_value": self.name in ATTRIBUTE_ID_VALUES,
         }
-
-
-def class_table(java_class: str) -> str | None:
-    """`org.openmrs.ProgramWorkflow` → `program_workflow`: the table an attribute format class is stored in."""
-    if not java_class.startswith("org.openmrs.") or java_class.count(".") != 2:
-        return None
-    simple = java_class.rsplit(".", 1)[1]
-    if simple in _CLASS_TABLE_EXCEPTIONS:
-        return _CLASS_TABLE_EXCEPTIONS[simple]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", simple).lower()
 
 
 class SchemaModel:
@@ -191,15 +145,22 @@ class SchemaModel:
         except KeyError:
             raise SchemaError(f"table {name!r} is not a synced table") from None
 
-    def ident(self, table: str, column: str | None = None) -> str:
+    def ident(self, table: str, column: str | None = None) -> Sql:
         """A quoted identifier, only for names the introspected schema has: never built from message text."""
         info = self.tables.get(table)
         if info is None or (column is not None and column not in info.columns):
             raise SchemaError(f"unknown {'column' if column else 'table'} {table}{'.' + column if column else ''}")
-        return f"`{table}`" if column is None else f"`{column}`"
+        return quote(table) if column is None else quote(column)
 
     def describe(self) -> list[dict[str, Any]]:
         return [t.describe() for t in self.synced.values()]
+
+    def default_user(self, cur: Any) -> int:
+        """The central user that placeholders and required audit columns fall back to (the lowest id: admin)."""
+        info = self.tables[DEFAULT_USER_TABLE]
+        cur.execute(sql("SELECT MIN({}) FROM {}", quote(info.primary_key[0]), quote(info.name)))
+        found = cur.fetchone()[0]
+        return int(found) if found else 1
 
 
 def synced_table_names(tables: list[str] | None, extra: list[str] | None) -> list[str]:

@@ -20,17 +20,18 @@ import pymysql.cursors
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.model import REST_RESOURCES
+from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
-from dbsync_cli.receiver.message import Parsed, entity_key, is_heartbeat, parse
+from dbsync_cli.receiver.message import Parsed, entity_key, parse, parse_raw
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
-from dbsync_cli.records import dumps
-from dbsync_cli.sender.values import parse_timezone
+from dbsync_cli.sql import chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.timezones import parse_timezone
+from dbsync_cli.wire import DELETE, dumps, is_heartbeat
 
 log = logging.getLogger("dbsync.apply")
 
@@ -57,8 +58,7 @@ class Applier:
             cur.execute("SET time_zone = '+00:00'")
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             state.migrate(self.conn, settings.state_schema, settings.central.database)
-            cur.execute("SELECT MIN(user_id) FROM users")
-            self.default_user = cur.fetchone()[0] or 1
+            self.default_user = model.default_user(cur)
         self.ids = UuidToId(model)
         self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
         self.sites: dict[str, state.Site] = {}
@@ -71,22 +71,74 @@ class Applier:
         self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, packet // 2))
         self._grouping = False
         # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
-        # when the batch started, dropped when the batch writes them; entity_hash only changes in _finish.
+        # when the batch started, dropped when the batch writes them; entity_hash only changes in finish_batch.
         self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
         self._synced: dict[tuple[str, str], tuple[str | None, SourcePosition | None]] | None = None
-        self._load_blocked()
+        self.reload_blocked()
 
     def close(self) -> None:
         self.conn.close()
 
-    def _load_blocked(self) -> None:
+    # ---- the interface of the retry queue and conflict resolution ---------------------------------------------
+    def reload_blocked(self) -> None:
+        """Re-read which entities wait behind a retry entry or an unresolved conflict (after the queues changed)."""
         with self.conn.cursor() as cur:
-            cur.execute(
-                f"SELECT entity_key FROM {self.s}.receiver_retry_queue WHERE entity_key IS NOT NULL "  # noqa: S608
-                f"UNION SELECT entity_key FROM {self.s}.receiver_conflict_queue WHERE resolved = 0"
-            )
+            cur.execute(sql("SELECT entity_key FROM {s}.receiver_retry_queue WHERE entity_key IS NOT NULL "
+                            "UNION SELECT entity_key FROM {s}.receiver_conflict_queue WHERE resolved = 0", s=self.s))
             self.blocked = {row[0] for row in cur.fetchall()}
         self.conn.commit()
+
+    def refresh_sites(self) -> None:
+        """Re-read the registered sites (a site added or disabled since)."""
+        self.sites = state.sites(self.conn, self.settings.state_schema)
+
+    def parse_stored(self, raw: bytes, message_id: str, site: str | None) -> Parsed:
+        """A message body kept in the retry or conflict queue."""
+        return parse_raw(raw, message_id, site, self.model, self.settings.max_message_bytes)
+
+    def apply_message(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
+                      only: list[str] | None = None) -> Outcome:
+        """Apply one message inside the caller's transaction, collecting its bookkeeping in `batch`.
+
+        `from_queue`: the message is the one its entity waits for (it is not parked behind itself); `force`
+        skips the conflict rule and the order guard; `only` limits an update to these columns (--merge)."""
+        return self._one(cur, item, batch, from_queue=from_queue, force=force, only=only)
+
+    def rolled_back(self) -> None:
+        """After a rollback (to a savepoint): cached ids may name rows that no longer exist."""
+        self.ids.clear()
+
+    def finish_batch(self, cur: Any, batch: Batch) -> None:
+        """Write what `batch` collected (entity hashes, handled ids, inbox deletions, REST calls, site status) in
+        the caller's transaction, which commits it with the changes."""
+        stamp = now()
+        self._write_entity_hash(cur, batch, stamp)
+        if batch.handled:
+            cur.executemany(sql("INSERT IGNORE INTO {}.applied_message (message_id, date_applied) VALUES (%s, %s)",
+                                self.s), [(m[:255], stamp) for m in batch.handled])
+        if batch.inbox:
+            cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", self.s, placeholders(len(batch.inbox))),
+                        batch.inbox)
+        if batch.rest:
+            cur.executemany(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
+                                "VALUES (%s, %s, %s, %s)", self.s), [(*r, stamp) for r in batch.rest])
+        for identifier, (count, last_id) in batch.sites.items():
+            cur.execute(
+                sql("INSERT INTO {}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "
+                    "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
+                    "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)", self.s),
+                (self.sites[identifier].id, stamp, last_id[:255], count),
+            )
+
+    def rebaseline(self, cur: Any, table: SyncedTable, uuid: str, site: str, position: SourcePosition | None,
+                   key: Any) -> None:
+        """Central's row (`key`; None: its absence, kept as a tombstone) becomes the entity's sync baseline, at
+        `position`, so that a late redelivery older than the decision cannot undo it."""
+        batch = Batch()
+        if key is not None:
+            batch.touched[(table.name, key)] = (uuid, site)
+        self._applied_at(cur, batch, table, uuid, position, None if key is not None else site)
+        self._write_entity_hash(cur, batch, now())
 
     # ---- the stage -------------------------------------------------------------------------------------------
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -103,7 +155,7 @@ class Applier:
 
     def apply_batch(self, records: list[dict[str, Any]]) -> list[Outcome]:
         parsed = [parse(r, self.model, self.settings.max_message_bytes) for r in records]
-        self.sites = state.sites(self.conn, self.settings.state_schema)
+        self.refresh_sites()
         blocked_before = set(self.blocked)
         try:
             result = self._run(parsed, careful=False)
@@ -130,7 +182,7 @@ class Applier:
                 self._grouping = False
                 self.inserts.reset()
                 self._rows = self._synced = None
-            self._finish(cur, batch)
+            self.finish_batch(cur, batch)
         self.conn.commit()
         for outcome in batch.outcomes:
             if outcome.outcome in ("retry", "error", "waiting"):
@@ -146,19 +198,19 @@ class Applier:
                 continue
             done.add(item.message_id)
             if careful:
-                cur.execute(f"SAVEPOINT m{index}")
+                cur.execute(sql("SAVEPOINT {}", quote(f"m{index}")))
             try:
                 batch.outcomes.append(self._one(cur, item, batch))
             except Exception as exc:
                 if not careful:
                     raise
-                cur.execute(f"ROLLBACK TO SAVEPOINT m{index}")
-                self.ids.clear()
+                cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
+                self.rolled_back()
                 reason = exc.args[1] if isinstance(exc, pymysql.MySQLError) and len(exc.args) > 1 else str(exc)
                 batch.outcomes.append(self._park(cur, item, f"apply failed: {reason}", batch))
 
     # ---- one message ---------------------------------------------------------------------------------------
-    def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_retry: bool = False, force: bool = False,
+    def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
              only: list[str] | None = None) -> Outcome:
         if item.error is not None:
             return self._park(cur, item, item.error, batch, kind="error")
@@ -170,7 +222,7 @@ class Applier:
             why = "is not registered" if site is None else "is disabled"
             return self._park(cur, item, f"site {message['site']!r} {why} (dbsync sites add)", batch)
         ek = entity_key(self.model, table, message["uuid"])
-        if ek in self.blocked and not from_retry:
+        if ek in self.blocked and not from_queue:
             return self._park(cur, item, f"waiting behind an earlier message for {ek}", batch, kind="waiting")
         try:
             outcome = self._change(cur, item, table, batch, force=force, only=only)
@@ -205,14 +257,14 @@ class Applier:
                                f"from {position}, before the change applied last ({last})")
         key = self.ids.lookup(cur, ident, uuid)
         current = self._current(cur, table, key) if key is not None else None
-        if message["op"] == "d":
+        if message["op"] == DELETE:
             if current is None:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
                 return Outcome(item.message_id, "applied", table.name, uuid, "already absent")
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
-            cur.execute(f"DELETE FROM `{table.name}` WHERE `{table.key}` = %s", (key,))  # noqa: S608
+            cur.execute(sql("DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key)), (key,))
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
@@ -237,8 +289,8 @@ class Applier:
             if verdict.stale:
                 return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
             if values:
-                sets = ", ".join(f"`{c}` = %s" for c in values)
-                cur.execute(f"UPDATE `{table.name}` SET {sets} WHERE `{table.key}` = %s",  # noqa: S608
+                sets = join(sql("{} = %s", quote(c)) for c in values)
+                cur.execute(sql("UPDATE {} SET {} WHERE {} = %s", quote(table.name), sets, quote(table.key)),
                             [*values.values(), key])
         else:
             row = dict(values)
@@ -251,9 +303,8 @@ class Applier:
                 batch.ours.add((table.name, uuid))
                 self._applied_at(cur, batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
-            columns = ", ".join(f"`{c}`" for c in row)
-            cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES ({', '.join(['%s'] * len(row))})",  # noqa: S608
-                        list(row.values()))
+            cur.execute(sql("INSERT INTO {} ({}) VALUES ({})", quote(table.name), columns(row),
+                            placeholders(len(row))), list(row.values()))
             if not table.is_subclass:
                 key = cur.lastrowid
                 self.ids.remember(ident, uuid, key)
@@ -282,10 +333,9 @@ class Applier:
     def _fetch_synced(self, cur: Any, table: str, uuids: list[str]) -> dict[tuple[str, str], Any]:
         """entity_hash entries (hash, position) of these uuids, (None, None) for the unknown, 1,000 per query."""
         found: dict[tuple[str, str], Any] = {(table, u): (None, None) for u in uuids}
-        for i in range(0, len(uuids), 1000):
-            part = uuids[i:i + 1000]
-            cur.execute(f"SELECT entity_uuid, hash, {', '.join(POSITION_COLUMNS)} FROM {self.s}.entity_hash "  # noqa: S608
-                        f"WHERE table_name = %s AND entity_uuid IN ({','.join(['%s'] * len(part))})", [table, *part])
+        for part in chunks(uuids):
+            cur.execute(sql("SELECT entity_uuid, hash, {} FROM {}.entity_hash WHERE table_name = %s AND entity_uuid "
+                            "IN ({})", columns(POSITION_COLUMNS), self.s, placeholders(len(part))), [table, *part])
             for row in cur.fetchall():
                 found[(table, row[0])] = (row[1], SourcePosition.from_row(row[2:]))
         return found
@@ -313,11 +363,11 @@ class Applier:
     def _rows_by_key(self, table: str, keys: list[Any], *, whole: bool = True) -> Iterator[Any]:
         """Central rows by primary key with their hash, 1,000 per query: whole (dicts) or (key, hash) tuples."""
         info = self.model.synced[table]
-        select = select_with_hash(info) if whole else f"SELECT `{info.key}`, {hash_sql(info)} FROM `{table}`"  # noqa: S608
+        select = select_with_hash(info) if whole else sql("SELECT {}, {} FROM {}", quote(info.key), hash_sql(info),
+                                                          quote(table))
         with self.conn.cursor(pymysql.cursors.DictCursor if whole else pymysql.cursors.Cursor) as dcur:
-            for i in range(0, len(keys), 1000):
-                part = keys[i:i + 1000]
-                dcur.execute(f"{select} WHERE `{info.key}` IN ({','.join(['%s'] * len(part))})", part)
+            for part in chunks(keys):
+                dcur.execute(sql("{} WHERE {} IN ({})", select, quote(info.key), placeholders(len(part))), part)
                 yield from dcur.fetchall()
 
     def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
@@ -326,7 +376,7 @@ class Applier:
             if row is not None:
                 return row
         with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-            dcur.execute(f"{select_with_hash(table)} WHERE `{table.key}` = %s", (key,))
+            dcur.execute(sql("{} WHERE {} = %s", select_with_hash(table), quote(table.key)), (key,))
             return dcur.fetchone()
 
     def _judge(self, cur: Any, table: SyncedTable, uuid: str, current: dict[str, Any], message: dict[str, Any],
@@ -348,8 +398,8 @@ class Applier:
         # a message that can never apply (kind "error") holds nothing up; a retry keeps its entity's later messages
         ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
         cur.execute(
-            f"INSERT INTO {self.s}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "  # noqa: S608
-            "date_created) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            sql("INSERT INTO {}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "
+                "date_created) VALUES (%s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id[:255], str(message.get("site") or item.site or "")[:100] or None,
              item.table.name if item.table else None, ek, item.raw, reason[:2000], now()),
         )
@@ -363,8 +413,8 @@ class Applier:
         assert message is not None and item.table is not None
         ek = entity_key(self.model, item.table, message["uuid"])
         cur.execute(
-            f"INSERT INTO {self.s}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "  # noqa: S608
-            "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            sql("INSERT INTO {}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "
+                "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id, message["site"], item.table.name, message["uuid"], ek, item.raw,
              dumps({c: v for c, v in current.items() if c != HASH}), verdict.reason, now()),
         )
@@ -375,11 +425,9 @@ class Applier:
     # ---- batch bookkeeping ---------------------------------------------------------------------------------
     def _handled_ids(self, cur: Any, ids: list[str]) -> set[str]:
         found: set[str] = set()
-        unique = sorted(set(ids))
-        for i in range(0, len(unique), 1000):
-            part = unique[i : i + 1000]
-            cur.execute(f"SELECT message_id FROM {self.s}.applied_message WHERE message_id IN "  # noqa: S608
-                        f"({','.join(['%s'] * len(part))})", part)
+        for part in chunks(sorted(set(ids))):
+            cur.execute(sql("SELECT message_id FROM {}.applied_message WHERE message_id IN ({})", self.s,
+                            placeholders(len(part))), part)
             found.update(row[0] for row in cur.fetchall())
         return found
 
@@ -393,26 +441,6 @@ class Applier:
                 wanted.setdefault(ident, set()).add(uuid)
         for ident, uuids in wanted.items():
             self.ids.prefetch(cur, ident, uuids)
-
-    def _finish(self, cur: Any, batch: Batch) -> None:
-        stamp = now()
-        self._write_entity_hash(cur, batch, stamp)
-        if batch.handled:
-            cur.executemany(f"INSERT IGNORE INTO {self.s}.applied_message (message_id, date_applied) "  # noqa: S608
-                            "VALUES (%s, %s)", [(m[:255], stamp) for m in batch.handled])
-        if batch.inbox:
-            cur.execute(f"DELETE FROM {self.s}.inbox WHERE id IN ({','.join(['%s'] * len(batch.inbox))})",  # noqa: S608
-                        batch.inbox)
-        if batch.rest:
-            cur.executemany(f"INSERT INTO {self.s}.rest_call (resource, sub_resource, entity_uuid, date_created) "  # noqa: S608
-                            "VALUES (%s, %s, %s, %s)", [(*r, stamp) for r in batch.rest])
-        for identifier, (count, last_id) in batch.sites.items():
-            cur.execute(
-                f"INSERT INTO {self.s}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "  # noqa: S608
-                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
-                "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)",
-                (self.sites[identifier].id, stamp, last_id[:255], count),
-            )
 
     def _write_entity_hash(self, cur: Any, batch: Batch, stamp: dt.datetime) -> None:
         """Hash and source position of every row the batch wrote; a tombstone (no hash) for every delete."""
@@ -432,12 +460,11 @@ class Applier:
                 uuid, site = batch.touched[(table, key)]
                 entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
         if entries:
-            keep = ", ".join(f"{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))" for c in POSITION_COLUMNS)
+            keep = join(sql("{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))", c=quote(c)) for c in POSITION_COLUMNS)
             cur.executemany(
-                f"INSERT INTO {self.s}.entity_hash (table_name, entity_uuid, hash, site, date_synced, "  # noqa: S608
-                f"{', '.join(POSITION_COLUMNS)}) VALUES ({', '.join(['%s'] * (5 + len(POSITION_COLUMNS)))}) "
-                f"ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
-                f"{keep}", entries)
+                sql("INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, date_synced, {}) VALUES ({}) "
+                    "ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
+                    "{}", self.s, columns(POSITION_COLUMNS), placeholders(5 + len(POSITION_COLUMNS)), keep), entries)
 
 
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dbsync_cli.broker import BrokerSettings
+from dbsync_cli.broker import BrokerSettings, settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
-from dbsync_cli.sender.run import broker_settings as _broker_settings
 
 if TYPE_CHECKING:
     from dbsync_cli.receiver.consume import ConsumeSettings
@@ -28,7 +27,7 @@ def state_schema(cfg: Config) -> str:
 
 
 def broker_settings(cfg: Config) -> BrokerSettings:
-    return _broker_settings(cfg)
+    return settings_from_config(cfg)
 
 
 def migrate_state(cfg: Config) -> int:

@@ -15,11 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 from dbsync_cli.openmrs import SyncedTable
+from dbsync_cli.openmrs.rules import CHANGE_DATE_COLUMNS
 from dbsync_cli.receiver.placeholder import is_placeholder
+from dbsync_cli.sql import Sql, join, quote, sql
 
 HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_hash` carries its hash
-
-DATE_COLUMNS = ("date_changed", "date_voided", "date_retired")
 
 
 @dataclass
@@ -41,20 +41,20 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def hash_sql(table: SyncedTable) -> str:
+def hash_sql(table: SyncedTable) -> Sql:
     """SQL for the hash of a row exactly as stored at central (columns from the introspected schema only): it only
     has to tell whether the row changed since dbsync wrote it. Needs the session time zone apply uses (+00:00)."""
-    quoted = ", ".join(f"QUOTE(`{column}`)" for column in sorted(table.info.columns))
-    return f"SHA2(CONCAT_WS(',', {quoted}), 256)"
+    quoted = join(sql("QUOTE({})", quote(column)) for column in sorted(table.info.columns))
+    return sql("SHA2(CONCAT_WS(',', {}), 256)", quoted)
 
 
-def select_with_hash(table: SyncedTable) -> str:
+def select_with_hash(table: SyncedTable) -> Sql:
     """`SELECT` of whole rows plus their hash (under HASH); append the WHERE clause."""
-    return f"SELECT *, {hash_sql(table)} AS `{HASH}` FROM `{table.name}`"  # noqa: S608 - names from the schema
+    return sql("SELECT *, {} AS {} FROM {}", hash_sql(table), quote(HASH), quote(table.name))
 
 
 def _latest(values: dict[str, Any]) -> dt.datetime | None:
-    dates = [v for c in DATE_COLUMNS if isinstance(v := values.get(c), dt.datetime)]
+    dates = [v for c in CHANGE_DATE_COLUMNS if isinstance(v := values.get(c), dt.datetime)]
     return max(dates) if dates else None
 
 

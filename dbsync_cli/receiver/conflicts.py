@@ -9,14 +9,13 @@ from typing import Any
 import orjson
 import pymysql.cursors
 
-from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.conflict import canonical, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
-from dbsync_cli.receiver.message import parse_raw
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
+from dbsync_cli.sql import Sql, quote, sql
 
 MODES = ("keep-central", "take-incoming", "merge", "manual")
 
@@ -45,20 +44,21 @@ class Conflict:
                 "resolution": self.resolution, "message_id": self.message_id}
 
 
-_COLUMNS = ("id, message_id, site, table_name, entity_uuid, reason, date_created, resolved, resolution, body, "
-            "central_row")
+_SELECT = ("SELECT id, message_id, site, table_name, entity_uuid, reason, date_created, resolved, resolution, "
+           "body, central_row FROM {}.receiver_conflict_queue")
 
 
-def list_conflicts(conn: Any, schema: str, include_resolved: bool = False) -> list[Conflict]:
-    where = "" if include_resolved else " WHERE resolved = 0"
+def list_conflicts(conn: Any, schema: Sql, include_resolved: bool = False) -> list[Conflict]:
+    """`schema`: the quoted state schema (`Applier.s`)."""
+    where = sql("") if include_resolved else sql(" WHERE resolved = 0")
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM {schema}.receiver_conflict_queue{where} ORDER BY id")  # noqa: S608
+        cur.execute(sql(_SELECT + "{} ORDER BY id", schema, where))
         return [_conflict(row) for row in cur.fetchall()]
 
 
-def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
+def get_conflict(conn: Any, schema: Sql, number: int) -> Conflict:
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM {schema}.receiver_conflict_queue WHERE id = %s", (number,))  # noqa: S608
+        cur.execute(sql(_SELECT + " WHERE id = %s", schema), (number,))
         row = cur.fetchone()
     if row is None:
         raise ConflictError(f"conflict {number} does not exist")
@@ -84,7 +84,7 @@ def diff(applier: Applier, conflict: Conflict) -> list[tuple[str, Any, Any, bool
             shown_in = incoming.get("uuid") if isinstance(incoming, dict) else incoming
         else:
             try:
-                converted = applier.convert._value(table.info.columns[column].data_type, incoming, column)
+                converted = applier.convert.value(table.info.columns[column].data_type, incoming, column)
             except MessageError:
                 converted = incoming
             shown_in = converted
@@ -95,7 +95,7 @@ def diff(applier: Applier, conflict: Conflict) -> list[tuple[str, Any, Any, bool
 def _uuid_of(applier: Applier, table: str, key: Any) -> Any:
     pk = applier.model.tables[table].primary_key[0]
     with applier.conn.cursor() as cur:
-        cur.execute(f"SELECT uuid FROM `{table}` WHERE `{pk}` = %s", (key,))  # noqa: S608
+        cur.execute(sql("SELECT uuid FROM {} WHERE {} = %s", quote(table), quote(pk)), (key,))
         row = cur.fetchone()
     return row[0] if row else key
 
@@ -104,12 +104,12 @@ def _current_row(applier: Applier, table_name: str, uuid: str) -> dict[str, Any]
     table = applier.model.synced[table_name]
     ident = table.identity
     with applier.conn.cursor() as cur:
-        cur.execute(f"SELECT `{ident.key}` FROM `{ident.table}` WHERE uuid = %s", (uuid,))  # noqa: S608
+        cur.execute(sql("SELECT {} FROM {} WHERE uuid = %s", quote(ident.key), quote(ident.table)), (uuid,))
         found = cur.fetchone()
     if found is None:
         return None
     with applier.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-        dcur.execute(f"{select_with_hash(table)} WHERE `{table.key}` = %s", (found[0],))
+        dcur.execute(sql("{} WHERE {} = %s", select_with_hash(table), quote(table.key)), (found[0],))
         return dcur.fetchone()
 
 
@@ -120,11 +120,8 @@ def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
     current = _current_row(applier, table.name, conflict.uuid)
     message = orjson.loads(conflict.body)
     position = SourcePosition.of(message) if isinstance(message, dict) else None
-    batch = Batch()
-    if current is not None:
-        batch.touched[(table.name, current[table.key])] = (conflict.uuid, conflict.site)
-    applier._applied_at(cur, batch, table, conflict.uuid, position, None if current is not None else conflict.site)
-    applier._write_entity_hash(cur, batch, now())
+    applier.rebaseline(cur, table, conflict.uuid, conflict.site, position,
+                       current[table.key] if current is not None else None)
 
 
 def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None) -> str:
@@ -135,28 +132,27 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
     conflict = get_conflict(applier.conn, s, number)
     if conflict.resolved:
         raise ConflictError(f"conflict {number} is already resolved ({conflict.resolution})")
-    applier.sites = state.sites(applier.conn, applier.settings.state_schema)
+    applier.refresh_sites()
     with applier.conn.cursor() as cur:
         if mode in ("take-incoming", "merge"):
-            item = parse_raw(conflict.body, conflict.message_id, conflict.site, applier.model,
-                             applier.settings.max_message_bytes)
+            item = applier.parse_stored(conflict.body, conflict.message_id, conflict.site)
             if item.error is not None:
                 raise ConflictError(f"conflict {number}: stored message is invalid: {item.error}")
             if mode == "merge" and (item.message or {}).get("op") == "d":
                 raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
             batch = Batch()
-            outcome = applier._one(cur, item, batch, from_retry=True, force=True,
-                                   only=merge_columns if mode == "merge" else None)
+            outcome = applier.apply_message(cur, item, batch, from_queue=True, force=True,
+                                            only=merge_columns if mode == "merge" else None)
             if outcome.outcome != "applied":
                 applier.conn.rollback()
                 raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
-            applier._finish(cur, batch)
+            applier.finish_batch(cur, batch)
         else:
             _rebaseline(applier, cur, conflict)
-        cur.execute(f"UPDATE {s}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "  # noqa: S608
-                    "WHERE id = %s", (mode, now(), number))
+        cur.execute(sql("UPDATE {}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "
+                        "WHERE id = %s", s), (mode, now(), number))
     applier.conn.commit()
-    applier._load_blocked()
+    applier.reload_blocked()
     released = retry_pending(applier)
     done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
     return f"conflict {number} resolved ({mode}); {done} waiting message(s) applied"

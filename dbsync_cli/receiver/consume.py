@@ -16,9 +16,6 @@ with exponential backoff; unacknowledged deliveries come back from the broker.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
 import logging
 import queue
 import threading
@@ -33,16 +30,15 @@ import stomp
 import stomp.exception
 from tenacity import wait_exponential
 
+from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
-from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.receiver import inbox, state
+from dbsync_cli.receiver.inbox import InboxRow, pending_rows
 
 log = logging.getLogger("dbsync.consume")
 
-ENCODING_HEADER = "dbsync-encoding"
 SUBSCRIPTION_ID = "dbsync-consume"
-MAX_ID = 255  # inbox.message_id VARCHAR(255)
-MAX_SITE = 100  # inbox.site VARCHAR(100)
 MAX_INFLATED = 256 * 1024 * 1024  # a deflate body that inflates beyond this is kept compressed (apply rejects it)
 
 #: Failures that a reconnect (broker and database) can cure.
@@ -67,22 +63,6 @@ class ConsumeSettings:
     max_messages: int | None = None  # stop after this many records/rows
     idle_seconds: float | None = None  # stop when nothing was delivered for this long
     page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
-
-
-@dataclass(frozen=True)
-class InboxRow:
-    id: int
-    message_id: str
-    site: str | None
-    body: bytes
-
-    def record(self) -> dict[str, Any]:
-        """The NDJSON record: the body as text when it is UTF-8, else ``{"$b64": …}``."""
-        try:
-            body: Any = self.body.decode("utf-8")
-        except UnicodeDecodeError:
-            body = {"$b64": base64.b64encode(self.body).decode()}
-        return {"inbox": self.id, "message_id": self.message_id, "site": self.site, "body": body}
 
 
 class _Deliveries(stomp.ConnectionListener):
@@ -125,41 +105,6 @@ class _Deliveries(stomp.ConnectionListener):
         return batch
 
 
-def _message_id(frame: Any) -> str:
-    message_id = frame.headers.get("dbsync-id") or f"broker:{frame.headers.get('message-id', '')}"
-    if len(message_id) > MAX_ID:  # never truncate into a collision: keep a prefix and a digest of the whole
-        digest = hashlib.sha256(message_id.encode()).hexdigest()
-        message_id = f"{message_id[:MAX_ID - 66]}#{digest}"
-    return message_id
-
-
-def _body(frame: Any, message_id: str) -> bytes:
-    body = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
-    if frame.headers.get(ENCODING_HEADER) == "deflate":
-        try:
-            inflater = zlib.decompressobj()
-            inflated = inflater.decompress(body, MAX_INFLATED)
-            if inflater.unconsumed_tail or not inflater.eof:
-                raise zlib.error("truncated or over the size limit")
-            return inflated
-        except zlib.error as exc:
-            log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
-    return body
-
-
-def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:
-    """Inbox rows after ``after_id`` whose message is not recorded as applied, in id order."""
-    s = schema_name(schema)
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT i.id, i.message_id, i.site, i.body FROM {s}.inbox i WHERE i.id > %s "  # noqa: S608
-            f"AND NOT EXISTS (SELECT 1 FROM {s}.applied_message a WHERE a.message_id = i.message_id) "
-            "ORDER BY i.id LIMIT %s", (after_id, limit))
-        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
-    conn.commit()  # end the read snapshot so the next page sees rows committed since
-    return rows
-
-
 class Consumer:
     """Moves deliveries into the inbox; ``batches()`` yields the rows of each committed (and ACKed) batch."""
 
@@ -168,7 +113,7 @@ class Consumer:
             raise ValueError(f"broker.destination_type {settings.destination_type!r}: expected queue or topic")
         self.settings = settings
         self.stop = stop
-        self.schema = schema_name(settings.state_schema)
+        state.schema_name(settings.state_schema)  # fail early on a bad name
         self.count = 0  # rows handed out (backlog + new)
         self.stored = 0  # new inbox rows committed by this consumer
         self.duplicates = 0  # deliveries already in the inbox (acked again)
@@ -291,27 +236,17 @@ class Consumer:
 
     def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
         """One transaction for the batch; returns the rows that were new (duplicates are ignored)."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        rows: list[InboxRow] = []
-        sql = (f"INSERT IGNORE INTO {self.schema}.inbox (message_id, site, body, date_received) "  # noqa: S608
-               "VALUES (%s, %s, %s, %s)")
-        try:
-            with db.cursor() as cur:
-                for frame in frames:
-                    message_id = _message_id(frame)
-                    site = frame.headers.get("dbsync-site") or None
-                    body = _body(frame, message_id)
-                    cur.execute(sql, (message_id, site[:MAX_SITE] if site else None, body, now))
-                    if cur.rowcount == 1:
-                        rows.append(InboxRow(int(cur.lastrowid), message_id, site, body))
-            db.commit()
-        except BaseException:
+        deliveries = []
+        for frame in frames:
+            message_id = wire.delivery_id(frame.headers)
+            raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
             try:
-                db.rollback()
-            except Exception:  # noqa: BLE001,S110 - the connection may be gone; the error below says why
-                pass
-            raise
-        return rows
+                body = wire.decode_body(raw, frame.headers, MAX_INFLATED)
+            except zlib.error as exc:
+                log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
+                body = raw
+            deliveries.append((message_id, frame.headers.get(wire.SITE_HEADER) or None, body))
+        return inbox.store(db, self.settings.state_schema, deliveries)
 
 
 class _RetryState:

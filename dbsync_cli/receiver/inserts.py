@@ -19,6 +19,7 @@ import pymysql
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.receiver.batch import Batch
 from dbsync_cli.receiver.resolve import UuidToId
+from dbsync_cli.sql import columns, join, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.apply")
 
@@ -100,11 +101,10 @@ class GroupedInserts:
         if group is None or not group.rows:
             return
         table = group.table
-        columns = ", ".join(f"`{c}`" for c in group.columns)
-        placeholders = f"({', '.join(['%s'] * len(group.columns))})"
+        one_row = sql("({})", placeholders(len(group.columns)))
         # parameterised: one statement (PyMySQL escapes every value), so that its keys are consecutive
-        cur.execute(f"INSERT INTO `{table.name}` ({columns}) VALUES "  # noqa: S608
-                    f"{', '.join([placeholders] * len(group.rows))}", [v for row in group.rows for v in row])
+        cur.execute(sql("INSERT INTO {} ({}) VALUES {}", quote(table.name), columns(group.columns),
+                        join([one_row] * len(group.rows))), [v for row in group.rows for v in row])
         if cur.rowcount != len(group.rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
         if table.is_subclass:
@@ -112,8 +112,8 @@ class GroupedInserts:
         elif self.consecutive and cur.lastrowid:
             keys = list(range(cur.lastrowid, cur.lastrowid + len(group.rows)))
         else:
-            cur.execute(f"SELECT uuid, `{table.key}` FROM `{table.name}` WHERE uuid IN "  # noqa: S608
-                        f"({','.join(['%s'] * len(group.uuids))})", group.uuids)
+            cur.execute(sql("SELECT uuid, {} FROM {} WHERE uuid IN ({})", quote(table.key), quote(table.name),
+                            placeholders(len(group.uuids))), group.uuids)
             found = dict(cur.fetchall())
             keys = [found[u] for u in group.uuids]
         ident = table.identity.table

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from dbsync_cli import wire
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.receiver.resolve import UUID_TEXT
-from dbsync_cli.records import dumps
+from dbsync_cli.wire import dumps, is_heartbeat
 
-OPS = ("c", "u", "d", "r")
+__all__ = ["Parsed", "entity_key", "is_heartbeat", "parse", "parse_raw"]
 
 
 @dataclass
@@ -36,8 +35,8 @@ def entity_key(model: SchemaModel, table: SyncedTable | None, uuid: Any) -> str 
 
 def _body(record: dict[str, Any]) -> bytes:
     body = record.get("body")
-    if isinstance(body, dict) and "$b64" in body:
-        return base64.b64decode(body["$b64"])
+    if wire.is_b64(body):
+        return wire.unb64(body)
     if isinstance(body, str):
         return body.encode("utf-8", "surrogateescape")
     return dumps(body)
@@ -58,11 +57,6 @@ def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel,
     return _finish(item, message, model)
 
 
-def is_heartbeat(record: dict[str, Any]) -> bool:
-    """Heartbeats only move the sender's checkpoint; in a pipe they may reach apply, which ignores them."""
-    return record.get("op") == "h" and "inbox" not in record and "v" not in record
-
-
 def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
     """An inbox record (`{"inbox", "message_id", "site", "body"}`) or a bare sync message."""
     if "inbox" in record:
@@ -78,32 +72,10 @@ def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
 
 
 def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
-    item.error = _check(message, model)
+    item.error = wire.check(message, model.synced)
     if item.error is None:
         item.message = message
         item.table = model.synced[message["table"]]
         item.site = message["site"]
         item.message_id = message["id"]  # the sender's deterministic id, whatever the transport called it
     return item
-
-
-def _check(message: Any, model: SchemaModel) -> str | None:
-    if not isinstance(message, dict):
-        return f"expected a JSON object, got {type(message).__name__}"
-    if message.get("v") != 1:
-        return f"unsupported message version {str(message.get('v'))[:20]!r}"
-    for key in ("id", "site", "table", "op", "uuid"):
-        if not isinstance(message.get(key), str) or not message[key]:
-            return f"missing or invalid {key!r}"
-    if message["table"] not in model.synced:
-        return f"unknown table {message['table'][:64]!r}"
-    if message["op"] not in OPS:
-        return f"unknown op {message['op'][:10]!r}"
-    if not UUID_TEXT.match(message["uuid"]):
-        return f"invalid uuid {message['uuid'][:40]!r}"
-    data = message.get("data")
-    if message["op"] == "d":
-        return None if data is None or isinstance(data, dict) else "data of a delete must be null"
-    if not isinstance(data, dict):
-        return "data must be an object"
-    return None

@@ -15,14 +15,22 @@ from typing import Any
 
 from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.openmrs.introspect import Column, TableInfo
-from dbsync_cli.openmrs.model import AUDIT_COLUMNS, PLACEHOLDER_REASON
+from dbsync_cli.openmrs.rules import (
+    AUDIT_COLUMNS,
+    PLACEHOLDER_DATE_COLUMNS,
+    PLACEHOLDER_FLAG_COLUMNS,
+    PLACEHOLDER_REASON,
+    PLACEHOLDER_REASON_COLUMNS,
+    PLACEHOLDER_USER_COLUMNS,
+)
+from dbsync_cli.sql import columns, placeholders, quote, sql
 
 _LENGTH = re.compile(r"\((\d+)")
 _TEXT = {"char", "varchar"}
 
 
 def is_placeholder(row: dict[str, Any]) -> bool:
-    return PLACEHOLDER_REASON in (row.get("void_reason"), row.get("retire_reason"))
+    return any(row.get(column) == PLACEHOLDER_REASON for column in PLACEHOLDER_REASON_COLUMNS)
 
 
 def _default(cur: Any, model: SchemaModel, info: TableInfo, column: Column, uuid: str, user: int) -> Any:
@@ -33,7 +41,7 @@ def _default(cur: Any, model: SchemaModel, info: TableInfo, column: Column, uuid
         return user
     if target is not None:
         key = model.tables[target].primary_key[0]
-        cur.execute(f"SELECT MIN(`{key}`) FROM `{target}`")  # noqa: S608 - names from the schema model
+        cur.execute(sql("SELECT MIN({}) FROM {}", quote(key), quote(target)))
         found = cur.fetchone()[0]
         if found is not None:
             return found
@@ -54,8 +62,7 @@ def _default(cur: Any, model: SchemaModel, info: TableInfo, column: Column, uuid
 
 
 def _insert(cur: Any, table: str, values: dict[str, Any]) -> None:
-    columns = ", ".join(f"`{c}`" for c in values)
-    cur.execute(f"INSERT INTO `{table}` ({columns}) VALUES ({', '.join(['%s'] * len(values))})",  # noqa: S608
+    cur.execute(sql("INSERT INTO {} ({}) VALUES ({})", quote(table), columns(values), placeholders(len(values))),
                 list(values.values()))
 
 
@@ -89,13 +96,13 @@ def _values(cur: Any, model: SchemaModel, info: TableInfo, uuid: str, user: int,
             continue
         if column.name == "uuid":
             values["uuid"] = uuid
-        elif column.name in ("voided", "retired"):
+        elif column.name in PLACEHOLDER_FLAG_COLUMNS:
             values[column.name] = 1
-        elif column.name in ("void_reason", "retire_reason"):
+        elif column.name in PLACEHOLDER_REASON_COLUMNS:
             values[column.name] = PLACEHOLDER_REASON
-        elif column.name in ("date_voided", "date_retired"):
+        elif column.name in PLACEHOLDER_DATE_COLUMNS:
             values[column.name] = now
-        elif column.name in ("voided_by", "retired_by", "creator"):
+        elif column.name in PLACEHOLDER_USER_COLUMNS:
             values[column.name] = user
         elif not column.nullable and (column.default is None or column.name in info.foreign_keys):
             # a NOT NULL reference needs a real target even when the schema declares a default such as 0

@@ -7,19 +7,16 @@ metadata is an error naming the table and uuid, for the retry queue.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import re
 from collections.abc import Iterable
 from typing import Any
 
+from dbsync_cli import wire
+from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.model import ATTRIBUTE_ID_VALUES
+from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
 from dbsync_cli.receiver import placeholder
-from dbsync_cli.sender.uuid_cache import LruMap, chunks
-from dbsync_cli.sender.values import wire_to_local_datetime
-
-UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}$")
+from dbsync_cli.sql import chunks, placeholders, quote, sql
 
 
 class MessageError(Exception):
@@ -77,10 +74,8 @@ class UuidToId:
         missing = sorted({u for u in uuids if u and cache.get(u) is None})
         key = self.model.tables[table].primary_key[0]
         for part in chunks(missing):
-            cur.execute(
-                f"SELECT uuid, `{key}` FROM `{table}` WHERE uuid IN ({','.join(['%s'] * len(part))})",  # noqa: S608
-                part,
-            )
+            cur.execute(sql("SELECT uuid, {} FROM {} WHERE uuid IN ({})", quote(key), quote(table),
+                            placeholders(len(part))), part)
             found = dict(cur.fetchall())
             for uuid in part:
                 if uuid in found:
@@ -103,14 +98,15 @@ class Converter:
         """(identity table, uuid) of every reference in `data`, for batched prefetching."""
         for column, ref in table.references.items():
             value = data.get(column)
-            if ref.identity is not None and isinstance(value, dict) and value.get("uuid"):
-                yield ref.identity.table, value["uuid"]
+            target = wire.ref_target(value)
+            if ref.identity is not None and target is not None and target[1]:
+                yield ref.identity.table, target[1]
         if table.name in ATTRIBUTE_ID_VALUES:
-            value = data.get(ATTRIBUTE_ID_VALUES[table.name][0])
-            if isinstance(value, dict) and value.get("$ref") in self.model.tables and value.get("uuid"):
-                identity = self.model.identity_of(value["$ref"])
+            target = wire.ref_target(data.get(ATTRIBUTE_ID_VALUES[table.name][0]))
+            if target is not None and target[0] in self.model.tables and target[1]:
+                identity = self.model.identity_of(target[0])
                 if identity is not None:
-                    yield identity.table, value["uuid"]
+                    yield identity.table, target[1]
 
     def resolve(self, cur: Any, table_name: str, uuid: str, *, allow_placeholder: bool) -> Any:
         """Central key of `uuid` in `table_name` (a synced table gets a placeholder when it is missing)."""
@@ -135,7 +131,7 @@ class Converter:
         if self.ids.subclass_rows.get((table_name, key)):
             return
         pk = self.model.tables[table_name].primary_key[0]
-        cur.execute(f"SELECT 1 FROM `{table_name}` WHERE `{pk}` = %s", (key,))  # noqa: S608
+        cur.execute(sql("SELECT 1 FROM {} WHERE {} = %s", quote(table_name), quote(pk)), (key,))
         if cur.fetchone() is None:
             if not allow_placeholder:
                 raise MissingReference(f"{table_name} {uuid} does not exist at central")
@@ -164,7 +160,7 @@ class Converter:
                 else:
                     raise MessageError(f"{table.name}.{column}: expected a uuid reference")
                 continue
-            out[column] = self._value(info.data_type, value, f"{table.name}.{column}")
+            out[column] = self.value(info.data_type, value, f"{table.name}.{column}")
         for column in table.site_suffix_columns:
             value = out.get(column)
             if isinstance(value, str) and value and not value.endswith(f"|{site}"):
@@ -173,35 +169,36 @@ class Converter:
             value_column = ATTRIBUTE_ID_VALUES[table.name][0]
             value = data.get(value_column)
             if isinstance(value, dict) and isinstance(value.get("uuid"), str):
-                target = str(value.get("$ref"))
+                target = str(value.get(wire.REF))
                 if target not in self.model.tables or self.model.identity_of(target) is None:
                     raise MessageError(f"{table.name}.{value_column}: unknown reference table {target[:64]!r}")
                 out[value_column] = str(self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False))
         return out
 
-    def _value(self, data_type: str, value: Any, where: str) -> Any:
+    def value(self, data_type: str, value: Any, where: str) -> Any:
+        """One non-reference wire value as central stores it (DATETIME in central's zone, binary as bytes)."""
         if value is None:
             return None
         if isinstance(value, dict):
-            if "$b64" in value:
+            if wire.is_b64(value):
                 try:
-                    return base64.b64decode(value["$b64"], validate=True)
-                except (ValueError, TypeError):
+                    return wire.unb64(value)
+                except ValueError:
                     raise MessageError(f"{where}: invalid base64") from None
             raise MessageError(f"{where}: unexpected object value")
         if isinstance(value, list):
             raise MessageError(f"{where}: unexpected list value")
         try:
             if data_type == "datetime" and isinstance(value, str):
-                return wire_to_local_datetime(value, self.tz)
+                return wire.local_datetime(value, self.tz)
             if data_type == "timestamp" and isinstance(value, str):
-                return wire_to_local_datetime(value, dt.UTC)
+                return wire.local_datetime(value, dt.UTC)
         except ValueError:
             raise MessageError(f"{where}: invalid datetime {value[:40]!r}") from None
         return value
 
 
 def _uuid(value: str) -> str:
-    if not UUID_TEXT.match(value):
+    if not wire.UUID_TEXT.match(value):
         raise MessageError(f"invalid uuid {value[:40]!r}")
     return value

@@ -28,8 +28,9 @@ import pymysql
 
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
-from dbsync_cli.openmrs.model import REST_RESOURCES
+from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.rest")
 
@@ -49,8 +50,8 @@ def enqueue(cur: Any, schema: str, table: str, entity_uuid: str | None,
     if target is None or not entity_uuid:
         return False
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    cur.execute(f"INSERT INTO {schema_name(schema)}.rest_call (resource, sub_resource, entity_uuid, date_created) "  # noqa: S608
-                "VALUES (%s, %s, %s, %s)", (target[0], target[1], entity_uuid, now))
+    cur.execute(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
+                    "VALUES (%s, %s, %s, %s)", schema_name(schema)), (target[0], target[1], entity_uuid, now))
     return True
 
 
@@ -152,10 +153,10 @@ class RestWorker:
     def _due(self, cur: Any) -> list[tuple[Any, ...]]:
         s = self.settings
         cur.execute(
-            f"SELECT id, resource, sub_resource, entity_uuid, attempts FROM {self.schema}.rest_call "  # noqa: S608
-            "WHERE attempts = 0 OR date_last_attempt + INTERVAL "
-            "ROUND(LEAST(%s, %s * POW(2, attempts - 1)) * 1000000) MICROSECOND <= %s "
-            "ORDER BY id LIMIT %s", (s.retry_max, s.retry_base, _utcnow(), s.batch_rows))
+            sql("SELECT id, resource, sub_resource, entity_uuid, attempts FROM {}.rest_call "
+                "WHERE attempts = 0 OR date_last_attempt + INTERVAL "
+                "ROUND(LEAST(%s, %s * POW(2, attempts - 1)) * 1000000) MICROSECOND <= %s "
+                "ORDER BY id LIMIT %s", self.schema), (s.retry_max, s.retry_base, _utcnow(), s.batch_rows))
         return list(cur.fetchall())
 
     def run_once(self) -> int:
@@ -176,8 +177,8 @@ class RestWorker:
                     self.call(resource, sub, entity_uuid)
                 except RestError as exc:
                     self.failures += 1
-                    cur.execute(f"UPDATE {self.schema}.rest_call SET attempts = attempts + 1, last_error = %s, "  # noqa: S608
-                                f"date_last_attempt = %s WHERE id IN ({', '.join(['%s'] * len(ids))})",
+                    cur.execute(sql("UPDATE {}.rest_call SET attempts = attempts + 1, last_error = %s, "
+                                    "date_last_attempt = %s WHERE id IN ({})", self.schema, placeholders(len(ids))),
                                 (str(exc), _utcnow(), *ids))
                     log.warning("OpenMRS REST call for %s%s %s failed: %s", resource, f"/{sub}" if sub else "",
                                 entity_uuid, exc)
@@ -185,8 +186,8 @@ class RestWorker:
                         break  # the others would fail the same way: wait for the next round
                     continue
                 # every pending row for this entity up to this round is covered by the call just made
-                cur.execute(f"DELETE FROM {self.schema}.rest_call WHERE resource = %s AND sub_resource <=> %s "  # noqa: S608
-                            "AND entity_uuid = %s AND id <= %s", (resource, sub, entity_uuid, last_id))
+                cur.execute(sql("DELETE FROM {}.rest_call WHERE resource = %s AND sub_resource <=> %s "
+                                "AND entity_uuid = %s AND id <= %s", self.schema), (resource, sub, entity_uuid, last_id))
                 done += 1
                 self.calls += 1
         return done
@@ -225,10 +226,10 @@ def rest_status(conn: Any, schema: str) -> dict[str, Any]:
     """For `dbsync status`: pending and failing calls, the oldest pending call's age, the latest error."""
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), MIN(date_created) FROM {s}.rest_call")  # noqa: S608
+        cur.execute(sql("SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), MIN(date_created) FROM {}.rest_call", s))
         pending, failing, oldest = cur.fetchone()
-        cur.execute(f"SELECT last_error, date_last_attempt FROM {s}.rest_call WHERE last_error IS NOT NULL "  # noqa: S608
-                    "ORDER BY date_last_attempt DESC LIMIT 1")
+        cur.execute(sql("SELECT last_error, date_last_attempt FROM {}.rest_call WHERE last_error IS NOT NULL "
+                        "ORDER BY date_last_attempt DESC LIMIT 1", s))
         row = cur.fetchone()
     age = None if oldest is None else max(0.0, (_utcnow() - oldest).total_seconds())
     return {"pending": int(pending), "failing": int(failing), "oldest_pending_seconds": age,

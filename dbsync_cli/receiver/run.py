@@ -14,7 +14,7 @@ from typing import Any
 
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, synced_table_names
-from dbsync_cli.receiver import state
+from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.apply import Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.supervise import supervise
@@ -39,18 +39,7 @@ def load_model(cfg: Config) -> SchemaModel:
 
 def read_inbox(applier: Applier, limit: int) -> list[dict[str, Any]]:
     """The oldest inbox rows (apply deletes what it applied in the same transaction)."""
-    applier.conn.commit()
-    with applier.conn.cursor() as cur:
-        cur.execute(f"SELECT id, message_id, site, body FROM {applier.s}.inbox ORDER BY id LIMIT %s", (limit,))  # noqa: S608
-        rows = cur.fetchall()
-    applier.conn.commit()
-    return [{"inbox": r[0], "message_id": r[1], "site": r[2], "body": {"$b64": _b64(r[3])}} for r in rows]
-
-
-def _b64(raw: bytes) -> str:
-    import base64
-
-    return base64.b64encode(bytes(raw)).decode()
+    return inbox.oldest(applier.conn, applier.settings.state_schema, limit)
 
 
 def drain_inbox(applier: Applier, stop: threading.Event | None = None) -> int:
@@ -109,3 +98,23 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
+
+
+class Receiver:
+    """The central receiver, built from its config: what `dbsync receiver`, `conflicts` and `status` call."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def run(self, stop: threading.Event, idle_exit: float | None = None) -> None:
+        """consume + apply + retry + REST calls, supervised, until `stop` (or `idle_exit` idle seconds)."""
+        run_receiver(self.cfg, stop, idle_exit)
+
+    def applier(self) -> Applier:
+        """An Applier on the central DB (the caller closes it): apply, retry and conflict resolution."""
+        return Applier(apply_settings(self.cfg), load_model(self.cfg))
+
+    def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
+        from dbsync_cli.receiver.status import receiver_status
+
+        return receiver_status(self.cfg, overrides)

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli.openmrs.rules import UUID_INDEX_TABLES
+from dbsync_cli.sql import Sql, quote, sql
+
 log = logging.getLogger("dbsync.state")
 
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -96,35 +99,32 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
-#: Synced OpenMRS tables that have no index on uuid in 2.5: the receiver adds one, or every lookup is a full scan.
-UUID_INDEX_TABLES = ("users", "allergy")
-
 
 class StateError(Exception):
     """Receiver state problem an operator must act on (one line)."""
 
 
-def schema_name(name: str) -> str:
+def schema_name(name: str) -> Sql:
+    """The state schema, quoted, after checking it is a plain identifier (it comes from the configuration)."""
     if not _NAME.match(name):
         raise StateError(f"central_db.state_schema {name!r} is not a plain identifier")
-    return f"`{name}`"
+    return quote(name)
 
 
 def migrate(conn: Any, schema: str, openmrs_db: str | None = None) -> int:
     """Create or upgrade the state schema; returns the version now in place."""
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {s} CHARACTER SET utf8mb4")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version INT NOT NULL PRIMARY KEY, "
-                    "applied DATETIME NOT NULL)")
-        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_version")  # noqa: S608
+        cur.execute(sql("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", s))
+        cur.execute(sql(MIGRATIONS[0][0], s=s))  # schema_version itself
+        cur.execute(sql("SELECT COALESCE(MAX(version), 0) FROM {}.schema_version", s))
         current = int(cur.fetchone()[0])
         for number, statements in enumerate(MIGRATIONS, 1):
             if number <= current:
                 continue
             for statement in statements:
-                cur.execute(statement.format(s=s))
-            cur.execute(f"INSERT INTO {s}.schema_version (version, applied) VALUES (%s, %s)",  # noqa: S608
+                cur.execute(sql(statement, s=s))
+            cur.execute(sql("INSERT INTO {}.schema_version (version, applied) VALUES (%s, %s)", s),
                         (number, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
             log.info("receiver state schema %s migrated to version %d", schema, number)
             current = number
@@ -143,7 +143,7 @@ def _uuid_indexes(cur: Any, database: str) -> None:
             cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
                         (database, table))
             if cur.fetchone()[0]:
-                cur.execute(f"CREATE INDEX dbsync_uuid ON `{database}`.`{table}` (uuid)")
+                cur.execute(sql("CREATE INDEX dbsync_uuid ON {} (uuid)", quote(database, table)))
                 log.info("added index dbsync_uuid on %s.%s(uuid) for uuid lookups", database, table)
 
 
@@ -158,17 +158,17 @@ class Site:
 
 def sites(conn: Any, schema: str) -> dict[str, Site]:
     with conn.cursor() as cur:
-        cur.execute(f"SELECT id, name, identifier, date_created, disabled FROM {schema_name(schema)}.site_info")  # noqa: S608
+        cur.execute(sql("SELECT id, name, identifier, date_created, disabled FROM {}.site_info", schema_name(schema)))
         return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4])) for row in cur.fetchall()}
 
 
 def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -> Site:
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT id FROM {s}.site_info WHERE identifier=%s", (identifier,))  # noqa: S608
+        cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
         if cur.fetchone():
             raise StateError(f"site {identifier!r} is already registered")
-        cur.execute(f"INSERT INTO {s}.site_info (name, identifier, date_created) VALUES (%s, %s, %s)",  # noqa: S608
+        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created) VALUES (%s, %s, %s)", s),
                     (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
     conn.commit()
     return sites(conn, schema)[identifier]
@@ -176,7 +176,7 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -
 
 def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> None:
     with conn.cursor() as cur:
-        cur.execute(f"UPDATE {schema_name(schema)}.site_info SET disabled=%s WHERE identifier=%s",  # noqa: S608
+        cur.execute(sql("UPDATE {}.site_info SET disabled=%s WHERE identifier=%s", schema_name(schema)),
                     (int(disabled), identifier))
         if cur.rowcount == 0 and identifier not in sites(conn, schema):
             raise StateError(f"site {identifier!r} is not registered")
@@ -185,10 +185,17 @@ def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> Non
 
 def remove_site(conn: Any, schema: str, identifier: str) -> None:
     with conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {schema_name(schema)}.site_info WHERE identifier=%s", (identifier,))  # noqa: S608
+        cur.execute(sql("DELETE FROM {}.site_info WHERE identifier=%s", schema_name(schema)), (identifier,))
         if cur.rowcount == 0:
             raise StateError(f"site {identifier!r} is not registered")
     conn.commit()
+
+
+def last_sync_dates(conn: Any, schema: str) -> dict[int, dt.datetime]:
+    """When each site (by id) last had a message applied."""
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT site_id, last_sync_date FROM {}.receiver_sync_status", schema_name(schema)))
+        return {int(row[0]): row[1] for row in cur.fetchall()}
 
 
 def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -> int:
@@ -196,7 +203,7 @@ def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -
     and dates instead (stale changes are skipped), so the table stays small whatever the history."""
     cutoff = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=keep_days)
     with conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {schema_name(schema)}.applied_message WHERE date_applied < %s LIMIT %s",  # noqa: S608
+        cur.execute(sql("DELETE FROM {}.applied_message WHERE date_applied < %s LIMIT %s", schema_name(schema)),
                     (cutoff, limit))
         removed = cur.rowcount
     conn.commit()

@@ -1,12 +1,14 @@
-"""What capture needs to know about the site server's binlog before it trusts it."""
+"""The site server's binlog: what capture is told to read (settings, positions) and checks before it trusts it."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from dbsync_cli import exitcodes
+from dbsync_cli.db import DbParams
 
 log = logging.getLogger("dbsync.binlog")
 
@@ -90,3 +92,19 @@ def purged_error(position: Position) -> CaptureStop:
         "snapshot, and keep binlogs longer",
         exitcodes.BINLOG_PURGED,
     )
+
+
+@dataclass
+class CaptureSettings:
+    db: DbParams  # the replication user, database = the OpenMRS schema
+    server_id: int
+    tables: list[str]  # synced tables, parents first
+    snapshot: str = "initial"  # initial | never | when_needed
+    until_idle: bool = False
+    max_events: int | None = None
+    heartbeat_seconds: float = 1.0
+    min_retention_hours: int = 0
+    chunk_rows: int = 5000
+    progress: bool = False
+    secret_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # never leave the site, not even in NDJSON
+    stop: threading.Event = field(default_factory=threading.Event)

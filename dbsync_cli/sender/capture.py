@@ -9,10 +9,8 @@ other tables' traffic still move the checkpoint, and so that downstream batches 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
@@ -27,30 +25,13 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from dbsync_cli.db import DbParams
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender import snapshot as snapshot_stage
-from dbsync_cli.sender.binlog import CaptureStop, Position
+from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
 
 log = logging.getLogger("dbsync.capture")
 
 Event = dict[str, Any]
-
-
-@dataclass
-class CaptureSettings:
-    db: DbParams  # the replication user, database = the OpenMRS schema
-    server_id: int
-    tables: list[str]  # synced tables, parents first
-    snapshot: str = "initial"  # initial | never | when_needed
-    until_idle: bool = False
-    max_events: int | None = None
-    heartbeat_seconds: float = 1.0
-    min_retention_hours: int = 0
-    chunk_rows: int = 5000
-    progress: bool = False
-    secret_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # never leave the site, not even in NDJSON
-    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def strip(image: dict | None, secrets: tuple[str, ...]) -> dict | None:

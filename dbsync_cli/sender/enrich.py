@@ -15,16 +15,16 @@ from typing import Any
 
 import pymysql.cursors
 
+from dbsync_cli import wire
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
-from dbsync_cli.openmrs.model import ATTRIBUTE_ID_VALUES
-from dbsync_cli.sender.uuid_cache import IdToUuid, chunks
-from dbsync_cli.sender.values import Converter, parse_timezone, wire_converter
+from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
+from dbsync_cli.sender.uuid_cache import IdToUuid
+from dbsync_cli.sender.values import Converter, wire_converter
+from dbsync_cli.sql import chunks, placeholders, quote, sql
+from dbsync_cli.timezones import parse_timezone
 
 log = logging.getLogger("dbsync.enrich")
-
-WIRE_VERSION = 1
-
 
 @dataclass
 class EnrichSettings:
@@ -33,14 +33,6 @@ class EnrichSettings:
     timezone: str = "UTC"
     batch_events: int = 500
     cache_size: int = 200_000
-
-
-def message_id(site: str, event: dict[str, Any], key: Any) -> str:
-    """Deterministic: a message re-sent after a crash carries the same id, so the receiver can recognise it."""
-    src = event["source"]
-    if src.get("snapshot"):
-        return f"{site}:snap:{src['file']}:{src['pos']}:{event['table']}:{key}"
-    return f"{site}:{src['file']}:{src['pos']}:{src['row']}"
 
 
 class Enricher:
@@ -85,10 +77,8 @@ class Enricher:
         changed = False
         for part in chunks(sorted(keys, key=str)):
             with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
-                cur.execute(
-                    f"SELECT * FROM `{table.name}` WHERE `{table.key}` IN ({','.join(['%s'] * len(part))})",  # noqa: S608
-                    part,
-                )
+                cur.execute(sql("SELECT * FROM {} WHERE {} IN ({})", quote(table.name), quote(table.key),
+                                placeholders(len(part))), part)
                 changed = changed or [d[0] for d in cur.description] != list(table.info.columns)
                 for row in cur.fetchall():
                     rows[row[table.key]] = row
@@ -107,7 +97,7 @@ class Enricher:
             log.error("event at %s: table %r is not synced; skipped", event.get("source"), event.get("table"))
             return None
         image = event.get("before") if event.get("op") == "d" else event.get("after")
-        if event.get("op") not in ("c", "u", "d", "r") or not isinstance(image, dict) or table.key not in image:
+        if event.get("op") not in wire.OPS or not isinstance(image, dict) or table.key not in image:
             log.error("event at %s: malformed %s event for %s; skipped", event.get("source"), event.get("op"), table.name)
             return None
         return table
@@ -156,18 +146,8 @@ class Enricher:
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
         sent: str,
     ) -> dict[str, Any]:
-        return {
-            "v": WIRE_VERSION,
-            "id": message_id(self.settings.site, event, key),
-            "site": self.settings.site,
-            "table": table.name,
-            "op": event["op"],
-            "uuid": uuid,
-            "snapshot": bool(event["source"].get("snapshot")),
-            "sent": sent,  # when the batch's rows were loaded: the receiver's order guard compares it
-            "source": event["source"],
-            "data": data,
-        }
+        return wire.message(site=self.settings.site, table=table.name, op=event["op"], uuid=uuid,
+                            source=event["source"], key=key, data=data, sent=sent)
 
     def _deleted_identity(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> dict[tuple[str, Any], str]:
         """uuids of deleted rows: own uuid from the before image; a subclass's from its parent's delete or the DB."""
@@ -215,7 +195,7 @@ class Enricher:
             type_table = table.references[type_column].table
             type_key = self.model.tables[type_table].primary_key[0]
             with self.conn.cursor() as cur:
-                cur.execute(f"SELECT `{type_key}`, format FROM `{type_table}`")  # noqa: S608
+                cur.execute(sql("SELECT {}, format FROM {}", quote(type_key), quote(type_table)))
                 for tid, fmt in cur.fetchall():
                     target = class_table(fmt or "")
                     self.attribute_formats[tid] = target if target in self.model.tables else None
@@ -237,9 +217,7 @@ class Enricher:
             value = row[column]
             ref = table.references.get(column)
             if ref is not None and ref.identity is not None:
-                data[column] = None if value is None else {
-                    "$ref": ref.table, "uuid": refs.get((ref.identity.table, value))
-                }
+                data[column] = None if value is None else wire.ref(ref.table, refs.get((ref.identity.table, value)))
             else:
                 data[column] = convert(value)
         if table.name in ATTRIBUTE_ID_VALUES:
@@ -248,7 +226,7 @@ class Enricher:
             identity = self.model.identity_of(target) if target else None
             raw = row[value_column]
             if identity is not None and raw and str(raw).isdigit():
-                data[value_column] = {"$ref": target, "uuid": refs.get((identity.table, int(raw)))}
+                data[value_column] = wire.ref(target, refs.get((identity.table, int(raw))))
         return data
 
 

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,14 +23,12 @@ from typing import Any
 import stomp
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
-from dbsync_cli import exitcodes
+from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
-from dbsync_cli.records import dumps
 from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.wire import dumps
 
 log = logging.getLogger("dbsync.publish")
-
-ENCODING_HEADER = "dbsync-encoding"
 
 # connect failures that retrying cannot fix: the broker's certificate is not trusted, or the login is refused
 _PERMANENT = ("TLS certificate rejected", "Security Error")
@@ -152,18 +149,8 @@ class Publisher:
         return False
 
     def _frame(self, message: dict[str, Any]) -> tuple[bytes, dict[str, str]] | None:
-        body = dumps(message)
-        headers = {
-            "persistent": "true",
-            "destination-type": "ANYCAST" if self.settings.destination_type == "queue" else "MULTICAST",
-            "_AMQ_DUPL_ID": message["id"],
-            "dbsync-id": message["id"],
-            "dbsync-site": str(message.get("site", "")),
-            "dbsync-table": str(message.get("table", "")),
-        }
-        if len(body) > self.settings.compress_over:
-            body = zlib.compress(body, 6)
-            headers[ENCODING_HEADER] = "deflate"
+        body, headers = wire.encode(message, anycast=self.settings.destination_type == "queue",
+                                    compress_over=self.settings.compress_over)
         if len(body) > self.settings.max_message_bytes:
             self._reject(message, len(body))
             return None

@@ -6,13 +6,12 @@ capture ends at the next event or heartbeat, the in-flight batch is confirmed an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from dbsync_cli.broker import BrokerSettings
+from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.sender.binlog import CaptureStop
@@ -30,15 +29,6 @@ def load_model(cfg: Config) -> SchemaModel:
     with params.connect() as conn:
         return SchemaModel.load(conn, params.database or "",
                                 synced_table_names(cfg.get("sender.tables"), cfg.get("sender.extra_tables")))
-
-
-def broker_settings(cfg: Config) -> BrokerSettings:
-    """From broker.url; `broker.tls = true` turns TLS on for a stomp:// URL too."""
-    settings = BrokerSettings.from_url(
-        cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"],
-        ca_file=cfg.get("broker.ca_file"), verify_hostname=cfg["broker.verify_hostname"],
-    )
-    return dataclasses.replace(settings, tls=True) if cfg["broker.tls"] else settings
 
 
 def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **overrides: Any) -> CaptureSettings:
@@ -60,7 +50,7 @@ def enrich_settings(cfg: Config) -> EnrichSettings:
 
 def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:
     return PublishSettings(
-        broker=broker_settings(cfg), destination=cfg["broker.destination"],
+        broker=settings_from_config(cfg), destination=cfg["broker.destination"],
         destination_type=cfg["broker.destination_type"], batch_messages=cfg["broker.batch_messages"],
         batch_bytes=cfg["broker.batch_bytes"], compress_over=cfg["broker.compress_over"],
         max_message_bytes=cfg["broker.max_message_bytes"], reject_dir=cfg.home / "rejected", stop=stop,
@@ -96,3 +86,24 @@ def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any)
     bounded = bool(capture_overrides.get("until_idle") or capture_overrides.get("max_events"))
     supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
     return total
+
+
+class Sender:
+    """The sender of one site, built from its config: what `dbsync sender` and `dbsync status` call."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def run(self, stop: threading.Event, **capture_overrides: Any) -> int:
+        """capture → enrich → publish, supervised, until `stop` (or the overrides' idle/max limits)."""
+        return run_supervised(self.cfg, stop, **capture_overrides)
+
+    def run_once(self, stop: threading.Event, on_message: Callable[[dict[str, Any]], None] | None = None,
+                 **capture_overrides: Any) -> int:
+        """One unsupervised pass (tests, scripts); returns the messages the broker confirmed."""
+        return run_once(self.cfg, stop, on_message, **capture_overrides)
+
+    def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
+        from dbsync_cli.sender.status import sender_status
+
+        return sender_status(self.cfg, overrides)

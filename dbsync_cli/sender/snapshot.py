@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pymysql.cursors
 from rich.console import Console
@@ -28,10 +28,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from dbsync_cli.sender.binlog import Position
-
-if TYPE_CHECKING:
-    from dbsync_cli.sender.capture import CaptureSettings
+from dbsync_cli.sender.binlog import CaptureSettings, Position
+from dbsync_cli.sql import quote, sql
 
 log = logging.getLogger("dbsync.snapshot")
 
@@ -105,7 +103,7 @@ class Snapshot:
         with conn.cursor() as cur:
             totals = {}
             for table in tables:
-                cur.execute(f"SELECT COUNT(*) FROM `{table}`")  # noqa: S608 - name from information_schema
+                cur.execute(sql("SELECT COUNT(*) FROM {}", quote(table)))  # name from information_schema
                 totals[table] = int(cur.fetchone()[0])
             return totals
 
@@ -118,12 +116,10 @@ class Snapshot:
         while True:
             with conn.cursor(pymysql.cursors.DictCursor) as cur:
                 if after is None:
-                    cur.execute(f"SELECT * FROM `{table}` ORDER BY `{key}` LIMIT %s", (chunk,))  # noqa: S608
+                    cur.execute(sql("SELECT * FROM {t} ORDER BY {k} LIMIT %s", t=quote(table), k=quote(key)), (chunk,))
                 else:
-                    cur.execute(
-                        f"SELECT * FROM `{table}` WHERE `{key}` > %s ORDER BY `{key}` LIMIT %s",  # noqa: S608
-                        (after, chunk),
-                    )
+                    cur.execute(sql("SELECT * FROM {t} WHERE {k} > %s ORDER BY {k} LIMIT %s", t=quote(table),
+                                    k=quote(key)), (after, chunk))
                 rows = cur.fetchall()
             now_ms = int(time.time() * 1000)
             secrets = self.settings.secret_columns.get(table, ())

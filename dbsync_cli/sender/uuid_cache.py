@@ -1,38 +1,12 @@
-"""Bounded id↔uuid caches with batched misses: one `IN (…)` query per table per batch, never per row."""
+"""Local id → uuid at the site, cached and batched: one `IN (…)` query per table per batch, never per row."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-
-class LruMap:
-    """A dict that forgets the least recently used entries beyond `size` (constant memory on any backlog)."""
-
-    def __init__(self, size: int = 200_000):
-        self.size = size
-        self.data: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any) -> None:
-        self.data[key] = value
-        self.data.move_to_end(key)
-        if len(self.data) > self.size:
-            self.data.popitem(last=False)
-
-    def pop(self, key: Any) -> None:
-        self.data.pop(key, None)
-
-
-def chunks(values: list[Any], size: int = 1000) -> Iterable[list[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
+from dbsync_cli.lru import LruMap
+from dbsync_cli.sql import chunks, placeholders, quote, sql
 
 
 class IdToUuid:
@@ -63,10 +37,8 @@ class IdToUuid:
                 found[value] = hit
         for part in chunks(sorted(missing, key=str)):
             with self.conn.cursor() as cur:
-                cur.execute(
-                    f"SELECT `{key}`, uuid FROM `{table}` WHERE `{key}` IN ({','.join(['%s'] * len(part))})",  # noqa: S608
-                    part,
-                )
+                cur.execute(sql("SELECT {key}, uuid FROM {table} WHERE {key} IN ({values})", key=quote(key),
+                                table=quote(table), values=placeholders(len(part))), part)
                 for local, uuid in cur.fetchall():
                     cache.put(local, uuid)
                     found[local] = uuid

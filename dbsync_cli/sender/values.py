@@ -6,31 +6,16 @@ are plain strings and are never shifted; DECIMAL is a string; binary is base64; 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from dbsync_cli import wire
 from dbsync_cli.openmrs.introspect import Column
-from dbsync_cli.records import format_time
 
 Converter = Callable[[Any], Any]
-_OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 _BINARY = {"blob", "tinyblob", "mediumblob", "longblob", "binary", "varbinary"}
-
-
-def parse_timezone(name: str) -> dt.tzinfo:
-    """An IANA name ("Africa/Kigali"), "UTC", or a fixed offset ("+02:00")."""
-    match = _OFFSET.match(name.strip())
-    if match:
-        sign = -1 if match.group(1) == "-" else 1
-        return dt.timezone(sign * dt.timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
-    if name.upper() == "UTC":
-        return dt.UTC
-    return ZoneInfo(name)
 
 
 def _identity(value: Any) -> Any:
@@ -59,7 +44,7 @@ def _date_out(value: Any) -> Any:
 
 
 def _time_out(value: Any) -> Any:
-    return format_time(value) if isinstance(value, dt.timedelta) else value
+    return wire.format_time(value) if isinstance(value, dt.timedelta) else value
 
 
 def _decimal_out(value: Any) -> Any:
@@ -74,7 +59,7 @@ def _bit_out(value: Any) -> Any:
 
 def _binary_out(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
-        return {"$b64": base64.b64encode(bytes(value)).decode()}
+        return wire.b64(value)
     return value
 
 
@@ -95,11 +80,3 @@ def wire_converter(column: Column, tz: dt.tzinfo) -> Converter:
     if kind in _BINARY:
         return _binary_out
     return _identity
-
-
-def wire_to_local_datetime(value: str, tz: dt.tzinfo) -> dt.datetime:
-    """An ISO datetime with offset as a naive value in `tz`: how central stores a site's DATETIME."""
-    parsed = dt.datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        return parsed
-    return parsed.astimezone(tz).replace(tzinfo=None)

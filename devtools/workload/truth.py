@@ -126,11 +126,11 @@ class SchemaInfo:
             pk = _q(self.pk[table])
             with self.conn.cursor() as cur:
                 if self.has_uuid(table):
-                    cur.execute(f"SELECT {pk}, uuid FROM {_q(table)}")  # noqa: S608 - identifiers validated
+                    cur.execute(f"SELECT {pk}, uuid FROM {_q(table)}")
                     self._maps[table] = dict(cur.fetchall())
                 else:
                     parent = self.id_to_uuid(self.parent[table])
-                    cur.execute(f"SELECT {pk} FROM {_q(table)}")  # noqa: S608
+                    cur.execute(f"SELECT {pk} FROM {_q(table)}")
                     self._maps[table] = {i: parent[i] for (i,) in cur.fetchall() if i in parent}
         return self._maps[table]
 
@@ -180,7 +180,7 @@ def _compare_table(conn: pymysql.connections.Connection, schema: SchemaInfo, tab
     known = set(truth.baseline.get(table, ()))
     seen: set[str] = set()
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {select} FROM {_q(table)} ORDER BY {_q(pk)}")  # noqa: S608 - identifiers validated
+        cur.execute(f"SELECT {select} FROM {_q(table)} ORDER BY {_q(pk)}")
         rows = cur.fetchall()
     for raw in rows:
         uuid = raw[0] if identity is None else identity.get(raw[0])

@@ -1,0 +1,172 @@
+"""`dbsync status`: health of a sender or a receiver as one report, graded for cron and Nagios.
+
+No CLI code here: :func:`sender_status` and :func:`receiver_status` read a Config (plus threshold overrides) and
+return a JSON-ready dict with ``state`` (OK, WARNING, CRITICAL or UNKNOWN), ``exit_code`` (0, 1, 2, 3 — the
+Nagios plugin convention), ``problems`` (one entry per failed check), a one-line ``summary`` and Nagios
+``perfdata``, beside the measured values.
+
+Grading, worst wins (CRITICAL > UNKNOWN > WARNING > OK):
+- the broker does not accept a STOMP CONNECT → CRITICAL (nothing moves);
+- the site DB (sender) or the central DB (receiver) does not accept a connection → CRITICAL: the check did find
+  out what it needed — sync is stopped — so this is not UNKNOWN; the checks that need the DB are then skipped;
+- UNKNOWN: the check itself could not judge (invalid config, unreadable sender state, no receiver state schema);
+- every other check is graded by a warning and a critical threshold (``status.*`` keys; 0 turns one off).
+
+All times in the receiver's state tables are UTC; the report prints ISO-8601 with ``+00:00``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from typing import Any
+
+import orjson
+import pymysql
+
+from dbsync_cli.broker import BrokerError, open_connection, settings_from_config
+from dbsync_cli.config import KEYS, Config
+
+OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
+EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+_SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+
+
+def threshold_keys(role: str) -> list[str]:
+    """The ``status.*`` config keys that apply to a role (without the ``status.`` prefix)."""
+    return [k.split(".", 1)[1] for k, spec in KEYS.items() if k.startswith("status.") and role in spec.roles]
+
+
+def limits(cfg: Config, overrides: dict[str, int | None] | None = None) -> dict[str, int]:
+    """Effective thresholds: a command-line override, else the config value (which has its default)."""
+    out = {}
+    for name in threshold_keys(cfg.role):
+        value = (overrides or {}).get(name)
+        out[name] = int(cfg.get(f"status.{name}") if value is None else value)
+    return out
+
+
+def worst(states: list[str]) -> str:
+    return max(states, key=_SEVERITY.__getitem__, default=OK)
+
+
+def grade(value: float | None, warning: int, critical: int) -> str:
+    """OK below the warning threshold; a threshold of 0 is off."""
+    if value is None:
+        return OK
+    if critical and value >= critical:
+        return CRITICAL
+    if warning and value >= warning:
+        return WARNING
+    return OK
+
+
+def utc(value: dt.datetime | float | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds")
+    return value.replace(tzinfo=dt.UTC).isoformat(timespec="seconds")
+
+
+def seconds_between(later: dt.datetime, earlier: dt.datetime | None) -> float | None:
+    return None if earlier is None else round(max(0.0, (later - earlier).totalseconds_between()), 1)
+
+
+def duration(seconds: float | None) -> str:
+    """3 s, 4 min, 2 h 5 min, 3 d 4 h."""
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "?"
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{nbytes} B"
+
+
+class Report:
+    def __init__(self, role: str, ident: str, cfg: Config):
+        self.data: dict[str, Any] = {"role": role, "id": ident, "config": cfg.source,
+                                     "checked_at": utc(time.time())}
+        self.problems: list[dict[str, str]] = []
+        self.notes: list[str] = []
+
+    def problem(self, state: str, check: str, message: str) -> None:
+        if state != OK:
+            self.problems.append({"state": state, "check": check, "message": message})
+
+    def finish(self, perfdata: dict[str, float | int | None]) -> dict[str, Any]:
+        state = worst([p["state"] for p in self.problems])
+        self.data["state"] = state
+        self.data["exit_code"] = EXIT_CODES[state]
+        ordered = sorted(self.problems, key=lambda p: -_SEVERITY[p["state"]])
+        self.data["problems"] = ordered
+        text = "; ".join(p["message"] for p in ordered) or "; ".join(self.notes)
+        self.data["summary"] = f"{self.data['role']} {self.data['id']}: {text}"
+        self.data["perfdata"] = " ".join(f"{k}={_perf(v)}" for k, v in perfdata.items() if v is not None)
+        return self.data
+
+
+def _perf(value: float | int) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+# ---- probes ------------------------------------------------------------------------------------------------
+
+def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:
+    """One STOMP CONNECT (no client-id, so a running receiver's durable subscription is not disturbed)."""
+    started = time.monotonic()
+    url = cfg["broker.url"]
+    try:
+        settings = dataclasses.replace(settings_from_config(cfg), connect_timeout=timeout, heartbeats=(0, 0))
+        url = settings.url
+        conn = open_connection(settings)
+        try:
+            conn.disconnect()
+        except Exception:  # noqa: BLE001,S110 - the CONNECTED frame already answered the question
+            pass
+    except BrokerError as exc:
+        return {"url": url, "ok": False, "error": str(exc), "seconds": None}
+    return {"url": url, "ok": True, "error": None, "seconds": round(time.monotonic() - started, 3)}
+
+
+def connect(cfg: Config, section: str, timeout: float) -> tuple[Any, dict[str, Any]]:
+    params = cfg.db(section)
+    info: dict[str, Any] = {"address": params.describe(), "ok": False, "error": None}
+    try:
+        conn = params.connect(connect_timeout=max(1, int(timeout)), read_timeout=max(5, int(timeout) * 6))
+    except pymysql.MySQLError as exc:
+        info["error"] = f"cannot connect to {params.describe()}: {exc.args[-1] if exc.args else exc}"
+        return None, info
+    info["ok"] = True
+    return conn, info
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def unknown(role: str, message: str, source: str | None = None) -> dict[str, Any]:
+    """The report when no check could run (e.g. the config is invalid)."""
+    return {"role": role, "id": None, "config": source, "checked_at": utc(time.time()), "state": UNKNOWN,
+            "exit_code": EXIT_CODES[UNKNOWN], "problems": [{"state": UNKNOWN, "check": "config", "message": message}],
+            "summary": f"{role}: {message}", "perfdata": ""}
+
+
+def to_json(report: dict[str, Any]) -> bytes:
+    return orjson.dumps(report, default=str)

@@ -1,0 +1,79 @@
+"""The inbox: deliveries stored on the central server before they are acknowledged, until apply handles them.
+
+``INSERT IGNORE`` on the unique message id makes a redelivered duplicate a no-op; apply deletes the rows it
+handled in the same transaction as their changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from dbsync_cli import wire
+from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.sql import sql
+
+MAX_SITE = 100  # inbox.site VARCHAR(100)
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    id: int
+    message_id: str
+    site: str | None
+    body: bytes
+
+    def record(self, *, text: bool = True) -> dict[str, Any]:
+        """The NDJSON record: the body as text when it is UTF-8 (and `text`), else ``{"$b64": …}``."""
+        body: Any
+        try:
+            body = self.body.decode("utf-8") if text else wire.b64(self.body)
+        except UnicodeDecodeError:
+            body = wire.b64(self.body)
+        return {"inbox": self.id, "message_id": self.message_id, "site": self.site, "body": body}
+
+
+def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes]]) -> list[InboxRow]:
+    """(message id, site, body) of one batch in one transaction; returns the rows that were new."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    rows: list[InboxRow] = []
+    statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received) VALUES (%s, %s, %s, %s)",
+                    schema_name(schema))
+    try:
+        with db.cursor() as cur:
+            for message_id, site, body in deliveries:
+                cur.execute(statement, (message_id, site[:MAX_SITE] if site else None, body, now))
+                if cur.rowcount == 1:
+                    rows.append(InboxRow(int(cur.lastrowid), message_id, site, body))
+        db.commit()
+    except BaseException:
+        try:
+            db.rollback()
+        except Exception:  # noqa: BLE001,S110 - the connection may be gone; the error raised says why
+            pass
+        raise
+    return rows
+
+
+def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:
+    """Inbox rows after ``after_id`` whose message is not recorded as applied, in id order."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT i.id, i.message_id, i.site, i.body FROM {s}.inbox i WHERE i.id > %s "
+                        "AND NOT EXISTS (SELECT 1 FROM {s}.applied_message a WHERE a.message_id = i.message_id) "
+                        "ORDER BY i.id LIMIT %s", s=s), (after_id, limit))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
+    conn.commit()  # end the read snapshot so the next page sees rows committed since
+    return rows
+
+
+def oldest(conn: Any, schema: str, limit: int) -> list[dict[str, Any]]:
+    """The oldest inbox rows as apply's records (apply deletes what it handled in the same transaction)."""
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT id, message_id, site, body FROM {}.inbox ORDER BY id LIMIT %s", schema_name(schema)),
+                    (limit,))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
+    conn.commit()
+    return [row.record(text=False) for row in rows]

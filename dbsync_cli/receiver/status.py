@@ -1,0 +1,148 @@
+"""`dbsync status` for the receiver: per-site silence, inbox, retry and conflict queues, REST calls."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pymysql
+
+from dbsync_cli.config import Config
+from dbsync_cli.health import (
+    CRITICAL,
+    OK,
+    UNKNOWN,
+    WARNING,
+    Report,
+    connect,
+    duration,
+    grade,
+    limits,
+    probe_broker,
+    seconds_between,
+    utc,
+    utcnow,
+)
+from dbsync_cli.sql import Sql, sql
+
+
+def _count_oldest(cur: Any, statement: Sql) -> tuple[int, dt.datetime | None]:
+    cur.execute(statement)
+    count, oldest = cur.fetchone()
+    return int(count), oldest
+
+
+def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
+                    now: dt.datetime | None = None) -> dict[str, Any]:
+    from dbsync_cli.receiver import state
+    from dbsync_cli.receiver.rest import rest_status
+
+    lim = limits(cfg, overrides)
+    now = now or utcnow()
+    report = Report("receiver", cfg["receiver.site_id"], cfg)
+    timeout = lim["timeout_seconds"] or 5
+    schema = cfg["central_db.state_schema"]
+    data = report.data
+    data.update({"state_schema": schema, "sites": [], "inbox": None, "retry_queue": None, "conflicts": None,
+                 "rest": None})
+    conn, central = connect(cfg, "central_db", timeout)
+    data["central_db"] = central
+    silent_max: float | None = None
+    if conn is None:
+        report.problem(CRITICAL, "central_db", central["error"])
+    else:
+        try:
+            s = state.schema_name(schema)
+            with conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (schema,))
+                exists = cur.fetchone()[0] > 0
+            if not exists:
+                report.problem(UNKNOWN, "state_schema", f"receiver state schema {schema!r} does not exist on "
+                                                        f"{central['address']} (no receiver or `dbsync sites add` "
+                                                        "has run yet)")
+            else:
+                silent_max = _sites(report, conn, schema, now, lim)
+                with conn.cursor() as cur:
+                    size_, oldest = _count_oldest(cur, sql("SELECT COUNT(*), MIN(date_received) FROM {}.inbox", s))
+                    data["inbox"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest)}
+                    size_, oldest = _count_oldest(
+                        cur, sql("SELECT COUNT(*), MIN(date_created) FROM {}.receiver_retry_queue", s))
+                    cur.execute(sql("SELECT COALESCE(site, ''), COUNT(*) FROM {}.receiver_retry_queue "
+                                    "GROUP BY site ORDER BY 1", s))
+                    by_site = {r[0] or "?": int(r[1]) for r in cur.fetchall()}
+                    data["retry_queue"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest),
+                                           "by_site": by_site}
+                    size_, oldest = _count_oldest(
+                        cur, sql("SELECT COUNT(*), MIN(date_created) FROM {}.receiver_conflict_queue "
+                                 "WHERE resolved = 0", s))
+                    data["conflicts"] = {"unresolved": size_, "oldest": utc(oldest),
+                                         "oldest_seconds": seconds_between(now, oldest)}
+                rest = rest_status(conn, schema)
+                rest["enabled"] = bool(cfg.get("openmrs.url"))
+                rest["last_error_date"] = utc(rest["last_error_date"])
+                data["rest"] = rest
+                inbox, retry, conflicts = data["inbox"], data["retry_queue"], data["conflicts"]
+                report.problem(grade(inbox["size"], lim["inbox_warning"], lim["inbox_critical"]), "inbox",
+                               f"{inbox['size']} message(s) in the inbox not applied yet "
+                               f"(oldest {duration(inbox['oldest_seconds'])})")
+                report.problem(grade(retry["size"], lim["retry_warning"], lim["retry_critical"]), "retry_queue",
+                               f"{retry['size']} message(s) in the retry queue "
+                               f"(oldest {duration(retry['oldest_seconds'])})")
+                report.problem(grade(conflicts["unresolved"], lim["conflict_warning"], lim["conflict_critical"]),
+                               "conflicts", f"{conflicts['unresolved']} unresolved conflict(s) (dbsync conflicts list)")
+                report.problem(grade(rest["failing"], lim["rest_failing_warning"], lim["rest_failing_critical"]),
+                               "rest", f"{rest['failing']} OpenMRS REST call(s) failing: {rest['last_error'] or '?'}")
+        except pymysql.MySQLError as exc:
+            report.problem(UNKNOWN, "state_schema", f"reading receiver state {schema!r}: {exc.args[-1]}")
+        finally:
+            conn.close()
+
+    broker = probe_broker(cfg, timeout)
+    data["broker"] = broker
+    if not broker["ok"]:
+        report.problem(CRITICAL, "broker", broker["error"])
+
+    enabled = [site for site in data["sites"] if not site["disabled"]]
+    report.notes.append(f"{len(enabled)} site(s), longest silence {duration(silent_max)}")
+    for name, key in (("inbox", "size"), ("retry_queue", "size"), ("conflicts", "unresolved")):
+        if data[name] is not None:
+            report.notes.append(f"{name.replace('_', ' ')} {data[name][key]}")
+    return report.finish({
+        "site_silence_max": silent_max,
+        "inbox": data["inbox"]["size"] if data["inbox"] else None,
+        "retry": data["retry_queue"]["size"] if data["retry_queue"] else None,
+        "conflicts": data["conflicts"]["unresolved"] if data["conflicts"] else None,
+        "rest_failing": data["rest"]["failing"] if data["rest"] else None,
+    })
+
+
+def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:
+    """Per site: last sync (or registration, for a site that never synced) and how long it has been silent."""
+    from dbsync_cli.receiver import state
+
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT site_id, last_sync_date, messages, last_message_id FROM {}.receiver_sync_status",
+                        state.schema_name(schema)))
+        status = {int(r[0]): r[1:] for r in cur.fetchall()}
+    silent_max = None
+    sites = sorted(state.sites(conn, schema).values(), key=lambda site: site.identifier)
+    for site in sites:
+        last, messages, last_id = status.get(site.id, (None, 0, None))
+        silence = seconds_between(now, last or site.date_created)
+        row = {"identifier": site.identifier, "name": site.name, "disabled": site.disabled,
+               "date_created": utc(site.date_created), "last_sync_date": utc(last),
+               "age_seconds": seconds_between(now, last), "silent_seconds": silence, "messages": int(messages or 0),
+               "last_message_id": last_id, "state": "DISABLED" if site.disabled else OK}
+        if not site.disabled:
+            row["state"] = grade(silence, lim["site_silent_warning_minutes"] * 60,
+                                 lim["site_silent_critical_minutes"] * 60)
+            since = "since its last sync" if last else "and never synced since it was registered"
+            report.problem(row["state"], "site", f"site {site.identifier} silent for {duration(silence)} {since}")
+            if silence is not None and (silent_max is None or silence > silent_max):
+                silent_max = silence
+        report.data["sites"].append(row)
+    if not sites:
+        report.problem(WARNING, "site", "no sites registered (dbsync sites add)")
+    return silent_max
+
+

@@ -1,0 +1,145 @@
+"""`dbsync status` for a sender: checkpoint age, binlog lag and retention, throughput, broker and site DB."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from dbsync_cli.config import Config
+from dbsync_cli.health import (
+    CRITICAL,
+    UNKNOWN,
+    WARNING,
+    Report,
+    connect,
+    duration,
+    grade,
+    limits,
+    probe_broker,
+    size,
+    utc,
+)
+
+
+def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """(checkpoint, rate, error) from <home>/state.sqlite without creating it."""
+    import sqlite3
+
+    from dbsync_cli.sender.checkpoint import CheckpointStore
+
+    if not (home / "state.sqlite").exists():
+        return None, None, None
+    try:
+        store = CheckpointStore(home)
+        try:
+            value, updated = store.load(), store.updated()
+            rate = {"rows_per_second": round(store.sent_since(now - 60) / 60, 2),
+                    "rows_per_second_5m": round(store.sent_since(now - 300) / 300, 2),
+                    "rows_last_hour": store.sent_since(now - 3600)}
+        finally:
+            store.close()
+    except (sqlite3.Error, OSError) as exc:
+        return None, None, f"cannot read {home / 'state.sqlite'}: {exc}"
+    if value is None:
+        return None, rate, None
+    ts_ms = value.get("ts_ms")
+    checkpoint = {
+        "file": value.get("file"), "pos": value.get("pos"), "row": value.get("row"),
+        "snapshot": bool(value.get("snapshot")), "snapshot_table": value.get("table") if value.get("snapshot") else None,
+        "ts": utc(ts_ms / 1000) if isinstance(ts_ms, int | float) else None,
+        "ts_ms": ts_ms, "updated": utc(updated),
+        "age_seconds": round(max(0.0, now - updated), 1) if updated is not None else None,
+    }
+    return checkpoint, rate, None
+
+
+def binlog_lag(binary_logs: list[tuple[str, int]], file: str, pos: int) -> int | None:
+    """Bytes of binlog after (file, pos): the rest of that file plus every later file; None if it was purged."""
+    names = [name for name, _ in binary_logs]
+    if file not in names:
+        return None
+    index = names.index(file)
+    rest = max(0, binary_logs[index][1] - int(pos))
+    return rest + sum(sz for _, sz in binary_logs[index + 1:])
+
+
+def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
+                  now: float | None = None) -> dict[str, Any]:
+    lim = limits(cfg, overrides)
+    now = time.time() if now is None else now
+    report = Report("sender", cfg["sender.id"], cfg)
+    timeout = lim["timeout_seconds"] or 5
+    checkpoint, rate, error = _sender_state(cfg.home, now)
+    report.data["checkpoint"] = checkpoint
+    report.data["rate"] = rate
+    lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}
+    report.data["lag"] = lag
+    if error:
+        report.problem(UNKNOWN, "checkpoint", error)
+    elif checkpoint is None:
+        report.problem(WARNING, "checkpoint", f"no checkpoint in {cfg.home / 'state.sqlite'}: the sender has not "
+                                              "confirmed anything yet")
+    else:
+        age = checkpoint["age_seconds"]
+        state = grade(age, lim["checkpoint_warning_minutes"] * 60, lim["checkpoint_critical_minutes"] * 60)
+        report.problem(state, "checkpoint", f"checkpoint not moved for {duration(age)} (sender stopped or stuck?)")
+        if checkpoint["snapshot"]:
+            report.notes.append(f"snapshot in progress ({checkpoint['snapshot_table']})")
+
+    conn, site_db = connect(cfg, "site_db", timeout)
+    report.data["site_db"] = site_db
+    if conn is None:
+        report.problem(CRITICAL, "site_db", site_db["error"])
+    else:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW BINARY LOGS")
+                logs = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+            if logs:
+                lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
+            if checkpoint is not None and checkpoint["file"]:
+                lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["pos"] or 0)
+                if lag["bytes"] is None:
+                    lag["purged"] = True
+                    report.problem(CRITICAL, "binlog", f"checkpoint {checkpoint['file']}:{checkpoint['pos']} is in a "
+                                                       "purged binlog: the sender stops with exit 10 (restart it "
+                                                       "with --snapshot when_needed)")
+                else:
+                    ts_ms = checkpoint["ts_ms"]
+                    if lag["bytes"] == 0:
+                        lag["seconds"] = 0.0
+                    elif isinstance(ts_ms, int | float):
+                        lag["seconds"] = round(max(0.0, now - ts_ms / 1000), 1)
+        except pymysql.MySQLError as exc:
+            report.problem(UNKNOWN, "binlog", f"SHOW BINARY LOGS failed on {site_db['address']}: {exc.args[-1]} "
+                                              "(the user needs REPLICATION CLIENT / BINLOG MONITOR)")
+        finally:
+            conn.close()
+        report.problem(grade(lag["seconds"], lim["lag_warning_seconds"], lim["lag_critical_seconds"]), "lag",
+                       f"{duration(lag['seconds'])} behind the binlog")
+        report.problem(grade(lag["bytes"], lim["lag_warning_bytes"], lim["lag_critical_bytes"]), "lag_bytes",
+                       f"{size(lag['bytes'])} of binlog not published")
+
+    broker = probe_broker(cfg, timeout)
+    report.data["broker"] = broker
+    if not broker["ok"]:
+        report.problem(CRITICAL, "broker", broker["error"])
+
+    if checkpoint is not None:
+        report.notes.insert(0, f"checkpoint {checkpoint['file']}:{checkpoint['pos']} "
+                               f"({duration(checkpoint['age_seconds'])} ago)")
+    report.notes.append(f"lag {size(lag['bytes'])}, {duration(lag['seconds'])}")
+    if rate is not None:
+        report.notes.append(f"{rate['rows_per_second_5m']:g} rows/s (5 min)")
+    return report.finish({
+        "lag_seconds": lag["seconds"], "lag_bytes": lag["bytes"],
+        "checkpoint_age": checkpoint["age_seconds"] if checkpoint else None,
+        "rows_per_second": rate["rows_per_second_5m"] if rate else None,
+    })
+
+
+# ---- receiver ----------------------------------------------------------------------------------------------
+

@@ -1,0 +1,62 @@
+"""SQL text from fixed templates and quoted identifiers only; values always travel as query parameters.
+
+`quote` is the one place an identifier is quoted. `sql` fills a template's ``{}`` slots and accepts nothing but
+`Sql` fragments (made by `quote`, `sql`, `placeholders` and `join`), so a value from a message can never be
+spliced into a statement by mistake: it raises TypeError instead. Table and column names come from the
+introspected schema (`SchemaModel.ident`) or from the receiver's validated state schema name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Sql(str):
+    """A fragment of SQL text that is safe to splice into a statement."""
+
+    __slots__ = ()
+
+
+def quote(*names: str) -> Sql:
+    """`db`.`table`.`column`: each part in backticks, a backtick inside a name doubled."""
+    if not names or any(not isinstance(n, str) or not n for n in names):
+        raise ValueError(f"not an identifier: {names!r}")
+    return Sql(".".join("`" + name.replace("`", "``") + "`" for name in names))
+
+
+def sql(template: str, *parts: Sql, **named: Sql) -> Sql:
+    """`template` with its ``{}`` / ``{name}`` slots filled by SQL fragments (never by plain strings)."""
+    for part in (*parts, *named.values()):
+        if not isinstance(part, Sql):
+            raise TypeError(f"only quoted identifiers and SQL fragments go into SQL text, not {type(part).__name__}")
+    return Sql(template.format(*parts, **named))
+
+
+def placeholders(count: int) -> Sql:
+    """``%s, %s, …`` for an IN list or a VALUES row of `count` parameters."""
+    if count < 1:
+        raise ValueError("an IN list or VALUES row needs at least one parameter")
+    return Sql(", ".join(["%s"] * count))
+
+
+def join(parts: Iterable[Sql], separator: str = ", ") -> Sql:
+    """Fragments joined (column lists, SET clauses)."""
+    items = list(parts)
+    for part in items:
+        if not isinstance(part, Sql):
+            raise TypeError(f"only quoted identifiers and SQL fragments can be joined, not {type(part).__name__}")
+    return Sql(separator.join(items))
+
+
+def columns(names: Iterable[str]) -> Sql:
+    """A quoted column list: `a`, `b`."""
+    return join(quote(name) for name in names)
+
+
+def chunks(values: Sequence[T], size: int = 1000) -> Iterator[list[T]]:
+    """IN lists of at most `size` parameters, so a statement stays far below max_allowed_packet."""
+    for i in range(0, len(values), size):
+        yield list(values[i : i + size])

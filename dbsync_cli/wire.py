@@ -1,0 +1,207 @@
+"""The sync message, the one definition of what crosses the broker between a site and central.
+
+A message is ``{"v", "id", "site", "table", "op", "uuid", "snapshot", "sent", "source", "data"}`` (see
+docs/architecture.md). Foreign keys travel as ``{"$ref": table, "uuid": …}``, binary values as ``{"$b64": …}``,
+DATETIME with the site's UTC offset. On the broker the body is the message's JSON, deflated over a size, with
+headers that let the receiver store a delivery without parsing its body. Sender and receiver both import this
+module and nothing else of each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import re
+import zlib
+from collections.abc import Collection, Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+VERSION = 1
+
+#: change ops a message carries: create, update, delete, read by the initial load (snapshot)
+OPS = ("c", "u", "d", "r")
+DELETE = "d"
+#: heartbeats only move the sender's checkpoint; they never reach the broker
+HEARTBEAT = "h"
+
+REF = "$ref"
+B64 = "$b64"
+
+# broker headers (STOMP)
+ID_HEADER = "dbsync-id"
+SITE_HEADER = "dbsync-site"
+TABLE_HEADER = "dbsync-table"
+ENCODING_HEADER = "dbsync-encoding"
+DEFLATE = "deflate"
+DUPLICATE_ID_HEADER = "_AMQ_DUPL_ID"  # Artemis drops a second SEND with the same value
+
+MAX_ID = 255  # the receiver stores ids in VARCHAR(255) columns
+UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}$")
+
+
+# ---- ids ---------------------------------------------------------------------------------------------------
+def message_id(site: str, source: Mapping[str, Any], table: str, key: Any) -> str:
+    """Deterministic: a message re-sent after a crash carries the same id, so the receiver can recognise it."""
+    if source.get("snapshot"):
+        return f"{site}:snap:{source['file']}:{source['pos']}:{table}:{key}"
+    return f"{site}:{source['file']}:{source['pos']}:{source['row']}"
+
+
+def storable_id(message_id: str) -> str:
+    """An id that fits the receiver's columns; never truncated into a collision (prefix + digest of the whole)."""
+    if len(message_id) <= MAX_ID:
+        return message_id
+    digest = hashlib.sha256(message_id.encode()).hexdigest()
+    return f"{message_id[:MAX_ID - 66]}#{digest}"
+
+
+# ---- values ------------------------------------------------------------------------------------------------
+def ref(table: str, uuid: str | None) -> dict[str, Any]:
+    """A foreign key on the wire: the referenced row's uuid (never a local id)."""
+    return {REF: table, "uuid": uuid}
+
+
+def ref_target(value: Any) -> tuple[str, str] | None:
+    """(table, uuid) of a wire reference, or None when the value is not one."""
+    if isinstance(value, dict) and isinstance(value.get(REF), str) and isinstance(value.get("uuid"), str):
+        return value[REF], value["uuid"]
+    return None
+
+
+def b64(value: bytes | bytearray | memoryview) -> dict[str, str]:
+    return {B64: base64.b64encode(bytes(value)).decode()}
+
+
+def is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and B64 in value
+
+
+def unb64(value: Mapping[str, Any]) -> bytes:
+    """The bytes of a ``{"$b64": …}`` value; ValueError when it is not valid base64."""
+    try:
+        return base64.b64decode(value[B64], validate=True)
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError("invalid base64") from exc
+
+
+def format_time(value: dt.timedelta) -> str:
+    """A TIME value as MySQL prints it (may be negative or over 24 h)."""
+    micros = value // dt.timedelta(microseconds=1)
+    sign = "-" if micros < 0 else ""
+    seconds, micro = divmod(abs(micros), 1_000_000)
+    text = f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return text + (f".{micro:06d}" if micro else "")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return format_time(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return b64(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def dumps(record: Any) -> bytes:
+    """JSON as every stage writes it (NDJSON lines, broker bodies): DECIMAL as text, binary as ``$b64``."""
+    return orjson.dumps(record, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def local_datetime(value: str, tz: dt.tzinfo) -> dt.datetime:
+    """A wire DATETIME (ISO with offset) as a naive value in `tz`: how central stores a site's DATETIME."""
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed
+    return parsed.astimezone(tz).replace(tzinfo=None)
+
+
+# ---- the message -------------------------------------------------------------------------------------------
+def message(*, site: str, table: str, op: str, uuid: str, source: Mapping[str, Any], key: Any,
+            data: dict[str, Any] | None, sent: str) -> dict[str, Any]:
+    """A sync message; `sent` is when its row was loaded at the site (the receiver's order guard compares it)."""
+    return {
+        "v": VERSION,
+        "id": message_id(site, source, table, key),
+        "site": site,
+        "table": table,
+        "op": op,
+        "uuid": uuid,
+        "snapshot": bool(source.get("snapshot")),
+        "sent": sent,
+        "source": source,
+        "data": data,
+    }
+
+
+def is_heartbeat(record: Mapping[str, Any]) -> bool:
+    """A heartbeat (not a message, not an inbox record): in a pipe it may reach apply, which ignores it."""
+    return record.get("op") == HEARTBEAT and "inbox" not in record and "v" not in record
+
+
+def check(message: Any, tables: Collection[str]) -> str | None:
+    """Why a decoded message is not a valid sync message for these synced tables, or None when it is."""
+    if not isinstance(message, dict):
+        return f"expected a JSON object, got {type(message).__name__}"
+    if message.get("v") != VERSION:
+        return f"unsupported message version {str(message.get('v'))[:20]!r}"
+    for key in ("id", "site", "table", "op", "uuid"):
+        if not isinstance(message.get(key), str) or not message[key]:
+            return f"missing or invalid {key!r}"
+    if message["table"] not in tables:
+        return f"unknown table {message['table'][:64]!r}"
+    if message["op"] not in OPS:
+        return f"unknown op {message['op'][:10]!r}"
+    if not UUID_TEXT.match(message["uuid"]):
+        return f"invalid uuid {message['uuid'][:40]!r}"
+    data = message.get("data")
+    if message["op"] == DELETE:
+        return None if data is None or isinstance(data, dict) else "data of a delete must be null"
+    if not isinstance(data, dict):
+        return "data must be an object"
+    return None
+
+
+# ---- on the broker -----------------------------------------------------------------------------------------
+def encode(message: Mapping[str, Any], *, anycast: bool, compress_over: int) -> tuple[bytes, dict[str, str]]:
+    """The STOMP body and headers of a persistent SEND (deflated when the JSON is over `compress_over` bytes)."""
+    body = dumps(message)
+    headers = {
+        "persistent": "true",
+        "destination-type": "ANYCAST" if anycast else "MULTICAST",
+        DUPLICATE_ID_HEADER: message["id"],
+        ID_HEADER: message["id"],
+        SITE_HEADER: str(message.get("site", "")),
+        TABLE_HEADER: str(message.get("table", "")),
+    }
+    if len(body) > compress_over:
+        body = zlib.compress(body, 6)
+        headers[ENCODING_HEADER] = DEFLATE
+    return body, headers
+
+
+def delivery_id(headers: Mapping[str, str]) -> str:
+    """The message id of a delivery: the sender's, else the broker's (a message not sent by dbsync)."""
+    return storable_id(headers.get(ID_HEADER) or f"broker:{headers.get('message-id', '')}")
+
+
+def decode_body(body: bytes, headers: Mapping[str, str], max_inflated: int) -> bytes:
+    """The JSON of a delivery; zlib.error when a deflated body is broken or inflates beyond `max_inflated`."""
+    if headers.get(ENCODING_HEADER) != DEFLATE:
+        return body
+    inflater = zlib.decompressobj()
+    inflated = inflater.decompress(body, max_inflated)
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise zlib.error("truncated or over the size limit")
+    return inflated
