@@ -27,7 +27,7 @@ _API: dict[str, str] = {
     "Receiver": "dbsync_cli.receiver.run",
 }  # fmt: skip
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *sorted(_API)]  # noqa: PLE0604 - the names _API lists, all strings
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ appears in a repr or an error message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import ssl
@@ -169,9 +170,7 @@ def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
     conn.remove_listener("dbsync-connect")
     if ok and waiter.error is None and conn.is_connected():
         return conn
-    try:
+    with contextlib.suppress(Exception):  # best effort close of a half-open connection
         conn.disconnect()
-    except Exception:  # noqa: BLE001,S110 - best effort close of a half-open connection
-        pass
     reason = waiter.error or f"no CONNECTED frame within {settings.connect_timeout:g}s"
     raise _fail(settings, reason)

@@ -138,12 +138,12 @@ def _coerce_env(key: str, spec: Key, raw: str) -> Any:
         if kind is list:
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"{key}: environment variable {_env_name(key)} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"{key}: environment variable {_env_name(key)} is not a valid {_type_name(kind)}") from None
     return raw
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    return kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+    return "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
 
 
 @dataclass
@@ -201,7 +201,7 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
     if path is not None:
         source = str(path)
         try:
-            with open(path, "rb") as fh:
+            with Path(path).open("rb") as fh:
                 tree = tomllib.load(fh)
         except FileNotFoundError:
             return [f"config file {path}: not found"]

@@ -17,6 +17,7 @@ All times in the receiver's state tables are UTC; the report prints ISO-8601 wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -71,7 +72,7 @@ def utc(value: dt.datetime | float | None) -> str | None:
 
 
 def seconds_between(later: dt.datetime, earlier: dt.datetime | None) -> float | None:
-    return None if earlier is None else round(max(0.0, (later - earlier).totalseconds_between()), 1)
+    return None if earlier is None else round(max(0.0, (later - earlier).total_seconds()), 1)
 
 
 def duration(seconds: float | None) -> str:
@@ -136,10 +137,8 @@ def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:
         settings = dataclasses.replace(settings_from_config(cfg), connect_timeout=timeout, heartbeats=(0, 0))
         url = settings.url
         conn = open_connection(settings)
-        try:
+        with contextlib.suppress(Exception):  # the CONNECTED frame already answered the question
             conn.disconnect()
-        except Exception:  # noqa: BLE001,S110 - the CONNECTED frame already answered the question
-            pass
     except BrokerError as exc:
         return {"url": url, "ok": False, "error": str(exc), "seconds": None}
     return {"url": url, "ok": True, "error": None, "seconds": round(time.monotonic() - started, 3)}

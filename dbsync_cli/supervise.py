@@ -6,22 +6,17 @@ import logging
 import threading
 from collections.abc import Callable
 
-from tenacity import wait_exponential
+from tenacity import RetryCallState, Retrying, wait_exponential
 
 log = logging.getLogger("dbsync.supervise")
 
-_WAIT = wait_exponential(multiplier=1, max=60)
 
-
-class _Attempt:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number
-
-
-def backoff(failures: int) -> float:
-    return float(_WAIT(_Attempt(failures)))
+def backoff(failures: int, *, multiplier: float = 1, maximum: float = 60) -> float:
+    """Seconds to wait after `failures` failures in a row: multiplier × 1, 2, 4 … at most `maximum` (tenacity's
+    exponential wait, for loops that cannot be a tenacity Retrying because they also yield)."""
+    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, failures)
+    return float(wait_exponential(multiplier=multiplier, max=maximum)(state))
 
 
 def supervise(name: str, target: Callable[[], object], stop: threading.Event, *, once: bool = False,

@@ -8,6 +8,7 @@ both sites, shows progress, then prints per-site status and a per-table comparis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,10 +83,8 @@ def start(args: list[str], log: str) -> subprocess.Popen:
 
 def stop_demo_processes() -> None:
     for pid_file in (WORK / "pids").glob("*.pid") if (WORK / "pids").exists() else []:
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
         pid_file.unlink()
 
 

@@ -41,7 +41,7 @@ def detect_role(path: Path | None) -> str:
     if path is None:
         return os.environ.get("DBSYNC_ROLE", "sender")
     try:
-        with open(path, "rb") as fh:
+        with Path(path).open("rb") as fh:
             tree = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError):
         return "sender"

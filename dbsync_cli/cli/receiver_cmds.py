@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -14,7 +15,8 @@ from rich.table import Table
 from dbsync_cli import exitcodes, records
 from dbsync_cli.cli import common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
-from dbsync_cli.openmrs import SchemaError
+from dbsync_cli.config import Config
+from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.receiver import conflicts as conflicts_mod
 from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.apply import Applier
@@ -22,7 +24,7 @@ from dbsync_cli.receiver.apply import apply as apply_stage
 from dbsync_cli.receiver.retry import retry_pending
 
 
-def _model(cfg):  # type: ignore[no-untyped-def]
+def _model(cfg: Config) -> SchemaModel:
     try:
         return run_mod.load_model(cfg)
     except SchemaError as exc:
@@ -75,7 +77,7 @@ conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally
                             no_args_is_help=True)
 
 
-def _applier(config):  # type: ignore[no-untyped-def]
+def _applier(config: Path | None) -> Applier:
     cfg = common.load_config(config, "receiver")
     return Applier(run_mod.apply_settings(cfg), _model(cfg))
 

@@ -12,7 +12,8 @@ import typer
 
 from dbsync_cli import exitcodes, records
 from dbsync_cli.cli import common
-from dbsync_cli.openmrs import SchemaError
+from dbsync_cli.config import Config
+from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.sender import run as sender_mod
 from dbsync_cli.sender.binlog import CaptureStop
 from dbsync_cli.sender.capture import capture as capture_stage
@@ -42,7 +43,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def _model(cfg):  # type: ignore[no-untyped-def]
+def _model(cfg: Config) -> SchemaModel:
     try:
         return sender_mod.load_model(cfg)
     except SchemaError as exc:

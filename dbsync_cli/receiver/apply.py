@@ -67,8 +67,8 @@ class Applier:
         with self.conn.cursor() as cur:
             consecutive = settings.consecutive_keys and consecutive_keys(cur)
             cur.execute("SELECT @@max_allowed_packet")
-            packet = int(cur.fetchone()[0])
-        self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, packet // 2))
+            (packet,) = cur.fetchone() or (4_194_304,)
+        self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, int(packet) // 2))
         self._grouping = False
         # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
         # when the batch started, dropped when the batch writes them; entity_hash only changes in finish_batch.
@@ -412,6 +412,7 @@ class Applier:
         message = item.message
         assert message is not None and item.table is not None
         ek = entity_key(self.model, item.table, message["uuid"])
+        assert ek is not None  # a parsed message has a table and a uuid
         cur.execute(
             sql("INSERT INTO {}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "
                 "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),

@@ -16,6 +16,7 @@ with exponential backoff; unacknowledged deliveries come back from the broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -28,13 +29,13 @@ from typing import Any
 import pymysql
 import stomp
 import stomp.exception
-from tenacity import wait_exponential
 
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
+from dbsync_cli.supervise import backoff
 
 log = logging.getLogger("dbsync.consume")
 
@@ -152,7 +153,6 @@ class Consumer:
     # -- broker → inbox -------------------------------------------------------------------------------------
     def batches(self) -> Iterator[list[InboxRow]]:
         """Committed batches until stop / max_messages / idle; reconnects with backoff in between."""
-        wait = wait_exponential(multiplier=0.5, max=30)
         failures = 0
         self.last_delivery = time.monotonic()
         while not self._finished():
@@ -167,7 +167,7 @@ class Consumer:
                     if self.stop.is_set():
                         return
                     raise  # nothing arrives and we cannot connect: a script asked for an idle exit, say why
-                delay = wait(_RetryState(failures))
+                delay = backoff(failures, multiplier=0.5, maximum=30)
                 log.warning("consume: %s; reconnecting in %.1f s", " ".join(str(exc).split()) or type(exc).__name__,
                             delay)
                 self.stop.wait(delay)
@@ -229,10 +229,8 @@ class Consumer:
             except Exception:  # noqa: BLE001,S110 - closing a broken connection must not hide the real error
                 pass
             if db is not None:
-                try:
+                with contextlib.suppress(Exception):
                     db.close()
-                except Exception:  # noqa: BLE001,S110
-                    pass
 
     def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
         """One transaction for the batch; returns the rows that were new (duplicates are ignored)."""
@@ -247,13 +245,6 @@ class Consumer:
                 body = raw
             deliveries.append((message_id, frame.headers.get(wire.SITE_HEADER) or None, body))
         return inbox.store(db, self.settings.state_schema, deliveries)
-
-
-class _RetryState:
-    """The one attribute tenacity's wait strategies read."""
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number
 
 
 def consume(settings: ConsumeSettings, stop: threading.Event, *, max_messages: int | None = None,

@@ -6,6 +6,7 @@ handled in the same transaction as their changes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,8 @@ def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes]])
                     rows.append(InboxRow(int(cur.lastrowid), message_id, site, body))
         db.commit()
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the connection may be gone; the error raised says why
             db.rollback()
-        except Exception:  # noqa: BLE001,S110 - the connection may be gone; the error raised says why
-            pass
         raise
     return rows
 

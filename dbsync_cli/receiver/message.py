@@ -34,7 +34,7 @@ def entity_key(model: SchemaModel, table: SyncedTable | None, uuid: Any) -> str 
 
 
 def _body(record: dict[str, Any]) -> bytes:
-    body = record.get("body")
+    body: Any = record.get("body")
     if wire.is_b64(body):
         return wire.unb64(body)
     if isinstance(body, str):

@@ -143,13 +143,13 @@ class Converter:
         columns = table.info.columns
         attribute_column = ATTRIBUTE_ID_VALUES.get(table.name, (None,))[0]
         for column in data:  # every name first, so a bad message creates no placeholder on its way to failing
-            if column not in columns or column == table.key or column == "uuid" or column in table.secret_columns:
+            if column not in columns or column in (table.key, "uuid") or column in table.secret_columns:
                 raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
         for column, value in data.items():
             if column == attribute_column and isinstance(value, dict):
                 continue  # an id-valued attribute: resolved below
             info = columns.get(column)
-            if info is None or column == table.key or column == "uuid" or column in table.secret_columns:
+            if info is None or column in (table.key, "uuid") or column in table.secret_columns:
                 raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
             ref = table.references.get(column)
             if ref is not None and ref.identity is not None:

@@ -14,6 +14,7 @@ Without ``openmrs.url`` nothing is enqueued (:func:`rest_enabled`) and the worke
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import http.cookiejar
 import json
@@ -115,10 +116,8 @@ class RestWorker:
                 response.read()
         except urllib.error.HTTPError as exc:
             detail = ""
-            try:
+            with contextlib.suppress(Exception):  # the status alone is enough
                 detail = exc.read(300).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001,S110 - the status alone is enough
-                pass
             raise RestError(self._clean(f"POST {endpoint}: HTTP {exc.code} {exc.reason}"
                                         + (f": {detail}" if detail else ""))) from None
         except urllib.error.URLError as exc:
@@ -144,10 +143,8 @@ class RestWorker:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.conn.close()
-            except Exception:  # noqa: BLE001,S110
-                pass
             self.conn = None
 
     def _due(self, cur: Any) -> list[tuple[Any, ...]]:

@@ -88,10 +88,10 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         threading.Thread(target=supervise, name="consume", daemon=True,
                          args=("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop), stop)),
     ]
-    if rest.rest_enabled(cfg):
+    rest_settings = central.rest_settings(cfg)
+    if rest_settings is not None:
         threads.append(threading.Thread(target=supervise, name="rest", daemon=True,
-                                        args=("rest", lambda: rest.RestWorker(central.rest_settings(cfg), stop).run(),
-                                              stop)))
+                                        args=("rest", lambda: rest.RestWorker(rest_settings, stop).run(), stop)))
     for thread in threads:
         thread.start()
     supervise("apply", lambda: run_apply_loop(cfg, stop, model, idle_exit), stop, once=idle_exit is not None)

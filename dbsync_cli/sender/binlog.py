@@ -44,10 +44,7 @@ def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
     wrong = []
     for name, wanted in REQUIRED.items():
         value = found.get(name, "(absent)")
-        if name == "log_bin":
-            ok = value.upper() in ("1", "ON")
-        else:
-            ok = value.upper() == wanted
+        ok = value.upper() in ("1", "ON") if name == "log_bin" else value.upper() == wanted
         if not ok:
             wrong.append(f"{name}={value}")
     if wrong:

@@ -225,7 +225,7 @@ class Enricher:
             target = self._attribute_format(table, row[type_column])
             identity = self.model.identity_of(target) if target else None
             raw = row[value_column]
-            if identity is not None and raw and str(raw).isdigit():
+            if target and identity is not None and raw and str(raw).isdigit():
                 data[value_column] = wire.ref(target, refs.get((identity.table, int(raw))))
         return data
 

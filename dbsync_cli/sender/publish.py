@@ -9,6 +9,7 @@ drops duplicates).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import stomp
-from tenacity import Retrying, retry_if_exception_type, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.supervise import backoff
 from dbsync_cli.wire import dumps
 
 log = logging.getLogger("dbsync.publish")
@@ -133,10 +135,8 @@ class Publisher:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection must not hide the original error
                 self.conn.disconnect()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not hide the original error
-                pass
             self.conn = None
 
     @staticmethod
@@ -178,25 +178,22 @@ class Publisher:
         batch.receipt = uuidlib.uuid4().hex
         last = len(batch.frames) - 1
         for index, (body, headers) in enumerate(batch.frames):
-            if index == last:
-                headers = {**headers, "receipt": batch.receipt}
-            conn.send(destination=self.settings.destination, body=body, headers=headers,
+            sent_headers = {**headers, "receipt": batch.receipt} if index == last else headers
+            conn.send(destination=self.settings.destination, body=body, headers=sent_headers,
                       content_type="application/json")
 
     def _resend(self, pending: deque[_Batch], failures: int = 0) -> None:
         """Reconnect with backoff and send every unconfirmed batch again, in order, on one new connection (the
         broker drops the duplicates by `_AMQ_DUPL_ID`)."""
         if failures:
-            time.sleep(min(30.0, 0.5 * 2 ** (failures - 1)))
-        for attempt in Retrying(
-            retry=retry_if_exception_type(RETRYABLE),
-            wait=wait_exponential(multiplier=0.5, max=30),
-            before_sleep=lambda state: (
-                log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?"),
-                self.close(),
-            ),
-            reraise=True,
-        ):
+            time.sleep(backoff(failures, multiplier=0.5, maximum=30))
+
+        def before_sleep(state: RetryCallState) -> None:
+            log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?")
+            self.close()
+
+        for attempt in Retrying(retry=retry_if_exception_type(RETRYABLE), wait=wait_exponential(multiplier=0.5, max=30),
+                                before_sleep=before_sleep, reraise=True):
             with attempt:
                 self.close()
                 conn = self._connect()

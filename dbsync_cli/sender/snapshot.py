@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -64,7 +64,7 @@ class Snapshot:
             return Position(self.resume["file"], int(self.resume["pos"]))
         return position
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(self) -> Generator[dict[str, Any], None, None]:
         settings = self.settings
         database = settings.db.database or ""
         conn = settings.db.connect(autocommit=False)

@@ -25,9 +25,10 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         for name in names:
             if name.split(".")[0] in ("dbsync_cli", "devtools"):
-                while name not in known and "." in name:  # `from pkg import name` where name is not a module
-                    name = name.rsplit(".", 1)[0]
-                found.add(name)
+                module = name
+                while module not in known and "." in module:  # `from pkg import name` where name is no module
+                    module = module.rsplit(".", 1)[0]
+                found.add(module)
     return found
 
 
