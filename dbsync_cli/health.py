@@ -1,6 +1,6 @@
-"""`dbsync status`: health of a sender or a receiver as one report, graded for cron and Nagios.
+"""`dbsync status` grading shared by both sides: thresholds, the report, the broker and database probes.
 
-No CLI code here: :func:`sender_status` and :func:`receiver_status` read a Config (plus threshold overrides) and
+No CLI code here: `sender.status.sender_status` and `receiver.status.receiver_status` read a Config (plus threshold overrides) and
 return a JSON-ready dict with ``state`` (OK, WARNING, CRITICAL or UNKNOWN), ``exit_code`` (0, 1, 2, 3 — the
 Nagios plugin convention), ``problems`` (one entry per failed check), a one-line ``summary`` and Nagios
 ``perfdata``, beside the measured values.

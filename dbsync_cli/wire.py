@@ -41,7 +41,7 @@ DEFLATE = "deflate"
 DUPLICATE_ID_HEADER = "_AMQ_DUPL_ID"  # Artemis drops a second SEND with the same value
 
 MAX_ID = 255  # the receiver stores ids in VARCHAR(255) columns
-UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}$")
+UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}\Z")  # \Z: no trailing newline either
 
 
 # ---- ids ---------------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from dbsync_cli.openmrs.rules import (
     ATTRIBUTE_ID_VALUES,
     AUDIT_COLUMNS,
     DEFAULT_SYNCED_TABLES,
-    DEFAULT_USER_TABLE,
     SECRET_COLUMNS,
     SITE_SUFFIX_COLUMNS,
     UNDECLARED_REFERENCES,
+    USERS_TABLE,
 )
 from dbsync_cli.sql import Sql, quote, sql
 
@@ -122,7 +122,7 @@ class SchemaModel:
             for col, fk in info.foreign_keys.items()
             if col != key
         }
-        implied = {c: "users" for c in AUDIT_COLUMNS}
+        implied = {c: USERS_TABLE for c in AUDIT_COLUMNS}
         implied.update({c: t for (tbl, c), t in UNDECLARED_REFERENCES.items() if tbl == info.name})
         for col, target in implied.items():
             column = info.columns.get(col)
@@ -157,7 +157,7 @@ class SchemaModel:
 
     def default_user(self, cur: Any) -> int:
         """The central user that placeholders and required audit columns fall back to (the lowest id: admin)."""
-        info = self.tables[DEFAULT_USER_TABLE]
+        info = self.tables[USERS_TABLE]
         cur.execute(sql("SELECT MIN({}) FROM {}", quote(info.primary_key[0]), quote(info.name)))
         found = cur.fetchone()[0]
         return int(found) if found else 1

@@ -63,8 +63,8 @@ PLACEHOLDER_USER_COLUMNS = ("voided_by", "retired_by", "creator")
 #: Synced tables that have no index on uuid in 2.5: the receiver adds one, or every lookup is a full scan.
 UUID_INDEX_TABLES = ("users", "allergy")
 
-#: The central user that placeholders and required audit columns default to: the lowest user id (admin).
-DEFAULT_USER_TABLE = "users"
+#: The table AUDIT_COLUMNS reference, whose lowest id (admin) placeholders and required audit columns default to.
+USERS_TABLE = "users"
 
 _CLASS_TABLE_EXCEPTIONS = {"User": "users", "Order": "orders"}
 

@@ -21,10 +21,9 @@ import pymysql.cursors
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import state
+from dbsync_cli.receiver import bookkeeping, state
 from dbsync_cli.receiver.batch import Batch, Outcome, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
-from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, parse, parse_raw
@@ -111,24 +110,8 @@ class Applier:
     def finish_batch(self, cur: Any, batch: Batch) -> None:
         """Write what `batch` collected (entity hashes, handled ids, inbox deletions, REST calls, site status) in
         the caller's transaction, which commits it with the changes."""
-        stamp = now()
-        self._write_entity_hash(cur, batch, stamp)
-        if batch.handled:
-            cur.executemany(sql("INSERT IGNORE INTO {}.applied_message (message_id, date_applied) VALUES (%s, %s)",
-                                self.s), [(m[:255], stamp) for m in batch.handled])
-        if batch.inbox:
-            cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", self.s, placeholders(len(batch.inbox))),
-                        batch.inbox)
-        if batch.rest:
-            cur.executemany(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
-                                "VALUES (%s, %s, %s, %s)", self.s), [(*r, stamp) for r in batch.rest])
-        for identifier, (count, last_id) in batch.sites.items():
-            cur.execute(
-                sql("INSERT INTO {}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "
-                    "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
-                    "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)", self.s),
-                (self.sites[identifier].id, stamp, last_id[:255], count),
-            )
+        site_ids = {identifier: self.sites[identifier].id for identifier in batch.sites}
+        bookkeeping.write_batch(cur, self.s, batch, site_ids, now(), self._hashes)
 
     def rebaseline(self, cur: Any, table: SyncedTable, uuid: str, site: str, position: SourcePosition | None,
                    key: Any) -> None:
@@ -138,7 +121,7 @@ class Applier:
         if key is not None:
             batch.touched[(table.name, key)] = (uuid, site)
         self._applied_at(cur, batch, table, uuid, position, None if key is not None else site)
-        self._write_entity_hash(cur, batch, now())
+        bookkeeping.write_entity_hashes(cur, self.s, batch, now(), self._hashes)
 
     # ---- the stage -------------------------------------------------------------------------------------------
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -328,17 +311,7 @@ class Applier:
         """(hash, position) stored when dbsync last wrote this entity; (None, None) if never."""
         if self._synced is not None and (table, uuid) in self._synced:
             return self._synced[(table, uuid)]
-        return self._fetch_synced(cur, table, [uuid])[(table, uuid)]
-
-    def _fetch_synced(self, cur: Any, table: str, uuids: list[str]) -> dict[tuple[str, str], Any]:
-        """entity_hash entries (hash, position) of these uuids, (None, None) for the unknown, 1,000 per query."""
-        found: dict[tuple[str, str], Any] = {(table, u): (None, None) for u in uuids}
-        for part in chunks(uuids):
-            cur.execute(sql("SELECT entity_uuid, hash, {} FROM {}.entity_hash WHERE table_name = %s AND entity_uuid "
-                            "IN ({})", columns(POSITION_COLUMNS), self.s, placeholders(len(part))), [table, *part])
-            for row in cur.fetchall():
-                found[(table, row[0])] = (row[1], SourcePosition.from_row(row[2:]))
-        return found
+        return bookkeeping.fetch_synced(cur, self.s, table, [uuid])[(table, uuid)]
 
     def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
         """Current rows of the batch's entities that exist at central and the entity_hash entries of all of them
@@ -358,7 +331,7 @@ class Applier:
             for row in self._rows_by_key(name, list(wanted)):
                 self._rows[(name, row[key_column])] = row
         for name, uuid_set in uuids_of.items():
-            self._synced.update(self._fetch_synced(cur, name, sorted(uuid_set)))
+            self._synced.update(bookkeeping.fetch_synced(cur, self.s, name, sorted(uuid_set)))
 
     def _rows_by_key(self, table: str, keys: list[Any], *, whole: bool = True) -> Iterator[Any]:
         """Central rows by primary key with their hash, 1,000 per query: whole (dicts) or (key, hash) tuples."""
@@ -443,29 +416,9 @@ class Applier:
         for ident, uuids in wanted.items():
             self.ids.prefetch(cur, ident, uuids)
 
-    def _write_entity_hash(self, cur: Any, batch: Batch, stamp: dt.datetime) -> None:
-        """Hash and source position of every row the batch wrote; a tombstone (no hash) for every delete."""
-        no_position = (None,) * len(POSITION_COLUMNS)
-
-        def position(table: str, uuid: str) -> tuple[Any, ...]:
-            found = batch.positions.get((table, uuid))
-            return no_position if found is None else found.row_values()
-
-        entries = [(table, uuid, None, site, stamp, *position(table, uuid))
-                   for (table, uuid), site in batch.removed.items()]
-        by_table: dict[str, list[Any]] = {}
-        for (table, key) in batch.touched:
-            by_table.setdefault(table, []).append(key)
-        for table, keys in by_table.items():
-            for key, digest in self._rows_by_key(table, keys, whole=False):
-                uuid, site = batch.touched[(table, key)]
-                entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
-        if entries:
-            keep = join(sql("{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))", c=quote(c)) for c in POSITION_COLUMNS)
-            cur.executemany(
-                sql("INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, date_synced, {}) VALUES ({}) "
-                    "ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
-                    "{}", self.s, columns(POSITION_COLUMNS), placeholders(5 + len(POSITION_COLUMNS)), keep), entries)
+    def _hashes(self, table: str, keys: list[Any]) -> Iterator[tuple[Any, str]]:
+        """(key, hash) of central rows, as the server computes them."""
+        return self._rows_by_key(table, keys, whole=False)
 
 
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from dbsync_cli import wire
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.openmrs.rules import CHANGE_DATE_COLUMNS
 from dbsync_cli.receiver.placeholder import is_placeholder
@@ -32,7 +33,9 @@ class Verdict:
 def canonical(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=None).isoformat(sep=" ")
-    if isinstance(value, dt.date | dt.timedelta | Decimal):
+    if isinstance(value, dt.timedelta):
+        return wire.format_time(value)  # as the wire carries TIME ("07:05:00", not str()'s "7:05:00")
+    if isinstance(value, dt.date | Decimal):
         return str(value)
     if isinstance(value, bytes | bytearray):
         return bytes(value).hex()

@@ -60,8 +60,18 @@ def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel,
 def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
     """An inbox record (`{"inbox", "message_id", "site", "body"}`) or a bare sync message."""
     if "inbox" in record:
-        return parse_raw(_body(record), str(record.get("message_id") or f"inbox:{record['inbox']}"),
-                         record.get("site"), model, max_bytes, inbox=int(record["inbox"]))
+        message_id = str(record.get("message_id") or f"inbox:{record['inbox']}")
+        try:
+            inbox = int(record["inbox"])
+        except (TypeError, ValueError):
+            return Parsed(message_id=message_id, raw=dumps(record),
+                          error=f"invalid inbox id {str(record['inbox'])[:20]!r}")
+        try:
+            body = _body(record)
+        except ValueError:
+            return Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
+                          error="inbox body is not valid base64")
+        return parse_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox)
     raw = dumps(record)
     fallback = "noid:" + hashlib.sha1(raw).hexdigest()  # noqa: S324 - an identifier, not security
     item = Parsed(message_id=str(record.get("id") or fallback), raw=raw)
@@ -77,5 +87,6 @@ def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
         item.message = message
         item.table = model.synced[message["table"]]
         item.site = message["site"]
-        item.message_id = message["id"]  # the sender's deterministic id, whatever the transport called it
+        # the sender's deterministic id, whatever the transport called it, in the form the receiver stores
+        item.message_id = wire.storable_id(message["id"])
     return item

@@ -22,6 +22,7 @@ from dbsync_cli.openmrs.rules import (
     PLACEHOLDER_REASON,
     PLACEHOLDER_REASON_COLUMNS,
     PLACEHOLDER_USER_COLUMNS,
+    USERS_TABLE,
 )
 from dbsync_cli.sql import columns, placeholders, quote, sql
 
@@ -36,8 +37,8 @@ def is_placeholder(row: dict[str, Any]) -> bool:
 def _default(cur: Any, model: SchemaModel, info: TableInfo, column: Column, uuid: str, user: int) -> Any:
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     fk = info.foreign_keys.get(column.name)
-    target = fk.ref_table if fk else ("users" if column.name in AUDIT_COLUMNS else None)
-    if target == "users":
+    target = fk.ref_table if fk else (USERS_TABLE if column.name in AUDIT_COLUMNS else None)
+    if target == USERS_TABLE:
         return user
     if target is not None:
         key = model.tables[target].primary_key[0]

@@ -13,7 +13,7 @@ from pymysql.constants import CLIENT
 from dbsync_cli.db import DbParams
 from devtools.workload.metadata import metadata_sql
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"  # devtools runs from a checkout only
 SCHEMA_SQL = FIXTURES / "openmrs-2.5-schema.sql"
 METADATA_SQL = FIXTURES / "openmrs-metadata.sql"
 _DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")

@@ -1,0 +1,76 @@
+"""What apply writes beside the changes, in the same transaction: entity hashes with the source position of the
+change applied last (tombstones for deletes), handled message ids, inbox deletions, REST-call queue entries and
+the per-site status. One transaction for all of it is why receiver state lives on the central server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dbsync_cli.receiver.batch import Batch
+from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
+from dbsync_cli.receiver.guard import SourcePosition
+from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
+
+#: (key, hash) of central rows of a table, as the central server computes them
+Hashes = Callable[[str, list[Any]], Iterable[tuple[Any, str]]]
+Synced = tuple[str | None, SourcePosition | None]
+
+
+def fetch_synced(cur: Any, schema: Sql, table: str, uuids: list[str]) -> dict[tuple[str, str], Synced]:
+    """entity_hash entries (hash, position) of these uuids, (None, None) for the unknown, 1,000 per query."""
+    found: dict[tuple[str, str], Synced] = {(table, u): (None, None) for u in uuids}
+    for part in chunks(uuids):
+        cur.execute(sql("SELECT entity_uuid, hash, {} FROM {}.entity_hash WHERE table_name = %s AND entity_uuid "
+                        "IN ({})", columns(POSITION_COLUMNS), schema, placeholders(len(part))), [table, *part])
+        for row in cur.fetchall():
+            found[(table, row[0])] = (row[1], SourcePosition.from_row(row[2:]))
+    return found
+
+
+def write_entity_hashes(cur: Any, schema: Sql, batch: Batch, stamp: dt.datetime, hashes: Hashes) -> None:
+    """Hash and source position of every row the batch wrote; a tombstone (no hash) for every delete."""
+    no_position = (None,) * len(POSITION_COLUMNS)
+
+    def position(table: str, uuid: str) -> tuple[Any, ...]:
+        found = batch.positions.get((table, uuid))
+        return no_position if found is None else found.row_values()
+
+    entries = [(table, uuid, None, site, stamp, *position(table, uuid))
+               for (table, uuid), site in batch.removed.items()]
+    by_table: dict[str, list[Any]] = {}
+    for table, key in batch.touched:
+        by_table.setdefault(table, []).append(key)
+    for table, keys in by_table.items():
+        for key, digest in hashes(table, keys):
+            uuid, site = batch.touched[(table, key)]
+            entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
+    if entries:
+        keep = join(sql("{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))", c=quote(c)) for c in POSITION_COLUMNS)
+        cur.executemany(
+            sql("INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, date_synced, {}) VALUES ({}) "
+                "ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
+                "{}", schema, columns(POSITION_COLUMNS), placeholders(5 + len(POSITION_COLUMNS)), keep), entries)
+
+
+def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], stamp: dt.datetime,
+                hashes: Hashes) -> None:
+    """Everything `batch` collected; `site_ids` maps each site identifier in `batch.sites` to its site_info id."""
+    write_entity_hashes(cur, schema, batch, stamp, hashes)
+    if batch.handled:
+        cur.executemany(sql("INSERT IGNORE INTO {}.applied_message (message_id, date_applied) VALUES (%s, %s)",
+                            schema), [(m[:255], stamp) for m in batch.handled])
+    if batch.inbox:
+        cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", schema, placeholders(len(batch.inbox))),
+                    batch.inbox)
+    if batch.rest:
+        cur.executemany(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
+                            "VALUES (%s, %s, %s, %s)", schema), [(*r, stamp) for r in batch.rest])
+    for identifier, (count, last_id) in batch.sites.items():
+        cur.execute(
+            sql("INSERT INTO {}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "
+                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_sync_date=VALUES(last_sync_date), "
+                "last_message_id=VALUES(last_message_id), messages=messages+VALUES(messages)", schema),
+            (site_ids[identifier], stamp, last_id[:255], count),
+        )

@@ -1,0 +1,154 @@
+"""The conflict rule (docs/conflicts.md) as a pure function: `judge` on rows held in memory, no database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.introspect import Column, TableInfo
+from dbsync_cli.receiver.conflict import HASH, canonical, judge
+from dbsync_cli.wire import format_time
+
+EARLY = dt.datetime(2024, 1, 1, 9, 0)
+LATE = dt.datetime(2024, 3, 1, 9, 0)
+
+
+def _col(name: str, data_type: str, column_type: str | None = None, *, auto: bool = False) -> Column:
+    return Column(name, data_type, column_type or data_type, True, None, auto)
+
+
+def _table() -> SyncedTable:
+    columns = [
+        _col("thing_id", "int", "int(11)", auto=True), _col("uuid", "char", "char(38)"),
+        _col("name", "varchar", "varchar(50)"), _col("birthtime", "time"), _col("voided", "tinyint", "tinyint(1)"),
+        _col("void_reason", "varchar", "varchar(255)"), _col("date_changed", "datetime"),
+        _col("date_voided", "datetime"), _col("date_retired", "datetime"),
+    ]  # fmt: skip
+    info = TableInfo("thing", {c.name: c for c in columns}, ("thing_id",), {}, {"uuid"})
+    return SchemaModel("openmrs", {"thing": info}, synced=["thing"]).table("thing")
+
+
+TABLE = _table()
+
+
+def _current(hash_: str = "h1", **values: Any) -> dict[str, Any]:
+    return {"thing_id": 7, "uuid": "u-1", "name": "Ana", "voided": 0, "void_reason": None, "date_changed": None,
+            "date_voided": None, "date_retired": None, HASH: hash_, **values}  # fmt: skip
+
+
+def _judge(current: dict[str, Any], stored: str | None, values: dict[str, Any] | None, *,
+           incoming_time: dt.datetime | None = None, policy: str = "newer") -> tuple[bool, bool, str | None]:
+    message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u"}
+    verdict = judge(TABLE, current, stored, message, values, incoming_time, policy)
+    return verdict.park, verdict.stale, verdict.reason
+
+
+def test_a_placeholder_is_never_a_conflict_whatever_the_hash_and_policy() -> None:
+    current = _current(void_reason="[placeholder]", voided=1, date_voided=LATE)
+    assert _judge(current, None, {"name": "Bo"}, policy="any") == (False, False, None)
+    assert _judge(current, "other", {"name": "Bo", "date_changed": EARLY}, policy="any") == (False, False, None)
+    assert _judge(current, "other", None, incoming_time=EARLY, policy="newer") == (False, False, None)
+
+
+def test_a_row_central_had_before_any_sync_is_applied_when_equal() -> None:
+    values = {"name": "Ana", "voided": 0, "date_changed": None}
+    assert _judge(_current(), None, values) == (False, False, None)
+
+
+def test_a_row_central_had_before_any_sync_is_parked_when_it_differs() -> None:
+    park, stale, reason = _judge(_current(), None, {"name": "Bo"})
+    assert (park, stale) == (True, False)
+    assert reason == "row existed at central before any sync and differs from the incoming one"
+
+
+def test_a_delete_of_a_row_central_had_before_any_sync_is_parked() -> None:
+    assert _judge(_current(), None, None, incoming_time=LATE)[0] is True
+
+
+def test_equality_before_any_sync_compares_canonical_values() -> None:
+    current = _current(name="Ana", date_changed=dt.datetime(2024, 1, 1, 9, 0), voided=0)
+    values = {"name": "Ana", "date_changed": dt.datetime(2024, 1, 1, 9, 0, tzinfo=dt.UTC), "voided": 0.0}
+    assert _judge(current, None, values) == (False, False, None)
+
+
+def test_a_time_column_read_at_central_equals_the_same_time_from_the_wire() -> None:
+    birthtime = dt.timedelta(hours=7, minutes=5)  # how pymysql reads person.birthtime at central
+    values = {"name": "Ana", "birthtime": format_time(birthtime)}  # how Converter.value passes it through
+    assert _judge(_current(birthtime=birthtime), None, values) == (False, False, None)
+
+
+def test_a_row_unchanged_since_the_last_sync_is_applied() -> None:
+    current = _current(date_changed=EARLY)
+    assert _judge(current, "h1", {"name": "Bo", "date_changed": LATE}) == (False, False, None)
+    assert _judge(current, "h1", {"name": "Bo"}) == (False, False, None)  # undated incoming row
+    assert _judge(current, "h1", {"name": "Bo", "date_changed": EARLY}) == (False, False, None)  # same date
+
+
+def test_an_update_older_than_central_is_stale_when_the_row_is_unchanged() -> None:
+    park, stale, reason = _judge(_current(date_changed=LATE), "h1", {"name": "Bo", "date_changed": EARLY})
+    assert (park, stale) == (False, True)
+    assert reason == f"incoming change ({EARLY}) is older than central ({LATE})"
+
+
+def test_staleness_uses_the_latest_of_changed_voided_and_retired() -> None:
+    current = _current(date_changed=EARLY, date_retired=LATE)
+    middle = dt.datetime(2024, 2, 1)
+    assert _judge(current, "h1", {"date_changed": middle})[1] is True
+    assert _judge(current, "h1", {"date_changed": EARLY, "date_voided": LATE + dt.timedelta(1)})[1] is False
+
+
+def test_a_delete_of_an_unchanged_row_is_never_stale() -> None:
+    assert _judge(_current(date_changed=LATE), "h1", None, incoming_time=EARLY) == (False, False, None)
+
+
+def test_policy_any_parks_every_change_to_a_row_edited_centrally() -> None:
+    expected = (True, False, "row edited centrally since its last sync")
+    assert _judge(_current(date_changed=EARLY), "h0", {"date_changed": LATE}, policy="any") == expected
+    assert _judge(_current(), "h0", None, incoming_time=LATE, policy="any") == expected
+
+
+def test_policy_newer_parks_when_central_edit_is_after_the_incoming_one() -> None:
+    park, stale, reason = _judge(_current(date_changed=LATE), "h0", {"name": "Bo", "date_changed": EARLY})
+    assert (park, stale) == (True, False)
+    assert reason == f"row edited centrally at {LATE}, after the incoming change ({EARLY})"
+
+
+def test_policy_newer_applies_an_incoming_change_newer_than_central() -> None:
+    assert _judge(_current(date_voided=EARLY), "h0", {"date_changed": LATE}) == (False, False, None)
+
+
+def test_policy_newer_compares_the_latest_of_the_three_dates_on_both_sides() -> None:
+    current = _current(date_changed=EARLY, date_voided=LATE)
+    assert _judge(current, "h0", {"date_changed": LATE + dt.timedelta(1)})[0] is False
+    assert _judge(current, "h0", {"date_retired": dt.datetime(2024, 2, 1), "date_changed": EARLY})[0] is True
+
+
+def test_policy_newer_parks_an_undated_change_to_a_dated_central_edit() -> None:
+    park, _, reason = _judge(_current(date_changed=LATE), "h0", {"name": "Bo"})
+    assert park is True
+    assert reason == f"row edited centrally at {LATE}, after the incoming change (undated)"
+
+
+def test_policy_newer_applies_when_central_edit_is_undated() -> None:
+    assert _judge(_current(), "h0", {"name": "Bo"}) == (False, False, None)
+
+
+def test_a_delete_is_judged_by_its_incoming_time() -> None:
+    current = _current(date_changed=dt.datetime(2024, 2, 1))
+    assert _judge(current, "h0", None, incoming_time=EARLY)[0] is True
+    assert _judge(current, "h0", None, incoming_time=LATE)[0] is False
+    assert _judge(current, "h0", None, incoming_time=None)[0] is True
+
+
+def test_canonical_values() -> None:
+    assert canonical(dt.datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02 03:04:05"
+    assert canonical(dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)) == "2024-01-02 03:04:05"
+    assert canonical(dt.date(1990, 5, 1)) == "1990-05-01"
+    assert canonical(Decimal("1.50")) == "1.50"
+    assert canonical(b"\x00\xff") == "00ff"
+    assert canonical(bytearray(b"\x01")) == "01"
+    assert canonical(2.0) == 2 and isinstance(canonical(2.0), int)
+    assert canonical(2.5) == 2.5
+    assert canonical("x") == "x" and canonical(None) is None and canonical(3) == 3

@@ -1,0 +1,75 @@
+"""SQL text from templates and quoted identifiers only (dbsync_cli.sql)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
+
+
+def test_quote_backticks_each_part_and_joins_them_with_dots() -> None:
+    assert quote("obs") == "`obs`"
+    assert quote("db", "obs", "value") == "`db`.`obs`.`value`"
+    assert isinstance(quote("obs"), Sql)
+
+
+def test_quote_doubles_a_backtick_inside_a_name() -> None:
+    assert quote("we`ird") == "`we``ird`"
+    assert quote("`; DROP TABLE x; --") == "```; DROP TABLE x; --`"
+    assert quote("a.b") == "`a.b`"  # a dot inside a name stays inside the name
+
+
+@pytest.mark.parametrize("names", [(), ("",), ("db", ""), ("db", None), (5,)])
+def test_quote_rejects_empty_or_non_text_names(names: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError, match="not an identifier"):
+        quote(*names)  # type: ignore[arg-type]
+
+
+def test_sql_fills_slots_with_fragments_positional_and_named() -> None:
+    text = sql("SELECT {} FROM {}", quote("uuid"), quote("obs"))
+    assert text == "SELECT `uuid` FROM `obs`" and isinstance(text, Sql)
+    assert sql("DELETE FROM {s}.{t} WHERE id = %s", s=quote("state"), t=quote("inbox")) == (
+        "DELETE FROM `state`.`inbox` WHERE id = %s")
+    assert sql("SELECT 1") == "SELECT 1"
+    assert sql("SELECT ({})", sql("QUOTE({})", quote("a"))) == "SELECT (QUOTE(`a`))"
+
+
+def test_sql_refuses_plain_strings_and_other_values() -> None:
+    with pytest.raises(TypeError, match="not str"):
+        sql("SELECT * FROM {}", "obs")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not str"):
+        sql("SELECT * FROM {t}", t="obs; DROP TABLE obs")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not int"):
+        sql("LIMIT {}", 5)  # type: ignore[arg-type]
+
+
+def test_placeholders() -> None:
+    assert placeholders(1) == "%s"
+    assert placeholders(3) == "%s, %s, %s"
+    assert isinstance(placeholders(2), Sql)
+    for count in (0, -1):
+        with pytest.raises(ValueError):
+            placeholders(count)
+
+
+def test_join_takes_fragments_only() -> None:
+    assert join([quote("a"), quote("b")]) == "`a`, `b`"
+    assert join((quote(c) for c in "xy"), " AND ") == "`x` AND `y`"
+    assert join([]) == ""
+    with pytest.raises(TypeError, match="not str"):
+        join([quote("a"), "b"])  # type: ignore[list-item]
+
+
+def test_columns_quotes_a_list_of_names() -> None:
+    assert columns(["uuid", "date_changed"]) == "`uuid`, `date_changed`"
+    assert columns({"a": 1, "b`": 2}) == "`a`, `b```"
+    with pytest.raises(ValueError):
+        columns(["ok", ""])
+
+
+def test_chunks_sizes() -> None:
+    assert [len(c) for c in chunks(list(range(2500)))] == [1000, 1000, 500]
+    assert list(chunks([1, 2, 3, 4, 5], 2)) == [[1, 2], [3, 4], [5]]
+    assert list(chunks([1, 2], 2)) == [[1, 2]]
+    assert list(chunks([], 10)) == []
+    assert list(chunks((1, 2, 3), 5)) == [[1, 2, 3]]

@@ -1,0 +1,207 @@
+"""The sync message on the wire (dbsync_cli.wire) and its validation at central (receiver.message)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from dbsync_cli import wire
+from dbsync_cli.openmrs import SchemaModel
+from dbsync_cli.openmrs.introspect import Column, TableInfo
+from dbsync_cli.receiver.message import parse, parse_raw
+
+UUID = "3f9a1c2e-0000-4000-8000-00000000abcd"
+TABLES = {"person", "obs"}
+
+
+def _msg(**changes: Any) -> dict[str, Any]:
+    message = {"v": 1, "id": "s1:mysql-bin.000001:120:0", "site": "s1", "table": "person", "op": "u",
+               "uuid": UUID, "snapshot": False, "sent": "2024-01-01T00:00:00+00:00", "source": {}, "data": {}}
+    message.update(changes)
+    return message
+
+
+def _model() -> SchemaModel:
+    columns = [Column("person_id", "int", "int(11)", False, None, True), Column("uuid", "char", "char(38)", False,
+               None, False), Column("gender", "varchar", "varchar(50)", True, None, False)]  # fmt: skip
+    info = TableInfo("person", {c.name: c for c in columns}, ("person_id",), {}, {"uuid"})
+    return SchemaModel("openmrs", {"person": info}, synced=["person"])
+
+
+MODEL = _model()
+
+
+def test_check_rejects_what_is_not_an_object_and_another_version() -> None:
+    assert wire.check([1], TABLES) == "expected a JSON object, got list"
+    assert wire.check(None, TABLES) == "expected a JSON object, got NoneType"
+    assert wire.check(_msg(v=2), TABLES) == "unsupported message version '2'"
+    assert wire.check(_msg(v=None), TABLES) == "unsupported message version 'None'"
+
+
+@pytest.mark.parametrize("key", ["id", "site", "table", "op", "uuid"])
+def test_check_names_each_missing_or_empty_key(key: str) -> None:
+    message = _msg()
+    del message[key]
+    assert wire.check(message, TABLES) == f"missing or invalid {key!r}"
+    assert wire.check(_msg(**{key: ""}), TABLES) == f"missing or invalid {key!r}"
+    assert wire.check(_msg(**{key: 5}), TABLES) == f"missing or invalid {key!r}"
+
+
+def test_check_rejects_unknown_table_op_and_uuid() -> None:
+    assert wire.check(_msg(table="users"), TABLES) == "unknown table 'users'"
+    assert wire.check(_msg(op="x"), TABLES) == "unknown op 'x'"
+    assert wire.check(_msg(op="h"), TABLES) == "unknown op 'h'"  # a heartbeat is not a message
+    assert wire.check(_msg(uuid="-abc"), TABLES) == "invalid uuid '-abc'"
+    assert wire.check(_msg(uuid="a b"), TABLES) == "invalid uuid 'a b'"
+    assert wire.check(_msg(uuid="a" * 39), TABLES) == f"invalid uuid {'a' * 39!r}"
+
+
+def test_check_rejects_a_uuid_with_a_trailing_newline() -> None:
+    assert wire.check(_msg(uuid=UUID[:30] + "\n"), TABLES) is not None
+
+
+def test_check_data_of_deletes_and_other_ops() -> None:
+    assert wire.check(_msg(op="d", data=None), TABLES) is None
+    assert wire.check(_msg(op="d", data={"gender": "F"}), TABLES) is None
+    assert wire.check(_msg(op="d", data=[]), TABLES) == "data of a delete must be null"
+    assert wire.check(_msg(op="d", data="x"), TABLES) == "data of a delete must be null"
+    for op in ("c", "u", "r"):
+        assert wire.check(_msg(op=op, data=None), TABLES) == "data must be an object"
+        assert wire.check(_msg(op=op, data=[1]), TABLES) == "data must be an object"
+        assert wire.check(_msg(op=op), TABLES) is None
+
+
+def test_message_ids_are_deterministic_per_source() -> None:
+    snap = {"snapshot": True, "file": "mysql-bin.000003", "pos": 4, "row": 9}
+    assert wire.message_id("s1", snap, "obs", 42) == "s1:snap:mysql-bin.000003:4:obs:42"
+    binlog = {"file": "mysql-bin.000003", "pos": 120, "row": 2}
+    assert wire.message_id("s1", binlog, "obs", 42) == "s1:mysql-bin.000003:120:2"
+    assert wire.message_id("s1", {**binlog, "snapshot": False}, "obs", 42) == "s1:mysql-bin.000003:120:2"
+
+
+def test_storable_id_keeps_short_ids_and_fits_long_ones_without_collisions() -> None:
+    assert wire.storable_id("a" * 255) == "a" * 255
+    one, two = wire.storable_id("p" * 300 + "1"), wire.storable_id("p" * 300 + "2")
+    assert len(one) <= 255 and len(two) <= 255
+    assert one != two
+    assert one.startswith("p" * 100) and one == wire.storable_id("p" * 300 + "1")
+
+
+def test_ref_and_ref_target() -> None:
+    assert wire.ref("person", UUID) == {"$ref": "person", "uuid": UUID}
+    assert wire.ref_target(wire.ref("person", UUID)) == ("person", UUID)
+    assert wire.ref_target(wire.ref("person", None)) is None and wire.ref_target({"uuid": UUID}) is None
+    assert wire.ref_target(UUID) is None and wire.ref_target({"$ref": 5, "uuid": UUID}) is None
+
+
+def test_b64_round_trip_and_invalid_base64() -> None:
+    assert wire.b64(b"\x00\xff") == {"$b64": "AP8="}
+    assert wire.unb64(wire.b64(memoryview(b"bytes"))) == b"bytes"
+    assert wire.is_b64({"$b64": ""}) and not wire.is_b64("AP8=")
+    for bad in ("not base64!", "AP8", 5):
+        with pytest.raises(ValueError, match="invalid base64"):
+            wire.unb64({"$b64": bad})
+
+
+def test_encode_sets_the_headers_of_a_persistent_send() -> None:
+    body, headers = wire.encode(_msg(), anycast=True, compress_over=10_000)
+    assert orjson.loads(body) == _msg()
+    assert headers == {"persistent": "true", "destination-type": "ANYCAST", "_AMQ_DUPL_ID": _msg()["id"],
+                       "dbsync-id": _msg()["id"], "dbsync-site": "s1", "dbsync-table": "person"}  # fmt: skip
+    assert wire.encode(_msg(), anycast=False, compress_over=10_000)[1]["destination-type"] == "MULTICAST"
+    assert wire.decode_body(body, headers, 10) == body  # not deflated: as it is, whatever the limit
+
+
+def test_encode_deflates_over_the_threshold_and_decode_inflates_it() -> None:
+    message = _msg(data={"gender": "F" * 5000})
+    plain = wire.dumps(message)
+    body, headers = wire.encode(message, anycast=True, compress_over=len(plain) - 1)
+    assert headers["dbsync-encoding"] == "deflate" and len(body) < len(plain)
+    assert wire.decode_body(body, headers, len(plain)) == plain
+    assert "dbsync-encoding" not in wire.encode(message, anycast=True, compress_over=len(plain))[1]
+
+
+def test_decode_body_rejects_a_truncated_or_oversized_deflated_body() -> None:
+    plain = wire.dumps(_msg(data={"gender": "F" * 5000}))
+    body, headers = wire.encode(orjson.loads(plain), anycast=True, compress_over=0)
+    with pytest.raises(zlib.error):
+        wire.decode_body(body[:-4], headers, 1_000_000)
+    with pytest.raises(zlib.error):
+        wire.decode_body(body, headers, len(plain) - 1)
+
+
+def test_delivery_id_prefers_the_sender_id_then_the_broker_id() -> None:
+    assert wire.delivery_id({"dbsync-id": "s1:f:1:0", "message-id": "ID:9"}) == "s1:f:1:0"
+    assert wire.delivery_id({"message-id": "ID:9"}) == "broker:ID:9"
+    assert wire.delivery_id({"dbsync-id": "", "message-id": "ID:9"}) == "broker:ID:9"
+    assert len(wire.delivery_id({"dbsync-id": "x" * 400})) <= 255
+
+
+def test_is_heartbeat() -> None:
+    assert wire.is_heartbeat({"op": "h", "source": {}})
+    assert not wire.is_heartbeat({"op": "h", "inbox": 1})
+    assert not wire.is_heartbeat({"op": "h", "v": 1})
+    assert not wire.is_heartbeat(_msg())
+
+
+def test_dumps_of_database_types() -> None:
+    assert wire.dumps({"d": Decimal("1.50"), "b": b"\x00\xff", "s": {"b", "a"}}) == (
+        b'{"d":"1.50","b":{"$b64":"AP8="},"s":["a","b"]}')
+    assert wire.dumps([dt.timedelta(hours=-1, seconds=-2), dt.timedelta(hours=25, minutes=1)]) == (
+        b'["-01:00:02","25:01:00"]')
+    assert wire.dumps([dt.datetime(2024, 1, 2, 3, 4, 5), dt.date(2024, 1, 2)]) == (
+        b'["2024-01-02 03:04:05","2024-01-02"]')
+    with pytest.raises(TypeError):
+        wire.dumps({"x": object()})
+
+
+def test_parse_rejects_oversized_and_malformed_bodies() -> None:
+    item = parse_raw(b"{}" + b" " * 100, "m1", "s1", MODEL, max_bytes=50)
+    assert item.error == "message of 102 bytes exceeds the 50-byte limit" and item.message_id == "m1"
+    item = parse_raw(b"{bad", "m2", "s1", MODEL, max_bytes=1000)
+    assert item.error == "malformed JSON: unexpected character" and item.table is None
+    bare = parse(_msg(data={"gender": "F" * 100}), MODEL, max_bytes=50)
+    assert bare.error is not None and "exceeds the 50-byte limit" in bare.error
+
+
+def test_parse_an_inbox_record_with_a_text_or_base64_body() -> None:
+    raw = wire.dumps(_msg())
+    for body in (raw.decode(), wire.b64(raw)):
+        item = parse({"inbox": "12", "message_id": "broker:ID:1", "site": "s9", "body": body}, MODEL, 10_000)
+        assert item.error is None and item.inbox == 12 and item.raw == raw
+        assert item.message_id == _msg()["id"] and item.site == "s1" and item.table is MODEL.table("person")
+
+
+def test_parse_keeps_the_transport_id_and_site_of_an_invalid_inbox_record() -> None:
+    item = parse({"inbox": 3, "site": "s9", "body": wire.dumps(_msg(table="obs")).decode()}, MODEL, 10_000)
+    assert item.error == "unknown table 'obs'"
+    assert (item.message_id, item.site, item.table, item.message) == ("inbox:3", "s9", None, None)
+
+
+def test_parse_a_bare_message() -> None:
+    item = parse(_msg(op="d", data=None), MODEL, 10_000)
+    assert (item.error, item.message_id, item.site, item.inbox) == (None, _msg()["id"], "s1", None)
+    assert item.table is not None and item.table.name == "person"
+    anonymous = parse({"v": 1}, MODEL, 10_000)
+    assert anonymous.error == "missing or invalid 'id'" and anonymous.message_id.startswith("noid:")
+
+
+def test_a_parsed_message_id_fits_the_receivers_columns() -> None:
+    long_id = "s1:" + "f" * 300
+    item = parse_raw(wire.dumps(_msg(id=long_id)), wire.storable_id(long_id), "s1", MODEL, 10_000)
+    assert item.error is None and len(item.message_id) <= 255
+
+
+def test_an_inbox_record_with_a_broken_base64_body_gets_an_error() -> None:
+    item = parse({"inbox": 4, "message_id": "m4", "site": "s1", "body": {"$b64": "!!"}}, MODEL, 10_000)
+    assert item.error is not None and item.message_id == "m4"
+
+
+def test_an_inbox_record_with_a_non_integer_inbox_id_gets_an_error() -> None:
+    item = parse({"inbox": "x1", "message_id": "m5", "site": "s1", "body": "{}"}, MODEL, 10_000)
+    assert item.error == "invalid inbox id 'x1'" and item.message_id == "m5"
