@@ -9,6 +9,7 @@ from typing import IO, Any
 
 import orjson
 
+from dbsync_cli import wire
 from dbsync_cli.wire import dumps
 
 log = logging.getLogger("dbsync.records")
@@ -40,7 +41,7 @@ def write(records: Iterable[dict[str, Any]], stream: IO[bytes] | None = None) ->
     for record in records:
         out.write(dumps(record) + b"\n")
         count += 1
-        if record.get("op") == "h" or count % 64 == 0:
+        if record.get("op") == wire.HEARTBEAT or count % 64 == 0:
             out.flush()
     out.flush()
     return count

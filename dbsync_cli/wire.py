@@ -24,8 +24,8 @@ import orjson
 VERSION = 1
 
 #: change ops a message carries: create, update, delete, read by the initial load (snapshot)
-OPS = ("c", "u", "d", "r")
-DELETE = "d"
+CREATE, UPDATE, DELETE, READ = "c", "u", "d", "r"
+OPS = (CREATE, UPDATE, DELETE, READ)
 #: heartbeats only move the sender's checkpoint; they never reach the broker
 HEARTBEAT = "h"
 

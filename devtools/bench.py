@@ -413,7 +413,7 @@ class Bench:
     def profile(self, start: Path) -> None:
         """cProfile an in-process run_once over the same backlog (slower than real: profiling overhead)."""
         from dbsync_cli import config as config_mod
-        from dbsync_cli import sender
+        from dbsync_cli.sender import run as sender
 
         conf, env, dest, _home = self.config("profile", from_home=start)
         os.environ.update({k: env[k] for k in ("DBSYNC_SITE_DB__PASSWORD", "DBSYNC_BROKER__PASSWORD")})

@@ -91,7 +91,7 @@ def conflicts_list(
     """Unresolved conflicts (oldest first)."""
     applier = _applier(config)
     try:
-        found = conflicts_mod.list_conflicts(applier.conn, applier.s, include_resolved=all_)
+        found = conflicts_mod.list_conflicts(applier.conn, applier.settings.state_schema, include_resolved=all_)
     finally:
         applier.close()
     if json_out:
@@ -111,7 +111,7 @@ def conflicts_show(number: int, config: common.ConfigOption = None, json_out: co
     """Column-by-column diff of the central row and the incoming change."""
     applier = _applier(config)
     try:
-        conflict = conflicts_mod.get_conflict(applier.conn, applier.s, number)
+        conflict = conflicts_mod.get_conflict(applier.conn, applier.settings.state_schema, number)
         rows = conflicts_mod.diff(applier, conflict)
     except conflicts_mod.ConflictError as exc:
         common.fail(str(exc))

@@ -27,6 +27,11 @@ SITE_SUFFIX_COLUMNS: dict[str, tuple[str, ...]] = {
     "provider": ("identifier",),
 }
 
+def with_site_suffix(value: str, site: str) -> str:
+    """`admin` from site `s1` is `admin|s1` at central (applied once: an already suffixed value is kept)."""
+    return value if value.endswith(f"|{site}") else f"{value}|{site}"
+
+
 #: Attribute tables whose value column holds a local id when the attribute type's format is an org.openmrs class.
 ATTRIBUTE_ID_VALUES: dict[str, tuple[str, str, str]] = {
     # table: (value column, attribute type reference column, format column of the type table)
@@ -48,6 +53,11 @@ REST_RESOURCES: dict[str, tuple[str, str | None]] = {
     "patient_identifier": ("patient", "identifier"),
     "person_attribute": ("person", "attribute"),
 }
+
+#: OpenMRS REST endpoints (under /ws/rest/v1/) called after a change, in this order: evict the DB cache, then
+#: update the search index.
+REST_ENDPOINTS = ("cleardbcache", "searchindexupdate")
+REST_BASE_PATH = "/ws/rest/v1/"
 
 PLACEHOLDER_REASON = "[placeholder]"
 

@@ -9,13 +9,15 @@ from typing import Any
 import orjson
 import pymysql.cursors
 
+from dbsync_cli import wire
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.conflict import canonical, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
-from dbsync_cli.sql import Sql, quote, sql
+from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.sql import quote, sql
 
 MODES = ("keep-central", "take-incoming", "merge", "manual")
 
@@ -48,17 +50,17 @@ _SELECT = ("SELECT id, message_id, site, table_name, entity_uuid, reason, date_c
            "body, central_row FROM {}.receiver_conflict_queue")
 
 
-def list_conflicts(conn: Any, schema: Sql, include_resolved: bool = False) -> list[Conflict]:
-    """`schema`: the quoted state schema (`Applier.s`)."""
+def list_conflicts(conn: Any, schema: str, include_resolved: bool = False) -> list[Conflict]:
+    """Conflicts of the state schema `schema` (its configured name), oldest first."""
     where = sql("") if include_resolved else sql(" WHERE resolved = 0")
     with conn.cursor() as cur:
-        cur.execute(sql(_SELECT + "{} ORDER BY id", schema, where))
+        cur.execute(sql(_SELECT + "{} ORDER BY id", schema_name(schema), where))
         return [_conflict(row) for row in cur.fetchall()]
 
 
-def get_conflict(conn: Any, schema: Sql, number: int) -> Conflict:
+def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
     with conn.cursor() as cur:
-        cur.execute(sql(_SELECT + " WHERE id = %s", schema), (number,))
+        cur.execute(sql(_SELECT + " WHERE id = %s", schema_name(schema)), (number,))
         row = cur.fetchone()
     if row is None:
         raise ConflictError(f"conflict {number} does not exist")
@@ -129,7 +131,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
     if mode not in MODES:
         raise ConflictError(f"unknown resolution {mode!r}")
     s = applier.s
-    conflict = get_conflict(applier.conn, s, number)
+    conflict = get_conflict(applier.conn, applier.settings.state_schema, number)
     if conflict.resolved:
         raise ConflictError(f"conflict {number} is already resolved ({conflict.resolution})")
     applier.refresh_sites()
@@ -138,7 +140,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
             item = applier.parse_stored(conflict.body, conflict.message_id, conflict.site)
             if item.error is not None:
                 raise ConflictError(f"conflict {number}: stored message is invalid: {item.error}")
-            if mode == "merge" and (item.message or {}).get("op") == "d":
+            if mode == "merge" and (item.message or {}).get("op") == wire.DELETE:
                 raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
             batch = Batch()
             outcome = applier.apply_message(cur, item, batch, from_queue=True, force=True,

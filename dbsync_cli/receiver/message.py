@@ -25,6 +25,9 @@ class Parsed:
     site: str | None = None
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold
+
 
 def entity_key(model: SchemaModel, table: SyncedTable | None, uuid: Any) -> str | None:
     """person and patient (orders and its subclasses) are one entity: they share the identity table's uuid."""

@@ -14,7 +14,7 @@ from typing import Any
 from dbsync_cli import wire
 from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
+from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, with_site_suffix
 from dbsync_cli.receiver import placeholder
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 
@@ -163,8 +163,8 @@ class Converter:
             out[column] = self.value(info.data_type, value, f"{table.name}.{column}")
         for column in table.site_suffix_columns:
             value = out.get(column)
-            if isinstance(value, str) and value and not value.endswith(f"|{site}"):
-                out[column] = f"{value}|{site}"
+            if isinstance(value, str) and value:
+                out[column] = with_site_suffix(value, site)
         if table.name in ATTRIBUTE_ID_VALUES:
             value_column = ATTRIBUTE_ID_VALUES[table.name][0]
             value = data.get(value_column)

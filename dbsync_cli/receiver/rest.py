@@ -29,14 +29,14 @@ import pymysql
 
 from dbsync_cli.config import Config
 from dbsync_cli.db import DbParams
-from dbsync_cli.openmrs.rules import REST_RESOURCES
+from dbsync_cli.openmrs.rules import REST_BASE_PATH, REST_ENDPOINTS, REST_RESOURCES
 from dbsync_cli.receiver.state import schema_name
 from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.rest")
 
 #: what OpenMRS is asked to do, in this order, after a change to one of schema.openmrs.REST_RESOURCES
-ENDPOINTS = ("cleardbcache", "searchindexupdate")
+ENDPOINTS = REST_ENDPOINTS
 
 
 def rest_enabled(cfg: Config) -> bool:
@@ -105,7 +105,7 @@ class RestWorker:
         return line[:500]
 
     def _post(self, endpoint: str, payload: dict[str, str]) -> None:
-        url = f"{(self.settings.url or '').rstrip('/')}/ws/rest/v1/{endpoint}"
+        url = f"{(self.settings.url or '').rstrip('/')}{REST_BASE_PATH}{endpoint}"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.settings.user:
             token = base64.b64encode(f"{self.settings.user}:{self.settings.password or ''}".encode()).decode()

@@ -13,7 +13,7 @@ import pymysql
 
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome, now
-from dbsync_cli.receiver.message import Parsed
+from dbsync_cli.receiver.message import Parsed, entity_key
 from dbsync_cli.sql import sql
 
 log = logging.getLogger("dbsync.retry")
@@ -35,7 +35,7 @@ def retry_pending(applier: Applier, limit: int = 5000) -> list[Outcome]:
         stuck: set[str] = set()
         for entry_id, message_id, site, body in rows:
             item = applier.parse_stored(bytes(body), message_id, site)
-            ek = f"{item.table.identity.table}:{item.message['uuid']}" if item.table and item.message else None
+            ek = entity_key(applier.model, item.table, item.message["uuid"]) if item.message else None
             if ek is not None and (ek in in_conflict or ek in stuck):
                 continue
             batch = Batch()

@@ -9,6 +9,7 @@ from typing import Any
 
 from dbsync_cli import exitcodes
 from dbsync_cli.db import DbParams
+from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.binlog")
 
@@ -34,7 +35,7 @@ class Position:
 
 def _variables(conn: Any, names: list[str]) -> dict[str, str]:
     with conn.cursor() as cur:
-        cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")", names)
+        cur.execute(sql("SHOW GLOBAL VARIABLES WHERE Variable_name IN ({})", placeholders(len(names))), names)
         return {str(k).lower(): str(v) for k, v in cur.fetchall()}
 
 

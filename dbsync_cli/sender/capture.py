@@ -25,6 +25,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from dbsync_cli import wire
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
@@ -43,13 +44,13 @@ def strip(image: dict | None, secrets: tuple[str, ...]) -> dict | None:
 def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None]]:
     if isinstance(event, WriteRowsEvent):
         for row in event.rows:
-            yield "c", None, row["values"]
+            yield wire.CREATE, None, row["values"]
     elif isinstance(event, UpdateRowsEvent):
         for row in event.rows:
-            yield "u", row["before_values"], row["after_values"]
+            yield wire.UPDATE, row["before_values"], row["after_values"]
     else:
         for row in event.rows:
-            yield "d", row["values"], None
+            yield wire.DELETE, row["values"], None
 
 
 def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Iterator[Event]:
@@ -199,7 +200,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
 def heartbeat(server_id: int, position: Position, ts_ms: int | None = None) -> Event:
     """A record that only says: everything before `position` has been captured (`ts_ms`: its binlog time)."""
     return {
-        "op": "h",
+        "op": wire.HEARTBEAT,
         "source": {"server_id": server_id, "file": position.file, "pos": position.pos, "row": -1,
                    "ts_ms": ts_ms if ts_ms is not None else int(time.time() * 1000), "snapshot": False},
     }

@@ -60,7 +60,7 @@ class Enricher:
     def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
         for event in events:
-            if event.get("op") == "h":
+            if event.get("op") == wire.HEARTBEAT:
                 yield from self._flush(batch)
                 batch = []
                 yield event
@@ -96,7 +96,7 @@ class Enricher:
         if table is None:
             log.error("event at %s: table %r is not synced; skipped", event.get("source"), event.get("table"))
             return None
-        image = event.get("before") if event.get("op") == "d" else event.get("after")
+        image = event.get("before") if event.get("op") == wire.DELETE else event.get("after")
         if event.get("op") not in wire.OPS or not isinstance(image, dict) or table.key not in image:
             log.error("event at %s: malformed %s event for %s; skipped", event.get("source"), event.get("op"), table.name)
             return None
@@ -108,7 +108,7 @@ class Enricher:
         valid = [(e, t) for e in batch if (t := self._valid(e)) is not None]
         wanted: dict[str, set[Any]] = {}
         for event, table in valid:
-            if event["op"] != "d":
+            if event["op"] != wire.DELETE:
                 wanted.setdefault(table.name, set()).add(event["after"][table.key])
         current: dict[str, dict[Any, dict[str, Any]]] = {}
         changed: list[str] = []
@@ -123,7 +123,7 @@ class Enricher:
         deleted_uuids = self._deleted_identity(valid)
         sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         for event, table in valid:
-            if event["op"] == "d":
+            if event["op"] == wire.DELETE:
                 key = event["before"][table.key]
                 uuid = deleted_uuids.get((table.identity.table, key))
                 if uuid is None:
@@ -154,7 +154,7 @@ class Enricher:
         found: dict[tuple[str, Any], str] = {}
         need: dict[str, set[Any]] = {}
         for event, table in valid:
-            if event["op"] != "d":
+            if event["op"] != wire.DELETE:
                 continue
             key = event["before"][table.key]
             if not table.is_subclass and event["before"].get("uuid"):
@@ -191,11 +191,11 @@ class Enricher:
 
     def _attribute_format(self, table: SyncedTable, type_id: Any) -> str | None:
         if type_id not in self.attribute_formats:
-            type_column = ATTRIBUTE_ID_VALUES[table.name][1]
+            _, type_column, format_column = ATTRIBUTE_ID_VALUES[table.name]
             type_table = table.references[type_column].table
             type_key = self.model.tables[type_table].primary_key[0]
             with self.conn.cursor() as cur:
-                cur.execute(sql("SELECT {}, format FROM {}", quote(type_key), quote(type_table)))
+                cur.execute(sql("SELECT {}, {} FROM {}", quote(type_key), quote(format_column), quote(type_table)))
                 for tid, fmt in cur.fetchall():
                     target = class_table(fmt or "")
                     self.attribute_formats[tid] = target if target in self.model.tables else None

@@ -257,7 +257,7 @@ class Publisher:
         window = max(0, self.settings.max_unconfirmed_batches)
         try:
             for record in records:
-                if record.get("op") == "h":
+                if record.get("op") == wire.HEARTBEAT:
                     last_source = record.get("source") or last_source
                     yield from flush(0)
                     continue

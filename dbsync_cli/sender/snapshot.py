@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from dbsync_cli import wire
 from dbsync_cli.sender.binlog import CaptureSettings, Position
 from dbsync_cli.sql import quote, sql
 
@@ -128,7 +129,7 @@ class Snapshot:
                 for column in secrets:
                     row.pop(column, None)
                 yield {
-                    "op": "r",
+                    "op": wire.READ,
                     "db": database,
                     "table": table,
                     "before": None,

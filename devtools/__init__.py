@@ -1,0 +1,1 @@
+"""Test and demo tooling (not installed): throwaway services, the workload generator, benchmarks, man pages."""
