@@ -174,10 +174,15 @@ def measure_pipeline(cmds: list[list[str]], *, env: dict[str, str] | None = None
             procs.append(subprocess.Popen(
                 cmd, env=env, stdin=procs[-1].stdout if procs else subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=err))
-            if index:
-                procs[-2].stdout.close()  # type: ignore[union-attr] - only the next process holds the pipe
+            previous = procs[-2].stdout if index else None
+            if previous is not None:
+                previous.close()  # only the next process holds the pipe
         watchers = [PeakRss(p.pid) for p in procs]
-        timer = threading.Timer(timeout, lambda: [p.kill() for p in procs])
+        def kill_all() -> None:
+            for p in procs:
+                p.kill()
+
+        timer = threading.Timer(timeout, kill_all)
         timer.start()
         results = []
         try:

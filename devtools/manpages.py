@@ -347,7 +347,7 @@ def pages(app: Any = None) -> dict[str, str]:
 
     if app is None:
         from dbsync_cli.cli.app import app
-    root = typer.main.get_command(app)
+    root: Any = typer.main.get_command(app)  # a click Group (typer apps with subcommands)
     out = {"dbsync.1": _root_page(root)}
 
     def walk(words: list[str], command: Any) -> None:
@@ -380,6 +380,7 @@ def command_paths(app: Any = None) -> list[list[str]]:
         for sub_name, sub in (getattr(command, "commands", None) or {}).items():
             walk([*words, sub_name], sub)
 
-    for name, command in typer.main.get_command(app).commands.items():
+    root: Any = typer.main.get_command(app)  # a click Group
+    for name, command in root.commands.items():
         walk([name], command)
     return found

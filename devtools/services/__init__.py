@@ -156,8 +156,9 @@ def ensure_up(names: Iterable[str] | None = None, *, home: Path | None = None,
     def one(name: str) -> MariaDbInstance | ArtemisBroker:
         if name == "artemis":
             was = broker(home).running()
-            svc: MariaDbInstance | ArtemisBroker = start_artemis(home)
-            port = f"stomp {svc.stomp_port}, stomp+tls {svc.tls_port}, core {svc.core_port}"
+            artemis = start_artemis(home)
+            svc: MariaDbInstance | ArtemisBroker = artemis
+            port = f"stomp {artemis.stomp_port}, stomp+tls {artemis.tls_port}, core {artemis.core_port}"
         else:
             was = instance(name, home=home).running()
             svc = start_mariadb(name, home=home)

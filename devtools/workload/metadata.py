@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from pymysql.converters import escape_item
 
@@ -246,11 +247,11 @@ def _concept_rows() -> dict[str, tuple[list[str], list[tuple]]]:
     for i, (cid, name, *_rest) in enumerate(CONCEPTS):
         names.append((1000 + i, cid, name, "en", 1, "FULLY_SPECIFIED", C, D, 0, derived_uuid("concept_name", cid, "en")))
     numeric = [(cid, lo, hi, units, allow, 1) for cid, (units, lo, hi, allow) in NUMERIC.items()]
-    answers = []
+    answers: list[tuple[Any, ...]] = []
     for q, ans in ANSWERS.items():
         for w, a in enumerate(ans, 1):
             answers.append((len(answers) + 1, q, a, C, D, float(w), derived_uuid("concept_answer", q, a)))
-    members = []
+    members: list[tuple[Any, ...]] = []
     for s, mem in SET_MEMBERS.items():
         for w, m in enumerate(mem, 1):
             members.append((len(members) + 1, m, s, float(w), C, D, derived_uuid("concept_set", s, m)))

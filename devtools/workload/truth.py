@@ -178,7 +178,7 @@ def _compare_table(conn: pymysql.connections.Connection, schema: SchemaInfo, tab
     identity = None if schema.has_uuid(table) else schema.id_to_uuid(table)
     deleted = truth.deleted.get(table, {})
     known = set(truth.baseline.get(table, ()))
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     with conn.cursor() as cur:
         cur.execute(f"SELECT {select} FROM {_q(table)} ORDER BY {_q(pk)}")
         rows = cur.fetchall()
@@ -188,7 +188,7 @@ def _compare_table(conn: pymysql.connections.Connection, schema: SchemaInfo, tab
             diffs.append(f"{table} {uuid}: duplicate identity")
             continue
         seen.add(uuid)
-        exp = expected.get(uuid)
+        exp = expected.get(uuid) if uuid is not None else None
         if exp is None:
             if uuid in deleted:
                 diffs.append(f"{table} {uuid}: deleted at the site but still present")
