@@ -8,8 +8,10 @@ introspected schema (`SchemaModel.ident`) or from the receiver's validated state
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TypeVar
+
+from dbsync_cli.lru import LruMap
 
 T = TypeVar("T")
 
@@ -22,15 +24,21 @@ class Sql(str):
 
 def quote(*names: str) -> Sql:
     """`db`.`table`.`column`: each part in backticks, a backtick inside a name doubled."""
-    if not names or any(not isinstance(n, str) or not n for n in names):
-        raise ValueError(f"not an identifier: {names!r}")
-    return Sql(".".join("`" + name.replace("`", "``") + "`" for name in names))
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"not an identifier: {names!r}")
+    if not names:
+        raise ValueError("not an identifier: nothing to quote")
+    return Sql(".".join(["`" + name.replace("`", "``") + "`" for name in names]))
 
 
 def sql(template: str, *parts: Sql, **named: Sql) -> Sql:
     """`template` with its ``{}`` / ``{name}`` slots filled by SQL fragments (never by plain strings)."""
-    for part in (*parts, *named.values()):
-        if not isinstance(part, Sql):
+    for part in parts:
+        if type(part) is not Sql:
+            raise TypeError(f"only quoted identifiers and SQL fragments go into SQL text, not {type(part).__name__}")
+    for part in named.values():
+        if type(part) is not Sql:
             raise TypeError(f"only quoted identifiers and SQL fragments go into SQL text, not {type(part).__name__}")
     return Sql(template.format(*parts, **named))
 
@@ -46,17 +54,32 @@ def join(parts: Iterable[Sql], separator: str = ", ") -> Sql:
     """Fragments joined (column lists, SET clauses)."""
     items = list(parts)
     for part in items:
-        if not isinstance(part, Sql):
+        if type(part) is not Sql:
             raise TypeError(f"only quoted identifiers and SQL fragments can be joined, not {type(part).__name__}")
     return Sql(separator.join(items))
 
 
 def columns(names: Iterable[str]) -> Sql:
     """A quoted column list: `a`, `b`."""
-    return join(quote(name) for name in names)
+    return Sql(", ".join([quote(name) for name in names]))
 
 
 def chunks(values: Sequence[T], size: int = 1000) -> Iterator[list[T]]:
     """IN lists of at most `size` parameters, so a statement stays far below max_allowed_packet."""
     for i in range(0, len(values), size):
         yield list(values[i : i + size])
+
+
+class StatementCache:
+    """Statements built once per shape (a table and its columns): on apply's hot path composing the text of an
+    UPDATE of 25 columns costs more than sending it, so each shape is built once and kept (bounded)."""
+
+    def __init__(self, size: int = 2000):
+        self._built = LruMap(size)
+
+    def get(self, key: Hashable, build: Callable[[], Sql]) -> Sql:
+        found: Sql | None = self._built.get(key)
+        if found is None:
+            found = build()
+            self._built.put(key, found)
+        return found

@@ -28,7 +28,7 @@ from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, parse, parse_raw
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
-from dbsync_cli.sql import chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
 from dbsync_cli.wire import DELETE, dumps, is_heartbeat
 
@@ -59,6 +59,7 @@ class Applier:
             state.migrate(self.conn, settings.state_schema, settings.central.database)
             self.default_user = model.default_user(cur)
         self.ids = UuidToId(model)
+        self.statements = StatementCache()  # hot-path statements, built once per table and column set
         self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
         self.sites: dict[str, state.Site] = {}
         self.blocked: set[str] = set()
@@ -247,7 +248,8 @@ class Applier:
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
-            cur.execute(sql("DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key)), (key,))
+            cur.execute(self.statements.get(("delete", table.name), lambda: sql(
+                "DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key))), (key,))
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
@@ -272,9 +274,9 @@ class Applier:
             if verdict.stale:
                 return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
             if values:
-                sets = join(sql("{} = %s", quote(c)) for c in values)
-                cur.execute(sql("UPDATE {} SET {} WHERE {} = %s", quote(table.name), sets, quote(table.key)),
-                            [*values.values(), key])
+                cur.execute(self.statements.get(("update", table.name, tuple(values)), lambda: sql(
+                    "UPDATE {} SET {} WHERE {} = %s", quote(table.name), join(sql("{} = %s", quote(c)) for c in values),
+                    quote(table.key))), [*values.values(), key])
         else:
             row = dict(values)
             if table.is_subclass:
@@ -286,8 +288,9 @@ class Applier:
                 batch.ours.add((table.name, uuid))
                 self._applied_at(cur, batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
-            cur.execute(sql("INSERT INTO {} ({}) VALUES ({})", quote(table.name), columns(row),
-                            placeholders(len(row))), list(row.values()))
+            cur.execute(self.statements.get(("insert", table.name, tuple(row)), lambda: sql(
+                "INSERT INTO {} ({}) VALUES ({})", quote(table.name), columns(row), placeholders(len(row)))),
+                list(row.values()))
             if not table.is_subclass:
                 key = cur.lastrowid
                 self.ids.remember(ident, uuid, key)
@@ -349,7 +352,8 @@ class Applier:
             if row is not None:
                 return row
         with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-            dcur.execute(sql("{} WHERE {} = %s", select_with_hash(table), quote(table.key)), (key,))
+            dcur.execute(self.statements.get(("current", table.name), lambda: sql(
+                "{} WHERE {} = %s", select_with_hash(table), quote(table.key))), (key,))
             return dcur.fetchone()
 
     def _judge(self, cur: Any, table: SyncedTable, uuid: str, current: dict[str, Any], message: dict[str, Any],

@@ -18,7 +18,7 @@ from dbsync_cli import wire
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.openmrs.rules import CHANGE_DATE_COLUMNS
 from dbsync_cli.receiver.placeholder import is_placeholder
-from dbsync_cli.sql import Sql, join, quote, sql
+from dbsync_cli.sql import Sql, StatementCache, join, quote, sql
 
 HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_hash` carries its hash
 
@@ -44,16 +44,23 @@ def canonical(value: Any) -> Any:
     return value
 
 
+_STATEMENTS = StatementCache()
+
+
 def hash_sql(table: SyncedTable) -> Sql:
     """SQL for the hash of a row exactly as stored at central (columns from the introspected schema only): it only
     has to tell whether the row changed since dbsync wrote it. Needs the session time zone apply uses (+00:00)."""
-    quoted = join(sql("QUOTE({})", quote(column)) for column in sorted(table.info.columns))
-    return sql("SHA2(CONCAT_WS(',', {}), 256)", quoted)
+    def build() -> Sql:
+        quoted = join(sql("QUOTE({})", quote(column)) for column in sorted(table.info.columns))
+        return sql("SHA2(CONCAT_WS(',', {}), 256)", quoted)
+
+    return _STATEMENTS.get(("hash", table.name, tuple(table.info.columns)), build)
 
 
 def select_with_hash(table: SyncedTable) -> Sql:
     """`SELECT` of whole rows plus their hash (under HASH); append the WHERE clause."""
-    return sql("SELECT *, {} AS {} FROM {}", hash_sql(table), quote(HASH), quote(table.name))
+    return _STATEMENTS.get(("select", table.name, tuple(table.info.columns)),
+                           lambda: sql("SELECT *, {} AS {} FROM {}", hash_sql(table), quote(HASH), quote(table.name)))
 
 
 def _latest(values: dict[str, Any]) -> dt.datetime | None:

@@ -19,7 +19,7 @@ import pymysql
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.receiver.batch import Batch
 from dbsync_cli.receiver.resolve import UuidToId
-from dbsync_cli.sql import columns, join, placeholders, quote, sql
+from dbsync_cli.sql import Sql, columns, join, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.apply")
 
@@ -66,6 +66,7 @@ class GroupedInserts:
         self.max_bytes = max_bytes
         self.group: _Group | None = None
         self.held: set[tuple[str, str]] = set()  # (identity table, uuid) of every held row
+        self.shapes: dict[tuple[str, tuple[str, ...]], tuple[Sql, Sql]] = {}  # INSERT prefix, one row's values
 
     def holds_any(self, entries: Any) -> bool:
         return bool(self.held) and any(entry in self.held for entry in entries)
@@ -101,10 +102,13 @@ class GroupedInserts:
         if group is None or not group.rows:
             return
         table = group.table
-        one_row = sql("({})", placeholders(len(group.columns)))
+        shape = (table.name, tuple(group.columns))
+        if shape not in self.shapes:  # built once per table and column set: composing SQL text is not free
+            self.shapes[shape] = (sql("INSERT INTO {} ({}) VALUES ", quote(table.name), columns(group.columns)),
+                                  sql("({})", placeholders(len(group.columns))))
+        prefix, one_row = self.shapes[shape]
         # parameterised: one statement (PyMySQL escapes every value), so that its keys are consecutive
-        cur.execute(sql("INSERT INTO {} ({}) VALUES {}", quote(table.name), columns(group.columns),
-                        join([one_row] * len(group.rows))), [v for row in group.rows for v in row])
+        cur.execute(sql("{}{}", prefix, join([one_row] * len(group.rows))), [v for row in group.rows for v in row])
         if cur.rowcount != len(group.rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(group.rows)} grouped rows inserted")
         if table.is_subclass:
