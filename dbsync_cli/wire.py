@@ -124,7 +124,10 @@ def local_datetime(value: str, tz: dt.tzinfo) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed
-    return parsed.astimezone(tz).replace(tzinfo=None)
+    try:
+        return parsed.astimezone(tz).replace(tzinfo=None)
+    except OverflowError as exc:  # "0001-01-01T00:00:00+01:00" has no UTC equivalent
+        raise ValueError(f"datetime {value!r} out of range") from exc
 
 
 # ---- the message -------------------------------------------------------------------------------------------
@@ -165,11 +168,38 @@ def check(message: Any, tables: Collection[str]) -> str | None:
         return f"unknown op {message['op'][:10]!r}"
     if not UUID_TEXT.match(message["uuid"]):
         return f"invalid uuid {message['uuid'][:40]!r}"
+    problem = _source_problem(message.get("source"))
+    if problem is not None:
+        return problem
+    if message.get("sent") is not None and not isinstance(message["sent"], str):
+        return "sent must be a string"
     data = message.get("data")
     if message["op"] == DELETE:
         return None if data is None or isinstance(data, dict) else "data of a delete must be null"
     if not isinstance(data, dict):
         return "data must be an object"
+    return None
+
+
+#: what the receiver can store of a source position (BIGINT, INT and the binlog file name column)
+_SOURCE_RANGES = {"pos": (0, 2**63 - 1), "row": (-1, 2**31 - 1), "server_id": (0, 2**32 - 1),
+                  "ts_ms": (0, 253_402_300_799_999)}
+
+
+def _source_problem(source: Any) -> str | None:
+    """Why a message's `source` (where in the site's binlog it comes from) is unusable, or None."""
+    if source is None:
+        return None
+    if not isinstance(source, dict):
+        return "source must be an object"
+    for key, (low, high) in _SOURCE_RANGES.items():
+        value = source.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"source.{key} {str(value)[:30]!r} is not an integer from {low} to {high}"
+    if source.get("file") is not None and (not isinstance(source["file"], str) or len(source["file"]) > 255):
+        return "source.file must be a binlog file name"
     return None
 
 

@@ -95,5 +95,10 @@ def _parse_sent(value: Any) -> dt.datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:
+            return None
+    if not 1000 <= parsed.year <= 9999:  # what DATETIME(3) stores
+        return None
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)

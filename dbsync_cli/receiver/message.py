@@ -75,7 +75,10 @@ def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
             return Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
                           error="inbox body is not valid base64")
         return parse_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox)
-    raw = dumps(record)
+    try:
+        raw = dumps(record)
+    except TypeError as exc:  # only from an in-process caller: JSON input cannot hold what orjson cannot write
+        return Parsed(message_id=f"noid:{id(record)}", raw=b"{}", error=f"not a JSON message: {exc}")
     fallback = "noid:" + hashlib.sha1(raw).hexdigest()  # noqa: S324 - an identifier, not security
     item = Parsed(message_id=str(record.get("id") or fallback), raw=raw)
     if len(raw) > max_bytes:

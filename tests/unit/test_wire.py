@@ -205,3 +205,20 @@ def test_an_inbox_record_with_a_broken_base64_body_gets_an_error() -> None:
 def test_an_inbox_record_with_a_non_integer_inbox_id_gets_an_error() -> None:
     item = parse({"inbox": "x1", "message_id": "m5", "site": "s1", "body": "{}"}, MODEL, 10_000)
     assert item.error == "invalid inbox id 'x1'" and item.message_id == "m5"
+
+
+@pytest.mark.parametrize("source", [[], {"pos": 2**62 * 4}, {"row": 2**40}, {"row": -2}, {"pos": "4"},
+                                    {"server_id": -1}, {"ts_ms": 10**17}, {"pos": True}, {"file": ["a"]}])
+def test_check_refuses_a_source_the_receiver_cannot_store(source: object) -> None:
+    assert (wire.check(_msg(source=source), {"person"}) or "").startswith("source")
+
+
+def test_check_accepts_real_sources_and_none() -> None:
+    for source in (None, {}, {"server_id": 11, "file": "mysql-bin.000002", "pos": 4, "row": -1, "snapshot": True,
+                              "ts_ms": 1_733_000_000_000, "gtid": None}):
+        assert wire.check(_msg(source=source), {"person"}) is None
+
+
+def test_a_datetime_without_a_utc_equivalent_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        wire.local_datetime("0001-01-01T00:00:00+01:00", dt.UTC)
