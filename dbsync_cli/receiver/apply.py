@@ -360,14 +360,14 @@ class Applier:
                values: dict[str, Any] | None, batch: Batch) -> Verdict:
         if (table.name, uuid) in batch.ours:
             return Verdict()
-        digest = self._synced_entry(cur, table.name, uuid)[0]
+        digest, last = self._synced_entry(cur, table.name, uuid)
         incoming_time = None
         ts_ms = (message.get("source") or {}).get("ts_ms")
         if isinstance(ts_ms, int | float):
             incoming_time = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(self.convert.tz).replace(
                 tzinfo=None)
-        return judge(table, current, digest, message, values, incoming_time,
-                     self.settings.conflict_policy)
+        return judge(table, current, digest, message, values, incoming_time, self.settings.conflict_policy,
+                     last_site=last.site if last is not None else None)
 
     # ---- parking -------------------------------------------------------------------------------------------
     def _park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:

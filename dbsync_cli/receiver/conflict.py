@@ -69,9 +69,14 @@ def _latest(values: dict[str, Any]) -> dt.datetime | None:
 
 
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
-          values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str) -> Verdict:
+          values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str, *,
+          last_site: str | None = None) -> Verdict:
     """Decide for an incoming change to an existing central row (read with `select_with_hash`; values: converted
-    data, None for a delete)."""
+    data, None for a delete; `last_site`: the site whose change dbsync applied last to this row).
+
+    Dates decide only between central's edits and a site's, or between two sites: two changes of the same site are
+    ordered by its binlog (the order guard), so a backdated change (a clinic clock corrected backwards, an un-void
+    dated in the past) of a row central never touched is applied."""
     if is_placeholder(current):
         return Verdict()
     central_latest = _latest(current)
@@ -81,7 +86,8 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
             return Verdict()
         return Verdict(park=True, reason="row existed at central before any sync and differs from the incoming one")
     if stored_hash == current[HASH]:
-        if (values is not None and central_latest and incoming_latest and incoming_latest < central_latest):
+        other_site = last_site is not None and last_site != message.get("site")
+        if other_site and values is not None and central_latest and incoming_latest and incoming_latest < central_latest:
             return Verdict(stale=True, reason=f"incoming change ({incoming_latest}) is older than central "
                                               f"({central_latest})")
         return Verdict()

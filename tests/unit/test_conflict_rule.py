@@ -39,9 +39,11 @@ def _current(hash_: str = "h1", **values: Any) -> dict[str, Any]:
 
 
 def _judge(current: dict[str, Any], stored: str | None, values: dict[str, Any] | None, *,
-           incoming_time: dt.datetime | None = None, policy: str = "newer") -> tuple[bool, bool, str | None]:
-    message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u"}
-    verdict = judge(TABLE, current, stored, message, values, incoming_time, policy)
+           incoming_time: dt.datetime | None = None, policy: str = "newer",
+           last_site: str | None = "s2") -> tuple[bool, bool, str | None]:
+    """`last_site` s2: the row was last written by another site than the incoming change's s1."""
+    message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u", "site": "s1"}
+    verdict = judge(TABLE, current, stored, message, values, incoming_time, policy, last_site=last_site)
     return verdict.park, verdict.stale, verdict.reason
 
 
@@ -84,6 +86,12 @@ def test_a_row_unchanged_since_the_last_sync_is_applied() -> None:
     assert _judge(current, "h1", {"name": "Bo", "date_changed": LATE}) == (False, False, None)
     assert _judge(current, "h1", {"name": "Bo"}) == (False, False, None)  # undated incoming row
     assert _judge(current, "h1", {"name": "Bo", "date_changed": EARLY}) == (False, False, None)  # same date
+
+
+def test_a_backdated_change_of_the_same_site_is_applied_the_binlog_orders_it() -> None:
+    for last_site in ("s1", None):
+        verdict = _judge(_current(date_changed=LATE), "h1", {"name": "Bo", "date_changed": EARLY}, last_site=last_site)
+        assert verdict == (False, False, None)
 
 
 def test_an_update_older_than_central_is_stale_when_the_row_is_unchanged() -> None:
