@@ -110,10 +110,11 @@ def _print(report: dict[str, Any]) -> None:
     if rows:
         console.print(table)
     if report["role"] == "receiver" and report.get("sites"):
-        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "state")
+        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "not applied", "state")
         for site in report["sites"]:
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(site.get("skipped", {}).items())) or "0"
             sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or "never",
-                          health.duration(site["silent_seconds"]), str(site["messages"]), _cell(site["state"]))
+                          health.duration(site["silent_seconds"]), str(site["messages"]), skipped, _cell(site["state"]))
         console.print(sites)
     for problem in report["problems"]:
         console.print(f"{_cell(problem['state'])} {problem['check']}: {problem['message']}", markup=True,

@@ -179,6 +179,7 @@ class Applier:
                 batch.inbox.append(item.inbox)
             if item.message_id in done:
                 batch.outcomes.append(Outcome(item.message_id, "duplicate"))
+                batch.skip(item.site, "duplicate", item.message_id)
                 continue
             done.add(item.message_id)
             if careful:
@@ -237,6 +238,7 @@ class Applier:
         if position is not None and not force:
             last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
             if last is not None and position.older_than(last):
+                batch.skip(message["site"], "stale", item.message_id)
                 return Outcome(item.message_id, "stale", table.name, uuid,
                                f"from {position}, before the change applied last ({last})")
         key = self.ids.lookup(cur, ident, uuid)
@@ -272,6 +274,8 @@ class Applier:
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
             if verdict.stale:
+                batch.skip(message["site"], "stale", item.message_id)
+                batch.skip(message["site"], "stale", item.message_id)
                 return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
             if values:
                 cur.execute(self.statements.get(("update", table.name, tuple(values)), lambda: sql(

@@ -33,6 +33,13 @@ class Batch:
     rest: list[tuple[str, str | None, str]] = field(default_factory=list)
     sites: dict[str, tuple[int, str]] = field(default_factory=dict)  # site → (count, last message id)
     ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
+    skipped: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (site, reason) → (n, last id)
+
+    def skip(self, site: str | None, reason: str, message_id: str) -> None:
+        """Count a message apply decided not to apply (duplicate, stale): never silent."""
+        key = (site or "?", reason)
+        count, _ = self.skipped.get(key, (0, ""))
+        self.skipped[key] = (count + 1, message_id)
 
 
 def now() -> dt.datetime:

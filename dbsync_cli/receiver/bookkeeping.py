@@ -67,6 +67,13 @@ def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], s
     if batch.rest:
         cur.executemany(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
                             "VALUES (%s, %s, %s, %s)", schema), [(*r, stamp) for r in batch.rest])
+    if batch.skipped:
+        cur.executemany(
+            sql("INSERT INTO {}.receiver_skipped (site, reason, count, last_message_id, last_date) "
+                "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE count = count + VALUES(count), "
+                "last_message_id = VALUES(last_message_id), last_date = VALUES(last_date)", schema),
+            [(site[:100], reason, count, last_id[:255], stamp) for (site, reason), (count, last_id)
+             in batch.skipped.items()])
     for identifier, (count, last_id) in batch.sites.items():
         cur.execute(
             sql("INSERT INTO {}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "

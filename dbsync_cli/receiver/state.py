@@ -97,6 +97,15 @@ MIGRATIONS: list[list[str]] = [
             ADD COLUMN src_file VARCHAR(255) NULL, ADD COLUMN src_pos BIGINT NULL, ADD COLUMN src_row INT NULL,
             ADD COLUMN src_sent DATETIME(3) NULL""",
     ],
+    [  # 3: what apply decided not to apply, counted per site and reason (never silent)
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_skipped (
+            site VARCHAR(100) NOT NULL,
+            reason VARCHAR(40) NOT NULL,
+            count BIGINT NOT NULL DEFAULT 0,
+            last_message_id VARCHAR(255) NULL,
+            last_date DATETIME(3) NOT NULL,
+            PRIMARY KEY (site, reason)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 
@@ -196,6 +205,17 @@ def last_sync_dates(conn: Any, schema: str) -> dict[int, dt.datetime]:
     with conn.cursor() as cur:
         cur.execute(sql("SELECT site_id, last_sync_date FROM {}.receiver_sync_status", schema_name(schema)))
         return {int(row[0]): row[1] for row in cur.fetchall()}
+
+
+def skipped(conn: Any, schema: str) -> dict[str, dict[str, int]]:
+    """Messages apply did not apply, per site and reason (duplicate, stale), since the state schema was made."""
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT site, reason, count FROM {}.receiver_skipped ORDER BY site, reason",
+                        schema_name(schema)))
+        found: dict[str, dict[str, int]] = {}
+        for site, reason, count in cur.fetchall():
+            found.setdefault(site, {})[reason] = int(count)
+        return found
 
 
 def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -> int:

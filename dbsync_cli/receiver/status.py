@@ -125,6 +125,7 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
                         state.schema_name(schema)))
         status = {int(r[0]): r[1:] for r in cur.fetchall()}
     silent_max = None
+    skipped = state.skipped(conn, schema)
     sites = sorted(state.sites(conn, schema).values(), key=lambda site: site.identifier)
     for site in sites:
         last, messages, last_id = status.get(site.id, (None, 0, None))
@@ -132,7 +133,8 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
         row = {"identifier": site.identifier, "name": site.name, "disabled": site.disabled,
                "date_created": utc(site.date_created), "last_sync_date": utc(last),
                "age_seconds": seconds_between(now, last), "silent_seconds": silence, "messages": int(messages or 0),
-               "last_message_id": last_id, "state": "DISABLED" if site.disabled else OK}
+               "last_message_id": last_id, "skipped": skipped.get(site.identifier, {}),
+               "state": "DISABLED" if site.disabled else OK}
         if not site.disabled:
             row["state"] = grade(silence, lim["site_silent_warning_minutes"] * 60,
                                  lim["site_silent_critical_minutes"] * 60)
