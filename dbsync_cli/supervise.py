@@ -1,30 +1,39 @@
-"""Restart-with-backoff for long-running parts (the sender chain, the receiver's threads)."""
+"""Restart-with-backoff for long-running parts (the sender chain, the receiver's threads and its start-up)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
-from tenacity import RetryCallState, Retrying, wait_exponential
+from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
 log = logging.getLogger("dbsync.supervise")
 
+#: a part that ran this long before failing was healthy: its next failure starts the backoff from the beginning
+HEALTHY_SECONDS = 60.0
+
 
 def backoff(failures: int, *, multiplier: float = 1, maximum: float = 60) -> float:
-    """Seconds to wait after `failures` failures in a row: multiplier × 1, 2, 4 … at most `maximum` (tenacity's
-    exponential wait, for loops that cannot be a tenacity Retrying because they also yield)."""
+    """Seconds to wait after `failures` failures in a row: half of multiplier × 1, 2, 4 … (at most `maximum`) fixed
+    and half random ("equal jitter", tenacity's waits), so that 200 clinics cut off by one outage do not all
+    reconnect in the same second, and no wait is ever near zero."""
     state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
     state.attempt_number = max(1, failures)
-    return float(wait_exponential(multiplier=multiplier, max=maximum)(state))
+    half, top = multiplier / 2, maximum / 2
+    wait = wait_exponential(multiplier=half, max=top) + wait_random_exponential(multiplier=half, max=top)
+    return float(wait(state))
 
 
 def supervise(name: str, target: Callable[[], object], stop: threading.Event, *, once: bool = False,
-              fatal: tuple[type[BaseException], ...] = ()) -> None:
-    """Run `target` until `stop`; after a failure wait 1, 2, 4 … 60 s and run it again. `once`: return after a
-    clean run. Exceptions in `fatal` are for an operator and propagate."""
+              fatal: tuple[type[BaseException], ...] = (), healthy_seconds: float = HEALTHY_SECONDS) -> None:
+    """Run `target` until `stop`; after a failure wait (backoff, about 1, 2, 4 … 60 s) and run it again. A run
+    that lasted `healthy_seconds` resets the backoff. `once`: return after a clean run. Exceptions in `fatal` are
+    for an operator and propagate."""
     failures = 0
     while not stop.is_set():
+        started = time.monotonic()
         try:
             target()
             if once:
@@ -34,7 +43,7 @@ def supervise(name: str, target: Callable[[], object], stop: threading.Event, *,
         except fatal:
             raise
         except Exception as exc:  # noqa: BLE001 - supervision restarts the part whatever failed
-            failures += 1
+            failures = 1 if time.monotonic() - started >= healthy_seconds else failures + 1
             delay = backoff(failures)
             log.error("%s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, delay)
             stop.wait(delay)

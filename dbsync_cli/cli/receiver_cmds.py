@@ -22,6 +22,7 @@ from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.apply import apply as apply_stage
 from dbsync_cli.receiver.retry import retry_pending
+from dbsync_cli.receiver.state import StateError
 
 
 def _model(cfg: Config) -> SchemaModel:
@@ -68,9 +69,11 @@ def receiver(
         cfg.values["receiver.site_id"] = site_id
     stop = stop_on_signals()
     try:
-        run_mod.run_receiver(cfg, stop, idle_exit=idle_exit)
+        run_mod.Receiver(cfg).run(stop, idle_exit=idle_exit)
     except SchemaError as exc:
         common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+    except StateError as exc:
+        common.fail(str(exc), exitcodes.CONFIG)
 
 
 conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally and at a site.",

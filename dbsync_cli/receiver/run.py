@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from dbsync_cli.config import Config
-from dbsync_cli.openmrs import SchemaModel, synced_table_names
+from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.apply import Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
@@ -76,14 +76,28 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
         applier.close()
 
 
+def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:
+    """State schema in place and the schema model read, retried with backoff while central is unreachable (an
+    outage at start-up is survived like one later); a schema problem is for the operator and propagates."""
+    found: list[SchemaModel] = []
+
+    def attempt() -> None:
+        params = cfg.db("central_db")
+        with params.connect(autocommit=False) as conn:
+            state.migrate(conn, cfg["central_db.state_schema"], params.database)
+        found.append(load_model(cfg))
+
+    supervise("start-up (central DB)", attempt, stop, once=True, fatal=(SchemaError, state.StateError))
+    return found[0] if found else None
+
+
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
     from dbsync_cli.receiver import central, consume, rest
 
-    params = cfg.db("central_db")
-    with params.connect(autocommit=False) as conn:
-        state.migrate(conn, cfg["central_db.state_schema"], params.database)
-    model = load_model(cfg)
+    model = _start_up(cfg, stop)
+    if model is None:  # stopped while central was still unreachable
+        return
     threads = [
         threading.Thread(target=supervise, name="consume", daemon=True,
                          args=("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop), stop)),

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+import uuid as uuidlib
 from collections import Counter
 
 import orjson
 from helpers import dbsync
+from receiver_helpers import drop_schema, make_central, make_site
 from test_apply import central, new_person, outcomes, site  # noqa: F401 - fixtures
+from test_receiver_e2e import _start, _stop
+
+from dbsync_cli import wire
+from dbsync_cli.broker import open_connection
 
 __all__ = ["central", "site"]
 
@@ -49,3 +59,102 @@ def test_what_apply_does_not_apply_is_counted_per_site_and_reason_in_status(cent
     table = dbsync("status", "--config", str(central.config), env={**central.env, "COLUMNS": "200"},
                    check=False).stdout.decode()
     assert f"{len(first)} duplicate, 1 stale" in table
+
+
+class Gate:
+    """A TCP port in front of a server: refused (nothing listens) until `open()`, then it forwards: an outage of
+    central that ends while the receiver runs."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.server: socket.socket | None = None
+
+    def open(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def _accept(self) -> None:
+        assert self.server is not None
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_receiver_started_while_central_is_down_waits_and_syncs_when_it_is_back(
+        openmrs_db, services, tmp_path, broker_settings) -> None:
+    """Case 7: the receiver started while central was unreachable exited 1 with a traceback (the state migration
+    ran before supervision); now start-up is retried with backoff like any later outage."""
+    destination = f"test.outage.{uuidlib.uuid4().hex[:10]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
+    site_ = make_site(openmrs_db, services, tmp_path, broker_settings)
+    names = [new_person(site_, given=f"Outage{i}")[1] for i in range(3)]
+    messages = site_.messages()
+    gate = Gate(central.db.port)
+    config = tmp_path / "receiver-gated.toml"
+    config.write_text(central.config.read_text().replace(f"port = {central.db.port}\n", f"port = {gate.port}\n"))
+    log = tmp_path / "receiver.log"
+    proc = _start(["receiver", "--config", str(config)], central.env, log)
+    try:
+        time.sleep(5)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "start-up (central DB) failed" in text and "restarting in" in text and "Traceback" not in text, text
+        gate.open()
+        publish_raw(broker_settings, destination, messages)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = central.sql("SELECT COUNT(*) FROM person_name WHERE uuid IN (%s, %s, %s)", tuple(names))[0][0]
+            if found == len(names):
+                break
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert found == len(names), log.read_text()[-3000:]
+    finally:
+        _stop(proc, log)
+        gate.close()
+    drop_schema(central)
+
+
+def publish_raw(broker, destination: str, messages: list[dict]) -> None:
+    """The messages as a sender would publish them (persistent, ANYCAST, a receipt on the last)."""
+    got = threading.Event()
+
+    class Listener:
+        def on_receipt(self, frame) -> None:
+            got.set()
+
+    conn = open_connection(broker, listener=Listener())
+    try:
+        for index, message in enumerate(messages):
+            body, headers = wire.encode(message, anycast=True, compress_over=16_384)
+            if index == len(messages) - 1:
+                headers["receipt"] = "last"
+            conn.send(destination, body, headers=headers)
+        assert got.wait(30), "no receipt from the broker"
+    finally:
+        conn.disconnect()
