@@ -120,10 +120,17 @@ def dumps(record: Any) -> bytes:
 
 
 def local_datetime(value: str, tz: dt.tzinfo) -> dt.datetime:
-    """A wire DATETIME (ISO with offset) as a naive value in `tz`: how central stores a site's DATETIME."""
+    """A wire DATETIME (ISO with offset) as a naive value in `tz`: how central stores a site's DATETIME.
+
+    The sender gives a wall time its zone's offset with fold=0 (a time in a spring-forward gap or in the repeated
+    hour gets the offset from before the change). When `tz` gives that wall time the same offset, the wall time is
+    kept as it is: equal zones convert nothing, not even in a DST gap. Otherwise it is converted through UTC."""
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed
+    wall = parsed.replace(tzinfo=None)
+    if wall.replace(tzinfo=tz).utcoffset() == parsed.utcoffset():
+        return wall
     try:
         return parsed.astimezone(tz).replace(tzinfo=None)
     except OverflowError as exc:  # "0001-01-01T00:00:00+01:00" has no UTC equivalent

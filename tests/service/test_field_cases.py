@@ -158,3 +158,17 @@ def publish_raw(broker, destination: str, messages: list[dict]) -> None:
         assert got.wait(30), "no receipt from the broker"
     finally:
         conn.disconnect()
+
+
+def test_equal_zones_convert_nothing_in_a_dst_gap(openmrs_db, services, tmp_path, broker_settings) -> None:
+    """Case 9: site and central both in Europe/Berlin; 2024-03-31 02:30 (inside the spring-forward gap) reached
+    central as 03:30. Equal zones convert nothing."""
+    central = make_central(openmrs_db, tmp_path, broker_settings, timezone="Europe/Berlin")
+    site_ = make_site(openmrs_db, services, tmp_path, broker_settings, timezone="Europe/Berlin")
+    _person, gap = new_person(site_, date_changed="2024-03-31 02:30:00")
+    _person, fold = new_person(site_, date_changed="2024-10-27 02:30:00")
+    assert "applied" in outcomes(central.apply(site_.messages()))
+    got = dict(central.sql("SELECT uuid, CAST(date_changed AS CHAR) FROM person_name WHERE uuid IN (%s, %s)",
+                           (gap, fold)))
+    assert got == {gap: "2024-03-31 02:30:00", fold: "2024-10-27 02:30:00"}
+    drop_schema(central)

@@ -152,3 +152,13 @@ def test_parse_timezone_rejects_unknown_names_and_impossible_offsets() -> None:
 def test_parse_timezone_rejects_an_offset_with_99_minutes() -> None:
     with pytest.raises(ValueError):
         parse_timezone("+02:99")
+
+
+def test_equal_zones_convert_nothing_even_in_a_dst_gap_or_the_repeated_hour() -> None:
+    """Issue 10 case 9: 2024-03-31 02:30 does not exist in Europe/Berlin; it used to become 03:30 at a Berlin
+    central. The same for the repeated hour of 2024-10-27."""
+    berlin = ZoneInfo("Europe/Berlin")
+    for wall in (dt.datetime(2024, 3, 31, 2, 30), dt.datetime(2024, 10, 27, 2, 30), dt.datetime(2024, 7, 1, 9, 0)):
+        assert into("datetime", out("datetime", wall, berlin), berlin) == wall
+    # another zone still converts through UTC
+    assert into("datetime", out("datetime", dt.datetime(2024, 7, 1, 9, 0), berlin)) == dt.datetime(2024, 7, 1, 7, 0)
