@@ -32,6 +32,7 @@ class EnrichSettings:
     site: str
     timezone: str = "UTC"
     batch_events: int = 500
+    max_transaction_events: int = 20_000  # a batch grows past batch_events to the end of a transaction, to this
     cache_size: int = 200_000
 
 
@@ -58,6 +59,9 @@ class Enricher:
         return self.converters[table.name]
 
     def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches end between transactions (up to `max_transaction_events`): a subclass delete (patient,
+        drug_order …) comes before its parent's delete in the binlog and gets its uuid from the parent's before
+        image, which must be in the same batch — the rows are gone from the site DB by the time we read it."""
         batch: list[dict[str, Any]] = []
         for event in events:
             if event.get("op") == wire.HEARTBEAT:
@@ -65,10 +69,11 @@ class Enricher:
                 batch = []
                 yield event
                 continue
-            batch.append(event)
-            if len(batch) >= self.settings.batch_events:
+            if batch and len(batch) >= self.settings.batch_events and (
+                    not _same_transaction(batch[-1], event) or len(batch) >= self.settings.max_transaction_events):
                 yield from self._flush(batch)
                 batch = []
+            batch.append(event)
         yield from self._flush(batch)
 
     def _load_rows(self, table: SyncedTable, keys: set[Any]) -> tuple[dict[Any, dict[str, Any]], bool]:
@@ -228,6 +233,14 @@ class Enricher:
             if target and identity is not None and raw and str(raw).isdigit():
                 data[value_column] = wire.ref(target, refs.get((identity.table, int(raw))))
         return data
+
+
+def _same_transaction(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Binlog events of one transaction share its start position; snapshot rows are never one transaction."""
+    sa, sb = a.get("source") or {}, b.get("source") or {}
+    if sa.get("snapshot") or sb.get("snapshot"):
+        return False
+    return (sa.get("file"), sa.get("pos")) == (sb.get("file"), sb.get("pos")) and sa.get("pos") is not None
 
 
 def enrich(events: Iterable[dict[str, Any]], settings: EnrichSettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

@@ -10,8 +10,8 @@ import uuid as uuidlib
 from collections import Counter
 
 import orjson
-from helpers import dbsync
-from receiver_helpers import drop_schema, make_central, make_site
+from helpers import dbsync, sender_config
+from receiver_helpers import Site, drop_schema, make_central, make_site
 from test_apply import central, new_person, outcomes, site  # noqa: F401 - fixtures
 from test_receiver_e2e import _start, _stop
 
@@ -171,4 +171,38 @@ def test_equal_zones_convert_nothing_in_a_dst_gap(openmrs_db, services, tmp_path
     got = dict(central.sql("SELECT uuid, CAST(date_changed AS CHAR) FROM person_name WHERE uuid IN (%s, %s)",
                            (gap, fold)))
     assert got == {gap: "2024-03-31 02:30:00", fold: "2024-10-27 02:30:00"}
+    drop_schema(central)
+
+
+def test_patients_purged_in_one_transaction_are_deleted_at_central(openmrs_db, services, tmp_path,
+                                                                    broker_settings) -> None:
+    """Case 4: a patient delete gets its uuid from its person's delete, which comes later in the same transaction;
+    when the transaction spanned enrich batches, every patient delete was skipped as "uuid unknown" and the person
+    deletes stuck in the retry queue on the patient foreign key. Batches now end between transactions."""
+    central = make_central(openmrs_db, tmp_path, broker_settings)
+    admin = openmrs_db("site1")
+    repl = services["site1"].repl.with_database(admin.database)
+    work = tmp_path / "work"
+    work.mkdir()
+    conf, env = sender_config(work, repl, broker_settings, destination="test.unused", batch=50, home=tmp_path / "h")
+    site_ = Site(admin, conf, env, tmp_path / "h")
+    site_.messages()
+    people = [new_person(site_, given=f"Purge{i}")[0] for i in range(120)]
+    central.apply(site_.messages())
+    assert central.sql("SELECT COUNT(*) FROM person WHERE uuid IN (" + ", ".join(["%s"] * len(people)) + ")",
+                       tuple(people)) == [(120,)]
+    with admin.connect(autocommit=False) as conn, conn.cursor() as cur:  # one purge transaction: 360 row events
+        ids = "SELECT person_id FROM person WHERE uuid IN (" + ", ".join(["%s"] * len(people)) + ")"
+        cur.execute(f"SELECT person_id FROM ({ids}) p", tuple(people))
+        keys = [r[0] for r in cur.fetchall()]
+        marks = ", ".join(["%s"] * len(keys))
+        for table, column in (("person_name", "person_id"), ("patient", "patient_id"), ("person", "person_id")):
+            cur.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", tuple(keys))
+        conn.commit()
+    messages = site_.messages()
+    assert sum(1 for m in messages if m["table"] == "patient" and m["op"] == "d") == 120
+    central.apply(messages)
+    marks = ", ".join(["%s"] * len(people))
+    assert central.sql(f"SELECT COUNT(*) FROM person WHERE uuid IN ({marks})", tuple(people)) == [(0,)]
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue") == [(0,)]
     drop_schema(central)
