@@ -12,6 +12,7 @@ from dbsync_cli.cli import (
     config_cmd,
     receiver_admin,
     receiver_cmds,
+    retry_cmd,
     schema_cmd,
     sender_cmds,
     status_cmd,
@@ -51,6 +52,7 @@ app.command("sender")(sender_cmds.sender)
 app.command("apply")(receiver_cmds.apply)
 app.command("receiver")(receiver_cmds.receiver)
 app.add_typer(receiver_cmds.conflicts_app, name="conflicts")
+app.add_typer(retry_cmd.app, name="retry")
 app.command("consume")(receiver_admin.consume)
 app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)

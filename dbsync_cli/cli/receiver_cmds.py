@@ -80,7 +80,8 @@ conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally
                             no_args_is_help=True)
 
 
-def _applier(config: Path | None) -> Applier:
+def open_applier(config: Path | None) -> Applier:
+    """An Applier on the receiver config's central DB (the caller closes it)."""
     cfg = common.load_config(config, "receiver")
     return Applier(run_mod.apply_settings(cfg), _model(cfg))
 
@@ -92,7 +93,7 @@ def conflicts_list(
     all_: Annotated[bool, typer.Option("--all", help="Include resolved conflicts.")] = False,
 ) -> None:
     """Unresolved conflicts (oldest first)."""
-    applier = _applier(config)
+    applier = open_applier(config)
     try:
         found = conflicts_mod.list_conflicts(applier.conn, applier.settings.state_schema, include_resolved=all_)
     finally:
@@ -112,7 +113,7 @@ def conflicts_list(
 @conflicts_app.command("show")
 def conflicts_show(number: int, config: common.ConfigOption = None, json_out: common.JsonOption = False) -> None:
     """Column-by-column diff of the central row and the incoming change."""
-    applier = _applier(config)
+    applier = open_applier(config)
     try:
         conflict = conflicts_mod.get_conflict(applier.conn, applier.settings.state_schema, number)
         rows = conflicts_mod.diff(applier, conflict)
@@ -153,7 +154,7 @@ def conflicts_resolve(
         common.fail("choose one of --keep-central, --take-incoming, --merge", exitcodes.CONFIG)
     mode = chosen[0] if chosen else "manual"
     columns = [c.strip() for c in merge.split(",") if c.strip()] if merge else None
-    applier = _applier(config)
+    applier = open_applier(config)
     try:
         print(conflicts_mod.resolve(applier, number, mode, columns))
     except conflicts_mod.ConflictError as exc:

@@ -206,3 +206,36 @@ def test_patients_purged_in_one_transaction_are_deleted_at_central(openmrs_db, s
     assert central.sql(f"SELECT COUNT(*) FROM person WHERE uuid IN ({marks})", tuple(people)) == [(0,)]
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue") == [(0,)]
     drop_schema(central)
+
+
+def test_permanent_errors_at_the_head_of_the_retry_queue_hold_nothing_up(central, site) -> None:  # noqa: F811
+    """Case 6: the queue was read `ORDER BY id LIMIT 5000`; 5,000 permanent errors at its head kept every entry
+    behind them from ever being retried. A pass now walks the whole queue; `dbsync retry` shows and mends it."""
+    s = f"`{central.schema}`"
+    errors = [(f"broken-{i}", b"{not json") for i in range(5_100)]
+    for i in range(0, len(errors), 1000):
+        part = errors[i:i + 1000]
+        central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, body, reason, date_created) VALUES "
+                    + ", ".join(["(%s, %s, 'malformed JSON', NOW())"] * len(part)), tuple(x for e in part for x in e))
+    _person, name = new_person(site, given="Behind")
+    messages = [dict(m, site="site9", id="site9:" + m["id"]) for m in site.messages()]
+    assert "retry" in outcomes(central.apply(messages))  # site9 is not registered yet
+    central.sql(f"INSERT INTO {s}.site_info (name, identifier, date_created) VALUES ('site9', 'site9', NOW())")
+    central.apply(b"", "--retry")
+    assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("Behind",)]
+    # the operator's commands
+    listed = orjson.loads(dbsync("retry", "list", "--json", "--limit", "3", "--config", str(central.config),
+                                 env=central.env).stdout)
+    assert all(e["reason"].startswith("malformed JSON") for e in listed) and len(listed) == 3
+    assert listed[0]["kind"].startswith("error")
+    shown = orjson.loads(dbsync("retry", "show", str(listed[0]["id"]), "--json", "--config", str(central.config),
+                                env=central.env).stdout)
+    assert shown["body"] == "{not json" and shown["message_id"] == "broken-0"
+    dropped = dbsync("retry", "drop", str(listed[0]["id"]), "--config", str(central.config), env=central.env)
+    assert b"dropped" in dropped.stdout
+    again = dbsync("retry", "again", str(listed[1]["id"]), "--config", str(central.config), env=central.env)
+    assert [orjson.loads(line)["outcome"] for line in again.stdout.splitlines()] == ["error"]
+    missing = dbsync("retry", "show", str(listed[0]["id"]), "--config", str(central.config), env=central.env,
+                     check=False)
+    assert missing.returncode != 0 and b"does not exist" in missing.stderr and b"Traceback" not in missing.stderr
+    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue") == [(5_099,)]
