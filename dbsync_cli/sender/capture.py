@@ -9,12 +9,14 @@ other tables' traffic still move the checkpoint, and so that downstream batches 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.bitmap import BitCount
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -25,7 +27,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from dbsync_cli import wire
+from dbsync_cli import exitcodes, wire
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
@@ -147,12 +149,17 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
                     row = -1
                     in_txn = True
             elif isinstance(event, XidEvent | QueryEvent):
+                if isinstance(event, QueryEvent) and _DML.match(str(event.query)) and _schema(event) == db.database:
+                    _stop_undecodable(settings, end, "a data change logged as a statement (binlog_format is not ROW)")
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
                     # DDL commits on its own; with row metadata FULL the next table map carries the new columns
                     log.debug("DDL at %s: %s", end, str(event.query)[:200])
                 boundary = end
                 in_txn = False
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                problem = _undecodable(event)
+                if problem is not None:
+                    _stop_undecodable(settings, end, f"a {event.table} row event {problem}")
                 skipping = txn == start and skip_rows > 0
                 secrets = settings.secret_columns.get(event.table, ())
                 for op, before, after in _row_images(event):
@@ -195,6 +202,36 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
         raise
     finally:
         reader.close()
+
+
+_DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _schema(event: Any) -> str:
+    schema = event.schema
+    return schema.decode("utf-8", "replace") if isinstance(schema, bytes) else str(schema)
+
+
+def _undecodable(event: Any) -> str | None:
+    """Why a row event cannot be decoded completely from the binlog itself, or None. Names filled in from
+    information_schema by the library would be today's columns, not those the event was written with."""
+    table = event.table_map.get(event.table_id)
+    if table is not None and not getattr(table, "column_name_flag", True):
+        return "carries no column names (binlog_row_metadata is not FULL)"
+    bitmaps = [getattr(event, name, None) for name in ("columns_present_bitmap", "columns_present_bitmap2")]
+    if any(b is not None and BitCount(b) != event.number_of_columns for b in bitmaps):
+        return "carries only some of its columns (binlog_row_image is not FULL)"
+    return None
+
+
+def _stop_undecodable(settings: CaptureSettings, where: Position, what: str) -> None:
+    """Never skip past an event we cannot decode: stop before it (the checkpoint stays before it), with the start-up
+    message when the server's settings changed, so an operator fixes them (exit 11)."""
+    with settings.db.connect() as conn:
+        binlog.check_settings(conn)
+    raise CaptureStop(f"binlog at {where}: {what}; capture stops before it (nothing after it is sent). Set the "
+                      "binlog back to ROW/FULL/FULL; events written meanwhile need the sender to read columns from "
+                      "a schema history (not supported yet)", exitcodes.BINLOG_SETTINGS)
 
 
 def heartbeat(server_id: int, position: Position, ts_ms: int | None = None) -> Event:
