@@ -7,3 +7,4 @@ UNREACHABLE = 3  # a configured server could not be reached
 BINLOG_PURGED = 10  # the checkpoint's binlog file is gone: re-snapshot needed
 BINLOG_SETTINGS = 11  # the site server's binlog settings cannot support capture
 SCHEMA = 12  # the schema lacks a configured table or column
+ANOTHER_RECEIVER = 13  # another receiver already applies to the same central state schema

@@ -28,6 +28,8 @@ EXIT_TEXT = {
     exitcodes.BINLOG_SETTINGS: "the site server's binlog settings cannot support capture (needs log_bin, "
                                "binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)",
     exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
+    exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
+    "schema: run one per central",
 }
 _BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG)
 _NET = (*_BASIC, exitcodes.UNREACHABLE)
@@ -39,10 +41,13 @@ STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITI
 #: command path → exit codes that command can return (status has its own meaning: STATUS_EXIT)
 EXIT_CODES: dict[str, tuple[int, ...]] = {
     "capture": _CAPTURE, "sender": _CAPTURE, "enrich": (*_BASIC, exitcodes.SCHEMA), "publish": _NET,
-    "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA), "receiver": (*_NET, exitcodes.SCHEMA),
+    "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
+    "receiver": (*_NET, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
     "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE),
     "conflicts list": (*_BASIC, exitcodes.SCHEMA), "conflicts show": (*_BASIC, exitcodes.SCHEMA),
     "conflicts resolve": (*_BASIC, exitcodes.SCHEMA),
+    "retry list": (*_BASIC, exitcodes.SCHEMA), "retry show": (*_BASIC, exitcodes.SCHEMA),
+    "retry drop": (*_BASIC, exitcodes.SCHEMA), "retry again": (*_BASIC, exitcodes.SCHEMA),
     "sites add": _NET, "sites list": _NET, "sites disable": _NET, "sites enable": _NET, "sites remove": _NET,
 }
 

@@ -19,7 +19,7 @@ from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.receiver import conflicts as conflicts_mod
 from dbsync_cli.receiver import run as run_mod
-from dbsync_cli.receiver.apply import Applier
+from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.apply import apply as apply_stage
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.receiver.state import StateError
@@ -43,17 +43,21 @@ def apply(
     cfg = common.load_config(config, "receiver")
     model = _model(cfg)
     settings = run_mod.apply_settings(cfg)
-    if from_inbox or retry:
-        applier = Applier(settings, model)
-        try:
-            if from_inbox:
-                run_mod.drain_inbox(applier)
-            if retry:
-                records.write(o.record() for o in retry_pending(applier))
-        finally:
-            applier.close()
-        return
-    records.write(apply_stage(records.read(sys.stdin.buffer, "stdin"), settings, model))
+    try:
+        if from_inbox or retry:
+            applier = Applier(settings, model)
+            try:
+                applier.claim()
+                if from_inbox:
+                    run_mod.drain_inbox(applier)
+                if retry:
+                    records.write(o.record() for o in retry_pending(applier))
+            finally:
+                applier.close()
+            return
+        records.write(apply_stage(records.read(sys.stdin.buffer, "stdin"), settings, model))
+    except AlreadyApplying as exc:
+        common.fail(str(exc), exitcodes.ANOTHER_RECEIVER)
 
 
 def receiver(
@@ -74,6 +78,8 @@ def receiver(
         common.fail(f"schema: {exc}", exitcodes.SCHEMA)
     except StateError as exc:
         common.fail(str(exc), exitcodes.CONFIG)
+    except AlreadyApplying as exc:
+        common.fail(str(exc), exitcodes.ANOTHER_RECEIVER)
 
 
 conflicts_app = typer.Typer(help="Inspect and resolve rows edited both centrally and at a site.",

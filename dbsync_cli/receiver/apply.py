@@ -35,6 +35,14 @@ from dbsync_cli.wire import DELETE, dumps, is_heartbeat
 log = logging.getLogger("dbsync.apply")
 
 
+class AlreadyApplying(Exception):
+    """Another process applies to the same central state schema: two appliers could both write one row."""
+
+
+#: how long a starting applier waits for the lock (a killed predecessor's session may take a moment to end)
+LOCK_WAIT_SECONDS = 30
+
+
 @dataclass
 class ApplySettings:
     central: DbParams  # database = the central OpenMRS schema
@@ -78,6 +86,19 @@ class Applier:
 
     def close(self) -> None:
         self.conn.close()
+
+    def claim(self, wait: float = LOCK_WAIT_SECONDS) -> None:
+        """Become the one applier of this state schema (a server lock held by this session until it closes)."""
+        name = f"dbsync:{self.settings.state_schema}"
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
+            (got,) = cur.fetchone() or (0,)
+            if got != 1:
+                cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+                (holder,) = cur.fetchone() or (None,)
+                raise AlreadyApplying(
+                    f"another receiver (central connection {holder}) is applying to state schema "
+                    f"{self.settings.state_schema!r}: run one receiver (or one `dbsync apply`) per central")
 
     # ---- the interface of the retry queue and conflict resolution ---------------------------------------------
     def reload_blocked(self) -> None:
@@ -432,6 +453,7 @@ class Applier:
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:
     applier = Applier(settings, model)
     try:
+        applier.claim()
         yield from applier.run(records)
     finally:
         applier.close()

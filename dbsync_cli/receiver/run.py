@@ -15,7 +15,7 @@ from typing import Any
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.receiver import inbox, state
-from dbsync_cli.receiver.apply import Applier, ApplySettings
+from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.supervise import supervise
 
@@ -55,6 +55,11 @@ def drain_inbox(applier: Applier, stop: threading.Event | None = None) -> int:
 
 def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None) -> None:
     applier = Applier(apply_settings(cfg), model)
+    try:
+        applier.claim()
+    except AlreadyApplying:
+        applier.close()
+        raise
     interval = cfg["receiver.retry_interval_seconds"]
     last_retry = 0.0
     last_work = time.monotonic()
@@ -108,7 +113,11 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
                                         args=("rest", lambda: rest.RestWorker(rest_settings, stop).run(), stop)))
     for thread in threads:
         thread.start()
-    supervise("apply", lambda: run_apply_loop(cfg, stop, model, idle_exit), stop, once=idle_exit is not None)
+    try:
+        supervise("apply", lambda: run_apply_loop(cfg, stop, model, idle_exit), stop, once=idle_exit is not None,
+                  fatal=(AlreadyApplying,))
+    finally:
+        stop.set()
     stop.set()
     for thread in threads:
         thread.join(timeout=30)

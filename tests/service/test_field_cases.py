@@ -271,3 +271,24 @@ def test_binlog_metadata_switched_at_runtime_stops_capture_before_the_event(site
     checkpoint = CheckpointStore(site.home)
     assert checkpoint.load() == saved
     checkpoint.close()
+
+
+def test_a_second_receiver_on_one_central_is_refused(central, site) -> None:  # noqa: F811
+    """Case 8: nothing stopped a second receiver from applying the same inbox batch at the same time. The applier
+    holds a server lock named after the state schema; a second one waits briefly, then exits 13 with one line."""
+    log = central.config.parent / "first-receiver.log"
+    first = _start(["receiver", "--config", str(central.config)], central.env, log)
+    try:
+        deadline = time.monotonic() + 30
+        while "consuming" not in log.read_text() and time.monotonic() < deadline:
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+        second = dbsync("apply", "--from-inbox", "--config", str(central.config), env=central.env, check=False,
+                        timeout=120)  # waits LOCK_WAIT_SECONDS (30) for the lock first
+        assert second.returncode == exitcodes.ANOTHER_RECEIVER, second.stderr.decode()[-2000:]
+        assert b"another receiver" in second.stderr and b"Traceback" not in second.stderr
+        assert first.poll() is None
+    finally:
+        _stop(first, log)
+    # once the first has stopped, apply may run
+    assert dbsync("apply", "--from-inbox", "--config", str(central.config), env=central.env).returncode == 0
