@@ -10,9 +10,7 @@ import orjson
 
 from dbsync_cli import wire
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.wire import dumps, is_heartbeat
-
-__all__ = ["Parsed", "entity_key", "is_heartbeat", "parse", "parse_raw"]
+from dbsync_cli.wire import dumps
 
 
 @dataclass

@@ -118,7 +118,6 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
                   fatal=(AlreadyApplying,))
     finally:
         stop.set()
-    stop.set()
     for thread in threads:
         thread.join(timeout=30)
 
