@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Site:
     config: Path
     env: dict[str, str]
     home: Path
+    initial: list[dict[str, Any]] = field(default_factory=list)  # the initial snapshot's messages
 
     def sql(self, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.admin.connect() as conn, conn.cursor() as cur:
@@ -96,5 +97,5 @@ def make_site(openmrs_db, services, tmp_path: Path, broker, *, name: str = "site
     work.mkdir(exist_ok=True)
     conf, env = sender_config(work, repl, broker, site=name, destination="test.unused", timezone=timezone, home=home)
     site = Site(admin, conf, env, home)
-    site.messages()  # the initial snapshot of the metadata rows
+    site.initial = site.messages()  # the initial snapshot of the metadata rows (admin, daemon, …)
     return site

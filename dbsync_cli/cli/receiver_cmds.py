@@ -97,15 +97,32 @@ def conflicts_list(
     config: common.ConfigOption = None,
     json_out: common.JsonOption = False,
     all_: Annotated[bool, typer.Option("--all", help="Include resolved conflicts.")] = False,
+    central_owned: Annotated[bool, typer.Option(
+        "--central-owned", help="Only the sites' changes to central's own rows left unchanged, per site and table.")
+    ] = False,
 ) -> None:
-    """Unresolved conflicts (oldest first)."""
+    """Unresolved conflicts (oldest first), then the changes to central's own rows that were not applied."""
     applier = open_applier(config)
     try:
         found = conflicts_mod.list_conflicts(applier.conn, applier.settings.state_schema, include_resolved=all_)
+        owned = conflicts_mod.central_owned_skips(applier.conn, applier.settings.state_schema)
     finally:
         applier.close()
     if json_out:
-        sys.stdout.write(orjson.dumps([c.summary() for c in found]).decode() + "\n")
+        listed = owned if central_owned else [c.summary() for c in found]
+        sys.stdout.write(orjson.dumps(listed).decode() + "\n")
+        return
+    if owned:
+        kept = Table(title="central's own rows: site changes not applied (receiver.central_rows = skip)")
+        for col in ("site", "table", "changes"):
+            kept.add_column(col)
+        for entry in owned:
+            kept.add_row(entry["site"], entry["table"], str(entry["count"]))
+        if central_owned:
+            Console().print(kept)
+            return
+    elif central_owned:
+        Console().print("no site changed central's own rows")
         return
     table = Table(title=f"{len(found)} conflict(s)")
     for col in ("#", "site", "table", "uuid", "since", "reason", "resolution"):
@@ -114,6 +131,8 @@ def conflicts_list(
         table.add_row(str(c.id), c.site, c.table, c.uuid, c.date_created.isoformat(sep=" ", timespec="seconds"),
                       c.reason, c.resolution or "")
     Console().print(table)
+    if owned:
+        Console().print(kept)
 
 
 @conflicts_app.command("show")

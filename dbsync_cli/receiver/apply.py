@@ -49,6 +49,7 @@ class ApplySettings:
     state_schema: str = "dbsync"
     timezone: str = "UTC"
     conflict_policy: str = "newer"  # newer | any
+    central_rows: str = "skip"  # skip | park: a site's change to a row central owns
     batch_messages: int = 500
     max_message_bytes: int = 4_000_000
     rest_enabled: bool = False
@@ -81,7 +82,7 @@ class Applier:
         # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
         # when the batch started, dropped when the batch writes them; entity_hash only changes in finish_batch.
         self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
-        self._synced: dict[tuple[str, str], tuple[str | None, SourcePosition | None]] | None = None
+        self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self.reload_blocked()
 
     def close(self) -> None:
@@ -136,14 +137,20 @@ class Applier:
         bookkeeping.write_batch(cur, self.s, batch, site_ids, now(), self._hashes)
 
     def rebaseline(self, cur: Any, table: SyncedTable, uuid: str, site: str, position: SourcePosition | None,
-                   key: Any) -> None:
+                   key: Any, owner: str | None = None) -> None:
         """Central's row (`key`; None: its absence, kept as a tombstone) becomes the entity's sync baseline, at
-        `position`, so that a late redelivery older than the decision cannot undo it."""
+        `position`, so that a late redelivery older than the decision cannot undo it; `owner`: who owns it now."""
         batch = Batch()
         if key is not None:
             batch.touched[(table.name, key)] = (uuid, site)
         self._applied_at(cur, batch, table, uuid, position, None if key is not None else site)
         bookkeeping.write_entity_hashes(cur, self.s, batch, now(), self._hashes)
+        if owner is not None:
+            bookkeeping.set_owner(cur, self.s, table.name, uuid, owner)
+
+    def owner(self, cur: Any, table: str, uuid: str) -> str | None:
+        """The entity's owner in entity_hash (None: dbsync never wrote it)."""
+        return self._synced_entry(cur, table, uuid).owner
 
     # ---- the stage -------------------------------------------------------------------------------------------
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -192,6 +199,9 @@ class Applier:
         for outcome in batch.outcomes:
             if outcome.outcome in ("retry", "error", "waiting"):
                 log.warning("message %s → %s: %s", outcome.message_id, outcome.outcome, outcome.reason)
+            elif outcome.outcome == "central_owned":
+                log.info("message %s not applied (%s %s): %s", outcome.message_id, outcome.table, outcome.uuid,
+                         outcome.reason)
         return batch.outcomes
 
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: set[str], careful: bool) -> None:
@@ -200,7 +210,7 @@ class Applier:
                 batch.inbox.append(item.inbox)
             if item.message_id in done:
                 batch.outcomes.append(Outcome(item.message_id, "duplicate"))
-                batch.skip(item.site, "duplicate", item.message_id)
+                batch.skip(item.site, "duplicate", item.message_id, item.table.name if item.table else None)
                 continue
             done.add(item.message_id)
             if careful:
@@ -257,9 +267,9 @@ class Applier:
             self.inserts.flush(cur, batch)  # this message reads a row that is still held back
         position = SourcePosition.of(message)
         if position is not None and not force:
-            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
+            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid).position
             if last is not None and position.older_than(last):
-                batch.skip(message["site"], "stale", item.message_id)
+                batch.skip(message["site"], "stale", item.message_id, table.name)
                 return Outcome(item.message_id, "stale", table.name, uuid,
                                f"from {position}, before the change applied last ({last})")
         key = self.ids.lookup(cur, ident, uuid)
@@ -271,6 +281,8 @@ class Applier:
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
+            if verdict.skip:
+                return self._skipped(item, verdict, batch)
             cur.execute(self.statements.get(("delete", table.name), lambda: sql(
                 "DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key))), (key,))
             if not table.is_subclass:
@@ -294,10 +306,8 @@ class Applier:
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, values, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
-            if verdict.stale:
-                batch.skip(message["site"], "stale", item.message_id)
-                batch.skip(message["site"], "stale", item.message_id)
-                return Outcome(item.message_id, "stale", table.name, uuid, verdict.reason)
+            if verdict.skip:
+                return self._skipped(item, verdict, batch)
             if values:
                 cur.execute(self.statements.get(("update", table.name, tuple(values)), lambda: sql(
                     "UPDATE {} SET {} WHERE {} = %s", quote(table.name), join(sql("{} = %s", quote(c)) for c in values),
@@ -328,15 +338,15 @@ class Applier:
                     removed_by: str | None = None) -> None:
         """Remember where the change just applied came from; a delete (`removed_by` its site) leaves a tombstone."""
         if position is not None:
-            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid)[1]
+            last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid).position
             batch.positions[(table.name, uuid)] = position.since(last)
         if removed_by is not None:
             batch.removed[(table.name, uuid)] = removed_by
         else:
             batch.removed.pop((table.name, uuid), None)
 
-    def _synced_entry(self, cur: Any, table: str, uuid: str) -> tuple[str | None, SourcePosition | None]:
-        """(hash, position) stored when dbsync last wrote this entity; (None, None) if never."""
+    def _synced_entry(self, cur: Any, table: str, uuid: str) -> bookkeeping.Synced:
+        """What entity_hash holds for this entity (UNKNOWN if dbsync never wrote it)."""
         if self._synced is not None and (table, uuid) in self._synced:
             return self._synced[(table, uuid)]
         return bookkeeping.fetch_synced(cur, self.s, table, [uuid])[(table, uuid)]
@@ -385,14 +395,23 @@ class Applier:
                values: dict[str, Any] | None, batch: Batch) -> Verdict:
         if (table.name, uuid) in batch.ours:
             return Verdict()
-        digest, last = self._synced_entry(cur, table.name, uuid)
+        synced = self._synced_entry(cur, table.name, uuid)
         incoming_time = None
         ts_ms = (message.get("source") or {}).get("ts_ms")
         if isinstance(ts_ms, int | float):
             incoming_time = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(self.convert.tz).replace(
                 tzinfo=None)
-        return judge(table, current, digest, message, values, incoming_time, self.settings.conflict_policy,
-                     last_site=last.site if last is not None else None)
+        return judge(table, current, synced.hash, message, values, incoming_time, self.settings.conflict_policy,
+                     last_site=synced.position.site if synced.position is not None else None, owner=synced.owner,
+                     central_rows=self.settings.central_rows)
+
+    @staticmethod
+    def _skipped(item: Parsed, verdict: Verdict, batch: Batch) -> Outcome:
+        """Not applied by the rule (stale, central's own row): counted per site, reason and table, never silent."""
+        message = item.message or {}
+        assert verdict.skip is not None and item.table is not None
+        batch.skip(message.get("site"), verdict.skip, item.message_id, item.table.name)
+        return Outcome(item.message_id, verdict.skip, item.table.name, message.get("uuid"), verdict.reason)
 
     # ---- parking -------------------------------------------------------------------------------------------
     def _park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:

@@ -13,7 +13,7 @@ from dbsync_cli.receiver.guard import SourcePosition
 @dataclass
 class Outcome:
     message_id: str
-    outcome: str  # applied | duplicate | stale | conflict | waiting | retry | error
+    outcome: str  # applied | duplicate | stale | central_owned | conflict | waiting | retry | error
     table: str | None = None
     uuid: str | None = None
     reason: str | None = None
@@ -33,11 +33,12 @@ class Batch:
     rest: list[tuple[str, str | None, str]] = field(default_factory=list)
     sites: dict[str, tuple[int, str]] = field(default_factory=dict)  # site → (count, last message id)
     ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
-    skipped: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (site, reason) → (n, last id)
+    # (site, reason, table) → (count, last message id)
+    skipped: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
 
-    def skip(self, site: str | None, reason: str, message_id: str) -> None:
-        """Count a message apply decided not to apply (duplicate, stale): never silent."""
-        key = (site or "?", reason)
+    def skip(self, site: str | None, reason: str, message_id: str, table: str | None = None) -> None:
+        """Count a message apply decided not to apply (duplicate, stale, central_owned): never silent."""
+        key = (site or "?", reason, table or "")
         count, _ = self.skipped.get(key, (0, ""))
         self.skipped[key] = (count + 1, message_id)
 

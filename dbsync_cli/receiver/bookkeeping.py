@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from dbsync_cli.receiver.batch import Batch
@@ -15,18 +16,36 @@ from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
 
 #: (key, hash) of central rows of a table, as the central server computes them
 Hashes = Callable[[str, list[Any]], Iterable[tuple[Any, str]]]
-Synced = tuple[str | None, SourcePosition | None]
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What entity_hash knows of an entity: the hash stored when dbsync last wrote it (None: never, or deleted),
+    where that change came from, and who owns the entity (None: no entry at all)."""
+    hash: str | None = None
+    position: SourcePosition | None = None
+    owner: str | None = None
+
+
+UNKNOWN = Synced()
 
 
 def fetch_synced(cur: Any, schema: Sql, table: str, uuids: list[str]) -> dict[tuple[str, str], Synced]:
-    """entity_hash entries (hash, position) of these uuids, (None, None) for the unknown, 1,000 per query."""
-    found: dict[tuple[str, str], Synced] = {(table, u): (None, None) for u in uuids}
+    """entity_hash entries of these uuids, UNKNOWN for the unknown, 1,000 per query."""
+    found: dict[tuple[str, str], Synced] = {(table, u): UNKNOWN for u in uuids}
     for part in chunks(uuids):
-        cur.execute(sql("SELECT entity_uuid, hash, {} FROM {}.entity_hash WHERE table_name = %s AND entity_uuid "
-                        "IN ({})", columns(POSITION_COLUMNS), schema, placeholders(len(part))), [table, *part])
+        cur.execute(sql("SELECT entity_uuid, hash, owner, {} FROM {}.entity_hash WHERE table_name = %s AND "
+                        "entity_uuid IN ({})", columns(POSITION_COLUMNS), schema, placeholders(len(part))),
+                    [table, *part])
         for row in cur.fetchall():
-            found[(table, row[0])] = (row[1], SourcePosition.from_row(row[2:]))
+            found[(table, row[0])] = Synced(row[1], SourcePosition.from_row(row[3:]), row[2])
     return found
+
+
+def set_owner(cur: Any, schema: Sql, table: str, uuid: str, owner: str) -> None:
+    """An operator's decision (conflict resolution): the entity is now owned by `owner`."""
+    cur.execute(sql("UPDATE {}.entity_hash SET owner = %s WHERE table_name = %s AND entity_uuid = %s", schema),
+                (owner, table, uuid))
 
 
 def write_entity_hashes(cur: Any, schema: Sql, batch: Batch, stamp: dt.datetime, hashes: Hashes) -> None:
@@ -37,7 +56,7 @@ def write_entity_hashes(cur: Any, schema: Sql, batch: Batch, stamp: dt.datetime,
         found = batch.positions.get((table, uuid))
         return no_position if found is None else found.row_values()
 
-    entries = [(table, uuid, None, site, stamp, *position(table, uuid))
+    entries = [(table, uuid, None, site, site, stamp, *position(table, uuid))
                for (table, uuid), site in batch.removed.items()]
     by_table: dict[str, list[Any]] = {}
     for table, key in batch.touched:
@@ -45,13 +64,14 @@ def write_entity_hashes(cur: Any, schema: Sql, batch: Batch, stamp: dt.datetime,
     for table, keys in by_table.items():
         for key, digest in hashes(table, keys):
             uuid, site = batch.touched[(table, key)]
-            entries.append((table, uuid, digest, site, stamp, *position(table, uuid)))
+            entries.append((table, uuid, digest, site, site, stamp, *position(table, uuid)))
     if entries:
         keep = join(sql("{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({c}))", c=quote(c)) for c in POSITION_COLUMNS)
         cur.executemany(
-            sql("INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, date_synced, {}) VALUES ({}) "
-                "ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), date_synced=VALUES(date_synced), "
-                "{}", schema, columns(POSITION_COLUMNS), placeholders(5 + len(POSITION_COLUMNS)), keep), entries)
+            sql("INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, owner, date_synced, {}) "
+                "VALUES ({}) ON DUPLICATE KEY UPDATE hash=VALUES(hash), site=VALUES(site), "
+                "owner=COALESCE(owner, VALUES(owner)), date_synced=VALUES(date_synced), {}", schema,
+                columns(POSITION_COLUMNS), placeholders(6 + len(POSITION_COLUMNS)), keep), entries)
 
 
 def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], stamp: dt.datetime,
@@ -69,11 +89,11 @@ def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], s
                             "VALUES (%s, %s, %s, %s)", schema), [(*r, stamp) for r in batch.rest])
     if batch.skipped:
         cur.executemany(
-            sql("INSERT INTO {}.receiver_skipped (site, reason, count, last_message_id, last_date) "
-                "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE count = count + VALUES(count), "
+            sql("INSERT INTO {}.receiver_skipped (site, reason, table_name, count, last_message_id, last_date) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE count = count + VALUES(count), "
                 "last_message_id = VALUES(last_message_id), last_date = VALUES(last_date)", schema),
-            [(site[:100], reason, count, last_id[:255], stamp) for (site, reason), (count, last_id)
-             in batch.skipped.items()])
+            [(site[:100], reason, table[:64], count, last_id[:255], stamp)
+             for (site, reason, table), (count, last_id) in batch.skipped.items()])
     for identifier, (count, last_id) in batch.sites.items():
         cur.execute(
             sql("INSERT INTO {}.receiver_sync_status (site_id, last_sync_date, last_message_id, messages) "

@@ -1,7 +1,9 @@
 """The conflict rule: a central row is *edited centrally* when its hash differs from the hash stored when dbsync
 last wrote it. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
 date_retired is after the incoming one's (policy "newer", the EIP rule) or always (policy "any"). A placeholder is
-never a conflict; a row central had before any sync (same uuid) is parked unless the incoming row equals it.
+never a conflict. A row central had before any site changed it (admin, daemon, shared users and providers) is
+central's own: no site changes it, whatever was resolved for another site; the change is skipped and counted
+(`central_rows = "skip"`) or parked for an operator (`"park"`).
 
 The hash is computed by the central server (SHA2 over every column, QUOTE()d so that NULL and 'NULL' differ), so
 that apply records the hashes of a whole batch without reading its rows back into Python.
@@ -18,6 +20,7 @@ from dbsync_cli import wire
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.openmrs.rules import CHANGE_DATE_COLUMNS
 from dbsync_cli.receiver.placeholder import is_placeholder
+from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import Sql, StatementCache, join, quote, sql
 
 HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_hash` carries its hash
@@ -26,8 +29,11 @@ HASH = "dbsync_row_hash"  # the alias under which a row read with `select_with_h
 @dataclass
 class Verdict:
     park: bool = False
-    stale: bool = False
+    skip: str | None = None  # why it is not applied, counted per site and table: stale | central_owned
     reason: str | None = None
+
+
+CENTRAL_ROWS = ("skip", "park")
 
 
 def canonical(value: Any) -> Any:
@@ -70,25 +76,33 @@ def _latest(values: dict[str, Any]) -> dt.datetime | None:
 
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
           values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str, *,
-          last_site: str | None = None) -> Verdict:
+          last_site: str | None = None, owner: str | None = None, central_rows: str = "skip") -> Verdict:
     """Decide for an incoming change to an existing central row (read with `select_with_hash`; values: converted
-    data, None for a delete; `last_site`: the site whose change dbsync applied last to this row).
+    data, None for a delete; `last_site`: the site whose change dbsync applied last to this row; `owner`: the
+    entity's owner in entity_hash, None when dbsync never wrote it).
+
+    A row dbsync never wrote (and that is no placeholder) or one an operator kept as central's is central's own.
 
     Dates decide only between central's edits and a site's, or between two sites: two changes of the same site are
     ordered by its binlog (the order guard), so a backdated change (a clinic clock corrected backwards, an un-void
     dated in the past) of a row central never touched is applied."""
     if is_placeholder(current):
         return Verdict()
+    if owner is None or owner == CENTRAL_OWNER:
+        reason = "central's own row: central had it before any site changed it"
+        return Verdict(park=True, reason=reason) if central_rows == "park" else Verdict(skip="central_owned",
+                                                                                         reason=reason)
     central_latest = _latest(current)
     incoming_latest = _latest(values) if values is not None else incoming_time
-    if stored_hash is None:
+    if stored_hash is None:  # dbsync deleted it, and it exists again: re-created at central since
         if values is not None and all(canonical(current.get(c)) == canonical(v) for c, v in values.items()):
             return Verdict()
-        return Verdict(park=True, reason="row existed at central before any sync and differs from the incoming one")
+        return Verdict(park=True, reason="row re-created at central after its synced delete; differs from the "
+                                         "incoming one")
     if stored_hash == current[HASH]:
         other_site = last_site is not None and last_site != message.get("site")
         if other_site and values is not None and central_latest and incoming_latest and incoming_latest < central_latest:
-            return Verdict(stale=True, reason=f"incoming change ({incoming_latest}) is older than central "
+            return Verdict(skip="stale", reason=f"incoming change ({incoming_latest}) is older than central "
                                               f"({central_latest})")
         return Verdict()
     if policy == "any":

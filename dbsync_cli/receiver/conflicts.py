@@ -10,13 +10,15 @@ import orjson
 import pymysql.cursors
 
 from dbsync_cli import wire
+from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
+from dbsync_cli.receiver.bookkeeping import set_owner
 from dbsync_cli.receiver.conflict import canonical, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
-from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.receiver.state import CENTRAL_OWNER, schema_name
 from dbsync_cli.sql import quote, sql
 
 MODES = ("keep-central", "take-incoming", "merge", "manual")
@@ -56,6 +58,13 @@ def list_conflicts(conn: Any, schema: str, include_resolved: bool = False) -> li
     with conn.cursor() as cur:
         cur.execute(sql(_SELECT + "{} ORDER BY id", schema_name(schema), where))
         return [_conflict(row) for row in cur.fetchall()]
+
+
+def central_owned_skips(conn: Any, schema: str) -> list[dict[str, Any]]:
+    """Sites' changes to central's own rows that were left unchanged (receiver.central_rows = "skip"), per site and
+    table: what an operator would otherwise have resolved with --keep-central, one conflict per row and site."""
+    found = state.skipped_by_table(conn, schema, reason="central_owned")
+    return [{"site": site, "table": table, "count": count} for (site, _reason, table), count in found.items()]
 
 
 def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
@@ -122,8 +131,11 @@ def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
     current = _current_row(applier, table.name, conflict.uuid)
     message = orjson.loads(conflict.body)
     position = SourcePosition.of(message) if isinstance(message, dict) else None
+    owner = applier.owner(cur, table.name, conflict.uuid)
+    central_owned = current is not None and owner in (None, CENTRAL_OWNER)
     applier.rebaseline(cur, table, conflict.uuid, conflict.site, position,
-                       current[table.key] if current is not None else None)
+                       current[table.key] if current is not None else None,
+                       owner=CENTRAL_OWNER if central_owned else None)
 
 
 def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None) -> str:
@@ -143,12 +155,15 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
             if mode == "merge" and (item.message or {}).get("op") == wire.DELETE:
                 raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
             batch = Batch()
+            owner = applier.owner(cur, conflict.table, conflict.uuid)
             outcome = applier.apply_message(cur, item, batch, from_queue=True, force=True,
                                             only=merge_columns if mode == "merge" else None)
             if outcome.outcome != "applied":
                 applier.conn.rollback()
                 raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
             applier.finish_batch(cur, batch)
+            if mode == "take-incoming" and owner in (None, CENTRAL_OWNER):  # the operator hands the row to the site
+                set_owner(cur, s, conflict.table, conflict.uuid, conflict.site)
         else:
             _rebaseline(applier, cur, conflict)
         cur.execute(sql("UPDATE {}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "

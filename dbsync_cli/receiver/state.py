@@ -106,7 +106,23 @@ MIGRATIONS: list[list[str]] = [
             last_date DATETIME(3) NOT NULL,
             PRIMARY KEY (site, reason)) CHARACTER SET utf8mb4""",
     ],
+    [  # 4: who owns each entity (a site, or central for rows central had before any site changed them), and the
+        # skip counts per table too
+        "ALTER TABLE {s}.entity_hash ADD COLUMN owner VARCHAR(100) NULL",
+        "UPDATE {s}.entity_hash SET owner = COALESCE(site, src_site)",
+        # rows kept as central's own when an onboarding conflict was resolved before this version
+        """UPDATE {s}.entity_hash e JOIN {s}.receiver_conflict_queue c ON c.table_name = e.table_name
+            AND c.entity_uuid = e.entity_uuid AND c.reason LIKE 'row existed at central before any sync%'
+            AND c.resolution IN ('keep-central', 'manual') SET e.owner = '*central'""",
+        """ALTER TABLE {s}.receiver_skipped ADD COLUMN table_name VARCHAR(64) NOT NULL DEFAULT '',
+            DROP PRIMARY KEY, ADD PRIMARY KEY (site, reason, table_name)""",
+    ],
 ]
+
+#: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)
+CENTRAL_OWNER = "*central"
+#: what `dbsync sites add` accepts as a site identifier (it is a broker header, a message id prefix and a suffix)
+SITE_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class StateError(Exception):
@@ -172,6 +188,9 @@ def sites(conn: Any, schema: str) -> dict[str, Site]:
 
 
 def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -> Site:
+    if not SITE_IDENTIFIER.match(identifier):
+        raise StateError(f"site identifier {identifier!r} must be 1-100 letters, digits, '_', '.' or '-', "
+                         "starting with a letter or digit")
     s = schema_name(schema)
     with conn.cursor() as cur:
         cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
@@ -208,14 +227,21 @@ def last_sync_dates(conn: Any, schema: str) -> dict[int, dt.datetime]:
 
 
 def skipped(conn: Any, schema: str) -> dict[str, dict[str, int]]:
-    """Messages apply did not apply, per site and reason (duplicate, stale), since the state schema was made."""
+    """Messages apply did not apply, per site and reason (duplicate, stale, central_owned), since the state schema
+    was made."""
+    found: dict[str, dict[str, int]] = {}
+    for (site, reason, _table), count in skipped_by_table(conn, schema).items():
+        found.setdefault(site, {})[reason] = found.get(site, {}).get(reason, 0) + count
+    return found
+
+
+def skipped_by_table(conn: Any, schema: str, reason: str | None = None) -> dict[tuple[str, str, str], int]:
+    """(site, reason, table) → messages not applied ('' as table where it was not recorded)."""
+    where = sql(" WHERE reason = %s") if reason else sql("")
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT site, reason, count FROM {}.receiver_skipped ORDER BY site, reason",
-                        schema_name(schema)))
-        found: dict[str, dict[str, int]] = {}
-        for site, reason, count in cur.fetchall():
-            found.setdefault(site, {})[reason] = int(count)
-        return found
+        cur.execute(sql("SELECT site, reason, table_name, count FROM {}.receiver_skipped{} ORDER BY site, reason, "
+                        "table_name", schema_name(schema), where), (reason,) if reason else ())
+        return {(row[0], row[1], row[2]): int(row[3]) for row in cur.fetchall()}
 
 
 def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -> int:

@@ -292,3 +292,93 @@ def test_a_second_receiver_on_one_central_is_refused(central, site) -> None:  # 
         _stop(first, log)
     # once the first has stopped, apply may run
     assert dbsync("apply", "--from-inbox", "--config", str(central.config), env=central.env).returncode == 0
+
+
+ADMIN = "5f5c8cb5-b095-11eb-9be5-0242c0a82002"  # the fixture's (and every OpenMRS's) admin and daemon users
+DAEMON = "A4F30A1B-5EB9-11DF-A648-37A07F9C90FB"
+
+
+def _central_rows(central, mode: str) -> None:
+    lines = [line for line in central.config.read_text().splitlines() if not line.startswith("central_rows")]
+    text = "\n".join(lines) + "\n"
+    central.config.write_text(text.replace("[receiver]\n", f'[receiver]\ncentral_rows = "{mode}"\n'))
+
+
+def test_no_site_changes_centrals_own_rows_whatever_was_resolved_before(openmrs_db, services, tmp_path,
+                                                                        broker_settings) -> None:
+    """Case 1: OpenMRS ships admin and daemon (and their person rows) with the same uuid in every database. After
+    the old onboarding (the first site's "existed at central before any sync" conflicts resolved --keep-central), a
+    second site's copies were applied without a conflict: central's admin became admin|site2."""
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"))
+    try:
+        site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+        site2 = make_site(openmrs_db, services, tmp_path, broker_settings, name="site2", instance="site2")
+        users = "SELECT uuid, username, system_id, email FROM users WHERE uuid IN (%s, %s) ORDER BY uuid"
+        before = central.sql(users, (ADMIN, DAEMON))
+        shared = {m["uuid"] for m in site1.initial} & {u for (u,) in central.sql("SELECT uuid FROM users")}
+        assert shared == {ADMIN, DAEMON}
+
+        # the old onboarding: site1's copies parked, resolved --keep-central
+        _central_rows(central, "park")
+        parked = central.apply(site1.initial)
+        listed = orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),
+                                     env=central.env).stdout)
+        assert {c["uuid"] for c in listed} >= shared and all(
+            c["reason"] == "central's own row: central had it before any site changed it" for c in listed)
+        for conflict in listed:
+            dbsync("conflicts", "resolve", str(conflict["id"]), "--keep-central", "--config", str(central.config),
+                   env=central.env)
+        assert not [o for o in parked if o["outcome"] == "central_owned"]
+
+        # from now on the default: central's own rows are left unchanged, counted, never parked
+        _central_rows(central, "skip")
+        site1.sql("UPDATE users SET email='admin@site1.example', date_changed=NOW() WHERE uuid=%s", (ADMIN,))
+        assert outcomes(central.apply(site1.messages())) == Counter({"central_owned": 1})
+        results = central.apply(site2.initial)
+        owned = [o for o in results if o["outcome"] == "central_owned"]
+        assert {o["uuid"] for o in owned if o["table"] == "users"} == shared
+        assert not [o for o in results if o["outcome"] in ("applied", "conflict", "retry", "waiting", "error")
+                    and o.get("uuid") in {m["uuid"] for m in site1.initial}], results
+        site2.sql("UPDATE users SET username='root', date_changed=NOW() WHERE uuid=%s", (DAEMON,))
+        site2.sql("DELETE FROM user_property WHERE user_id = 1")
+        person, name = new_person(site2, "Zoe")  # the site's own rows are not held up
+        later = central.apply(site2.messages())
+        assert Counter(o["outcome"] for o in later if o.get("uuid") == DAEMON) == Counter({"central_owned": 1})
+        assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("Zoe",)]
+        assert central.sql(users, (ADMIN, DAEMON)) == before  # admin, daemon: untouched by either site
+        assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_conflict_queue WHERE resolved = 0") \
+            == [(0,)]
+
+        # visible: status counts them per site, conflicts list per site and table
+        report = orjson.loads(dbsync("status", "--json", "--config", str(central.config), env=central.env,
+                                     check=False).stdout)
+        skipped = {s["identifier"]: s["skipped"] for s in report["sites"]}
+        assert skipped["site1"]["central_owned"] == 1
+        assert skipped["site2"]["central_owned"] == len(owned) + 1
+        by_table = orjson.loads(dbsync("conflicts", "list", "--central-owned", "--json", "--config",
+                                       str(central.config), env=central.env).stdout)
+        counts = {(e["site"], e["table"]): e["count"] for e in by_table}
+        assert counts[("site1", "users")] == 1 and counts[("site2", "users")] == len(shared) + 1
+        table = dbsync("conflicts", "list", "--config", str(central.config), env={**central.env, "COLUMNS": "200"})
+        assert "central's own rows" in table.stdout.decode()
+    finally:
+        drop_schema(central)
+
+
+def test_a_site_takes_over_a_central_row_only_by_an_operators_decision(central, site) -> None:  # noqa: F811
+    """Case 1, the way out: with central_rows = "park", --take-incoming hands the row to the site, whose later
+    changes then apply; --keep-central keeps it central's."""
+    _central_rows(central, "park")
+    central.apply(site.initial)
+    listed = orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),
+                                 env=central.env).stdout)
+    number = {c["uuid"]: c["id"] for c in listed if c["table"] == "users"}
+    dbsync("conflicts", "resolve", str(number[DAEMON]), "--take-incoming", "--config", str(central.config),
+           env=central.env)
+    dbsync("conflicts", "resolve", str(number[ADMIN]), "--keep-central", "--config", str(central.config),
+           env=central.env)
+    site.sql("UPDATE users SET email=CONCAT(username, '@site1.example'), date_changed=NOW() WHERE uuid IN (%s, %s)",
+             (ADMIN, DAEMON))
+    results = {o["uuid"]: o["outcome"] for o in central.apply(site.messages())}
+    assert results == {DAEMON: "applied", ADMIN: "conflict"}
+    assert central.sql("SELECT email FROM users WHERE uuid=%s", (DAEMON,)) == [("daemon@site1.example",)]

@@ -40,11 +40,18 @@ def _current(hash_: str = "h1", **values: Any) -> dict[str, Any]:
 
 def _judge(current: dict[str, Any], stored: str | None, values: dict[str, Any] | None, *,
            incoming_time: dt.datetime | None = None, policy: str = "newer",
-           last_site: str | None = "s2") -> tuple[bool, bool, str | None]:
+           last_site: str | None = "s2", owner: str | None = "s2",
+           central_rows: str = "skip") -> tuple[bool, bool, str | None]:
     """`last_site` s2: the row was last written by another site than the incoming change's s1."""
     message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u", "site": "s1"}
-    verdict = judge(TABLE, current, stored, message, values, incoming_time, policy, last_site=last_site)
-    return verdict.park, verdict.stale, verdict.reason
+    verdict = judge(TABLE, current, stored, message, values, incoming_time, policy, last_site=last_site, owner=owner,
+                    central_rows=central_rows)
+    return verdict.park, verdict.skip == "stale", verdict.reason
+
+
+def _skip(current: dict[str, Any], stored: str | None, values: dict[str, Any] | None, **kw: Any) -> str | None:
+    message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u", "site": "s1"}
+    return judge(TABLE, current, stored, message, values, None, "newer", **kw).skip
 
 
 def test_a_placeholder_is_never_a_conflict_whatever_the_hash_and_policy() -> None:
@@ -54,19 +61,27 @@ def test_a_placeholder_is_never_a_conflict_whatever_the_hash_and_policy() -> Non
     assert _judge(current, "other", None, incoming_time=EARLY, policy="newer") == (False, False, None)
 
 
-def test_a_row_central_had_before_any_sync_is_applied_when_equal() -> None:
-    values = {"name": "Ana", "voided": 0, "date_changed": None}
-    assert _judge(_current(), None, values) == (False, False, None)
+def test_a_row_dbsync_never_wrote_is_centrals_own_equal_or_not_update_or_delete() -> None:
+    for values in ({"name": "Ana", "voided": 0, "date_changed": None}, {"name": "Bo"}, None):
+        assert _skip(_current(), None, values, owner=None) == "central_owned"
+        assert _skip(_current(), "h1", values, owner="*central") == "central_owned"  # kept as central's before
 
 
-def test_a_row_central_had_before_any_sync_is_parked_when_it_differs() -> None:
-    park, stale, reason = _judge(_current(), None, {"name": "Bo"})
+def test_centrals_own_row_is_parked_when_the_setting_says_park() -> None:
+    park, stale, reason = _judge(_current(), None, {"name": "Bo"}, owner=None, central_rows="park")
     assert (park, stale) == (True, False)
-    assert reason == "row existed at central before any sync and differs from the incoming one"
+    assert reason == "central's own row: central had it before any site changed it"
 
 
-def test_a_delete_of_a_row_central_had_before_any_sync_is_parked() -> None:
-    assert _judge(_current(), None, None, incoming_time=LATE)[0] is True
+def test_a_placeholder_is_never_centrals_own() -> None:
+    current = _current(void_reason="[placeholder]", voided=1, date_voided=LATE)
+    assert _skip(current, None, {"name": "Bo"}, owner=None) is None
+
+
+def test_a_row_recreated_at_central_after_its_synced_delete_is_parked_when_it_differs() -> None:
+    park, _, reason = _judge(_current(), None, {"name": "Bo"}, owner="s1")
+    assert park and reason is not None and reason.startswith("row re-created at central")
+    assert _judge(_current(), None, {"name": "Ana"}, owner="s1") == (False, False, None)
 
 
 def test_equality_before_any_sync_compares_canonical_values() -> None:
