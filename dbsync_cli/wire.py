@@ -46,7 +46,13 @@ UUID_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,37}\Z")  # \Z: no trailing n
 
 # ---- ids ---------------------------------------------------------------------------------------------------
 def message_id(site: str, source: Mapping[str, Any], table: str, key: Any) -> str:
-    """Deterministic: a message re-sent after a crash carries the same id, so the receiver can recognise it."""
+    """Deterministic: a message re-sent after a crash carries the same id, so the receiver can recognise it.
+
+    Binlog coordinates repeat when a site's binlog history restarts (RESET MASTER, a restored or rebuilt server), so
+    the id carries the sender's epoch (`source.epoch`: the site server's id and when the sender started reading this
+    history, renewed with every new snapshot): unique for the life of the site."""
+    epoch = source.get("epoch")
+    site = f"{site}:{epoch}" if isinstance(epoch, str) and epoch else site
     if source.get("snapshot"):
         return f"{site}:snap:{source['file']}:{source['pos']}:{table}:{key}"
     return f"{site}:{source['file']}:{source['pos']}:{source['row']}"
@@ -190,7 +196,7 @@ def check(message: Any, tables: Collection[str]) -> str | None:
 
 #: what the receiver can store of a source position (BIGINT, INT and the binlog file name column)
 _SOURCE_RANGES = {"pos": (0, 2**63 - 1), "row": (-1, 2**31 - 1), "server_id": (0, 2**32 - 1),
-                  "ts_ms": (0, 253_402_300_799_999)}
+                  "ts_ms": (0, 253_402_300_799_999), "born": (0, 2**32 - 1)}
 
 
 def _source_problem(source: Any) -> str | None:
@@ -207,6 +213,8 @@ def _source_problem(source: Any) -> str | None:
             return f"source.{key} {str(value)[:30]!r} is not an integer from {low} to {high}"
     if source.get("file") is not None and (not isinstance(source["file"], str) or len(source["file"]) > 255):
         return "source.file must be a binlog file name"
+    if source.get("epoch") is not None and (not isinstance(source["epoch"], str) or len(source["epoch"]) > 40):
+        return "source.epoch must be a short string"
     return None
 
 

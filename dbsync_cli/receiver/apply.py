@@ -124,6 +124,7 @@ class Applier:
 
         `from_queue`: the message is the one its entity waits for (it is not parked behind itself); `force`
         skips the conflict rule and the order guard; `only` limits an update to these columns (--merge)."""
+        batch.digests.setdefault(item.message_id, item.digest())
         return self._one(cur, item, batch, from_queue=from_queue, force=force, only=only)
 
     def rolled_back(self) -> None:
@@ -204,15 +205,22 @@ class Applier:
                          outcome.reason)
         return batch.outcomes
 
-    def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: set[str], careful: bool) -> None:
+    def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],
+                  careful: bool) -> None:
         for index, item in enumerate(parsed):
             if item.inbox is not None:
                 batch.inbox.append(item.inbox)
+            digest = item.digest()
             if item.message_id in done:
-                batch.outcomes.append(Outcome(item.message_id, "duplicate"))
-                batch.skip(item.site, "duplicate", item.message_id, item.table.name if item.table else None)
-                continue
-            done.add(item.message_id)
+                seen = done[item.message_id]
+                if seen is None or seen == digest:
+                    batch.outcomes.append(Outcome(item.message_id, "duplicate"))
+                    batch.skip(item.site, "duplicate", item.message_id, item.table.name if item.table else None)
+                    continue
+                log.warning("message id %s was handled before with other content: judged as a new change",
+                            item.message_id)
+            done[item.message_id] = digest
+            batch.digests[item.message_id] = digest
             if careful:
                 cur.execute(sql("SAVEPOINT {}", quote(f"m{index}")))
             try:
@@ -445,12 +453,13 @@ class Applier:
         return Outcome(item.message_id, "conflict", item.table.name, message["uuid"], verdict.reason)
 
     # ---- batch bookkeeping ---------------------------------------------------------------------------------
-    def _handled_ids(self, cur: Any, ids: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _handled_ids(self, cur: Any, ids: list[str]) -> dict[str, bytes | None]:
+        """Handled message ids among `ids` → the digest of what they said (None: handled before version 5)."""
+        found: dict[str, bytes | None] = {}
         for part in chunks(sorted(set(ids))):
-            cur.execute(sql("SELECT message_id FROM {}.applied_message WHERE message_id IN ({})", self.s,
+            cur.execute(sql("SELECT message_id, digest FROM {}.applied_message WHERE message_id IN ({})", self.s,
                             placeholders(len(part))), part)
-            found.update(row[0] for row in cur.fetchall())
+            found.update((row[0], bytes(row[1]) if row[1] is not None else None) for row in cur.fetchall())
         return found
 
     def _prefetch(self, cur: Any, parsed: list[Parsed]) -> None:

@@ -26,6 +26,7 @@ class Outcome:
 class Batch:
     outcomes: list[Outcome] = field(default_factory=list)
     handled: list[str] = field(default_factory=list)
+    digests: dict[str, bytes] = field(default_factory=dict)  # message id → what it said (Parsed.digest)
     inbox: list[int] = field(default_factory=list)
     touched: dict[tuple[str, Any], tuple[str, str]] = field(default_factory=dict)  # (table, key) → (uuid, site)
     removed: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, uuid) → site

@@ -79,8 +79,9 @@ def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], s
     """Everything `batch` collected; `site_ids` maps each site identifier in `batch.sites` to its site_info id."""
     write_entity_hashes(cur, schema, batch, stamp, hashes)
     if batch.handled:
-        cur.executemany(sql("INSERT IGNORE INTO {}.applied_message (message_id, date_applied) VALUES (%s, %s)",
-                            schema), [(m[:255], stamp) for m in batch.handled])
+        cur.executemany(sql("INSERT INTO {}.applied_message (message_id, date_applied, digest) VALUES (%s, %s, %s) "
+                            "ON DUPLICATE KEY UPDATE digest = COALESCE(VALUES(digest), digest)", schema),
+                        [(m[:255], stamp, batch.digests.get(m)) for m in dict.fromkeys(batch.handled)])
     if batch.inbox:
         cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", schema, placeholders(len(batch.inbox))),
                     batch.inbox)

@@ -56,12 +56,12 @@ def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes]])
 
 
 def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:
-    """Inbox rows after ``after_id`` whose message is not recorded as applied, in id order."""
+    """Inbox rows after ``after_id``, in id order. Rows whose id apply recorded as handled are included: apply
+    decides (a duplicate, or the same id with other content) and deletes them, as the combined receiver does."""
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT i.id, i.message_id, i.site, i.body FROM {s}.inbox i WHERE i.id > %s "
-                        "AND NOT EXISTS (SELECT 1 FROM {s}.applied_message a WHERE a.message_id = i.message_id) "
-                        "ORDER BY i.id LIMIT %s", s=s), (after_id, limit))
+        cur.execute(sql("SELECT id, message_id, site, body FROM {s}.inbox WHERE id > %s ORDER BY id LIMIT %s", s=s),
+                    (after_id, limit))
         rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
     conn.commit()  # end the read snapshot so the next page sees rows committed since
     return rows

@@ -26,6 +26,19 @@ class Parsed:
     def __post_init__(self) -> None:
         self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold
 
+    def digest(self) -> bytes:
+        """What the change says (site, table, op, uuid, source, data; not when it was sent): stored with its id, so
+        that an id seen again with other content is not taken as proof that this change was applied."""
+        message = self.message
+        if message is None:
+            return hashlib.blake2b(self.raw, digest_size=16).digest()
+        content = [message.get(k) for k in ("site", "table", "op", "uuid", "source", "data")]
+        try:
+            text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            text = self.raw
+        return hashlib.blake2b(text, digest_size=16).digest()
+
 
 def entity_key(model: SchemaModel, table: SyncedTable | None, uuid: Any) -> str | None:
     """person and patient (orders and its subclasses) are one entity: they share the identity table's uuid."""

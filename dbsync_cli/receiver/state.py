@@ -117,6 +117,9 @@ MIGRATIONS: list[list[str]] = [
         """ALTER TABLE {s}.receiver_skipped ADD COLUMN table_name VARCHAR(64) NOT NULL DEFAULT '',
             DROP PRIMARY KEY, ADD PRIMARY KEY (site, reason, table_name)""",
     ],
+    [  # 5: what each handled message said, so an id seen again with other content is not taken as a duplicate
+        "ALTER TABLE {s}.applied_message ADD COLUMN digest BINARY(16) NULL",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import FormatDescriptionEvent
 
 from dbsync_cli import exitcodes
 from dbsync_cli.db import DbParams
@@ -64,12 +71,6 @@ def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
         )
 
 
-def binary_logs(conn: Any) -> list[str]:
-    with conn.cursor() as cur:
-        cur.execute("SHOW BINARY LOGS")
-        return [row[0] for row in cur.fetchall()]
-
-
 def current_position(conn: Any) -> Position:
     with conn.cursor() as cur:
         cur.execute("SHOW MASTER STATUS")
@@ -79,17 +80,90 @@ def current_position(conn: Any) -> Position:
     return Position(row[0], int(row[1]))
 
 
-def check_available(conn: Any, position: Position) -> bool:
-    return position.file in binary_logs(conn)
+def binary_log_sizes(conn: Any) -> dict[str, int]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW BINARY LOGS")
+        return {row[0]: int(row[1]) for row in cur.fetchall()}
 
 
-def purged_error(position: Position) -> CaptureStop:
-    return CaptureStop(
-        f"checkpoint {position} is in a binlog file the server has purged: changes since then are lost to capture; "
-        "run `dbsync capture --snapshot when_needed` (or set sender.snapshot = \"when_needed\") to reload from a "
-        "snapshot, and keep binlogs longer",
-        exitcodes.BINLOG_PURGED,
-    )
+class PositionLost(Exception):
+    """The checkpoint is not in the server's binlog any more: purged, or the binlog history restarted."""
+
+    def __init__(self, position: Position, why: str, *, restarted: bool):
+        super().__init__(why)
+        self.position = position
+        self.restarted = restarted
+
+    def stop(self) -> CaptureStop:
+        """What an operator is told when the sender may not re-snapshot by itself (exit 10)."""
+        lost = "changes since then are lost to capture"
+        return CaptureStop(f"{self}: {lost}; run `dbsync capture --snapshot when_needed` (or set sender.snapshot = "
+                           "\"when_needed\") to reload from a snapshot" + ("" if self.restarted else
+                                                                          ", and keep binlogs longer"),
+                           exitcodes.BINLOG_PURGED)
+
+
+def sequence(file: str) -> tuple[str, int]:
+    """mysql-bin.000012 → ("mysql-bin", 12)."""
+    base, _, number = file.rpartition(".")
+    return base, int(number) if number.isdigit() else -1
+
+
+def check_history(conn: Any, checkpoint: dict[str, Any], born: Callable[[str], int | None]) -> None:
+    """Raise PositionLost unless the checkpoint's position is in the server's current binlog history.
+
+    File names alone do not tell: after RESET MASTER, or on a rebuilt or restored server, `mysql-bin.000001` exists
+    again, and may have grown past the checkpoint, so the checkpoint also records when its file was created (the
+    file's format description event, `born`), which `born(file)` reads from the server."""
+    position = Position(checkpoint["file"], int(checkpoint["pos"]))
+    logs = binary_log_sizes(conn)
+    if position.file not in logs:
+        base, number = sequence(position.file)
+        later = [f for f in logs if sequence(f)[0] == base and sequence(f)[1] > number]
+        if later:
+            raise PositionLost(position, f"checkpoint {position} is in a binlog file the server has purged",
+                               restarted=False)
+        newest = max(logs, key=lambda f: sequence(f)[1], default="none")
+        raise PositionLost(position, f"binlog history restarted (RESET MASTER, a restored or rebuilt server): "
+                                     f"checkpoint {position} is past the server's newest binlog {newest}",
+                           restarted=True)
+    if logs[position.file] < position.pos:
+        raise PositionLost(position, f"binlog history restarted (RESET MASTER, a restored or rebuilt server): "
+                                     f"{position.file} holds {logs[position.file]} bytes, the checkpoint is at "
+                                     f"{position.pos}", restarted=True)
+    expected = checkpoint.get("born")
+    if isinstance(expected, int):
+        found = born(position.file)
+        if found is not None and found != expected:
+            raise PositionLost(position, f"binlog history restarted (RESET MASTER, a restored or rebuilt server): "
+                                         f"{position.file} was created at {_utc(found)}, the checkpoint's at "
+                                         f"{_utc(expected)}", restarted=True)
+
+
+def _utc(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def server_id(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@server_id")
+        return int(cur.fetchone()[0])
+
+
+def new_epoch(conn: Any) -> str:
+    """A token that makes message ids unique for the life of the site: the site server's id and the time this
+    binlog history was first read, renewed whenever the sender starts over from a snapshot."""
+    return f"{server_id(conn)}.{_base36(time.time_ns() // 1_000_000)}"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
 
 
 @dataclass
@@ -106,3 +180,25 @@ class CaptureSettings:
     progress: bool = False
     secret_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # never leave the site, not even in NDJSON
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+def reader(settings: CaptureSettings, file: str, pos: int, **options: Any) -> BinLogStreamReader:
+    """A binlog stream from (file, pos) by file and position (mysql-replication positions MariaDB by GTID only
+    when is_mariadb is set, so it stays off)."""
+    db = settings.db
+    return BinLogStreamReader(
+        connection_settings={"host": db.host, "port": db.port, "user": db.user, "passwd": db.password},
+        server_id=settings.server_id, resume_stream=True, log_file=file, log_pos=pos, is_mariadb=False, **options)
+
+
+def file_born(settings: CaptureSettings, file: str) -> int | None:
+    """When the server created binlog `file` (its format description event), None if it cannot be read."""
+    stream = reader(settings, file, 4, blocking=False, only_events=[FormatDescriptionEvent])
+    try:
+        for event in stream:
+            return int(event.timestamp)
+        return None
+    except pymysql.err.OperationalError:
+        return None
+    finally:
+        stream.close()

@@ -15,9 +15,9 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pymysql
-from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.bitmap import BitCount
 from pymysqlreplication.event import (
+    FormatDescriptionEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
@@ -56,7 +56,23 @@ def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None]]:
 
 
 def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Iterator[Event]:
-    """Yield change events after `checkpoint` (a source dict from a published record), snapshotting first if due."""
+    """Yield change events after `checkpoint` (a source dict from a published record), snapshotting first if due.
+
+    A checkpoint no longer in the server's binlog (purged, or the history restarted: RESET MASTER, a restored or
+    rebuilt server) is never resumed from: with `snapshot = "when_needed"` capture takes a new snapshot under a new
+    message-id epoch, otherwise it stops (exit 10)."""
+    while True:
+        try:
+            yield from _capture(settings, checkpoint)
+            return
+        except binlog.PositionLost as lost:
+            if settings.snapshot != "when_needed":
+                raise lost.stop() from None
+            log.warning("%s: taking a new snapshot under a new message-id epoch (snapshot = when_needed)", lost)
+            checkpoint = None
+
+
+def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Iterator[Event]:
     with settings.db.connect() as conn:
         binlog.check_settings(conn, settings.min_retention_hours)
         start: Position | None = None
@@ -64,11 +80,11 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
         resume_snapshot: dict[str, Any] | None = None
         if checkpoint is not None:
             start = Position(checkpoint["file"], int(checkpoint["pos"]))
-            if not binlog.check_available(conn, start):
-                if settings.snapshot != "when_needed":
-                    raise binlog.purged_error(start)
-                log.warning("checkpoint %s was purged: taking a new snapshot (snapshot = when_needed)", start)
-                checkpoint, start = None, None
+            binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
+        epoch = checkpoint.get("epoch") if checkpoint is not None else None
+        if not isinstance(epoch, str):
+            epoch = binlog.new_epoch(conn)
+            log.info("message-id epoch %s (site server id and start of this binlog history)", epoch)
         if checkpoint is not None and checkpoint.get("snapshot"):
             resume_snapshot = checkpoint
         elif checkpoint is not None:
@@ -79,7 +95,7 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
         target = binlog.current_position(conn) if settings.until_idle else None
     emitted = 0
     if checkpoint is None and settings.snapshot != "never" or resume_snapshot is not None:
-        snap = snapshot_stage.Snapshot(settings, resume_snapshot)
+        snap = snapshot_stage.Snapshot(settings, resume_snapshot, epoch)
         events = snap.events()
         for event in events:
             yield event
@@ -91,7 +107,7 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
     assert start is not None
     remaining = None if settings.max_events is None else settings.max_events - emitted
     while True:
-        boundary, count = yield from stream(settings, start, skip_rows, remaining)
+        boundary, count = yield from stream(settings, start, skip_rows, remaining, epoch)
         remaining = None if remaining is None else remaining - count
         if target is None or settings.stop.is_set() or (remaining is not None and remaining <= 0) or (
                 (boundary.file, boundary.pos) >= (target.file, target.pos)):
@@ -100,27 +116,24 @@ def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Ite
         start, skip_rows = boundary, 0
 
 
-def stream(settings: CaptureSettings, start: Position, skip_rows: int,
-           max_events: int | None) -> Generator[Event, None, tuple[Position, int]]:
-    """Row events from `start` (a transaction boundary), skipping the first `skip_rows` rows of that transaction."""
+def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_events: int | None,
+           epoch: str) -> Generator[Event, None, tuple[Position, int]]:
+    """Row events from `start` (a transaction boundary), skipping the first `skip_rows` rows of that transaction.
+    Every event's source carries the message-id `epoch` and when its binlog file was created (`born`)."""
     db = settings.db
-    reader = BinLogStreamReader(
-        connection_settings={"host": db.host, "port": db.port, "user": db.user, "passwd": db.password},
-        server_id=settings.server_id,
-        resume_stream=True,
-        log_file=start.file,
-        log_pos=start.pos,
+    reader = binlog.reader(
+        settings, start.file, start.pos,
         blocking=not settings.until_idle,
-        is_mariadb=False,
         slave_heartbeat=settings.heartbeat_seconds if not settings.until_idle else None,
         only_schemas=[db.database],
         only_tables=settings.tables,
         only_events=[
-            MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
+            MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent, FormatDescriptionEvent,
             WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
         ],
     )  # fmt: skip
     server_id = settings.server_id
+    born: int | None = None  # creation time of reader.log_file, from its format description event
     txn = start  # start of the current (or next) transaction
     boundary = start  # last position where no transaction was open
     row = -1
@@ -131,6 +144,9 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
     binlog_ms: int | None = None  # time of the last binlog event read: a heartbeat is as old as what it covers
     try:
         for event in reader:
+            if isinstance(event, FormatDescriptionEvent):
+                born = int(event.timestamp)
+                continue
             if isinstance(event, RotateEvent):
                 if event.timestamp == 0 and in_txn:
                     raise RuntimeError("binlog connection was re-established inside a transaction; restarting capture")
@@ -180,6 +196,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
                             "gtid": gtid,
                             "ts_ms": event.timestamp * 1000,
                             "snapshot": False,
+                            "epoch": epoch,
+                            "born": born,
                         },
                     }
                     emitted += 1
@@ -189,16 +207,20 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int,
             if not in_txn and (isinstance(event, HeartbeatLogEvent) or now - last_beat >= settings.heartbeat_seconds):
                 last_beat = now
                 # an idle server's heartbeat means "caught up": it carries now; otherwise the binlog time
-                yield heartbeat(server_id, boundary, None if isinstance(event, HeartbeatLogEvent) else binlog_ms)
+                yield heartbeat(server_id, boundary, None if isinstance(event, HeartbeatLogEvent) else binlog_ms,
+                                epoch=epoch, born=born if boundary.file == reader.log_file else None)
             if settings.stop.is_set():
                 # inside a transaction too: the checkpoint keeps the row index, a restart skips what was done
                 break
-        if not in_txn:
-            yield heartbeat(server_id, boundary)  # --until-idle reached the end of the binlog: caught up
+        if not in_txn:  # --until-idle reached the end of the binlog: caught up
+            yield heartbeat(server_id, boundary, epoch=epoch, born=born if boundary.file == reader.log_file else None)
         return boundary, emitted
     except pymysql.err.OperationalError as exc:
-        if exc.args and exc.args[0] == 1236:
-            raise binlog.purged_error(start) from None
+        if exc.args and exc.args[0] == 1236:  # the server cannot send from there: purged, or a restarted history
+            with db.connect() as conn:
+                binlog.check_history(conn, {"file": start.file, "pos": start.pos}, lambda file: None)
+            raise binlog.PositionLost(start, f"the server cannot send its binlog from {start}: {exc.args[1]}",
+                                      restarted=True) from None
         raise
     finally:
         reader.close()
@@ -234,13 +256,16 @@ def _stop_undecodable(settings: CaptureSettings, where: Position, what: str) -> 
                       "a schema history (not supported yet)", exitcodes.BINLOG_SETTINGS)
 
 
-def heartbeat(server_id: int, position: Position, ts_ms: int | None = None) -> Event:
+def heartbeat(server_id: int, position: Position, ts_ms: int | None = None, *, epoch: str | None = None,
+              born: int | None = None) -> Event:
     """A record that only says: everything before `position` has been captured (`ts_ms`: its binlog time)."""
-    return {
-        "op": wire.HEARTBEAT,
-        "source": {"server_id": server_id, "file": position.file, "pos": position.pos, "row": -1,
-                   "ts_ms": ts_ms if ts_ms is not None else int(time.time() * 1000), "snapshot": False},
-    }
+    source: dict[str, Any] = {"server_id": server_id, "file": position.file, "pos": position.pos, "row": -1,
+                              "ts_ms": ts_ms if ts_ms is not None else int(time.time() * 1000), "snapshot": False}
+    if epoch is not None:
+        source["epoch"] = epoch
+    if born is not None:
+        source["born"] = born
+    return {"op": wire.HEARTBEAT, "source": source}
 
 
 __all__ = ["CaptureSettings", "CaptureStop", "capture", "heartbeat", "stream"]

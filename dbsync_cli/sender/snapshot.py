@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.text import Text
 
 from dbsync_cli import wire
+from dbsync_cli.sender import binlog
 from dbsync_cli.sender.binlog import CaptureSettings, Position
 from dbsync_cli.sql import quote, sql
 
@@ -48,10 +49,12 @@ def _primary_keys(cur: Any, database: str, tables: list[str]) -> dict[str, str]:
 
 
 class Snapshot:
-    def __init__(self, settings: CaptureSettings, resume: dict[str, Any] | None):
+    def __init__(self, settings: CaptureSettings, resume: dict[str, Any] | None, epoch: str):
         self.settings = settings
         self.resume = resume
+        self.epoch = epoch  # of the message ids (renewed with every new snapshot by capture)
         self.position: Position | None = None
+        self.born: int | None = None  # when the snapshot position's binlog file was created
 
     def _start(self, conn: Any) -> Position:
         with conn.cursor() as cur:
@@ -71,6 +74,7 @@ class Snapshot:
         conn = settings.db.connect(autocommit=False)
         try:
             self.position = self._start(conn)
+            self.born = binlog.file_born(settings, self.position.file)
             with conn.cursor() as cur:
                 keys = _primary_keys(cur, database, settings.tables)
             tables = [t for t in settings.tables if t in keys]
@@ -144,6 +148,8 @@ class Snapshot:
                         "snapshot": True,
                         "table": table,
                         "key": after,
+                        "epoch": self.epoch,
+                        "born": self.born,
                     },
                 }
             if len(rows) < chunk:

@@ -9,6 +9,8 @@ import uuid as uuidlib
 import orjson
 import pytest
 from helpers import dbsync, drain, sender_config
+from receiver_helpers import Site, drop_schema, make_central
+from test_apply import new_person
 
 from dbsync_cli import exitcodes
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
@@ -92,3 +94,53 @@ def test_short_binlog_retention_warns(extra_site, broker_settings, tmp_path) -> 
     finally:
         _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 0")
     assert b"binlog retention is 1.0 h, shorter than the 72 h minimum" in run.stderr
+
+
+def _sync(conf, env, broker_settings, dest: str, central, *args: str) -> tuple[list[dict], str]:
+    """sender --until-idle through Artemis, then apply what arrived; returns (outcomes, sender stderr)."""
+    run = dbsync("sender", "--config", str(conf), "--until-idle", *args, env=env)
+    return central.apply(drain(broker_settings, dest, idle=1.5)), run.stderr.decode()
+
+
+def test_a_restarted_binlog_history_never_drops_new_changes_as_duplicates(extra_site, openmrs_db, broker_settings,
+                                                                          tmp_path) -> None:
+    """Issue 10 case 2: after RESET MASTER (or on a rebuilt or restored server) binlog coordinates repeat. Before,
+    a new person got an id already applied and was dropped as a duplicate (by Artemis's duplicate-id cache and by
+    apply), or capture resumed mid-way into the new history and never read it; the remedy (`when_needed`) looped."""
+    admin, repl = _site(extra_site, "reset_test")
+    dest = f"test.reset.{uuidlib.uuid4().hex[:8]}"
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest)
+    site = Site(admin, conf, env, tmp_path / "home-site1")
+    central = make_central(openmrs_db, tmp_path, broker_settings)
+    try:
+        _global(extra_site, "RESET MASTER")  # a fresh history: the change below lands where the one after the
+        _sync(conf, env, broker_settings, dest, central)  # next RESET MASTER will, at the same file and position
+        first, _ = new_person(site)
+        results, _ = _sync(conf, env, broker_settings, dest, central)
+        (applied_person,) = [r for r in results if r.get("table") == "person"]
+        assert applied_person["outcome"] == "applied"
+        time.sleep(1.1)  # binlog files record their creation to the second
+        _global(extra_site, "RESET MASTER")
+        second, _ = new_person(site)  # same size as the first: same file and position in the new history
+        third, _ = new_person(site, "Bob")  # and the new binlog grows past the old checkpoint
+        run = dbsync("sender", "--config", str(conf), "--until-idle", env=env, check=False)
+        assert run.returncode == exitcodes.BINLOG_PURGED, run.stderr.decode()[-2000:]
+        lines = run.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "binlog history restarted" in lines[0] and "when_needed" in lines[0], lines
+
+        results, log = _sync(conf, env, broker_settings, dest, central, "--snapshot", "when_needed")
+        assert "binlog history restarted" in log and "taking a new snapshot under a new message-id epoch" in log
+        persons = {r["uuid"]: r["outcome"] for r in results if r.get("table") == "person"}
+        assert persons[second] == "applied" and persons[third] == "applied", persons
+        assert not [r for r in results if r["outcome"] in ("duplicate", "retry", "error", "conflict")], results
+        assert central.sql("SELECT COUNT(*) FROM person WHERE uuid IN (%s, %s, %s)", (first, second, third)) == [(3,)]
+        assert applied_person["message_id"].split(":")[1] != next(
+            r["message_id"] for r in results if r.get("uuid") == second).split(":")[1]  # a new epoch
+
+        # no loop: the checkpoint is in the new history, the next run streams on (default snapshot = "initial")
+        fourth, _ = new_person(site, "Cid")
+        results, log = _sync(conf, env, broker_settings, dest, central)
+        assert {r["uuid"]: r["outcome"] for r in results if r.get("table") == "person"} == {fourth: "applied"}
+        assert "snapshot" not in log
+    finally:
+        drop_schema(central)

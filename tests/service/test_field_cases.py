@@ -382,3 +382,19 @@ def test_a_site_takes_over_a_central_row_only_by_an_operators_decision(central, 
     results = {o["uuid"]: o["outcome"] for o in central.apply(site.messages())}
     assert results == {DAEMON: "applied", ADMIN: "conflict"}
     assert central.sql("SELECT email FROM users WHERE uuid=%s", (DAEMON,)) == [("daemon@site1.example",)]
+
+
+def test_a_message_id_seen_again_with_other_content_is_not_taken_as_a_duplicate(central, site) -> None:  # noqa: F811
+    """Case 2, receiver side: a handled id is proof only of the change it carried. Before, any message whose id was
+    in applied_message (kept 30 days) was dropped as a duplicate, whatever it said."""
+    new_person(site)
+    messages = site.messages()
+    assert outcomes(central.apply(messages))["applied"] == len(messages)
+    person, name = new_person(site, "Bob")
+    later = {m["table"]: m for m in site.messages()}
+    reused = [dict(later[m["table"]], id=m["id"]) for m in messages]  # new changes under the ids already applied
+    results = central.apply(reused)
+    assert outcomes(results) == Counter({"applied": len(reused)}), results
+    assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("Bob",)]
+    assert outcomes(central.apply(reused)) == Counter({"duplicate": len(reused)})  # the same content again
+    assert central.sql("SELECT COUNT(*) FROM person WHERE uuid=%s", (person,)) == [(1,)]
