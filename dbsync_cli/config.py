@@ -106,6 +106,9 @@ KEYS: dict[str, Key] = {
     "status.conflict_critical": Key(int, 0, roles=_R),
     "status.inbox_warning": Key(int, 10_000, roles=_R, help="messages received and not applied yet"),
     "status.inbox_critical": Key(int, 100_000, roles=_R),
+    "status.unconsumed_warning_seconds": Key(int, 60, roles=_R, help="messages waiting at the broker with no "
+                                                                    "consumer (receiver down or stuck)"),
+    "status.unconsumed_critical_seconds": Key(int, 600, roles=_R),
     "status.rest_failing_warning": Key(int, 1, roles=_R, help="OpenMRS REST calls that failed at least once"),
     "status.rest_failing_critical": Key(int, 0, roles=_R),
 }

@@ -23,7 +23,8 @@ EXIT_TEXT = {
     exitcodes.CONFIG: "configuration or usage problem (the message names the key or option)",
     exitcodes.UNREACHABLE: "a configured server could not be reached (database, broker), or the broker refused "
                            "the TLS certificate or the login",
-    exitcodes.BINLOG_PURGED: "the checkpoint's binlog file has been purged on the site server: changes since then "
+    exitcodes.BINLOG_PURGED: "the checkpoint's binlog file has been purged on the site server, or its binlog "
+                             "history restarted (RESET MASTER, a restored or rebuilt server): changes since then "
                              "are lost to capture; run with `--snapshot when_needed`",
     exitcodes.BINLOG_SETTINGS: "the site server's binlog settings cannot support capture (needs log_bin, "
                                "binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)",

@@ -59,6 +59,11 @@ def status(
                                                                "not applied")] = None,
     inbox_critical: Annotated[int | None, _opt("inbox_critical", "Receiver: CRITICAL at this many inbox "
                                                                  "messages")] = None,
+    unconsumed_warning_seconds: Annotated[int | None, _opt("unconsumed_warning_seconds", "Receiver: WARNING when "
+                                                           "messages wait at the broker with no consumer for "
+                                                           "this many seconds")] = None,
+    unconsumed_critical_seconds: Annotated[int | None, _opt("unconsumed_critical_seconds", "Receiver: CRITICAL "
+                                                            "when they wait this long")] = None,
     rest_failing_warning: Annotated[int | None, _opt("rest_failing_warning", "Receiver: WARNING at this many "
                                                                              "failing OpenMRS REST calls")] = None,
     rest_failing_critical: Annotated[int | None, _opt("rest_failing_critical", "Receiver: CRITICAL at this many "

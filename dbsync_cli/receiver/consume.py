@@ -6,9 +6,11 @@ the COMMIT is each frame acknowledged (``client-individual``). A crash between C
 that the unique key drops; a crash before COMMIT means a redelivery that is stored then. NACK is never sent:
 Artemis treats a STOMP NACK as an ACK and discards the message.
 
-Memory stays constant: the broker sends at most ``consumer_window`` bytes ahead of the acknowledgements, and the
-listener hands frames over through a bounded queue (a full queue makes the listener thread wait, so the socket
-is not read and the broker holds back).
+Memory stays constant: the broker sends at most ``consumer_window`` bytes ahead of the acknowledgements, so the
+listener's hand-over queue holds at most that much. The listener never waits: it runs on stomp.py's io thread,
+which over TLS also writes every outgoing frame (ACKs go through a send queue the io thread drains); a listener
+blocked on a full hand-over queue while the writer blocked on a full send queue stopped consume for good (seen
+after an 8,000-row DELETE: many small frames in one window).
 
 stomp.py does not reconnect a connection that dropped after it was established: the session loop reconnects
 with exponential backoff; unacknowledged deliveries come back from the broker.
@@ -60,27 +62,21 @@ class ConsumeSettings:
     consumer_window: int = 1_048_576  # bytes the broker may send ahead of the ACKs
     batch_messages: int = 500  # frames per inbox transaction
     batch_linger: float = 0.05  # how long a batch waits for more frames before it is committed
-    queue_frames: int = 1000  # bound of the listener → writer hand-over queue
     max_messages: int | None = None  # stop after this many records/rows
     idle_seconds: float | None = None  # stop when nothing was delivered for this long
     page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
 
 
 class _Deliveries(stomp.ConnectionListener):
-    """Listener thread → writer: a bounded queue of MESSAGE frames, plus the connection's fate."""
+    """Listener thread → writer: MESSAGE frames (bounded by the consumer window), plus the connection's fate."""
 
-    def __init__(self, maxsize: int) -> None:
-        self.frames: queue.Queue[Any] = queue.Queue(maxsize)
+    def __init__(self) -> None:
+        self.frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = threading.Event()
         self.error: str | None = None
 
     def on_message(self, frame: Any) -> None:
-        while not self.closed.is_set():
-            try:
-                self.frames.put(frame, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        self.frames.put(frame)  # never blocks: this is the io thread, which also sends our ACKs over TLS
 
     def on_error(self, frame: Any) -> None:
         body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else (frame.body or "")
@@ -183,7 +179,7 @@ class Consumer:
 
     def _session(self) -> Iterator[list[InboxRow]]:
         settings = self.settings
-        deliveries = _Deliveries(settings.queue_frames)
+        deliveries = _Deliveries()
         client_id = settings.client_id if settings.destination_type == "topic" else None
         # bodies stay bytes (deflate, or anything a sender put there): no UTF-8 decoding with errors="replace"
         conn = open_connection(settings.broker, client_id=client_id, listener=deliveries, auto_decode=False)
@@ -222,7 +218,7 @@ class Consumer:
                 if ack_error is not None:
                     raise BrokerError(f"acknowledgement failed: {ack_error}")
         finally:
-            deliveries.closed.set()  # let a listener blocked on the full queue go
+            deliveries.closed.set()
             try:
                 if conn.is_connected():
                     conn.disconnect()  # unacked deliveries go back to the queue

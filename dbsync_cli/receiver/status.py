@@ -101,6 +101,8 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     data["broker"] = broker
     if not broker["ok"]:
         report.problem(CRITICAL, "broker", broker["error"])
+    else:
+        _broker_queue(report, cfg, broker, timeout, lim)
 
     enabled = [site for site in data["sites"] if not site["disabled"]]
     report.notes.append(f"{len(enabled)} site(s), longest silence {duration(silent_max)}")
@@ -114,6 +116,37 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         "conflicts": data["conflicts"]["unresolved"] if data["conflicts"] else None,
         "rest_failing": data["rest"]["failing"] if data["rest"] else None,
     })
+
+
+def consumed_queue(cfg: Config) -> str:
+    """The broker queue the receiver consumes: the destination, or the durable subscription's queue."""
+    if cfg["broker.destination_type"] == "topic":
+        return f"{cfg['receiver.site_id']}.{cfg['broker.subscription']}"
+    return str(cfg["broker.destination"])
+
+
+def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: float, lim: dict[str, int]) -> None:
+    """Messages waiting at the broker that nobody consumes (a receiver down or stuck): the inbox cannot see them."""
+    from dbsync_cli.broker import BrokerError, settings_from_config
+    from dbsync_cli.broker_queue import QueueStatsError, queue_stats
+
+    name = consumed_queue(cfg)
+    try:
+        stats = queue_stats(settings_from_config(cfg), name, timeout)
+    except (BrokerError, QueueStatsError) as exc:
+        broker["queue"] = {"name": name, "error": str(exc)}
+        report.problem(WARNING, "broker_queue", f"cannot read broker queue statistics: {exc}")
+        return
+    waited = stats.waiting_unconsumed_seconds()
+    broker["queue"] = {"name": name, "messages": stats.messages, "delivering": stats.delivering,
+                       "consumers": stats.consumers, "first_message_age_seconds":
+                           None if stats.first_message_age_ms is None else round(stats.first_message_age_ms / 1000, 1),
+                       "unconsumed_seconds": waited}
+    report.problem(grade(waited, lim["unconsumed_warning_seconds"], lim["unconsumed_critical_seconds"]),
+                   "broker_queue", f"{stats.messages} message(s) waiting at the broker in {name} with no consumer "
+                                   f"for {duration(waited)} (is the receiver running?)"
+                   + (f"; {stats.delivering} stuck in delivery (restart the broker, see troubleshooting)"
+                      if stats.delivering else ""))
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

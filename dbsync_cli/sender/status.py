@@ -22,6 +22,7 @@ from dbsync_cli.health import (
     size,
     utc,
 )
+from dbsync_cli.sender import binlog
 
 
 def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
@@ -102,11 +103,13 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
             if checkpoint is not None and checkpoint["file"]:
                 lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["pos"] or 0)
-                if lag["bytes"] is None:
-                    lag["purged"] = True
-                    report.problem(CRITICAL, "binlog", f"checkpoint {checkpoint['file']}:{checkpoint['pos']} is in a "
-                                                       "purged binlog: the sender stops with exit 10 (restart it "
-                                                       "with --snapshot when_needed)")
+                try:  # by file name and size here; capture also compares when the file was created
+                    binlog.check_history(conn, {"file": checkpoint["file"], "pos": checkpoint["pos"] or 0},
+                                         lambda _file: None)
+                except binlog.PositionLost as lost:
+                    lag["bytes"], lag["purged"] = None, True
+                    report.problem(CRITICAL, "binlog", f"{lost}: the sender re-snapshots (snapshot = when_needed) "
+                                                       "or stops with exit 10 (restart it with --snapshot when_needed)")
                 else:
                     ts_ms = checkpoint["ts_ms"]
                     if lag["bytes"] == 0:

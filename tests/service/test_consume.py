@@ -219,3 +219,32 @@ def test_topic_durable_subscription_keeps_messages_while_consume_is_down(central
         assert len(inbox(db, schema)) == 25
     finally:
         _unsubscribe(broker_settings, client_id, topic, "dbsync")
+
+
+def test_many_small_frames_over_tls_never_stall_consume(central, broker_settings, broker_tls_settings) -> None:
+    """Issue 10 case 11: after one 8,000-row DELETE (many small frames in the consumer window) consume over TLS
+    stopped for good: the listener (stomp.py's io thread, which over TLS also writes our ACKs) waited on a full
+    hand-over queue while the ACKs waited on the io thread. Nothing said so: the inbox stayed empty."""
+    from dbsync_cli.receiver import consume as consume_mod
+    from dbsync_cli.receiver import state
+
+    db, schema = central
+    with db.connect() as conn:
+        state.migrate(conn, schema)
+    dest = f"test.tls-window.{uuidlib.uuid4().hex[:8]}"
+    count = 8000
+    publish(broker_settings, dest, messages(count))
+    settings = consume_mod.ConsumeSettings(broker=broker_tls_settings, db=db, state_schema=schema, destination=dest,
+                                           idle_seconds=10)
+    stop = threading.Event()
+    stored: list[int] = []
+    worker = threading.Thread(target=lambda: stored.append(consume_mod.run_into_inbox(settings, stop)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 240
+    while worker.is_alive() and time.monotonic() < deadline and len(inbox(db, schema)) < count:
+        time.sleep(1)
+    got = len(inbox(db, schema))
+    stop.set()
+    worker.join(30)
+    assert got == count, f"consume over TLS stalled at {got} of {count} messages"
+    assert drain(broker_settings, dest, idle=1) == []

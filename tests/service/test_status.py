@@ -12,12 +12,15 @@ import os
 import stat
 import subprocess
 import sys
+import time
+import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import dbsync, drain
 from receiver_helpers import make_central, make_site
+from test_field_cases import publish_raw
 
 from dbsync_cli.sender.checkpoint import CheckpointStore
 
@@ -32,6 +35,7 @@ RECEIVER_FIELDS = {"role", "id", "state", "exit_code", "problems", "summary", "p
 def status(config: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
     run = dbsync("status", "--json", "--config", str(config), *args, env=env, check=False)
     assert run.returncode in (0, 1, 2, 3), run.stderr.decode()
+    assert run.stdout.strip(), run.stderr.decode()[-3000:]
     report = json.loads(run.stdout)
     assert report["exit_code"] == run.returncode
     assert report["state"] == {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}[run.returncode]
@@ -212,3 +216,26 @@ def test_check_dbsync_script(central, tmp_path: Path) -> None:
     run = subprocess.run([str(ROOT / "scripts" / "check-dbsync"), "--config", "/nonexistent.toml", "--no-syslog"],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 3 and run.stdout.startswith("DBSYNC UNKNOWN - ")
+
+
+def test_messages_waiting_at_the_broker_with_no_consumer_are_seen(openmrs_db, tmp_path, broker_settings) -> None:
+    """Issue 10 case 11: the receiver stopped consuming, 4,905 messages waited at the broker with 0 consumers, and
+    status said nothing (the inbox was empty). Status now reads the queue through Artemis's management address."""
+    dest = f"test.unconsumed.{uuidlib.uuid4().hex[:8]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, destination=dest)
+    code, report = status(central.config, central.env)
+    assert "broker_queue" not in checks(report), report["problems"]  # the queue does not exist yet: nothing waits
+    publish_raw(broker_settings, dest, [{"v": 1, "id": f"site1:x:{i}", "site": "site1"} for i in range(3)])
+    time.sleep(1.5)
+    code, report = status(central.config, central.env, "--unconsumed-critical-seconds", "1")
+    assert code == 2 and checks(report)["broker_queue"] == "CRITICAL", report["problems"]
+    queue = report["broker"]["queue"]
+    assert (queue["name"], queue["messages"], queue["consumers"]) == (dest, 3, 0)
+    assert queue["unconsumed_seconds"] >= 1
+    (line,) = [p["message"] for p in report["problems"] if p["check"] == "broker_queue"]
+    assert line.startswith(f"3 message(s) waiting at the broker in {dest} with no consumer"), line
+    code, report = status(central.config, central.env)  # default thresholds: a minute before a WARNING
+    assert "broker_queue" not in checks(report), report["problems"]
+    assert drain(broker_settings, dest, idle=1)
+    code, report = status(central.config, central.env, "--unconsumed-critical-seconds", "1")
+    assert report["broker"]["queue"]["messages"] == 0 and "broker_queue" not in checks(report)
