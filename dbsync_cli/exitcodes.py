@@ -8,3 +8,4 @@ BINLOG_PURGED = 10  # the checkpoint's binlog file is gone: re-snapshot needed
 BINLOG_SETTINGS = 11  # the site server's binlog settings cannot support capture
 SCHEMA = 12  # the schema lacks a configured table or column
 ANOTHER_RECEIVER = 13  # another receiver already applies to the same central state schema
+DANGLING_REFERENCE = 14  # a site row references a row that does not exist in the site database

@@ -29,6 +29,8 @@ EXIT_TEXT = {
     exitcodes.BINLOG_SETTINGS: "the site server's binlog settings cannot support capture (needs log_bin, "
                                "binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)",
     exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
+    exitcodes.DANGLING_REFERENCE: "a site row references a row that does not exist in the site database (a "
+                                  "dangling reference): nothing after it is sent until the row is fixed",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
     "schema: run one per central",
 }
@@ -41,7 +43,8 @@ STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITI
 
 #: command path → exit codes that command can return (status has its own meaning: STATUS_EXIT)
 EXIT_CODES: dict[str, tuple[int, ...]] = {
-    "capture": _CAPTURE, "sender": _CAPTURE, "enrich": (*_BASIC, exitcodes.SCHEMA), "publish": _NET,
+    "capture": _CAPTURE, "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE),
+    "enrich": (*_BASIC, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
     "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
     "receiver": (*_NET, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
     "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE),

@@ -81,6 +81,8 @@ def enrich(config: common.ConfigOption = None) -> None:
     events = records.read(sys.stdin.buffer, "stdin")
     try:
         count = records.write(enrich_stage(events, sender_mod.enrich_settings(cfg), model))
+    except CaptureStop as exc:  # e.g. a dangling reference at the site: nothing after it may be sent
+        common.fail(str(exc), exc.code)
     except BrokenPipeError:
         raise typer.Exit(exitcodes.OK) from None
     log.info("enrich: %d messages", count)

@@ -3,28 +3,45 @@
 Each message carries the row as it is now in the site DB (loaded by primary key in batches), not the binlog image:
 the latest state wins and an update for a row deleted since is dropped. Foreign keys become uuid references; local
 ids never leave the site. Output order equals input order, so per-entity binlog order survives.
+
+A batch's rows and the uuids they reference are read in one consistent snapshot: read apart, a row could be
+loaded and its parent deleted (with the row, or after the row moved away from it) before the parent's uuid was
+looked up, and the message went out as ``{"$ref": "obs", "uuid": null}`` (seen while a site wrote during its
+initial snapshot). A reference no uuid can be found for even so is a dangling reference at the site: the batch is
+read again a few times, then enrich stops before it (exit 14), never sending a reference without its uuid.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql.cursors
 
-from dbsync_cli import wire
+from dbsync_cli import exitcodes, wire
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
+from dbsync_cli.sender.binlog import CaptureStop
 from dbsync_cli.sender.uuid_cache import IdToUuid
 from dbsync_cli.sender.values import Converter, wire_converter
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
 
 log = logging.getLogger("dbsync.enrich")
+
+#: how often a batch with a reference whose uuid cannot be found is read again before enrich stops
+READ_ATTEMPTS = 4
+
+Missing = tuple[str, Any, str, str, Any]  # (table, key, column, referenced table, referenced local id)
+
+
+class EnrichStop(CaptureStop):
+    """A row enrich cannot turn into a complete message: nothing after it is sent until an operator fixes it."""
 
 @dataclass
 class EnrichSettings:
@@ -44,6 +61,7 @@ class Enricher:
         self.conn = settings.db.connect()
         with self.conn.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP values then come back as UTC
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot per batch
         self.uuids = IdToUuid(self.conn, settings.cache_size)
         self.converters: dict[str, list[tuple[str, Converter]]] = {}
         self.attribute_formats: dict[Any, str | None] = {}
@@ -111,6 +129,33 @@ class Enricher:
         if not batch:
             return
         valid = [(e, t) for e in batch if (t := self._valid(e)) is not None]
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            with self.conn.cursor() as cur:
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            try:
+                valid, messages, missing = self._read(valid)
+            finally:
+                self.conn.commit()
+            if not missing:
+                if attempt > 1:
+                    log.warning("enrich: batch complete on read %d (rows changed while it was read)", attempt)
+                yield from messages
+                return
+            table, key, column, target, local = missing[0]
+            log.warning("enrich: %s %s: %s references %s %s, not found (%d reference(s) in the batch); reading "
+                        "the batch again (%d of %d)", table, key, column, target, local, len(missing), attempt,
+                        READ_ATTEMPTS)
+            time.sleep(0.2 * attempt)
+        raise EnrichStop(f"site row {table} {key}: {column} references {target} {local}, which does not exist in "
+                         "the site database (a dangling reference); enrich stops before it and nothing after it is "
+                         "sent: fix the row at the site (or restore the referenced row), then restart",
+                         exitcodes.DANGLING_REFERENCE)
+
+    def _read(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> tuple[
+            list[tuple[dict[str, Any], SyncedTable]], list[dict[str, Any]], list[Missing]]:
+        """The batch's messages from one consistent read, and the references no uuid was found for."""
+        messages: list[dict[str, Any]] = []
+        missing: list[Missing] = []
         wanted: dict[str, set[Any]] = {}
         for event, table in valid:
             if event["op"] != wire.DELETE:
@@ -134,7 +179,7 @@ class Enricher:
                 if uuid is None:
                     log.warning("delete of %s %s: its uuid is unknown (parent gone); skipped", table.name, key)
                     continue
-                yield self._message(event, table, key, uuid, None, sent)  # the batch's time, like its neighbours
+                messages.append(self._message(event, table, key, uuid, None, sent))  # the batch's time
                 continue
             key = event["after"][table.key]
             row = current[table.name].get(key)
@@ -145,7 +190,9 @@ class Enricher:
             if uuid is None:
                 log.warning("%s %s: parent %s row is gone; dropped", table.name, key, table.identity.table)
                 continue
-            yield self._message(event, table, key, uuid, self._data(table, row, refs), sent)
+            data = self._data(table, row, refs, missing, key)
+            messages.append(self._message(event, table, key, uuid, data, sent))
+        return valid, messages, missing
 
     def _message(
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
@@ -216,13 +263,18 @@ class Enricher:
                 if identity is not None:
                     need.setdefault((identity.table, identity.key), set()).add(int(row[value_column]))
 
-    def _data(self, table: SyncedTable, row: dict[str, Any], refs: dict[tuple[str, Any], str]) -> dict[str, Any]:
+    def _data(self, table: SyncedTable, row: dict[str, Any], refs: dict[tuple[str, Any], str],
+              missing: list[Missing], key: Any) -> dict[str, Any]:
+        """The wire form of `row`; a reference whose uuid is not in `refs` is added to `missing`."""
         data: dict[str, Any] = {}
         for column, convert in self._converters(table):
             value = row[column]
             ref = table.references.get(column)
             if ref is not None and ref.identity is not None:
-                data[column] = None if value is None else wire.ref(ref.table, refs.get((ref.identity.table, value)))
+                uuid = None if value is None else refs.get((ref.identity.table, value))
+                if value is not None and uuid is None:
+                    missing.append((table.name, key, column, ref.table, value))
+                data[column] = None if value is None else wire.ref(ref.table, uuid)
             else:
                 data[column] = convert(value)
         if table.name in ATTRIBUTE_ID_VALUES:
@@ -231,7 +283,10 @@ class Enricher:
             identity = self.model.identity_of(target) if target else None
             raw = row[value_column]
             if target and identity is not None and raw and str(raw).isdigit():
-                data[value_column] = wire.ref(target, refs.get((identity.table, int(raw))))
+                uuid = refs.get((identity.table, int(raw)))
+                if uuid is None:
+                    missing.append((table.name, key, value_column, target, raw))
+                data[value_column] = wire.ref(target, uuid)
         return data
 
 

@@ -18,6 +18,7 @@ from test_receiver_e2e import _start, _stop
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import open_connection
 from dbsync_cli.sender.checkpoint import CheckpointStore
+from devtools.workload.generator import generate
 
 __all__ = ["central", "site"]
 
@@ -398,3 +399,72 @@ def test_a_message_id_seen_again_with_other_content_is_not_taken_as_a_duplicate(
     assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("Bob",)]
     assert outcomes(central.apply(reused)) == Counter({"duplicate": len(reused)})  # the same content again
     assert central.sql("SELECT COUNT(*) FROM person WHERE uuid=%s", (person,)) == [(1,)]
+
+
+def _refs(value):
+    """Every {"$ref"} in a message's data."""
+    if isinstance(value, dict):
+        if "$ref" in value:
+            yield value
+        else:
+            for inner in value.values():
+                yield from _refs(inner)
+
+
+def test_a_parent_deleted_while_enrich_reads_a_batch_never_leaves_a_reference_without_uuid(site) -> None:  # noqa: F811
+    """Case 12: enrich loaded a batch's rows, then looked up the uuids they reference in separate reads; a parent
+    deleted in between (an obs group purged while the site sent its snapshot) went out as
+    `obs_group_id: {"$ref": "obs", "uuid": null}` and central parked it. One consistent read per batch now."""
+    from dbsync_cli.config import load
+    from dbsync_cli.sender import run as sender_run
+    from dbsync_cli.sender.enrich import Enricher
+
+    generate(site.admin, seed=12, patients=3, mutations=0.0)
+    events = [orjson.loads(line) for line in dbsync("capture", "--config", str(site.config), "--until-idle",
+                                                     env=site.env).stdout.splitlines() if line.strip()]
+    grouped = [e for e in events if e.get("table") == "obs" and (e.get("after") or {}).get("obs_group_id")]
+    assert grouped, "the workload made no obs groups"
+    child = grouped[0]["after"]
+    cfg = load(site.config, "sender", env=site.env)
+
+    class PurgedMeanwhile(Enricher):
+        """A clinic purges the obs group (children first) right after enrich loaded the batch's rows."""
+        purged = False
+
+        def _load_rows(self, table, keys):
+            found = super()._load_rows(table, keys)
+            if table.name == "obs" and not self.purged:
+                PurgedMeanwhile.purged = True
+                group = child["obs_group_id"]
+                site.sql("DELETE FROM obs WHERE obs_group_id = %s", (group,))
+                site.sql("DELETE FROM obs WHERE obs_id = %s", (group,))
+            return found
+
+    enricher = PurgedMeanwhile(sender_run.enrich_settings(cfg), sender_run.load_model(cfg))
+    try:
+        messages = list(enricher.run(events))
+    finally:
+        enricher.close()
+    assert PurgedMeanwhile.purged
+    unresolved = [(m.get("table"), m.get("uuid"), r) for m in messages for r in _refs(m.get("data")) if not r.get("uuid")]
+    assert unresolved == [], unresolved[:5]
+    sent_child = [m for m in messages if m.get("table") == "obs" and m.get("uuid") == child["uuid"]]
+    assert sent_child and sent_child[0]["data"]["obs_group_id"]["uuid"]  # the group as it was when read
+
+
+def test_a_dangling_reference_at_the_site_stops_enrich_before_the_row(site) -> None:  # noqa: F811
+    """Case 12, the rest: a reference no uuid exists for (a site row pointing at a row that is not there, written
+    with foreign key checks off) is never sent as a null uuid nor skipped: enrich stops before it, exit 14."""
+    generate(site.admin, seed=13, patients=1, mutations=0.0)
+    site.messages()
+    (obs_id,) = site.sql("SELECT obs_id FROM obs ORDER BY obs_id LIMIT 1")[0]
+    with site.admin.connect() as conn, conn.cursor() as cur:
+        cur.execute("SET foreign_key_checks = 0")
+        cur.execute("UPDATE obs SET obs_group_id = 987654321 WHERE obs_id = %s", (obs_id,))
+    events = dbsync("capture", "--config", str(site.config), "--until-idle", env=site.env).stdout
+    run = dbsync("enrich", "--config", str(site.config), env=site.env, stdin=events, check=False)
+    assert run.returncode == exitcodes.DANGLING_REFERENCE == 14, run.stderr.decode()[-2000:]
+    line = run.stderr.decode().strip().splitlines()[-1]
+    assert line.startswith(f"dbsync: site row obs {obs_id}: obs_group_id references obs 987654321, which does not "
+                           "exist in the site database"), line
+    assert b'"uuid":null' not in run.stdout

@@ -155,10 +155,13 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     home = tmp_path / "home-site1"
     home.mkdir()
     binlog_file, binlog_pos = query(site, "SHOW MASTER STATUS")[0][:2]
-    for where in (home, tmp_path / "home-replay", tmp_path / "home-diag"):  # start at the end of the binlog: only the workload is synced
+    # start at the end of the binlog (only the workload is synced), all three under one message-id epoch: the
+    # replay re-sends the sender's messages with the sender's ids
+    epoch = f"test.{uuidlib.uuid4().hex[:8]}"
+    for where in (home, tmp_path / "home-replay", tmp_path / "home-diag"):
         where.mkdir(exist_ok=True)
         store = CheckpointStore(where)
-        store.save({"file": binlog_file, "pos": int(binlog_pos), "row": -1, "snapshot": False})
+        store.save({"file": binlog_file, "pos": int(binlog_pos), "row": -1, "snapshot": False, "epoch": epoch})
         store.close()
     rconf, renv = receiver_config(tmp_path, central, broker_settings, destination=dest, state_schema=schema,
                                   batch=300)
