@@ -4,9 +4,43 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 from zoneinfo import ZoneInfo
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
+
+
+def is_fixed(name: str) -> bool:
+    """A fixed offset or UTC: the same offset all year."""
+    return bool(_OFFSET.match(name.strip())) or name.strip().upper() == "UTC"
+
+
+#: a winter and a summer moment of either hemisphere: a zone with daylight saving has two offsets across them
+_PROBES = ("2024-01-15 12:00:00", "2024-07-15 12:00:00")
+
+
+def server_dst_warning(conn: Any, configured: str, key: str) -> str | None:
+    """A warning when `key` names a fixed offset but the server's time zone changes with daylight saving: half the
+    year its DATETIME values would be converted with the wrong offset."""
+    if not is_fixed(configured):
+        return None
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@global.time_zone, @@system_time_zone, "
+                    "TIMESTAMPDIFF(MINUTE, CONVERT_TZ(%s, @@global.time_zone, '+00:00'), %s), "
+                    "TIMESTAMPDIFF(MINUTE, CONVERT_TZ(%s, @@global.time_zone, '+00:00'), %s)",
+                    (_PROBES[0], _PROBES[0], _PROBES[1], _PROBES[1]))
+        zone, system, winter, summer = cur.fetchone()
+    if winter is None or summer is None or winter == summer:
+        return None
+    name = system if zone == "SYSTEM" else zone
+    return (f"{key} is the fixed offset {configured!r}, but the server's time zone ({name}) is UTC{_hours(winter)} "
+            f"in January and UTC{_hours(summer)} in July: DATETIME values from part of the year would move by the "
+            f"difference; set {key} to the zone's IANA name (e.g. Europe/Berlin)")
+
+
+def _hours(minutes: int) -> str:
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def parse_timezone(name: str) -> dt.tzinfo:

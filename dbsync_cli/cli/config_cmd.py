@@ -8,6 +8,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import orjson
+import pymysql
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +16,7 @@ from rich.table import Table
 from dbsync_cli import config as config_mod
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
+from dbsync_cli.timezones import server_dst_warning
 
 app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 
@@ -36,6 +38,17 @@ def _endpoints(cfg: config_mod.Config) -> list[tuple[str, str, int]]:
     return ends
 
 
+def _zone_warnings(cfg: config_mod.Config) -> list[str]:
+    """The configured DATETIME zone against the database server's (site DB for a sender, central for a receiver)."""
+    section, key = ("site_db", "sender.timezone") if cfg.role == "sender" else ("central_db", "receiver.timezone")
+    try:
+        with cfg.db(section).connect(connect_timeout=5) as conn:
+            found = server_dst_warning(conn, cfg[key], key)
+    except pymysql.MySQLError:
+        return []  # a login problem is reported elsewhere; this check only adds a warning
+    return [found] if found else []
+
+
 @app.command("check")
 def check(
     config: common.ConfigOption = None,
@@ -52,14 +65,17 @@ def check(
             print(f"dbsync: config: {problem}", file=sys.stderr)
         raise typer.Exit(exitcodes.CONFIG)
     problems = []
+    warnings: list[str] = []
     if not offline:
         for key, host, port in _endpoints(result):
             reason = _reachable(host, port)
             if reason:
                 problems.append(f"{key}: {host}:{port} unreachable: {reason}")
+        if not problems:
+            warnings = _zone_warnings(result)
     if json_out:
         sys.stdout.write(orjson.dumps({"role": role, "source": result.source, "config": result.masked(),
-                                       "problems": problems}).decode() + "\n")
+                                       "problems": problems, "warnings": warnings}).decode() + "\n")
     else:
         table = Table(title=f"{role} config from {result.source}")
         table.add_column("key")
@@ -67,6 +83,8 @@ def check(
         for key, value in result.masked().items():
             table.add_row(key, "" if value is None else str(value))
         Console(stderr=False).print(table)
+    for warning in warnings:
+        print(f"dbsync: config: warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"dbsync: config: {problem}", file=sys.stderr)
     if problems:

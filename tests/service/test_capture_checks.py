@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import time
 import uuid as uuidlib
 
@@ -144,3 +146,31 @@ def test_a_restarted_binlog_history_never_drops_new_changes_as_duplicates(extra_
         assert "snapshot" not in log
     finally:
         drop_schema(central)
+
+
+def test_config_check_warns_about_a_fixed_offset_on_a_server_with_daylight_saving(extra_site, broker_settings,
+                                                                                  tmp_path) -> None:
+    """Issue 10 case 9: `sender.timezone = "+01:00"` for a server in Europe/Berlin converts summer DATETIMEs with
+    the wrong offset; `config check` says so (a warning: exit 0) and names the IANA zone to use."""
+    admin = extra_site.admin
+    tzinfo = subprocess.run(["mariadb-tzinfo-to-sql", "/usr/share/zoneinfo/Europe/Berlin", "Europe/Berlin"],
+                            capture_output=True, check=True).stdout
+    subprocess.run(["mariadb", "-h", admin.host, "-P", str(admin.port), "-u", admin.user, "mysql"], input=tzinfo,
+                   env={**os.environ, "MYSQL_PWD": admin.password}, capture_output=True, check=True)
+    _, repl = _site(extra_site, "tz_test")
+    _global(extra_site, "SET GLOBAL time_zone = 'Europe/Berlin'")
+    try:
+        for configured, warned in (("+01:00", True), ("UTC", True), ("Europe/Berlin", False)):
+            conf, env = sender_config(tmp_path, repl, broker_settings, destination="test.unused", timezone=configured)
+            run = dbsync("config", "check", "--config", str(conf), env=env, check=False)
+            assert run.returncode == 0, run.stderr.decode()
+            lines = [line for line in run.stderr.decode().splitlines() if "warning" in line]
+            if warned:
+                assert lines == [f"dbsync: config: warning: sender.timezone is the fixed offset {configured!r}, but "
+                                 "the server's time zone (Europe/Berlin) is UTC+01:00 in January and UTC+02:00 in "
+                                 "July: DATETIME values from part of the year would move by the difference; set "
+                                 "sender.timezone to the zone's IANA name (e.g. Europe/Berlin)"], lines
+            else:
+                assert lines == [], lines
+    finally:
+        _global(extra_site, "SET GLOBAL time_zone = 'SYSTEM'")
