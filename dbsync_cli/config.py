@@ -74,6 +74,9 @@ KEYS: dict[str, Key] = {
     "receiver.site_id": Key(str, "central", roles=_R, help="this receiver's own identifier"),
     "receiver.timezone": Key(str, "UTC", roles=_R, help="time zone of DATETIME values at central"),
     "receiver.conflict_policy": Key(str, "newer", roles=_R, choices=("newer", "any")),
+    "receiver.cross_site_changes": Key(str, "refuse", roles=_R, choices=("refuse", "allow"),
+                                       help="a site's change to a row another site created: refuse (error queue) "
+                                            "or allow"),
     "receiver.central_rows": Key(str, "skip", roles=_R, choices=("skip", "park"),
                                  help="a site's change to a row central owns: skip and count, or park as a conflict"),
     "receiver.tables": Key(list, None, roles=_R),

@@ -28,6 +28,7 @@ from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, parse, parse_raw
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
+from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
 from dbsync_cli.wire import DELETE, dumps, is_heartbeat
@@ -50,6 +51,7 @@ class ApplySettings:
     timezone: str = "UTC"
     conflict_policy: str = "newer"  # newer | any
     central_rows: str = "skip"  # skip | park: a site's change to a row central owns
+    cross_site_changes: str = "refuse"  # refuse | allow: a site's change to a row another site created
     batch_messages: int = 500
     max_message_bytes: int = 4_000_000
     rest_enabled: bool = False
@@ -273,6 +275,8 @@ class Applier:
         if self.inserts.held and ((ident, uuid) in self.inserts.held or self.inserts.holds_any(
                 self.convert.references(table, message.get("data") or {}))):
             self.inserts.flush(cur, batch)  # this message reads a row that is still held back
+        if not force:
+            self._check_owner(cur, table, uuid, message["site"], batch)
         position = SourcePosition.of(message)
         if position is not None and not force:
             last = batch.positions.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid).position
@@ -328,6 +332,7 @@ class Applier:
                 row["uuid"] = uuid
             if self._grouping:
                 self.inserts.hold(cur, batch, table, row, uuid, message["site"], key)
+                batch.owners.setdefault((table.name, uuid), message["site"])
                 batch.ours.add((table.name, uuid))
                 self._applied_at(cur, batch, table, uuid, position)
                 return Outcome(item.message_id, "applied", table.name, uuid)
@@ -338,9 +343,18 @@ class Applier:
                 key = cur.lastrowid
                 self.ids.remember(ident, uuid, key)
         batch.touched[(table.name, key)] = (uuid, message["site"])
+        batch.owners.setdefault((table.name, uuid), self._synced_entry(cur, table.name, uuid).owner or message["site"])
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
+
+    def _check_owner(self, cur: Any, table: SyncedTable, uuid: str, site: str, batch: Batch) -> None:
+        """A site changes only its own rows: one another site created is refused (error queue), naming both."""
+        owner = batch.owners.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid).owner
+        if owner is None or owner in (site, CENTRAL_OWNER) or self.settings.cross_site_changes == "allow":
+            return
+        raise MessageError(f"{table.name} {uuid} belongs to site {owner}: a change from site {site} is refused "
+                           "(a site changes only its own rows; receiver.cross_site_changes)")
 
     def _applied_at(self, cur: Any, batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
                     removed_by: str | None = None) -> None:

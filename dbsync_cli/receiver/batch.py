@@ -34,6 +34,7 @@ class Batch:
     rest: list[tuple[str, str | None, str]] = field(default_factory=list)
     sites: dict[str, tuple[int, str]] = field(default_factory=dict)  # site → (count, last message id)
     ours: set[tuple[str, str]] = field(default_factory=set)  # entities this batch wrote: no conflict with ourselves
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, uuid) → owner, for rows written here
     # (site, reason, table) → (count, last message id)
     skipped: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
 

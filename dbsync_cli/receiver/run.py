@@ -26,6 +26,7 @@ def apply_settings(cfg: Config) -> ApplySettings:
     return ApplySettings(
         central=cfg.db("central_db"), state_schema=cfg["central_db.state_schema"], timezone=cfg["receiver.timezone"],
         conflict_policy=cfg["receiver.conflict_policy"], central_rows=cfg["receiver.central_rows"],
+        cross_site_changes=cfg["receiver.cross_site_changes"],
         batch_messages=cfg["receiver.batch_messages"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
     )
