@@ -35,6 +35,9 @@ B64 = "$b64"
 # broker headers (STOMP)
 ID_HEADER = "dbsync-id"
 SITE_HEADER = "dbsync-site"
+#: the user Artemis authenticated the sender as: with populate-validated-user in broker.xml the broker stamps it as
+#: _AMQ_VALIDATED_USER, which reaches a STOMP consumer as JMSXUserID (a sender's own JMSXUserID is overwritten)
+VALIDATED_USER_HEADER = "JMSXUserID"
 TABLE_HEADER = "dbsync-table"
 ENCODING_HEADER = "dbsync-encoding"
 DEFLATE = "deflate"

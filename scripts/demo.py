@@ -55,7 +55,9 @@ def write_configs(svc: Services) -> dict[str, Path]:
             f'[site_db]\nhost = "{repl.host}"\nport = {repl.port}\ndatabase = "demo_{site}"\nuser = "{repl.user}"\n'
             f'password_file = "{_secret(f"{site}-db", repl.password)}"\n'
             f'[broker]\nurl = "stomp+ssl://{art.host}:{art.tls_port}"\nca_file = "{art.ca_file}"\n'
-            f'user = "{art.user}"\npassword_file = "{broker_pass}"\ndestination = "demo.openmrs.sync"\n'
+            # each site its own broker user: it may only send to the sync address, and only as itself
+            f'user = "{site}"\npassword_file = "{_secret(f"{site}-broker", art.site_settings(site).password)}"\n'
+            'destination = "demo.openmrs.sync"\n'
         )
         configs[site] = path
     admin = svc["central"].admin
@@ -132,7 +134,7 @@ def main() -> int:
             cur.execute("DROP DATABASE IF EXISTS demo_dbsync")
         state.migrate(conn, "demo_dbsync", "demo_central")
         for site in SITES:
-            state.add_site(conn, "demo_dbsync", site, name=f"Clinic {site[-1]}")
+            state.add_site(conn, "demo_dbsync", site, name=f"Clinic {site[-1]}", broker_user=site)
     configs = write_configs(svc)
     for site in SITES:
         (WORK / site / "state.sqlite").unlink(missing_ok=True)

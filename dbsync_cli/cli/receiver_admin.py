@@ -81,18 +81,28 @@ def _run(config: Any, action: Any) -> Any:
 def sites_add(
     identifier: Annotated[str, typer.Argument(help="The site's sender.id.")],
     name: Annotated[str | None, typer.Option("--name", help="Display name (default: the identifier).")] = None,
+    broker_user: Annotated[str | None, typer.Option(
+        "--broker-user", help="The broker user the site sends as (default: the identifier); messages for the site "
+                              "from any other broker user go to the error queue.")] = None,
+    any_broker_user: Annotated[bool, typer.Option(
+        "--any-broker-user", help="Accept the site's messages from any broker user (one shared broker user).")
+    ] = False,
     config: common.ConfigOption = None,
 ) -> None:
-    """Register a site."""
-    site = _run(config, lambda conn, schema: state.add_site(conn, schema, identifier, name))
-    print(f"site {site.identifier!r} registered ({site.name})")
+    """Register a site and the broker user it sends as."""
+    if broker_user is not None and any_broker_user:
+        common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
+    user = None if any_broker_user else (broker_user or identifier)
+    site = _run(config, lambda conn, schema: state.add_site(conn, schema, identifier, name, broker_user=user))
+    sender = f"sends as broker user {user!r}" if user else "any broker user"
+    print(f"site {site.identifier!r} registered ({site.name}; {sender})")
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
     last = state.last_sync_dates(conn, schema)
     return [
         {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
-         "disabled": site.disabled, "last_sync_date": last.get(site.id)}
+         "disabled": site.disabled, "last_sync_date": last.get(site.id), "broker_user": site.broker_user}
         for site in sorted(state.sites(conn, schema).values(), key=lambda s: s.identifier)
     ]
 
@@ -113,9 +123,9 @@ def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("identifier", "name", "created", "status", "last sync")
+    table = Table("identifier", "name", "broker user", "created", "status", "last sync")
     for row in rows:
-        table.add_row(row["identifier"], row["name"], _when(row["date_created"]),
+        table.add_row(row["identifier"], row["name"], row["broker_user"] or "(any)", _when(row["date_created"]),
                       "disabled" if row["disabled"] else "enabled",
                       _when(row["last_sync_date"]) or "never")
     Console().print(table if rows else "no sites registered")

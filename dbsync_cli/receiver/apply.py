@@ -116,9 +116,10 @@ class Applier:
         """Re-read the registered sites (a site added or disabled since)."""
         self.sites = state.sites(self.conn, self.settings.state_schema)
 
-    def parse_stored(self, raw: bytes, message_id: str, site: str | None) -> Parsed:
-        """A message body kept in the retry or conflict queue."""
-        return parse_raw(raw, message_id, site, self.model, self.settings.max_message_bytes)
+    def parse_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None) -> Parsed:
+        """A message body kept in the retry or conflict queue (with the broker user it arrived as)."""
+        return parse_raw(raw, message_id, site, self.model, self.settings.max_message_bytes,
+                         broker_user=broker_user)
 
     def apply_message(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
                       only: list[str] | None = None) -> Outcome:
@@ -247,6 +248,11 @@ class Applier:
         if site is None or site.disabled:
             why = "is not registered" if site is None else "is disabled"
             return self._park(cur, item, f"site {message['site']!r} {why} (dbsync sites add)", batch)
+        if site.broker_user is not None and item.broker_user is not None and item.broker_user != site.broker_user:
+            sender = (f"broker user {item.broker_user!r}" if item.broker_user else
+                      "a broker that stamps no sender (populate-validated-user is off in broker.xml)")
+            return self._park(cur, item, f"message for site {site.identifier!r} was sent by {sender}; the site "
+                                         f"sends as {site.broker_user!r}", batch, kind="error")
         ek = entity_key(self.model, table, message["uuid"])
         if ek in self.blocked and not from_queue:
             return self._park(cur, item, f"waiting behind an earlier message for {ek}", batch, kind="waiting")
@@ -442,9 +448,10 @@ class Applier:
         ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
         cur.execute(
             sql("INSERT INTO {}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "
-                "date_created) VALUES (%s, %s, %s, %s, %s, %s, %s)", self.s),
+                "date_created, broker_user) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id[:255], str(message.get("site") or item.site or "")[:100] or None,
-             item.table.name if item.table else None, ek, item.raw, reason[:2000], now()),
+             item.table.name if item.table else None, ek, item.raw, reason[:2000], now(),
+             None if item.broker_user is None else item.broker_user[:100]),
         )
         if ek is not None:
             self.blocked.add(ek)

@@ -239,7 +239,8 @@ class Consumer:
             except zlib.error as exc:
                 log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
                 body = raw
-            deliveries.append((message_id, frame.headers.get(wire.SITE_HEADER) or None, body))
+            deliveries.append((message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
+                               frame.headers.get(wire.VALIDATED_USER_HEADER) or ""))
         return inbox.store(db, self.settings.state_schema, deliveries)
 
 

@@ -22,8 +22,9 @@ MAX_SITE = 100  # inbox.site VARCHAR(100)
 class InboxRow:
     id: int
     message_id: str
-    site: str | None
+    site: str | None  # the dbsync-site header
     body: bytes
+    broker_user: str | None = None  # the user Artemis authenticated the sender as ("" when it stamped none)
 
     def record(self, *, text: bool = True) -> dict[str, Any]:
         """The NDJSON record: the body as text when it is UTF-8 (and `text`), else ``{"$b64": …}``."""
@@ -32,21 +33,22 @@ class InboxRow:
             body = self.body.decode("utf-8") if text else wire.b64(self.body)
         except UnicodeDecodeError:
             body = wire.b64(self.body)
-        return {"inbox": self.id, "message_id": self.message_id, "site": self.site, "body": body}
+        return {"inbox": self.id, "message_id": self.message_id, "site": self.site,
+                "broker_user": self.broker_user, "body": body}
 
 
-def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes]]) -> list[InboxRow]:
-    """(message id, site, body) of one batch in one transaction; returns the rows that were new."""
+def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes, str]]) -> list[InboxRow]:
+    """(message id, site header, body, broker user) of one batch in one transaction; returns the new rows."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows: list[InboxRow] = []
-    statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received) VALUES (%s, %s, %s, %s)",
-                    schema_name(schema))
+    statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user) "
+                    "VALUES (%s, %s, %s, %s, %s)", schema_name(schema))
     try:
         with db.cursor() as cur:
-            for message_id, site, body in deliveries:
-                cur.execute(statement, (message_id, site[:MAX_SITE] if site else None, body, now))
+            for message_id, site, body, user in deliveries:
+                cur.execute(statement, (message_id, site[:MAX_SITE] if site else None, body, now, user[:100]))
                 if cur.rowcount == 1:
-                    rows.append(InboxRow(int(cur.lastrowid), message_id, site, body))
+                    rows.append(InboxRow(int(cur.lastrowid), message_id, site, body, user[:100]))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):  # the connection may be gone; the error raised says why
@@ -60,9 +62,9 @@ def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) ->
     decides (a duplicate, or the same id with other content) and deletes them, as the combined receiver does."""
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, message_id, site, body FROM {s}.inbox WHERE id > %s ORDER BY id LIMIT %s", s=s),
-                    (after_id, limit))
-        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
+        cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {s}.inbox WHERE id > %s ORDER BY id "
+                        "LIMIT %s", s=s), (after_id, limit))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in cur.fetchall()]
     conn.commit()  # end the read snapshot so the next page sees rows committed since
     return rows
 
@@ -71,8 +73,8 @@ def oldest(conn: Any, schema: str, limit: int) -> list[dict[str, Any]]:
     """The oldest inbox rows as apply's records (apply deletes what it handled in the same transaction)."""
     conn.commit()
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, message_id, site, body FROM {}.inbox ORDER BY id LIMIT %s", schema_name(schema)),
-                    (limit,))
-        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in cur.fetchall()]
+        cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {}.inbox ORDER BY id LIMIT %s",
+                        schema_name(schema)), (limit,))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in cur.fetchall()]
     conn.commit()
     return [row.record(text=False) for row in rows]

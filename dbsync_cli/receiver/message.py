@@ -22,6 +22,8 @@ class Parsed:
     inbox: int | None = None
     site: str | None = None
     error: str | None = None
+    header_site: str | None = None  # the transport's dbsync-site header (inbox records)
+    broker_user: str | None = None  # who the broker says sent it ("" none stamped); None: not from the broker
 
     def __post_init__(self) -> None:
         self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold
@@ -57,9 +59,10 @@ def _body(record: dict[str, Any]) -> bytes:
 
 
 def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel, max_bytes: int,
-              inbox: int | None = None) -> Parsed:
-    """A stored body (inbox or retry queue)."""
-    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site)
+              inbox: int | None = None, broker_user: str | None = None) -> Parsed:
+    """A stored body (inbox or retry queue); `broker_user` as stored with it (None: trusted input)."""
+    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=site if inbox else None,
+                  broker_user=broker_user)
     if len(raw) > max_bytes:
         item.error = f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
         return item
@@ -85,7 +88,9 @@ def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
         except ValueError:
             return Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
                           error="inbox body is not valid base64")
-        return parse_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox)
+        user = record.get("broker_user")
+        return parse_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox,
+                         broker_user=user if isinstance(user, str) else "")
     try:
         raw = dumps(record)
     except TypeError as exc:  # only from an in-process caller: JSON input cannot hold what orjson cannot write
@@ -104,6 +109,9 @@ def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
         item.message = message
         item.table = model.synced[message["table"]]
         item.site = message["site"]
+        if item.header_site is not None and item.header_site != message["site"]:
+            item.error = (f"message for site {message['site']!r} was sent with {wire.SITE_HEADER} "
+                          f"{item.header_site!r}")
         # the sender's deterministic id, whatever the transport called it, in the form the receiver stores
         item.message_id = wire.storable_id(message["id"])
     return item

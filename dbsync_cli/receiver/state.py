@@ -120,6 +120,11 @@ MIGRATIONS: list[list[str]] = [
     [  # 5: what each handled message said, so an id seen again with other content is not taken as a duplicate
         "ALTER TABLE {s}.applied_message ADD COLUMN digest BINARY(16) NULL",
     ],
+    [  # 6: who may send for a site (the broker user Artemis stamps on its messages), kept with each delivery
+        "ALTER TABLE {s}.site_info ADD COLUMN broker_user VARCHAR(100) NULL",
+        "ALTER TABLE {s}.inbox ADD COLUMN broker_user VARCHAR(100) NULL",
+        "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN broker_user VARCHAR(100) NULL",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)
@@ -182,15 +187,19 @@ class Site:
     identifier: str
     date_created: dt.datetime
     disabled: bool
+    broker_user: str | None = None  # the only broker user whose messages may speak for the site (None: any)
 
 
 def sites(conn: Any, schema: str) -> dict[str, Site]:
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, name, identifier, date_created, disabled FROM {}.site_info", schema_name(schema)))
-        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4])) for row in cur.fetchall()}
+        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user FROM {}.site_info",
+                        schema_name(schema)))
+        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) for row in cur.fetchall()}
 
 
-def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -> Site:
+def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
+             broker_user: str | None = None) -> Site:
+    """Register a site; `broker_user`: the broker user it sends as (its messages from any other are refused)."""
     if not SITE_IDENTIFIER.match(identifier):
         raise StateError(f"site identifier {identifier!r} must be 1-100 letters, digits, '_', '.' or '-', "
                          "starting with a letter or digit")
@@ -199,8 +208,9 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None) -
         cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
         if cur.fetchone():
             raise StateError(f"site {identifier!r} is already registered")
-        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created) VALUES (%s, %s, %s)", s),
-                    (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user) "
+                        "VALUES (%s, %s, %s, %s)", s),
+                    (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user))
     conn.commit()
     return sites(conn, schema)[identifier]
 

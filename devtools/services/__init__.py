@@ -61,6 +61,7 @@ class ArtemisService:
     password: str = field(repr=False)
     ca_file: str
     rogue_ca_file: str
+    home: Path | None = None
 
     def settings(self, *, tls: bool = False) -> BrokerSettings:
         """Connection settings for the plain or the TLS STOMP acceptor (TLS trusts our CA)."""
@@ -68,6 +69,15 @@ class ArtemisService:
 
         return BrokerSettings(host=self.host, port=self.tls_port if tls else self.port, user=self.user,
                               password=self.password, tls=tls, ca_file=self.ca_file if tls else None)
+
+    def site_settings(self, site: str, *, tls: bool = False) -> BrokerSettings:
+        """As `settings`, logged in as the site's own broker user (it may only send to the sync destinations)."""
+        import dataclasses
+
+        from devtools.services.artemis import site_password
+
+        assert self.home is not None, "loaded without a services home"
+        return dataclasses.replace(self.settings(tls=tls), user=site, password=site_password(self.home, site))
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,7 @@ def load(home: Path | None = None) -> Services:
     if a:
         art = ArtemisService(host=a["host"], port=a["stomp_port"], tls_port=a["stomp_tls_port"],
                              core_port=a["core_port"], user=a["user"], password=secret(home, "artemis"),
-                             ca_file=a["ca_file"], rogue_ca_file=a["rogue_ca_file"])
+                             ca_file=a["ca_file"], rogue_ca_file=a["rogue_ca_file"], home=home)
     return Services(home=home, mariadb=dbs, artemis=art)
 
 

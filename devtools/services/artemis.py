@@ -185,10 +185,35 @@ def _acceptors(b: ArtemisBroker, tls: TlsFiles) -> str:
     )
 
 
+#: per-site broker users (role dbsync-sender): they may send to the sync destinations and nothing else
+SITE_USERS = ("site1", "site2")
+#: destinations a site user may send to: the demo's, and those of the trust tests
+SITE_DESTINATIONS = ("demo.openmrs.sync", "test.trust.#")
+_ADMIN_ONLY = ("consume", "browse", "manage", "createNonDurableQueue", "deleteNonDurableQueue", "deleteDurableQueue",
+               "deleteAddress")
+
+
+def _site_security() -> str:
+    """security-setting blocks: on a sync destination a site's user may send (and create the address and queue on
+    first use), only the admin user may consume; everywhere else the site users have no permission at all."""
+    blocks = []
+    for match in SITE_DESTINATIONS:
+        perms = [f'<permission type="{p}" roles="amq,dbsync-sender"/>' for p in
+                 ("send", "createAddress", "createDurableQueue")]
+        perms += [f'<permission type="{p}" roles="amq"/>' for p in _ADMIN_ONLY]
+        blocks.append(f'<security-setting match="{match}">' + "".join(perms) + "</security-setting>")
+    return "".join(blocks)
+
+
+def site_password(home: Path, site: str) -> str:
+    return secret(home, f"artemis-{site}")
+
+
 def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     """``artemis create`` then rewrite acceptors and the user's password; re-run when ports change."""
     wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port,
-              "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE}
+              "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE, "site_users": list(SITE_USERS),
+              "validated_user": True}
     stamp = b.dir / "dbsync-instance.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
@@ -204,15 +229,23 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     xml, n = re.subn(r"<acceptors>.*?</acceptors>", lambda _m: _acceptors(b, tls), xml, count=1, flags=re.S)
     if n != 1:
         raise ServiceError("artemis: no <acceptors> block found in etc/broker.xml")
+    # populate-validated-user: every message carries _AMQ_VALIDATED_USER, the user its sender logged in as
     xml, n = re.subn(r"(\s*)<persistence-enabled>", lambda m: f"{m.group(1)}<global-max-size>{GLOBAL_MAX_SIZE}"
-                     f"</global-max-size>{m.group(1)}<persistence-enabled>", xml, count=1)
+                     f"</global-max-size>{m.group(1)}<populate-validated-user>true</populate-validated-user>"
+                     f"{m.group(1)}<persistence-enabled>", xml, count=1)
     if n != 1:
         raise ServiceError("artemis: no <persistence-enabled> element found in etc/broker.xml")
+    xml, n = re.subn(r"<security-settings>", lambda _m: "<security-settings>" + _site_security(), xml, count=1)
+    if n != 1:
+        raise ServiceError("artemis: no <security-settings> element found in etc/broker.xml")
     (etc / "broker.xml").write_text(xml)
     os.chmod(etc / "broker.xml", 0o600)  # it holds the keystore password
     users = etc / "artemis-users.properties"
-    users.write_text(f"{b.user} = {_artemis_hash(b.password)}\n")
+    users.write_text(f"{b.user} = {_artemis_hash(b.password)}\n"
+                     + "".join(f"{site} = {_artemis_hash(site_password(b.home, site))}\n" for site in SITE_USERS))
     os.chmod(users, 0o600)
+    roles = etc / "artemis-roles.properties"
+    roles.write_text(f"amq = {b.user}\ndbsync-sender = {','.join(SITE_USERS)}\n")
     stamp.write_text(json.dumps(wanted) + "\n")
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+import uuid
 from collections import Counter
 
+from helpers import drain
 from receiver_helpers import drop_schema, make_central, make_site
 from test_apply import new_person, outcomes
 
@@ -43,3 +47,100 @@ def test_a_site_cannot_update_or_delete_another_sites_rows(openmrs_db, services,
             {"applied": 1})
     finally:
         drop_schema(central)
+
+
+def _send_as(broker, destination: str, message: dict, **header_overrides: str) -> None:
+    """One persistent SEND with a receipt, as a sender would (headers overridable: a forger's)."""
+    import threading
+
+    from dbsync_cli import wire
+    from dbsync_cli.broker import open_connection
+
+    got = threading.Event()
+
+    class Listener:
+        def on_receipt(self, frame) -> None:
+            got.set()
+
+    conn = open_connection(broker, listener=Listener())
+    try:
+        body, headers = wire.encode(message, anycast=True, compress_over=16_384)
+        conn.send(destination, body, headers={**headers, **header_overrides, "receipt": "r"})
+        assert got.wait(15), "no receipt"
+    finally:
+        conn.disconnect()
+
+
+def test_a_forged_site_is_rejected_by_the_broker_user_artemis_stamps(openmrs_db, services, tmp_path,
+                                                                    broker_settings) -> None:
+    """Seen: a message with "site": "site2" updated an obs site1 owns; all senders shared one broker user. Each
+    site now sends as its own broker user, Artemis stamps it on every message (populate-validated-user), and the
+    receiver refuses a message whose body site, header site and broker user disagree."""
+    from helpers import dbsync
+
+    from dbsync_cli.receiver import state
+
+    dest = f"test.trust.{uuid.uuid4().hex[:8]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=(), destination=dest)
+    try:
+        with central.db.connect(autocommit=False) as conn:
+            state.add_site(conn, central.schema, "site1", broker_user="site1")
+            state.add_site(conn, central.schema, "site2", broker_user="site2")
+        site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+        _person, name = new_person(site1)
+        (created,) = [m for m in site1.messages() if m["table"] == "person_name"]
+        as_site1 = services.artemis.site_settings("site1")
+        _send_as(as_site1, dest, created)  # the real thing
+        forged = dict(created, site="site2", id="site2:forged:1", uuid=str(uuid.uuid4()))
+        _send_as(as_site1, dest, forged)  # site1's user speaking for site2
+        mixed = dict(created, id="site1:mixed:1", uuid=str(uuid.uuid4()))
+        _send_as(as_site1, dest, mixed, **{"dbsync-site": "site2"})  # header and body disagree
+        records = dbsync("consume", "--config", str(central.config), "--idle-exit", "3", env=central.env).stdout
+        assert records.count(b'"broker_user":"site1"') == 3
+        results = {r["message_id"]: r for r in central.apply(records)}
+        assert results[created["id"]]["outcome"] == "applied"
+        assert results["site2:forged:1"]["outcome"] == "error"
+        assert results["site2:forged:1"]["reason"] == ("message for site 'site2' was sent by broker user 'site1'; "
+                                                       "the site sends as 'site2'")
+        assert results["site1:mixed:1"]["outcome"] == "error"
+        assert results["site1:mixed:1"]["reason"] == "message for site 'site1' was sent with dbsync-site 'site2'"
+        assert central.sql("SELECT COUNT(*) FROM person_name WHERE uuid IN (%s, %s, %s)",
+                           (name, forged["uuid"], mixed["uuid"])) == [(1,)]
+    finally:
+        drop_schema(central)
+
+
+def test_a_sites_broker_user_may_send_to_the_sync_address_and_nothing_else(services) -> None:
+    """A site's broker user cannot read the sync queue (other sites' messages) nor send anywhere else."""
+    import stomp
+
+    from dbsync_cli.broker import open_connection
+
+    dest = f"test.trust.{uuid.uuid4().hex[:8]}"
+    as_site1 = services.artemis.site_settings("site1")
+    _send_as(as_site1, dest, {"v": 1, "id": "site1:x:1", "site": "site1"})
+    for action in ("consume", "send elsewhere"):
+        errors: list[str] = []
+
+        class Listener(stomp.ConnectionListener):
+            def __init__(self, found: list[str]) -> None:
+                self.found = found
+
+            def on_error(self, frame) -> None:
+                self.found.append(frame.headers.get("message", ""))
+
+        conn = open_connection(as_site1, listener=Listener(errors))
+        try:
+            if action == "consume":
+                conn.subscribe(dest, id="peek", ack="client-individual", headers={"subscription-type": "ANYCAST"})
+            else:
+                conn.send(f"test.other.{uuid.uuid4().hex[:6]}", b"{}", headers={"receipt": "r"})
+            deadline = time.monotonic() + 10
+            while not errors and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+        # refused: AMQ229032 "does not have permission"; a refused SUBSCRIBE reads "Error creating subscription"
+        assert errors and ("AMQ229032" in errors[0] or "AMQ339016" in errors[0]), (action, errors)
+    assert len(drain(services.artemis.settings(), dest, idle=1)) == 1  # the site user read nothing

@@ -172,9 +172,17 @@ def test_parse_rejects_oversized_and_malformed_bodies() -> None:
 def test_parse_an_inbox_record_with_a_text_or_base64_body() -> None:
     raw = wire.dumps(_msg())
     for body in (raw.decode(), wire.b64(raw)):
-        item = parse({"inbox": "12", "message_id": "broker:ID:1", "site": "s9", "body": body}, MODEL, 10_000)
+        item = parse({"inbox": "12", "message_id": "broker:ID:1", "site": "s1", "body": body}, MODEL, 10_000)
         assert item.error is None and item.inbox == 12 and item.raw == raw
         assert item.message_id == _msg()["id"] and item.site == "s1" and item.table is MODEL.table("person")
+        assert item.broker_user == ""  # from the broker, no user stamped
+
+
+def test_an_inbox_record_whose_site_header_and_body_disagree_is_an_error() -> None:
+    record = {"inbox": 3, "message_id": "broker:ID:2", "site": "s9", "broker_user": "s9", "body": wire.b64(
+        wire.dumps(_msg()))}
+    item = parse(record, MODEL, 10_000)
+    assert item.error == "message for site 's1' was sent with dbsync-site 's9'" and item.broker_user == "s9"
 
 
 def test_parse_keeps_the_transport_id_and_site_of_an_invalid_inbox_record() -> None:
