@@ -6,12 +6,14 @@ operator who ran EIP recognises them. Every key is declared once in `KEYS`; vali
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dbsync_cli.db import DbParams
 
@@ -43,7 +45,8 @@ KEYS: dict[str, Key] = {
     "log_level": Key(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_file": Key(str, None, help="default <home>/logs/dbsync.log"),
     # broker (both roles)
-    "broker.url": Key(str, "stomp://127.0.0.1:61613", help="stomp://host:port or stomp+ssl://host:port"),
+    "broker.url": Key(str, "stomp+ssl://127.0.0.1:61614", help="stomp+ssl://host:port (TLS) or stomp://host:port"),
+    "broker.allow_plaintext": Key(bool, False, help="allow a plain stomp:// URL to a host other than loopback"),
     "broker.user": Key(str, required=True),
     "broker.password": Key(str, required=True, secret=True),
     "broker.tls": Key(bool, False),
@@ -254,9 +257,35 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
             problems.append(f"{key}: expected {_type_name(spec.type)}, got {type(value).__name__} {_shown(spec, value)}")
         elif spec.choices and value not in spec.choices:
             problems.append(f"{key}: {_shown(spec, value)} is not one of {', '.join(spec.choices)}")
+    if not problems:
+        problems.extend(_cross_checks(values))
     if problems:
         return problems
     return Config(role=role, values=values, source=source)
+
+
+def plaintext_host(values: Mapping[str, Any]) -> str | None:
+    """The broker host when the URL is plain STOMP (no TLS) to a host other than loopback, else None."""
+    url = urlsplit(str(values.get("broker.url") or ""))
+    if url.scheme != "stomp" or values.get("broker.tls"):
+        return None
+    host = url.hostname or ""
+    if host == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(host).is_loopback else host
+    except ValueError:
+        return host
+
+
+def _cross_checks(values: Mapping[str, Any]) -> list[str]:
+    """Rules over several keys: patient data and the broker password never cross a network in clear text unless
+    the operator says so."""
+    host = plaintext_host(values)
+    if host is not None and not values.get("broker.allow_plaintext"):
+        return [f"broker.url: plain stomp:// to {host} would send patient data and the broker password unencrypted; "
+                "use stomp+ssl:// (or set broker.allow_plaintext = true)"]
+    return []
 
 
 def _shown(spec: Key, value: Any) -> str:

@@ -129,6 +129,16 @@ def _perf(value: float | int) -> str:
 
 # ---- probes ------------------------------------------------------------------------------------------------
 
+def plaintext_problem(report: Report, cfg: Config) -> None:
+    """WARNING while the broker URL is plain STOMP to another host (allowed with broker.allow_plaintext)."""
+    from dbsync_cli.config import plaintext_host
+
+    host = plaintext_host(cfg.values)
+    if host is not None:
+        report.problem(WARNING, "broker_tls", f"broker.url is plain stomp:// to {host} (broker.allow_plaintext): "
+                                              "patient data and the broker password cross the network unencrypted")
+
+
 def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:
     """One STOMP CONNECT (no client-id, so a running receiver's durable subscription is not disturbed)."""
     started = time.monotonic()

@@ -66,13 +66,17 @@ def check(
         raise typer.Exit(exitcodes.CONFIG)
     problems = []
     warnings: list[str] = []
+    plaintext = config_mod.plaintext_host(result.values)
+    if plaintext is not None:  # allowed explicitly, or validation would have refused it
+        warnings.append(f"broker.url: plain stomp:// to {plaintext} (broker.allow_plaintext = true): patient data "
+                        "and the broker password cross the network unencrypted")
     if not offline:
         for key, host, port in _endpoints(result):
             reason = _reachable(host, port)
             if reason:
                 problems.append(f"{key}: {host}:{port} unreachable: {reason}")
         if not problems:
-            warnings = _zone_warnings(result)
+            warnings += _zone_warnings(result)
     if json_out:
         sys.stdout.write(orjson.dumps({"role": role, "source": result.source, "config": result.masked(),
                                        "problems": problems, "warnings": warnings}).decode() + "\n")

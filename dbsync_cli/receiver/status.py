@@ -18,6 +18,7 @@ from dbsync_cli.health import (
     duration,
     grade,
     limits,
+    plaintext_problem,
     probe_broker,
     seconds_between,
     utc,
@@ -98,6 +99,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
             conn.close()
 
     broker = probe_broker(cfg, timeout)
+    plaintext_problem(report, cfg)
     data["broker"] = broker
     if not broker["ok"]:
         report.problem(CRITICAL, "broker", broker["error"])

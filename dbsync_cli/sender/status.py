@@ -18,6 +18,7 @@ from dbsync_cli.health import (
     duration,
     grade,
     limits,
+    plaintext_problem,
     probe_broker,
     size,
     utc,
@@ -127,6 +128,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                        f"{size(lag['bytes'])} of binlog not published")
 
     broker = probe_broker(cfg, timeout)
+    plaintext_problem(report, cfg)
     report.data["broker"] = broker
     if not broker["ok"]:
         report.problem(CRITICAL, "broker", broker["error"])
