@@ -73,6 +73,8 @@ KEYS: dict[str, Key] = {
     "site_db.database": Key(str, "openmrs", roles=_S),
     "site_db.user": Key(str, required=True, roles=_S),
     "site_db.password": Key(str, required=True, secret=True, roles=_S),
+    "site_db.ssl_ca": Key(str, None, roles=_S, help="CA file: TLS to the site DB, certificate verified"),
+    "site_db.ssl_verify_identity": Key(bool, True, roles=_S, help="with ssl_ca: check the host name too"),
     # receiver
     "receiver.site_id": Key(str, "central", roles=_R, help="this receiver's own identifier"),
     "receiver.timezone": Key(str, "UTC", roles=_R, help="time zone of DATETIME values at central"),
@@ -93,6 +95,8 @@ KEYS: dict[str, Key] = {
     "central_db.state_schema": Key(str, "dbsync", roles=_R),
     "central_db.user": Key(str, required=True, roles=_R),
     "central_db.password": Key(str, required=True, secret=True, roles=_R),
+    "central_db.ssl_ca": Key(str, None, roles=_R, help="CA file: TLS to the central DB, certificate verified"),
+    "central_db.ssl_verify_identity": Key(bool, True, roles=_R, help="with ssl_ca: check the host name too"),
     "openmrs.url": Key(str, None, roles=_R, help="base URL, e.g. http://localhost:8080/openmrs"),
     "openmrs.user": Key(str, None, roles=_R),
     "openmrs.password": Key(str, None, secret=True, roles=_R),
@@ -185,6 +189,8 @@ class Config:
             user=self[f"{section}.user"],
             password=self[f"{section}.password"],
             database=self[f"{section}.database"],
+            ssl_ca=self.get(f"{section}.ssl_ca"),
+            ssl_verify_identity=bool(self.get(f"{section}.ssl_verify_identity", True)),
         )
 
     def secrets(self) -> list[str]:

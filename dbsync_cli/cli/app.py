@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Annotated
 
+import pymysql
 import typer
 
-from dbsync_cli import __version__
+from dbsync_cli import __version__, exitcodes
 from dbsync_cli.cli import (
     common,
     config_cmd,
@@ -59,4 +62,16 @@ app.command("status")(status_cmd.status)
 
 
 def main() -> None:
-    app()
+    """The console entry point: no traceback reaches a terminal, whatever fails."""
+    try:
+        app()
+    except pymysql.err.OperationalError as exc:  # a database that refuses us: its own one-line reason
+        logging.getLogger("dbsync").debug("database error", exc_info=True)
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        print(f"dbsync: database: {' '.join(str(reason).split())}", file=sys.stderr)
+        raise SystemExit(exitcodes.UNREACHABLE) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for the terminal
+        logging.getLogger("dbsync").debug("unexpected error", exc_info=True)
+        text = " ".join(str(exc).split()) or "no details"
+        print(f"dbsync: unexpected {type(exc).__name__}: {text} (the traceback is logged at debug level: -vv)", file=sys.stderr)
+        raise SystemExit(exitcodes.FAILURE) from None
