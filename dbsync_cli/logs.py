@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from dbsync_cli.files import private_dir, private_file
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
 
@@ -42,7 +44,8 @@ def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None,
     root.addHandler(stderr)
     root.setLevel(min(stderr_level, base))
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_file.parent)
+        private_file(log_file)
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20_000_000, backupCount=5, encoding="utf-8")
         handler.setLevel(base)
         handler.setFormatter(logging.Formatter(FORMAT))

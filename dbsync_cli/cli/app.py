@@ -20,6 +20,7 @@ from dbsync_cli.cli import (
     sender_cmds,
     status_cmd,
 )
+from dbsync_cli.files import restrict_process
 
 app = typer.Typer(
     name="dbsync",
@@ -63,6 +64,7 @@ app.command("status")(status_cmd.status)
 
 def main() -> None:
     """The console entry point: no traceback reaches a terminal, whatever fails."""
+    restrict_process()  # logs, state.sqlite, rejected messages: readable by their owner only
     try:
         app()
     except pymysql.err.OperationalError as exc:  # a database that refuses us: its own one-line reason

@@ -22,7 +22,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import bookkeeping, state
-from dbsync_cli.receiver.batch import Batch, Outcome, now
+from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
@@ -233,8 +233,7 @@ class Applier:
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()
-                reason = exc.args[1] if isinstance(exc, pymysql.MySQLError) and len(exc.args) > 1 else str(exc)
-                batch.outcomes.append(self._park(cur, item, f"apply failed: {reason}", batch))
+                batch.outcomes.append(self._park(cur, item, f"apply failed: {failure_reason(exc)}", batch))
 
     # ---- one message ---------------------------------------------------------------------------------------
     def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,

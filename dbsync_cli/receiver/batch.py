@@ -4,8 +4,11 @@ together with the changes in `Applier._finish`."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import pymysql
 
 from dbsync_cli.receiver.guard import SourcePosition
 
@@ -43,6 +46,16 @@ class Batch:
         key = (site or "?", reason, table or "")
         count, _ = self.skipped.get(key, (0, ""))
         self.skipped[key] = (count + 1, message_id)
+
+
+_VALUE = re.compile(r"""((?:entry|value:?|string value:?)\s+)'(?:[^'\\]|\\.)*'""", re.IGNORECASE)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why the server refused a change, without the values it quotes (a duplicate name, an invalid date are
+    patient data): `Duplicate entry '…' for key 'uuid'`. Identifiers (column, key names) stay."""
+    reason = exc.args[1] if isinstance(exc, pymysql.MySQLError) and len(exc.args) > 1 else str(exc)
+    return _VALUE.sub(r"\1'…'", str(reason))
 
 
 def now() -> dt.datetime:

@@ -16,7 +16,7 @@ from typing import Any
 import pymysql
 
 from dbsync_cli.receiver.apply import Applier
-from dbsync_cli.receiver.batch import Batch, Outcome, now
+from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
 from dbsync_cli.receiver.message import Parsed, entity_key
 from dbsync_cli.receiver.state import StateError, schema_name
 from dbsync_cli.sql import Sql, sql
@@ -80,7 +80,7 @@ def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict
     try:
         outcome = _attempt(applier, cur, item, batch)
     except pymysql.MySQLError as exc:
-        outcome = Outcome(message_id, "retry", reason=f"apply failed: {exc.args[-1]}")
+        outcome = Outcome(message_id, "retry", reason=f"apply failed: {failure_reason(exc)}")
     if outcome.outcome in FAILED:
         cur.execute("ROLLBACK TO SAVEPOINT retry_entry")
         applier.rolled_back()

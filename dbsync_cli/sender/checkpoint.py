@@ -12,13 +12,15 @@ from typing import Any
 
 import orjson
 
+from dbsync_cli.files import private_dir, private_file
+
 BINLOG = "binlog"
 STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 
 class CheckpointStore:
     def __init__(self, home: Path):
-        home.mkdir(parents=True, exist_ok=True)
+        private_dir(home)
         self.path = home / "state.sqlite"
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -29,6 +31,8 @@ class CheckpointStore:
         self.conn.execute("CREATE TABLE IF NOT EXISTS stats (ts REAL NOT NULL, messages INTEGER NOT NULL)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS stats_ts ON stats (ts)")
         self.unsaved_messages = 0
+        for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
+            private_file(home / name)
 
     def load(self, name: str = BINLOG) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT value FROM checkpoint WHERE name=?", (name,)).fetchone()

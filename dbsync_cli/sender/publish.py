@@ -26,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.files import private_dir
 from dbsync_cli.sender.binlog import CaptureStop
 from dbsync_cli.supervise import backoff
 from dbsync_cli.wire import dumps
@@ -159,7 +160,7 @@ class Publisher:
     def _reject(self, message: dict[str, Any], size: int) -> None:
         where = ""
         if self.settings.reject_dir is not None:
-            self.settings.reject_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.settings.reject_dir)
             path = self.settings.reject_dir / (message["id"].replace("/", "_").replace(":", "_") + ".json")
             path.write_bytes(dumps(message))
             where = f"; kept in {path}"

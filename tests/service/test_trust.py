@@ -9,7 +9,7 @@ from collections import Counter
 
 from helpers import drain
 from receiver_helpers import drop_schema, make_central, make_site
-from test_apply import new_person, outcomes
+from test_apply import new_person, outcomes, site  # noqa: F401 - fixture
 
 
 def test_a_site_cannot_update_or_delete_another_sites_rows(openmrs_db, services, tmp_path, broker_settings) -> None:
@@ -144,3 +144,13 @@ def test_a_sites_broker_user_may_send_to_the_sync_address_and_nothing_else(servi
         # refused: AMQ229032 "does not have permission"; a refused SUBSCRIBE reads "Error creating subscription"
         assert errors and ("AMQ229032" in errors[0] or "AMQ339016" in errors[0]), (action, errors)
     assert len(drain(services.artemis.settings(), dest, idle=1)) == 1  # the site user read nothing
+
+
+def test_the_home_directory_logs_and_state_are_readable_by_their_owner_only(site) -> None:  # noqa: F811
+    """Seen: state.sqlite, the logs and the home directory were created 0644/0755."""
+    new_person(site)
+    site.messages()
+    paths = [site.home, *site.home.rglob("*")]
+    assert any(p.name == "state.sqlite" for p in paths) and any(p.suffix == ".log" for p in paths), paths
+    loose = [(str(p), oct(p.stat().st_mode & 0o777)) for p in paths if p.stat().st_mode & 0o077]
+    assert loose == []

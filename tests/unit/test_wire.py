@@ -230,3 +230,16 @@ def test_check_accepts_real_sources_and_none() -> None:
 def test_a_datetime_without_a_utc_equivalent_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         wire.local_datetime("0001-01-01T00:00:00+01:00", dt.UTC)
+
+
+def test_apply_failure_reasons_do_not_quote_patient_values() -> None:
+    import pymysql
+
+    from dbsync_cli.receiver.batch import failure_reason
+
+    duplicate = pymysql.err.IntegrityError(1062, "Duplicate entry 'Maria-Nhantumbo-1990' for key 'person_name_unique'")
+    assert failure_reason(duplicate) == "Duplicate entry '…' for key 'person_name_unique'"
+    bad = pymysql.err.DataError(1292, "Incorrect datetime value: '2024-13-01 00:00:00' for column 'birthdate' at row 1")
+    assert failure_reason(bad) == "Incorrect datetime value: '…' for column 'birthdate' at row 1"
+    text = pymysql.err.DataError(1366, "Incorrect string value: '\\xF0\\x9F' for column 'given_name' at row 1")
+    assert failure_reason(text) == "Incorrect string value: '…' for column 'given_name' at row 1"

@@ -1,0 +1,31 @@
+"""Files only their owner may read: the sender's home holds its checkpoint and rejected messages (patient data),
+the logs hold binlog positions and row keys. The process umask covers what dbsync creates; these helpers tighten
+what an earlier version (or another tool) created readable by others."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+#: what the command line sets before anything is created: owner-only files and directories
+UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change (e.g. /tmp): the files inside are still private
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    return path
+
+
+def restrict_process() -> None:
+    os.umask(UMASK)
