@@ -287,11 +287,23 @@ def plaintext_host(values: Mapping[str, Any]) -> str | None:
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     """Rules over several keys: patient data and the broker password never cross a network in clear text unless
     the operator says so."""
+    from dbsync_cli.timezones import parse_timezone
+
+    problems = []
     host = plaintext_host(values)
     if host is not None and not values.get("broker.allow_plaintext"):
-        return [f"broker.url: plain stomp:// to {host} would send patient data and the broker password unencrypted; "
-                "use stomp+ssl:// (or set broker.allow_plaintext = true)"]
-    return []
+        problems.append(f"broker.url: plain stomp:// to {host} would send patient data and the broker password "
+                        "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)")
+    for key in ("sender.timezone", "receiver.timezone"):
+        if key in values:
+            try:
+                parse_timezone(str(values[key]))
+            except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+                text = str(exc.args[0]) if exc.args else ""
+                why = text if text.startswith("time zone offset") else "unknown time zone"
+                problems.append(f"{key}: {values[key]!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an "
+                                "offset such as +02:00)")
+    return problems
 
 
 def _shown(spec: Key, value: Any) -> str:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
+from dbsync_cli.faults import operator_fault
+
 log = logging.getLogger("dbsync.supervise")
 
 #: a part that ran this long before failing was healthy: its next failure starts the backoff from the beginning
@@ -29,8 +31,8 @@ def backoff(failures: int, *, multiplier: float = 1, maximum: float = 60) -> flo
 def supervise(name: str, target: Callable[[], object], stop: threading.Event, *, once: bool = False,
               fatal: tuple[type[BaseException], ...] = (), healthy_seconds: float = HEALTHY_SECONDS) -> None:
     """Run `target` until `stop`; after a failure wait (backoff, about 1, 2, 4 … 60 s) and run it again. A run
-    that lasted `healthy_seconds` resets the backoff. `once`: return after a clean run. Exceptions in `fatal` are
-    for an operator and propagate."""
+    that lasted `healthy_seconds` resets the backoff. `once`: return after a clean run. Exceptions in `fatal`, and
+    the faults only an operator can fix (faults.operator_fault: a refused login, an untrusted certificate), propagate."""
     failures = 0
     while not stop.is_set():
         started = time.monotonic()
@@ -43,6 +45,9 @@ def supervise(name: str, target: Callable[[], object], stop: threading.Event, *,
         except fatal:
             raise
         except Exception as exc:  # noqa: BLE001 - supervision restarts the part whatever failed
+            if operator_fault(exc):
+                log.error("%s stopped: %s (a restart cannot fix this)", name, " ".join(str(exc).split()))
+                raise
             failures = 1 if time.monotonic() - started >= healthy_seconds else failures + 1
             delay = backoff(failures)
             log.error("%s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, delay)

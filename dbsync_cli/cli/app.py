@@ -10,6 +10,7 @@ import pymysql
 import typer
 
 from dbsync_cli import __version__, exitcodes
+from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
     common,
     config_cmd,
@@ -67,6 +68,9 @@ def main() -> None:
     restrict_process()  # logs, state.sqlite, rejected messages: readable by their owner only
     try:
         app()
+    except BrokerError as exc:  # the broker refused us (login, certificate): open_connection's one line
+        print(f"dbsync: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(exitcodes.UNREACHABLE) from None
     except pymysql.err.OperationalError as exc:  # a database that refuses us: its own one-line reason
         logging.getLogger("dbsync").debug("database error", exc_info=True)
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)

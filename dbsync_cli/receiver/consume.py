@@ -35,6 +35,7 @@ import stomp.exception
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
+from dbsync_cli.faults import operator_fault
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
 from dbsync_cli.supervise import backoff
@@ -158,6 +159,8 @@ class Consumer:
                     yield rows
                 return
             except RECOVERABLE as exc:
+                if operator_fault(exc):  # a refused login or certificate: reconnecting cannot fix it
+                    raise
                 failures += 1
                 if self._idle() or self.stop.is_set():
                     if self.stop.is_set():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dbsync_cli.config import Config
@@ -105,14 +106,22 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
     model = _start_up(cfg, stop)
     if model is None:  # stopped while central was still unreachable
         return
-    threads = [
-        threading.Thread(target=supervise, name="consume", daemon=True,
-                         args=("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop), stop)),
-    ]
+    faults: list[BaseException] = []
+
+    def part(name: str, target: Callable[[], object]) -> threading.Thread:
+        """A supervised thread; a fault only an operator can fix stops the whole receiver and is raised below."""
+        def run() -> None:
+            try:
+                supervise(name, target, stop)
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread
+                faults.append(exc)
+                stop.set()
+        return threading.Thread(target=run, name=name, daemon=True)
+
+    threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop))]
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
-        threads.append(threading.Thread(target=supervise, name="rest", daemon=True,
-                                        args=("rest", lambda: rest.RestWorker(rest_settings, stop).run(), stop)))
+        threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
     for thread in threads:
         thread.start()
     try:
@@ -122,6 +131,8 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         stop.set()
     for thread in threads:
         thread.join(timeout=30)
+    if faults:
+        raise faults[0]
 
 
 class Receiver:

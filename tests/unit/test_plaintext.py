@@ -57,3 +57,13 @@ def test_the_sender_refuses_to_start_and_allow_plaintext_only_warns(tmp_path: Pa
     assert run.returncode == 0, run.stderr.decode()
     assert "dbsync: config: warning: broker.url: plain stomp:// to 10.1.2.3 (broker.allow_plaintext = true)" in (
         run.stderr.decode())
+
+
+@pytest.mark.parametrize("zone", ["Africa/Maputu", "Africa", "../etc/passwd", "+02:75"])
+def test_a_time_zone_typo_is_a_config_error_not_a_restart_loop(tmp_path: Path, zone: str) -> None:
+    path = _write(tmp_path, "stomp://127.0.0.1:61613")
+    path.write_text(path.read_text().replace('server_id = 77\n', f'server_id = 77\ntimezone = "{zone}"\n'))
+    problems = config.validate(path, "sender", env={})
+    assert isinstance(problems, list) and len(problems) == 1 and problems[0].startswith(f"sender.timezone: {zone!r}: ")
+    run = _dbsync("sender", "--config", str(path))
+    assert run.returncode == 2 and len(run.stderr.decode().strip().splitlines()) == 1, run.stderr.decode()
