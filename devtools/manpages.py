@@ -31,6 +31,8 @@ EXIT_TEXT = {
     exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
     exitcodes.DANGLING_REFERENCE: "a site row references a row that does not exist in the site database (a "
                                   "dangling reference): nothing after it is sent until the row is fixed",
+    exitcodes.PRIVILEGES: "a database user lacks a privilege its role needs, or has one it must not have (the "
+                          "sender's user must not be able to write)",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
     "schema: run one per central",
 }
@@ -47,7 +49,8 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
     "enrich": (*_BASIC, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
     "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
     "receiver": (*_NET, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
-    "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE),
+    "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE,
+                                                                 exitcodes.BINLOG_SETTINGS, exitcodes.PRIVILEGES),
     "conflicts list": (*_BASIC, exitcodes.SCHEMA), "conflicts show": (*_BASIC, exitcodes.SCHEMA),
     "conflicts resolve": (*_BASIC, exitcodes.SCHEMA),
     "retry list": (*_BASIC, exitcodes.SCHEMA), "retry show": (*_BASIC, exitcodes.SCHEMA),

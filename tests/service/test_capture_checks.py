@@ -174,3 +174,17 @@ def test_config_check_warns_about_a_fixed_offset_on_a_server_with_daylight_savin
                 assert lines == [], lines
     finally:
         _global(extra_site, "SET GLOBAL time_zone = 'SYSTEM'")
+
+
+def test_config_check_finds_binlog_settings_capture_cannot_use(extra_site, broker_settings, tmp_path) -> None:
+    """Issue 11 item 4: binlog off or not ROW/FULL/FULL is a finding with capture's own exit code (11)."""
+    _, repl = _site(extra_site, "check_binlog")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination="test.unused")
+    _global(extra_site, "SET GLOBAL binlog_row_image='MINIMAL'")
+    try:
+        run = dbsync("config", "check", "--json", "--config", str(conf), env=env, check=False)
+    finally:
+        _global(extra_site, "SET GLOBAL binlog_row_image='FULL'")
+    assert run.returncode == exitcodes.BINLOG_SETTINGS, run.stderr.decode()
+    errors = [f for f in orjson.loads(run.stdout)["findings"] if f["state"] == "error"]
+    assert errors[0]["check"] == "binlog" and "binlog_row_image=MINIMAL" in errors[0]["message"]

@@ -1,0 +1,119 @@
+"""`dbsync config check`: what a sender or receiver needs from its servers, checked for real, one finding each.
+
+Each finding names what was checked, its state (ok, warning, error) and, for an error, the exit code the process
+itself would stop with (2 config, 3 a server refused us, 11 binlog settings, 15 privileges), so that the check
+exits like the first run would. Passwords never appear: the texts come from our messages and the servers'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from dbsync_cli import exitcodes
+from dbsync_cli.config import Config, plaintext_host
+from dbsync_cli.timezones import server_dst_warning
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    state: str
+    message: str
+    exit_code: int = exitcodes.OK
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exit_code(findings: list[Finding]) -> int:
+    """The first error's code (the order of the checks is the order a process meets them), else 0."""
+    return next((f.exit_code for f in findings if f.state == ERROR), exitcodes.OK)
+
+
+#: a role's own checks on its database connection (sender.checks.STEPS, receiver.checks.STEPS)
+Step = Callable[[Any, Config], list[Finding]]
+
+
+def check(cfg: Config, steps: list[Step]) -> list[Finding]:
+    """Every check of the role, against the real servers: files, the database login then the role's `steps` on
+    that connection, the broker login."""
+    findings = _files(cfg) + _plaintext(cfg)
+    section = "site_db" if cfg.role == "sender" else "central_db"
+    findings += _database(cfg, section, steps)
+    findings.append(_broker(cfg))
+    return findings
+
+
+def offline(cfg: Config) -> list[Finding]:
+    """What can be checked without a server: the files the config names, plain-text warnings."""
+    return _files(cfg) + _plaintext(cfg)
+
+
+def _files(cfg: Config) -> list[Finding]:
+    found = []
+    for key in ("broker.ca_file", "site_db.ssl_ca", "central_db.ssl_ca"):
+        path = cfg.get(key)
+        if not path:
+            continue
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError as exc:
+            found.append(Finding(key, ERROR, f"cannot read {path}: {exc.strerror}", exitcodes.CONFIG))
+            continue
+        if "BEGIN CERTIFICATE" not in text:
+            found.append(Finding(key, ERROR, f"{path} holds no PEM certificate", exitcodes.CONFIG))
+        else:
+            found.append(Finding(key, OK, f"{path} readable"))
+    return found
+
+
+def _plaintext(cfg: Config) -> list[Finding]:
+    host = plaintext_host(cfg.values)
+    if host is None:
+        return []
+    return [Finding("broker.url", WARNING, f"plain stomp:// to {host} (broker.allow_plaintext = true): patient data "
+                                           "and the broker password cross the network unencrypted")]
+
+
+def _database(cfg: Config, section: str, steps: list[Step]) -> list[Finding]:
+    params = cfg.db(section)
+    try:
+        conn = params.connect(connect_timeout=5, read_timeout=30)
+    except pymysql.MySQLError as exc:
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        return [Finding(section, ERROR, f"cannot log in as {params.describe()}: {' '.join(str(reason).split())}",
+                        exitcodes.UNREACHABLE)]
+    try:
+        found = [Finding(section, OK, f"logged in as {params.describe()}")]
+        for step in steps:
+            found += step(conn, cfg)
+        key = "sender.timezone" if cfg.role == "sender" else "receiver.timezone"
+        warning = server_dst_warning(conn, cfg[key], key)
+        found.append(Finding(key, WARNING, warning) if warning else Finding(key, OK, f"{cfg[key]!r} is a time zone"))
+        return found
+    finally:
+        conn.close()
+
+
+def _broker(cfg: Config) -> Finding:
+    import dataclasses
+
+    from dbsync_cli.broker import BrokerError, open_connection, settings_from_config
+
+    settings = dataclasses.replace(settings_from_config(cfg), connect_timeout=5, heartbeats=(0, 0))
+    try:
+        conn = open_connection(settings)
+    except BrokerError as exc:
+        return Finding("broker", ERROR, " ".join(str(exc).split()), exitcodes.UNREACHABLE)
+    with contextlib.suppress(Exception):  # the CONNECTED frame answered the question
+        conn.disconnect()
+    tls = " over TLS, certificate verified" if settings.tls else ""
+    return Finding("broker", OK, f"logged in to {settings.address} as {settings.user}{tls}")
