@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Annotated, Any
 
 import pymysql
@@ -93,9 +94,19 @@ def sites_add(
     if broker_user is not None and any_broker_user:
         common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
     user = None if any_broker_user else (broker_user or identifier)
-    site = _run(config, lambda conn, schema: state.add_site(conn, schema, identifier, name, broker_user=user))
+
+    def add(conn: Any, schema: str) -> tuple[state.Site, bool]:
+        existing = state.sites(conn, schema).get(identifier)
+        if existing is None:
+            return state.add_site(conn, schema, identifier, name, broker_user=user), True
+        if existing.broker_user != user:  # the same command twice is fine; a different registration is not
+            raise state.StateError(f"site {identifier!r} is already registered with broker user "
+                                   f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r}")
+        return existing, False
+
+    site, added = _run(config, add)
     sender = f"sends as broker user {user!r}" if user else "any broker user"
-    print(f"site {site.identifier!r} registered ({site.name}; {sender})")
+    print(f"site {site.identifier!r} {'registered' if added else 'is already registered'} ({site.name}; {sender})")
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
@@ -146,7 +157,17 @@ def sites_enable(identifier: Annotated[str, typer.Argument()], config: common.Co
 
 
 @sites_app.command("remove")
-def sites_remove(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
-    """Unregister a site (its sync status goes with it; synced data stays in central)."""
+def sites_remove(
+    identifier: Annotated[str, typer.Argument()],
+    config: common.ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Unregister a site (its sync status goes with it; synced data stays in central). Asks first."""
+    if not yes:
+        if not sys.stdin.isatty():
+            common.fail(f"sites remove {identifier}: its registration and sync status are deleted; confirm with --yes",
+                        exitcodes.CONFIG)
+        if not typer.confirm(f"Remove site {identifier!r} (its messages are refused from now on)?"):
+            raise typer.Exit(exitcodes.FAILURE)
     _run(config, lambda conn, schema: state.remove_site(conn, schema, identifier))
     print(f"site {identifier!r} removed")

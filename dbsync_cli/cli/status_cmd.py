@@ -83,7 +83,8 @@ def status(
     role = common.detect_role(path)
     result = config_mod.validate(path, role)
     if not isinstance(result, config_mod.Config):
-        report = health.unknown(role, f"config: {result[0]}", str(path) if path else None)
+        problem = result[0] if path is not None else f"no config file given (--config FILE or DBSYNC_CONFIG): {result[0]}"
+        report = health.unknown(role, problem, str(path) if path else None)
     else:
         # stderr only: a monitoring user may not be allowed to write the service's log file
         logs.setup(result["log_level"], common.state["verbosity"] - 1, None, result.secrets())

@@ -63,8 +63,12 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
             last_log = time.monotonic()
     applier.reload_blocked()
     applied = sum(1 for o in outcomes if o.outcome not in FAILED)
-    if outcomes:
-        log.info("retry queue: %d re-applied, %d still waiting", applied, len(outcomes) - applied)
+    with applier.conn.cursor() as cur:  # entries behind a conflict or an earlier entry were not tried: count all
+        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue", s))
+        (left,) = cur.fetchone() or (0,)
+    applier.conn.commit()
+    if outcomes or left:
+        log.info("retry queue: %d re-applied, %d still in the queue", applied, left)
     return outcomes
 
 

@@ -97,8 +97,8 @@ class PositionLost(Exception):
     def stop(self) -> CaptureStop:
         """What an operator is told when the sender may not re-snapshot by itself (exit 10)."""
         lost = "changes since then are lost to capture"
-        return CaptureStop(f"{self}: {lost}; run `dbsync capture --snapshot when_needed` (or set sender.snapshot = "
-                           "\"when_needed\") to reload from a snapshot" + ("" if self.restarted else
+        return CaptureStop(f"{self}: {lost}; run `dbsync sender --snapshot when_needed` once (or set "
+                           "sender.snapshot = \"when_needed\") to reload from a snapshot" + ("" if self.restarted else
                                                                           ", and keep binlogs longer"),
                            exitcodes.BINLOG_PURGED)
 

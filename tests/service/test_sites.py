@@ -53,12 +53,14 @@ def test_sites_lifecycle(receiver) -> None:
     table = dbsync("sites", "list", "--config", str(conf), env=env).stdout.decode()
     assert "clinic-a" in table and "Clinic A" in table and "never" in table
 
-    dbsync("sites", "remove", "clinic-a", "--config", str(conf), env=env)
+    refused = dbsync("sites", "remove", "clinic-a", "--config", str(conf), env=env, check=False)  # no tty: asks for --yes
+    assert refused.returncode == 2 and "confirm with --yes" in refused.stderr.decode()
+    dbsync("sites", "remove", "clinic-a", "--yes", "--config", str(conf), env=env)
     assert [s["identifier"] for s in sites(conf, env)] == ["clinic-b"]
 
 
 @pytest.mark.parametrize("args, message", [
-    (("remove", "nowhere"), "dbsync: site 'nowhere' is not registered"),
+    (("remove", "nowhere", "--yes"), "dbsync: site 'nowhere' is not registered"),
     (("disable", "nowhere"), "dbsync: site 'nowhere' is not registered"),
     (("enable", "nowhere"), "dbsync: site 'nowhere' is not registered"),
 ])
@@ -69,9 +71,12 @@ def test_unknown_site_is_one_line_and_exit_1(receiver, args, message) -> None:
     assert run.stderr.decode().strip().splitlines()[-1] == message
 
 
-def test_adding_a_site_twice_fails(receiver) -> None:
+def test_adding_a_site_twice_is_fine_but_a_different_registration_fails(receiver) -> None:
     _db, _schema, conf, env = receiver
     dbsync("sites", "add", "clinic-a", "--config", str(conf), env=env)
-    run = dbsync("sites", "add", "clinic-a", "--config", str(conf), env=env, check=False)
+    again = dbsync("sites", "add", "clinic-a", "--config", str(conf), env=env)
+    assert again.stdout.decode().startswith("site 'clinic-a' is already registered")
+    run = dbsync("sites", "add", "clinic-a", "--broker-user", "other", "--config", str(conf), env=env, check=False)
     assert run.returncode == 1
-    assert run.stderr.decode().strip().splitlines()[-1] == "dbsync: site 'clinic-a' is already registered"
+    assert run.stderr.decode().strip().splitlines()[-1] == (
+        "dbsync: site 'clinic-a' is already registered with broker user 'clinic-a', not 'other'")
