@@ -29,12 +29,16 @@ class Parsed:
         self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold
 
     def digest(self) -> bytes:
-        """What the change says (site, table, op, uuid, source, data; not when it was sent): stored with its id, so
-        that an id seen again with other content is not taken as proof that this change was applied."""
+        """Which change this is (site, table, op, uuid and where in the binlog it comes from), stored with its id, so
+        that an id seen again for another change (a forged id, coordinates reused by a restarted binlog) is not
+        taken as proof that this one was applied. The row's data and load time are left out: a message re-sent
+        after a crash is the same change with the row as it is now, and stays a duplicate."""
         message = self.message
         if message is None:
             return hashlib.blake2b(self.raw, digest_size=16).digest()
-        content = [message.get(k) for k in ("site", "table", "op", "uuid", "source", "data")]
+        source = message.get("source") if isinstance(message.get("source"), dict) else {}
+        where = [source.get(k) for k in ("epoch", "file", "pos", "row", "snapshot", "key")]
+        content = [*(message.get(k) for k in ("site", "table", "op", "uuid")), where]
         try:
             text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         except TypeError:
