@@ -10,6 +10,7 @@ import orjson
 import pymysql
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dbsync_cli import exitcodes, records
@@ -157,31 +158,42 @@ def conflicts_show(number: int, config: common.ConfigOption = None, json_out: co
         table.add_column(col, overflow="fold")
     for column, central, incoming, differs in rows:
         style = "bold yellow" if differs else None
-        table.add_row(column, "" if central is None else str(central), "" if incoming is None else str(incoming),
-                      style=style)
+        table.add_row(column, "[dim]NULL[/]" if central is None else escape(str(central)),
+                      "[dim]NULL[/]" if incoming is None else escape(str(incoming)), style=style)
     Console().print(table)
 
 
 @conflicts_app.command("resolve")
 def conflicts_resolve(
-    number: int,
+    number: Annotated[int | None, typer.Argument(help="The conflict; omit it with --site/--table.")] = None,
     config: common.ConfigOption = None,
+    site: Annotated[str | None, typer.Option("--site", help="Every unresolved conflict of this site.")] = None,
+    table: Annotated[str | None, typer.Option("--table", help="Every unresolved conflict of this table.")] = None,
     keep_central: Annotated[bool, typer.Option("--keep-central", help="Keep central's row, drop the incoming "
                                                                       "change.")] = False,
     take_incoming: Annotated[bool, typer.Option("--take-incoming", help="Apply the incoming change.")] = False,
     merge: Annotated[str | None, typer.Option("--merge", help="Take these incoming columns (col1,col2), keep "
                                                               "the rest.")] = None,
 ) -> None:
-    """Resolve conflict N; bare `resolve N` records a manual fix. Messages waiting behind it are then applied."""
+    """Resolve conflict N (or every unresolved one of --site/--table); bare `resolve N` records a manual fix.
+    Messages waiting behind them are then applied; each resolution is logged with the operator's name."""
     chosen = [m for m, on in (("keep-central", keep_central), ("take-incoming", take_incoming),
                               ("merge", merge is not None)) if on]
     if len(chosen) > 1:
         common.fail("choose one of --keep-central, --take-incoming, --merge", exitcodes.CONFIG)
     mode = chosen[0] if chosen else "manual"
     columns = [c.strip() for c in merge.split(",") if c.strip()] if merge else None
+    if (number is None) == (site is None and table is None):
+        common.fail("give a conflict number, or --site and/or --table for all of theirs", exitcodes.CONFIG)
+    if number is None and mode == "merge":
+        common.fail("--merge resolves one conflict at a time", exitcodes.CONFIG)
     applier = open_applier(config)
     try:
-        print(conflicts_mod.resolve(applier, number, mode, columns))
+        if number is not None:
+            print(conflicts_mod.resolve(applier, number, mode, columns))
+        else:
+            numbers = conflicts_mod.matching(applier.conn, applier.settings.state_schema, site=site, table=table)
+            print(conflicts_mod.resolve_many(applier, numbers, mode))
     except conflicts_mod.ConflictError as exc:
         common.fail(str(exc))
     finally:

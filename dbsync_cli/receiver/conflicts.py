@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,16 @@ from dbsync_cli.receiver.state import CENTRAL_OWNER, schema_name
 from dbsync_cli.sql import quote, sql
 
 MODES = ("keep-central", "take-incoming", "merge", "manual")
+
+log = logging.getLogger("dbsync.conflicts")
+
+
+def _who() -> str:
+    """The operator, for the audit line."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 class ConflictError(Exception):
@@ -138,8 +151,26 @@ def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
                        owner=CENTRAL_OWNER if central_owned else None)
 
 
-def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None) -> str:
-    """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards."""
+def resolve_many(applier: Applier, numbers: list[int], mode: str) -> str:
+    """Resolve several conflicts the same way (e.g. every one of a site's table), then retry what waited behind
+    them once: one retry pass instead of one per conflict."""
+    for number in numbers:
+        resolve(applier, number, mode, release=False)
+    released = retry_pending(applier) if numbers else []
+    done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
+    return f"{len(numbers)} conflict(s) resolved ({mode}); {done} waiting message(s) applied"
+
+
+def matching(conn: Any, schema: str, *, site: str | None, table: str | None) -> list[int]:
+    """Unresolved conflicts of a site and/or a table, oldest first."""
+    return [c.id for c in list_conflicts(conn, schema)
+            if (site is None or c.site == site) and (table is None or c.table == table)]
+
+
+def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None, *,
+            release: bool = True) -> str:
+    """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards (unless
+    `release` is off: resolve_many retries once for all)."""
     if mode not in MODES:
         raise ConflictError(f"unknown resolution {mode!r}")
     s = applier.s
@@ -169,7 +200,11 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
         cur.execute(sql("UPDATE {}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "
                         "WHERE id = %s", s), (mode, now(), number))
     applier.conn.commit()
+    log.info("conflict %d (%s %s %s from %s) resolved %s by %s", number, conflict.table, conflict.uuid,
+             conflict.message_id, conflict.site, mode, _who())
     applier.reload_blocked()
+    if not release:
+        return f"conflict {number} resolved ({mode})"
     released = retry_pending(applier)
     done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
     return f"conflict {number} resolved ({mode}); {done} waiting message(s) applied"

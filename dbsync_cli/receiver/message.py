@@ -36,7 +36,8 @@ class Parsed:
         message = self.message
         if message is None:
             return hashlib.blake2b(self.raw, digest_size=16).digest()
-        source = message.get("source") if isinstance(message.get("source"), dict) else {}
+        raw_source = message.get("source")
+        source: dict[str, Any] = raw_source if isinstance(raw_source, dict) else {}
         where = [source.get(k) for k in ("epoch", "file", "pos", "row", "snapshot", "key")]
         content = [*(message.get(k) for k in ("site", "table", "op", "uuid")), where]
         try:

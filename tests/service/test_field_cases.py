@@ -468,3 +468,22 @@ def test_a_dangling_reference_at_the_site_stops_enrich_before_the_row(site) -> N
     assert line.startswith(f"dbsync: site row obs {obs_id}: obs_group_id references obs 987654321, which does not "
                            "exist in the site database"), line
     assert b'"uuid":null' not in run.stdout
+
+
+def test_conflicts_of_a_site_resolve_in_one_command_with_an_audit_line(central, site, tmp_path) -> None:  # noqa: F811
+    """Issue 11 item 7: resolving took ~2 s per conflict with no bulk form and left no audit line."""
+    _central_rows(central, "park")
+    central.apply(site.initial)
+    run = dbsync("conflicts", "list", "--json", "--config", str(central.config), env=central.env)
+    parked = orjson.loads(run.stdout)
+    assert len(parked) >= 2
+    out = dbsync("conflicts", "resolve", "--site", "site1", "--keep-central", "--config", str(central.config),
+                 env=central.env).stdout.decode()
+    assert out.startswith(f"{len(parked)} conflict(s) resolved (keep-central)"), out
+    assert orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),
+                               env=central.env).stdout) == []
+    log = (tmp_path / "receiver-home" / "logs" / "dbsync.log").read_text()
+    assert log.count("resolved keep-central by ") == len(parked)
+    bad = dbsync("conflicts", "resolve", "--keep-central", "--config", str(central.config), env=central.env,
+                 check=False)
+    assert bad.returncode == 2 and "give a conflict number" in bad.stderr.decode()
