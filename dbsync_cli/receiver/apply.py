@@ -22,7 +22,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import bookkeeping, state
-from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
+from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
@@ -200,12 +200,7 @@ class Applier:
                 self._rows = self._synced = None
             self.finish_batch(cur, batch)
         self.conn.commit()
-        for outcome in batch.outcomes:
-            if outcome.outcome in ("retry", "error", "waiting"):
-                log.warning("message %s → %s: %s", outcome.message_id, outcome.outcome, outcome.reason)
-            elif outcome.outcome == "central_owned":
-                log.info("message %s not applied (%s %s): %s", outcome.message_id, outcome.table, outcome.uuid,
-                         outcome.reason)
+        log_outcomes(batch.outcomes)
         return batch.outcomes
 
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],

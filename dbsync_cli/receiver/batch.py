@@ -4,6 +4,7 @@ together with the changes in `Applier._finish`."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pymysql
 
 from dbsync_cli.receiver.guard import SourcePosition
+
+log = logging.getLogger("dbsync.apply")
 
 
 @dataclass
@@ -60,3 +63,23 @@ def failure_reason(exc: BaseException) -> str:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def log_outcomes(outcomes: list[Outcome]) -> None:
+    """One line per kind of trouble in a batch (outcome and reason, uuids aside), with a count and an example:
+    5,000 messages of a site not registered yet are one WARNING, not 5,000."""
+    groups: dict[tuple[str, str], list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.outcome in ("retry", "error", "waiting", "central_owned"):
+            key = (outcome.outcome, _UUID.sub("<uuid>", outcome.reason or ""))
+            groups.setdefault(key, []).append(outcome)
+    for (kind, reason), members in groups.items():
+        level = logging.INFO if kind == "central_owned" else logging.WARNING
+        first = members[0]
+        if len(members) == 1:
+            log.log(level, "message %s → %s: %s", first.message_id, kind, first.reason)
+        else:
+            log.log(level, "%d messages → %s: %s (first %s)", len(members), kind, reason, first.message_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid as uuidlib
 import zlib
 from decimal import Decimal
 from typing import Any
@@ -243,3 +244,19 @@ def test_apply_failure_reasons_do_not_quote_patient_values() -> None:
     assert failure_reason(bad) == "Incorrect datetime value: '…' for column 'birthdate' at row 1"
     text = pymysql.err.DataError(1366, "Incorrect string value: '\\xF0\\x9F' for column 'given_name' at row 1")
     assert failure_reason(text) == "Incorrect string value: '…' for column 'given_name' at row 1"
+
+
+def test_a_batch_logs_one_line_per_kind_of_trouble(caplog) -> None:
+    import logging
+
+    from dbsync_cli.receiver.batch import Outcome, log_outcomes
+
+    unregistered = [Outcome(f"site3:e:f:{i}:0", "retry", "person", None, "site 'site3' is not registered (dbsync "
+                                                                           "sites add)") for i in range(5000)]
+    waiting = [Outcome(f"site1:e:f:{i}:0", "waiting", "obs", None, f"waiting behind an earlier message for "
+                       f"obs:{uuidlib.uuid4()}") for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="dbsync.apply"):
+        log_outcomes([*unregistered, *waiting, Outcome("x", "applied")])
+    assert [r.getMessage() for r in caplog.records] == [
+        "5000 messages → retry: site 'site3' is not registered (dbsync sites add) (first site3:e:f:0:0)",
+        "3 messages → waiting: waiting behind an earlier message for obs:<uuid> (first site1:e:f:0:0)"]
