@@ -139,7 +139,7 @@ def main() -> int:
     for site in SITES:
         (WORK / site / "state.sqlite").unlink(missing_ok=True)
     console.print("[bold]starting the receiver and both senders (TLS to Artemis) …")
-    procs = [start(["receiver", "--site-id", "central", "--config", str(configs["central"])], "receiver.log")]
+    procs = [start(["receiver", "--receiver-id", "central", "--config", str(configs["central"])], "receiver.log")]
     time.sleep(2)
     procs += [start(["sender", "--config", str(configs[s])], f"sender-{s}.log") for s in SITES]
     console.print(f"[bold]writing a clinical workload at both sites ({args.patients} patients each) …")

@@ -62,9 +62,9 @@ def apply(
 
 
 def receiver(
-    site_id: Annotated[str | None, typer.Option("--site-id", help="This receiver's identifier (default: "
-                                                                  "receiver.site_id); names the durable "
-                                                                  "subscription's client id.")] = None,
+    site_id: Annotated[str | None, typer.Option("--receiver-id", "--site-id", help="This receiver's own "
+                                                "identifier, not a site's (default: receiver.site_id); names the "
+                                                "durable subscription's client id. --site-id is its old name.")] = None,
     config: common.ConfigOption = None,
     idle_exit: Annotated[float | None, typer.Option("--idle-exit", help="Exit after N idle seconds.")] = None,
 ) -> None:
