@@ -15,7 +15,7 @@ from dbsync_cli.cli import common
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.sender import run as sender_mod
-from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.sender.binlog import CaptureStop, reader_id
 from dbsync_cli.sender.capture import capture as capture_stage
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import enrich as enrich_stage
@@ -60,13 +60,15 @@ def capture(
     cfg = common.load_config(config, "sender")
     stop = stop_on_signals()
     model = _model(cfg)
-    settings = sender_mod.capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
-                                           max_events=max_events, progress=sys.stderr.isatty())
     store = CheckpointStore(cfg.home)
     checkpoint = store.load()
     store.close()
     try:
-        count = records.write(capture_stage(settings, checkpoint))
+        with reader_id(cfg.home, cfg["sender.server_id"]) as server_id:  # never the running sender's id
+            settings = sender_mod.capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
+                                                   max_events=max_events, progress=sys.stderr.isatty(),
+                                                   server_id=server_id)
+            count = records.write(capture_stage(settings, checkpoint))
     except CaptureStop as exc:
         common.fail(str(exc), exc.code)
     except BrokenPipeError:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -203,3 +207,25 @@ def file_born(settings: CaptureSettings, file: str) -> int | None:
         return None
     finally:
         stream.close()
+
+
+@contextmanager
+def reader_id(home: Path, configured: int) -> Iterator[int]:
+    """The replication server id to read the binlog with: the configured one, unless another process of this home
+    (the running sender, or a `dbsync capture` for a look) reads with it already. The server disconnects one of
+    two readers with the same id (MariaDB error 4052), so the second one reads under an id of its own."""
+    path = home / "binlog-reader.lock"
+    home.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = 4_200_000_000 + os.getpid() % 90_000_000
+            log.warning("another process of %s reads the binlog as server id %d: this one reads as %d", home,
+                        configured, other)
+            yield other
+            return
+        try:
+            yield configured
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

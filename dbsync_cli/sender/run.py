@@ -14,7 +14,7 @@ from typing import Any
 from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.sender.binlog import CaptureStop, reader_id
 from dbsync_cli.sender.capture import CaptureSettings, capture
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import EnrichSettings, enrich
@@ -63,14 +63,16 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
     store = CheckpointStore(cfg.home)
     try:
         model = load_model(cfg)
-        events = capture(capture_settings(cfg, model, stop, **capture_overrides), store.load())
-        messages = enrich(events, enrich_settings(cfg), model)
-        count = 0
-        for message in publish(messages, publish_settings(cfg, stop), store.save, on_sent=store.count_sent):
-            count += 1
-            if on_message is not None:
-                on_message(message)
-        return count
+        with reader_id(cfg.home, cfg["sender.server_id"]) as server_id:
+            settings = capture_settings(cfg, model, stop, **{"server_id": server_id, **capture_overrides})
+            events = capture(settings, store.load())
+            messages = enrich(events, enrich_settings(cfg), model)
+            count = 0
+            for message in publish(messages, publish_settings(cfg, stop), store.save, on_sent=store.count_sent):
+                count += 1
+                if on_message is not None:
+                    on_message(message)
+            return count
     finally:
         store.close()
 

@@ -154,3 +154,25 @@ def test_the_home_directory_logs_and_state_are_readable_by_their_owner_only(site
     assert any(p.name == "state.sqlite" for p in paths) and any(p.suffix == ".log" for p in paths), paths
     loose = [(str(p), oct(p.stat().st_mode & 0o777)) for p in paths if p.stat().st_mode & 0o077]
     assert loose == []
+
+
+def test_a_capture_for_a_look_never_disconnects_the_running_sender(site, tmp_path) -> None:  # noqa: F811
+    """Issue 11 item 7: `dbsync capture` beside a running sender used the same replication server id, and MariaDB
+    disconnected the sender's binlog stream (error 4052). The second reader of a home picks an id of its own."""
+    from helpers import dbsync
+    from test_receiver_e2e import _start, _stop
+
+    log = tmp_path / "sender.log"
+    sender = _start(["sender", "--config", str(site.config)], site.env, log)
+    try:
+        time.sleep(6)  # streaming, caught up
+        new_person(site)
+        look = dbsync("capture", "--config", str(site.config), "--until-idle", env=site.env)
+        assert b"reads the binlog as server id" in look.stderr and b"this one reads as" in look.stderr
+        assert b'"table":"person"' in look.stdout
+        time.sleep(3)
+        text = log.read_text(errors="replace")
+        assert "restarting in" not in text and "4052" not in text, text[-3000:]
+        assert sender.poll() is None
+    finally:
+        _stop(sender, log)
