@@ -142,8 +142,9 @@ def test_a_receiver_started_while_central_is_down_waits_and_syncs_when_it_is_bac
     drop_schema(central)
 
 
-def publish_raw(broker, destination: str, messages: list[dict]) -> None:
-    """The messages as a sender would publish them (persistent, ANYCAST, a receipt on the last)."""
+def publish_raw(broker, destination: str, messages: list[dict], **header_overrides: str) -> None:
+    """The messages as a sender would publish them (persistent, ANYCAST, a receipt on the last); headers
+    overridable (a forger's)."""
     got = threading.Event()
 
     class Listener:
@@ -154,6 +155,7 @@ def publish_raw(broker, destination: str, messages: list[dict]) -> None:
     try:
         for index, message in enumerate(messages):
             body, headers = wire.encode(message, anycast=True, compress_over=16_384)
+            headers.update(header_overrides)
             if index == len(messages) - 1:
                 headers["receipt"] = "last"
             conn.send(destination, body, headers=headers)

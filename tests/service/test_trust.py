@@ -10,6 +10,7 @@ from collections import Counter
 from helpers import drain
 from receiver_helpers import drop_schema, make_central, make_site
 from test_apply import new_person, outcomes, site  # noqa: F401 - fixture
+from test_field_cases import publish_raw
 
 
 def test_a_site_cannot_update_or_delete_another_sites_rows(openmrs_db, services, tmp_path, broker_settings) -> None:
@@ -51,24 +52,7 @@ def test_a_site_cannot_update_or_delete_another_sites_rows(openmrs_db, services,
 
 def _send_as(broker, destination: str, message: dict, **header_overrides: str) -> None:
     """One persistent SEND with a receipt, as a sender would (headers overridable: a forger's)."""
-    import threading
-
-    from dbsync_cli import wire
-    from dbsync_cli.broker import open_connection
-
-    got = threading.Event()
-
-    class Listener:
-        def on_receipt(self, frame) -> None:
-            got.set()
-
-    conn = open_connection(broker, listener=Listener())
-    try:
-        body, headers = wire.encode(message, anycast=True, compress_over=16_384)
-        conn.send(destination, body, headers={**headers, **header_overrides, "receipt": "r"})
-        assert got.wait(15), "no receipt"
-    finally:
-        conn.disconnect()
+    publish_raw(broker, destination, [message], **header_overrides)
 
 
 def test_a_forged_site_is_rejected_by_the_broker_user_artemis_stamps(openmrs_db, services, tmp_path,
