@@ -32,6 +32,10 @@ class Finding:
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
+    def line(self) -> str:
+        """`check: message`, unless the message names the check already."""
+        return self.message if self.message.startswith(self.check) else f"{self.check}: {self.message}"
+
 
 def exit_code(findings: list[Finding]) -> int:
     """The first error's code (the order of the checks is the order a process meets them), else 0."""

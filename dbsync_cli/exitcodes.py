@@ -9,4 +9,5 @@ BINLOG_SETTINGS = 11  # the site server's binlog settings cannot support capture
 SCHEMA = 12  # the schema lacks a configured table or column
 ANOTHER_RECEIVER = 13  # another receiver already applies to the same central state schema
 DANGLING_REFERENCE = 14  # a site row references a row that does not exist in the site database
+ANOTHER_SENDER = 16  # another sender (or capture pipe) of the same home is running
 PRIVILEGES = 15  # a database user lacks a privilege its role needs, or has one it must not have

@@ -12,11 +12,15 @@ from pathlib import Path
 UMASK = 0o077
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, *, tighten: bool = True) -> Path:
+    """Create `path` owner-only; `tighten`: also restrict it if it exists (a directory dbsync owns, like its home;
+    never a shared one such as the parent of a configured log_file, e.g. /var/log)."""
+    existed = path.exists()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):  # not ours to change (e.g. /tmp): the files inside are still private
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o700)
+    if existed and tighten:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o700)
     return path
 
 

@@ -44,7 +44,7 @@ def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None,
     root.addHandler(stderr)
     root.setLevel(min(stderr_level, base))
     if log_file is not None:
-        private_dir(log_file.parent)
+        private_dir(log_file.parent, tighten=False)
         private_file(log_file)
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20_000_000, backupCount=5, encoding="utf-8")
         handler.setLevel(base)

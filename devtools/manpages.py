@@ -31,6 +31,7 @@ EXIT_TEXT = {
     exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
     exitcodes.DANGLING_REFERENCE: "a site row references a row that does not exist in the site database (a "
                                   "dangling reference): nothing after it is sent until the row is fixed",
+    exitcodes.ANOTHER_SENDER: "another sender (or a capture pipe) of the same home is running: one per home",
     exitcodes.PRIVILEGES: "a database user lacks a privilege its role needs, or has one it must not have (the "
                           "sender's user must not be able to write)",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
@@ -45,7 +46,7 @@ STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITI
 
 #: command path → exit codes that command can return (status has its own meaning: STATUS_EXIT)
 EXIT_CODES: dict[str, tuple[int, ...]] = {
-    "capture": _CAPTURE, "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE),
+    "capture": _CAPTURE, "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE, exitcodes.ANOTHER_SENDER),
     "enrich": (*_BASIC, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
     "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
     "receiver": (*_NET, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),

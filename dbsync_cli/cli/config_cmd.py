@@ -42,8 +42,8 @@ def check(
 
         steps = sender_checks.STEPS if role == "sender" else receiver_checks.STEPS
         findings = checks_mod.check(result, steps)
-    problems = [f"{f.check}: {f.message}" for f in findings if f.state == checks_mod.ERROR]
-    warnings = [f"{f.check}: {f.message}" for f in findings if f.state == checks_mod.WARNING]
+    problems = [f.line() for f in findings if f.state == checks_mod.ERROR]
+    warnings = [f.line() for f in findings if f.state == checks_mod.WARNING]
     if json_out:
         sys.stdout.write(orjson.dumps({"role": role, "source": result.source, "config": result.masked(),
                                        "findings": [f.record() for f in findings], "problems": problems,

@@ -116,10 +116,12 @@ class Applier:
         """Re-read the registered sites (a site added or disabled since)."""
         self.sites = state.sites(self.conn, self.settings.state_schema)
 
-    def parse_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None) -> Parsed:
-        """A message body kept in the retry or conflict queue (with the broker user it arrived as)."""
+    def parse_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None,
+                     header_site: str | None = None) -> Parsed:
+        """A message body kept in the retry or conflict queue, with the transport identity it arrived with (the
+        same identity checks apply on every retry)."""
         return parse_raw(raw, message_id, site, self.model, self.settings.max_message_bytes,
-                         broker_user=broker_user)
+                         broker_user=broker_user, header_site=header_site)
 
     def apply_message(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
                       only: list[str] | None = None) -> Outcome:
@@ -442,10 +444,11 @@ class Applier:
         ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
         cur.execute(
             sql("INSERT INTO {}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "
-                "date_created, broker_user) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", self.s),
+                "date_created, broker_user, header_site) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id[:255], str(message.get("site") or item.site or "")[:100] or None,
              item.table.name if item.table else None, ek, item.raw, reason[:2000], now(),
-             None if item.broker_user is None else item.broker_user[:100]),
+             None if item.broker_user is None else item.broker_user[:100],
+             None if item.header_site is None else item.header_site[:100]),
         )
         if ek is not None:
             self.blocked.add(ek)

@@ -193,8 +193,9 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                 applier.conn.rollback()
                 raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
             applier.finish_batch(cur, batch)
-            if mode == "take-incoming" and owner in (None, CENTRAL_OWNER):  # the operator hands the row to the site
-                set_owner(cur, s, conflict.table, conflict.uuid, conflict.site)
+            if owner in (None, CENTRAL_OWNER):  # only take-incoming hands central's row to the site; merge keeps it
+                set_owner(cur, s, conflict.table, conflict.uuid,
+                          conflict.site if mode == "take-incoming" else CENTRAL_OWNER)
         else:
             _rebaseline(applier, cur, conflict)
         cur.execute(sql("UPDATE {}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "

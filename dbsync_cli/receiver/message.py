@@ -64,10 +64,11 @@ def _body(record: dict[str, Any]) -> bytes:
 
 
 def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel, max_bytes: int,
-              inbox: int | None = None, broker_user: str | None = None) -> Parsed:
-    """A stored body (inbox or retry queue); `broker_user` as stored with it (None: trusted input)."""
-    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=site if inbox else None,
-                  broker_user=broker_user)
+              inbox: int | None = None, broker_user: str | None = None, header_site: str | None = None) -> Parsed:
+    """A stored body (inbox or retry queue); `broker_user` and `header_site` as stored with it (None: trusted
+    input); an inbox row's site is its header."""
+    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site,
+                  header_site=site if inbox is not None else header_site, broker_user=broker_user)
     if len(raw) > max_bytes:
         item.error = f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
         return item

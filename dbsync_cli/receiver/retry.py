@@ -43,10 +43,10 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
         size = page if limit is None else min(page, limit - len(outcomes))
         with applier.conn.cursor() as cur:
             if only is None:
-                cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {}.receiver_retry_queue WHERE id > %s "
+                cur.execute(sql("SELECT id, message_id, site, body, broker_user, header_site FROM {}.receiver_retry_queue WHERE id > %s "
                                 "ORDER BY id LIMIT %s", s), (after, size))
             else:
-                cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {}.receiver_retry_queue WHERE id = %s", s),
+                cur.execute(sql("SELECT id, message_id, site, body, broker_user, header_site FROM {}.receiver_retry_queue WHERE id = %s", s),
                             (only,))
             rows = cur.fetchall()
             for row in rows:
@@ -74,8 +74,8 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
 
 def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict: set[str],
            stuck: set[str]) -> Outcome | None:
-    entry_id, message_id, site, body, broker_user = row
-    item = applier.parse_stored(bytes(body), message_id, site, broker_user)
+    entry_id, message_id, site, body, broker_user, header_site = row
+    item = applier.parse_stored(bytes(body), message_id, site, broker_user, header_site)
     ek = entity_key(applier.model, item.table, item.message["uuid"]) if item.message else None
     if ek is not None and (ek in in_conflict or ek in stuck):
         return None

@@ -123,7 +123,8 @@ MIGRATIONS: list[list[str]] = [
     [  # 6: who may send for a site (the broker user Artemis stamps on its messages), kept with each delivery
         "ALTER TABLE {s}.site_info ADD COLUMN broker_user VARCHAR(100) NULL",
         "ALTER TABLE {s}.inbox ADD COLUMN broker_user VARCHAR(100) NULL",
-        "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN broker_user VARCHAR(100) NULL",
+        "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN broker_user VARCHAR(100) NULL, "
+        "ADD COLUMN header_site VARCHAR(100) NULL",
     ],
 ]
 

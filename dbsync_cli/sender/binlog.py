@@ -210,16 +210,22 @@ def file_born(settings: CaptureSettings, file: str) -> int | None:
 
 
 @contextmanager
-def reader_id(home: Path, configured: int) -> Iterator[int]:
+def reader_id(home: Path, configured: int, *, exclusive: bool = False) -> Iterator[int]:
     """The replication server id to read the binlog with: the configured one, unless another process of this home
     (the running sender, or a `dbsync capture` for a look) reads with it already. The server disconnects one of
-    two readers with the same id (MariaDB error 4052), so the second one reads under an id of its own."""
+    two readers with the same id (MariaDB error 4052), so the second one reads under an id of its own.
+
+    `exclusive` (the sender): a second one refuses instead (exit 16): two senders of one home would both publish
+    and both move the checkpoint."""
     path = home / "binlog-reader.lock"
     home.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if exclusive:
+                raise CaptureStop(f"another sender (or a capture) of {home} is running: one per home "
+                                  f"({path} is locked)", exitcodes.ANOTHER_SENDER) from None
             other = 4_200_000_000 + os.getpid() % 90_000_000
             log.warning("another process of %s reads the binlog as server id %d: this one reads as %d", home,
                         configured, other)

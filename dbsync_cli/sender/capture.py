@@ -219,8 +219,10 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
         if exc.args and exc.args[0] == 1236:  # the server cannot send from there: purged, or a restarted history
             with db.connect() as conn:
                 binlog.check_history(conn, {"file": start.file, "pos": start.pos}, lambda file: None)
-            raise binlog.PositionLost(start, f"the server cannot send its binlog from {start}: {exc.args[1]}",
-                                      restarted=True) from None
+            # the position is in the server's history: the server's own reason (e.g. an event larger than
+            # max_allowed_packet), never a silent re-snapshot
+            raise CaptureStop(f"the site server cannot send its binlog from {start}: {exc.args[1]}",
+                              exitcodes.BINLOG_SETTINGS) from None
         raise
     finally:
         reader.close()

@@ -63,7 +63,7 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
     store = CheckpointStore(cfg.home)
     try:
         model = load_model(cfg)
-        with reader_id(cfg.home, cfg["sender.server_id"]) as server_id:
+        with reader_id(cfg.home, cfg["sender.server_id"], exclusive=True) as server_id:
             settings = capture_settings(cfg, model, stop, **{"server_id": server_id, **capture_overrides})
             events = capture(settings, store.load())
             messages = enrich(events, enrich_settings(cfg), model)

@@ -79,8 +79,10 @@ def test_a_forged_site_is_rejected_by_the_broker_user_artemis_stamps(openmrs_db,
         _send_as(as_site1, dest, forged)  # site1's user speaking for site2
         mixed = dict(created, id="site1:mixed:1", uuid=str(uuid.uuid4()))
         _send_as(as_site1, dest, mixed, **{"dbsync-site": "site2"})  # header and body disagree
+        spoofed = dict(created, site="site2", id="site2:spoofed:1", uuid=str(uuid.uuid4()))
+        _send_as(as_site1, dest, spoofed, JMSXUserID="site2", _AMQ_VALIDATED_USER="site2")  # the broker overwrites
         records = dbsync("consume", "--config", str(central.config), "--idle-exit", "3", env=central.env).stdout
-        assert records.count(b'"broker_user":"site1"') == 3
+        assert records.count(b'"broker_user":"site1"') == 4
         results = {r["message_id"]: r for r in central.apply(records)}
         assert results[created["id"]]["outcome"] == "applied"
         assert results["site2:forged:1"]["outcome"] == "error"
@@ -88,8 +90,11 @@ def test_a_forged_site_is_rejected_by_the_broker_user_artemis_stamps(openmrs_db,
                                                        "the site sends as 'site2'")
         assert results["site1:mixed:1"]["outcome"] == "error"
         assert results["site1:mixed:1"]["reason"] == "message for site 'site1' was sent with dbsync-site 'site2'"
-        assert central.sql("SELECT COUNT(*) FROM person_name WHERE uuid IN (%s, %s, %s)",
-                           (name, forged["uuid"], mixed["uuid"])) == [(1,)]
+        assert results["site2:spoofed:1"]["outcome"] == "error"
+        # the error entries keep the transport identity: a retry judges them the same way
+        dbsync("retry", "again", "--config", str(central.config), env=central.env, check=False)
+        assert central.sql("SELECT COUNT(*) FROM person_name WHERE uuid IN (%s, %s, %s, %s)",
+                           (name, forged["uuid"], mixed["uuid"], spoofed["uuid"])) == [(1,)]
     finally:
         drop_schema(central)
 
@@ -157,6 +162,23 @@ def test_a_capture_for_a_look_never_disconnects_the_running_sender(site, tmp_pat
         time.sleep(3)
         text = log.read_text(errors="replace")
         assert "restarting in" not in text and "4052" not in text, text[-3000:]
+        assert sender.poll() is None
+    finally:
+        _stop(sender, log)
+
+
+def test_a_second_sender_of_one_home_refuses_to_start(site, tmp_path) -> None:  # noqa: F811
+    """Two senders of one home would both publish and both move the checkpoint: the second one exits 16."""
+    from helpers import dbsync
+    from test_receiver_e2e import _start, _stop
+
+    log = tmp_path / "sender.log"
+    sender = _start(["sender", "--config", str(site.config)], site.env, log)
+    try:
+        time.sleep(6)
+        second = dbsync("sender", "--config", str(site.config), "--until-idle", env=site.env, check=False)
+        lines = [line for line in second.stderr.decode().splitlines() if line.startswith("dbsync:")]
+        assert second.returncode == 16 and len(lines) == 1 and "another sender" in lines[0], second.stderr.decode()
         assert sender.poll() is None
     finally:
         _stop(sender, log)
