@@ -58,31 +58,75 @@ class _Replies(stomp.ConnectionListener):
         self.error = frame.headers.get("message") or "ERROR frame"
 
 
+class _Management:
+    """One STOMP connection for management requests, each answered on a private reply queue."""
+
+    def __init__(self, settings: BrokerSettings, timeout: float) -> None:
+        self.replies = _Replies()
+        self.timeout = timeout
+        settings = dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0))
+        self.conn = open_connection(settings, listener=self.replies, auto_decode=False)
+        self.reply_to = f"dbsync.status.reply.{uuid.uuid4().hex[:12]}"
+        self.conn.auto_content_length = False  # a text message: see the module docstring
+        self.conn.subscribe(self.reply_to, id="reply", ack="auto", headers={"subscription-type": "ANYCAST"})
+
+    def call(self, resource: str, operation: str, *params: Any) -> Any:
+        self.conn.send(MANAGEMENT_ADDRESS, body=orjson.dumps(list(params)).decode(), headers={
+            "_AMQ_ResourceName": resource, "_AMQ_OperationName": operation, "reply-to": self.reply_to,
+            "destination-type": "ANYCAST"})
+        return _answer(self.replies, operation, resource, self.timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.disconnect()
+
+
 def queue_stats(settings: BrokerSettings, queue_name: str, timeout: float = 5) -> QueueStats:
     """Statistics of one queue (for a topic subscription: the durable queue ``client_id.subscription``)."""
-    replies = _Replies()
-    settings = dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0))
-    conn = open_connection(settings, listener=replies, auto_decode=False)
-    reply_to = f"dbsync.status.reply.{uuid.uuid4().hex[:12]}"
+    management = _Management(settings, timeout)
     try:
-        conn.auto_content_length = False  # a text message: see the module docstring
-        conn.subscribe(reply_to, id="reply", ack="auto", headers={"subscription-type": "ANYCAST"})
         found: dict[str, Any] = {}
         for key, operation in OPERATIONS.items():
-            conn.send(MANAGEMENT_ADDRESS, body="[]", headers={
-                "_AMQ_ResourceName": f"queue.{queue_name}", "_AMQ_OperationName": operation, "reply-to": reply_to,
-                "destination-type": "ANYCAST"})
             try:
-                found[key] = _answer(replies, operation, queue_name, timeout)
+                found[key] = management.call(f"queue.{queue_name}", operation)
             except QueueStatsError as exc:
                 if NO_SUCH_QUEUE in str(exc):  # nothing was ever sent to it, nobody subscribed: nothing waits
                     return QueueStats(queue_name, 0, 0, 0, None, exists=False)
                 raise
     finally:
-        with contextlib.suppress(Exception):
-            conn.disconnect()
+        management.close()
     return QueueStats(queue_name, _count(found["messages"]), _count(found["delivering"]), _count(found["consumers"]),
                       _number(found["first_message_age_ms"]))
+
+
+@dataclass(frozen=True)
+class AddressInfo:
+    address: str
+    exists: bool
+    routing_types: tuple[str, ...]  # ANYCAST, MULTICAST: what the address routes; empty when it does not exist
+    auto_create: bool  # the broker's address-settings create it on first use
+
+
+def address_info(settings: BrokerSettings, address: str, timeout: float = 5) -> AddressInfo:
+    """Whether an address exists, its routing types and whether the broker would create it on first use."""
+    management = _Management(settings, timeout)
+    try:
+        address_settings = management.call("broker", "getAddressSettingsAsJSON", address)
+        try:
+            auto_create = bool(orjson.loads(address_settings).get("autoCreateAddresses", False))
+        except (orjson.JSONDecodeError, AttributeError):
+            auto_create = False
+        try:
+            types = management.call(f"address.{address}", "getRoutingTypes")
+        except QueueStatsError as exc:
+            if NO_SUCH_QUEUE in str(exc):
+                return AddressInfo(address, False, (), auto_create)
+            raise
+    finally:
+        management.close()
+    if isinstance(types, str):
+        types = [t.strip() for t in types.strip("[]").split(",") if t.strip()]
+    return AddressInfo(address, True, tuple(sorted(str(t).upper() for t in types)), auto_create)
 
 
 def _number(value: Any) -> int | None:
@@ -100,12 +144,12 @@ def _count(value: Any) -> int:
     return number
 
 
-def _answer(replies: _Replies, operation: str, queue_name: str, timeout: float) -> Any:
+def _answer(replies: _Replies, operation: str, resource: str, timeout: float) -> Any:
     try:
         frame = replies.frames.get(timeout=timeout)
     except queue.Empty:
         why = replies.error or f"no answer within {timeout:g}s"
-        raise QueueStatsError(f"broker management {operation} on queue {queue_name!r}: {why} (the broker user "
+        raise QueueStatsError(f"broker management {operation} on {resource}: {why} (the broker user "
                               "needs the manage permission on activemq.management)") from None
     body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
     try:
@@ -114,8 +158,8 @@ def _answer(replies: _Replies, operation: str, queue_name: str, timeout: float) 
         result = [body.decode("utf-8", "replace")[:200]]
     value = result[0] if isinstance(result, list) and result else result
     if frame.headers.get("_AMQ_OperationSucceeded") != "true":
-        raise QueueStatsError(f"broker management {operation} on queue {queue_name!r}: {value}")
+        raise QueueStatsError(f"broker management {operation} on {resource}: {value}")
     return value
 
 
-__all__ = ["BrokerError", "QueueStats", "QueueStatsError", "queue_stats"]
+__all__ = ["AddressInfo", "BrokerError", "QueueStats", "QueueStatsError", "address_info", "queue_stats"]

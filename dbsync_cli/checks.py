@@ -19,7 +19,7 @@ from dbsync_cli import exitcodes
 from dbsync_cli.config import Config, plaintext_host
 from dbsync_cli.timezones import server_dst_warning
 
-OK, WARNING, ERROR = "ok", "warning", "error"
+OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ def check(cfg: Config, steps: list[Step]) -> list[Finding]:
     findings = _files(cfg) + _plaintext(cfg)
     section = "site_db" if cfg.role == "sender" else "central_db"
     findings += _database(cfg, section, steps)
-    findings.append(_broker(cfg))
+    broker = _broker(cfg)
+    findings.append(broker)
+    if broker.state == OK:
+        findings.append(_destination(cfg))
     return findings
 
 
@@ -121,3 +124,29 @@ def _broker(cfg: Config) -> Finding:
         conn.disconnect()
     tls = " over TLS, certificate verified" if settings.tls else ""
     return Finding("broker", OK, f"logged in to {settings.address} as {settings.user}{tls}")
+
+
+def _destination(cfg: Config) -> Finding:
+    """The sync address exists (or the broker creates it on first use) and routes the way destination_type says:
+    a queue destination on a MULTICAST-only address (or the reverse) would deliver nothing."""
+    from dbsync_cli.broker import settings_from_config
+    from dbsync_cli.broker_queue import QueueStatsError, address_info
+
+    address, kind = cfg["broker.destination"], cfg["broker.destination_type"]
+    wanted = "ANYCAST" if kind == "queue" else "MULTICAST"
+    key = "broker.destination"
+    try:
+        info = address_info(settings_from_config(cfg), address)
+    except QueueStatsError as exc:
+        return Finding(key, SKIPPED, f"{address!r} not checked: the broker user may not use management ({exc}); "
+                                     "normal for a site's user: the receiver's config check checks the address")
+    if not info.exists:
+        if info.auto_create:
+            return Finding(key, WARNING, f"address {address!r} does not exist yet: the broker creates it ({wanted}) "
+                                         "on first use; check the name is the one the other side uses")
+        return Finding(key, ERROR, f"address {address!r} does not exist and the broker's address-settings do not "
+                                   "create it on first use: add it to broker.xml", exitcodes.CONFIG)
+    if wanted not in info.routing_types:
+        return Finding(key, ERROR, f"address {address!r} routes {'/'.join(info.routing_types) or 'nothing'}, but "
+                                   f"broker.destination_type = {kind!r} needs {wanted}", exitcodes.CONFIG)
+    return Finding(key, OK, f"address {address!r} exists and routes {wanted} ({kind})")

@@ -59,7 +59,8 @@ def check(
         checked = Table(title="checks" + (" (offline)" if offline else ""))
         for column in ("check", "result", "detail"):
             checked.add_column(column, overflow="fold")
-        style = {checks_mod.OK: "green", checks_mod.WARNING: "yellow", checks_mod.ERROR: "red"}
+        style = {checks_mod.OK: "green", checks_mod.WARNING: "yellow", checks_mod.ERROR: "red",
+                 checks_mod.SKIPPED: "dim"}
         for f in findings:
             checked.add_row(f.check, f"[{style[f.state]}]{f.state}[/]", f.message)
         console.print(checked)

@@ -170,6 +170,10 @@ def _base36(number: int) -> str:
             return out
 
 
+#: the host name the reader registers under (SHOW SLAVE HOSTS): operators see it, `config check` finds clashes
+REPORT_HOST = "dbsync-sender"
+
+
 @dataclass
 class CaptureSettings:
     db: DbParams  # the replication user, database = the OpenMRS schema
@@ -193,7 +197,8 @@ def reader(settings: CaptureSettings, file: str, pos: int, **options: Any) -> Bi
     return BinLogStreamReader(
         connection_settings={"host": db.host, "port": db.port, "user": db.user, "passwd": db.password,
                              **db.ssl_options()},
-        server_id=settings.server_id, resume_stream=True, log_file=file, log_pos=pos, is_mariadb=False, **options)
+        server_id=settings.server_id, resume_stream=True, log_file=file, log_pos=pos, is_mariadb=False,
+        report_slave=REPORT_HOST, **options)
 
 
 def file_born(settings: CaptureSettings, file: str) -> int | None:

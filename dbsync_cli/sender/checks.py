@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
 from typing import Any
 
+import pymysql
+
 from dbsync_cli import exitcodes
-from dbsync_cli.checks import ERROR, OK, WARNING, Finding, Step
+from dbsync_cli.checks import ERROR, OK, SKIPPED, WARNING, Finding, Step
 from dbsync_cli.config import Config
-from dbsync_cli.sender.binlog import CaptureStop, check_settings
+from dbsync_cli.sender.binlog import REPORT_HOST, CaptureStop, check_settings
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "ALL PRIVILEGES", "DROP", "ALTER", "CREATE", "SUPER")
 
@@ -75,14 +78,56 @@ def binlog(conn: Any, cfg: Config) -> list[Finding]:
 
 
 def server_id(conn: Any, cfg: Config) -> list[Finding]:
-    ours = cfg["sender.server_id"]
+    """The reader's id must be unique among the server and its replicas: the server disconnects one of two readers
+    with one id (MariaDB 4052), so a clash is an endless reconnect fight with a real replica."""
+    ours = int(cfg["sender.server_id"])
+    key = "sender.server_id"
     with conn.cursor() as cur:
         cur.execute("SELECT @@server_id")
         (server,) = cur.fetchone()
-    if int(server) == int(ours):
-        return [Finding("sender.server_id", ERROR, f"{ours} is the site server's own server_id: the binlog reader "
-                                                   "needs an id no server or replica uses", exitcodes.CONFIG)]
-    return [Finding("sender.server_id", OK, f"{ours} differs from the server's ({server})")]
+    if int(server) == ours:
+        return [Finding(key, ERROR, f"{ours} is the site server's own server_id: the binlog reader needs an id no "
+                                    "server or replica uses", exitcodes.CONFIG)]
+    try:
+        replicas = _replicas(conn)
+    except pymysql.MySQLError as exc:
+        return [Finding(key, OK, f"{ours} differs from the server's ({server})"),
+                Finding("sender.server_id.replicas", SKIPPED, "replicas not listed (SHOW SLAVE HOSTS: "
+                        f"{exc.args[-1]}); grant REPLICATION MASTER ADMIN (MariaDB) to check them too")]
+    clash = [host for sid, host in replicas if sid == ours]
+    if clash and not (clash == [REPORT_HOST] and _home_reading(cfg)):
+        return [Finding(key, ERROR, f"{ours} is used by a replica of the site server already (registered as "
+                                    f"{clash[0] or 'an unnamed host'}): pick an id no server or replica uses",
+                        exitcodes.CONFIG)]
+    others = len([sid for sid, _ in replicas if sid != ours])
+    return [Finding(key, OK, f"{ours} differs from the server's ({server}) and from its {others} other replica(s)")]
+
+
+def _replicas(conn: Any) -> list[tuple[int, str]]:
+    """(server id, registered host) of each replica the server knows (SHOW REPLICAS on MySQL 8.0.22+)."""
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SHOW SLAVE HOSTS")
+        except pymysql.err.ProgrammingError:
+            cur.execute("SHOW REPLICAS")
+        names = [d[0].lower() for d in cur.description or ()]
+        rows = cur.fetchall()
+    sid, host = names.index("server_id"), names.index("host")
+    return [(int(row[sid]), str(row[host] or "")) for row in rows]
+
+
+def _home_reading(cfg: Config) -> bool:
+    """This home's own sender reads the binlog now (it holds the reader lock), so the registered id is its own."""
+    path = cfg.home / "binlog-reader.lock"
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 STEPS: list[Step] = [grants, binlog, server_id]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import uuid as uuidlib
 
 import orjson
@@ -108,3 +111,109 @@ def test_receiver_checks_the_state_schema_and_the_site_registry(openmrs_db, serv
     assert code == 0 and _states(report)["sites"] == ["ok"] and _states(report)["broker"] == ["ok"]
     with services["central"].admin.connect() as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE `{schema}`")
+
+
+def _send_one(broker_settings, destination: str) -> None:
+    """Create an ANYCAST address the way a sender's first SEND does."""
+    from dbsync_cli.broker import open_connection
+
+    got = threading.Event()
+
+    class Listener:
+        def on_receipt(self, frame) -> None:
+            got.set()
+
+    conn = open_connection(broker_settings, listener=Listener())
+    try:
+        conn.send(destination, body="{}", headers={"destination-type": "ANYCAST", "receipt": "r"})
+        assert got.wait(10)
+    finally:
+        conn.disconnect()
+
+
+def test_the_destination_exists_and_routes_the_way_destination_type_says(openmrs_db, services, broker_settings,
+                                                                         tmp_path) -> None:
+    central = openmrs_db("central")
+    destination = f"test.check.{uuidlib.uuid4().hex[:8]}"
+    schema = f"t_check_{uuidlib.uuid4().hex[:8]}"
+
+    def finding(**kwargs) -> tuple[int, dict]:
+        conf, env = receiver_config(tmp_path, central, broker_settings, state_schema=schema, **kwargs)
+        code, report = _check(conf, env)
+        (found,) = [f for f in report["findings"] if f["check"] == "broker.destination"]
+        return code, found
+
+    code, found = finding(destination=destination)
+    assert code == 0 and found["state"] == "warning" and "does not exist yet" in found["message"], found
+    _send_one(broker_settings, destination)
+    code, found = finding(destination=destination)
+    assert code == 0 and found["state"] == "ok" and "routes ANYCAST" in found["message"], found
+    code, found = finding(destination=destination, destination_type="topic")
+    assert code == exitcodes.CONFIG and found["state"] == "error", found
+    assert found["message"] == (f"address '{destination}' routes ANYCAST, but broker.destination_type = 'topic' "
+                                "needs MULTICAST"), found
+
+
+def test_a_sites_broker_user_cannot_read_management_so_the_destination_is_skipped_not_failed(
+        openmrs_db, services, tmp_path) -> None:
+    site = openmrs_db("site1")
+    conf, env = sender_config(tmp_path, services["site1"].repl.with_database(site.database),
+                              services.artemis.site_settings("site1"), destination="test.trust.check")
+    code, report = _check(conf, env)
+    (found,) = [f for f in report["findings"] if f["check"] == "broker.destination"]
+    assert code == 0 and found["state"] == "skipped" and "receiver's config check" in found["message"], found
+
+
+def test_a_server_id_a_replica_of_the_site_server_uses_is_found(sender, services) -> None:
+    """A reader registered under the configured id (a real replica would be) makes the check fail; one registered
+    by this home's own running sender does not."""
+    from pymysqlreplication import BinLogStreamReader
+
+    (conf, env), site = sender
+    inst = services["site1"]
+    user = f"t_repl_{uuidlib.uuid4().hex[:6]}"
+    with inst.admin.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'{inst.admin.host}' IDENTIFIED BY 'pw-{user}'")
+        cur.execute(f"GRANT SELECT ON `{site.database}`.* TO '{user}'@'{inst.admin.host}'")
+        cur.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR, REPLICATION MASTER ADMIN ON *.* "
+                    f"TO '{user}'@'{inst.admin.host}'")
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+    code, report = _check(conf, env)
+    assert code == 0 and _states(report)["sender.server_id.replicas"] == ["skipped"], report["findings"]
+    conf.write_text(conf.read_text().replace(f'user = "{inst.repl.user}"', f'user = "{user}"'))
+    env = {**env, "DBSYNC_SITE_DB__PASSWORD": f"pw-{user}"}
+    ours = int(next(line for line in conf.read_text().splitlines() if line.startswith("server_id")).split("=")[1])
+    code, report = _check(conf, env)
+    assert code == 0 and _states(report)["sender.server_id"] == ["ok"], report["findings"]
+    repl = inst.repl
+    stream = BinLogStreamReader(connection_settings={"host": repl.host, "port": repl.port, "user": repl.user,
+                                                     "passwd": repl.password},
+                                server_id=ours, resume_stream=True, log_file=file, log_pos=pos, blocking=True,
+                                report_slave="replica-b")
+
+    def read() -> None:
+        with contextlib.suppress(Exception):  # ends when the test kills its connection
+            for _ in stream:
+                pass
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        def registered() -> bool:
+            with inst.admin.connect() as conn, conn.cursor() as cur:
+                cur.execute("SHOW SLAVE HOSTS")
+                return any(int(row[0]) == ours for row in cur.fetchall())
+
+        deadline = time.monotonic() + 15
+        while not registered():
+            assert time.monotonic() < deadline, "the reader never registered"
+            time.sleep(0.2)
+        code, report = _check(conf, env)
+        (found,) = [f for f in report["findings"] if f["check"] == "sender.server_id"]
+        assert code == exitcodes.CONFIG and found["state"] == "error" and "registered as replica-b" in \
+            found["message"], found
+    finally:
+        with inst.admin.connect() as conn, conn.cursor() as cur:  # close() would block on the reading thread
+            if stream._stream_connection is not None:
+                cur.execute(f"KILL CONNECTION {int(stream._stream_connection.thread_id())}")
+            cur.execute(f"DROP USER '{user}'@'{inst.admin.host}'")
