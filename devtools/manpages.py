@@ -57,6 +57,7 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
     "retry list": (*_BASIC, exitcodes.SCHEMA), "retry show": (*_BASIC, exitcodes.SCHEMA),
     "retry drop": (*_BASIC, exitcodes.SCHEMA), "retry again": (*_BASIC, exitcodes.SCHEMA),
     "sites add": _NET, "sites list": _NET, "sites disable": _NET, "sites enable": _NET, "sites remove": _NET,
+    "sites update": _NET,
 }
 
 #: command path → (explanation, command line) pairs
@@ -128,6 +129,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                        "dbsync sites disable site1 -c receiver.toml")],
     "sites enable": [("Apply them again:", "dbsync sites enable site1 -c receiver.toml")],
     "sites remove": [("Unregister a site:", "dbsync sites remove site1 -c receiver.toml")],
+    "sites update": [("Name the broker user of a site registered before broker users were recorded:",
+                      "dbsync sites update site1 --broker-user site1 -c receiver.toml")],
 }
 
 ROOT_EXTRA = {
@@ -361,8 +364,11 @@ def pages(app: Any = None) -> dict[str, str]:
     import typer.main
 
     if app is None:
-        from dbsync_cli.cli.app import app
-    root: Any = typer.main.get_command(app)  # a click Group (typer apps with subcommands)
+        from dbsync_cli.cli.app import command
+
+        root: Any = command()  # the tree `dbsync` runs (flags without value placeholders)
+    else:
+        root = typer.main.get_command(app)  # a click Group (typer apps with subcommands)
     out = {"dbsync.1": _root_page(root)}
 
     def walk(words: list[str], command: Any) -> None:

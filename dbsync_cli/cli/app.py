@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import pymysql
 import typer
+import typer.main
 
 from dbsync_cli import __version__, exitcodes
 from dbsync_cli.broker import BrokerError
@@ -41,8 +42,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr.")] = 0,
-    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less log output on stderr.")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less log output on stderr (-qq: errors only).")] = 0,
 ) -> None:
     """Keep a central OpenMRS database in sync with the databases of many sites."""
     common.state["verbosity"] = verbose - quiet
@@ -63,11 +64,28 @@ app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)
 
 
+def command() -> Any:
+    """The click command tree of `app`, with flags and counters shown without a value placeholder (typer shows
+    `--until-idle <bool>` and `-v <int>` otherwise, which reads as if they took a value)."""
+    root = typer.main.get_command(app)
+    stack: list[Any] = [root]  # typer's own (vendored) click objects
+    while stack:
+        cmd = stack.pop()
+        help_option = cmd.get_help_option(cmd.context_class(cmd))  # created once per command, then cached
+        for param in [*cmd.params, help_option]:
+            if getattr(param, "is_flag", False) or getattr(param, "count", False):
+                param.metavar = ""
+                if getattr(param, "count", False):
+                    param.show_default = False
+        stack.extend(getattr(cmd, "commands", {}).values())
+    return root
+
+
 def main() -> None:
     """The console entry point: no traceback reaches a terminal, whatever fails."""
     restrict_process()  # logs, state.sqlite, rejected messages: readable by their owner only
     try:
-        app()
+        command()(prog_name="dbsync")
     except BrokerError as exc:  # the broker refused us (login, certificate): open_connection's one line
         print(f"dbsync: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(exitcodes.UNREACHABLE) from None

@@ -101,12 +101,35 @@ def sites_add(
             return state.add_site(conn, schema, identifier, name, broker_user=user), True
         if existing.broker_user != user:  # the same command twice is fine; a different registration is not
             raise state.StateError(f"site {identifier!r} is already registered with broker user "
-                                   f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r}")
+                                   f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r} (to change it: dbsync sites "
+                                   f"update {identifier} --{'broker-user ' + user if user else 'any-broker-user'})")
         return existing, False
 
     site, added = _run(config, add)
     sender = f"sends as broker user {user!r}" if user else "any broker user"
     print(f"site {site.identifier!r} {'registered' if added else 'is already registered'} ({site.name}; {sender})")
+
+
+@sites_app.command("update")
+def sites_update(
+    identifier: Annotated[str, typer.Argument(help="The site's sender.id.")],
+    name: Annotated[str | None, typer.Option("--name", help="New display name.")] = None,
+    broker_user: Annotated[str | None, typer.Option(
+        "--broker-user", help="The broker user the site sends as from now on.")] = None,
+    any_broker_user: Annotated[bool, typer.Option(
+        "--any-broker-user", help="Accept the site's messages from any broker user again.")] = False,
+    config: common.ConfigOption = None,
+) -> None:
+    """Change a registered site's name or broker user (e.g. a site registered before broker users existed)."""
+    if broker_user is not None and any_broker_user:
+        common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
+    if name is None and broker_user is None and not any_broker_user:
+        common.fail("sites update: nothing to change (--name, --broker-user or --any-broker-user)", exitcodes.CONFIG)
+    site = _run(config, lambda conn, schema: state.update_site(conn, schema, identifier, name=name,
+                                                               broker_user=broker_user,
+                                                               any_broker_user=any_broker_user))
+    sender = f"sends as broker user {site.broker_user!r}" if site.broker_user else "any broker user"
+    print(f"site {site.identifier!r} updated ({site.name}; {sender})")
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:

@@ -216,6 +216,23 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
     return sites(conn, schema)[identifier]
 
 
+def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = None,
+                broker_user: str | None = None, any_broker_user: bool = False) -> Site:
+    """Change a registered site's display name or broker user (sites registered before broker users were
+    recorded have none: their messages are taken from any broker user until this sets one)."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        if identifier not in sites(conn, schema):
+            raise StateError(f"site {identifier!r} is not registered")
+        if name is not None:
+            cur.execute(sql("UPDATE {}.site_info SET name=%s WHERE identifier=%s", s), (name, identifier))
+        if broker_user is not None or any_broker_user:
+            cur.execute(sql("UPDATE {}.site_info SET broker_user=%s WHERE identifier=%s", s),
+                        (None if any_broker_user else broker_user, identifier))
+    conn.commit()
+    return sites(conn, schema)[identifier]
+
+
 def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> None:
     with conn.cursor() as cur:
         cur.execute(sql("UPDATE {}.site_info SET disabled=%s WHERE identifier=%s", schema_name(schema)),

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import uuid as uuidlib
 
+import orjson
 import pytest
 from helpers import dbsync, drop_schema, receiver_config
 
@@ -79,4 +80,23 @@ def test_adding_a_site_twice_is_fine_but_a_different_registration_fails(receiver
     run = dbsync("sites", "add", "clinic-a", "--broker-user", "other", "--config", str(conf), env=env, check=False)
     assert run.returncode == 1
     assert run.stderr.decode().strip().splitlines()[-1] == (
-        "dbsync: site 'clinic-a' is already registered with broker user 'clinic-a', not 'other'")
+        "dbsync: site 'clinic-a' is already registered with broker user 'clinic-a', not 'other' (to change it: "
+        "dbsync sites update clinic-a --broker-user other)")
+
+
+def test_a_site_registered_without_a_broker_user_gets_one_by_update(receiver) -> None:
+    """Sites registered before broker users were recorded (state migration 6) accept any broker user until an
+    operator names theirs."""
+    _db, _schema, conf, env = receiver
+    dbsync("sites", "add", "clinic-old", "--any-broker-user", "--config", str(conf), env=env)
+    run = dbsync("sites", "update", "clinic-old", "--broker-user", "clinic-old-user", "--name", "Old clinic",
+                 "--config", str(conf), env=env)
+    assert run.stdout.decode().strip() == "site 'clinic-old' updated (Old clinic; sends as broker user " \
+                                          "'clinic-old-user')"
+    (row,) = [r for r in orjson.loads(dbsync("sites", "list", "--json", "--config", str(conf), env=env).stdout)
+              if r["identifier"] == "clinic-old"]
+    assert row["broker_user"] == "clinic-old-user" and row["name"] == "Old clinic"
+    nothing = dbsync("sites", "update", "clinic-old", "--config", str(conf), env=env, check=False)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr.decode()
+    unknown = dbsync("sites", "update", "nowhere", "--any-broker-user", "--config", str(conf), env=env, check=False)
+    assert unknown.returncode == 1 and unknown.stderr.decode().strip() == "dbsync: site 'nowhere' is not registered"
