@@ -8,6 +8,7 @@ exits like the first run would. Passwords never appear: the texts come from our 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,41 @@ def exit_code(findings: list[Finding]) -> int:
 
 #: a role's own checks on its database connection (sender.checks.STEPS, receiver.checks.STEPS)
 Step = Callable[[Any, Config], list[Finding]]
+
+
+def privileges(conn: Any, database: str) -> tuple[set[str], set[str]]:
+    """(global privileges, privileges on `database`) of the current user, from SHOW GRANTS; a grant on a
+    database pattern (`t\\_%`.*) counts where the pattern matches."""
+    glob: set[str] = set()
+    local: set[str] = set()
+    with conn.cursor() as cur:
+        cur.execute("SHOW GRANTS")
+        for (grant,) in cur.fetchall():
+            match = re.match(r"GRANT (.+?) ON (\S+) TO ", str(grant))
+            if not match or match.group(1).startswith("PROXY"):
+                continue
+            found = {p.strip().upper() for p in match.group(1).split(",")}
+            target = match.group(2)
+            if target == "*.*":
+                glob |= found
+            elif target.endswith(".*") and _like(target[:-2].strip("`"), database):
+                local |= found
+    return glob, local
+
+
+def _like(pattern: str, name: str) -> bool:
+    """MySQL's database-name pattern of a grant: `%` and `_` are wildcards, `\\_` a literal underscore."""
+    regex = ""
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            regex += re.escape(pattern[i + 1])
+            i += 2
+            continue
+        regex += ".*" if char == "%" else "." if char == "_" else re.escape(char)
+        i += 1
+    return re.fullmatch(regex, name) is not None
 
 
 def check(cfg: Config, steps: list[Step]) -> list[Finding]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import pymysql
 
+from dbsync_cli import exitcodes
 from dbsync_cli.broker import BrokerError
 
-#: MySQL/MariaDB errors that no retry cures: access denied (1044, 1045, 1227, 1698), unknown database (1049),
-#: TLS refused (2026)
-DB_OPERATOR_CODES = frozenset({1044, 1045, 1049, 1227, 1698, 2026})
+#: MySQL/MariaDB errors of a grant the role needs and lacks: database (1044), table (1142), column (1143), a
+#: privilege such as REPLICATION SLAVE (1227)
+DB_PRIVILEGE_CODES = frozenset({1044, 1142, 1143, 1227})
+#: MySQL/MariaDB errors that no retry cures: the missing grants, login refused (1045, 1698), unknown database
+#: (1049), TLS refused (2026)
+DB_OPERATOR_CODES = DB_PRIVILEGE_CODES | {1045, 1049, 1698, 2026}
 #: what open_connection says when the broker refuses our certificate check or our login
 BROKER_MARKERS = ("TLS certificate rejected", "Security Error", "AMQ229031", "certificate verify failed")
 
@@ -21,3 +25,9 @@ def operator_fault(exc: BaseException) -> bool:
     if isinstance(exc, BrokerError):
         return any(marker in str(exc) for marker in BROKER_MARKERS)
     return False
+
+
+def database_exit_code(exc: pymysql.err.OperationalError) -> int:
+    """15 for a missing grant (the fix is a GRANT), 3 for anything else a database refused us with."""
+    code = exc.args[0] if exc.args else None
+    return exitcodes.PRIVILEGES if code in DB_PRIVILEGE_CODES else exitcodes.UNREACHABLE

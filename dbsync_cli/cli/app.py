@@ -22,6 +22,7 @@ from dbsync_cli.cli import (
     sender_cmds,
     status_cmd,
 )
+from dbsync_cli.faults import database_exit_code
 from dbsync_cli.files import restrict_process
 
 app = typer.Typer(
@@ -91,9 +92,12 @@ def main() -> None:
         raise SystemExit(exitcodes.UNREACHABLE) from None
     except pymysql.err.OperationalError as exc:  # a database that refuses us: its own one-line reason
         logging.getLogger("dbsync").debug("database error", exc_info=True)
-        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        print(f"dbsync: database: {' '.join(str(reason).split())}", file=sys.stderr)
-        raise SystemExit(exitcodes.UNREACHABLE) from None
+        reason = " ".join(str(exc.args[1] if len(exc.args) > 1 else exc).split())
+        code = database_exit_code(exc)
+        hint = " (a grant the role needs is missing: `dbsync config check` lists them)" \
+            if code == exitcodes.PRIVILEGES else ""
+        print(f"dbsync: database: {reason}{hint}", file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the terminal
         logging.getLogger("dbsync").debug("unexpected error", exc_info=True)
         text = " ".join(str(exc).split()) or "no details"

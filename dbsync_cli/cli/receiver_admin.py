@@ -15,6 +15,7 @@ from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
+from dbsync_cli.faults import database_exit_code
 from dbsync_cli.receiver import central, state
 from dbsync_cli.receiver.consume import consume as consume_stage
 
@@ -36,7 +37,10 @@ def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
         common.fail(str(exc), exitcodes.CONFIG)
     except pymysql.err.MySQLError as exc:
         conn.close()
-        common.fail(f"receiver state schema {cfg['central_db.state_schema']}: {exc.args[-1]}")
+        code = database_exit_code(exc) if isinstance(exc, pymysql.err.OperationalError) else exitcodes.FAILURE
+        hint = f" (the receiver's user needs ALL PRIVILEGES ON {cfg['central_db.state_schema']}.*)" \
+            if code == exitcodes.PRIVILEGES else ""
+        common.fail(f"receiver state schema {cfg['central_db.state_schema']}: {exc.args[-1]}{hint}", code)
     return conn
 
 

@@ -19,6 +19,7 @@ import pymysql
 import pymysql.cursors
 
 from dbsync_cli.db import DbParams
+from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import bookkeeping, state
@@ -178,6 +179,8 @@ class Applier:
         try:
             result = self._run(parsed, careful=False)
         except Exception as exc:  # noqa: BLE001 - any failure: replay with one savepoint per message
+            if operator_fault(exc):  # a missing grant fails every message alike: stop, park nothing
+                raise
             self.conn.rollback()
             self.ids.clear()
             self.blocked = blocked_before
@@ -226,7 +229,7 @@ class Applier:
             try:
                 batch.outcomes.append(self._one(cur, item, batch))
             except Exception as exc:
-                if not careful:
+                if not careful or operator_fault(exc):
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()

@@ -7,9 +7,29 @@ from typing import Any
 import pymysql
 
 from dbsync_cli import exitcodes
-from dbsync_cli.checks import ERROR, OK, WARNING, Finding, Step
+from dbsync_cli.checks import ERROR, OK, WARNING, Finding, Step, privileges
 from dbsync_cli.config import Config
 from dbsync_cli.receiver import state
+
+#: what the receiver does on the OpenMRS schema (upsert, delete, placeholders) and on its own state schema
+OPENMRS_NEEDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+STATE_NEEDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX")
+
+
+def grants(conn: Any, cfg: Config) -> list[Finding]:
+    found = []
+    for database, needs, advice in (
+            (cfg["central_db.database"], OPENMRS_NEEDS, "SELECT, INSERT, UPDATE, DELETE"),
+            (cfg["central_db.state_schema"], STATE_NEEDS, "ALL PRIVILEGES")):
+        glob, local = privileges(conn, database)
+        have = glob | local
+        missing = [] if "ALL PRIVILEGES" in have else [p for p in needs if p not in have]
+        if missing:
+            found.append(Finding("central_db.grants", ERROR, f"the receiver's user lacks {', '.join(missing)} on "
+                                                             f"{database} (GRANT {advice} ON {database}.* TO …)",
+                                 exitcodes.PRIVILEGES))
+    return found or [Finding("central_db.grants", OK, "read and write on the OpenMRS schema, all on the state "
+                                                      "schema")]
 
 
 def state_schema(conn: Any, cfg: Config) -> list[Finding]:
@@ -31,4 +51,4 @@ def state_schema(conn: Any, cfg: Config) -> list[Finding]:
     return [Finding("sites", OK, f"{len(sites)} site(s) registered")]
 
 
-STEPS: list[Step] = [state_schema]
+STEPS: list[Step] = [grants, state_schema]

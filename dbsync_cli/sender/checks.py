@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import fcntl
-import re
 from typing import Any
 
 import pymysql
 
 from dbsync_cli import exitcodes
-from dbsync_cli.checks import ERROR, OK, SKIPPED, WARNING, Finding, Step
+from dbsync_cli.checks import ERROR, OK, SKIPPED, WARNING, Finding, Step, privileges
 from dbsync_cli.config import Config
 from dbsync_cli.sender.binlog import REPORT_HOST, CaptureStop, check_settings
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "ALL PRIVILEGES", "DROP", "ALTER", "CREATE", "SUPER")
 
 
-def _privileges(conn: Any) -> tuple[set[str], set[str]]:
-    """(global privileges, privileges on the configured database) of the current user, from SHOW GRANTS."""
-    glob: set[str] = set()
-    local: set[str] = set()
-    with conn.cursor() as cur:
-        cur.execute("SELECT DATABASE()")
-        (database,) = cur.fetchone()
-        cur.execute("SHOW GRANTS")
-        for (grant,) in cur.fetchall():
-            match = re.match(r"GRANT (.+?) ON (\S+) TO ", str(grant))
-            if not match or match.group(1).startswith("PROXY"):
-                continue
-            privileges = {p.strip().upper() for p in match.group(1).split(",")}
-            target = match.group(2).replace("`", "")
-            if target == "*.*":
-                glob |= privileges
-            elif database and target in (f"{database}.*",):
-                local |= privileges
-    return glob, local
-
-
-def grants(conn: Any, _cfg: Config) -> list[Finding]:
-    glob, local = _privileges(conn)
+def grants(conn: Any, cfg: Config) -> list[Finding]:
+    glob, local = privileges(conn, cfg["site_db.database"])
     everything = "ALL PRIVILEGES" in glob
     missing = [p for p, ok in (
         ("SELECT", everything or "SELECT" in glob | local),
