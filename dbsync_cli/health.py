@@ -117,6 +117,7 @@ class Report:
         self.data["exit_code"] = EXIT_CODES[state]
         ordered = sorted(self.problems, key=lambda p: -_SEVERITY[p["state"]])
         self.data["problems"] = ordered
+        self.data["notes"] = self.notes
         text = "; ".join(p["message"] for p in ordered) or "; ".join(self.notes)
         self.data["summary"] = f"{self.data['role']} {self.data['id']}: {text}"
         self.data["perfdata"] = " ".join(f"{k}={_perf(v)}" for k, v in perfdata.items() if v is not None)

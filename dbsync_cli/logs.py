@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 from dbsync_cli.files import private_dir, private_file
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+
+@functools.cache
+def stderr_console() -> Console:
+    """The one rich console on stderr: the log handler and the progress bars share it, so that log lines print
+    above a live bar instead of into it."""
+    return Console(stderr=True)
 
 
 class SecretMask(logging.Filter):
@@ -37,9 +49,15 @@ def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None,
     base = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     stderr_level = max(logging.DEBUG, min(logging.CRITICAL, base - 10 * verbosity))
     mask = SecretMask(secrets)
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr: logging.Handler
+    if sys.stderr.isatty():  # rich's handler: it knows about a live progress bar on the same console
+        stderr = RichHandler(console=stderr_console(), show_path=False, markup=False, rich_tracebacks=False,
+                             log_time_format="%H:%M:%S")
+        stderr.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:  # a pipe or a file (systemd's journal): plain one-line records
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     stderr.setLevel(stderr_level)
-    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     stderr.addFilter(mask)
     root.addHandler(stderr)
     root.setLevel(min(stderr_level, base))

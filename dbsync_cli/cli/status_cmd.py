@@ -140,8 +140,11 @@ def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         checkpoint = (f"{cp['file']}:{cp['pos']} row {cp['row']}, updated {health.duration(cp['age_seconds'])} "
                       f"ago" + (f" (snapshot of {cp['snapshot_table']})" if cp["snapshot"] else ""))
     end = lag.get("binlog_end")
-    return [
-        ("checkpoint", checkpoint, "checkpoint"),
+    rows = [("checkpoint", checkpoint, "checkpoint")]
+    if cp and cp["snapshot"] and cp.get("snapshot_total") is not None:
+        rows.append(("snapshot", f"{cp['snapshot_percent']:.1f} % ({cp['snapshot_done']:,} of "
+                                 f"{cp['snapshot_total']:,} rows confirmed)", "checkpoint"))
+    return rows + [
         ("binlog end", f"{end['file']}:{end['pos']}" if end else "?", "binlog"),
         ("lag", f"{health.size(lag.get('bytes'))}, {health.duration(lag.get('seconds'))} behind"
          if lag.get("bytes") is not None else "?", "lag"),

@@ -9,7 +9,6 @@ enrich loads each row's current state, so the union still equals the site.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Generator, Iterator
 from contextlib import nullcontext
@@ -28,7 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from dbsync_cli import wire
+from dbsync_cli import logs, wire
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender.binlog import CaptureSettings, Position
 from dbsync_cli.sql import quote, sql
@@ -49,12 +48,20 @@ def _primary_keys(cur: Any, database: str, tables: list[str]) -> dict[str, str]:
 
 
 class Snapshot:
-    def __init__(self, settings: CaptureSettings, resume: dict[str, Any] | None, epoch: str):
+    """The initial load's `r` events. Each event's source carries `done` (rows of the load up to this one, counted
+    across resumes) and `total` (rows in the synced tables when the load started), so the checkpoint, and with it
+    `dbsync status`, knows how far a running load is; the progress bar starts where a resumed load left off."""
+
+    def __init__(self, settings: CaptureSettings, resume: dict[str, Any] | None, epoch: str,
+                 console: Console | None = None):
         self.settings = settings
         self.resume = resume
         self.epoch = epoch  # of the message ids (renewed with every new snapshot by capture)
         self.position: Position | None = None
         self.born: int | None = None  # when the snapshot position's binlog file was created
+        self.console = console  # the progress bar's (default: stderr's, shared with the log handler)
+        self.done = 0
+        self.total: int | None = None
 
     def _start(self, conn: Any) -> Position:
         with conn.cursor() as cur:
@@ -88,10 +95,12 @@ class Snapshot:
                 log.info("resuming snapshot at %s after key %s (position %s)", current, after_key, self.position)
             else:
                 log.info("snapshot at binlog position %s", self.position)
-            totals = self._totals(conn, tables) if settings.progress else {}
-            progress = _progress() if settings.progress else nullcontext()
+            totals = self._totals(conn, tables)
+            self.total = sum(totals.values())
+            self.done = self._done_before(conn, tables, keys, done_before, after_key)
+            progress = _progress(self.console) if settings.progress else nullcontext()
             with progress as bar:
-                task = bar.add_task("snapshot", total=sum(totals.values())) if bar else None
+                task = bar.add_task("snapshot", total=self.total, completed=self.done) if bar else None
                 for table in tables:
                     if table in done_before:
                         continue
@@ -99,10 +108,29 @@ class Snapshot:
                     for event in self._table(conn, table, keys[table], start_key):
                         yield event
                         if bar is not None and task is not None:
-                            bar.advance(task)
+                            bar.update(task, completed=self.done, total=max(self.total, self.done))
             conn.commit()
         finally:
             conn.close()
+
+    def _done_before(self, conn: Any, tables: list[str], keys: dict[str, str], done_before: set[str],
+                     after_key: Any) -> int:
+        """Rows a resumed load sent before: the checkpoint's count when it has one, else counted now."""
+        if self.resume is None:
+            return 0
+        if isinstance(self.resume.get("done"), int):
+            return int(self.resume["done"])
+        with conn.cursor() as cur:
+            done = 0
+            for table in done_before:
+                cur.execute(sql("SELECT COUNT(*) FROM {}", quote(table)))
+                done += int(cur.fetchone()[0])
+            current = self.resume.get("table")
+            if current in keys and after_key is not None:
+                cur.execute(sql("SELECT COUNT(*) FROM {t} WHERE {k} <= %s", t=quote(current), k=quote(keys[current])),
+                            (after_key,))
+                done += int(cur.fetchone()[0])
+            return done
 
     def _totals(self, conn: Any, tables: list[str]) -> dict[str, int]:
         with conn.cursor() as cur:
@@ -132,6 +160,7 @@ class Snapshot:
                 after = row[key]
                 for column in secrets:
                     row.pop(column, None)
+                self.done += 1
                 yield {
                     "op": wire.READ,
                     "db": database,
@@ -150,6 +179,8 @@ class Snapshot:
                         "key": after,
                         "epoch": self.epoch,
                         "born": self.born,
+                        "done": self.done,
+                        "total": self.total,
                     },
                 }
             if len(rows) < chunk:
@@ -161,9 +192,11 @@ class _RateColumn(ProgressColumn):
         return Text(f"{task.speed or 0:,.0f} rows/s")
 
 
-def _progress() -> Progress:
-    """Rows done / total, rate and ETA on stderr, only when stderr is a terminal (stdout carries the data)."""
+def _progress(console: Console | None = None) -> Progress:
+    """Rows done / total, rate and ETA on stderr, only when stderr is a terminal (stdout carries the data). The
+    console is the one the log handler writes to, so log lines print above the bar, not into it."""
+    console = console or logs.stderr_console()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(),
+        TimeRemainingColumn(), console=console, disable=not console.is_terminal,
     )  # fmt: skip

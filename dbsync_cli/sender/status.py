@@ -51,6 +51,7 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
     checkpoint = {
         "file": value.get("file"), "pos": value.get("pos"), "row": value.get("row"),
         "snapshot": bool(value.get("snapshot")), "snapshot_table": value.get("table") if value.get("snapshot") else None,
+        **_snapshot_progress(value),
         "ts": utc(ts_ms / 1000) if isinstance(ts_ms, int | float) else None,
         "ts_ms": ts_ms, "updated": utc(updated),
         "age_seconds": round(max(0.0, now - updated), 1) if updated is not None else None,
@@ -66,6 +67,15 @@ def binlog_lag(binary_logs: list[tuple[str, int]], file: str, pos: int) -> int |
     index = names.index(file)
     rest = max(0, binary_logs[index][1] - int(pos))
     return rest + sum(sz for _, sz in binary_logs[index + 1:])
+
+
+def _snapshot_progress(value: dict[str, Any]) -> dict[str, Any]:
+    """How far a running initial load is: the rows confirmed of the rows there were when it started."""
+    done, total = value.get("done"), value.get("total")
+    if not value.get("snapshot") or not isinstance(done, int) or not isinstance(total, int):
+        return {"snapshot_done": None, "snapshot_total": None, "snapshot_percent": None}
+    percent = round(min(100.0, 100.0 * done / total), 1) if total else 100.0
+    return {"snapshot_done": done, "snapshot_total": total, "snapshot_percent": percent}
 
 
 def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
@@ -89,7 +99,9 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         state = grade(age, lim["checkpoint_warning_minutes"] * 60, lim["checkpoint_critical_minutes"] * 60)
         report.problem(state, "checkpoint", f"checkpoint not moved for {duration(age)} (sender stopped or stuck?)")
         if checkpoint["snapshot"]:
-            report.notes.append(f"snapshot in progress ({checkpoint['snapshot_table']})")
+            done, total = checkpoint["snapshot_done"], checkpoint["snapshot_total"]
+            how_far = f": {checkpoint['snapshot_percent']:.1f} % ({done:,} of {total:,} rows)" if total else ""
+            report.notes.append(f"snapshot in progress ({checkpoint['snapshot_table']}){how_far}")
 
     conn, site_db = connect(cfg, "site_db", timeout)
     report.data["site_db"] = site_db
@@ -143,6 +155,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         "lag_seconds": lag["seconds"], "lag_bytes": lag["bytes"],
         "checkpoint_age": checkpoint["age_seconds"] if checkpoint else None,
         "rows_per_second": rate["rows_per_second_5m"] if rate else None,
+        "snapshot_percent": checkpoint["snapshot_percent"] if checkpoint else None,
     })
 
 

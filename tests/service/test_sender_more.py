@@ -485,3 +485,75 @@ def test_killed_db_connections_restart_the_chain_without_loss(site, services, br
     rest = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
     assert confirmed(rest.stderr) == 0
     check_final_state(admin, truths, drain(broker_settings, dest))
+
+
+def test_a_resumed_snapshot_counts_on_from_where_it_stopped(site, broker_settings, tmp_path) -> None:
+    """Seen: the progress bar restarted at 0 after a resume and froze at 46 % when the load ended; status showed no
+    percent done. The checkpoint carries rows done and total, status shows them, the bar starts where it stopped."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from dbsync_cli.config import load
+    from dbsync_cli.sender import snapshot
+    from dbsync_cli.sender.checkpoint import CheckpointStore
+    from dbsync_cli.sender.run import capture_settings, load_model
+
+    admin, repl = site
+    generate(admin, seed=31, patients=20, mutations=0.0)
+    dest = queue_name("resume")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    dbsync("sender", "--config", str(conf), "--max-events", "300", env=env)
+    report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
+    checkpoint = report["checkpoint"]
+    total = checkpoint["snapshot_total"]
+    assert checkpoint["snapshot"] and checkpoint["snapshot_done"] == 300 and total > 300, checkpoint
+    assert checkpoint["snapshot_percent"] == round(100 * 300 / total, 1)
+    assert any(f"{checkpoint['snapshot_percent']:.1f} % (300 of {total:,} rows)" in n for n in report["notes"])
+
+    cfg = load(conf, "sender", env)
+    store = CheckpointStore(cfg.home)
+    resume = store.load()
+    store.close()
+    settings = capture_settings(cfg, load_model(cfg), threading.Event(), progress=True)
+    out = io.StringIO()
+    snap = snapshot.Snapshot(settings, resume, resume["epoch"],
+                             console=Console(file=out, force_terminal=True, width=120))
+    dones = [event["source"]["done"] for event in snap.events()]
+    assert dones[0] == 301 and dones[-1] == total and dones == list(range(301, total + 1))
+    shown = out.getvalue()
+    assert f"{total}/{total}" in shown and f" 0/{total}" not in shown, shown[-500:]
+
+
+def test_on_a_terminal_log_lines_print_above_the_progress_bar(site, broker_settings, tmp_path) -> None:
+    """Seen: log lines printed into the snapshot's progress bar. On a terminal the logs go through rich's handler
+    on the bar's own console, so each log line stands on a line of its own and the bar ends at 100 %."""
+    import pty
+
+    admin, repl = site
+    generate(admin, seed=32, patients=10, mutations=0.0)
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=queue_name("tty"))
+    leader, follower = pty.openpty()
+    with open(tmp_path / "events.ndjson", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "capture", "--until-idle", "--config", str(conf)],
+                                env={**env, "COLUMNS": "120", "TERM": "xterm"}, stdout=out, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    rows = sum(1 for line in open(tmp_path / "events.ndjson", "rb") if b'"op":"r"' in line)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace")).replace("\r", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    logged = [line for line in lines if "snapshot at binlog position" in line]
+    assert logged and all(re.match(r"^(\[?\d\d:\d\d:\d\d\]? +)?INFO ", line) for line in logged), lines[:20]
+    assert all("━" not in line for line in logged), logged  # no bar fragment on a log line
+    assert any(f"{rows}/{rows}" in line for line in lines), lines[-10:]
