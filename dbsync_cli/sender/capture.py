@@ -198,6 +198,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                             "snapshot": False,
                             "epoch": epoch,
                             "born": born,
+                            "end_pos": end.pos,  # how far the rows read so far reach: status's lag inside it
                         },
                     }
                     emitted += 1

@@ -50,6 +50,7 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
     ts_ms = value.get("ts_ms")
     checkpoint = {
         "file": value.get("file"), "pos": value.get("pos"), "row": value.get("row"),
+        "read_pos": _read_pos(value),
         "snapshot": bool(value.get("snapshot")), "snapshot_table": value.get("table") if value.get("snapshot") else None,
         **_snapshot_progress(value),
         "ts": utc(ts_ms / 1000) if isinstance(ts_ms, int | float) else None,
@@ -67,6 +68,16 @@ def binlog_lag(binary_logs: list[tuple[str, int]], file: str, pos: int) -> int |
     index = names.index(file)
     rest = max(0, binary_logs[index][1] - int(pos))
     return rest + sum(sz for _, sz in binary_logs[index + 1:])
+
+
+def _read_pos(value: dict[str, Any]) -> int | None:
+    """Where the confirmed rows reach in the checkpoint's file: inside a large transaction the rows event of the
+    last confirmed row, past the transaction's start (`pos`), so the byte lag moves while the transaction goes
+    through."""
+    pos, end = value.get("pos"), value.get("end_pos")
+    if isinstance(end, int) and isinstance(pos, int) and end > pos and not value.get("snapshot"):
+        return end
+    return pos if isinstance(pos, int) else None
 
 
 def _snapshot_progress(value: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +126,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
             if logs:
                 lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
             if checkpoint is not None and checkpoint["file"]:
-                lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["pos"] or 0)
+                lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["read_pos"] or 0)
                 try:  # by file name and size here; capture also compares when the file was created
                     binlog.check_history(conn, {"file": checkpoint["file"], "pos": checkpoint["pos"] or 0},
                                          lambda _file: None)

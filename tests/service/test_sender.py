@@ -104,9 +104,14 @@ def test_large_transaction_and_resume_inside_it(site, broker_settings, tmp_path)
     created = truth.stats["rows_created"]
     assert created >= 50_000, created
     assert truth.stats["transactions"] == 1
+    before = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)["lag"]
     dbsync("sender", "--config", str(conf), "--max-events", "12345", env=env)
     checkpoint = _checkpoint(tmp_path / "home-site1")
     assert checkpoint["row"] == 12344  # inside the transaction
+    # seen: lag.bytes frozen for the whole transaction; it moves with the rows confirmed inside it
+    inside = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
+    assert inside["checkpoint"]["read_pos"] > inside["checkpoint"]["pos"], inside["checkpoint"]
+    assert 0 < inside["lag"]["bytes"] < before["bytes"], (before, inside["lag"])
     dbsync("sender", "--config", str(conf), "--until-idle", env=env)
     messages = drain(broker_settings, dest)
     ids = [m["id"] for m in messages]
