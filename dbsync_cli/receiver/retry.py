@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql
 
+from dbsync_cli.faults import operator_fault
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
 from dbsync_cli.receiver.message import Parsed, entity_key
@@ -38,6 +40,11 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
         in_conflict = {r[0] for r in cur.fetchall()}
     applier.conn.commit()
     stuck: set[str] = set()
+    with applier.conn.cursor() as cur:
+        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue", s))
+        (queued,) = cur.fetchone() or (0,)
+    applier.conn.commit()
+    applied_by_site: Counter[str] = Counter()
     after, started, last_log = 0, time.monotonic(), time.monotonic()
     while limit is None or len(outcomes) < limit:
         size = page if limit is None else min(page, limit - len(outcomes))
@@ -53,12 +60,15 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
                 outcome = _entry(applier, cur, s, row, in_conflict, stuck)
                 if outcome is not None:
                     outcomes.append(outcome)
+                    if outcome.outcome not in FAILED:
+                        applied_by_site[row[2] or "?"] += 1
         applier.conn.commit()
         if not rows or only is not None:
             break
         after = rows[-1][0]
-        if time.monotonic() - last_log >= 5:
-            log.info("retry queue: %d entries tried, up to id %d (%.0f/s)", len(outcomes), after,
+        if time.monotonic() - last_log >= 5:  # e.g. a site's onboarding: thousands queued before `sites add`
+            log.info("retry queue: %d of %d entries tried, %d re-applied (%s) (%.0f/s)", len(outcomes), queued,
+                     sum(applied_by_site.values()), _per_site(applied_by_site),
                      len(outcomes) / max(0.001, time.monotonic() - started))
             last_log = time.monotonic()
     applier.reload_blocked()
@@ -68,8 +78,12 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
         (left,) = cur.fetchone() or (0,)
     applier.conn.commit()
     if outcomes or left:
-        log.info("retry queue: %d re-applied, %d still in the queue", applied, left)
+        log.info("retry queue: %d re-applied (%s), %d still in the queue", applied, _per_site(applied_by_site), left)
     return outcomes
+
+
+def _per_site(counts: Counter[str]) -> str:
+    return ", ".join(f"{site} {n}" for site, n in sorted(counts.items())) or "none"
 
 
 def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict: set[str],
@@ -84,6 +98,8 @@ def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict
     try:
         outcome = _attempt(applier, cur, item, batch)
     except pymysql.MySQLError as exc:
+        if operator_fault(exc):  # a missing grant fails every entry alike: stop, count no attempt
+            raise
         outcome = Outcome(message_id, "retry", reason=f"apply failed: {failure_reason(exc)}")
     if outcome.outcome in FAILED:
         cur.execute("ROLLBACK TO SAVEPOINT retry_entry")

@@ -17,11 +17,13 @@ import pytest
 from helpers import receiver_config, sender_config
 
 from dbsync_cli import exitcodes
+from devtools.bench import delete_queues
 
 WRONG = "wrong-" + uuidlib.uuid4().hex[:8]  # a password that must never appear in any output
 GRANT_PASSWORD = "grant-" + uuidlib.uuid4().hex[:8]
 #: every password a run saw: the wrong ones and the real ones (collected by the fixtures)
 SECRETS: set[str] = {WRONG, GRANT_PASSWORD}
+DESTINATION = f"test.fault.{uuidlib.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -66,6 +68,7 @@ def databases(services):
     for admin, name in made:
         load_openmrs(admin, name, metadata=False)
     yield site.with_database(made[0][1]), central.with_database(made[1][1]), f"t_fault_state_{tag}"
+    delete_queues(services.artemis.settings(), [DESTINATION])  # the snapshot a SELECT-only sender could send
     for admin, name in [*made, (central, f"t_fault_state_{tag}")]:
         with admin.with_database(None).connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -75,8 +78,8 @@ def databases(services):
 def roles(databases, services, broker_settings, tmp_path):
     site, central, state_schema = databases
     repl = services["site1"].repl.with_database(site.database)
-    sconf, senv = sender_config(tmp_path, repl, broker_settings, destination="test.unused")
-    rconf, renv = receiver_config(tmp_path, central, broker_settings, destination="test.unused",
+    sconf, senv = sender_config(tmp_path, repl, broker_settings, destination=DESTINATION)
+    rconf, renv = receiver_config(tmp_path, central, broker_settings, destination=DESTINATION,
                                   state_schema=state_schema)
     SECRETS.update({repl.password, central.password, broker_settings.password or ""} - {""})
     return Role(sconf, senv, tmp_path / "home-site1"), Role(rconf, renv, tmp_path / "home-receiver")

@@ -239,3 +239,30 @@ def test_messages_waiting_at_the_broker_with_no_consumer_are_seen(openmrs_db, tm
     assert drain(broker_settings, dest, idle=1)
     code, report = status(central.config, central.env, "--unconsumed-critical-seconds", "1")
     assert report["broker"]["queue"]["messages"] == 0 and "broker_queue" not in checks(report)
+
+
+def test_a_normal_onboarding_is_a_note_and_an_unregistered_site_one_warning(central) -> None:
+    """Seen: messages queued before `sites add` made status CRITICAL during a normal onboarding. Before the site
+    is registered: one WARNING naming `dbsync sites add`; after it: a note while the retry pass applies them."""
+    def park(site: str, n: int, reason: str) -> None:
+        for i in range(n):
+            central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, body, "
+                        "reason, date_created) VALUES (%s, %s, 'obs', '{}', %s, %s)",
+                        (f"o{i}-{os.urandom(4).hex()}", site, reason, _utcnow()))
+
+    park("clinic-new", 150, "site 'clinic-new' is not registered (dbsync sites add)")
+    park("clinic-new", 20, "waiting behind an earlier message for obs:x")
+    code, report = status(central.config, central.env, "--retry-critical", "100")
+    assert code == 1 and checks(report) == {"unregistered_site": "WARNING"}, report["problems"]
+    (line,) = [p["message"] for p in report["problems"]]
+    assert line == ("170 message(s) from site 'clinic-new', which is not registered, wait in the retry queue: "
+                    "dbsync sites add clinic-new")
+    dbsync("sites", "add", "clinic-new", "--config", str(central.config), env=central.env)
+    code, report = status(central.config, central.env, "--retry-critical", "100")
+    assert code == 0, report["problems"]
+    assert report["retry_queue"]["onboarding"] == {"clinic-new": 170}
+    assert any("clinic-new: onboarding, 170 message(s)" in note for note in report["notes"]), report["notes"]
+    park("site1", 2, "concept x does not exist")  # other trouble is still graded
+    code, report = status(central.config, central.env, "--retry-critical", "100")
+    assert code == 1 and checks(report) == {"retry_queue": "WARNING"}
+    assert report["problems"][0]["message"].startswith("2 message(s) in the retry queue")
