@@ -39,25 +39,26 @@ EXIT_TEXT = {
 }
 _BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG)
 _NET = (*_BASIC, exitcodes.UNREACHABLE)
-_CAPTURE = (*_NET, exitcodes.BINLOG_PURGED, exitcodes.BINLOG_SETTINGS, exitcodes.SCHEMA)
+_DB = (*_NET, exitcodes.PRIVILEGES)  # commands that log in to a database: a missing grant is exit 15
+_CAPTURE = (*_DB, exitcodes.BINLOG_PURGED, exitcodes.BINLOG_SETTINGS, exitcodes.SCHEMA)
+_STATE = (*_DB, exitcodes.SCHEMA)  # the receiver's administration commands on the state schema
 STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITICAL: a critical threshold was "
                "reached, or the broker or the database does not answer", 3: "UNKNOWN: the check could not judge "
                "(invalid config, unreadable sender state, no receiver state schema)"}
 
 #: command path → exit codes that command can return (status has its own meaning: STATUS_EXIT)
 EXIT_CODES: dict[str, tuple[int, ...]] = {
-    "capture": _CAPTURE, "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE, exitcodes.ANOTHER_SENDER),
-    "enrich": (*_BASIC, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
-    "consume": _NET, "apply": (*_BASIC, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
-    "receiver": (*_NET, exitcodes.SCHEMA, exitcodes.ANOTHER_RECEIVER),
-    "schema": (*_NET, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE,
-                                                                 exitcodes.BINLOG_SETTINGS, exitcodes.PRIVILEGES),
-    "conflicts list": (*_BASIC, exitcodes.SCHEMA), "conflicts show": (*_BASIC, exitcodes.SCHEMA),
-    "conflicts resolve": (*_BASIC, exitcodes.SCHEMA),
-    "retry list": (*_BASIC, exitcodes.SCHEMA), "retry show": (*_BASIC, exitcodes.SCHEMA),
-    "retry drop": (*_BASIC, exitcodes.SCHEMA), "retry again": (*_BASIC, exitcodes.SCHEMA),
-    "sites add": _NET, "sites list": _NET, "sites disable": _NET, "sites enable": _NET, "sites remove": _NET,
-    "sites update": _NET,
+    "capture": (*_CAPTURE, exitcodes.ANOTHER_SENDER),
+    "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE, exitcodes.ANOTHER_SENDER),
+    "enrich": (*_DB, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
+    "consume": _DB, "apply": (*_STATE, exitcodes.ANOTHER_RECEIVER),
+    "receiver": (*_STATE, exitcodes.ANOTHER_RECEIVER),
+    "schema": (*_DB, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE,
+                                                          exitcodes.BINLOG_SETTINGS, exitcodes.PRIVILEGES),
+    "conflicts list": _STATE, "conflicts show": _STATE, "conflicts resolve": _STATE,
+    "retry list": _STATE, "retry show": _STATE, "retry drop": _STATE, "retry again": _STATE,
+    "sites add": _DB, "sites list": _DB, "sites disable": _DB, "sites enable": _DB, "sites remove": _DB,
+    "sites update": _DB,
 }
 
 #: command path → (explanation, command line) pairs

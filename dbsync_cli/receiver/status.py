@@ -57,7 +57,11 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
             with conn.cursor() as cur:
                 cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (schema,))
                 exists = cur.fetchone()[0] > 0
-            if not exists:
+            if not exists and not _may_see(conn, schema):
+                report.problem(UNKNOWN, "state_schema", f"the receiver's user has no privilege on state schema "
+                                                        f"{schema!r} on {central['address']} (GRANT ALL PRIVILEGES "
+                                                        f"ON {schema}.* TO …)")
+            elif not exists:
                 report.problem(UNKNOWN, "state_schema", f"receiver state schema {schema!r} does not exist on "
                                                         f"{central['address']} (no receiver or `dbsync sites add` "
                                                         "has run yet)")
@@ -154,6 +158,14 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
                                    f"for {duration(waited)} (is the receiver running?)"
                    + (f"; {stats.delivering} stuck in delivery (restart the broker, see troubleshooting)"
                       if stats.delivering else ""))
+
+
+def _may_see(conn: Any, schema: str) -> bool:
+    """Whether the user has any privilege on `schema` (without one, an existing schema looks absent)."""
+    from dbsync_cli.checks import privileges
+
+    glob, local = privileges(conn, schema)
+    return bool((glob | local) - {"USAGE"})
 
 
 #: the retry reason of a message that arrived before its site was registered (apply.py)
