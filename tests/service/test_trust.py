@@ -135,6 +135,32 @@ def test_a_sites_broker_user_may_send_to_the_sync_address_and_nothing_else(servi
     assert len(drain(services.artemis.settings(), dest, idle=1)) == 1  # the site user read nothing
 
 
+def test_the_documented_artemis_user_add_gives_a_new_site_a_user_that_may_only_send(services) -> None:
+    """docs/installation.md's `artemis user add` step, run as written against the running broker: the new
+    site's user logs in and sends to the sync address (in the dbsync-sender role), then is removed."""
+    import dataclasses
+    import subprocess
+
+    art = services.artemis
+    site, password = f"site{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    admin = ["--url", f"tcp://{art.host}:{art.core_port}", "--user", art.user, "--password", art.password]
+    assert art.home is not None
+    cli = str(art.home / "artemis" / "bin" / "artemis")  # the instance the services script created
+    run = subprocess.run([cli, "user", "add", *admin, "--user-command-user", site, "--user-command-password",
+                          password, "--role", "dbsync-sender", "--silent"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0 and f"{site} added successfully" in run.stdout, run.stdout + run.stderr
+    try:
+        dest = f"test.trust.{uuid.uuid4().hex[:8]}"
+        as_new = dataclasses.replace(art.settings(), user=site, password=password)
+        _send_as(as_new, dest, {"v": 1, "id": f"{site}:x:1", "site": site})
+        (got,) = drain(art.settings(), dest, idle=1)
+        assert got["site"] == site
+    finally:
+        subprocess.run([cli, "user", "rm", *admin, "--user-command-user", site, "--silent"], capture_output=True,
+                       timeout=120, check=False)
+
+
 def test_the_home_directory_logs_and_state_are_readable_by_their_owner_only(site) -> None:  # noqa: F811
     """Seen: state.sqlite, the logs and the home directory were created 0644/0755."""
     new_person(site)
