@@ -93,9 +93,12 @@ def test_short_binlog_retention_warns(extra_site, broker_settings, tmp_path) -> 
     _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 3600")
     try:
         run = dbsync("capture", "--config", str(conf), "--until-idle", "--snapshot", "never", env=env)
+        checked = dbsync("config", "check", "--json", "--config", str(conf), env=env, check=False)
     finally:
         _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 0")
     assert b"binlog retention is 1.0 h, shorter than the 72 h minimum" in run.stderr
+    (finding,) = [f for f in orjson.loads(checked.stdout)["findings"] if f["check"] == "binlog.retention"]
+    assert checked.returncode == 0 and finding["state"] == "warning" and "kept 1.0 h" in finding["message"], finding
 
 
 def _sync(conf, env, broker_settings, dest: str, central, *args: str) -> tuple[list[dict], str]:
