@@ -68,6 +68,11 @@ KEYS: dict[str, Key] = {
     "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),
     "sender.extra_tables": Key(list, [], roles=_S, help="module tables synced in addition"),
     "sender.min_binlog_retention_hours": Key(int, 72, roles=_S),
+    "sender.purge_binlogs": Key(bool, False, roles=_S, help="purge binlog files wholly before the confirmed "
+                                                             "checkpoint (needs BINLOG ADMIN)"),
+    "sender.keep_binlog_files": Key(int, 2, roles=_S, help="with purge_binlogs: files before the checkpoint's "
+                                                          "that stay"),
+    "sender.purge_interval_seconds": Key(int, 300, roles=_S),
     "site_db.host": Key(str, "127.0.0.1", roles=_S),
     "site_db.port": Key(int, 3306, roles=_S),
     "site_db.database": Key(str, "openmrs", roles=_S),

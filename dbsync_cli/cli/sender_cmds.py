@@ -99,7 +99,8 @@ def publish(
     stop = threading.Event()
     store = CheckpointStore(cfg.home)
     messages = records.read(sys.stdin.buffer, "stdin", max_bytes=None)
-    confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), store.save, on_sent=store.count_sent)
+    confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), sender_mod.on_confirmed(cfg, store),
+                              on_sent=store.count_sent)
     try:
         count = records.write(confirmed) if echo else sum(1 for _ in confirmed)
     except CaptureStop as exc:  # e.g. the broker's certificate is not trusted: retrying cannot help

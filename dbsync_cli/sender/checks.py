@@ -24,6 +24,8 @@ def grants(conn: Any, cfg: Config) -> list[Finding]:
         ("BINLOG MONITOR or REPLICATION CLIENT", everything or bool(
             {"BINLOG MONITOR", "REPLICATION CLIENT", "SUPER"} & glob)),
     ) if not ok]
+    if cfg["sender.purge_binlogs"] and not (everything or {"BINLOG ADMIN", "BINLOG_ADMIN", "SUPER"} & glob):
+        missing.append("BINLOG ADMIN (for sender.purge_binlogs)")
     writes = sorted(p for p in glob | local if p in _WRITES)
     found = []
     if missing:

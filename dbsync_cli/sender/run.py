@@ -18,6 +18,7 @@ from dbsync_cli.sender.binlog import CaptureStop, reader_id
 from dbsync_cli.sender.capture import CaptureSettings, capture
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import EnrichSettings, enrich
+from dbsync_cli.sender.housekeeping import BinlogPurger
 from dbsync_cli.sender.publish import PublishSettings, publish
 from dbsync_cli.supervise import supervise
 
@@ -68,13 +69,27 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
             events = capture(settings, store.load())
             messages = enrich(events, enrich_settings(cfg), model)
             count = 0
-            for message in publish(messages, publish_settings(cfg, stop), store.save, on_sent=store.count_sent):
+            for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),
+                                   on_sent=store.count_sent):
                 count += 1
                 if on_message is not None:
                     on_message(message)
             return count
     finally:
         store.close()
+
+
+def on_confirmed(cfg: Config, store: CheckpointStore) -> Callable[[dict[str, Any]], None]:
+    """Save the checkpoint; then, with sender.purge_binlogs, purge the binlog files it no longer needs."""
+    if not cfg["sender.purge_binlogs"]:
+        return store.save
+    purger = BinlogPurger(cfg.db("site_db"), cfg["sender.keep_binlog_files"], cfg["sender.purge_interval_seconds"])
+
+    def save(value: dict[str, Any]) -> None:
+        store.save(value)
+        purger.after_checkpoint(value)
+
+    return save
 
 
 def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any) -> int:

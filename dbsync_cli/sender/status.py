@@ -50,7 +50,7 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
     ts_ms = value.get("ts_ms")
     checkpoint = {
         "file": value.get("file"), "pos": value.get("pos"), "row": value.get("row"),
-        "read_pos": _read_pos(value),
+        "read_pos": _read_pos(value), "born": value.get("born"),
         "snapshot": bool(value.get("snapshot")), "snapshot_table": value.get("table") if value.get("snapshot") else None,
         **_snapshot_progress(value),
         "ts": utc(ts_ms / 1000) if isinstance(ts_ms, int | float) else None,
@@ -68,6 +68,22 @@ def binlog_lag(binary_logs: list[tuple[str, int]], file: str, pos: int) -> int |
     index = names.index(file)
     rest = max(0, binary_logs[index][1] - int(pos))
     return rest + sum(sz for _, sz in binary_logs[index + 1:])
+
+
+def _disk(conn: Any, logs: list[tuple[str, int]], checkpoint: dict[str, Any] | None, cfg: Config) -> dict[str, Any]:
+    """Binlog disk use, the server's retention, and how long the checkpoint's file has left before the server
+    expires it (a sender down longer than that needs a new snapshot)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@binlog_expire_logs_seconds, @@expire_logs_days")
+        seconds, days = cur.fetchone()
+    retention = float(seconds or 0) or float(days or 0) * 86400
+    expires_in = None
+    born = checkpoint.get("born") if checkpoint else None
+    if retention and isinstance(born, int | float):
+        expires_in = round(born + retention - time.time())
+    return {"files": len(logs), "disk_bytes": sum(size for _, size in logs),
+            "retention_seconds": retention or None, "checkpoint_file_expires_in_seconds": expires_in,
+            "purge": bool(cfg["sender.purge_binlogs"])}
 
 
 def _read_pos(value: dict[str, Any]) -> int | None:
@@ -125,6 +141,11 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 logs = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
             if logs:
                 lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
+            disk = report.data["binlog"] = _disk(conn, logs, checkpoint, cfg)
+            expires = disk["checkpoint_file_expires_in_seconds"]
+            report.notes.append(f"binlog {disk['files']} file(s), {size(disk['disk_bytes'])}"
+                                + (f"; the checkpoint's file expires in {duration(max(0, expires))}"
+                                   if expires is not None else ""))
             if checkpoint is not None and checkpoint["file"]:
                 lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["read_pos"] or 0)
                 try:  # by file name and size here; capture also compares when the file was created

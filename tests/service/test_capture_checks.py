@@ -191,3 +191,55 @@ def test_config_check_finds_binlog_settings_capture_cannot_use(extra_site, broke
     assert run.returncode == exitcodes.BINLOG_SETTINGS, run.stderr.decode()
     errors = [f for f in orjson.loads(run.stdout)["findings"] if f["state"] == "error"]
     assert errors[0]["check"] == "binlog" and "binlog_row_image=MINIMAL" in errors[0]["message"]
+
+
+def test_binlog_housekeeping_purges_only_files_wholly_before_the_confirmed_checkpoint(extra_site, broker_settings,
+                                                                                      tmp_path) -> None:
+    """Issue 12 item 5 (EIP's binlog purger): `sender.purge_binlogs` purges the files before the checkpoint's, minus
+    `keep_binlog_files`; without BINLOG ADMIN it warns and syncs on, and config check names the grant."""
+    from dbsync_cli.sender.housekeeping import purge_target
+
+    assert purge_target(["b.1", "b.2", "b.3", "b.4"], "b.4", 1) == "b.3"
+    assert purge_target(["b.1", "b.2", "b.3", "b.4"], "b.4", 0) == "b.4"
+    assert purge_target(["b.1", "b.2"], "b.2", 1) is None and purge_target(["b.1"], "b.9", 0) is None
+    admin, repl = _site(extra_site, "purge_test")
+    dest = f"test.purge.{uuidlib.uuid4().hex[:8]}"
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest)
+    conf.write_text(conf.read_text().replace("[site_db]", "purge_binlogs = true\nkeep_binlog_files = 1\n[site_db]"))
+    for _ in range(4):
+        _global(extra_site, "FLUSH BINARY LOGS")
+    run = dbsync("sender", "--until-idle", "--config", str(conf), env=env)  # the repl user lacks BINLOG ADMIN
+    assert b"cannot purge binlogs before" in run.stderr and b"BINLOG ADMIN" in run.stderr, run.stderr[-2000:]
+    checked = dbsync("config", "check", "--json", "--config", str(conf), env=env, check=False)
+    assert checked.returncode == exitcodes.PRIVILEGES
+    assert any("BINLOG ADMIN (for sender.purge_binlogs)" in f["message"]
+               for f in orjson.loads(checked.stdout)["findings"])
+    user = f"t_purge_{uuidlib.uuid4().hex[:6]}"
+    with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'{admin.host}' IDENTIFIED BY 'pw-{user}'")
+        cur.execute(f"GRANT SELECT ON `{admin.database}`.* TO '{user}'@'{admin.host}'")
+        cur.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR, BINLOG ADMIN ON *.* TO '{user}'@'{admin.host}'")
+    try:
+        env = {**env, "DBSYNC_SITE_DB__USER": user, "DBSYNC_SITE_DB__PASSWORD": f"pw-{user}"}
+        assert dbsync("config", "check", "--config", str(conf), env=env, check=False).returncode == 0
+        generate(admin, seed=41, patients=2, mutations=0.0)
+        with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            before = [r[0] for r in cur.fetchall()]
+        run = dbsync("sender", "--until-idle", "--config", str(conf), env=env)
+        with sqlite3.connect(tmp_path / "home-site1" / "state.sqlite") as db:
+            checkpoint = orjson.loads(db.execute("SELECT value FROM checkpoint WHERE name='binlog'").fetchone()[0])
+        with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            after = [r[0] for r in cur.fetchall()]
+        index = before.index(checkpoint["file"])
+        assert after[0] == before[index - 1], (before, after, checkpoint)  # one file before the checkpoint's stays
+        assert set(before[index - 1:]) <= set(after)
+        assert b"purged" in run.stderr, run.stderr[-2000:]
+        report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
+        assert report["binlog"]["files"] == len(after) and report["binlog"]["purge"] is True
+        assert report["binlog"]["disk_bytes"] > 0
+    finally:
+        with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'{admin.host}'")
+        drain(broker_settings, dest, idle=1)

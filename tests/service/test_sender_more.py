@@ -550,7 +550,7 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar(site, broker_setti
         shown += chunk
     assert proc.wait(timeout=60) == 0
     os.close(leader)
-    rows = sum(1 for line in open(tmp_path / "events.ndjson", "rb") if b'"op":"r"' in line)
+    rows = (tmp_path / "events.ndjson").read_bytes().count(b'"op":"r"')
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace")).replace("\r", "\n")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     logged = [line for line in lines if "snapshot at binlog position" in line]

@@ -142,22 +142,22 @@ def test_the_documented_artemis_user_add_gives_a_new_site_a_user_that_may_only_s
     import subprocess
 
     art = services.artemis
-    site, password = f"site{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    new_site, password = f"site{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     admin = ["--url", f"tcp://{art.host}:{art.core_port}", "--user", art.user, "--password", art.password]
     assert art.home is not None
     cli = str(art.home / "artemis" / "bin" / "artemis")  # the instance the services script created
-    run = subprocess.run([cli, "user", "add", *admin, "--user-command-user", site, "--user-command-password",
+    run = subprocess.run([cli, "user", "add", *admin, "--user-command-user", new_site, "--user-command-password",
                           password, "--role", "dbsync-sender", "--silent"], capture_output=True, text=True,
                          timeout=120, check=False)
-    assert run.returncode == 0 and f"{site} added successfully" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and f"{new_site} added successfully" in run.stdout, run.stdout + run.stderr
     try:
         dest = f"test.trust.{uuid.uuid4().hex[:8]}"
-        as_new = dataclasses.replace(art.settings(), user=site, password=password)
-        _send_as(as_new, dest, {"v": 1, "id": f"{site}:x:1", "site": site})
+        as_new = dataclasses.replace(art.settings(), user=new_site, password=password)
+        _send_as(as_new, dest, {"v": 1, "id": f"{new_site}:x:1", "site": new_site})
         (got,) = drain(art.settings(), dest, idle=1)
-        assert got["site"] == site
+        assert got["site"] == new_site
     finally:
-        subprocess.run([cli, "user", "rm", *admin, "--user-command-user", site, "--silent"], capture_output=True,
+        subprocess.run([cli, "user", "rm", *admin, "--user-command-user", new_site, "--silent"], capture_output=True,
                        timeout=120, check=False)
 
 
