@@ -65,6 +65,8 @@ KEYS: dict[str, Key] = {
     "sender.server_id": Key(int, required=True, roles=_S, help="replication server id, unique per server"),
     "sender.timezone": Key(str, "UTC", roles=_S, help="time zone of DATETIME values in the site DB"),
     "sender.snapshot": Key(str, "initial", roles=_S, choices=("initial", "never", "when_needed")),
+    "sender.snapshot_method": Key(str, "auto", roles=_S, choices=("auto", "mariadb", "lock", "log_status"),
+                                  help="how a snapshot finds its binlog position (see docs/installation.md)"),
     "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),
     "sender.extra_tables": Key(list, [], roles=_S, help="module tables synced in addition"),
     "sender.min_binlog_retention_hours": Key(int, 72, roles=_S),

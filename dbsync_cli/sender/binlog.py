@@ -180,6 +180,7 @@ class CaptureSettings:
     server_id: int
     tables: list[str]  # synced tables, parents first
     snapshot: str = "initial"  # initial | never | when_needed
+    snapshot_method: str = "auto"  # auto | mariadb | lock | log_status (servers.py)
     until_idle: bool = False
     max_events: int | None = None
     heartbeat_seconds: float = 1.0

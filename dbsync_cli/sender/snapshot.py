@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from dbsync_cli import logs, wire
-from dbsync_cli.sender import binlog
+from dbsync_cli.sender import binlog, servers
 from dbsync_cli.sender.binlog import CaptureSettings, Position
 from dbsync_cli.sql import quote, sql
 
@@ -64,12 +64,9 @@ class Snapshot:
         self.total: int | None = None
 
     def _start(self, conn: Any) -> Position:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%%'")
-            status = {k.lower(): v for k, v in cur.fetchall()}
-        position = Position(status["binlog_snapshot_file"], int(status["binlog_snapshot_position"]))
+        method = servers.choose(conn, self.settings.snapshot_method)
+        position = servers.open_snapshot(conn, method)
+        log.info("snapshot transaction opened (%s) at binlog position %s", method, position)
         if self.resume is not None:
             # keep the original position: streaming from it covers every change made while we were down
             return Position(self.resume["file"], int(self.resume["pos"]))

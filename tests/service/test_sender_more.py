@@ -557,3 +557,45 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar(site, broker_setti
     assert logged and all(re.match(r"^(\[?\d\d:\d\d:\d\d\]? +)?INFO ", line) for line in logged), lines[:20]
     assert all("━" not in line for line in logged), logged  # no bar fragment on a log line
     assert any(f"{rows}/{rows}" in line for line in lines), lines[-10:]
+
+
+@pytest.mark.parametrize("method", ["mariadb", "lock"])
+def test_each_snapshot_method_matches_its_position_while_the_site_writes(site, services, broker_settings, tmp_path,
+                                                                         method) -> None:
+    """Issue 12 item 2: the snapshot's binlog position found MariaDB's way (binlog_snapshot_*) and MySQL 5.7's way
+    (FLUSH TABLES WITH READ LOCK held while the position is read), forced on MariaDB, while the site writes: no row
+    is lost or stale either way."""
+    import threading
+
+    admin, repl = site
+    truths = [generate(admin, seed=51, patients=40, mutations=0.0)]
+    dest = queue_name("method")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=200)
+    conf.write_text(conf.read_text().replace("[site_db]", f'snapshot_method = "{method}"\n[site_db]'))
+    if method == "lock":  # FLUSH TABLES WITH READ LOCK needs RELOAD
+        inst = services["site1"]
+        env = {**env, "DBSYNC_SITE_DB__USER": inst.admin.user, "DBSYNC_SITE_DB__PASSWORD": inst.admin.password}
+
+    def write() -> None:
+        truths.append(generate(admin, seed=52, patients=20, mutations=0.3, transaction_rows=50))
+
+    writer = threading.Thread(target=write)
+    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--until-idle", "--config", str(conf)],
+                            env=env, stderr=subprocess.PIPE)
+    writer.start()
+    writer.join()
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert f"snapshot transaction opened ({method})".encode() in err, err.decode()[-2000:]
+    dbsync("sender", "--until-idle", "--config", str(conf), env=env)
+    check_final_state(admin, truths, drain(broker_settings, dest))
+
+
+def test_a_snapshot_method_the_server_lacks_is_one_line(site, broker_settings, tmp_path) -> None:
+    """log_status is MySQL 8's: forced on MariaDB it stops with one line naming the alternative."""
+    _admin, repl = site
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=queue_name("method"))
+    conf.write_text(conf.read_text().replace("[site_db]", 'snapshot_method = "log_status"\n[site_db]'))
+    run = dbsync("sender", "--until-idle", "--config", str(conf), env=env, check=False)
+    lines = [line for line in run.stderr.decode().splitlines() if line.startswith("dbsync:")]
+    assert run.returncode == 11 and len(lines) == 1 and "log_status cannot be read" in lines[0], run.stderr[-2000:]
