@@ -113,7 +113,7 @@ def address_info(settings: BrokerSettings, address: str, timeout: float = 5) -> 
     try:
         address_settings = management.call("broker", "getAddressSettingsAsJSON", address)
         try:
-            auto_create = bool(orjson.loads(address_settings).get("autoCreateAddresses", False))
+            auto_create = bool(orjson.loads(address_settings).get("autoCreateAddresses", True))  # Artemis's default
         except (orjson.JSONDecodeError, AttributeError):
             auto_create = False
         try:

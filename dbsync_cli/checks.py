@@ -67,6 +67,18 @@ def privileges(conn: Any, database: str) -> tuple[set[str], set[str]]:
     return glob, local
 
 
+def table_grants(conn: Any, database: str) -> bool:
+    """Whether the user holds grants on single tables of `database` (`db`.`table`), which `privileges` does not
+    count: a role granted table by table cannot be judged per database."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW GRANTS")
+        for (grant,) in cur.fetchall():
+            match = re.match(r"GRANT .+? ON (`?)(.+?)\1\.`?[^*`]", str(grant))
+            if match and _like(match.group(2), database):
+                return True
+    return False
+
+
 def _like(pattern: str, name: str) -> bool:
     """MySQL's database-name pattern of a grant: `%` and `_` are wildcards, `\\_` a literal underscore."""
     regex = ""
@@ -165,7 +177,9 @@ def _broker(cfg: Config) -> Finding:
 def _destination(cfg: Config) -> Finding:
     """The sync address exists (or the broker creates it on first use) and routes the way destination_type says:
     a queue destination on a MULTICAST-only address (or the reverse) would deliver nothing."""
-    from dbsync_cli.broker import settings_from_config
+    import stomp.exception
+
+    from dbsync_cli.broker import BrokerError, settings_from_config
     from dbsync_cli.broker_queue import QueueStatsError, address_info
 
     address, kind = cfg["broker.destination"], cfg["broker.destination_type"]
@@ -173,7 +187,7 @@ def _destination(cfg: Config) -> Finding:
     key = "broker.destination"
     try:
         info = address_info(settings_from_config(cfg), address)
-    except QueueStatsError as exc:
+    except (QueueStatsError, BrokerError, stomp.exception.StompException) as exc:
         return Finding(key, SKIPPED, f"{address!r} not checked: the broker user may not use management ({exc}); "
                                      "normal for a site's user: the receiver's config check checks the address")
     if not info.exists:

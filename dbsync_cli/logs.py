@@ -22,7 +22,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 def stderr_console() -> Console:
     """The one rich console on stderr: the log handler and the progress bars share it, so that log lines print
     above a live bar instead of into it."""
-    return Console(stderr=True)
+    return Console(stderr=True, force_terminal=sys.stderr.isatty())  # a bar only on a real terminal
 
 
 class SecretMask(logging.Filter):

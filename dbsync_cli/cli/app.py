@@ -72,7 +72,7 @@ def command() -> Any:
     stack: list[Any] = [root]  # typer's own (vendored) click objects
     while stack:
         cmd = stack.pop()
-        help_option = cmd.get_help_option(cmd.context_class(cmd))  # created once per command, then cached
+        help_option = cmd.get_help_option(cmd.context_class(cmd, **(cmd.context_settings or {})))  # created once per command, then cached
         for param in [*cmd.params, help_option]:
             if getattr(param, "is_flag", False) or getattr(param, "count", False):
                 param.metavar = ""

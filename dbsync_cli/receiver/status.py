@@ -72,10 +72,11 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     data["inbox"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest)}
                     size_, oldest = _count_oldest(
                         cur, sql("SELECT COUNT(*), MIN(date_created) FROM {}.receiver_retry_queue", s))
-                    cur.execute(sql("SELECT COALESCE(site, ''), COUNT(*), SUM(reason LIKE %s) "
-                                    "FROM {}.receiver_retry_queue GROUP BY site ORDER BY 1", s), (UNREGISTERED,))
-                    counts = [(r[0] or "?", int(r[1]), int(r[2] or 0)) for r in cur.fetchall()]
-                    by_site = {site: n for site, n, _ in counts}
+                    cur.execute(sql("SELECT COALESCE(site, ''), COUNT(*), SUM(reason LIKE %s), "
+                                    "SUM(reason LIKE %s OR reason LIKE %s) FROM {}.receiver_retry_queue "
+                                    "GROUP BY site ORDER BY 1", s), (UNREGISTERED, UNREGISTERED, WAITING))
+                    counts = [(r[0] or "?", int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in cur.fetchall()]
+                    by_site = {site: n for site, n, _, _ in counts}
                     data["retry_queue"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest),
                                            "by_site": by_site}
                     onboarding = _onboarding(report, conn, schema, now, counts)
@@ -170,12 +171,14 @@ def _may_see(conn: Any, schema: str) -> bool:
 
 #: the retry reason of a message that arrived before its site was registered (apply.py)
 UNREGISTERED = "site % is not registered%"
+#: the reason of a message queued behind an earlier one for the same row (during onboarding: behind the above)
+WAITING = "waiting behind an earlier message%"
 #: how long after `dbsync sites add` a site's queued messages count as its onboarding, not as trouble
 ONBOARDING_MINUTES = 60
 
 
 def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
-                counts: list[tuple[str, int, int]]) -> dict[str, int]:
+                counts: list[tuple[str, int, int, int]]) -> dict[str, int]:
     """Sites whose messages arrived before `sites add`. Registered within ONBOARDING_MINUTES: their queue is the
     normal onboarding the receiver's retry pass is applying (a note, not graded). Not registered: one WARNING per
     site naming the command, instead of a CRITICAL retry queue."""
@@ -183,7 +186,7 @@ def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
 
     sites = state.sites(conn, schema)
     onboarding: dict[str, int] = {}
-    for identifier, total, unregistered in counts:
+    for identifier, total, unregistered, queued in counts:
         if not unregistered:
             continue
         site = sites.get(identifier)
@@ -191,11 +194,11 @@ def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
             report.problem(WARNING, "unregistered_site", f"{total} message(s) from site {identifier!r}, which is not "
                                                          f"registered, wait in the retry queue: dbsync sites add "
                                                          f"{identifier}")
-            onboarding[identifier] = total
+            onboarding[identifier] = queued  # only these: the site's other trouble is graded as ever
         elif not site.disabled and (seconds_between(now, site.date_created) or 0) < ONBOARDING_MINUTES * 60:
-            report.notes.append(f"site {identifier}: onboarding, {total:,} message(s) queued before `sites add` "
+            report.notes.append(f"site {identifier}: onboarding, {queued:,} message(s) queued before `sites add` "
                                 "being applied")
-            onboarding[identifier] = total
+            onboarding[identifier] = queued
     return onboarding
 
 

@@ -101,12 +101,15 @@ def _home_reading(cfg: Config) -> bool:
     path = cfg.home / "binlog-reader.lock"
     if not path.exists():
         return False
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with path.open("r") as handle:
+            try:  # shared: a sender starting meanwhile is refused only for this instant, not by a held lock
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except OSError:  # another OS user's home: it cannot be told, so the clash stands
         return False
 
 

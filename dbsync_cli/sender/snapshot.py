@@ -92,8 +92,11 @@ class Snapshot:
                 log.info("resuming snapshot at %s after key %s (position %s)", current, after_key, self.position)
             else:
                 log.info("snapshot at binlog position %s", self.position)
-            totals = self._totals(conn, tables)
-            self.total = sum(totals.values())
+            resumed_total = self.resume.get("total") if self.resume is not None else None
+            if isinstance(resumed_total, int):  # "when the load started": counted once, not at every resume
+                self.total = resumed_total
+            else:
+                self.total = sum(self._totals(conn, tables, exact=settings.progress).values())
             self.done = self._done_before(conn, tables, keys, done_before, after_key)
             progress = _progress(self.console) if settings.progress else nullcontext()
             with progress as bar:
@@ -106,6 +109,8 @@ class Snapshot:
                         yield event
                         if bar is not None and task is not None:
                             bar.update(task, completed=self.done, total=max(self.total, self.done))
+                if bar is not None and task is not None:  # an estimated total ends at 100 % all the same
+                    bar.update(task, completed=self.done, total=self.done)
             conn.commit()
         finally:
             conn.close()
@@ -113,8 +118,8 @@ class Snapshot:
     def _done_before(self, conn: Any, tables: list[str], keys: dict[str, str], done_before: set[str],
                      after_key: Any) -> int:
         """Rows a resumed load sent before: the checkpoint's count when it has one, else counted now."""
-        if self.resume is None:
-            return 0
+        if self.resume is None or self.resume.get("table") not in tables:
+            return 0  # a fresh load, or the table it stopped in is no longer synced: every table goes again
         if isinstance(self.resume.get("done"), int):
             return int(self.resume["done"])
         with conn.cursor() as cur:
@@ -129,9 +134,16 @@ class Snapshot:
                 done += int(cur.fetchone()[0])
             return done
 
-    def _totals(self, conn: Any, tables: list[str]) -> dict[str, int]:
+    def _totals(self, conn: Any, tables: list[str], *, exact: bool) -> dict[str, int]:
+        """Rows per table: counted (for the progress bar on a terminal), else InnoDB's estimate, so that a
+        supervised sender does not scan a large obs table before its first row (status shows a percent of it)."""
         with conn.cursor() as cur:
             totals = {}
+            if not exact:
+                cur.execute("SELECT TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+                            (self.settings.db.database,))
+                estimates = {str(name): int(rows or 0) for name, rows in cur.fetchall()}
+                return {table: estimates.get(table, 0) for table in tables}
             for table in tables:
                 cur.execute(sql("SELECT COUNT(*) FROM {}", quote(table)))  # name from information_schema
                 totals[table] = int(cur.fetchone()[0])

@@ -508,8 +508,9 @@ def test_a_resumed_snapshot_counts_on_from_where_it_stopped(site, broker_setting
     report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
     checkpoint = report["checkpoint"]
     total = checkpoint["snapshot_total"]
-    assert checkpoint["snapshot"] and checkpoint["snapshot_done"] == 300 and total > 300, checkpoint
-    assert checkpoint["snapshot_percent"] == round(100 * 300 / total, 1)
+    # without a terminal the total is InnoDB's estimate (no COUNT(*) of every table before the first row)
+    assert checkpoint["snapshot"] and checkpoint["snapshot_done"] == 300 and total > 0, checkpoint
+    assert checkpoint["snapshot_percent"] == round(min(100.0, 100 * 300 / total), 1)
     assert any(f"{checkpoint['snapshot_percent']:.1f} % (300 of {total:,} rows)" in n for n in report["notes"])
 
     cfg = load(conf, "sender", env)
@@ -520,10 +521,12 @@ def test_a_resumed_snapshot_counts_on_from_where_it_stopped(site, broker_setting
     out = io.StringIO()
     snap = snapshot.Snapshot(settings, resume, resume["epoch"],
                              console=Console(file=out, force_terminal=True, width=120))
-    dones = [event["source"]["done"] for event in snap.events()]
-    assert dones[0] == 301 and dones[-1] == total and dones == list(range(301, total + 1))
+    sources = [event["source"] for event in snap.events()]
+    dones = [source["done"] for source in sources]
+    assert dones[0] == 301 and dones == list(range(301, dones[-1] + 1))
+    assert {source["total"] for source in sources} == {total}  # counted once, when the load started
     shown = out.getvalue()
-    assert f"{total}/{total}" in shown and f" 0/{total}" not in shown, shown[-500:]
+    assert f"{dones[-1]}/{dones[-1]}" in shown and " 0/" not in shown, shown[-500:]
 
 
 def test_on_a_terminal_log_lines_print_above_the_progress_bar(site, broker_settings, tmp_path) -> None:
