@@ -24,7 +24,9 @@ from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.binlog")
 
-REQUIRED = {"log_bin": "1", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
+REQUIRED = {"log_bin": "1", "binlog_format": "ROW", "binlog_row_image": "FULL"}
+#: FULL: row events carry column names; MINIMAL, NO_LOG or absent (MySQL 5.7): names from the schema history
+METADATA = "binlog_row_metadata"
 
 
 class CaptureStop(Exception):
@@ -52,7 +54,7 @@ def _variables(conn: Any, names: list[str]) -> dict[str, str]:
 
 def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
     """Stop unless the binlog is ROW/FULL/FULL; warn when retention is shorter than the configured minimum."""
-    found = _variables(conn, [*REQUIRED, "expire_logs_days", "binlog_expire_logs_seconds"])
+    found = _variables(conn, [*REQUIRED, METADATA, "expire_logs_days", "binlog_expire_logs_seconds"])
     wrong = []
     for name, wanted in REQUIRED.items():
         value = found.get(name, "(absent)")
@@ -62,9 +64,12 @@ def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
     if wrong:
         raise CaptureStop(
             "site server binlog settings cannot support capture (" + ", ".join(wrong) + "): start it with "
-            "--log-bin --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL",
+            "--log-bin --binlog-format=ROW --binlog-row-image=FULL (and --binlog-row-metadata=FULL where it exists)",
             exitcodes.BINLOG_SETTINGS,
         )
+    if found.get(METADATA, "").upper() != "FULL":
+        log.info("binlog_row_metadata=%s: column names come from the sender's schema history",
+                 found.get(METADATA, "(absent: MySQL 5.7)"))
     seconds = int(float(found.get("binlog_expire_logs_seconds", "0") or 0))
     if not seconds:
         seconds = int(float(found.get("expire_logs_days", "0") or 0) * 86400)
@@ -73,6 +78,11 @@ def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
             "binlog retention is %.1f h, shorter than the %d h minimum: an outage longer than that loses the "
             "checkpoint (raise binlog_expire_logs_seconds)", seconds / 3600, min_retention_hours,
         )
+
+
+def row_metadata(conn: Any) -> str:
+    """binlog_row_metadata as the server says it; "(absent)" on servers without it (MySQL 5.7)."""
+    return _variables(conn, [METADATA]).get(METADATA, "(absent)").upper()
 
 
 def current_position(conn: Any) -> Position:
@@ -181,6 +191,7 @@ class CaptureSettings:
     tables: list[str]  # synced tables, parents first
     snapshot: str = "initial"  # initial | never | when_needed
     snapshot_method: str = "auto"  # auto | mariadb | lock | log_status (servers.py)
+    home: Path | None = None  # the sender's state directory (schema history); None: kept in memory
     until_idle: bool = False
     max_events: int | None = None
     heartbeat_seconds: float = 1.0

@@ -25,10 +25,10 @@ from pymysqlreplication.event import (
     RotateEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from dbsync_cli import exitcodes, wire
-from dbsync_cli.sender import binlog
+from dbsync_cli.sender import binlog, schema_history
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
 
@@ -93,6 +93,7 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
             start = binlog.current_position(conn)
         # --until-idle: the end as it is now; a stream that ends earlier (a dropped connection) is resumed
         target = binlog.current_position(conn) if settings.until_idle else None
+        columns = schema_history.current_columns(conn, settings.db.database or "", settings.tables)
     emitted = 0
     if checkpoint is None and settings.snapshot != "never" or resume_snapshot is not None:
         snap = snapshot_stage.Snapshot(settings, resume_snapshot, epoch)
@@ -105,9 +106,19 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
                 return
         start, skip_rows = snap.position, 0
     assert start is not None
+    history = schema_history.SchemaHistory(settings.home)
+    try:
+        schema_history.seed(history, columns, start)
+        yield from _streams(settings, history, start, skip_rows, emitted, target, epoch)
+    finally:
+        history.close()
+
+
+def _streams(settings: CaptureSettings, history: schema_history.SchemaHistory, start: Position, skip_rows: int,
+             emitted: int, target: Position | None, epoch: str) -> Iterator[Event]:
     remaining = None if settings.max_events is None else settings.max_events - emitted
     while True:
-        boundary, count = yield from stream(settings, start, skip_rows, remaining, epoch)
+        boundary, count = yield from stream(settings, start, skip_rows, remaining, epoch, history)
         remaining = None if remaining is None else remaining - count
         if target is None or settings.stop.is_set() or (remaining is not None and remaining <= 0) or (
                 (boundary.file, boundary.pos) >= (target.file, target.pos)):
@@ -117,7 +128,8 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
 
 
 def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_events: int | None,
-           epoch: str) -> Generator[Event, None, tuple[Position, int]]:
+           epoch: str, history: schema_history.SchemaHistory | None = None
+           ) -> Generator[Event, None, tuple[Position, int]]:
     """Row events from `start` (a transaction boundary), skipping the first `skip_rows` rows of that transaction.
     Every event's source carries the message-id `epoch` and when its binlog file was created (`born`)."""
     db = settings.db
@@ -129,9 +141,10 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
         only_tables=settings.tables,
         only_events=[
             MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent, FormatDescriptionEvent,
-            WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
+            TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
         ],
     )  # fmt: skip
+    history = history if history is not None else schema_history.SchemaHistory(None)
     server_id = settings.server_id
     born: int | None = None  # creation time of reader.log_file, from its format description event
     txn = start  # start of the current (or next) transaction
@@ -154,6 +167,12 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     boundary = txn = Position(event.next_binlog, event.position)
                 continue
             end = Position(reader.log_file, event.packet.log_pos)
+            if isinstance(event, TableMapEvent):
+                if event.table in settings.tables and not all(c.name for c in event.columns):
+                    problem = schema_history.name_columns(history, event, end)  # MINIMAL metadata, MySQL 5.7
+                    if problem is not None:
+                        _stop_undecodable(settings, end, f"a {event.table} table map {problem}", history=True)
+                continue
             if not isinstance(event, HeartbeatLogEvent) and event.timestamp:
                 binlog_ms = event.timestamp * 1000
             if isinstance(event, MariadbGtidEvent | GtidEvent) or (
@@ -168,8 +187,10 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                 if isinstance(event, QueryEvent) and _DML.match(str(event.query)) and _schema(event) == db.database:
                     _stop_undecodable(settings, end, "a data change logged as a statement (binlog_format is not ROW)")
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
-                    # DDL commits on its own; with row metadata FULL the next table map carries the new columns
+                    # DDL commits on its own; with row metadata FULL the next table map carries the new columns,
+                    # without it the schema history gives them from here on
                     log.debug("DDL at %s: %s", end, str(event.query)[:200])
+                    _record_ddl(settings, history, str(event.query), end)
                 boundary = end
                 in_txn = False
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
@@ -249,9 +270,26 @@ def _undecodable(event: Any) -> str | None:
     return None
 
 
-def _stop_undecodable(settings: CaptureSettings, where: Position, what: str) -> None:
+def _record_ddl(settings: CaptureSettings, history: schema_history.SchemaHistory, statement: str,
+                end: Position) -> None:
+    """After a DDL statement naming synced tables: their columns from `end` on (today's, read now)."""
+    named = schema_history.tables_named(statement, settings.tables)
+    if not named:
+        return
+    with settings.db.connect() as conn:
+        columns = schema_history.current_columns(conn, settings.db.database or "", named)
+    for table in named:
+        if table in columns and history.record(table, end, columns[table]):
+            log.info("schema history: %s has %d columns from %s on", table, len(columns[table]), end)
+
+
+def _stop_undecodable(settings: CaptureSettings, where: Position, what: str, *, history: bool = False) -> None:
     """Never skip past an event we cannot decode: stop before it (the checkpoint stays before it), with the start-up
     message when the server's settings changed, so an operator fixes them (exit 11)."""
+    if history:
+        raise CaptureStop(f"binlog at {where}: {what}; capture stops before it (nothing after it is sent). Take a "
+                          "new snapshot (`dbsync sender --snapshot when_needed` after clearing the checkpoint) or set "
+                          "binlog_row_metadata=FULL", exitcodes.BINLOG_SETTINGS)
     with settings.db.connect() as conn:
         binlog.check_settings(conn)
     raise CaptureStop(f"binlog at {where}: {what}; capture stops before it (nothing after it is sent). Set the "

@@ -10,7 +10,7 @@ import pymysql
 from dbsync_cli import exitcodes
 from dbsync_cli.checks import ERROR, OK, SKIPPED, WARNING, Finding, Step, privileges
 from dbsync_cli.config import Config
-from dbsync_cli.sender.binlog import REPORT_HOST, CaptureStop, check_settings
+from dbsync_cli.sender.binlog import REPORT_HOST, CaptureStop, check_settings, row_metadata
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "ALL PRIVILEGES", "DROP", "ALTER", "CREATE", "SUPER")
 
@@ -49,7 +49,14 @@ def binlog(conn: Any, cfg: Config) -> list[Finding]:
         seconds, days = cur.fetchone()
     retention = float(seconds or 0) or float(days or 0) * 86400
     minimum = cfg["sender.min_binlog_retention_hours"] * 3600
-    found = [Finding("binlog", OK, "log_bin ON, binlog_format ROW, binlog_row_image FULL, binlog_row_metadata FULL")]
+    metadata = row_metadata(conn)
+    found = [Finding("binlog", OK, f"log_bin ON, binlog_format ROW, binlog_row_image FULL, binlog_row_metadata "
+                                   f"{metadata}")]
+    if metadata != "FULL":
+        found.append(Finding("binlog.row_metadata", WARNING, f"binlog_row_metadata {metadata}: row events carry no "
+                             "column names, so the sender names them from its schema history; a table altered "
+                             "twice while the sender is behind stops it (exit 11). FULL (MariaDB 10.5+, MySQL 8) "
+                             "avoids that"))
     if retention and minimum and retention < minimum:
         found.append(Finding("binlog.retention", WARNING, f"binlogs are kept {retention / 3600:.1f} h, less than "
                                                           f"sender.min_binlog_retention_hours "

@@ -35,7 +35,8 @@ def load_model(cfg: Config) -> SchemaModel:
 def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **overrides: Any) -> CaptureSettings:
     settings = CaptureSettings(
         db=cfg.db("site_db"), server_id=cfg["sender.server_id"], tables=list(model.synced),
-        snapshot=cfg["sender.snapshot"], snapshot_method=cfg["sender.snapshot_method"], min_retention_hours=cfg["sender.min_binlog_retention_hours"], stop=stop,
+        snapshot=cfg["sender.snapshot"], snapshot_method=cfg["sender.snapshot_method"], home=cfg.home,
+        min_retention_hours=cfg["sender.min_binlog_retention_hours"], stop=stop,
         secret_columns={t.name: t.secret_columns for t in model.synced.values() if t.secret_columns},
     )
     for key, value in overrides.items():
