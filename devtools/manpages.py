@@ -27,7 +27,8 @@ EXIT_TEXT = {
                              "history restarted (RESET MASTER, a restored or rebuilt server): changes since then "
                              "are lost to capture; run with `--snapshot when_needed`",
     exitcodes.BINLOG_SETTINGS: "the site server's binlog settings cannot support capture (needs log_bin, "
-                               "binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)",
+                               "binlog_format=ROW, binlog_row_image=FULL), or a row event's columns cannot be known "
+                               "(no column names and a table altered twice while the sender was behind)",
     exitcodes.SCHEMA: "the database lacks a configured table or column (dbsync schema shows the model)",
     exitcodes.DANGLING_REFERENCE: "a site row references a row that does not exist in the site database (a "
                                   "dangling reference): nothing after it is sent until the row is fixed",
