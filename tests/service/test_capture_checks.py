@@ -166,7 +166,7 @@ def test_config_check_warns_about_a_fixed_offset_on_a_server_with_daylight_savin
             conf, env = sender_config(tmp_path, repl, broker_settings, destination="test.unused", timezone=configured)
             run = dbsync("config", "check", "--config", str(conf), env=env, check=False)
             assert run.returncode == 0, run.stderr.decode()
-            lines = [line for line in run.stderr.decode().splitlines() if "warning" in line]
+            lines = [line for line in run.stderr.decode().splitlines() if "warning: sender.timezone" in line]
             if warned:
                 assert lines == [f"dbsync: config: warning: sender.timezone is the fixed offset {configured!r}, but "
                                  "the server's time zone (Europe/Berlin) is UTC+01:00 in January and UTC+02:00 in "
