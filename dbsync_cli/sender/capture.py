@@ -190,7 +190,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     # DDL commits on its own; with row metadata FULL the next table map carries the new columns,
                     # without it the schema history gives them from here on
                     log.debug("DDL at %s: %s", end, str(event.query)[:200])
-                    _record_ddl(settings, history, str(event.query), end)
+                    if _schema(event) == db.database or (db.database or "\0") in str(event.query):
+                        _record_ddl(settings, history, str(event.query), end)  # not another database's DDL
                 boundary = end
                 in_txn = False
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
