@@ -274,8 +274,8 @@ def _undecodable(event: Any) -> str | None:
 def _record_ddl(settings: CaptureSettings, history: schema_history.SchemaHistory, statement: str,
                 end: Position) -> None:
     """After a DDL statement naming synced tables: their columns from `end` on (today's, read now)."""
-    named = schema_history.tables_named(statement, settings.tables)
-    if not named:
+    named = [t for t in schema_history.tables_named(statement, settings.tables) if not history.recorded_at(t, end)]
+    if not named:  # none named, or a replay of a DDL recorded before: no information_schema read
         return
     with settings.db.connect() as conn:
         columns = schema_history.current_columns(conn, settings.db.database or "", named)

@@ -48,13 +48,16 @@ class SchemaHistory:
     def record(self, table: str, position: Position, columns: list[str]) -> bool:
         """The columns of `table` from `position` on. The first recording stays: it was made when the DDL was
         read closest to its time; a replay reads today's columns, which later DDL may have changed since."""
-        if any(entry[:2] == (sequence(position.file), position.pos) for entry in self._entries(table)):
+        if self.recorded_at(table, position):
             return False
         self.conn.execute("INSERT OR IGNORE INTO schema_history (tbl, file, pos, columns) VALUES (?, ?, ?, ?)",
                           (table, position.file, position.pos, orjson.dumps(columns).decode()))
         self.conn.commit()
         self._cache.pop(table, None)
         return True
+
+    def recorded_at(self, table: str, position: Position) -> bool:
+        return any(entry[:2] == (sequence(position.file), position.pos) for entry in self._entries(table))
 
     def columns_at(self, table: str, position: Position) -> list[str] | None:
         """The columns valid at `position`: the last entry at or before it."""

@@ -6,10 +6,12 @@ import contextlib
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Iterator
 
 import orjson
 import pytest
 from helpers import dbsync, receiver_config, sender_config
+from test_field_cases import publish_raw
 
 from dbsync_cli import exitcodes
 
@@ -25,6 +27,23 @@ def _states(report: dict) -> dict[str, list[str]]:
     for f in report["findings"]:
         found.setdefault(f["check"], []).append(f["state"])
     return found
+
+
+@contextlib.contextmanager
+def _site_user(inst, database: str, prefix: str, *global_grants: str) -> Iterator[str]:
+    """A throwaway user on `inst` with SELECT on `database` (plus `global_grants` ON *.*), dropped afterwards."""
+    user = f"{prefix}_{uuidlib.uuid4().hex[:6]}"
+    host = inst.admin.host
+    with inst.admin.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pw-{user}'")
+        cur.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'{host}'")
+        if global_grants:
+            cur.execute(f"GRANT {', '.join(global_grants)} ON *.* TO '{user}'@'{host}'")
+    try:
+        yield user
+    finally:
+        with inst.admin.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'{host}'")
 
 
 @pytest.fixture
@@ -77,11 +96,7 @@ def test_each_sender_fault_is_one_finding_with_its_exit_code(sender, services, f
 def test_grants_the_sender_lacks_or_must_not_have(sender, services) -> None:
     (conf, env), site = sender
     inst = services["site1"]
-    user = f"t_grant_{uuidlib.uuid4().hex[:6]}"
-    with inst.admin.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE USER '{user}'@'{inst.admin.host}' IDENTIFIED BY 'pw-{user}'")
-        cur.execute(f"GRANT SELECT ON `{site.database}`.* TO '{user}'@'{inst.admin.host}'")
-    try:
+    with _site_user(inst, site.database, "t_grant") as user:
         conf.write_text(conf.read_text().replace(f'user = "{inst.repl.user}"', f'user = "{user}"'))
         env = {**env, "DBSYNC_SITE_DB__PASSWORD": f"pw-{user}"}
         code, report = _check(conf, env)
@@ -94,9 +109,6 @@ def test_grants_the_sender_lacks_or_must_not_have(sender, services) -> None:
         grants = [f for f in report["findings"] if f["check"] == "site_db.grants"]
         assert code == exitcodes.PRIVILEGES and grants[0]["message"].startswith(
             "the sender's user can write (INSERT, UPDATE)"), grants
-    finally:
-        with inst.admin.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP USER '{user}'@'{inst.admin.host}'")
 
 
 def test_receiver_checks_the_state_schema_and_the_site_registry(openmrs_db, services, broker_settings,
@@ -113,24 +125,6 @@ def test_receiver_checks_the_state_schema_and_the_site_registry(openmrs_db, serv
         cur.execute(f"DROP DATABASE `{schema}`")
 
 
-def _send_one(broker_settings, destination: str) -> None:
-    """Create an ANYCAST address the way a sender's first SEND does."""
-    from dbsync_cli.broker import open_connection
-
-    got = threading.Event()
-
-    class Listener:
-        def on_receipt(self, frame) -> None:
-            got.set()
-
-    conn = open_connection(broker_settings, listener=Listener())
-    try:
-        conn.send(destination, body="{}", headers={"destination-type": "ANYCAST", "receipt": "r"})
-        assert got.wait(10)
-    finally:
-        conn.disconnect()
-
-
 def test_the_destination_exists_and_routes_the_way_destination_type_says(openmrs_db, services, broker_settings,
                                                                          tmp_path) -> None:
     central = openmrs_db("central")
@@ -145,7 +139,7 @@ def test_the_destination_exists_and_routes_the_way_destination_type_says(openmrs
 
     code, found = finding(destination=destination)
     assert code == 0 and found["state"] == "warning" and "does not exist yet" in found["message"], found
-    _send_one(broker_settings, destination)
+    publish_raw(broker_settings, destination, [{"v": 1, "id": "x:1", "site": "x"}])  # a first SEND
     code, found = finding(destination=destination)
     assert code == 0 and found["state"] == "ok" and "routes ANYCAST" in found["message"], found
     code, found = finding(destination=destination, destination_type="topic")
@@ -167,18 +161,19 @@ def test_a_sites_broker_user_cannot_read_management_so_the_destination_is_skippe
 def test_a_server_id_a_replica_of_the_site_server_uses_is_found(sender, services) -> None:
     """A reader registered under the configured id (a real replica would be) makes the check fail; one registered
     by this home's own running sender does not."""
-    from pymysqlreplication import BinLogStreamReader
-
     (conf, env), site = sender
     inst = services["site1"]
-    user = f"t_repl_{uuidlib.uuid4().hex[:6]}"
     with inst.admin.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE USER '{user}'@'{inst.admin.host}' IDENTIFIED BY 'pw-{user}'")
-        cur.execute(f"GRANT SELECT ON `{site.database}`.* TO '{user}'@'{inst.admin.host}'")
-        cur.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR, REPLICATION MASTER ADMIN ON *.* "
-                    f"TO '{user}'@'{inst.admin.host}'")
         cur.execute("SHOW MASTER STATUS")
         file, pos = cur.fetchone()[:2]
+    with _site_user(inst, site.database, "t_repl", "REPLICATION SLAVE", "BINLOG MONITOR",
+                    "REPLICATION MASTER ADMIN") as user:
+        _replica_clash(conf, env, inst, user, file, pos)
+
+
+def _replica_clash(conf, env, inst, user: str, file: str, pos: int) -> None:
+    from pymysqlreplication import BinLogStreamReader
+
     code, report = _check(conf, env)
     assert code == 0 and _states(report)["sender.server_id.replicas"] == ["skipped"], report["findings"]
     conf.write_text(conf.read_text().replace(f'user = "{inst.repl.user}"', f'user = "{user}"'))
@@ -216,4 +211,3 @@ def test_a_server_id_a_replica_of_the_site_server_uses_is_found(sender, services
         with inst.admin.connect() as conn, conn.cursor() as cur:  # close() would block on the reading thread
             if stream._stream_connection is not None:
                 cur.execute(f"KILL CONNECTION {int(stream._stream_connection.thread_id())}")
-            cur.execute(f"DROP USER '{user}'@'{inst.admin.host}'")
