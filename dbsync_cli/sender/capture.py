@@ -28,7 +28,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from dbsync_cli import exitcodes, wire
-from dbsync_cli.sender import binlog, schema_history
+from dbsync_cli.sender import binlog, gtid, schema_history
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
 
@@ -78,9 +78,9 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         start: Position | None = None
         skip_rows = 0
         resume_snapshot: dict[str, Any] | None = None
+        flavor = gtid.flavor_of(conn)
         if checkpoint is not None:
-            start = Position(checkpoint["file"], int(checkpoint["pos"]))
-            binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
+            checkpoint = _in_this_history(settings, conn, checkpoint)
         epoch = checkpoint.get("epoch") if checkpoint is not None else None
         if not isinstance(epoch, str):
             epoch = binlog.new_epoch(conn)
@@ -88,9 +88,15 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         if checkpoint is not None and checkpoint.get("snapshot"):
             resume_snapshot = checkpoint
         elif checkpoint is not None:
+            start = Position(checkpoint["file"], int(checkpoint["pos"]))
             skip_rows = int(checkpoint.get("row", -1)) + 1
         elif settings.snapshot == "never":
             start = binlog.current_position(conn)
+        gtids = None
+        if checkpoint is not None and isinstance(checkpoint.get("gtid_pos"), str) and flavor is not None:
+            gtids = gtid.parse(flavor, checkpoint["gtid_pos"])
+        elif start is not None and resume_snapshot is None:
+            gtids = gtid.state_at(settings, conn, flavor, start)
         # --until-idle: the end as it is now; a stream that ends earlier (a dropped connection) is resumed
         target = binlog.current_position(conn) if settings.until_idle else None
         columns = schema_history.current_columns(conn, settings.db.database or "", settings.tables)
@@ -105,20 +111,21 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
                 events.close()
                 return
         start, skip_rows = snap.position, 0
+        gtids = None if snap.gtids is None or flavor is None else gtid.parse(flavor, snap.gtids)
     assert start is not None
-    history = schema_history.SchemaHistory(settings.home)
+    history = schema_history.SchemaHistory(settings.home, epoch)
     try:
         schema_history.seed(history, columns, start)
-        yield from _streams(settings, history, start, skip_rows, emitted, target, epoch)
+        yield from _streams(settings, history, start, skip_rows, emitted, target, epoch, gtids)
     finally:
         history.close()
 
 
 def _streams(settings: CaptureSettings, history: schema_history.SchemaHistory, start: Position, skip_rows: int,
-             emitted: int, target: Position | None, epoch: str) -> Iterator[Event]:
+             emitted: int, target: Position | None, epoch: str, gtids: gtid.Gtids | None) -> Iterator[Event]:
     remaining = None if settings.max_events is None else settings.max_events - emitted
     while True:
-        boundary, count = yield from stream(settings, start, skip_rows, remaining, epoch, history)
+        boundary, count = yield from stream(settings, start, skip_rows, remaining, epoch, history, gtids)
         remaining = None if remaining is None else remaining - count
         if target is None or settings.stop.is_set() or (remaining is not None and remaining <= 0) or (
                 (boundary.file, boundary.pos) >= (target.file, target.pos)):
@@ -128,10 +135,11 @@ def _streams(settings: CaptureSettings, history: schema_history.SchemaHistory, s
 
 
 def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_events: int | None,
-           epoch: str, history: schema_history.SchemaHistory | None = None
+           epoch: str, history: schema_history.SchemaHistory | None = None, gtids: gtid.Gtids | None = None
            ) -> Generator[Event, None, tuple[Position, int]]:
     """Row events from `start` (a transaction boundary), skipping the first `skip_rows` rows of that transaction.
-    Every event's source carries the message-id `epoch` and when its binlog file was created (`born`)."""
+    Every event's source carries the message-id `epoch`, when its binlog file was created (`born`) and the GTID
+    position before its transaction (`gtid_pos`, from `gtids`: the position at `start`, kept up to date here)."""
     db = settings.db
     reader = binlog.reader(
         settings, start.file, start.pos,
@@ -150,7 +158,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
     txn = start  # start of the current (or next) transaction
     boundary = start  # last position where no transaction was open
     row = -1
-    gtid: str | None = None
+    txn_gtid: str | None = None
+    gtid_pos = None if gtids is None else str(gtids)  # before the current transaction
     in_txn = False
     emitted = 0
     last_beat = time.monotonic()
@@ -180,7 +189,11 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
             ):
                 if not in_txn:
                     txn = Position(reader.log_file, event.packet.log_pos - event.packet.event_size)
-                    gtid = getattr(event, "gtid", None)
+                    txn_gtid = getattr(event, "gtid", None)
+                    if gtids is not None:
+                        gtid_pos = str(gtids)
+                        if txn_gtid is not None:
+                            gtids.add(txn_gtid)
                     row = -1
                     in_txn = True
             elif isinstance(event, XidEvent | QueryEvent):
@@ -215,7 +228,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                             "file": txn.file,
                             "pos": txn.pos,
                             "row": row,
-                            "gtid": gtid,
+                            "gtid": txn_gtid,
+                            "gtid_pos": gtid_pos,
                             "ts_ms": event.timestamp * 1000,
                             "snapshot": False,
                             "epoch": epoch,
@@ -231,12 +245,14 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                 last_beat = now
                 # an idle server's heartbeat means "caught up": it carries now; otherwise the binlog time
                 yield heartbeat(server_id, boundary, None if isinstance(event, HeartbeatLogEvent) else binlog_ms,
-                                epoch=epoch, born=born if boundary.file == reader.log_file else None)
+                                epoch=epoch, born=born if boundary.file == reader.log_file else None,
+                                gtid_pos=None if gtids is None else str(gtids))
             if settings.stop.is_set():
                 # inside a transaction too: the checkpoint keeps the row index, a restart skips what was done
                 break
         if not in_txn:  # --until-idle reached the end of the binlog: caught up
-            yield heartbeat(server_id, boundary, epoch=epoch, born=born if boundary.file == reader.log_file else None)
+            yield heartbeat(server_id, boundary, epoch=epoch, born=born if boundary.file == reader.log_file else None,
+                            gtid_pos=None if gtids is None else str(gtids))
         return boundary, emitted
     except pymysql.err.OperationalError as exc:
         if exc.args and exc.args[0] == 1236:  # the server cannot send from there: purged, or a restarted history
@@ -299,7 +315,7 @@ def _stop_undecodable(settings: CaptureSettings, where: Position, what: str, *, 
 
 
 def heartbeat(server_id: int, position: Position, ts_ms: int | None = None, *, epoch: str | None = None,
-              born: int | None = None) -> Event:
+              born: int | None = None, gtid_pos: str | None = None) -> Event:
     """A record that only says: everything before `position` has been captured (`ts_ms`: its binlog time)."""
     source: dict[str, Any] = {"server_id": server_id, "file": position.file, "pos": position.pos, "row": -1,
                               "ts_ms": ts_ms if ts_ms is not None else int(time.time() * 1000), "snapshot": False}
@@ -307,7 +323,41 @@ def heartbeat(server_id: int, position: Position, ts_ms: int | None = None, *, e
         source["epoch"] = epoch
     if born is not None:
         source["born"] = born
+    if gtid_pos is not None:
+        source["gtid_pos"] = gtid_pos
     return {"op": wire.HEARTBEAT, "source": source}
+
+
+def _in_this_history(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to go on from on this server: as it is when its position is in the server's binlog history;
+    moved to where this server's binlog continues it when the site failed over to a replica (another server id,
+    found by its GTID position: a new message-id epoch, since file and position names repeat across servers); None
+    (a new snapshot) when a failover interrupted the snapshot. Raises PositionLost otherwise."""
+    was = str(checkpoint.get("epoch") or "").partition(".")[0]
+    now = str(binlog.server_id(conn))
+    moved = bool(was) and was != now and isinstance(checkpoint.get("gtid_pos"), str)
+    try:
+        if moved:
+            raise binlog.PositionLost(Position(checkpoint["file"], int(checkpoint["pos"])),
+                                      f"the site server changed (server id {now}, the checkpoint's {was})",
+                                      restarted=True)
+        binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
+        return checkpoint
+    except binlog.PositionLost as lost:
+        try:
+            found = gtid.locate(settings, conn, checkpoint)
+        except binlog.PositionLost as also:
+            raise (also if moved else lost) from None
+        if found is None:
+            raise
+        if checkpoint.get("snapshot"):
+            log.warning("%s during the initial snapshot: taking it again from this server", lost)
+            return None
+        position, skip, gtid_pos = found
+        log.warning("%s: going on at %s (row %d of its transaction), where this server's binlog continues GTID "
+                    "position %s, under a new message-id epoch", lost, position, skip, checkpoint["gtid_pos"])
+        return {**checkpoint, "file": position.file, "pos": position.pos, "row": skip - 1, "born": None,
+                "epoch": binlog.new_epoch(conn), "gtid_pos": gtid_pos}
 
 
 __all__ = ["CaptureSettings", "CaptureStop", "capture", "heartbeat", "stream"]

@@ -26,7 +26,11 @@ from dbsync_cli.sender.binlog import Position, sequence
 
 
 class SchemaHistory:
-    def __init__(self, home: Path | None):
+    """The entries of one binlog history: positions are the message-id `epoch`'s (capture renews it with every
+    new snapshot and when the site fails over to a replica), since file and position names repeat across servers
+    and after RESET MASTER."""
+
+    def __init__(self, home: Path | None, epoch: str = ""):
         if home is None:
             self.conn = sqlite3.connect(":memory:")
         else:
@@ -34,14 +38,22 @@ class SchemaHistory:
             home.mkdir(parents=True, exist_ok=True)
             private_file(path)
             self.conn = sqlite3.connect(path, timeout=30)
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_history (tbl TEXT NOT NULL, file TEXT NOT NULL, "
-                          "pos INTEGER NOT NULL, columns TEXT NOT NULL, PRIMARY KEY (tbl, file, pos))")
+        self.epoch = epoch
+        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_columns (epoch TEXT NOT NULL, tbl TEXT NOT NULL, "
+                          "file TEXT NOT NULL, pos INTEGER NOT NULL, columns TEXT NOT NULL, "
+                          "PRIMARY KEY (epoch, tbl, file, pos))")
+        old = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_history'")
+        if old.fetchone():  # 0.x before epochs: its entries are of the history the checkpoint resumes
+            self.conn.execute("INSERT OR IGNORE INTO schema_columns SELECT ?, tbl, file, pos, columns "
+                              "FROM schema_history", (epoch,))
+            self.conn.execute("DROP TABLE schema_history")
         self.conn.commit()
         self._cache: dict[str, list[tuple[tuple[str, int], int, list[str]]]] = {}
 
     def _entries(self, table: str) -> list[tuple[tuple[str, int], int, list[str]]]:
         if table not in self._cache:
-            rows = self.conn.execute("SELECT file, pos, columns FROM schema_history WHERE tbl = ?", (table,))
+            rows = self.conn.execute("SELECT file, pos, columns FROM schema_columns WHERE epoch = ? AND tbl = ?",
+                                     (self.epoch, table))
             self._cache[table] = sorted((sequence(f), int(p), orjson.loads(c)) for f, p, c in rows)
         return self._cache[table]
 
@@ -50,8 +62,8 @@ class SchemaHistory:
         read closest to its time; a replay reads today's columns, which later DDL may have changed since."""
         if self.recorded_at(table, position):
             return False
-        self.conn.execute("INSERT OR IGNORE INTO schema_history (tbl, file, pos, columns) VALUES (?, ?, ?, ?)",
-                          (table, position.file, position.pos, orjson.dumps(columns).decode()))
+        self.conn.execute("INSERT OR IGNORE INTO schema_columns (epoch, tbl, file, pos, columns) VALUES (?, ?, ?, ?, ?)",
+                          (self.epoch, table, position.file, position.pos, orjson.dumps(columns).decode()))
         self.conn.commit()
         self._cache.pop(table, None)
         return True

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from dbsync_cli import logs, wire
-from dbsync_cli.sender import binlog, servers
+from dbsync_cli.sender import binlog, gtid, servers
 from dbsync_cli.sender.binlog import CaptureSettings, Position
 from dbsync_cli.sql import quote, sql
 
@@ -59,6 +59,7 @@ class Snapshot:
         self.epoch = epoch  # of the message ids (renewed with every new snapshot by capture)
         self.position: Position | None = None
         self.born: int | None = None  # when the snapshot position's binlog file was created
+        self.gtids: str | None = None  # the GTID position of `position` (gtid.py): a failover resumes by it
         self.console = console  # the progress bar's (default: stderr's, shared with the log handler)
         self.done = 0
         self.total: int | None = None
@@ -69,7 +70,10 @@ class Snapshot:
         log.info("snapshot transaction opened (%s) at binlog position %s", method, position)
         if self.resume is not None:
             # keep the original position: streaming from it covers every change made while we were down
+            self.gtids = self.resume.get("gtid_pos")
             return Position(self.resume["file"], int(self.resume["pos"]))
+        state = gtid.state_at(self.settings, conn, gtid.flavor_of(conn), position)
+        self.gtids = None if state is None else str(state)
         return position
 
     def events(self) -> Generator[dict[str, Any], None, None]:
@@ -188,6 +192,7 @@ class Snapshot:
                         "key": after,
                         "epoch": self.epoch,
                         "born": self.born,
+                        "gtid_pos": self.gtids,
                         "done": self.done,
                         "total": self.total,
                     },

@@ -247,3 +247,40 @@ def destroy_mariadb(inst: MariaDbInstance) -> None:
     """Stop and delete the instance's files (for tests' extra instances)."""
     stop_mariadb(inst)
     shutil.rmtree(inst.dir, ignore_errors=True)
+
+
+def start_replica(primary: MariaDbInstance, name: str, port: int, server_id: int, *,
+                  timeout: float = 60) -> MariaDbInstance:
+    """A fresh replica of `primary` by GTID with log_slave_updates (its binlog holds the primary's transactions
+    under their GTIDs, as a replica a site fails over to must), replicating from the start of the primary's binlog.
+    The primary's ``dbsync_repl`` (REPLICATION SLAVE) is the replication user."""
+    replica = start_mariadb(name, port, server_id, extra_args=("--log-slave-updates",), home=primary.home,
+                            timeout=timeout)
+    with replica.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute("STOP SLAVE")
+        cur.execute("RESET SLAVE ALL")
+        cur.execute("RESET MASTER")  # its own users' creation is not part of the primary's history
+        cur.execute("SET GLOBAL gtid_slave_pos = ''")
+        cur.execute("CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
+                    "MASTER_USE_GTID=slave_pos", (primary.host, primary.port, REPL_USER,
+                                                  secret(primary.home, REPL_USER)))
+        cur.execute("START SLAVE")
+    return replica
+
+
+def wait_for_replica(primary: MariaDbInstance, replica: MariaDbInstance, timeout: float = 60) -> None:
+    """Until the replica has applied everything the primary's binlog holds now."""
+    with primary.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        position = (cur.fetchone() or [""])[0]
+    with replica.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        names = [d[0] for d in cur.description or ()]
+        status = dict(zip(names, cur.fetchone() or (), strict=False))
+        if status.get("Slave_SQL_Running") != "Yes" or status.get("Slave_IO_Running") != "Yes":
+            raise ServiceError(f"mariadb {replica.name}: does not replicate ({status})")
+        cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (position, timeout))
+        result = (cur.fetchone() or [None])[0]
+        if result != 0:
+            raise ServiceError(f"mariadb {replica.name}: not caught up with {primary.name} at {position} "
+                               f"after {timeout} s ({status})")

@@ -562,15 +562,27 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar(site, broker_setti
     assert any(f"{rows}/{rows}" in line for line in lines), lines[-10:]
 
 
-@pytest.mark.parametrize("method", ["mariadb", "lock"])
+@pytest.mark.parametrize("metadata", ["FULL", "MINIMAL"])
+@pytest.mark.parametrize("method", ["mariadb", "lock", "log_status"])
 def test_each_snapshot_method_matches_its_position_while_the_site_writes(site, services, broker_settings, tmp_path,
-                                                                         method) -> None:
-    """Issue 12 item 2: the snapshot's binlog position found MariaDB's way (binlog_snapshot_*) and MySQL 5.7's way
-    (FLUSH TABLES WITH READ LOCK held while the position is read), forced on MariaDB, while the site writes: no row
+                                                                         method, metadata) -> None:
+    """Issue 12 item 2: the snapshot's binlog position found MariaDB's way (binlog_snapshot_*), MySQL 5.7's way
+    (FLUSH TABLES WITH READ LOCK held while the position is read) and MySQL 8's (two equal reads around the
+    transaction's start), forced on MariaDB, while the site writes, with row metadata FULL and MINIMAL: no row
     is lost or stale either way."""
+    admin, repl = site
+    with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute(f"SET GLOBAL binlog_row_metadata = '{metadata}'")
+    try:
+        _snapshot_while_writing(admin, repl, services, broker_settings, tmp_path, method)
+    finally:
+        with admin.with_database(None).connect() as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL binlog_row_metadata = 'FULL'")
+
+
+def _snapshot_while_writing(admin, repl, services, broker_settings, tmp_path, method: str) -> None:
     import threading
 
-    admin, repl = site
     truths = [generate(admin, seed=51, patients=40, mutations=0.0)]
     dest = queue_name("method")
     conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=200)
@@ -594,11 +606,13 @@ def test_each_snapshot_method_matches_its_position_while_the_site_writes(site, s
     check_final_state(admin, truths, drain(broker_settings, dest))
 
 
-def test_a_snapshot_method_the_server_lacks_is_one_line(site, broker_settings, tmp_path) -> None:
-    """log_status is MySQL 8's: forced on MariaDB it stops with one line naming the alternative."""
+def test_a_snapshot_method_the_server_lacks_is_one_line(site) -> None:
+    """log_status is MySQL 8's table: a server without it (read as MySQL's, on MariaDB) stops with one line
+    naming the alternative."""
+    from dbsync_cli.sender import servers
+    from dbsync_cli.sender.binlog import CaptureStop
+
     _admin, repl = site
-    conf, env = sender_config(tmp_path, repl, broker_settings, destination=queue_name("method"))
-    conf.write_text(conf.read_text().replace("[site_db]", 'snapshot_method = "log_status"\n[site_db]'))
-    run = dbsync("sender", "--until-idle", "--config", str(conf), env=env, check=False)
-    lines = [line for line in run.stderr.decode().splitlines() if line.startswith("dbsync:")]
-    assert run.returncode == 11 and len(lines) == 1 and "log_status cannot be read" in lines[0], run.stderr[-2000:]
+    with repl.connect() as conn, pytest.raises(CaptureStop) as stop:
+        servers._read_log_status(conn, "mysql")
+    assert stop.value.code == 11 and "log_status cannot be read" in str(stop.value) and "lock" in str(stop.value)

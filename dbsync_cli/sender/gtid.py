@@ -1,0 +1,236 @@
+"""GTID positions: what lets a checkpoint survive the site failing over to a replica.
+
+A file/position checkpoint means nothing on another server, but a GTID position does: it names the transactions
+already captured, whichever server's binlog holds them. Every record's source carries `gtid_pos`, the position
+before its transaction (a heartbeat's: at its boundary), so the checkpoint publish saves has it too.
+
+- MariaDB: the last GTID of each replication domain, ``domain-server-seq`` joined by commas (as `gtid_binlog_pos`);
+  a GTID is covered when its domain's sequence number has been reached.
+- MySQL (`gtid_mode=ON`): the set of GTIDs executed (as `gtid_executed`: ``uuid:1-100:102``).
+
+`locate` finds where a server's binlog continues a GTID position: the first transaction it does not cover.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pymysqlreplication.event import (
+    GtidEvent,
+    MariadbGtidEvent,
+    MariadbGtidListEvent,
+    PreviousGtidsEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.gtid import Gtid, GtidSet
+
+from dbsync_cli.sender import binlog, servers
+from dbsync_cli.sender.binlog import CaptureSettings, Position, PositionLost
+
+log = logging.getLogger("dbsync.gtid")
+
+
+class Gtids(Protocol):
+    def covers(self, gtid: str) -> bool: ...
+    def knows(self, gtid: str) -> bool: ...
+    def add(self, gtid: str) -> None: ...
+    def covers_all(self, other: Gtids) -> bool: ...
+    def copy(self) -> Gtids: ...
+
+
+class MariaDbGtids:
+    """Per replication domain, the last GTID: sequence numbers only grow within a domain."""
+
+    def __init__(self, text: str = ""):
+        self.domains: dict[int, tuple[int, int]] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            domain, server, seq = (int(n) for n in part.split("-"))
+            if seq >= self.domains.get(domain, (0, -1))[1]:
+                self.domains[domain] = (server, seq)
+
+    def covers(self, gtid: str) -> bool:
+        domain, _server, seq = (int(n) for n in gtid.split("-"))
+        return domain in self.domains and self.domains[domain][1] >= seq
+
+    def knows(self, gtid: str) -> bool:
+        """Whether `gtid`'s replication domain is in this position."""
+        return int(gtid.split("-", maxsplit=1)[0]) in self.domains
+
+    def add(self, gtid: str) -> None:
+        domain, server, seq = (int(n) for n in gtid.split("-"))
+        if seq >= self.domains.get(domain, (0, -1))[1]:
+            self.domains[domain] = (server, seq)
+
+    def covers_all(self, other: Gtids) -> bool:
+        assert isinstance(other, MariaDbGtids)
+        return all(self.covers(f"{d}-{s}-{n}") for d, (s, n) in other.domains.items())
+
+    def copy(self) -> MariaDbGtids:
+        new = MariaDbGtids()
+        new.domains = dict(self.domains)
+        return new
+
+    def __str__(self) -> str:
+        return ",".join(f"{d}-{s}-{n}" for d, (s, n) in sorted(self.domains.items()))
+
+
+class MySqlGtids:
+    """The set of GTIDs executed (mysql-replication's GtidSet; its set-in-set test is not used: it compares
+    whole intervals)."""
+
+    def __init__(self, text: str = ""):
+        self.set = GtidSet(text.replace("\n", "") or None)
+
+    def covers(self, gtid: str) -> bool:
+        return Gtid(gtid) in self.set
+
+    def knows(self, gtid: str) -> bool:
+        """Whether `gtid`'s server uuid is in this set."""
+        return Gtid(gtid).sid in {part.sid for part in self.set.gtids}
+
+    def add(self, gtid: str) -> None:
+        self.set = self.set + Gtid(gtid)
+
+    def covers_all(self, other: Gtids) -> bool:
+        assert isinstance(other, MySqlGtids)
+        return all(any(part in mine for mine in self.set.gtids) for part in other.set.gtids)
+
+    def copy(self) -> MySqlGtids:
+        return MySqlGtids(str(self))
+
+    def __str__(self) -> str:
+        return str(self.set)
+
+
+def parse(flavor: str, text: str) -> Gtids:
+    return MariaDbGtids(text) if flavor == "mariadb" else MySqlGtids(text)
+
+
+def flavor_of(conn: Any) -> str | None:
+    """mariadb, mysql (gtid_mode ON) or None: a MySQL server without GTIDs has no position a replica shares."""
+    found = servers.server(conn).flavor
+    if found == "mariadb":
+        return found
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.gtid_mode")
+        (mode,) = cur.fetchone()
+    return "mysql" if str(mode).upper() == "ON" else None
+
+
+def executed(conn: Any, flavor: str) -> Gtids:
+    """Every transaction the server's binlog holds (MariaDB gtid_binlog_pos, MySQL gtid_executed)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos" if flavor == "mariadb" else "SELECT @@GLOBAL.gtid_executed")
+        (text,) = cur.fetchone()
+    return parse(flavor, str(text or ""))
+
+
+def state_at(settings: CaptureSettings, conn: Any, flavor: str | None, position: Position) -> Gtids | None:
+    """The GTID position of the binlog at `position` (a transaction boundary); None without GTIDs."""
+    if flavor is None:
+        return None
+    if flavor == "mariadb":
+        with conn.cursor() as cur:
+            cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (position.file, position.pos))
+            (text,) = cur.fetchone()
+        if text is not None:
+            return parse(flavor, str(text))
+    return _scan(settings, flavor, position.file, stop_at=position).state
+
+
+@dataclass
+class _Scan:
+    state: Gtids  # the GTID position where the scan stopped
+    first: tuple[Position, str] | None  # the first transaction not covered by `target` (start, its GTID)
+    end: Position  # the end of the last event read
+    foreign: list[str]  # before `first`: transactions of domains (MySQL: servers) `target` does not know
+
+
+def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Position | None = None,
+          target: Gtids | None = None, header_only: bool = False) -> _Scan:
+    """Read `file` from its start (its GTID list gives the position before it) up to `stop_at`, or on to the end of
+    the binlog until a transaction `target` does not cover."""
+    reader = binlog.reader(settings, file, 4, blocking=False, only_events=[
+        MariadbGtidListEvent, PreviousGtidsEvent, MariadbGtidEvent, GtidEvent, XidEvent, QueryEvent, RotateEvent])
+    state = parse(flavor, "")
+    end = Position(file, 4)
+    foreign: list[str] = []
+    try:
+        for event in reader:
+            if isinstance(event, RotateEvent):
+                continue
+            here = Position(reader.log_file, event.packet.log_pos - event.packet.event_size)
+            if stop_at is not None and (here.file, here.pos) >= (stop_at.file, stop_at.pos):
+                break
+            if header_only and isinstance(event, MariadbGtidEvent | GtidEvent | XidEvent | QueryEvent):
+                break
+            if isinstance(event, MariadbGtidListEvent) and here.file == file:
+                state = parse(flavor, ",".join(g.gtid for g in event.gtid_list))
+            elif isinstance(event, PreviousGtidsEvent) and here.file == file:
+                state = parse(flavor, previous_gtids(str(event._previous_gtids)))
+            elif isinstance(event, MariadbGtidEvent | GtidEvent):
+                if target is not None and not target.covers(event.gtid):
+                    if target.knows(event.gtid):
+                        return _Scan(state, (here, event.gtid), end, foreign)
+                    foreign.append(event.gtid)
+                state.add(event.gtid)
+            end = Position(reader.log_file, event.packet.log_pos)
+    finally:
+        reader.close()
+    return _Scan(state, None, end, foreign)
+
+
+def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> tuple[Position, int, str] | None:
+    """Where this server's binlog continues `checkpoint` by its GTID position, how many rows of that transaction
+    were sent already and the GTID position there; None when the checkpoint or the server has no GTID position.
+
+    Transactions of replication domains (MySQL: server uuids) the checkpoint does not know were never in the
+    binlog the sender read: written on this server alone before the failover. They are logged, not read.
+
+    Raises PositionLost when this server cannot continue it: it lacks transactions the checkpoint covers (a replica
+    without log_slave_updates, or behind), or it purged the binlog that follows them."""
+    text = checkpoint.get("gtid_pos")
+    flavor = flavor_of(conn) if isinstance(text, str) else None
+    if flavor is None or not isinstance(text, str):
+        return None
+    old = Position(checkpoint["file"], int(checkpoint["pos"]))
+    target = parse(flavor, text)
+    if not executed(conn, flavor).covers_all(target):
+        raise PositionLost(old, f"this server's binlog lacks transactions the checkpoint covers (GTID position "
+                                f"{text}, the server's {executed(conn, flavor)})", restarted=True,
+                           remedy="let it catch up with the server it replicates (with log_slave_updates on) and "
+                                  "start again, or point the sender back at that server")
+    files = list(binlog.binary_log_sizes(conn))
+    for file in reversed(files):  # the newest file that starts inside what the checkpoint covers
+        start = _scan(settings, flavor, file, header_only=True).state
+        if target.covers_all(start):
+            break
+    else:
+        raise PositionLost(old, f"the server has purged the binlog after GTID position {text}", restarted=False)
+    found = _scan(settings, flavor, file, target=target)
+    if found.foreign:
+        log.warning("%d transactions before GTID position %s on this server are of replication domains (servers) "
+                    "the sender never read (%s … %s): written on this server alone before the failover, not sent",
+                    len(found.foreign), text, found.foreign[0], found.foreign[-1])
+    for foreign in found.foreign:
+        target.add(foreign)
+    if found.first is None:
+        return found.end, 0, str(target)
+    position, first_gtid = found.first
+    same = checkpoint.get("gtid") == first_gtid and not checkpoint.get("snapshot")
+    return position, int(checkpoint.get("row", -1)) + 1 if same else 0, str(target)
+
+
+def previous_gtids(text: str) -> str:
+    """mysql-replication's PreviousGtidsEvent text (``uuid:['1-101']``, interval ends exclusive as in the binlog)
+    as a GTID set (``uuid:1-100``)."""
+    parts = []
+    for sid, intervals in re.findall(r"([0-9a-fA-F-]{36}):\[([^\]]*)\]", text):
+        spans = [tuple(int(n) for n in span.split("-")) for span in re.findall(r"\d+-\d+", intervals)]
+        parts.append(sid + "".join(f":{a}-{b - 1}" if b - 1 > a else f":{a}" for a, b in spans))
+    return ",".join(parts)
