@@ -335,29 +335,23 @@ def _in_this_history(settings: CaptureSettings, conn: Any, checkpoint: dict[str,
     (a new snapshot) when a failover interrupted the snapshot. Raises PositionLost otherwise."""
     was = str(checkpoint.get("epoch") or "").partition(".")[0]
     now = str(binlog.server_id(conn))
-    moved = bool(was) and was != now and isinstance(checkpoint.get("gtid_pos"), str)
-    try:
-        if moved:
-            raise binlog.PositionLost(Position(checkpoint["file"], int(checkpoint["pos"])),
-                                      f"the site server changed (server id {now}, the checkpoint's {was})",
-                                      restarted=True)
+    if not (was and was != now and isinstance(checkpoint.get("gtid_pos"), str)):
+        # the same server: its own history, or a restarted one (RESET MASTER, a restore), where GTIDs repeat
         binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
         return checkpoint
-    except binlog.PositionLost as lost:
-        try:
-            found = gtid.locate(settings, conn, checkpoint)
-        except binlog.PositionLost as also:
-            raise (also if moved else lost) from None
-        if found is None:
-            raise
-        if checkpoint.get("snapshot"):
-            log.warning("%s during the initial snapshot: taking it again from this server", lost)
-            return None
-        position, skip, gtid_pos = found
-        log.warning("%s: going on at %s (row %d of its transaction), where this server's binlog continues GTID "
-                    "position %s, under a new message-id epoch", lost, position, skip, checkpoint["gtid_pos"])
-        return {**checkpoint, "file": position.file, "pos": position.pos, "row": skip - 1, "born": None,
-                "epoch": binlog.new_epoch(conn), "gtid_pos": gtid_pos}
+    lost = binlog.PositionLost(Position(checkpoint["file"], int(checkpoint["pos"])),
+                               f"the site server changed (server id {now}, the checkpoint's {was})", restarted=True)
+    found = gtid.locate(settings, conn, checkpoint)
+    if found is None:
+        raise lost
+    if checkpoint.get("snapshot"):
+        log.warning("%s during the initial snapshot: taking it again from this server", lost)
+        return None
+    position, skip, gtid_pos = found
+    log.warning("%s: going on at %s (row %d of its transaction), where this server's binlog continues GTID "
+                "position %s, under a new message-id epoch", lost, position, skip, checkpoint["gtid_pos"])
+    return {**checkpoint, "file": position.file, "pos": position.pos, "row": skip - 1, "born": None,
+            "epoch": binlog.new_epoch(conn), "gtid_pos": gtid_pos}
 
 
 __all__ = ["CaptureSettings", "CaptureStop", "capture", "heartbeat", "stream"]

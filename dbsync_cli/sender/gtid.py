@@ -149,6 +149,7 @@ class _Scan:
     first: tuple[Position, str] | None  # the first transaction not covered by `target` (start, its GTID)
     end: Position  # the end of the last event read
     foreign: list[str]  # before `first`: transactions of domains (MySQL: servers) `target` does not know
+    seen: dict[tuple[int, int], int]  # MariaDB: the last sequence number read per (domain, server id)
 
 
 def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Position | None = None,
@@ -160,6 +161,13 @@ def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Positio
     state = parse(flavor, "")
     end = Position(file, 4)
     foreign: list[str] = []
+    seen: dict[tuple[int, int], int] = {}
+
+    def saw(gtid: str) -> None:
+        if flavor == "mariadb":
+            domain, server, seq = (int(n) for n in gtid.split("-"))
+            seen[domain, server] = max(seq, seen.get((domain, server), -1))
+
     try:
         for event in reader:
             if isinstance(event, RotateEvent):
@@ -171,18 +179,21 @@ def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Positio
                 break
             if isinstance(event, MariadbGtidListEvent) and here.file == file:
                 state = parse(flavor, ",".join(g.gtid for g in event.gtid_list))
+                for listed in event.gtid_list:
+                    saw(listed.gtid)
             elif isinstance(event, PreviousGtidsEvent) and here.file == file:
                 state = parse(flavor, previous_gtids(str(event._previous_gtids)))
             elif isinstance(event, MariadbGtidEvent | GtidEvent):
                 if target is not None and not target.covers(event.gtid):
                     if target.knows(event.gtid):
-                        return _Scan(state, (here, event.gtid), end, foreign)
+                        return _Scan(state, (here, event.gtid), end, foreign, seen)
                     foreign.append(event.gtid)
                 state.add(event.gtid)
+                saw(event.gtid)
             end = Position(reader.log_file, event.packet.log_pos)
     finally:
         reader.close()
-    return _Scan(state, None, end, foreign)
+    return _Scan(state, None, end, foreign, seen)
 
 
 def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> tuple[Position, int, str] | None:
@@ -213,6 +224,12 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
     else:
         raise PositionLost(old, f"the server has purged the binlog after GTID position {text}", restarted=False)
     found = _scan(settings, flavor, file, target=target)
+    if isinstance(target, MariaDbGtids):  # sequence numbers restart after RESET MASTER: the very GTIDs must be there
+        absent = [f"{d}-{s}-{n}" for d, (s, n) in target.domains.items() if found.seen.get((d, s), -1) < n]
+        if absent:
+            raise PositionLost(old, f"this server's binlog does not hold {', '.join(absent)}, the last "
+                                    f"transaction the checkpoint covers: it is not a replica of the site's server",
+                               restarted=True)
     if found.foreign:
         log.warning("%d transactions before GTID position %s on this server are of replication domains (servers) "
                     "the sender never read (%s … %s): written on this server alone before the failover, not sent",
