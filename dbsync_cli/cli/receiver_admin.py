@@ -92,6 +92,10 @@ def sites_add(
     any_broker_user: Annotated[bool, typer.Option(
         "--any-broker-user", help="Accept the site's messages from any broker user (one shared broker user).")
     ] = False,
+    adopt: Annotated[bool, typer.Option(
+        "--adopt", help="Central already has the site's data (loaded from its dump, or the site rebuilt from "
+                        "central): the site's initial snapshot takes over the rows central has unchanged, and parks "
+                        "those that differ as conflicts.")] = False,
     config: common.ConfigOption = None,
 ) -> None:
     """Register a site and the broker user it sends as."""
@@ -102,7 +106,7 @@ def sites_add(
     def add(conn: Any, schema: str) -> tuple[state.Site, bool]:
         existing = state.sites(conn, schema).get(identifier)
         if existing is None:
-            return state.add_site(conn, schema, identifier, name, broker_user=user), True
+            return state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt), True
         if existing.broker_user != user:  # the same command twice is fine; a different registration is not
             raise state.StateError(f"site {identifier!r} is already registered with broker user "
                                    f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r} (to change it: dbsync sites "
@@ -111,7 +115,9 @@ def sites_add(
 
     site, added = _run(config, add)
     sender = f"sends as broker user {user!r}" if user else "any broker user"
-    print(f"site {site.identifier!r} {'registered' if added else 'is already registered'} ({site.name}; {sender})")
+    adopting = "; its snapshot adopts central's equal rows" if site.adopt else ""
+    print(f"site {site.identifier!r} {'registered' if added else 'is already registered'} ({site.name}; {sender}"
+          f"{adopting})")
 
 
 @sites_app.command("update")
@@ -122,25 +128,31 @@ def sites_update(
         "--broker-user", help="The broker user the site sends as from now on.")] = None,
     any_broker_user: Annotated[bool, typer.Option(
         "--any-broker-user", help="Accept the site's messages from any broker user again.")] = False,
+    adopt: Annotated[bool | None, typer.Option(
+        "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add).")
+    ] = None,
     config: common.ConfigOption = None,
 ) -> None:
     """Change a registered site's name or broker user (e.g. a site registered before broker users existed)."""
     if broker_user is not None and any_broker_user:
         common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
-    if name is None and broker_user is None and not any_broker_user:
-        common.fail("sites update: nothing to change (--name, --broker-user or --any-broker-user)", exitcodes.CONFIG)
+    if name is None and broker_user is None and not any_broker_user and adopt is None:
+        common.fail("sites update: nothing to change (--name, --broker-user, --any-broker-user or --adopt)",
+                    exitcodes.CONFIG)
     site = _run(config, lambda conn, schema: state.update_site(conn, schema, identifier, name=name,
                                                                broker_user=broker_user,
-                                                               any_broker_user=any_broker_user))
+                                                               any_broker_user=any_broker_user, adopt=adopt))
     sender = f"sends as broker user {site.broker_user!r}" if site.broker_user else "any broker user"
-    print(f"site {site.identifier!r} updated ({site.name}; {sender})")
+    adopting = "; its snapshot adopts central's equal rows" if site.adopt else ""
+    print(f"site {site.identifier!r} updated ({site.name}; {sender}{adopting})")
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
     last = state.last_sync_dates(conn, schema)
     return [
         {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
-         "disabled": site.disabled, "last_sync_date": last.get(site.id), "broker_user": site.broker_user}
+         "disabled": site.disabled, "last_sync_date": last.get(site.id), "broker_user": site.broker_user,
+         "adopt": site.adopt}
         for site in sorted(state.sites(conn, schema).values(), key=lambda s: s.identifier)
     ]
 

@@ -88,3 +88,7 @@ def class_table(java_class: str) -> str | None:
     if simple in _CLASS_TABLE_EXCEPTIONS:
         return _CLASS_TABLE_EXCEPTIONS[simple]
     return re.sub(r"(?<!^)(?=[A-Z])", "_", simple).lower()
+
+#: OpenMRS's own users (users.system_id): every installation has them, with the same uuids, as have their persons;
+#: never a site's, not even when a site adopts the rows central has (receiver/adopt.py)
+BUILT_IN_USERS = ("admin", "daemon")

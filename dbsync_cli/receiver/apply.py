@@ -22,7 +22,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import bookkeeping, state
+from dbsync_cli.receiver import adopt, bookkeeping, state
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
@@ -32,7 +32,7 @@ from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReferenc
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
-from dbsync_cli.wire import DELETE, dumps, is_heartbeat
+from dbsync_cli.wire import DELETE, READ, dumps, is_heartbeat
 
 log = logging.getLogger("dbsync.apply")
 
@@ -86,6 +86,7 @@ class Applier:
         # when the batch started, dropped when the batch writes them; entity_hash only changes in finish_batch.
         self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
+        self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.reload_blocked()
 
     def close(self) -> None:
@@ -320,6 +321,10 @@ class Applier:
                 key = self.convert.resolve(cur, ident, uuid, allow_placeholder=True)
             current = self._current(cur, table, key) if key is not None else None
         if current is not None:
+            if not force and message["op"] == READ and (table.name, uuid) not in batch.ours:
+                adopted = self._adopt(cur, item, table, key, current, values, position, batch)
+                if adopted is not None:
+                    return adopted
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, values, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
@@ -352,6 +357,32 @@ class Applier:
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
+
+    def _adopt(self, cur: Any, item: Parsed, table: SyncedTable, key: Any, current: dict[str, Any],
+               values: dict[str, Any], position: SourcePosition | None, batch: Batch) -> Outcome | None:
+        """A snapshot row of a site registered with --adopt (receiver/adopt.py); None: judged as any other."""
+        message = item.message or {}
+        site, uuid = self.sites.get(message["site"]), message["uuid"]
+        if site is None or not site.adopt:
+            return None
+        if self._built_ins is None:
+            self._built_ins = adopt.built_in_uuids(cur)
+        synced = self._synced_entry(cur, table.name, uuid)
+        if not adopt.candidate(table, uuid, current, written_before=synced.owner is not None,
+                               built_in=self._built_ins):
+            return None
+        differing = adopt.differences(table, current, values, site.identifier)
+        if differing:
+            shown = ", ".join(differing[:8]) + (" …" if len(differing) > 8 else "")
+            return self._conflict(cur, item, Verdict(park=True, reason=f"adopting site {site.identifier}: "
+                                                                      f"central's row differs in {shown}"),
+                                  current, batch)
+        batch.touched[(table.name, key)] = (uuid, site.identifier)
+        batch.owners[(table.name, uuid)] = site.identifier
+        batch.ours.add((table.name, uuid))
+        self._applied_at(cur, batch, table, uuid, position)
+        batch.skip(site.identifier, adopt.ADOPTED, item.message_id, table.name)
+        return Outcome(item.message_id, adopt.ADOPTED, table.name, uuid, "central has it unchanged: now the site's")
 
     def _check_owner(self, cur: Any, table: SyncedTable, uuid: str, site: str, batch: Batch) -> None:
         """A site changes only its own rows: one another site created is refused (error queue), naming both."""

@@ -126,6 +126,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN broker_user VARCHAR(100) NULL, "
         "ADD COLUMN header_site VARCHAR(100) NULL",
     ],
+    [  # 7: a site whose data central already has (loaded from its dump): its snapshot adopts the equal rows
+        "ALTER TABLE {s}.site_info ADD COLUMN adopt TINYINT(1) NOT NULL DEFAULT 0",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)
@@ -189,18 +192,22 @@ class Site:
     date_created: dt.datetime
     disabled: bool
     broker_user: str | None = None  # the only broker user whose messages may speak for the site (None: any)
+    adopt: bool = False  # its snapshot rows equal to central's unowned rows become its own (sites add --adopt)
 
 
 def sites(conn: Any, schema: str) -> dict[str, Site]:
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user FROM {}.site_info",
+        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user, adopt FROM {}.site_info",
                         schema_name(schema)))
-        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) for row in cur.fetchall()}
+        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]))
+                for row in cur.fetchall()}
 
 
 def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
-             broker_user: str | None = None) -> Site:
-    """Register a site; `broker_user`: the broker user it sends as (its messages from any other are refused)."""
+             broker_user: str | None = None, adopt: bool = False) -> Site:
+    """Register a site; `broker_user`: the broker user it sends as (its messages from any other are refused);
+    `adopt`: central already has its data (loaded from its dump), so its initial snapshot adopts the rows central
+    has unchanged instead of finding them central's own."""
     if not SITE_IDENTIFIER.match(identifier):
         raise StateError(f"site identifier {identifier!r} must be 1-100 letters, digits, '_', '.' or '-', "
                          "starting with a letter or digit")
@@ -209,15 +216,16 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
         cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
         if cur.fetchone():
             raise StateError(f"site {identifier!r} is already registered")
-        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user) "
-                        "VALUES (%s, %s, %s, %s)", s),
-                    (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user))
+        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user, adopt) "
+                        "VALUES (%s, %s, %s, %s, %s)", s),
+                    (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user,
+                     int(adopt)))
     conn.commit()
     return sites(conn, schema)[identifier]
 
 
 def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = None,
-                broker_user: str | None = None, any_broker_user: bool = False) -> Site:
+                broker_user: str | None = None, any_broker_user: bool = False, adopt: bool | None = None) -> Site:
     """Change a registered site's display name or broker user (sites registered before broker users were
     recorded have none: their messages are taken from any broker user until this sets one)."""
     s = schema_name(schema)
@@ -229,6 +237,8 @@ def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = N
         if broker_user is not None or any_broker_user:
             cur.execute(sql("UPDATE {}.site_info SET broker_user=%s WHERE identifier=%s", s),
                         (None if any_broker_user else broker_user, identifier))
+        if adopt is not None:
+            cur.execute(sql("UPDATE {}.site_info SET adopt=%s WHERE identifier=%s", s), (int(adopt), identifier))
     conn.commit()
     return sites(conn, schema)[identifier]
 
