@@ -210,7 +210,7 @@ def reader(settings: CaptureSettings, file: str, pos: int, **options: Any) -> Bi
     when is_mariadb is set, so it stays off)."""
     db = settings.db
     return BinLogStreamReader(
-        connection_settings={"host": db.host, "port": db.port, "user": db.user, "passwd": db.password,
+        connection_settings={"host": db.host, "port": db.port, "user": db.user, "password": db.password,
                              **db.ssl_options()},
         server_id=settings.server_id, resume_stream=True, log_file=file, log_pos=pos, is_mariadb=False,
         report_slave=REPORT_HOST, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,24 @@ def _disk(conn: Any, logs: list[tuple[str, int]], checkpoint: dict[str, Any] | N
     born = checkpoint.get("born") if checkpoint else None
     if retention and isinstance(born, int | float):
         expires_in = round(born + retention - time.time())
-    return {"files": len(logs), "disk_bytes": sum(size for _, size in logs),
+    disk = sum(size for _, size in logs)
+    rate = written_per_day(cfg, logs[0][0], disk) if logs else None
+    return {"files": len(logs), "disk_bytes": disk, "written_bytes_per_day": rate,
             "retention_seconds": retention or None, "checkpoint_file_expires_in_seconds": expires_in,
+            "retention_left_days": None if expires_in is None else round(max(0, expires_in) / 86400, 1),
+            "disk_bytes_at_retention": None if rate is None or not retention else round(rate * retention / 86400),
             "purge": bool(cfg["sender.purge_binlogs"])}
+
+
+def written_per_day(cfg: Config, oldest: str, disk: int, min_age_seconds: float = 3600) -> int | None:
+    """The rate the server writes binlog at: the bytes it holds over the time since its oldest file was created
+    (None under an hour of history: too short to say). Read under a server id of its own, so that a running
+    sender's binlog connection is not the one the server drops."""
+    settings = binlog.CaptureSettings(db=cfg.db("site_db"), server_id=4_290_000_000 + os.getpid() % 4_000_000,
+                                      tables=[])
+    born = binlog.file_born(settings, oldest)
+    age = time.time() - born if born is not None else 0
+    return round(disk / age * 86400) if age >= max(min_age_seconds, 1) else None
 
 
 def _read_pos(value: dict[str, Any]) -> int | None:
@@ -143,9 +159,17 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
             disk = report.data["binlog"] = _disk(conn, logs, checkpoint, cfg)
             expires = disk["checkpoint_file_expires_in_seconds"]
+            rate = disk["written_bytes_per_day"]
             report.notes.append(f"binlog {disk['files']} file(s), {size(disk['disk_bytes'])}"
+                                + (f", written at {size(rate)}/day" if rate is not None else "")
                                 + (f"; the checkpoint's file expires in {duration(max(0, expires))}"
-                                   if expires is not None else ""))
+                                   f" ({disk['retention_left_days']} days)" if expires is not None else "")
+                                + (f"; at this rate the binlogs take {size(disk['disk_bytes_at_retention'])} "
+                                   "at the server's retention" if disk["disk_bytes_at_retention"] is not None
+                                   else ""))
+            if rate is not None and not disk["retention_seconds"] and not disk["purge"]:
+                report.notes.append(f"binlogs are never expired nor purged: they grow by {size(rate * 30)} a "
+                                    "month (set sender.purge_binlogs = true or binlog_expire_logs_seconds)")
             if checkpoint is not None and checkpoint["file"]:
                 lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["read_pos"] or 0)
                 try:  # by file name and size here; capture also compares when the file was created

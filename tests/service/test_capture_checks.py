@@ -15,6 +15,7 @@ from receiver_helpers import Site, drop_schema, make_central
 from test_apply import new_person
 
 from dbsync_cli import exitcodes
+from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
 from devtools.workload.openmrs import load_openmrs
@@ -23,7 +24,7 @@ from devtools.workload.openmrs import load_openmrs
 @pytest.fixture(scope="module")
 def extra_site(services):
     """A throwaway instance we may purge binlogs on and reconfigure without disturbing the shared ones."""
-    inst = start_mariadb("capture-checks", port=23391, server_id=391)
+    inst = start_mariadb("capture-checks", port=23391 + port_offset(), server_id=391)
     yield inst
     destroy_mariadb(inst)
 
@@ -200,11 +201,23 @@ def test_config_check_finds_binlog_settings_capture_cannot_use(extra_site, broke
     assert run.returncode == 0 and found["binlog.row_metadata"]["state"] == "warning", found
 
 
+@pytest.mark.parametrize("metadata", ["FULL", "MINIMAL"])
 def test_binlog_housekeeping_purges_only_files_wholly_before_the_confirmed_checkpoint(extra_site, broker_settings,
-                                                                                      tmp_path) -> None:
+                                                                                      tmp_path, metadata) -> None:
     """Issue 12 item 5 (EIP's binlog purger): `sender.purge_binlogs` purges the files before the checkpoint's, minus
-    `keep_binlog_files`; without BINLOG ADMIN it warns and syncs on, and config check names the grant."""
+    `keep_binlog_files`; without BINLOG ADMIN it warns and syncs on, and config check names the grant. Status shows
+    binlog disk use, the write rate and the days of retention left."""
+    _global(extra_site, f"SET GLOBAL binlog_row_metadata = '{metadata}'")
+    try:
+        _housekeeping(extra_site, broker_settings, tmp_path)
+    finally:
+        _global(extra_site, "SET GLOBAL binlog_row_metadata = 'FULL'")
+
+
+def _housekeeping(extra_site, broker_settings, tmp_path) -> None:
+    from dbsync_cli import config
     from dbsync_cli.sender.housekeeping import purge_target
+    from dbsync_cli.sender.status import written_per_day
 
     assert purge_target(["b.1", "b.2", "b.3", "b.4"], "b.4", 1) == "b.3"
     assert purge_target(["b.1", "b.2", "b.3", "b.4"], "b.4", 0) == "b.4"
@@ -246,6 +259,17 @@ def test_binlog_housekeeping_purges_only_files_wholly_before_the_confirmed_check
         report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
         assert report["binlog"]["files"] == len(after) and report["binlog"]["purge"] is True
         assert report["binlog"]["disk_bytes"] > 0
+        assert report["binlog"]["retention_left_days"] is None  # the server never expires binlogs (purging does)
+        assert "written_bytes_per_day" in report["binlog"] and "disk_bytes_at_retention" in report["binlog"]
+        cfg = config.load(conf, "sender", env=env)
+        rate = written_per_day(cfg, after[0], report["binlog"]["disk_bytes"], min_age_seconds=0)
+        assert rate is not None and rate > report["binlog"]["disk_bytes"], rate  # files younger than a day
+        _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 864000")
+        try:
+            report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
+        finally:
+            _global(extra_site, "SET GLOBAL binlog_expire_logs_seconds = 0")
+        assert 9.9 <= report["binlog"]["retention_left_days"] <= 10, report["binlog"]
     finally:
         with admin.with_database(None).connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP USER '{user}'@'{admin.host}'")

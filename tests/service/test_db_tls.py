@@ -8,6 +8,7 @@ import pymysql
 import pytest
 from helpers import dbsync, sender_config
 
+from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.openmrs import load_openmrs
 
@@ -16,7 +17,7 @@ from devtools.workload.openmrs import load_openmrs
 def tls_site(services):
     """A throwaway MariaDB with TLS on (the dev CA's server certificate: localhost, 127.0.0.1)."""
     tls = services.home / "tls"
-    inst = start_mariadb("db-tls", port=23392, server_id=392, extra_args=[
+    inst = start_mariadb("db-tls", port=23392 + port_offset(), server_id=392, extra_args=[
         f"--ssl-cert={tls / 'server.crt'}", f"--ssl-key={tls / 'server.key'}", f"--ssl-ca={tls / 'ca.crt'}"])
     yield inst
     destroy_mariadb(inst)
