@@ -51,7 +51,8 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
     ts_ms = value.get("ts_ms")
     checkpoint = {
         "file": value.get("file"), "pos": value.get("pos"), "row": value.get("row"),
-        "read_pos": _read_pos(value), "born": value.get("born"),
+        "read_pos": _read_pos(value), "born": value.get("born"), "epoch": value.get("epoch"),
+        "gtid_pos": value.get("gtid_pos"),  # what a failover to a replica resumes by (gtid.py)
         "snapshot": bool(value.get("snapshot")), "snapshot_table": value.get("table") if value.get("snapshot") else None,
         **_snapshot_progress(value),
         "ts": utc(ts_ms / 1000) if isinstance(ts_ms, int | float) else None,

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import orjson
+import pytest
 from helpers import dbsync
 from test_apply import central, conflicts, new_person, outcomes, site  # noqa: F401 - fixtures
 
@@ -30,7 +31,15 @@ def _load_dump(source: DbParams, target: DbParams) -> None:
     client(target, "mariadb", stdin=dump)
 
 
-def test_adopting_a_site_central_was_loaded_from_syncs_on_with_no_conflicts(central, site) -> None:  # noqa: F811
+@pytest.fixture(params=["FULL", "MINIMAL"])
+def metadata(request, site):  # noqa: F811
+    """The site's later changes come from binlogs with column names (FULL) and without them (MINIMAL)."""
+    site.sql(f"SET GLOBAL binlog_row_metadata = '{request.param}'")
+    yield request.param
+    site.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
+
+
+def test_adopting_a_site_central_was_loaded_from_syncs_on_with_no_conflicts(central, site, metadata) -> None:  # noqa: F811
     generate(site.admin, seed=61, patients=12, mutations=0.2)
     _load_dump(site.admin, central.db)
     # central's own edit before onboarding: the one row that differs and must be reported

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
+import orjson
 import pytest
 from helpers import dbsync, drain, sender_config
 from receiver_helpers import Site, drop_schema, make_central
@@ -111,6 +112,9 @@ def test_the_sender_follows_the_site_to_its_replica_by_gtid(pair, openmrs_db, br
         assert new_epoch != old_epoch and new_epoch.startswith(f"{replica.server_id}."), (old_epoch, new_epoch)
         assert central.sql("SELECT COUNT(*) FROM person WHERE uuid IN %s",
                            (tuple([first, behind, later, *batch]),)) == [(9,)]
+
+        report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
+        assert report["checkpoint"]["gtid_pos"] and report["checkpoint"]["epoch"] == new_epoch, report["checkpoint"]
 
         # the checkpoint is in the replica's history now: the next run streams on without looking for it again
         again, _ = new_person(Site(replica.admin.with_database(name), conf, env, site.home), given="Again")
