@@ -111,6 +111,9 @@ def sites_add(
             raise state.StateError(f"site {identifier!r} is already registered with broker user "
                                    f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r} (to change it: dbsync sites "
                                    f"update {identifier} --{'broker-user ' + user if user else 'any-broker-user'})")
+        if adopt and not existing.adopt:
+            raise state.StateError(f"site {identifier!r} is already registered, without --adopt (to adopt central's "
+                                   f"rows with its next snapshot: dbsync sites update {identifier} --adopt)")
         return existing, False
 
     site, added = _run(config, add)

@@ -100,3 +100,18 @@ def test_a_site_registered_without_a_broker_user_gets_one_by_update(receiver) ->
     assert nothing.returncode == 2 and "nothing to change" in nothing.stderr.decode()
     unknown = dbsync("sites", "update", "nowhere", "--any-broker-user", "--config", str(conf), env=env, check=False)
     assert unknown.returncode == 1 and unknown.stderr.decode().strip() == "dbsync: site 'nowhere' is not registered"
+
+
+def test_adopt_is_registered_shown_and_never_dropped_silently(receiver) -> None:
+    """Issue 12 item 4: `sites add --adopt` records it and `sites list` shows it; adding an already registered site
+    with --adopt names `sites update … --adopt` instead of ignoring the flag; --no-adopt ends it."""
+    _db, _schema, conf, env = receiver
+    run = dbsync("sites", "add", "clinic-dump", "--adopt", "--config", str(conf), env=env)
+    assert "adopts central's equal rows" in run.stdout.decode(), run.stdout
+    dbsync("sites", "add", "clinic-plain", "--config", str(conf), env=env)
+    again = dbsync("sites", "add", "clinic-plain", "--adopt", "--config", str(conf), env=env, check=False)
+    lines = again.stderr.decode().strip().splitlines()
+    assert again.returncode == 1 and len(lines) == 1 and "sites update clinic-plain --adopt" in lines[0], lines
+    dbsync("sites", "update", "clinic-dump", "--no-adopt", "--config", str(conf), env=env)
+    listed = {r["identifier"]: r["adopt"] for r in sites(conf, env)}
+    assert listed["clinic-dump"] is False and listed["clinic-plain"] is False, listed
