@@ -265,6 +265,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
         raise
     finally:
         reader.close()
+        if in_txn and gtids is not None and gtid_pos is not None:
+            gtids.restore(gtid_pos)  # a stream resumed from `boundary` reads this transaction again
 
 
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)

@@ -41,6 +41,7 @@ class Gtids(Protocol):
     def add(self, gtid: str) -> None: ...
     def covers_all(self, other: Gtids) -> bool: ...
     def copy(self) -> Gtids: ...
+    def restore(self, text: str) -> None: ...
 
 
 class MariaDbGtids:
@@ -75,6 +76,9 @@ class MariaDbGtids:
         new.domains = dict(self.domains)
         return new
 
+    def restore(self, text: str) -> None:
+        self.domains = MariaDbGtids(text).domains
+
     def __str__(self) -> str:
         return ",".join(f"{d}-{s}-{n}" for d, (s, n) in sorted(self.domains.items()))
 
@@ -102,6 +106,9 @@ class MySqlGtids:
 
     def copy(self) -> MySqlGtids:
         return MySqlGtids(str(self))
+
+    def restore(self, text: str) -> None:
+        self.set = MySqlGtids(text).set
 
     def __str__(self) -> str:
         return str(self.set)

@@ -18,6 +18,8 @@ def test_mariadb_positions_cover_by_domain_and_sequence() -> None:
     assert str(pos) == "0-13-41,1-12-7"
     assert pos.covers_all(gtid.parse("mariadb", "0-11-41,1-12-2")) and not pos.covers_all(gtid.parse("mariadb", "3-1-1"))
     assert str(gtid.parse("mariadb", "")) == "" and gtid.parse("mariadb", "0-1-5,0-2-9").covers("0-1-9")
+    pos.restore("0-1-2")
+    assert str(pos) == "0-1-2"
 
 
 def test_mysql_sets_cover_by_server_uuid_and_interval() -> None:
@@ -30,6 +32,8 @@ def test_mysql_sets_cover_by_server_uuid_and_interval() -> None:
     copy.add(f"{OTHER}:1")
     assert pos.covers_all(gtid.parse("mysql", f"{UUID}:2-4")) and not pos.covers_all(copy)
     assert copy.covers_all(pos)
+    copy.restore(f"{UUID}:1-2")
+    assert str(copy) == f"{UUID}:1-2"
 
 
 def test_previous_gtids_event_text_has_exclusive_interval_ends() -> None:
