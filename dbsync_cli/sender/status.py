@@ -160,16 +160,16 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 lag["binlog_end"] = {"file": logs[-1][0], "pos": logs[-1][1]}
             disk = report.data["binlog"] = _disk(conn, logs, checkpoint, cfg)
             expires = disk["checkpoint_file_expires_in_seconds"]
-            rate = disk["written_bytes_per_day"]
+            written = disk["written_bytes_per_day"]
             report.notes.append(f"binlog {disk['files']} file(s), {size(disk['disk_bytes'])}"
-                                + (f", written at {size(rate)}/day" if rate is not None else "")
+                                + (f", written at {size(written)}/day" if written is not None else "")
                                 + (f"; the checkpoint's file expires in {duration(max(0, expires))}"
                                    f" ({disk['retention_left_days']} days)" if expires is not None else "")
                                 + (f"; at this rate the binlogs take {size(disk['disk_bytes_at_retention'])} "
                                    "at the server's retention" if disk["disk_bytes_at_retention"] is not None
                                    else ""))
-            if rate is not None and not disk["retention_seconds"] and not disk["purge"]:
-                report.notes.append(f"binlogs are never expired nor purged: they grow by {size(rate * 30)} a "
+            if written is not None and not disk["retention_seconds"] and not disk["purge"]:
+                report.notes.append(f"binlogs are never expired nor purged: they grow by {size(written * 30)} a "
                                     "month (set sender.purge_binlogs = true or binlog_expire_logs_seconds)")
             if checkpoint is not None and checkpoint["file"]:
                 lag["bytes"] = binlog_lag(logs, checkpoint["file"], checkpoint["read_pos"] or 0)
