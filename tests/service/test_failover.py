@@ -19,6 +19,8 @@ from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb, start_replica, wait_for_replica
 from devtools.workload.openmrs import load_openmrs
 
+pytestmark = pytest.mark.lane2
+
 
 @pytest.fixture(scope="module")
 def pair(services):

@@ -10,6 +10,7 @@ import uuid as uuidlib
 from collections import Counter
 
 import orjson
+import pytest
 from helpers import dbsync, sender_config
 from receiver_helpers import Site, drop_schema, make_central, make_site
 from test_apply import central, new_person, outcomes, site  # noqa: F401 - fixtures
@@ -177,6 +178,7 @@ def test_equal_zones_convert_nothing_in_a_dst_gap(openmrs_db, services, tmp_path
     drop_schema(central)
 
 
+@pytest.mark.lane2
 def test_patients_purged_in_one_transaction_are_deleted_at_central(openmrs_db, services, tmp_path,
                                                                     broker_settings) -> None:
     """Case 4: a patient delete gets its uuid from its person's delete, which comes later in the same transaction;

@@ -18,11 +18,14 @@ import uuid as uuidlib
 from typing import Any
 
 import orjson
+import pytest
 from receiver_helpers import drop_schema, make_central, make_site
 from test_apply import new_person
 from test_receiver_e2e import _start, _stop
 
 from dbsync_cli.broker import open_connection
+
+pytestmark = pytest.mark.lane2
 
 MUTATIONS = 2_100
 ODD: list[Any] = [

@@ -29,7 +29,7 @@ from devtools import services as devservices
 from devtools.workload.generator import generate
 from devtools.workload.truth import GroundTruth, compare
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lane2]
 
 ROUNDS = 4
 PATIENTS_PER_ROUND = 280  # × 4 rounds ≈ 1,100 patients ≈ 105,000 row changes with 8 obs per encounter

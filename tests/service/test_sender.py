@@ -93,6 +93,7 @@ def test_pipeline_of_commands_equals_sender(site, broker_settings, tmp_path) -> 
     assert results[0] == results[1]
 
 
+@pytest.mark.lane2
 def test_large_transaction_and_resume_inside_it(site, broker_settings, tmp_path) -> None:
     admin, repl = site
     dest = queue_name()

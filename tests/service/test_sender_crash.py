@@ -17,7 +17,7 @@ from helpers import check_final_state, dbsync, dbsync_cmd, drain, sender_config
 from devtools.workload.generator import generate
 from devtools.workload.truth import GroundTruth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lane2]
 
 
 @pytest.fixture
