@@ -17,6 +17,8 @@ from dbsync_cli.receiver import adopt, state
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from devtools.workload.generator import generate
 
+pytestmark = pytest.mark.lane2
+
 
 def _load_dump(source: DbParams, target: DbParams) -> None:
     """What an implementer does: mariadb-dump of the site's data loaded into central (INSERT IGNORE: the rows
@@ -39,7 +41,13 @@ def metadata(request, site):  # noqa: F811
     site.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
 
 
-def test_adopting_a_site_central_was_loaded_from_syncs_on_with_no_conflicts(central, site, metadata) -> None:  # noqa: F811
+@pytest.mark.parametrize("method", ["mariadb", "lock", "log_status"])
+def test_adopting_a_site_central_was_loaded_from_syncs_on_with_no_conflicts(central, site, metadata, services,  # noqa: F811
+                                                                           method) -> None:
+    site.env = {**site.env, "DBSYNC_SENDER__SNAPSHOT_METHOD": method}  # the snapshot that adopts, each way
+    if method == "lock":  # FLUSH TABLES WITH READ LOCK needs RELOAD
+        admin = services["site1"].admin
+        site.env.update({"DBSYNC_SITE_DB__USER": admin.user, "DBSYNC_SITE_DB__PASSWORD": admin.password})
     generate(site.admin, seed=61, patients=12, mutations=0.2)
     _load_dump(site.admin, central.db)
     # central's own edit before onboarding: the one row that differs and must be reported
@@ -54,7 +62,9 @@ def test_adopting_a_site_central_was_loaded_from_syncs_on_with_no_conflicts(cent
     store = CheckpointStore(site.home)  # the site's sender starts now: its initial snapshot
     store.clear()
     store.close()
-    results = central.apply(site.messages())
+    messages = site.messages()
+    assert messages and all(m["source"]["snapshot"] for m in messages), messages[:3]
+    results = central.apply(messages)
     counts = outcomes(results)
     assert counts["adopted"] > 100 and set(counts) == {"adopted", "central_owned", "conflict"}, counts
     conflicted = [r for r in results if r["outcome"] == "conflict"]
