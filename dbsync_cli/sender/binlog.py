@@ -103,16 +103,13 @@ def binary_log_sizes(conn: Any) -> dict[str, int]:
 class PositionLost(Exception):
     """The checkpoint is not in the server's binlog any more: purged, or the binlog history restarted."""
 
-    def __init__(self, position: Position, why: str, *, restarted: bool, remedy: str | None = None):
+    def __init__(self, position: Position, why: str, *, restarted: bool):
         super().__init__(why)
         self.position = position
         self.restarted = restarted
-        self.remedy = remedy
 
     def stop(self) -> CaptureStop:
         """What an operator is told when the sender may not re-snapshot by itself (exit 10)."""
-        if self.remedy is not None:
-            return CaptureStop(f"{self}: {self.remedy}", exitcodes.BINLOG_PURGED)
         lost = "changes since then are lost to capture"
         return CaptureStop(f"{self}: {lost}; run `dbsync sender --snapshot when_needed` once (or set "
                            "sender.snapshot = \"when_needed\") to reload from a snapshot" + ("" if self.restarted else

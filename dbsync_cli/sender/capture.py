@@ -79,8 +79,10 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         skip_rows = 0
         resume_snapshot: dict[str, Any] | None = None
         flavor = gtid.flavor_of(conn)
+        snapshot_again = False  # a failover interrupted the snapshot: taken again whatever sender.snapshot says
         if checkpoint is not None:
             checkpoint = _in_this_history(settings, conn, checkpoint)
+            snapshot_again = checkpoint is None
         epoch = checkpoint.get("epoch") if checkpoint is not None else None
         if not isinstance(epoch, str):
             epoch = binlog.new_epoch(conn)
@@ -90,7 +92,7 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         elif checkpoint is not None:
             start = Position(checkpoint["file"], int(checkpoint["pos"]))
             skip_rows = int(checkpoint.get("row", -1)) + 1
-        elif settings.snapshot == "never":
+        elif settings.snapshot == "never" and not snapshot_again:
             start = binlog.current_position(conn)
         gtids = None
         if checkpoint is not None and isinstance(checkpoint.get("gtid_pos"), str) and flavor is not None:
@@ -101,7 +103,7 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         target = binlog.current_position(conn) if settings.until_idle else None
         columns = schema_history.current_columns(conn, settings.db.database or "", settings.tables)
     emitted = 0
-    if checkpoint is None and settings.snapshot != "never" or resume_snapshot is not None:
+    if checkpoint is None and (settings.snapshot != "never" or snapshot_again) or resume_snapshot is not None:
         snap = snapshot_stage.Snapshot(settings, resume_snapshot, epoch)
         events = snap.events()
         for event in events:
@@ -337,7 +339,7 @@ def _in_this_history(settings: CaptureSettings, conn: Any, checkpoint: dict[str,
     (a new snapshot) when a failover interrupted the snapshot. Raises PositionLost otherwise."""
     was = str(checkpoint.get("epoch") or "").partition(".")[0]
     now = str(binlog.server_id(conn))
-    if not (was and was != now and isinstance(checkpoint.get("gtid_pos"), str)):
+    if not (was and was != now and isinstance(checkpoint.get("gtid_pos"), str) and checkpoint["gtid_pos"]):
         # the same server: its own history, or a restarted one (RESET MASTER, a restore), where GTIDs repeat
         binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
         return checkpoint

@@ -29,8 +29,9 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.gtid import Gtid, GtidSet
 
+from dbsync_cli import exitcodes
 from dbsync_cli.sender import binlog, servers
-from dbsync_cli.sender.binlog import CaptureSettings, Position, PositionLost
+from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position, PositionLost
 
 log = logging.getLogger("dbsync.gtid")
 
@@ -40,6 +41,7 @@ class Gtids(Protocol):
     def knows(self, gtid: str) -> bool: ...
     def add(self, gtid: str) -> None: ...
     def covers_all(self, other: Gtids) -> bool: ...
+    def covers_known(self, other: Gtids) -> bool: ...
     def copy(self) -> Gtids: ...
     def restore(self, text: str) -> None: ...
 
@@ -71,6 +73,11 @@ class MariaDbGtids:
         assert isinstance(other, MariaDbGtids)
         return all(self.covers(f"{d}-{s}-{n}") for d, (s, n) in other.domains.items())
 
+    def covers_known(self, other: Gtids) -> bool:
+        """Whether `other` goes beyond this position in none of this position's domains."""
+        assert isinstance(other, MariaDbGtids)
+        return all(self.covers(f"{d}-{s}-{n}") for d, (s, n) in other.domains.items() if d in self.domains)
+
     def copy(self) -> MariaDbGtids:
         new = MariaDbGtids()
         new.domains = dict(self.domains)
@@ -98,11 +105,18 @@ class MySqlGtids:
         return Gtid(gtid).sid in {part.sid for part in self.set.gtids}
 
     def add(self, gtid: str) -> None:
-        self.set = self.set + Gtid(gtid)
+        if not self.covers(gtid):  # the library refuses an overlapping interval
+            self.set = self.set + Gtid(gtid)
 
     def covers_all(self, other: Gtids) -> bool:
         assert isinstance(other, MySqlGtids)
         return all(any(part in mine for mine in self.set.gtids) for part in other.set.gtids)
+
+    def covers_known(self, other: Gtids) -> bool:
+        """Whether `other` holds no GTID of this set's server uuids that this set lacks."""
+        assert isinstance(other, MySqlGtids)
+        mine = {part.sid for part in self.set.gtids}
+        return all(any(part in have for have in self.set.gtids) for part in other.set.gtids if part.sid in mine)
 
     def copy(self) -> MySqlGtids:
         return MySqlGtids(str(self))
@@ -155,19 +169,23 @@ class _Scan:
     state: Gtids  # the GTID position where the scan stopped
     first: tuple[Position, str] | None  # the first transaction not covered by `target` (start, its GTID)
     end: Position  # the end of the last event read
-    foreign: list[str]  # before `first`: transactions of domains (MySQL: servers) `target` does not know
+    foreign: list[str]  # before the checkpoint's last transaction: of domains (MySQL: servers) `target` does not know
     seen: dict[tuple[int, int], int]  # MariaDB: the last sequence number read per (domain, server id)
 
 
 def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Position | None = None,
           target: Gtids | None = None, header_only: bool = False) -> _Scan:
     """Read `file` from its start (its GTID list gives the position before it) up to `stop_at`, or on to the end of
-    the binlog until a transaction `target` does not cover."""
+    the binlog until a transaction `target` does not cover: one of a domain (server) `target` knows, or any once
+    the scan has passed this server's copy of `target`'s last transactions (what the new server wrote after the
+    failover). Before that point, transactions of domains `target` does not know were written on this server
+    alone while it replicated: they are listed in `foreign`."""
     reader = binlog.reader(settings, file, 4, blocking=False, only_events=[
         MariadbGtidListEvent, PreviousGtidsEvent, MariadbGtidEvent, GtidEvent, XidEvent, QueryEvent, RotateEvent])
     state = parse(flavor, "")
     end = Position(file, 4)
     foreign: list[str] = []
+    reached = False  # the scan is past this server's copy of `target`'s last transactions
     seen: dict[tuple[int, int], int] = {}
 
     def saw(gtid: str) -> None:
@@ -188,15 +206,19 @@ def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Positio
                 state = parse(flavor, ",".join(g.gtid for g in event.gtid_list))
                 for listed in event.gtid_list:
                     saw(listed.gtid)
+                reached = target is not None and state.covers_all(target)
             elif isinstance(event, PreviousGtidsEvent) and here.file == file:
                 state = parse(flavor, previous_gtids(str(event._previous_gtids)))
+                reached = target is not None and state.covers_all(target)
             elif isinstance(event, MariadbGtidEvent | GtidEvent):
                 if target is not None and not target.covers(event.gtid):
-                    if target.knows(event.gtid):
+                    if reached or target.knows(event.gtid):
                         return _Scan(state, (here, event.gtid), end, foreign, seen)
                     foreign.append(event.gtid)
                 state.add(event.gtid)
                 saw(event.gtid)
+                if target is not None and not reached:
+                    reached = state.covers_all(target)
             end = Position(reader.log_file, event.packet.log_pos)
     finally:
         reader.close()
@@ -207,28 +229,26 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
     """Where this server's binlog continues `checkpoint` by its GTID position, how many rows of that transaction
     were sent already and the GTID position there; None when the checkpoint or the server has no GTID position.
 
-    Transactions of replication domains (MySQL: server uuids) the checkpoint does not know were never in the
-    binlog the sender read: written on this server alone before the failover. They are logged, not read.
+    Transactions of replication domains (MySQL: server uuids) the checkpoint does not know that lie before this
+    server's copy of the checkpoint's last transaction were never in the binlog the sender read: written on this
+    server alone while it replicated. They are logged, not read; everything after that point is.
 
-    Raises PositionLost when this server cannot continue it: it lacks transactions the checkpoint covers (a replica
-    without log_slave_updates, or behind), or it purged the binlog that follows them."""
+    Raises CaptureStop (exit 10) when this server lacks transactions the checkpoint covers (it is behind, or a replica
+    without log_slave_updates: no snapshot either, it would send older rows than central has); PositionLost when
+    it purged the binlog that follows them or does not hold them at all (not a replica of the site's server)."""
     text = checkpoint.get("gtid_pos")
-    flavor = flavor_of(conn) if isinstance(text, str) else None
+    flavor = flavor_of(conn) if isinstance(text, str) and text else None
     if flavor is None or not isinstance(text, str):
         return None
     old = Position(checkpoint["file"], int(checkpoint["pos"]))
     target = parse(flavor, text)
     if not executed(conn, flavor).covers_all(target):
-        raise PositionLost(old, f"this server's binlog lacks transactions the checkpoint covers (GTID position "
-                                f"{text}, the server's {executed(conn, flavor)})", restarted=True,
-                           remedy="let it catch up with the server it replicates (with log_slave_updates on) and "
-                                  "start again, or point the sender back at that server")
-    files = list(binlog.binary_log_sizes(conn))
-    for file in reversed(files):  # the newest file that starts inside what the checkpoint covers
-        start = _scan(settings, flavor, file, header_only=True).state
-        if target.covers_all(start):
-            break
-    else:
+        raise CaptureStop(f"this server's binlog lacks transactions the checkpoint covers (GTID position {text}, "
+                          f"the server's {executed(conn, flavor)}): let it catch up with the server it replicates "
+                          "(with log_slave_updates on) and start again, or point the sender back at that server",
+                          exitcodes.BINLOG_PURGED)
+    file = _first_file(settings, flavor, list(binlog.binary_log_sizes(conn)), target)
+    if file is None:
         raise PositionLost(old, f"the server has purged the binlog after GTID position {text}", restarted=False)
     found = _scan(settings, flavor, file, target=target)
     if isinstance(target, MariaDbGtids):  # sequence numbers restart after RESET MASTER: the very GTIDs must be there
@@ -238,9 +258,9 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
                                     f"transaction the checkpoint covers: it is not a replica of the site's server",
                                restarted=True)
     if found.foreign:
-        log.warning("%d transactions before GTID position %s on this server are of replication domains (servers) "
-                    "the sender never read (%s … %s): written on this server alone before the failover, not sent",
-                    len(found.foreign), text, found.foreign[0], found.foreign[-1])
+        log.warning("%d transactions before this server's copy of GTID position %s are of replication domains "
+                    "(servers) the sender never read (%s … %s): written on this server alone while it replicated, "
+                    "not sent", len(found.foreign), text, found.foreign[0], found.foreign[-1])
     for foreign in found.foreign:
         target.add(foreign)
     if found.first is None:
@@ -250,11 +270,26 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
     return position, int(checkpoint.get("row", -1)) + 1 if same else 0, str(target)
 
 
+def _first_file(settings: CaptureSettings, flavor: str, files: list[str], target: Gtids) -> str | None:
+    """The binlog file holding this server's copy of `target`'s last transactions: the newest one that starts
+    before them and after nothing `target` lacks in its domains; the oldest when it starts exactly at `target`
+    (nothing in between was purged); None when the files after `target` were purged."""
+    for file in reversed(files):
+        start = _scan(settings, flavor, file, header_only=True).state
+        if target.covers_known(start) and not start.covers_all(target):
+            return file
+    if files:
+        oldest = _scan(settings, flavor, files[0], header_only=True).state
+        if str(oldest) == str(target):
+            return files[0]
+    return None
+
+
 def previous_gtids(text: str) -> str:
-    """mysql-replication's PreviousGtidsEvent text (``uuid:['1-101']``, interval ends exclusive as in the binlog)
-    as a GTID set (``uuid:1-100``)."""
+    """mysql-replication's PreviousGtidsEvent text (``uuid-:['1-101']``: 1.0.17 puts a dash before the colon;
+    interval ends exclusive as in the binlog) as a GTID set (``uuid:1-100``)."""
     parts = []
-    for sid, intervals in re.findall(r"([0-9a-fA-F-]{36}):\[([^\]]*)\]", text):
+    for sid, intervals in re.findall(r"([0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})-?:\[([^\]]*)\]", text):
         spans = [tuple(int(n) for n in span.split("-")) for span in re.findall(r"\d+-\d+", intervals)]
         parts.append(sid + "".join(f":{a}-{b - 1}" if b - 1 > a else f":{a}" for a, b in spans))
     return ",".join(parts)

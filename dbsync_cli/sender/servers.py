@@ -8,8 +8,9 @@ Today: how an initial snapshot gets the binlog position that matches its consist
   (what mysqldump --single-transaction --master-data does). Exact on every server; needs RELOAD, and briefly stops
   the server's writes (it waits at most `lock_wait_timeout` seconds for running statements, then retries).
 - ``log_status``: MySQL 8.0.17+ without RELOAD: the position from `performance_schema.log_status` (BACKUP_ADMIN),
-  read before and after the transaction starts; only two equal reads are taken (no commit in between). Forced on
-  MariaDB (which lacks the table) the reads come from SHOW MASTER STATUS.
+  read before and after the transaction starts; only two equal reads are taken (no binlog write in between; a
+  commit already in the binlog but not yet visible to the new transaction is not seen: `lock` is exact). Forced on
+  MariaDB (which lacks the table) the reads are SHOW MASTER STATUS and the snapshot's binlog_snapshot_* position.
 
 ``auto`` picks ``mariadb`` on MariaDB, ``lock`` on MySQL when the user has RELOAD, ``log_status`` on MySQL 8.0.17+
 with BACKUP_ADMIN; `sender.snapshot_method` forces one (the tests force each on MariaDB).
@@ -121,16 +122,24 @@ def _log_status(conn: Any) -> Position | None:
     before = _read_log_status(conn, flavor)
     with conn.cursor() as cur:
         cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-    after = _read_log_status(conn, flavor)
+    after = _snapshot_position(conn) if flavor == "mariadb" else _read_log_status(conn, flavor)
     if before != after:  # a commit went by between the reads: the snapshot cannot be placed exactly
         conn.rollback()
         return None
     return before
 
 
+def _snapshot_position(conn: Any) -> Position:
+    with conn.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%%'")
+        status = {str(k).lower(): v for k, v in cur.fetchall()}
+    return Position(str(status["binlog_snapshot_file"]), int(status["binlog_snapshot_position"]))
+
+
 def _read_log_status(conn: Any, flavor: str) -> Position:
     """MySQL 8: performance_schema.log_status's binlog position. MariaDB has no such table: forced there (the
-    tests), the same two reads come from SHOW MASTER STATUS, so the method's logic runs on every server."""
+    tests), the first read comes from SHOW MASTER STATUS and the second is the snapshot's own position, so the
+    method's logic (two equal reads, else retried) runs on every server, exactly."""
     if flavor == "mariadb":
         return current_position(conn)
     with conn.cursor() as cur:

@@ -37,6 +37,24 @@ def test_mysql_sets_cover_by_server_uuid_and_interval() -> None:
 
 
 def test_previous_gtids_event_text_has_exclusive_interval_ends() -> None:
-    text = f"{UUID}:['1-101', '105-106'],{OTHER}:['3-4']"
+    # as mysql-replication 1.0.17's PreviousGtidsEvent writes it: a dash after the uuid, exclusive interval ends
+    text = f"{UUID}-:['1-101', '105-106'],{OTHER}-:['3-4']"
     assert gtid.previous_gtids(text) == f"{UUID}:1-100:105,{OTHER}:3"
+    assert str(gtid.parse("mysql", gtid.previous_gtids(text))) == f"{UUID}:1-100:105,{OTHER}:3"
+    assert gtid.previous_gtids(f"{UUID}:['1-2']") == f"{UUID}:1"  # and without the dash
     assert gtid.previous_gtids("") == ""
+
+
+def test_covers_known_ignores_domains_and_servers_the_position_does_not_know() -> None:
+    target = gtid.parse("mariadb", "0-11-40")
+    assert target.covers_known(gtid.parse("mariadb", "0-11-30,1-12-900"))  # domain 1: the replica's own
+    assert not target.covers_known(gtid.parse("mariadb", "0-11-41"))
+    mysql = gtid.parse("mysql", f"{UUID}:1-10")
+    assert mysql.covers_known(gtid.parse("mysql", f"{UUID}:1-5,{OTHER}:1-99"))
+    assert not mysql.covers_known(gtid.parse("mysql", f"{UUID}:1-11"))
+
+
+def test_adding_a_mysql_gtid_the_set_has_changes_nothing() -> None:
+    pos = gtid.parse("mysql", f"{UUID}:1-5")
+    pos.add(f"{UUID}:3")  # the library itself raises on an overlapping interval
+    assert str(pos) == f"{UUID}:1-5"
