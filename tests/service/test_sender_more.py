@@ -29,7 +29,7 @@ from devtools.services import down, ensure_up
 from devtools.workload.generator import generate
 from devtools.workload.truth import GroundTruth
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lane2]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
