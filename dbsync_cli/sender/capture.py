@@ -31,6 +31,7 @@ from dbsync_cli import exitcodes, wire
 from dbsync_cli.sender import binlog, gtid, schema_history
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
+from dbsync_cli.sender.checkpoint import FAILOVER, CheckpointStore
 
 log = logging.getLogger("dbsync.capture")
 
@@ -351,11 +352,21 @@ def _in_this_history(settings: CaptureSettings, conn: Any, checkpoint: dict[str,
     if checkpoint.get("snapshot"):
         log.warning("%s during the initial snapshot: taking it again from this server", lost)
         return None
-    position, skip, gtid_pos = found
+    position, skip = found.position, found.skip_rows
     log.warning("%s: going on at %s (row %d of its transaction), where this server's binlog continues GTID "
                 "position %s, under a new message-id epoch", lost, position, skip, checkpoint["gtid_pos"])
+    if settings.home is not None:  # `dbsync status` shows the last failover and what it passed over
+        store = CheckpointStore(settings.home)
+        try:
+            store.save({"at": round(time.time()), "from_server_id": was, "to_server_id": now,
+                        "file": position.file, "pos": position.pos, "skip_rows": skip,
+                        "gtid_pos": checkpoint["gtid_pos"], "not_sent": len(found.not_sent),
+                        "not_sent_first": found.not_sent[0] if found.not_sent else None,
+                        "not_sent_last": found.not_sent[-1] if found.not_sent else None}, name=FAILOVER)
+        finally:
+            store.close()
     return {**checkpoint, "file": position.file, "pos": position.pos, "row": skip - 1, "born": None,
-            "epoch": binlog.new_epoch(conn), "gtid_pos": gtid_pos}
+            "epoch": binlog.new_epoch(conn), "gtid_pos": found.gtid_pos}
 
 
 __all__ = ["CaptureSettings", "CaptureStop", "capture", "heartbeat", "stream"]

@@ -15,6 +15,7 @@ import orjson
 from dbsync_cli.files import private_dir, private_file
 
 BINLOG = "binlog"
+FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
 STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 

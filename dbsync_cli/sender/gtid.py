@@ -225,7 +225,16 @@ def _scan(settings: CaptureSettings, flavor: str, file: str, *, stop_at: Positio
     return _Scan(state, None, end, foreign, seen)
 
 
-def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> tuple[Position, int, str] | None:
+@dataclass(frozen=True)
+class Located:
+    """Where another server's binlog continues a checkpoint (`locate`)."""
+    position: Position  # the transaction to go on from
+    skip_rows: int  # its rows sent already (the checkpoint was inside it)
+    gtid_pos: str  # the GTID position there
+    not_sent: list[str]  # transactions passed over: of domains (servers) the sender never read, before that point
+
+
+def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> Located | None:
     """Where this server's binlog continues `checkpoint` by its GTID position, how many rows of that transaction
     were sent already and the GTID position there; None when the checkpoint or the server has no GTID position.
 
@@ -264,10 +273,10 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
     for foreign in found.foreign:
         target.add(foreign)
     if found.first is None:
-        return found.end, 0, str(target)
+        return Located(found.end, 0, str(target), found.foreign)
     position, first_gtid = found.first
     same = checkpoint.get("gtid") == first_gtid and not checkpoint.get("snapshot")
-    return position, int(checkpoint.get("row", -1)) + 1 if same else 0, str(target)
+    return Located(position, int(checkpoint.get("row", -1)) + 1 if same else 0, str(target), found.foreign)
 
 
 def _first_file(settings: CaptureSettings, flavor: str, files: list[str], target: Gtids) -> str | None:

@@ -92,12 +92,7 @@ def open_snapshot(conn: Any, method: str) -> Position:
 def _mariadb(conn: Any) -> Position:
     with conn.cursor() as cur:
         cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%%'")
-        status = {str(k).lower(): v for k, v in cur.fetchall()}
-    if "binlog_snapshot_file" not in status:
-        raise CaptureStop("the server reports no binlog_snapshot_file (not MariaDB?): set sender.snapshot_method = "
-                          '"lock" (needs RELOAD) or "log_status" (MySQL 8)', exitcodes.BINLOG_SETTINGS)
-    return Position(str(status["binlog_snapshot_file"]), int(status["binlog_snapshot_position"]))
+    return _snapshot_position(conn)
 
 
 def _locked(conn: Any) -> Position | None:
@@ -130,9 +125,13 @@ def _log_status(conn: Any) -> Position | None:
 
 
 def _snapshot_position(conn: Any) -> Position:
+    """MariaDB: the binlog position the open consistent-snapshot transaction matches."""
     with conn.cursor() as cur:
         cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%%'")
         status = {str(k).lower(): v for k, v in cur.fetchall()}
+    if "binlog_snapshot_file" not in status:
+        raise CaptureStop("the server reports no binlog_snapshot_file (not MariaDB?): set sender.snapshot_method = "
+                          '"lock" (needs RELOAD) or "log_status" (MySQL 8)', exitcodes.BINLOG_SETTINGS)
     return Position(str(status["binlog_snapshot_file"]), int(status["binlog_snapshot_position"]))
 
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from helpers import dbsync
 from test_apply import central, conflicts, new_person, outcomes, site  # noqa: F401 - fixtures
+from test_schema_history import metadata  # noqa: F401 - the site's binlog row metadata, FULL and MINIMAL
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import adopt, state
@@ -31,14 +32,6 @@ def _load_dump(source: DbParams, target: DbParams) -> None:
     dump = client(source, "mariadb-dump", "--no-create-info", "--skip-triggers", "--insert-ignore",
                   "--complete-insert", "--skip-add-locks")
     client(target, "mariadb", stdin=dump)
-
-
-@pytest.fixture(params=["FULL", "MINIMAL"])
-def metadata(request, site):  # noqa: F811
-    """The site's later changes come from binlogs with column names (FULL) and without them (MINIMAL)."""
-    site.sql(f"SET GLOBAL binlog_row_metadata = '{request.param}'")
-    yield request.param
-    site.sql("SET GLOBAL binlog_row_metadata = 'FULL'")
 
 
 @pytest.mark.parametrize("method", ["mariadb", "lock", "log_status"])

@@ -120,6 +120,10 @@ def test_the_sender_follows_the_site_to_its_replica_by_gtid(pair, openmrs_db, br
 
         report = orjson.loads(dbsync("status", "--json", "--config", str(conf), env=env, check=False).stdout)
         assert report["checkpoint"]["gtid_pos"] and report["checkpoint"]["epoch"] == new_epoch, report["checkpoint"]
+        failover = report["failover"]  # what it passed over is counted where status shows it
+        assert failover["to_server_id"] == str(replica.server_id) and isinstance(failover["not_sent"], int), failover
+        assert (failover["not_sent"] > 0) == ("not sent" in log), (failover, log[-2000:])
+        assert any(note.startswith("followed the site from server id") for note in report["notes"]), report["notes"]
 
         # the checkpoint is in the replica's history now: the next run streams on without looking for it again
         again, _ = new_person(Site(replica.admin.with_database(name), conf, env, site.home), given="Again")
