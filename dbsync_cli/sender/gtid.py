@@ -42,7 +42,6 @@ class Gtids(Protocol):
     def add(self, gtid: str) -> None: ...
     def covers_all(self, other: Gtids) -> bool: ...
     def covers_known(self, other: Gtids) -> bool: ...
-    def copy(self) -> Gtids: ...
     def restore(self, text: str) -> None: ...
 
 
@@ -78,11 +77,6 @@ class MariaDbGtids:
         assert isinstance(other, MariaDbGtids)
         return all(self.covers(f"{d}-{s}-{n}") for d, (s, n) in other.domains.items() if d in self.domains)
 
-    def copy(self) -> MariaDbGtids:
-        new = MariaDbGtids()
-        new.domains = dict(self.domains)
-        return new
-
     def restore(self, text: str) -> None:
         self.domains = MariaDbGtids(text).domains
 
@@ -117,9 +111,6 @@ class MySqlGtids:
         assert isinstance(other, MySqlGtids)
         mine = {part.sid for part in self.set.gtids}
         return all(any(part in have for have in self.set.gtids) for part in other.set.gtids if part.sid in mine)
-
-    def copy(self) -> MySqlGtids:
-        return MySqlGtids(str(self))
 
     def restore(self, text: str) -> None:
         self.set = MySqlGtids(text).set

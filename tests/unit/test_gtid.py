@@ -28,7 +28,7 @@ def test_mysql_sets_cover_by_server_uuid_and_interval() -> None:
     assert pos.knows(f"{UUID}:99") and not pos.knows(f"{OTHER}:1")
     pos.add(f"{UUID}:6")
     assert str(pos) == f"{UUID}:1-7"
-    copy = pos.copy()
+    copy = gtid.parse("mysql", str(pos))
     copy.add(f"{OTHER}:1")
     assert pos.covers_all(gtid.parse("mysql", f"{UUID}:2-4")) and not pos.covers_all(copy)
     assert copy.covers_all(pos)
