@@ -31,7 +31,7 @@ class Key:
     default: Any = None
     required: bool = False
     secret: bool = False
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
     roles: tuple[str, ...] = ("sender", "receiver")
     help: str = ""
 
@@ -56,7 +56,12 @@ KEYS: dict[str, Key] = {
     "broker.destination_type": Key(str, "queue", choices=("queue", "topic")),
     "broker.batch_messages": Key(int, 500, roles=_S),
     "broker.batch_bytes": Key(int, 2_000_000, roles=_S),
-    "broker.compress_over": Key(int, 16_384, roles=_S),
+    "broker.compress_over": Key(int, 512, roles=_S),
+    "broker.wire_version": Key(int, 2, roles=_S, choices=(1, 2),
+                               help="2: several rows per broker message; 1: one row each (receivers before 0.13)"),
+    "broker.rows_per_message": Key(int, 100, roles=_S, help="rows per broker message (wire version 2)"),
+    "broker.message_bytes": Key(int, 1_000_000, roles=_S,
+                                help="JSON bytes per broker message before deflate (wire version 2)"),
     "broker.max_message_bytes": Key(int, 4_000_000),
     "broker.subscription": Key(str, "dbsync", roles=_R, help="durable subscription name (topic mode)"),
     "broker.consumer_window": Key(int, 1_048_576, roles=_R),

@@ -1,7 +1,8 @@
 """The sync message, the one definition of what crosses the broker between a site and central.
 
 A message is ``{"v", "id", "site", "table", "op", "uuid", "snapshot", "sent", "source", "data"}`` (see
-docs/architecture.md). Foreign keys travel as ``{"$ref": table, "uuid": …}``, binary values as ``{"$b64": …}``,
+docs/architecture.md); on the broker, wire version 2 carries several consecutive messages of one site in one
+envelope ``{"v": 2, "id", "site", "snapshot", "messages": [...]}``, deflated as a batch. Foreign keys travel as ``{"$ref": table, "uuid": …}``, binary values as ``{"$b64": …}``,
 DATETIME with the site's UTC offset. On the broker the body is the message's JSON, deflated over a size, with
 headers that let the receiver store a delivery without parsing its body. Sender and receiver both import this
 module and nothing else of each other.
@@ -15,13 +16,15 @@ import datetime as dt
 import hashlib
 import re
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-VERSION = 1
+VERSION = 1  # one sync message (one row); the only form of NDJSON between stages
+ENVELOPE_VERSION = 2  # several messages of one site in one broker message
+MAX_ENVELOPE_MESSAGES = 10_000
 
 #: change ops a message carries: create, update, delete, read by the initial load (snapshot)
 CREATE, UPDATE, DELETE, READ = "c", "u", "d", "r"
@@ -41,6 +44,8 @@ VALIDATED_USER_HEADER = "JMSXUserID"
 TABLE_HEADER = "dbsync-table"
 ENCODING_HEADER = "dbsync-encoding"
 DEFLATE = "deflate"
+ROWS_HEADER = "dbsync-rows"  # messages in an envelope (what apply budgets its batches by)
+SNAPSHOT_HEADER = "dbsync-snapshot"  # "1": rows of an initial load, which apply takes after live changes
 DUPLICATE_ID_HEADER = "_AMQ_DUPL_ID"  # Artemis drops a second SEND with the same value
 
 MAX_ID = 255  # the receiver stores ids in VARCHAR(255) columns
@@ -228,19 +233,80 @@ def _source_problem(source: Any) -> str | None:
 # ---- on the broker -----------------------------------------------------------------------------------------
 def encode(message: Mapping[str, Any], *, anycast: bool, compress_over: int) -> tuple[bytes, dict[str, str]]:
     """The STOMP body and headers of a persistent SEND (deflated when the JSON is over `compress_over` bytes)."""
-    body = dumps(message)
-    headers = {
+    headers = _headers(message, anycast)
+    headers[TABLE_HEADER] = str(message.get("table", ""))
+    return _deflated(dumps(message), headers, compress_over)
+
+
+def _headers(message: Mapping[str, Any], anycast: bool) -> dict[str, str]:
+    return {
         "persistent": "true",
         "destination-type": "ANYCAST" if anycast else "MULTICAST",
         DUPLICATE_ID_HEADER: message["id"],
         ID_HEADER: message["id"],
         SITE_HEADER: str(message.get("site", "")),
-        TABLE_HEADER: str(message.get("table", "")),
     }
+
+
+def _deflated(body: bytes, headers: dict[str, str], compress_over: int) -> tuple[bytes, dict[str, str]]:
     if len(body) > compress_over:
         body = zlib.compress(body, 6)
         headers[ENCODING_HEADER] = DEFLATE
     return body, headers
+
+
+def envelope_head(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """An envelope without its messages. Its id names the first message and a digest of every message id in it:
+    the same rows re-sent after a crash give the same id (the broker and the inbox drop the copy); other
+    boundaries give another id, and apply drops the rows it already applied by their own ids, so an envelope id
+    never hides a row it does not hold."""
+    digest = hashlib.blake2b(b"\n".join(str(m["id"]).encode() for m in messages), digest_size=8).hexdigest()
+    first = messages[0]
+    return {"v": ENVELOPE_VERSION, "id": storable_id(f"{first['id']}+{len(messages)}.{digest}"),
+            "site": first.get("site"), "snapshot": bool(first.get("snapshot"))}
+
+
+def envelope(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Consecutive messages of one site (all live or all snapshot) as one broker message."""
+    return {**envelope_head(messages), "messages": list(messages)}
+
+
+def encode_envelope(messages: Sequence[Mapping[str, Any]], bodies: list[bytes], *, anycast: bool,
+                    compress_over: int) -> tuple[bytes, dict[str, str]]:
+    """The STOMP body and headers of an envelope of `messages`, whose JSON (`dumps`) is `bodies`: like `encode`,
+    deflated as one batch, plus how many rows it holds and whether they are an initial load's."""
+    head = envelope_head(messages)
+    body = dumps(head)[:-1] + b',"messages":[' + b",".join(bodies) + b"]}"
+    headers = _headers(head, anycast)
+    headers[ROWS_HEADER] = str(len(messages))
+    headers[SNAPSHOT_HEADER] = "1" if head["snapshot"] else "0"
+    return _deflated(body, headers, compress_over)
+
+
+def is_envelope(decoded: Any) -> bool:
+    return isinstance(decoded, dict) and decoded.get("v") == ENVELOPE_VERSION
+
+
+def envelope_problem(decoded: Mapping[str, Any]) -> str | None:
+    """Why a version-2 body is not a usable envelope (its messages are checked one by one later), or None."""
+    if not isinstance(decoded.get("id"), str) or not decoded["id"]:
+        return "envelope: missing or invalid 'id'"
+    if not isinstance(decoded.get("site"), str) or not decoded["site"]:
+        return "envelope: missing or invalid 'site'"
+    messages = decoded.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "envelope: 'messages' must be a non-empty list"
+    if len(messages) > MAX_ENVELOPE_MESSAGES:
+        return f"envelope: {len(messages)} messages, over the limit of {MAX_ENVELOPE_MESSAGES}"
+    return None
+
+
+def delivery_rows(headers: Mapping[str, str]) -> int:
+    """How many rows a delivery says it holds (1 for a v1 message), within what an envelope may hold."""
+    try:
+        return min(MAX_ENVELOPE_MESSAGES, max(1, int(headers.get(ROWS_HEADER) or 1)))
+    except ValueError:
+        return 1
 
 
 def delivery_id(headers: Mapping[str, str]) -> str:

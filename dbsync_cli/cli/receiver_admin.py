@@ -46,7 +46,7 @@ def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
 
 def consume(
     config: common.ConfigOption = None,
-    max_messages: Annotated[int | None, typer.Option("--max-messages", help="Stop after N records.")] = None,
+    max_messages: Annotated[int | None, typer.Option("--max-messages", help="Stop after N messages (an envelope counts its rows).")] = None,
     idle_exit: Annotated[float | None, typer.Option(
         "--idle-exit", help="Stop when nothing was delivered for SECONDS.", metavar="SECONDS")] = None,
 ) -> None:

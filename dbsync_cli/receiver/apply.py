@@ -27,7 +27,7 @@ from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcom
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
-from dbsync_cli.receiver.message import Parsed, entity_key, parse, parse_raw
+from dbsync_cli.receiver.message import Parsed, entity_key, expand, parse_raw
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
@@ -162,19 +162,28 @@ class Applier:
 
     # ---- the stage -------------------------------------------------------------------------------------------
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
+        """Outcomes of the records' messages, a transaction per `batch_messages` messages (an envelope's
+        messages always commit together, with the deletion of its inbox row)."""
+        batch: list[Parsed] = []
         for record in records:
             if is_heartbeat(record):
                 continue
-            batch.append(record)
+            batch.extend(self.expand(record))
             if len(batch) >= self.settings.batch_messages:
-                yield from (o.record() for o in self.apply_batch(batch))
+                yield from (o.record() for o in self.apply_parsed(batch))
                 batch = []
         if batch:
-            yield from (o.record() for o in self.apply_batch(batch))
+            yield from (o.record() for o in self.apply_parsed(batch))
+
+    def expand(self, record: dict[str, Any]) -> list[Parsed]:
+        """The messages of an inbox record or a bare message (an envelope holds several)."""
+        return expand(record, self.model, self.settings.max_message_bytes)
 
     def apply_batch(self, records: list[dict[str, Any]]) -> list[Outcome]:
-        parsed = [parse(r, self.model, self.settings.max_message_bytes) for r in records]
+        """Apply the messages of `records` in one transaction (replayed message by message when it fails)."""
+        return self.apply_parsed([item for record in records for item in self.expand(record)])
+
+    def apply_parsed(self, parsed: list[Parsed]) -> list[Outcome]:
         self.refresh_sites()
         blocked_before = set(self.blocked)
         try:
@@ -212,8 +221,8 @@ class Applier:
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],
                   careful: bool) -> None:
         for index, item in enumerate(parsed):
-            if item.inbox is not None:
-                batch.inbox.append(item.inbox)
+            if item.inbox is not None and (not batch.inbox or batch.inbox[-1] != item.inbox):
+                batch.inbox.append(item.inbox)  # an envelope's messages follow each other
             digest = item.digest()
             if item.message_id in done:
                 seen = done[item.message_id]

@@ -83,8 +83,8 @@ def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], s
                             "ON DUPLICATE KEY UPDATE digest = COALESCE(VALUES(digest), digest)", schema),
                         [(m[:255], stamp, batch.digests.get(m)) for m in dict.fromkeys(batch.handled)])
     if batch.inbox:
-        cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", schema, placeholders(len(batch.inbox))),
-                    batch.inbox)
+        inbox = sorted(set(batch.inbox))
+        cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", schema, placeholders(len(inbox))), inbox)
     if batch.rest:
         cur.executemany(sql("INSERT INTO {}.rest_call (resource, sub_resource, entity_uuid, date_created) "
                             "VALUES (%s, %s, %s, %s)", schema), [(*r, stamp) for r in batch.rest])

@@ -1,6 +1,6 @@
 """Consume: Artemis (STOMP) → the receiver's inbox table on the central server, then ACK.
 
-Each delivery is written to ``<state_schema>.inbox`` (``INSERT IGNORE`` on the unique message id, so a redelivered
+Each delivery (one message, or a v2 envelope of several) is written to ``<state_schema>.inbox`` (``INSERT IGNORE`` on the unique message id, so a redelivered
 duplicate is simply acknowledged again); frames are stored in batches, one transaction per batch, and only after
 the COMMIT is each frame acknowledged (``client-individual``). A crash between COMMIT and ACK means a redelivery
 that the unique key drops; a crash before COMMIT means a redelivery that is stored then. NACK is never sent:
@@ -112,7 +112,7 @@ class Consumer:
         self.settings = settings
         self.stop = stop
         state.schema_name(settings.state_schema)  # fail early on a bad name
-        self.count = 0  # rows handed out (backlog + new)
+        self.count = 0  # messages handed out (backlog + new; an envelope counts its rows)
         self.stored = 0  # new inbox rows committed by this consumer
         self.duplicates = 0  # deliveries already in the inbox (acked again)
         self.last_delivery = time.monotonic()
@@ -141,7 +141,7 @@ class Consumer:
                 if not rows:
                     return
                 for row in rows:
-                    self.count += 1
+                    self.count += row.rows
                     yield row
                 after = rows[-1].id
         finally:
@@ -213,7 +213,7 @@ class Consumer:
                     except RECOVERABLE as exc:  # stored already: the redelivery will be a dropped duplicate
                         ack_error = exc
                         break
-                self.count += len(rows)
+                self.count += sum(row.rows for row in rows)
                 self.stored += len(rows)
                 self.duplicates += len(frames) - len(rows)
                 if rows:
@@ -242,8 +242,10 @@ class Consumer:
             except zlib.error as exc:
                 log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
                 body = raw
-            deliveries.append((message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
-                               frame.headers.get(wire.VALIDATED_USER_HEADER) or ""))
+            deliveries.append(inbox.Delivery(
+                message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
+                frame.headers.get(wire.VALIDATED_USER_HEADER) or "", wire.delivery_rows(frame.headers),
+                frame.headers.get(wire.SNAPSHOT_HEADER) == "1"))
         return inbox.store(db, self.settings.state_schema, deliveries)
 
 

@@ -1,7 +1,10 @@
 """The inbox: deliveries stored on the central server before they are acknowledged, until apply handles them.
 
 ``INSERT IGNORE`` on the unique message id makes a redelivered duplicate a no-op; apply deletes the rows it
-handled in the same transaction as their changes.
+handled in the same transaction as their changes. A row is one delivery: one message, or a v2 envelope of
+`n_rows`. Apply takes live changes before the rows of initial loads (`snapshot`), so that one clinic's first load
+never holds up another clinic's edits; the order guard keeps an entity right when its live change overtakes its
+snapshot row.
 """
 
 from __future__ import annotations
@@ -13,9 +16,21 @@ from typing import Any
 
 from dbsync_cli import wire
 from dbsync_cli.receiver.state import schema_name
-from dbsync_cli.sql import sql
+from dbsync_cli.sql import placeholders, sql
 
 MAX_SITE = 100  # inbox.site VARCHAR(100)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What consume stores of one broker message."""
+
+    message_id: str
+    site: str | None  # the dbsync-site header
+    body: bytes
+    broker_user: str  # "" when the broker stamped none
+    rows: int = 1  # messages in it (the dbsync-rows header of an envelope)
+    snapshot: bool = False  # the dbsync-snapshot header
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class InboxRow:
     site: str | None  # the dbsync-site header
     body: bytes
     broker_user: str | None = None  # the user Artemis authenticated the sender as ("" when it stamped none)
+    rows: int = 1  # messages it holds (a v2 envelope holds several)
 
     def record(self, *, text: bool = True) -> dict[str, Any]:
         """The NDJSON record: the body as text when it is UTF-8 (and `text`), else ``{"$b64": …}``."""
@@ -37,18 +53,20 @@ class InboxRow:
                 "broker_user": self.broker_user, "body": body}
 
 
-def store(db: Any, schema: str, deliveries: list[tuple[str, str | None, bytes, str]]) -> list[InboxRow]:
-    """(message id, site header, body, broker user) of one batch in one transaction; returns the new rows."""
+def store(db: Any, schema: str, deliveries: list[Delivery]) -> list[InboxRow]:
+    """One batch of deliveries in one transaction; returns the new rows."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows: list[InboxRow] = []
-    statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user) "
-                    "VALUES (%s, %s, %s, %s, %s)", schema_name(schema))
+    statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user, n_rows, "
+                    "snapshot) VALUES (%s, %s, %s, %s, %s, %s, %s)", schema_name(schema))
     try:
         with db.cursor() as cur:
-            for message_id, site, body, user in deliveries:
-                cur.execute(statement, (message_id, site[:MAX_SITE] if site else None, body, now, user[:100]))
+            for d in deliveries:
+                cur.execute(statement, (d.message_id, d.site[:MAX_SITE] if d.site else None, d.body, now,
+                                        d.broker_user[:100], d.rows, int(d.snapshot)))
                 if cur.rowcount == 1:
-                    rows.append(InboxRow(int(cur.lastrowid), message_id, site, body, user[:100]))
+                    rows.append(InboxRow(int(cur.lastrowid), d.message_id, d.site, d.body, d.broker_user[:100],
+                                        d.rows))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):  # the connection may be gone; the error raised says why
@@ -62,19 +80,31 @@ def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) ->
     decides (a duplicate, or the same id with other content) and deletes them, as the combined receiver does."""
     s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {s}.inbox WHERE id > %s ORDER BY id "
-                        "LIMIT %s", s=s), (after_id, limit))
-        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in cur.fetchall()]
+        cur.execute(sql("SELECT id, message_id, site, body, broker_user, n_rows FROM {s}.inbox WHERE id > %s "
+                        "ORDER BY id LIMIT %s", s=s), (after_id, limit))
+        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5])) for r in cur.fetchall()]
     conn.commit()  # end the read snapshot so the next page sees rows committed since
     return rows
 
 
 def oldest(conn: Any, schema: str, limit: int) -> list[dict[str, Any]]:
-    """The oldest inbox rows as apply's records (apply deletes what it handled in the same transaction)."""
+    """The next inbox rows for apply, live changes first, holding about `limit` messages (at least one row) as
+    apply's records (apply deletes what it handled in the same transaction)."""
+    s = schema_name(schema)
     conn.commit()
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {}.inbox ORDER BY id LIMIT %s",
-                        schema_name(schema)), (limit,))
-        rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in cur.fetchall()]
+        cur.execute(sql("SELECT id, n_rows FROM {}.inbox ORDER BY snapshot, id LIMIT %s", s), (max(1, limit),))
+        wanted: list[int] = []
+        total = 0
+        for row_id, n_rows in cur.fetchall():
+            if wanted and total + n_rows > limit:
+                break
+            wanted.append(int(row_id))
+            total += n_rows
+        rows = []
+        if wanted:
+            cur.execute(sql("SELECT id, message_id, site, body, broker_user FROM {}.inbox WHERE id IN ({}) "
+                            "ORDER BY snapshot, id", s, placeholders(len(wanted))), wanted)
+            rows = [InboxRow(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in cur.fetchall()]
     conn.commit()
     return [row.record(text=False) for row in rows]

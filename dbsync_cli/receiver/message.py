@@ -65,48 +65,82 @@ def _body(record: dict[str, Any]) -> bytes:
 
 def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel, max_bytes: int,
               inbox: int | None = None, broker_user: str | None = None, header_site: str | None = None) -> Parsed:
-    """A stored body (inbox or retry queue); `broker_user` and `header_site` as stored with it (None: trusted
-    input); an inbox row's site is its header."""
-    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site,
-                  header_site=site if inbox is not None else header_site, broker_user=broker_user)
+    """A stored body of one message (retry or conflict queue); `broker_user` and `header_site` as stored with it
+    (None: trusted input)."""
+    items = expand_raw(raw, message_id, site, model, max_bytes, inbox=inbox, broker_user=broker_user,
+                       header_site=header_site)
+    if len(items) == 1:
+        return items[0]
+    return Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=header_site,
+                  broker_user=broker_user, error=f"an envelope of {len(items)} messages where one was expected")
+
+
+def expand_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel, max_bytes: int,
+               inbox: int | None = None, broker_user: str | None = None,
+               header_site: str | None = None) -> list[Parsed]:
+    """The messages of a body: one for a v1 message (or anything unusable), each of a v2 envelope's in order. An
+    inbox row's site is its header, which every message of an envelope must name too."""
+    header_site = site if inbox is not None else header_site
+    item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=header_site,
+                  broker_user=broker_user)
     if len(raw) > max_bytes:
         item.error = f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
-        return item
+        return [item]
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         item.error = f"malformed JSON: {str(exc).split(':')[0]}"
-        return item
-    return _finish(item, message, model)
+        return [item]
+    if not wire.is_envelope(message):
+        return [_finish(item, message, model)]
+    item.error = wire.envelope_problem(message)
+    if item.error is not None:
+        return [item]
+    items = []
+    for index, inner in enumerate(message["messages"]):
+        inner_id = inner.get("id") if isinstance(inner, dict) else None
+        part = Parsed(message_id=inner_id if isinstance(inner_id, str) and inner_id else f"{message['id']}#{index}",
+                      raw=dumps(inner), inbox=inbox, site=site, header_site=header_site, broker_user=broker_user)
+        if isinstance(inner, dict) and inner.get("site") != message["site"]:
+            part.error = f"message for site {str(inner.get('site'))[:100]!r} in an envelope of site " \
+                         f"{message['site'][:100]!r}"
+            items.append(part)
+            continue
+        items.append(_finish(part, inner, model))
+    return items
 
 
-def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
-    """An inbox record (`{"inbox", "message_id", "site", "body"}`) or a bare sync message."""
+def expand(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> list[Parsed]:
+    """An inbox record (`{"inbox", "message_id", "site", "body"}`) or a bare sync message, as the messages it
+    holds (an inbox body may be a v2 envelope)."""
     if "inbox" in record:
         message_id = str(record.get("message_id") or f"inbox:{record['inbox']}")
         try:
             inbox = int(record["inbox"])
         except (TypeError, ValueError):
-            return Parsed(message_id=message_id, raw=dumps(record),
-                          error=f"invalid inbox id {str(record['inbox'])[:20]!r}")
+            return [Parsed(message_id=message_id, raw=dumps(record),
+                           error=f"invalid inbox id {str(record['inbox'])[:20]!r}")]
         try:
             body = _body(record)
         except ValueError:
-            return Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
-                          error="inbox body is not valid base64")
+            return [Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
+                           error="inbox body is not valid base64")]
         user = record.get("broker_user")
-        return parse_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox,
-                         broker_user=user if isinstance(user, str) else "")
+        return expand_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox,
+                          broker_user=user if isinstance(user, str) else "")
     try:
         raw = dumps(record)
     except TypeError as exc:  # only from an in-process caller: JSON input cannot hold what orjson cannot write
-        return Parsed(message_id=f"noid:{id(record)}", raw=b"{}", error=f"not a JSON message: {exc}")
+        return [Parsed(message_id=f"noid:{id(record)}", raw=b"{}", error=f"not a JSON message: {exc}")]
     fallback = "noid:" + hashlib.sha1(raw).hexdigest()  # noqa: S324 - an identifier, not security
-    item = Parsed(message_id=str(record.get("id") or fallback), raw=raw)
-    if len(raw) > max_bytes:
-        item.error = f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
-        return item
-    return _finish(item, record, model)
+    return expand_raw(raw, str(record.get("id") or fallback), None, model, max_bytes)
+
+
+def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
+    """One message of a record (the first, or the error of an envelope where one message was expected)."""
+    items = expand(record, model, max_bytes)
+    return items[0] if len(items) == 1 else Parsed(
+        message_id=items[0].message_id, raw=b"{}", error=f"an envelope of {len(items)} messages")
 
 
 def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:

@@ -129,6 +129,10 @@ MIGRATIONS: list[list[str]] = [
     [  # 7: a site whose data central already has (loaded from its dump): its snapshot adopts the equal rows
         "ALTER TABLE {s}.site_info ADD COLUMN adopt TINYINT(1) NOT NULL DEFAULT 0",
     ],
+    [  # 8: wire version 2 (several rows per delivery), and live changes applied before initial loads' rows
+        "ALTER TABLE {s}.inbox ADD COLUMN n_rows INT NOT NULL DEFAULT 1, "
+        "ADD COLUMN snapshot TINYINT(1) NOT NULL DEFAULT 0, ADD KEY inbox_live_first (snapshot, id)",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)

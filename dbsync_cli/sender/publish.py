@@ -1,6 +1,9 @@
 """Publish: sync messages → Artemis over STOMP, and the only stage that moves the sender's checkpoint.
 
-Every SEND is persistent; a batch ends with a RECEIPT request, and since frames on one connection are processed in
+Messages travel in envelopes (wire version 2): up to `rows_per_message` consecutive rows, all live or all of the
+initial load, deflated as one body, because a clinic link is slow and the broker's cost is per message, not per
+byte; `wire_version = 1` sends one row per message for a receiver older than envelopes. Every SEND is persistent;
+a batch ends with a RECEIPT request, and since frames on one connection are processed in
 order, the receipt confirms the whole batch. Only then is the checkpoint written. While the broker persists a batch
 the next ones are built and sent (at most `max_unconfirmed_batches` in flight, confirmed strictly in order). A dropped
 connection means reconnect with backoff and resend every unconfirmed batch with the same `_AMQ_DUPL_ID`s (the broker
@@ -46,9 +49,12 @@ class PublishSettings:
     broker: BrokerSettings
     destination: str = "openmrs.sync"
     destination_type: str = "queue"  # queue (ANYCAST) | topic (MULTICAST, durable subscriptions)
-    batch_messages: int = 500
+    batch_messages: int = 500  # rows per confirmed batch
     batch_bytes: int = 2_000_000
-    compress_over: int = 16_384
+    compress_over: int = 512
+    wire_version: int = 2  # 2: envelopes of several rows; 1: one row per message
+    rows_per_message: int = 100  # rows per envelope
+    message_bytes: int = 1_000_000  # JSON bytes per envelope before it is deflated (under max_message_bytes)
     max_message_bytes: int = 4_000_000
     receipt_timeout: float = 30.0
     max_unconfirmed_batches: int = 2  # sent while earlier ones await their receipt (0: wait for every batch)
@@ -64,7 +70,7 @@ class _Batch:
     """Frames sent together; `receipt` is the id the broker confirms them with (None: nothing to confirm)."""
 
     frames: list[tuple[bytes, dict[str, str]]]
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # the rows the frames carry
     source: dict[str, Any] | None
     receipt: str | None = None
 
@@ -149,13 +155,19 @@ class Publisher:
                   message.get("source"), message.get("table"))
         return False
 
-    def _frame(self, message: dict[str, Any]) -> tuple[bytes, dict[str, str]] | None:
-        body, headers = wire.encode(message, anycast=self.settings.destination_type == "queue",
-                                    compress_over=self.settings.compress_over)
+    def _json(self, message: dict[str, Any]) -> bytes | None:
+        """The row's JSON, or None when it is over the receiver's limit (kept for an operator instead)."""
+        body = dumps(message)
         if len(body) > self.settings.max_message_bytes:
             self._reject(message, len(body))
             return None
-        return body, headers
+        return body
+
+    def _frame(self, messages: list[dict[str, Any]], bodies: list[bytes]) -> tuple[bytes, dict[str, str]]:
+        anycast = self.settings.destination_type == "queue"
+        if self.settings.wire_version == 1:
+            return wire.encode(messages[0], anycast=anycast, compress_over=self.settings.compress_over)
+        return wire.encode_envelope(messages, bodies, anycast=anycast, compress_over=self.settings.compress_over)
 
     def _reject(self, message: dict[str, Any], size: int) -> None:
         where = ""
@@ -227,10 +239,10 @@ class Publisher:
                     self._resend(pending, failures)
                     continue
             pending.popleft()
-            if batch.frames:
-                self.sent += len(batch.frames)
+            if batch.records:
+                self.sent += len(batch.records)
                 if self.on_sent is not None:
-                    self.on_sent(len(batch.frames))
+                    self.on_sent(len(batch.records))
             if batch.source is not None:
                 self.on_confirmed(batch.source)
             yield from batch.records
@@ -245,11 +257,24 @@ class Publisher:
         pending: deque[_Batch] = deque()
         frames: list[tuple[bytes, dict[str, str]]] = []
         batch: list[dict[str, Any]] = []
-        size = 0
+        group: list[dict[str, Any]] = []  # rows of the envelope being filled
+        bodies: list[bytes] = []
+        size = group_size = 0
         last_source: dict[str, Any] | None = None
+        per_message = 1 if self.settings.wire_version == 1 else max(1, self.settings.rows_per_message)
+
+        def seal() -> None:
+            nonlocal group, bodies, group_size, size
+            if group:
+                frame = self._frame(group, bodies)
+                frames.append(frame)
+                batch.extend(group)
+                size += len(frame[0])
+            group, bodies, group_size = [], [], 0
 
         def flush(keep: int) -> Iterator[dict[str, Any]]:
             nonlocal frames, batch, size, last_source
+            seal()
             if frames or last_source is not None:
                 self._send(pending, _Batch(frames, batch, last_source))
             frames, batch, size, last_source = [], [], 0, None
@@ -264,13 +289,20 @@ class Publisher:
                     continue
                 if not self._valid(record):
                     continue
-                frame = self._frame(record)
+                body = self._json(record)
                 last_source = record.get("source") or last_source
-                if frame is not None:
-                    frames.append(frame)
-                    batch.append(record)
-                    size += len(frame[0])
-                if len(frames) >= self.settings.batch_messages or size >= self.settings.batch_bytes:
+                if body is None:
+                    continue
+                if group and (group_size + len(body) > self.settings.message_bytes
+                              or bool(record.get("snapshot")) != bool(group[0].get("snapshot"))
+                              or record.get("site") != group[0].get("site")):
+                    seal()
+                group.append(record)
+                bodies.append(body)
+                group_size += len(body)
+                if len(group) >= per_message:
+                    seal()
+                if len(batch) + len(group) >= self.settings.batch_messages or size >= self.settings.batch_bytes:
                     yield from flush(window)
             yield from flush(0)
         finally:

@@ -55,6 +55,8 @@ def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:
         broker=settings_from_config(cfg), destination=cfg["broker.destination"],
         destination_type=cfg["broker.destination_type"], batch_messages=cfg["broker.batch_messages"],
         batch_bytes=cfg["broker.batch_bytes"], compress_over=cfg["broker.compress_over"],
+        wire_version=cfg["broker.wire_version"], rows_per_message=cfg["broker.rows_per_message"],
+        message_bytes=cfg["broker.message_bytes"],
         max_message_bytes=cfg["broker.max_message_bytes"], reject_dir=cfg.home / "rejected", stop=stop,
     )
 

@@ -34,17 +34,17 @@ def test_verbosity_changes_stderr_only(tmp_path, capsys) -> None:
 
 def test_large_messages_are_compressed_and_oversized_ones_kept_aside(tmp_path) -> None:
     settings = PublishSettings(broker=BrokerSettings(), compress_over=100, max_message_bytes=2000,
-                               reject_dir=tmp_path / "rejected")
+                               reject_dir=tmp_path / "rejected", wire_version=1)
     publisher = Publisher(settings, on_confirmed=lambda source: None)
     small = {"id": "s:1", "site": "s", "table": "obs", "data": {"x": "a"}}
-    body, headers = publisher._frame(small)
+    body, headers = publisher._frame([small], [publisher._json(small) or b""])
     assert "dbsync-encoding" not in headers and orjson.loads(body) == small
     assert headers["persistent"] == "true" and headers["_AMQ_DUPL_ID"] == "s:1"
     assert headers["destination-type"] == "ANYCAST"
     big = {"id": "s:2", "site": "s", "table": "obs", "data": {"x": "a" * 1500}}
-    body, headers = publisher._frame(big)
+    body, headers = publisher._frame([big], [publisher._json(big) or b""])
     assert headers["dbsync-encoding"] == "deflate" and orjson.loads(zlib.decompress(body)) == big
     rng = random.Random(1)
     noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(5000))
-    assert publisher._frame({"id": "s:3", "site": "s", "table": "obs", "data": {"x": noise}}) is None
+    assert publisher._json({"id": "s:3", "site": "s", "table": "obs", "data": {"x": noise}}) is None
     assert (tmp_path / "rejected" / "s_3.json").exists()
