@@ -274,7 +274,7 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
         if spec.type is int and isinstance(value, bool) or not isinstance(value, spec.type):
             problems.append(f"{key}: expected {_type_name(spec.type)}, got {type(value).__name__} {_shown(spec, value)}")
         elif spec.choices and value not in spec.choices:
-            problems.append(f"{key}: {_shown(spec, value)} is not one of {', '.join(spec.choices)}")
+            problems.append(f"{key}: {_shown(spec, value)} is not one of {', '.join(map(str, spec.choices))}")
     if not problems:
         problems.extend(_cross_checks(values))
     if problems:

@@ -42,9 +42,11 @@ def messages(count: int, site: str = "site1", prefix: str | None = None) -> list
 
 
 def publish(broker: BrokerSettings, destination: str, batch: list[dict[str, Any]], *, topic: bool = False,
-            compress_over: int = 16_384) -> None:
+            compress_over: int = 16_384, wire_version: int = 1, rows_per_message: int = 100) -> None:
+    """Publish's own path; one row per broker message unless `wire_version` 2 (these tests count deliveries)."""
     settings = PublishSettings(broker=broker, destination=destination, destination_type="topic" if topic else "queue",
-                               compress_over=compress_over)
+                               compress_over=compress_over, wire_version=wire_version,
+                               rows_per_message=rows_per_message)
     assert len(list(Publisher(settings, lambda _source: None).run(batch))) == len(batch)
 
 
@@ -84,6 +86,31 @@ def test_published_messages_land_in_the_inbox_and_the_queue_is_empty(central, br
     again = consume(conf, env, "--idle-exit", "1")
     assert [r["inbox"] for r in again] == [r["inbox"] for r in records]
     assert len(inbox(db, schema)) == 60
+
+
+def test_envelopes_land_in_the_inbox_one_row_each_with_their_row_count(central, broker_settings,
+                                                                       tmp_path) -> None:
+    db, schema = central
+    dest = f"dbsync.test.consume.{uuidlib.uuid4().hex[:8]}"
+    live, snap = messages(25), messages(12)
+    for m in snap:
+        m["snapshot"] = True
+    publish(broker_settings, dest, [*snap, *live], wire_version=2, rows_per_message=10)
+    conf, env = receiver_config(tmp_path, db, broker_settings, destination=dest, state_schema=schema, batch=25)
+
+    records = consume(conf, env, "--max-messages", "37")
+
+    bodies = [orjson.loads(r["body"]) for r in records]
+    assert [b["v"] for b in bodies] == [2] * 5 and [len(b["messages"]) for b in bodies] == [10, 2, 10, 10, 5]
+    assert [m for b in bodies for m in b["messages"]] == [*snap, *live]
+    conn = db.connect()
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT n_rows, snapshot, message_id FROM `{schema}`.inbox ORDER BY id")  # noqa: S608
+        rows = cur.fetchall()
+    conn.close()
+    assert [(r[0], r[1]) for r in rows] == [(10, 1), (2, 1), (10, 0), (10, 0), (5, 0)]
+    assert [r[2] for r in rows] == [b["id"] for b in bodies]
+    assert drain(broker_settings, dest, idle=1.5) == []
 
 
 def test_max_messages_stops_and_leaves_the_rest_on_the_queue(central, broker_settings, tmp_path) -> None:

@@ -78,7 +78,8 @@ def world(openmrs_db, services, broker_settings, tmp_path):
     drop_schema(services["central"].admin, schema)
 
 
-def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination_type: str) -> None:
+def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination_type: str,
+                   wire_versions: tuple[int, int] = (2, 2)) -> None:
     sites, central, schema = world
     dest = f"test.e2e.{uuidlib.uuid4().hex[:8]}"
     subscription = f"sub{uuidlib.uuid4().hex[:8]}"
@@ -105,6 +106,7 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
                                         server_id=5000 + number)
             if destination_type == "topic":
                 sconf.write_text(sconf.read_text() + 'destination_type = "topic"\n')
+            sconf.write_text(sconf.read_text() + f"wire_version = {wire_versions[number - 1]}\n")
             logs[site] = tmp_path / f"sender-{site}.log"
             procs[site] = _start(["sender", "--config", str(sconf)], senv, logs[site])
         # both sites write while their senders run; independent seeds and site names
@@ -171,8 +173,11 @@ def _run_two_sites(world, services, broker_settings, tmp_path: Path, destination
         assert drain(broker_settings, dest, idle=2) == []
 
 
-def test_two_sites_through_artemis_into_one_central(world, services, broker_settings, tmp_path) -> None:
-    _run_two_sites(world, services, broker_settings, tmp_path, "queue")
+def test_two_sites_through_artemis_into_one_central_v1_and_v2_mixed(world, services, broker_settings,
+                                                                    tmp_path) -> None:
+    """site1 sends one row per message (wire version 1, a sender older than envelopes), site2 envelopes: one queue,
+    one receiver."""
+    _run_two_sites(world, services, broker_settings, tmp_path, "queue", wire_versions=(1, 2))
 
 
 def test_two_sites_topic_with_durable_subscription(world, services, broker_settings, tmp_path) -> None:

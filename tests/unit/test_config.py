@@ -94,3 +94,17 @@ def test_example_configs_are_valid() -> None:
            "DBSYNC_OPENMRS__PASSWORD": "x"}
     assert isinstance(config.validate(root / "sender.toml", "sender", env=env), config.Config)
     assert isinstance(config.validate(root / "receiver.toml", "receiver", env=env), config.Config)
+
+
+def test_the_wire_version_reaches_publish_and_only_1_or_2_is_accepted(sender_file: Path) -> None:
+    import threading
+
+    from dbsync_cli.sender.run import publish_settings
+
+    settings = publish_settings(config.load(sender_file, "sender", env={}), threading.Event())
+    assert (settings.wire_version, settings.rows_per_message, settings.compress_over) == (2, 100, 512)
+    older = config.load(sender_file, "sender", env={"DBSYNC_BROKER__WIRE_VERSION": "1"})
+    assert publish_settings(older, threading.Event()).wire_version == 1
+    sender_file.write_text(sender_file.read_text().replace("[broker]", "[broker]\nwire_version = 3"))
+    with pytest.raises(config.ConfigError, match="broker.wire_version"):
+        config.load(sender_file, "sender", env={})
