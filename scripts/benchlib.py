@@ -96,15 +96,17 @@ def set_checkpoint(home: Path, source: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------ configs
 
 def sender_config(work: Path, repl: DbParams, broker: BrokerSettings, *, site: str, destination: str, home: Path,
-                  server_id: int, destination_type: str = "queue", batch: int = 500) -> tuple[Path, dict[str, str]]:
-    path = work / f"sender-{site}.toml"
+                  server_id: int, destination_type: str = "queue", batch: int = 500, snapshot: str = "never",
+                  name: str | None = None) -> tuple[Path, dict[str, str]]:
+    path = work / f"sender-{name or site}.toml"
     path.write_text(
         f'home = "{home}"\nlog_level = "INFO"\n'
-        f'[sender]\nid = "{site}"\nserver_id = {server_id}\ntimezone = "UTC"\nsnapshot = "never"\n'
+        f'[sender]\nid = "{site}"\nserver_id = {server_id}\ntimezone = "UTC"\nsnapshot = "{snapshot}"\n'
         f'min_binlog_retention_hours = 0\n'
         f'[site_db]\nhost = "{repl.host}"\nport = {repl.port}\ndatabase = "{repl.database}"\nuser = "{repl.user}"\n'
         f'[broker]\nurl = "{broker.url}"\nuser = "{broker.user}"\ndestination = "{destination}"\n'
         f'destination_type = "{destination_type}"\nbatch_messages = {batch}\n'
+        + (f'ca_file = "{broker.ca_file}"\n' if broker.ca_file else "")
     )
     env = {**os.environ, "DBSYNC_SITE_DB__PASSWORD": repl.password, "DBSYNC_BROKER__PASSWORD": broker.password or "",
            "PYTHONPATH": str(ROOT)}

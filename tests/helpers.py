@@ -75,8 +75,18 @@ def decode_body(frame: Any) -> dict[str, Any]:
     return orjson.loads(body)
 
 
-def drain(broker: BrokerSettings, destination: str, idle: float = 3.0) -> list[dict[str, Any]]:
-    """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds."""
+def messages_of(frame: Any) -> list[dict[str, Any]]:
+    """The sync messages a delivery carries: one, or the messages of a wire-v2 envelope."""
+    body = decode_body(frame)
+    if isinstance(body, dict) and body.get("v") == 2:
+        return list(body["messages"])
+    return [body]
+
+
+def drain(broker: BrokerSettings, destination: str, idle: float = 3.0, *,
+          envelopes: bool = False) -> list[dict[str, Any]]:
+    """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds: the
+    sync messages, taken out of their wire-v2 envelopes (or the envelopes themselves)."""
     collector = _Collector()
     conn = open_connection(broker, listener=collector, auto_decode=False)
     conn.subscribe(destination, id="drain", ack="client-individual",
@@ -88,7 +98,10 @@ def drain(broker: BrokerSettings, destination: str, idle: float = 3.0) -> list[d
                 frame = collector.frames.get(timeout=idle)
             except queue.Empty:
                 return out
-            out.append(decode_body(frame))
+            if envelopes:
+                out.append(decode_body(frame))
+            else:
+                out.extend(messages_of(frame))
             conn.ack(frame.headers["ack"])
     finally:
         conn.disconnect()

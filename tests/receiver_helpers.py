@@ -37,7 +37,10 @@ class Central:
 
 
 def make_central(openmrs_db, tmp_path: Path, broker, *, sites: tuple[str, ...] = ("site1",), timezone: str = "UTC",
-                 policy: str = "newer", destination: str = "test.unused", openmrs_url: str | None = None) -> Central:
+                 policy: str = "newer", destination: str | None = None, openmrs_url: str | None = None) -> Central:
+    """A central DB and receiver config; its broker destination is its own (status reads that queue: a message
+    another test left in a shared one must not show up here)."""
+    destination = destination or f"test.unused.{uuidlib.uuid4().hex[:8]}"
     db = openmrs_db("central")
     schema = f"{db.database}_state"[:64]
     path = tmp_path / f"receiver-{uuidlib.uuid4().hex[:6]}.toml"

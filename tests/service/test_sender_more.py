@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 import stomp
-from helpers import check_final_state, dbsync, decode_body, drain, sender_config
+from helpers import check_final_state, dbsync, drain, messages_of, sender_config
 
 from dbsync_cli.broker import BrokerSettings, open_connection
 from devtools.bench import delete_queues
@@ -143,7 +143,7 @@ class Subscriber(stomp.ConnectionListener):
                  durable: str | None = None):
         self.frames: queue.Queue[Any] = queue.Queue()
         self.messages: list[dict[str, Any]] = []
-        self.conn = open_connection(broker, listener=self, client_id=client_id)
+        self.conn = open_connection(broker, listener=self, client_id=client_id, auto_decode=False)
         headers = {"consumer-window-size": "1048576"}
         if durable:
             headers.update({"subscription-type": "MULTICAST", "durable-subscription-name": durable})
@@ -164,7 +164,7 @@ class Subscriber(stomp.ConnectionListener):
             except queue.Empty:
                 self.messages.extend(new)
                 return new
-            new.append(decode_body(frame))
+            new.extend(messages_of(frame))
             self.conn.ack(frame.headers["ack"])
 
     def wait_for(self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 60) -> None:

@@ -1,0 +1,242 @@
+"""Ceilings for `scripts/bench`: the same work as a dbsync stage with nothing of dbsync in the way, measured in the
+same run on the same data, so that every stage is reported as a ratio to what the parts below it can do.
+
+- raw decode: python-mysql-replication reading the same binlog range, touching every row, doing nothing else
+- raw STOMP send: persistent SENDs of the same JSON, a RECEIPT per 500 frames, 1 or N rows per message
+- raw STOMP receive: a client-individual subscriber that acknowledges every frame (or one cumulative ACK per N)
+- id-mapped executemany: the rows apply wrote, copied into an empty central schema with their ids (no uuid
+  lookups), executemany 500 rows per COMMIT, foreign key checks off
+- a byte-counting TCP proxy, to see what crosses a clinic's link
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import stomp
+
+from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.db import DbParams
+
+
+@dataclass
+class Ceiling:
+    name: str
+    rows: int
+    seconds: float
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ceiling": self.name, "rows": self.rows, "seconds": round(self.seconds, 2),
+                "rows_per_second": round(self.rows / self.seconds) if self.seconds else 0, "note": self.note,
+                **self.extra}
+
+
+# ------------------------------------------------------------------------------------------------ binlog decode
+
+def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling:
+    """Every row event from `start` (file, pos) to the end of the binlog, decoded and touched."""
+    from pymysqlreplication import BinLogStreamReader
+    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+    settings = {"host": repl.host, "port": repl.port, "user": repl.user, "passwd": repl.password}
+    started = time.perf_counter()
+    stream = BinLogStreamReader(connection_settings=settings, server_id=server_id, log_file=start["file"],
+                                log_pos=start["pos"], resume_stream=True, blocking=False,
+                                only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
+    rows = 0
+    try:
+        for event in stream:
+            rows += len(event.rows)
+    finally:
+        stream.close()
+    return Ceiling("raw decode (python-mysql-replication)", rows, time.perf_counter() - started,
+                   "same binlog range, rows decoded and counted, nothing else")
+
+
+# ------------------------------------------------------------------------------------------------------- STOMP
+
+class _Receipts(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.got: set[str] = set()
+        self.frames: list[Any] = []
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.cond:
+            self.got.add(frame.headers.get("receipt-id", ""))
+            self.cond.notify_all()
+
+    def on_message(self, frame: Any) -> None:
+        with self.cond:
+            self.frames.append(frame)
+            self.cond.notify_all()
+
+    def wait_receipt(self, receipt: str, timeout: float = 120) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: receipt in self.got, timeout):
+                raise RuntimeError(f"no receipt {receipt} within {timeout} s")
+
+
+def raw_send(broker: BrokerSettings, destination: str, lines: list[bytes], rows_per_message: int,
+             receipt_every: int = 500) -> Ceiling:
+    """Persistent SENDs of the messages' JSON (N rows joined by newlines per message), a receipt per batch."""
+    bodies = [b"\n".join(lines[i:i + rows_per_message]) for i in range(0, len(lines), rows_per_message)]
+    listener = _Receipts()
+    conn = open_connection(broker, listener=listener)
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(bodies), receipt_every):
+            part = bodies[start:start + receipt_every]
+            receipt = uuidlib.uuid4().hex
+            for index, body in enumerate(part):
+                headers = {"persistent": "true", "destination-type": "ANYCAST"}
+                if index == len(part) - 1:
+                    headers["receipt"] = receipt
+                conn.send(destination=destination, body=body, headers=headers)
+            listener.wait_receipt(receipt)
+        seconds = time.perf_counter() - started
+    finally:
+        conn.disconnect()
+    return Ceiling(f"raw STOMP send, {rows_per_message} row(s)/message", len(lines), seconds,
+                   f"persistent, receipt per {receipt_every} frames, uncompressed",
+                   {"messages": len(bodies)})
+
+
+def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int, ack_every: int = 1,
+                window: int = 1_048_576) -> Ceiling:
+    """A subscriber that takes `frames` frames and acknowledges each (client-individual) or every `ack_every`
+    (client, cumulative); no database."""
+    listener = _Receipts()
+    conn = open_connection(broker, listener=listener, auto_decode=False)
+    mode = "client-individual" if ack_every == 1 else "client"
+    started = time.perf_counter()
+    taken = 0
+    try:
+        conn.subscribe(destination, id="ceiling", ack=mode,
+                       headers={"subscription-type": "ANYCAST", "consumer-window-size": str(window)})
+        deadline = time.monotonic() + 600
+        while taken < frames and time.monotonic() < deadline:
+            with listener.cond:
+                listener.cond.wait_for(lambda: listener.frames, 1.0)
+                batch, listener.frames = listener.frames, []
+            for frame in batch:
+                taken += 1
+                if ack_every == 1 or taken % ack_every == 0 or taken == frames:
+                    conn.ack(frame.headers["ack"])
+        seconds = time.perf_counter() - started
+    finally:
+        conn.disconnect()
+    if taken < frames:
+        raise RuntimeError(f"raw receive: {taken} of {frames} frames")
+    what = "an ACK per frame" if ack_every == 1 else f"one ACK per {ack_every}"
+    return Ceiling(f"raw STOMP receive, {what}", rows, seconds, "no database", {"messages": frames})
+
+
+# ---------------------------------------------------------------------------------------------------- database
+
+def mapped_rows(source: DbParams, target: DbParams, tables: list[str]) -> dict[str, tuple[list[str], list[tuple]]]:
+    """The rows of `tables` in `source` whose primary key `target` does not have yet (what apply wrote), with
+    their ids: read before the clock starts."""
+    out: dict[str, tuple[list[str], list[tuple]]] = {}
+    with source.connect() as src, target.connect() as dst, src.cursor() as scur, dst.cursor() as dcur:
+        for table in tables:
+            scur.execute("SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND "
+                         "TABLE_NAME=%s AND CONSTRAINT_NAME='PRIMARY' ORDER BY ORDINAL_POSITION",
+                         (source.database, table))
+            keys = [r[0] for r in scur.fetchall()]
+            if len(keys) != 1:
+                continue
+            dcur.execute(f"SELECT COALESCE(MAX(`{keys[0]}`), 0) FROM `{table}`")  # noqa: S608 - schema names
+            (top,) = dcur.fetchone()
+            scur.execute(f"SELECT * FROM `{table}` WHERE `{keys[0]}` > %s ORDER BY `{keys[0]}`", (top,))  # noqa: S608
+            rows = list(scur.fetchall())
+            if rows:
+                out[table] = ([d[0] for d in scur.description], rows)
+    return out
+
+
+def mapped_executemany(target: DbParams, rows: dict[str, tuple[list[str], list[tuple]]],
+                       per_commit: int = 500) -> Ceiling:
+    """The rows apply wrote, inserted with their ids into `target`: executemany, `per_commit` rows a COMMIT."""
+    total = sum(len(r) for _, r in rows.values())
+    with target.connect(autocommit=False) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION foreign_key_checks = 0")
+        started = time.perf_counter()
+        for table, (columns, values) in rows.items():
+            names = ", ".join(f"`{c}`" for c in columns)
+            statement = f"INSERT INTO `{table}` ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608
+            for i in range(0, len(values), per_commit):
+                cur.executemany(statement, values[i:i + per_commit])
+                conn.commit()
+        seconds = time.perf_counter() - started
+    return Ceiling("id-mapped executemany at central", total, seconds,
+                   f"the rows apply wrote, ids already mapped, {per_commit} rows/COMMIT, FK checks off")
+
+
+# ------------------------------------------------------------------------------------------------------- proxy
+
+class ByteCounter:
+    """A TCP proxy on 127.0.0.1 in front of `target`: counts the bytes each way (TLS passes through untouched)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.up = 0  # client → server
+        self.down = 0
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    if up:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.close()
+
+
+@contextmanager
+def byte_counter(host: str, port: int) -> Iterator[ByteCounter]:
+    counter = ByteCounter(host, port)
+    try:
+        yield counter
+    finally:
+        counter.close()
