@@ -156,7 +156,7 @@ def mapped_rows(source: DbParams, target: DbParams, tables: list[str]) -> dict[s
             if len(keys) != 1:
                 continue
             dcur.execute(f"SELECT COALESCE(MAX(`{keys[0]}`), 0) FROM `{table}`")  # noqa: S608 - schema names
-            (top,) = dcur.fetchone()
+            (top,) = dcur.fetchone() or (0,)
             scur.execute(f"SELECT * FROM `{table}` WHERE `{keys[0]}` > %s ORDER BY `{keys[0]}`", (top,))  # noqa: S608
             rows = list(scur.fetchall())
             if rows:

@@ -87,6 +87,7 @@ class SchemaModel:
     def __init__(self, database: str, tables: dict[str, TableInfo], synced: Iterable[str] = DEFAULT_SYNCED_TABLES):
         self.database = database
         self.tables = tables
+        self._identities: dict[str, Identity | None] = {}
         self.synced: dict[str, SyncedTable] = {}
         for name in synced:
             if name not in tables:
@@ -97,8 +98,14 @@ class SchemaModel:
     def load(cls, conn: Any, database: str, synced: Iterable[str] | None = None) -> SchemaModel:
         return cls(database, introspect(conn, database), synced if synced is not None else DEFAULT_SYNCED_TABLES)
 
-    def identity_of(self, table: str, _seen: frozenset[str] = frozenset()) -> Identity | None:
-        """The uuid holder for a table: itself, or (for a subclass keyed by its parent's key) the parent's."""
+    def identity_of(self, table: str) -> Identity | None:
+        """The uuid holder for a table: itself, or (for a subclass keyed by its parent's key) the parent's (asked
+        for every reference apply resolves: remembered per table)."""
+        if table not in self._identities:
+            self._identities[table] = self._identity_of(table)
+        return self._identities[table]
+
+    def _identity_of(self, table: str, _seen: frozenset[str] = frozenset()) -> Identity | None:
         info = self.tables.get(table)
         if info is None or table in _seen or len(info.primary_key) != 1:
             return None
@@ -108,7 +115,7 @@ class SchemaModel:
         parent = info.foreign_keys.get(key)
         if parent is None:
             return None
-        return self.identity_of(parent.ref_table, _seen | {table})
+        return self._identity_of(parent.ref_table, _seen | {table})
 
     def _derive(self, info: TableInfo) -> SyncedTable:
         if len(info.primary_key) != 1:

@@ -288,7 +288,7 @@ class Applier:
         uuid = message["uuid"]
         ident = table.identity.table
         if self.inserts.held and ((ident, uuid) in self.inserts.held or self.inserts.holds_any(
-                self.convert.references(table, message.get("data") or {}))):
+                item.refs if item.refs is not None else self.convert.references(table, message.get("data") or {}))):
             self.inserts.flush(cur, batch)  # this message reads a row that is still held back
         if not force:
             self._check_owner(cur, table, uuid, message["site"], batch)
@@ -350,7 +350,7 @@ class Applier:
             else:
                 row["uuid"] = uuid
             if self._grouping:
-                self.inserts.hold(cur, batch, table, row, uuid, message["site"], key)
+                self.inserts.hold(cur, batch, table, row, uuid, message["site"], key, 2 * len(item.raw) + 16 * len(row))
                 batch.owners.setdefault((table.name, uuid), message["site"])
                 batch.ours.add((table.name, uuid))
                 self._applied_at(cur, batch, table, uuid, position)
@@ -529,7 +529,8 @@ class Applier:
             if item.message is None or item.table is None:
                 continue
             wanted.setdefault(item.table.identity.table, set()).add(item.message["uuid"])
-            for ident, uuid in self.convert.references(item.table, item.message.get("data") or {}):
+            item.refs = list(self.convert.references(item.table, item.message.get("data") or {}))
+            for ident, uuid in item.refs:
                 wanted.setdefault(ident, set()).add(uuid)
         for ident, uuids in wanted.items():
             self.ids.prefetch(cur, ident, uuids)

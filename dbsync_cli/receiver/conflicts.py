@@ -108,7 +108,7 @@ def diff(applier: Applier, conflict: Conflict) -> list[tuple[str, Any, Any, bool
             shown_in = incoming.get("uuid") if isinstance(incoming, dict) else incoming
         else:
             try:
-                converted = applier.convert.value(table.info.columns[column].data_type, incoming, column)
+                converted = applier.convert.value(table.info.columns[column].data_type, incoming, table.name, column)
             except MessageError:
                 converted = incoming
             shown_in = converted

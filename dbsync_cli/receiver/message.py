@@ -24,6 +24,7 @@ class Parsed:
     error: str | None = None
     header_site: str | None = None  # the transport's dbsync-site header (inbox records)
     broker_user: str | None = None  # who the broker says sent it ("" none stamped); None: not from the broker
+    refs: list[tuple[str, str]] | None = None  # (identity table, uuid) it references, once apply looked
 
     def __post_init__(self) -> None:
         self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold

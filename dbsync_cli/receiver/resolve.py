@@ -18,6 +18,8 @@ from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, with_site_suffix
 from dbsync_cli.receiver import placeholder
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 
+_DATETIMES = ("datetime", "timestamp")  # the only column types whose text value apply converts
+
 
 class MessageError(Exception):
     """The message itself is wrong (shape, table, column, value): retrying will not help until it is fixed."""
@@ -93,6 +95,7 @@ class Converter:
         self.tz = central_tz
         self.default_user = default_user
         self.attribute_formats: dict[Any, str | None] = {}
+        self.plans: dict[str, dict[str, tuple[str, Any]]] = {}
 
     def references(self, table: SyncedTable, data: dict[str, Any]) -> Iterable[tuple[str, str]]:
         """(identity table, uuid) of every reference in `data`, for batched prefetching."""
@@ -138,29 +141,47 @@ class Converter:
             placeholder.create_subclass_row(cur, self.model, table_name, key, uuid, self.default_user)
         self.ids.subclass_rows.put((table_name, key), True)
 
+    def _plan(self, table: SyncedTable) -> dict[str, tuple[str, Any]]:
+        """Per column a message may carry: how its value is converted (a reference, a date-time kind, as is)."""
+        plan = self.plans.get(table.name)
+        if plan is None:
+            skip = {table.key, "uuid", *table.secret_columns}
+            attribute_column = ATTRIBUTE_ID_VALUES.get(table.name, (None,))[0]
+            plan = {}
+            for column, info in table.info.columns.items():
+                if column in skip:
+                    continue
+                ref = table.references.get(column)
+                if column == attribute_column:
+                    plan[column] = ("attribute", info.data_type)
+                elif ref is not None and ref.identity is not None:
+                    plan[column] = ("ref", ref.table)
+                else:
+                    plan[column] = ("value", info.data_type)
+            self.plans[table.name] = plan
+        return plan
+
     def values(self, cur: Any, table: SyncedTable, data: dict[str, Any], site: str) -> dict[str, Any]:
+        plan = self._plan(table)
+        if not plan.keys() >= data.keys():  # every name first: a bad message creates no placeholder on its way
+            column = next(c for c in data if c not in plan)
+            raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
         out: dict[str, Any] = {}
-        columns = table.info.columns
-        attribute_column = ATTRIBUTE_ID_VALUES.get(table.name, (None,))[0]
-        for column in data:  # every name first, so a bad message creates no placeholder on its way to failing
-            if column not in columns or column in (table.key, "uuid") or column in table.secret_columns:
-                raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
         for column, value in data.items():
-            if column == attribute_column and isinstance(value, dict):
-                continue  # an id-valued attribute: resolved below
-            info = columns.get(column)
-            if info is None or column in (table.key, "uuid") or column in table.secret_columns:
-                raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
-            ref = table.references.get(column)
-            if ref is not None and ref.identity is not None:
+            kind, detail = plan[column]
+            if kind == "ref":
                 if value is None:
                     out[column] = None
                 elif isinstance(value, dict) and isinstance(value.get("uuid"), str):
-                    out[column] = self.resolve(cur, ref.table, _uuid(value["uuid"]), allow_placeholder=True)
+                    out[column] = self.resolve(cur, detail, _uuid(value["uuid"]), allow_placeholder=True)
                 else:
                     raise MessageError(f"{table.name}.{column}: expected a uuid reference")
-                continue
-            out[column] = self.value(info.data_type, value, f"{table.name}.{column}")
+            elif kind == "attribute" and isinstance(value, dict):
+                continue  # an id-valued attribute: resolved below
+            elif value is None or (type(value) is str and detail not in _DATETIMES):
+                out[column] = value
+            else:
+                out[column] = self.value(detail, value, table.name, column)
         for column in table.site_suffix_columns:
             value = out.get(column)
             if isinstance(value, str) and value:
@@ -175,8 +196,9 @@ class Converter:
                 out[value_column] = str(self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False))
         return out
 
-    def value(self, data_type: str, value: Any, where: str) -> Any:
+    def value(self, data_type: str, value: Any, table: str, column: str) -> Any:
         """One non-reference wire value as central stores it (DATETIME in central's zone, binary as bytes)."""
+        where = f"{table}.{column}"
         if value is None:
             return None
         if isinstance(value, dict):

@@ -31,7 +31,7 @@ def _model() -> SchemaModel:
 
 def into(data_type: str, value: Any, central: dt.tzinfo = dt.UTC) -> Any:
     model = _model()
-    return Converter(model, UuidToId(model), central, default_user=1).value(data_type, value, "obs.c")
+    return Converter(model, UuidToId(model), central, default_user=1).value(data_type, value, "obs", "c")
 
 
 # ---- sender: database value → wire -------------------------------------------------------------------------
