@@ -58,7 +58,7 @@ KEYS: dict[str, Key] = {
     "broker.batch_bytes": Key(int, 2_000_000, roles=_S),
     "broker.compress_over": Key(int, 512, roles=_S),
     "broker.wire_version": Key(int, 2, roles=_S, choices=(1, 2),
-                               help="2: several rows per broker message; 1: one row each (receivers before 0.13)"),
+                               help="2: several rows per broker message; 1: one row each (a receiver that predates envelopes)"),
     "broker.rows_per_message": Key(int, 100, roles=_S, help="rows per broker message (wire version 2)"),
     "broker.message_bytes": Key(int, 1_000_000, roles=_S,
                                 help="JSON bytes per broker message before deflate (wire version 2)"),
