@@ -37,16 +37,27 @@ ARTEMIS_PASSWORD_ENV = "DBZ_PEER_ARTEMIS_PASSWORD"
 
 
 def _built() -> bool:
-    return JAR.is_file() and LIB.is_dir() and any(LIB.glob("debezium-connector-mariadb-*.jar"))
+    """The jar and target/lib are there, and the jar is newer than the pom and every source file."""
+    if not (JAR.is_file() and LIB.is_dir() and any(LIB.glob("debezium-connector-mariadb-*.jar"))):
+        return False
+    built = JAR.stat().st_mtime
+    sources = [PEER_DIR / "pom.xml", *(p for p in (PEER_DIR / "src").rglob("*") if p.is_file())]
+    return all(path.stat().st_mtime <= built for path in sources)
 
 
 def build(force: bool = False) -> Path:
-    """Build the peer (``mvn -q package``) unless its jar and target/lib are there; return the jar's path."""
+    """Build the peer (``mvn -q package``, offline first) unless its jar and target/lib are there and up to date
+    (``force`` builds anyway); return the jar's path."""
     if _built() and not force:
         return JAR
     mvn = shutil.which("mvn") or "/usr/bin/mvn"
-    proc = subprocess.run([mvn, "-q", "-B", "package"], cwd=PEER_DIR, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not _built():
+    # offline first: a warm ~/.m2 needs no network; Maven Central only when something is missing
+    for offline in (["-o"], []):
+        proc = subprocess.run([mvn, *offline, "-q", "-B", "package"], cwd=PEER_DIR, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0 and _built():
+            break
+    else:
         raise RuntimeError(f"building the Debezium peer failed (exit {proc.returncode}):\n"
                            f"{(proc.stdout + proc.stderr)[-4000:]}")
     return JAR
@@ -74,14 +85,17 @@ def _poll_hwm(pid: int, done: threading.Event, peak: list[float]) -> None:
 
 def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str, core_port: int, user: str,
         password: str, queue: str, events: int, timeout: float = 1800, *, idle_seconds: float = 60,
-        server_id: int = 54001, java_opts: tuple[str, ...] = (), log: Path | None = None) -> dict[str, Any]:
+        startup_seconds: float = 300, server_id: int = 54001, java_opts: tuple[str, ...] = (),
+        log: Path | None = None) -> dict[str, Any]:
     """Run the peer from ``start`` ({"file", "pos"}) until it has sent and committed ``events`` row changes.
 
     ``repl`` is the site database account (host, port, user, password; its ``database`` is not used: ``database``
     is the one captured). ``user``/``password`` log in to Artemis' core acceptor on ``artemis_host:core_port``.
     Returns events, seconds (the peer's own: engine start to last commit), wall_seconds, cpu_seconds, peak_rss_mb
-    and rows_per_second (events / seconds). Raises RuntimeError when the peer fails, goes idle before ``events``
-    (it exits 2 after ``idle_seconds`` without a change event) or outlives ``timeout``.
+    and rows_per_second (events / seconds), and first_event_seconds (engine start to the first row change: the
+    schema read of snapshot.mode=recovery and the JVM warming up). Raises RuntimeError when the peer fails, goes idle before ``events``
+    (it exits 2 after ``idle_seconds`` without a change event, ``startup_seconds`` before the first one) or
+    outlives ``timeout``. ``java_opts`` go to the JVM (e.g. ``-Xmx512m``); ``log`` keeps the peer's stderr.
     """
     jar = build()
     assert jar.is_file()
@@ -91,6 +105,7 @@ def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str,
         "--binlog-file", str(start["file"]), "--binlog-pos", str(int(start["pos"])),
         "--artemis-host", artemis_host, "--artemis-port", str(core_port), "--artemis-user", user,
         "--queue", queue, "--events", str(events), "--idle-seconds", str(idle_seconds),
+        "--startup-seconds", str(startup_seconds),
         "--server-id", str(server_id),
     ]
     env = {**os.environ, DB_PASSWORD_ENV: repl.password, ARTEMIS_PASSWORD_ENV: password}
@@ -134,4 +149,5 @@ def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str,
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
         "peak_rss_mb": round(peak[0], 1),
         "rows_per_second": round(int(result["events"]) / seconds, 1) if seconds > 0 else 0.0,
+        "first_event_seconds": float(result.get("first_event_seconds", -1)),
     }

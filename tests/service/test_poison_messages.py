@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import uuid as uuidlib
+import zlib
 from typing import Any
 
 import orjson
@@ -35,7 +36,9 @@ ODD: list[Any] = [
     {"uuid": {"a": 1}}, {"a": [1, {"b": 2}]}, "2024-13-45 99:99:99", "9999-99-99T99:99:99+99:00", 0.5,
     "' OR 1=1 --", "`; DROP TABLE obs; --",
 ]
-GARBAGE = [b"{not json", b"\xff\xfe\x00", b"[]", b"null", b'{"v":1}', b"1" * 50, b'{"v":1,"id":[1]}']
+GARBAGE = [b"{not json", b"\xff\xfe\x00", b"[]", b"null", b'{"v":1}', b"1" * 50, b'{"v":1,"id":[1]}',
+           b'{"v":2}', b'{"v":2,"id":"e1","site":"site1","messages":"x"}', b'{"v":2,"id":"e2","site":"site1",'
+           b'"messages":[]}', b'{"v":2,"id":[1],"site":"site1","messages":[{}]}', b'{"v":2,"id":"e4","messages":[1]}']
 
 
 def mutate(message: dict[str, Any], rng: random.Random, number: int) -> dict[str, Any]:
@@ -82,13 +85,16 @@ def test_poison_messages_through_the_broker_never_stop_the_valid_ones(openmrs_db
     for index, message in enumerate(valid):
         frames.insert(index * (step + 1), (orjson.dumps(message), message["id"]))
 
+    sent = _as_sent(frames, rng)
+    assert sum(1 for _, _, h in sent if h.get("dbsync-rows")) > 50  # v1 messages and v2 envelopes mixed
+
     receipt = _Receipt()
     conn = open_connection(broker_settings, listener=receipt)
     try:
-        for index, (body, message_id) in enumerate(frames):
+        for index, (body, message_id, extra) in enumerate(sent):
             headers = {"persistent": "true", "destination-type": "ANYCAST", "dbsync-id": message_id,
-                       "dbsync-site": "site1"}
-            if index == len(frames) - 1:
+                       "dbsync-site": "site1", **extra}
+            if index == len(sent) - 1:
                 headers["receipt"] = "poison-last"
             conn.send(destination, body, headers=headers)
         assert receipt.got.wait(30), "no receipt from the broker"
@@ -123,4 +129,37 @@ def test_poison_messages_through_the_broker_never_stop_the_valid_ones(openmrs_db
     reasons = [r[0] for r in central.sql(f"SELECT reason FROM `{central.schema}`.receiver_retry_queue")]
     assert len(reasons) > MUTATIONS // 2
     assert all(reason and "\n" not in reason and "Traceback" not in reason for reason in reasons)
+    assert sum(reason.startswith("envelope: ") for reason in reasons) >= 4, reasons
+    assert any(reason.startswith("malformed JSON") for reason in reasons)  # a broken deflate body, among others
     drop_schema(central)
+
+
+def _as_sent(frames: list[tuple[bytes, str]], rng: random.Random) -> list[tuple[bytes, str, dict[str, str]]]:
+    """Runs of the frames packed into wire-v2 envelopes (some deflated, some with a broken deflate stream), the
+    rest sent one message each; garbage bodies always alone. Order is kept throughout."""
+    out: list[tuple[bytes, str, dict[str, str]]] = []
+    index = 0
+    while index < len(frames):
+        size = rng.randint(1, 20)
+        run = frames[index:index + size]
+        index += size
+        if rng.random() < 0.5:
+            out.extend((body, message_id, {}) for body, message_id in run)
+            continue
+        members: list[Any] = []
+        for body, message_id in run:
+            try:
+                members.append(orjson.loads(body))
+            except orjson.JSONDecodeError:
+                out.append((body, message_id, {}))
+        if not members:
+            continue
+        envelope_id = f"env-{len(out)}"
+        body = orjson.dumps({"v": 2, "id": envelope_id, "site": "site1", "snapshot": False, "messages": members})
+        headers = {"dbsync-rows": str(len(members))}
+        if rng.random() < 0.5:
+            body = zlib.compress(body)
+            headers["dbsync-encoding"] = "deflate"
+        out.append((body, envelope_id, headers))
+    out.append((b"\x00 not deflate", "env-broken", {"dbsync-rows": "3", "dbsync-encoding": "deflate"}))
+    return out

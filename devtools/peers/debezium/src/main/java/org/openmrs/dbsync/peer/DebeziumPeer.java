@@ -37,9 +37,10 @@ import java.util.concurrent.atomic.AtomicReference;
  * from a given file/position and sends every row change as one persistent JSON text message to an ANYCAST Artemis
  * queue over the core protocol (JMS), committing one JMS transaction per 500 messages.
  *
- * <p>It exits once it has sent and committed {@code --events} row changes (exit 0), or after {@code --idle-seconds}
- * without a new change event (exit 2), or on an engine/JMS error (exit 1); in the first two cases it prints one JSON
- * line to stdout: {"events": n, "seconds": s, ...}, seconds from engine start to the last JMS commit. Logs go to stderr.
+ * <p>It exits once it has sent and committed {@code --events} row changes (exit 0); after {@code --idle-seconds}
+ * without a new change event, or {@code --startup-seconds} before the first one (exit 2); or on an engine or JMS
+ * error (exit 1). Exiting 0 or 2, it prints one JSON line to stdout: {"events": n, "seconds": s, ...}, seconds from
+ * engine start to the last JMS commit. Logs go to stderr.
  *
  * <p>Passwords come from the environment only: DBZ_PEER_DB_PASSWORD and DBZ_PEER_ARTEMIS_PASSWORD.
  *
@@ -123,6 +124,7 @@ public final class DebeziumPeer {
         public synchronized void handleBatch(List<ChangeEvent<String, String>> records,
                                              DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
                 throws InterruptedException {
+            lastActivityNanos = System.nanoTime();
             try {
                 for (ChangeEvent<String, String> record : records) {
                     String destination = record.destination();
@@ -223,6 +225,7 @@ public final class DebeziumPeer {
         String queueName = args.get("queue");
         long expected = Long.parseLong(args.get("events"));
         double idleSeconds = Double.parseDouble(args.get("idle-seconds", "60"));
+        double startupSeconds = Double.parseDouble(args.get("startup-seconds", "300"));
         String serverId = args.get("server-id", "54001");
         String prefix = args.get("topic-prefix", "dbzpeer");
 
@@ -320,8 +323,11 @@ public final class DebeziumPeer {
             if (finished.get()) {
                 throw new RuntimeException("the Debezium engine stopped after " + sender.committed + " events");
             }
-            if ((System.nanoTime() - sender.lastActivityNanos) / 1e9 > idleSeconds) {
-                System.err.printf("debezium-peer: idle for %.0f s after %d of %d events%n", idleSeconds,
+            // idle: no change event for idle-seconds once they flow; before the first one, startup-seconds
+            // (schema recovery reads every captured table's structure first)
+            double limit = sender.firstEventNanos == 0 ? Math.max(startupSeconds, idleSeconds) : idleSeconds;
+            if ((System.nanoTime() - sender.lastActivityNanos) / 1e9 > limit) {
+                System.err.printf("debezium-peer: idle for %.0f s after %d of %d events%n", limit,
                         sender.committed, expected);
                 code = 2;
                 break;
