@@ -112,7 +112,7 @@ def raw_send(broker: BrokerSettings, destination: str, lines: list[bytes], rows_
 
 
 def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int, ack_every: int = 1,
-                window: int = 1_048_576) -> Ceiling:
+                window: int = 1_048_576, rows_per_message: int = 1) -> Ceiling:
     """A subscriber that takes `frames` frames and acknowledges each (client-individual) or every `ack_every`
     (client, cumulative); no database."""
     listener = _Receipts()
@@ -138,7 +138,8 @@ def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int
     if taken < frames:
         raise RuntimeError(f"raw receive: {taken} of {frames} frames")
     what = "an ACK per frame" if ack_every == 1 else f"one ACK per {ack_every}"
-    return Ceiling(f"raw STOMP receive, {what}", rows, seconds, "no database", {"messages": frames})
+    return Ceiling(f"raw STOMP receive, {rows_per_message} row(s)/message", rows, seconds, f"{what}, no database",
+                   {"messages": frames})
 
 
 # ---------------------------------------------------------------------------------------------------- database
