@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dbsync_cli.db import DbParams
+from devtools.bench import PeakRss
 
 PEER_DIR = Path(__file__).resolve().parent / "peers" / "debezium"
 JAR = PEER_DIR / "target" / "debezium-peer.jar"
@@ -67,22 +68,6 @@ def classpath() -> str:
     return f"{JAR}{os.pathsep}{LIB}{os.sep}*"
 
 
-def _poll_hwm(pid: int, done: threading.Event, peak: list[float]) -> None:
-    path = Path(f"/proc/{pid}/status")
-    while not done.is_set():
-        try:
-            text = path.read_text()
-        except OSError:
-            return
-        for line in text.splitlines():
-            if line.startswith("VmHWM:"):
-                peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-                break
-        else:
-            return  # a zombie has no memory fields any more
-        time.sleep(0.1)
-
-
 def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str, core_port: int, user: str,
         password: str, queue: str, events: int, timeout: float = 1800, *, idle_seconds: float = 60,
         startup_seconds: float = 300, server_id: int = 54001, java_opts: tuple[str, ...] = (),
@@ -118,20 +103,17 @@ def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str,
         out = stack.enter_context(tempfile.TemporaryFile())
         started = time.perf_counter()
         popen = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        done, peak = threading.Event(), [0.0]
-        watch = threading.Thread(target=_poll_hwm, args=(popen.pid, done, peak), daemon=True)
-        watch.start()
+        rss = PeakRss(popen.pid, interval=0.1)
         timer = threading.Timer(timeout, popen.send_signal, (signal.SIGKILL,))
         timer.start()
         try:
             _pid, status, usage = os.wait4(popen.pid, 0)
         finally:
             timer.cancel()
-            done.set()
+            peak = rss.stop()
         wall = time.perf_counter() - started
         code = os.waitstatus_to_exitcode(status)
         popen.returncode = code
-        watch.join(1)
         out.seek(0)
         stdout = out.read().decode(errors="replace")
         err.seek(max(0, err.seek(0, os.SEEK_END) - 4000))
@@ -147,7 +129,7 @@ def run(repl: DbParams, database: str, start: dict[str, Any], artemis_host: str,
         "seconds": seconds,
         "wall_seconds": round(wall, 3),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-        "peak_rss_mb": round(peak[0], 1),
+        "peak_rss_mb": round(peak, 1),
         "rows_per_second": round(int(result["events"]) / seconds, 1) if seconds > 0 else 0.0,
         "first_event_seconds": float(result.get("first_event_seconds", -1)),
     }
