@@ -306,6 +306,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if host is not None and not values.get("broker.allow_plaintext"):
         problems.append(f"broker.url: plain stomp:// to {host} would send patient data and the broker password "
                         "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)")
+    if "sender.id" in values:  # a sender's envelopes; a receiver's limit is its own
+        problems += _envelope_checks(values)
     for key in ("sender.timezone", "receiver.timezone"):
         if key in values:
             try:
@@ -315,6 +317,24 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                 why = text if text.startswith("time zone offset") else "unknown time zone"
                 problems.append(f"{key}: {values[key]!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an "
                                 "offset such as +02:00)")
+    return problems
+
+
+def _envelope_checks(values: Mapping[str, Any]) -> list[str]:
+    """A wire-v2 envelope must fit the receiver's message limit and the number of messages it accepts."""
+    from dbsync_cli import wire
+
+    def get(key: str) -> Any:
+        return values.get(key, KEYS[key].default)
+
+    problems = []
+    if not 1 <= get("broker.rows_per_message") <= wire.MAX_ENVELOPE_MESSAGES:
+        problems.append(f"broker.rows_per_message: {get('broker.rows_per_message')} is not from 1 to "
+                        f"{wire.MAX_ENVELOPE_MESSAGES} (what a receiver accepts in one message)")
+    if get("broker.message_bytes") + wire.ENVELOPE_ROOM > get("broker.max_message_bytes"):
+        problems.append(f"broker.message_bytes: {get('broker.message_bytes')} leaves no room for an envelope under "
+                        f"broker.max_message_bytes {get('broker.max_message_bytes')} (keep it at most "
+                        f"{get('broker.max_message_bytes') - wire.ENVELOPE_ROOM})")
     return problems
 
 

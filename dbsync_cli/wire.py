@@ -25,6 +25,8 @@ import orjson
 VERSION = 1  # one sync message (one row); the only form of NDJSON between stages
 ENVELOPE_VERSION = 2  # several messages of one site in one broker message
 MAX_ENVELOPE_MESSAGES = 10_000
+#: bytes an envelope adds to its messages' JSON at most (its head, an id of up to MAX_ID, and the commas)
+ENVELOPE_ROOM = 1024 + MAX_ENVELOPE_MESSAGES
 
 #: change ops a message carries: create, update, delete, read by the initial load (snapshot)
 CREATE, UPDATE, DELETE, READ = "c", "u", "d", "r"
@@ -231,11 +233,13 @@ def _source_problem(source: Any) -> str | None:
 
 
 # ---- on the broker -----------------------------------------------------------------------------------------
-def encode(message: Mapping[str, Any], *, anycast: bool, compress_over: int) -> tuple[bytes, dict[str, str]]:
-    """The STOMP body and headers of a persistent SEND (deflated when the JSON is over `compress_over` bytes)."""
+def encode(message: Mapping[str, Any], *, anycast: bool, compress_over: int,
+           body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+    """The STOMP body and headers of a persistent SEND (deflated when the JSON, `body` if given, is over
+    `compress_over` bytes)."""
     headers = _headers(message, anycast)
     headers[TABLE_HEADER] = str(message.get("table", ""))
-    return _deflated(dumps(message), headers, compress_over)
+    return _deflated(dumps(message) if body is None else body, headers, compress_over)
 
 
 def _headers(message: Mapping[str, Any], anycast: bool) -> dict[str, str]:

@@ -315,7 +315,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]], caption: 
     for row in rows:
         table.add_row(*["" if v is None else (f"{v:,.0f}" if isinstance(v, int | float) and abs(v) >= 100
                                               else f"{v:.3g}" if isinstance(v, float) else str(v)) for v in row])
-    Console().print(table)
+    Console(width=None if console.is_terminal else 160).print(table)
 
 
 def write_json(path: str | None, result: dict[str, Any]) -> None:

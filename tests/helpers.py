@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import stomp
 
+from dbsync_cli import wire
 from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
 
@@ -78,9 +79,7 @@ def decode_body(frame: Any) -> dict[str, Any]:
 def messages_of(frame: Any) -> list[dict[str, Any]]:
     """The sync messages a delivery carries: one, or the messages of a wire-v2 envelope."""
     body = decode_body(frame)
-    if isinstance(body, dict) and body.get("v") == 2:
-        return list(body["messages"])
-    return [body]
+    return list(body["messages"]) if wire.is_envelope(body) else [body]
 
 
 def drain(broker: BrokerSettings, destination: str, idle: float = 3.0, *,

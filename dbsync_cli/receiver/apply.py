@@ -27,7 +27,7 @@ from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcom
 from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
-from dbsync_cli.receiver.message import Parsed, entity_key, expand, parse_raw
+from dbsync_cli.receiver.message import Parsed, entity_key, expand, expand_raw, parse_raw
 from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
@@ -118,6 +118,16 @@ class Applier:
         """Re-read the registered sites (a site added or disabled since)."""
         self.sites = state.sites(self.conn, self.settings.state_schema)
 
+    def expand_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None,
+                      header_site: str | None = None) -> list[Parsed]:
+        """The messages of a body kept in the retry queue: one, or each of an envelope kept whole."""
+        return expand_raw(raw, message_id, site, self.model, self.settings.max_message_bytes,
+                          broker_user=broker_user, header_site=header_site)
+
+    def park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:
+        """Put a message in the retry queue ("error": it never applies as it is) inside the caller's transaction."""
+        return self._park(cur, item, reason, batch, kind)
+
     def parse_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None,
                      header_site: str | None = None) -> Parsed:
         """A message body kept in the retry or conflict queue, with the transport identity it arrived with (the
@@ -180,8 +190,19 @@ class Applier:
         return expand(record, self.model, self.settings.max_message_bytes)
 
     def apply_batch(self, records: list[dict[str, Any]]) -> list[Outcome]:
-        """Apply the messages of `records` in one transaction (replayed message by message when it fails)."""
-        return self.apply_parsed([item for record in records for item in self.expand(record)])
+        """Apply the messages of `records`, a transaction per `batch_messages` messages they really hold (the row
+        counts the inbox read them by come from the senders' headers), whole deliveries in each."""
+        outcomes: list[Outcome] = []
+        batch: list[Parsed] = []
+        for record in records:
+            items = self.expand(record)
+            if batch and len(batch) + len(items) > self.settings.batch_messages:
+                outcomes += self.apply_parsed(batch)
+                batch = []
+            batch += items
+        if batch:
+            outcomes += self.apply_parsed(batch)
+        return outcomes
 
     def apply_parsed(self, parsed: list[Parsed]) -> list[Outcome]:
         self.refresh_sites()
@@ -221,8 +242,8 @@ class Applier:
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],
                   careful: bool) -> None:
         for index, item in enumerate(parsed):
-            if item.inbox is not None and (not batch.inbox or batch.inbox[-1] != item.inbox):
-                batch.inbox.append(item.inbox)  # an envelope's messages follow each other
+            if item.inbox is not None:
+                batch.inbox.append(item.inbox)
             digest = item.digest()
             if item.message_id in done:
                 seen = done[item.message_id]

@@ -89,7 +89,10 @@ def _per_site(counts: Counter[str]) -> str:
 def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict: set[str],
            stuck: set[str]) -> Outcome | None:
     entry_id, message_id, site, body, broker_user, header_site = row
-    item = applier.parse_stored(bytes(body), message_id, site, broker_user, header_site)
+    items = applier.expand_stored(bytes(body), message_id, site, broker_user, header_site)
+    if len(items) > 1:
+        return _unpack(applier, cur, s, entry_id, message_id, items)
+    item = items[0]
     ek = entity_key(applier.model, item.table, item.message["uuid"]) if item.message else None
     if ek is not None and (ek in in_conflict or ek in stuck):
         return None
@@ -112,6 +115,20 @@ def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict
         applier.finish_batch(cur, batch)
         cur.execute(sql("DELETE FROM {}.receiver_retry_queue WHERE id = %s", s), (entry_id,))
     return outcome
+
+
+def _unpack(applier: Applier, cur: Any, s: Sql, entry_id: int, message_id: str, items: list[Parsed]) -> Outcome:
+    """An envelope kept whole (parked as one error: over the size limit then, or by a receiver that predates
+    envelopes) becomes one entry per message, in order, each tried from the next pass on like any other."""
+    batch = Batch()
+    for item in items:
+        if item.error is not None:
+            applier.park(cur, item, item.error, batch, kind="error")
+        else:
+            applier.park(cur, item, f"unpacked from envelope {message_id[:80]}", batch)
+    cur.execute(sql("DELETE FROM {}.receiver_retry_queue WHERE id = %s", s), (entry_id,))
+    log.info("retry entry %d (envelope %s): unpacked into %d entries", entry_id, message_id, len(items))
+    return Outcome(message_id, "retry", reason=f"unpacked into {len(items)} entries")
 
 
 def _attempt(applier: Applier, cur: Any, item: Parsed, batch: Batch) -> Outcome:

@@ -1,8 +1,8 @@
 """The receiver: consume (into the inbox) + apply (from the inbox) + retry + OpenMRS REST calls, supervised.
 
-Consume and the REST worker run in threads with their own connections; apply reads the inbox in id order, so the
-broker's delivery order is the apply order. SIGTERM sets `stop`: consume commits and acknowledges its batch, apply
-finishes its batch, and everything returns.
+Consume and the REST worker run in threads with their own connections; apply reads the inbox live changes first,
+then the rows of initial loads, each in the broker's delivery order. SIGTERM sets `stop`: consume commits and
+acknowledges its batch, apply finishes its batch, and everything returns.
 """
 
 from __future__ import annotations

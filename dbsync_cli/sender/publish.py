@@ -156,9 +156,11 @@ class Publisher:
         return False
 
     def _json(self, message: dict[str, Any]) -> bytes | None:
-        """The row's JSON, or None when it is over the receiver's limit (kept for an operator instead)."""
+        """The row's JSON, or None when it is over the receiver's limit with room for its envelope (kept for an
+        operator instead)."""
         body = dumps(message)
-        if len(body) > self.settings.max_message_bytes:
+        room = 0 if self.settings.wire_version == 1 else wire.ENVELOPE_ROOM
+        if len(body) > self.settings.max_message_bytes - room:
             self._reject(message, len(body))
             return None
         return body
@@ -166,7 +168,8 @@ class Publisher:
     def _frame(self, messages: list[dict[str, Any]], bodies: list[bytes]) -> tuple[bytes, dict[str, str]]:
         anycast = self.settings.destination_type == "queue"
         if self.settings.wire_version == 1:
-            return wire.encode(messages[0], anycast=anycast, compress_over=self.settings.compress_over)
+            return wire.encode(messages[0], anycast=anycast, compress_over=self.settings.compress_over,
+                               body=bodies[0])
         return wire.encode_envelope(messages, bodies, anycast=anycast, compress_over=self.settings.compress_over)
 
     def _reject(self, message: dict[str, Any], size: int) -> None:

@@ -108,3 +108,11 @@ def test_the_wire_version_reaches_publish_and_only_1_or_2_is_accepted(sender_fil
     sender_file.write_text(sender_file.read_text().replace("[broker]", "[broker]\nwire_version = 3"))
     with pytest.raises(config.ConfigError, match="broker.wire_version"):
         config.load(sender_file, "sender", env={})
+
+
+def test_an_envelope_must_fit_what_a_receiver_accepts(sender_file: Path) -> None:
+    for env, key in (({"DBSYNC_BROKER__ROWS_PER_MESSAGE": "20000"}, "broker.rows_per_message"),
+                     ({"DBSYNC_BROKER__ROWS_PER_MESSAGE": "0"}, "broker.rows_per_message"),
+                     ({"DBSYNC_BROKER__MESSAGE_BYTES": "3999000"}, "broker.message_bytes")):
+        with pytest.raises(config.ConfigError, match=key):
+            config.load(sender_file, "sender", env=env)
