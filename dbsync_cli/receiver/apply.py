@@ -28,7 +28,14 @@ from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, expand, expand_raw, parse_raw
-from dbsync_cli.receiver.resolve import Converter, MessageError, MissingReference, UuidToId
+from dbsync_cli.receiver.resolve import (
+    Converter,
+    DeferredKey,
+    HeldRow,
+    MessageError,
+    MissingReference,
+    UuidToId,
+)
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
@@ -308,9 +315,12 @@ class Applier:
         assert message is not None
         uuid = message["uuid"]
         ident = table.identity.table
-        if self.inserts.held and ((ident, uuid) in self.inserts.held or self.inserts.holds_any(
-                item.refs if item.refs is not None else self.convert.references(table, message.get("data") or {}))):
-            self.inserts.flush(cur, batch)  # this message reads a row that is still held back
+        held_parent: DeferredKey | None = None
+        if self.inserts.held and (ident, uuid) in self.inserts.held:
+            if table.is_subclass and message["op"] != DELETE and not self.inserts.holds_row(table.name, uuid):
+                held_parent = self.inserts.rows.get((ident, uuid))  # a new subclass row of a new parent row
+            if held_parent is None:
+                self.inserts.flush(cur, batch)  # this message reads or changes a row that is still held back
         if not force:
             self._check_owner(cur, table, uuid, message["site"], batch)
         position = SourcePosition.of(message)
@@ -320,8 +330,8 @@ class Applier:
                 batch.skip(message["site"], "stale", item.message_id, table.name)
                 return Outcome(item.message_id, "stale", table.name, uuid,
                                f"from {position}, before the change applied last ({last})")
-        key = self.ids.lookup(cur, ident, uuid)
-        current = self._current(cur, table, key) if key is not None else None
+        key = held_parent or self.ids.lookup(cur, ident, uuid)
+        current = self._current(cur, table, key) if key is not None and held_parent is None else None
         if message["op"] == DELETE:
             if current is None:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
@@ -344,12 +354,15 @@ class Applier:
             if unknown:
                 raise MessageError(f"--merge: {', '.join(unknown)} not in the incoming {table.name} row")
             data = {c: data[c] for c in only}
-        values = self.convert.values(cur, table, data, message["site"])
+        values = self._values(cur, item, table, data, batch, defer=current is None)
         if key is None:  # the entity (or its parent) may have become a placeholder while converting
             key = self.ids.lookup(cur, ident, uuid)
             if key is None and table.is_subclass:
-                key = self.convert.resolve(cur, ident, uuid, allow_placeholder=True)
-            current = self._current(cur, table, key) if key is not None else None
+                key = self._resolve_parent(cur, ident, uuid, batch)
+            current = self._current(cur, table, key) if key is not None and not isinstance(key, DeferredKey) \
+                else None
+            if current is not None and any(isinstance(v, DeferredKey) for v in values.values()):
+                values = self._values(cur, item, table, data, batch, defer=False)  # an update needs real keys
         if current is not None:
             if not force and message["op"] == READ and (table.name, uuid) not in batch.ours:
                 adopted = self._adopt(cur, item, table, key, current, values, position, batch)
@@ -387,6 +400,39 @@ class Applier:
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
+
+    def _values(self, cur: Any, item: Parsed, table: SyncedTable, data: dict[str, Any], batch: Batch, *,
+                defer: bool) -> dict[str, Any]:
+        """The message's central values; a new row held back (`defer`) may reference held rows by DeferredKey,
+        any other statement needs them written first."""
+        message = item.message or {}
+        if not self.inserts.held:
+            return self.convert.values(cur, table, data, message["site"])
+        if not defer or not self._grouping:
+            if self.inserts.holds_any(item.refs if item.refs is not None else self.convert.references(table, data)):
+                self.inserts.flush(cur, batch)
+            return self.convert.values(cur, table, data, message["site"])
+        self.convert.held = self.inserts.deferred
+        try:
+            return self.convert.values(cur, table, data, message["site"])
+        except HeldRow:
+            self.convert.held = None
+            self.inserts.flush(cur, batch)
+            return self.convert.values(cur, table, data, message["site"])
+        finally:
+            self.convert.held = None
+
+    def _resolve_parent(self, cur: Any, ident: str, uuid: str, batch: Batch) -> Any:
+        """Key of a new subclass row: its parent's (a placeholder parent when none exists)."""
+        if self._grouping and self.inserts.held:
+            self.convert.held = self.inserts.deferred
+            try:
+                return self.convert.resolve(cur, ident, uuid, allow_placeholder=True)
+            except HeldRow:
+                self.inserts.flush(cur, batch)
+            finally:
+                self.convert.held = None
+        return self.convert.resolve(cur, ident, uuid, allow_placeholder=True)
 
     def _adopt(self, cur: Any, item: Parsed, table: SyncedTable, key: Any, current: dict[str, Any],
                values: dict[str, Any], position: SourcePosition | None, batch: Batch) -> Outcome | None:

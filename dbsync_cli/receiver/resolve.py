@@ -8,7 +8,8 @@ metadata is an error naming the table and uuid, for the retry queue.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from dbsync_cli import wire
@@ -27,6 +28,17 @@ class MessageError(Exception):
 
 class MissingReference(Exception):
     """A referenced metadata row is not at central (yet): retry later."""
+
+
+class HeldRow(Exception):
+    """A reference needs the key of a row apply still holds back: write the held rows, then convert again."""
+
+
+@dataclass(frozen=True)
+class DeferredKey:
+    """The key the held new row (`table`, `uuid`) gets when apply writes it (receiver/inserts.py)."""
+    table: str
+    uuid: str
 
 
 class UuidToId:
@@ -96,6 +108,9 @@ class Converter:
         self.default_user = default_user
         self.attribute_formats: dict[Any, str | None] = {}
         self.plans: dict[str, dict[str, tuple[str, Any]]] = {}
+        #: while apply converts a new row it holds back: (table, identity table, uuid) → the DeferredKey of a
+        #: held row (None: not held; HeldRow: needs the held rows written first)
+        self.held: Callable[[str, str, str], DeferredKey | None] | None = None
 
     def references(self, table: SyncedTable, data: dict[str, Any]) -> Iterable[tuple[str, str]]:
         """(identity table, uuid) of every reference in `data`, for batched prefetching."""
@@ -116,6 +131,10 @@ class Converter:
         identity = self.model.identity_of(table_name)
         if identity is None:
             raise MessageError(f"reference to {table_name}, which has no uuid")
+        if self.held is not None:
+            deferred = self.held(table_name, identity.table, uuid)
+            if deferred is not None:
+                return deferred
         key = self.ids.lookup(cur, identity.table, uuid)
         if key is not None:
             if identity.table != table_name:
@@ -193,7 +212,10 @@ class Converter:
                 target = str(value.get(wire.REF))
                 if target not in self.model.tables or self.model.identity_of(target) is None:
                     raise MessageError(f"{table.name}.{value_column}: unknown reference table {target[:64]!r}")
-                out[value_column] = str(self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False))
+                key = self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False)
+                if isinstance(key, DeferredKey):  # stored as text: the key must be known now
+                    raise HeldRow(f"{target} {value['uuid']}")
+                out[value_column] = str(key)
         return out
 
     def value(self, data_type: str, value: Any, table: str, column: str) -> Any:
