@@ -75,6 +75,8 @@ KEYS: dict[str, Key] = {
     "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),
     "sender.extra_tables": Key(list, [], roles=_S, help="module tables synced in addition"),
     "sender.min_binlog_retention_hours": Key(int, 72, roles=_S),
+    "sender.capture_process": Key(bool, True, roles=_S, help="`dbsync sender` decodes the binlog in a child "
+                                                             "process, beside enrich and publish (two cores)"),
     "sender.purge_binlogs": Key(bool, False, roles=_S, help="purge binlog files wholly before the confirmed "
                                                              "checkpoint (needs BINLOG ADMIN)"),
     "sender.keep_binlog_files": Key(int, 2, roles=_S, help="with purge_binlogs: files before the checkpoint's "

@@ -130,6 +130,22 @@ def receiver_config(work: Path, central: DbParams, broker: BrokerSettings, *, sc
 
 # ---------------------------------------------------------------------------------------------------- processes
 
+def _hwm_mb(status: str) -> float | None:
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 @dataclass
 class Proc:
     """A dbsync process we reap ourselves (wait4 gives its CPU time, polling its VmHWM)."""
@@ -141,6 +157,7 @@ class Proc:
     seconds: float = 0.0
     exit_code: int | None = None
     peak_rss_mb: float = 0.0  # VmHWM, polled
+    children_rss_mb: dict[int, float] = field(default_factory=dict)  # VmHWM of each child process, polled
     cpu: float = 0.0  # user + system CPU seconds of the process
 
     def __post_init__(self) -> None:
@@ -154,13 +171,23 @@ class Proc:
                 text = path.read_text()
             except OSError:
                 return
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
-                    break
-            else:
+            hwm = _hwm_mb(text)
+            if hwm is None:
                 return  # a zombie has no memory fields any more
+            self.peak_rss_mb = max(self.peak_rss_mb, hwm)
+            for child in _children(self.popen.pid):  # the sender's capture process
+                try:
+                    child_hwm = _hwm_mb(Path(f"/proc/{child}/status").read_text())
+                except OSError:
+                    continue
+                if child_hwm is not None:
+                    self.children_rss_mb[child] = max(self.children_rss_mb.get(child, 0.0), child_hwm)
             time.sleep(0.1)
+
+    @property
+    def peak_rss_total_mb(self) -> float:
+        """The process's peak plus each child's: an upper bound of what they held at once."""
+        return self.peak_rss_mb + sum(self.children_rss_mb.values())
 
     def alive(self) -> bool:
         if self.exit_code is not None:

@@ -116,7 +116,8 @@ def sender(
     until_idle: UntilIdleOption = False,
     max_events: MaxEventsOption = None,
 ) -> None:
-    """capture → enrich → publish in one supervised process (restart with backoff; SIGTERM drains and exits 0)."""
+    """capture → enrich → publish, supervised (capture in a child process; restart with backoff; SIGTERM drains
+    and exits 0)."""
     cfg = common.load_config(config, "sender")
     stop = stop_on_signals()
     try:

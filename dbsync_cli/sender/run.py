@@ -1,4 +1,4 @@
-"""The sender: capture → enrich → publish composed in one process, supervised.
+"""The sender: capture → enrich → publish composed, supervised (capture in a child process: capture_process.py).
 
 A failing stage restarts the whole chain from the last confirmed checkpoint after a backoff; SIGTERM sets `stop`,
 capture ends at the next event or heartbeat, the in-flight batch is confirmed and checkpointed, and we return.
@@ -16,6 +16,7 @@ from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.sender.binlog import CaptureStop, reader_id
 from dbsync_cli.sender.capture import CaptureSettings, capture
+from dbsync_cli.sender.capture_process import capture_events
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import EnrichSettings, enrich
 from dbsync_cli.sender.housekeeping import BinlogPurger
@@ -69,7 +70,7 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
         model = load_model(cfg)
         with reader_id(cfg.home, cfg["sender.server_id"], exclusive=True) as server_id:
             settings = capture_settings(cfg, model, stop, **{"server_id": server_id, **capture_overrides})
-            events = capture(settings, store.load())
+            events = (capture_events if cfg["sender.capture_process"] else capture)(settings, store.load())
             messages = enrich(events, enrich_settings(cfg), model)
             count = 0
             for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),

@@ -180,14 +180,25 @@ class Subscriber(stomp.ConnectionListener):
         self.conn.disconnect()
 
 
-def local_ports(pid: int) -> set[int]:
-    """Local TCP ports of one process (from /proc): to find its connections in the server's processlist."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+def with_children(pid: int) -> list[int]:
+    """The process and its children (the sender's capture process holds the binlog stream)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def local_ports(pid: int) -> set[int]:
+    """Local TCP ports of a process and its children (from /proc): to find their connections in the server's
+    processlist."""
+    inodes = set()
+    for one in with_children(pid):
+        for fd in Path(f"/proc/{one}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as fh:
@@ -444,6 +455,48 @@ def test_sigterm_exits_0_and_the_next_run_sends_nothing_twice(site, broker_setti
     ids = [m["id"] for m in sent_before + after]
     assert len(ids) == len(set(ids)), "a message was sent twice across the SIGTERM"
     check_final_state(admin, truths, baseline + sent_before + after)
+
+
+def test_the_capture_process_holds_the_binlog_stream_and_dies_with_a_killed_sender(site, services, broker_settings,
+                                                                                  tmp_path) -> None:
+    """`dbsync sender` decodes the binlog in a child process; kill -9 of the sender leaves no orphan reading the
+    site's binlog, and the next sender goes on from the checkpoint with nothing lost."""
+    admin, repl = site
+    dest = queue_name("child")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    home = tmp_path / "home-site1"
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    truths = [generate(admin, seed=91, patients=30, mutations=0.2, transaction_rows=100)]
+    with background_sender(conf, env, tmp_path) as sender:
+        readers: list[int] = []  # multiprocessing's resource tracker is a child too
+
+        def binlog_reader() -> bool:
+            readers[:] = [c for c in with_children(sender.proc.pid)[1:] if any(
+                command == "Binlog Dump" for _, command in connections_of(services["site1"].admin, c, repl.user))]
+            return bool(readers)
+
+        wait_until(binlog_reader, 30, "a child of the sender to read the binlog")
+        child = readers[0]
+        sender.proc.kill()
+        sender.proc.wait()
+        wait_until(lambda: not Path(f"/proc/{child}").exists() or
+                   "zombie" in Path(f"/proc/{child}/status").read_text(), 10, "the capture process to end")
+    truths.append(generate(admin, seed=92, patients=5, mutations=0.2))
+    dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    assert checkpoint(home) is not None
+    check_final_state(admin, truths, drain(broker_settings, dest))
+
+
+def test_capture_in_the_sender_process_when_configured_so(site, broker_settings, tmp_path) -> None:
+    """sender.capture_process = false: one process (a one-core site), the same messages."""
+    admin, repl = site
+    dest = queue_name("oneproc")
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, batch=100)
+    env = {**env, "DBSYNC_SENDER__CAPTURE_PROCESS": "false"}
+    truths = [generate(admin, seed=93, patients=10, mutations=0.2)]
+    run = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+    assert confirmed(run.stderr) > 0
+    check_final_state(admin, truths, drain(broker_settings, dest))
 
 
 # --------------------------------------------------------------------------------------------------- supervision
