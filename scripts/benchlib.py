@@ -130,6 +130,14 @@ def receiver_config(work: Path, central: DbParams, broker: BrokerSettings, *, sc
 
 # ---------------------------------------------------------------------------------------------------- processes
 
+def process_figures(proc: Proc) -> dict[str, Any]:
+    """Peak RSS (also with its children, the sender's capture process) and CPU seconds of one process."""
+    out: dict[str, Any] = {"peak_rss_mb": round(proc.peak_rss_mb, 1), "cpu_seconds": round(proc.cpu, 1)}
+    if proc.children_rss_mb:
+        out["peak_rss_total_mb"] = round(proc.peak_rss_total_mb, 1)
+    return out
+
+
 def _hwm_mb(status: str) -> float | None:
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
