@@ -30,8 +30,6 @@ import pymysql
 from dbsync_cli import wire
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop
 
-log = logging.getLogger("dbsync.capture")
-
 #: events sent to the parent in one pipe message at most (a heartbeat is sent at once)
 CHUNK_EVENTS = 64
 _DATA, _LOG, _STOP, _DB_ERROR, _ERROR, _END = b"D", b"L", b"S", b"B", b"X", b"E"
