@@ -70,6 +70,12 @@ KEYS: dict[str, Key] = {
     "sender.server_id": Key(int, required=True, roles=_S, help="replication server id, unique per server"),
     "sender.timezone": Key(str, "UTC", roles=_S, help="time zone of DATETIME values in the site DB"),
     "sender.snapshot": Key(str, "initial", roles=_S, choices=("initial", "never", "when_needed")),
+    "sender.catch_up": Key(str, "verify", roles=_S, choices=("verify", "snapshot"),
+                           help="with snapshot = when_needed, a purged or restarted checkpoint is caught up by "
+                                "`verify --repair` (only what differs is sent; needs the receiver) or by a new "
+                                "snapshot (every row sent again)"),
+    "sender.catch_up_timeout_seconds": Key(int, 300, roles=_S, help="how long a catch-up waits for each answer "
+                                                                    "from central before it takes a snapshot"),
     "sender.snapshot_method": Key(str, "auto", roles=_S, choices=("auto", "mariadb", "lock", "log_status"),
                                   help="how a snapshot finds its binlog position (see docs/installation.md)"),
     "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),

@@ -63,6 +63,8 @@ def message_id(site: str, source: Mapping[str, Any], table: str, key: Any) -> st
     history, renewed with every new snapshot): unique for the life of the site."""
     epoch = source.get("epoch")
     site = f"{site}:{epoch}" if isinstance(epoch, str) and epoch else site
+    if isinstance(source.get("repair"), str):  # a row `dbsync verify --repair` sends again: its run's own id
+        return f"{site}:repair:{source['repair']}:{table}:{key}"
     if source.get("snapshot"):
         return f"{site}:snap:{source['file']}:{source['pos']}:{table}:{key}"
     return f"{site}:{source['file']}:{source['pos']}:{source['row']}"
@@ -227,6 +229,8 @@ def _source_problem(source: Any) -> str | None:
         return "source.epoch must be a short string"
     if source.get("gtid") is not None and (not isinstance(source["gtid"], str) or len(source["gtid"]) > 200):
         return "source.gtid must be a GTID of at most 200 characters"
+    if source.get("repair") is not None and (not isinstance(source["repair"], str) or len(source["repair"]) > 80):
+        return "source.repair must be a verify run id"
     if source.get("gtid_pos") is not None and not isinstance(source["gtid_pos"], str):
         return "source.gtid_pos must be a string"  # the sender's own resume point: any length, never applied
     return None

@@ -21,6 +21,7 @@ from dbsync_cli.cli import (
     schema_cmd,
     sender_cmds,
     status_cmd,
+    verify_cmd,
 )
 from dbsync_cli.faults import database_exit_code
 from dbsync_cli.files import restrict_process
@@ -63,6 +64,7 @@ app.add_typer(retry_cmd.app, name="retry")
 app.command("consume")(receiver_admin.consume)
 app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)
+app.command("verify")(verify_cmd.verify)
 
 
 def command() -> Any:

@@ -116,11 +116,17 @@ def _print(report: dict[str, Any]) -> None:
     if rows:
         console.print(table)
     if report["role"] == "receiver" and report.get("sites"):
-        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "not applied", "state")
+        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "not applied", "last verify",
+                      "state")
         for site in report["sites"]:
             skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(site.get("skipped", {}).items())) or "0"
+            verified = site.get("verify")
+            verify_text = "never" if not verified else (
+                f"{verified['differences']} differ" if verified["differences"] else "0 differ") + (
+                f" ({verified['finished'] or verified['state']})" if verified else "")
             sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or "never",
-                          health.duration(site["silent_seconds"]), str(site["messages"]), skipped, _cell(site["state"]))
+                          health.duration(site["silent_seconds"]), str(site["messages"]), skipped, verify_text,
+                          _cell(site["state"]))
         console.print(sites)
     for problem in report["problems"]:
         console.print(f"{_cell(problem['state'])} {problem['check']}: {problem['message']}", markup=True,

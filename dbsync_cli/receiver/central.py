@@ -11,6 +11,7 @@ from dbsync_cli.receiver import state
 
 if TYPE_CHECKING:
     from dbsync_cli.receiver.consume import ConsumeSettings
+    from dbsync_cli.receiver.control_service import ControlSettings
     from dbsync_cli.receiver.rest import RestSettings
 
 
@@ -53,6 +54,14 @@ def consume_settings(cfg: Config, **overrides: Any) -> ConsumeSettings:
         if value is not None:
             setattr(settings, key, value)
     return settings
+
+
+def control_settings(cfg: Config) -> ControlSettings:
+    """ControlSettings for answering sites' requests (verify) on ``<broker.destination>.control``."""
+    from dbsync_cli.receiver.control_service import ControlSettings
+
+    return ControlSettings(broker=broker_settings(cfg), db=central_db(cfg), state_schema=state_schema(cfg),
+                           destination=cfg["broker.destination"], timezone=cfg["receiver.timezone"])
 
 
 def rest_settings(cfg: Config) -> RestSettings | None:

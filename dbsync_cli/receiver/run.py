@@ -101,7 +101,7 @@ def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:
 
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
-    from dbsync_cli.receiver import central, consume, rest
+    from dbsync_cli.receiver import central, consume, control_service, rest
 
     model = _start_up(cfg, stop)
     if model is None:  # stopped while central was still unreachable
@@ -118,7 +118,8 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
                 stop.set()
         return threading.Thread(target=run, name=name, daemon=True)
 
-    threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop))]
+    threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop)),
+               part("control", lambda: control_service.serve(central.control_settings(cfg), model, stop))]
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
@@ -148,6 +149,13 @@ class Receiver:
     def applier(self) -> Applier:
         """An Applier on the central DB (the caller closes it): apply, retry and conflict resolution."""
         return Applier(apply_settings(self.cfg), load_model(self.cfg))
+
+    def verify_status(self, site: str | None = None) -> list[dict[str, Any]]:
+        """The latest verify result of each site (or of one), as stored at central."""
+        from dbsync_cli.receiver.verify import latest_runs
+
+        with self.cfg.db("central_db").connect() as conn:
+            return latest_runs(conn, self.cfg["central_db.state_schema"], site)
 
     def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
         from dbsync_cli.receiver.status import receiver_status

@@ -133,6 +133,36 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE {s}.inbox ADD COLUMN n_rows INT NOT NULL DEFAULT 1, "
         "ADD COLUMN snapshot TINYINT(1) NOT NULL DEFAULT 0, ADD KEY inbox_live_first (snapshot, id)",
     ],
+    [  # 9: `dbsync verify`: each run, its figures per table, and the rows that differ
+        """CREATE TABLE IF NOT EXISTS {s}.verify_run (
+            run_id VARCHAR(80) NOT NULL PRIMARY KEY,
+            site VARCHAR(100) NOT NULL,
+            state VARCHAR(20) NOT NULL,
+            repair TINYINT(1) NOT NULL DEFAULT 0,
+            date_started DATETIME(3) NOT NULL,
+            date_finished DATETIME(3) NULL,
+            KEY verify_site (site, date_started)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.verify_table (
+            run_id VARCHAR(80) NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            site_rows BIGINT NOT NULL DEFAULT 0,
+            central_rows BIGINT NOT NULL DEFAULT 0,
+            matched BIGINT NOT NULL DEFAULT 0,
+            missing BIGINT NOT NULL DEFAULT 0,
+            different BIGINT NOT NULL DEFAULT 0,
+            extra BIGINT NOT NULL DEFAULT 0,
+            placeholders BIGINT NOT NULL DEFAULT 0,
+            not_owned BIGINT NOT NULL DEFAULT 0,
+            edited_at_central BIGINT NOT NULL DEFAULT 0,
+            changing BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, table_name)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.verify_difference (
+            run_id VARCHAR(80) NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            entity_uuid VARCHAR(38) NOT NULL,
+            kind VARCHAR(20) NOT NULL,
+            PRIMARY KEY (run_id, table_name, entity_uuid)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)

@@ -220,6 +220,9 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
                         state.schema_name(schema)))
         status = {int(r[0]): r[1:] for r in cur.fetchall()}
     silent_max = None
+    from dbsync_cli.receiver.verify import latest_runs
+
+    verified = {run["site"]: run for run in latest_runs(conn, schema)}
     skipped = state.skipped(conn, schema)
     sites = sorted(state.sites(conn, schema).values(), key=lambda site: site.identifier)
     for site in sites:
@@ -229,7 +232,7 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
                "date_created": utc(site.date_created), "last_sync_date": utc(last),
                "age_seconds": seconds_between(now, last), "silent_seconds": silence, "messages": int(messages or 0),
                "last_message_id": last_id, "skipped": skipped.get(site.identifier, {}),
-               "state": "DISABLED" if site.disabled else OK}
+               "state": "DISABLED" if site.disabled else OK, "verify": _verify_summary(verified.get(site.identifier))}
         if not site.disabled:
             row["state"] = grade(silence, lim["site_silent_warning_minutes"] * 60,
                                  lim["site_silent_critical_minutes"] * 60)
@@ -237,9 +240,22 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
             report.problem(row["state"], "site", f"site {site.identifier} silent for {duration(silence)} {since}")
             if silence is not None and (silent_max is None or silence > silent_max):
                 silent_max = silence
+        if row["verify"] and row["verify"]["differences"] and not site.disabled:
+            report.problem(WARNING, "verify", f"site {site.identifier}: the last verify found "
+                                              f"{row['verify']['differences']} row(s) that differ from central "
+                                              "(dbsync verify --status; mend them with dbsync verify --repair)")
         report.data["sites"].append(row)
     if not sites:
         report.problem(WARNING, "site", "no sites registered (dbsync sites add)")
     return silent_max
 
 
+
+
+def _verify_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The latest verify of a site, as `status` shows it (`dbsync verify --status` has the tables)."""
+    if run is None:
+        return None
+    return {"run": run["run"], "state": run["state"], "finished": utc(run["finished"]),
+            "differences": run["differences"], "site_rows": run["totals"]["site_rows"],
+            "matched": run["totals"]["matched"]}

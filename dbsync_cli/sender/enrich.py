@@ -28,9 +28,9 @@ from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
 from dbsync_cli.sender.binlog import CaptureStop
 from dbsync_cli.sender.uuid_cache import IdToUuid
-from dbsync_cli.sender.values import Converter, wire_converter
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
+from dbsync_cli.values import Converter, wire_converter
 
 log = logging.getLogger("dbsync.enrich")
 
@@ -93,6 +93,17 @@ class Enricher:
                 batch = []
             batch.append(event)
         yield from self._flush(batch)
+
+    def wire_rows(self, table: SyncedTable, rows: dict[Any, dict[str, Any]]) -> list[tuple[Any, str, dict[str, Any]]]:
+        """(key, uuid, wire data) of rows already read: what a message would carry (`dbsync verify` digests it). A
+        dangling reference travels as a reference without uuid, so the row cannot match central's."""
+        refs = self._resolve_references({table.name: rows})
+        found = []
+        for key, row in rows.items():
+            uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
+            if uuid is not None:
+                found.append((key, uuid, self._data(table, row, refs, [], key)))
+        return found
 
     def _load_rows(self, table: SyncedTable, keys: set[Any]) -> tuple[dict[Any, dict[str, Any]], bool]:
         """Current rows by key, and whether the table's columns differ from the model's (DDL since it loaded)."""

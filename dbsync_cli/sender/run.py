@@ -11,55 +11,23 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
-from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
+from dbsync_cli.openmrs import SchemaError
 from dbsync_cli.sender.binlog import CaptureStop, reader_id
-from dbsync_cli.sender.capture import CaptureSettings, capture
+from dbsync_cli.sender.capture import capture
 from dbsync_cli.sender.capture_process import capture_events
+from dbsync_cli.sender.catch_up import catch_up_if_lost
 from dbsync_cli.sender.checkpoint import CheckpointStore
-from dbsync_cli.sender.enrich import EnrichSettings, enrich
+from dbsync_cli.sender.enrich import enrich
 from dbsync_cli.sender.housekeeping import BinlogPurger
-from dbsync_cli.sender.publish import PublishSettings, publish
+from dbsync_cli.sender.publish import publish
+from dbsync_cli.sender.settings import capture_settings, enrich_settings, load_model, publish_settings
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.sender")
 
-
-def load_model(cfg: Config) -> SchemaModel:
-    params = cfg.db("site_db")
-    with params.connect() as conn:
-        return SchemaModel.load(conn, params.database or "",
-                                synced_table_names(cfg.get("sender.tables"), cfg.get("sender.extra_tables")))
-
-
-def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **overrides: Any) -> CaptureSettings:
-    settings = CaptureSettings(
-        db=cfg.db("site_db"), server_id=cfg["sender.server_id"], tables=list(model.synced),
-        snapshot=cfg["sender.snapshot"], snapshot_method=cfg["sender.snapshot_method"], home=cfg.home,
-        min_retention_hours=cfg["sender.min_binlog_retention_hours"], stop=stop,
-        secret_columns={t.name: t.secret_columns for t in model.synced.values() if t.secret_columns},
-    )
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(settings, key, value)
-    return settings
-
-
-def enrich_settings(cfg: Config) -> EnrichSettings:
-    return EnrichSettings(db=cfg.db("site_db"), site=cfg["sender.id"], timezone=cfg["sender.timezone"],
-                          batch_events=cfg["broker.batch_messages"])
-
-
-def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:
-    return PublishSettings(
-        broker=settings_from_config(cfg), destination=cfg["broker.destination"],
-        destination_type=cfg["broker.destination_type"], batch_messages=cfg["broker.batch_messages"],
-        batch_bytes=cfg["broker.batch_bytes"], compress_over=cfg["broker.compress_over"],
-        wire_version=cfg["broker.wire_version"], rows_per_message=cfg["broker.rows_per_message"],
-        message_bytes=cfg["broker.message_bytes"],
-        max_message_bytes=cfg["broker.max_message_bytes"], reject_dir=cfg.home / "rejected", stop=stop,
-    )
+__all__ = ["Sender", "capture_settings", "enrich_settings", "load_model", "publish_settings", "run_once",
+           "run_supervised"]
 
 
 def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str, Any]], None] | None = None,
@@ -70,7 +38,8 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
         model = load_model(cfg)
         with reader_id(cfg.home, cfg["sender.server_id"], exclusive=True) as server_id:
             settings = capture_settings(cfg, model, stop, **{"server_id": server_id, **capture_overrides})
-            events = (capture_events if cfg["sender.capture_process"] else capture)(settings, store.load())
+            checkpoint = catch_up_if_lost(cfg, settings, store, store.load())
+            events = (capture_events if cfg["sender.capture_process"] else capture)(settings, checkpoint)
             messages = enrich(events, enrich_settings(cfg), model)
             count = 0
             for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),
@@ -123,6 +92,12 @@ class Sender:
                  **capture_overrides: Any) -> int:
         """One unsupervised pass (tests, scripts); returns the messages the broker confirmed."""
         return run_once(self.cfg, stop, on_message, **capture_overrides)
+
+    def verify(self, tables: list[str] | None = None, **options: Any) -> Any:
+        """`dbsync verify` at this site (sender.verify.verify): a VerifyReport."""
+        from dbsync_cli.sender.verify import verify
+
+        return verify(self.cfg, tables, **options)
 
     def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
         from dbsync_cli.sender.status import sender_status

@@ -187,8 +187,10 @@ def _acceptors(b: ArtemisBroker, tls: TlsFiles) -> str:
 
 #: per-site broker users (role dbsync-sender): they may send to the sync destinations and nothing else
 SITE_USERS = ("site1", "site2")
-#: destinations a site user may send to: the demo's, and those of the trust tests
-SITE_DESTINATIONS = ("demo.openmrs.sync", "test.trust.#")
+#: destinations a site user may send to: the demo's (its data and its requests to central), and the trust tests'
+SITE_DESTINATIONS = ("demo.openmrs.sync", "demo.openmrs.sync.control", "test.trust.#")
+#: sync destinations whose reply queues (`<destination>.reply.<site>`) only that site's user may read
+REPLY_DESTINATIONS = ("demo.openmrs.sync", "test.trust.replies")
 _ADMIN_ONLY = ("consume", "browse", "manage", "createNonDurableQueue", "deleteNonDurableQueue", "deleteDurableQueue",
                "deleteAddress")
 
@@ -202,6 +204,13 @@ def _site_security() -> str:
                  ("send", "createAddress", "createDurableQueue")]
         perms += [f'<permission type="{p}" roles="amq"/>' for p in _ADMIN_ONLY]
         blocks.append(f'<security-setting match="{match}">' + "".join(perms) + "</security-setting>")
+    for destination in REPLY_DESTINATIONS:
+        for site in SITE_USERS:
+            perms = [f'<permission type="{p}" roles="amq,dbsync-site-{site}"/>' for p in
+                     ("consume", "createAddress", "createDurableQueue")]
+            perms += [f'<permission type="{p}" roles="amq"/>' for p in ("send", *_ADMIN_ONLY[1:])]
+            blocks.append(f'<security-setting match="{destination}.reply.{site}">' + "".join(perms)
+                          + "</security-setting>")
     return "".join(blocks)
 
 
@@ -213,7 +222,7 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     """``artemis create`` then rewrite acceptors and the user's password; re-run when ports change."""
     wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port,
               "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE, "site_users": list(SITE_USERS),
-              "validated_user": True}
+              "validated_user": True, "reply_queues": list(REPLY_DESTINATIONS)}
     stamp = b.dir / "dbsync-instance.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
@@ -245,7 +254,8 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
                      + "".join(f"{site} = {_artemis_hash(site_password(b.home, site))}\n" for site in SITE_USERS))
     os.chmod(users, 0o600)
     roles = etc / "artemis-roles.properties"
-    roles.write_text(f"amq = {b.user}\ndbsync-sender = {','.join(SITE_USERS)}\n")
+    roles.write_text(f"amq = {b.user}\ndbsync-sender = {','.join(SITE_USERS)}\n"
+                     + "".join(f"dbsync-site-{site} = {site}\n" for site in SITE_USERS))
     stamp.write_text(json.dumps(wanted) + "\n")
 
 

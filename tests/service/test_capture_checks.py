@@ -45,6 +45,7 @@ def test_purged_checkpoint_stops_with_exit_10_and_when_needed_resnapshots(extra_
     admin, repl = _site(extra_site, "purge_test")
     dest = f"test.purge.{uuidlib.uuid4().hex[:8]}"
     conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest)
+    env["DBSYNC_SENDER__CATCH_UP"] = "snapshot"  # tests/service/test_verify.py catches up by verify instead
     dbsync("sender", "--config", str(conf), "--until-idle", env=env)
     _global(extra_site, "FLUSH BINARY LOGS")
     generate(admin, seed=5, patients=5)

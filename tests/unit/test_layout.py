@@ -101,7 +101,7 @@ def test_the_checks_catch_what_they_are_for() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
     bad = {
         "dbsync_cli.sender.enrich": {"dbsync_cli.receiver.state"},
-        "dbsync_cli.receiver.apply": {"dbsync_cli.sender.values"},
+        "dbsync_cli.receiver.apply": {"dbsync_cli.sender.enrich"},
         "dbsync_cli.wire": {"dbsync_cli.sender.enrich"},
         "dbsync_cli.receiver.rest": {"dbsync_cli.cli.common"},
         "dbsync_cli.db": {"devtools.services"},

@@ -1,4 +1,4 @@
-"""Every column type both ways: the sender's wire value (sender.values) and how central stores it (resolve)."""
+"""Every column type both ways: the sender's wire value (values) and how central stores it (resolve)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.openmrs.introspect import Column, TableInfo
 from dbsync_cli.receiver.resolve import Converter, MessageError, UuidToId
-from dbsync_cli.sender.values import wire_converter
 from dbsync_cli.timezones import parse_timezone
+from dbsync_cli.values import wire_converter
 
 SITE = dt.timezone(dt.timedelta(hours=2))
 PARIS = ZoneInfo("Europe/Paris")

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 from dbsync_cli.openmrs import class_table
 from dbsync_cli.openmrs.introspect import Column
-from dbsync_cli.sender.values import wire_converter
 from dbsync_cli.timezones import parse_timezone
+from dbsync_cli.values import wire_converter
 from dbsync_cli.wire import dumps, format_time
 from dbsync_cli.wire import local_datetime as wire_to_local_datetime
 

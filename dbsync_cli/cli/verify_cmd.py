@@ -1,0 +1,96 @@
+"""`dbsync verify`: at a site, compare its rows with central's over the broker (and `--repair`); with a receiver
+config, `--status` shows the latest result of every site."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dbsync_cli import exitcodes
+from dbsync_cli.cli import common
+from dbsync_cli.control import ControlError
+from dbsync_cli.openmrs import SchemaError
+
+_COLUMNS = ("site_rows", "central_rows", "matched", "missing", "different", "extra", "placeholders", "not_owned",
+            "edited_at_central", "changing")
+
+
+def verify(
+    config: common.ConfigOption = None,
+    table: Annotated[list[str] | None, typer.Option(
+        "--table", "-t", help="Verify only this synced table (repeatable; default: all).")] = None,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Send the missing and different rows again and delete the extra ones at central, as "
+                         "ordinary sync messages (conflicts and central's rows are reported, never overwritten).")
+    ] = False,
+    status: Annotated[bool, typer.Option(
+        "--status", help="With a receiver config: the latest verify result of each site (stored at central).")
+    ] = False,
+    site: Annotated[str | None, typer.Option("--site", help="With --status: only this site.")] = None,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", min=0, help="Times a differing row is checked again before it is reported.")] = 3,
+    settle: Annotated[float, typer.Option(
+        "--settle", min=0, help="Seconds between two checks of a differing row (sync goes on meanwhile).")] = 5,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=1, help="Seconds to wait for each answer from central.")] = 1800,
+    json_out: common.JsonOption = False,
+) -> None:
+    """Prove that central holds this site's rows, row by row; exit 1 when they differ, 2+ when it could not run."""
+    if status:
+        cfg = common.load_config(config, "receiver")
+        from dbsync_cli.receiver.run import Receiver
+
+        _print_status(Receiver(cfg).verify_status(site), json_out)
+        return
+    cfg = common.load_config(config, "sender")
+    from dbsync_cli.sender.run import Sender
+
+    try:
+        report = Sender(cfg).verify(table, repair=repair, progress=sys.stderr.isatty() and not json_out,
+                                    timeout=timeout, rounds=rounds, settle_seconds=settle)
+    except SchemaError as exc:
+        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+    except ControlError as exc:
+        common.fail(str(exc), exitcodes.NO_ANSWER)
+    result = report.as_json()
+    if json_out:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_tables(f"verify {report.run}", {n: t for n, t in result["tables"].items()})
+        line = (f"{report.differences} row(s) differ" if report.differences else "no differences") + \
+            f"; {report.bytes_sent:,} bytes sent, {report.bytes_received:,} received, {report.seconds:.1f} s"
+        if repair:
+            line += (f"; repair sent {report.repaired.get('rows_sent', 0)} row(s) and "
+                     f"{report.repaired.get('deletes_sent', 0)} delete(s): verify again once they are applied")
+        Console().print(line)
+    if report.differences:
+        raise typer.Exit(exitcodes.FAILURE)
+
+
+def _print_tables(title: str, tables: dict[str, dict[str, Any]]) -> None:
+    view = Table(title=title)
+    view.add_column("table")
+    for column in _COLUMNS:
+        view.add_column(column.replace("_", " "), justify="right")
+    for name, counts in tables.items():
+        if counts.get("site_rows") or counts.get("central_rows"):
+            view.add_row(name, *(f"{counts.get(c, 0):,}" for c in _COLUMNS))
+    Console().print(view)
+
+
+def _print_status(runs: list[dict[str, Any]], json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(orjson.dumps(runs, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+        return
+    if not runs:
+        Console().print("no verify run on record")
+        return
+    for run in runs:
+        _print_tables(f"{run['site']}: verify {run['run']} ({run['state']}, finished {run['finished'] or '-'})",
+                      run["tables"])
+        Console().print(f"{run['differences']} difference(s)")

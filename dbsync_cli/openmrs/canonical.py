@@ -1,0 +1,127 @@
+"""The canonical row, the one form a site and central compare (`dbsync verify`), and its digest.
+
+A row's canonical form is its wire `data` (local keys dropped, every reference as the referenced row's uuid, a
+subclass through its parent, `org.openmrs.*` attribute values as uuids, users' secrets left out) with DATETIME and
+TIMESTAMP in UTC, DATE and TIME as they are, and central's `|site` suffix taken off again. Both sides compute it
+from their own database, so a digest that matches means the rows match, whatever time zone either side runs in.
+
+Rows are grouped in buckets by the first characters of their uuid: a bucket's digest is the sum of its rows'
+digests (order-free), so either side may read its rows in any order with constant memory, and a range of uuids
+(`uuid LIKE 'ab%'`) is an index range on both sides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from dbsync_cli import wire
+from dbsync_cli.openmrs.model import SyncedTable
+
+#: how many rows a bucket holds at most, on average (the prefix grows by a hex digit until it does)
+BUCKET_ROWS = 500
+MAX_PREFIX = 4
+_MOD = 1 << 128
+_DATETIME_TYPES = ("datetime", "timestamp")
+
+
+def canonical_value(data_type: str, value: Any) -> Any:
+    """A wire value in canonical form: a reference as its uuid, DATETIME/TIMESTAMP in UTC, binary as base64."""
+    target = wire.ref_target(value)
+    if target is not None:
+        return target[1]
+    if isinstance(value, dict) and wire.B64 in value:
+        return value[wire.B64]
+    if data_type in _DATETIME_TYPES and isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        return parsed.isoformat(sep=" ")
+    return value
+
+
+def canonical_row(table: SyncedTable, data: Mapping[str, Any]) -> list[list[Any]]:
+    """[[column, value], …] sorted by column: every data column of the table, secrets never."""
+    columns = table.info.columns
+    return [[c, canonical_value(columns[c].data_type, data.get(c))] for c in sorted(table.data_columns)]
+
+
+def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any]) -> str:
+    """32 hex characters: the blake2b digest of the table, the uuid and the canonical row."""
+    body = orjson.dumps([table.name, uuid, canonical_row(table, data)])
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def prefix_length(rows: int) -> int:
+    """The uuid prefix that makes buckets of about BUCKET_ROWS rows (0: one bucket for a small table)."""
+    length = 0
+    while length < MAX_PREFIX and rows > BUCKET_ROWS * 16**length:
+        length += 1
+    return length
+
+
+def bucket_of(uuid: str, length: int) -> str:
+    return uuid[:length].lower()
+
+
+class Buckets:
+    """Per-bucket row count and digest sum: what one side sends of a table when nothing differs."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.sums: dict[str, list[int]] = {}
+        self.rows = 0
+
+    def add(self, uuid: str, digest: str) -> None:
+        entry = self.sums.setdefault(bucket_of(uuid, self.length), [0, 0])
+        entry[0] += 1
+        entry[1] = (entry[1] + int(digest, 16)) % _MOD
+        self.rows += 1
+
+    def as_wire(self) -> dict[str, list[Any]]:
+        return {prefix: [n, f"{total:032x}"] for prefix, (n, total) in sorted(self.sums.items())}
+
+    def differing(self, other: Mapping[str, Any]) -> list[str]:
+        """Buckets whose count or digest differ from `other` (another side's ``as_wire()``), either side's."""
+        mine = self.as_wire()
+        return sorted(p for p in set(mine) | set(other) if mine.get(p) != (list(other[p]) if p in other else None))
+
+
+def compare(site_rows: Mapping[str, str | None], central_rows: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """uuids by what differs: ``missing`` at central, ``different``, ``extra`` at central; ``matched`` too."""
+    found: dict[str, list[str]] = {"matched": [], "missing": [], "different": [], "extra": []}
+    for uuid in sorted(set(site_rows) | set(central_rows)):
+        mine, theirs = site_rows.get(uuid), central_rows.get(uuid)
+        if mine is None and theirs is None:
+            continue
+        kind = ("missing" if theirs is None else "extra" if mine is None
+                else "matched" if mine == theirs else "different")
+        found[kind].append(uuid)
+    return found
+
+
+def valid_buckets(value: Any, length: int) -> bool:
+    """Whether a request's buckets have the shape ``{prefix: [count, 32 hex]}`` for this prefix length."""
+    if not isinstance(value, dict) or len(value) > 16**length:
+        return False
+    return all(isinstance(p, str) and len(p) <= length and isinstance(v, list) and len(v) == 2
+               and isinstance(v[0], int) and isinstance(v[1], str) and len(v[1]) == 32 for p, v in value.items())
+
+
+def valid_digests(value: Any, limit: int) -> bool:
+    """``{uuid: digest or null}`` of at most `limit` rows."""
+    if not isinstance(value, dict) or len(value) > limit:
+        return False
+    return all(isinstance(u, str) and wire.UUID_TEXT.match(u) and (d is None or isinstance(d, str) and len(d) == 32)
+               for u, d in value.items())
+
+
+def digests_of(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return dict(pairs)

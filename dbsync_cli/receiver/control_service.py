@@ -1,0 +1,127 @@
+"""The receiver's answering part: requests from sites (`control`), one at a time, each ACKed after its reply.
+
+A request names its site; central believes it only from the broker user Artemis stamped on it (the site's
+registered `broker_user`), as it does for data. A request it cannot answer gets a reply saying why, and is
+counted per site in `receiver_skipped` (reason ``control-refused``): never silent, never retried for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import stomp
+
+from dbsync_cli import control, wire
+from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.db import DbParams
+from dbsync_cli.openmrs import SchemaModel
+from dbsync_cli.receiver import state
+from dbsync_cli.receiver.verify import RequestError, VerifyHandler
+from dbsync_cli.sql import sql
+from dbsync_cli.timezones import parse_timezone
+
+log = logging.getLogger("dbsync.receiver.control")
+
+
+@dataclass
+class ControlSettings:
+    broker: BrokerSettings
+    db: DbParams
+    state_schema: str
+    destination: str  # the sync destination; requests arrive on <destination>.control
+    timezone: str = "UTC"
+
+
+class _Frames(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self.closed = threading.Event()
+        self.error: str | None = None
+
+    def on_message(self, frame: Any) -> None:
+        self.frames.put(frame)
+
+    def on_error(self, frame: Any) -> None:
+        self.error = (frame.headers.get("message") or "broker error").strip()
+        self.closed.set()
+
+    def on_disconnected(self) -> None:
+        self.closed.set()
+
+
+def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:
+    """Answer requests until `stop`; raises on a lost broker or database (the supervisor reconnects)."""
+    frames = _Frames()
+    conn = open_connection(settings.broker, listener=frames, auto_decode=False)
+    db = settings.db.connect()
+    try:
+        with db.cursor() as cur:
+            cur.execute("SET time_zone = '+00:00'")
+        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone))
+        conn.subscribe(control.request_destination(settings.destination), id="dbsync-control",
+                       ack="client-individual", headers={"subscription-type": "ANYCAST"})
+        while not stop.is_set():
+            try:
+                frame = frames.frames.get(timeout=0.5)
+            except queue.Empty:
+                if frames.closed.is_set() or not conn.is_connected():
+                    raise BrokerError(f"control: connection lost{': ' + frames.error if frames.error else ''}") from None
+                continue
+            _answer(conn, db, settings, handler, frame)
+            conn.ack(frame.headers["ack"])
+    finally:
+        with contextlib.suppress(Exception):
+            conn.disconnect()
+        with contextlib.suppress(Exception):
+            db.close()
+
+
+def _answer(conn: stomp.Connection12, db: Any, settings: ControlSettings, handler: VerifyHandler, frame: Any) -> None:
+    correlation = frame.headers.get(control.CORRELATION_HEADER, "")
+    site, reply = None, None
+    try:
+        request = control.decode(frame)
+        if not isinstance(request, dict):
+            raise RequestError("a control request must be a JSON object")
+        site = _trusted_site(db, settings.state_schema, request, frame.headers)
+        kind = str(request.get("kind") or "")
+        log.info("control: %s from %s", kind, site)
+        reply = handler.handle(kind, request, site)
+    except (RequestError, ValueError) as exc:
+        log.warning("control request %s: %s", correlation[:80] or "(no id)", exc)
+        reply = {"ok": False, "error": str(exc)}
+        _count_refused(db, settings.state_schema, site or str(frame.headers.get(wire.VALIDATED_USER_HEADER) or "?"))
+    if site is None:
+        return  # no trusted site: no reply queue to answer on
+    control.send(conn, control.reply_destination(settings.destination, site), reply,
+                 {control.CORRELATION_HEADER: correlation})
+
+
+def _trusted_site(db: Any, schema: str, request: dict[str, Any], headers: dict[str, str]) -> str:
+    claimed = request.get("site")
+    sites = state.sites(db, schema)
+    db.commit()
+    site = sites.get(claimed) if isinstance(claimed, str) else None
+    if site is None:
+        raise RequestError(f"control request for unknown site {str(claimed)[:100]!r}")
+    if site.disabled:
+        raise RequestError(f"site {site.identifier} is disabled")
+    user = headers.get(wire.VALIDATED_USER_HEADER) or ""
+    if site.broker_user is not None and user != site.broker_user:
+        raise RequestError(f"control request for site {site.identifier} sent by broker user {user[:100]!r}, not "
+                           f"{site.broker_user!r}")
+    return site.identifier
+
+
+def _count_refused(db: Any, schema: str, site: str) -> None:
+    with contextlib.suppress(Exception), db.cursor() as cur:
+        cur.execute(sql("INSERT INTO {}.receiver_skipped (site, reason, table_name, count, last_date) "
+                        "VALUES (%s, 'control-refused', '', 1, UTC_TIMESTAMP(3)) "
+                        "ON DUPLICATE KEY UPDATE count = count + 1, last_date = VALUES(last_date)",
+                        state.schema_name(schema)), (site[:100],))
+        db.commit()

@@ -1,0 +1,219 @@
+"""Central's answers to `dbsync verify` requests, and the results it keeps (`verify_run`, `verify_table`,
+`verify_difference`).
+
+1. ``verify-buckets``: the site's per-bucket row counts and digest sums; central computes its own over the rows it
+   holds of the site and answers with the buckets that differ.
+2. ``verify-rows``: the site's row digests of those buckets (or of single uuids, when it checks again); central
+   classifies every row — matched, missing at central, different, extra at central, still a placeholder, held
+   by another owner — and says which differing rows were also edited at central (repair would park them).
+3. ``verify-done``: the site's final figures, after re-checking rows that changed during the run; stored here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.canonical import MAX_PREFIX, valid_buckets, valid_digests
+from dbsync_cli.receiver import state
+from dbsync_cli.receiver.conflict import hash_sql
+from dbsync_cli.receiver.verify_rows import CentralRows
+from dbsync_cli.sql import chunks, join, placeholders, quote, sql
+
+MAX_ROWS_PER_REQUEST = 100_000
+MAX_DIFFERENCES_KEPT = 100_000
+KINDS = ("missing", "different", "extra", "placeholders", "not_owned", "changing")
+COUNTS = ("site_rows", "central_rows", "matched", *KINDS, "edited_at_central")
+_PREFIX = re.compile(rf"^[0-9a-z-]{{0,{MAX_PREFIX}}}\Z")
+_COUNT_COLUMNS = join(quote(c) for c in COUNTS)
+_RUN = re.compile(r"^[A-Za-z0-9_.:-]{1,80}\Z")
+
+
+class RequestError(Exception):
+    """A request central will not answer (its shape is wrong): the one-line reason goes back to the site."""
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class VerifyHandler:
+    """Answers one site's verify requests on a central connection (session time zone +00:00, as apply's)."""
+
+    def __init__(self, conn: Any, schema: str, model: SchemaModel, tz: dt.tzinfo) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.s = state.schema_name(schema)
+        self.model = model
+        self.tz = tz
+
+    def handle(self, kind: str, request: dict[str, Any], site: str) -> dict[str, Any]:
+        run = request.get("run")
+        if not isinstance(run, str) or not _RUN.match(run) or not run.startswith(f"{site}:"):
+            raise RequestError("verify: 'run' must be '<site>:<id>' of at most 80 characters")
+        tables = request.get("tables")
+        if not isinstance(tables, dict) or not all(isinstance(t, str) and t in self.model.synced for t in tables):
+            unknown = [str(t)[:64] for t in (tables or {}) if t not in self.model.synced] if isinstance(
+                tables, dict) else []
+            raise RequestError(f"verify: 'tables' must name synced tables (unknown: {', '.join(unknown) or '-'})")
+        rows = CentralRows(self.conn, self.s, self.model, self.tz, site)
+        try:
+            if kind == "verify-buckets":
+                return self._buckets(rows, run, site, bool(request.get("repair")), tables)
+            if kind == "verify-rows":
+                return {"ok": True, "tables": {t: self._rows(rows, self.model.synced[t], body)
+                                               for t, body in tables.items()}}
+            if kind == "verify-done":
+                self._store(run, site, tables, str(request.get("state") or "finished"))
+                return {"ok": True}
+        finally:
+            self.conn.commit()
+        raise RequestError(f"unknown request kind {kind[:40]!r}")
+
+    # ---- 1. buckets ------------------------------------------------------------------------------------------
+    def _buckets(self, rows: CentralRows, run: str, site: str, repair: bool,
+                 tables: dict[str, Any]) -> dict[str, Any]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql("INSERT INTO {}.verify_run (run_id, site, state, repair, date_started) "
+                            "VALUES (%s, %s, 'running', %s, %s) ON DUPLICATE KEY UPDATE state = 'running'", self.s),
+                        (run, site, int(repair), now()))
+        self.conn.commit()
+        answer: dict[str, Any] = {}
+        for name, body in tables.items():
+            length = body.get("length") if isinstance(body, dict) else None
+            if not isinstance(length, int) or not 0 <= length <= MAX_PREFIX or not valid_buckets(
+                    body.get("buckets"), length):
+                raise RequestError(f"verify: {name}: 'length' and 'buckets' malformed")
+            mine = rows.buckets(self.model.synced[name], length)
+            answer[name] = {"differing": mine.differing(body["buckets"]), "central_rows": mine.rows}
+        return {"ok": True, "tables": answer}
+
+    # ---- 2. rows ---------------------------------------------------------------------------------------------
+    def _rows(self, rows: CentralRows, table: SyncedTable, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not valid_digests(body.get("rows"), MAX_ROWS_PER_REQUEST):
+            raise RequestError(f"verify: {table.name}: 'rows' must be {{uuid: digest or null}}")
+        prefixes = body.get("prefixes") or []
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) and _PREFIX.match(p) for p in prefixes):
+            raise RequestError(f"verify: {table.name}: 'prefixes' must be uuid prefixes")
+        site_rows: dict[str, str | None] = body["rows"]
+        owned = {u for p in prefixes for page in rows.owned(table.name, prefix=p) for u in page}
+        listed = set(site_rows) - owned
+        owners = rows.owners(table.name, listed)
+        owned |= {u for u in listed if owners.get(u) == rows.site}
+        central: dict[str, tuple[str, bool]] = {}
+        for part in chunks(sorted(owned | listed)):
+            central.update(rows.digests(table, part))
+        kinds: dict[str, str] = {}
+        digests: dict[str, str | None] = {}
+        for uuid in sorted(owned | set(site_rows)):
+            mine = site_rows.get(uuid)
+            theirs = central.get(uuid)
+            kind = _kind(mine, theirs, uuid in owned)
+            if kind is None:
+                continue
+            kinds[uuid] = kind
+            digests[uuid] = None if theirs is None else theirs[0]
+        different = [u for u, k in kinds.items() if k == "different"]
+        return {"kinds": {u: k for u, k in kinds.items() if k != "matched"}, "central": {
+            u: d for u, d in digests.items() if kinds[u] != "matched"},
+            "edited_at_central": self._edited(table, different)}
+
+    def _edited(self, table: SyncedTable, uuids: list[str]) -> list[str]:
+        """Of these rows, those whose row at central changed since dbsync last wrote it (a repair parks them)."""
+        edited: list[str] = []
+        ident = table.identity
+        for part in chunks(uuids):
+            with self.conn.cursor() as cur:
+                if table.is_subclass:
+                    cur.execute(sql("SELECT p.{u}, t.h FROM (SELECT {k} AS k, {h} AS h FROM {t}) t JOIN {p} p "
+                                    "ON p.{pk} = t.k WHERE p.{u} IN ({})", placeholders(len(part)), u=quote("uuid"),
+                                    k=quote(table.key), h=hash_sql(table), t=quote(table.name),
+                                    p=quote(ident.table), pk=quote(ident.key)), part)
+                else:
+                    cur.execute(sql("SELECT {}, {} FROM {} WHERE {} IN ({})", quote("uuid"), hash_sql(table),
+                                    quote(table.name), quote("uuid"), placeholders(len(part))), part)
+                current = dict(cur.fetchall())
+                cur.execute(sql("SELECT entity_uuid, hash FROM {}.entity_hash WHERE table_name = %s AND "
+                                "entity_uuid IN ({})", self.s, placeholders(len(part))), [table.name, *part])
+                stored = dict(cur.fetchall())
+            edited += [u for u in part if u in current and stored.get(u) != current[u]]
+        return edited
+
+    # ---- 3. the result ---------------------------------------------------------------------------------------
+    def _store(self, run: str, site: str, tables: dict[str, Any], run_state: str) -> None:
+        if run_state not in ("finished", "repaired", "failed"):
+            raise RequestError("verify: 'state' must be finished, repaired or failed")
+        with self.conn.cursor() as cur:
+            cur.execute(sql("DELETE FROM {}.verify_table WHERE run_id = %s", self.s), (run,))
+            cur.execute(sql("DELETE FROM {}.verify_difference WHERE run_id = %s", self.s), (run,))
+            kept = 0
+            for name, body in tables.items():
+                counts = body.get("counts") if isinstance(body, dict) else None
+                if not isinstance(counts, dict) or not all(isinstance(counts.get(c, 0), int) for c in COUNTS):
+                    raise RequestError(f"verify: {name}: 'counts' malformed")
+                cur.execute(sql("INSERT INTO {}.verify_table (run_id, table_name, {}) VALUES (%s, %s, {})", self.s,
+                                _COUNT_COLUMNS, placeholders(len(COUNTS))),
+                            [run, name, *(max(0, counts.get(c, 0)) for c in COUNTS)])
+                differences = body.get("differences") or {}
+                if not isinstance(differences, dict):
+                    raise RequestError(f"verify: {name}: 'differences' malformed")
+                values = [(run, name, u, k) for u, k in differences.items()
+                          if isinstance(u, str) and len(u) <= 38 and k in (*KINDS, "edited_at_central")]
+                values = values[: max(0, MAX_DIFFERENCES_KEPT - kept)]
+                kept += len(values)
+                for part in chunks(values, 500):
+                    cur.execute(sql("INSERT INTO {}.verify_difference (run_id, table_name, entity_uuid, kind) "
+                                    "VALUES {}", self.s, join([sql("(%s, %s, %s, %s)")] * len(part))),
+                                [v for row in part for v in row])
+            cur.execute(sql("INSERT INTO {}.verify_run (run_id, site, state, date_started, date_finished) "
+                            "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE state = VALUES(state), "
+                            "date_finished = VALUES(date_finished)", self.s), (run, site, run_state, now(), now()))
+
+
+def _kind(mine: str | None, theirs: tuple[str, bool] | None, owned: bool) -> str | None:
+    if theirs is None:
+        return None if mine is None else "missing"
+    digest, placeholder = theirs
+    if mine is None:
+        return "extra" if owned else None
+    if placeholder:
+        return "placeholders"
+    if not owned:
+        return "not_owned"
+    return "matched" if digest == mine else "different"
+
+
+def latest_runs(conn: Any, schema: str, site: str | None = None) -> list[dict[str, Any]]:
+    """The latest verify run of each site (or of one), with its figures per table and in total."""
+    s = state.schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT r.run_id, r.site, r.state, r.repair, r.date_started, r.date_finished "
+                        "FROM {s}.verify_run r JOIN (SELECT site, MAX(date_started) AS started FROM {s}.verify_run "
+                        "GROUP BY site) l ON l.site = r.site AND l.started = r.date_started{w} ORDER BY r.site", s=s,
+                        w=sql(" WHERE r.site = %s") if site else sql("")),
+                    [site] if site else [])
+        runs = [dict(zip(("run", "site", "state", "repair", "started", "finished"), row, strict=True))
+                for row in cur.fetchall()]
+        for run in runs:
+            cur.execute(sql("SELECT table_name, {} FROM {}.verify_table WHERE run_id = %s ORDER BY table_name",
+                            _COUNT_COLUMNS, s), (run["run"],))
+            run["tables"] = {row[0]: dict(zip(COUNTS, (int(v) for v in row[1:]), strict=True))
+                             for row in cur.fetchall()}
+            run["totals"] = {c: sum(t[c] for t in run["tables"].values()) for c in COUNTS}
+            run["differences"] = sum(run["totals"][k] for k in ("missing", "different", "extra", "placeholders"))
+            run["repair"] = bool(run["repair"])
+    conn.commit()
+    return runs
+
+
+def differences(conn: Any, schema: str, run: str, limit: int = 1000) -> list[dict[str, str]]:
+    s = state.schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT table_name, entity_uuid, kind FROM {}.verify_difference WHERE run_id = %s "
+                        "ORDER BY table_name, entity_uuid LIMIT %s", s), (run, limit))
+        found = [{"table": t, "uuid": u, "kind": k} for t, u, k in cur.fetchall()]
+    conn.commit()
+    return found
+

@@ -1,0 +1,60 @@
+"""Catching up after a purged binlog without a full reload: `verify --repair` instead of a new snapshot.
+
+A checkpoint the server no longer has (purged, or a restarted history) leaves a window of changes capture cannot
+read. A new snapshot re-sends every row and cannot delete at central the rows deleted inside the window. When
+central already holds the site, `verify --repair` sends only the rows that differ and deletes the extra ones.
+The new checkpoint (the binlog position taken *before* verify reads the site, under a new message-id epoch) is
+saved only after the repair's messages were confirmed by the broker: a sender killed meanwhile finds the lost
+checkpoint again and repeats the catch-up, which is idempotent. When central does not answer within
+`sender.catch_up_timeout_seconds`, the sender reloads from a snapshot as before (costly, never wrong). Changes made while it runs are streamed from that
+position afterwards; the receiver's order guard keeps the later of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dbsync_cli.config import Config
+from dbsync_cli.sender import binlog
+from dbsync_cli.sender.binlog import CaptureSettings
+from dbsync_cli.sender.checkpoint import CheckpointStore
+
+log = logging.getLogger("dbsync.catch_up")
+
+
+def catch_up_if_lost(cfg: Config, settings: CaptureSettings, store: CheckpointStore,
+                     checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The checkpoint to start capture from: as it is, or, when it was lost and `sender.catch_up = "verify"`
+    (with `snapshot = "when_needed"`), a new one after the site was verified and repaired."""
+    if (checkpoint is None or checkpoint.get("snapshot") or settings.snapshot != "when_needed"
+            or cfg["sender.catch_up"] != "verify"):
+        return checkpoint
+    with settings.db.connect() as conn:
+        was = str(checkpoint.get("epoch") or "").partition(".")[0]
+        if was and was != str(binlog.server_id(conn)):
+            return checkpoint  # another server: a failover, which capture follows by GTID
+        try:
+            binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
+            return checkpoint
+        except binlog.PositionLost as exc:
+            lost = exc
+        position = binlog.current_position(conn)
+        epoch = binlog.new_epoch(conn)
+    log.warning("%s: catching up by verify --repair from %s instead of a new snapshot (sender.catch_up = verify)",
+                lost, position)
+    from dbsync_cli.control import ControlError
+    from dbsync_cli.sender.verify import verify
+
+    try:
+        report = verify(cfg, repair=True, progress=settings.progress, timeout=cfg["sender.catch_up_timeout_seconds"])
+    except ControlError as exc:
+        log.warning("catch-up: %s; taking a new snapshot instead", exc)
+        return checkpoint  # capture meets the lost position again and reloads from a snapshot
+    log.info("catch-up: %d row(s) differed; %d row(s) sent again and %d delete(s) sent (%d rows at the site)",
+             report.differences, report.repaired.get("rows_sent", 0), report.repaired.get("deletes_sent", 0),
+             sum(t.site_rows for t in report.tables.values()))
+    new = {"file": position.file, "pos": position.pos, "row": -1, "snapshot": False, "epoch": epoch,
+           "born": binlog.file_born(settings, position.file)}
+    store.save(new)
+    return new
