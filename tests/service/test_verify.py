@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -11,11 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import dbsync
+from helpers import dbsync, sender_config
 from receiver_helpers import Central, Site, drop_schema, make_central, make_site
 
 from dbsync_cli.broker_queue import queue_stats
+from devtools.services.common import port_offset
+from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
+from devtools.workload.openmrs import load_openmrs
 
 
 @pytest.fixture
@@ -143,3 +149,131 @@ def test_verify_without_a_receiver_says_so(pair) -> None:
     assert run.returncode == 17
     err = run.stderr.decode()
     assert "no answer from central" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_during_a_running_workload_reports_no_false_differences(pair, receiver, broker_settings) -> None:
+    central, site = pair
+    generate(site.admin, seed=34, patients=10, mutations=0.0)
+    sender = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(site.config)],
+                              env=site.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    written = []
+
+    def workload() -> None:
+        seed = 100
+        while not stop.is_set():
+            seed += 1  # new obs, changed names, a voided obs and a deleted one: as a clinic works
+            site.sql("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, "
+                     "creator, date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, "
+                     "obs_datetime, location_id, %s, creator, NOW(), 0, status, UUID() FROM obs "
+                     "WHERE obs_group_id IS NULL ORDER BY RAND() LIMIT 5", (f"new {seed}",))
+            site.sql("UPDATE person_name SET family_name = %s, date_changed = NOW() ORDER BY RAND() LIMIT 3",
+                     (f"F{seed}",))
+            site.sql("UPDATE obs SET voided = 1, voided_by = 1, date_voided = NOW(), void_reason = 'test' "
+                     "WHERE voided = 0 AND value_text LIKE 'new %%' ORDER BY RAND() LIMIT 1")
+            site.sql("DELETE FROM obs WHERE value_text LIKE 'new %%' AND voided = 1 ORDER BY RAND() LIMIT 1")
+            written.append(seed)
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=workload, daemon=True)
+    try:
+        wait_applied(central, broker_settings)
+        worker.start()
+        report = verify(site, "--rounds", "4")
+        stop.set()
+        worker.join(60)
+        assert len(written) >= 3, "the workload ran during verify"
+        assert report["differences"] == 0, {t: r["rows"] for t, r in report["tables"].items() if r["rows"]}
+        # changes the sender holds back while verify compares (a slow link): seen to differ, then re-checked
+        wait_applied(central, broker_settings)
+        os.kill(sender.pid, signal.SIGSTOP)
+        names = [r[0] for r in site.sql("SELECT uuid FROM person_name ORDER BY person_name_id LIMIT 4")]
+        for uuid in names:
+            site.sql("UPDATE person_name SET family_name = 'Held back', date_changed = NOW() WHERE uuid = %s",
+                     (uuid,))
+        run = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "verify", "--config", str(site.config),
+                                "--json", "--settle", "2", "--rounds", "5"], env=site.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        assert run.stderr is not None
+        seen = []
+        for line in iter(run.stderr.readline, b""):
+            seen.append(line.decode())
+            if "checking them again" in seen[-1]:
+                os.kill(sender.pid, signal.SIGCONT)  # the held-back changes reach central between two rounds
+                break
+        os.kill(sender.pid, signal.SIGCONT)
+        out, err = run.communicate(timeout=300)
+        held = orjson.loads(out)
+        assert any("row(s) differ; checking them again" in line for line in seen), "".join(seen) + err.decode()
+        assert run.returncode == 0 and held["differences"] == 0, held
+        wait_applied(central, broker_settings)
+        final = verify(site, code=0)
+        assert final["differences"] == 0 and not any(t["changing"] for t in final["tables"].values())
+    finally:
+        stop.set()
+        sender.terminate()
+        sender.wait(30)
+
+
+@pytest.fixture(scope="module")
+def purge_instance(services):
+    """A MariaDB instance of this module's own: the test purges its binlogs."""
+    inst = start_mariadb("verify-purge", port=23395 + port_offset(), server_id=395)
+    yield inst
+    destroy_mariadb(inst)
+
+
+def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_instance, openmrs_db, tmp_path,
+                                                                      broker_settings) -> None:
+    name = f"purge_{uuidlib.uuid4().hex[:6]}"
+    load_openmrs(purge_instance.admin, name)
+    admin, repl = purge_instance.admin.with_database(name), purge_instance.repl.with_database(name)
+    destination = f"test.verify.{uuidlib.uuid4().hex[:8]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=destination, snapshot="when_needed")
+    site = Site(admin, conf, env, tmp_path / "home-site1")
+    receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
+                                env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        generate(admin, seed=35, patients=40, mutations=0.0)
+        sync(central, site, broker_settings)
+        before = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0]
+        rows = sum(t["site_rows"] for t in verify(site, code=0)["tables"].values())
+        # while the sender is down: 1 % of the obs change, 3 obs and a person attribute are deleted, and the
+        # binlog holding all of it is purged
+        obs = site.sql("SELECT COUNT(*) FROM obs")[0][0]
+        site.sql("UPDATE obs SET comments = 'changed in the lost window' ORDER BY obs_id LIMIT %s", (obs // 100,))
+        gone = [r[0] for r in site.sql("SELECT uuid FROM obs WHERE obs_group_id IS NULL AND obs_id NOT IN "
+                                       "(SELECT obs_group_id FROM obs WHERE obs_group_id IS NOT NULL) "
+                                       "ORDER BY obs_id DESC LIMIT 3")]
+        site.sql("DELETE FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone))
+        attribute = site.sql("SELECT uuid FROM person_attribute ORDER BY person_attribute_id LIMIT 1")[0][0]
+        site.sql("DELETE FROM person_attribute WHERE uuid = %s", (attribute,))
+        with purge_instance.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+            cur.execute("FLUSH BINARY LOGS")
+            cur.execute("SHOW MASTER STATUS")
+            current = cur.fetchone()[0]
+            for _ in range(50):  # a file a lingering dump thread still reads is kept: wait until it is gone
+                cur.execute("PURGE BINARY LOGS TO %s", (current,))
+                cur.execute("SHOW BINARY LOGS")
+                if len(cur.fetchall()) == 1:
+                    break
+                time.sleep(0.2)
+        run = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
+        assert b"catching up by verify --repair" in run.stderr, run.stderr.decode()[-2000:]
+        assert b"taking a new snapshot" not in run.stderr
+        wait_applied(central, broker_settings)
+        sent = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0] - before
+        print(f"catch-up after the purge: {sent} messages for a site of {rows} rows ({sent / rows:.1%})")
+        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
+        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
+        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+        assert verify(site, code=0)["differences"] == 0
+        # and capture goes on from the new checkpoint: a later change arrives as usual
+        site.sql("UPDATE person_name SET family_name = 'After the catch-up' ORDER BY person_name_id DESC LIMIT 1")
+        sync(central, site, broker_settings)
+        assert central.sql("SELECT COUNT(*) FROM person_name WHERE family_name = 'After the catch-up'") == [(1,)]
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+        drop_schema(central)
