@@ -76,6 +76,8 @@ KEYS: dict[str, Key] = {
                                 "snapshot (every row sent again)"),
     "sender.catch_up_timeout_seconds": Key(int, 300, roles=_S, help="how long a catch-up waits for each answer "
                                                                     "from central before it takes a snapshot"),
+    "sender.requests": Key(bool, True, roles=_S, help="`dbsync sender` takes central's re-sync requests from "
+                                                    "<destination>.request.<id> (`dbsync sites resync`)"),
     "sender.snapshot_method": Key(str, "auto", roles=_S, choices=("auto", "mariadb", "lock", "log_status"),
                                   help="how a snapshot finds its binlog position (see docs/installation.md)"),
     "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),

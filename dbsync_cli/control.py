@@ -31,6 +31,8 @@ KIND_HEADER = "dbsync-kind"
 CORRELATION_HEADER = "correlation-id"
 COMPRESS_OVER = 4096
 MAX_BODY = 64 * 1024 * 1024  # inflated: a request carries digests, never rows
+#: what Artemis says when it refuses a user: a login (AMQ229031) or a permission (AMQ229213, AMQ229032)
+REFUSED = ("Security Error", "AMQ229031", "AMQ229213", "AMQ229032", "TLS certificate rejected")
 
 
 class ControlError(Exception):
@@ -43,6 +45,33 @@ def request_destination(sync_destination: str) -> str:
 
 def reply_destination(sync_destination: str, site: str) -> str:
     return f"{sync_destination}.reply.{site}"
+
+
+def site_request_destination(sync_destination: str, site: str) -> str:
+    """Where central's requests to one site's sender go (re-sync): only central's broker user may send there."""
+    return f"{sync_destination}.request.{site}"
+
+
+def send_confirmed(settings: BrokerSettings, destination: str, body: dict[str, Any], timeout: float = 30) -> None:
+    """One persistent message, returned from once the broker confirmed it (RECEIPT)."""
+    inbox = _Inbox()
+    conn = open_connection(settings, listener=inbox)
+    try:
+        send(conn, destination, body, {"receipt": "dbsync-request"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                frame = inbox.frames.get(timeout=0.5)
+            except queue.Empty:
+                if inbox.closed.is_set():
+                    raise BrokerError(inbox.error or "connection lost before the broker confirmed") from None
+                continue
+            if frame.cmd == "RECEIPT":
+                return
+        raise BrokerError(f"the broker did not confirm the message to {destination} within {timeout:g} s")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.disconnect()
 
 
 def encode(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -98,6 +127,8 @@ class ControlClient:
         self.inbox = _Inbox()
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # request id → (kind, body) not answered yet
+        self._replies: dict[str, Any] = {}
 
     def _connect(self) -> stomp.Connection12:
         if self.conn is not None and self.conn.is_connected() and not self.inbox.closed.is_set():
@@ -106,7 +137,21 @@ class ControlClient:
         self.inbox = _Inbox()
         conn = open_connection(self.settings, listener=self.inbox, auto_decode=False)
         conn.subscribe(self.replies, id="dbsync-replies", ack="client-individual",
-                       headers={"subscription-type": "ANYCAST"})
+                       headers={"subscription-type": "ANYCAST", "receipt": "dbsync-subscribed"})
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while True:  # a refused subscription (another site's reply queue) ends here, in the broker's words
+            try:
+                frame = self.inbox.frames.get(timeout=0.2)
+            except queue.Empty:
+                if self.inbox.closed.is_set() or time.monotonic() > deadline:
+                    with contextlib.suppress(Exception):
+                        conn.disconnect()
+                    raise BrokerError(f"subscribing to {self.replies}: "
+                                      f"{self.inbox.error or 'no receipt from the broker'}") from None
+                continue
+            if frame.cmd == "RECEIPT":
+                break
+            self.inbox.frames.put(frame)  # a reply that came first: kept for `reply`
         self.conn = conn
         return conn
 
@@ -117,29 +162,56 @@ class ControlClient:
         self.conn = None
 
     def call(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send a request and return the receiver's reply; a lost connection is reconnected and the request sent
-        again (answering twice is harmless); ControlError when the receiver refuses it or never answers."""
+        """Send a request and return the receiver's reply (see `submit` and `reply`)."""
+        return self.reply(self.submit(kind, body), timeout)
+
+    def submit(self, kind: str, body: dict[str, Any]) -> str:
+        """Send a request without waiting for its reply (the receiver answers requests in order, so the site
+        can compute its next request meanwhile); returns its id for `reply`."""
         request_id = f"{self.site}:{uuidlib.uuid4()}"
+        self._pending[request_id] = (kind, {**body, "kind": kind, "id": request_id, "site": self.site})
+        self._send(request_id)
+        return request_id
+
+    def reply(self, request_id: str, timeout: float) -> dict[str, Any]:
+        """The reply to a submitted request. A lost connection is reconnected and every request still unanswered
+        sent again (answering twice is harmless); ControlError when the receiver refuses it or never answers."""
+        kind = self._pending[request_id][0]
         deadline = time.monotonic() + timeout
-        while True:
+        while request_id not in self._replies:
             try:
-                return self._call_once(kind, request_id, body, deadline)
+                self._receive(kind, deadline)
             except BrokerError as exc:
+                if any(marker in str(exc) for marker in REFUSED):
+                    raise  # the broker refused this user: retrying cannot help (exit 3, the broker's own words)
                 if time.monotonic() > deadline:
                     raise ControlError(f"no answer from central to {kind}: {exc}") from None
                 log.warning("control: %s; connecting again", exc)
                 time.sleep(1)
+                with contextlib.suppress(BrokerError):
+                    for pending in list(self._pending):
+                        self._send(pending)
+        self._pending.pop(request_id, None)
+        reply = self._replies.pop(request_id)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            error = reply.get("error") if isinstance(reply, dict) else None
+            raise ControlError(f"central refused {kind}: {error or 'no reason given'}")
+        return reply
 
-    def _call_once(self, kind: str, request_id: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def _send(self, request_id: str) -> None:
+        kind, body = self._pending[request_id]
         conn = self._connect()
-        receipt = f"control-{next(self._numbers)}"
-        raw, headers = encode({**body, "kind": kind, "id": request_id, "site": self.site})
+        raw, headers = encode(body)
         self.bytes_sent += len(raw)
         try:
             conn.send(self.requests, raw, headers={**headers, KIND_HEADER: kind, CORRELATION_HEADER: request_id,
-                                                   "receipt": receipt})
+                                                   "receipt": f"control-{next(self._numbers)}"})
         except Exception as exc:  # noqa: BLE001 - stomp.py raises a few kinds on a broken socket
-            raise BrokerError(f"send failed: {exc}") from None
+            raise BrokerError(f"send failed: {self.inbox.error or exc or type(exc).__name__}") from None
+
+    def _receive(self, kind: str, deadline: float) -> None:
+        """Wait for the next reply frame and keep it if it answers a pending request."""
+        conn = self._connect()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -155,12 +227,10 @@ class ControlClient:
                 continue
             with contextlib.suppress(Exception):
                 conn.ack(frame.headers["ack"])
-            if frame.headers.get(CORRELATION_HEADER) != request_id:
-                log.debug("control: dropped a stale reply %s", frame.headers.get(CORRELATION_HEADER))
+            correlation = frame.headers.get(CORRELATION_HEADER)
+            if correlation not in self._pending or correlation in self._replies:
+                log.debug("control: dropped a stale or repeated reply %s", correlation)
                 continue
             self.bytes_received += len(frame.body or b"")
-            reply = decode(frame)
-            if not isinstance(reply, dict) or not reply.get("ok"):
-                error = reply.get("error") if isinstance(reply, dict) else None
-                raise ControlError(f"central refused {kind}: {error or 'no reason given'}")
-            return reply
+            self._replies[correlation] = decode(frame)
+            return

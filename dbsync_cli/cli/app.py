@@ -17,6 +17,7 @@ from dbsync_cli.cli import (
     config_cmd,
     receiver_admin,
     receiver_cmds,
+    resync_cmd,
     retry_cmd,
     schema_cmd,
     sender_cmds,
@@ -65,6 +66,7 @@ app.command("consume")(receiver_admin.consume)
 app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)
 app.command("verify")(verify_cmd.verify)
+app.command("resync")(resync_cmd.resync)
 
 
 def command() -> Any:

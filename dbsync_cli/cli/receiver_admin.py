@@ -12,7 +12,7 @@ import typer
 
 from dbsync_cli import exitcodes, records
 from dbsync_cli.broker import BrokerError
-from dbsync_cli.cli import common
+from dbsync_cli.cli import common, resync_cmd
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.faults import database_exit_code
@@ -182,6 +182,26 @@ def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = 
                       "disabled" if row["disabled"] else "enabled",
                       _when(row["last_sync_date"]) or "never")
     Console().print(table if rows else "no sites registered")
+
+
+@sites_app.command("resync")
+def sites_resync(
+    identifier: Annotated[str, typer.Argument()],
+    config: common.ConfigOption = None,
+    patient: resync_cmd.PatientOption = None,
+    table: resync_cmd.TableOption = None,
+    uuid: resync_cmd.UuidOption = None,
+) -> None:
+    """Ask a site's running sender, over the broker, to send a patient (or one row) again."""
+    resync_cmd.check_what(patient, table, uuid)
+    cfg = common.load_config(config, "receiver")
+    from dbsync_cli.receiver.run import Receiver
+
+    try:
+        request = Receiver(cfg).request_resync(identifier, patient=patient, table=table, uuid=uuid)
+    except state.StateError as exc:
+        common.fail(str(exc), exitcodes.CONFIG)
+    print(f"resync request {request} sent to site {identifier!r} (its sender sends the rows when it runs)")
 
 
 @sites_app.command("disable")

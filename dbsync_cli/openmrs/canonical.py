@@ -72,26 +72,49 @@ def bucket_of(uuid: str, length: int) -> str:
 
 
 class Buckets:
-    """Per-bucket row count and digest sum: what one side sends of a table when nothing differs."""
+    """Per-bucket row count and digest sum: what one side sends of a table when nothing differs. The sums one
+    hex digit deeper are kept too (never sent unless a bucket differs), so a differing bucket is narrowed to its
+    differing sixteenths before any row digest travels: with changes spread over every bucket, only the rows of
+    ~1/16 of each cross the wire."""
 
     def __init__(self, length: int) -> None:
         self.length = length
         self.sums: dict[str, list[int]] = {}
+        self.subs: dict[str, list[int]] = {}
         self.rows = 0
 
     def add(self, uuid: str, digest: str) -> None:
-        entry = self.sums.setdefault(bucket_of(uuid, self.length), [0, 0])
-        entry[0] += 1
-        entry[1] = (entry[1] + int(digest, 16)) % _MOD
+        value = int(digest, 16)
+        for sums, length in ((self.sums, self.length), (self.subs, self.length + 1)):
+            entry = sums.setdefault(bucket_of(uuid, length), [0, 0])
+            entry[0] += 1
+            entry[1] = (entry[1] + value) % _MOD
         self.rows += 1
 
+    @staticmethod
+    def _wire(sums: Mapping[str, list[int]], prefixes: Iterable[str] | None = None) -> dict[str, list[Any]]:
+        wanted = None if prefixes is None else tuple(prefixes)
+        return {prefix: [n, f"{total:032x}"] for prefix, (n, total) in sorted(sums.items())
+                if wanted is None or prefix.startswith(wanted)}
+
     def as_wire(self) -> dict[str, list[Any]]:
-        return {prefix: [n, f"{total:032x}"] for prefix, (n, total) in sorted(self.sums.items())}
+        return self._wire(self.sums)
+
+    def sub_wire(self, prefixes: Iterable[str]) -> dict[str, list[Any]]:
+        """The sums one digit deeper, under these buckets."""
+        return self._wire(self.subs, prefixes) if prefixes else {}
 
     def differing(self, other: Mapping[str, Any]) -> list[str]:
         """Buckets whose count or digest differ from `other` (another side's ``as_wire()``), either side's."""
-        mine = self.as_wire()
-        return sorted(p for p in set(mine) | set(other) if mine.get(p) != (list(other[p]) if p in other else None))
+        return _differing(self.as_wire(), other)
+
+    def differing_subs(self, prefixes: list[str], other: Mapping[str, Any]) -> list[str]:
+        """Of these differing buckets, their sixteenths that differ from `other` (the other side's `sub_wire`)."""
+        return _differing(self.sub_wire(prefixes), {p: v for p, v in other.items() if p.startswith(tuple(prefixes))})
+
+
+def _differing(mine: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    return sorted(p for p in set(mine) | set(other) if mine.get(p) != (list(other[p]) if p in other else None))
 
 
 def compare(site_rows: Mapping[str, str | None], central_rows: Mapping[str, str | None]) -> dict[str, list[str]]:
@@ -109,7 +132,7 @@ def compare(site_rows: Mapping[str, str | None], central_rows: Mapping[str, str 
 
 def valid_buckets(value: Any, length: int) -> bool:
     """Whether a request's buckets have the shape ``{prefix: [count, 32 hex]}`` for this prefix length."""
-    if not isinstance(value, dict) or len(value) > 16**length:
+    if not isinstance(value, dict) or len(value) > 16**length * 4:  # uuids are not all hex: room for more
         return False
     return all(isinstance(p, str) and len(p) <= length and isinstance(v, list) and len(v) == 2
                and isinstance(v[0], int) and isinstance(v[1], str) and len(v[1]) == 32 for p, v in value.items())
@@ -122,6 +145,3 @@ def valid_digests(value: Any, limit: int) -> bool:
     return all(isinstance(u, str) and wire.UUID_TEXT.match(u) and (d is None or isinstance(d, str) and len(d) == 32)
                for u, d in value.items())
 
-
-def digests_of(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return dict(pairs)

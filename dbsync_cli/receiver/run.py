@@ -157,6 +157,25 @@ class Receiver:
         with self.cfg.db("central_db").connect() as conn:
             return latest_runs(conn, self.cfg["central_db.state_schema"], site)
 
+    def request_resync(self, site: str, *, patient: str | None = None, table: str | None = None,
+                       uuid: str | None = None) -> str:
+        """Ask a site's running sender to send a patient (or one row) again; returns the request id."""
+        import datetime as dt
+        import uuid as uuidlib
+
+        from dbsync_cli import control
+        from dbsync_cli.broker import settings_from_config
+
+        with self.cfg.db("central_db").connect() as conn:
+            if site not in state.sites(conn, self.cfg["central_db.state_schema"]):
+                raise state.StateError(f"site {site!r} is not registered (dbsync sites list)")
+        request = uuidlib.uuid4().hex[:16]
+        control.send_confirmed(settings_from_config(self.cfg), control.site_request_destination(
+            self.cfg["broker.destination"], site), {"kind": "resync", "id": request, "patient": patient,
+                                                    "table": table, "uuid": uuid,
+                                                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        return request
+
     def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
         from dbsync_cli.receiver.status import receiver_status
 

@@ -26,7 +26,7 @@ MAX_ROWS_PER_REQUEST = 100_000
 MAX_DIFFERENCES_KEPT = 100_000
 KINDS = ("missing", "different", "extra", "placeholders", "not_owned", "changing")
 COUNTS = ("site_rows", "central_rows", "matched", *KINDS, "edited_at_central")
-_PREFIX = re.compile(rf"^[0-9a-z-]{{0,{MAX_PREFIX}}}\Z")
+_PREFIX = re.compile(rf"^[0-9a-z-]{{0,{MAX_PREFIX + 1}}}\Z")
 _COUNT_COLUMNS = join(quote(c) for c in COUNTS)
 _RUN = re.compile(r"^[A-Za-z0-9_.:-]{1,80}\Z")
 
@@ -87,7 +87,8 @@ class VerifyHandler:
                     body.get("buckets"), length):
                 raise RequestError(f"verify: {name}: 'length' and 'buckets' malformed")
             mine = rows.buckets(self.model.synced[name], length)
-            answer[name] = {"differing": mine.differing(body["buckets"]), "central_rows": mine.rows}
+            differing = mine.differing(body["buckets"])
+            answer[name] = {"differing": differing, "central_rows": mine.rows, "sub": mine.sub_wire(differing)}
         return {"ok": True, "tables": answer}
 
     # ---- 2. rows ---------------------------------------------------------------------------------------------

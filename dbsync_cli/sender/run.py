@@ -74,6 +74,11 @@ def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any)
         total += run_once(cfg, stop, **capture_overrides)
 
     bounded = bool(capture_overrides.get("until_idle") or capture_overrides.get("max_events"))
+    if not bounded and cfg["sender.requests"]:  # central's re-sync requests, beside the chain
+        from dbsync_cli.sender.resync import serve_requests
+
+        threading.Thread(target=supervise, args=("requests", lambda: serve_requests(cfg, stop), stop),
+                         name="requests", daemon=True).start()
     supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
     return total
 
@@ -98,6 +103,12 @@ class Sender:
         from dbsync_cli.sender.verify import verify
 
         return verify(self.cfg, tables, **options)
+
+    def resync(self, **what: Any) -> dict[str, int]:
+        """Send a patient (`patient=uuid`) or one row (`table=`, `uuid=`) again: messages per table."""
+        from dbsync_cli.sender.resync import resync
+
+        return resync(self.cfg, **what)
 
     def status(self, overrides: dict[str, int | None] | None = None) -> dict[str, Any]:
         from dbsync_cli.sender.status import sender_status

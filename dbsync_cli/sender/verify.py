@@ -162,14 +162,14 @@ class Verifier:
     def verify(self, tables: list[str], *, repair: bool, progress: bool) -> VerifyReport:
         started = time.monotonic()
         report = VerifyReport(self.run_id, {t: TableReport() for t in tables})
-        buckets = self._buckets(tables, report, progress)
-        answer = self._call("verify-buckets", {"repair": repair, "tables": {
-            t: {"length": b.length, "buckets": b.as_wire(), "rows": b.rows} for t, b in buckets.items()}})
+        buckets, submitted = self._buckets(tables, report, progress, repair)
         states: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
         for name in tables:
-            reply = answer["tables"].get(name, {})
+            reply = self.client.reply(submitted[name], self.timeout)["tables"].get(name, {})
             report.tables[name].central_rows = int(reply.get("central_rows") or 0)
-            states[name] = self._first_rows(name, list(reply.get("differing") or []), report.tables[name])
+            differing = list(reply.get("differing") or [])
+            narrowed = buckets[name].differing_subs(differing, reply.get("sub") or {}) if differing else []
+            states[name] = self._first_rows(name, narrowed, report.tables[name])
         self._recheck(states, report)
         if repair:
             report.repaired = self._repair(report)
@@ -180,8 +180,12 @@ class Verifier:
         report.seconds = time.monotonic() - started
         return report
 
-    def _buckets(self, tables: list[str], report: VerifyReport, show: bool) -> dict[str, Buckets]:
+    def _buckets(self, tables: list[str], report: VerifyReport, show: bool,
+                 repair: bool) -> tuple[dict[str, Buckets], dict[str, str]]:
+        """Each table's buckets, each sent as soon as it is computed: central digests one table while the site
+        reads the next."""
         found: dict[str, Buckets] = {}
+        submitted: dict[str, str] = {}
         totals = {t: self.rows.count(self.model.synced[t]) for t in tables}
         console = logs.stderr_console()
         with Progress(TextColumn("[bold]verify {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -196,7 +200,9 @@ class Verifier:
                     bar.advance(task, len(page))
                 found[name] = buckets
                 report.tables[name].site_rows = buckets.rows
-        return found
+                submitted[name] = self.client.submit("verify-buckets", {"run": self.run_id, "repair": repair, "tables": {
+                    name: {"length": buckets.length, "buckets": buckets.as_wire(), "rows": buckets.rows}}})
+        return found, submitted
 
     def _ask(self, name: str, rows: dict[str, str | None], prefixes: list[str], out: TableReport,
              states: dict[str, tuple[str, str | None, str | None]]) -> None:

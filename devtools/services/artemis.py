@@ -189,7 +189,8 @@ def _acceptors(b: ArtemisBroker, tls: TlsFiles) -> str:
 SITE_USERS = ("site1", "site2")
 #: destinations a site user may send to: the demo's (its data and its requests to central), and the trust tests'
 SITE_DESTINATIONS = ("demo.openmrs.sync", "demo.openmrs.sync.control", "test.trust.#")
-#: sync destinations whose reply queues (`<destination>.reply.<site>`) only that site's user may read
+#: sync destinations whose reply and request queues (`<destination>.reply.<site>`, `….request.<site>`) only that
+#: site's user may read
 REPLY_DESTINATIONS = ("demo.openmrs.sync", "test.trust.replies")
 _ADMIN_ONLY = ("consume", "browse", "manage", "createNonDurableQueue", "deleteNonDurableQueue", "deleteDurableQueue",
                "deleteAddress")
@@ -209,8 +210,9 @@ def _site_security() -> str:
             perms = [f'<permission type="{p}" roles="amq,dbsync-site-{site}"/>' for p in
                      ("consume", "createAddress", "createDurableQueue")]
             perms += [f'<permission type="{p}" roles="amq"/>' for p in ("send", *_ADMIN_ONLY[1:])]
-            blocks.append(f'<security-setting match="{destination}.reply.{site}">' + "".join(perms)
-                          + "</security-setting>")
+            for queue in ("reply", "request"):  # central's answers to the site, and its requests to the sender
+                blocks.append(f'<security-setting match="{destination}.{queue}.{site}">' + "".join(perms)
+                              + "</security-setting>")
     return "".join(blocks)
 
 
@@ -222,7 +224,7 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
     """``artemis create`` then rewrite acceptors and the user's password; re-run when ports change."""
     wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port,
               "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE, "site_users": list(SITE_USERS),
-              "validated_user": True, "reply_queues": list(REPLY_DESTINATIONS)}
+              "validated_user": True, "reply_queues": list(REPLY_DESTINATIONS), "request_queues": True}
     stamp = b.dir / "dbsync-instance.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return

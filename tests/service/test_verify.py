@@ -17,7 +17,10 @@ import pytest
 from helpers import dbsync, sender_config
 from receiver_helpers import Central, Site, drop_schema, make_central, make_site
 
+from dbsync_cli import control
+from dbsync_cli.broker import open_connection
 from dbsync_cli.broker_queue import queue_stats
+from dbsync_cli.receiver import state
 from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
@@ -117,6 +120,11 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     stored = orjson.loads(status.stdout)
     assert [(r["site"], r["differences"], r["totals"]["missing"], r["totals"]["extra"]) for r in stored] == [
         ("site1", 5, 2, 1)]
+    health = orjson.loads(dbsync("status", "--json", "--config", str(central.config), env=central.env,
+                                 check=False).stdout)
+    (row,) = [s for s in health["sites"] if s["identifier"] == "site1"]
+    assert row["verify"]["differences"] == 5
+    assert [p["state"] for p in health["problems"] if p["check"] == "verify"] == ["WARNING"]
 
     repaired = verify(site, "--repair", code=1)
     assert repaired["repaired"] == {"rows_sent": 4, "deletes_sent": 1}
@@ -273,6 +281,98 @@ def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_inst
         site.sql("UPDATE person_name SET family_name = 'After the catch-up' ORDER BY person_name_id DESC LIMIT 1")
         sync(central, site, broker_settings)
         assert central.sql("SELECT COUNT(*) FROM person_name WHERE family_name = 'After the catch-up'") == [(1,)]
+    finally:
+        receiver.terminate()
+        receiver.wait(30)
+        drop_schema(central)
+
+
+def test_resync_a_patient_at_the_site_and_one_row_on_central_s_request(pair, receiver, broker_settings) -> None:
+    central, site = pair
+    generate(site.admin, seed=36, patients=4, mutations=0.0)
+    sync(central, site, broker_settings)
+    person = site.sql("SELECT p.uuid FROM person p JOIN patient pa ON pa.patient_id = p.person_id "
+                      "ORDER BY p.person_id DESC LIMIT 1")[0][0]
+    obs = site.sql("SELECT COUNT(*) FROM obs o JOIN person p ON p.person_id = o.person_id WHERE p.uuid = %s",
+                   (person,))[0][0]
+    # central lost the patient's obs (a bad restore) and someone damaged their name
+    central.sql("DELETE o FROM obs o JOIN person p ON p.person_id = o.person_id WHERE p.uuid = %s "
+                "AND o.obs_group_id IS NOT NULL", (person,))
+    central.sql("DELETE o FROM obs o JOIN person p ON p.person_id = o.person_id WHERE p.uuid = %s", (person,))
+    name = site.sql("SELECT n.uuid FROM person_name n JOIN person p ON p.person_id = n.person_id WHERE p.uuid = %s",
+                    (person,))[0][0]
+    central.sql("UPDATE person_name SET given_name = 'Damaged' WHERE uuid = %s", (name,))
+    assert verify(site, code=1)["differences"] == obs + 1
+    run = dbsync("resync", "--config", str(site.config), "--patient", person, "--json", env=site.env)
+    sent = orjson.loads(run.stdout)["sent"]
+    assert sent["obs"] == obs and sent["person"] == sent["patient"] == 1 and sent["encounter"] >= 1
+    others = site.sql("SELECT COUNT(*) FROM obs o JOIN person p ON p.person_id = o.person_id WHERE p.uuid <> %s",
+                      (person,))[0][0]
+    assert others > 0 and sum(sent.values()) < obs + 100  # another patient's rows are not sent
+    wait_applied(central, broker_settings)
+    assert verify(site, code=0)["differences"] == 0
+
+    # central asks the running sender over the broker for one row
+    central.sql("UPDATE person_name SET given_name = 'Damaged again' WHERE uuid = %s", (name,))
+    sender = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(site.config)],
+                              env=site.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = dbsync("sites", "resync", "site1", "--table", "person_name", "--uuid", name, "--config",
+                     str(central.config), env=central.env).stdout.decode()
+        assert "resync request" in out
+        deadline = time.monotonic() + 60
+        while central.sql("SELECT given_name FROM person_name WHERE uuid = %s", (name,)) == [("Damaged again",)]:
+            assert time.monotonic() < deadline, "the sender did not act on central's request"
+            time.sleep(0.5)
+    finally:
+        sender.terminate()
+        sender.wait(30)
+    bad = dbsync("sites", "resync", "nowhere", "--patient", person, "--config", str(central.config),
+                 env=central.env, check=False)
+    assert bad.returncode == 2 and b"not registered" in bad.stderr
+
+
+def test_verify_runs_as_the_site_s_own_broker_user_and_no_site_can_pose_as_another(
+        openmrs_db, services, tmp_path, broker_settings) -> None:
+    destination = "test.trust.replies"  # the dev broker lets only site1's user read its replies
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"), destination=destination)
+    with central.db.connect(autocommit=False) as conn:
+        for name in ("site1", "site2"):
+            state.update_site(conn, central.schema, name, broker_user=name)
+        conn.commit()
+    site = make_site(openmrs_db, services, tmp_path, broker_settings)
+    as_site1, as_site2 = services.artemis.site_settings("site1"), services.artemis.site_settings("site2")
+    site.env.update({"DBSYNC_BROKER__DESTINATION": destination, "DBSYNC_BROKER__USER": "site1",
+                     "DBSYNC_BROKER__PASSWORD": as_site1.password or ""})
+    receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
+                                env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        generate(site.admin, seed=37, patients=3, mutations=0.0)
+        sync(central, site, broker_settings)
+        assert verify(site, code=0)["tables"]["obs"]["matched"] > 0
+        # site2's user, claiming to be site1: the broker will not let it read site1's replies
+        posing = {**site.env, "DBSYNC_BROKER__USER": "site2", "DBSYNC_BROKER__PASSWORD": as_site2.password or ""}
+        run = dbsync("verify", "--config", str(site.config), "--timeout", "20", env=posing, check=False)
+        err = run.stderr.decode().strip()
+        assert run.returncode == 3 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "subscribing to test.trust.replies.reply.site1" in err and "AMQ339016" in err, err
+        # and a request sent as site2 that names site1 is refused by the receiver and counted
+        raw, headers = control.encode({"kind": "verify-buckets", "id": "x", "site": "site1", "run": "site1:forged",
+                                       "tables": {}})
+        conn = open_connection(as_site2)
+        try:
+            conn.send(control.request_destination(destination), raw, headers={**headers, "receipt": "r1"})
+            time.sleep(1)
+        finally:
+            conn.disconnect()
+        deadline = time.monotonic() + 30
+        query = (f"SELECT site, count FROM `{central.schema}`.receiver_skipped WHERE reason = 'control-refused'")
+        while not central.sql(query):
+            assert time.monotonic() < deadline, "the forged request was not counted"
+            time.sleep(0.5)
+        assert central.sql(query) == [("site2", 1)]
+        assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.verify_run WHERE run_id = 'site1:forged'") == [
+            (0,)]
     finally:
         receiver.terminate()
         receiver.wait(30)

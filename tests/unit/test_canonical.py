@@ -68,3 +68,17 @@ def test_buckets_do_not_depend_on_the_order_rows_are_read_in() -> None:
 def test_compare_names_every_kind() -> None:
     found = compare({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "x", "d": "4"})
     assert found == {"matched": ["a"], "missing": ["c"], "different": ["b"], "extra": ["d"]}
+
+
+def test_a_differing_bucket_is_narrowed_to_its_differing_sixteenths() -> None:
+    rows = [(f"{random.Random(i).getrandbits(128):032x}", f"{i:032x}") for i in range(20_000)]
+    site, central = Buckets(2), Buckets(2)
+    for uuid, digest in rows:
+        site.add(uuid, digest)
+        central.add(uuid, digest if uuid != rows[7][0] else "0" * 32)
+    central.add("ffff" + "0" * 28, "1" * 32)  # a row only central has
+    differing = site.differing(central.as_wire())
+    assert differing == sorted({rows[7][0][:2], "ff"})
+    narrowed = site.differing_subs(differing, central.sub_wire(differing))
+    assert narrowed == sorted({rows[7][0][:3], "fff"})
+    assert len(central.sub_wire(differing)) <= 32
