@@ -54,7 +54,7 @@ def site_request_destination(sync_destination: str, site: str) -> str:
 
 def send_confirmed(settings: BrokerSettings, destination: str, body: dict[str, Any], timeout: float = 30) -> None:
     """One persistent message, returned from once the broker confirmed it (RECEIPT)."""
-    inbox = _Inbox()
+    inbox = FrameQueue()
     conn = open_connection(settings, listener=inbox)
     try:
         send(conn, destination, body, {"receipt": "dbsync-request"})
@@ -89,7 +89,10 @@ def decode(frame: Any) -> Any:
         raise ValueError(f"unreadable control message ({type(exc).__name__})") from None
 
 
-class _Inbox(stomp.ConnectionListener):
+class FrameQueue(stomp.ConnectionListener):
+    """Frames (messages and receipts) handed from stomp.py's io thread to the thread that handles them; the io
+    thread never blocks (see DESIGN: a blocked io thread deadlocks ACKs under TLS)."""
+
     def __init__(self) -> None:
         self.frames: queue.Queue[Any] = queue.Queue()
         self.error: str | None = None
@@ -108,6 +111,15 @@ class _Inbox(stomp.ConnectionListener):
     def on_disconnected(self) -> None:
         self.closed.set()
 
+    def next(self, conn: stomp.Connection12, timeout: float, what: str) -> Any:
+        """The next frame, or None after `timeout`; BrokerError once the connection is gone."""
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            if self.closed.is_set() or not conn.is_connected():
+                raise BrokerError(f"{what}: connection lost{': ' + self.error if self.error else ''}") from None
+            return None
+
 
 def send(conn: stomp.Connection12, destination: str, body: dict[str, Any], headers: dict[str, str]) -> None:
     raw, wire_headers = encode(body)
@@ -124,7 +136,7 @@ class ControlClient:
         self.replies = reply_destination(sync_destination, site)
         self._numbers = itertools.count(1)
         self.conn: stomp.Connection12 | None = None
-        self.inbox = _Inbox()
+        self.inbox = FrameQueue()
         self.bytes_sent = 0
         self.bytes_received = 0
         self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # request id → (kind, body) not answered yet
@@ -134,7 +146,7 @@ class ControlClient:
         if self.conn is not None and self.conn.is_connected() and not self.inbox.closed.is_set():
             return self.conn
         self.close()
-        self.inbox = _Inbox()
+        self.inbox = FrameQueue()
         conn = open_connection(self.settings, listener=self.inbox, auto_decode=False)
         conn.subscribe(self.replies, id="dbsync-replies", ack="client-individual",
                        headers={"subscription-type": "ANYCAST", "receipt": "dbsync-subscribed"})

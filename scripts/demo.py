@@ -23,6 +23,7 @@ from rich.table import Table
 from dbsync_cli.db import DbParams
 from dbsync_cli.receiver import state
 from devtools.services import Services, down, ensure_up
+from devtools.services.common import port_offset
 from devtools.workload.generator import generate
 from devtools.workload.openmrs import load_openmrs
 from devtools.workload.truth import GroundTruth, compare
@@ -30,6 +31,7 @@ from devtools.workload.truth import GroundTruth, compare
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".demo"
 SITES = ("site1", "site2")
+CONSOLE_PORT = 8800
 console = Console(stderr=True)
 
 
@@ -68,6 +70,7 @@ def write_configs(svc: Services) -> dict[str, Path]:
         f'state_schema = "demo_dbsync"\nuser = "{admin.user}"\npassword_file = "{_secret("central-db", admin.password)}"\n'
         f'[broker]\nurl = "stomp+ssl://{art.host}:{art.tls_port}"\nca_file = "{art.ca_file}"\n'
         f'user = "{art.user}"\npassword_file = "{broker_pass}"\ndestination = "demo.openmrs.sync"\n'
+        f'[console]\nport = {CONSOLE_PORT + port_offset()}\n'
     )
     configs["central"] = path
     return configs
@@ -178,7 +181,31 @@ def main() -> int:
         stop_demo_processes()
     ok = all(not d for d in diffs.values())
     Console().print("[bold green]every site row arrived at central" if ok else "[bold red]differences remain")
+    url, password = start_console(configs["central"])
+    print(f"console: {url} (log in as demo, password {password}; `scripts/demo --down` stops it)", flush=True)
     return 0 if ok else 1
+
+
+def start_console(config: Path) -> tuple[str, str]:
+    """The console on central, with an operator `demo` whose password is new at every run (kept in .demo)."""
+    import secrets
+    import urllib.request
+
+    password = secrets.token_urlsafe(12)
+    _secret("console-demo", password)
+    subprocess.run([sys.executable, "-m", "dbsync_cli", "console", "user", "add", "demo", "--role", "operator",
+                    "--password-stdin", "--config", str(config)], input=(password + "\n").encode(), check=True,
+                   capture_output=True)
+    start(["console", "serve", "--config", str(config)], "console.log")
+    url = f"http://127.0.0.1:{CONSOLE_PORT + port_offset()}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "login", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    return url, password
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ have mariadb || missing+=(mariadb-client)
 have java || missing+=(openjdk-17-jre-headless)   # Artemis
 have openssl || missing+=(openssl)                # dev CA and broker certificate
 have python3 || missing+=(python3)
+have chromium || missing+=(chromium)              # the console's browser tests (selenium drives it)
+have chromedriver || missing+=(chromium-driver)
 if ! python3 -m venv --help >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "scripts/test: installing ${missing[*]}"

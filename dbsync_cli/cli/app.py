@@ -15,6 +15,7 @@ from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
     common,
     config_cmd,
+    console_cmd,
     receiver_admin,
     receiver_cmds,
     resync_cmd,
@@ -67,6 +68,7 @@ app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)
 app.command("verify")(verify_cmd.verify)
 app.command("resync")(resync_cmd.resync)
+app.add_typer(console_cmd.app, name="console")
 
 
 def command() -> Any:

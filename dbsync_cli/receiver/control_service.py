@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import stomp
 
 from dbsync_cli import control, wire
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.receiver import state
@@ -37,26 +36,9 @@ class ControlSettings:
     timezone: str = "UTC"
 
 
-class _Frames(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self.closed = threading.Event()
-        self.error: str | None = None
-
-    def on_message(self, frame: Any) -> None:
-        self.frames.put(frame)
-
-    def on_error(self, frame: Any) -> None:
-        self.error = (frame.headers.get("message") or "broker error").strip()
-        self.closed.set()
-
-    def on_disconnected(self) -> None:
-        self.closed.set()
-
-
 def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:
     """Answer requests until `stop`; raises on a lost broker or database (the supervisor reconnects)."""
-    frames = _Frames()
+    frames = control.FrameQueue()
     conn = open_connection(settings.broker, listener=frames, auto_decode=False)
     db = settings.db.connect()
     try:
@@ -66,11 +48,8 @@ def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) 
         conn.subscribe(control.request_destination(settings.destination), id="dbsync-control",
                        ack="client-individual", headers={"subscription-type": "ANYCAST"})
         while not stop.is_set():
-            try:
-                frame = frames.frames.get(timeout=0.5)
-            except queue.Empty:
-                if frames.closed.is_set() or not conn.is_connected():
-                    raise BrokerError(f"control: connection lost{': ' + frames.error if frames.error else ''}") from None
+            frame = frames.next(conn, 0.5, "control")
+            if frame is None or frame.cmd != "MESSAGE":
                 continue
             _answer(conn, db, settings, handler, frame)
             conn.ack(frame.headers["ack"])

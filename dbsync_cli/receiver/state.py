@@ -163,6 +163,14 @@ MIGRATIONS: list[list[str]] = [
             kind VARCHAR(20) NOT NULL,
             PRIMARY KEY (run_id, table_name, entity_uuid)) CHARACTER SET utf8mb4""",
     ],
+    [  # 10: the console's audit log: every operator action, who and when
+        """CREATE TABLE IF NOT EXISTS {s}.console_audit (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            user VARCHAR(64) NOT NULL,
+            date_created DATETIME(3) NOT NULL,
+            action VARCHAR(40) NOT NULL,
+            detail TEXT NOT NULL) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import uuid as uuidlib
 from typing import Any
 
-import stomp
-
 from dbsync_cli import control, wire
-from dbsync_cli.broker import BrokerError, open_connection, settings_from_config
+from dbsync_cli.broker import open_connection, settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
@@ -127,32 +124,17 @@ def resync(cfg: Config, *, patient: str | None = None, table: str | None = None,
     return sent
 
 
-class _Requests(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self.closed = threading.Event()
-
-    def on_message(self, frame: Any) -> None:
-        self.frames.put(frame)
-
-    def on_disconnected(self) -> None:
-        self.closed.set()
-
-
 def serve_requests(cfg: Config, stop: threading.Event) -> None:
     """The running sender's part that takes central's re-sync requests, one at a time, each ACKed after its
     messages were confirmed (a sender killed meanwhile gets the request again: sending twice is harmless)."""
-    listener = _Requests()
+    listener = control.FrameQueue()
     conn = open_connection(settings_from_config(cfg), listener=listener, auto_decode=False)
     try:
         conn.subscribe(control.site_request_destination(cfg["broker.destination"], cfg["sender.id"]), id="dbsync-requests",
                        ack="client-individual", headers={"subscription-type": "ANYCAST"})
         while not stop.is_set():
-            try:
-                frame = listener.frames.get(timeout=0.5)
-            except queue.Empty:
-                if listener.closed.is_set() or not conn.is_connected():
-                    raise BrokerError("requests: connection lost") from None
+            frame = listener.next(conn, 0.5, "requests")
+            if frame is None or frame.cmd != "MESSAGE":
                 continue
             _handle(cfg, frame)
             conn.ack(frame.headers["ack"])

@@ -26,6 +26,8 @@ from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
 from devtools.workload.openmrs import load_openmrs
 
+pytestmark = pytest.mark.lane2  # about 3 minutes of receivers and senders: beside the shorter lane 1
+
 
 @pytest.fixture
 def pair(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[Central, Site]]:

@@ -1,0 +1,250 @@
+"""The console's web application (Starlette + Jinja2, served by uvicorn): server-rendered pages without a
+JavaScript build step, the same data as JSON under /api/…, and /metrics for Prometheus.
+
+Security: every page and every /api route wants a login (the users file holds argon2 hashes only); the session
+is a signed, HttpOnly, SameSite=strict cookie (Secure under TLS); every state-changing request is a POST that
+must carry the session's CSRF token; failed logins are limited per client address; the read-only role sees,
+only the operator role acts, and every action goes to the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from dbsync_cli.config import Config
+from dbsync_cli.console import i18n
+from dbsync_cli.console.data import Console
+from dbsync_cli.console.users import User, authenticate
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+LOGIN_FAILURES = 5  # per client address and minute, then 429
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class LoginLimiter:
+    def __init__(self, limit: int = LOGIN_FAILURES, window: float = 60) -> None:
+        self.limit, self.window = limit, window
+        self.failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, address: str) -> bool:
+        times = self.failures[address]
+        while times and times[0] < time.monotonic() - self.window:
+            times.popleft()
+        return len(times) >= self.limit
+
+    def failed(self, address: str) -> None:
+        self.failures[address].append(time.monotonic())
+
+
+def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = False) -> Starlette:
+    console = Console(cfg)
+    limiter = LoginLimiter()
+    metrics_token = cfg.get("console.metrics_token")
+
+    def user_of(request: Request) -> User | None:
+        found = request.session.get("user")
+        return User(found["name"], found["role"]) if isinstance(found, dict) else None
+
+    def lang_of(request: Request) -> str:
+        return i18n.choose(request.cookies.get("lang"), request.headers.get("accept-language"))
+
+    def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        lang = lang_of(request)
+        translations = i18n.gettext_for(lang)
+        if "csrf" not in request.session:
+            request.session["csrf"] = secrets.token_urlsafe(32)
+        return TEMPLATES.TemplateResponse(request, name, {
+            "_": translations.gettext, "lang": lang, "user": user_of(request), "csrf": request.session["csrf"],
+            "flash": request.session.pop("flash", None), **context}, status_code=status_code)
+
+    def page(handler: Handler, *, act: bool = False) -> Handler:
+        """Login required; a POST needs the session's CSRF token and the operator role."""
+        async def guarded(request: Request) -> Response:
+            user = user_of(request)
+            if user is None:
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": "login required"}, status_code=401)
+                return RedirectResponse("/login", status_code=303)
+            if request.method == "POST":
+                form = await request.form()
+                token = str(form.get("csrf") or "")
+                if not hmac.compare_digest(token, str(request.session.get("csrf") or "")):
+                    return PlainTextResponse("CSRF token missing or wrong", status_code=403)
+                if act and not user.may_act:
+                    return PlainTextResponse("the read-only role may not do this", status_code=403)
+            return await handler(request)
+        return guarded
+
+    # ---- login -------------------------------------------------------------------------------------------
+    async def login_form(request: Request) -> Response:
+        return render(request, "login.html")
+
+    async def login(request: Request) -> Response:
+        address = request.client.host if request.client else "?"
+        if limiter.blocked(address):
+            return render(request, "login.html", 429, error="too_many")
+        form = await request.form()
+        name, password = str(form.get("user") or ""), str(form.get("password") or "")
+        token = str(form.get("csrf") or "")
+        if not hmac.compare_digest(token, str(request.session.get("csrf") or "")):
+            return PlainTextResponse("CSRF token missing or wrong", status_code=403)
+        user = await run_in_threadpool(authenticate, users_file, name, password)
+        await run_in_threadpool(console.login_audit, name[:64] or "?", user is not None, address)
+        if user is None:
+            limiter.failed(address)
+            return render(request, "login.html", 401, error="wrong")
+        request.session.clear()
+        request.session.update({"user": {"name": user.name, "role": user.role},
+                                "csrf": secrets.token_urlsafe(32)})
+        return RedirectResponse("/", status_code=303)
+
+    async def logout(request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    async def language(request: Request) -> Response:
+        code = request.path_params["code"]
+        back = request.headers.get("referer") or "/"
+        response = RedirectResponse(back if back.startswith(str(request.base_url)) else "/", status_code=303)
+        if code in i18n.LOCALES:
+            response.set_cookie("lang", code, max_age=365 * 86400, httponly=True, samesite="strict", secure=https)
+        return response
+
+    # ---- pages -------------------------------------------------------------------------------------------
+    async def overview(request: Request) -> Response:
+        return render(request, "overview.html", report=await run_in_threadpool(console.status))
+
+    async def site_page(request: Request) -> Response:
+        report = await run_in_threadpool(console.status)
+        found = [s for s in report["sites"] if s["identifier"] == request.path_params["site"]]
+        if not found:
+            return render(request, "message.html", 404, text="unknown site")
+        return render(request, "site.html", site=found[0], report=report)
+
+    async def retry_page(request: Request) -> Response:
+        return render(request, "retry.html", entries=await run_in_threadpool(console.retry_entries))
+
+    async def retry_action(request: Request) -> Response:
+        number, action = int(request.path_params["number"]), request.path_params["action"]
+        user = user_of(request)
+        assert user is not None
+        try:
+            call = console.retry_again if action == "again" else console.retry_drop
+            request.session["flash"] = await run_in_threadpool(call, user.name, number)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator, on the page
+            request.session["flash"] = f"{type(exc).__name__}: {exc}"
+        return RedirectResponse("/retry", status_code=303)
+
+    async def conflicts_page(request: Request) -> Response:
+        return render(request, "conflicts.html", conflicts=await run_in_threadpool(console.conflicts))
+
+    async def conflict_page(request: Request) -> Response:
+        try:
+            conflict, rows = await run_in_threadpool(console.conflict, int(request.path_params["number"]))
+        except Exception as exc:  # noqa: BLE001 - a conflict that does not exist, or its rows cannot be read
+            return render(request, "message.html", 404, text=str(exc))
+        return render(request, "conflict.html", conflict=conflict, rows=rows)
+
+    async def conflict_resolve(request: Request) -> Response:
+        number = int(request.path_params["number"])
+        form = await request.form()
+        mode = str(form.get("mode") or "")
+        columns = [str(c) for c in form.getlist("column")] if mode == "merge" else None
+        user = user_of(request)
+        assert user is not None
+        try:
+            if mode == "merge" and not columns:
+                raise ValueError("merge: choose at least one column")
+            request.session["flash"] = await run_in_threadpool(console.resolve, user.name, number, mode, columns)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator, on the page
+            request.session["flash"] = f"{exc}"
+            return RedirectResponse(f"/conflicts/{number}", status_code=303)
+        return RedirectResponse("/conflicts", status_code=303)
+
+    async def verify_page(request: Request) -> Response:
+        return render(request, "verify.html", runs=await run_in_threadpool(console.verify_runs))
+
+    async def audit_page(request: Request) -> Response:
+        return render(request, "audit.html", entries=await run_in_threadpool(console.audit))
+
+    # ---- JSON and metrics --------------------------------------------------------------------------------
+    def api(fetch: Callable[[], Any]) -> Handler:
+        async def handler(request: Request) -> Response:
+            return JSONResponse(await run_in_threadpool(fetch), headers={"Cache-Control": "no-store"})
+        return handler
+
+    async def metrics(request: Request) -> Response:
+        if metrics_token and not hmac.compare_digest(request.headers.get("authorization", ""),
+                                                     f"Bearer {metrics_token}"):
+            return PlainTextResponse("bearer token required", status_code=401)
+        report = await run_in_threadpool(console.status)
+        return Response(generate_latest(_registry(report)), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", page(logout), methods=["POST"]),
+        Route("/lang/{code}", language, methods=["GET"]),
+        Route("/", page(overview)),
+        Route("/sites/{site}", page(site_page)),
+        Route("/retry", page(retry_page)),
+        Route("/retry/{number:int}/{action:str}", page(retry_action, act=True), methods=["POST"]),
+        Route("/conflicts", page(conflicts_page)),
+        Route("/conflicts/{number:int}", page(conflict_page)),
+        Route("/conflicts/{number:int}/resolve", page(conflict_resolve, act=True), methods=["POST"]),
+        Route("/verify", page(verify_page)),
+        Route("/audit", page(audit_page)),
+        Route("/api/status", page(api(console.status))),
+        Route("/api/retry", page(api(console.retry_entries))),
+        Route("/api/conflicts", page(api(console.conflicts))),
+        Route("/api/verify", page(api(console.verify_runs))),
+        Route("/api/audit", page(api(console.audit))),
+        Route("/metrics", metrics),
+    ]
+    middleware = [Middleware(SessionMiddleware, secret_key=secret_key, session_cookie="dbsync_console",
+                             max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def _registry(report: dict[str, Any]) -> CollectorRegistry:
+    """Per-site lag and queue sizes in the Prometheus text format."""
+    registry = CollectorRegistry()
+    lag = Gauge("dbsync_site_silent_seconds", "Seconds since the site's last applied message", ["site"],
+                registry=registry)
+    messages = Gauge("dbsync_site_messages", "Messages applied for the site", ["site"], registry=registry)
+    retry = Gauge("dbsync_retry_queue_entries", "Entries in the retry queue", ["site"], registry=registry)
+    skipped = Gauge("dbsync_site_not_applied", "Messages not applied, by reason", ["site", "reason"],
+                    registry=registry)
+    for site in report.get("sites", []):
+        if site.get("silent_seconds") is not None:
+            lag.labels(site["identifier"]).set(site["silent_seconds"])
+        messages.labels(site["identifier"]).set(site.get("messages") or 0)
+        for reason, count in (site.get("skipped") or {}).items():
+            skipped.labels(site["identifier"], reason).set(count)
+    for site, count in ((report.get("retry_queue") or {}).get("by_site") or {}).items():
+        retry.labels(site).set(count)
+    for name, key, text in (("inbox", "size", "Messages in the inbox not applied yet"),
+                            ("conflicts", "unresolved", "Unresolved conflicts")):
+        gauge = Gauge(f"dbsync_{name}", text, registry=registry)
+        if report.get(name):
+            gauge.set(report[name][key] or 0)
+    state = Gauge("dbsync_receiver_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=registry)
+    state.set({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(str(report.get("state")), 3))
+    return registry

@@ -1,0 +1,103 @@
+"""What the console's pages show and do, through the receiver's public API; every action is written to the audit
+log (`console_audit` in the state schema): who, when, what."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from dbsync_cli.config import Config
+from dbsync_cli.receiver import conflicts, retry, state
+from dbsync_cli.receiver.run import Receiver
+from dbsync_cli.receiver.verify import differences, latest_runs
+from dbsync_cli.sql import sql
+
+
+class Console:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.receiver = Receiver(cfg)
+        self.schema = cfg["central_db.state_schema"]
+
+    def _conn(self) -> Any:
+        return self.cfg.db("central_db").connect()
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self.receiver.status()
+
+    def retry_entries(self) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            return [e.summary() for e in retry.list_entries(conn, self.schema, limit=500)]
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            return [c.summary() for c in conflicts.list_conflicts(conn, self.schema)]
+
+    def conflict(self, number: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A conflict and its columns side by side: central's value, the incoming one, whether they differ."""
+        applier = self.receiver.applier()
+        try:
+            found = conflicts.get_conflict(applier.conn, self.schema, number)
+            rows = [{"column": c, "central": _text(a), "incoming": _text(b), "differs": d}
+                    for c, a, b, d in conflicts.diff(applier, found)]
+            return found.summary(), rows
+        finally:
+            applier.close()
+
+    def verify_runs(self) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            runs = latest_runs(conn, self.schema)
+            for run in runs:
+                run["rows"] = differences(conn, self.schema, run["run"], limit=200)
+            return runs
+
+    def audit(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(sql("SELECT id, user, date_created, action, detail FROM {}.console_audit ORDER BY id DESC "
+                            "LIMIT %s", state.schema_name(self.schema)), (limit,))
+            return [{"id": i, "user": u, "date": d.isoformat(sep=" ", timespec="seconds"), "action": a,
+                     "detail": t} for i, u, d, a, t in cur.fetchall()]
+
+    # ---- acting (operators) ---------------------------------------------------------------------------------
+    def _audit(self, user: str, action: str, detail: str) -> None:
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.execute(sql("INSERT INTO {}.console_audit (user, date_created, action, detail) VALUES "
+                            "(%s, %s, %s, %s)", state.schema_name(self.schema)),
+                        (user, dt.datetime.now(dt.UTC).replace(tzinfo=None), action, detail[:2000]))
+            conn.commit()
+
+    def resolve(self, user: str, number: int, mode: str, columns: list[str] | None = None) -> str:
+        applier = self.receiver.applier()
+        try:
+            result = conflicts.resolve(applier, number, mode, columns)
+        finally:
+            applier.close()
+        self._audit(user, f"conflict {mode}", f"{result}" + (f" (columns {', '.join(columns)})" if columns else ""))
+        return result
+
+    def retry_again(self, user: str, number: int) -> str:
+        applier = self.receiver.applier()
+        try:
+            outcomes = retry.retry_pending(applier, only=number)
+        finally:
+            applier.close()
+        result = "; ".join(f"{o.outcome}" + (f": {o.reason}" if o.reason else "") for o in outcomes) or "nothing"
+        self._audit(user, "retry again", f"entry {number}: {result}")
+        return f"entry {number}: {result}"
+
+    def retry_drop(self, user: str, number: int) -> str:
+        applier = self.receiver.applier()
+        try:
+            result = retry.drop_entry(applier, number)
+        finally:
+            applier.close()
+        self._audit(user, "retry drop", result)
+        return result
+
+    def login_audit(self, user: str, ok: bool, address: str) -> None:
+        self._audit(user, "login" if ok else "login refused", f"from {address}")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,89 @@
+"""The console's users file: names, roles and argon2 password hashes only (never a password), like EIP's users
+file but hashed. Kept under the receiver's home with mode 0600."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ROLES = ("readonly", "operator")
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
+_HASHER = PasswordHasher()
+#: a hash checked when the user does not exist, so a wrong name costs as long as a wrong password
+_DUMMY = _HASHER.hash("not a password of anyone")
+
+
+class UsersError(Exception):
+    """A user name, role or password the users file cannot take (one line)."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def may_act(self) -> bool:
+        return self.role == "operator"
+
+
+def users_path(home: Path) -> Path:
+    return home / "console-users.json"
+
+
+def _load(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    data = orjson.loads(path.read_bytes())
+    return data if isinstance(data, dict) else {}
+
+
+def add_user(path: Path, name: str, password: str, role: str = "readonly") -> None:
+    """Add or replace a user (its password hashed with argon2id)."""
+    if not USER_NAME.match(name):
+        raise UsersError(f"user name {name[:64]!r}: letters, digits, '_', '.', '@' or '-', up to 64")
+    if role not in ROLES:
+        raise UsersError(f"role {role!r}: expected {' or '.join(ROLES)}")
+    if len(password) < 8:
+        raise UsersError("the password must have at least 8 characters")
+    users = _load(path)
+    users[name] = {"role": role, "hash": _HASHER.hash(password)}
+    _save(path, users)
+
+
+def _save(path: Path, users: dict[str, dict[str, str]]) -> None:
+    """Written whole to a new file (mode 0600 from the start), then renamed over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(users, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+
+
+def remove_user(path: Path, name: str) -> bool:
+    users = _load(path)
+    if users.pop(name, None) is None:
+        return False
+    _save(path, users)
+    return True
+
+
+def list_users(path: Path) -> list[User]:
+    return [User(n, str(u.get("role", "readonly"))) for n, u in sorted(_load(path).items())]
+
+
+def authenticate(path: Path, name: str, password: str) -> User | None:
+    """The user when the password matches its hash; None otherwise (in about the same time either way)."""
+    entry = _load(path).get(name)
+    try:
+        _HASHER.verify(entry["hash"] if entry else _DUMMY, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    return User(name, str(entry.get("role", "readonly"))) if entry else None

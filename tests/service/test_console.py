@@ -1,0 +1,238 @@
+"""The console in a real headless browser (Debian's chromium through selenium) against a real central."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.cookiejar
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import dbsync
+from prometheus_client.parser import text_string_to_metric_families
+from receiver_helpers import Central, drop_schema, make_central, make_site
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from test_apply import new_person
+
+from dbsync_cli.receiver import state
+
+pytestmark = pytest.mark.lane2
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORDS = {"admin": "operator-pass-1", "viewer": "readonly-pass-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def console(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[Central, str, dict[str, Any]]]:
+    """Two sites synced into central, a conflict and two retry entries; the console serving it."""
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"))
+    site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+    site2 = make_site(openmrs_db, services, tmp_path, broker_settings, name="site2", instance="site2")
+    _person, name = new_person(site1, "Ann")
+    new_person(site2, "Bea")
+    central.apply(site1.messages())
+    central.apply(site2.messages())
+    central.sql("UPDATE person_name SET given_name = 'Central Ann', date_changed = %s WHERE uuid = %s",
+                (dt.datetime(2030, 1, 1), name))
+    site1.sql("UPDATE person_name SET family_name = 'Site', date_changed = '2024-06-01 10:00:00' WHERE uuid = %s",
+              (name,))
+    central.apply(site1.messages())  # parked: central's edit is newer
+    with central.db.connect(autocommit=False) as conn:
+        state.set_disabled(conn, central.schema, "site2", True)
+        conn.commit()
+    new_person(site2, "Cid")
+    central.apply(site2.messages())  # site2 is disabled: its messages wait in the retry queue
+    for user, role in (("admin", "operator"), ("viewer", "readonly")):
+        dbsync("console", "user", "add", user, "--role", role, "--password-stdin", "--config", str(central.config),
+               env=central.env, stdin=(PASSWORDS[user] + "\n").encode())
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "console", "serve", "--config",
+                             str(central.config), "--port", str(port)], env=central.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/login", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the console did not start"
+            time.sleep(0.3)
+    try:
+        yield central, url, {"name": name, "site1": site1}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        drop_schema(central)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                     "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def shot(driver: webdriver.Chrome, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"console-{name}.png"))
+
+
+def log_in(driver: webdriver.Chrome, url: str, user: str) -> None:
+    driver.get(url + "/")
+    assert driver.current_url.endswith("/login")
+    driver.find_element(By.ID, "user").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(PASSWORDS[user])
+    driver.find_element(By.ID, "login").click()
+    assert driver.find_element(By.ID, "sites")
+
+
+def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_and_reads_portuguese(
+        console, browser) -> None:
+    central, url, data = console
+    driver = browser
+    driver.get(url + "/")
+    shot(driver, "login")
+    log_in(driver, url, "admin")
+    sites = {row.get_attribute("data-site") for row in driver.find_elements(By.CSS_SELECTOR, "tr.site")}
+    assert sites == {"site1", "site2"}
+    shot(driver, "sites")
+
+    driver.find_element(By.LINK_TEXT, "Conflicts").click()
+    (row,) = driver.find_elements(By.CSS_SELECTOR, "tr.conflict")
+    row.find_element(By.TAG_NAME, "a").click()
+    differing = {r.get_attribute("data-column") for r in driver.find_elements(By.CSS_SELECTOR, "tr.differs")}
+    assert {"given_name", "family_name"} <= differing
+    shot(driver, "conflict")
+    driver.find_element(By.ID, "col-family_name").click()  # the site's family name, central's given name
+    driver.find_element(By.ID, "merge").click()
+    assert "resolved (merge)" in driver.find_element(By.ID, "flash").text
+    assert central.sql("SELECT given_name, family_name FROM person_name WHERE uuid = %s", (data["name"],)) == [
+        ("Central Ann", "Site")]
+
+    driver.find_element(By.LINK_TEXT, "Retry queue").click()
+    entries = driver.find_elements(By.CSS_SELECTOR, "tr.entry")
+    assert len(entries) >= 2
+    first, second = (e.get_attribute("data-id") for e in entries[:2])
+    shot(driver, "retry")
+    driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again").click()
+    assert f"entry {first}:" in driver.find_element(By.ID, "flash").text
+    attempts = central.sql(f"SELECT attempts FROM `{central.schema}`.receiver_retry_queue WHERE id = %s", (first,))
+    assert attempts and attempts[0][0] >= 1
+    driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] button.drop").click()
+    assert f"retry entry {second} dropped" in driver.find_element(By.ID, "flash").text
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
+                       (second,)) == [(0,)]
+
+    driver.find_element(By.LINK_TEXT, "Audit log").click()
+    audit = driver.find_element(By.ID, "audit").text
+    assert "conflict merge" in audit and "retry again" in audit and "retry drop" in audit and "admin" in audit
+
+    driver.find_element(By.ID, "lang-pt").click()
+    driver.get(url + "/")
+    assert driver.find_element(By.LINK_TEXT, "Fila de repetição")
+    assert "Sítio" in driver.find_element(By.ID, "sites").text
+    shot(driver, "sites-pt")
+    driver.find_element(By.ID, "lang-en").click()
+
+
+class _Http:
+    """A client with its own cookie jar, for requests a browser would not make (no CSRF token, no login)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+                                                  _NoRedirect())
+
+    def request(self, path: str, form: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {})
+        try:
+            with self.opener.open(req, timeout=30) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(), dict(exc.headers)
+
+    def csrf(self, path: str = "/login") -> str:
+        _status, body, _headers = self.request(path)
+        return re.search(r'name="csrf" value="([^"]+)"', body).group(1)  # type: ignore[union-attr]
+
+    def log_in(self, user: str) -> None:
+        status, _body, headers = self.request("/login", {"user": user, "password": PASSWORDS[user],
+                                                         "csrf": self.csrf()})
+        assert status == 303 and headers["location"] == "/", status
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_nothing_without_login_nothing_without_csrf_and_read_only_users_cannot_act(console) -> None:
+    central, url, _data = console
+    entry = central.sql(f"SELECT MIN(id) FROM `{central.schema}`.receiver_retry_queue")[0][0]
+    anonymous = _Http(url)
+    assert anonymous.request("/api/status")[0] == 401
+    status, _body, headers = anonymous.request(f"/retry/{entry}/drop", {"csrf": "x"})
+    assert status == 303 and headers["location"] == "/login"
+    assert anonymous.request("/conflicts")[0] == 303
+    operator = _Http(url)
+    operator.log_in("admin")
+    assert operator.request(f"/retry/{entry}/drop", {})[0] == 403  # no CSRF token
+    assert operator.request(f"/retry/{entry}/drop", {"csrf": "forged"})[0] == 403
+    viewer = _Http(url)
+    viewer.log_in("viewer")
+    assert viewer.request("/api/retry")[0] == 200
+    assert viewer.request(f"/retry/{entry}/drop", {"csrf": viewer.csrf("/retry")})[0] == 403
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
+                       (entry,)) == [(1,)]
+    # the session cookie: signed, HttpOnly, SameSite
+    fresh = _Http(url)
+    _status, _body, headers = fresh.request("/login", {"user": "admin", "password": PASSWORDS["admin"],
+                                                       "csrf": fresh.csrf()})
+    cookie = headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    # logins are limited per address: the sixth wrong password in a minute is refused outright
+    guesser = _Http(url)
+    codes = [guesser.request("/login", {"user": "admin", "password": "wrong", "csrf": guesser.csrf()})[0]
+             for _ in range(6)]
+    assert codes == [401] * 5 + [429]
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.console_audit WHERE action = 'login refused'")[0][
+        0] >= 5
+
+
+def test_metrics_parse_and_carry_per_site_lag_and_queue_sizes(console) -> None:
+    _central, url, _data = console
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    lag = {s.labels["site"] for s in families["dbsync_site_silent_seconds"].samples}
+    assert lag == {"site1", "site2"}
+    retry = {s.labels["site"]: s.value for s in families["dbsync_retry_queue_entries"].samples}
+    assert retry.get("site2", 0) >= 2
+    assert [s.value for s in families["dbsync_conflicts"].samples] == [1.0]
+    assert "dbsync_inbox" in families

@@ -1,0 +1,74 @@
+"""The console's pure parts: the users file, the Portuguese catalogue, the OpenMRS Open Web App."""
+
+from __future__ import annotations
+
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+import orjson
+import pytest
+from babel.messages.pofile import read_po
+
+from dbsync_cli.console import i18n
+from dbsync_cli.console.owa import OwaError, build
+from dbsync_cli.console.users import UsersError, add_user, authenticate, list_users, remove_user
+
+CONSOLE = Path(i18n.__file__).resolve().parent
+#: values the templates translate through a variable: roles and health states
+DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISABLED")
+
+
+def test_the_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "ana", "a long secret", "operator")
+    add_user(path, "rui", "another secret", "readonly")
+    text = path.read_text()
+    assert "a long secret" not in text and "$argon2id$" in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert authenticate(path, "ana", "a long secret").role == "operator"  # type: ignore[union-attr]
+    assert authenticate(path, "ana", "wrong") is None and authenticate(path, "nobody", "a long secret") is None
+    assert [u.name for u in list_users(path)] == ["ana", "rui"]
+    assert remove_user(path, "rui") and [u.name for u in list_users(path)] == ["ana"]
+    for name, password, role in (("bad name!", "long enough", "readonly"), ("ok", "short", "readonly"),
+                                 ("ok", "long enough", "root")):
+        with pytest.raises(UsersError):
+            add_user(path, name, password, role)
+
+
+def test_every_console_message_has_a_portuguese_translation() -> None:
+    used = set(DYNAMIC)
+    for source in [*CONSOLE.glob("templates/*.html"), *CONSOLE.glob("*.py")]:
+        used |= set(re.findall(r'_\("([^"]+)"\)', source.read_text()))
+    with (CONSOLE / "locale" / "pt" / "LC_MESSAGES" / "messages.po").open("rb") as src:
+        catalog = read_po(src)
+    translated = {m.id for m in catalog if m.id and m.string}
+    assert sorted(used - translated) == []
+    assert i18n.gettext_for("pt").gettext("Retry queue") == "Fila de repetição"
+    assert i18n.gettext_for("en").gettext("Retry queue") == "Retry queue"
+
+
+def test_the_language_comes_from_the_choice_then_the_browser_then_lang(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANG", "pt_PT.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    assert i18n.choose("en", "pt-BR,pt;q=0.9") == "en"
+    assert i18n.choose(None, "pt-BR,pt;q=0.9") == "pt"
+    assert i18n.choose(None, "fr-FR") == "pt"
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    assert i18n.choose(None, None) == "en"
+
+
+def test_the_open_web_app_zip_has_its_manifest_index_and_config(tmp_path: Path) -> None:
+    out = build("https://central.example.org:8800/", tmp_path / "dbsync.zip")
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == ["index.html", "js/config.js", "manifest.webapp"]
+        manifest = orjson.loads(zf.read("manifest.webapp"))
+        config = zf.read("js/config.js").decode()
+        index = zf.read("index.html").decode()
+    assert manifest["name"] == "dbsync" and manifest["launch_path"] == "index.html" and manifest["version"]
+    assert manifest["activities"] == {"openmrs": {"href": "*"}} and manifest["developer"]["name"]
+    assert config == 'var dbSyncUrl = "https://central.example.org:8800/";\n'
+    assert 'src="js/config.js"' in index and "dbSyncUrl" in index
+    with pytest.raises(OwaError):
+        build("javascript:alert(1)", tmp_path / "bad.zip")
