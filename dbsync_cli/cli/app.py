@@ -10,7 +10,7 @@ import pymysql
 import typer
 import typer.main
 
-from dbsync_cli import __version__, exitcodes
+from dbsync_cli import __version__, exitcodes, i18n
 from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
     common,
@@ -48,9 +48,14 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
     quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less log output on stderr (-qq: errors only).")] = 0,
+    lang: Annotated[str | None, typer.Option("--lang", help="Language of tables and headings: en or pt (default "
+                                                            "from LC_ALL / LANG).")] = None,
 ) -> None:
     """Keep a central OpenMRS database in sync with the databases of many sites."""
     common.state["verbosity"] = verbose - quiet
+    if lang is not None and lang not in i18n.LOCALES:
+        common.fail(f"--lang {lang!r}: expected one of {', '.join(i18n.LOCALES)}", exitcodes.CONFIG)
+    i18n.set_language(lang)
 
 
 app.add_typer(config_cmd.app, name="config")

@@ -14,6 +14,7 @@ from dbsync_cli import checks as checks_mod
 from dbsync_cli import config as config_mod
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
+from dbsync_cli.i18n import _
 
 app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 
@@ -50,14 +51,14 @@ def check(
                                        "warnings": warnings}).decode() + "\n")
     else:
         table = Table(title=f"{role} config from {result.source}")
-        table.add_column("key")
-        table.add_column("value")
+        table.add_column(_("key"))
+        table.add_column(_("value"))
         for key, value in result.masked().items():
             table.add_row(key, "" if value is None else str(value))
         console = Console(stderr=False)
         console.print(table)
-        checked = Table(title="checks" + (" (offline)" if offline else ""))
-        for column in ("check", "result", "detail"):
+        checked = Table(title=_("checks") + (f" ({_('offline')})" if offline else ""))
+        for column in (_("check"), _("result"), _("detail")):
             checked.add_column(column, overflow="fold")
         style = {checks_mod.OK: "green", checks_mod.WARNING: "yellow", checks_mod.ERROR: "red",
                  checks_mod.SKIPPED: "dim"}

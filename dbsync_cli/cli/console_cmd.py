@@ -13,7 +13,7 @@ import typer
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
 
-app = typer.Typer(help="The web console of the receiver: serve it, manage its users, build its OpenMRS app.",
+app = typer.Typer(help="The web console of a receiver or a sender: serve it, manage its users, build the OpenMRS app.",
                   no_args_is_help=True)
 user_app = typer.Typer(help="Console users (names, roles, argon2 hashes: never a password).", no_args_is_help=True)
 app.add_typer(user_app, name="user")
@@ -26,8 +26,9 @@ def serve(
                                                             "127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default console.port, 8800).")] = None,
 ) -> None:
-    """Serve the console (sites, retry queue, conflicts, verify results, audit log, /api/…, /metrics)."""
-    cfg = common.load_config(config, "receiver")
+    """Serve the console: with a receiver config the sites, retry queue, conflicts, verify results, REST calls and
+    audit log; with a sender config the site's checkpoint, lag, retention and snapshot; /api/… and /metrics."""
+    cfg = common.load_config(config)
     from dbsync_cli.console.serve import serve as run
     from dbsync_cli.console.serve import url_of
     from dbsync_cli.console.users import list_users, users_path
@@ -48,7 +49,7 @@ def user_add(
         "--password-stdin", help="Read the password from standard input (scripts) instead of prompting.")] = False,
 ) -> None:
     """Add a user (or set a user's password and role); the password is asked for, never an argument."""
-    cfg = common.load_config(config, "receiver")
+    cfg = common.load_config(config)
     from dbsync_cli.console.users import UsersError, add_user, users_path
 
     if password_stdin:
@@ -67,7 +68,7 @@ def user_add(
 @user_app.command("list")
 def user_list(config: common.ConfigOption = None, json_out: common.JsonOption = False) -> None:
     """The console's users and roles."""
-    cfg = common.load_config(config, "receiver")
+    cfg = common.load_config(config)
     from dbsync_cli.console.users import list_users, users_path
 
     users = list_users(users_path(cfg.home))
@@ -81,7 +82,7 @@ def user_list(config: common.ConfigOption = None, json_out: common.JsonOption = 
 @user_app.command("remove")
 def user_remove(name: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
     """Remove a user."""
-    cfg = common.load_config(config, "receiver")
+    cfg = common.load_config(config)
     from dbsync_cli.console.users import remove_user, users_path
 
     if not remove_user(users_path(cfg.home), name):

@@ -17,6 +17,7 @@ from dbsync_cli import exitcodes, records
 from dbsync_cli.cli import common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.receiver import conflicts as conflicts_mod
 from dbsync_cli.receiver import run as run_mod
@@ -123,10 +124,10 @@ def conflicts_list(
             Console().print(kept)
             return
     elif central_owned:
-        Console().print("no site changed central's own rows")
+        Console().print(_("no site changed central's own rows"))
         return
-    table = Table(title=f"{len(found)} conflict(s)")
-    for col in ("#", "site", "table", "uuid", "since", "reason", "resolution"):
+    table = Table(title=f"{len(found)} {_('conflict(s)')}")
+    for col in ("#", _("site"), _("table"), "uuid", _("since"), _("reason"), _("resolution")):
         table.add_column(col, overflow="fold")
     for c in found:
         table.add_row(str(c.id), c.site, c.table, c.uuid, c.date_created.isoformat(sep=" ", timespec="seconds"),

@@ -13,6 +13,7 @@ from rich.table import Table
 from dbsync_cli import config as config_mod
 from dbsync_cli import health, logs
 from dbsync_cli.cli import common
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver.status import receiver_status
 from dbsync_cli.sender.status import sender_status
 
@@ -99,7 +100,7 @@ def status(
 
 
 def _cell(state: str) -> str:
-    return f"[{_STYLE.get(state, '')}]{state}[/]"
+    return f"[{_STYLE.get(state, '')}]{_(state)}[/]"
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -109,22 +110,21 @@ def _print(report: dict[str, Any]) -> None:
     by_check: dict[str, str] = {}
     for problem in report["problems"]:
         by_check[problem["check"]] = health.worst([by_check.get(problem["check"], "OK"), problem["state"]])
-    table = Table("check", "value", "state")
+    table = Table(_("check"), _("value"), _("state"))
     rows = _sender_rows(report) if report["role"] == "sender" else _receiver_rows(report)
     for check, value, key in rows:
         table.add_row(check, value, _cell(by_check[key]) if key in by_check else "-" if value == "?" else _cell("OK"))
     if rows:
         console.print(table)
     if report["role"] == "receiver" and report.get("sites"):
-        sites = Table("site", "name", "last sync (UTC)", "silent for", "messages", "not applied", "last verify",
-                      "state")
+        sites = Table(_("site"), _("name"), _("last sync (UTC)"), _("silent for"), _("messages"), _("not applied"),
+                      _("last verify"), _("state"))
         for site in report["sites"]:
             skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(site.get("skipped", {}).items())) or "0"
             verified = site.get("verify")
-            verify_text = "never" if not verified else (
-                f"{verified['differences']} differ" if verified["differences"] else "0 differ") + (
+            verify_text = _("never") if not verified else f"{verified['differences']} {_('differ')}" + (
                 f" ({verified['finished'] or verified['state']})" if verified else "")
-            sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or "never",
+            sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or _("never"),
                           health.duration(site["silent_seconds"]), str(site["messages"]), skipped, verify_text,
                           _cell(site["state"]))
         console.print(sites)
@@ -146,18 +146,18 @@ def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         checkpoint = (f"{cp['file']}:{cp['pos']} row {cp['row']}, updated {health.duration(cp['age_seconds'])} "
                       f"ago" + (f" (snapshot of {cp['snapshot_table']})" if cp["snapshot"] else ""))
     end = lag.get("binlog_end")
-    rows = [("checkpoint", checkpoint, "checkpoint")]
+    rows = [(_("checkpoint"), checkpoint, "checkpoint")]
     if cp and cp["snapshot"] and cp.get("snapshot_total") is not None:
-        rows.append(("snapshot", f"{cp['snapshot_percent']:.1f} % ({cp['snapshot_done']:,} of "
+        rows.append((_("snapshot"), f"{cp['snapshot_percent']:.1f} % ({cp['snapshot_done']:,} of "
                                  f"{cp['snapshot_total']:,} rows confirmed)", "checkpoint"))
     return rows + [
-        ("binlog end", f"{end['file']}:{end['pos']}" if end else "?", "binlog"),
-        ("lag", f"{health.size(lag.get('bytes'))}, {health.duration(lag.get('seconds'))} behind"
+        (_("binlog end"), f"{end['file']}:{end['pos']}" if end else "?", "binlog"),
+        (_("lag"), f"{health.size(lag.get('bytes'))}, {health.duration(lag.get('seconds'))} behind"
          if lag.get("bytes") is not None else "?", "lag"),
-        ("rate", f"{rate['rows_per_second']:g} rows/s (1 min), {rate['rows_per_second_5m']:g} rows/s (5 min), "
+        (_("rate"), f"{rate['rows_per_second']:g} rows/s (1 min), {rate['rows_per_second_5m']:g} rows/s (5 min), "
                  f"{rate['rows_last_hour']} in the last hour" if rate else "?", "rate"),
-        ("site db", _probe(report.get("site_db"), report.get("site_db", {}).get("address", "")), "site_db"),
-        ("broker", _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
+        (_("site db"), _probe(report.get("site_db"), report.get("site_db", {}).get("address", "")), "site_db"),
+        (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
     ]
 
 
@@ -173,11 +173,11 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                      + (f": {rest['last_error']}" if rest["failing"] and rest["last_error"] else "")
                      + ("" if rest["enabled"] else " (openmrs.url not set)"))
     return [
-        ("inbox", queue("inbox", "size"), "inbox"),
-        ("retry queue", queue("retry_queue", "size"), "retry_queue"),
-        ("conflicts", queue("conflicts", "unresolved"), "conflicts"),
+        (_("inbox"), queue("inbox", "size"), "inbox"),
+        (_("retry queue"), queue("retry_queue", "size"), "retry_queue"),
+        (_("conflicts"), queue("conflicts", "unresolved"), "conflicts"),
         ("OpenMRS REST", rest_text, "rest"),
-        ("central db", _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
+        (_("central db"), _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
          "central_db"),
-        ("broker", _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
+        (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
     ]

@@ -30,7 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from dbsync_cli.config import Config
 from dbsync_cli.console import i18n
-from dbsync_cli.console.data import Console
+from dbsync_cli.console.data import Console, SenderConsole
 from dbsync_cli.console.users import User, authenticate
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -54,7 +54,10 @@ class LoginLimiter:
 
 
 def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = False) -> Starlette:
-    console = Console(cfg)
+    """The receiver's console, or with a sender config the site's page (checkpoint, lag, retention, snapshot)."""
+    console = Console(cfg) if cfg.role == "receiver" else None
+    sender = SenderConsole(cfg) if cfg.role == "sender" else None
+    audit = console.login_audit if console is not None else (lambda user, ok, address: None)
     limiter = LoginLimiter()
     metrics_token = cfg.get("console.metrics_token")
 
@@ -72,7 +75,7 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
             request.session["csrf"] = secrets.token_urlsafe(32)
         return TEMPLATES.TemplateResponse(request, name, {
             "_": translations.gettext, "lang": lang, "user": user_of(request), "csrf": request.session["csrf"],
-            "flash": request.session.pop("flash", None), **context}, status_code=status_code)
+            "flash": request.session.pop("flash", None), "role": cfg.role, **context}, status_code=status_code)
 
     def page(handler: Handler, *, act: bool = False) -> Handler:
         """Login required; a POST needs the session's CSRF token and the operator role."""
@@ -106,7 +109,7 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         if not hmac.compare_digest(token, str(request.session.get("csrf") or "")):
             return PlainTextResponse("CSRF token missing or wrong", status_code=403)
         user = await run_in_threadpool(authenticate, users_file, name, password)
-        await run_in_threadpool(console.login_audit, name[:64] or "?", user is not None, address)
+        await run_in_threadpool(audit, name[:64] or "?", user is not None, address)
         if user is None:
             limiter.failed(address)
             return render(request, "login.html", 401, error="wrong")
@@ -128,6 +131,45 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         return response
 
     # ---- pages -------------------------------------------------------------------------------------------
+    routes = [
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", page(logout), methods=["POST"]),
+        Route("/lang/{code}", language, methods=["GET"]),
+    ]
+    if sender is not None:
+        routes += _sender_routes(sender, render, page, metrics_token)
+    if console is not None:
+        routes += _receiver_routes(console, render, page, user_of, lang_of, metrics_token)
+    middleware = [Middleware(SessionMiddleware, secret_key=secret_key, session_cookie="dbsync_console",
+                             max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def _bearer_ok(request: Request, token: str | None) -> bool:
+    return not token or hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
+
+
+def _sender_routes(sender: SenderConsole, render: Callable[..., Response], page: Callable[..., Handler],
+                   metrics_token: str | None) -> list[Route]:
+    async def overview(request: Request) -> Response:
+        return render(request, "sender.html", report=await run_in_threadpool(sender.status))
+
+    async def metrics(request: Request) -> Response:
+        if not _bearer_ok(request, metrics_token):
+            return PlainTextResponse("bearer token required", status_code=401)
+        report = await run_in_threadpool(sender.status)
+        return Response(generate_latest(_sender_registry(report)), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(sender.status), headers={"Cache-Control": "no-store"})
+
+    return [Route("/", page(overview)), Route("/api/status", page(status)), Route("/metrics", metrics)]
+
+
+def _receiver_routes(console: Console, render: Callable[..., Response], page: Callable[..., Handler],
+                     user_of: Callable[[Request], User | None], lang_of: Callable[[Request], str],
+                     metrics_token: str | None) -> list[Route]:
     async def overview(request: Request) -> Response:
         return render(request, "overview.html", report=await run_in_threadpool(console.status))
 
@@ -136,7 +178,24 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         found = [s for s in report["sites"] if s["identifier"] == request.path_params["site"]]
         if not found:
             return render(request, "message.html", 404, text="unknown site")
-        return render(request, "site.html", site=found[0], report=report)
+        label = i18n.gettext_for(lang_of(request)).gettext
+        drawn = await run_in_threadpool(console.charts, found[0]["identifier"], label)
+        return render(request, "site.html", site=found[0], report=report, charts=drawn)
+
+    async def samples(request: Request) -> Response:
+        days = min(31, max(1, int(request.query_params.get("days") or 1)))
+        found = await run_in_threadpool(console.samples, request.path_params["site"], days)
+        return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
+    async def conflict_json(request: Request) -> Response:
+        try:
+            conflict, rows = await run_in_threadpool(console.conflict, int(request.path_params["number"]))
+        except Exception as exc:  # noqa: BLE001 - a conflict that does not exist
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({**conflict, "columns": rows}, headers={"Cache-Control": "no-store"})
+
+    async def rest_page(request: Request) -> Response:
+        return render(request, "rest.html", rest=await run_in_threadpool(console.rest_calls))
 
     async def retry_page(request: Request) -> Response:
         return render(request, "retry.html", entries=await run_in_threadpool(console.retry_entries))
@@ -191,17 +250,12 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         return handler
 
     async def metrics(request: Request) -> Response:
-        if metrics_token and not hmac.compare_digest(request.headers.get("authorization", ""),
-                                                     f"Bearer {metrics_token}"):
+        if not _bearer_ok(request, metrics_token):
             return PlainTextResponse("bearer token required", status_code=401)
         report = await run_in_threadpool(console.status)
         return Response(generate_latest(_registry(report)), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [
-        Route("/login", login_form, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", page(logout), methods=["POST"]),
-        Route("/lang/{code}", language, methods=["GET"]),
+    return [
         Route("/", page(overview)),
         Route("/sites/{site}", page(site_page)),
         Route("/retry", page(retry_page)),
@@ -211,6 +265,10 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         Route("/conflicts/{number:int}/resolve", page(conflict_resolve, act=True), methods=["POST"]),
         Route("/verify", page(verify_page)),
         Route("/audit", page(audit_page)),
+        Route("/rest", page(rest_page)),
+        Route("/api/rest", page(api(console.rest_calls))),
+        Route("/api/sites/{site}/samples", page(samples)),
+        Route("/api/conflicts/{number:int}", page(conflict_json)),
         Route("/api/status", page(api(console.status))),
         Route("/api/retry", page(api(console.retry_entries))),
         Route("/api/conflicts", page(api(console.conflicts))),
@@ -218,9 +276,6 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         Route("/api/audit", page(api(console.audit))),
         Route("/metrics", metrics),
     ]
-    middleware = [Middleware(SessionMiddleware, secret_key=secret_key, session_cookie="dbsync_console",
-                             max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https)]
-    return Starlette(routes=routes, middleware=middleware)
 
 
 def _registry(report: dict[str, Any]) -> CollectorRegistry:
@@ -246,5 +301,22 @@ def _registry(report: dict[str, Any]) -> CollectorRegistry:
         if report.get(name):
             gauge.set(report[name][key] or 0)
     state = Gauge("dbsync_receiver_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=registry)
+    state.set({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(str(report.get("state")), 3))
+    return registry
+
+
+def _sender_registry(report: dict[str, Any]) -> CollectorRegistry:
+    """The site's lag, rate and checkpoint age in the Prometheus text format."""
+    registry = CollectorRegistry()
+    lag, checkpoint, rate = report.get("lag") or {}, report.get("checkpoint") or {}, report.get("rate") or {}
+    for name, value, text in (
+            ("dbsync_sender_lag_bytes", lag.get("bytes"), "Binlog bytes not confirmed by the broker yet"),
+            ("dbsync_sender_lag_seconds", lag.get("seconds"), "Seconds the sender is behind the binlog's end"),
+            ("dbsync_sender_checkpoint_age_seconds", checkpoint.get("age_seconds"), "Seconds since the checkpoint moved"),
+            ("dbsync_sender_rows_per_second", rate.get("rows_per_second"), "Rows confirmed per second (1 min)")):
+        gauge = Gauge(name, text, registry=registry)
+        if isinstance(value, int | float):
+            gauge.set(value)
+    state = Gauge("dbsync_sender_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=registry)
     state.set({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(str(report.get("state")), 3))
     return registry

@@ -4,10 +4,13 @@ log (`console_audit` in the state schema): who, when, what."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from dbsync_cli.config import Config
+from dbsync_cli.console import charts
 from dbsync_cli.receiver import conflicts, retry, state
+from dbsync_cli.receiver.rest import rest_status
 from dbsync_cli.receiver.run import Receiver
 from dbsync_cli.receiver.verify import differences, latest_runs
 from dbsync_cli.sql import sql
@@ -44,6 +47,39 @@ class Console:
             return found.summary(), rows
         finally:
             applier.close()
+
+    def charts(self, site: str, label: Callable[[str], str]) -> list[dict[str, str]]:
+        """The site's throughput and backlog over the last 24 hours (per 5 minutes) and 30 days (per hour)."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        found = []
+        with self._conn() as conn:
+            for title, days, step in (("last 24 hours", 1, dt.timedelta(minutes=5)),
+                                      ("last 30 days", 30, dt.timedelta(hours=1))):
+                start = now - dt.timedelta(days=days)
+                rows, backlog = charts.series(state.samples(conn, self.schema, site, start), step)
+                found.append({"title": title, "step": "5 min" if days == 1 else "hour",
+                              "throughput": charts.svg(rows, start, now, label("rows applied"), "#1f6feb"),
+                              "backlog": charts.svg(backlog, start, now, label("backlog"), "#d1242f")})
+        return found
+
+    def samples(self, site: str, days: int) -> list[dict[str, Any]]:
+        """The site's per-minute samples of the last `days` days (what its charts are drawn from)."""
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=days)
+        with self._conn() as conn:
+            return [{"date": d.isoformat(sep=" "), "messages": m, "inbox": i, "retry": r}
+                    for d, m, i, r in state.samples(conn, self.schema, site, since)]
+
+    def rest_calls(self) -> dict[str, Any]:
+        with self._conn() as conn:
+            summary = rest_status(conn, self.schema)
+            with conn.cursor() as cur:
+                cur.execute(sql("SELECT id, resource, sub_resource, entity_uuid, attempts, last_error, date_created "
+                                "FROM {}.rest_call ORDER BY id LIMIT 200", state.schema_name(self.schema)))
+                calls = [{"id": i, "resource": r, "sub_resource": sr, "uuid": u, "attempts": a, "last_error": e,
+                          "date_created": d.isoformat(sep=" ", timespec="seconds")}
+                         for i, r, sr, u, a, e, d in cur.fetchall()]
+        summary["last_error_date"] = str(summary["last_error_date"] or "") or None
+        return {**summary, "calls": calls}
 
     def verify_runs(self) -> list[dict[str, Any]]:
         with self._conn() as conn:
@@ -101,3 +137,15 @@ class Console:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+class SenderConsole:
+    """The sender's page: what `dbsync status` reports at the site (checkpoint, lag, retention, snapshot)."""
+
+    def __init__(self, cfg: Config) -> None:
+        from dbsync_cli.sender.run import Sender
+
+        self.sender = Sender(cfg)
+
+    def status(self) -> dict[str, Any]:
+        return self.sender.status()

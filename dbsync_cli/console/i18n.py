@@ -1,48 +1,7 @@
-"""The console's languages: gettext catalogues (Babel's .po files in the package), English and Portuguese.
-
-The catalogues are read with Babel and compiled in memory when first used, so the package ships the .po
-sources only and a translator edits one file per language. English is the source language: its catalogue is
-empty and every message stands for itself.
-"""
+"""The console's languages: the shared catalogues of `dbsync_cli.i18n`."""
 
 from __future__ import annotations
 
-import functools
-import gettext
-import io
-import os
-from pathlib import Path
+from dbsync_cli.i18n import DEFAULT, LOCALE_DIR, LOCALES, choose, gettext_for, translations
 
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-
-LOCALES = ("en", "pt")
-DEFAULT = "en"
-LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-
-
-@functools.cache
-def translations(lang: str) -> gettext.NullTranslations:
-    path = LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
-    if lang == DEFAULT or not path.exists():
-        return gettext.NullTranslations()
-    with path.open("rb") as src:
-        catalog = read_po(src, locale=lang)
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog)
-    buffer.seek(0)
-    return gettext.GNUTranslations(buffer)
-
-
-def choose(wanted: str | None = None, accept_language: str | None = None) -> str:
-    """The language: an explicit choice (cookie, --lang), else the browser's, else $LANG, else English."""
-    for candidate in (wanted, *(part.split(";")[0].strip() for part in (accept_language or "").split(",")),
-                      os.environ.get("LC_ALL"), os.environ.get("LANG")):
-        code = (candidate or "").split(".")[0].split("_")[0].split("-")[0].lower()
-        if code in LOCALES:
-            return code
-    return DEFAULT
-
-
-def gettext_for(lang: str) -> gettext.NullTranslations:
-    return translations(lang if lang in LOCALES else DEFAULT)
+__all__ = ["DEFAULT", "LOCALES", "LOCALE_DIR", "choose", "gettext_for", "translations"]

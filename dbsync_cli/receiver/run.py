@@ -21,6 +21,7 @@ from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.receiver")
+SAMPLE_SECONDS = 60
 
 
 def apply_settings(cfg: Config) -> ApplySettings:
@@ -64,7 +65,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
         applier.close()
         raise
     interval = cfg["receiver.retry_interval_seconds"]
-    last_retry = 0.0
+    last_retry = last_sample = 0.0
     last_work = time.monotonic()
     try:
         while not stop.is_set():
@@ -76,6 +77,9 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 retry_pending(applier)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
                 last_retry = time.monotonic()
+            if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
+                state.record_samples(applier.conn, applier.settings.state_schema)
+                last_sample = time.monotonic()
             if not records:
                 if idle_exit is not None and time.monotonic() - last_work >= idle_exit:
                     return

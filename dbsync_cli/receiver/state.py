@@ -171,7 +171,19 @@ MIGRATIONS: list[list[str]] = [
             action VARCHAR(40) NOT NULL,
             detail TEXT NOT NULL) CHARACTER SET utf8mb4""",
     ],
+    [  # 11: a sample of each site's figures a minute, for the console's charts (kept SAMPLE_DAYS)
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_sample (
+            site VARCHAR(100) NOT NULL,
+            date_sampled DATETIME NOT NULL,
+            messages BIGINT NOT NULL,
+            inbox BIGINT NOT NULL,
+            retry BIGINT NOT NULL,
+            PRIMARY KEY (site, date_sampled)) CHARACTER SET utf8mb4""",
+    ],
 ]
+
+#: how long the per-minute samples of the console's charts are kept
+SAMPLE_DAYS = 31
 
 #: entity_hash.owner of a row central owns (no site identifier starts with "*": see SITE_IDENTIFIER)
 CENTRAL_OWNER = "*central"
@@ -337,3 +349,33 @@ def prune_applied(conn: Any, schema: str, keep_days: int, limit: int = 50_000) -
         removed = cur.rowcount
     conn.commit()
     return removed
+
+
+def record_samples(conn: Any, schema: str) -> None:
+    """One sample of every site's applied messages, inbox rows and retry entries (the console draws them)."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT site, COALESCE(SUM(n_rows), 0) FROM {}.inbox GROUP BY site", s))
+        inbox = {site: int(n) for site, n in cur.fetchall()}
+        cur.execute(sql("SELECT site, COUNT(*) FROM {}.receiver_retry_queue GROUP BY site", s))
+        retry = {site: int(n) for site, n in cur.fetchall()}
+        cur.execute(sql("SELECT i.identifier, COALESCE(r.messages, 0) FROM {}.site_info i "
+                        "LEFT JOIN {}.receiver_sync_status r ON r.site_id = i.id", s, s))
+        rows = [(site, int(messages), inbox.get(site, 0), retry.get(site, 0)) for site, messages in cur.fetchall()]
+        at = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
+        for site, messages, waiting, retrying in rows:
+            cur.execute(sql("INSERT INTO {}.receiver_sample (site, date_sampled, messages, inbox, retry) VALUES "
+                            "(%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE messages = VALUES(messages), "
+                            "inbox = VALUES(inbox), retry = VALUES(retry)", s), (site, at, messages, waiting, retrying))
+        cur.execute(sql("DELETE FROM {}.receiver_sample WHERE date_sampled < %s", s),
+                    (at - dt.timedelta(days=SAMPLE_DAYS),))
+    conn.commit()
+
+
+def samples(conn: Any, schema: str, site: str, since: dt.datetime) -> list[tuple[dt.datetime, int, int, int]]:
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT date_sampled, messages, inbox, retry FROM {}.receiver_sample WHERE site = %s AND "
+                        "date_sampled >= %s ORDER BY date_sampled", schema_name(schema)), (site, since))
+        found = [(d, int(m), int(i), int(r)) for d, m, i, r in cur.fetchall()]
+    conn.commit()
+    return found

@@ -234,7 +234,7 @@ class Verifier:
 
     def _recheck(self, states: dict[str, dict[str, tuple[str, str | None, str | None]]], report: VerifyReport) -> None:
         """Ask again about every difference until it holds still over two rounds."""
-        unsettled = {name: set(s) for name, s in states.items()}
+        unsettled = {name: set(s) if self.rounds else set() for name, s in states.items()}  # 0: report at once
         for round_number in range(1, self.rounds + 1):
             if not any(unsettled.values()):
                 break

@@ -116,6 +116,7 @@ def test_a_restarted_binlog_history_never_drops_new_changes_as_duplicates(extra_
     admin, repl = _site(extra_site, "reset_test")
     dest = f"test.reset.{uuidlib.uuid4().hex[:8]}"
     conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest)
+    env["DBSYNC_SENDER__CATCH_UP"] = "snapshot"  # this test is about the snapshot; test_verify.py catches up
     site = Site(admin, conf, env, tmp_path / "home-site1")
     central = make_central(openmrs_db, tmp_path, broker_settings)
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import http.cookiejar
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from helpers import dbsync
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,10 +29,27 @@ from selenium.webdriver.common.by import By
 from test_apply import new_person
 
 from dbsync_cli.receiver import state
+from devtools.services.tls import ensure_tls
 
 pytestmark = pytest.mark.lane2
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORDS = {"admin": "operator-pass-1", "viewer": "readonly-pass-1"}
+
+
+def serve(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "console", "serve", "--config", str(config),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/login", timeout=2)
+            return proc, url
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the console did not start"
+            time.sleep(0.3)
 
 
 def _free_port() -> int:
@@ -58,23 +78,19 @@ def console(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[C
         conn.commit()
     new_person(site2, "Cid")
     central.apply(site2.messages())  # site2 is disabled: its messages wait in the retry queue
+    with central.db.connect(autocommit=False) as conn:  # what the running receiver records every minute
+        state.record_samples(conn, central.schema)
+        conn.cursor().execute(f"UPDATE `{central.schema}`.receiver_sample SET date_sampled = date_sampled - "
+                              "INTERVAL 10 MINUTE")
+        conn.commit()
+    new_person(site1, "Dan")
+    central.apply(site1.messages())
+    with central.db.connect(autocommit=False) as conn:
+        state.record_samples(conn, central.schema)
     for user, role in (("admin", "operator"), ("viewer", "readonly")):
         dbsync("console", "user", "add", user, "--role", role, "--password-stdin", "--config", str(central.config),
                env=central.env, stdin=(PASSWORDS[user] + "\n").encode())
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "console", "serve", "--config",
-                             str(central.config), "--port", str(port)], env=central.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/login", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the console did not start"
-            time.sleep(0.3)
+    proc, url = serve(central.config, central.env)
     try:
         yield central, url, {"name": name, "site1": site1}
     finally:
@@ -120,6 +136,12 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     sites = {row.get_attribute("data-site") for row in driver.find_elements(By.CSS_SELECTOR, "tr.site")}
     assert sites == {"site1", "site2"}
     shot(driver, "sites")
+    driver.find_element(By.LINK_TEXT, "site1").click()
+    charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 4 and int(charts[0].get_attribute("data-points")) >= 2
+    shot(driver, "site")
+    driver.find_element(By.LINK_TEXT, "REST calls").click()
+    assert driver.find_element(By.ID, "rest")
 
     driver.find_element(By.LINK_TEXT, "Conflicts").click()
     (row,) = driver.find_elements(By.CSS_SELECTOR, "tr.conflict")
@@ -207,6 +229,10 @@ def test_nothing_without_login_nothing_without_csrf_and_read_only_users_cannot_a
     viewer = _Http(url)
     viewer.log_in("viewer")
     assert viewer.request("/api/retry")[0] == 200
+    status, body, _headers = viewer.request("/api/sites/site1/samples?days=1")
+    assert status == 200 and len(orjson.loads(body)) >= 2
+    status, body, _headers = viewer.request("/api/conflicts/1")
+    assert status == 200 and any(c["differs"] for c in orjson.loads(body)["columns"])
     assert viewer.request(f"/retry/{entry}/drop", {"csrf": viewer.csrf("/retry")})[0] == 403
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
                        (entry,)) == [(1,)]
@@ -236,3 +262,58 @@ def test_metrics_parse_and_carry_per_site_lag_and_queue_sizes(console) -> None:
     assert retry.get("site2", 0) >= 2
     assert [s.value for s in families["dbsync_conflicts"].samples] == [1.0]
     assert "dbsync_inbox" in families
+
+
+def test_the_sender_console_shows_the_checkpoint_and_its_metrics(openmrs_db, services, tmp_path,
+                                                                 broker_settings) -> None:
+    site = make_site(openmrs_db, services, tmp_path, broker_settings)
+    dbsync("console", "user", "add", "clinic", "--role", "readonly", "--password-stdin", "--config",
+           str(site.config), env=site.env, stdin=b"clinic-pass-1\n")
+    proc, url = serve(site.config, site.env)
+    try:
+        client = _Http(url)
+        assert client.request("/api/status")[0] == 401
+        status, _body, _headers = client.request("/login", {"user": "clinic", "password": "clinic-pass-1",
+                                                            "csrf": client.csrf()})
+        assert status == 303
+        _status, page, _headers = client.request("/")
+        assert 'id="sender"' in page and "mysql-bin." in page  # the checkpoint's binlog file
+        _status, body, _headers = client.request("/api/status")
+        assert orjson.loads(body)["checkpoint"]["file"].startswith("mysql-bin.")
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert {"dbsync_sender_lag_bytes", "dbsync_sender_checkpoint_age_seconds", "dbsync_sender_state"} <= families
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_console_over_tls_sets_a_secure_cookie(openmrs_db, services, tmp_path, broker_settings) -> None:
+    tls = ensure_tls(services.home)
+    central = make_central(openmrs_db, tmp_path, broker_settings)
+    env = {**central.env, "DBSYNC_CONSOLE__TLS_CERT": str(tls.server_cert),
+           "DBSYNC_CONSOLE__TLS_KEY": str(tls.server_key)}
+    dbsync("console", "user", "add", "admin", "--role", "operator", "--password-stdin", "--config",
+           str(central.config), env=env, stdin=b"operator-pass-1\n")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "console", "serve", "--config", str(central.config),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/login", timeout=2, context=context) as page:
+                    cookie = page.headers["set-cookie"].lower()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the console did not start"
+                time.sleep(0.3)
+        assert "secure" in cookie and "httponly" in cookie
+        with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP on the TLS port is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5).read()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        drop_schema(central)

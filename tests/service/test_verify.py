@@ -100,6 +100,12 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     # at central: one obs deleted, one name changed (no date: not a central edit the conflict rule keeps)
     central.sql("DELETE FROM obs WHERE uuid = %s", (obs[0],))
     central.sql("UPDATE person_name SET family_name = 'Tampered' WHERE uuid = %s", (names[0],))
+    # and one obs added at central: central's own row, never reported as the site's nor touched by its repair
+    central.sql("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, "
+                "creator, date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, "
+                "obs_datetime, location_id, 'added at central', creator, date_created, 0, status, UUID() "
+                "FROM obs WHERE uuid = %s", (obs[4],))
+    central_obs = central.sql("SELECT uuid FROM obs WHERE value_text = 'added at central'")[0][0]
     # at the site, behind the sender's back (no binlog): one obs deleted, one obs value changed, one obs added
     with site.admin.connect() as conn, conn.cursor() as cur:
         cur.execute("SET sql_log_bin = 0")
@@ -127,6 +133,8 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     (row,) = [s for s in health["sites"] if s["identifier"] == "site1"]
     assert row["verify"]["differences"] == 5
     assert [p["state"] for p in health["problems"] if p["check"] == "verify"] == ["WARNING"]
+    # the running receiver samples every site a minute for the console's charts
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_sample WHERE site = 'site1'")[0][0] >= 1
 
     repaired = verify(site, "--repair", code=1)
     assert repaired["repaired"] == {"rows_sent": 4, "deletes_sent": 1}
@@ -136,6 +144,8 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     assert central.sql("SELECT family_name FROM person_name WHERE uuid = %s", (names[0],)) != [("Tampered",)]
     assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s)", (obs[0], added)) == [(2,)]
     assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid = %s", (obs[1],)) == [(0,)]
+    assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid = %s", (central_obs,)) == [(1,)]
+    assert all(central_obs not in t["rows"] for t in report["tables"].values())
 
 
 def test_a_central_edit_is_reported_and_repair_parks_it_as_a_conflict(pair, receiver, broker_settings) -> None:

@@ -37,7 +37,7 @@ def test_the_wheel_holds_only_the_product_and_runs_from_a_fresh_venv(tmp_path: P
     assert "dbsync_cli/wire.py" in names and "dbsync_cli/receiver/apply.py" in names
     # the console's templates and translations travel with it
     assert "dbsync_cli/console/templates/base.html" in names
-    assert "dbsync_cli/console/locale/pt/LC_MESSAGES/messages.po" in names
+    assert "dbsync_cli/locale/pt/LC_MESSAGES/messages.po" in names
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)

@@ -17,7 +17,8 @@ from dbsync_cli.console.users import UsersError, add_user, authenticate, list_us
 
 CONSOLE = Path(i18n.__file__).resolve().parent
 #: values the templates translate through a variable: roles and health states
-DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISABLED")
+DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISABLED",
+           "last 24 hours", "last 30 days", "5 min", "hour", "rows applied", "backlog")  # and the charts' words
 
 
 def test_the_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) -> None:
@@ -37,11 +38,14 @@ def test_the_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) 
             add_user(path, name, password, role)
 
 
-def test_every_console_message_has_a_portuguese_translation() -> None:
+def test_every_console_and_cli_message_has_a_portuguese_translation() -> None:
     used = set(DYNAMIC)
     for source in [*CONSOLE.glob("templates/*.html"), *CONSOLE.glob("*.py")]:
         used |= set(re.findall(r'_\("([^"]+)"\)', source.read_text()))
-    with (CONSOLE / "locale" / "pt" / "LC_MESSAGES" / "messages.po").open("rb") as src:
+    for source in (CONSOLE.parent / "cli").glob("*.py"):  # the CLI's tables and headings
+        used |= set(re.findall(r'\b_\("([^"]+)"\)', source.read_text()))
+        used |= set(re.findall(r"\b_\('([^']+)'\)", source.read_text()))
+    with (i18n.LOCALE_DIR / "pt" / "LC_MESSAGES" / "messages.po").open("rb") as src:
         catalog = read_po(src)
     translated = {m.id for m in catalog if m.id and m.string}
     assert sorted(used - translated) == []
@@ -72,3 +76,38 @@ def test_the_open_web_app_zip_has_its_manifest_index_and_config(tmp_path: Path) 
     assert 'src="js/config.js"' in index and "dbSyncUrl" in index
     with pytest.raises(OwaError):
         build("javascript:alert(1)", tmp_path / "bad.zip")
+
+
+def test_charts_turn_per_minute_samples_into_rates_and_backlog() -> None:
+    import datetime as dt
+
+    from dbsync_cli.console import charts
+
+    start = dt.datetime(2026, 12, 1, 10, 0)
+    samples = [(start + dt.timedelta(minutes=m), 100 * m, 50 - m, 1) for m in range(0, 15)]
+    rows, backlog = charts.series(samples, dt.timedelta(minutes=5))
+    assert [t.minute for t, _v in rows] == [0, 5, 10]
+    assert [v for _t, v in rows] == [400, 500, 500]  # the first bucket's own span, then bucket to bucket
+    assert [v for _t, v in backlog] == [47, 42, 37]
+    picture = charts.svg(rows, start, start + dt.timedelta(minutes=15), "rows <applied>", "#000")
+    assert picture.startswith("<svg") and 'data-points="3"' in picture and "&lt;applied&gt;" in picture
+
+
+def test_the_cli_speaks_portuguese_when_asked() -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sender.toml"
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "DBSYNC_SITE_DB__PASSWORD": "x", "DBSYNC_BROKER__PASSWORD": "x"}
+    runs = {lang: subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", lang, "config", "check", "--offline",
+                                  "--config", str(example)], capture_output=True, text=True, env=env, timeout=60)
+            for lang in ("pt", "en")}
+    assert "verificações" in runs["pt"].stdout and "verificação" in runs["pt"].stdout, runs["pt"].stderr
+    assert "checks" in runs["en"].stdout and "verificações" not in runs["en"].stdout
+    pt_env = {**env, "LANG": "pt_PT.UTF-8"}
+    by_env = subprocess.run([sys.executable, "-m", "dbsync_cli", "config", "check", "--offline", "--config",
+                             str(example)], capture_output=True, text=True, env=pt_env, timeout=60)
+    assert "verificações" in by_env.stdout
+    bad = subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", "fr", "status"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "--lang 'fr'" in bad.stderr
