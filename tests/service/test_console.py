@@ -135,6 +135,11 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     log_in(driver, url, "admin")
     sites = {row.get_attribute("data-site") for row in driver.find_elements(By.CSS_SELECTOR, "tr.site")}
     assert sites == {"site1", "site2"}
+    site1 = driver.find_element(By.CSS_SELECTOR, "tr.site[data-site='site1']")
+    assert site1.find_element(By.CSS_SELECTOR, "td.conflicts").text == "1"
+    assert site1.find_element(By.CSS_SELECTOR, "td.rate").text != "-"  # from the samples of the last minutes
+    site2 = driver.find_element(By.CSS_SELECTOR, "tr.site[data-site='site2']")
+    assert int(site2.find_element(By.CSS_SELECTOR, "td.retry").text) >= 2
     shot(driver, "sites")
     driver.find_element(By.LINK_TEXT, "site1").click()
     charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart")

@@ -26,6 +26,10 @@ from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
 from devtools.workload.openmrs import load_openmrs
 
+#: a new obs (its own uuid) copied from the obs with the given uuid, with the given value_text
+COPY_OBS = ("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, creator, "
+            "date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, obs_datetime, location_id, "
+            "%s, creator, date_created, 0, status, UUID() FROM obs WHERE uuid = %s")
 pytestmark = pytest.mark.lane2  # about 3 minutes of receivers and senders: beside the shorter lane 1
 
 
@@ -101,20 +105,14 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     central.sql("DELETE FROM obs WHERE uuid = %s", (obs[0],))
     central.sql("UPDATE person_name SET family_name = 'Tampered' WHERE uuid = %s", (names[0],))
     # and one obs added at central: central's own row, never reported as the site's nor touched by its repair
-    central.sql("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, "
-                "creator, date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, "
-                "obs_datetime, location_id, 'added at central', creator, date_created, 0, status, UUID() "
-                "FROM obs WHERE uuid = %s", (obs[4],))
+    central.sql(COPY_OBS, ("added at central", obs[4]))
     central_obs = central.sql("SELECT uuid FROM obs WHERE value_text = 'added at central'")[0][0]
     # at the site, behind the sender's back (no binlog): one obs deleted, one obs value changed, one obs added
     with site.admin.connect() as conn, conn.cursor() as cur:
         cur.execute("SET sql_log_bin = 0")
         cur.execute("DELETE FROM obs WHERE uuid = %s", (obs[1],))
         cur.execute("UPDATE obs SET comments = 'changed at the site' WHERE uuid = %s", (obs[2],))
-        cur.execute("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, "
-                    "creator, date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, "
-                    "obs_datetime, location_id, 'added behind the sender', creator, date_created, 0, status, UUID() "
-                    "FROM obs WHERE uuid = %s", (obs[3],))
+        cur.execute(COPY_OBS, ("added behind the sender", obs[3]))
         cur.execute("SELECT uuid FROM obs ORDER BY obs_id DESC LIMIT 1")
         added = cur.fetchone()[0]
     report = verify(site, code=1)
