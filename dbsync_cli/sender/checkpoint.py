@@ -16,6 +16,7 @@ from dbsync_cli.files import private_dir, private_file
 
 BINLOG = "binlog"
 FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
+RESYNC_REFUSED = "resync_refused"  # central's re-sync requests the sender refused: count, last reason (resync.py)
 STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid as uuidlib
 from typing import Any
 
 from dbsync_cli import control, wire
 from dbsync_cli.broker import open_connection, settings_from_config
 from dbsync_cli.config import Config
-from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs import SchemaError, SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
 from dbsync_cli.sender.binlog import current_position
+from dbsync_cli.sender.checkpoint import RESYNC_REFUSED, CheckpointStore
 from dbsync_cli.sender.enrich import Enricher
 from dbsync_cli.sender.publish import Publisher
 from dbsync_cli.sender.settings import enrich_settings, load_model, publish_settings
@@ -151,8 +153,15 @@ def _handle(cfg: Config, frame: Any) -> None:
         log.info("resync requested by central at %s", request.get("at"))
         resync(cfg, patient=_text(request, "patient"), table=_text(request, "table"), uuid=_text(request, "uuid"),
                request=str(request.get("id") or "")[:40] or None)
-    except (ResyncError, ValueError) as exc:  # a bad request is logged and dropped: it cannot apply, ever
+    except (ResyncError, ValueError, SchemaError) as exc:  # it can never apply: counted for `dbsync status`
         log.error("resync request %s refused: %s", frame.headers.get("message-id", "?"), exc)
+        store = CheckpointStore(cfg.home)
+        try:
+            refused = store.load(RESYNC_REFUSED) or {}
+            store.save({"count": int(refused.get("count") or 0) + 1, "last": str(exc)[:300],
+                        "at": round(time.time())}, name=RESYNC_REFUSED)
+        finally:
+            store.close()
 
 
 def _text(request: dict[str, Any], key: str) -> str | None:

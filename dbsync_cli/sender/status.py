@@ -122,18 +122,18 @@ def _snapshot_progress(value: dict[str, Any]) -> dict[str, Any]:
     return {"snapshot_done": done, "snapshot_total": total, "snapshot_percent": percent}
 
 
-def _last_failover(home: Path) -> dict[str, Any] | None:
-    """The last time capture followed the site to another server by GTID (capture.py), if ever."""
+def _stored(home: Path, name: str) -> dict[str, Any] | None:
+    """A record of the sender's store: the last failover (capture.py), the refused re-sync requests (resync.py)."""
     import sqlite3
 
-    from dbsync_cli.sender.checkpoint import FAILOVER, CheckpointStore
+    from dbsync_cli.sender.checkpoint import CheckpointStore
 
     if not (home / "state.sqlite").exists():
         return None
     try:
         store = CheckpointStore(home)
         try:
-            return store.load(FAILOVER)
+            return store.load(name)
         finally:
             store.close()
     except (sqlite3.Error, OSError):
@@ -147,13 +147,19 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     report = Report("sender", cfg["sender.id"], cfg)
     timeout = lim["timeout_seconds"] or 5
     checkpoint, rate, error = _sender_state(cfg.home, now)
-    failover = report.data["failover"] = _last_failover(cfg.home)
+    from dbsync_cli.sender.checkpoint import FAILOVER, RESYNC_REFUSED
+
+    failover = report.data["failover"] = _stored(cfg.home, FAILOVER)
     if failover is not None:
         passed = (f"; {failover['not_sent']} transaction(s) of domains the sender never read were not sent "
                   f"({failover['not_sent_first']} … {failover['not_sent_last']})" if failover["not_sent"] else "")
         report.notes.append(f"followed the site from server id {failover['from_server_id']} to "
                             f"{failover['to_server_id']} at {utc(failover['at'])}, going on at "
                             f"{failover['file']}:{failover['pos']} by GTID{passed}")
+    refused = report.data["resync_refused"] = _stored(cfg.home, RESYNC_REFUSED)
+    if refused:
+        report.problem(WARNING, "resync", f"{refused['count']} re-sync request(s) from central refused; the last "
+                                          f"at {utc(refused['at'])}: {refused['last']}")
     report.data["checkpoint"] = checkpoint
     report.data["rate"] = rate
     lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}

@@ -334,6 +334,19 @@ def test_resync_a_patient_at_the_site_and_one_row_on_central_s_request(pair, rec
         while central.sql("SELECT given_name FROM person_name WHERE uuid = %s", (name,)) == [("Damaged again",)]:
             assert time.monotonic() < deadline, "the sender did not act on central's request"
             time.sleep(0.5)
+        # a request the sender cannot carry out is refused, and counted where `dbsync status` shows it
+        dbsync("sites", "resync", "site1", "--table", "no_such_table", "--uuid", name, "--config",
+               str(central.config), env=central.env)
+        deadline = time.monotonic() + 60
+        while True:
+            run = dbsync("status", "--json", "--config", str(site.config), env=site.env, check=False)
+            refused = orjson.loads(run.stdout).get("resync_refused")
+            if refused:
+                break
+            assert time.monotonic() < deadline, "the refused request was not counted"
+            time.sleep(0.5)
+        assert refused["count"] == 1 and "no_such_table" in refused["last"]
+        assert any(p["check"] == "resync" for p in orjson.loads(run.stdout)["problems"])
     finally:
         sender.terminate()
         sender.wait(30)
