@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import stomp
 import stomp.exception
 
+from dbsync_cli.i18n import _
+
 if TYPE_CHECKING:
     from dbsync_cli.config import Config
 
@@ -115,7 +117,9 @@ def _fail(settings: BrokerSettings, reason: object) -> BrokerError:
     text = " ".join(str(reason).split())
     if settings.password:
         text = text.replace(settings.password, "***")
-    return BrokerError(f"cannot connect to STOMP broker {settings.address}{' (TLS)' if settings.tls else ''}: {text}")
+    message = _("cannot connect to STOMP broker {address} (TLS): {reason}") if settings.tls \
+        else _("cannot connect to STOMP broker {address}: {reason}")
+    return BrokerError(message.format(address=settings.address, reason=text))
 
 
 def _diagnose(settings: BrokerSettings) -> str:

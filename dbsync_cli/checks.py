@@ -18,6 +18,7 @@ import pymysql
 
 from dbsync_cli import exitcodes
 from dbsync_cli.config import Config, plaintext_host
+from dbsync_cli.i18n import _
 from dbsync_cli.timezones import server_dst_warning
 
 OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
@@ -121,12 +122,12 @@ def _files(cfg: Config) -> list[Finding]:
         try:
             text = Path(path).read_text(errors="replace")
         except OSError as exc:
-            found.append(Finding(key, ERROR, f"cannot read {path}: {exc.strerror}", exitcodes.CONFIG))
+            found.append(Finding(key, ERROR, _("cannot read {path}: {error}").format(path=path, error=exc.strerror), exitcodes.CONFIG))
             continue
         if "BEGIN CERTIFICATE" not in text:
-            found.append(Finding(key, ERROR, f"{path} holds no PEM certificate", exitcodes.CONFIG))
+            found.append(Finding(key, ERROR, _("{path} holds no PEM certificate").format(path=path), exitcodes.CONFIG))
         else:
-            found.append(Finding(key, OK, f"{path} readable"))
+            found.append(Finding(key, OK, _("{path} readable").format(path=path)))
     return found
 
 
@@ -134,8 +135,8 @@ def _plaintext(cfg: Config) -> list[Finding]:
     host = plaintext_host(cfg.values)
     if host is None:
         return []
-    return [Finding("broker.url", WARNING, f"plain stomp:// to {host} (broker.allow_plaintext = true): patient data "
-                                           "and the broker password cross the network unencrypted")]
+    return [Finding("broker.url", WARNING, _("plain stomp:// to {host} (broker.allow_plaintext = true): patient data "
+                                             "and the broker password cross the network unencrypted").format(host=host))]
 
 
 def _database(cfg: Config, section: str, steps: list[Step]) -> list[Finding]:
@@ -144,15 +145,16 @@ def _database(cfg: Config, section: str, steps: list[Step]) -> list[Finding]:
         conn = params.connect(connect_timeout=5, read_timeout=30)
     except pymysql.MySQLError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        return [Finding(section, ERROR, f"cannot log in as {params.describe()}: {' '.join(str(reason).split())}",
+        return [Finding(section, ERROR, _("cannot log in as {who}: {reason}").format(
+            who=params.describe(), reason=" ".join(str(reason).split())),
                         exitcodes.UNREACHABLE)]
     try:
-        found = [Finding(section, OK, f"logged in as {params.describe()}")]
+        found = [Finding(section, OK, _("logged in as {who}").format(who=params.describe()))]
         for step in steps:
             found += step(conn, cfg)
         key = "sender.timezone" if cfg.role == "sender" else "receiver.timezone"
         warning = server_dst_warning(conn, cfg[key], key)
-        found.append(Finding(key, WARNING, warning) if warning else Finding(key, OK, f"{cfg[key]!r} is a time zone"))
+        found.append(Finding(key, WARNING, warning) if warning else Finding(key, OK, _("{zone!r} is a time zone").format(zone=cfg[key])))
         return found
     finally:
         conn.close()
@@ -170,8 +172,9 @@ def _broker(cfg: Config) -> Finding:
         return Finding("broker", ERROR, " ".join(str(exc).split()), exitcodes.UNREACHABLE)
     with contextlib.suppress(Exception):  # the CONNECTED frame answered the question
         conn.disconnect()
-    tls = " over TLS, certificate verified" if settings.tls else ""
-    return Finding("broker", OK, f"logged in to {settings.address} as {settings.user}{tls}")
+    text = _("logged in to {address} as {user} over TLS, certificate verified") if settings.tls \
+        else _("logged in to {address} as {user}")
+    return Finding("broker", OK, text.format(address=settings.address, user=settings.user))
 
 
 def _destination(cfg: Config) -> Finding:
@@ -188,15 +191,21 @@ def _destination(cfg: Config) -> Finding:
     try:
         info = address_info(settings_from_config(cfg), address)
     except (QueueStatsError, BrokerError, stomp.exception.StompException) as exc:
-        return Finding(key, SKIPPED, f"{address!r} not checked: the broker user may not use management ({exc}); "
-                                     "normal for a site's user: the receiver's config check checks the address")
+        return Finding(key, SKIPPED, _("{address!r} not checked: the broker user may not use management ({error}); normal for "
+                                       "a site's user: the receiver's config check checks the address").format(
+            address=address, error=exc))
     if not info.exists:
         if info.auto_create:
-            return Finding(key, WARNING, f"address {address!r} does not exist yet: the broker creates it ({wanted}) "
-                                         "on first use; check the name is the one the other side uses")
-        return Finding(key, ERROR, f"address {address!r} does not exist and the broker's address-settings do not "
-                                   "create it on first use: add it to broker.xml", exitcodes.CONFIG)
+            return Finding(key, WARNING, _("address {address!r} does not exist yet: the broker creates it ({wanted}) on "
+                                           "first use; check the name is the one the other side uses").format(
+                address=address, wanted=wanted))
+        return Finding(key, ERROR, _("address {address!r} does not exist and the broker's address-settings do not "
+                                     "create it on first use: add it to broker.xml").format(address=address),
+                       exitcodes.CONFIG)
     if wanted not in info.routing_types:
-        return Finding(key, ERROR, f"address {address!r} routes {'/'.join(info.routing_types) or 'nothing'}, but "
-                                   f"broker.destination_type = {kind!r} needs {wanted}", exitcodes.CONFIG)
-    return Finding(key, OK, f"address {address!r} exists and routes {wanted} ({kind})")
+        return Finding(key, ERROR, _("address {address!r} routes {routes}, but broker.destination_type = {kind!r} "
+                                     "needs {wanted}").format(address=address, routes="/".join(info.routing_types)
+                                                              or _("nothing"), kind=kind, wanted=wanted),
+                       exitcodes.CONFIG)
+    return Finding(key, OK, _("address {address!r} exists and routes {wanted} ({kind})").format(
+        address=address, wanted=wanted, kind=kind))

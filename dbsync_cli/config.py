@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dbsync_cli.db import DbParams
+from dbsync_cli.i18n import _
 
 ENV_PREFIX = "DBSYNC_"
 MASK = "********"
@@ -183,7 +184,8 @@ def _coerce_env(key: str, spec: Key, raw: str) -> Any:
         if kind is list:
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"{key}: environment variable {_env_name(key)} is not a valid {_type_name(kind)}") from None
+        raise ConfigError(_("{key}: environment variable {name} is not a valid {type}").format(
+            key=key, name=_env_name(key), type=_type_name(kind))) from None
     return raw
 
 
@@ -251,18 +253,19 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
             with Path(path).open("rb") as fh:
                 tree = tomllib.load(fh)
         except FileNotFoundError:
-            return [f"config file {path}: not found"]
+            return [_("config file {path}: not found").format(path=path)]
         except tomllib.TOMLDecodeError as exc:
-            return [f"config file {path}: invalid TOML: {exc}"]
+            return [_("config file {path}: invalid TOML: {error}").format(path=path, error=exc)]
     flat = _flatten(tree)
     values: dict[str, Any] = {}
     for key, value in flat.items():
         if key.endswith("_file") and key[: -len("_file")] in KEYS and KEYS[key[: -len("_file")]].secret:
             continue
         if key not in KEYS:
-            problems.append(f"{key}: unknown key in {source}")
+            problems.append(_("{key}: unknown key in {source}").format(key=key, source=source))
         elif role not in KEYS[key].roles:
-            problems.append(f"{key}: not a {role} key (it belongs to the {'/'.join(KEYS[key].roles)} config)")
+            problems.append(_("{key}: not a {role} key (it belongs to the {roles} config)").format(
+                key=key, role=role, roles="/".join(KEYS[key].roles)))
         else:
             values[key] = value
     for key, spec in KEYS.items():
@@ -281,18 +284,22 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
                 try:
                     values[key] = Path(secret_file).expanduser().read_text().strip()
                 except OSError as exc:
-                    problems.append(f"{key}_file: cannot read {secret_file}: {exc.strerror}")
+                    problems.append(_("{key}_file: cannot read {path}: {error}").format(
+                        key=key, path=secret_file, error=exc.strerror))
                     continue
         value = values.get(key)
         if value is None:
             if spec.required:
-                problems.append(f"{key}: missing (set it in {source} or {_env_name(key)})")
+                problems.append(_("{key}: missing (set it in {source} or {name})").format(
+                    key=key, source=source, name=_env_name(key)))
             values[key] = spec.default
             continue
         if spec.type is int and isinstance(value, bool) or not isinstance(value, spec.type):
-            problems.append(f"{key}: expected {_type_name(spec.type)}, got {type(value).__name__} {_shown(spec, value)}")
+            problems.append(_("{key}: expected {type}, got {got} {value}").format(
+                key=key, type=_type_name(spec.type), got=type(value).__name__, value=_shown(spec, value)))
         elif spec.choices and value not in spec.choices:
-            problems.append(f"{key}: {_shown(spec, value)} is not one of {', '.join(map(str, spec.choices))}")
+            problems.append(_("{key}: {value} is not one of {choices}").format(
+                key=key, value=_shown(spec, value), choices=", ".join(map(str, spec.choices))))
     if not problems:
         problems.extend(_cross_checks(values))
     if problems:
@@ -322,8 +329,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     problems = []
     host = plaintext_host(values)
     if host is not None and not values.get("broker.allow_plaintext"):
-        problems.append(f"broker.url: plain stomp:// to {host} would send patient data and the broker password "
-                        "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)")
+        problems.append(_("broker.url: plain stomp:// to {host} would send patient data and the broker password "
+                          "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)").format(host=host))
     if "sender.id" in values:  # a sender's envelopes; a receiver's limit is its own
         problems += _envelope_checks(values)
     for key in ("sender.timezone", "receiver.timezone"):
@@ -332,9 +339,9 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                 parse_timezone(str(values[key]))
             except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
                 text = str(exc.args[0]) if exc.args else ""
-                why = text if text.startswith("time zone offset") else "unknown time zone"
-                problems.append(f"{key}: {values[key]!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an "
-                                "offset such as +02:00)")
+                why = text if text.startswith("time zone offset") else _("unknown time zone")
+                problems.append(_("{key}: {value!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an offset "
+                                  "such as +02:00)").format(key=key, value=values[key], why=why))
     return problems
 
 
@@ -347,12 +354,13 @@ def _envelope_checks(values: Mapping[str, Any]) -> list[str]:
 
     problems = []
     if not 1 <= get("broker.rows_per_message") <= wire.MAX_ENVELOPE_MESSAGES:
-        problems.append(f"broker.rows_per_message: {get('broker.rows_per_message')} is not from 1 to "
-                        f"{wire.MAX_ENVELOPE_MESSAGES} (what a receiver accepts in one message)")
+        problems.append(_("broker.rows_per_message: {value} is not from 1 to {most} (what a receiver accepts in one "
+                          "message)").format(value=get("broker.rows_per_message"), most=wire.MAX_ENVELOPE_MESSAGES))
     if get("broker.message_bytes") + wire.ENVELOPE_ROOM > get("broker.max_message_bytes"):
-        problems.append(f"broker.message_bytes: {get('broker.message_bytes')} leaves no room for an envelope under "
-                        f"broker.max_message_bytes {get('broker.max_message_bytes')} (keep it at most "
-                        f"{get('broker.max_message_bytes') - wire.ENVELOPE_ROOM})")
+        problems.append(_("broker.message_bytes: {value} leaves no room for an envelope under "
+                          "broker.max_message_bytes {limit} (keep it at most {most})").format(
+            value=get("broker.message_bytes"), limit=get("broker.max_message_bytes"),
+            most=get("broker.max_message_bytes") - wire.ENVELOPE_ROOM))
     return problems
 
 

@@ -24,6 +24,7 @@ import stomp
 
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class ControlClient:
                 if any(marker in str(exc) for marker in REFUSED):
                     raise  # the broker refused this user: retrying cannot help (exit 3, the broker's own words)
                 if time.monotonic() > deadline:
-                    raise ControlError(f"no answer from central to {kind}: {exc}") from None
+                    raise ControlError(_("no answer from central to {kind}: {error}").format(kind=kind, error=exc)) from None
                 log.warning("control: %s; connecting again", exc)
                 time.sleep(1)
                 with contextlib.suppress(BrokerError):
@@ -207,7 +208,7 @@ class ControlClient:
         reply = self._replies.pop(request_id)
         if not isinstance(reply, dict) or not reply.get("ok"):
             error = reply.get("error") if isinstance(reply, dict) else None
-            raise ControlError(f"central refused {kind}: {error or 'no reason given'}")
+            raise ControlError(_("central refused {kind}: {error}").format(kind=kind, error=error or _("no reason given")))
         return reply
 
     def _send(self, request_id: str) -> None:
@@ -227,8 +228,8 @@ class ControlClient:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ControlError(f"no answer from central to {kind} within the timeout (is `dbsync receiver` "
-                                   "running, and may this site's broker user read its reply queue?)")
+                raise ControlError(_("no answer from central to {kind} within the timeout (is `dbsync receiver` "
+                                     "running, and may this site's broker user read its reply queue?)").format(kind=kind))
             try:
                 frame = self.inbox.frames.get(timeout=min(left, 1.0))
             except queue.Empty:

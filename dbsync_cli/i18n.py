@@ -1,13 +1,17 @@
-"""Languages of what people read: the console's pages and the CLI's tables and headings, English and Portuguese.
+"""Languages of what people read: the console's pages and the CLI's messages, tables and headings, English and
+Portuguese.
 
 gettext catalogues in Babel's .po format (`dbsync_cli/locale/<lang>/LC_MESSAGES/messages.po`), read with Babel
 and compiled in memory when first used, so the package ships the .po sources only and a translator edits one
 file per language. English is the source language: every message stands for itself. The CLI takes `--lang`,
-else `LC_ALL` / `LANG`; the console the user's switch, else the browser's language, else `LANG`.
+else the environment (`LANGUAGE`, `LC_ALL`, `LC_MESSAGES`, `LANG`); the console the user's switch, else the
+browser's language, else the environment. Messages are marked `_("... {name} ...").format(name=...)`, so a
+translator moves a value's place in the sentence without touching code.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gettext
 import io
@@ -21,6 +25,8 @@ LOCALES = ("en", "pt")
 DEFAULT = "en"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 _current = {"lang": ""}
+#: a language for the current context only: the console sets its user's for each request
+_request_lang: contextvars.ContextVar[str] = contextvars.ContextVar("dbsync_lang", default="")
 
 
 @functools.cache
@@ -37,9 +43,12 @@ def translations(lang: str) -> gettext.NullTranslations:
 
 
 def choose(wanted: str | None = None, accept_language: str | None = None) -> str:
-    """The language: an explicit choice, else the browser's, else $LC_ALL / $LANG, else English."""
+    """The language: an explicit choice, else the browser's, else the environment's in gettext's order ($LANGUAGE,
+    a list, then $LC_ALL, $LC_MESSAGES, $LANG), else English."""
+    environment = [*os.environ.get("LANGUAGE", "").split(":"),
+                   *(os.environ.get(name) for name in ("LC_ALL", "LC_MESSAGES", "LANG"))]
     for candidate in (wanted, *(part.split(";")[0].strip() for part in (accept_language or "").split(",")),
-                      os.environ.get("LC_ALL"), os.environ.get("LANG")):
+                      *environment):
         code = (candidate or "").split(".")[0].split("_")[0].split("-")[0].lower()
         if code in LOCALES:
             return code
@@ -56,6 +65,25 @@ def set_language(lang: str | None) -> str:
     return _current["lang"]
 
 
+def use(lang: str) -> contextvars.Token[str]:
+    """`lang` for what runs in this context from now on (a console request); `reset` ends it."""
+    return _request_lang.set(lang if lang in LOCALES else DEFAULT)
+
+
+def reset(token: contextvars.Token[str]) -> None:
+    _request_lang.reset(token)
+
+
+def current() -> str:
+    """The language of this context: the console user's, else the process's (`--lang`), else the environment's."""
+    return _request_lang.get() or _current["lang"] or choose()
+
+
 def _(message: str) -> str:
-    """`message` in the CLI's language."""
-    return gettext_for(_current["lang"] or choose()).gettext(message)
+    """`message` in the current language."""
+    return gettext_for(current()).gettext(message)
+
+
+def ngettext(singular: str, plural: str, count: int) -> str:
+    """`singular` or `plural` for `count`, in the CLI's language."""
+    return gettext_for(current()).ngettext(singular, plural, count)

@@ -7,6 +7,8 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from dbsync_cli.i18n import _
+
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 
@@ -33,9 +35,10 @@ def server_dst_warning(conn: Any, configured: str, key: str) -> str | None:
     if winter is None or summer is None or winter == summer:
         return None
     name = system if zone == "SYSTEM" else zone
-    return (f"{key} is the fixed offset {configured!r}, but the server's time zone ({name}) is UTC{_hours(winter)} "
-            f"in January and UTC{_hours(summer)} in July: DATETIME values from part of the year would move by the "
-            f"difference; set {key} to the zone's IANA name (e.g. Europe/Berlin)")
+    return _("{key} is the fixed offset {configured!r}, but the server's time zone ({name}) is UTC{winter} in "
+             "January and UTC{summer} in July: DATETIME values from part of the year would move by the difference; "
+             "set {key} to the zone's IANA name (e.g. Europe/Berlin)").format(
+        key=key, configured=configured, name=name, winter=_hours(winter), summer=_hours(summer))
 
 
 def _hours(minutes: int) -> str:

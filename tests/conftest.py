@@ -6,6 +6,7 @@ whatever is not running and leaves everything running afterwards (scripts/test s
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,11 @@ import pytest
 from dbsync_cli.broker import BrokerSettings
 from dbsync_cli.db import DbParams
 from devtools.services import Services, ensure_up
+
+#: tests read the CLI's English messages: a developer's own language must not change them (tests ask for pt)
+for _name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+    os.environ.pop(_name, None)
+os.environ["LANG"] = "C.UTF-8"
 
 SERVICE_DIR = Path(__file__).parent / "service"
 

@@ -27,6 +27,7 @@ from dbsync_cli.cli import (
 )
 from dbsync_cli.faults import database_exit_code
 from dbsync_cli.files import restrict_process
+from dbsync_cli.i18n import _
 
 app = typer.Typer(
     name="dbsync",
@@ -48,13 +49,14 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr (-vv: debug).")] = 0,
     quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less log output on stderr (-qq: errors only).")] = 0,
-    lang: Annotated[str | None, typer.Option("--lang", help="Language of tables and headings: en or pt (default "
-                                                            "from LC_ALL / LANG).")] = None,
+    lang: Annotated[str | None, typer.Option("--lang", help="Language of messages, tables and headings: en or pt "
+                                                            "(default from LANGUAGE / LC_ALL / LANG).")] = None,
 ) -> None:
     """Keep a central OpenMRS database in sync with the databases of many sites."""
     common.state["verbosity"] = verbose - quiet
     if lang is not None and lang not in i18n.LOCALES:
-        common.fail(f"--lang {lang!r}: expected one of {', '.join(i18n.LOCALES)}", exitcodes.CONFIG)
+        common.fail(_("--lang {lang!r}: expected one of {choices}").format(lang=lang, choices=", ".join(i18n.LOCALES)),
+                    exitcodes.CONFIG)
     i18n.set_language(lang)
 
 
@@ -105,12 +107,13 @@ def main() -> None:
         logging.getLogger("dbsync").debug("database error", exc_info=True)
         reason = " ".join(str(exc.args[1] if len(exc.args) > 1 else exc).split())
         code = database_exit_code(exc)
-        hint = " (a grant the role needs is missing: `dbsync config check` lists them)" \
-            if code == exitcodes.PRIVILEGES else ""
-        print(f"dbsync: database: {reason}{hint}", file=sys.stderr)
+        text = _("database: {reason} (a grant the role needs is missing: `dbsync config check` lists them)") \
+            if code == exitcodes.PRIVILEGES else _("database: {reason}")
+        print("dbsync: " + text.format(reason=reason), file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the terminal
         logging.getLogger("dbsync").debug("unexpected error", exc_info=True)
-        text = " ".join(str(exc).split()) or "no details"
-        print(f"dbsync: unexpected {type(exc).__name__}: {text} (the traceback is logged at debug level: -vv)", file=sys.stderr)
+        text = " ".join(str(exc).split()) or _("no details")
+        print("dbsync: " + _("unexpected {kind}: {text} (the traceback is logged at debug level: -vv)").format(
+            kind=type(exc).__name__, text=text), file=sys.stderr)
         raise SystemExit(exitcodes.FAILURE) from None

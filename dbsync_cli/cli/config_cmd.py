@@ -50,7 +50,7 @@ def check(
                                        "findings": [f.record() for f in findings], "problems": problems,
                                        "warnings": warnings}).decode() + "\n")
     else:
-        table = Table(title=f"{role} config from {result.source}")
+        table = Table(title=_("{role} config from {source}").format(role=_(role), source=result.source))
         table.add_column(_("key"))
         table.add_column(_("value"))
         for key, value in result.masked().items():
@@ -63,10 +63,10 @@ def check(
         style = {checks_mod.OK: "green", checks_mod.WARNING: "yellow", checks_mod.ERROR: "red",
                  checks_mod.SKIPPED: "dim"}
         for f in findings:
-            checked.add_row(f.check, f"[{style[f.state]}]{f.state}[/]", f.message)
+            checked.add_row(f.check, f"[{style[f.state]}]{_(f.state)}[/]", f.message)
         console.print(checked)
     for warning in warnings:
-        print(f"dbsync: config: warning: {warning}", file=sys.stderr)
+        print("dbsync: config: " + _("warning: {text}").format(text=warning), file=sys.stderr)
     for problem in problems:
         print(f"dbsync: config: {problem}", file=sys.stderr)
     code = checks_mod.exit_code(findings)

@@ -12,6 +12,7 @@ import typer
 
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
+from dbsync_cli.i18n import _
 
 app = typer.Typer(help="The web console of a receiver or a sender: serve it, manage its users, build the OpenMRS app.",
                   no_args_is_help=True)
@@ -34,9 +35,9 @@ def serve(
     from dbsync_cli.console.users import list_users, users_path
 
     if not list_users(users_path(cfg.home)):
-        common.fail(f"no console users in {users_path(cfg.home)}: add one with `dbsync console user add NAME`",
-                    exitcodes.CONFIG)
-    print(f"dbsync console at {url_of(cfg, host, port)}", file=sys.stderr, flush=True)
+        common.fail(_("no console users in {path}: add one with `dbsync console user add NAME`").format(
+            path=users_path(cfg.home)), exitcodes.CONFIG)
+    print(_("dbsync console at {url}").format(url=url_of(cfg, host, port)), file=sys.stderr, flush=True)
     run(cfg, host, port)
 
 
@@ -55,14 +56,14 @@ def user_add(
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = getpass.getpass(f"password for {name}: ")
-        if getpass.getpass("again: ") != password:
-            common.fail("the two passwords differ", exitcodes.CONFIG)
+        password = getpass.getpass(_("password for {name}: ").format(name=name))
+        if getpass.getpass(_("again: ")) != password:
+            common.fail(_("the two passwords differ"), exitcodes.CONFIG)
     try:
         add_user(users_path(cfg.home), name, password, role)
     except UsersError as exc:
         common.fail(str(exc), exitcodes.CONFIG)
-    print(f"console user {name!r} ({role}) saved in {users_path(cfg.home)}")
+    print(_("console user {name!r} ({role}) saved in {path}").format(name=name, role=_(role), path=users_path(cfg.home)))
 
 
 @user_app.command("list")
@@ -86,8 +87,8 @@ def user_remove(name: Annotated[str, typer.Argument()], config: common.ConfigOpt
     from dbsync_cli.console.users import remove_user, users_path
 
     if not remove_user(users_path(cfg.home), name):
-        common.fail(f"no console user {name!r}", exitcodes.CONFIG)
-    print(f"console user {name!r} removed")
+        common.fail(_("no console user {name!r}").format(name=name), exitcodes.CONFIG)
+    print(_("console user {name!r} removed").format(name=name))
 
 
 @app.command("owa")
@@ -99,6 +100,6 @@ def owa(
     from dbsync_cli.console.owa import OwaError, build
 
     try:
-        print(f"wrote {build(url, out)}")
+        print(_("wrote {path}").format(path=build(url, out)))
     except OwaError as exc:
         common.fail(str(exc), exitcodes.CONFIG)

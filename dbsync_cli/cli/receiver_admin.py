@@ -16,6 +16,7 @@ from dbsync_cli.cli import common, resync_cmd
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.faults import database_exit_code
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver import central, state
 from dbsync_cli.receiver.consume import consume as consume_stage
 
@@ -28,7 +29,8 @@ def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
     try:
         conn = params.connect(autocommit=False)
     except pymysql.err.OperationalError as exc:
-        common.fail(f"cannot connect to central database {params.describe()}: {exc.args[-1]}", exitcodes.UNREACHABLE)
+        common.fail(_("cannot connect to central database {who}: {error}").format(who=params.describe(), error=exc.args[-1]),
+                    exitcodes.UNREACHABLE)
     try:
         if migrate:
             state.migrate(conn, central.state_schema(cfg), openmrs_db=cfg["central_db.database"])
@@ -38,9 +40,9 @@ def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
     except pymysql.err.MySQLError as exc:
         conn.close()
         code = database_exit_code(exc) if isinstance(exc, pymysql.err.OperationalError) else exitcodes.FAILURE
-        hint = f" (the receiver's user needs ALL PRIVILEGES ON {cfg['central_db.state_schema']}.*)" \
-            if code == exitcodes.PRIVILEGES else ""
-        common.fail(f"receiver state schema {cfg['central_db.state_schema']}: {exc.args[-1]}{hint}", code)
+        text = _("receiver state schema {schema}: {error} (the receiver's user needs ALL PRIVILEGES ON {schema}.*)") \
+            if code == exitcodes.PRIVILEGES else _("receiver state schema {schema}: {error}")
+        common.fail(text.format(schema=cfg["central_db.state_schema"], error=exc.args[-1]), code)
     return conn
 
 
@@ -100,7 +102,7 @@ def sites_add(
 ) -> None:
     """Register a site and the broker user it sends as."""
     if broker_user is not None and any_broker_user:
-        common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
+        common.fail(_("--broker-user and --any-broker-user exclude each other"), exitcodes.CONFIG)
     user = None if any_broker_user else (broker_user or identifier)
 
     def add(conn: Any, schema: str) -> tuple[state.Site, bool]:
@@ -108,19 +110,29 @@ def sites_add(
         if existing is None:
             return state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt), True
         if existing.broker_user != user:  # the same command twice is fine; a different registration is not
-            raise state.StateError(f"site {identifier!r} is already registered with broker user "
-                                   f"{existing.broker_user or '(any)'!r}, not {user or '(any)'!r} (to change it: dbsync sites "
-                                   f"update {identifier} --{'broker-user ' + user if user else 'any-broker-user'})")
+            raise state.StateError(_("site {site!r} is already registered with broker user {registered!r}, not "
+                                     "{wanted!r} (to change it: dbsync sites update {site} --{option})").format(
+                site=identifier, registered=existing.broker_user or "(any)", wanted=user or "(any)",
+                option="broker-user " + user if user else "any-broker-user"))
         if adopt and not existing.adopt:
-            raise state.StateError(f"site {identifier!r} is already registered, without --adopt (to adopt central's "
-                                   f"rows with its next snapshot: dbsync sites update {identifier} --adopt)")
+            raise state.StateError(_("site {site!r} is already registered, without --adopt (to adopt central's "
+                                     "rows with its next snapshot: dbsync sites update {site} --adopt)").format(
+                site=identifier))
         return existing, False
 
     site, added = _run(config, add)
-    sender = f"sends as broker user {user!r}" if user else "any broker user"
-    adopting = "; its snapshot adopts central's equal rows" if site.adopt else ""
-    print(f"site {site.identifier!r} {'registered' if added else 'is already registered'} ({site.name}; {sender}"
-          f"{adopting})")
+    text = _("site {site!r} registered ({name}; {sender}{adopting})") if added \
+        else _("site {site!r} is already registered ({name}; {sender}{adopting})")
+    print(text.format(site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
+
+
+def _sender(site: state.Site) -> str:
+    return _("sends as broker user {user!r}").format(user=site.broker_user) if site.broker_user \
+        else _("any broker user")
+
+
+def _adopting(site: state.Site) -> str:
+    return _("; its snapshot adopts central's equal rows") if site.adopt else ""
 
 
 @sites_app.command("update")
@@ -138,16 +150,15 @@ def sites_update(
 ) -> None:
     """Change a registered site's name or broker user (e.g. a site registered before broker users existed)."""
     if broker_user is not None and any_broker_user:
-        common.fail("--broker-user and --any-broker-user exclude each other", exitcodes.CONFIG)
+        common.fail(_("--broker-user and --any-broker-user exclude each other"), exitcodes.CONFIG)
     if name is None and broker_user is None and not any_broker_user and adopt is None:
-        common.fail("sites update: nothing to change (--name, --broker-user, --any-broker-user or --adopt)",
+        common.fail(_("sites update: nothing to change (--name, --broker-user, --any-broker-user or --adopt)"),
                     exitcodes.CONFIG)
     site = _run(config, lambda conn, schema: state.update_site(conn, schema, identifier, name=name,
                                                                broker_user=broker_user,
                                                                any_broker_user=any_broker_user, adopt=adopt))
-    sender = f"sends as broker user {site.broker_user!r}" if site.broker_user else "any broker user"
-    adopting = "; its snapshot adopts central's equal rows" if site.adopt else ""
-    print(f"site {site.identifier!r} updated ({site.name}; {sender}{adopting})")
+    print(_("site {site!r} updated ({name}; {sender}{adopting})").format(
+        site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
@@ -176,12 +187,12 @@ def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("identifier", "name", "broker user", "created", "status", "last sync")
+    table = Table(_("identifier"), _("name"), _("broker user"), _("created"), _("status"), _("last sync"))
     for row in rows:
-        table.add_row(row["identifier"], row["name"], row["broker_user"] or "(any)", _when(row["date_created"]),
-                      "disabled" if row["disabled"] else "enabled",
-                      _when(row["last_sync_date"]) or "never")
-    Console().print(table if rows else "no sites registered")
+        table.add_row(row["identifier"], row["name"], row["broker_user"] or _("(any)"), _when(row["date_created"]),
+                      _("disabled") if row["disabled"] else _("enabled"),
+                      _when(row["last_sync_date"]) or _("never"))
+    Console().print(table if rows else _("no sites registered"))
 
 
 @sites_app.command("resync")
@@ -201,21 +212,22 @@ def sites_resync(
         request = Receiver(cfg).request_resync(identifier, patient=patient, table=table, uuid=uuid)
     except state.StateError as exc:
         common.fail(str(exc), exitcodes.CONFIG)
-    print(f"resync request {request} sent to site {identifier!r} (its sender sends the rows when it runs)")
+    print(_("resync request {request} sent to site {site!r} (its sender sends the rows when it runs)").format(
+        request=request, site=identifier))
 
 
 @sites_app.command("disable")
 def sites_disable(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
     """Stop applying a site's messages."""
     _run(config, lambda conn, schema: state.set_disabled(conn, schema, identifier, True))
-    print(f"site {identifier!r} disabled")
+    print(_("site {site!r} disabled").format(site=identifier))
 
 
 @sites_app.command("enable")
 def sites_enable(identifier: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
     """Apply a disabled site's messages again."""
     _run(config, lambda conn, schema: state.set_disabled(conn, schema, identifier, False))
-    print(f"site {identifier!r} enabled")
+    print(_("site {site!r} enabled").format(site=identifier))
 
 
 @sites_app.command("remove")
@@ -227,9 +239,9 @@ def sites_remove(
     """Unregister a site (its sync status goes with it; synced data stays in central). Asks first."""
     if not yes:
         if not sys.stdin.isatty():
-            common.fail(f"sites remove {identifier}: its registration and sync status are deleted; confirm with --yes",
-                        exitcodes.CONFIG)
-        if not typer.confirm(f"Remove site {identifier!r} (its messages are refused from now on)?"):
+            common.fail(_("sites remove {site}: its registration and sync status are deleted; confirm with "
+                          "--yes").format(site=identifier), exitcodes.CONFIG)
+        if not typer.confirm(_("Remove site {site!r} (its messages are refused from now on)?").format(site=identifier)):
             raise typer.Exit(exitcodes.FAILURE)
     _run(config, lambda conn, schema: state.remove_site(conn, schema, identifier))
-    print(f"site {identifier!r} removed")
+    print(_("site {site!r} removed").format(site=identifier))

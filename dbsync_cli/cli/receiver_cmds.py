@@ -31,9 +31,10 @@ def _model(cfg: Config) -> SchemaModel:
     try:
         return run_mod.load_model(cfg)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     except pymysql.MySQLError as exc:
-        common.fail(f"central_db {cfg.db('central_db').describe()}: {exc.args[-1]}", exitcodes.UNREACHABLE)
+        common.fail(_("central_db {who}: {error}").format(who=cfg.db("central_db").describe(), error=exc.args[-1]),
+                    exitcodes.UNREACHABLE)
 
 
 def apply(
@@ -77,7 +78,7 @@ def receiver(
     try:
         run_mod.Receiver(cfg).run(stop, idle_exit=idle_exit)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     except StateError as exc:
         common.fail(str(exc), exitcodes.CONFIG)
     except AlreadyApplying as exc:
@@ -181,13 +182,13 @@ def conflicts_resolve(
     chosen = [m for m, on in (("keep-central", keep_central), ("take-incoming", take_incoming),
                               ("merge", merge is not None)) if on]
     if len(chosen) > 1:
-        common.fail("choose one of --keep-central, --take-incoming, --merge", exitcodes.CONFIG)
+        common.fail(_("choose one of --keep-central, --take-incoming, --merge"), exitcodes.CONFIG)
     mode = chosen[0] if chosen else "manual"
     columns = [c.strip() for c in merge.split(",") if c.strip()] if merge else None
     if (number is None) == (site is None and table is None):
-        common.fail("give a conflict number, or --site and/or --table for all of theirs", exitcodes.CONFIG)
+        common.fail(_("give a conflict number, or --site and/or --table for all of theirs"), exitcodes.CONFIG)
     if number is None and mode == "merge":
-        common.fail("--merge resolves one conflict at a time", exitcodes.CONFIG)
+        common.fail(_("--merge resolves one conflict at a time"), exitcodes.CONFIG)
     applier = open_applier(config)
     try:
         if number is not None:

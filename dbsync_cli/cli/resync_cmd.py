@@ -10,6 +10,7 @@ import typer
 
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError
 
 PatientOption = Annotated[str | None, typer.Option(
@@ -20,7 +21,7 @@ UuidOption = Annotated[str | None, typer.Option("--uuid", help="The row's uuid (
 
 def check_what(patient: str | None, table: str | None, uuid: str | None) -> None:
     if (patient is None) == (table is None or uuid is None) or (table is None) != (uuid is None):
-        common.fail("resync needs --patient UUID, or --table T with --uuid UUID", exitcodes.CONFIG)
+        common.fail(_("resync needs --patient UUID, or --table T with --uuid UUID"), exitcodes.CONFIG)
 
 
 def resync(
@@ -43,4 +44,5 @@ def resync(
     if json_out:
         sys.stdout.write(orjson.dumps({"sent": sent, "messages": sum(sent.values())}).decode() + "\n")
     else:
-        print(f"{sum(sent.values())} message(s) sent: " + (", ".join(f"{t} {n}" for t, n in sent.items()) or "none"))
+        print(_("{count} message(s) sent: {tables}").format(
+            count=sum(sent.values()), tables=", ".join(f"{t} {n}" for t, n in sent.items()) or _("none")))

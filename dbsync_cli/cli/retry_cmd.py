@@ -13,6 +13,7 @@ from rich.table import Table
 from dbsync_cli import records
 from dbsync_cli.cli import common
 from dbsync_cli.cli.receiver_cmds import open_applier
+from dbsync_cli.i18n import _, ngettext
 from dbsync_cli.receiver import retry
 from dbsync_cli.receiver.state import StateError
 
@@ -35,11 +36,11 @@ def retry_list(
     if json_out:
         sys.stdout.write(orjson.dumps([e.summary() for e in found]).decode() + "\n")
         return
-    table = Table(title=f"{len(found)} retry entr{'y' if len(found) == 1 else 'ies'}")
-    for col in ("#", "site", "table", "entity", "attempts", "since", "reason"):
+    table = Table(title=ngettext("{count} retry entry", "{count} retry entries", len(found)).format(count=len(found)))
+    for col in ("#", _("site"), _("table"), _("entity"), _("attempts"), _("since"), _("reason")):
         table.add_column(col, overflow="fold")
     for e in found:
-        table.add_row(str(e.id), e.site or "?", e.table or "?", e.entity or "(error)", str(e.attempts),
+        table.add_row(str(e.id), e.site or "?", e.table or "?", e.entity or _("(error)"), str(e.attempts),
                       e.date_created.isoformat(sep=" ", timespec="seconds"), e.reason)
     Console().print(table)
 

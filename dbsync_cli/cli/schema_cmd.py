@@ -11,6 +11,7 @@ from rich.table import Table
 
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 
 
@@ -26,7 +27,7 @@ def schema(config: common.ConfigOption = None, json_out: common.JsonOption = Fal
     except pymysql.MySQLError as exc:
         common.fail(f"{section} {params.describe()}: {exc.args[-1]}", exitcodes.UNREACHABLE)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     rows = model.describe()
     if json_out:
         sys.stdout.write(orjson.dumps({"database": model.database, "tables": rows}).decode() + "\n")

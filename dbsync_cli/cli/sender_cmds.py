@@ -13,6 +13,7 @@ import typer
 from dbsync_cli import exitcodes, records
 from dbsync_cli.cli import common
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel
 from dbsync_cli.sender import run as sender_mod
 from dbsync_cli.sender.binlog import CaptureStop, reader_id
@@ -47,7 +48,7 @@ def _model(cfg: Config) -> SchemaModel:
     try:
         return sender_mod.load_model(cfg)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
 
 
 def capture(
@@ -102,7 +103,7 @@ def publish(
     confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), sender_mod.on_confirmed(cfg, store),
                               on_sent=store.count_sent)
     try:
-        count = records.write(confirmed) if echo else sum(1 for _ in confirmed)
+        count = records.write(confirmed) if echo else sum(1 for _message in confirmed)
     except CaptureStop as exc:  # e.g. the broker's certificate is not trusted: retrying cannot help
         common.fail(str(exc), exc.code)
     finally:
@@ -126,5 +127,5 @@ def sender(
     except CaptureStop as exc:
         common.fail(str(exc), exc.code)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     log.info("sender: %d messages confirmed", total)

@@ -14,6 +14,7 @@ from rich.table import Table
 from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
 from dbsync_cli.control import ControlError
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError
 
 _COLUMNS = ("site_rows", "central_rows", "matched", "missing", "different", "extra", "placeholders", "not_owned",
@@ -54,7 +55,7 @@ def verify(
         report = Sender(cfg).verify(table, repair=repair, progress=sys.stderr.isatty() and not json_out,
                                     timeout=timeout, rounds=rounds, settle_seconds=settle)
     except SchemaError as exc:
-        common.fail(f"schema: {exc}", exitcodes.SCHEMA)
+        common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     except ControlError as exc:
         common.fail(str(exc), exitcodes.NO_ANSWER)
     result = report.as_json()
@@ -62,11 +63,13 @@ def verify(
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         _print_tables(f"verify {report.run}", {n: t for n, t in result["tables"].items()})
-        line = (f"{report.differences} row(s) differ" if report.differences else "no differences") + \
-            f"; {report.bytes_sent:,} bytes sent, {report.bytes_received:,} received, {report.seconds:.1f} s"
+        line = (_("{count} row(s) differ").format(count=report.differences) if report.differences
+                else _("no differences")) + "; " + _("{sent:,} bytes sent, {received:,} received, {seconds:.1f} s").format(
+            sent=report.bytes_sent, received=report.bytes_received, seconds=report.seconds)
         if repair:
-            line += (f"; repair sent {report.repaired.get('rows_sent', 0)} row(s) and "
-                     f"{report.repaired.get('deletes_sent', 0)} delete(s): verify again once they are applied")
+            line += "; " + _("repair sent {rows} row(s) and {deletes} delete(s): verify again once they are "
+                             "applied").format(rows=report.repaired.get("rows_sent", 0),
+                                               deletes=report.repaired.get("deletes_sent", 0))
         Console().print(line)
     if report.differences:
         raise typer.Exit(exitcodes.FAILURE)
@@ -74,9 +77,9 @@ def verify(
 
 def _print_tables(title: str, tables: dict[str, dict[str, Any]]) -> None:
     view = Table(title=title)
-    view.add_column("table")
+    view.add_column(_("table"))
     for column in _COLUMNS:
-        view.add_column(column.replace("_", " "), justify="right")
+        view.add_column(_(column.replace("_", " ")), justify="right")
     for name, counts in tables.items():
         if counts.get("site_rows") or counts.get("central_rows"):
             view.add_row(name, *(f"{counts.get(c, 0):,}" for c in _COLUMNS))
@@ -88,9 +91,9 @@ def _print_status(runs: list[dict[str, Any]], json_out: bool) -> None:
         sys.stdout.write(orjson.dumps(runs, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
     if not runs:
-        Console().print("no verify run on record")
+        Console().print(_("no verify run on record"))
         return
     for run in runs:
-        _print_tables(f"{run['site']}: verify {run['run']} ({run['state']}, finished {run['finished'] or '-'})",
-                      run["tables"])
-        Console().print(f"{run['differences']} difference(s)")
+        _print_tables(_("{site}: verify {run} ({state}, finished {finished})").format(
+            site=run["site"], run=run["run"], state=_(run["state"]), finished=run["finished"] or "-"), run["tables"])
+        Console().print(_("{count} difference(s)").format(count=run["differences"]))

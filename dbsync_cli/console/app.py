@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dbsync_cli.config import Config
 from dbsync_cli.console import i18n
@@ -142,8 +143,28 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
     if console is not None:
         routes += _receiver_routes(console, render, page, user_of, lang_of, metrics_token)
     middleware = [Middleware(SessionMiddleware, secret_key=secret_key, session_cookie="dbsync_console",
-                             max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https)]
+                             max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https),
+                  Middleware(UserLanguage)]
     return Starlette(routes=routes, middleware=middleware)
+
+
+class UserLanguage:
+    """Each request runs in its user's language (the switch, else the browser's), so what the library says back
+    (a conflict resolved, an error) reads like the page around it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        token = i18n.use(i18n.choose(request.cookies.get("lang"), request.headers.get("accept-language")))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            i18n.reset(token)
 
 
 def _bearer_ok(request: Request, token: str | None) -> bool:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from dbsync_cli.i18n import DEFAULT, LOCALE_DIR, LOCALES, choose, gettext_for, translations
+from dbsync_cli.i18n import DEFAULT, LOCALE_DIR, LOCALES, choose, gettext_for, reset, translations, use
 
-__all__ = ["DEFAULT", "LOCALES", "LOCALE_DIR", "choose", "gettext_for", "translations"]
+__all__ = ["DEFAULT", "LOCALES", "LOCALE_DIR", "choose", "gettext_for", "reset", "translations", "use"]

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from dbsync_cli import __version__
+from dbsync_cli.i18n import _
 
 INDEX = """<!doctype html>
 <html lang="en">
@@ -46,7 +47,7 @@ def build(url: str, out: Path) -> Path:
     """Write the OWA zip for a console reachable at `url` (http or https, as OpenMRS users' browsers see it)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OwaError(f"console url {url!r}: expected http(s)://host[:port]/")
+        raise OwaError(_("console url {url!r}: expected http(s)://host[:port]/").format(url=url))
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("manifest.webapp", orjson.dumps(manifest(url), option=orjson.OPT_INDENT_2))

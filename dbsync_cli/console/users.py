@@ -12,6 +12,8 @@ import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from dbsync_cli.i18n import _
+
 ROLES = ("readonly", "operator")
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 _HASHER = PasswordHasher()
@@ -47,11 +49,11 @@ def _load(path: Path) -> dict[str, dict[str, str]]:
 def add_user(path: Path, name: str, password: str, role: str = "readonly") -> None:
     """Add or replace a user (its password hashed with argon2id)."""
     if not USER_NAME.match(name):
-        raise UsersError(f"user name {name[:64]!r}: letters, digits, '_', '.', '@' or '-', up to 64")
+        raise UsersError(_("user name {name!r}: letters, digits, '_', '.', '@' or '-', up to 64").format(name=name[:64]))
     if role not in ROLES:
-        raise UsersError(f"role {role!r}: expected {' or '.join(ROLES)}")
+        raise UsersError(_("role {role!r}: expected {roles}").format(role=role, roles=" or ".join(ROLES)))
     if len(password) < 8:
-        raise UsersError("the password must have at least 8 characters")
+        raise UsersError(_("the password must have at least 8 characters"))
     users = _load(path)
     users[name] = {"role": role, "hash": _HASHER.hash(password)}
     _save(path, users)

@@ -117,19 +117,6 @@ def _differing(mine: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
     return sorted(p for p in set(mine) | set(other) if mine.get(p) != (list(other[p]) if p in other else None))
 
 
-def compare(site_rows: Mapping[str, str | None], central_rows: Mapping[str, str | None]) -> dict[str, list[str]]:
-    """uuids by what differs: ``missing`` at central, ``different``, ``extra`` at central; ``matched`` too."""
-    found: dict[str, list[str]] = {"matched": [], "missing": [], "different": [], "extra": []}
-    for uuid in sorted(set(site_rows) | set(central_rows)):
-        mine, theirs = site_rows.get(uuid), central_rows.get(uuid)
-        if mine is None and theirs is None:
-            continue
-        kind = ("missing" if theirs is None else "extra" if mine is None
-                else "matched" if mine == theirs else "different")
-        found[kind].append(uuid)
-    return found
-
-
 def valid_buckets(value: Any, length: int) -> bool:
     """Whether a request's buckets have the shape ``{prefix: [count, 32 hex]}`` for this prefix length."""
     if not isinstance(value, dict) or len(value) > 16**length * 4:  # uuids are not all hex: room for more

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs.introspect import TableInfo, introspect
 from dbsync_cli.openmrs.rules import (
     ATTRIBUTE_ID_VALUES,
@@ -91,7 +92,8 @@ class SchemaModel:
         self.synced: dict[str, SyncedTable] = {}
         for name in synced:
             if name not in tables:
-                raise SchemaError(f"synced table {name!r} does not exist in database {database!r}")
+                raise SchemaError(_("synced table {table!r} does not exist in database {database!r}").format(
+                    table=name, database=database))
             self.synced[name] = self._derive(tables[name])
 
     @classmethod
@@ -119,10 +121,11 @@ class SchemaModel:
 
     def _derive(self, info: TableInfo) -> SyncedTable:
         if len(info.primary_key) != 1:
-            raise SchemaError(f"synced table {info.name!r} needs a single-column primary key")
+            raise SchemaError(_("synced table {table!r} needs a single-column primary key").format(table=info.name))
         identity = self.identity_of(info.name)
         if identity is None:
-            raise SchemaError(f"synced table {info.name!r} has no uuid column and its primary key is not a parent key")
+            raise SchemaError(_("synced table {table!r} has no uuid column and its primary key is not a parent "
+                                "key").format(table=info.name))
         key = info.primary_key[0]
         refs = {
             col: Reference(col, fk.ref_table, self.identity_of(fk.ref_table))
@@ -150,7 +153,7 @@ class SchemaModel:
         try:
             return self.synced[name]
         except KeyError:
-            raise SchemaError(f"table {name!r} is not a synced table") from None
+            raise SchemaError(_("table {table!r} is not a synced table").format(table=name)) from None
 
     def ident(self, table: str, column: str | None = None) -> Sql:
         """A quoted identifier, only for names the introspected schema has: never built from message text."""

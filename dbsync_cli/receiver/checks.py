@@ -9,6 +9,7 @@ import pymysql
 from dbsync_cli import exitcodes
 from dbsync_cli.checks import ERROR, OK, WARNING, Finding, Step, privileges, table_grants
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver import state
 
 #: what the receiver does on the OpenMRS schema (upsert, delete, placeholders) and on its own state schema
@@ -25,15 +26,16 @@ def grants(conn: Any, cfg: Config) -> list[Finding]:
         have = glob | local
         missing = [] if "ALL PRIVILEGES" in have else [p for p in needs if p not in have]
         if missing and table_grants(conn, database):
-            found.append(Finding("central_db.grants", WARNING, f"{database}: the receiver's user is granted table by "
-                                                               f"table; not checked (it needs {advice} on every "
-                                                               "synced table)"))
+            found.append(Finding("central_db.grants", WARNING, _("{database}: the receiver's user is granted table by table; not "
+                                                                 "checked (it needs {advice} on every synced "
+                                                                 "table)").format(database=database, advice=advice)))
         elif missing:
-            found.append(Finding("central_db.grants", ERROR, f"the receiver's user lacks {', '.join(missing)} on "
-                                                             f"{database} (GRANT {advice} ON {database}.* TO …)",
+            found.append(Finding("central_db.grants", ERROR, _("the receiver's user lacks {missing} on {database} (GRANT {advice} "
+                                                               "ON {database}.* TO …)").format(
+                missing=", ".join(missing), database=database, advice=advice),
                                  exitcodes.PRIVILEGES))
-    return found or [Finding("central_db.grants", OK, "read and write on the OpenMRS schema, all on the state "
-                                                      "schema")]
+    return found or [Finding("central_db.grants", OK, _("read and write on the OpenMRS schema, all on the state "
+                                                        "schema"))]
 
 
 def state_schema(conn: Any, cfg: Config) -> list[Finding]:
@@ -42,17 +44,18 @@ def state_schema(conn: Any, cfg: Config) -> list[Finding]:
         cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (schema,))
         exists = cur.fetchone()[0] > 0
     if not exists:
-        return [Finding("central_db.state_schema", WARNING, f"{schema!r} does not exist yet: the receiver (or "
-                                                            "`dbsync sites add`) creates it")]
+        return [Finding("central_db.state_schema", WARNING, _("{schema!r} does not exist yet: the receiver (or "
+                                                              "`dbsync sites add`) creates it").format(schema=schema))]
     try:
         sites = state.sites(conn, schema)
     except pymysql.MySQLError as exc:
-        return [Finding("central_db.state_schema", ERROR, f"cannot read {schema}.site_info: {exc.args[-1]}",
+        return [Finding("central_db.state_schema", ERROR, _("cannot read {schema}.site_info: {error}").format(
+            schema=schema, error=exc.args[-1]),
                         exitcodes.PRIVILEGES)]
     if not sites:
-        return [Finding("sites", WARNING, "no sites registered: every message waits in the retry queue until "
-                                          "`dbsync sites add`")]
-    return [Finding("sites", OK, f"{len(sites)} site(s) registered")]
+        return [Finding("sites", WARNING, _("no sites registered: every message waits in the retry queue until "
+                                            "`dbsync sites add`"))]
+    return [Finding("sites", OK, _("{count} site(s) registered").format(count=len(sites)))]
 
 
 STEPS: list[Step] = [grants, state_schema]

@@ -13,6 +13,7 @@ import orjson
 import pymysql.cursors
 
 from dbsync_cli import wire
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
@@ -85,7 +86,7 @@ def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
         cur.execute(sql(_SELECT + " WHERE id = %s", schema_name(schema)), (number,))
         row = cur.fetchone()
     if row is None:
-        raise ConflictError(f"conflict {number} does not exist")
+        raise ConflictError(_("conflict {number} does not exist").format(number=number))
     return _conflict(row)
 
 
@@ -158,7 +159,8 @@ def resolve_many(applier: Applier, numbers: list[int], mode: str) -> str:
         resolve(applier, number, mode, release=False)
     released = retry_pending(applier) if numbers else []
     done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
-    return f"{len(numbers)} conflict(s) resolved ({mode}); {done} waiting message(s) applied"
+    return _("{count} conflict(s) resolved ({mode}); {done} waiting message(s) applied").format(
+        count=len(numbers), mode=_(mode), done=done)
 
 
 def matching(conn: Any, schema: str, *, site: str | None, table: str | None) -> list[int]:
@@ -172,26 +174,29 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
     """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards (unless
     `release` is off: resolve_many retries once for all)."""
     if mode not in MODES:
-        raise ConflictError(f"unknown resolution {mode!r}")
+        raise ConflictError(_("unknown resolution {mode!r}").format(mode=mode))
     s = applier.s
     conflict = get_conflict(applier.conn, applier.settings.state_schema, number)
     if conflict.resolved:
-        raise ConflictError(f"conflict {number} is already resolved ({conflict.resolution})")
+        raise ConflictError(_("conflict {number} is already resolved ({resolution})").format(
+            number=number, resolution=_(conflict.resolution) if conflict.resolution else "-"))
     applier.refresh_sites()
     with applier.conn.cursor() as cur:
         if mode in ("take-incoming", "merge"):
             item = applier.parse_stored(conflict.body, conflict.message_id, conflict.site)
             if item.error is not None:
-                raise ConflictError(f"conflict {number}: stored message is invalid: {item.error}")
+                raise ConflictError(_("conflict {number}: stored message is invalid: {error}").format(
+                    number=number, error=item.error))
             if mode == "merge" and (item.message or {}).get("op") == wire.DELETE:
-                raise ConflictError(f"conflict {number}: --merge does not apply to a delete")
+                raise ConflictError(_("conflict {number}: --merge does not apply to a delete").format(number=number))
             batch = Batch()
             owner = applier.owner(cur, conflict.table, conflict.uuid)
             outcome = applier.apply_message(cur, item, batch, from_queue=True, force=True,
                                             only=merge_columns if mode == "merge" else None)
             if outcome.outcome != "applied":
                 applier.conn.rollback()
-                raise ConflictError(f"conflict {number}: applying the incoming change failed: {outcome.reason}")
+                raise ConflictError(_("conflict {number}: applying the incoming change failed: {reason}").format(
+                    number=number, reason=outcome.reason))
             applier.finish_batch(cur, batch)
             if owner in (None, CENTRAL_OWNER):  # only take-incoming hands central's row to the site; merge keeps it
                 set_owner(cur, s, conflict.table, conflict.uuid,
@@ -205,7 +210,8 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
              conflict.message_id, conflict.site, mode, _who())
     applier.reload_blocked()
     if not release:
-        return f"conflict {number} resolved ({mode})"
+        return _("conflict {number} resolved ({mode})").format(number=number, mode=_(mode))
     released = retry_pending(applier)
     done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
-    return f"conflict {number} resolved ({mode}); {done} waiting message(s) applied"
+    return _("conflict {number} resolved ({mode}); {done} waiting message(s) applied").format(
+        number=number, mode=_(mode), done=done)

@@ -17,6 +17,7 @@ from typing import Any
 import pymysql
 
 from dbsync_cli.faults import operator_fault
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
 from dbsync_cli.receiver.message import Parsed, entity_key
@@ -182,7 +183,7 @@ def get_entry(conn: Any, schema: str, number: int) -> RetryEntry:
         cur.execute(sql(_SELECT + " WHERE id = %s", schema_name(schema)), (number,))
         row = cur.fetchone()
     if row is None:
-        raise StateError(f"retry entry {number} does not exist")
+        raise StateError(_("retry entry {number} does not exist").format(number=number))
     return _entry_of(row)
 
 
@@ -196,4 +197,4 @@ def drop_entry(applier: Applier, number: int) -> str:
                 entry.reason)
     released = retry_pending(applier) if entry.entity else []
     done = sum(1 for o in released if o.outcome not in FAILED)
-    return f"retry entry {number} dropped; {done} waiting message(s) applied"
+    return _("retry entry {number} dropped; {done} waiting message(s) applied").format(number=number, done=done)

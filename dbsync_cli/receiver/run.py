@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
@@ -172,7 +173,7 @@ class Receiver:
 
         with self.cfg.db("central_db").connect() as conn:
             if site not in state.sites(conn, self.cfg["central_db.state_schema"]):
-                raise state.StateError(f"site {site!r} is not registered (dbsync sites list)")
+                raise state.StateError(_("site {site!r} is not registered (dbsync sites list)").format(site=site))
         request = uuidlib.uuid4().hex[:16]
         control.send_confirmed(settings_from_config(self.cfg), control.site_request_destination(
             self.cfg["broker.destination"], site), {"kind": "resync", "id": request, "patient": patient,

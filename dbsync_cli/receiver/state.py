@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs.rules import UUID_INDEX_TABLES
 from dbsync_cli.sql import Sql, quote, sql
 
@@ -198,7 +199,7 @@ class StateError(Exception):
 def schema_name(name: str) -> Sql:
     """The state schema, quoted, after checking it is a plain identifier (it comes from the configuration)."""
     if not _NAME.match(name):
-        raise StateError(f"central_db.state_schema {name!r} is not a plain identifier")
+        raise StateError(_("central_db.state_schema {name!r} is not a plain identifier").format(name=name))
     return quote(name)
 
 
@@ -263,13 +264,13 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
     `adopt`: central already has its data (loaded from its dump), so its initial snapshot adopts the rows central
     has unchanged instead of finding them central's own."""
     if not SITE_IDENTIFIER.match(identifier):
-        raise StateError(f"site identifier {identifier!r} must be 1-100 letters, digits, '_', '.' or '-', "
-                         "starting with a letter or digit")
+        raise StateError(_("site identifier {site!r} must be 1-100 letters, digits, '_', '.' or '-', starting "
+                           "with a letter or digit").format(site=identifier))
     s = schema_name(schema)
     with conn.cursor() as cur:
         cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
         if cur.fetchone():
-            raise StateError(f"site {identifier!r} is already registered")
+            raise StateError(_("site {site!r} is already registered").format(site=identifier))
         cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user, adopt) "
                         "VALUES (%s, %s, %s, %s, %s)", s),
                     (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user,
@@ -285,7 +286,7 @@ def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = N
     s = schema_name(schema)
     with conn.cursor() as cur:
         if identifier not in sites(conn, schema):
-            raise StateError(f"site {identifier!r} is not registered")
+            raise StateError(_("site {site!r} is not registered").format(site=identifier))
         if name is not None:
             cur.execute(sql("UPDATE {}.site_info SET name=%s WHERE identifier=%s", s), (name, identifier))
         if broker_user is not None or any_broker_user:
@@ -302,7 +303,7 @@ def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> Non
         cur.execute(sql("UPDATE {}.site_info SET disabled=%s WHERE identifier=%s", schema_name(schema)),
                     (int(disabled), identifier))
         if cur.rowcount == 0 and identifier not in sites(conn, schema):
-            raise StateError(f"site {identifier!r} is not registered")
+            raise StateError(_("site {site!r} is not registered").format(site=identifier))
     conn.commit()
 
 
@@ -310,7 +311,7 @@ def remove_site(conn: Any, schema: str, identifier: str) -> None:
     with conn.cursor() as cur:
         cur.execute(sql("DELETE FROM {}.site_info WHERE identifier=%s", schema_name(schema)), (identifier,))
         if cur.rowcount == 0:
-            raise StateError(f"site {identifier!r} is not registered")
+            raise StateError(_("site {site!r} is not registered").format(site=identifier))
     conn.commit()
 
 

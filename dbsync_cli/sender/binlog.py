@@ -20,6 +20,7 @@ from pymysqlreplication.event import FormatDescriptionEvent
 
 from dbsync_cli import exitcodes
 from dbsync_cli.db import DbParams
+from dbsync_cli.i18n import _
 from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.binlog")
@@ -63,8 +64,9 @@ def check_settings(conn: Any, min_retention_hours: int = 0) -> None:
             wrong.append(f"{name}={value}")
     if wrong:
         raise CaptureStop(
-            "site server binlog settings cannot support capture (" + ", ".join(wrong) + "): start it with "
-            "--log-bin --binlog-format=ROW --binlog-row-image=FULL (and --binlog-row-metadata=FULL where it exists)",
+            _("site server binlog settings cannot support capture ({wrong}): start it with --log-bin "
+              "--binlog-format=ROW --binlog-row-image=FULL (and --binlog-row-metadata=FULL where it exists)").format(
+                wrong=", ".join(wrong)),
             exitcodes.BINLOG_SETTINGS,
         )
     if found.get(METADATA, "").upper() != "FULL":
@@ -90,7 +92,7 @@ def current_position(conn: Any) -> Position:
         cur.execute("SHOW MASTER STATUS")
         row = cur.fetchone()
     if not row:
-        raise CaptureStop("binary logging is off on the site server", exitcodes.BINLOG_SETTINGS)
+        raise CaptureStop(_("binary logging is off on the site server"), exitcodes.BINLOG_SETTINGS)
     return Position(row[0], int(row[1]))
 
 
@@ -119,7 +121,7 @@ class PositionLost(Exception):
 
 def sequence(file: str) -> tuple[str, int]:
     """mysql-bin.000012 → ("mysql-bin", 12)."""
-    base, _, number = file.rpartition(".")
+    base, _dot, number = file.rpartition(".")
     return base, int(number) if number.isdigit() else -1
 
 
@@ -241,8 +243,8 @@ def reader_id(home: Path, configured: int, *, exclusive: bool = False) -> Iterat
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if exclusive:
-                raise CaptureStop(f"another sender (or a capture) of {home} is running: one per home "
-                                  f"({path} is locked)", exitcodes.ANOTHER_SENDER) from None
+                raise CaptureStop(_("another sender (or a capture) of {home} is running: one per home ({path} is "
+                                    "locked)").format(home=home, path=path), exitcodes.ANOTHER_SENDER) from None
             other = 4_200_000_000 + os.getpid() % 90_000_000
             log.warning("another process of %s reads the binlog as server id %d: this one reads as %d", home,
                         configured, other)

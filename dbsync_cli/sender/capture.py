@@ -28,6 +28,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from dbsync_cli import exitcodes, wire
+from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog, gtid, schema_history
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
@@ -263,7 +264,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                 binlog.check_history(conn, {"file": start.file, "pos": start.pos}, lambda file: None)
             # the position is in the server's history: the server's own reason (e.g. an event larger than
             # max_allowed_packet), never a silent re-snapshot
-            raise CaptureStop(f"the site server cannot send its binlog from {start}: {exc.args[1]}",
+            raise CaptureStop(_("the site server cannot send its binlog from {start}: {error}").format(
+                start=start, error=exc.args[1]),
                               exitcodes.BINLOG_SETTINGS) from None
         raise
     finally:
@@ -309,14 +311,15 @@ def _stop_undecodable(settings: CaptureSettings, where: Position, what: str, *, 
     """Never skip past an event we cannot decode: stop before it (the checkpoint stays before it), with the start-up
     message when the server's settings changed, so an operator fixes them (exit 11)."""
     if history:
-        raise CaptureStop(f"binlog at {where}: {what}; capture stops before it (nothing after it is sent). Take a "
-                          "new snapshot (`dbsync sender --snapshot when_needed` after clearing the checkpoint) or set "
-                          "binlog_row_metadata=FULL", exitcodes.BINLOG_SETTINGS)
+        raise CaptureStop(_("binlog at {where}: {what}; capture stops before it (nothing after it is sent). Take a "
+                            "new snapshot (`dbsync sender --snapshot when_needed` after clearing the checkpoint) or "
+                            "set binlog_row_metadata=FULL").format(where=where, what=what), exitcodes.BINLOG_SETTINGS)
     with settings.db.connect() as conn:
         binlog.check_settings(conn)
-    raise CaptureStop(f"binlog at {where}: {what}; capture stops before it (nothing after it is sent). Set the "
-                      "binlog back to ROW/FULL/FULL; events written meanwhile need the sender to read columns from "
-                      "a schema history (not supported yet)", exitcodes.BINLOG_SETTINGS)
+    raise CaptureStop(_("binlog at {where}: {what}; capture stops before it (nothing after it is sent). Set the "
+                        "binlog back to ROW/FULL/FULL; events written meanwhile need the sender to read columns from "
+                        "a schema history (not supported yet)").format(where=where, what=what),
+                      exitcodes.BINLOG_SETTINGS)
 
 
 def heartbeat(server_id: int, position: Position, ts_ms: int | None = None, *, epoch: str | None = None,

@@ -10,6 +10,7 @@ import pymysql
 from dbsync_cli import exitcodes
 from dbsync_cli.checks import ERROR, OK, SKIPPED, WARNING, Finding, Step, privileges
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.sender.binlog import REPORT_HOST, CaptureStop, check_settings, row_metadata
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "ALL PRIVILEGES", "DROP", "ALTER", "CREATE", "SUPER")
@@ -29,14 +30,15 @@ def grants(conn: Any, cfg: Config) -> list[Finding]:
     writes = sorted(p for p in glob | local if p in _WRITES)
     found = []
     if missing:
-        found.append(Finding("site_db.grants", ERROR, f"the sender's user lacks {', '.join(missing)} (GRANT SELECT, "
-                                                      "REPLICATION SLAVE, BINLOG MONITOR ON *.* TO …)",
+        found.append(Finding("site_db.grants", ERROR, _("the sender's user lacks {missing} (GRANT SELECT, REPLICATION SLAVE, "
+                                                        "BINLOG MONITOR ON *.* TO …)").format(missing=", ".join(missing)),
                              exitcodes.PRIVILEGES))
     if writes:
-        found.append(Finding("site_db.grants", ERROR, f"the sender's user can write ({', '.join(writes)}): it only "
-                                                      "reads; give it SELECT, REPLICATION SLAVE, BINLOG MONITOR",
+        found.append(Finding("site_db.grants", ERROR, _("the sender's user can write ({writes}): it only reads; give it "
+                                                        "SELECT, REPLICATION SLAVE, BINLOG MONITOR").format(
+            writes=", ".join(writes)),
                              exitcodes.PRIVILEGES))
-    return found or [Finding("site_db.grants", OK, "SELECT, replication and binlog monitoring, no writes")]
+    return found or [Finding("site_db.grants", OK, _("SELECT, replication and binlog monitoring, no writes"))]
 
 
 def binlog(conn: Any, cfg: Config) -> list[Finding]:
@@ -50,17 +52,17 @@ def binlog(conn: Any, cfg: Config) -> list[Finding]:
     retention = float(seconds or 0) or float(days or 0) * 86400
     minimum = cfg["sender.min_binlog_retention_hours"] * 3600
     metadata = row_metadata(conn)
-    found = [Finding("binlog", OK, f"log_bin ON, binlog_format ROW, binlog_row_image FULL, binlog_row_metadata "
-                                   f"{metadata}")]
+    found = [Finding("binlog", OK, _("log_bin ON, binlog_format ROW, binlog_row_image FULL, binlog_row_metadata "
+                                     "{metadata}").format(metadata=metadata))]
     if metadata != "FULL":
-        found.append(Finding("binlog.row_metadata", WARNING, f"binlog_row_metadata {metadata}: row events carry no "
+        found.append(Finding("binlog.row_metadata", WARNING, _("binlog_row_metadata {metadata}: row events carry no "
                              "column names, so the sender names them from its schema history; a table altered "
                              "twice while the sender is behind stops it (exit 11). FULL (MariaDB 10.5+, MySQL 8) "
-                             "avoids that"))
+                             "avoids that").format(metadata=metadata)))
     if retention and minimum and retention < minimum:
-        found.append(Finding("binlog.retention", WARNING, f"binlogs are kept {retention / 3600:.1f} h, less than "
-                                                          f"sender.min_binlog_retention_hours "
-                                                          f"({minimum / 3600:.0f} h)"))
+        found.append(Finding("binlog.retention", WARNING, _("binlogs are kept {hours:.1f} h, less than "
+                                                            "sender.min_binlog_retention_hours ({minimum:.0f} h)")
+                             .format(hours=retention / 3600, minimum=minimum / 3600)))
     return found
 
 
@@ -73,21 +75,24 @@ def server_id(conn: Any, cfg: Config) -> list[Finding]:
         cur.execute("SELECT @@server_id")
         (server,) = cur.fetchone()
     if int(server) == ours:
-        return [Finding(key, ERROR, f"{ours} is the site server's own server_id: the binlog reader needs an id no "
-                                    "server or replica uses", exitcodes.CONFIG)]
+        return [Finding(key, ERROR, _("{id} is the site server's own server_id: the binlog reader needs an id no "
+                                      "server or replica uses").format(id=ours), exitcodes.CONFIG)]
     try:
         replicas = _replicas(conn)
     except pymysql.MySQLError as exc:
-        return [Finding(key, OK, f"{ours} differs from the server's ({server})"),
-                Finding("sender.server_id.replicas", SKIPPED, "replicas not listed (SHOW SLAVE HOSTS: "
-                        f"{exc.args[-1]}); grant REPLICATION MASTER ADMIN (MariaDB) to check them too")]
+        return [Finding(key, OK, _("{id} differs from the server's ({server})").format(id=ours, server=server)),
+                Finding("sender.server_id.replicas", SKIPPED, _(
+                    "replicas not listed (SHOW SLAVE HOSTS: {error}); grant REPLICATION MASTER ADMIN (MariaDB) to "
+                    "check them too").format(error=exc.args[-1]))]
     clash = [host for sid, host in replicas if sid == ours]
     if clash and not (clash == [REPORT_HOST] and _home_reading(cfg)):
-        return [Finding(key, ERROR, f"{ours} is used by a replica of the site server already (registered as "
-                                    f"{clash[0] or 'an unnamed host'}): pick an id no server or replica uses",
+        return [Finding(key, ERROR, _("{id} is used by a replica of the site server already (registered as "
+                                      "{host}): pick an id no server or replica uses").format(
+            id=ours, host=clash[0] or _("an unnamed host")),
                         exitcodes.CONFIG)]
-    others = len([sid for sid, _ in replicas if sid != ours])
-    return [Finding(key, OK, f"{ours} differs from the server's ({server}) and from its {others} other replica(s)")]
+    others = len([sid for sid, _host in replicas if sid != ours])
+    return [Finding(key, OK, _("{id} differs from the server's ({server}) and from its {others} other replica(s)")
+                    .format(id=ours, server=server, others=others))]
 
 
 def _replicas(conn: Any) -> list[tuple[int, str]]:

@@ -24,6 +24,7 @@ import pymysql.cursors
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.db import DbParams
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
 from dbsync_cli.sender.binlog import CaptureStop
@@ -157,9 +158,10 @@ class Enricher:
                         "the batch again (%d of %d)", table, key, column, target, local, len(missing), attempt,
                         READ_ATTEMPTS)
             time.sleep(0.2 * attempt)
-        raise EnrichStop(f"site row {table} {key}: {column} references {target} {local}, which does not exist in "
-                         "the site database (a dangling reference); enrich stops before it and nothing after it is "
-                         "sent: fix the row at the site (or restore the referenced row), then restart",
+        raise EnrichStop(_("site row {table} {key}: {column} references {target} {local}, which does not exist in "
+                           "the site database (a dangling reference); enrich stops before it and nothing after it "
+                           "is sent: fix the row at the site (or restore the referenced row), then restart").format(
+            table=table, key=key, column=column, target=target, local=local),
                          exitcodes.DANGLING_REFERENCE)
 
     def _read(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> tuple[
@@ -254,7 +256,7 @@ class Enricher:
 
     def _attribute_format(self, table: SyncedTable, type_id: Any) -> str | None:
         if type_id not in self.attribute_formats:
-            _, type_column, format_column = ATTRIBUTE_ID_VALUES[table.name]
+            _value, type_column, format_column = ATTRIBUTE_ID_VALUES[table.name]
             type_table = table.references[type_column].table
             type_key = self.model.tables[type_table].primary_key[0]
             with self.conn.cursor() as cur:
@@ -266,7 +268,7 @@ class Enricher:
 
     def _attribute_value_ids(self, table: SyncedTable, rows: dict[Any, dict[str, Any]],
                              need: dict[tuple[str, str], set[Any]]) -> None:
-        value_column, type_column, _ = ATTRIBUTE_ID_VALUES[table.name]
+        value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
         for row in rows.values():
             target = self._attribute_format(table, row[type_column])
             if target and row[value_column] and str(row[value_column]).isdigit():
@@ -289,7 +291,7 @@ class Enricher:
             else:
                 data[column] = convert(value)
         if table.name in ATTRIBUTE_ID_VALUES:
-            value_column, type_column, _ = ATTRIBUTE_ID_VALUES[table.name]
+            value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
             target = self._attribute_format(table, row[type_column])
             identity = self.model.identity_of(target) if target else None
             raw = row[value_column]

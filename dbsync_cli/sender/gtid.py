@@ -30,6 +30,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.gtid import Gtid, GtidSet
 
 from dbsync_cli import exitcodes
+from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog, servers
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position, PositionLost
 
@@ -243,9 +244,10 @@ def locate(settings: CaptureSettings, conn: Any, checkpoint: dict[str, Any]) -> 
     old = Position(checkpoint["file"], int(checkpoint["pos"]))
     target = parse(flavor, text)
     if not executed(conn, flavor).covers_all(target):
-        raise CaptureStop(f"this server's binlog lacks transactions the checkpoint covers (GTID position {text}, "
-                          f"the server's {executed(conn, flavor)}): let it catch up with the server it replicates "
-                          "(with log_slave_updates on) and start again, or point the sender back at that server",
+        raise CaptureStop(_("this server's binlog lacks transactions the checkpoint covers (GTID position {wanted}, "
+                            "the server's {executed}): let it catch up with the server it replicates (with "
+                            "log_slave_updates on) and start again, or point the sender back at that server").format(
+            wanted=text, executed=executed(conn, flavor)),
                           exitcodes.BINLOG_PURGED)
     file = _first_file(settings, flavor, list(binlog.binary_log_sizes(conn)), target)
     if file is None:

@@ -22,6 +22,7 @@ from typing import Any
 from dbsync_cli import control, wire
 from dbsync_cli.broker import open_connection, settings_from_config
 from dbsync_cli.config import Config
+from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
 from dbsync_cli.sender.binlog import current_position
@@ -61,7 +62,7 @@ def row_key(conn: Any, table: SyncedTable, uuid: str) -> Any:
                     sql("SELECT {} FROM {} WHERE {} = %s", quote(table.key), quote(table.name), quote("uuid")), (uuid,))
         row = cur.fetchone()
     if row is None:
-        raise ResyncError(f"{table.name} {uuid} does not exist at the site")
+        raise ResyncError(_("{table} {uuid} does not exist at the site").format(table=table.name, uuid=uuid))
     return row[0]
 
 
@@ -88,7 +89,8 @@ def patient_rows(conn: Any, model: SchemaModel, uuid: str) -> dict[str, set[Any]
         for name, keys in new.items():
             found.setdefault(name, set()).update(keys)
         if sum(map(len, found.values())) > MAX_ROWS:
-            raise ResyncError(f"patient {uuid}: over {MAX_ROWS:,} rows hang off it; re-sync tables instead")
+            raise ResyncError(_("patient {uuid}: over {most:,} rows hang off it; re-sync tables instead").format(
+                uuid=uuid, most=MAX_ROWS))
         frontier = new
     conn.commit()
     return found
@@ -98,7 +100,7 @@ def resync(cfg: Config, *, patient: str | None = None, table: str | None = None,
            request: str | None = None) -> dict[str, int]:
     """Send the rows again; returns the messages the broker confirmed per table."""
     if (patient is None) == (table is None or uuid is None):
-        raise ResyncError("resync needs --patient UUID, or --table T with --uuid UUID")
+        raise ResyncError(_("resync needs --patient UUID, or --table T with --uuid UUID"))
     model = load_model(cfg)
     enricher = Enricher(enrich_settings(cfg), model)
     try:

@@ -29,6 +29,7 @@ import pymysql
 
 from dbsync_cli import exitcodes
 from dbsync_cli.checks import privileges
+from dbsync_cli.i18n import _
 from dbsync_cli.sender.binlog import CaptureStop, Position, current_position
 
 log = logging.getLogger("dbsync.snapshot")
@@ -66,13 +67,14 @@ def choose(conn: Any, forced: str = "auto") -> str:
     found = server(conn)
     if found.flavor == "mariadb":
         return "mariadb"
-    granted, _ = privileges(conn, "")
+    granted, _local = privileges(conn, "")
     if {"RELOAD", "ALL PRIVILEGES"} & granted:
         return "lock"
     if found.version >= (8, 0, 17) and "BACKUP_ADMIN" in granted:
         return "log_status"
-    raise CaptureStop(f"{found.label}: an initial snapshot needs RELOAD (or, on MySQL 8.0.17+, BACKUP_ADMIN) for "
-                      "the sender's user to read the binlog position that matches it", exitcodes.PRIVILEGES)
+    raise CaptureStop(_("{server}: an initial snapshot needs RELOAD (or, on MySQL 8.0.17+, BACKUP_ADMIN) for the "
+                        "sender's user to read the binlog position that matches it").format(server=found.label),
+                      exitcodes.PRIVILEGES)
 
 
 def open_snapshot(conn: Any, method: str) -> Position:
@@ -130,8 +132,9 @@ def _snapshot_position(conn: Any) -> Position:
         cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%%'")
         status = {str(k).lower(): v for k, v in cur.fetchall()}
     if "binlog_snapshot_file" not in status:
-        raise CaptureStop("the server reports no binlog_snapshot_file (not MariaDB?): set sender.snapshot_method = "
-                          '"lock" (needs RELOAD) or "log_status" (MySQL 8)', exitcodes.BINLOG_SETTINGS)
+        raise CaptureStop(_("the server reports no binlog_snapshot_file (not MariaDB?): set "
+                            "sender.snapshot_method = \"lock\" (needs RELOAD) or \"log_status\" (MySQL 8)"),
+                          exitcodes.BINLOG_SETTINGS)
     return Position(str(status["binlog_snapshot_file"]), int(status["binlog_snapshot_position"]))
 
 
@@ -145,8 +148,9 @@ def _read_log_status(conn: Any, flavor: str) -> Position:
         try:
             cur.execute("SELECT LOCAL FROM performance_schema.log_status")
         except pymysql.err.ProgrammingError as exc:
-            raise CaptureStop(f"performance_schema.log_status cannot be read ({exc.args[-1]}): it needs MySQL "
-                              "8.0.17+ and BACKUP_ADMIN; use sender.snapshot_method = \"lock\" (RELOAD)",
+            raise CaptureStop(_("performance_schema.log_status cannot be read ({error}): it needs MySQL 8.0.17+ "
+                                "and BACKUP_ADMIN; use sender.snapshot_method = \"lock\" (RELOAD)").format(
+                error=exc.args[-1]),
                               exitcodes.BINLOG_SETTINGS) from None
         (local,) = cur.fetchone()
     data = orjson.loads(local)
@@ -161,5 +165,6 @@ def _retrying(conn: Any, attempt: Any, what: str) -> Position:
         log.warning("snapshot start: %s did not get a clean position (attempt %d of %d); trying again", what,
                     number, ATTEMPTS)
         time.sleep(min(2**number, 10))
-    raise CaptureStop(f"the snapshot could not start: {what} found the server busy {ATTEMPTS} times in a row",
+    raise CaptureStop(_("the snapshot could not start: {what} found the server busy {attempts} times in a "
+                        "row").format(what=what, attempts=ATTEMPTS),
                       exitcodes.FAILURE)

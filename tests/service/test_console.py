@@ -26,6 +26,8 @@ from receiver_helpers import Central, drop_schema, make_central, make_site
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from test_apply import new_person
 
 from dbsync_cli.receiver import state
@@ -155,8 +157,7 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert {"given_name", "family_name"} <= differing
     shot(driver, "conflict")
     driver.find_element(By.ID, "col-family_name").click()  # the site's family name, central's given name
-    driver.find_element(By.ID, "merge").click()
-    assert "resolved (merge)" in driver.find_element(By.ID, "flash").text
+    assert "resolved (merge)" in click_for_flash(driver, driver.find_element(By.ID, "merge"))
     assert central.sql("SELECT given_name, family_name FROM person_name WHERE uuid = %s", (data["name"],)) == [
         ("Central Ann", "Site")]
 
@@ -165,12 +166,12 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert len(entries) >= 2
     first, second = (e.get_attribute("data-id") for e in entries[:2])
     shot(driver, "retry")
-    driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again").click()
-    assert f"entry {first}:" in driver.find_element(By.ID, "flash").text
+    assert f"entry {first}:" in click_for_flash(
+        driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again"))
     attempts = central.sql(f"SELECT attempts FROM `{central.schema}`.receiver_retry_queue WHERE id = %s", (first,))
     assert attempts and attempts[0][0] >= 1
-    driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] button.drop").click()
-    assert f"retry entry {second} dropped" in driver.find_element(By.ID, "flash").text
+    assert f"retry entry {second} dropped" in click_for_flash(
+        driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] button.drop"))
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
                        (second,)) == [(0,)]
 
@@ -322,3 +323,12 @@ def test_the_console_over_tls_sets_a_secure_cookie(openmrs_db, services, tmp_pat
         proc.terminate()
         proc.wait(30)
         drop_schema(central)
+
+
+def click_for_flash(driver: webdriver.Chrome, button: object) -> str:
+    """Click a form's button and read the flash of the page it leads to, never the old page's (a POST, a redirect,
+    then a new page: reading before the old one is gone finds its element stale)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    button.click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    return str(driver.find_element(By.ID, "flash").text)

@@ -7,7 +7,7 @@ import random
 from zoneinfo import ZoneInfo
 
 from dbsync_cli import wire
-from dbsync_cli.openmrs.canonical import Buckets, canonical_value, compare, prefix_length, row_digest
+from dbsync_cli.openmrs.canonical import Buckets, canonical_value, prefix_length, row_digest
 from dbsync_cli.openmrs.introspect import Column, TableInfo
 from dbsync_cli.openmrs.model import SchemaModel
 from dbsync_cli.values import wire_converter
@@ -63,11 +63,6 @@ def test_buckets_do_not_depend_on_the_order_rows_are_read_in() -> None:
         c.add(uuid, digest if uuid != rows[5][0] else "f" * 32)
     assert set(c.differing(a.as_wire())) == {rows[0][0][: a.length], rows[5][0][: a.length]}
     assert prefix_length(10) == 0 and prefix_length(3000) == 1 and prefix_length(1_000_000) == 3
-
-
-def test_compare_names_every_kind() -> None:
-    found = compare({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "x", "d": "4"})
-    assert found == {"matched": ["a"], "missing": ["c"], "different": ["b"], "extra": ["d"]}
 
 
 def test_a_differing_bucket_is_narrowed_to_its_differing_sixteenths() -> None:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import orjson
 import pytest
-from babel.messages.pofile import read_po
 
 from dbsync_cli.console import i18n
 from dbsync_cli.console.owa import OwaError, build
 from dbsync_cli.console.users import UsersError, add_user, authenticate, list_users, remove_user
-
-CONSOLE = Path(i18n.__file__).resolve().parent
-#: values the templates translate through a variable: roles and health states
-DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISABLED",
-           "last 24 hours", "last 30 days", "5 min", "hour", "rows applied", "backlog")  # and the charts' words
+from devtools.catalogue import catalogue, messages, untranslated
 
 
 def test_the_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) -> None:
@@ -39,18 +37,48 @@ def test_the_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) 
 
 
 def test_every_console_and_cli_message_has_a_portuguese_translation() -> None:
-    used = set(DYNAMIC)
-    for source in [*CONSOLE.glob("templates/*.html"), *CONSOLE.glob("*.py")]:
-        used |= set(re.findall(r'_\("([^"]+)"\)', source.read_text()))
-    for source in (CONSOLE.parent / "cli").glob("*.py"):  # the CLI's tables and headings
-        used |= set(re.findall(r'\b_\("([^"]+)"\)', source.read_text()))
-        used |= set(re.findall(r"\b_\('([^']+)'\)", source.read_text()))
-    with (i18n.LOCALE_DIR / "pt" / "LC_MESSAGES" / "messages.po").open("rb") as src:
-        catalog = read_po(src)
-    translated = {m.id for m in catalog if m.id and m.string}
-    assert sorted(used - translated) == []
+    """Every message the package marks (Babel's extractor, as a translator's tools see them) has a pt translation
+    that keeps its placeholders: a lost `{site}` would hide a value, a new one would crash `.format`."""
+    found = messages()
+    assert len(found) > 250 and "schema: {error}" in found and "Retry queue" in found
+    assert untranslated("pt") == {}
+    placeholder = re.compile(r"{(\w*)[^}]*}")
+    for message in catalogue("pt"):
+        if not message.id:
+            continue
+        ids = message.id if isinstance(message.id, tuple) else (message.id,)
+        strings = message.string if isinstance(message.string, tuple) else (message.string,)
+        wanted = set(placeholder.findall(ids[-1]))
+        for text in strings:
+            assert set(placeholder.findall(text)) == wanted, (message.id, text)
     assert i18n.gettext_for("pt").gettext("Retry queue") == "Fila de repetição"
     assert i18n.gettext_for("en").gettext("Retry queue") == "Retry queue"
+
+
+def test_the_cli_s_errors_are_in_portuguese_when_asked(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "", "LANGUAGE": ""}
+    for argv, lang_env, text in (
+            (["--lang", "pt"], {}, f"ficheiro de configuração {missing}: não encontrado"),
+            ([], {"LANG": "pt_PT.UTF-8"}, f"ficheiro de configuração {missing}: não encontrado"),
+            ([], {}, f"config file {missing}: not found")):
+        done = subprocess.run([sys.executable, "-m", "dbsync_cli", *argv, "config", "check", "--config", str(missing)],
+                              capture_output=True, text=True, env={**env, **lang_env}, timeout=60)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"dbsync: config: {text}"]
+    done = subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", "pt", "console", "owa", "--url", "ftp://x",
+                           "--out", str(tmp_path / "owa.zip")], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stderr.strip() == "dbsync: url da consola 'ftp://x': esperava-se http(s)://anfitrião[:porta]/"
+
+
+def test_a_console_request_speaks_its_users_language_not_the_process_s() -> None:
+    from dbsync_cli.i18n import _
+
+    token = i18n.use("pt")
+    try:
+        assert _("conflict {number} does not exist").format(number=3) == "o conflito 3 não existe"
+    finally:
+        i18n.reset(token)
+    assert _("conflict {number} does not exist").format(number=3) == "conflict 3 does not exist"
 
 
 def test_the_language_comes_from_the_choice_then_the_browser_then_lang(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,10 +121,7 @@ def test_charts_turn_per_minute_samples_into_rates_and_backlog() -> None:
     assert picture.startswith("<svg") and 'data-points="3"' in picture and "&lt;applied&gt;" in picture
 
 
-def test_the_cli_speaks_portuguese_when_asked() -> None:
-    import subprocess
-    import sys
-
+def test_the_cli_s_tables_are_in_portuguese_when_asked() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "sender.toml"
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "DBSYNC_SITE_DB__PASSWORD": "x", "DBSYNC_BROKER__PASSWORD": "x"}
     runs = {lang: subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", lang, "config", "check", "--offline",
