@@ -136,3 +136,27 @@ def test_the_cli_s_tables_are_in_portuguese_when_asked() -> None:
     bad = subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", "fr", "status"], capture_output=True,
                          text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--lang 'fr'" in bad.stderr
+
+
+def test_every_marked_message_is_formatted_with_exactly_its_placeholders() -> None:
+    """`_("… {site} …").format(...)` with a name missing is a KeyError on an error path, where no other test
+    looks; a name too many is a value the sentence lost."""
+    import ast
+    import string
+
+    package = Path(i18n.__file__).resolve().parents[1]
+    checked = 0
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"):
+                continue
+            marked = node.func.value
+            if not (isinstance(marked, ast.Call) and isinstance(marked.func, ast.Name)
+                    and marked.func.id in ("_", "ngettext") and marked.args
+                    and isinstance(marked.args[0], ast.Constant)):
+                continue
+            fields = {re.split(r"[.\[!:]", name)[0] for _t, name, _s, _c in string.Formatter().parse(marked.args[0].value)
+                      if name}
+            assert fields == {k.arg for k in node.keywords}, f"{source.name}:{node.lineno}"
+            checked += 1
+    assert checked > 100
