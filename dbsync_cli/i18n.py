@@ -80,8 +80,8 @@ def current() -> str:
 
 
 def _(message: str) -> str:
-    """`message` in the current language."""
-    return gettext_for(current()).gettext(message)
+    """`message` in the current language (an empty one stays empty: gettext would answer with the header)."""
+    return gettext_for(current()).gettext(message) if message else message
 
 
 def ngettext(singular: str, plural: str, count: int) -> str:

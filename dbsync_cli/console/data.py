@@ -9,6 +9,7 @@ from typing import Any
 
 from dbsync_cli.config import Config
 from dbsync_cli.console import charts
+from dbsync_cli.i18n import _
 from dbsync_cli.receiver import conflicts, retry, state
 from dbsync_cli.receiver.rest import rest_status
 from dbsync_cli.receiver.run import Receiver
@@ -140,9 +141,10 @@ class Console:
             outcomes = retry.retry_pending(applier, only=number)
         finally:
             applier.close()
-        result = "; ".join(f"{o.outcome}" + (f": {o.reason}" if o.reason else "") for o in outcomes) or "nothing"
-        self._audit(user, "retry again", f"entry {number}: {result}")
-        return f"entry {number}: {result}"
+        result = "; ".join(f"{o.outcome}" + (f": {o.reason}" if o.reason else "") for o in outcomes) or _("nothing")
+        text = _("entry {number}: {result}").format(number=number, result=result)
+        self._audit(user, "retry again", text)
+        return text
 
     def retry_drop(self, user: str, number: int) -> str:
         applier = self.receiver.applier()
