@@ -71,7 +71,24 @@ def test_the_cli_s_errors_are_in_portuguese_when_asked(tmp_path: Path) -> None:
 
 
 def test_a_console_request_speaks_its_users_language_not_the_process_s() -> None:
+    """The console's middleware sets the user's language for the request, and the worker threads its actions run in
+    see it, so what the receiver answers (the flash after an action) is in the page's language."""
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    from dbsync_cli.console.app import UserLanguage
     from dbsync_cli.i18n import _
+
+    heard: list[str] = []
+
+    async def endpoint(scope: object, receive: object, send: object) -> None:
+        heard.append(await run_in_threadpool(lambda: _("conflict {number} does not exist").format(number=3)))
+
+    for cookie in (b"lang=pt", b"lang=en"):
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", cookie)], "query_string": b""}
+        asyncio.run(UserLanguage(endpoint)(scope, None, None))  # type: ignore[arg-type]
+    assert heard == ["o conflito 3 não existe", "conflict 3 does not exist"]
 
     token = i18n.use("pt")
     try:
