@@ -45,7 +45,7 @@ def translations(lang: str) -> gettext.NullTranslations:
 def choose(wanted: str | None = None, accept_language: str | None = None) -> str:
     """The language: an explicit choice, else the browser's, else the environment's in gettext's order ($LANGUAGE,
     a list, then $LC_ALL, $LC_MESSAGES, $LANG), else English."""
-    environment = [*os.environ.get("LANGUAGE", "").split(":"),
+    environment = [os.environ.get("DBSYNC_LANG"), *os.environ.get("LANGUAGE", "").split(":"),
                    *(os.environ.get(name) for name in ("LC_ALL", "LC_MESSAGES", "LANG"))]
     for candidate in (wanted, *(part.split(";")[0].strip() for part in (accept_language or "").split(",")),
                       *environment):
@@ -60,8 +60,11 @@ def gettext_for(lang: str) -> gettext.NullTranslations:
 
 
 def set_language(lang: str | None) -> str:
-    """The CLI's language for this process (`--lang`, else the environment)."""
+    """The CLI's language for this process (`--lang`, else the environment). An explicit choice goes into
+    $DBSYNC_LANG too, so the processes it starts (the sender's capture process) speak it."""
     _current["lang"] = choose(lang)
+    if lang:
+        os.environ["DBSYNC_LANG"] = _current["lang"]
     return _current["lang"]
 
 

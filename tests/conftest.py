@@ -19,7 +19,7 @@ from dbsync_cli.db import DbParams
 from devtools.services import Services, ensure_up
 
 #: tests read the CLI's English messages: a developer's own language must not change them (tests ask for pt)
-for _name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+for _name in ("DBSYNC_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES"):
     os.environ.pop(_name, None)
 os.environ["LANG"] = "C.UTF-8"
 

@@ -57,7 +57,7 @@ def test_every_console_and_cli_message_has_a_portuguese_translation() -> None:
 
 def test_the_cli_s_errors_are_in_portuguese_when_asked(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.toml"
-    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "", "LANGUAGE": ""}
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "", "LANGUAGE": "", "DBSYNC_LANG": ""}
     for argv, lang_env, text in (
             (["--lang", "pt"], {}, f"ficheiro de configuração {missing}: não encontrado"),
             ([], {"LANG": "pt_PT.UTF-8"}, f"ficheiro de configuração {missing}: não encontrado"),
