@@ -28,6 +28,7 @@ import pymysql
 
 from dbsync_cli.broker import BrokerError, open_connection, settings_from_config
 from dbsync_cli.config import KEYS, Config
+from dbsync_cli.i18n import _
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -136,8 +137,9 @@ def plaintext_problem(report: Report, cfg: Config) -> None:
 
     host = plaintext_host(cfg.values)
     if host is not None:
-        report.problem(WARNING, "broker_tls", f"broker.url is plain stomp:// to {host} (broker.allow_plaintext): "
-                                              "patient data and the broker password cross the network unencrypted")
+        report.problem(WARNING, "broker_tls", _("broker.url is plain stomp:// to {host} (broker.allow_plaintext): "
+                                                "patient data and the broker password cross the network "
+                                                "unencrypted").format(host=host))
 
 
 def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:

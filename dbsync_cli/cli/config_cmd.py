@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dbsync_cli import checks as checks_mod
 from dbsync_cli import config as config_mod
-from dbsync_cli import exitcodes
+from dbsync_cli import exitcodes, i18n
 from dbsync_cli.cli import common
 from dbsync_cli.i18n import _
 
@@ -28,6 +28,8 @@ def check(
 ) -> None:
     """Validate the config and check it against its servers: logins, grants, binlog settings, server id, time zone,
     CA files, the broker's certificate and login; one finding each, exit code of the first error."""
+    if json_out:  # for programs: English whatever the terminal's language
+        i18n.use("en")
     path = common.config_path(config)
     role = role or common.detect_role(path)
     result = config_mod.validate(path, role)

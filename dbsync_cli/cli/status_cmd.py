@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dbsync_cli import config as config_mod
-from dbsync_cli import health, logs
+from dbsync_cli import health, i18n, logs
 from dbsync_cli.cli import common
 from dbsync_cli.i18n import _
 from dbsync_cli.receiver.status import receiver_status
@@ -80,6 +80,8 @@ def status(
     """
     params = dict(locals())
     overrides = {k: v for k, v in params.items() if k not in ("config", "json_out")}
+    if json_out:  # for programs: English whatever the terminal's language
+        i18n.use("en")
     path = common.config_path(config)
     role = common.detect_role(path)
     result = config_mod.validate(path, role)

@@ -149,8 +149,9 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
 
 
 class UserLanguage:
-    """Each request runs in its user's language (the switch, else the browser's), so what the library says back
-    (a conflict resolved, an error) reads like the page around it."""
+    """Each page request runs in its user's language (the switch, else the browser's), so what the library says
+    back (a conflict resolved, an error, a status problem) reads like the page around it; /api/… and /metrics are
+    for programs and stay English."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -160,7 +161,9 @@ class UserLanguage:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        token = i18n.use(i18n.choose(request.cookies.get("lang"), request.headers.get("accept-language")))
+        machine = request.url.path.startswith(("/api/", "/metrics"))  # what programs read stays English
+        token = i18n.use("en" if machine else i18n.choose(request.cookies.get("lang"),
+                                                          request.headers.get("accept-language")))
         try:
             await self.app(scope, receive, send)
         finally:

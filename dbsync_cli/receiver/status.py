@@ -24,6 +24,7 @@ from dbsync_cli.health import (
     utc,
     utcnow,
 )
+from dbsync_cli.i18n import _
 from dbsync_cli.sql import Sql, sql
 
 
@@ -58,13 +59,13 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (schema,))
                 exists = cur.fetchone()[0] > 0
             if not exists and not _may_see(conn, schema):
-                report.problem(UNKNOWN, "state_schema", f"the receiver's user has no privilege on state schema "
-                                                        f"{schema!r} on {central['address']} (GRANT ALL PRIVILEGES "
-                                                        f"ON {schema}.* TO …)")
+                report.problem(UNKNOWN, "state_schema", _("the receiver's user has no privilege on state schema "
+                                                          "{schema!r} on {address} (GRANT ALL PRIVILEGES ON {schema}.* "
+                                                          "TO …)").format(schema=schema, address=central["address"]))
             elif not exists:
-                report.problem(UNKNOWN, "state_schema", f"receiver state schema {schema!r} does not exist on "
-                                                        f"{central['address']} (no receiver or `dbsync sites add` "
-                                                        "has run yet)")
+                report.problem(UNKNOWN, "state_schema", _("receiver state schema {schema!r} does not exist on "
+                                                          "{address} (no receiver or `dbsync sites add` has run "
+                                                          "yet)").format(schema=schema, address=central["address"]))
             else:
                 silent_max = _sites(report, conn, schema, now, lim)
                 with conn.cursor() as cur:
@@ -80,7 +81,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                     "SUM(reason LIKE %s OR reason LIKE %s) FROM {}.receiver_retry_queue "
                                     "GROUP BY site ORDER BY 1", s), (UNREGISTERED, UNREGISTERED, WAITING))
                     counts = [(r[0] or "?", int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in cur.fetchall()]
-                    by_site = {site: n for site, n, _, _ in counts}
+                    by_site = {site: n for site, n, _waiting, _oldest in counts}
                     data["retry_queue"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest),
                                            "by_site": by_site}
                     onboarding = _onboarding(report, conn, schema, now, counts)
@@ -99,21 +100,26 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                 # live messages; a stuck apply also shows as site silence
                 live = inbox["size"] - inbox["initial_load"]
                 report.problem(grade(live, lim["inbox_warning"], lim["inbox_critical"]), "inbox",
-                               f"{inbox['size']} message(s) in the inbox not applied yet "
-                               + (f"({inbox['initial_load']} of initial loads, applied after live changes) "
-                                  if inbox["initial_load"] else "")
+                               (_("{size} message(s) in the inbox not applied yet ({initial} of initial loads, "
+                                  "applied after live changes)") if inbox["initial_load"]
+                                else _("{size} message(s) in the inbox not applied yet")).format(
+                                   size=inbox["size"], initial=inbox["initial_load"])
                                + f"(oldest {duration(inbox['oldest_seconds'])})")
                 graded = retry["size"] - sum(onboarding.values())
                 report.problem(grade(graded, lim["retry_warning"], lim["retry_critical"]), "retry_queue",
-                               f"{graded} message(s) in the retry queue "
-                               f"(oldest {duration(retry['oldest_seconds'])})"
-                               + (" besides those of sites being onboarded" if onboarding else ""))
+                               (_("{count} message(s) in the retry queue (oldest {duration}) besides those of sites "
+                                  "being onboarded") if onboarding
+                                else _("{count} message(s) in the retry queue (oldest {duration})")).format(
+                                   count=graded, duration=duration(retry["oldest_seconds"])))
                 report.problem(grade(conflicts["unresolved"], lim["conflict_warning"], lim["conflict_critical"]),
-                               "conflicts", f"{conflicts['unresolved']} unresolved conflict(s) (dbsync conflicts list)")
+                               "conflicts", _("{count} unresolved conflict(s) (dbsync conflicts list)").format(
+                                   count=conflicts["unresolved"]))
                 report.problem(grade(rest["failing"], lim["rest_failing_warning"], lim["rest_failing_critical"]),
-                               "rest", f"{rest['failing']} OpenMRS REST call(s) failing: {rest['last_error'] or '?'}")
+                               "rest", _("{count} OpenMRS REST call(s) failing: {error}").format(
+                                   count=rest["failing"], error=rest["last_error"] or "?"))
         except pymysql.MySQLError as exc:
-            report.problem(UNKNOWN, "state_schema", f"reading receiver state {schema!r}: {exc.args[-1]}")
+            report.problem(UNKNOWN, "state_schema", _("reading receiver state {schema!r}: {error}").format(
+                schema=schema, error=exc.args[-1]))
         finally:
             conn.close()
 
@@ -156,7 +162,7 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
         stats = queue_stats(settings_from_config(cfg), name, timeout)
     except (BrokerError, QueueStatsError) as exc:
         broker["queue"] = {"name": name, "error": str(exc)}
-        report.problem(WARNING, "broker_queue", f"cannot read broker queue statistics: {exc}")
+        report.problem(WARNING, "broker_queue", _("cannot read broker queue statistics: {error}").format(error=exc))
         return
     waited = stats.waiting_unconsumed_seconds()
     broker["queue"] = {"name": name, "messages": stats.messages, "delivering": stats.delivering,
@@ -164,10 +170,11 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
                            None if stats.first_message_age_ms is None else round(stats.first_message_age_ms / 1000, 1),
                        "unconsumed_seconds": waited}
     report.problem(grade(waited, lim["unconsumed_warning_seconds"], lim["unconsumed_critical_seconds"]),
-                   "broker_queue", f"{stats.messages} message(s) waiting at the broker in {name} with no consumer "
-                                   f"for {duration(waited)} (is the receiver running?)"
-                   + (f"; {stats.delivering} stuck in delivery (restart the broker, see troubleshooting)"
-                      if stats.delivering else ""))
+                   "broker_queue", _("{count} message(s) waiting at the broker in {queue} with no consumer for "
+                                     "{duration} (is the receiver running?)").format(
+                       count=stats.messages, queue=name, duration=duration(waited))
+                   + ("; " + _("{count} stuck in delivery (restart the broker, see troubleshooting)").format(
+                       count=stats.delivering) if stats.delivering else ""))
 
 
 def _may_see(conn: Any, schema: str) -> bool:
@@ -200,9 +207,9 @@ def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
             continue
         site = sites.get(identifier)
         if site is None:
-            report.problem(WARNING, "unregistered_site", f"{total} message(s) from site {identifier!r}, which is not "
-                                                         f"registered, wait in the retry queue: dbsync sites add "
-                                                         f"{identifier}")
+            report.problem(WARNING, "unregistered_site", _("{count} message(s) from site {site!r}, which is not "
+                                                           "registered, wait in the retry queue: dbsync sites add "
+                                                           "{site}").format(count=total, site=identifier))
             onboarding[identifier] = queued  # only these: the site's other trouble is graded as ever
         elif not site.disabled and (seconds_between(now, site.date_created) or 0) < ONBOARDING_MINUTES * 60:
             report.notes.append(f"site {identifier}: onboarding, {queued:,} message(s) queued before `sites add` "
@@ -236,17 +243,19 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
         if not site.disabled:
             row["state"] = grade(silence, lim["site_silent_warning_minutes"] * 60,
                                  lim["site_silent_critical_minutes"] * 60)
-            since = "since its last sync" if last else "and never synced since it was registered"
-            report.problem(row["state"], "site", f"site {site.identifier} silent for {duration(silence)} {since}")
+            silent = _("site {site} silent for {duration} since its last sync") if last \
+                else _("site {site} silent for {duration} and never synced since it was registered")
+            report.problem(row["state"], "site", silent.format(site=site.identifier, duration=duration(silence)))
             if silence is not None and (silent_max is None or silence > silent_max):
                 silent_max = silence
         if row["verify"] and row["verify"]["differences"] and not site.disabled:
-            report.problem(WARNING, "verify", f"site {site.identifier}: the last verify found "
-                                              f"{row['verify']['differences']} row(s) that differ from central "
-                                              "(dbsync verify --status; mend them with dbsync verify --repair)")
+            report.problem(WARNING, "verify", _("site {site}: the last verify found {count} row(s) that differ from "
+                                                "central (dbsync verify --status; mend them with dbsync verify "
+                                                "--repair)").format(site=site.identifier,
+                                                                    count=row["verify"]["differences"]))
         report.data["sites"].append(row)
     if not sites:
-        report.problem(WARNING, "site", "no sites registered (dbsync sites add)")
+        report.problem(WARNING, "site", _("no sites registered (dbsync sites add)"))
     return silent_max
 
 

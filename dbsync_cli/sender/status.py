@@ -24,6 +24,7 @@ from dbsync_cli.health import (
     size,
     utc,
 )
+from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog
 
 
@@ -64,12 +65,12 @@ def _sender_state(home: Path, now: float) -> tuple[dict[str, Any] | None, dict[s
 
 def binlog_lag(binary_logs: list[tuple[str, int]], file: str, pos: int) -> int | None:
     """Bytes of binlog after (file, pos): the rest of that file plus every later file; None if it was purged."""
-    names = [name for name, _ in binary_logs]
+    names = [name for name, _size in binary_logs]
     if file not in names:
         return None
     index = names.index(file)
     rest = max(0, binary_logs[index][1] - int(pos))
-    return rest + sum(sz for _, sz in binary_logs[index + 1:])
+    return rest + sum(sz for _name, sz in binary_logs[index + 1:])
 
 
 def _disk(conn: Any, logs: list[tuple[str, int]], checkpoint: dict[str, Any] | None, cfg: Config) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def _disk(conn: Any, logs: list[tuple[str, int]], checkpoint: dict[str, Any] | N
     born = checkpoint.get("born") if checkpoint else None
     if retention and isinstance(born, int | float):
         expires_in = round(born + retention - time.time())
-    disk = sum(size for _, size in logs)
+    disk = sum(size for _name, size in logs)
     rate = written_per_day(cfg, logs[0][0], disk) if logs else None
     return {"files": len(logs), "disk_bytes": disk, "written_bytes_per_day": rate,
             "retention_seconds": retention or None, "checkpoint_file_expires_in_seconds": expires_in,
@@ -158,8 +159,9 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                             f"{failover['file']}:{failover['pos']} by GTID{passed}")
     refused = report.data["resync_refused"] = _stored(cfg.home, RESYNC_REFUSED)
     if refused:
-        report.problem(WARNING, "resync", f"{refused['count']} re-sync request(s) from central refused; the last "
-                                          f"at {utc(refused['at'])}: {refused['last']}")
+        report.problem(WARNING, "resync", _("{count} re-sync request(s) from central refused; the last at {at}: "
+                                            "{last}").format(count=refused["count"], at=utc(refused["at"]),
+                                                             last=refused["last"]))
     report.data["checkpoint"] = checkpoint
     report.data["rate"] = rate
     lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}
@@ -167,12 +169,13 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     if error:
         report.problem(UNKNOWN, "checkpoint", error)
     elif checkpoint is None:
-        report.problem(WARNING, "checkpoint", f"no checkpoint in {cfg.home / 'state.sqlite'}: the sender has not "
-                                              "confirmed anything yet")
+        report.problem(WARNING, "checkpoint", _("no checkpoint in {path}: the sender has not confirmed anything "
+                                                "yet").format(path=cfg.home / "state.sqlite"))
     else:
         age = checkpoint["age_seconds"]
         state = grade(age, lim["checkpoint_warning_minutes"] * 60, lim["checkpoint_critical_minutes"] * 60)
-        report.problem(state, "checkpoint", f"checkpoint not moved for {duration(age)} (sender stopped or stuck?)")
+        report.problem(state, "checkpoint", _("checkpoint not moved for {duration} (sender stopped or stuck?)").format(
+            duration=duration(age)))
         if checkpoint["snapshot"]:
             done, total = checkpoint["snapshot_done"], checkpoint["snapshot_total"]
             how_far = f": {checkpoint['snapshot_percent']:.1f} % ({done:,} of {total:,} rows)" if total else ""
@@ -209,8 +212,9 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                          lambda _file: None)
                 except binlog.PositionLost as lost:
                     lag["bytes"], lag["purged"] = None, True
-                    report.problem(CRITICAL, "binlog", f"{lost}: the sender re-snapshots (snapshot = when_needed) "
-                                                       "or stops with exit 10 (restart it with --snapshot when_needed)")
+                    report.problem(CRITICAL, "binlog", _("{lost}: the sender re-snapshots (snapshot = when_needed) "
+                                                         "or stops with exit 10 (restart it with --snapshot "
+                                                         "when_needed)").format(lost=lost))
                 else:
                     ts_ms = checkpoint["ts_ms"]
                     if lag["bytes"] == 0:
@@ -218,14 +222,15 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     elif isinstance(ts_ms, int | float):
                         lag["seconds"] = round(max(0.0, now - ts_ms / 1000), 1)
         except pymysql.MySQLError as exc:
-            report.problem(UNKNOWN, "binlog", f"SHOW BINARY LOGS failed on {site_db['address']}: {exc.args[-1]} "
-                                              "(the user needs REPLICATION CLIENT / BINLOG MONITOR)")
+            report.problem(UNKNOWN, "binlog", _("SHOW BINARY LOGS failed on {address}: {error} (the user needs "
+                                                "REPLICATION CLIENT / BINLOG MONITOR)").format(
+                address=site_db["address"], error=exc.args[-1]))
         finally:
             conn.close()
         report.problem(grade(lag["seconds"], lim["lag_warning_seconds"], lim["lag_critical_seconds"]), "lag",
-                       f"{duration(lag['seconds'])} behind the binlog")
+                       _("{duration} behind the binlog").format(duration=duration(lag["seconds"])))
         report.problem(grade(lag["bytes"], lim["lag_warning_bytes"], lim["lag_critical_bytes"]), "lag_bytes",
-                       f"{size(lag['bytes'])} of binlog not published")
+                       _("{size} of binlog not published").format(size=size(lag["bytes"])))
 
     broker = probe_broker(cfg, timeout)
     plaintext_problem(report, cfg)

@@ -68,6 +68,10 @@ def test_the_cli_s_errors_are_in_portuguese_when_asked(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", "pt", "console", "owa", "--url", "ftp://x",
                            "--out", str(tmp_path / "owa.zip")], capture_output=True, text=True, env=env, timeout=60)
     assert done.stderr.strip() == "dbsync: url da consola 'ftp://x': esperava-se http(s)://anfitrião[:porta]/"
+    for extra, text in (([], "ficheiro de configuração"), (["--json"], "config file")):  # JSON is for programs
+        done = subprocess.run([sys.executable, "-m", "dbsync_cli", "--lang", "pt", "status", "--config", str(missing),
+                               *extra], capture_output=True, text=True, env={**env, "COLUMNS": "400"}, timeout=60)
+        assert done.returncode == 3 and f"{text} {missing}" in done.stdout, done.stdout
 
 
 def test_a_console_request_speaks_its_users_language_not_the_process_s() -> None:
