@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test and scripts/demo: install what a fresh Debian 12 machine lacks (MariaDB 10.11, Java for
-# Artemis, openssl) and this package with its test extras; exports PYTHON (a venv when the system Python refuses pip).
+# Artemis, openssl) and this package with its test extras at the versions of requirements.lock, in a venv;
+# exports PYTHON (that venv's interpreter).
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
   elif command -v sudo >/dev/null; then sudo "$@"
@@ -25,20 +26,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates "${missing[@]}"
 fi
 
-# --- Python environment: the active one, or a venv when the system Python refuses pip (PEP 668) ------
+# --- Python environment: a venv of the project's own, with the pinned versions of requirements.lock -------
+# Always a venv (not the machine's Python), so that what the machine happens to have installed cannot change what
+# the tests run against; the lock is the one place versions are chosen, for developers, the demo and CI alike.
 PYTHON="${PYTHON:-python3}"
-if "$PYTHON" - <<'PY'
-import pathlib, sys, sysconfig
-in_venv = sys.prefix != sys.base_prefix
-managed = (pathlib.Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED").exists()
-sys.exit(0 if managed and not in_venv else 1)
-PY
-then
-  venv="${DBSYNC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dbsync/venv}"
-  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-  PYTHON="$venv/bin/python"
+venv="${DBSYNC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dbsync/venv}"
+if [ "$("$PYTHON" -c 'import sys; print(sys.prefix != sys.base_prefix)')" = True ] && [ -z "${DBSYNC_VENV:-}" ]; then
+  venv="$("$PYTHON" -c 'import sys; print(sys.prefix)')"   # already in a venv: use it
 fi
+[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+PYTHON="$venv/bin/python"
 export PYTHON
 "$PYTHON" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m ensurepip --upgrade
-"$PYTHON" -m pip install -q -e '.[test]'
-
+lock="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements.lock"
+# PIP_CONSTRAINT reaches the isolated build environment too (setuptools is pinned as well)
+PIP_CONSTRAINT="$lock" "$PYTHON" -m pip install -q --disable-pip-version-check -c "$lock" -e '.[test]'
