@@ -26,6 +26,18 @@ OPERATIONS = {"messages": "getMessageCount", "delivering": "getDeliveringCount",
               "first_message_age_ms": "getFirstMessageAge"}
 
 
+#: where the shipped broker.xml's address settings (auto-create-dead-letter-resources, auto-create-expiry-resources,
+#: Artemis's default prefixes) put the messages of a destination D that Artemis gave up on
+DEAD_LETTER_PREFIX = "DLQ."
+EXPIRY_PREFIX = "EXP."
+
+
+def dead_letter_queues(destination: str) -> dict[str, str]:
+    """The queues holding what Artemis took off `destination`: delivered max-delivery-attempts times without an
+    ACK ("dead_letter") or expired ("expiry"). The one place that knows their names."""
+    return {"dead_letter": f"{DEAD_LETTER_PREFIX}{destination}", "expiry": f"{EXPIRY_PREFIX}{destination}"}
+
+
 class QueueStatsError(Exception):
     """The broker did not answer a management request (one line)."""
 

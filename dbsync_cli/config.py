@@ -91,6 +91,8 @@ KEYS: dict[str, Key] = {
     "sender.keep_binlog_files": Key(int, 2, roles=_S, help="with purge_binlogs: files before the checkpoint's "
                                                           "that stay"),
     "sender.purge_interval_seconds": Key(int, 300, roles=_S),
+    "sender.max_transaction_events": Key(int, 20_000, roles=_S, help="an enrich batch grows to the end of its "
+                                                                    "transaction, up to this many events"),
     "site_db.host": Key(str, "127.0.0.1", roles=_S),
     "site_db.port": Key(int, 3306, roles=_S),
     "site_db.database": Key(str, "openmrs", roles=_S),
@@ -332,6 +334,7 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append(_("broker.url: plain stomp:// to {host} would send patient data and the broker password "
                           "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)").format(host=host))
     if "sender.id" in values:  # a sender's envelopes; a receiver's limit is its own
+        problems += _site_id_checks(str(values["sender.id"]))
         problems += _envelope_checks(values)
     for key in ("sender.timezone", "receiver.timezone"):
         if key in values:
@@ -343,6 +346,27 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                 problems.append(_("{key}: {value!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an offset "
                                   "such as +02:00)").format(key=key, value=values[key], why=why))
     return problems
+
+
+#: central keeps a site's identifier in VARCHAR(100) columns
+MAX_SITE_ID = 100
+
+
+def _site_id_checks(site: str) -> list[str]:
+    """The site id travels in every message id (``site:epoch:file:pos:row``) and in the dbsync-site broker header:
+    a ``:`` would make ids ambiguous, and a control character cannot travel in a STOMP header (a NUL cuts the
+    frame at the receiver)."""
+    from dbsync_cli import wire
+
+    if not site.strip() or site != site.strip():
+        return [_("sender.id: {value!r} must be a non-empty name without surrounding spaces").format(value=site[:60])]
+    if wire.CONTROL_CHARACTERS.search(site) or ":" in site:
+        return [_("sender.id: {value!r} holds a control character or ':', which the site's message ids and broker "
+                  "headers cannot carry").format(value=site[:60])]
+    if len(site) > MAX_SITE_ID:
+        return [_("sender.id: {length} characters, over the {most} central stores").format(length=len(site),
+                                                                                           most=MAX_SITE_ID)]
+    return []
 
 
 def _envelope_checks(values: Mapping[str, Any]) -> list[str]:

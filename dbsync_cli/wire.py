@@ -206,6 +206,33 @@ def check(message: Any, tables: Collection[str]) -> str | None:
     return None
 
 
+def canonical_uuid(value: str) -> str:
+    """The one form a uuid is compared and keyed by: lower case. MariaDB compares uuids case-insensitively
+    (`users` and `allergy` have no unique index on uuid to stop a case-variant twin), so two spellings are one
+    uuid; a row keeps the spelling it is stored with (CIEL concepts are upper case) and SQL finds it either way."""
+    return value.lower()
+
+
+def normalise_uuids(message: dict[str, Any]) -> str | None:
+    """Validate every uuid a checked message carries, its own and each ``{"$ref", "uuid"}`` in its data, and put
+    each in its canonical form (in place); why one is invalid (naming the column), or None. The receiver calls
+    this once for every message it parses, v1 or inside an envelope, so nothing after it sees another case."""
+    message["uuid"] = canonical_uuid(message["uuid"])
+    data = message.get("data")
+    if not isinstance(data, dict):
+        return None
+    for column, value in data.items():
+        if not isinstance(value, dict) or REF not in value:
+            continue
+        uuid = value.get("uuid")
+        if uuid is None:
+            continue
+        if not isinstance(uuid, str) or not UUID_TEXT.match(uuid):
+            return f"{message['table']}.{str(column)[:64]}: invalid uuid {str(uuid)[:40]!r}"
+        value["uuid"] = canonical_uuid(uuid)
+    return None
+
+
 #: what the receiver can store of a source position (BIGINT, INT and the binlog file name column)
 _SOURCE_RANGES = {"pos": (0, 2**63 - 1), "row": (-1, 2**31 - 1), "server_id": (0, 2**32 - 1),
                   "ts_ms": (0, 253_402_300_799_999), "born": (0, 2**32 - 1)}
@@ -242,17 +269,32 @@ def encode(message: Mapping[str, Any], *, anycast: bool, compress_over: int,
     """The STOMP body and headers of a persistent SEND (deflated when the JSON, `body` if given, is over
     `compress_over` bytes)."""
     headers = _headers(message, anycast)
-    headers[TABLE_HEADER] = str(message.get("table", ""))
+    headers[TABLE_HEADER] = header_value(TABLE_HEADER, message.get("table", ""))
     return _deflated(dumps(message) if body is None else body, headers, compress_over)
 
 
+#: C0 controls (NUL, CR, LF …) and DEL: STOMP cannot carry a NUL in a header at all (Artemis delivers it and the
+#: consumer's frame ends there, its ack header lost), and CR/LF would end the header line
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(name: str, value: Any) -> str:
+    """`value` as the STOMP header `name`; ValueError naming both when it holds a control character."""
+    text = str(value)
+    if CONTROL_CHARACTERS.search(text):
+        raise ValueError(f"broker header {name}: value {text[:60]!r} holds a control character "
+                         "(a NUL, CR, LF or other C0 control, or DEL), which a STOMP header cannot carry")
+    return text
+
+
 def _headers(message: Mapping[str, Any], anycast: bool) -> dict[str, str]:
+    message_id = header_value(ID_HEADER, message["id"])
     return {
         "persistent": "true",
         "destination-type": "ANYCAST" if anycast else "MULTICAST",
-        DUPLICATE_ID_HEADER: message["id"],
-        ID_HEADER: message["id"],
-        SITE_HEADER: str(message.get("site", "")),
+        DUPLICATE_ID_HEADER: message_id,
+        ID_HEADER: message_id,
+        SITE_HEADER: header_value(SITE_HEADER, message.get("site", "")),
     }
 
 

@@ -46,7 +46,7 @@ def _secret(name: str, value: str) -> Path:
 def write_configs(svc: Services) -> dict[str, Path]:
     art = svc.artemis
     assert art is not None
-    broker_pass = _secret("broker", art.password)
+    central = art.central_settings()  # central logs in as its own broker user, as docs/installation.md sets up
     configs = {}
     for number, site in enumerate(SITES, 1):
         repl = svc[site].repl
@@ -69,7 +69,9 @@ def write_configs(svc: Services) -> dict[str, Path]:
         f'[central_db]\nhost = "{admin.host}"\nport = {admin.port}\ndatabase = "demo_central"\n'
         f'state_schema = "demo_dbsync"\nuser = "{admin.user}"\npassword_file = "{_secret("central-db", admin.password)}"\n'
         f'[broker]\nurl = "stomp+ssl://{art.host}:{art.tls_port}"\nca_file = "{art.ca_file}"\n'
-        f'user = "{art.user}"\npassword_file = "{broker_pass}"\ndestination = "demo.openmrs.sync"\n'
+        # central's own broker user (role dbsync-receiver of examples/artemis/broker.xml), not the administrator
+        f'user = "{central.user}"\npassword_file = "{_secret("central-broker", central.password)}"\n'
+        'destination = "demo.openmrs.sync"\n'
         f'[console]\nport = {CONSOLE_PORT + port_offset()}\n'
     )
     configs["central"] = path

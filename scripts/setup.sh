@@ -19,6 +19,7 @@ have openssl || missing+=(openssl)                # dev CA and broker certificat
 have python3 || missing+=(python3)
 have chromium || missing+=(chromium)              # the console's browser tests (selenium drives it)
 have chromedriver || missing+=(chromium-driver)
+have faketime || missing+=(faketime)              # the field bed's MariaDB with a skewed clock
 if ! python3 -m venv --help >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "scripts/test: installing ${missing[*]}"

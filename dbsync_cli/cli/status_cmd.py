@@ -182,4 +182,13 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (_("central db"), _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
          "central_db"),
         (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
+        (_("dead letters"), _dead_letters(report.get("broker") or {}), "dead_letters"),
     ]
+
+
+def _dead_letters(broker: dict[str, Any]) -> str:
+    """The dead-letter and expiry queues' counts, each with its queue name ("?" when they could not be read)."""
+    counts, queues = broker.get("dead_letters"), broker.get("dead_letter_queues") or {}
+    if not counts:
+        return "?"
+    return ", ".join(f"{counts[kind]} ({queues.get(kind, kind)})" for kind in ("dead_letter", "expiry"))

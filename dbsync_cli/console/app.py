@@ -324,6 +324,10 @@ def _registry(report: dict[str, Any]) -> CollectorRegistry:
         gauge = Gauge(f"dbsync_{name}", text, registry=registry)
         if report.get(name):
             gauge.set(report[name][key] or 0)
+    dead = Gauge("dbsync_broker_dead_letters", "Messages of the consumed destination in its dead-letter "
+                 "(dead_letter) and expiry (expiry) queues: never applied", ["queue"], registry=registry)
+    for kind, count in ((report.get("broker") or {}).get("dead_letters") or {}).items():
+        dead.labels(kind).set(count)
     state = Gauge("dbsync_receiver_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=registry)
     state.set({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(str(report.get("state")), 3))
     return registry

@@ -34,6 +34,7 @@ import stomp.exception
 
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker_queue import dead_letter_queues
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.receiver import inbox, state
@@ -68,6 +69,10 @@ class ConsumeSettings:
     page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
 
 
+class _Desynced(BrokerError):
+    """The connection's frame stream cannot be trusted after a cut-short MESSAGE: reconnect at once."""
+
+
 class _Deliveries(stomp.ConnectionListener):
     """Listener thread → writer: MESSAGE frames (bounded by the consumer window), plus the connection's fate."""
 
@@ -75,11 +80,20 @@ class _Deliveries(stomp.ConnectionListener):
         self.frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = threading.Event()
         self.error: str | None = None
+        #: a MESSAGE arrived cut short (a NUL byte in a header): the bytes after the NUL are read as more frames,
+        #: whose headers the sender chose (a forged JMSXUserID, an ack id), so nothing after it is trusted
+        self.desynced = threading.Event()
 
     def on_message(self, frame: Any) -> None:
+        if self.desynced.is_set():
+            return  # unacknowledged: the broker delivers it again on the next connection
+        if "ack" not in frame.headers:
+            self.desynced.set()
         self.frames.put(frame)  # never blocks: this is the io thread, which also sends our ACKs over TLS
 
     def on_error(self, frame: Any) -> None:
+        if self.desynced.is_set():
+            return  # possibly a frame the sender wrote into a message: the session reconnects anyway
         body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else (frame.body or "")
         self.error = (frame.headers.get("message") or "ERROR frame") + (f": {body[:200]}" if body else "")
         log.error("broker error: %s", " ".join(self.error.split()))
@@ -115,6 +129,7 @@ class Consumer:
         self.count = 0  # messages handed out (backlog + new; an envelope counts its rows)
         self.stored = 0  # new inbox rows committed by this consumer
         self.duplicates = 0  # deliveries already in the inbox (acked again)
+        self.broken = 0  # deliveries cut short (a NUL byte in a header): parked, or left to the dead-letter queue
         self.last_delivery = time.monotonic()
 
     # -- stop conditions ------------------------------------------------------------------------------------
@@ -158,6 +173,9 @@ class Consumer:
                     failures = 0
                     yield rows
                 return
+            except _Desynced as exc:
+                log.info("consume: %s; reconnecting", exc)  # no backoff: nothing is wrong with the broker
+                continue
             except RECOVERABLE as exc:
                 if operator_fault(exc):  # a refused login or certificate: reconnecting cannot fix it
                     raise
@@ -205,11 +223,14 @@ class Consumer:
                                           + (f": {deliveries.error}" if deliveries.error else ""))
                     continue
                 self.last_delivery = time.monotonic()
+                broken = [frame for frame in frames if "ack" not in frame.headers]
+                frames = [frame for frame in frames if "ack" in frame.headers]
                 rows = self._store(db, frames)
+                acks = [frame.headers["ack"] for frame in frames] + self._park_broken(db, broken)
                 ack_error: BaseException | None = None
-                for frame in frames:
+                for ack in acks:
                     try:
-                        conn.ack(frame.headers["ack"])
+                        conn.ack(ack)
                     except RECOVERABLE as exc:  # stored already: the redelivery will be a dropped duplicate
                         ack_error = exc
                         break
@@ -220,6 +241,8 @@ class Consumer:
                     yield rows
                 if ack_error is not None:
                     raise BrokerError(f"acknowledgement failed: {ack_error}")
+                if deliveries.desynced.is_set():
+                    raise _Desynced("frames after a cut-short delivery are not trusted")
         finally:
             deliveries.closed.set()
             try:
@@ -230,6 +253,38 @@ class Consumer:
             if db is not None:
                 with contextlib.suppress(Exception):
                     db.close()
+
+    def _park_broken(self, db: Any, frames: list[Any]) -> list[str]:
+        """Deliveries cut short by a NUL byte in a header (no ack header, body lost): one line each; parked in the
+        retry queue and acknowledged by their message-id (Artemis acks by it); without one they cannot be
+        acknowledged and reach the dead-letter queue after max-delivery-attempts. Returns the ids to ack."""
+        acks: list[str] = []
+        for frame in frames:
+            self.broken += 1
+            problem = broken_delivery(frame.headers, self.settings.destination)
+            broker_id = frame.headers.get("message-id")
+            if not broker_id:
+                log.warning("%s; it has no message-id either, so it cannot be acknowledged: the broker moves it "
+                            "to %s after its delivery attempts", problem,
+                            dead_letter_queues(self.settings.destination)["dead_letter"])
+                continue
+            reason = f"{problem}; acknowledged by its message-id and parked"
+            log.warning("%s", reason)
+            inbox.park_broken(db, self.settings.state_schema, f"broker:{broker_id}",
+                              self._site_of(db, frame.headers), frame.headers.get(wire.VALIDATED_USER_HEADER), reason)
+            acks.append(broker_id)
+        return acks
+
+    def _site_of(self, db: Any, headers: dict[str, str]) -> str | None:
+        """The site a cut-short delivery came from: its dbsync-site header when whole, else the site that sends as
+        its broker user (counted per site in `dbsync status`)."""
+        if wire.SITE_HEADER in headers and list(headers)[-1] != wire.SITE_HEADER:
+            return headers[wire.SITE_HEADER] or None
+        user = headers.get(wire.VALIDATED_USER_HEADER)
+        sites = [site.identifier for site in state.sites(db, self.settings.state_schema).values()
+                 if user and site.broker_user == user]
+        db.commit()
+        return sites[0] if len(sites) == 1 else None
 
     def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
         """One transaction for the batch; returns the rows that were new (duplicates are ignored)."""
@@ -247,6 +302,15 @@ class Consumer:
                 frame.headers.get(wire.VALIDATED_USER_HEADER) or "", wire.delivery_rows(frame.headers),
                 frame.headers.get(wire.SNAPSHOT_HEADER) == "1"))
         return inbox.store(db, self.settings.state_schema, deliveries)
+
+
+def broken_delivery(headers: dict[str, str], destination: str) -> str:
+    """One line naming a delivery whose headers stop short (stomp.py ends a frame at a NUL byte, which STOMP
+    cannot carry in a header): its broker id, destination, sender and the header it stops in."""
+    last = next(reversed(headers), "") if headers else ""
+    return (f"broker delivery {headers.get('message-id') or '?'} on {headers.get('destination') or destination} "
+            f"from broker user {headers.get(wire.VALIDATED_USER_HEADER) or '?'!r}: headers cut short at a NUL byte "
+            f"(last header read: {last[:64]!r}), no ack header, body lost")
 
 
 def consume(settings: ConsumeSettings, stop: threading.Event, *, max_messages: int | None = None,

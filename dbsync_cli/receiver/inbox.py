@@ -1,7 +1,9 @@
 """The inbox: deliveries stored on the central server before they are acknowledged, until apply handles them.
 
 ``INSERT IGNORE`` on the unique message id makes a redelivered duplicate a no-op; apply deletes the rows it
-handled in the same transaction as their changes. A row is one delivery: one message, or a v2 envelope of
+handled in the same transaction as their changes. A delivery whose id is in the inbox with *other* content is no
+redelivery: it is kept beside the first (under its id and a digest of its body) and apply judges each, as it
+judges one id seen again after the first was applied. A row is one delivery: one message, or a v2 envelope of
 `n_rows`. Apply takes live changes before the rows of initial loads (`snapshot`), so that one clinic's first load
 never holds up another clinic's edits; the order guard keeps an entity right when its live change overtakes its
 snapshot row.
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +22,10 @@ from dbsync_cli import wire
 from dbsync_cli.receiver.state import schema_name
 from dbsync_cli.sql import placeholders, sql
 
+log = logging.getLogger("dbsync.consume")
+
 MAX_SITE = 100  # inbox.site VARCHAR(100)
+MAX_ID = 255  # inbox.message_id VARCHAR(255)
 
 
 @dataclass(frozen=True)
@@ -54,25 +61,61 @@ class InboxRow:
 
 
 def store(db: Any, schema: str, deliveries: list[Delivery]) -> list[InboxRow]:
-    """One batch of deliveries in one transaction; returns the new rows."""
+    """One batch of deliveries in one transaction; returns the new rows (a redelivery adds none)."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows: list[InboxRow] = []
     statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user, n_rows, "
                     "snapshot) VALUES (%s, %s, %s, %s, %s, %s, %s)", schema_name(schema))
+    stored_body = sql("SELECT body FROM {}.inbox WHERE message_id = %s", schema_name(schema))
     try:
         with db.cursor() as cur:
             for d in deliveries:
-                cur.execute(statement, (d.message_id, d.site[:MAX_SITE] if d.site else None, d.body, now,
-                                        d.broker_user[:100], d.rows, int(d.snapshot)))
-                if cur.rowcount == 1:
-                    rows.append(InboxRow(int(cur.lastrowid), d.message_id, d.site, d.body, d.broker_user[:100],
-                                        d.rows))
+                values = (d.site[:MAX_SITE] if d.site else None, d.body, now, d.broker_user[:100], d.rows,
+                          int(d.snapshot))
+                row_id = d.message_id
+                cur.execute(statement, (row_id, *values))
+                if cur.rowcount == 0:  # the id is in the inbox: a redelivery, unless the content differs
+                    cur.execute(stored_body, (row_id,))  # (the duplicate key check locked that row)
+                    found = cur.fetchone()
+                    if found is not None and bytes(found[0]) == d.body:
+                        continue
+                    if found is not None:
+                        row_id = other_content_id(d.message_id, d.body)
+                    cur.execute(statement, (row_id, *values))
+                    if cur.rowcount == 0:
+                        continue  # that other content is in the inbox already: a redelivery of it
+                    log.warning("delivery %s arrived with other content than the one in the inbox under its id: "
+                                "kept beside it (as %s); apply judges each", d.message_id, row_id)
+                rows.append(InboxRow(int(cur.lastrowid), row_id, d.site, d.body, d.broker_user[:100], d.rows))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):  # the connection may be gone; the error raised says why
             db.rollback()
         raise
     return rows
+
+
+def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_user: str | None,
+                reason: str) -> None:
+    """A delivery consume cannot store in the inbox (its frame was cut short, its body lost): an entry of the
+    retry queue with its one-line reason and no body, so it is counted and seen, never applied."""
+    statement = sql("INSERT INTO {}.receiver_retry_queue (message_id, site, body, reason, date_created, broker_user) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)", schema_name(schema))
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    try:
+        with db.cursor() as cur:
+            cur.execute(statement, (message_id[:255], site[:MAX_SITE] if site else None, b"", reason[:2000], now,
+                                    broker_user[:100] if broker_user else None))
+        db.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            db.rollback()
+        raise
+
+
+def other_content_id(message_id: str, body: bytes) -> str:
+    """The inbox id of a delivery whose id is taken by one with other content: its id and a digest of its body."""
+    return f"{message_id[:MAX_ID - 17]}~{hashlib.blake2b(body, digest_size=8).hexdigest()}"
 
 
 def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:

@@ -90,6 +90,8 @@ def _per_site(counts: Counter[str]) -> str:
 def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict: set[str],
            stuck: set[str]) -> Outcome | None:
     entry_id, message_id, site, body, broker_user, header_site = row
+    if not body:  # a delivery cut short at the broker (consume parked it): nothing to apply, its reason stays
+        return None
     items = applier.expand_stored(bytes(body), message_id, site, broker_user, header_site)
     if len(items) > 1:
         return _unpack(applier, cur, s, entry_id, message_id, items)

@@ -130,6 +130,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         report.problem(CRITICAL, "broker", broker["error"])
     else:
         _broker_queue(report, cfg, broker, timeout, lim)
+        _dead_letters(report, cfg, broker, timeout)
 
     enabled = [site for site in data["sites"] if not site["disabled"]]
     report.notes.append(f"{len(enabled)} site(s), longest silence {duration(silent_max)}")
@@ -142,6 +143,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         "retry": data["retry_queue"]["size"] if data["retry_queue"] else None,
         "conflicts": data["conflicts"]["unresolved"] if data["conflicts"] else None,
         "rest_failing": data["rest"]["failing"] if data["rest"] else None,
+        "dead_letters": sum((broker.get("dead_letters") or {}).values()) if broker.get("dead_letters") else None,
     })
 
 
@@ -175,6 +177,31 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
                        count=stats.messages, queue=name, duration=duration(waited))
                    + ("; " + _("{count} stuck in delivery (restart the broker, see troubleshooting)").format(
                        count=stats.delivering) if stats.delivering else ""))
+
+
+def _dead_letters(report: Report, cfg: Config, broker: dict[str, Any], timeout: float) -> None:
+    """Messages Artemis took off the consumed destination (never acknowledged after max-delivery-attempts, or
+    expired): dbsync never applied them and nothing else shows them. A queue that does not exist holds none."""
+    from dbsync_cli.broker import BrokerError, settings_from_config
+    from dbsync_cli.broker_queue import QueueStatsError, dead_letter_queues, queue_stats
+
+    queues = dead_letter_queues(str(cfg["broker.destination"]))
+    broker["dead_letter_queues"] = queues
+    try:
+        counts = {kind: queue_stats(settings_from_config(cfg), name, timeout).messages
+                  for kind, name in queues.items()}
+    except (BrokerError, QueueStatsError) as exc:
+        broker["dead_letters"] = None
+        report.problem(WARNING, "dead_letters", _("cannot count the dead-letter and expiry queues: {error}").format(
+            error=" ".join(str(exc).split())))
+        return
+    broker["dead_letters"] = counts
+    if any(counts.values()):
+        report.problem(WARNING, "dead_letters", _(
+            "{dead} message(s) in dead-letter queue {dead_queue} and {expired} in expiry queue {expiry_queue}, "
+            "never applied (see troubleshooting: dead letters)").format(
+                dead=counts["dead_letter"], dead_queue=queues["dead_letter"], expired=counts["expiry"],
+                expiry_queue=queues["expiry"]))
 
 
 def _may_see(conn: Any, schema: str) -> bool:

@@ -79,6 +79,13 @@ class ArtemisService:
         assert self.home is not None, "loaded without a services home"
         return dataclasses.replace(self.settings(tls=tls), user=site, password=site_password(self.home, site))
 
+    def central_settings(self, *, tls: bool = False) -> BrokerSettings:
+        """As `settings`, logged in as central's own broker user (role dbsync-receiver of examples/artemis/broker.xml:
+        it reads the sync destinations, answers the sites, and may use the broker's management)."""
+        from devtools.services.artemis import CENTRAL_USER
+
+        return self.site_settings(CENTRAL_USER, tls=tls)
+
 
 @dataclass(frozen=True)
 class Services:

@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.services import broker_config
 from devtools.services.common import (
     HOST,
     ServiceError,
@@ -47,8 +48,7 @@ TARBALL_SHA512 = ("270a00dc3028fb3b93c6aa09aa3e40fbe76015029e5308e0aac241589299a
 MAVEN_ARTIFACT = f"org.apache.activemq:apache-artemis:{VERSION}:tar.gz:bin"
 CENTRAL_URL = f"https://repo1.maven.org/maven2/org/apache/activemq/apache-artemis/{VERSION}/{TARBALL}"
 USER = "dbsync"
-JAVA_MEMORY = "2G"  # heap headroom; paging starts at GLOBAL_MAX_SIZE so a backlog goes to disk, not the heap
-GLOBAL_MAX_SIZE = "256Mb"
+JAVA_MEMORY = "2G"  # heap headroom; paging starts at broker.xml's global-max-size: a backlog goes to disk
 DEFAULT_PORTS = {"core": 61616, "stomp": 61613, "stomp_tls": 61614}
 
 
@@ -185,35 +185,13 @@ def _acceptors(b: ArtemisBroker, tls: TlsFiles) -> str:
     )
 
 
-#: per-site broker users (role dbsync-sender): they may send to the sync destinations and nothing else
-SITE_USERS = ("site1", "site2")
-#: destinations a site user may send to: the demo's (its data and its requests to central), and the trust tests'
-SITE_DESTINATIONS = ("demo.openmrs.sync", "demo.openmrs.sync.control", "test.trust.#")
-#: sync destinations whose reply and request queues (`<destination>.reply.<site>`, `….request.<site>`) only that
-#: site's user may read
-REPLY_DESTINATIONS = ("demo.openmrs.sync", "test.trust.replies")
-_ADMIN_ONLY = ("consume", "browse", "manage", "createNonDurableQueue", "deleteNonDurableQueue", "deleteDurableQueue",
-               "deleteAddress")
-
-
-def _site_security() -> str:
-    """security-setting blocks: on a sync destination a site's user may send (and create the address and queue on
-    first use), only the admin user may consume; everywhere else the site users have no permission at all."""
-    blocks = []
-    for match in SITE_DESTINATIONS:
-        perms = [f'<permission type="{p}" roles="amq,dbsync-sender"/>' for p in
-                 ("send", "createAddress", "createDurableQueue")]
-        perms += [f'<permission type="{p}" roles="amq"/>' for p in _ADMIN_ONLY]
-        blocks.append(f'<security-setting match="{match}">' + "".join(perms) + "</security-setting>")
-    for destination in REPLY_DESTINATIONS:
-        for site in SITE_USERS:
-            perms = [f'<permission type="{p}" roles="amq,dbsync-site-{site}"/>' for p in
-                     ("consume", "createAddress", "createDurableQueue")]
-            perms += [f'<permission type="{p}" roles="amq"/>' for p in ("send", *_ADMIN_ONLY[1:])]
-            for queue in ("reply", "request"):  # central's answers to the site, and its requests to the sender
-                blocks.append(f'<security-setting match="{destination}.{queue}.{site}">' + "".join(perms)
-                              + "</security-setting>")
-    return "".join(blocks)
+#: per-site broker users (roles dbsync-sender and dbsync-site-<site>), as docs/installation.md onboards a site
+SITE_USERS = ("site1", "site2", "site3", "site4")
+#: central's own broker user (role dbsync-receiver): what the documented receiver logs in as
+CENTRAL_USER = "central"
+#: the sync destinations examples/artemis/broker.xml is rendered for: the demo's, and the trust tests' family of
+#: one-word destinations `test.trust.<name>` (Artemis allows `*` inside a match, `#` only at its end)
+SYNC_DESTINATIONS = ("demo.openmrs.sync", "test.trust.*")
 
 
 def site_password(home: Path, site: str) -> str:
@@ -221,10 +199,13 @@ def site_password(home: Path, site: str) -> str:
 
 
 def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
-    """``artemis create`` then rewrite acceptors and the user's password; re-run when ports change."""
-    wanted = {"version": VERSION, "core": b.core_port, "stomp": b.stomp_port, "tls": b.tls_port,
-              "memory": JAVA_MEMORY, "global_max_size": GLOBAL_MAX_SIZE, "site_users": list(SITE_USERS),
-              "validated_user": True, "reply_queues": list(REPLY_DESTINATIONS), "request_queues": True}
+    """``artemis create``, then etc/broker.xml = examples/artemis/broker.xml rendered for this machine, and the
+    users with their roles; re-run when any of it changes."""
+    # the shipped file, made this machine's the way the docs tell an operator (broker_config)
+    xml = broker_config.render(broker_config.example_text(), destinations=SYNC_DESTINATIONS, sites=SITE_USERS,
+                               acceptors=_acceptors(b, tls), name=b.host)
+    wanted = {"version": VERSION, "memory": JAVA_MEMORY, "users": [CENTRAL_USER, *SITE_USERS],
+              "broker_xml": hashlib.sha256(xml.encode()).hexdigest()}
     stamp = b.dir / "dbsync-instance.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return
@@ -236,28 +217,14 @@ def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
          "--no-mqtt-acceptor", "--host", b.host, "--nio", "--no-autotune", "--java-memory", JAVA_MEMORY],
         what="artemis create", env=env, timeout=120)
     etc = b.dir / "etc"
-    xml = (etc / "broker.xml").read_text()
-    xml, n = re.subn(r"<acceptors>.*?</acceptors>", lambda _m: _acceptors(b, tls), xml, count=1, flags=re.S)
-    if n != 1:
-        raise ServiceError("artemis: no <acceptors> block found in etc/broker.xml")
-    # populate-validated-user: every message carries _AMQ_VALIDATED_USER, the user its sender logged in as
-    xml, n = re.subn(r"(\s*)<persistence-enabled>", lambda m: f"{m.group(1)}<global-max-size>{GLOBAL_MAX_SIZE}"
-                     f"</global-max-size>{m.group(1)}<populate-validated-user>true</populate-validated-user>"
-                     f"{m.group(1)}<persistence-enabled>", xml, count=1)
-    if n != 1:
-        raise ServiceError("artemis: no <persistence-enabled> element found in etc/broker.xml")
-    xml, n = re.subn(r"<security-settings>", lambda _m: "<security-settings>" + _site_security(), xml, count=1)
-    if n != 1:
-        raise ServiceError("artemis: no <security-settings> element found in etc/broker.xml")
     (etc / "broker.xml").write_text(xml)
     os.chmod(etc / "broker.xml", 0o600)  # it holds the keystore password
     users = etc / "artemis-users.properties"
     users.write_text(f"{b.user} = {_artemis_hash(b.password)}\n"
+                     f"{CENTRAL_USER} = {_artemis_hash(site_password(b.home, CENTRAL_USER))}\n"
                      + "".join(f"{site} = {_artemis_hash(site_password(b.home, site))}\n" for site in SITE_USERS))
     os.chmod(users, 0o600)
-    roles = etc / "artemis-roles.properties"
-    roles.write_text(f"amq = {b.user}\ndbsync-sender = {','.join(SITE_USERS)}\n"
-                     + "".join(f"dbsync-site-{site} = {site}\n" for site in SITE_USERS))
+    (etc / "artemis-roles.properties").write_text(broker_config.roles(b.user, CENTRAL_USER, SITE_USERS))
     stamp.write_text(json.dumps(wanted) + "\n")
 
 

@@ -4,7 +4,8 @@ Each instance lives in ``<home>/mariadb/<name>/`` (datadir, socket, pid file, lo
 TCP on 127.0.0.1 with two accounts: ``dbsync_admin`` (everything) and ``dbsync_repl`` (the least a
 capture needs: SELECT, REPLICATION SLAVE, BINLOG MONITOR — MariaDB's name for REPLICATION CLIENT).
 Tests can start more instances with other settings through :func:`start_mariadb` (``extra_args`` are
-appended last, so ``--binlog-row-metadata=MINIMAL`` overrides the default).
+appended last, so ``--binlog-row-metadata=MINIMAL`` overrides the default; ``env`` adds environment
+variables for mariadbd alone, e.g. libfaketime's, for a server whose clock runs off: devtools/field/clock.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,8 @@ class MariaDbInstance:
     home: Path
     extra_args: tuple[str, ...] = ()
     host: str = HOST
+    #: added to mariadbd's environment (only its own: the tools that install or query it keep ours)
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def dir(self) -> Path:
@@ -125,6 +129,10 @@ class MariaDbInstance:
             args.insert(2, "--user=root")
         return args + list(self.extra_args)
 
+    def server_env(self) -> dict[str, str] | None:
+        """The environment mariadbd runs in: ours plus ``env`` (None: just ours)."""
+        return {**os.environ, **dict(self.env)} if self.env else None
+
 
 def _binary(name: str) -> str:
     """Debian puts mariadbd in /usr/sbin, which a non-root PATH often lacks."""
@@ -149,7 +157,8 @@ def _greets(port: int, host: str = HOST) -> bool:
 
 
 def instance(name: str, port: int | None = None, server_id: int | None = None, *,
-             extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None) -> MariaDbInstance:
+             extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None,
+             env: Mapping[str, str] | None = None) -> MariaDbInstance:
     """Describe an instance; a default name (central/site1/site2) fills in its port and server id."""
     from devtools.services.common import port_offset
 
@@ -160,7 +169,7 @@ def instance(name: str, port: int | None = None, server_id: int | None = None, *
         port = port if port is not None else dport + port_offset()
         server_id = server_id if server_id is not None else dsid
     return MariaDbInstance(name=name, port=port, server_id=server_id, home=home or services_home(),
-                           extra_args=tuple(extra_args))
+                           extra_args=tuple(extra_args), env=tuple(sorted((env or {}).items())))
 
 
 def _install(inst: MariaDbInstance) -> None:
@@ -197,13 +206,13 @@ def _state_file(inst: MariaDbInstance) -> Path:
 
 def start_mariadb(name: str, port: int | None = None, server_id: int | None = None, *,
                   extra_args: tuple[str, ...] | list[str] = (), home: Path | None = None,
-                  timeout: float = 60) -> MariaDbInstance:
+                  timeout: float = 60, env: Mapping[str, str] | None = None) -> MariaDbInstance:
     """Start (or keep) the instance ``name``; a running one with other settings is restarted.
 
-    Idempotent: when the instance already runs with the same port, server id and extra args this
+    Idempotent: when the instance already runs with the same port, server id, extra args and env this
     returns at once.
     """
-    inst = instance(name, port, server_id, extra_args=extra_args, home=home)
+    inst = instance(name, port, server_id, extra_args=extra_args, home=home, env=env)
     with locked(inst.home, f"mariadb-{name}"):
         return _start(inst, timeout)
 
@@ -214,7 +223,7 @@ def _start(inst: MariaDbInstance, timeout: float) -> MariaDbInstance:
     state = _state_file(inst)
     if inst.running():
         recorded = json.loads(state.read_text()) if state.exists() else {}
-        if {k: recorded.get(k) for k in wanted} == wanted:
+        if {k: recorded.get(k) for k in wanted} == wanted and recorded.get("env", {}) == dict(inst.env):
             return inst
         stop_pid(inst.pid(), marker=str(inst.datadir), what=f"mariadb {name}", timeout=timeout)  # lock is held
     if port_open(inst.port, inst.host):
@@ -223,7 +232,7 @@ def _start(inst: MariaDbInstance, timeout: float) -> MariaDbInstance:
     if not inst.datadir.exists():
         _install(inst)
     inst.pid_file.unlink(missing_ok=True)
-    pid = spawn(inst.server_args(), log=inst.dir / "console.log")
+    pid = spawn(inst.server_args(), log=inst.dir / "console.log", env=inst.server_env())
     wait_until(lambda: inst.socket.exists() and _greets(inst.port, inst.host), timeout=timeout,
                what=f"mariadb {name} (port {inst.port})", alive=lambda: pid_alive(pid), log=inst.error_log)
     wait_until(lambda: inst.pid() == pid, timeout=5, what=f"mariadb {name} pid file")
@@ -231,7 +240,7 @@ def _start(inst: MariaDbInstance, timeout: float) -> MariaDbInstance:
     if not marker.exists():
         _bootstrap_users(inst)
         marker.write_text("dbsync_admin, dbsync_repl created\n")
-    state.write_text(json.dumps({**wanted, "pid": pid}, indent=2) + "\n")
+    state.write_text(json.dumps({**wanted, "env": dict(inst.env), "pid": pid}, indent=2) + "\n")
     return inst
 
 

@@ -10,7 +10,6 @@ prefetch put the list into a set, outside the per-message savepoints.)
 
 from __future__ import annotations
 
-import copy
 import random
 import threading
 import time
@@ -25,39 +24,11 @@ from test_apply import new_person
 from test_receiver_e2e import _start, _stop
 
 from dbsync_cli.broker import open_connection
+from devtools.field.hostile import GARBAGE, mutate
 
 pytestmark = pytest.mark.lane2
 
 MUTATIONS = 2_100
-ODD: list[Any] = [
-    [], [1, "a"], {}, {"$ref": []}, {"$ref": "person", "uuid": [1]}, {"$ref": ["person"], "uuid": "abc"},
-    {"$ref": "person", "uuid": {"x": 1}}, {"$ref": "person", "uuid": None}, {"$ref": "no_such", "uuid": "abc"},
-    {"$b64": 5}, {"$b64": "!!"}, {"$b64": []}, None, 1e308, -1, 2**62, "x" * 300, "\x00", True, "NaN", "",
-    {"uuid": {"a": 1}}, {"a": [1, {"b": 2}]}, "2024-13-45 99:99:99", "9999-99-99T99:99:99+99:00", 0.5,
-    "' OR 1=1 --", "`; DROP TABLE obs; --",
-]
-GARBAGE = [b"{not json", b"\xff\xfe\x00", b"[]", b"null", b'{"v":1}', b"1" * 50, b'{"v":1,"id":[1]}',
-           b'{"v":2}', b'{"v":2,"id":"e1","site":"site1","messages":"x"}', b'{"v":2,"id":"e2","site":"site1",'
-           b'"messages":[]}', b'{"v":2,"id":[1],"site":"site1","messages":[{}]}', b'{"v":2,"id":"e4","messages":[1]}']
-
-
-def mutate(message: dict[str, Any], rng: random.Random, number: int) -> dict[str, Any]:
-    """A copy with one part made odd. A fresh uuid, so that a parked mutant never holds up a valid message of the
-    same entity (entity order would rightly keep it waiting)."""
-    m = copy.deepcopy(message)
-    m["id"] = f"fuzz-{number}"
-    m["uuid"] = str(uuidlib.uuid4())
-    value = copy.deepcopy(rng.choice(ODD))
-    where = rng.choice(["top", "data", "data", "data", "source", "drop"])
-    if where == "top":
-        m[rng.choice(["uuid", "op", "site", "table", "sent", "snapshot", "source", "data", "v", "id"])] = value
-    elif where == "data" and isinstance(m.get("data"), dict) and m["data"]:
-        m["data"][rng.choice(sorted(m["data"]))] = value
-    elif where == "source":
-        m["source"][rng.choice(["file", "pos", "row", "server_id", "snapshot", "ts_ms"])] = value
-    else:
-        m.pop(rng.choice(sorted(m)), None)
-    return m
 
 
 class _Receipt:

@@ -116,3 +116,31 @@ def test_an_envelope_must_fit_what_a_receiver_accepts(sender_file: Path) -> None
                      ({"DBSYNC_BROKER__MESSAGE_BYTES": "3999000"}, "broker.message_bytes")):
         with pytest.raises(config.ConfigError, match=key):
             config.load(sender_file, "sender", env=env)
+
+
+@pytest.mark.parametrize("site", ["site\x001", "site\n1", "site\r1", "site\x7f", "site\t1", "site:1", " site1", ""])
+def test_a_site_id_that_headers_or_message_ids_cannot_carry_is_a_config_error(sender_file: Path, site: str) -> None:
+    """Issue 25 case 4: the site id travels in every dbsync-site header and message id; a NUL in it cut frames at
+    the receiver. One line naming sender.id, before anything connects."""
+    text = sender_file.read_text().replace('id = "site1"\n', f"id = {orjson_string(site)}\n")
+    sender_file.write_text(text)
+    problems = config.validate(sender_file, "sender", env={})
+    assert isinstance(problems, list) and len(problems) == 1, problems
+    assert problems[0].startswith("sender.id: ") and "\n" not in problems[0], problems
+
+
+def orjson_string(value: str) -> str:
+    """A TOML basic string for any text (JSON's escapes are TOML's)."""
+    import json
+
+    return json.dumps(value)
+
+
+def test_cli_config_check_refuses_a_site_id_with_a_nul_byte(sender_file: Path) -> None:
+    sender_file.write_text(sender_file.read_text().replace('id = "site1"\n', 'id = "site1\\u0000x"\n'))
+    run = subprocess.run([sys.executable, "-m", "dbsync_cli", "config", "check", "--config", str(sender_file),
+                          "--offline"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "dbsync: config: sender.id: 'site1\\x00x' holds a control character or ':', which the site's message ids "
+        "and broker headers cannot carry"]

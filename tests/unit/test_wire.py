@@ -262,3 +262,88 @@ def test_a_batch_logs_one_line_per_kind_of_trouble(caplog) -> None:
     assert [r.getMessage() for r in caplog.records] == [
         "5000 messages → retry: site 'site3' is not registered (dbsync sites add) (first site3:e:f:0:0)",
         "3 messages → waiting: waiting behind an earlier message for obs:<uuid> (first site1:e:f:0:0)"]
+
+
+# ---- uuids in one letter case (issue 25, case 3) -------------------------------------------------------------
+CIEL = "1065AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def test_canonical_uuid_is_lower_case_and_keeps_every_other_character() -> None:
+    assert wire.canonical_uuid(UUID.upper()) == UUID
+    assert wire.canonical_uuid(UUID) == UUID
+    assert wire.canonical_uuid(CIEL) == CIEL.lower()
+    assert wire.canonical_uuid("A4F30A1B-5EB9-11DF-A648-37A07F9C90FB") == "a4f30a1b-5eb9-11df-a648-37a07f9c90fb"
+
+
+def test_normalise_uuids_lowers_the_message_uuid_and_every_reference() -> None:
+    message = _msg(uuid=UUID.upper(), data={"gender": "F", "creator": wire.ref("users", CIEL),
+                                            "changed_by": wire.ref("users", None), "voided_by": None,
+                                            "photo": wire.b64(b"AB")})
+    assert wire.normalise_uuids(message) is None
+    assert message["uuid"] == UUID
+    assert message["data"] == {"gender": "F", "creator": {"$ref": "users", "uuid": CIEL.lower()},
+                               "changed_by": {"$ref": "users", "uuid": None}, "voided_by": None,
+                               "photo": {"$b64": "QUI="}}
+    again = orjson.loads(orjson.dumps(message))
+    assert wire.normalise_uuids(again) is None and again == message  # idempotent
+
+
+def test_normalise_uuids_names_the_column_of_an_invalid_reference() -> None:
+    for bad in ("-x", "a b", "a" * 39, 12, ["x"], UUID[:30] + "\n"):
+        message = _msg(data={"creator": {"$ref": "users", "uuid": bad}})
+        assert wire.normalise_uuids(message) == f"person.creator: invalid uuid {str(bad)[:40]!r}"
+    assert wire.normalise_uuids(_msg(op="d", data=None, uuid=UUID.upper())) is None
+
+
+def test_parse_gives_every_message_canonical_uuids_and_keeps_how_the_site_spelled_it() -> None:
+    body = _msg(uuid=UUID.upper(), data={"gender": {"$ref": "person", "uuid": CIEL}})
+    item = parse(body, MODEL, 10_000)
+    assert item.error is None and item.message is not None
+    assert item.message["uuid"] == UUID and item.sent_uuid == UUID.upper()
+    assert item.message["data"]["gender"]["uuid"] == CIEL.lower()
+    assert orjson.loads(item.raw)["uuid"] == UUID.upper()  # the stored body (retry queue) stays as sent
+    inner = [_msg(id=f"s1:mysql-bin.000001:120:{n}", uuid=u) for n, u in enumerate((UUID.upper(), UUID))]
+    from dbsync_cli.receiver.message import expand_raw
+
+    items = expand_raw(wire.dumps(wire.envelope(inner)), "env", None, MODEL, 100_000)
+    assert [(i.error, i.message["uuid"] if i.message else None) for i in items] == [(None, UUID), (None, UUID)]
+    bad = parse(_msg(data={"gender": {"$ref": "person", "uuid": "no good"}}), MODEL, 10_000)
+    assert bad.error == "person.gender: invalid uuid 'no good'" and bad.message is None
+
+
+# ---- issue 25 case 4: no control character ever reaches a STOMP header ------------------------------------------
+def _sendable(**changes: Any) -> dict[str, Any]:
+    return {"v": 1, "id": "site1:0:mysql-bin.000001:4:0", "site": "site1", "table": "person", "op": "c",
+            "uuid": str(uuidlib.uuid4()), "snapshot": False, "sent": None, "source": {}, "data": {}, **changes}
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\n", "\r", "\x1f", "\x7f", "\t"])
+@pytest.mark.parametrize(("field", "header"), [("site", wire.SITE_HEADER), ("table", wire.TABLE_HEADER),
+                                               ("id", wire.ID_HEADER)])
+def test_encode_refuses_a_control_character_in_a_header(field: str, header: str, bad: str) -> None:
+    """A NUL in a header value truncates the frame at the receiver (Artemis delivers it, no ack header): the
+    sender refuses it, naming the header and the value."""
+    message = _sendable(**{field: f"x{bad}evil"})
+    with pytest.raises(ValueError, match=f"broker header {header}: value 'x") as caught:
+        wire.encode(message, anycast=True, compress_over=512)
+    assert "\n" not in str(caught.value) and repr(f"x{bad}evil") in str(caught.value)
+
+
+@pytest.mark.parametrize("field", ["site", "id"])
+def test_encode_envelope_refuses_a_control_character_in_a_header(field: str) -> None:
+    messages = [_sendable(**{field: "site1\x00evil" if field == "site" else "id\x00evil"})]
+    bodies = [wire.dumps(m) for m in messages]
+    with pytest.raises(ValueError, match="holds a control character"):
+        wire.encode_envelope(messages, bodies, anycast=True, compress_over=512)
+
+
+def test_a_long_bad_value_is_shown_truncated() -> None:
+    with pytest.raises(ValueError) as caught:
+        wire.header_value(wire.SITE_HEADER, "s" * 500 + "\x00")
+    assert len(str(caught.value)) < 250
+
+
+def test_plain_header_values_pass_unchanged() -> None:
+    body, headers = wire.encode(_sendable(site="site-1 é"), anycast=True, compress_over=512)
+    assert headers[wire.SITE_HEADER] == "site-1 é" and headers[wire.TABLE_HEADER] == "person"
+    assert orjson.loads(body)["site"] == "site-1 é"
