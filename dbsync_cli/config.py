@@ -109,6 +109,9 @@ KEYS: dict[str, Key] = {
                                             "or allow"),
     "receiver.central_rows": Key(str, "skip", roles=_R, choices=("skip", "park"),
                                  help="a site's change to a row central owns: skip and count, or park as a conflict"),
+    "receiver.future_tolerance_seconds": Key(int, 120, roles=_R,
+                                             help="a change dated more than this after central's clock never beats "
+                                                  "a central edit: it is parked as a conflict (site clock ahead?)"),
     "receiver.tables": Key(list, None, roles=_R),
     "receiver.extra_tables": Key(list, [], roles=_R),
     "receiver.batch_messages": Key(int, 500, roles=_R),
@@ -141,6 +144,8 @@ KEYS: dict[str, Key] = {
     "status.lag_critical_bytes": Key(int, 1_073_741_824, roles=_S),
     "status.checkpoint_warning_minutes": Key(int, 15, roles=_S, help="checkpoint not moved: sender down or stuck"),
     "status.checkpoint_critical_minutes": Key(int, 60, roles=_S),
+    "status.clock_skew_warning_seconds": Key(int, 120, roles=_S, help="the site server's clock this far ahead of "
+                                                                     "or behind the sender host's (also config check)"),
     "status.site_silent_warning_minutes": Key(int, 60, roles=_R, help="no change applied from an enabled site"),
     "status.site_silent_critical_minutes": Key(int, 240, roles=_R),
     "status.retry_warning": Key(int, 1, roles=_R, help="entries in the retry queue"),

@@ -12,3 +12,4 @@ DANGLING_REFERENCE = 14  # a site row references a row that does not exist in th
 ANOTHER_SENDER = 16  # another sender (or capture pipe) of the same home is running
 PRIVILEGES = 15  # a database user lacks a privilege its role needs, or has one it must not have
 NO_ANSWER = 17  # central did not answer a request sent over the broker (verify): is the receiver running?
+RECEIVER_BUSY = 18  # the running receiver (holding the applier lock) did not take an operator's action in time

@@ -235,7 +235,9 @@ def normalise_uuids(message: dict[str, Any]) -> str | None:
 
 #: what the receiver can store of a source position (BIGINT, INT and the binlog file name column)
 _SOURCE_RANGES = {"pos": (0, 2**63 - 1), "row": (-1, 2**31 - 1), "server_id": (0, 2**32 - 1),
-                  "ts_ms": (0, 253_402_300_799_999), "born": (0, 2**32 - 1)}
+                  "ts_ms": (0, 253_402_300_799_999), "born": (0, 2**32 - 1),
+                  # the site server's clock minus the sender host's, as the sender measured it (optional, ±10 years)
+                  "skew_ms": (-315_360_000_000, 315_360_000_000)}
 
 
 def _source_problem(source: Any) -> str | None:

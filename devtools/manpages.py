@@ -37,6 +37,8 @@ EXIT_TEXT = {
                           "sender's user must not be able to write)",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
     "schema: run one per central",
+    exitcodes.RECEIVER_BUSY: "the running receiver holds the applier lock and did not take the action within --wait "
+    "seconds: nothing changed; try again",
 }
 _BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG)
 _NET = (*_BASIC, exitcodes.UNREACHABLE)
@@ -56,8 +58,9 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
     "receiver": (*_STATE, exitcodes.ANOTHER_RECEIVER),
     "schema": (*_DB, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE,
                                                           exitcodes.BINLOG_SETTINGS, exitcodes.PRIVILEGES),
-    "conflicts list": _STATE, "conflicts show": _STATE, "conflicts resolve": _STATE,
-    "retry list": _STATE, "retry show": _STATE, "retry drop": _STATE, "retry again": _STATE,
+    "conflicts list": _STATE, "conflicts show": _STATE, "conflicts resolve": (*_STATE, exitcodes.RECEIVER_BUSY),
+    "retry list": _STATE, "retry show": _STATE, "retry drop": (*_STATE, exitcodes.RECEIVER_BUSY),
+    "retry again": (*_STATE, exitcodes.RECEIVER_BUSY),
     "sites add": _DB, "sites list": _DB, "sites disable": _DB, "sites enable": _DB, "sites remove": _DB,
     "sites update": _DB,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import pymysql
@@ -19,6 +19,7 @@ from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel
+from dbsync_cli.receiver import actions
 from dbsync_cli.receiver import conflicts as conflicts_mod
 from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
@@ -93,6 +94,25 @@ def open_applier(config: Path | None) -> Applier:
     """An Applier on the receiver config's central DB (the caller closes it)."""
     cfg = common.load_config(config, "receiver")
     return Applier(run_mod.apply_settings(cfg), _model(cfg))
+
+
+WaitOption = Annotated[float, typer.Option(
+    "--wait", metavar="SECONDS", help="While a receiver runs, how long to wait for it to carry the action out "
+    "(it holds the applier lock); then give up with exit 18, nothing changed.")]
+
+
+def act(config: Path | None, action: str, args: dict[str, Any], wait: float) -> dict[str, Any]:
+    """An action on central state under the applier lock, or through the running receiver (receiver/actions.py);
+    one line and its exit code when it cannot be done."""
+    applier = open_applier(config)
+    try:
+        return actions.run(applier, action, args, who=conflicts_mod.who(), wait=wait)
+    except actions.ReceiverBusy as exc:
+        common.fail(str(exc), exitcodes.RECEIVER_BUSY)
+    except (actions.ActionFailed, conflicts_mod.ConflictError, StateError) as exc:
+        common.fail(str(exc))
+    finally:
+        applier.close()
 
 
 @conflicts_app.command("list")
@@ -176,6 +196,7 @@ def conflicts_resolve(
     take_incoming: Annotated[bool, typer.Option("--take-incoming", help="Apply the incoming change.")] = False,
     merge: Annotated[str | None, typer.Option("--merge", help="Take these incoming columns (col1,col2), keep "
                                                               "the rest.")] = None,
+    wait: WaitOption = actions.CLI_WAIT_SECONDS,
 ) -> None:
     """Resolve conflict N (or every unresolved one of --site/--table); bare `resolve N` records a manual fix.
     Messages waiting behind them are then applied; each resolution is logged with the operator's name."""
@@ -189,14 +210,8 @@ def conflicts_resolve(
         common.fail(_("give a conflict number, or --site and/or --table for all of theirs"), exitcodes.CONFIG)
     if number is None and mode == "merge":
         common.fail(_("--merge resolves one conflict at a time"), exitcodes.CONFIG)
-    applier = open_applier(config)
-    try:
-        if number is not None:
-            print(conflicts_mod.resolve(applier, number, mode, columns))
-        else:
-            numbers = conflicts_mod.matching(applier.conn, applier.settings.state_schema, site=site, table=table)
-            print(conflicts_mod.resolve_many(applier, numbers, mode))
-    except conflicts_mod.ConflictError as exc:
-        common.fail(str(exc))
-    finally:
-        applier.close()
+    if number is not None:
+        done = act(config, "resolve", {"number": number, "mode": mode, "columns": columns}, wait)
+    else:
+        done = act(config, "resolve_many", {"site": site, "table": table, "mode": mode}, wait)
+    print(done["text"])

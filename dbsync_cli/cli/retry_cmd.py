@@ -12,9 +12,9 @@ from rich.table import Table
 
 from dbsync_cli import records
 from dbsync_cli.cli import common
-from dbsync_cli.cli.receiver_cmds import open_applier
+from dbsync_cli.cli.receiver_cmds import WaitOption, act, open_applier
 from dbsync_cli.i18n import _, ngettext
-from dbsync_cli.receiver import retry
+from dbsync_cli.receiver import actions, retry
 from dbsync_cli.receiver.state import StateError
 
 app = typer.Typer(help="The retry queue: messages that could not be applied yet, and why.", no_args_is_help=True)
@@ -65,25 +65,16 @@ def retry_show(number: int, config: common.ConfigOption = None, json_out: common
 
 
 @app.command("drop")
-def retry_drop(number: int, config: common.ConfigOption = None) -> None:
+def retry_drop(number: int, config: common.ConfigOption = None, wait: WaitOption = actions.CLI_WAIT_SECONDS) -> None:
     """Remove entry N for good (it will never apply); messages of the same entity waiting behind it follow."""
-    applier = open_applier(config)
-    try:
-        print(retry.drop_entry(applier, number))
-    except StateError as exc:
-        common.fail(str(exc))
-    finally:
-        applier.close()
+    print(act(config, "retry_drop", {"number": number}, wait)["text"])
 
 
 @app.command("again")
 def retry_again(
     number: Annotated[int | None, typer.Argument(help="Only this entry (default: the whole queue).")] = None,
     config: common.ConfigOption = None,
+    wait: WaitOption = actions.CLI_WAIT_SECONDS,
 ) -> None:
     """Retry now (after fixing the cause, e.g. creating missing metadata); one outcome line per entry tried."""
-    applier = open_applier(config)
-    try:
-        records.write(o.record() for o in retry.retry_pending(applier, only=number))
-    finally:
-        applier.close()
+    records.write(act(config, "retry_again", {"number": number}, wait)["records"])

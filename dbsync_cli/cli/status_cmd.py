@@ -43,6 +43,9 @@ def status(
                                                            "minutes")] = None,
     checkpoint_critical_minutes: Annotated[int | None, _opt("checkpoint_critical_minutes", "Sender: CRITICAL "
                                                             "when it has not moved for this many minutes")] = None,
+    clock_skew_warning_seconds: Annotated[int | None, _opt("clock_skew_warning_seconds", "Sender: WARNING when the "
+                                                           "site server's clock is this many seconds off the "
+                                                           "sender host's")] = None,
     site_silent_warning_minutes: Annotated[int | None, _opt("site_silent_warning_minutes", "Receiver: WARNING "
                                                             "when an enabled site sent nothing for this many "
                                                             "minutes")] = None,
@@ -158,9 +161,35 @@ def _sender_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
          if lag.get("bytes") is not None else "?", "lag"),
         (_("rate"), f"{rate['rows_per_second']:g} rows/s (1 min), {rate['rows_per_second_5m']:g} rows/s (5 min), "
                  f"{rate['rows_last_hour']} in the last hour" if rate else "?", "rate"),
+        (_("clock"), _clock(report.get("clock_skew_seconds")), "clock"),
+        (_("not sent"), _dropped(report), "dropped"),
         (_("site db"), _probe(report.get("site_db"), report.get("site_db", {}).get("address", "")), "site_db"),
         (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
     ]
+
+
+def _dropped(report: dict[str, Any]) -> str:
+    """What the sender read and did not send, per reason, with the last one of each."""
+    counts, last = report.get("dropped"), report.get("dropped_last") or {}
+    if counts is None:
+        return "?"
+    parts = []
+    for reason, count in counts.items():
+        if count:
+            seen = last.get(reason) or {}
+            what = " ".join(str(seen[k]) for k in ("table", "uuid") if seen.get(k)) or str(seen.get("key", "?"))
+            parts.append(_("{count} {reason} (last {what} at {at})").format(count=count, reason=reason, what=what,
+                                                                           at=seen.get("at", "?")))
+    return "; ".join(parts) or "0"
+
+
+def _clock(skew: float | None) -> str:
+    """The site server's clock against this host's."""
+    if skew is None:
+        return "?"
+    amount = health.duration(round(abs(skew)))
+    return _("{duration} ahead").format(duration=amount) if skew >= 0 else _("{duration} behind").format(
+        duration=amount)
 
 
 def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:

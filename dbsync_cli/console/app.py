@@ -13,12 +13,14 @@ import hmac
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -347,4 +349,20 @@ def _sender_registry(report: dict[str, Any]) -> CollectorRegistry:
             gauge.set(value)
     state = Gauge("dbsync_sender_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", registry=registry)
     state.set({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(str(report.get("state")), 3))
+    registry.register(_SenderDropped(report.get("dropped") or {}))
     return registry
+
+
+class _SenderDropped(Collector):
+    """`dbsync_sender_dropped_total{reason}`: a counter kept in the sender's state (it survives restarts), so no
+    `_created` sample of this process's own."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("dbsync_sender_dropped", "Changes the sender read and did not send, by reason "
+                                     "(see dbsync status)", labels=["reason"])
+        for reason, count in self.counts.items():
+            family.add_metric([reason], count)
+        yield family

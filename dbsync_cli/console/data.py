@@ -10,7 +10,7 @@ from typing import Any
 from dbsync_cli.config import Config
 from dbsync_cli.console import charts
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import conflicts, retry, state
+from dbsync_cli.receiver import actions, conflicts, retry, state
 from dbsync_cli.receiver.rest import rest_status
 from dbsync_cli.receiver.run import Receiver
 from dbsync_cli.receiver.verify import differences, latest_runs
@@ -126,32 +126,30 @@ class Console:
                         (user, dt.datetime.now(dt.UTC).replace(tzinfo=None), action, detail[:2000]))
             conn.commit()
 
-    def resolve(self, user: str, number: int, mode: str, columns: list[str] | None = None) -> str:
+    def _act(self, user: str, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Under the applier lock, or through the running receiver (receiver/actions.py), waiting a few seconds at
+        most: a refusal or a busy receiver is raised as one line for the page."""
         applier = self.receiver.applier()
         try:
-            result = conflicts.resolve(applier, number, mode, columns)
+            return actions.run(applier, action, args, who=f"console:{user}", wait=actions.CONSOLE_WAIT_SECONDS)
         finally:
             applier.close()
+
+    def resolve(self, user: str, number: int, mode: str, columns: list[str] | None = None) -> str:
+        result = self._act(user, "resolve", {"number": number, "mode": mode, "columns": columns})["text"]
         self._audit(user, f"conflict {mode}", f"{result}" + (f" (columns {', '.join(columns)})" if columns else ""))
         return result
 
     def retry_again(self, user: str, number: int) -> str:
-        applier = self.receiver.applier()
-        try:
-            outcomes = retry.retry_pending(applier, only=number)
-        finally:
-            applier.close()
-        result = "; ".join(f"{o.outcome}" + (f": {o.reason}" if o.reason else "") for o in outcomes) or _("nothing")
+        outcomes = self._act(user, "retry_again", {"number": number})["records"]
+        result = "; ".join(f"{o['outcome']}" + (f": {o['reason']}" if o.get("reason") else "")
+                           for o in outcomes) or _("nothing")
         text = _("entry {number}: {result}").format(number=number, result=result)
         self._audit(user, "retry again", text)
         return text
 
     def retry_drop(self, user: str, number: int) -> str:
-        applier = self.receiver.applier()
-        try:
-            result = retry.drop_entry(applier, number)
-        finally:
-            applier.close()
+        result = self._act(user, "retry_drop", {"number": number})["text"]
         self._audit(user, "retry drop", result)
         return result
 

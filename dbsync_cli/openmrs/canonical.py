@@ -30,10 +30,11 @@ _DATETIME_TYPES = ("datetime", "timestamp")
 
 
 def canonical_value(data_type: str, value: Any) -> Any:
-    """A wire value in canonical form: a reference as its uuid, DATETIME/TIMESTAMP in UTC, binary as base64."""
+    """A wire value in canonical form: a reference as its canonical uuid, DATETIME/TIMESTAMP in UTC, binary as
+    base64."""
     target = wire.ref_target(value)
     if target is not None:
-        return target[1]
+        return wire.canonical_uuid(target[1])
     if isinstance(value, dict) and wire.B64 in value:
         return value[wire.B64]
     if data_type in _DATETIME_TYPES and isinstance(value, str):
@@ -54,8 +55,9 @@ def canonical_row(table: SyncedTable, data: Mapping[str, Any]) -> list[list[Any]
 
 
 def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any]) -> str:
-    """32 hex characters: the blake2b digest of the table, the uuid and the canonical row."""
-    body = orjson.dumps([table.name, uuid, canonical_row(table, data)])
+    """32 hex characters: the blake2b digest of the table, the uuid and the canonical row (every uuid in its
+    canonical letter case: a site may spell one as central does not)."""
+    body = orjson.dumps([table.name, wire.canonical_uuid(uuid), canonical_row(table, data)])
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

@@ -19,16 +19,18 @@ from dbsync_cli.openmrs.rules import BUILT_IN_USERS
 from dbsync_cli.receiver.conflict import canonical
 from dbsync_cli.receiver.placeholder import is_placeholder
 from dbsync_cli.sql import placeholders, quote, sql
+from dbsync_cli.wire import canonical_uuid
 
 ADOPTED = "adopted"
 
 
 def built_in_uuids(cur: Any) -> set[str]:
-    """The uuids of central's OpenMRS users (admin, daemon) and of their persons."""
+    """The uuids of central's OpenMRS users (admin, daemon) and of their persons, canonical (daemon's is upper case
+    in the dump, a message's uuid is compared in lower case)."""
     cur.execute(sql("SELECT u.uuid, p.uuid FROM {} u LEFT JOIN {} p ON p.person_id = u.person_id "
                     "WHERE u.system_id IN ({})", quote("users"), quote("person"), placeholders(len(BUILT_IN_USERS))),
                 list(BUILT_IN_USERS))
-    return {str(uuid) for row in cur.fetchall() for uuid in row if uuid is not None}
+    return {canonical_uuid(str(uuid)) for row in cur.fetchall() for uuid in row if uuid is not None}
 
 
 def candidate(table: SyncedTable, uuid: str, current: dict[str, Any], *, written_before: bool,

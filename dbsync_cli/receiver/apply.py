@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import pymysql
-import pymysql.cursors
 
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
@@ -24,10 +22,12 @@ from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import adopt, bookkeeping, state
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
-from dbsync_cli.receiver.conflict import HASH, Verdict, hash_sql, judge, select_with_hash
+from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
+from dbsync_cli.receiver.current_rows import LOCK_RETRIES, CurrentRows, backoff, lock_conflict
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, expand, expand_raw, parse_raw
+from dbsync_cli.receiver.placeholder import is_placeholder
 from dbsync_cli.receiver.resolve import (
     Converter,
     DeferredKey,
@@ -64,9 +64,13 @@ class ApplySettings:
     max_message_bytes: int = 4_000_000
     rest_enabled: bool = False
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
+    future_tolerance_seconds: int = 120  # a change dated further after central's clock never beats a central edit
 
 
 class Applier:
+    _clock: tuple[dt.datetime, float] | None = None  # central's UTC clock read at a monotonic time (_central_now)
+    _future_logged: frozenset[str] = frozenset()  # sites whose future-dated changes were logged once
+
     def __init__(self, settings: ApplySettings, model: SchemaModel):
         self.settings = settings
         self.model = model
@@ -89,9 +93,9 @@ class Applier:
             (packet,) = cur.fetchone() or (4_194_304,)
         self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, int(packet) // 2))
         self._grouping = False
-        # Rows and entity_hash entries read for a whole batch up front (None outside a batch): rows that existed
-        # when the batch started, dropped when the batch writes them; entity_hash only changes in finish_batch.
-        self._rows: dict[tuple[str, Any], dict[str, Any]] | None = None
+        # The rows a batch judges, read and locked up front (current_rows.py); entity_hash entries read for a whole
+        # batch up front (None outside a batch): entity_hash only changes in finish_batch.
+        self.rows = CurrentRows(self.conn, model, self.statements)
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.reload_blocked()
@@ -212,19 +216,37 @@ class Applier:
         return outcomes
 
     def apply_parsed(self, parsed: list[Parsed]) -> list[Outcome]:
+        """One transaction for `parsed`; retried whole when it loses a lock conflict with another central
+        transaction (a deadlock, a lock wait timeout): that says nothing about any one message."""
         self.refresh_sites()
         blocked_before = set(self.blocked)
+        attempt = 0
+        while True:
+            try:
+                return self._apply_parsed(parsed, blocked_before)
+            except Exception as exc:
+                attempt += 1
+                if not lock_conflict(exc) or attempt > LOCK_RETRIES:
+                    raise
+                self._rolled_back_batch(blocked_before)
+                log.warning("batch of %d messages lost a lock conflict with another central transaction (%s); "
+                            "retrying it whole (%d of %d)", len(parsed), failure_reason(exc), attempt, LOCK_RETRIES)
+                time.sleep(backoff(attempt))
+
+    def _apply_parsed(self, parsed: list[Parsed], blocked_before: set[str]) -> list[Outcome]:
         try:
-            result = self._run(parsed, careful=False)
+            return self._run(parsed, careful=False)
         except Exception as exc:  # noqa: BLE001 - any failure: replay with one savepoint per message
-            if operator_fault(exc):  # a missing grant fails every message alike: stop, park nothing
-                raise
-            self.conn.rollback()
-            self.ids.clear()
-            self.blocked = blocked_before
+            if operator_fault(exc) or lock_conflict(exc):  # a missing grant fails every message alike: stop, park
+                raise  # nothing; a lock conflict retries the batch
+            self._rolled_back_batch(blocked_before)
             log.info("batch failed (%s: %s); replaying it message by message", type(exc).__name__, exc)
-            result = self._run(parsed, careful=True)
-        return result
+            return self._run(parsed, careful=True)
+
+    def _rolled_back_batch(self, blocked_before: set[str]) -> None:
+        self.conn.rollback()
+        self.ids.clear()
+        self.blocked = set(blocked_before)
 
     def _run(self, parsed: list[Parsed], careful: bool) -> list[Outcome]:
         batch = Batch()
@@ -240,7 +262,8 @@ class Applier:
             finally:
                 self._grouping = False
                 self.inserts.reset()
-                self._rows = self._synced = None
+                self.rows.reset()
+                self._synced = None
             self.finish_batch(cur, batch)
         self.conn.commit()
         log_outcomes(batch.outcomes)
@@ -267,7 +290,7 @@ class Applier:
             try:
                 batch.outcomes.append(self._one(cur, item, batch))
             except Exception as exc:
-                if not careful or operator_fault(exc):
+                if not careful or operator_fault(exc) or lock_conflict(exc):  # the transaction is gone: retry it
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()
@@ -331,7 +354,9 @@ class Applier:
                 return Outcome(item.message_id, "stale", table.name, uuid,
                                f"from {position}, before the change applied last ({last})")
         key = held_parent or self.ids.lookup(cur, ident, uuid)
-        current = self._current(cur, table, key) if key is not None and held_parent is None else None
+        current = self.rows.current(table, key) if key is not None and held_parent is None else None
+        if current is not None and not force:
+            self._check_case(cur, item, table, current, batch)
         if message["op"] == DELETE:
             if current is None:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
@@ -359,7 +384,7 @@ class Applier:
             key = self.ids.lookup(cur, ident, uuid)
             if key is None and table.is_subclass:
                 key = self._resolve_parent(cur, ident, uuid, batch)
-            current = self._current(cur, table, key) if key is not None and not isinstance(key, DeferredKey) \
+            current = self.rows.current(table, key) if key is not None and not isinstance(key, DeferredKey) \
                 else None
             if current is not None and any(isinstance(v, DeferredKey) for v in values.values()):
                 values = self._values(cur, item, table, data, batch, defer=False)  # an update needs real keys
@@ -468,6 +493,23 @@ class Applier:
         raise MessageError(f"{table.name} {uuid} belongs to site {owner}: a change from site {site} is refused "
                            "(a site changes only its own rows; receiver.cross_site_changes)")
 
+    def _check_case(self, cur: Any, item: Parsed, table: SyncedTable, current: dict[str, Any], batch: Batch) -> None:
+        """A uuid spelled in another letter case than central's row (e.g. central's `admin` in upper case) names the
+        same row: it never gets a twin, and only the row's own site may send it so; central's own row is refused
+        (error queue, counted per site as `uuid_case`). Another site's row is refused by _check_owner already."""
+        message = item.message or {}
+        stored, sent = current.get("uuid"), item.sent_uuid or message["uuid"]
+        if not isinstance(stored, str) or stored == sent or is_placeholder(current):
+            return
+        owner = batch.owners.get((table.name, message["uuid"])) or self._synced_entry(
+            cur, table.name, message["uuid"]).owner
+        if owner not in (None, CENTRAL_OWNER):
+            return
+        batch.skip(message["site"], "uuid_case", item.message_id, table.name)
+        raise MessageError(f"{table.name} {message['uuid']} was sent as {sent[:40]!r}, which differs only in letter "
+                           f"case from central's own row {stored!r}: refused (a uuid names one row whatever its "
+                           "letter case)")
+
     def _applied_at(self, cur: Any, batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
                     removed_by: str | None = None) -> None:
         """Remember where the change just applied came from; a delete (`removed_by` its site) leaves a tombstone."""
@@ -486,7 +528,8 @@ class Applier:
         return bookkeeping.fetch_synced(cur, self.s, table, [uuid])[(table, uuid)]
 
     def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
-        """Current rows of the batch's entities that exist at central and the entity_hash entries of all of them
+        """Current rows of the batch's entities that exist at central, locked until the batch commits (a central
+        edit can no longer slip in between the judge and the write), and the entity_hash entries of all of them
         (tombstones included): one query per table each."""
         keys: dict[str, dict[Any, str]] = {}
         uuids_of: dict[str, set[str]] = {}
@@ -497,33 +540,10 @@ class Applier:
             key = self.ids.get(item.table.identity.table, item.message["uuid"])
             if key is not None:
                 keys.setdefault(item.table.name, {})[key] = item.message["uuid"]
-        self._rows, self._synced = {}, {}
-        for name, wanted in keys.items():
-            key_column = self.model.synced[name].key
-            for row in self._rows_by_key(name, list(wanted)):
-                self._rows[(name, row[key_column])] = row
+        self.rows.lock(keys)
+        self._synced = {}
         for name, uuid_set in uuids_of.items():
             self._synced.update(bookkeeping.fetch_synced(cur, self.s, name, sorted(uuid_set)))
-
-    def _rows_by_key(self, table: str, keys: list[Any], *, whole: bool = True) -> Iterator[Any]:
-        """Central rows by primary key with their hash, 1,000 per query: whole (dicts) or (key, hash) tuples."""
-        info = self.model.synced[table]
-        select = select_with_hash(info) if whole else sql("SELECT {}, {} FROM {}", quote(info.key), hash_sql(info),
-                                                          quote(table))
-        with self.conn.cursor(pymysql.cursors.DictCursor if whole else pymysql.cursors.Cursor) as dcur:
-            for part in chunks(keys):
-                dcur.execute(sql("{} WHERE {} IN ({})", select, quote(info.key), placeholders(len(part))), part)
-                yield from dcur.fetchall()
-
-    def _current(self, cur: Any, table: SyncedTable, key: Any) -> dict[str, Any] | None:
-        if self._rows is not None:
-            row = self._rows.pop((table.name, key), None)  # used once: this message may change the row
-            if row is not None:
-                return row
-        with self.conn.cursor(pymysql.cursors.DictCursor) as dcur:
-            dcur.execute(self.statements.get(("current", table.name), lambda: sql(
-                "{} WHERE {} = %s", select_with_hash(table), quote(table.key))), (key,))
-            return dcur.fetchone()
 
     def _judge(self, cur: Any, table: SyncedTable, uuid: str, current: dict[str, Any], message: dict[str, Any],
                values: dict[str, Any] | None, batch: Batch) -> Verdict:
@@ -535,9 +555,31 @@ class Applier:
         if isinstance(ts_ms, int | float):
             incoming_time = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(self.convert.tz).replace(
                 tzinfo=None)
-        return judge(table, current, synced.hash, message, values, incoming_time, self.settings.conflict_policy,
-                     last_site=synced.position.site if synced.position is not None else None, owner=synced.owner,
-                     central_rows=self.settings.central_rows)
+        verdict = judge(table, current, synced.hash, message, values, incoming_time, self.settings.conflict_policy,
+                        last_site=synced.position.site if synced.position is not None else None, owner=synced.owner,
+                        central_rows=self.settings.central_rows, central_now=self._central_now(cur),
+                        tolerance=self.settings.future_tolerance_seconds)
+        if verdict.future is not None:  # a site clock ahead: counted per site (status), logged once per site
+            site = str(message.get("site"))
+            batch.skip(site, FUTURE_DATED, str(message.get("id") or ""), table.name)
+            if site not in self._future_logged:
+                self._future_logged |= {site}
+                log.warning("site %s sends changes dated in central's future (%s: %s ahead of central's clock; site "
+                            "clock ahead?): they never beat a central edit, and are counted in `dbsync status`",
+                            site, message.get("id"), amount(verdict.future))
+        return verdict
+
+    def _central_now(self, cur: Any) -> dt.datetime:
+        """Central's clock now, naive in central's time zone: read once a minute, carried on by this host's
+        monotonic clock in between."""
+        mono = time.monotonic()
+        if self._clock is None or mono - self._clock[1] > 60:
+            cur.execute("SELECT UTC_TIMESTAMP(6)")
+            (utc_now,) = cur.fetchone()
+            self._clock = (utc_now, mono)
+        utc_now, at = self._clock
+        return (utc_now + dt.timedelta(seconds=mono - at)).replace(tzinfo=dt.UTC).astimezone(
+            self.convert.tz).replace(tzinfo=None)
 
     @staticmethod
     def _skipped(item: Parsed, verdict: Verdict, batch: Batch) -> Outcome:
@@ -604,7 +646,7 @@ class Applier:
 
     def _hashes(self, table: str, keys: list[Any]) -> Iterator[tuple[Any, str]]:
         """(key, hash) of central rows, as the server computes them."""
-        return self._rows_by_key(table, keys, whole=False)
+        return self.rows.by_key(table, keys, whole=False)
 
 
 def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: SchemaModel) -> Iterator[dict[str, Any]]:

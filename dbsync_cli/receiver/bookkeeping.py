@@ -13,6 +13,7 @@ from dbsync_cli.receiver.batch import Batch
 from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.wire import canonical_uuid
 
 #: (key, hash) of central rows of a table, as the central server computes them
 Hashes = Callable[[str, list[Any]], Iterable[tuple[Any, str]]]
@@ -37,8 +38,11 @@ def fetch_synced(cur: Any, schema: Sql, table: str, uuids: list[str]) -> dict[tu
         cur.execute(sql("SELECT entity_uuid, hash, owner, {} FROM {}.entity_hash WHERE table_name = %s AND "
                         "entity_uuid IN ({})", columns(POSITION_COLUMNS), schema, placeholders(len(part))),
                     [table, *part])
+        # the key compares case-insensitively: an entry written in another letter case is this entity's too
+        asked = {canonical_uuid(u): u for u in part}
         for row in cur.fetchall():
-            found[(table, row[0])] = Synced(row[1], SourcePosition.from_row(row[3:]), row[2])
+            uuid = asked.get(canonical_uuid(row[0]), row[0])
+            found[(table, uuid)] = Synced(row[1], SourcePosition.from_row(row[3:]), row[2])
     return found
 
 

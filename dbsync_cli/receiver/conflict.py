@@ -1,7 +1,8 @@
 """The conflict rule: a central row is *edited centrally* when its hash differs from the hash stored when dbsync
 last wrote it. An incoming change for such a row is parked when central's latest of date_changed / date_voided /
 date_retired is after the incoming one's (policy "newer", the EIP rule) or always (policy "any"). A placeholder is
-never a conflict. A row central had before any site changed it (admin, daemon, shared users and providers) is
+never a conflict. A change dated in central's future (past a tolerance: a site server whose clock runs ahead)
+never beats a central edit: it is parked naming how far ahead it is dated, whatever the dates say. A row central had before any site changed it (admin, daemon, shared users and providers) is
 central's own: no site changes it, whatever was resolved for another site; the change is skipped and counted
 (`central_rows = "skip"`) or parked for an operator (`"park"`).
 
@@ -31,9 +32,11 @@ class Verdict:
     park: bool = False
     skip: str | None = None  # why it is not applied, counted per site and table: stale | central_owned
     reason: str | None = None
+    future: float | None = None  # seconds the incoming change is dated in central's future, past the tolerance
 
 
 CENTRAL_ROWS = ("skip", "park")
+FUTURE_DATED = "future_dated"  # the per-site count (receiver_skipped) of changes dated in central's future
 
 
 def canonical(value: Any) -> Any:
@@ -74,9 +77,43 @@ def _latest(values: dict[str, Any]) -> dt.datetime | None:
     return max(dates) if dates else None
 
 
+def future_seconds(incoming: dt.datetime | None, central_now: dt.datetime | None, tolerance: float) -> float | None:
+    """How many seconds `incoming` is dated after central's clock (both naive, in central's time zone) when that is
+    past `tolerance`; None otherwise (or when either is unknown)."""
+    if incoming is None or central_now is None:
+        return None
+    ahead = (incoming - central_now).total_seconds()
+    return ahead if ahead > tolerance else None
+
+
+def amount(seconds: float) -> str:
+    """45 s, 10 min, 2.5 h, 3.0 d (stored reasons stay English)."""
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def future_reason(ahead: float, message: dict[str, Any], central_latest: dt.datetime | None,
+                  incoming_latest: dt.datetime | None) -> str:
+    """The conflict reason of a change dated in central's future, with the sender's own measurement if it sent one."""
+    skew_ms = (message.get("source") or {}).get("skew_ms")
+    measured = (f"; site {message.get('site')} measured its server's clock {amount(skew_ms / 1000)} "
+                f"{'ahead' if skew_ms >= 0 else 'behind'}") if isinstance(skew_ms, int) and abs(skew_ms) >= 1000 \
+        else ""
+    edited = f"row edited centrally at {central_latest}" if central_latest is not None else "row edited centrally"
+    return (f"dated {amount(ahead)} in central's future (site clock ahead?): {edited}, incoming change dated "
+            f"{incoming_latest}{measured}")
+
+
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
           values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str, *,
-          last_site: str | None = None, owner: str | None = None, central_rows: str = "skip") -> Verdict:
+          last_site: str | None = None, owner: str | None = None, central_rows: str = "skip",
+          central_now: dt.datetime | None = None, tolerance: float = 120) -> Verdict:
     """Decide for an incoming change to an existing central row (read with `select_with_hash`; values: converted
     data, None for a delete; `last_site`: the site whose change dbsync applied last to this row; `owner`: the
     entity's owner in entity_hash, None when dbsync never wrote it).
@@ -85,26 +122,34 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
 
     Dates decide only between central's edits and a site's, or between two sites: two changes of the same site are
     ordered by its binlog (the order guard), so a backdated change (a clinic clock corrected backwards, an un-void
-    dated in the past) of a row central never touched is applied."""
-    if is_placeholder(current):
-        return Verdict()
-    if owner is None or owner == CENTRAL_OWNER:
-        reason = "central's own row: central had it before any site changed it"
-        return Verdict(park=True, reason=reason) if central_rows == "park" else Verdict(skip="central_owned",
-                                                                                         reason=reason)
+    dated in the past) of a row central never touched is applied.
+
+    `central_now`: central's clock (naive, central's time zone); an incoming change dated more than `tolerance`
+    seconds after it never beats a central edit (parked, naming the skew); every verdict says how far in the
+    future it was dated (`future`), so that apply counts such changes per site."""
     central_latest = _latest(current)
     incoming_latest = _latest(values) if values is not None else incoming_time
+    future = future_seconds(incoming_latest, central_now, tolerance)
+    if is_placeholder(current):
+        return Verdict(future=future)
+    if owner is None or owner == CENTRAL_OWNER:
+        reason = "central's own row: central had it before any site changed it"
+        return Verdict(park=True, reason=reason, future=future) if central_rows == "park" else Verdict(
+            skip="central_owned", reason=reason, future=future)
     if stored_hash is None:  # dbsync deleted it, and it exists again: re-created at central since
         if values is not None and all(canonical(current.get(c)) == canonical(v) for c, v in values.items()):
-            return Verdict()
+            return Verdict(future=future)
         return Verdict(park=True, reason="row re-created at central after its synced delete; differs from the "
-                                         "incoming one")
+                                         "incoming one", future=future)
     if stored_hash == current[HASH]:
         other_site = last_site is not None and last_site != message.get("site")
         if other_site and values is not None and central_latest and incoming_latest and incoming_latest < central_latest:
             return Verdict(skip="stale", reason=f"incoming change ({incoming_latest}) is older than central "
-                                              f"({central_latest})")
-        return Verdict()
+                                              f"({central_latest})", future=future)
+        return Verdict(future=future)
+    if future is not None:  # whatever the dates say: a clock ahead must not let a site's change win
+        return Verdict(park=True, reason=future_reason(future, message, central_latest, incoming_latest),
+                       future=future)
     if policy == "any":
         return Verdict(park=True, reason="row edited centrally since its last sync")
     if central_latest is not None and (incoming_latest is None or central_latest > incoming_latest):

@@ -30,7 +30,7 @@ MODES = ("keep-central", "take-incoming", "merge", "manual")
 log = logging.getLogger("dbsync.conflicts")
 
 
-def _who() -> str:
+def who() -> str:
     """The operator, for the audit line."""
     try:
         return getpass.getuser()
@@ -207,7 +207,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                         "WHERE id = %s", s), (mode, now(), number))
     applier.conn.commit()
     log.info("conflict %d (%s %s %s from %s) resolved %s by %s", number, conflict.table, conflict.uuid,
-             conflict.message_id, conflict.site, mode, _who())
+             conflict.message_id, conflict.site, mode, who())
     applier.reload_blocked()
     if not release:
         return _("conflict {number} resolved ({mode})").format(number=number, mode=_(mode))

@@ -25,6 +25,7 @@ class Parsed:
     header_site: str | None = None  # the transport's dbsync-site header (inbox records)
     broker_user: str | None = None  # who the broker says sent it ("" none stamped); None: not from the broker
     refs: list[tuple[str, str]] | None = None  # (identity table, uuid) it references, once apply looked
+    sent_uuid: str | None = None  # the message's uuid as the site spelled it (`message["uuid"]` is canonical)
 
     def __post_init__(self) -> None:
         self.message_id = wire.storable_id(self.message_id)  # every id in the form the receiver's columns hold
@@ -146,6 +147,9 @@ def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
 
 def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
     item.error = wire.check(message, model.synced)
+    if item.error is None:
+        item.sent_uuid = message["uuid"]
+        item.error = wire.normalise_uuids(message)
     if item.error is None:
         item.message = message
         item.table = model.synced[message["table"]]

@@ -90,7 +90,8 @@ class UuidToId:
         for part in chunks(missing):
             cur.execute(sql("SELECT uuid, {} FROM {} WHERE uuid IN ({})", quote(key), quote(table),
                             placeholders(len(part))), part)
-            found = dict(cur.fetchall())
+            # keyed by the canonical uuid: the server matched case-insensitively, a row keeps its own spelling
+            found = {wire.canonical_uuid(uuid): key for uuid, key in cur.fetchall()}
             for uuid in part:
                 if uuid in found:
                     cache.put(uuid, found[uuid])
@@ -245,4 +246,4 @@ class Converter:
 def _uuid(value: str) -> str:
     if not wire.UUID_TEXT.match(value):
         raise MessageError(f"invalid uuid {value[:40]!r}")
-    return value
+    return wire.canonical_uuid(value)

@@ -16,7 +16,7 @@ from typing import Any
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import inbox, state
+from dbsync_cli.receiver import actions, inbox, state
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.supervise import supervise
@@ -30,6 +30,7 @@ def apply_settings(cfg: Config) -> ApplySettings:
         central=cfg.db("central_db"), state_schema=cfg["central_db.state_schema"], timezone=cfg["receiver.timezone"],
         conflict_policy=cfg["receiver.conflict_policy"], central_rows=cfg["receiver.central_rows"],
         cross_site_changes=cfg["receiver.cross_site_changes"],
+        future_tolerance_seconds=cfg["receiver.future_tolerance_seconds"],
         batch_messages=cfg["receiver.batch_messages"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
     )
@@ -73,6 +74,8 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
             records = read_inbox(applier, applier.settings.batch_messages)
             if records:
                 applier.apply_batch(records)
+                last_work = time.monotonic()
+            if actions.serve(applier):  # operators' retry/conflict actions, handed over under our lock
                 last_work = time.monotonic()
             if time.monotonic() - last_retry >= interval:
                 retry_pending(applier)

@@ -181,6 +181,19 @@ MIGRATIONS: list[list[str]] = [
             retry BIGINT NOT NULL,
             PRIMARY KEY (site, date_sampled)) CHARACTER SET utf8mb4""",
     ],
+    [  # 12: operator actions (retry, conflicts) handed to the running receiver, which holds the applier lock
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_request (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            action VARCHAR(40) NOT NULL,
+            args TEXT NOT NULL,
+            requested_by VARCHAR(100) NOT NULL,
+            date_created DATETIME(3) NOT NULL,
+            state VARCHAR(12) NOT NULL,
+            taken_by BIGINT NULL,
+            date_done DATETIME(3) NULL,
+            result MEDIUMTEXT NULL,
+            KEY state (state, id)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: how long the per-minute samples of the console's charts are kept

@@ -25,6 +25,7 @@ from dbsync_cli.health import (
     utcnow,
 )
 from dbsync_cli.i18n import _
+from dbsync_cli.receiver.conflict import FUTURE_DATED
 from dbsync_cli.sql import Sql, sql
 
 
@@ -258,15 +259,24 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
 
     verified = {run["site"]: run for run in latest_runs(conn, schema)}
     skipped = state.skipped(conn, schema)
+    future_last = _future_dated(conn, schema)
     sites = sorted(state.sites(conn, schema).values(), key=lambda site: site.identifier)
     for site in sites:
         last, messages, last_id = status.get(site.id, (None, 0, None))
         silence = seconds_between(now, last or site.date_created)
+        counts = dict(skipped.get(site.identifier, {}))
+        future = counts.pop(FUTURE_DATED, 0)  # counted whether applied or parked: not under "not applied"
         row = {"identifier": site.identifier, "name": site.name, "disabled": site.disabled,
                "date_created": utc(site.date_created), "last_sync_date": utc(last),
                "age_seconds": seconds_between(now, last), "silent_seconds": silence, "messages": int(messages or 0),
-               "last_message_id": last_id, "skipped": skipped.get(site.identifier, {}),
+               "last_message_id": last_id, "skipped": counts, "future_dated": future,
                "state": "DISABLED" if site.disabled else OK, "verify": _verify_summary(verified.get(site.identifier))}
+        latest = future_last.get(site.identifier)
+        if future and latest is not None and (seconds_between(now, latest) or 0) < FUTURE_RECENT_HOURS * 3600:
+            report.problem(WARNING, "clock", _("site {site}: {count} change(s) dated in central's future, the last "
+                                               "{duration} ago (site clock ahead? see `dbsync status` at the site); "
+                                               "they never overwrite central's edits").format(
+                site=site.identifier, count=future, duration=duration(seconds_between(now, latest))))
         if not site.disabled:
             row["state"] = grade(silence, lim["site_silent_warning_minutes"] * 60,
                                  lim["site_silent_critical_minutes"] * 60)
@@ -286,6 +296,20 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
     return silent_max
 
 
+
+
+#: a site's change dated in central's future keeps `status` at WARNING this long (the counts stay in the report)
+FUTURE_RECENT_HOURS = 24
+
+
+def _future_dated(conn: Any, schema: str) -> dict[str, dt.datetime]:
+    """When each site last sent a change dated in central's future (receiver_skipped, reason future_dated)."""
+    from dbsync_cli.receiver import state
+
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT site, MAX(last_date) FROM {}.receiver_skipped WHERE reason = %s GROUP BY site",
+                        state.schema_name(schema)), (FUTURE_DATED,))
+        return {str(row[0]): row[1] for row in cur.fetchall()}
 
 
 def _verify_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:

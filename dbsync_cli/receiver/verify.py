@@ -21,6 +21,7 @@ from dbsync_cli.receiver import state
 from dbsync_cli.receiver.conflict import hash_sql
 from dbsync_cli.receiver.verify_rows import CentralRows
 from dbsync_cli.sql import chunks, join, placeholders, quote, sql
+from dbsync_cli.wire import canonical_uuid
 
 MAX_ROWS_PER_REQUEST = 100_000
 MAX_DIFFERENCES_KEPT = 100_000
@@ -98,7 +99,7 @@ class VerifyHandler:
         prefixes = body.get("prefixes") or []
         if not isinstance(prefixes, list) or not all(isinstance(p, str) and _PREFIX.match(p) for p in prefixes):
             raise RequestError(f"verify: {table.name}: 'prefixes' must be uuid prefixes")
-        site_rows: dict[str, str | None] = body["rows"]
+        site_rows: dict[str, str | None] = {canonical_uuid(u): d for u, d in body["rows"].items()}
         owned = {u for p in prefixes for page in rows.owned(table.name, prefix=p) for u in page}
         listed = set(site_rows) - owned
         owners = rows.owners(table.name, listed)
@@ -135,10 +136,10 @@ class VerifyHandler:
                 else:
                     cur.execute(sql("SELECT {}, {} FROM {} WHERE {} IN ({})", quote("uuid"), hash_sql(table),
                                     quote(table.name), quote("uuid"), placeholders(len(part))), part)
-                current = dict(cur.fetchall())
+                current = {canonical_uuid(u): h for u, h in cur.fetchall()}
                 cur.execute(sql("SELECT entity_uuid, hash FROM {}.entity_hash WHERE table_name = %s AND "
                                 "entity_uuid IN ({})", self.s, placeholders(len(part))), [table.name, *part])
-                stored = dict(cur.fetchall())
+                stored = {canonical_uuid(u): h for u, h in cur.fetchall()}
             edited += [u for u in part if u in current and stored.get(u) != current[u]]
         return edited
 

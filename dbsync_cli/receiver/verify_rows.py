@@ -20,6 +20,7 @@ from dbsync_cli.openmrs.model import Identity
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, PLACEHOLDER_REASON, PLACEHOLDER_REASON_COLUMNS
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 from dbsync_cli.values import Converter, wire_converter
+from dbsync_cli.wire import canonical_uuid
 
 PAGE = 1000
 UUID_ALIAS = "dbsync_verify_uuid"
@@ -52,7 +53,7 @@ class CentralRows:
                 page = [row[0] for row in cur.fetchall()]
             if not page:
                 return
-            yield page
+            yield [canonical_uuid(u) for u in page]
             after = page[-1]
 
     def owners(self, table: str, uuids: Iterable[str]) -> dict[str, str | None]:
@@ -61,12 +62,12 @@ class CentralRows:
             with self.conn.cursor() as cur:
                 cur.execute(sql("SELECT entity_uuid, owner FROM {}.entity_hash WHERE table_name = %s "
                                 "AND entity_uuid IN ({})", self.s, placeholders(len(part))), [table, *part])
-                found.update({u: o for u, o in cur.fetchall()})
+                found.update({canonical_uuid(u): o for u, o in cur.fetchall()})
         return found
 
     # ---- their canonical form --------------------------------------------------------------------------------
     def load(self, table: SyncedTable, uuids: list[str]) -> dict[str, dict[str, Any]]:
-        """Central's rows with these uuids (a subclass through its parent), keyed by uuid."""
+        """Central's rows with these uuids (a subclass through its parent), keyed by canonical uuid."""
         rows: dict[str, dict[str, Any]] = {}
         for part in chunks(uuids):
             if table.is_subclass:
@@ -80,7 +81,7 @@ class CentralRows:
             with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
                 cur.execute(query, part)
                 for row in cur.fetchall():
-                    rows[row.pop(UUID_ALIAS)] = row
+                    rows[canonical_uuid(row.pop(UUID_ALIAS))] = row
         return rows
 
     def digests(self, table: SyncedTable, uuids: list[str]) -> dict[str, tuple[str, bool]]:

@@ -33,6 +33,7 @@ from dbsync_cli.sender import binlog, gtid, schema_history
 from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
 from dbsync_cli.sender.checkpoint import FAILOVER, CheckpointStore
+from dbsync_cli.sender.clock import ClockWatch
 
 log = logging.getLogger("dbsync.capture")
 
@@ -168,8 +169,11 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
     emitted = 0
     last_beat = time.monotonic()
     binlog_ms: int | None = None  # time of the last binlog event read: a heartbeat is as old as what it covers
+    clock = ClockWatch(db, settings.home, periodic=not settings.until_idle)  # the server's clock vs this host's
+    clock.tick()
     try:
         for event in reader:
+            clock.tick()
             if isinstance(event, FormatDescriptionEvent):
                 born = int(event.timestamp)
                 continue
@@ -188,6 +192,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                 continue
             if not isinstance(event, HeartbeatLogEvent) and event.timestamp:
                 binlog_ms = event.timestamp * 1000
+                clock.event(event.timestamp)
             if isinstance(event, MariadbGtidEvent | GtidEvent) or (
                 isinstance(event, QueryEvent) and event.query == "BEGIN"
             ):
@@ -239,6 +244,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                             "epoch": epoch,
                             "born": born,
                             "end_pos": end.pos,  # how far the rows read so far reach: status's lag inside it
+                            **({"skew_ms": clock.skew_ms} if clock.skew_ms is not None else {}),
                         },
                     }
                     emitted += 1

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from dbsync_cli.files import private_dir, private_file
+from dbsync_cli.sender import drops
 
 BINLOG = "binlog"
 FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
@@ -32,7 +33,11 @@ class CheckpointStore:
         )
         self.conn.execute("CREATE TABLE IF NOT EXISTS stats (ts REAL NOT NULL, messages INTEGER NOT NULL)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS stats_ts ON stats (ts)")
+        # what the sender read and did not send, per reason (drops.py): written with the checkpoint past them
+        self.conn.execute("CREATE TABLE IF NOT EXISTS dropped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL, "
+                          "last TEXT NOT NULL, last_at REAL NOT NULL)")
         self.unsaved_messages = 0
+        self.unsaved_drops: list[dict[str, Any]] = []
         for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
             private_file(home / name)
 
@@ -48,10 +53,42 @@ class CheckpointStore:
         """Messages the broker just confirmed: recorded with the next save(), in the same transaction."""
         self.unsaved_messages += messages
 
+    def count_dropped(self, items: list[dict[str, Any]]) -> None:
+        """Drop records (drops.py) the checkpoint is about to move past: counted by the next save(), in the same
+        transaction, so a crash before it re-reads them and counts them then, never twice."""
+        self.unsaved_drops.extend(items)
+
+    def record_dropped(self, items: list[dict[str, Any]]) -> None:
+        """Drop records of sends that move no checkpoint (verify --repair, re-sync requests): counted now."""
+        if not items:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._write_drops(items, time.time())
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _write_drops(self, items: list[dict[str, Any]], now: float) -> None:
+        for reason, (count, last) in drops.summary(items, now).items():
+            self.conn.execute(
+                "INSERT INTO dropped (reason, count, last, last_at) VALUES (?,?,?,?) ON CONFLICT(reason) DO UPDATE "
+                "SET count = count + excluded.count, last = excluded.last, last_at = excluded.last_at",
+                (reason, count, orjson.dumps(last).decode(), now))
+
+    def dropped(self) -> dict[str, dict[str, Any]]:
+        """Per reason: count, the last one dropped and when (epoch seconds)."""
+        rows = self.conn.execute("SELECT reason, count, last, last_at FROM dropped").fetchall()
+        return {reason: {"count": int(count), "last": orjson.loads(last), "last_at": float(at)}
+                for reason, count, last, at in rows}
+
     def save(self, value: dict[str, Any], name: str = BINLOG) -> None:
         now = time.time()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.unsaved_drops:
+                self._write_drops(self.unsaved_drops, now)
             self.conn.execute(
                 "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
@@ -65,6 +102,7 @@ class CheckpointStore:
             self.conn.execute("ROLLBACK")
             raise
         self.unsaved_messages = 0
+        self.unsaved_drops = []
 
     def sent_since(self, since: float) -> int:
         """Messages confirmed since the epoch time `since` (at most STATS_KEEP_SECONDS back)."""
@@ -76,3 +114,14 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def record_dropped(home: Path, items: list[dict[str, Any]]) -> None:
+    """Count drop records of a send that moves no checkpoint (verify --repair, a re-sync request) at once."""
+    if not items:
+        return
+    store = CheckpointStore(home)
+    try:
+        store.record_dropped(items)
+    finally:
+        store.close()

@@ -125,4 +125,19 @@ def _home_reading(cfg: Config) -> bool:
         return False
 
 
-STEPS: list[Step] = [grants, binlog, server_id]
+def clock(conn: Any, cfg: Config) -> list[Finding]:
+    """The site server's clock against this host's (keep the sender on the site's network, both on NTP): a server
+    ahead dates the site's changes in central's future."""
+    from dbsync_cli.sender.clock import measure
+    from dbsync_cli.sender.status import clock_problem
+
+    limit = int(cfg["status.clock_skew_warning_seconds"])
+    skew = measure(conn)
+    if limit and abs(skew) >= limit:
+        return [Finding("site_db.clock", WARNING, clock_problem(skew) + " " + _(
+            "(status.clock_skew_warning_seconds = {limit})").format(limit=limit))]
+    return [Finding("site_db.clock", OK, _("the site server's clock is {skew:+.1f} s off this host's (within "
+                                           "{limit} s)").format(skew=skew, limit=limit))]
+
+
+STEPS: list[Step] = [grants, binlog, server_id, clock]

@@ -9,6 +9,11 @@ loaded and its parent deleted (with the row, or after the row moved away from it
 looked up, and the message went out as ``{"$ref": "obs", "uuid": null}`` (seen while a site wrote during its
 initial snapshot). A reference no uuid can be found for even so is a dangling reference at the site: the batch is
 read again a few times, then enrich stops before it (exit 14), never sending a reference without its uuid.
+
+A deleted subclass row (patient, drug_order …) has no uuid of its own: it takes its parent's (person, orders), from
+the parent's delete in the same batch, else from the site DB, else from the parent's delete later in the binlog
+(`parent_deletes`: a transaction longer than a batch, or a parent deleted later while the sender is behind). A
+delete whose uuid none of them gives stops enrich before it (exit 14): it is never skipped.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pymysql.cursors
@@ -27,7 +33,9 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
-from dbsync_cli.sender.binlog import CaptureStop
+from dbsync_cli.sender import drops
+from dbsync_cli.sender.binlog import CaptureStop, Position
+from dbsync_cli.sender.parent_deletes import ParentDeletes, position_key
 from dbsync_cli.sender.uuid_cache import IdToUuid
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
@@ -52,6 +60,8 @@ class EnrichSettings:
     batch_events: int = 500
     max_transaction_events: int = 20_000  # a batch grows past batch_events to the end of a transaction, to this
     cache_size: int = 200_000
+    home: Path | None = None  # the sender's state (the schema history, for binlogs without column names)
+    parent_cache_size: int = 100_000  # parent deletes remembered from the binlog scans of `parent_deletes`
 
 
 class Enricher:
@@ -64,6 +74,7 @@ class Enricher:
             cur.execute("SET time_zone = '+00:00'")  # TIMESTAMP values then come back as UTC
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot per batch
         self.uuids = IdToUuid(self.conn, settings.cache_size)
+        self.parents = ParentDeletes(settings.db, settings.home, settings.parent_cache_size)
         self.converters: dict[str, list[tuple[str, Converter]]] = {}
         self.attribute_formats: dict[Any, str | None] = {}
 
@@ -80,7 +91,7 @@ class Enricher:
     def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Batches end between transactions (up to `max_transaction_events`): a subclass delete (patient,
         drug_order …) comes before its parent's delete in the binlog and gets its uuid from the parent's before
-        image, which must be in the same batch — the rows are gone from the site DB by the time we read it."""
+        image, cheapest when it is in the same batch (a longer transaction is found by `parent_deletes`)."""
         batch: list[dict[str, Any]] = []
         for event in events:
             if event.get("op") == wire.HEARTBEAT:
@@ -137,10 +148,16 @@ class Enricher:
             return None
         return table
 
+    def _invalid(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The drop record of an event `_valid` refused."""
+        synced = event.get("table", "") in self.model.synced
+        return drops.of_event(drops.MALFORMED if synced else drops.NOT_SYNCED, event)
+
     def _flush(self, batch: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not batch:
             return
-        valid = [(e, t) for e in batch if (t := self._valid(e)) is not None]
+        checked = [(e, self._valid(e)) for e in batch]
+        valid = [(e, t) for e, t in checked if t is not None]
         for attempt in range(1, READ_ATTEMPTS + 1):
             with self.conn.cursor() as cur:
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -151,7 +168,7 @@ class Enricher:
             if not missing:
                 if attempt > 1:
                     log.warning("enrich: batch complete on read %d (rows changed while it was read)", attempt)
-                yield from messages
+                yield from _in_order(checked, messages, self._invalid)
                 return
             table, key, column, target, local = missing[0]
             log.warning("enrich: %s %s: %s references %s %s, not found (%d reference(s) in the batch); reading "
@@ -190,18 +207,24 @@ class Enricher:
                 key = event["before"][table.key]
                 uuid = deleted_uuids.get((table.identity.table, key))
                 if uuid is None:
-                    log.warning("delete of %s %s: its uuid is unknown (parent gone); skipped", table.name, key)
-                    continue
+                    raise EnrichStop(_(
+                        "site row {table} {key} was deleted and its uuid is nowhere: the {parent} row it takes it "
+                        "from is neither in the site database nor deleted in the binlog after it (deleted earlier "
+                        "with foreign key checks off?); enrich stops before the delete and nothing after it is "
+                        "sent: put the {parent} row {key} back at the site with its uuid, then restart").format(
+                        table=table.name, key=key, parent=table.identity.table), exitcodes.DANGLING_REFERENCE)
                 messages.append(self._message(event, table, key, uuid, None, sent))  # the batch's time
                 continue
             key = event["after"][table.key]
             row = current[table.name].get(key)
             if row is None:
                 log.debug("%s %s of %s %s: row deleted since; dropped", event["op"], event["source"], table.name, key)
+                messages.append(drops.of_event(drops.ROW_DELETED, event, key))  # counted by publish
                 continue
             uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
             if uuid is None:
                 log.warning("%s %s: parent %s row is gone; dropped", table.name, key, table.identity.table)
+                messages.append(drops.of_event(drops.PARENT_GONE, event, key))
                 continue
             data = self._data(table, row, refs, missing, key)
             messages.append(self._message(event, table, key, uuid, data, sent))
@@ -215,7 +238,8 @@ class Enricher:
                             source=event["source"], key=key, data=data, sent=sent)
 
     def _deleted_identity(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> dict[tuple[str, Any], str]:
-        """uuids of deleted rows: own uuid from the before image; a subclass's from its parent's delete or the DB."""
+        """uuids of deleted rows: own uuid from the before image; a subclass's from its parent's delete in the
+        batch, else from the site DB, else from the parent's delete later in the binlog."""
         found: dict[tuple[str, Any], str] = {}
         need: dict[str, set[Any]] = {}
         for event, table in valid:
@@ -232,6 +256,22 @@ class Enricher:
                 identity_key = self.model.tables[ident_table].primary_key[0]
                 for key, uuid in self.uuids.resolve(ident_table, identity_key, missing).items():
                     found[(ident_table, key)] = uuid
+        gone: dict[str, set[Any]] = {}
+        start: Position | None = None
+        epoch = ""
+        for event, table in valid:
+            if event["op"] != wire.DELETE or (table.identity.table, event["before"][table.key]) in found:
+                continue
+            source = event.get("source") or {}
+            if not isinstance(source.get("file"), str) or not isinstance(source.get("pos"), int):
+                continue  # not from the binlog: nothing to read further on
+            gone.setdefault(table.identity.table, set()).add(event["before"][table.key])
+            here = Position(source["file"], source["pos"])
+            if start is None or position_key(here) < position_key(start):
+                start, epoch = here, str(source.get("epoch") or "")
+        if start is not None:
+            columns = {name: self.model.tables[name].primary_key[0] for name in gone}
+            found.update(self.parents.find(gone, start, epoch, columns))
         return found
 
     def _resolve_references(self, current: dict[str, dict[Any, dict[str, Any]]]) -> dict[tuple[str, Any], str]:
@@ -301,6 +341,19 @@ class Enricher:
                     missing.append((table.name, key, value_column, target, raw))
                 data[value_column] = wire.ref(target, uuid)
         return data
+
+
+def _in_order(checked: list[tuple[dict[str, Any], SyncedTable | None]], records: list[dict[str, Any]],
+              invalid: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The batch's output in its events' order: each valid event gave one record (a message or a drop record), an
+    invalid one gets a drop record in its place, so the checkpoint never moves back over one."""
+    if len(records) != sum(1 for _e, t in checked if t is not None):  # not one each: drops first, then the rest
+        yield from (invalid(e) for e, t in checked if t is None)
+        yield from records
+        return
+    given = iter(records)
+    for event, table in checked:
+        yield next(given) if table is not None else invalid(event)
 
 
 def _same_transaction(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -30,6 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.files import private_dir
+from dbsync_cli.sender import drops
 from dbsync_cli.sender.binlog import CaptureStop
 from dbsync_cli.supervise import backoff
 from dbsync_cli.wire import dumps
@@ -73,6 +74,7 @@ class _Batch:
     records: list[dict[str, Any]]  # the rows the frames carry
     source: dict[str, Any] | None
     receipt: str | None = None
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # drop records the checkpoint moves past (drops.py)
 
 
 class _Receipts(stomp.ConnectionListener):
@@ -113,9 +115,12 @@ class _Receipts(stomp.ConnectionListener):
 
 class Publisher:
     def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None],
-                 on_sent: Callable[[int], None] | None = None):
+                 on_sent: Callable[[int], None] | None = None,
+                 on_dropped: Callable[[list[dict[str, Any]]], None] | None = None):
         self.settings = settings
         self.on_confirmed = on_confirmed
+        self.on_dropped = on_dropped  # drop records of a confirmed batch, told before on_confirmed (drops.py)
+        self.dropped: list[dict[str, Any]] = []  # drop records since the last batch was sealed
         self.on_sent = on_sent  # messages confirmed per batch, told before on_confirmed (the rate for `dbsync status`)
         self.conn: stomp.Connection12 | None = None
         self.receipts = _Receipts()
@@ -162,6 +167,7 @@ class Publisher:
         room = 0 if self.settings.wire_version == 1 else wire.ENVELOPE_ROOM
         if len(body) > self.settings.max_message_bytes - room:
             self._reject(message, len(body))
+            self.dropped.append(drops.of_message(drops.TOO_LARGE, message))
             return None
         return body
 
@@ -242,6 +248,8 @@ class Publisher:
                     self._resend(pending, failures)
                     continue
             pending.popleft()
+            if batch.dropped and self.on_dropped is not None:
+                self.on_dropped(batch.dropped)
             if batch.records:
                 self.sent += len(batch.records)
                 if self.on_sent is not None:
@@ -278,19 +286,25 @@ class Publisher:
         def flush(keep: int) -> Iterator[dict[str, Any]]:
             nonlocal frames, batch, size, last_source
             seal()
-            if frames or last_source is not None:
-                self._send(pending, _Batch(frames, batch, last_source))
+            if frames or last_source is not None or self.dropped:
+                self._send(pending, _Batch(frames, batch, last_source, dropped=self.dropped))
             frames, batch, size, last_source = [], [], 0, None
+            self.dropped = []
             yield from self._confirm(pending, keep)
 
         window = max(0, self.settings.max_unconfirmed_batches)
         try:
             for record in records:
+                if drops.is_dropped(record):  # not sent by enrich: counted with the checkpoint that passes it
+                    self.dropped.append(record)
+                    last_source = record.get("source") or last_source
+                    continue
                 if record.get("op") == wire.HEARTBEAT:
                     last_source = record.get("source") or last_source
                     yield from flush(0)
                     continue
                 if not self._valid(record):
+                    self.dropped.append(drops.of_message(drops.NOT_A_MESSAGE, record))
                     continue
                 body = self._json(record)
                 last_source = record.get("source") or last_source
@@ -314,5 +328,6 @@ class Publisher:
 
 def publish(records: Iterable[dict[str, Any]], settings: PublishSettings,
             on_confirmed: Callable[[dict[str, Any]], None],
-            on_sent: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
-    yield from Publisher(settings, on_confirmed, on_sent).run(records)
+            on_sent: Callable[[int], None] | None = None,
+            on_dropped: Callable[[list[dict[str, Any]]], None] | None = None) -> Iterator[dict[str, Any]]:
+    yield from Publisher(settings, on_confirmed, on_sent, on_dropped).run(records)

@@ -26,7 +26,7 @@ from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
 from dbsync_cli.sender.binlog import current_position
-from dbsync_cli.sender.checkpoint import RESYNC_REFUSED, CheckpointStore
+from dbsync_cli.sender.checkpoint import RESYNC_REFUSED, CheckpointStore, record_dropped
 from dbsync_cli.sender.enrich import Enricher
 from dbsync_cli.sender.publish import Publisher
 from dbsync_cli.sender.settings import enrich_settings, load_model, publish_settings
@@ -117,7 +117,8 @@ def resync(cfg: Config, *, patient: str | None = None, table: str | None = None,
         events = [{"op": wire.READ, "db": model.database, "table": name, "before": None,
                    "after": {model.synced[name].key: key}, "source": source}
                   for name in model.synced if name in rows for key in sorted(rows[name], key=str)]
-        publisher = Publisher(publish_settings(cfg, threading.Event()), lambda _position: None)
+        publisher = Publisher(publish_settings(cfg, threading.Event()), lambda _position: None,
+                              on_dropped=lambda found: record_dropped(cfg.home, found))
         sent: dict[str, int] = {}
         for message in publisher.run(enricher.run(events)):
             sent[message["table"]] = sent.get(message["table"], 0) + 1

@@ -35,7 +35,8 @@ def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **o
 
 def enrich_settings(cfg: Config) -> EnrichSettings:
     return EnrichSettings(db=cfg.db("site_db"), site=cfg["sender.id"], timezone=cfg["sender.timezone"],
-                          batch_events=cfg["broker.batch_messages"])
+                          batch_events=cfg["broker.batch_messages"],
+                          max_transaction_events=cfg["sender.max_transaction_events"], home=cfg.home)
 
 
 def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:

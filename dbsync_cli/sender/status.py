@@ -141,6 +141,86 @@ def _stored(home: Path, name: str) -> dict[str, Any] | None:
         return None  # _sender_state reports the file's problem
 
 
+def clock_problem(skew: float) -> str:
+    """What a site server's clock `skew` seconds off this host's does (status and config check say the same)."""
+    amount = duration(round(abs(skew)))
+    if skew >= 0:
+        return _("the site server's clock is {duration} ahead of this host's: the site's changes reach central dated "
+                 "in its future (central parks those to rows it edited as conflicts); set the clock right "
+                 "(NTP)").format(duration=amount)
+    return _("the site server's clock is {duration} behind this host's: the site's changes reach central dated in "
+             "the past, where central's earlier edits win over them; set the clock right (NTP)").format(
+        duration=amount)
+
+
+def _clock(report: Report, conn: Any, home: Path, limit: int, now: float) -> float | None:
+    """The site server's clock against this host's (status runs at the site): measured now, else as the running
+    sender measured it last. WARNING at `limit` seconds either way (0: off)."""
+    import sqlite3
+
+    from dbsync_cli.sender import clock
+
+    live = None
+    if conn is not None:
+        try:
+            live = round(clock.measure(conn), 1)
+        except pymysql.MySQLError:
+            live = None
+    try:
+        stored = clock.load(home)
+    except (sqlite3.Error, OSError):
+        stored = None
+    skew = live if live is not None else (stored or {}).get("skew_seconds")
+    report.data["clock"] = {"skew_seconds": live, "sender": stored}
+    report.data["clock_skew_seconds"] = skew
+    if isinstance(skew, int | float):
+        report.problem(grade(abs(skew), limit, 0), "clock", clock_problem(skew))
+    ahead = (stored or {}).get("binlog_ahead_seconds")
+    if isinstance(ahead, int | float) and now - float((stored or {}).get("at") or 0) < 86400:
+        report.notes.append(f"the sender saw binlog events dated {duration(round(ahead))} ahead of this host's "
+                            f"clock ({utc(stored['at']) if stored else ''})")
+    return skew
+
+
+#: a data-losing drop (drops.LOSSES) keeps `dbsync status` at WARNING this long after it happened
+DROPPED_WARNING_HOURS = 24
+
+
+def _dropped(report: Report, home: Path, now: float) -> None:
+    """What the sender read and did not send, per reason (drops.py): `dropped` {reason: count} and `dropped_last`
+    {reason: the last one}; a WARNING while a data-losing one happened in the last DROPPED_WARNING_HOURS."""
+    import sqlite3
+
+    from dbsync_cli.sender import drops
+    from dbsync_cli.sender.checkpoint import CheckpointStore
+
+    found: dict[str, dict[str, Any]] = {}
+    if (home / "state.sqlite").exists():
+        try:
+            store = CheckpointStore(home)
+            try:
+                found = store.dropped()
+            finally:
+                store.close()
+        except (sqlite3.Error, OSError):
+            pass  # _sender_state reports the file's problem
+    report.data["dropped"] = {reason: found[reason]["count"] if reason in found else 0 for reason in drops.REASONS}
+    report.data["dropped_last"] = {reason: {**entry["last"], "at": utc(entry["last_at"])}
+                                   for reason, entry in found.items()}
+    for reason in drops.REASONS:
+        if reason not in found:
+            continue
+        entry, last = found[reason], found[reason]["last"]
+        what = " ".join(str(last[k]) for k in ("table", "uuid") if last.get(k)) or str(last.get("key", "?"))
+        if reason in drops.LOSSES and now - entry["last_at"] < DROPPED_WARNING_HOURS * 3600:
+            report.problem(WARNING, "dropped", _("{count} change(s) read and not sent ({reason}); the last at {at}: "
+                                                 "{what}").format(count=entry["count"], reason=reason,
+                                                                  at=utc(entry["last_at"]), what=what))
+        else:
+            report.notes.append(f"{entry['count']} change(s) not sent ({reason}), the last at "
+                                f"{utc(entry['last_at'])}: {what}")
+
+
 def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                   now: float | None = None) -> dict[str, Any]:
     lim = limits(cfg, overrides)
@@ -162,6 +242,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         report.problem(WARNING, "resync", _("{count} re-sync request(s) from central refused; the last at {at}: "
                                             "{last}").format(count=refused["count"], at=utc(refused["at"]),
                                                              last=refused["last"]))
+    _dropped(report, cfg.home, now)
     report.data["checkpoint"] = checkpoint
     report.data["rate"] = rate
     lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}
@@ -183,6 +264,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
 
     conn, site_db = connect(cfg, "site_db", timeout)
     report.data["site_db"] = site_db
+    skew = _clock(report, conn, cfg.home, lim["clock_skew_warning_seconds"], now)
     if conn is None:
         report.problem(CRITICAL, "site_db", site_db["error"])
     else:
@@ -249,6 +331,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         "checkpoint_age": checkpoint["age_seconds"] if checkpoint else None,
         "rows_per_second": rate["rows_per_second_5m"] if rate else None,
         "snapshot_percent": checkpoint["snapshot_percent"] if checkpoint else None,
+        "clock_skew": skew,
     })
 
 

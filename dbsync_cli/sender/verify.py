@@ -32,6 +32,8 @@ from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.canonical import Buckets, prefix_length, row_digest
 from dbsync_cli.sender.binlog import current_position
+from dbsync_cli.sender.checkpoint import record_dropped
+from dbsync_cli.sender.drops import is_dropped
 from dbsync_cli.sender.enrich import Enricher
 from dbsync_cli.sender.publish import Publisher
 from dbsync_cli.sender.settings import enrich_settings, load_model, publish_settings
@@ -100,7 +102,9 @@ class SiteRows:
         return total
 
     def _digests(self, table: SyncedTable, rows: dict[Any, dict[str, Any]]) -> list[tuple[Any, str, str]]:
-        return [(key, uuid, row_digest(table, uuid, data)) for key, uuid, data in self.enricher.wire_rows(table, rows)]
+        # keyed by the canonical uuid, as central keys its rows (the server matches either case)
+        return [(key, wire.canonical_uuid(uuid), row_digest(table, uuid, data))
+                for key, uuid, data in self.enricher.wire_rows(table, rows)]
 
     def _select(self, table: SyncedTable, where: Sql, args: list[Any]) -> dict[Any, dict[str, Any]]:
         with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
@@ -273,8 +277,10 @@ class Verifier:
                 deletes.append(wire.message(site=self.site, table=name, op=wire.DELETE, uuid=uuid,
                                             source=source, key=uuid, data=None, sent=sent))
         messages = list(self.enricher.run(events)) + deletes
-        publisher = Publisher(publish_settings(self.cfg, threading.Event()), lambda _position: None)
+        publisher = Publisher(publish_settings(self.cfg, threading.Event()), lambda _position: None,
+                              on_dropped=lambda found: record_dropped(self.cfg.home, found))
         confirmed = sum(1 for _ in publisher.run(messages))
+        messages = [m for m in messages if not is_dropped(m)]  # rows enrich could not send: counted, not sent
         log.info("verify --repair: %d row(s) sent again, %d delete(s) sent (%d confirmed by the broker)",
                  len(messages) - len(deletes), len(deletes), confirmed)
         return {"rows_sent": len(messages) - len(deletes), "deletes_sent": len(deletes)}

@@ -311,7 +311,7 @@ def test_no_site_changes_centrals_own_rows_whatever_was_resolved_before(openmrs_
         parked = central.apply(site1.initial)
         listed = orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),
                                      env=central.env).stdout)
-        assert {c["uuid"] for c in listed} >= shared and all(
+        assert {c["uuid"] for c in listed} >= {u.lower() for u in shared} and all(
             c["reason"] == "central's own row: central had it before any site changed it" for c in listed)
         for conflict in listed:
             dbsync("conflicts", "resolve", str(conflict["id"]), "--keep-central", "--config", str(central.config),
@@ -324,14 +324,15 @@ def test_no_site_changes_centrals_own_rows_whatever_was_resolved_before(openmrs_
         assert outcomes(central.apply(site1.messages())) == Counter({"central_owned": 1})
         results = central.apply(site2.initial)
         owned = [o for o in results if o["outcome"] == "central_owned"]
-        assert {o["uuid"] for o in owned if o["table"] == "users"} == shared
+        assert {o["uuid"] for o in owned if o["table"] == "users"} == {u.lower() for u in shared}  # canonical
         assert not [o for o in results if o["outcome"] in ("applied", "conflict", "retry", "waiting", "error")
-                    and o.get("uuid") in {m["uuid"] for m in site1.initial}], results
+                    and o.get("uuid") in {m["uuid"].lower() for m in site1.initial}], results
         site2.sql("UPDATE users SET username='root', date_changed=NOW() WHERE uuid=%s", (DAEMON,))
         site2.sql("DELETE FROM user_property WHERE user_id = 1")
         person, name = new_person(site2, "Zoe")  # the site's own rows are not held up
         later = central.apply(site2.messages())
-        assert Counter(o["outcome"] for o in later if o.get("uuid") == DAEMON) == Counter({"central_owned": 1})
+        assert Counter(o["outcome"] for o in later if o.get("uuid") == DAEMON.lower()) == Counter(
+            {"central_owned": 1})
         assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("Zoe",)]
         assert central.sql(users, (ADMIN, DAEMON)) == before  # admin, daemon: untouched by either site
         assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_conflict_queue WHERE resolved = 0") \
@@ -361,14 +362,14 @@ def test_a_site_takes_over_a_central_row_only_by_an_operators_decision(central, 
     listed = orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),
                                  env=central.env).stdout)
     number = {c["uuid"]: c["id"] for c in listed if c["table"] == "users"}
-    dbsync("conflicts", "resolve", str(number[DAEMON]), "--take-incoming", "--config", str(central.config),
+    dbsync("conflicts", "resolve", str(number[DAEMON.lower()]), "--take-incoming", "--config", str(central.config),
            env=central.env)
     dbsync("conflicts", "resolve", str(number[ADMIN]), "--keep-central", "--config", str(central.config),
            env=central.env)
     site.sql("UPDATE users SET email=CONCAT(username, '@site1.example'), date_changed=NOW() WHERE uuid IN (%s, %s)",
              (ADMIN, DAEMON))
     results = {o["uuid"]: o["outcome"] for o in central.apply(site.messages())}
-    assert results == {DAEMON: "applied", ADMIN: "conflict"}
+    assert results == {DAEMON.lower(): "applied", ADMIN: "conflict"}  # outcomes name canonical uuids
     assert central.sql("SELECT email FROM users WHERE uuid=%s", (DAEMON,)) == [("daemon@site1.example",)]
 
 

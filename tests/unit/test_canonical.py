@@ -77,3 +77,13 @@ def test_a_differing_bucket_is_narrowed_to_its_differing_sixteenths() -> None:
     narrowed = site.differing_subs(differing, central.sub_wire(differing))
     assert narrowed == sorted({rows[7][0][:3], "fff"})
     assert len(central.sub_wire(differing)) <= 32
+
+
+def test_a_uuid_digests_the_same_in_either_letter_case() -> None:
+    """Central stores a site's row under its canonical (lower-case) uuid; a site may hold it in upper case, and
+    a reference to a CIEL concept is upper case on both sides: verify compares them case-insensitively."""
+    table = _model().synced["person"]
+    row = {"gender": "F", "birthdate": "1990-05-01", "date_created": None}
+    assert row_digest(table, "ABC-1", row) == row_digest(table, "abc-1", row)
+    ref = wire.ref("person", "1065AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    assert canonical_value("int", ref) == canonical_value("int", wire.ref("person", ref["uuid"].lower()))

@@ -175,3 +175,92 @@ def test_canonical_values() -> None:
     assert canonical(2.0) == 2 and isinstance(canonical(2.0), int)
     assert canonical(2.5) == 2.5
     assert canonical("x") == "x" and canonical(None) is None and canonical(3) == 3
+
+
+# ---- issue 25, case 5: a site clock ahead dates its changes in central's future ------------------------------
+
+NOW = dt.datetime(2024, 3, 1, 12, 0)  # central's clock, in central's time zone
+
+
+def _verdict(current: dict[str, Any], stored: str | None, values: dict[str, Any] | None, *,
+             incoming_time: dt.datetime | None = None, policy: str = "newer", owner: str | None = "s1",
+             last_site: str | None = "s1", skew_ms: int | None = None, tolerance: float = 120) -> Any:
+    source = {} if skew_ms is None else {"skew_ms": skew_ms}
+    message = {"table": "thing", "uuid": "u-1", "op": "d" if values is None else "u", "site": "s1",
+               "source": source}
+    return judge(TABLE, current, stored, message, values, incoming_time, policy, last_site=last_site, owner=owner,
+                 central_now=NOW, tolerance=tolerance)
+
+
+def test_future_seconds_only_past_the_tolerance() -> None:
+    from dbsync_cli.receiver.conflict import future_seconds
+
+    assert future_seconds(NOW + dt.timedelta(minutes=10), NOW, 120) == 600
+    assert future_seconds(NOW + dt.timedelta(seconds=120), NOW, 120) is None  # at the tolerance: not yet
+    assert future_seconds(NOW + dt.timedelta(seconds=121), NOW, 120) == 121
+    assert future_seconds(NOW - dt.timedelta(hours=5), NOW, 120) is None  # the past is lag, not skew
+    assert future_seconds(None, NOW, 120) is None and future_seconds(NOW, None, 120) is None
+
+
+def test_a_change_dated_in_centrals_future_never_beats_a_central_edit() -> None:
+    """The case: central edited at 12:01 (real time); the site's edit, made at 12:00, is dated 12:10 by a clock
+    ten minutes ahead. By dates alone it is newer and overwrote central's edit; now it is parked, naming the skew."""
+    central = _current("edited", date_changed=NOW + dt.timedelta(minutes=1))
+    verdict = _verdict(central, "synced", {"name": "Bo", "date_changed": NOW + dt.timedelta(minutes=10)})
+    assert verdict.park and verdict.future == 600
+    assert verdict.reason.startswith("dated 10 min in central's future (site clock ahead?): row edited centrally "
+                                     "at 2024-03-01 12:01:00, incoming change dated 2024-03-01 12:10:00"), verdict
+    # without a future date the same pair is judged by the dates as before (the site's change applies)
+    assert not _verdict(central, "synced", {"name": "Bo", "date_changed": NOW + dt.timedelta(minutes=2)}).park
+
+
+def test_the_future_rule_parks_even_an_undated_central_edit_and_names_the_senders_measurement() -> None:
+    central = _current("edited")  # central's edit changed no date column
+    verdict = _verdict(central, "synced", {"name": "Bo", "date_voided": NOW + dt.timedelta(hours=3)},
+                       skew_ms=10_801_000)
+    assert verdict.park and verdict.reason.startswith("dated 3.0 h in central's future (site clock ahead?): row "
+                                                      "edited centrally, incoming")
+    assert verdict.reason.endswith("; site s1 measured its server's clock 3.0 h ahead"), verdict.reason
+    # policy any parks too, with the reason that says why
+    assert "central's future" in (_verdict(central, "synced", {"date_changed": NOW + dt.timedelta(hours=1)},
+                                           policy="any").reason or "")
+
+
+def test_a_delete_dated_in_centrals_future_never_removes_a_central_edit() -> None:
+    central = _current("edited", date_changed=NOW)
+    verdict = _verdict(central, "synced", None, incoming_time=NOW + dt.timedelta(minutes=10))
+    assert verdict.park and "central's future" in verdict.reason
+    assert not _verdict(central, "synced", None, incoming_time=NOW + dt.timedelta(minutes=1)).park  # within tolerance
+
+
+def test_a_future_dated_change_of_a_row_central_never_edited_applies_and_says_so() -> None:
+    """Nothing to protect: applied as before, but the verdict carries how far ahead it was dated (apply counts it
+    per site as future_dated and logs it once per site)."""
+    later = {"name": "Bo", "date_changed": NOW + dt.timedelta(minutes=10)}
+    unchanged = _verdict(_current("synced", date_changed=NOW), "synced", later)
+    assert not unchanged.park and unchanged.skip is None and unchanged.future == 600
+    placeholder = _verdict(_current("x", void_reason="[placeholder]", voided=1), None, later)
+    assert not placeholder.park and placeholder.future == 600
+    owned = _verdict(_current("x"), "x", later, owner=None)  # central's own row: skipped as ever, and counted
+    assert owned.skip == "central_owned" and owned.future == 600
+    assert _verdict(_current("synced"), "synced", {"date_changed": NOW}).future is None
+    # the tolerance is the receiver's setting
+    assert not _verdict(_current("edited", date_changed=NOW), "synced", later, tolerance=900).park
+
+
+def test_amount_reads_like_a_person_would_say_it() -> None:
+    from dbsync_cli.receiver.conflict import amount
+
+    assert [amount(s) for s in (45, 598, 600, 7300, 200_000)] == ["45 s", "10 min", "10 min", "2.0 h", "2.3 d"]
+
+
+def test_skew_ms_on_the_wire_is_optional_and_range_checked() -> None:
+    from dbsync_cli import wire
+
+    base = {"v": 1, "id": "s1:e:f:1:0", "site": "s1", "table": "thing", "op": "u", "uuid": "u-1", "snapshot": False,
+            "data": {}, "source": {"file": "mysql-bin.000001", "pos": 4, "row": 0, "ts_ms": 1}}
+    assert wire._source_problem(base["source"]) is None  # an older sender's message: no skew_ms
+    assert wire._source_problem({**base["source"], "skew_ms": 600_000}) is None
+    assert wire._source_problem({**base["source"], "skew_ms": -600_000}) is None
+    assert "skew_ms" in (wire._source_problem({**base["source"], "skew_ms": 10**15}) or "")
+    assert "skew_ms" in (wire._source_problem({**base["source"], "skew_ms": "600"}) or "")
