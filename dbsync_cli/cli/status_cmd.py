@@ -207,6 +207,7 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (_("inbox"), queue("inbox", "size"), "inbox"),
         (_("retry queue"), queue("retry_queue", "size"), "retry_queue"),
         (_("conflicts"), queue("conflicts", "unresolved"), "conflicts"),
+        (_("placeholder fillers"), "?" if report.get("fillers") is None else str(report["fillers"]), "fillers"),
         ("OpenMRS REST", rest_text, "rest"),
         (_("central db"), _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
          "central_db"),

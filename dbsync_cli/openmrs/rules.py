@@ -60,6 +60,11 @@ REST_ENDPOINTS = ("cleardbcache", "searchindexupdate")
 REST_BASE_PATH = "/ws/rest/v1/"
 
 PLACEHOLDER_REASON = "[placeholder]"
+#: the reason of a "filler": a row a placeholder's required reference needed in a table empty at central (a random
+#: uuid no site has); the receiver removes it once nothing references it (placeholder.remove_fillers)
+PLACEHOLDER_FILLER_REASON = "[placeholder filler]"
+#: what marks a row dbsync made up (a placeholder or a filler): never a conflict, never a site's row
+PLACEHOLDER_REASONS = (PLACEHOLDER_REASON, PLACEHOLDER_FILLER_REASON)
 
 #: A row's "last changed" is the latest of these (the conflict rule compares them).
 CHANGE_DATE_COLUMNS = ("date_changed", "date_voided", "date_retired")

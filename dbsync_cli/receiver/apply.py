@@ -83,7 +83,8 @@ class Applier:
             self.default_user = model.default_user(cur)
         self.ids = UuidToId(model)
         self.statements = StatementCache()  # hot-path statements, built once per table and column set
-        self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user)
+        self.convert = Converter(model, self.ids, parse_timezone(settings.timezone), self.default_user,
+                                 fillers=self.s)
         self.sites: dict[str, state.Site] = {}
         self.blocked: set[str] = set()
         # Grouped INSERTs, only while a batch runs fast-path (never with savepoints).

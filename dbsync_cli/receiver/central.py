@@ -49,6 +49,7 @@ def consume_settings(cfg: Config, **overrides: Any) -> ConsumeSettings:
         destination=cfg["broker.destination"], destination_type=cfg["broker.destination_type"],
         subscription=cfg["broker.subscription"], client_id=cfg["receiver.site_id"],
         consumer_window=cfg["broker.consumer_window"], batch_messages=cfg["receiver.batch_messages"],
+        max_message_bytes=cfg["broker.max_message_bytes"],
     )
     for key, value in overrides.items():
         if value is not None:

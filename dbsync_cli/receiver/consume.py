@@ -44,7 +44,6 @@ from dbsync_cli.supervise import backoff
 log = logging.getLogger("dbsync.consume")
 
 SUBSCRIPTION_ID = "dbsync-consume"
-MAX_INFLATED = 256 * 1024 * 1024  # a deflate body that inflates beyond this is kept compressed (apply rejects it)
 
 #: Failures that a reconnect (broker and database) can cure.
 RECOVERABLE: tuple[type[BaseException], ...] = (
@@ -67,6 +66,9 @@ class ConsumeSettings:
     max_messages: int | None = None  # stop after this many records/rows
     idle_seconds: float | None = None  # stop when nothing was delivered for this long
     page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
+    #: apply refuses a message over this (broker.max_message_bytes): a body over it, or a deflate body that inflates
+    #: beyond it, is refused here, never stored (64 MB of inflated bomb would pass central's max_allowed_packet)
+    max_message_bytes: int = 4_000_000
 
 
 class _Desynced(BrokerError):
@@ -130,6 +132,7 @@ class Consumer:
         self.stored = 0  # new inbox rows committed by this consumer
         self.duplicates = 0  # deliveries already in the inbox (acked again)
         self.broken = 0  # deliveries cut short (a NUL byte in a header): parked, or left to the dead-letter queue
+        self.refused = 0  # deliveries over the size limit (or deflate bombs): parked without their body
         self.last_delivery = time.monotonic()
 
     # -- stop conditions ------------------------------------------------------------------------------------
@@ -287,21 +290,39 @@ class Consumer:
         return sites[0] if len(sites) == 1 else None
 
     def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
-        """One transaction for the batch; returns the rows that were new (duplicates are ignored)."""
+        """One transaction for the batch; returns the rows that were new (duplicates are ignored). A delivery apply
+        would refuse for its size (over `max_message_bytes`, or deflated and inflating beyond it) is parked in the
+        retry queue with one line instead, without its body: storing it could exceed what central accepts in one
+        statement (max_allowed_packet) and stop consume for every site."""
         deliveries = []
+        limit = self.settings.max_message_bytes
         for frame in frames:
             message_id = wire.delivery_id(frame.headers)
             raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
             try:
-                body = wire.decode_body(raw, frame.headers, MAX_INFLATED)
+                body = wire.decode_body(raw, frame.headers, limit)
+                problem = (f"message of {len(body)} bytes exceeds the {limit}-byte limit" if len(body) > limit
+                           else None)
             except zlib.error as exc:
-                log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id, exc)
-                body = raw
+                body, problem = raw, f"deflate body of {len(raw)} bytes does not inflate within the {limit}-byte limit ({exc})"
+            if problem is not None:
+                self._refuse(db, message_id, frame.headers, problem)
+                continue
             deliveries.append(inbox.Delivery(
                 message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
                 frame.headers.get(wire.VALIDATED_USER_HEADER) or "", wire.delivery_rows(frame.headers),
                 frame.headers.get(wire.SNAPSHOT_HEADER) == "1"))
         return inbox.store(db, self.settings.state_schema, deliveries)
+
+    def _refuse(self, db: Any, message_id: str, headers: dict[str, str], problem: str) -> None:
+        """A delivery consume does not store: one line, an entry of the retry queue without a body (counted per site
+        in `dbsync status`); the caller acknowledges it with the rest of its batch."""
+        self.refused += 1
+        site = headers.get(wire.SITE_HEADER) or None
+        reason = f"message {message_id} from broker user {headers.get(wire.VALIDATED_USER_HEADER) or '?'!r}: {problem}"
+        log.warning("%s; refused and parked", reason)
+        inbox.park_broken(db, self.settings.state_schema, message_id, site, headers.get(wire.VALIDATED_USER_HEADER),
+                          reason)
 
 
 def broken_delivery(headers: dict[str, str], destination: str) -> str:

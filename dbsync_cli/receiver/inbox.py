@@ -97,15 +97,17 @@ def store(db: Any, schema: str, deliveries: list[Delivery]) -> list[InboxRow]:
 
 def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_user: str | None,
                 reason: str) -> None:
-    """A delivery consume cannot store in the inbox (its frame was cut short, its body lost): an entry of the
-    retry queue with its one-line reason and no body, so it is counted and seen, never applied."""
-    statement = sql("INSERT INTO {}.receiver_retry_queue (message_id, site, body, reason, date_created, broker_user) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)", schema_name(schema))
+    """A delivery consume cannot store in the inbox (its frame was cut short and its body lost, or it is over the
+    size limit): an entry of the retry queue with its one-line reason and no body, so it is counted and seen, never
+    applied. A redelivery (consume stopped between this commit and the ACK) adds no second entry."""
+    statement = sql("INSERT INTO {0}.receiver_retry_queue (message_id, site, body, reason, date_created, broker_user) "
+                    "SELECT %s, %s, %s, %s, %s, %s FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM {0}.receiver_retry_queue "
+                    "WHERE message_id = %s AND body = '')", schema_name(schema))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
         with db.cursor() as cur:
             cur.execute(statement, (message_id[:255], site[:MAX_SITE] if site else None, b"", reason[:2000], now,
-                                    broker_user[:100] if broker_user else None))
+                                    broker_user[:100] if broker_user else None, message_id[:255]))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):

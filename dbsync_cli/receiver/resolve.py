@@ -17,7 +17,7 @@ from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, with_site_suffix
 from dbsync_cli.receiver import placeholder
-from dbsync_cli.sql import chunks, placeholders, quote, sql
+from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 
 _DATETIMES = ("datetime", "timestamp")  # the only column types whose text value apply converts
 
@@ -102,8 +102,10 @@ class UuidToId:
 class Converter:
     """Turns a message's `data` into central column values (refs → ids, datetimes → central zone, suffixes)."""
 
-    def __init__(self, model: SchemaModel, ids: UuidToId, central_tz: dt.tzinfo, default_user: int):
+    def __init__(self, model: SchemaModel, ids: UuidToId, central_tz: dt.tzinfo, default_user: int,
+                 fillers: Sql | None = None):
         self.model = model
+        self.fillers = fillers  # the state schema, where the placeholders' fillers are recorded
         self.ids = ids
         self.tz = central_tz
         self.default_user = default_user
@@ -142,7 +144,7 @@ class Converter:
                 self._subclass_row(cur, table_name, key, uuid, allow_placeholder)
             return key
         if allow_placeholder and (table_name in self.model.synced or identity.table in self.model.synced):
-            key = placeholder.create(cur, self.model, table_name, uuid, self.default_user)
+            key = placeholder.create(cur, self.model, table_name, uuid, self.default_user, fillers=self.fillers)
             self.ids.remember(identity.table, uuid, key)
             if identity.table != table_name:
                 self.ids.subclass_rows.put((table_name, key), True)
@@ -158,7 +160,8 @@ class Converter:
         if cur.fetchone() is None:
             if not allow_placeholder:
                 raise MissingReference(f"{table_name} {uuid} does not exist at central")
-            placeholder.create_subclass_row(cur, self.model, table_name, key, uuid, self.default_user)
+            placeholder.create_subclass_row(cur, self.model, table_name, key, uuid, self.default_user,
+                                            fillers=self.fillers)
         self.ids.subclass_rows.put((table_name, key), True)
 
     def _plan(self, table: SyncedTable) -> dict[str, tuple[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import actions, inbox, state
+from dbsync_cli.receiver import actions, inbox, placeholder, state
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.supervise import supervise
@@ -79,6 +79,8 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 last_work = time.monotonic()
             if time.monotonic() - last_retry >= interval:
                 retry_pending(applier)
+                # fillers nothing references any more (their placeholders were overwritten), a bounded number
+                placeholder.remove_fillers(applier.conn, applier.model, applier.s)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
                 last_retry = time.monotonic()
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts

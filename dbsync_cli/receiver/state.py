@@ -194,6 +194,17 @@ MIGRATIONS: list[list[str]] = [
             result MEDIUMTEXT NULL,
             KEY state (state, id)) CHARACTER SET utf8mb4""",
     ],
+    [  # 13: fillers: rows a placeholder's required reference needed in a table empty at central (random uuids no
+        # site has), written with them; the apply loop removes each once nothing references it
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_filler (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            table_name VARCHAR(64) NOT NULL,
+            row_key VARCHAR(120) NOT NULL,
+            uuid VARCHAR(38) NOT NULL,
+            date_created DATETIME(3) NOT NULL,
+            date_checked DATETIME(3) NULL,
+            KEY filler_checked (date_checked, id)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: how long the per-minute samples of the console's charts are kept

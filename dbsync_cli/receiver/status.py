@@ -35,6 +35,18 @@ def _count_oldest(cur: Any, statement: Sql) -> tuple[int, dt.datetime | None]:
     return int(count), oldest
 
 
+def _fillers(cur: Any, s: Sql) -> int | None:
+    """Placeholder fillers still at central (normal while their placeholders wait for the real rows; the receiver
+    removes each once nothing references it). None before the receiver upgraded the state schema."""
+    try:
+        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_filler", s))
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:  # no such table
+            raise
+        return None
+    return int(cur.fetchone()[0])
+
+
 def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     now: dt.datetime | None = None) -> dict[str, Any]:
     from dbsync_cli.receiver import state
@@ -47,7 +59,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     schema = cfg["central_db.state_schema"]
     data = report.data
     data.update({"state_schema": schema, "sites": [], "inbox": None, "retry_queue": None, "conflicts": None,
-                 "rest": None})
+                 "rest": None, "fillers": None})
     conn, central = connect(cfg, "central_db", timeout)
     data["central_db"] = central
     silent_max: float | None = None
@@ -92,6 +104,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                  "WHERE resolved = 0", s))
                     data["conflicts"] = {"unresolved": size_, "oldest": utc(oldest),
                                          "oldest_seconds": seconds_between(now, oldest)}
+                    data["fillers"] = _fillers(cur, s)
                 rest = rest_status(conn, schema)
                 rest["enabled"] = bool(cfg.get("openmrs.url"))
                 rest["last_error_date"] = utc(rest["last_error_date"])

@@ -17,7 +17,7 @@ from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.canonical import Buckets, row_digest
 from dbsync_cli.openmrs.model import Identity
-from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, PLACEHOLDER_REASON, PLACEHOLDER_REASON_COLUMNS
+from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, PLACEHOLDER_REASON_COLUMNS, PLACEHOLDER_REASONS
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 from dbsync_cli.values import Converter, wire_converter
 from dbsync_cli.wire import canonical_uuid
@@ -165,4 +165,4 @@ class CentralRows:
 
 
 def _is_placeholder(row: dict[str, Any]) -> bool:
-    return any(row.get(c) == PLACEHOLDER_REASON for c in PLACEHOLDER_REASON_COLUMNS)
+    return any(row.get(c) in PLACEHOLDER_REASONS for c in PLACEHOLDER_REASON_COLUMNS)

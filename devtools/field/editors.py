@@ -59,8 +59,10 @@ EDITABLE: dict[str, dict[str, NewValue]] = {
 }
 DEFAULT_TABLES = ("person", "person_name", "patient_identifier", "obs", "encounter")
 VOID_REASON = "voided at central by the field bed"
-#: rows dbsync wrote as stand-ins for references that had not arrived (never a person's edit)
+#: rows dbsync wrote as stand-ins for references that had not arrived, and the fillers those needed (never a
+#: person's edit; fillers are deleted by the receiver once nothing references them)
 _PLACEHOLDER = "[placeholder]"
+_FILLER = "[placeholder filler]"
 
 
 def _plain(value: Any) -> Any:
@@ -204,8 +206,9 @@ class CentralEditors:
             return
         with conn.cursor() as cur:
             for table in self.tables:
-                cur.execute(f"SELECT uuid FROM `{table}` WHERE void_reason IS NULL OR void_reason <> %s "
-                            f"ORDER BY `{self._keys[table]}` DESC LIMIT %s", (_PLACEHOLDER, self.candidates_per_table))
+                cur.execute(f"SELECT uuid FROM `{table}` WHERE void_reason IS NULL OR void_reason NOT IN (%s, %s) "
+                            f"ORDER BY `{self._keys[table]}` DESC LIMIT %s",
+                            (_PLACEHOLDER, _FILLER, self.candidates_per_table))
                 self._candidates[table] = [row[0] for row in cur.fetchall()]
         conn.commit()
         self._refreshed_at = time.monotonic()

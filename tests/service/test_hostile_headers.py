@@ -210,3 +210,79 @@ def test_status_counts_the_dead_letter_and_expiry_queues_of_the_destination(open
     finally:
         drop_schema(central)
         _manage(broker_settings, "removeAddressSettings", destination)
+
+
+@pytest.mark.parametrize("kind", ["deflate_bomb", "oversized"])
+def test_a_body_over_the_size_limit_is_refused_at_consume_and_stops_nothing(openmrs_db, services, tmp_path,
+                                                                             broker_settings, kind) -> None:
+    """Found by the soak: a deflate bomb (64 MB of JSON in 64 KB) was inflated and written into the inbox, over
+    central's max_allowed_packet; the insert broke the connection, consume reconnected, was handed the same frame
+    and failed again, for good, with every site's messages waiting behind it. A body apply would refuse for its
+    size is refused at consume: parked with one line, no body, acknowledged; nothing else waits."""
+    import zlib
+
+    from devtools.field.hostile import _bomb
+
+    destination = f"test.trust.big.{uuidlib.uuid4().hex[:10]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1",), destination=destination)
+    try:
+        site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+        names = {new_person(site1, given=f"Big{i}")[1]: f"Big{i}" for i in range(4)}
+        messages = site1.messages()
+        as_site1 = services.artemis.site_settings("site1")
+        publish_raw(as_site1, destination, messages[:2])
+        _body, headers = wire_encode(dict(messages[0], id="site1:big:1", uuid=str(uuidlib.uuid4())))
+        body = _bomb() if kind == "deflate_bomb" else b'{"v":1,"pad":"' + b"x" * 4_100_000 + b'"}'
+        if kind == "deflate_bomb":
+            headers["dbsync-encoding"] = "deflate"
+        else:
+            headers.pop("dbsync-encoding", None)
+        assert kind != "deflate_bomb" or len(zlib.decompress(body)) > 60_000_000
+        send_raw_body(as_site1, destination, body, headers)
+        publish_raw(as_site1, destination, messages[2:])
+        log = tmp_path / "receiver.log"
+        started = time.monotonic()
+        proc = _start(["receiver", "--config", str(central.config)], central.env, log)
+        try:
+            parked: list[tuple[Any, ...]] = []
+            while time.monotonic() - started < BOUND_SECONDS:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                parked = central.sql(f"SELECT message_id, site, LENGTH(body), reason "
+                                     f"FROM `{central.schema}`.receiver_retry_queue")
+                if _names(central, names) == names and parked:
+                    break
+                time.sleep(0.5)
+        finally:
+            _stop(proc, log)
+        text = log.read_text()
+        assert _names(central, names) == names, text[-3000:]
+        assert "gone away" not in text and "restarting" not in text and "Traceback" not in text, text[-3000:]
+        assert len(parked) == 1, parked
+        message_id, site, length, reason = parked[0]
+        assert message_id == "site1:big:1" and site == "site1" and length == 0, parked
+        assert "\n" not in reason and "byte limit" in reason and "site1" in reason, reason
+        assert queue_stats(broker_settings, destination).messages == 0
+    finally:
+        drop_schema(central)
+
+
+def wire_encode(message: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    from dbsync_cli import wire
+
+    return wire.encode(message, anycast=True, compress_over=1 << 30)
+
+
+def send_raw_body(broker: BrokerSettings, destination: str, body: bytes, headers: dict[str, str]) -> None:
+    """One persistent SEND of `body` with `headers` (stomp.py), confirmed by a receipt."""
+    got = threading.Event()
+
+    class Listener:
+        def on_receipt(self, frame: Any) -> None:
+            got.set()
+
+    conn = open_connection(broker, listener=Listener())
+    try:
+        conn.send(destination, body, headers={**headers, "receipt": "big"})
+        assert got.wait(60), "no receipt from the broker"
+    finally:
+        conn.disconnect()
