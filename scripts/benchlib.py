@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 from dbsync_cli.broker import BrokerSettings  # noqa: E402
 from dbsync_cli.db import DbParams  # noqa: E402
 from dbsync_cli.receiver import state  # noqa: E402
+from devtools import bench_verdict as bv  # noqa: E402
 from devtools.services import Services, ensure_up  # noqa: E402
 from devtools.workload.openmrs import load_openmrs  # noqa: E402
 
@@ -51,13 +52,33 @@ def utcnow() -> dt.datetime:
 
 # ---------------------------------------------------------------------------------------------------- databases
 
-def drop_database(admin: DbParams, name: str) -> None:
+#: what this run created and has not dropped yet (databases by server, broker queues): the evidence a failed run
+#: keeps; with KEEP (the scripts' --keep) nothing is dropped at all
+KEEP = False
+created: dict[tuple[str, int], set[str]] = {}
+queues: set[str] = set()
+
+
+def _drop(admin: DbParams, name: str) -> None:
     with admin.with_database(None).connect() as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+def _created(admin: DbParams, name: str) -> None:
+    created.setdefault((admin.host, admin.port), set()).add(name)
+
+
+def drop_database(admin: DbParams, name: str) -> None:
+    """Drop a database this run is done with (kept, and listed at the end, with --keep)."""
+    if KEEP:
+        return
+    _drop(admin, name)
+    created.get((admin.host, admin.port), set()).discard(name)
+
+
 def fresh_openmrs(admin: DbParams, name: str) -> DbParams:
-    drop_database(admin, name)
+    _drop(admin, name)
+    _created(admin, name)
     return load_openmrs(admin, name)
 
 
@@ -69,7 +90,8 @@ def sql(db: DbParams, statement: str, args: tuple[Any, ...] | list[Any] = ()) ->
 
 def fresh_central(svc: Services, name: str, schema: str, sites: tuple[str, ...]) -> DbParams:
     admin = svc["central"].admin
-    drop_database(admin, schema)
+    _drop(admin, schema)
+    _created(admin, schema)
     central = fresh_openmrs(admin, name)
     with central.connect(autocommit=False) as conn:
         state.migrate(conn, schema, central.database)
@@ -361,3 +383,115 @@ def write_json(path: str | None, result: dict[str, Any]) -> None:
 
 def tempdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# ------------------------------------------------------------------------------- committed vs arrived, evidence
+
+def progress(central: DbParams, schema: str) -> tuple[int, int, int]:
+    """The receiver's progress: messages applied, inbox rows, retry-queue rows (unchanged = nothing moves)."""
+    row = sql(central, f"SELECT (SELECT COALESCE(SUM(messages), 0) FROM `{schema}`.receiver_sync_status), "  # noqa: S608
+                       f"(SELECT COUNT(*) FROM `{schema}`.inbox), (SELECT COUNT(*) FROM `{schema}`.receiver_retry_queue)")
+    return int(row[0][0]), int(row[0][1]), int(row[0][2])
+
+
+def judge_truth(central: DbParams, schema: str, truth: Any, site: str, what: str, *, timeout: float = 600,
+                quiet: float = 30) -> bv.Verdict:
+    """Every row the workload generator committed at `site` is at central with the values it committed; polled
+    until so, or until nothing moved for `quiet` seconds (rows in flight are not missing)."""
+    from devtools.workload.truth import compare
+
+    expected = sum(len(rows) for rows in truth.tables.values())
+
+    def poll() -> tuple[bv.Verdict, Any]:
+        found = bv.from_differences(what, expected, compare(central, truth, username_suffix=f"|{site}", limit=None))
+        return found, progress(central, schema)
+
+    return bv.settle(poll, timeout=timeout, quiet=quiet, interval=2.0)
+
+
+def whereabouts(central: DbParams, schema: str, rows: list[tuple[str, str]], limit: int = bv.SHOWN) -> list[str]:
+    """Where central's receiver state has each missing row: its sync bookkeeping (entity_hash), the retry and
+    conflict queues (by entity key), plus the skip counts and the inbox size: a first look at the kept evidence."""
+    s = f"`{schema}`"
+    lines = [f"where central's receiver state ({schema}) has the missing rows:"]
+    for table, uuid in rows[:limit]:
+        found = []
+        for what, statement in (
+                ("entity_hash", f"SELECT CONCAT_WS(' ', 'site', site, 'owner', owner, 'from', src_file, src_pos, "  # noqa: S608
+                                f"src_row, 'at', date_synced) FROM {s}.entity_hash WHERE table_name = %s AND "
+                                "entity_uuid = %s"),
+                ("retry queue", f"SELECT CONCAT_WS(' ', id, message_id, reason) FROM {s}.receiver_retry_queue "  # noqa: S608
+                                "WHERE %s IS NOT NULL AND entity_key LIKE CONCAT('%%', %s, '%%')"),
+                ("conflict queue", f"SELECT CONCAT_WS(' ', id, message_id, reason) FROM {s}.receiver_conflict_queue "  # noqa: S608
+                                   "WHERE %s IS NOT NULL AND entity_uuid = %s")):
+            try:
+                hits = sql(central, statement, (table, uuid))
+            except Exception as exc:  # noqa: BLE001 - a first look; the state is kept for a closer one
+                hits = [(f"(could not look: {exc})",)]
+            found += [f"{what}: {h[0]}" for h in hits]
+        lines.append(f"  {table} {uuid}: {'; '.join(found) or 'nowhere (no entity_hash, not parked)'}")
+    try:
+        skipped = sql(central, f"SELECT site, reason, table_name, count, last_message_id FROM {s}.receiver_skipped")  # noqa: S608
+        inbox = sql(central, f"SELECT COUNT(*) FROM {s}.inbox")[0][0]  # noqa: S608
+        lines.append(f"  inbox rows left: {inbox}; skipped by apply (site, reason, table, count, last id): "
+                     + ("; ".join(" ".join(str(v) for v in row) for row in skipped) or "none"))
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"  (could not read the skip counts: {exc})")
+    return lines
+
+
+def check(verdicts: list[bv.Verdict], out: dict[str, Any] | None = None, *, central: DbParams | None = None,
+          schema: str | None = None) -> None:
+    """Print each verdict line; raise RowsMissing (the run fails and keeps its evidence) when one failed, with
+    where central's receiver state has the missing rows when `central` and `schema` are given."""
+    for verdict in verdicts:
+        console.print(verdict.line(), style="green" if verdict.ok else "bold red", markup=False, highlight=False,
+                      soft_wrap=True)
+        if out is not None:
+            out.setdefault("verdicts", []).append(verdict.as_dict())
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        extra: list[str] = []
+        if central is not None and schema is not None:
+            rows = [row for v in failed for row in [*v.missing, *((t, u) for t, u, _ in v.different)]]
+            extra = whereabouts(central, schema, rows)
+        raise bv.RowsMissing(failed, extra)
+
+
+def keep_evidence(work: Path, script: str) -> list[str]:
+    """Write <work>/evidence.json (what this run left: databases by server, queues, the work directory) and
+    return the lines that say where it is and how to clean it up."""
+    databases: list[dict[str, Any]] = [{"host": host, "port": port, "databases": sorted(names)}
+                 for (host, port), names in sorted(created.items()) if names]
+    (work / "evidence.json").write_text(json.dumps({"work": str(work), "servers": databases,
+                                                    "queues": sorted(queues)}, indent=2) + "\n")
+    lines = ["kept for inspection:", f"  work directory (configs, sender homes with checkpoints, logs): {work}"]
+    lines += [f"  databases on {d['host']}:{d['port']}: {', '.join(d['databases'])}" for d in databases]
+    if queues:
+        lines.append(f"  broker queues: {', '.join(sorted(queues))}")
+    lines.append(f"clean up with: {script} --cleanup {work}")
+    return lines
+
+
+def cleanup(work: Path) -> None:
+    """Drop what a kept run left (its evidence.json), delete its queues, remove its work directory."""
+    from devtools.bench import delete_queues
+
+    kept: dict[str, Any] = json.loads((work / "evidence.json").read_text())
+    svc = services()
+    admins = {(i.admin.host, i.admin.port): i.admin for i in (svc["central"], svc["site1"], svc["site2"])}
+    for server in kept["servers"]:
+        admin = admins.get((server["host"], server["port"]))
+        if admin is None:
+            console.print(f"no dev service at {server['host']}:{server['port']}: drop {server['databases']} by hand")
+            continue
+        for name in server["databases"]:
+            _drop(admin, name)
+            console.print(f"dropped {name} on {server['host']}:{server['port']}")
+    if kept["queues"] and svc.artemis is not None:
+        delete_queues(svc.artemis.settings(), kept["queues"])
+        console.print(f"deleted queues {', '.join(kept['queues'])}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    console.print(f"removed {work}")

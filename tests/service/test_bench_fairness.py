@@ -1,0 +1,30 @@
+"""scripts/bench's fairness phase end to end at a tiny size (≈ 20 s): every committed row judged, a clean run
+exits 0, prints one verdict line per check and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from devtools.services import Services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fairness_phase_runs_and_judges_every_row(services: Services, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--skip", "stages", "--skip", "preload",
+                           "--skip", "e2e", "--fair-rows", "2000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    verdicts = [line for line in proc.stderr.splitlines() if line.startswith("verdict ")]
+    assert len(verdicts) == 3, proc.stderr[-3000:]
+    assert all(": ok: " in line for line in verdicts), verdicts
+    fairness = json.loads(out.read_text())["fairness"]
+    assert fairness["missing"] == 0
+    assert [v["ok"] for v in fairness["verdicts"]] == [True, True, True]
+    assert "kept for inspection" not in proc.stderr
