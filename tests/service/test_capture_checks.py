@@ -15,6 +15,7 @@ from receiver_helpers import Site, drop_schema, make_central
 from test_apply import new_person
 
 from dbsync_cli import exitcodes
+from dbsync_cli.sender.checkpoint import BINLOG
 from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
@@ -50,7 +51,7 @@ def test_purged_checkpoint_stops_with_exit_10_and_when_needed_resnapshots(extra_
     _global(extra_site, "FLUSH BINARY LOGS")
     generate(admin, seed=5, patients=5)
     checkpoint_file = orjson.loads(sqlite3.connect(tmp_path / "home-site1" / "state.sqlite").execute(
-        "SELECT value FROM checkpoint").fetchone()[0])["file"]
+        "SELECT value FROM checkpoint WHERE name = ?", (BINLOG,)).fetchone()[0])["file"]
     with admin.connect() as conn, conn.cursor() as cur:
         cur.execute("FLUSH BINARY LOGS")
         cur.execute("SHOW MASTER STATUS")

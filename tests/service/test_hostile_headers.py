@@ -91,7 +91,7 @@ def _relabel(messages: list[dict[str, Any]], site: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("header", ["dbsync-site", "dbsync-id", "forged"])
 def test_a_nul_byte_in_a_header_is_parked_and_stops_nothing(openmrs_db, services, tmp_path, broker_settings,
                                                             header) -> None:
-    destination = f"test.trust.nul.{uuidlib.uuid4().hex[:10]}"
+    destination = f"test.trust.nul{uuidlib.uuid4().hex[:10]}"
     central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"), destination=destination)
     try:
         site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
@@ -173,7 +173,7 @@ def test_status_counts_the_dead_letter_and_expiry_queues_of_the_destination(open
     """With the shipped broker configuration (per-destination dead-letter and expiry queues, created on use) a
     message delivered max-delivery-attempts times without an ACK lands in DLQ.<destination>, an expired one in
     EXP.<destination>: `dbsync status` counts both, as a WARNING with a hint, in --json too."""
-    destination = f"test.trust.dlq.{uuidlib.uuid4().hex[:10]}"
+    destination = f"test.trust.dlq{uuidlib.uuid4().hex[:10]}"
     _manage(broker_settings, "addAddressSettings", destination, orjson.dumps({
         "deadLetterAddress": "DLA", "autoCreateDeadLetterResources": True, "maxDeliveryAttempts": 1,
         "expiryAddress": "ExpiryQueue", "autoCreateExpiryResources": True}).decode())
@@ -223,7 +223,7 @@ def test_a_body_over_the_size_limit_is_refused_at_consume_and_stops_nothing(open
 
     from devtools.field.hostile import _bomb
 
-    destination = f"test.trust.big.{uuidlib.uuid4().hex[:10]}"
+    destination = f"test.trust.big{uuidlib.uuid4().hex[:10]}"
     central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1",), destination=destination)
     try:
         site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
