@@ -54,11 +54,21 @@ class OracleInput:
     tables: list[str]
     snapshot: Path  # snapshot_central_rows() taken before the run
     journal: Path | None = None  # the central editors' NDJSON journal
+    #: NDJSON of the uuids the hostile frames carried (sent with a real site's credentials: to central they are that
+    #: site's writes, so rows of those uuids are written by a site user, not by nobody)
+    hostile: Path | None = None
     sender_status: dict[str, dict[str, Any]] = field(default_factory=dict)  # `dbsync status --json` per site
     receiver_status: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- reading the evidence -------------------------------------------------------------------------------------
+
+def hostile_uuids(path: Path | None) -> set[str]:
+    """The uuids (lower case) the hostile frames carried, from the soak's NDJSON list of them."""
+    if path is None or not path.exists():
+        return set()
+    return {str(json.loads(line)["uuid"]).lower() for line in path.read_text().splitlines() if line.strip()}
+
 
 def journal_entries(path: Path | None) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(table, uuid) the central editors changed, and those they created, from their NDJSON journal."""
@@ -135,6 +145,7 @@ def sender_counts(status: dict[str, Any]) -> int:
 class Oracle:
     def __init__(self, inp: OracleInput, say: Callable[[str], None] = print) -> None:
         self.inp, self.say = inp, say
+        self.hostile: set[str] = set()
 
     def _state(self) -> dict[str, Any]:
         s = q(self.inp.state_schema)
@@ -168,6 +179,7 @@ class Oracle:
         self.say(f"seed {inp.seed}")
         baseline: dict[str, dict[str, Row]] = json.loads(inp.snapshot.read_text()) if inp.snapshot.exists() else {}
         edited, created = journal_entries(inp.journal)
+        self.hostile = hostile_uuids(inp.hostile)
         state = self._state()
         central = Reader(inp.central, inp.central_timezone)
         try:
@@ -260,12 +272,16 @@ class Oracle:
                           created: set[tuple[str, str]], state: dict[str, Any], duplicates: dict[str, list[Any]],
                           placeholders: set[str]) -> Verdict:
         v = Verdict(2, "nothing at central that no site or central user wrote; uuids unique")
+        hostile = 0
         for table, rows in central_rows.items():
             known: set[str] = set(baseline.get(table, {}))
             for tables in site_rows.values():
                 known |= set(tables.get(table, {}))
             for uuid in rows:
                 if uuid in known or (table, uuid) in created:
+                    continue
+                if uuid in self.hostile:  # a hostile frame's valid part, sent with a site's own login
+                    hostile += 1
                     continue
                 if uuid in state["conflicts"] or uuid in state["retry"]:
                     continue
@@ -275,6 +291,8 @@ class Oracle:
         for table, dups in duplicates.items():
             for uuid, n in dups:
                 v.add(f"{table} {uuid}: {n} rows share this uuid")
+        if hostile:
+            v.note = f"{hostile} row(s) written by hostile frames with a site's own login"
         return v
 
     # 3 ---------------------------------------------------------------------------------------------------------

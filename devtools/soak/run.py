@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,7 @@ class Soak:
                                   password=password)
         try:
             frames = mod.hostile_frames("site1", 24, seed=self.plan.seed)
+            _journal_uuids(frames, self.work / "hostile.ndjson")  # what the oracle may find written by them
             sent = mod.send_frames(settings, DESTINATION, frames)
             _log(f"hostile frames sent with site1's login: {dict(sent)}")
         except Exception as exc:  # noqa: BLE001 - the tool's API may still change: run without it
@@ -320,6 +323,7 @@ class Soak:
                           central_timezone=CENTRAL_TZ, state_schema=STATE_SCHEMA, tables=SYNCED_TABLES,
                           snapshot=self.work / "central-before.json",
                           journal=self.work / "editors.ndjson" if (self.work / "editors.ndjson").exists() else None,
+                          hostile=self.work / "hostile.ndjson",
                           sender_status=statuses, receiver_status=receiver)
         verdicts = Oracle(inp, say=lambda line: print(line, flush=True)).run()
         return all(v.ok for v in verdicts)
@@ -375,3 +379,16 @@ def soak(seed: int, minutes: float, home: Path, offset: int, **flags: Any) -> in
 
     return Soak(make_plan(seed, minutes), home, offset, **flags).run()
 
+
+_UUID = re.compile(rb"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def _journal_uuids(frames: list[Any], path: Path) -> None:
+    """Every uuid in the hostile frames' bodies (deflated ones read up to 1 MB: the bomb holds none), as NDJSON."""
+    found: set[str] = set()
+    for frame in frames:
+        body = frame.body
+        with contextlib.suppress(zlib.error):
+            body = zlib.decompressobj().decompress(body, 1 << 20)
+        found |= {m.decode().lower() for m in _UUID.findall(body)}
+    path.write_text("".join(json.dumps({"kind": "hostile", "uuid": u}) + "\n" for u in sorted(found)))
