@@ -79,6 +79,26 @@ def send_with_nul_header(broker: BrokerSettings, destination: str, message: dict
         sock.sendall(_frame("DISCONNECT", []))
 
 
+def _receive_until_parked(central: Central, names: dict[str, str], tmp_path: Any,
+                          columns: str) -> tuple[list[tuple[Any, ...]], str]:
+    """Run `dbsync receiver` until every named person is at central and the retry queue holds an entry (or
+    BOUND_SECONDS pass); the retry queue's `columns` and the receiver's log."""
+    log = tmp_path / "receiver.log"
+    started = time.monotonic()
+    proc = _start(["receiver", "--config", str(central.config)], central.env, log)
+    parked: list[tuple[Any, ...]] = []
+    try:
+        while time.monotonic() - started < BOUND_SECONDS:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            parked = central.sql(f"SELECT {columns} FROM `{central.schema}`.receiver_retry_queue")
+            if _names(central, names) == names and parked:
+                break
+            time.sleep(0.5)
+    finally:
+        _stop(proc, log)
+    return parked, log.read_text()
+
+
 def _names(central: Central, names: dict[str, str]) -> dict[str, str]:
     return dict(central.sql("SELECT uuid, given_name FROM person_name WHERE uuid IN (" +
                             ", ".join(["%s"] * len(names)) + ")", tuple(names)))
@@ -111,21 +131,7 @@ def test_a_nul_byte_in_a_header_is_parked_and_stops_nothing(openmrs_db, services
         publish_raw(as_site1, destination, second)
         publish_raw(as_site2, destination, other)
 
-        log = tmp_path / "receiver.log"
-        started = time.monotonic()
-        proc = _start(["receiver", "--config", str(central.config)], central.env, log)
-        try:
-            parked: list[tuple[Any, ...]] = []
-            while time.monotonic() - started < BOUND_SECONDS:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                parked = central.sql(f"SELECT message_id, site, broker_user, reason "
-                                     f"FROM `{central.schema}`.receiver_retry_queue")
-                if _names(central, names) == names and parked:
-                    break
-                time.sleep(0.5)
-        finally:
-            _stop(proc, log)
-        text = log.read_text()
+        parked, text = _receive_until_parked(central, names, tmp_path, "message_id, site, broker_user, reason")
         assert _names(central, names) == names, text[-3000:]  # every valid message of both sites applied
         assert "Traceback" not in text and "KeyError" not in text and "restarting" not in text, text[-3000:]
         # the bad delivery: acknowledged and parked with one line naming what and where
@@ -240,21 +246,7 @@ def test_a_body_over_the_size_limit_is_refused_at_consume_and_stops_nothing(open
         assert kind != "deflate_bomb" or len(zlib.decompress(body)) > 60_000_000
         send_raw_body(as_site1, destination, body, headers)
         publish_raw(as_site1, destination, messages[2:])
-        log = tmp_path / "receiver.log"
-        started = time.monotonic()
-        proc = _start(["receiver", "--config", str(central.config)], central.env, log)
-        try:
-            parked: list[tuple[Any, ...]] = []
-            while time.monotonic() - started < BOUND_SECONDS:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                parked = central.sql(f"SELECT message_id, site, LENGTH(body), reason "
-                                     f"FROM `{central.schema}`.receiver_retry_queue")
-                if _names(central, names) == names and parked:
-                    break
-                time.sleep(0.5)
-        finally:
-            _stop(proc, log)
-        text = log.read_text()
+        parked, text = _receive_until_parked(central, names, tmp_path, "message_id, site, LENGTH(body), reason")
         assert _names(central, names) == names, text[-3000:]
         assert "gone away" not in text and "restarting" not in text and "Traceback" not in text, text[-3000:]
         assert len(parked) == 1, parked
