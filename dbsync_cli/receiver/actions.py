@@ -15,6 +15,7 @@ console's buttons is a writer of the same rows, so:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -87,6 +88,15 @@ def _hand_over(applier: Applier, action: str, args: dict[str, Any], who: str, wa
         request = int(cur.lastrowid)
     applier.conn.commit()
     log.debug("request %d (%s) handed to the running receiver", request, action)
+    try:
+        return _await(applier, request, action, args, wait)
+    except BaseException:  # Ctrl-C, a console worker that dies: an action nobody waits for is never carried out
+        with contextlib.suppress(Exception):
+            _cancel(applier, request)
+        raise
+
+
+def _await(applier: Applier, request: int, action: str, args: dict[str, Any], wait: float) -> dict[str, Any]:
     deadline = time.monotonic() + max(0.0, wait)
     while True:
         state, result = _state(applier, request)
@@ -98,6 +108,9 @@ def _hand_over(applier: Applier, action: str, args: dict[str, Any], who: str, wa
                                      "batch or retry pass?); nothing was changed: try again, or wait longer with "
                                      "--wait").format(seconds=wait))
             continue
+        if state == "running" and time.monotonic() >= deadline + max(0.0, wait):
+            raise ActionFailed(_("the running receiver took this action (request {request}) but has not finished it; "
+                                 "its log says how it ends").format(request=request))
         try:
             applier.claim(wait=POLL_SECONDS)  # the receiver stopped meanwhile: the lock is ours now
         except AlreadyApplying:
@@ -169,8 +182,16 @@ def serve(applier: Applier, limit: int = 20) -> int:
             result, state = perform(applier, action, args), "done"
         except (ActionFailed, conflicts.ConflictError, StateError, ValueError, KeyError) as exc:
             applier.conn.rollback()
+            applier.rolled_back()
             applier.reload_blocked()
             result, state = {"text": str(exc)}, "failed"
+        except Exception as exc:  # e.g. a deadlock: the request ends failed, never left running; the loop restarts
+            with contextlib.suppress(Exception):
+                applier.conn.rollback()
+            applier.rolled_back()
+            with contextlib.suppress(Exception):
+                _finish(applier, request, "failed", {"text": f"failed: {type(exc).__name__}: {exc}"[:500]})
+            raise
         finally:
             i18n.reset(token)
         _finish(applier, request, state, _done(result))

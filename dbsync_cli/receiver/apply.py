@@ -23,7 +23,13 @@ from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import adopt, bookkeeping, state
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
-from dbsync_cli.receiver.current_rows import LOCK_RETRIES, CurrentRows, backoff, lock_conflict
+from dbsync_cli.receiver.current_rows import (
+    LOCK_RETRIES,
+    ROW_LOCK_WAIT_SECONDS,
+    CurrentRows,
+    backoff,
+    deadlock,
+)
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.inserts import GROUP_BYTES, GroupedInserts, consecutive_keys
 from dbsync_cli.receiver.message import Parsed, entity_key, expand, expand_raw, parse_raw
@@ -79,6 +85,7 @@ class Applier:
         with self.conn.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (ROW_LOCK_WAIT_SECONDS,))
             state.migrate(self.conn, settings.state_schema, settings.central.database)
             self.default_user = model.default_user(cur)
         self.ids = UuidToId(model)
@@ -217,8 +224,9 @@ class Applier:
         return outcomes
 
     def apply_parsed(self, parsed: list[Parsed]) -> list[Outcome]:
-        """One transaction for `parsed`; retried whole when it loses a lock conflict with another central
-        transaction (a deadlock, a lock wait timeout): that says nothing about any one message."""
+        """One transaction for `parsed`; retried whole when the server rolled it back in a deadlock with another
+        central transaction: that says nothing about any one message (a lock wait timeout does: see
+        current_rows.py)."""
         self.refresh_sites()
         blocked_before = set(self.blocked)
         attempt = 0
@@ -227,7 +235,7 @@ class Applier:
                 return self._apply_parsed(parsed, blocked_before)
             except Exception as exc:
                 attempt += 1
-                if not lock_conflict(exc) or attempt > LOCK_RETRIES:
+                if not deadlock(exc) or attempt > LOCK_RETRIES:
                     raise
                 self._rolled_back_batch(blocked_before)
                 log.warning("batch of %d messages lost a lock conflict with another central transaction (%s); "
@@ -238,8 +246,8 @@ class Applier:
         try:
             return self._run(parsed, careful=False)
         except Exception as exc:  # noqa: BLE001 - any failure: replay with one savepoint per message
-            if operator_fault(exc) or lock_conflict(exc):  # a missing grant fails every message alike: stop, park
-                raise  # nothing; a lock conflict retries the batch
+            if operator_fault(exc) or deadlock(exc):  # a missing grant fails every message alike: stop, park
+                raise  # nothing; a deadlock retries the batch
             self._rolled_back_batch(blocked_before)
             log.info("batch failed (%s: %s); replaying it message by message", type(exc).__name__, exc)
             return self._run(parsed, careful=True)
@@ -255,7 +263,7 @@ class Applier:
         with self.conn.cursor() as cur:
             done = self._handled_ids(cur, [p.message_id for p in parsed])
             self._prefetch(cur, parsed)
-            self._prefetch_rows(cur, parsed)
+            self._prefetch_rows(cur, parsed, lock=not careful)
             self._grouping = not careful
             try:
                 self._messages(cur, parsed, batch, done, careful)
@@ -291,7 +299,7 @@ class Applier:
             try:
                 batch.outcomes.append(self._one(cur, item, batch))
             except Exception as exc:
-                if not careful or operator_fault(exc) or lock_conflict(exc):  # the transaction is gone: retry it
+                if not careful or operator_fault(exc) or deadlock(exc):  # the transaction is gone: retry it
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()
@@ -528,10 +536,12 @@ class Applier:
             return self._synced[(table, uuid)]
         return bookkeeping.fetch_synced(cur, self.s, table, [uuid])[(table, uuid)]
 
-    def _prefetch_rows(self, cur: Any, parsed: list[Parsed]) -> None:
+    def _prefetch_rows(self, cur: Any, parsed: list[Parsed], *, lock: bool = True) -> None:
         """Current rows of the batch's entities that exist at central, locked until the batch commits (a central
         edit can no longer slip in between the judge and the write), and the entity_hash entries of all of them
-        (tombstones included): one query per table each."""
+        (tombstones included): one query per table each. Without `lock` (the replay message by message) each row
+        is locked when its message reads it, inside the message's savepoint, so a row another transaction holds
+        parks that message alone."""
         keys: dict[str, dict[Any, str]] = {}
         uuids_of: dict[str, set[str]] = {}
         for item in parsed:
@@ -541,7 +551,8 @@ class Applier:
             key = self.ids.get(item.table.identity.table, item.message["uuid"])
             if key is not None:
                 keys.setdefault(item.table.name, {})[key] = item.message["uuid"]
-        self.rows.lock(keys)
+        if lock:
+            self.rows.lock(keys)
         self._synced = {}
         for name, uuid_set in uuids_of.items():
             self._synced.update(bookkeeping.fetch_synced(cur, self.s, name, sorted(uuid_set)))

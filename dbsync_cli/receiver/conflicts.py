@@ -195,6 +195,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                                             only=merge_columns if mode == "merge" else None)
             if outcome.outcome != "applied":
                 applier.conn.rollback()
+                applier.rolled_back()  # placeholders it made are gone: the (long-lived) applier must forget them
                 raise ConflictError(_("conflict {number}: applying the incoming change failed: {reason}").format(
                     number=number, reason=outcome.reason))
             applier.finish_batch(cur, batch)

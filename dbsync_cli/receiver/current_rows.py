@@ -13,8 +13,11 @@ does not exist locks nothing and OpenMRS's inserts are never held up. Tables are
 in ascending order within one statement, so dbsync's own transactions (apply, retry, conflict resolution) take
 them in one global order. An OpenMRS transaction may still lock two of the rows the other way round: the server
 detects the cycle at once and rolls one transaction back whole; when that is apply's (it holds only locks at that
-point, so it is usually the lighter one), `lock_conflict` tells the caller to retry the whole batch, never to park
-a message for it. A lock wait timeout is retried the same way.
+point, so it is usually the lighter one), `deadlock` tells the caller to retry the whole batch, never to park a
+message for it. A lock wait timeout (a central transaction holding a row for longer than ROW_LOCK_WAIT_SECONDS, e.g. an
+OpenMRS connection left in a transaction) says something about one row only: the batch is replayed message by
+message without the up-front lock, and the one message whose row stays locked is parked for the retry queue while
+every other message applies. One held row never stops every site.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dbsync_cli.sql import StatementCache, chunks, placeholders, quote, sql
 #: MySQL/MariaDB errors of a lock conflict with another transaction: deadlock (1213, the whole transaction was
 #: rolled back) and lock wait timeout (1205). Both are cured by retrying the batch, never by parking a message.
 LOCK_CONFLICT_CODES = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
+#: how long apply waits for a row another central transaction holds (innodb_lock_wait_timeout of its session)
+ROW_LOCK_WAIT_SECONDS = 10
 #: how often apply retries a batch that lost a lock conflict before it gives up (the error then ends the run;
 #: the receiver's supervision restarts it and the inbox still holds the batch)
 LOCK_RETRIES = 8
@@ -40,6 +45,11 @@ LOCK_RETRIES = 8
 
 def lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.MySQLError) and bool(exc.args) and exc.args[0] in LOCK_CONFLICT_CODES
+
+
+def deadlock(exc: BaseException) -> bool:
+    """The server rolled the whole transaction back (savepoints included): only a retry of all of it helps."""
+    return isinstance(exc, pymysql.MySQLError) and bool(exc.args) and exc.args[0] == ER.LOCK_DEADLOCK
 
 
 def backoff(attempt: int) -> float:

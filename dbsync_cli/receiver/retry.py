@@ -20,7 +20,7 @@ from dbsync_cli.faults import operator_fault
 from dbsync_cli.i18n import _
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
-from dbsync_cli.receiver.current_rows import lock_conflict
+from dbsync_cli.receiver.current_rows import deadlock
 from dbsync_cli.receiver.message import Parsed, entity_key
 from dbsync_cli.receiver.state import StateError, schema_name
 from dbsync_cli.sql import Sql, sql
@@ -107,7 +107,7 @@ def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict
     except pymysql.MySQLError as exc:
         if operator_fault(exc):  # a missing grant fails every entry alike: stop, count no attempt
             raise
-        if lock_conflict(exc):  # a deadlock rolled the pass back (its savepoint too): not the entry's fault
+        if deadlock(exc):  # the server rolled the pass back (its savepoint too): not the entry's fault
             raise
         outcome = Outcome(message_id, "retry", reason=f"apply failed: {failure_reason(exc)}")
     if outcome.outcome in FAILED:

@@ -59,10 +59,28 @@ def drain_inbox(applier: Applier, stop: threading.Event | None = None) -> int:
     return total
 
 
-def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None) -> None:
+def _claim_again(applier: Applier, stop: threading.Event) -> None:
+    while True:
+        try:
+            applier.claim(wait=5)
+            return
+        except AlreadyApplying as exc:
+            if stop.is_set():
+                raise
+            log.info("apply: waiting for the applier lock (%s)", exc)
+
+
+def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None, *,
+                   restart: bool = False) -> None:
+    """The apply loop. At the receiver's start another applier holding the lock is fatal (exit 13: one receiver per
+    central); on a `restart` after a failure the lock may be held for a while by an operator's action (`dbsync
+    retry`, `conflicts resolve`, the console), which took it while this loop was down: wait for it."""
     applier = Applier(apply_settings(cfg), model)
     try:
-        applier.claim()
+        if restart:
+            _claim_again(applier, stop)
+        else:
+            applier.claim()
     except AlreadyApplying:
         applier.close()
         raise
@@ -135,9 +153,14 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
     for thread in threads:
         thread.start()
+    starts = [0]
+
+    def apply_loop() -> None:
+        starts[0] += 1
+        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1)
+
     try:
-        supervise("apply", lambda: run_apply_loop(cfg, stop, model, idle_exit), stop, once=idle_exit is not None,
-                  fatal=(AlreadyApplying,))
+        supervise("apply", apply_loop, stop, once=idle_exit is not None, fatal=(AlreadyApplying,))
     finally:
         stop.set()
     for thread in threads:

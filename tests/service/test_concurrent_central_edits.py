@@ -133,6 +133,35 @@ def test_a_central_edit_committed_between_judge_and_write_is_never_overwritten(c
     assert {u for u, b in got.items() if b == SITE_BIRTHDATE} == set(uuids) - {target}
 
 
+def test_a_row_central_holds_locked_parks_its_message_alone_and_the_rest_apply(central, site) -> None:  # noqa: F811
+    """An OpenMRS connection left in a transaction holds one central row for minutes. Apply waits for it at most
+    ROW_LOCK_WAIT_SECONDS, then replays the batch message by message: the one message whose row stays locked is
+    parked for the retry queue, every other message applies (before, the whole batch was retried and re-raised
+    for good: no site synced until that transaction ended). The retry pass applies it once the row is free."""
+    uuids = _people(site, 12)
+    assert outcomes(central.apply(site.messages()))["applied"] == 12
+    messages = _site_changes(site, uuids)
+    target = uuids[5]
+    holder = central.db.connect(autocommit=False)
+    try:
+        with holder.cursor() as cur:  # a lock held, no edit made: the row is judged unchanged once free
+            cur.execute("SELECT person_id FROM person WHERE uuid = %s FOR UPDATE", (target,))
+        started = time.monotonic()
+        results = central.apply(messages)
+        took = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert outcomes(results) == Counter({"applied": 11, "retry": 1}), results
+    (held,) = [r for r in results if r.get("uuid") == target or r["outcome"] == "retry"]
+    assert held["outcome"] == "retry" and "Lock wait timeout" in (held.get("reason") or ""), held
+    assert took < 120, took  # one wait of ROW_LOCK_WAIT_SECONDS for the batch, one for the message: not minutes
+    got = _birthdates(central, uuids)
+    assert {u for u, b in got.items() if b == SITE_BIRTHDATE} == set(uuids) - {target}
+    assert outcomes(central.apply([], "--retry"))["applied"] == 1
+    assert _birthdates(central, [target])[target] == SITE_BIRTHDATE
+
+
 def test_a_deadlock_with_a_central_transaction_retries_the_batch(central, site) -> None:  # noqa: F811
     """Apply locks the rows it judges in key order; a central transaction that locks them the other way round
     makes a deadlock. The server rolls back the lighter transaction (apply's: the test's has thousands of undo
