@@ -102,6 +102,15 @@ def _wait_for_a_lock_wait(central: Central, mine: int, applying: Background, tim
     raise AssertionError(f"apply never waited for the row this test holds; sessions: {sessions}")
 
 
+def _wait_for_a_lock_wait_or_its_end(central: Central, mine: int, applying: Background) -> None:
+    """As _wait_for_a_lock_wait; apply may also have given up its bounded wait already (a slow machine)."""
+    try:
+        _wait_for_a_lock_wait(central, mine, applying)
+    except AssertionError:
+        if applying.is_alive():
+            raise
+
+
 def test_a_central_edit_committed_between_judge_and_write_is_never_overwritten(central, site) -> None:  # noqa: F811
     """Case 1, made deterministic: the test holds a central edit of one row uncommitted, starts apply, waits until
     apply waits for that row, then commits. Before, apply had judged the row from its unlocked read (unchanged
@@ -120,7 +129,7 @@ def test_a_central_edit_committed_between_judge_and_write_is_never_overwritten(c
             cur.execute("UPDATE person SET birthdate = '1977-07-07', date_changed = NOW() WHERE uuid = %s", (target,))
         applying = Background(central, messages)
         applying.start()
-        _wait_for_a_lock_wait(central, mine, applying)
+        _wait_for_a_lock_wait_or_its_end(central, mine, applying)
         editor.commit()
         results = applying.finish()
     finally:
@@ -129,7 +138,11 @@ def test_a_central_edit_committed_between_judge_and_write_is_never_overwritten(c
     kept, parked = got[target] == "1977-07-07", target in _conflicted(central)
     assert kept or parked, (f"central's committed edit was overwritten ({got[target]}) and nothing was parked: "
                             f"{[r for r in results if r.get('uuid') == target]}")
-    assert outcomes(results) == Counter({"applied": 29, "conflict": 1}), results
+    # apply saw the edit and parked the change; or (a slow machine: the test committed after apply's bounded lock
+    # wait) the held row's message went to the retry queue and the edit stayed
+    assert outcomes(results) in (Counter({"applied": 29, "conflict": 1}), Counter({"applied": 29, "retry": 1})), \
+        results
+    assert kept or outcomes(results)["conflict"] == 1
     assert {u for u, b in got.items() if b == SITE_BIRTHDATE} == set(uuids) - {target}
 
 
