@@ -112,6 +112,9 @@ KEYS: dict[str, Key] = {
     "receiver.future_tolerance_seconds": Key(int, 120, roles=_R,
                                              help="a change dated more than this after central's clock never beats "
                                                   "a central edit: it is parked as a conflict (site clock ahead?)"),
+    "receiver.row_lock_wait_seconds": Key(int, 10, roles=_R,
+                                          help="how long apply waits for a row a central transaction holds before "
+                                               "it retries the batch, then parks that one message for retry"),
     "receiver.tables": Key(list, None, roles=_R),
     "receiver.extra_tables": Key(list, [], roles=_R),
     "receiver.batch_messages": Key(int, 500, roles=_R),

@@ -71,6 +71,7 @@ class ApplySettings:
     rest_enabled: bool = False
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
     future_tolerance_seconds: int = 120  # a change dated further after central's clock never beats a central edit
+    row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
 
 
 class Applier:
@@ -85,7 +86,7 @@ class Applier:
         with self.conn.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (ROW_LOCK_WAIT_SECONDS,))
+            cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (settings.row_lock_wait_seconds,))
             state.migrate(self.conn, settings.state_schema, settings.central.database)
             self.default_user = model.default_user(cur)
         self.ids = UuidToId(model)
