@@ -14,8 +14,10 @@ import dataclasses
 import socket
 import ssl
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -23,6 +25,7 @@ import stomp
 import stomp.exception
 
 from dbsync_cli.i18n import _
+from dbsync_cli.retrying import STOP, Stopped
 
 if TYPE_CHECKING:
     from dbsync_cli.config import Config
@@ -149,6 +152,9 @@ def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
                               reconnect_attempts_max=1, timeout=settings.connect_timeout, keepalive=True,
                               auto_decode=auto_decode)
     legacy = False
+    if settings.tls and settings.ca_file and not Path(settings.ca_file).is_file():
+        # stomp.py would retry a missing CA file forever ("Could not find file None"): fail once, naming it
+        raise _fail(settings, f"CA file {settings.ca_file}: no such file")
     if settings.tls:
         # stomp.py builds an SSLContext(ssl_version): PROTOCOL_TLS_CLIENT checks the host name, the
         # generic PROTOCOL_TLS does not; verify=True makes the chain check CERT_REQUIRED in both.
@@ -170,7 +176,13 @@ def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
         raise _fail(settings, _diagnose(settings)) from None
     except OSError as exc:
         raise _fail(settings, exc) from None
-    ok = waiter.done.wait(settings.connect_timeout)
+    deadline = time.monotonic() + settings.connect_timeout
+    while not waiter.done.wait(min(0.25, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+        if STOP.is_set():  # SIGTERM while a slow or silent broker has not answered: do not wait it out
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+            raise Stopped(f"stopped while connecting to {settings.address}")
+    ok = waiter.done.is_set()
     conn.remove_listener("dbsync-connect")
     if ok and waiter.error is None and conn.is_connected():
         return conn

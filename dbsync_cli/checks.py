@@ -10,39 +10,18 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pymysql
 
 from dbsync_cli import exitcodes
+from dbsync_cli.checks_broker import permissions
+from dbsync_cli.checks_home import state_directory
 from dbsync_cli.config import Config, plaintext_host
+from dbsync_cli.findings import ERROR, OK, SKIPPED, WARNING, Finding, exit_code
 from dbsync_cli.i18n import _
-from dbsync_cli.timezones import server_dst_warning
-
-OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    state: str
-    message: str
-    exit_code: int = exitcodes.OK
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def line(self) -> str:
-        """`check: message`, unless the message names the check already."""
-        return self.message if self.message.startswith(self.check) else f"{self.check}: {self.message}"
-
-
-def exit_code(findings: list[Finding]) -> int:
-    """The first error's code (the order of the checks is the order a process meets them), else 0."""
-    return next((f.exit_code for f in findings if f.state == ERROR), exitcodes.OK)
-
+from dbsync_cli.timezones import server_dst_warning, server_zone_difference
 
 #: a role's own checks on its database connection (sender.checks.STEPS, receiver.checks.STEPS)
 Step = Callable[[Any, Config], list[Finding]]
@@ -95,37 +74,45 @@ def _like(pattern: str, name: str) -> bool:
     return re.fullmatch(regex, name) is not None
 
 
-def check(cfg: Config, steps: list[Step]) -> list[Finding]:
+def check(cfg: Config, steps: list[Step], broker_sites: Callable[[Config], list[str]] | None = None) -> list[Finding]:
     """Every check of the role, against the real servers: files, the database login then the role's `steps` on
-    that connection, the broker login."""
-    findings = _files(cfg) + _plaintext(cfg)
+    that connection, the broker login and the permissions the role needs (also on the queues of `broker_sites`)."""
+    findings = offline(cfg)
     section = "site_db" if cfg.role == "sender" else "central_db"
     findings += _database(cfg, section, steps)
     broker = _broker(cfg)
     findings.append(broker)
     if broker.state == OK:
         findings.append(_destination(cfg))
+        findings += permissions(cfg, broker_sites(cfg) if broker_sites else [])
     return findings
 
 
 def offline(cfg: Config) -> list[Finding]:
-    """What can be checked without a server: the files the config names, plain-text warnings."""
-    return _files(cfg) + _plaintext(cfg)
+    """What can be checked without a server: the files the config names, the state directory, plain-text
+    warnings."""
+    return _files(cfg) + [state_directory(cfg.home)] + _plaintext(cfg)
+
+
+#: the PEM files a config names, and the block each must hold
+PEM_FILES = {"broker.ca_file": "CERTIFICATE", "site_db.ssl_ca": "CERTIFICATE", "central_db.ssl_ca": "CERTIFICATE",
+             "console.tls_cert": "CERTIFICATE", "console.tls_key": "PRIVATE KEY"}
 
 
 def _files(cfg: Config) -> list[Finding]:
     found = []
-    for key in ("broker.ca_file", "site_db.ssl_ca", "central_db.ssl_ca"):
+    for key, block in PEM_FILES.items():
         path = cfg.get(key)
         if not path:
             continue
         try:
-            text = Path(path).read_text(errors="replace")
+            text = Path(path).expanduser().read_text(errors="replace")
         except OSError as exc:
             found.append(Finding(key, ERROR, _("cannot read {path}: {error}").format(path=path, error=exc.strerror), exitcodes.CONFIG))
             continue
-        if "BEGIN CERTIFICATE" not in text:
-            found.append(Finding(key, ERROR, _("{path} holds no PEM certificate").format(path=path), exitcodes.CONFIG))
+        if f"BEGIN {block}" not in text and not (block == "PRIVATE KEY" and re.search(r"BEGIN \w+ PRIVATE KEY", text)):
+            found.append(Finding(key, ERROR, _("{path} holds no PEM {block}").format(
+                path=path, block=block.lower()), exitcodes.CONFIG))
         else:
             found.append(Finding(key, OK, _("{path} readable").format(path=path)))
     return found
@@ -153,11 +140,27 @@ def _database(cfg: Config, section: str, steps: list[Step]) -> list[Finding]:
         for step in steps:
             found += step(conn, cfg)
         key = "sender.timezone" if cfg.role == "sender" else "receiver.timezone"
-        warning = server_dst_warning(conn, cfg[key], key)
-        found.append(Finding(key, WARNING, warning) if warning else Finding(key, OK, _("{zone!r} is a time zone").format(zone=cfg[key])))
+        found.append(_time_zone(conn, cfg, key))
         return found
     finally:
         conn.close()
+
+
+def _time_zone(conn: Any, cfg: Config, key: str) -> Finding:
+    """The configured zone against the server's: a fixed offset for a zone with daylight saving warns (the old
+    rule); any other difference in UTC offsets, now or at a date of either season, is an error (every DATETIME
+    would move by it)."""
+    warning = server_dst_warning(conn, cfg[key], key)
+    if warning:
+        return Finding(key, WARNING, warning)
+    differs = server_zone_difference(conn, cfg[key])
+    if differs is None:
+        return Finding(key, OK, _("{zone!r} gives the UTC offsets of the server's time zone").format(zone=cfg[key]))
+    server, what = differs
+    return Finding(key, ERROR, _("{key} = {zone!r} is not the server's time zone {server}: {what}; every DATETIME "
+                                 "would move by the difference (set {key} to the zone the database's DATETIMEs "
+                                 "are written in)").format(key=key, zone=cfg[key], server=server, what=what),
+                   exitcodes.CONFIG)
 
 
 def _broker(cfg: Config) -> Finding:
@@ -209,3 +212,7 @@ def _destination(cfg: Config) -> Finding:
                        exitcodes.CONFIG)
     return Finding(key, OK, _("address {address!r} exists and routes {wanted} ({kind})").format(
         address=address, wanted=wanted, kind=kind))
+
+
+__all__ = ["ERROR", "OK", "SKIPPED", "WARNING", "Finding", "Step", "check", "exit_code", "offline", "privileges",
+           "table_grants"]

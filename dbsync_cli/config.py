@@ -1,7 +1,9 @@
 """Configuration: one TOML file per role, `DBSYNC_*` environment overrides, secrets from files.
 
 Keys read like the OpenMRS EIP properties (sender id, server id, broker url/user/password, home directory) so an
-operator who ran EIP recognises them. Every key is declared once in `KEYS`; validation errors name the key.
+operator who ran EIP recognises them. Every key is declared once, with its type, default, range and help, in the
+typed model of `config_model`; `KEYS` is the flat view of it. A problem is one line naming the key, the value
+(never a secret's), the rule and where the value came from.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydantic
+from pydantic.fields import FieldInfo
+
+from dbsync_cli.config_model import Settings
 from dbsync_cli.db import DbParams
 from dbsync_cli.i18n import _
 
@@ -28,6 +36,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Key:
+    """One key as the rest of the code reads it (derived from the model, never declared here)."""
+
     type: type | tuple[type, ...]
     default: Any = None
     required: bool = False
@@ -37,132 +47,36 @@ class Key:
     help: str = ""
 
 
-_BOTH = ("sender", "receiver")
-_S = ("sender",)
-_R = ("receiver",)
+def _key(field: FieldInfo) -> Key:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    kind: Any = field.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    choices = None
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        kind = type(choices[0])
+    kind = typing.get_origin(kind) or kind  # list[str] → list
+    roles = extra.get("roles") or ["sender", "receiver"]
+    return Key(kind, field.get_default(call_default_factory=True), bool(extra.get("required")),
+               bool(extra.get("secret")), choices, tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+               field.description or "")
 
-KEYS: dict[str, Key] = {
-    "home": Key(str, required=True, help="working directory (state, logs), like eip.home"),
-    "log_level": Key(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-    "log_file": Key(str, None, help="default <home>/logs/dbsync.log"),
-    # broker (both roles)
-    "broker.url": Key(str, "stomp+ssl://127.0.0.1:61614", help="stomp+ssl://host:port (TLS) or stomp://host:port"),
-    "broker.allow_plaintext": Key(bool, False, help="allow a plain stomp:// URL to a host other than loopback"),
-    "broker.user": Key(str, required=True),
-    "broker.password": Key(str, required=True, secret=True),
-    "broker.tls": Key(bool, False),
-    "broker.ca_file": Key(str, None),
-    "broker.verify_hostname": Key(bool, True),
-    "broker.destination": Key(str, "openmrs.sync"),
-    "broker.destination_type": Key(str, "queue", choices=("queue", "topic")),
-    "broker.batch_messages": Key(int, 500, roles=_S),
-    "broker.batch_bytes": Key(int, 2_000_000, roles=_S),
-    "broker.compress_over": Key(int, 512, roles=_S),
-    "broker.wire_version": Key(int, 2, roles=_S, choices=(1, 2),
-                               help="2: several rows per broker message; 1: one row each (a receiver that predates envelopes)"),
-    "broker.rows_per_message": Key(int, 100, roles=_S, help="rows per broker message (wire version 2)"),
-    "broker.message_bytes": Key(int, 1_000_000, roles=_S,
-                                help="JSON bytes per broker message before deflate (wire version 2)"),
-    "broker.max_message_bytes": Key(int, 4_000_000),
-    "broker.subscription": Key(str, "dbsync", roles=_R, help="durable subscription name (topic mode)"),
-    "broker.consumer_window": Key(int, 1_048_576, roles=_R),
-    # sender
-    "sender.id": Key(str, required=True, roles=_S, help="this site's identifier, e.g. the site name"),
-    "sender.server_id": Key(int, required=True, roles=_S, help="replication server id, unique per server"),
-    "sender.timezone": Key(str, "UTC", roles=_S, help="time zone of DATETIME values in the site DB"),
-    "sender.snapshot": Key(str, "initial", roles=_S, choices=("initial", "never", "when_needed")),
-    "sender.catch_up": Key(str, "verify", roles=_S, choices=("verify", "snapshot"),
-                           help="with snapshot = when_needed, a purged or restarted checkpoint is caught up by "
-                                "`verify --repair` (only what differs is sent; needs the receiver) or by a new "
-                                "snapshot (every row sent again)"),
-    "sender.catch_up_timeout_seconds": Key(int, 300, roles=_S, help="how long a catch-up waits for each answer "
-                                                                    "from central before it takes a snapshot"),
-    "sender.requests": Key(bool, True, roles=_S, help="`dbsync sender` takes central's re-sync requests from "
-                                                    "<destination>.request.<id> (`dbsync sites resync`)"),
-    "sender.snapshot_method": Key(str, "auto", roles=_S, choices=("auto", "mariadb", "lock", "log_status"),
-                                  help="how a snapshot finds its binlog position (see docs/installation.md)"),
-    "sender.tables": Key(list, None, roles=_S, help="synced tables; default the OpenMRS EIP set"),
-    "sender.extra_tables": Key(list, [], roles=_S, help="module tables synced in addition"),
-    "sender.min_binlog_retention_hours": Key(int, 72, roles=_S),
-    "sender.capture_process": Key(bool, True, roles=_S, help="`dbsync sender` decodes the binlog in a child "
-                                                             "process, beside enrich and publish (two cores)"),
-    "sender.purge_binlogs": Key(bool, False, roles=_S, help="purge binlog files wholly before the confirmed "
-                                                             "checkpoint (needs BINLOG ADMIN)"),
-    "sender.keep_binlog_files": Key(int, 2, roles=_S, help="with purge_binlogs: files before the checkpoint's "
-                                                          "that stay"),
-    "sender.purge_interval_seconds": Key(int, 300, roles=_S),
-    "sender.max_transaction_events": Key(int, 20_000, roles=_S, help="an enrich batch grows to the end of its "
-                                                                    "transaction, up to this many events"),
-    "site_db.host": Key(str, "127.0.0.1", roles=_S),
-    "site_db.port": Key(int, 3306, roles=_S),
-    "site_db.database": Key(str, "openmrs", roles=_S),
-    "site_db.user": Key(str, required=True, roles=_S),
-    "site_db.password": Key(str, required=True, secret=True, roles=_S),
-    "site_db.ssl_ca": Key(str, None, roles=_S, help="CA file: TLS to the site DB, certificate verified"),
-    "site_db.ssl_verify_identity": Key(bool, True, roles=_S, help="with ssl_ca: check the host name too"),
-    # receiver
-    "receiver.site_id": Key(str, "central", roles=_R, help="this receiver's own identifier"),
-    "receiver.timezone": Key(str, "UTC", roles=_R, help="time zone of DATETIME values at central"),
-    "receiver.conflict_policy": Key(str, "newer", roles=_R, choices=("newer", "any")),
-    "receiver.cross_site_changes": Key(str, "refuse", roles=_R, choices=("refuse", "allow"),
-                                       help="a site's change to a row another site created: refuse (error queue) "
-                                            "or allow"),
-    "receiver.central_rows": Key(str, "skip", roles=_R, choices=("skip", "park"),
-                                 help="a site's change to a row central owns: skip and count, or park as a conflict"),
-    "receiver.future_tolerance_seconds": Key(int, 120, roles=_R,
-                                             help="a change dated more than this after central's clock never beats "
-                                                  "a central edit: it is parked as a conflict (site clock ahead?)"),
-    "receiver.row_lock_wait_seconds": Key(int, 10, roles=_R,
-                                          help="how long apply waits for a row a central transaction holds before "
-                                               "it retries the batch, then parks that one message for retry"),
-    "receiver.tables": Key(list, None, roles=_R),
-    "receiver.extra_tables": Key(list, [], roles=_R),
-    "receiver.batch_messages": Key(int, 500, roles=_R),
-    "receiver.retry_interval_seconds": Key(int, 60, roles=_R),
-    "receiver.applied_ids_days": Key(int, 30, roles=_R, help="how long handled message ids are kept"),
-    "central_db.host": Key(str, "127.0.0.1", roles=_R),
-    "central_db.port": Key(int, 3306, roles=_R),
-    "central_db.database": Key(str, "openmrs", roles=_R),
-    "central_db.state_schema": Key(str, "dbsync", roles=_R),
-    "central_db.user": Key(str, required=True, roles=_R),
-    "central_db.password": Key(str, required=True, secret=True, roles=_R),
-    "central_db.ssl_ca": Key(str, None, roles=_R, help="CA file: TLS to the central DB, certificate verified"),
-    "central_db.ssl_verify_identity": Key(bool, True, roles=_R, help="with ssl_ca: check the host name too"),
-    "console.host": Key(str, "127.0.0.1", roles=_BOTH, help="address `dbsync console` listens on (never exposed: "
-                                                         "keep it on loopback or behind a reverse proxy)"),
-    "console.port": Key(int, 8800, roles=_BOTH),
-    "console.tls_cert": Key(str, None, roles=_BOTH, help="PEM certificate file: serve HTTPS (with tls_key)"),
-    "console.tls_key": Key(str, None, roles=_BOTH, help="PEM private key file of tls_cert"),
-    "console.metrics_token": Key(str, None, secret=True, roles=_BOTH,
-                                 help="when set, /metrics wants `Authorization: Bearer <token>`"),
-    "console.session_hours": Key(int, 8, roles=_BOTH, help="how long a login lasts"),
-    "openmrs.url": Key(str, None, roles=_R, help="base URL, e.g. http://localhost:8080/openmrs"),
-    "openmrs.user": Key(str, None, roles=_R),
-    "openmrs.password": Key(str, None, secret=True, roles=_R),
-    # `dbsync status` thresholds (a --option of the same name overrides each; 0 turns a threshold off)
-    "status.timeout_seconds": Key(int, 5, help="connect timeout of each status probe (broker, database)"),
-    "status.lag_warning_seconds": Key(int, 300, roles=_S, help="seconds behind the binlog"),
-    "status.lag_critical_seconds": Key(int, 3600, roles=_S),
-    "status.lag_warning_bytes": Key(int, 104_857_600, roles=_S, help="binlog bytes after the checkpoint"),
-    "status.lag_critical_bytes": Key(int, 1_073_741_824, roles=_S),
-    "status.checkpoint_warning_minutes": Key(int, 15, roles=_S, help="checkpoint not moved: sender down or stuck"),
-    "status.checkpoint_critical_minutes": Key(int, 60, roles=_S),
-    "status.clock_skew_warning_seconds": Key(int, 120, roles=_S, help="the site server's clock this far ahead of "
-                                                                     "or behind the sender host's (also config check)"),
-    "status.site_silent_warning_minutes": Key(int, 60, roles=_R, help="no change applied from an enabled site"),
-    "status.site_silent_critical_minutes": Key(int, 240, roles=_R),
-    "status.retry_warning": Key(int, 1, roles=_R, help="entries in the retry queue"),
-    "status.retry_critical": Key(int, 100, roles=_R),
-    "status.conflict_warning": Key(int, 1, roles=_R, help="unresolved conflicts"),
-    "status.conflict_critical": Key(int, 0, roles=_R),
-    "status.inbox_warning": Key(int, 10_000, roles=_R, help="messages received and not applied yet"),
-    "status.inbox_critical": Key(int, 100_000, roles=_R),
-    "status.unconsumed_warning_seconds": Key(int, 60, roles=_R, help="messages waiting at the broker with no "
-                                                                    "consumer (receiver down or stuck)"),
-    "status.unconsumed_critical_seconds": Key(int, 600, roles=_R),
-    "status.rest_failing_warning": Key(int, 1, roles=_R, help="OpenMRS REST calls that failed at least once"),
-    "status.rest_failing_critical": Key(int, 0, roles=_R),
-}
+
+def _keys() -> dict[str, Key]:
+    keys: dict[str, Key] = {}
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, pydantic.BaseModel):
+            for sub, subfield in section.model_fields.items():
+                keys[f"{name}.{sub}"] = _key(subfield)
+        else:
+            keys[name] = _key(field)
+    return keys
+
+
+#: "section.key" → its declaration in the model
+KEYS: dict[str, Key] = _keys()
 
 
 def _env_name(key: str) -> str:
@@ -178,6 +92,14 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        section, _dot, name = dotted.rpartition(".")
+        (tree.setdefault(section, {}) if section else tree)[name] = value
+    return tree
 
 
 def _coerce_env(key: str, spec: Key, raw: str) -> Any:
@@ -217,6 +139,11 @@ class Config:
         return default if value is None else value
 
     @property
+    def settings(self) -> Settings:
+        """The values as the typed model (`cfg.settings.receiver.batch_messages`), checked again."""
+        return Settings.model_validate(_nest(self.values))
+
+    @property
     def home(self) -> Path:
         return Path(self.values["home"]).expanduser()
 
@@ -232,7 +159,7 @@ class Config:
             password=self[f"{section}.password"],
             database=self[f"{section}.database"],
             ssl_ca=self.get(f"{section}.ssl_ca"),
-            ssl_verify_identity=bool(self.get(f"{section}.ssl_verify_identity", True)),
+            ssl_verify_identity=bool(self[f"{section}.ssl_verify_identity"]),
         )
 
     def secrets(self) -> list[str]:
@@ -268,6 +195,7 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
             return [_("config file {path}: invalid TOML: {error}").format(path=path, error=exc)]
     flat = _flatten(tree)
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # where each value came from, for the problem lines
     for key, value in flat.items():
         if key.endswith("_file") and key[: -len("_file")] in KEYS and KEYS[key[: -len("_file")]].secret:
             continue
@@ -277,7 +205,7 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
             problems.append(_("{key}: not a {role} key (it belongs to the {roles} config)").format(
                 key=key, role=role, roles="/".join(KEYS[key].roles)))
         else:
-            values[key] = value
+            values[key], origin[key] = value, _("in {path}").format(path=source)
     for key, spec in KEYS.items():
         if role not in spec.roles:
             continue
@@ -285,6 +213,7 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
         if env_value is not None:
             try:
                 values[key] = _coerce_env(key, spec, env_value)
+                origin[key] = _("from {name}").format(name=_env_name(key))
             except ConfigError as exc:
                 problems.append(str(exc))
                 continue
@@ -297,24 +226,66 @@ def validate(path: str | os.PathLike[str] | None, role: str, env: Mapping[str, s
                     problems.append(_("{key}_file: cannot read {path}: {error}").format(
                         key=key, path=secret_file, error=exc.strerror))
                     continue
-        value = values.get(key)
-        if value is None:
+        if values.get(key) is None:
+            values.pop(key, None)
             if spec.required:
                 problems.append(_("{key}: missing (set it in {source} or {name})").format(
                     key=key, source=source, name=_env_name(key)))
-            values[key] = spec.default
-            continue
-        if spec.type is int and isinstance(value, bool) or not isinstance(value, spec.type):
-            problems.append(_("{key}: expected {type}, got {got} {value}").format(
-                key=key, type=_type_name(spec.type), got=type(value).__name__, value=_shown(spec, value)))
-        elif spec.choices and value not in spec.choices:
-            problems.append(_("{key}: {value} is not one of {choices}").format(
-                key=key, value=_shown(spec, value), choices=", ".join(map(str, spec.choices))))
-    if not problems:
-        problems.extend(_cross_checks(values))
+    try:
+        settings = Settings.model_validate(_nest(values))
+    except pydantic.ValidationError as exc:
+        problems += _problems(exc, values, origin)
+        return problems
+    if problems:
+        return problems
+    typed = _flatten(settings.model_dump())
+    values = {key: typed[key] for key, spec in KEYS.items() if role in spec.roles}
+    problems = _cross_checks(values)
     if problems:
         return problems
     return Config(role=role, values=values, source=source)
+
+
+def _rule(kind: str, ctx: Mapping[str, Any], message: str) -> str:
+    """pydantic's rule in the words of our problem lines (its own message for a rule of ours)."""
+    if kind == "greater_than_equal":
+        return _("must be at least {ge}").format(ge=ctx["ge"])
+    if kind == "less_than_equal":
+        return _("must be at most {le}").format(le=ctx["le"])
+    if kind == "string_too_short":
+        return _("must not be empty")
+    if kind == "string_too_long":
+        return _("must be at most {max_length} characters").format(max_length=ctx["max_length"])
+    return message.replace("Input should", "must")
+
+
+def _problems(error: pydantic.ValidationError, values: Mapping[str, Any], origin: Mapping[str, str]) -> list[str]:
+    """One line per key: the key, its value (masked when secret), the rule it breaks, where the value came from."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"] if isinstance(part, str)]
+        key = ".".join(loc)
+        if key in seen or key not in KEYS:
+            continue
+        seen.add(key)
+        spec = KEYS[key]
+        value = values.get(key)
+        where = origin.get(key, "")
+        kind = item["type"]
+        of_item = any(isinstance(part, int) for part in item["loc"])  # a list's item, not the value itself
+        if kind.endswith("_type") and not of_item:
+            text = _("{key}: expected {type}, got {got} {value}").format(
+                key=key, type=_type_name(spec.type), got=type(value).__name__, value=_shown(spec, value))
+        elif kind == "literal_error":
+            text = _("{key}: {value} is not one of {choices}").format(
+                key=key, value=_shown(spec, value), choices=", ".join(map(str, spec.choices or ())))
+        else:
+            rule = _rule(kind, item.get("ctx", {}), item["msg"])
+            shown = _shown(spec, item["input"] if of_item else value)
+            text = _("{key}: {value}: {rule}").format(key=key, value=shown, rule=rule)
+        lines.append(f"{text} ({where})" if where else text)
+    return lines
 
 
 def plaintext_host(values: Mapping[str, Any]) -> str | None:
@@ -333,9 +304,7 @@ def plaintext_host(values: Mapping[str, Any]) -> str | None:
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     """Rules over several keys: patient data and the broker password never cross a network in clear text unless
-    the operator says so."""
-    from dbsync_cli.timezones import parse_timezone
-
+    the operator says so; a sender's envelopes fit what a receiver accepts."""
     problems = []
     host = plaintext_host(values)
     if host is not None and not values.get("broker.allow_plaintext"):
@@ -344,15 +313,6 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if "sender.id" in values:  # a sender's envelopes; a receiver's limit is its own
         problems += _site_id_checks(str(values["sender.id"]))
         problems += _envelope_checks(values)
-    for key in ("sender.timezone", "receiver.timezone"):
-        if key in values:
-            try:
-                parse_timezone(str(values[key]))
-            except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-                text = str(exc.args[0]) if exc.args else ""
-                why = text if text.startswith("time zone offset") else _("unknown time zone")
-                problems.append(_("{key}: {value!r}: {why} (an IANA name such as Africa/Maputo, UTC, or an offset "
-                                  "such as +02:00)").format(key=key, value=values[key], why=why))
     return problems
 
 
@@ -381,18 +341,15 @@ def _envelope_checks(values: Mapping[str, Any]) -> list[str]:
     """A wire-v2 envelope must fit the receiver's message limit and the number of messages it accepts."""
     from dbsync_cli import wire
 
-    def get(key: str) -> Any:
-        return values.get(key, KEYS[key].default)
-
     problems = []
-    if not 1 <= get("broker.rows_per_message") <= wire.MAX_ENVELOPE_MESSAGES:
+    if not 1 <= values["broker.rows_per_message"] <= wire.MAX_ENVELOPE_MESSAGES:
         problems.append(_("broker.rows_per_message: {value} is not from 1 to {most} (what a receiver accepts in one "
-                          "message)").format(value=get("broker.rows_per_message"), most=wire.MAX_ENVELOPE_MESSAGES))
-    if get("broker.message_bytes") + wire.ENVELOPE_ROOM > get("broker.max_message_bytes"):
+                          "message)").format(value=values["broker.rows_per_message"], most=wire.MAX_ENVELOPE_MESSAGES))
+    if values["broker.message_bytes"] + wire.ENVELOPE_ROOM > values["broker.max_message_bytes"]:
         problems.append(_("broker.message_bytes: {value} leaves no room for an envelope under "
                           "broker.max_message_bytes {limit} (keep it at most {most})").format(
-            value=get("broker.message_bytes"), limit=get("broker.max_message_bytes"),
-            most=get("broker.max_message_bytes") - wire.ENVELOPE_ROOM))
+            value=values["broker.message_bytes"], limit=values["broker.max_message_bytes"],
+            most=values["broker.max_message_bytes"] - wire.ENVELOPE_ROOM))
     return problems
 
 

@@ -25,6 +25,7 @@ import stomp
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.i18n import _
+from dbsync_cli.retrying import pause
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class ControlClient:
                 if time.monotonic() > deadline:
                     raise ControlError(_("no answer from central to {kind}: {error}").format(kind=kind, error=exc)) from None
                 log.warning("control: %s; connecting again", exc)
-                time.sleep(1)
+                pause(1)
                 with contextlib.suppress(BrokerError):
                     for pending in list(self._pending):
                         self._send(pending)

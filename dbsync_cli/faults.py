@@ -7,6 +7,7 @@ import pymysql
 
 from dbsync_cli import exitcodes
 from dbsync_cli.broker import BrokerError
+from dbsync_cli.space import out_of_space
 
 #: MySQL/MariaDB errors of a grant the role needs and lacks: database (1044), table (1142), column (1143), a
 #: privilege such as REPLICATION SLAVE (1227)
@@ -19,15 +20,19 @@ BROKER_MARKERS = ("TLS certificate rejected", "Security Error", "AMQ229031", "ce
 
 
 def operator_fault(exc: BaseException) -> bool:
+    if out_of_space(exc):  # the home is full: a restart writes to the same full disk
+        return True
     if isinstance(exc, pymysql.err.OperationalError):
         code = exc.args[0] if exc.args else None
         return code in DB_OPERATOR_CODES or "CERTIFICATE_VERIFY_FAILED" in str(exc)
     if isinstance(exc, BrokerError):
+        if getattr(exc, "permanent", False):  # broker_refusals: a missing permission, an unknown address
+            return True
         return any(marker in str(exc) for marker in BROKER_MARKERS)
     return False
 
 
-def database_exit_code(exc: pymysql.err.OperationalError) -> int:
+def database_exit_code(exc: pymysql.MySQLError) -> int:
     """15 for a missing grant (the fix is a GRANT), 3 for anything else a database refused us with."""
     code = exc.args[0] if exc.args else None
     return exitcodes.PRIVILEGES if code in DB_PRIVILEGE_CODES else exitcodes.UNREACHABLE

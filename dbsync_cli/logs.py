@@ -1,4 +1,5 @@
-"""Logging to <home>/logs/dbsync.log (rotated) and stderr, with every configured secret masked."""
+"""Logging to <home>/logs/dbsync.log (rotated) and stderr, with every configured secret masked; stderr carries
+dbsync's own records only, so that its one line for a fault comes first."""
 
 from __future__ import annotations
 
@@ -41,8 +42,36 @@ class SecretMask(logging.Filter):
         return True
 
 
+class OwnRecords(logging.Filter):
+    """stderr carries dbsync's own records only: a library's (stomp.py's `could not connect`, pymysql's `TLS/SSL
+    connection has been closed (EOF)`) went before dbsync's one line and read as the cause. They go to the log
+    file; -vv shows them on stderr too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "dbsync" or record.name.startswith(("dbsync.", "dbsync_cli"))
+
+
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The log file; a record it cannot write (a full home) is one line on stderr, once, never the logging
+    module's `--- Logging error ---` traceback per record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        from dbsync_cli import space
+
+        home = Path(self.baseFilename).parent.parent
+        print(f"dbsync: cannot write the log {self.baseFilename} ({error}): {space.describe(home)}",
+              file=sys.stderr, flush=True)
+
+
 def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None, secrets: Iterable[str] = ()) -> None:
-    """-v lowers the stderr level, -q raises it; the file always keeps the configured level."""
+    """-v lowers the stderr level, -q raises it; the file always keeps the configured level. Libraries' records go
+    to the file only (OwnRecords) unless -vv."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -58,13 +87,15 @@ def setup(level: str = "INFO", verbosity: int = 0, log_file: Path | None = None,
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     stderr.setLevel(stderr_level)
+    if verbosity < 2:
+        stderr.addFilter(OwnRecords())
     stderr.addFilter(mask)
     root.addHandler(stderr)
     root.setLevel(min(stderr_level, base))
     if log_file is not None:
         private_dir(log_file.parent, tighten=False)
         private_file(log_file)
-        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20_000_000, backupCount=5, encoding="utf-8")
+        handler = LogFile(log_file, maxBytes=20_000_000, backupCount=5, encoding="utf-8")
         handler.setLevel(base)
         handler.setFormatter(logging.Formatter(FORMAT))
         handler.addFilter(mask)

@@ -1,4 +1,5 @@
-"""Restart-with-backoff for long-running parts (the sender chain, the receiver's threads and its start-up)."""
+"""Restart-with-backoff for long-running parts (the sender chain, the receiver's threads and its start-up); the
+waits are retrying.py's, so a stop ends them at once."""
 
 from __future__ import annotations
 
@@ -7,25 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
-
 from dbsync_cli.faults import operator_fault
+from dbsync_cli.retrying import Stopped, backoff
 
 log = logging.getLogger("dbsync.supervise")
 
 #: a part that ran this long before failing was healthy: its next failure starts the backoff from the beginning
 HEALTHY_SECONDS = 60.0
-
-
-def backoff(failures: int, *, multiplier: float = 1, maximum: float = 60) -> float:
-    """Seconds to wait after `failures` failures in a row: half of multiplier × 1, 2, 4 … (at most `maximum`) fixed
-    and half random ("equal jitter", tenacity's waits), so that 200 clinics cut off by one outage do not all
-    reconnect in the same second, and no wait is ever near zero."""
-    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = max(1, failures)
-    half, top = multiplier / 2, maximum / 2
-    wait = wait_exponential(multiplier=half, max=top) + wait_random_exponential(multiplier=half, max=top)
-    return float(wait(state))
 
 
 def supervise(name: str, target: Callable[[], object], stop: threading.Event, *, once: bool = False,
@@ -42,6 +31,8 @@ def supervise(name: str, target: Callable[[], object], stop: threading.Event, *,
                 return
             failures = 0
             stop.wait(1)
+        except Stopped:  # a stop asked while a part waited to retry: nothing confirmed is lost
+            return
         except fatal:
             raise
         except Exception as exc:  # noqa: BLE001 - supervision restarts the part whatever failed
@@ -51,4 +42,7 @@ def supervise(name: str, target: Callable[[], object], stop: threading.Event, *,
             failures = 1 if time.monotonic() - started >= healthy_seconds else failures + 1
             delay = backoff(failures)
             log.error("%s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, delay)
-            stop.wait(delay)
+            stop.wait(delay)  # the signal handlers set it (retrying.on_signals): the wait ends at once
+
+
+__all__ = ["HEALTHY_SECONDS", "backoff", "supervise"]

@@ -58,3 +58,32 @@ def parse_timezone(name: str) -> dt.tzinfo:
     if name.upper() == "UTC":
         return dt.UTC
     return ZoneInfo(name)
+
+
+#: moments the configured zone and the server's are compared at (UTC): both seasons of both hemispheres, beside now
+_COMPARE_AT = ("2024-01-15 12:00:00", "2024-04-15 12:00:00", "2024-07-15 12:00:00", "2024-10-15 12:00:00")
+
+
+def server_zone_difference(conn: Any, configured: str) -> tuple[str, str] | None:
+    """(the server's zone, what differs) when the configured zone gives a different UTC offset than the server's
+    time zone (`@@global.time_zone`, or the system zone for SYSTEM) now or at a date of `_COMPARE_AT`; None when
+    they agree, or when the server cannot say (named zones without the time zone tables)."""
+    moments = [dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)]
+    moments += [dt.datetime.fromisoformat(text) for text in _COMPARE_AT]
+    columns = ", ".join("TIMESTAMPDIFF(MINUTE, %s, CONVERT_TZ(%s, '+00:00', @@global.time_zone))" for _m in moments)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT @@global.time_zone, @@system_time_zone, {columns}",  # noqa: S608 (placeholders only)
+                    tuple(value for moment in moments for value in (moment, moment)))
+        zone, system, *offsets = cur.fetchone()
+    name = f"SYSTEM ({system})" if zone == "SYSTEM" else str(zone)
+    tz = parse_timezone(configured)
+    for moment, server in zip(moments, offsets, strict=True):
+        if server is None:
+            return None
+        ours = moment.replace(tzinfo=dt.UTC).astimezone(tz).utcoffset()
+        minutes = int(ours.total_seconds() // 60) if ours is not None else 0
+        if minutes != int(server):
+            return name, _("on {date} UTC {configured!r} is UTC{ours}, the server's zone UTC{server}").format(
+                date=moment.strftime("%Y-%m-%d %H:%M"), configured=configured, ours=_hours(minutes),
+                server=_hours(int(server)))
+    return None

@@ -1,6 +1,7 @@
 """The messages the package marks for translation, found the way gettext tools find them: Babel's Python extractor
 over `dbsync_cli/` (`_()` and `ngettext()`, multi-line and concatenated literals included) and `_("…")` in the
-console's templates; plus the words translated through a variable (roles, states, modes)."""
+console's templates; plus the words translated through a variable (roles, states, modes) and the `--help` texts
+of every command and option (typer's `help=` and docstrings, read from the command tree itself)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from babel.messages.extract import extract
 from babel.messages.pofile import read_po, write_po
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dbsync_cli"
-KEYWORDS = {"_": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}
 #: words shown through `_(value)`: console roles, health states, chart labels, check states, conflict modes,
 #: verify run states, config roles
 DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISABLED",
@@ -20,7 +21,9 @@ DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISA
            "ok", "warning", "error", "skipped", "keep-central", "take-incoming", "merge",
            "running", "finished", "repaired", "failed", "sender", "receiver",
            "site rows", "central rows", "matched", "missing", "different", "extra", "placeholders", "not owned",
-           "edited at central", "changing")
+           "edited at central", "changing",
+           # retry entry kinds, conflict kinds (receiver/selection.py) and the bulk resolve's manual mode
+           "transient", "permanent", "waiting", "edited", "future", "central", "adopting", "recreated", "manual")
 Message = str | tuple[str, ...]
 
 
@@ -34,7 +37,19 @@ def messages() -> dict[Message, str]:
     for template in sorted((PACKAGE / "console" / "templates").glob("*.html")):
         for message in re.findall(r'_\("([^"]+)"\)', template.read_text()):
             found.setdefault(message, str(template.relative_to(PACKAGE.parent)))
+    for message in help_texts():
+        found.setdefault(message, "(--help)")
     return found
+
+
+def help_texts() -> list[str]:
+    """The English help texts of every command and option, as `dbsync … --help` shows them."""
+    import typer.main
+
+    from dbsync_cli.cli.app import app
+    from dbsync_cli.cli.help_text import texts
+
+    return texts(typer.main.get_command(app))
 
 
 def catalogue(lang: str) -> Catalog:

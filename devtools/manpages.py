@@ -34,13 +34,16 @@ EXIT_TEXT = {
                                   "dangling reference): nothing after it is sent until the row is fixed",
     exitcodes.ANOTHER_SENDER: "another sender (or a capture pipe) of the same home is running: one per home",
     exitcodes.PRIVILEGES: "a database user lacks a privilege its role needs, or has one it must not have (the "
-                          "sender's user must not be able to write)",
+                          "sender's user must not be able to write); or the broker user lacks the send permission "
+                          "on its destination (broker.xml's security-settings)",
+    exitcodes.HOME_FULL: "the home (state directory: state.sqlite, logs) has no free space left: the line names it "
+                         "and its free space; free space there, then start again",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
     "schema: run one per central",
     exitcodes.RECEIVER_BUSY: "the running receiver holds the applier lock and did not take the action within --wait "
     "seconds: nothing changed; try again",
 }
-_BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG)
+_BASIC = (exitcodes.OK, exitcodes.FAILURE, exitcodes.CONFIG, exitcodes.HOME_FULL)
 _NET = (*_BASIC, exitcodes.UNREACHABLE)
 _DB = (*_NET, exitcodes.PRIVILEGES)  # commands that log in to a database: a missing grant is exit 15
 _CAPTURE = (*_DB, exitcodes.BINLOG_PURGED, exitcodes.BINLOG_SETTINGS, exitcodes.SCHEMA)
@@ -53,7 +56,7 @@ STATUS_EXIT = {0: "OK", 1: "WARNING: a warning threshold was reached", 2: "CRITI
 EXIT_CODES: dict[str, tuple[int, ...]] = {
     "capture": (*_CAPTURE, exitcodes.ANOTHER_SENDER),
     "sender": (*_CAPTURE, exitcodes.DANGLING_REFERENCE, exitcodes.ANOTHER_SENDER),
-    "enrich": (*_DB, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": _NET,
+    "enrich": (*_DB, exitcodes.SCHEMA, exitcodes.DANGLING_REFERENCE), "publish": (*_NET, exitcodes.PRIVILEGES),
     "consume": _DB, "apply": (*_STATE, exitcodes.ANOTHER_RECEIVER),
     "receiver": (*_STATE, exitcodes.ANOTHER_RECEIVER),
     "schema": (*_DB, exitcodes.SCHEMA), "config check": (exitcodes.OK, exitcodes.CONFIG, exitcodes.UNREACHABLE,
@@ -126,6 +129,9 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
          "dbsync conflicts resolve 9 -c receiver.toml --merge gender,birthdate"),
         ("The row was fixed by hand; release the messages waiting behind it:",
          "dbsync conflicts resolve 10 -c receiver.toml"),
+        ("Keep central's rows for every conflict of a site's table older than a day (a count, then a question):",
+         "dbsync conflicts resolve -c receiver.toml --site site1 --table person_name --older-than 1d "
+         "--keep-central"),
     ],
     "sites add": [("Register a site before its sender starts:",
                    "dbsync sites add site1 --name 'Site One' -c receiver.toml")],
@@ -136,6 +142,41 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "sites remove": [("Unregister a site:", "dbsync sites remove site1 -c receiver.toml")],
     "sites update": [("Name the broker user of a site registered before broker users were recorded:",
                       "dbsync sites update site1 --broker-user site1 -c receiver.toml")],
+    "sites resync": [("Ask site1's running sender to send a patient and everything that hangs off them again:",
+                      "dbsync sites resync site1 --patient 5b5e2c3a-8a4f-4c5e-9d2b-3f1e6a7b8c9d -c receiver.toml"),
+                     ("One row of one table:",
+                      "dbsync sites resync site1 -t obs --uuid 0f9a1c2e-4b6d-4e8f-a1b3-c5d7e9f1a2b4 -c receiver.toml")],
+    "retry list": [("The oldest entries and why they wait:", "dbsync retry list -c receiver.toml"),
+                   ("One site's permanent errors, as JSON:",
+                    "dbsync retry list -c receiver.toml --site site1 --kind permanent --json")],
+    "retry show": [("One entry with the message it holds:", "dbsync retry show 42 -c receiver.toml")],
+    "retry again": [("Retry the whole queue after creating missing metadata:", "dbsync retry again -c receiver.toml"),
+                    ("Retry one site's entries about one table, without a question (scripts):",
+                     "dbsync retry again -c receiver.toml --site site1 --table obs --yes")],
+    "retry drop": [("Drop one entry for good:", "dbsync retry drop 42 -c receiver.toml"),
+                   ("Drop a site's entries older than a week (a count and a question first):",
+                    "dbsync retry drop -c receiver.toml --site site1 --older-than 1w")],
+    "verify": [("At a site: does central hold every row of this site?", "dbsync verify -c sender.toml"),
+               ("Mend what differs, one table:", "dbsync verify -c sender.toml --table obs --repair"),
+               ("At central: the latest result of each site:", "dbsync verify --status -c receiver.toml")],
+    "resync": [("Send a patient and everything that hangs off them again:",
+                "dbsync resync -c sender.toml --patient 5b5e2c3a-8a4f-4c5e-9d2b-3f1e6a7b8c9d"),
+               ("One row of one table:",
+                "dbsync resync -c sender.toml -t encounter --uuid 0f9a1c2e-4b6d-4e8f-a1b3-c5d7e9f1a2b4")],
+    "console serve": [("Serve the receiver's console on 127.0.0.1:8800:", "dbsync console serve -c receiver.toml"),
+                      ("Another address and port (behind a reverse proxy):",
+                       "dbsync console serve -c receiver.toml --host 10.0.0.5 --port 8443")],
+    "console user add": [("An operator (asks for the password twice):",
+                          "dbsync console user add ana --role operator -c receiver.toml"),
+                         ("A read-only user from a script, the password on stdin:",
+                          "printf '%s\\n' \"$PASSWORD\" | dbsync console user add rui --password-stdin -c receiver.toml"),
+                         ("A new password (ends the user's sessions):",
+                          "dbsync console user add ana --role operator -c receiver.toml")],
+    "console user list": [("The users and their roles:", "dbsync console user list -c receiver.toml")],
+    "console user remove": [("Remove a user (every session of theirs ends at once):",
+                             "dbsync console user remove rui -c receiver.toml")],
+    "console owa": [("The app an OpenMRS admin uploads in Manage Apps:",
+                     "dbsync console owa --url https://central.example.org/dbsync/ -o dbsync-console.zip")],
 }
 
 ROOT_EXTRA = {
@@ -277,7 +318,7 @@ def _exit_section(path: str) -> str:
     if path == "status":
         items = [f".TP\n{code}\n{_esc(text)}" for code, text in STATUS_EXIT.items()]
     else:
-        items = [f".TP\n{code}\n{_esc(EXIT_TEXT[code])}" for code in EXIT_CODES.get(path, _BASIC)]
+        items = [f".TP\n{code}\n{_esc(EXIT_TEXT[code])}" for code in sorted(EXIT_CODES.get(path, _BASIC))]
     return _section("EXIT STATUS", items)
 
 

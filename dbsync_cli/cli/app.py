@@ -10,12 +10,13 @@ import pymysql
 import typer
 import typer.main
 
-from dbsync_cli import __version__, exitcodes, i18n
+from dbsync_cli import __version__, exitcodes, i18n, logs, space
 from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
     common,
     config_cmd,
     console_cmd,
+    help_text,
     receiver_admin,
     receiver_cmds,
     resync_cmd,
@@ -28,6 +29,7 @@ from dbsync_cli.cli import (
 from dbsync_cli.faults import database_exit_code
 from dbsync_cli.files import restrict_process
 from dbsync_cli.i18n import _
+from dbsync_cli.retrying import Stopped
 
 app = typer.Typer(
     name="dbsync",
@@ -98,11 +100,21 @@ def command() -> Any:
 def main() -> None:
     """The console entry point: no traceback reaches a terminal, whatever fails."""
     restrict_process()  # logs, state.sqlite, rejected messages: readable by their owner only
+    logs.setup("WARNING")  # until a command sets up its own: no library line on stderr before dbsync's (logs.py)
+    wanted = help_text.lang_from_argv(sys.argv[1:])  # before parsing: --help is eager
+    i18n.set_language(wanted if wanted in i18n.LOCALES else None)
     try:
-        command()(prog_name="dbsync")
-    except BrokerError as exc:  # the broker refused us (login, certificate): open_connection's one line
+        root = command()
+        help_text.translate(root)
+        root(prog_name="dbsync")
+    except Stopped:  # SIGTERM/SIGINT while waiting for a server: nothing confirmed is lost (retrying.py)
+        raise SystemExit(exitcodes.OK) from None
+    except KeyboardInterrupt:  # Ctrl-C in a command that does not watch for it: no traceback either
+        print("dbsync: " + _("interrupted"), file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokerError as exc:  # the broker refused us (login, certificate, a permission): one line
         print(f"dbsync: {' '.join(str(exc).split())}", file=sys.stderr)
-        raise SystemExit(exitcodes.UNREACHABLE) from None
+        raise SystemExit(getattr(exc, "code", exitcodes.UNREACHABLE)) from None
     except pymysql.err.OperationalError as exc:  # a database that refuses us: its own one-line reason
         logging.getLogger("dbsync").debug("database error", exc_info=True)
         reason = " ".join(str(exc.args[1] if len(exc.args) > 1 else exc).split())
@@ -112,6 +124,9 @@ def main() -> None:
         print("dbsync: " + text.format(reason=reason), file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the terminal
+        if space.out_of_space(exc):  # the home (state.sqlite, logs) is full: name it and its free space
+            print("dbsync: " + space.full_line(exc), file=sys.stderr)
+            raise SystemExit(exitcodes.HOME_FULL) from None
         logging.getLogger("dbsync").debug("unexpected error", exc_info=True)
         text = " ".join(str(exc).split()) or _("no details")
         print("dbsync: " + _("unexpected {kind}: {text} (the traceback is logged at debug level: -vv)").format(

@@ -12,13 +12,24 @@ from typing import Annotated, NoReturn
 import typer
 
 from dbsync_cli import config as config_mod
-from dbsync_cli import exitcodes, logs
+from dbsync_cli import exitcodes, logs, space
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML config file (default: $DBSYNC_CONFIG).", show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _json_in_english(value: bool) -> bool:
+    """JSON is for programs: with --json every text in it (reasons, messages) is English, whatever the language."""
+    if value:
+        from dbsync_cli import i18n
+
+        i18n.use("en")
+    return value
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.", callback=_json_in_english)]
 
 state: dict[str, int] = {"verbosity": 0}
 
@@ -56,6 +67,10 @@ def load_config(path: Path | None, role: str | None = None, *, log: bool = True)
     except config_mod.ConfigError as exc:
         fail(str(exc), exitcodes.CONFIG)
     if log:
+        space.watch(cfg.home)
+        full = space.full(cfg.home)  # before the first log line: a full home is named, never a logging traceback
+        if full:
+            fail(full, exitcodes.HOME_FULL)
         logs.setup(cfg["log_level"], state["verbosity"], cfg.log_file, cfg.secrets())
         logging.getLogger("dbsync").debug("config %s (%s)", cfg.source, role)
     return cfg

@@ -26,8 +26,10 @@ def check(
     offline: Annotated[bool, typer.Option("--offline", help="Do not test that servers answer.")] = False,
     json_out: common.JsonOption = False,
 ) -> None:
-    """Validate the config and check it against its servers: logins, grants, binlog settings, server id, time zone,
-    CA files, the broker's certificate and login; one finding each, exit code of the first error."""
+    """Validate the config and check it against its servers: logins, grants, binlog settings, server id, time zone
+    (UTC offsets against the server's), CA and certificate files, the state directory and its free space, the
+    broker's certificate and login, and the broker permissions the role needs on every address it uses; one finding
+    each, exit code of the first error."""
     if json_out:  # for programs: English whatever the terminal's language
         i18n.use("en")
     path = common.config_path(config)
@@ -43,8 +45,10 @@ def check(
         from dbsync_cli.receiver import checks as receiver_checks
         from dbsync_cli.sender import checks as sender_checks
 
-        steps = sender_checks.STEPS if role == "sender" else receiver_checks.STEPS
-        findings = checks_mod.check(result, steps)
+        if role == "sender":
+            findings = checks_mod.check(result, sender_checks.STEPS)
+        else:
+            findings = checks_mod.check(result, receiver_checks.STEPS, receiver_checks.enabled_sites)
     problems = [f.line() for f in findings if f.state == checks_mod.ERROR]
     warnings = [f.line() for f in findings if f.state == checks_mod.WARNING]
     if json_out:

@@ -82,7 +82,7 @@ def user_list(config: common.ConfigOption = None, json_out: common.JsonOption = 
 
 @user_app.command("remove")
 def user_remove(name: Annotated[str, typer.Argument()], config: common.ConfigOption = None) -> None:
-    """Remove a user."""
+    """Remove a user (its sessions end with it)."""
     cfg = common.load_config(config)
     from dbsync_cli.console.users import remove_user, users_path
 

@@ -185,14 +185,38 @@ def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = 
         print(json.dumps(out, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(_("identifier"), _("name"), _("broker user"), _("created"), _("status"), _("last sync"))
-    for row in rows:
-        table.add_row(row["identifier"], row["name"], row["broker_user"] or _("(any)"), _when(row["date_created"]),
-                      _("disabled") if row["disabled"] else _("enabled"),
-                      _when(row["last_sync_date"]) or _("never"))
-    Console().print(table if rows else _("no sites registered"))
+    console = Console()
+    narrow = console.width < 100  # 80 columns: no `created`, dates to the minute; identifiers are never cut
+    headers = (_("identifier"), _("name"), _("broker user"), *(() if narrow else (_("created"),)), _("status"),
+               _("last sync"))
+    cells = [(row["identifier"], row["name"], row["broker_user"] or _("(any)"),
+              *(() if narrow else (_minute(row["date_created"]),)), _("disabled") if row["disabled"] else _("enabled"),
+              _minute(row["last_sync_date"]) or _("never")) for row in rows]
+    if not rows:
+        console.print(_("no sites registered"))
+        return
+    # every column but the name is kept whole (a header may wrap between its words): the name gets the rest
+    widths = [max(len(str(c[i])) for c in cells) if i != 1 else 12 for i in range(len(headers))]
+    widths = [max(w, *(len(word) for word in h.split())) for w, h in zip(widths, headers, strict=True)]
+    if sum(widths) + 3 * len(widths) + 1 > console.width:  # too narrow even so: one block per site
+        for identifier, name, broker, *rest in cells:
+            console.print(f"[bold]{escape(identifier)}[/]  {escape(name)}")
+            console.print("  " + " · ".join(f"{escape(h)}: {escape(str(v))}" for h, v in
+                                            zip(headers[2:], [broker, *rest], strict=True)))
+        return
+    table = Table()
+    for index, header in enumerate(headers):
+        table.add_column(header, overflow="fold", min_width=widths[index], no_wrap=index != 1)
+    for row_cells in cells:
+        table.add_row(*row_cells)
+    console.print(table)
+
+
+def _minute(value: Any) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M")
 
 
 @sites_app.command("resync")

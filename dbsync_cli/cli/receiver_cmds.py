@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dbsync_cli import exitcodes, records
-from dbsync_cli.cli import common
+from dbsync_cli.cli import bulk_opts, common
 from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
@@ -55,7 +55,7 @@ def apply(
                 if from_inbox:
                     run_mod.drain_inbox(applier)
                 if retry:
-                    records.write(o.record() for o in retry_pending(applier))
+                    records.write(o.record() for o in retry_pending(applier, everything=True))
             finally:
                 applier.close()
             return
@@ -187,31 +187,40 @@ def conflicts_show(number: int, config: common.ConfigOption = None, json_out: co
 
 @conflicts_app.command("resolve")
 def conflicts_resolve(
-    number: Annotated[int | None, typer.Argument(help="The conflict; omit it with --site/--table.")] = None,
+    number: Annotated[int | None, typer.Argument(help="The conflict; omit it to resolve what the filters "
+                                                      "select.")] = None,
     config: common.ConfigOption = None,
-    site: Annotated[str | None, typer.Option("--site", help="Every unresolved conflict of this site.")] = None,
-    table: Annotated[str | None, typer.Option("--table", help="Every unresolved conflict of this table.")] = None,
+    site: bulk_opts.SiteFilter = None,
+    table: bulk_opts.TableFilter = None,
+    reason: bulk_opts.ReasonFilter = None,
+    kind: bulk_opts.ConflictKindFilter = None,
+    older_than: bulk_opts.OlderThanFilter = None,
     keep_central: Annotated[bool, typer.Option("--keep-central", help="Keep central's row, drop the incoming "
                                                                       "change.")] = False,
     take_incoming: Annotated[bool, typer.Option("--take-incoming", help="Apply the incoming change.")] = False,
     merge: Annotated[str | None, typer.Option("--merge", help="Take these incoming columns (col1,col2), keep "
                                                               "the rest.")] = None,
+    yes: bulk_opts.YesOption = False,
     wait: WaitOption = actions.CLI_WAIT_SECONDS,
 ) -> None:
-    """Resolve conflict N (or every unresolved one of --site/--table); bare `resolve N` records a manual fix.
-    Messages waiting behind them are then applied; each resolution is logged with the operator's name."""
+    """Resolve conflict N (or, after a count and a confirmation, every unresolved one the filters select); bare
+    `resolve N` records a manual fix. Messages waiting behind them are then applied; each resolution is logged
+    with the operator's name."""
     chosen = [m for m, on in (("keep-central", keep_central), ("take-incoming", take_incoming),
                               ("merge", merge is not None)) if on]
     if len(chosen) > 1:
         common.fail(_("choose one of --keep-central, --take-incoming, --merge"), exitcodes.CONFIG)
     mode = chosen[0] if chosen else "manual"
     columns = [c.strip() for c in merge.split(",") if c.strip()] if merge else None
-    if (number is None) == (site is None and table is None):
-        common.fail(_("give a conflict number, or --site and/or --table for all of theirs"), exitcodes.CONFIG)
+    selected = bulk_opts.build("conflicts", site, table, reason, kind, older_than)
+    if (number is None) == (not selected.filtered):
+        common.fail(_("give a conflict number, or filters (--site, --table, --reason, --kind, --older-than) for "
+                      "several"), exitcodes.CONFIG)
     if number is None and mode == "merge":
         common.fail(_("--merge resolves one conflict at a time"), exitcodes.CONFIG)
     if number is not None:
         done = act(config, "resolve", {"number": number, "mode": mode, "columns": columns}, wait)
     else:
-        done = act(config, "resolve_many", {"site": site, "table": table, "mode": mode}, wait)
+        pinned = bulk_opts.confirm(config, selected, _("Resolve them ({mode})?").format(mode=_(mode)), yes)
+        done = act(config, "resolve_many", {"selection": pinned.args(), "mode": mode}, wait)
     print(done["text"])

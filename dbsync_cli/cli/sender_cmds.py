@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 from typing import Annotated
 
 import typer
 
-from dbsync_cli import exitcodes, records
+from dbsync_cli import exitcodes, records, retrying
 from dbsync_cli.cli import common
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
@@ -32,16 +31,9 @@ MaxEventsOption = Annotated[int | None, typer.Option("--max-events", help="Stop 
 
 
 def stop_on_signals() -> threading.Event:
-    """SIGTERM/SIGINT ask for a clean stop: finish the batch, write the checkpoint, exit 0."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping after the in-flight batch", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
+    """SIGTERM/SIGINT ask for a clean stop: finish (or, while the broker is down, abandon) the batch, exit 0; the
+    waits between retries end at once (retrying.py). A second signal exits at once."""
+    return retrying.on_signals()
 
 
 def _model(cfg: Config) -> SchemaModel:
@@ -97,7 +89,7 @@ def publish(
 ) -> None:
     """Send sync messages (stdin) to Artemis; move the checkpoint only after the broker's receipt."""
     cfg = common.load_config(config, "sender")
-    stop = threading.Event()
+    stop = stop_on_signals()
     store = CheckpointStore(cfg.home)
     messages = records.read(sys.stdin.buffer, "stdin", max_bytes=None)
     confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), sender_mod.on_confirmed(cfg, store),

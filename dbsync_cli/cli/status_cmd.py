@@ -205,7 +205,7 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                      + ("" if rest["enabled"] else " (openmrs.url not set)"))
     return [
         (_("inbox"), queue("inbox", "size"), "inbox"),
-        (_("retry queue"), queue("retry_queue", "size"), "retry_queue"),
+        (_("retry queue"), queue("retry_queue", "size") + _retry_kinds(report.get("retry_queue")), "retry_queue"),
         (_("conflicts"), queue("conflicts", "unresolved"), "conflicts"),
         (_("placeholder fillers"), "?" if report.get("fillers") is None else str(report["fillers"]), "fillers"),
         ("OpenMRS REST", rest_text, "rest"),
@@ -214,6 +214,14 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
         (_("dead letters"), _dead_letters(report.get("broker") or {}), "dead_letters"),
     ]
+
+
+def _retry_kinds(retry: dict[str, Any] | None) -> str:
+    """The retry queue's entries by kind, e.g. `: 12 transient, 3 permanent (5 due)`."""
+    kinds = (retry or {}).get("by_kind") or {}
+    if not kinds:
+        return ""
+    return ": " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f" ({(retry or {}).get('due', 0)} due)"
 
 
 def _dead_letters(broker: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from dbsync_cli import exitcodes
@@ -76,14 +77,25 @@ def verify(
 
 
 def _print_tables(title: str, tables: dict[str, dict[str, Any]]) -> None:
+    """One row per table, with only the counters some table has; when even that is wider than the terminal (80
+    columns), one line per table naming its counters, so no header or number is cut in the middle of a word."""
+    shown = {n: t for n, t in tables.items() if t.get("site_rows") or t.get("central_rows")}
+    columns = [c for c in _COLUMNS if c in ("site_rows", "central_rows") or any(t.get(c) for t in shown.values())]
+    console = Console()
     view = Table(title=title)
-    view.add_column(_("table"))
-    for column in _COLUMNS:
-        view.add_column(_(column.replace("_", " ")), justify="right")
-    for name, counts in tables.items():
-        if counts.get("site_rows") or counts.get("central_rows"):
-            view.add_row(name, *(f"{counts.get(c, 0):,}" for c in _COLUMNS))
-    Console().print(view)
+    view.add_column(_("table"), no_wrap=True)
+    for column in columns:
+        view.add_column(_(column.replace("_", " ")), justify="right", no_wrap=True)
+    for name, counts in shown.items():
+        view.add_row(name, *(f"{counts.get(c, 0):,}" for c in columns))
+    if Measurement.get(console, console.options.update_width(10_000), view).maximum <= console.width:
+        console.print(view)
+        return
+    console.print(title)
+    for name, counts in shown.items():
+        parts = [f"{_(c.replace('_', ' '))} {counts.get(c, 0):,}" for c in columns if counts.get(c)
+                 or c in ("site_rows", "central_rows")]
+        console.print(f"  {name}: " + " · ".join(parts))
 
 
 def _print_status(runs: list[dict[str, Any]], json_out: bool) -> None:

@@ -2,18 +2,23 @@
 JavaScript build step, the same data as JSON under /api/…, and /metrics for Prometheus.
 
 Security: every page and every /api route wants a login (the users file holds argon2 hashes only); the session
-is a signed, HttpOnly, SameSite=strict cookie (Secure under TLS); every state-changing request is a POST that
-must carry the session's CSRF token; failed logins are limited per client address; the read-only role sees,
-only the operator role acts, and every action goes to the audit log.
+is a signed, HttpOnly, SameSite=strict cookie (Secure under TLS) that names its user's session epoch, checked
+against the users file on every request (logout, a new password or removing the user ends every session at
+once); every POST, the login form's included, must carry the session's CSRF token; failed logins are limited per
+client address (the TCP peer; X-Forwarded-For only from `console.trusted_proxies`); /metrics wants a bearer
+token unless `console.metrics_open`; the read-only role sees, only the operator role acts, and every action goes
+to the audit log.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dbsync_cli.config import Config
 from dbsync_cli.console import i18n
 from dbsync_cli.console.data import Console, SenderConsole
-from dbsync_cli.console.users import User, authenticate
+from dbsync_cli.console.users import User, authenticate, current_user, end_sessions
+from dbsync_cli.i18n import _
+from dbsync_cli.receiver import actions, selection
+from dbsync_cli.receiver import bulk as bulk_actions
+from dbsync_cli.receiver.selection import Selection, SelectionError
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 LOGIN_FAILURES = 5  # per client address and minute, then 429
@@ -62,11 +71,21 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
     sender = SenderConsole(cfg) if cfg.role == "sender" else None
     audit = console.login_audit if console is not None else (lambda user, ok, address: None)
     limiter = LoginLimiter()
-    metrics_token = cfg.get("console.metrics_token")
+    metrics_token = _metrics_token(cfg)
+    peer_of = _peer_resolver(cfg.get("console.trusted_proxies") or [])
 
     def user_of(request: Request) -> User | None:
-        found = request.session.get("user")
-        return User(found["name"], found["role"]) if isinstance(found, dict) else None
+        """The session's user while the users file still has it with the session's epoch (else the session is
+        over: cleared, so the browser gets an empty cookie back)."""
+        if "dbsync.user" in request.scope:  # checked once per request
+            return request.scope["dbsync.user"]
+        found, user = request.session.get("user"), None
+        if isinstance(found, dict):
+            user = current_user(users_file, str(found.get("name") or ""), str(found.get("epoch") or ""))
+            if user is None:
+                request.session.clear()
+        request.scope["dbsync.user"] = user
+        return user
 
     def lang_of(request: Request) -> str:
         return i18n.choose(request.cookies.get("lang"), request.headers.get("accept-language"))
@@ -90,8 +109,7 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
                 return RedirectResponse("/login", status_code=303)
             if request.method == "POST":
                 form = await request.form()
-                token = str(form.get("csrf") or "")
-                if not hmac.compare_digest(token, str(request.session.get("csrf") or "")):
+                if not _csrf_ok(request, str(form.get("csrf") or "")):
                     return PlainTextResponse("CSRF token missing or wrong", status_code=403)
                 if act and not user.may_act:
                     return PlainTextResponse("the read-only role may not do this", status_code=403)
@@ -103,13 +121,12 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         return render(request, "login.html")
 
     async def login(request: Request) -> Response:
-        address = request.client.host if request.client else "?"
+        address = peer_of(request)
         if limiter.blocked(address):
             return render(request, "login.html", 429, error="too_many")
         form = await request.form()
         name, password = str(form.get("user") or ""), str(form.get("password") or "")
-        token = str(form.get("csrf") or "")
-        if not hmac.compare_digest(token, str(request.session.get("csrf") or "")):
+        if not _csrf_ok(request, str(form.get("csrf") or "")):  # the login form's own token (login CSRF)
             return PlainTextResponse("CSRF token missing or wrong", status_code=403)
         user = await run_in_threadpool(authenticate, users_file, name, password)
         await run_in_threadpool(audit, name[:64] or "?", user is not None, address)
@@ -117,11 +134,15 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
             limiter.failed(address)
             return render(request, "login.html", 401, error="wrong")
         request.session.clear()
-        request.session.update({"user": {"name": user.name, "role": user.role},
+        request.session.update({"user": {"name": user.name, "epoch": user.epoch},
                                 "csrf": secrets.token_urlsafe(32)})
         return RedirectResponse("/", status_code=303)
 
     async def logout(request: Request) -> Response:
+        """Ends every session of the user (other browsers, a copied cookie), not only this one."""
+        user = user_of(request)
+        if user is not None:
+            await run_in_threadpool(end_sessions, users_file, user.name)
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -172,8 +193,69 @@ class UserLanguage:
             i18n.reset(token)
 
 
+def _csrf_ok(request: Request, token: str) -> bool:
+    """The form's token equals the session's; an empty one never matches (a session without a token yet)."""
+    expected = str(request.session.get("csrf") or "")
+    return bool(token and expected) and hmac.compare_digest(token, expected)
+
+
+def _metrics_token(cfg: Config) -> str | None:
+    """The bearer token /metrics wants: None when `console.metrics_open = true` (open), "" when no token is set
+    (then /metrics is closed: a default that needs no token would show every site's name to anyone)."""
+    if cfg.get("console.metrics_open"):
+        return None
+    return str(cfg.get("console.metrics_token") or "")
+
+
+def _selection(queue: str, params: Any) -> tuple[Selection, str | None]:
+    """The filters of a list page's form (query or POST); an unusable one is named, and no filter applied."""
+    def value(name: str) -> str | None:
+        return str(params.get(name) or "").strip() or None
+    try:
+        age = value("older_than")
+        return Selection(queue, site=value("site"), table=value("table"), reason=value("reason"),
+                         kind=value("kind"), older_than=selection.parse_age(age) if age else None), None
+    except SelectionError as exc:
+        return Selection(queue), str(exc)
+
+
 def _bearer_ok(request: Request, token: str | None) -> bool:
-    return not token or hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
+    if token is None:
+        return True
+    return bool(token) and hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
+
+
+def _metrics_refused(token: str | None) -> Response:
+    text = ("bearer token required" if token else
+            "/metrics is closed: set console.metrics_token (or console.metrics_open = true)")
+    return PlainTextResponse(text, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="dbsync"'})
+
+
+def _peer_resolver(trusted: list[str]) -> Callable[[Request], str]:
+    """The client's address for the login limit and the audit log: the TCP peer, and only when that peer is one
+    of `console.trusted_proxies` the nearest X-Forwarded-For address that is not a trusted proxy itself (a client
+    can write any X-Forwarded-For it likes; only the proxy's own addition can be believed)."""
+    networks = [ipaddress.ip_network(item, strict=False) for item in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    def peer_of(request: Request) -> str:
+        address = request.client.host if request.client else "?"
+        if not is_trusted(address):
+            return address
+        hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not is_trusted(hop):
+                return hop
+            address = hop
+        return address
+
+    return peer_of
 
 
 def _sender_routes(sender: SenderConsole, render: Callable[..., Response], page: Callable[..., Handler],
@@ -183,7 +265,7 @@ def _sender_routes(sender: SenderConsole, render: Callable[..., Response], page:
 
     async def metrics(request: Request) -> Response:
         if not _bearer_ok(request, metrics_token):
-            return PlainTextResponse("bearer token required", status_code=401)
+            return _metrics_refused(metrics_token)
         report = await run_in_threadpool(sender.status)
         return Response(generate_latest(_sender_registry(report)), media_type=CONTENT_TYPE_LATEST)
 
@@ -224,7 +306,13 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
         return render(request, "rest.html", rest=await run_in_threadpool(console.rest_calls))
 
     async def retry_page(request: Request) -> Response:
-        return render(request, "retry.html", entries=await run_in_threadpool(console.retry_entries))
+        chosen, error = _selection("retry", request.query_params)
+        if error:
+            request.session["flash"] = error
+        total, _pinned = await run_in_threadpool(console.count, chosen)
+        return render(request, "retry.html", entries=await run_in_threadpool(console.retry_entries, chosen),
+                      total=total, chosen=chosen, kinds=selection.RETRY_KINDS,
+                      requests=await run_in_threadpool(console.requests))
 
     async def retry_action(request: Request) -> Response:
         number, action = int(request.path_params["number"]), request.path_params["action"]
@@ -237,8 +325,49 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
             request.session["flash"] = f"{type(exc).__name__}: {exc}"
         return RedirectResponse("/retry", status_code=303)
 
+    async def bulk(request: Request) -> Response:
+        """A bulk action from a list's filter form: first the count and a confirm step, then (confirmed, with the
+        highest id counted) the request is queued and the list shows its progress."""
+        queue = "retry" if request.url.path.startswith("/retry") else "conflicts"
+        form = await request.form()
+        action, mode = str(form.get("action") or ""), str(form.get("mode") or "") or None
+        back = f"/{queue}"
+        chosen, error = _selection(queue, form)
+        wanted = {"retry": ("again", "drop"), "conflicts": ("resolve",)}[queue]
+        if error or action not in wanted or (queue == "conflicts" and mode not in bulk_actions.MODES):
+            request.session["flash"] = error or _("choose an action")
+            return RedirectResponse(back, status_code=303)
+        if not chosen.filtered:
+            request.session["flash"] = _("choose at least one filter for a bulk action")
+            return RedirectResponse(back, status_code=303)
+        name = {"again": "retry_again_many", "drop": "retry_drop_many", "resolve": "resolve_many"}[action]
+        user = user_of(request)
+        assert user is not None
+        if str(form.get("confirmed") or "") != "1":
+            total, pinned = await run_in_threadpool(console.count, chosen)
+            return render(request, "confirm.html", queue=queue, action=action, mode=mode, total=total,
+                          chosen=pinned, older_than_text=str(form.get("older_than") or ""),
+                          what=actions.describe(name, {"selection": pinned.args(), "mode": mode}))
+        try:
+            upto = int(str(form.get("upto") or ""))
+        except ValueError:
+            request.session["flash"] = _("the confirmation lost its count: choose again")
+            return RedirectResponse(back, status_code=303)
+        request.session["flash"] = await run_in_threadpool(console.bulk, user.name, name,
+                                                           replace(chosen, upto=upto), mode)
+        return RedirectResponse(back, status_code=303)
+
+    async def requests_json(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(console.requests), headers={"Cache-Control": "no-store"})
+
     async def conflicts_page(request: Request) -> Response:
-        return render(request, "conflicts.html", conflicts=await run_in_threadpool(console.conflicts))
+        chosen, error = _selection("conflicts", request.query_params)
+        if error:
+            request.session["flash"] = error
+        total, _pinned = await run_in_threadpool(console.count, chosen)
+        return render(request, "conflicts.html", conflicts=await run_in_threadpool(console.conflicts, chosen),
+                      total=total, chosen=chosen, kinds=tuple(selection.CONFLICT_KINDS),
+                      modes=bulk_actions.MODES, requests=await run_in_threadpool(console.requests))
 
     async def conflict_page(request: Request) -> Response:
         try:
@@ -277,7 +406,7 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
 
     async def metrics(request: Request) -> Response:
         if not _bearer_ok(request, metrics_token):
-            return PlainTextResponse("bearer token required", status_code=401)
+            return _metrics_refused(metrics_token)
         report = await run_in_threadpool(console.status)
         return Response(generate_latest(_registry(report)), media_type=CONTENT_TYPE_LATEST)
 
@@ -285,8 +414,11 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
         Route("/", page(overview)),
         Route("/sites/{site}", page(site_page)),
         Route("/retry", page(retry_page)),
+        Route("/retry/bulk", page(bulk, act=True), methods=["POST"]),
         Route("/retry/{number:int}/{action:str}", page(retry_action, act=True), methods=["POST"]),
         Route("/conflicts", page(conflicts_page)),
+        Route("/conflicts/bulk", page(bulk, act=True), methods=["POST"]),
+        Route("/api/requests", page(requests_json)),
         Route("/conflicts/{number:int}", page(conflict_page)),
         Route("/conflicts/{number:int}/resolve", page(conflict_resolve, act=True), methods=["POST"]),
         Route("/verify", page(verify_page)),

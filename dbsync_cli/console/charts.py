@@ -34,9 +34,20 @@ def series(samples: Sequence[Sample], step: dt.timedelta) -> tuple[list[tuple[dt
     return throughput, backlog
 
 
+def first_time(points: Sequence[tuple[dt.datetime, float]], start: dt.datetime, end: dt.datetime,
+               step: dt.timedelta) -> dt.datetime:
+    """Where the x axis starts: the window's start, or the first point when the data is younger than the window
+    (a receiver sampled for a day drew 30 days of axis: its line was a few pixels at the right edge), at least
+    a few steps before the end."""
+    if not points:
+        return start
+    return max(start, min(points[0][0], end - 4 * step))
+
+
 def svg(points: Sequence[tuple[dt.datetime, float]], start: dt.datetime, end: dt.datetime, label: str,
         colour: str) -> str:
-    """A line chart of `points` between `start` and `end`, with its maximum written on the y axis."""
+    """A line chart of `points` between `start` and `end`, with its maximum written on the y axis; each point also
+    a dot while there are few (a single point is no line: an hourly chart of the first hour drew nothing)."""
     top = max((v for _t, v in points), default=0.0) or 1.0
     span = (end - start).total_seconds() or 1.0
     inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
@@ -47,15 +58,17 @@ def svg(points: Sequence[tuple[dt.datetime, float]], start: dt.datetime, end: dt
         return f"{x:.1f},{y:.1f}"
 
     line = " ".join(xy(t, v) for t, v in points)
+    dots = "".join(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{colour}"/>'
+                   for p in line.split()) if len(points) <= 48 else ""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
-            f'class="chart" data-points="{len(points)}"><title>{html.escape(label)}</title>'
+            f'viewBox="0 0 {WIDTH} {HEIGHT}" class="chart" data-points="{len(points)}"><title>{html.escape(label)}</title>'
             f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#fff" stroke="#d5d9e0"/>'
             f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#999"/>'
             f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#999"/>'
             f'<text x="{PAD}" y="{PAD - 8}" font-size="12">{_number(top)}</text>'
             f'<text x="{PAD}" y="{HEIGHT - 10}" font-size="11">{start:%Y-%m-%d %H:%M}</text>'
             f'<text x="{WIDTH - PAD}" y="{HEIGHT - 10}" font-size="11" text-anchor="end">{end:%Y-%m-%d %H:%M}</text>'
-            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/></svg>')
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>{dots}</svg>')
 
 
 def _number(value: float) -> str:

@@ -9,10 +9,12 @@ from typing import Any
 
 from dbsync_cli.config import Config
 from dbsync_cli.console import charts
+from dbsync_cli.console.worker import Worker
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import actions, conflicts, retry, state
+from dbsync_cli.receiver import actions, conflicts, selection, state
 from dbsync_cli.receiver.rest import rest_status
 from dbsync_cli.receiver.run import Receiver
+from dbsync_cli.receiver.selection import Selection
 from dbsync_cli.receiver.verify import differences, latest_runs
 from dbsync_cli.sql import sql
 
@@ -22,6 +24,7 @@ class Console:
         self.cfg = cfg
         self.receiver = Receiver(cfg)
         self.schema = cfg["central_db.state_schema"]
+        self.worker = Worker(self._conn, self.schema, self.receiver.applier)
 
     def _conn(self) -> Any:
         return self.cfg.db("central_db").connect()
@@ -52,13 +55,28 @@ class Console:
                          "rows_per_second": round(rates[name], 1) if name in rates else None})
         return report
 
-    def retry_entries(self) -> list[dict[str, Any]]:
+    def retry_entries(self, chosen: Selection | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Retry entries the filters select (all by default), oldest first, without their bodies."""
         with self._conn() as conn:
-            return [e.summary() for e in retry.list_entries(conn, self.schema, limit=500)]
+            return selection.retry_rows(conn, self.schema, chosen or Selection("retry"), limit)
 
-    def conflicts(self) -> list[dict[str, Any]]:
+    def conflicts(self, chosen: Selection | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Unresolved conflicts the filters select (all by default), oldest first."""
         with self._conn() as conn:
-            return [c.summary() for c in conflicts.list_conflicts(conn, self.schema)]
+            return selection.conflict_rows(conn, self.schema, chosen or Selection("conflicts"), limit)
+
+    def count(self, chosen: Selection) -> tuple[int, Selection]:
+        """How many entries the filters select, and the selection bounded to them (for a confirmed bulk action)."""
+        with self._conn() as conn:
+            return selection.pinned(conn, self.schema, chosen)
+
+    def requests(self, limit: int = 15) -> list[dict[str, Any]]:
+        """The latest operators' actions with their progress or outcome; pending ones nobody serves are served."""
+        with self._conn() as conn:
+            found = actions.requests(conn, self.schema, limit=limit)
+        if any(r["state"] == "pending" for r in found):
+            self.worker.poke()
+        return found
 
     def conflict(self, number: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """A conflict and its columns side by side: central's value, the incoming one, whether they differ."""
@@ -80,6 +98,7 @@ class Console:
                                       ("last 30 days", 30, dt.timedelta(hours=1))):
                 start = now - dt.timedelta(days=days)
                 rows, backlog = charts.series(state.samples(conn, self.schema, site, start), step)
+                start = charts.first_time(rows, start, now, step)
                 found.append({"title": title, "step": "5 min" if days == 1 else "hour",
                               "throughput": charts.svg(rows, start, now, label("rows applied"), "#1f6feb"),
                               "backlog": charts.svg(backlog, start, now, label("backlog"), "#d1242f")})
@@ -126,32 +145,34 @@ class Console:
                         (user, dt.datetime.now(dt.UTC).replace(tzinfo=None), action, detail[:2000]))
             conn.commit()
 
-    def _act(self, user: str, action: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Under the applier lock, or through the running receiver (receiver/actions.py), waiting a few seconds at
-        most: a refusal or a busy receiver is raised as one line for the page."""
-        applier = self.receiver.applier()
-        try:
-            return actions.run(applier, action, args, who=f"console:{user}", wait=actions.CONSOLE_WAIT_SECONDS)
-        finally:
-            applier.close()
+    def submit(self, user: str, action: str, args: dict[str, Any], audit_action: str) -> str:
+        """Queue an action and return at once (the running receiver, or else this console's worker, carries it
+        out; the pages show its progress and outcome); audited now, its outcome kept with the request."""
+        with self._conn() as conn:
+            request = actions.submit(conn, self.schema, action, args, f"console:{user}")
+        what = actions.describe(action, args)
+        self._audit(user, audit_action, f"request {request}: {what}")
+        self.worker.poke()
+        return _("request {request} queued: {what}").format(request=request, what=what)
 
     def resolve(self, user: str, number: int, mode: str, columns: list[str] | None = None) -> str:
-        result = self._act(user, "resolve", {"number": number, "mode": mode, "columns": columns})["text"]
-        self._audit(user, f"conflict {mode}", f"{result}" + (f" (columns {', '.join(columns)})" if columns else ""))
-        return result
+        return self.submit(user, "resolve", {"number": number, "mode": mode, "columns": columns},
+                           f"conflict {mode}")
 
     def retry_again(self, user: str, number: int) -> str:
-        outcomes = self._act(user, "retry_again", {"number": number})["records"]
-        result = "; ".join(f"{o['outcome']}" + (f": {o['reason']}" if o.get("reason") else "")
-                           for o in outcomes) or _("nothing")
-        text = _("entry {number}: {result}").format(number=number, result=result)
-        self._audit(user, "retry again", text)
-        return text
+        return self.submit(user, "retry_again", {"number": number}, "retry again")
 
     def retry_drop(self, user: str, number: int) -> str:
-        result = self._act(user, "retry_drop", {"number": number})["text"]
-        self._audit(user, "retry drop", result)
-        return result
+        return self.submit(user, "retry_drop", {"number": number}, "retry drop")
+
+    def bulk(self, user: str, action: str, pinned: Selection, mode: str | None = None) -> str:
+        """A confirmed bulk action on `pinned` (a selection bounded to what the operator counted)."""
+        args: dict[str, Any] = {"selection": pinned.args()}
+        if mode is not None:
+            args["mode"] = mode
+        audit_action = {"retry_again_many": "retry again (bulk)", "retry_drop_many": "retry drop (bulk)"}.get(
+            action, f"conflict {mode} (bulk)")
+        return self.submit(user, action, args, audit_action)
 
     def login_audit(self, user: str, ok: bool, address: str) -> None:
         self._audit(user, "login" if ok else "login refused", f"from {address}")

@@ -33,4 +33,5 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None) -> None
     cert, key = cfg.get("console.tls_cert"), cfg.get("console.tls_key")
     app = create_app(cfg, users_path(cfg.home), secret_key(cfg.home), https=bool(cert))
     uvicorn.run(app, host=host or cfg["console.host"], port=port or cfg["console.port"], ssl_certfile=cert,
-                ssl_keyfile=key, log_level="warning", access_log=False, server_header=False)
+                ssl_keyfile=key, log_level="warning", access_log=False, server_header=False,
+                proxy_headers=False)  # uvicorn believes X-Forwarded-For from 127.0.0.1; the app decides instead

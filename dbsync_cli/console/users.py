@@ -1,10 +1,19 @@
-"""The console's users file: names, roles and argon2 password hashes only (never a password), like EIP's users
-file but hashed. Kept under the receiver's home with mode 0600."""
+"""The console's users file: names, roles, argon2 password hashes (never a password) and each user's session
+epoch, like EIP's users file but hashed. Kept under the receiver's home with mode 0600.
+
+A session cookie carries the epoch its user had at login and the console compares it with the file on every
+request: logging out, a new password or removing the user moves or drops the epoch, so every cookie issued
+before stops working at once (a signed cookie alone stays valid until it expires)."""
 
 from __future__ import annotations
 
+import fcntl
+import hmac
 import os
 import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +38,8 @@ class UsersError(Exception):
 class User:
     name: str
     role: str
+    #: changes at logout, password change and removal: a session made with another epoch is over
+    epoch: str = ""
 
     @property
     def may_act(self) -> bool:
@@ -46,17 +57,35 @@ def _load(path: Path) -> dict[str, dict[str, str]]:
     return data if isinstance(data, dict) else {}
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One writer at a time (the CLI adding a user while the console logs someone out)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _new_epoch() -> str:
+    return secrets.token_urlsafe(12)
+
+
 def add_user(path: Path, name: str, password: str, role: str = "readonly") -> None:
-    """Add or replace a user (its password hashed with argon2id)."""
+    """Add or replace a user (its password hashed with argon2id); a new password ends the user's sessions."""
     if not USER_NAME.match(name):
         raise UsersError(_("user name {name!r}: letters, digits, '_', '.', '@' or '-', up to 64").format(name=name[:64]))
     if role not in ROLES:
         raise UsersError(_("role {role!r}: expected {roles}").format(role=role, roles=" or ".join(ROLES)))
     if len(password) < 8:
         raise UsersError(_("the password must have at least 8 characters"))
-    users = _load(path)
-    users[name] = {"role": role, "hash": _HASHER.hash(password)}
-    _save(path, users)
+    hashed = _HASHER.hash(password)
+    with _locked(path):
+        users = _load(path)
+        users[name] = {"role": role, "hash": hashed, "epoch": _new_epoch()}
+        _save(path, users)
 
 
 def _save(path: Path, users: dict[str, dict[str, str]]) -> None:
@@ -70,11 +99,31 @@ def _save(path: Path, users: dict[str, dict[str, str]]) -> None:
 
 
 def remove_user(path: Path, name: str) -> bool:
-    users = _load(path)
-    if users.pop(name, None) is None:
-        return False
-    _save(path, users)
+    """Remove a user: its sessions end with it."""
+    with _locked(path):
+        users = _load(path)
+        if users.pop(name, None) is None:
+            return False
+        _save(path, users)
     return True
+
+
+def end_sessions(path: Path, name: str) -> None:
+    """A new epoch for `name`: every session of that user (in every browser) is over."""
+    with _locked(path):
+        users = _load(path)
+        if name in users:
+            users[name]["epoch"] = _new_epoch()
+            _save(path, users)
+
+
+def current_user(path: Path, name: str, epoch: str) -> User | None:
+    """The user a session names, when it still exists and the session's epoch is its current one (read from the
+    file each time, so another process's `user remove` counts at once)."""
+    entry = _load(path).get(name)
+    if entry is None or not epoch or not hmac.compare_digest(str(entry.get("epoch", "")), epoch):
+        return None
+    return User(name, str(entry.get("role", "readonly")), epoch)
 
 
 def list_users(path: Path) -> list[User]:
@@ -88,4 +137,9 @@ def authenticate(path: Path, name: str, password: str) -> User | None:
         _HASHER.verify(entry["hash"] if entry else _DUMMY, password)
     except (VerificationError, InvalidHashError):
         return None
-    return User(name, str(entry.get("role", "readonly"))) if entry else None
+    if entry is None:
+        return None
+    if not entry.get("epoch"):  # a file from before epochs: give the user one, so its sessions can be ended
+        end_sessions(path, name)
+        entry = _load(path).get(name) or entry
+    return User(name, str(entry.get("role", "readonly")), str(entry.get("epoch", "")))

@@ -7,10 +7,13 @@ console's buttons is a writer of the same rows, so:
 - no receiver running: the action takes the lock itself (without waiting: nobody else holds it) and acts at once;
 - a receiver running: the lock is not going to be free, so the action is handed to it as a row of
   `receiver_request`; the receiver's apply loop carries it out between two batches, with its own applier, and
-  writes the outcome back. The requester waits for that outcome a bounded time (`dbsync … --wait`, the console a few
-  seconds so that a browser never hangs on a long batch); a request the receiver has not started by then is
+  writes the outcome back. The CLI waits for that outcome a bounded time (`dbsync … --wait`); a request the receiver has not started by then is
   cancelled, nothing is changed, and the CLI exits RECEIVER_BUSY (18) with one line. If the receiver stops while
   the request waits, the requester gets the lock and acts itself.
+
+The console does not wait at all: it queues a request (`submit`) and shows its progress (`requests`); with no
+receiver running its own worker (console/worker.py) serves it. Bulk actions (…_many) carry a selection
+(receiver/selection.py) pinned to the entries the operator counted, and report progress as they go.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ import orjson
 
 from dbsync_cli import i18n
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import conflicts, retry
+from dbsync_cli.receiver import bulk, conflicts, retry
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.batch import now
-from dbsync_cli.receiver.state import StateError
-from dbsync_cli.sql import sql
+from dbsync_cli.receiver.selection import Selection, SelectionError
+from dbsync_cli.receiver.state import StateError, schema_name
+from dbsync_cli.sql import Sql, sql
 
 log = logging.getLogger("dbsync.actions")
 
-ACTIONS = ("retry_again", "retry_drop", "resolve", "resolve_many")
+ACTIONS = ("retry_again", "retry_drop", "resolve", "retry_again_many", "retry_drop_many", "resolve_many")
 CLI_WAIT_SECONDS = 60  # `--wait` default: how long a CLI action waits for the running receiver to carry it out
-CONSOLE_WAIT_SECONDS = 10  # a console button: a browser must not wait on a long batch
 POLL_SECONDS = 1.0  # how often a waiting requester looks at its request (while it also tries the lock)
 KEEP_DAYS = 7  # finished requests kept this long (the receiver's log says what each did)
 
@@ -47,20 +50,30 @@ class ActionFailed(Exception):
     """The action was refused or failed (a conflict already resolved, an entry that does not exist …): one line."""
 
 
-def perform(applier: Applier, action: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Carry `action` out with `applier`, which holds the applier lock: {"text": one line, "records": outcomes}."""
+def perform(applier: Applier, action: str, args: dict[str, Any],
+            progress: bulk.Progress | None = None) -> dict[str, Any]:
+    """Carry `action` out with `applier`, which holds the applier lock: {"text": one line, "records": outcomes}.
+    A bulk action (…_many, with a selection) reports (done, total, phase) to `progress` as it goes."""
     if action == "retry_again":
         outcomes = retry.retry_pending(applier, only=args.get("number"))
-        return {"text": "", "records": [o.record() for o in outcomes]}
+        said = "; ".join(o.outcome + (f": {o.reason}" if o.reason else "") for o in outcomes) or _("nothing")
+        text = (_("entry {number}: {result}").format(number=args["number"], result=said)
+                if args.get("number") is not None else
+                _("{count} entries tried: {applied} re-applied").format(
+                    count=len(outcomes), applied=sum(1 for o in outcomes if o.outcome not in bulk.FAILED)))
+        return {"text": text, "records": [o.record() for o in outcomes]}
     if action == "retry_drop":
         return {"text": retry.drop_entry(applier, int(args["number"])), "records": []}
     if action == "resolve":
         return {"text": conflicts.resolve(applier, int(args["number"]), str(args["mode"]), args.get("columns")),
                 "records": []}
+    if action == "retry_again_many":
+        return bulk.again(applier, Selection.of({**args["selection"], "queue": "retry"}), progress)
+    if action == "retry_drop_many":
+        return bulk.drop(applier, Selection.of({**args["selection"], "queue": "retry"}), progress)
     if action == "resolve_many":
-        numbers = conflicts.matching(applier.conn, applier.settings.state_schema, site=args.get("site"),
-                                     table=args.get("table"))
-        return {"text": conflicts.resolve_many(applier, numbers, str(args["mode"])), "records": []}
+        chosen = args.get("selection") or {"site": args.get("site"), "table": args.get("table")}
+        return bulk.resolve(applier, Selection.of({**chosen, "queue": "conflicts"}), str(args["mode"]), progress)
     raise ActionFailed(_("unknown action {action!r}").format(action=action))
 
 
@@ -79,14 +92,78 @@ def _done(result: dict[str, Any]) -> dict[str, Any]:
     return {"text": str(result.get("text") or ""), "records": list(result.get("records") or [])}
 
 
-def _hand_over(applier: Applier, action: str, args: dict[str, Any], who: str, wait: float) -> dict[str, Any]:
-    s = applier.s
-    with applier.conn.cursor() as cur:
+def submit(conn: Any, schema: str, action: str, args: dict[str, Any], who: str) -> int:
+    """Queue `action` for whoever holds the applier lock next (the running receiver, or the console's worker);
+    returns the request's id. Its outcome is read with `requests`."""
+    if action not in ACTIONS:
+        raise ActionFailed(_("unknown action {action!r}").format(action=action))
+    return _insert(conn, schema_name(schema), action, args, who)
+
+
+def _insert(conn: Any, s: Sql, action: str, args: dict[str, Any], who: str) -> int:
+    with conn.cursor() as cur:
         cur.execute(sql("INSERT INTO {}.receiver_request (action, args, requested_by, date_created, state) VALUES "
                         "(%s, %s, %s, %s, 'pending')", s),
                     (action, orjson.dumps({**args, "lang": i18n.current()}).decode(), who[:100], now()))
         request = int(cur.lastrowid)
-    applier.conn.commit()
+    conn.commit()
+    return request
+
+
+def requests(conn: Any, schema: str, *, limit: int = 20, requested_by: str | None = None) -> list[dict[str, Any]]:
+    """The latest requests, newest first: state (pending, running, done, failed, cancelled), progress while it
+    runs ({"done", "total", "phase"}) and the outcome's one line and counts once it ended."""
+    where, params = (sql(" WHERE requested_by = %s"), [requested_by]) if requested_by else (sql(""), [])
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT id, action, args, requested_by, date_created, state, date_done, result FROM "
+                        "{}.receiver_request{} ORDER BY id DESC LIMIT %s", schema_name(schema), where),
+                    [*params, limit])
+        rows = cur.fetchall()
+    conn.commit()
+    found = []
+    for request, action, raw, who, created, state, done, result in rows:
+        args = orjson.loads(raw) if raw else {}
+        outcome = orjson.loads(result) if result else {}
+        found.append({"id": int(request), "action": action, "what": describe(action, args), "requested_by": who,
+                      "date_created": created.isoformat(sep=" ", timespec="seconds"), "state": state,
+                      "date_done": done.isoformat(sep=" ", timespec="seconds") if done else None,
+                      "progress": outcome.get("progress") if state == "running" else None,
+                      "text": outcome.get("text") if state in ("done", "failed") else None,
+                      "counts": outcome.get("counts") if state == "done" else None})
+    return found
+
+
+def pending(conn: Any, schema: str) -> int:
+    """How many requests wait for someone holding the applier lock."""
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_request WHERE state = 'pending'", schema_name(schema)))
+        (found,) = cur.fetchone() or (0,)
+    conn.commit()
+    return int(found)
+
+
+def describe(action: str, args: dict[str, Any]) -> str:
+    """What a request asks, in the reader's language."""
+    chosen = args.get("selection")
+    try:
+        filters = Selection.of(chosen).describe() if isinstance(chosen, dict) else ""
+    except SelectionError:
+        filters = "?"
+    number = args.get("number")
+    mode = _(str(args.get("mode") or "manual"))
+    return {
+        "retry_again": _("retry entry {number} again").format(number=number) if number is not None
+        else _("retry the whole queue again"),
+        "retry_drop": _("drop retry entry {number}").format(number=number),
+        "resolve": _("resolve conflict {number} ({mode})").format(number=number, mode=mode),
+        "retry_again_many": _("retry again: {filters}").format(filters=filters),
+        "retry_drop_many": _("drop retry entries: {filters}").format(filters=filters),
+        "resolve_many": _("resolve conflicts ({mode}): {filters}").format(mode=mode, filters=filters),
+    }.get(action, action)
+
+
+def _hand_over(applier: Applier, action: str, args: dict[str, Any], who: str, wait: float) -> dict[str, Any]:
+    request = _insert(applier.conn, applier.s, action, args, who)
     log.debug("request %d (%s) handed to the running receiver", request, action)
     try:
         return _await(applier, request, action, args, wait)
@@ -179,7 +256,7 @@ def serve(applier: Applier, limit: int = 20) -> int:
         args = orjson.loads(raw)
         token = i18n.use(str(args.pop("lang", "") or "en"))  # the requester's language, for its one-line answer
         try:
-            result, state = perform(applier, action, args), "done"
+            result, state = perform(applier, action, args, _progress_of(applier, request)), "done"
         except (ActionFailed, conflicts.ConflictError, StateError, ValueError, KeyError) as exc:
             applier.conn.rollback()
             applier.rolled_back()
@@ -204,3 +281,15 @@ def serve(applier: Applier, limit: int = 20) -> int:
                             "date_created < UTC_TIMESTAMP() - INTERVAL %s DAY", s), (KEEP_DAYS,))
         applier.conn.commit()
     return served
+
+
+def _progress_of(applier: Applier, request: int) -> bulk.Progress:
+    """A running request's progress, written to its row for the console (called between transactions)."""
+    def report(done: int, total: int, phase: str) -> None:
+        with applier.conn.cursor() as cur:
+            cur.execute(sql("UPDATE {}.receiver_request SET result = %s WHERE id = %s AND state = 'running'",
+                            applier.s),
+                        (orjson.dumps({"progress": {"done": done, "total": total, "phase": phase}}).decode(),
+                         request))
+        applier.conn.commit()
+    return report

@@ -16,11 +16,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import adopt, bookkeeping, state
+from dbsync_cli.receiver import adopt, bookkeeping, reasons, state
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
 from dbsync_cli.receiver.current_rows import (
@@ -42,7 +43,9 @@ from dbsync_cli.receiver.resolve import (
     MissingReference,
     UuidToId,
 )
+from dbsync_cli.receiver.retry_rules import PERMANENT, queue_kind_of, reference_cause
 from dbsync_cli.receiver.state import CENTRAL_OWNER
+from dbsync_cli.retrying import pause
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
 from dbsync_cli.wire import DELETE, READ, dumps, is_heartbeat
@@ -61,16 +64,17 @@ LOCK_WAIT_SECONDS = 30
 @dataclass
 class ApplySettings:
     central: DbParams  # database = the central OpenMRS schema
-    state_schema: str = "dbsync"
-    timezone: str = "UTC"
-    conflict_policy: str = "newer"  # newer | any
-    central_rows: str = "skip"  # skip | park: a site's change to a row central owns
-    cross_site_changes: str = "refuse"  # refuse | allow: a site's change to a row another site created
-    batch_messages: int = 500
-    max_message_bytes: int = 4_000_000
+    # defaults: the config model's (config_model.DEFAULTS), never literals of their own
+    state_schema: str = DEFAULTS.central_db.state_schema
+    timezone: str = DEFAULTS.receiver.timezone
+    conflict_policy: str = DEFAULTS.receiver.conflict_policy  # newer | any
+    central_rows: str = DEFAULTS.receiver.central_rows  # skip | park: a site's change to a row central owns
+    cross_site_changes: str = DEFAULTS.receiver.cross_site_changes  # refuse | allow: a row another site created
+    batch_messages: int = DEFAULTS.receiver.batch_messages
+    max_message_bytes: int = DEFAULTS.broker.max_message_bytes
     rest_enabled: bool = False
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
-    future_tolerance_seconds: int = 120  # a change dated further after central's clock never beats a central edit
+    future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
 
 
@@ -241,7 +245,7 @@ class Applier:
                 self._rolled_back_batch(blocked_before)
                 log.warning("batch of %d messages lost a lock conflict with another central transaction (%s); "
                             "retrying it whole (%d of %d)", len(parsed), failure_reason(exc), attempt, LOCK_RETRIES)
-                time.sleep(backoff(attempt))
+                pause(backoff(attempt))  # ends at once on SIGTERM (retrying.py)
 
     def _apply_parsed(self, parsed: list[Parsed], blocked_before: set[str]) -> list[Outcome]:
         try:
@@ -304,34 +308,38 @@ class Applier:
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()
-                batch.outcomes.append(self._park(cur, item, f"apply failed: {failure_reason(exc)}", batch))
+                batch.outcomes.append(self._park(cur, item, reasons.reason("apply_failed", error=failure_reason(exc)),
+                                                 batch))
 
     # ---- one message ---------------------------------------------------------------------------------------
     def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
              only: list[str] | None = None) -> Outcome:
         if item.error is not None:
-            return self._park(cur, item, item.error, batch, kind="error")
+            return self._park(cur, item, item.error, batch, kind="error", cause=state.CENTRAL_CAUSE)
         message = item.message
         assert message is not None and item.table is not None
         table = item.table
         site = self.sites.get(message["site"])
         if site is None or site.disabled:
             why = "is not registered" if site is None else "is disabled"
-            return self._park(cur, item, f"site {message['site']!r} {why} (dbsync sites add)", batch)
+            return self._park(cur, item, reasons.reason("site_unknown", site=message["site"], why=why), batch,
+                              queue_kind=PERMANENT, cause=state.site_cause(message["site"]))
         if site.broker_user is not None and item.broker_user is not None and item.broker_user != site.broker_user:
             sender = (f"broker user {item.broker_user!r}" if item.broker_user else
                       "a broker that stamps no sender (populate-validated-user is off in broker.xml)")
             return self._park(cur, item, f"message for site {site.identifier!r} was sent by {sender}; the site "
-                                         f"sends as {site.broker_user!r}", batch, kind="error")
+                                         f"sends as {site.broker_user!r}", batch, kind="error",
+                              cause=state.site_cause(site.identifier))
         ek = entity_key(self.model, table, message["uuid"])
         if ek in self.blocked and not from_queue:
-            return self._park(cur, item, f"waiting behind an earlier message for {ek}", batch, kind="waiting")
+            return self._park(cur, item, reasons.reason("waiting_behind", entity=ek), batch, kind="waiting")
         try:
             outcome = self._change(cur, item, table, batch, force=force, only=only)
         except MissingReference as exc:
-            return self._park(cur, item, str(exc), batch)
+            return self._park(cur, item, exc.args[0] if exc.args else str(exc), batch,  # a Reason keeps its code
+                              cause=reference_cause(exc.uuid))
         except MessageError as exc:
-            return self._park(cur, item, str(exc), batch, kind="error")
+            return self._park(cur, item, str(exc), batch, kind="error", cause=state.CENTRAL_CAUSE)
         if outcome.outcome == "applied":
             count, _ = batch.sites.get(site.identifier, (0, ""))
             batch.sites[site.identifier] = (count + 1, item.message_id)
@@ -485,8 +493,8 @@ class Applier:
         differing = adopt.differences(table, current, values, site.identifier)
         if differing:
             shown = ", ".join(differing[:8]) + (" …" if len(differing) > 8 else "")
-            return self._conflict(cur, item, Verdict(park=True, reason=f"adopting site {site.identifier}: "
-                                                                      f"central's row differs in {shown}"),
+            return self._conflict(cur, item, Verdict(park=True, reason=reasons.reason(
+                "adopting", site=site.identifier, columns=shown)),
                                   current, batch)
         batch.touched[(table.name, key)] = (uuid, site.identifier)
         batch.owners[(table.name, uuid)] = site.identifier
@@ -603,22 +611,32 @@ class Applier:
         return Outcome(item.message_id, verdict.skip, item.table.name, message.get("uuid"), verdict.reason)
 
     # ---- parking -------------------------------------------------------------------------------------------
-    def _park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:
+    def _park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry", *,
+              queue_kind: str | None = None, cause: str | None = None) -> Outcome:
+        """`kind` is the outcome; `queue_kind` the entry's (retry_rules: its backoff), derived from it by default;
+        `cause` names what can fix it (state.fix_changed makes it due at once). Due at the next retry pass."""
         message = item.message or {}
         # a message that can never apply (kind "error") holds nothing up; a retry keeps its entity's later messages
         ek = entity_key(self.model, item.table, message.get("uuid")) if item.table and kind != "error" else None
+        uuid = message.get("uuid")
         cur.execute(
-            sql("INSERT INTO {}.receiver_retry_queue (message_id, site, table_name, entity_key, body, reason, "
-                "date_created, broker_user, header_site) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
+            sql("INSERT INTO {}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
+                "date_created, broker_user, header_site, kind, cause, entity_uuid, reason_code, reason_args) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id[:255], str(message.get("site") or item.site or "")[:100] or None,
-             item.table.name if item.table else None, ek, item.raw, reason[:2000], now(),
+             item.table.name if item.table else None, ek, reason[:2000], now(),
              None if item.broker_user is None else item.broker_user[:100],
-             None if item.header_site is None else item.header_site[:100]),
+             None if item.header_site is None else item.header_site[:100],
+             queue_kind or queue_kind_of(kind), None if cause is None else cause[:160],
+             uuid[:38] if isinstance(uuid, str) else None, *reasons.columns(reason)),
         )
+        cur.execute(sql("INSERT INTO {}.receiver_retry_body (id, body) VALUES (%s, %s)", self.s),
+                    (cur.lastrowid, item.raw))
         if ek is not None:
             self.blocked.add(ek)
         batch.handled.append(item.message_id)
-        return Outcome(item.message_id, kind, item.table.name if item.table else None, message.get("uuid"), reason)
+        return Outcome(item.message_id, kind, item.table.name if item.table else None, message.get("uuid"), reason,
+                       parked=(queue_kind or queue_kind_of(kind), cause))
 
     def _conflict(self, cur: Any, item: Parsed, verdict: Verdict, current: dict[str, Any], batch: Batch) -> Outcome:
         message = item.message
@@ -627,9 +645,11 @@ class Applier:
         assert ek is not None  # a parsed message has a table and a uuid
         cur.execute(
             sql("INSERT INTO {}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "
-                "body, central_row, reason, date_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
+                "body, central_row, reason, date_created, reason_code, reason_args) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.s),
             (item.message_id, message["site"], item.table.name, message["uuid"], ek, item.raw,
-             dumps({c: v for c, v in current.items() if c != HASH}), verdict.reason, now()),
+             dumps({c: v for c, v in current.items() if c != HASH}), verdict.reason, now(),
+             *reasons.columns(verdict.reason)),
         )
         self.blocked.add(ek)
         batch.handled.append(item.message_id)

@@ -23,9 +23,11 @@ class Outcome:
     table: str | None = None
     uuid: str | None = None
     reason: str | None = None
+    #: a parked message's entry kind and cause (retry_rules), for the retry pass; not part of the record
+    parked: tuple[str, str | None] | None = field(default=None, compare=False, repr=False)
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "parked"}
 
 
 @dataclass

@@ -58,4 +58,20 @@ def state_schema(conn: Any, cfg: Config) -> list[Finding]:
     return [Finding("sites", OK, _("{count} site(s) registered").format(count=len(sites)))]
 
 
+def enabled_sites(cfg: Config) -> list[str]:
+    """The sites central answers over the broker (their reply and request queues: `config check` tries its
+    permissions there); none when the state schema cannot be read (its own check says why)."""
+    try:
+        conn = cfg.db("central_db").connect(connect_timeout=5, read_timeout=30)
+    except pymysql.MySQLError:
+        return []
+    try:
+        return sorted(name for name, site in state.sites(conn, cfg["central_db.state_schema"]).items()
+                      if not site.disabled)
+    except pymysql.MySQLError:
+        return []
+    finally:
+        conn.close()
+
+
 STEPS: list[Step] = [grants, state_schema]

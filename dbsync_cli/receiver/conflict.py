@@ -20,6 +20,7 @@ from typing import Any
 from dbsync_cli import wire
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.openmrs.rules import CHANGE_DATE_COLUMNS
+from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.placeholder import is_placeholder
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.sql import Sql, StatementCache, join, quote, sql
@@ -133,14 +134,13 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
     if is_placeholder(current):
         return Verdict(future=future)
     if owner is None or owner == CENTRAL_OWNER:
-        reason = "central's own row: central had it before any site changed it"
+        reason = reasons.reason("central_own")
         return Verdict(park=True, reason=reason, future=future) if central_rows == "park" else Verdict(
             skip="central_owned", reason=reason, future=future)
     if stored_hash is None:  # dbsync deleted it, and it exists again: re-created at central since
         if values is not None and all(canonical(current.get(c)) == canonical(v) for c, v in values.items()):
             return Verdict(future=future)
-        return Verdict(park=True, reason="row re-created at central after its synced delete; differs from the "
-                                         "incoming one", future=future)
+        return Verdict(park=True, reason=reasons.reason("recreated"), future=future)
     if stored_hash == current[HASH]:
         other_site = last_site is not None and last_site != message.get("site")
         if other_site and values is not None and central_latest and incoming_latest and incoming_latest < central_latest:
@@ -151,8 +151,8 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
         return Verdict(park=True, reason=future_reason(future, message, central_latest, incoming_latest),
                        future=future)
     if policy == "any":
-        return Verdict(park=True, reason="row edited centrally since its last sync")
+        return Verdict(park=True, reason=reasons.reason("edited_centrally"))
     if central_latest is not None and (incoming_latest is None or central_latest > incoming_latest):
-        return Verdict(park=True, reason=f"row edited centrally at {central_latest}, after the incoming change "
-                                         f"({incoming_latest or 'undated'})")
+        return Verdict(park=True, reason=reasons.reason("edited_after", central=central_latest,
+                                                        incoming=incoming_latest or "undated"))
     return Verdict()

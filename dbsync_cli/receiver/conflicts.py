@@ -14,7 +14,7 @@ import pymysql.cursors
 
 from dbsync_cli import wire
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import state
+from dbsync_cli.receiver import reasons, state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.bookkeeping import set_owner
@@ -63,7 +63,7 @@ class Conflict:
 
 
 _SELECT = ("SELECT id, message_id, site, table_name, entity_uuid, reason, date_created, resolved, resolution, "
-           "body, central_row FROM {}.receiver_conflict_queue")
+           "body, central_row, reason_code, reason_args FROM {}.receiver_conflict_queue")
 
 
 def list_conflicts(conn: Any, schema: str, include_resolved: bool = False) -> list[Conflict]:
@@ -91,7 +91,8 @@ def get_conflict(conn: Any, schema: str, number: int) -> Conflict:
 
 
 def _conflict(row: tuple[Any, ...]) -> Conflict:
-    return Conflict(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], bytes(row[9]),
+    shown = reasons.shown(row[11], row[12], row[5])  # in the reader's language (a code), else as stored
+    return Conflict(row[0], row[1], row[2], row[3], row[4], shown, row[6], bool(row[7]), row[8], bytes(row[9]),
                     bytes(row[10]) if row[10] is not None else None)
 
 
@@ -152,27 +153,10 @@ def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
                        owner=CENTRAL_OWNER if central_owned else None)
 
 
-def resolve_many(applier: Applier, numbers: list[int], mode: str) -> str:
-    """Resolve several conflicts the same way (e.g. every one of a site's table), then retry what waited behind
-    them once: one retry pass instead of one per conflict."""
-    for number in numbers:
-        resolve(applier, number, mode, release=False)
-    released = retry_pending(applier) if numbers else []
-    done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
-    return _("{count} conflict(s) resolved ({mode}); {done} waiting message(s) applied").format(
-        count=len(numbers), mode=_(mode), done=done)
-
-
-def matching(conn: Any, schema: str, *, site: str | None, table: str | None) -> list[int]:
-    """Unresolved conflicts of a site and/or a table, oldest first."""
-    return [c.id for c in list_conflicts(conn, schema)
-            if (site is None or c.site == site) and (table is None or c.table == table)]
-
-
 def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None, *,
             release: bool = True) -> str:
     """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards (unless
-    `release` is off: resolve_many retries once for all)."""
+    `release` is off: a bulk resolve, receiver/bulk.py, retries once for all)."""
     if mode not in MODES:
         raise ConflictError(_("unknown resolution {mode!r}").format(mode=mode))
     s = applier.s

@@ -35,11 +35,12 @@ import stomp.exception
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.broker_queue import dead_letter_queues
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
-from dbsync_cli.supervise import backoff
+from dbsync_cli.retrying import backoff
 
 log = logging.getLogger("dbsync.consume")
 
@@ -55,20 +56,21 @@ RECOVERABLE: tuple[type[BaseException], ...] = (
 class ConsumeSettings:
     broker: BrokerSettings
     db: DbParams  # the central server (any database: state tables are schema-qualified)
-    state_schema: str = "dbsync"
-    destination: str = "openmrs.sync"
-    destination_type: str = "queue"  # queue (ANYCAST) | topic (MULTICAST, durable subscription)
-    subscription: str = "dbsync"  # durable subscription name (topic mode)
-    client_id: str = "central"  # CONNECT client-id (topic mode): the durable queue is client_id.subscription
-    consumer_window: int = 1_048_576  # bytes the broker may send ahead of the ACKs
-    batch_messages: int = 500  # frames per inbox transaction
+    # defaults: the config model's (config_model.DEFAULTS), never literals of their own
+    state_schema: str = DEFAULTS.central_db.state_schema
+    destination: str = DEFAULTS.broker.destination
+    destination_type: str = DEFAULTS.broker.destination_type  # queue (ANYCAST) | topic (MULTICAST, durable)
+    subscription: str = DEFAULTS.broker.subscription  # durable subscription name (topic mode)
+    client_id: str = DEFAULTS.receiver.site_id  # CONNECT client-id (topic mode): the queue is client_id.subscription
+    consumer_window: int = DEFAULTS.broker.consumer_window  # bytes the broker may send ahead of the ACKs
+    batch_messages: int = DEFAULTS.receiver.batch_messages  # frames per inbox transaction
     batch_linger: float = 0.05  # how long a batch waits for more frames before it is committed
     max_messages: int | None = None  # stop after this many records/rows
     idle_seconds: float | None = None  # stop when nothing was delivered for this long
     page_rows: int = 200  # inbox rows read per query when re-emitting the backlog
     #: apply refuses a message over this (broker.max_message_bytes): a body over it, or a deflate body that inflates
     #: beyond it, is refused here, never stored (64 MB of inflated bomb would pass central's max_allowed_packet)
-    max_message_bytes: int = 4_000_000
+    max_message_bytes: int = DEFAULTS.broker.max_message_bytes
 
 
 class _Desynced(BrokerError):

@@ -17,6 +17,7 @@ import stomp
 
 from dbsync_cli import control, wire
 from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.receiver import state
@@ -33,7 +34,7 @@ class ControlSettings:
     db: DbParams
     state_schema: str
     destination: str  # the sync destination; requests arrive on <destination>.control
-    timezone: str = "UTC"
+    timezone: str = DEFAULTS.receiver.timezone
 
 
 def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:

@@ -29,6 +29,7 @@ import pymysql
 import pymysql.cursors
 from pymysql.constants import ER
 
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.receiver.conflict import hash_sql, select_with_hash
 from dbsync_cli.sql import StatementCache, chunks, placeholders, quote, sql
@@ -37,7 +38,7 @@ from dbsync_cli.sql import StatementCache, chunks, placeholders, quote, sql
 #: rolled back) and lock wait timeout (1205). Both are cured by retrying the batch, never by parking a message.
 LOCK_CONFLICT_CODES = frozenset({ER.LOCK_DEADLOCK, ER.LOCK_WAIT_TIMEOUT})
 #: how long apply waits for a row another central transaction holds (innodb_lock_wait_timeout of its session)
-ROW_LOCK_WAIT_SECONDS = 10
+ROW_LOCK_WAIT_SECONDS = DEFAULTS.receiver.row_lock_wait_seconds  # receiver.row_lock_wait_seconds
 #: how often apply retries a batch that lost a lock conflict before it gives up (the error then ends the run;
 #: the receiver's supervision restarts it and the inbox still holds the batch)
 LOCK_RETRIES = 8

@@ -100,13 +100,15 @@ def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_
     """A delivery consume cannot store in the inbox (its frame was cut short and its body lost, or it is over the
     size limit): an entry of the retry queue with its one-line reason and no body, so it is counted and seen, never
     applied. A redelivery (consume stopped between this commit and the ACK) adds no second entry."""
-    statement = sql("INSERT INTO {0}.receiver_retry_queue (message_id, site, body, reason, date_created, broker_user) "
-                    "SELECT %s, %s, %s, %s, %s, %s FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM {0}.receiver_retry_queue "
-                    "WHERE message_id = %s AND body = '')", schema_name(schema))
+    # no receiver_retry_body row: the retry pass passes it by without a write
+    statement = sql("INSERT INTO {0}.receiver_retry_queue (message_id, site, reason, date_created, broker_user, kind) "
+                    "SELECT %s, %s, %s, %s, %s, 'permanent' FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM "
+                    "{0}.receiver_retry_queue q WHERE q.message_id = %s AND NOT EXISTS (SELECT 1 FROM "
+                    "{0}.receiver_retry_body b WHERE b.id = q.id))", schema_name(schema))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
         with db.cursor() as cur:
-            cur.execute(statement, (message_id[:255], site[:MAX_SITE] if site else None, b"", reason[:2000], now,
+            cur.execute(statement, (message_id[:255], site[:MAX_SITE] if site else None, reason[:2000], now,
                                     broker_user[:100] if broker_user else None, message_id[:255]))
         db.commit()
     except BaseException:

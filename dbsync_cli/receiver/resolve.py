@@ -17,6 +17,7 @@ from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, with_site_suffix
 from dbsync_cli.receiver import placeholder
+from dbsync_cli.receiver.reasons import reason
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 
 _DATETIMES = ("datetime", "timestamp")  # the only column types whose text value apply converts
@@ -27,7 +28,11 @@ class MessageError(Exception):
 
 
 class MissingReference(Exception):
-    """A referenced metadata row is not at central (yet): retry later."""
+    """A referenced metadata row is not at central (yet): retry later (at once when a row with `uuid` arrives)."""
+
+    def __init__(self, message: str, uuid: str | None = None):
+        super().__init__(message)
+        self.uuid = uuid
 
 
 class HeldRow(Exception):
@@ -149,7 +154,7 @@ class Converter:
             if identity.table != table_name:
                 self.ids.subclass_rows.put((table_name, key), True)
             return key
-        raise MissingReference(f"{table_name} {uuid} does not exist at central")
+        raise MissingReference(reason("missing_row", table=table_name, uuid=uuid), uuid)
 
     def _subclass_row(self, cur: Any, table_name: str, key: Any, uuid: str, allow_placeholder: bool) -> None:
         """A reference to `patient` needs the patient row, not only the person: add a placeholder row if absent."""
@@ -159,7 +164,7 @@ class Converter:
         cur.execute(sql("SELECT 1 FROM {} WHERE {} = %s", quote(table_name), quote(pk)), (key,))
         if cur.fetchone() is None:
             if not allow_placeholder:
-                raise MissingReference(f"{table_name} {uuid} does not exist at central")
+                raise MissingReference(reason("missing_row", table=table_name, uuid=uuid), uuid)
             placeholder.create_subclass_row(cur, self.model, table_name, key, uuid, self.default_user,
                                             fillers=self.fillers)
         self.ids.subclass_rows.put((table_name, key), True)

@@ -28,6 +28,7 @@ from typing import Any
 import pymysql
 
 from dbsync_cli.config import Config
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs.rules import REST_BASE_PATH, REST_ENDPOINTS, REST_RESOURCES
 from dbsync_cli.receiver.state import schema_name
@@ -62,7 +63,7 @@ class RestSettings:
     user: str | None
     password: str | None = field(default=None, repr=False)
     db: DbParams = field(default_factory=DbParams)
-    state_schema: str = "dbsync"
+    state_schema: str = DEFAULTS.central_db.state_schema
     timeout: float = 15.0  # per HTTP request
     poll_seconds: float = 1.0  # how often the table is polled when there is nothing to do
     batch_rows: int = 200  # rows read per round

@@ -1,8 +1,11 @@
-"""The retry queue: re-apply parked messages in arrival order, entity by entity.
+"""The retry queue: re-apply parked messages in arrival order, entity by entity, without standing in the way.
 
-An entity whose head entry still fails keeps the rest of its entries waiting (order per entity is preserved);
-an entity with an unresolved conflict is skipped until it is resolved. A pass walks the whole queue in pages
-(keyset by id, one transaction per page), so no number of permanent errors at its head holds up what is behind.
+An entity whose head entry still fails (or is not due) keeps the rest of its entries waiting (order per entity is
+preserved); an entity with an unresolved conflict is skipped until it is resolved. A pass walks the queue by id in
+short rounds (RetryLane.round: a bounded time each, one transaction), so the receiver applies live messages between
+them. Only due entries are tried (retry_rules: backoff by kind); an entry not due is passed by without a write, and
+a body is never rewritten (it lives in receiver_retry_body). An entry whose row a newer message has applied since
+closes itself, counted as "superseded".
 """
 
 from __future__ import annotations
@@ -11,119 +14,251 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
 
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.i18n import _
+from dbsync_cli.receiver import reasons, state
+from dbsync_cli.receiver import retry_rules as rules
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, now
 from dbsync_cli.receiver.current_rows import deadlock
-from dbsync_cli.receiver.message import Parsed, entity_key
-from dbsync_cli.receiver.state import StateError, schema_name
-from dbsync_cli.sql import Sql, sql
+from dbsync_cli.receiver.message import Parsed
+from dbsync_cli.receiver.retry_queue import RetryEntry, delete_entries, get_entry, list_entries
+from dbsync_cli.receiver.superseded import SUPERSEDED, superseded_entries
+from dbsync_cli.sql import sql
+
+__all__ = ["FAILED", "SUPERSEDED", "RetryEntry", "RetryLane", "drop_entry", "get_entry", "list_entries", "retry_pending"]
 
 log = logging.getLogger("dbsync.retry")
 
 FAILED = ("retry", "error", "waiting")
-PAGE = 500
+PAGE = 200
+ROUND_SECONDS = 0.25  # the longest a round keeps live messages waiting (one entry's attempt may overrun it)
+DEFAULT_INTERVAL = 60.0
+
+_COLUMNS = sql("id, message_id, site, broker_user, header_site, entity_key, kind, attempts, next_attempt, cause, "
+               "reason")
 
 
-def retry_pending(applier: Applier, limit: int | None = None, *, only: int | None = None,
-                  page: int = PAGE) -> list[Outcome]:
-    """One pass over the queue (or entry `only`); returns the outcomes. Logs progress on a long queue."""
-    s = applier.s
-    outcomes: list[Outcome] = []
-    applier.refresh_sites()
-    with applier.conn.cursor() as cur:
-        cur.execute(sql("SELECT entity_key FROM {}.receiver_conflict_queue WHERE resolved = 0", s))
-        in_conflict = {r[0] for r in cur.fetchall()}
-    applier.conn.commit()
-    stuck: set[str] = set()
-    with applier.conn.cursor() as cur:
-        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue", s))
-        (queued,) = cur.fetchone() or (0,)
-    applier.conn.commit()
-    applied_by_site: Counter[str] = Counter()
-    after, started, last_log = 0, time.monotonic(), time.monotonic()
-    while limit is None or len(outcomes) < limit:
-        size = page if limit is None else min(page, limit - len(outcomes))
+@dataclass
+class _Pass:
+    """One walk over the queue, possibly spread over many rounds."""
+    cutoff: dt.datetime  # entries due by then are tried
+    everything: bool  # try entries not due too (an operator's `apply --retry`)
+    in_conflict: set[str]
+    after: int = 0
+    stuck: dict[str, int] = field(default_factory=dict)  # entity key → the entry it waits behind
+    outcomes: list[Outcome] = field(default_factory=list)
+    applied_by_site: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+
+class RetryLane:
+    """The retry queue's own lane in the apply loop: a pass every `interval` seconds (at once after a fix),
+    carried out in rounds of at most `round_seconds` between live batches."""
+
+    def __init__(self, applier: Applier, interval: float = DEFAULT_INTERVAL, *, round_seconds: float = ROUND_SECONDS,
+                 page: int = PAGE):
+        self.applier, self.interval, self.round_seconds, self.page = applier, interval, round_seconds, page
+        self.current: _Pass | None = None
+        self.last_start = -float("inf")
+        self.again = False  # something was fixed during a pass: start another right after it
+        self.waiting_refs: set[str] = set()  # causes of entries waiting for a row (ref:<uuid>)
+
+    # ---- what the apply loop calls ----------------------------------------------------------------------
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def round(self, everything: bool = False) -> list[Outcome]:
+        """One bounded round: start a pass when due, go on with it; returns the outcomes of a pass that ended."""
+        if self.current is None:
+            if not (self.again or time.monotonic() - self.last_start >= self.interval):
+                return []
+            self._start(everything)
+        current = self.current
+        assert current is not None
+        deadline = time.monotonic() + self.round_seconds
+        while time.monotonic() < deadline:
+            if not self._page(current, deadline):
+                self._finish(current)
+                self.current = None
+                return current.outcomes
+        return []
+
+    def note_applied(self, uuids: Iterable[str | None]) -> int:
+        """Rows just applied: entries waiting for one of them become due now. Returns how many."""
+        if not self.waiting_refs:
+            return 0
+        causes = sorted({c for c in (rules.reference_cause(u) for u in uuids) if c in self.waiting_refs})
+        if not causes:
+            return 0
+        s = self.applier.s
+        with self.applier.conn.cursor() as cur:
+            cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE cause IN ({}) AND "
+                            "next_attempt IS NOT NULL", s, sql(", ".join(["%s"] * len(causes)))), causes)
+            made_due = int(cur.rowcount)
+        self.applier.conn.commit()
+        self.waiting_refs -= set(causes)
+        self.again = True
+        return made_due
+
+    # ---- a pass --------------------------------------------------------------------------------------------
+    def _start(self, everything: bool) -> None:
+        applier, s = self.applier, self.applier.s
+        applier.refresh_sites()
+        closed = superseded_entries(applier)
         with applier.conn.cursor() as cur:
-            if only is None:
-                cur.execute(sql("SELECT id, message_id, site, body, broker_user, header_site FROM {}.receiver_retry_queue WHERE id > %s "
-                                "ORDER BY id LIMIT %s", s), (after, size))
-            else:
-                cur.execute(sql("SELECT id, message_id, site, body, broker_user, header_site FROM {}.receiver_retry_queue WHERE id = %s", s),
-                            (only,))
+            cur.execute(sql("SELECT entity_key FROM {}.receiver_conflict_queue WHERE resolved = 0", s))
+            in_conflict = {r[0] for r in cur.fetchall()}
+            cur.execute(sql("SELECT DISTINCT cause FROM {}.receiver_retry_queue WHERE cause LIKE 'ref:%%'", s))
+            self.waiting_refs = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT UTC_TIMESTAMP(3)")
+            (cutoff,) = cur.fetchone() or (now(),)
+        applier.conn.commit()
+        self.current = _Pass(cutoff, everything, in_conflict, outcomes=closed)
+        self.last_start, self.again = time.monotonic(), False
+
+    def _page(self, current: _Pass, deadline: float) -> bool:
+        """Entries after the cursor until `deadline`; False when the queue is walked."""
+        applier, s = self.applier, self.applier.s
+        with applier.conn.cursor() as cur:
+            # not due and nothing waits behind it (no entity): not even read
+            due = sql("") if current.everything else sql(
+                " AND (next_attempt IS NULL OR next_attempt <= %s OR entity_key IS NOT NULL)")
+            cur.execute(sql("SELECT {} FROM {}.receiver_retry_queue WHERE id > %s{} ORDER BY id LIMIT %s",
+                            _COLUMNS, s, due),
+                        (current.after, self.page) if current.everything else (current.after, current.cutoff,
+                                                                               self.page))
             rows = cur.fetchall()
             for row in rows:
-                outcome = _entry(applier, cur, s, row, in_conflict, stuck)
+                outcome = self._entry(cur, current, row)
+                current.after = row[0]
                 if outcome is not None:
-                    outcomes.append(outcome)
+                    current.outcomes.append(outcome)
                     if outcome.outcome not in FAILED:
-                        applied_by_site[row[2] or "?"] += 1
+                        current.applied_by_site[row[2] or "?"] += 1
+                if time.monotonic() >= deadline:
+                    break
         applier.conn.commit()
-        if not rows or only is not None:
-            break
-        after = rows[-1][0]
-        if time.monotonic() - last_log >= 5:  # e.g. a site's onboarding: thousands queued before `sites add`
-            log.info("retry queue: %d of %d entries tried, %d re-applied (%s) (%.0f/s)", len(outcomes), queued,
-                     sum(applied_by_site.values()), _per_site(applied_by_site),
-                     len(outcomes) / max(0.001, time.monotonic() - started))
-            last_log = time.monotonic()
-    applier.reload_blocked()
-    applied = sum(1 for o in outcomes if o.outcome not in FAILED)
-    with applier.conn.cursor() as cur:  # entries behind a conflict or an earlier entry were not tried: count all
-        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue", s))
-        (left,) = cur.fetchone() or (0,)
-    applier.conn.commit()
-    if outcomes or left:
-        log.info("retry queue: %d re-applied (%s), %d still in the queue", applied, _per_site(applied_by_site), left)
-    return outcomes
+        return bool(rows)
+
+    def _finish(self, current: _Pass) -> None:
+        self.applier.reload_blocked()
+        applied = sum(1 for o in current.outcomes if o.outcome not in FAILED)
+        if current.outcomes:
+            with self.applier.conn.cursor() as cur:
+                cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue", self.applier.s))
+                (left,) = cur.fetchone() or (0,)
+            self.applier.conn.commit()
+            log.info("retry queue: %d tried, %d re-applied (%s), %d still in the queue (%.1f s)",
+                     len(current.outcomes), applied, _per_site(current.applied_by_site), left,
+                     time.monotonic() - current.started)
+        self.note_applied(o.uuid for o in current.outcomes if o.outcome == "applied")
+
+    # ---- an entry --------------------------------------------------------------------------------------------
+    def _entry(self, cur: Any, current: _Pass, row: tuple[Any, ...]) -> Outcome | None:
+        entry_id, message_id, site, broker_user, header_site, ek, kind, attempts, next_at, cause, reason = row
+        if ek is not None and ek in current.in_conflict:
+            return None
+        if ek is not None and ek in current.stuck:
+            if attempts == 0:  # tried within one interval: it waits for the entry ahead of it (said once)
+                waiting = reasons.reason("waiting_behind_entry", entry=current.stuck[ek], entity=ek)
+                cur.execute(sql("UPDATE {}.receiver_retry_queue SET attempts = 1, kind = %s, reason = %s, "
+                                "reason_code = %s, reason_args = %s, date_last_attempt = %s WHERE id = %s",
+                                self.applier.s), (rules.WAITING, waiting[:2000], *reasons.columns(waiting), now(),
+                                                  entry_id))
+            return None
+        if not current.everything and not rules.due(next_at, current.cutoff):
+            if ek is not None:
+                current.stuck[ek] = entry_id
+            return None
+        cur.execute(sql("SELECT body FROM {}.receiver_retry_body WHERE id = %s", self.applier.s), (entry_id,))
+        found = cur.fetchone()
+        if found is None:  # a delivery cut short at the broker (consume parked it): nothing to apply
+            return None
+        items = self.applier.expand_stored(bytes(found[0]), message_id, site, broker_user, header_site)
+        if len(items) > 1:
+            return _unpack(self.applier, cur, entry_id, message_id, items)
+        outcome = self._attempt(cur, entry_id, items[0], int(attempts), (kind, cause, reason))
+        if outcome.outcome in FAILED and ek is not None:
+            current.stuck[ek] = entry_id
+        return outcome
+
+    def _attempt(self, cur: Any, entry_id: int, item: Parsed, attempts: int,
+                 stored: tuple[str | None, str | None, str | None] = (None, None, None)) -> Outcome:
+        """Try one entry; a failure writes its next attempt (the reason, kind and cause only when they changed:
+        the statement is logged with its values, and most attempts fail as the one before)."""
+        applier, s = self.applier, self.applier.s
+        batch = Batch()
+        cur.execute("SAVEPOINT retry_entry")
+        try:
+            outcome = (Outcome(item.message_id, "error", reason=item.error,
+                               parked=(rules.PERMANENT, state.CENTRAL_CAUSE)) if item.error is not None
+                       else applier.apply_message(cur, item, batch, from_queue=True))
+        except pymysql.MySQLError as exc:
+            if operator_fault(exc) or deadlock(exc):  # every entry alike, or the pass was rolled back: stop
+                raise
+            outcome = Outcome(item.message_id, "retry", reason=reasons.reason("apply_failed",
+                                                                              error=failure_reason(exc)))
+        if outcome.outcome not in FAILED:
+            applier.finish_batch(cur, batch)
+            delete_entries(cur, s, [entry_id])
+            return outcome
+        cur.execute("ROLLBACK TO SAVEPOINT retry_entry")
+        applier.rolled_back()
+        kind, cause = outcome.parked or (rules.queue_kind_of(outcome.outcome), None)
+        if kind == rules.WAITING:  # its entity is blocked by another entry now: it waits like one
+            kind = rules.TRANSIENT
+        stamp = now()
+        due_at = rules.next_attempt(kind, attempts + 1, dt.timedelta(seconds=self.interval), stamp, cause)
+        reason = (outcome.reason or "")[:2000]
+        if stored == (kind, cause, reason):
+            cur.execute(sql("UPDATE {}.receiver_retry_queue SET attempts = attempts + 1, next_attempt = %s, "
+                            "date_last_attempt = %s WHERE id = %s", s), (due_at, stamp, entry_id))
+            return outcome
+        cur.execute(sql("UPDATE {}.receiver_retry_queue SET attempts = attempts + 1, reason = %s, reason_code = %s, "
+                        "reason_args = %s, kind = %s, cause = %s, next_attempt = %s, date_last_attempt = %s "
+                        "WHERE id = %s", s),
+                    (reason, *reasons.columns(outcome.reason), kind, cause, due_at, stamp,
+                     entry_id))
+        return outcome
+
+
+def retry_pending(applier: Applier, limit: int | None = None, *, only: int | None = None, page: int = PAGE,
+                  everything: bool = False, interval: float = DEFAULT_INTERVAL) -> list[Outcome]:
+    """One whole pass now (entries due; `everything`: all), or entry `only` whether due or not; its outcomes.
+    For operators' actions and `dbsync apply --retry`; the receiver's loop uses a RetryLane."""
+    lane = RetryLane(applier, interval, round_seconds=3600.0, page=page if limit is None else min(page, limit))
+    if only is not None:
+        lane._start(True)
+        current = lane.current
+        assert current is not None
+        current.outcomes.clear()  # closing superseded entries is the pass's business, not this entry's
+        with applier.conn.cursor() as cur:
+            cur.execute(sql("SELECT {} FROM {}.receiver_retry_queue WHERE id = %s", _COLUMNS, applier.s),
+                        (only,))
+            row = cur.fetchone()
+            outcome = lane._entry(cur, current, row) if row is not None else None
+        applier.conn.commit()
+        applier.reload_blocked()
+        return [outcome] if outcome is not None else []
+    lane.last_start = -float("inf")
+    outcomes = lane.round(everything)
+    while lane.busy():
+        outcomes = lane.round(everything)
+    return outcomes[:limit] if limit is not None else outcomes
 
 
 def _per_site(counts: Counter[str]) -> str:
     return ", ".join(f"{site} {n}" for site, n in sorted(counts.items())) or "none"
 
 
-def _entry(applier: Applier, cur: Any, s: Sql, row: tuple[Any, ...], in_conflict: set[str],
-           stuck: set[str]) -> Outcome | None:
-    entry_id, message_id, site, body, broker_user, header_site = row
-    if not body:  # a delivery cut short at the broker (consume parked it): nothing to apply, its reason stays
-        return None
-    items = applier.expand_stored(bytes(body), message_id, site, broker_user, header_site)
-    if len(items) > 1:
-        return _unpack(applier, cur, s, entry_id, message_id, items)
-    item = items[0]
-    ek = entity_key(applier.model, item.table, item.message["uuid"]) if item.message else None
-    if ek is not None and (ek in in_conflict or ek in stuck):
-        return None
-    batch = Batch()
-    cur.execute("SAVEPOINT retry_entry")
-    try:
-        outcome = _attempt(applier, cur, item, batch)
-    except pymysql.MySQLError as exc:
-        if operator_fault(exc):  # a missing grant fails every entry alike: stop, count no attempt
-            raise
-        if deadlock(exc):  # the server rolled the pass back (its savepoint too): not the entry's fault
-            raise
-        outcome = Outcome(message_id, "retry", reason=f"apply failed: {failure_reason(exc)}")
-    if outcome.outcome in FAILED:
-        cur.execute("ROLLBACK TO SAVEPOINT retry_entry")
-        applier.rolled_back()
-        cur.execute(sql("UPDATE {}.receiver_retry_queue SET attempts = attempts + 1, reason = %s, "
-                        "date_last_attempt = %s WHERE id = %s", s), ((outcome.reason or "")[:2000], now(), entry_id))
-        if ek is not None:
-            stuck.add(ek)
-    else:
-        applier.finish_batch(cur, batch)
-        cur.execute(sql("DELETE FROM {}.receiver_retry_queue WHERE id = %s", s), (entry_id,))
-    return outcome
-
-
-def _unpack(applier: Applier, cur: Any, s: Sql, entry_id: int, message_id: str, items: list[Parsed]) -> Outcome:
+def _unpack(applier: Applier, cur: Any, entry_id: int, message_id: str, items: list[Parsed]) -> Outcome:
     """An envelope kept whole (parked as one error: over the size limit then, or by a receiver that predates
     envelopes) becomes one entry per message, in order, each tried from the next pass on like any other."""
     batch = Batch()
@@ -132,74 +267,20 @@ def _unpack(applier: Applier, cur: Any, s: Sql, entry_id: int, message_id: str, 
             applier.park(cur, item, item.error, batch, kind="error")
         else:
             applier.park(cur, item, f"unpacked from envelope {message_id[:80]}", batch)
-    cur.execute(sql("DELETE FROM {}.receiver_retry_queue WHERE id = %s", s), (entry_id,))
+    delete_entries(cur, applier.s, [entry_id])
     log.info("retry entry %d (envelope %s): unpacked into %d entries", entry_id, message_id, len(items))
     return Outcome(message_id, "retry", reason=f"unpacked into {len(items)} entries")
-
-
-def _attempt(applier: Applier, cur: Any, item: Parsed, batch: Batch) -> Outcome:
-    if item.error is not None:
-        return Outcome(item.message_id, "error", reason=item.error)
-    return applier.apply_message(cur, item, batch, from_queue=True)
-
-
-# ---- the queue for operators (`dbsync retry list|show|drop|again`) ---------------------------------------------
-@dataclass
-class RetryEntry:
-    id: int
-    message_id: str
-    site: str | None
-    table: str | None
-    entity: str | None
-    reason: str
-    attempts: int
-    date_created: dt.datetime
-    date_last_attempt: dt.datetime | None
-    body: bytes
-
-    def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "message_id": self.message_id, "site": self.site, "table": self.table,
-                "entity": self.entity, "reason": self.reason, "attempts": self.attempts,
-                "date_created": self.date_created.isoformat(sep=" "),
-                "date_last_attempt": self.date_last_attempt.isoformat(sep=" ") if self.date_last_attempt else None,
-                "kind": "waits for a retry" if self.entity else "error (never applies as it is)"}
-
-
-_SELECT = ("SELECT id, message_id, site, table_name, entity_key, reason, attempts, date_created, date_last_attempt, "
-           "body FROM {}.receiver_retry_queue")
-
-
-def _entry_of(row: tuple[Any, ...]) -> RetryEntry:
-    return RetryEntry(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7], row[8], bytes(row[9]))
-
-
-def list_entries(conn: Any, schema: str, *, site: str | None = None, limit: int = 1000) -> list[RetryEntry]:
-    """Entries oldest first (at most `limit`), of one site or all."""
-    with conn.cursor() as cur:
-        if site is None:
-            cur.execute(sql(_SELECT + " ORDER BY id LIMIT %s", schema_name(schema)), (limit,))
-        else:
-            cur.execute(sql(_SELECT + " WHERE site = %s ORDER BY id LIMIT %s", schema_name(schema)), (site, limit))
-        return [_entry_of(row) for row in cur.fetchall()]
-
-
-def get_entry(conn: Any, schema: str, number: int) -> RetryEntry:
-    with conn.cursor() as cur:
-        cur.execute(sql(_SELECT + " WHERE id = %s", schema_name(schema)), (number,))
-        row = cur.fetchone()
-    if row is None:
-        raise StateError(_("retry entry {number} does not exist").format(number=number))
-    return _entry_of(row)
 
 
 def drop_entry(applier: Applier, number: int) -> str:
     """Remove entry `number` for good (an operator decided it must never apply); later messages it held follow."""
     entry = get_entry(applier.conn, applier.settings.state_schema, number)
     with applier.conn.cursor() as cur:
-        cur.execute(sql("DELETE FROM {}.receiver_retry_queue WHERE id = %s", applier.s), (number,))
+        delete_entries(cur, applier.s, [number])
     applier.conn.commit()
     log.warning("retry entry %d (%s, %s) dropped by the operator: %s", number, entry.message_id, entry.table,
                 entry.reason)
     released = retry_pending(applier) if entry.entity else []
     done = sum(1 for o in released if o.outcome not in FAILED)
     return _("retry entry {number} dropped; {done} waiting message(s) applied").format(number=number, done=done)
+

@@ -7,6 +7,7 @@ acknowledges its batch, apply finishes its batch, and everything returns.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
 from dbsync_cli.receiver import actions, inbox, placeholder, state
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
-from dbsync_cli.receiver.retry import retry_pending
+from dbsync_cli.receiver.retry import RetryLane
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.receiver")
@@ -86,31 +87,47 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
         applier.close()
         raise
     interval = cfg["receiver.retry_interval_seconds"]
-    last_retry = last_sample = 0.0
+    # the retry queue's own lane: a pass every interval, in short rounds between live batches (never in their way)
+    lane = RetryLane(applier, interval)
+    central_changed(applier, cfg)
+    last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
     try:
         while not stop.is_set():
             records = read_inbox(applier, applier.settings.batch_messages)
             if records:
-                applier.apply_batch(records)
+                outcomes = applier.apply_batch(records)
+                lane.note_applied(o.uuid for o in outcomes if o.outcome == "applied")
                 last_work = time.monotonic()
             if actions.serve(applier):  # operators' retry/conflict actions, handed over under our lock
                 last_work = time.monotonic()
-            if time.monotonic() - last_retry >= interval:
-                retry_pending(applier)
+            lane.round()
+            if time.monotonic() - last_housekeeping >= interval:
                 # fillers nothing references any more (their placeholders were overwritten), a bounded number
                 placeholder.remove_fillers(applier.conn, applier.model, applier.s)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
-                last_retry = time.monotonic()
+                last_housekeeping = time.monotonic()
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
                 last_sample = time.monotonic()
-            if not records:
+            if not records and not lane.busy():
                 if idle_exit is not None and time.monotonic() - last_work >= idle_exit:
                     return
                 stop.wait(0.2)
     finally:
         applier.close()
+
+
+def central_changed(applier: Applier, cfg: Config) -> int:
+    """Central's schema or the settings that judge messages changed since the last start: the entries they can
+    fix (malformed here, another site's row) become due now. Returns how many."""
+    fingerprint = hashlib.sha256(repr((sorted((t.name, tuple(t.columns)) for t in applier.model.tables.values()),
+                                       cfg["receiver.cross_site_changes"], cfg["broker.max_message_bytes"]))
+                                 .encode()).hexdigest()[:64]
+    due = state.fingerprint_changed(applier.conn, applier.settings.state_schema, state.CENTRAL_CAUSE, fingerprint)
+    if due:
+        log.info("central's schema or settings changed: %d retry entries are due now", due)
+    return due
 
 
 def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:

@@ -205,6 +205,33 @@ MIGRATIONS: list[list[str]] = [
             date_checked DATETIME(3) NULL,
             KEY filler_checked (date_checked, id)) CHARACTER SET utf8mb4""",
     ],
+    [  # 14: the retry queue at scale. The body, written once, lives apart from what each attempt changes (central's
+        # binlog in FULL row image logged every body twice per attempt); each entry has a kind (transient |
+        # permanent | waiting), a next attempt (NULL: due now) and a cause whose fix makes it due at once
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_retry_body (
+            id BIGINT NOT NULL PRIMARY KEY,
+            body LONGBLOB NOT NULL) CHARACTER SET utf8mb4""",
+        "INSERT IGNORE INTO {s}.receiver_retry_body (id, body) SELECT id, body FROM {s}.receiver_retry_queue",
+        """ALTER TABLE {s}.receiver_retry_queue DROP COLUMN body,
+            ADD COLUMN kind VARCHAR(20) NOT NULL DEFAULT 'transient',
+            ADD COLUMN next_attempt DATETIME(3) NULL,
+            ADD COLUMN cause VARCHAR(160) NULL,
+            ADD COLUMN entity_uuid VARCHAR(38) NULL,
+            ADD KEY retry_next (next_attempt), ADD KEY retry_cause (cause)""",
+        "UPDATE {s}.receiver_retry_queue SET kind = 'permanent' WHERE entity_key IS NULL",
+        "UPDATE {s}.receiver_retry_queue SET kind = 'waiting' WHERE reason LIKE 'waiting behind %'",
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_fix_epoch (
+            cause VARCHAR(160) NOT NULL PRIMARY KEY,
+            epoch BIGINT NOT NULL DEFAULT 0,
+            fingerprint VARCHAR(64) NULL,
+            date_changed DATETIME(3) NOT NULL) CHARACTER SET utf8mb4""",
+    ],
+    [  # 15: a parked message's reason as a code and its arguments (receiver/reasons.py), said in the reader's
+        # language when shown; `reason` keeps the English text (older rows have only that)
+        "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN reason_code VARCHAR(40) NULL, ADD COLUMN reason_args TEXT NULL",
+        "ALTER TABLE {s}.receiver_conflict_queue ADD COLUMN reason_code VARCHAR(40) NULL, "
+        "ADD COLUMN reason_args TEXT NULL",
+    ],
 ]
 
 #: how long the per-minute samples of the console's charts are kept
@@ -299,6 +326,7 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
                         "VALUES (%s, %s, %s, %s, %s)", s),
                     (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user,
                      int(adopt)))
+        fix_changed(cur, s, site_cause(identifier))  # its parked messages are tried at once
     conn.commit()
     return sites(conn, schema)[identifier]
 
@@ -318,6 +346,7 @@ def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = N
                         (None if any_broker_user else broker_user, identifier))
         if adopt is not None:
             cur.execute(sql("UPDATE {}.site_info SET adopt=%s WHERE identifier=%s", s), (int(adopt), identifier))
+        fix_changed(cur, s, site_cause(identifier))  # e.g. its broker user fixed: its refused messages are tried
     conn.commit()
     return sites(conn, schema)[identifier]
 
@@ -328,6 +357,8 @@ def set_disabled(conn: Any, schema: str, identifier: str, disabled: bool) -> Non
                     (int(disabled), identifier))
         if cur.rowcount == 0 and identifier not in sites(conn, schema):
             raise StateError(_("site {site!r} is not registered").format(site=identifier))
+        if not disabled:
+            fix_changed(cur, schema_name(schema), site_cause(identifier))
     conn.commit()
 
 
@@ -337,6 +368,40 @@ def remove_site(conn: Any, schema: str, identifier: str) -> None:
         if cur.rowcount == 0:
             raise StateError(_("site {site!r} is not registered").format(site=identifier))
     conn.commit()
+
+
+# ---- fix epochs of the retry queue: what can fix a parked entry ------------------------------------------
+def site_cause(identifier: str) -> str:
+    """The cause of entries a site's registration, enabling or broker user can fix (refused messages)."""
+    return f"site:{identifier}"[:160]
+
+
+#: the cause of entries central's schema or the receiver's settings can fix (malformed here, cross-site)
+CENTRAL_CAUSE = "central"
+
+
+def fix_changed(cur: Any, s: Sql, cause: str, fingerprint: str | None = None) -> int:
+    """Something that can fix entries of `cause` changed: move its epoch and make those entries due now (the one
+    write they get for it). Returns how many entries became due."""
+    cur.execute(sql("INSERT INTO {}.receiver_fix_epoch (cause, epoch, fingerprint, date_changed) VALUES "
+                    "(%s, 1, %s, %s) ON DUPLICATE KEY UPDATE epoch = epoch + 1, fingerprint = VALUES(fingerprint), "
+                    "date_changed = VALUES(date_changed)", s),
+                (cause[:160], fingerprint, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE cause = %s AND "
+                    "next_attempt IS NOT NULL", s), (cause[:160],))
+    return int(cur.rowcount)
+
+
+def fingerprint_changed(conn: Any, schema: str, cause: str, fingerprint: str) -> int:
+    """Record `fingerprint` (e.g. of central's schema) for `cause`; when it differs from the one stored, the
+    cause's entries become due now. Returns how many."""
+    s = schema_name(schema)
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT fingerprint FROM {}.receiver_fix_epoch WHERE cause = %s", s), (cause,))
+        row = cur.fetchone()
+        due = fix_changed(cur, s, cause, fingerprint) if row is None or row[0] != fingerprint else 0
+    conn.commit()
+    return due
 
 
 def last_sync_dates(conn: Any, schema: str) -> dict[int, dt.datetime]:

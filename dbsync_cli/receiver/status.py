@@ -7,6 +7,7 @@ from typing import Any
 
 import pymysql
 
+from dbsync_cli import space
 from dbsync_cli.config import Config
 from dbsync_cli.health import (
     CRITICAL,
@@ -55,6 +56,9 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     lim = limits(cfg, overrides)
     now = now or utcnow()
     report = Report("receiver", cfg["receiver.site_id"], cfg)
+    home_space = space.warning(cfg.home)  # its logs: a full home stops the receiver (exit 19)
+    if home_space:
+        report.problem(WARNING, "home", home_space)
     timeout = lim["timeout_seconds"] or 5
     schema = cfg["central_db.state_schema"]
     data = report.data
@@ -96,7 +100,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     counts = [(r[0] or "?", int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in cur.fetchall()]
                     by_site = {site: n for site, n, _waiting, _oldest in counts}
                     data["retry_queue"] = {"size": size_, "oldest": utc(oldest), "oldest_seconds": seconds_between(now, oldest),
-                                           "by_site": by_site}
+                                           "by_site": by_site, **_retry_kinds(cur, s)}
                     onboarding = _onboarding(report, conn, schema, now, counts)
                     data["retry_queue"]["onboarding"] = onboarding
                     size_, oldest = _count_oldest(
@@ -257,6 +261,14 @@ def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
                                 "being applied")
             onboarding[identifier] = queued
     return onboarding
+
+
+def _retry_kinds(cur: Any, s: Sql) -> dict[str, Any]:
+    """Retry entries by kind (transient | permanent | waiting) and how many are due now (the rest back off)."""
+    cur.execute(sql("SELECT kind, COUNT(*), COALESCE(SUM(next_attempt IS NULL OR next_attempt <= UTC_TIMESTAMP(3)), "
+                    "0) FROM {}.receiver_retry_queue GROUP BY kind ORDER BY kind", s))
+    rows = [(str(r[0]), int(r[1]), int(r[2])) for r in cur.fetchall()]
+    return {"by_kind": {kind: n for kind, n, _due in rows}, "due": sum(due for _kind, _n, due in rows)}
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

@@ -19,6 +19,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import FormatDescriptionEvent
 
 from dbsync_cli import exitcodes
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.i18n import _
 from dbsync_cli.sql import placeholders, sql
@@ -191,8 +192,8 @@ class CaptureSettings:
     db: DbParams  # the replication user, database = the OpenMRS schema
     server_id: int
     tables: list[str]  # synced tables, parents first
-    snapshot: str = "initial"  # initial | never | when_needed
-    snapshot_method: str = "auto"  # auto | mariadb | lock | log_status (servers.py)
+    snapshot: str = DEFAULTS.sender.snapshot  # initial | never | when_needed
+    snapshot_method: str = DEFAULTS.sender.snapshot_method  # auto | mariadb | lock | log_status (servers.py)
     home: Path | None = None  # the sender's state directory (schema history); None: kept in memory
     until_idle: bool = False
     max_events: int | None = None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,12 @@ from typing import Any
 import pymysql.cursors
 
 from dbsync_cli import exitcodes, wire
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
+from dbsync_cli.retrying import pause
 from dbsync_cli.sender import drops
 from dbsync_cli.sender.binlog import CaptureStop, Position
 from dbsync_cli.sender.parent_deletes import ParentDeletes, position_key
@@ -56,9 +57,9 @@ class EnrichStop(CaptureStop):
 class EnrichSettings:
     db: DbParams
     site: str
-    timezone: str = "UTC"
-    batch_events: int = 500
-    max_transaction_events: int = 20_000  # a batch grows past batch_events to the end of a transaction, to this
+    timezone: str = DEFAULTS.sender.timezone  # defaults: the config model's, never literals of their own
+    batch_events: int = DEFAULTS.broker.batch_messages
+    max_transaction_events: int = DEFAULTS.sender.max_transaction_events  # a batch grows to its transaction's end
     cache_size: int = 200_000
     home: Path | None = None  # the sender's state (the schema history, for binlogs without column names)
     parent_cache_size: int = 100_000  # parent deletes remembered from the binlog scans of `parent_deletes`
@@ -174,7 +175,7 @@ class Enricher:
             log.warning("enrich: %s %s: %s references %s %s, not found (%d reference(s) in the batch); reading "
                         "the batch again (%d of %d)", table, key, column, target, local, len(missing), attempt,
                         READ_ATTEMPTS)
-            time.sleep(0.2 * attempt)
+            pause(0.2 * attempt)
         raise EnrichStop(_("site row {table} {key}: {column} references {target} {local}, which does not exist in "
                            "the site database (a dangling reference); enrich stops before it and nothing after it "
                            "is sent: fix the row at the site (or restore the referenced row), then restart").format(

@@ -16,23 +16,25 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic as time_now
 from typing import Any
 
 import stomp
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+from tenacity import RetryCallState
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker_refusals import refusal
+from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.files import private_dir
+from dbsync_cli.retrying import GRACE_SECONDS, Stopped, backoff, pause, retrying, stopping
 from dbsync_cli.sender import drops
 from dbsync_cli.sender.binlog import CaptureStop
-from dbsync_cli.supervise import backoff
 from dbsync_cli.wire import dumps
 
 log = logging.getLogger("dbsync.publish")
@@ -48,15 +50,16 @@ class BrokerStop(CaptureStop):
 @dataclass
 class PublishSettings:
     broker: BrokerSettings
-    destination: str = "openmrs.sync"
-    destination_type: str = "queue"  # queue (ANYCAST) | topic (MULTICAST, durable subscriptions)
-    batch_messages: int = 500  # rows per confirmed batch
-    batch_bytes: int = 2_000_000
-    compress_over: int = 512
-    wire_version: int = 2  # 2: envelopes of several rows; 1: one row per message
-    rows_per_message: int = 100  # rows per envelope
-    message_bytes: int = 1_000_000  # JSON bytes per envelope before it is deflated (under max_message_bytes)
-    max_message_bytes: int = 4_000_000
+    # defaults: the config model's (config_model.DEFAULTS), never literals of their own
+    destination: str = DEFAULTS.broker.destination
+    destination_type: str = DEFAULTS.broker.destination_type  # queue (ANYCAST) | topic (MULTICAST, durable)
+    batch_messages: int = DEFAULTS.broker.batch_messages  # rows per confirmed batch
+    batch_bytes: int = DEFAULTS.broker.batch_bytes
+    compress_over: int = DEFAULTS.broker.compress_over
+    wire_version: int = DEFAULTS.broker.wire_version  # 2: envelopes of several rows; 1: one row per message
+    rows_per_message: int = DEFAULTS.broker.rows_per_message  # rows per envelope
+    message_bytes: int = DEFAULTS.broker.message_bytes  # JSON bytes per envelope before deflate
+    max_message_bytes: int = DEFAULTS.broker.max_message_bytes
     receipt_timeout: float = 30.0
     max_unconfirmed_batches: int = 2  # sent while earlier ones await their receipt (0: wait for every batch)
     reject_dir: Path | None = None  # oversized messages are kept here for an operator, never silently dropped
@@ -78,7 +81,8 @@ class _Batch:
 
 
 class _Receipts(stomp.ConnectionListener):
-    def __init__(self) -> None:
+    def __init__(self, destination: str = "") -> None:
+        self.destination = destination
         self.lock = threading.Condition()
         self.received: set[str] = set()
         self.error: str | None = None
@@ -99,14 +103,28 @@ class _Receipts(stomp.ConnectionListener):
             self.disconnected = True
             self.lock.notify_all()
 
-    def wait(self, receipt: str, timeout: float) -> None:
+    def wait(self, receipt: str, timeout: float, stop: threading.Event | None = None) -> None:
+        """Until the receipt, an ERROR frame, a dropped connection or `timeout`; once a stop is asked, at most
+        GRACE_SECONDS more (then Stopped: the batch stays unconfirmed and is sent again at the next start)."""
+        deadline = time_now() + timeout
+        stop_by: float | None = None
         with self.lock:
-            ok = self.lock.wait_for(lambda: receipt in self.received or self.error or self.disconnected, timeout)
+            while True:
+                ok = self.lock.wait_for(lambda: receipt in self.received or self.error or self.disconnected, 0.25)
+                if ok or time_now() >= deadline:
+                    break
+                if stopping(stop):
+                    stop_by = stop_by or time_now() + GRACE_SECONDS
+                    if time_now() >= stop_by:
+                        raise Stopped("stopped while waiting for the broker's receipt")
             if receipt in self.received:
                 self.received.discard(receipt)
                 return
             if self.error:
-                raise BrokerError(f"broker refused the batch: {self.error}")
+                refused = refusal(self.error, self.destination)
+                if refused.permanent:  # e.g. no send permission: retrying cannot help, an operator must act
+                    raise BrokerStop(str(refused), refused.code)
+                raise refused
             if self.disconnected:
                 raise BrokerError("connection to the broker dropped before the receipt")
             if not ok:
@@ -123,14 +141,14 @@ class Publisher:
         self.dropped: list[dict[str, Any]] = []  # drop records since the last batch was sealed
         self.on_sent = on_sent  # messages confirmed per batch, told before on_confirmed (the rate for `dbsync status`)
         self.conn: stomp.Connection12 | None = None
-        self.receipts = _Receipts()
+        self.receipts = _Receipts(settings.destination)
         self.sent = 0
 
     def _connect(self) -> stomp.Connection12:
         if self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected:
             return self.conn
         self.close()
-        self.receipts = _Receipts()
+        self.receipts = _Receipts(self.settings.destination)
         try:
             self.conn = open_connection(self.settings.broker, listener=self.receipts)
         except BrokerError as exc:
@@ -208,14 +226,13 @@ class Publisher:
         """Reconnect with backoff and send every unconfirmed batch again, in order, on one new connection (the
         broker drops the duplicates by `_AMQ_DUPL_ID`)."""
         if failures:
-            time.sleep(backoff(failures, multiplier=0.5, maximum=30))
+            pause(backoff(failures, multiplier=0.5, maximum=30), self.settings.stop)
 
         def before_sleep(state: RetryCallState) -> None:
             log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?")
             self.close()
 
-        for attempt in Retrying(retry=retry_if_exception_type(RETRYABLE), wait=wait_exponential(multiplier=0.5, max=30),
-                                before_sleep=before_sleep, reraise=True):
+        for attempt in retrying(retry_on=RETRYABLE, stop=self.settings.stop, before_sleep=before_sleep):
             with attempt:
                 self.close()
                 conn = self._connect()
@@ -241,7 +258,7 @@ class Publisher:
             batch = pending[0]
             if batch.receipt is not None:
                 try:
-                    self.receipts.wait(batch.receipt, self.settings.receipt_timeout)
+                    self.receipts.wait(batch.receipt, self.settings.receipt_timeout, self.settings.stop)
                 except RETRYABLE as exc:
                     failures += 1
                     log.warning("publish failed (%s); retrying %d unconfirmed batch(es)", exc, len(pending))
@@ -295,6 +312,8 @@ class Publisher:
         window = max(0, self.settings.max_unconfirmed_batches)
         try:
             for record in records:
+                if stopping(self.settings.stop):  # confirm what was sent (GRACE_SECONDS at most), read no more
+                    break
                 if drops.is_dropped(record):  # not sent by enrich: counted with the checkpoint that passes it
                     self.dropped.append(record)
                     last_source = record.get("source") or last_source

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import pymysql
 from dbsync_cli import exitcodes
 from dbsync_cli.checks import privileges
 from dbsync_cli.i18n import _
+from dbsync_cli.retrying import pause
 from dbsync_cli.sender.binlog import CaptureStop, Position, current_position
 
 log = logging.getLogger("dbsync.snapshot")
@@ -164,7 +164,7 @@ def _retrying(conn: Any, attempt: Any, what: str) -> Position:
             return position
         log.warning("snapshot start: %s did not get a clean position (attempt %d of %d); trying again", what,
                     number, ATTEMPTS)
-        time.sleep(min(2**number, 10))
+        pause(min(2**number, 10))  # ends at once on SIGTERM (retrying.py)
     raise CaptureStop(_("the snapshot could not start: {what} found the server busy {attempts} times in a "
                         "row").format(what=what, attempts=ATTEMPTS),
                       exitcodes.FAILURE)

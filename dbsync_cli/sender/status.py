@@ -9,6 +9,7 @@ from typing import Any
 
 import pymysql
 
+from dbsync_cli import space
 from dbsync_cli.config import Config
 from dbsync_cli.health import (
     CRITICAL,
@@ -243,6 +244,9 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                             "{last}").format(count=refused["count"], at=utc(refused["at"]),
                                                              last=refused["last"]))
     _dropped(report, cfg.home, now)
+    home_space = space.warning(cfg.home)  # before it is full: a full home stops the sender (exit 19)
+    if home_space:
+        report.problem(WARNING, "home", home_space)
     report.data["checkpoint"] = checkpoint
     report.data["rate"] = rate
     lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}

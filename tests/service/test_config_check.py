@@ -80,7 +80,9 @@ def test_each_sender_fault_is_one_finding_with_its_exit_code(sender, services, f
         text = text.replace("[sender]\n", "[sender]\n").replace(
             next(line for line in text.splitlines() if line.startswith("server_id")), "server_id = 11")
     elif fault == "ca file":
-        text = text.replace("[broker]\n", '[broker]\nca_file = "/nonexistent/ca.pem"\n')
+        not_pem = conf.parent / "not-a-ca.pem"  # one that is missing does not load at all (test_config.py)
+        not_pem.write_text("hello\n")
+        text = text.replace("[broker]\n", f'[broker]\nca_file = "{not_pem}"\n')
     elif fault == "broker password":
         env["DBSYNC_BROKER__PASSWORD"] = "wrong-password"
     else:
@@ -211,3 +213,91 @@ def _replica_clash(conf, env, inst, user: str, file: str, pos: int) -> None:
         with inst.admin.connect() as conn, conn.cursor() as cur:  # close() would block on the reading thread
             if stream._stream_connection is not None:
                 cur.execute(f"KILL CONNECTION {int(stream._stream_connection.thread_id())}")
+
+
+def _server_offsets(db) -> tuple[int, int]:
+    """The central server's UTC offsets in minutes in January and July, asked of the server itself."""
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT TIMESTAMPDIFF(MINUTE, '2024-01-15 12:00:00', CONVERT_TZ('2024-01-15 12:00:00', '+00:00', "
+                    "@@global.time_zone)), TIMESTAMPDIFF(MINUTE, '2024-07-15 12:00:00', CONVERT_TZ('2024-07-15 "
+                    "12:00:00', '+00:00', @@global.time_zone))")
+        winter, summer = cur.fetchone()
+    return int(winter), int(summer)
+
+
+def _zone_offsets(name: str) -> tuple[int, int]:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return tuple(int(dt.datetime(2024, month, 15, 12, tzinfo=dt.UTC).astimezone(ZoneInfo(name)).utcoffset()
+                     .total_seconds() // 60) for month in (1, 7))
+
+
+def test_a_valid_but_wrong_time_zone_fails_and_the_servers_own_passes(openmrs_db, services, broker_settings,
+                                                                     tmp_path) -> None:
+    """Issue 26 item 13: `receiver.timezone` is compared with central's time zone (a SYSTEM zone included) by
+    UTC offsets; a zone that differs is an error naming both offsets, exit 2; a named zone with the server's
+    offsets passes."""
+    central = openmrs_db("central")
+    server = _server_offsets(central)
+    candidates = ("Etc/UTC", "Africa/Maputo", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Tokyo")
+    same = next((z for z in candidates if _zone_offsets(z) == server), None)
+    other = next(z for z in candidates if _zone_offsets(z)[0] != server[0] and _zone_offsets(z)[1] != server[1])
+    schema = f"t_check_{uuidlib.uuid4().hex[:8]}"
+    conf, env = receiver_config(tmp_path, central, broker_settings, destination="test.unused", state_schema=schema)
+    code, report = _check(conf, {**env, "DBSYNC_RECEIVER__TIMEZONE": other})
+    (found,) = [f for f in report["findings"] if f["check"] == "receiver.timezone"]
+    assert code == exitcodes.CONFIG and found["state"] == "error", report["findings"]
+    assert found["message"].startswith(f"receiver.timezone = {other!r} is not the server's time zone ") and \
+        "UTC" in found["message"], found
+    if same is None:
+        pytest.skip(f"no candidate zone has the central server's offsets {server}")
+    code, report = _check(conf, {**env, "DBSYNC_RECEIVER__TIMEZONE": same})
+    (found,) = [f for f in report["findings"] if f["check"] == "receiver.timezone"]
+    assert code == 0 and found["state"] == "ok", report["findings"]
+
+
+def test_the_broker_permissions_each_role_needs_are_tried(openmrs_db, services, tmp_path) -> None:
+    """Issue 26 item 13: send and consume on every address the role uses, tried for real with the role's own broker
+    user. A site's user that is not the site's (site2 configured as site1) may not read site1's answers; a site's
+    user configured as central may not read the sync destination. Exit 15, one finding each."""
+    art = services.artemis
+    site = openmrs_db("site1")
+    destination = f"test.trust.p{uuidlib.uuid4().hex[:6]}"
+    conf, env = sender_config(tmp_path, services["site1"].repl.with_database(site.database), art.site_settings("site1"),
+                              destination=destination)
+    code, report = _check(conf, env)
+    assert code == 0 and _states(report)["broker.permissions"] == ["ok"], report["findings"]
+    wrong = art.site_settings("site2")
+    conf.write_text(conf.read_text().replace('user = "site1"', 'user = "site2"'))
+    code, report = _check(conf, {**env, "DBSYNC_BROKER__PASSWORD": wrong.password})
+    refused = [f for f in report["findings"] if f["check"] == "broker.permissions"]
+    assert code == exitcodes.PRIVILEGES and [f["state"] for f in refused] == ["error", "error"], refused
+    assert refused[0]["message"].startswith(f"site2 may not consume from '{destination}.reply.site1' "
+                                            "(central's answers): refused (AMQ339016)"), refused
+    assert wrong.password not in orjson.dumps(report).decode()
+
+    central = openmrs_db("central")
+    conf, env = receiver_config(tmp_path, central, art.central_settings(), destination=destination,
+                                state_schema=f"t_check_{uuidlib.uuid4().hex[:8]}")
+    dbsync("sites", "add", "site1", "--config", str(conf), env=env)
+    code, report = _check(conf, env)
+    (found,) = [f for f in report["findings"] if f["check"] == "broker.permissions"]
+    assert code == 0 and found["state"] == "ok" and f"{destination}.reply.site1" in found["message"], found
+    site_user = art.site_settings("site1")
+    conf.write_text(conf.read_text().replace(f'user = "{art.central_settings().user}"', 'user = "site1"'))
+    code, report = _check(conf, {**env, "DBSYNC_BROKER__PASSWORD": site_user.password})
+    refused = [f for f in report["findings"] if f["check"] == "broker.permissions"]
+    assert code == exitcodes.PRIVILEGES and refused and refused[0]["message"].startswith(
+        f"site1 may not consume from '{destination}' (the sites' rows)"), refused
+
+
+def test_a_home_that_is_not_a_directory_is_an_error(sender) -> None:
+    (conf, env), _ = sender
+    home = conf.parent / "home-is-a-file"
+    home.write_text("")
+    conf.write_text("\n".join(f'home = "{home}"' if line.startswith("home =") else line
+                              for line in conf.read_text().splitlines()) + "\n")
+    code, report = _check(conf, env, "--offline")
+    (found,) = [f for f in report["findings"] if f["check"] == "home"]
+    assert code == exitcodes.CONFIG and found["state"] == "error" and "is not a directory" in found["message"]

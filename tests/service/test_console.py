@@ -36,6 +36,7 @@ from devtools.services.tls import ensure_tls
 pytestmark = pytest.mark.lane2
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORDS = {"admin": "operator-pass-1", "viewer": "readonly-pass-1"}
+METRICS_TOKEN = "scrape-token-1"  # /metrics is closed without one (console.metrics_token)
 
 
 def serve(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -92,7 +93,7 @@ def console(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[C
     for user, role in (("admin", "operator"), ("viewer", "readonly")):
         dbsync("console", "user", "add", user, "--role", role, "--password-stdin", "--config", str(central.config),
                env=central.env, stdin=(PASSWORDS[user] + "\n").encode())
-    proc, url = serve(central.config, central.env)
+    proc, url = serve(central.config, {**central.env, "DBSYNC_CONSOLE__METRICS_TOKEN": METRICS_TOKEN})
     try:
         yield central, url, {"name": name, "site1": site1}
     finally:
@@ -157,7 +158,8 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert {"given_name", "family_name"} <= differing
     shot(driver, "conflict")
     driver.find_element(By.ID, "col-family_name").click()  # the site's family name, central's given name
-    assert "resolved (merge)" in click_for_flash(driver, driver.find_element(By.ID, "merge"))
+    assert "queued" in click_for_flash(driver, driver.find_element(By.ID, "merge"))  # carried out in the background
+    assert "resolved (merge)" in last_outcome(driver)
     assert central.sql("SELECT given_name, family_name FROM person_name WHERE uuid = %s", (data["name"],)) == [
         ("Central Ann", "Site")]
 
@@ -166,12 +168,12 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert len(entries) >= 2
     first, second = (e.get_attribute("data-id") for e in entries[:2])
     shot(driver, "retry")
-    assert f"entry {first}:" in click_for_flash(
-        driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again"))
+    click_for_flash(driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again"))
+    assert f"entry {first}:" in last_outcome(driver)
     attempts = central.sql(f"SELECT attempts FROM `{central.schema}`.receiver_retry_queue WHERE id = %s", (first,))
     assert attempts and attempts[0][0] >= 1
-    assert f"retry entry {second} dropped" in click_for_flash(
-        driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] button.drop"))
+    click_for_flash(driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] button.drop"))
+    assert f"retry entry {second} dropped" in last_outcome(driver)
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
                        (second,)) == [(0,)]
 
@@ -259,7 +261,8 @@ def test_nothing_without_login_nothing_without_csrf_and_read_only_users_cannot_a
 
 def test_metrics_parse_and_carry_per_site_lag_and_queue_sizes(console) -> None:
     _central, url, _data = console
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+    with urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers={
+            "Authorization": f"Bearer {METRICS_TOKEN}"}), timeout=30) as response:
         text = response.read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     lag = {s.labels["site"] for s in families["dbsync_site_silent_seconds"].samples}
@@ -275,7 +278,7 @@ def test_the_sender_console_shows_the_checkpoint_and_its_metrics(openmrs_db, ser
     site = make_site(openmrs_db, services, tmp_path, broker_settings)
     dbsync("console", "user", "add", "clinic", "--role", "readonly", "--password-stdin", "--config",
            str(site.config), env=site.env, stdin=b"clinic-pass-1\n")
-    proc, url = serve(site.config, site.env)
+    proc, url = serve(site.config, {**site.env, "DBSYNC_CONSOLE__METRICS_OPEN": "true"})  # the opt-out
     try:
         client = _Http(url)
         assert client.request("/api/status")[0] == 401
@@ -332,3 +335,18 @@ def click_for_flash(driver: webdriver.Chrome, button: object) -> str:
     button.click()  # type: ignore[attr-defined]
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
     return str(driver.find_element(By.ID, "flash").text)
+
+
+def last_outcome(driver: webdriver.Chrome, timeout: float = 120) -> str:
+    """The outcome of the newest action in the page's actions table, once it ended (the page follows a running
+    action and reloads itself when it ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            row = driver.find_elements(By.CSS_SELECTOR, "tr.request")[0]
+            if row.get_attribute("data-state") in ("done", "failed"):
+                return str(row.find_element(By.CSS_SELECTOR, ".outcome").text)
+        except Exception:  # noqa: BLE001 - the page is reloading
+            pass
+        assert time.monotonic() < deadline, "the action did not end"
+        time.sleep(0.2)

@@ -182,6 +182,7 @@ def _check(command: str, fault: str, role: Role, env: dict[str, str]) -> None:
     errors = [line for line in err.strip().splitlines()
               if line.startswith("dbsync:") and not line.startswith("dbsync: config: warning")]
     assert len(errors) == 1, err[-2000:]
+    assert _first_line(err).startswith("dbsync:"), err[-2000:]  # no library line before it (issue 26 item 11)
 
 
 def _no_secrets(what: str, run: subprocess.CompletedProcess[bytes], home: Path) -> None:
@@ -197,3 +198,259 @@ def _no_secrets(what: str, run: subprocess.CompletedProcess[bytes], home: Path) 
                 data = path.read_bytes()
                 found += [(str(path), s) for s in SECRETS if s.encode() in data]
     assert not found, f"{what}: a password shows in {sorted({n for n, _ in found})}"
+
+
+# -- issue 26: commands that never hang, faults in one line ------------------------------------------------------
+
+#: how long a long-running command may take to stop after SIGTERM (the done-when line of issue 26)
+STOP_SECONDS = 10.0
+#: the NDJSON a lone `publish` reads (a sync message it will try to send)
+ONE_MESSAGE = (b'{"v":1,"id":"site1:e:b.000001:4:0","site":"site1","table":"location","op":"c",'
+               b'"uuid":"8d6c993e-c2cc-11de-8d13-0010c6dffd0f","snapshot":false,"sent":"2026-01-01T00:00:00+00:00",'
+               b'"source":{"file":"b.000001","pos":4,"row":0},"data":{}}\n')
+
+
+def _first_line(err: str) -> str:
+    """The first stderr line that is not one of dbsync's own log records: dbsync's one line for the fault, never a
+    library's (item 11: stomp.py's `could not connect`, `TLS/SSL connection has been closed (EOF)`)."""
+    import re
+
+    own = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) dbsync[.:]")
+    return next((line for line in err.strip().splitlines() if not own.match(line)), "")
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: a broker that is down (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(args: list[str], env: dict[str, str], stdin: bytes | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", *args], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    if stdin is not None:
+        proc.stdin.write(stdin)
+    proc.stdin.close()  # publish sends at the end of its input (or a heartbeat), then retries the broker
+    return proc
+
+
+def _stopped_in(proc: subprocess.Popen[bytes], signals: list[int]) -> tuple[float, int, str]:
+    """Send `signals` (back to back: the second arrives while the first stop unwinds) and measure how long the
+    process takes to exit."""
+    import signal as signal_mod
+    import time
+
+    started = time.monotonic()
+    for number in signals:
+        proc.send_signal(signal_mod.Signals(number))
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return float("inf"), proc.returncode, _stderr(proc)
+    return time.monotonic() - started, proc.returncode, _stderr(proc)
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stderr is not None and proc.stdout is not None
+    proc.stdout.close()
+    return proc.stderr.read().decode()
+
+
+def _hit(proc: subprocess.Popen[bytes], home: Path, marker: str, timeout: float = 40) -> None:
+    """Wait until the process logged `marker` (it met the fault and is retrying)."""
+    import time
+
+    log = home / "logs" / "dbsync.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and marker in log.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, f"exited {proc.returncode}: {_stderr(proc)[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{marker!r} never logged in {log}")
+
+
+#: long-running command → (its role, the log text that shows it is retrying a broker that is down, stdin)
+BROKER_DOWN = {
+    "sender": ("sender", "publish failed", None),
+    "publish": ("sender", "publish failed", ONE_MESSAGE),
+    "receiver": ("receiver", "reconnecting in", None),
+    "consume": ("receiver", "reconnecting in", None),
+}
+
+
+def test_long_running_commands_stop_within_seconds_of_sigterm_while_the_broker_is_down(roles) -> None:
+    """Item 8: each waits out its backoff in a stop-aware wait; SIGTERM ends it within seconds, exit 0, no
+    traceback (seen before: still running 10 minutes after SIGTERM). All four run at once."""
+    import signal as signal_mod
+
+    down = f"stomp://127.0.0.1:{_closed_port()}"
+    started = {}
+    for command, (side, _marker, stdin) in BROKER_DOWN.items():
+        role = roles[0] if side == "sender" else roles[1]
+        env = {**role.env, "DBSYNC_BROKER__URL": down}
+        home = role.home.parent / f"home-{command}"
+        conf = role.conf.parent / f"{command}.toml"
+        conf.write_text(role.conf.read_text().replace(str(role.home), str(home)))
+        started[command] = (_start([command, "--config", str(conf)], env, stdin), home)
+    try:
+        for command, (proc, home) in started.items():
+            _hit(proc, home, BROKER_DOWN[command][1])
+        results = {command: _stopped_in(proc, [signal_mod.SIGTERM]) for command, (proc, _home) in started.items()}
+    finally:
+        for proc, _home in started.values():
+            if proc.poll() is None:
+                proc.kill()
+    for command, (seconds, code, err) in results.items():
+        assert "Traceback" not in err and "Logging error" not in err, f"{command}: {err[-3000:]}"
+        assert seconds < STOP_SECONDS, f"{command} took {seconds:.1f} s to stop after SIGTERM: {err[-2000:]}"
+        assert code == exitcodes.OK, f"{command} exited {code}: {err[-2000:]}"
+
+
+def test_a_second_ctrl_c_exits_at_once(roles, broker_settings) -> None:
+    """Item 8: the first SIGINT asks for a clean stop (publish still waits GRACE_SECONDS for the receipt of what it
+    sent, here over a link with 3 s of latency each way), a second one exits at once (128 + 2)."""
+    import signal as signal_mod
+    import time
+
+    from devtools.field.link import LinkProxy
+
+    sender, _ = roles
+    with LinkProxy(broker_settings.host, broker_settings.port, latency_s=3) as link:
+        env = {**sender.env, "DBSYNC_BROKER__URL": f"stomp://127.0.0.1:{link.port}"}
+        proc = _start(["publish", "--config", str(sender.conf)], env, ONE_MESSAGE)
+        try:
+            _hit(proc, sender.home, "connected to")
+            proc.send_signal(signal_mod.SIGINT)  # the receipt is ~6 s away: publish waits for it
+            time.sleep(1)
+            assert proc.poll() is None, _stderr(proc)
+            seconds, code, err = _stopped_in(proc, [signal_mod.SIGINT])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 128 + signal_mod.SIGINT, (code, err[-2000:])
+    assert seconds < 1, seconds
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("dbsync: second SIGINT"), err[-2000:]
+
+
+@pytest.fixture(scope="module")
+def refusing(services):
+    """Two destinations the broker refuses: one the site user may not send to (it exists: the broker then hides
+    why, AMQ339011), one that does not exist while the broker may not create it (AMQ339001)."""
+    import orjson as json_mod
+    import stomp as stomp_mod
+
+    from dbsync_cli.broker import open_connection
+    from dbsync_cli.broker_queue import _Management
+    from devtools.services.artemis import site_password
+
+    admin = services.artemis.settings()
+    tag = uuidlib.uuid4().hex[:8]
+    no_send, unknown = f"test.fault.nosend.{tag}", f"test.fault.noauto.{tag}"
+    conn = open_connection(admin)
+    listener = stomp_mod.listener.WaitingListener("made")
+    conn.set_listener("made", listener)
+    conn.send(no_send, body="{}", headers={"destination-type": "ANYCAST", "persistent": "true", "receipt": "made"})
+    listener.wait_on_receipt()
+    conn.disconnect()
+    management = _Management(admin, 10)
+    management.call("broker", "addAddressSettings", unknown,
+                    json_mod.dumps({"autoCreateAddresses": False, "autoCreateQueues": False}).decode())
+    password = site_password(services.artemis.home, "site1")
+    SECRETS.add(password)
+    yield {"no_send": no_send, "unknown": unknown, "site_password": password}
+    management.call("broker", "removeAddressSettings", unknown)
+    management.close()
+    delete_queues(admin, [no_send])
+
+
+REFUSALS = [("publish", "no send permission"), ("sender --until-idle", "no send permission"),
+            ("publish", "unknown address"), ("sender --until-idle", "unknown address")]
+
+
+@pytest.mark.parametrize(("command", "fault"), REFUSALS, ids=[f"{c} / {f}" for c, f in REFUSALS])
+def test_a_broker_refusal_is_named_in_one_line(roles, refusing, command, fault) -> None:
+    """Item 10: not a 600-character `AMQ339011 … CoreMessage[…]` dump retried forever, but the cause in one line and
+    an operator-fault exit code (15: a permission; 2: the destination does not exist)."""
+    sender, _ = roles
+    env = dict(sender.env)
+    if fault == "no send permission":
+        env.update({"DBSYNC_BROKER__USER": "site1", "DBSYNC_BROKER__PASSWORD": refusing["site_password"],
+                    "DBSYNC_BROKER__DESTINATION": refusing["no_send"]})
+        expected, words = exitcodes.PRIVILEGES, "lacks send permission"
+    else:
+        env["DBSYNC_BROKER__DESTINATION"] = refusing["unknown"]
+        expected, words = exitcodes.CONFIG, f"address {refusing['unknown']} does not exist"
+    run = _run([*command.split(), "--config", str(sender.conf)], env, ONE_MESSAGE if command == "publish" else b"")
+    err = run.stderr.decode()
+    assert run.returncode == expected, (run.returncode, err[-2000:])
+    lines = err.strip().splitlines()
+    assert _first_line(err).startswith("dbsync:") and words in _first_line(err), err[-2000:]
+    assert "CoreMessage" not in err and "Traceback" not in err, err[-2000:]
+    assert len([line for line in lines if line.startswith("dbsync:")]) == 1, err[-2000:]
+    assert expected in EXIT_CODES[command.split()[0]], f"exit {expected} is not in man dbsync-{command.split()[0]}"
+    _no_secrets(f"{command} / {fault}", run, sender.home)
+
+
+@pytest.fixture
+def tiny_home(tmp_path):
+    """A 2 MB tmpfs to be the home: filled, it is a full state directory for real (needs root to mount)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    with (path / "filler").open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+
+
+FULL_HOME = ["sender", "capture", "publish", "receiver", "consume"]
+
+
+def test_a_full_home_is_one_line_naming_it_and_status_warns_before(roles, tiny_home) -> None:
+    """Item 9: a full state directory is one line naming the home and its free space, exit 19, no `--- Logging
+    error ---` traceback and no restart loop; `status` warns while space is short (2 MB: under 200 MB)."""
+    sender, receiver = roles
+    confs = {}
+    for side, role in (("sender", sender), ("receiver", receiver)):
+        conf = role.conf.parent / f"tiny-{side}.toml"
+        conf.write_text(role.conf.read_text().replace(str(role.home), str(tiny_home)))
+        confs[side] = (conf, role.env)
+    run = _run(["status", "--json", "--config", str(confs["sender"][0])], confs["sender"][1])
+    problems = orjson.loads(run.stdout)["problems"]
+    assert any(p["check"] == "home" and str(tiny_home) in p["message"] for p in problems), problems
+    check = _run(["config", "check", "--offline", "--json", "--config", str(confs["sender"][0])], confs["sender"][1])
+    assert check.returncode == 0 and any(str(tiny_home) in w for w in orjson.loads(check.stdout)["warnings"]), check
+    _fill(tiny_home)
+    check = _run(["config", "check", "--offline", "--config", str(confs["sender"][0])], confs["sender"][1])
+    assert check.returncode == exitcodes.HOME_FULL, (check.returncode, check.stderr.decode()[-2000:])
+    assert _first_line(check.stderr.decode()).startswith("dbsync:"), check.stderr.decode()
+    for command in FULL_HOME:
+        conf, env = confs["receiver" if command in ("receiver", "consume") else "sender"]
+        run = _run([command, "--config", str(conf)], env, ONE_MESSAGE if command == "publish" else b"")
+        err = run.stderr.decode()
+        assert run.returncode == exitcodes.HOME_FULL, (command, run.returncode, err[-2000:])
+        assert "Traceback" not in err and "Logging error" not in err, (command, err[-2000:])
+        assert _first_line(err).startswith("dbsync:") and str(tiny_home) in _first_line(err), (command, err)
+        assert "free" in _first_line(err), err
+        assert exitcodes.HOME_FULL in EXIT_CODES[command], f"exit 19 is not in man dbsync-{command}"

@@ -220,8 +220,9 @@ def test_permanent_errors_at_the_head_of_the_retry_queue_hold_nothing_up(central
     errors = [(f"broken-{i}", b"{not json") for i in range(5_100)]
     for i in range(0, len(errors), 1000):
         part = errors[i:i + 1000]
-        central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, body, reason, date_created) VALUES "
-                    + ", ".join(["(%s, %s, 'malformed JSON', NOW())"] * len(part)), tuple(x for e in part for x in e))
+        central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, reason, date_created, kind) VALUES "
+                    + ", ".join(["(%s, 'malformed JSON', NOW(), 'permanent')"] * len(part)), tuple(e[0] for e in part))
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT id, '{{not json' FROM {s}.receiver_retry_queue")
     _person, name = new_person(site, given="Behind")
     messages = [dict(m, site="site9", id="site9:" + m["id"]) for m in site.messages()]
     assert "retry" in outcomes(central.apply(messages))  # site9 is not registered yet
@@ -232,7 +233,7 @@ def test_permanent_errors_at_the_head_of_the_retry_queue_hold_nothing_up(central
     listed = orjson.loads(dbsync("retry", "list", "--json", "--limit", "3", "--config", str(central.config),
                                  env=central.env).stdout)
     assert all(e["reason"].startswith("malformed JSON") for e in listed) and len(listed) == 3
-    assert listed[0]["kind"].startswith("error")
+    assert listed[0]["kind"] == "permanent"
     shown = orjson.loads(dbsync("retry", "show", str(listed[0]["id"]), "--json", "--config", str(central.config),
                                 env=central.env).stdout)
     assert shown["body"] == "{not json" and shown["message_id"] == "broken-0"
@@ -465,7 +466,7 @@ def test_conflicts_of_a_site_resolve_in_one_command_with_an_audit_line(central, 
     run = dbsync("conflicts", "list", "--json", "--config", str(central.config), env=central.env)
     parked = orjson.loads(run.stdout)
     assert len(parked) >= 2
-    out = dbsync("conflicts", "resolve", "--site", "site1", "--keep-central", "--config", str(central.config),
+    out = dbsync("conflicts", "resolve", "--site", "site1", "--keep-central", "--yes", "--config", str(central.config),
                  env=central.env).stdout.decode()
     assert out.startswith(f"{len(parked)} conflict(s) resolved (keep-central)"), out
     assert orjson.loads(dbsync("conflicts", "list", "--json", "--config", str(central.config),

@@ -106,8 +106,8 @@ def test_silent_site_warning_then_critical(central) -> None:
 def test_retry_queue_and_conflicts(central) -> None:
     def park(n: int) -> None:
         for i in range(n):
-            central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, body, "
-                        "reason, date_created) VALUES (%s, 'site1', 'obs', '{}', 'concept x does not exist', %s)",
+            central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, "
+                        "reason, date_created) VALUES (%s, 'site1', 'obs', 'concept x does not exist', %s)",
                         (f"m{i}-{os.urandom(4).hex()}", _utcnow() - dt.timedelta(minutes=10)))
 
     park(3)
@@ -246,8 +246,8 @@ def test_a_normal_onboarding_is_a_note_and_an_unregistered_site_one_warning(cent
     is registered: one WARNING naming `dbsync sites add`; after it: a note while the retry pass applies them."""
     def park(site: str, n: int, reason: str) -> None:
         for i in range(n):
-            central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, body, "
-                        "reason, date_created) VALUES (%s, %s, 'obs', '{}', %s, %s)",
+            central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, "
+                        "reason, date_created) VALUES (%s, %s, 'obs', %s, %s)",
                         (f"o{i}-{os.urandom(4).hex()}", site, reason, _utcnow()))
 
     park("clinic-new", 150, "site 'clinic-new' is not registered (dbsync sites add)")

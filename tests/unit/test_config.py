@@ -77,7 +77,8 @@ def test_cli_config_check_rejects_broken_config(sender_file: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "dbsync_cli", "config", "check", "--config", str(sender_file),
                           "--offline"], capture_output=True, text=True)
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == ["dbsync: config: sender.server_id: expected int, got bool True"]
+    assert run.stderr.strip().splitlines() == [
+        f"dbsync: config: sender.server_id: expected int, got bool True (in {sender_file})"]
 
 
 def test_cli_config_check_masks_secrets(sender_file: Path) -> None:
@@ -144,3 +145,110 @@ def test_cli_config_check_refuses_a_site_id_with_a_nul_byte(sender_file: Path) -
     assert run.stderr.strip().splitlines() == [
         "dbsync: config: sender.id: 'site1\\x00x' holds a control character or ':', which the site's message ids "
         "and broker headers cannot carry"]
+
+
+@pytest.mark.parametrize(("edit", "line"), [
+    (("server_id = 11", "server_id = -1"), "sender.server_id: -1: must be at least 1 (in {file})"),
+    (("server_id = 11", "server_id = 4294967296"), "sender.server_id: 4294967296: must be at most 4294967295 (in {file})"),
+    (('[site_db]\n', '[site_db]\nport = 99999\n'), "site_db.port: 99999: must be at most 65535 (in {file})"),
+    (('[broker]\n', '[broker]\nbatch_messages = -5\n'), "broker.batch_messages: -5: must be at least 1 (in {file})"),
+    (('[site_db]\n', '[site_db]\nhost = ""\n'), "site_db.host: '': must not be empty (in {file})"),
+    (('[broker]\n', '[broker]\nurl = "http://mq:61613"\n'),
+     "broker.url: 'http://mq:61613': not stomp+ssl://host:port or stomp://host:port (in {file})"),
+    (('[broker]\n', '[broker]\nurl = "stomp+ssl://mq:70000"\n'),
+     "broker.url: 'stomp+ssl://mq:70000': the port is not from 1 to 65535 (in {file})"),
+    (('[broker]\n', '[broker]\ncompress_over = "512"\n'), "broker.compress_over: expected int, got str '512' (in {file})"),
+    (('[sender]\n', '[sender]\nextra_tables = ["ok", 3]\n'), "sender.extra_tables: 3: must be a valid string (in {file})"),
+])
+def test_values_are_checked_by_type_and_range_when_the_config_loads(sender_file: Path, edit, line: str) -> None:
+    """Issue 26 item 13: one line naming the key, the value, the rule and the file; nothing else."""
+    sender_file.write_text(sender_file.read_text().replace(*edit))
+    problems = config.validate(sender_file, "sender", env={})
+    assert problems == [line.format(file=sender_file)]
+
+
+def test_a_value_from_the_environment_names_the_variable_and_a_secret_is_never_shown(sender_file: Path) -> None:
+    problems = config.validate(sender_file, "sender", env={"DBSYNC_SITE_DB__PORT": "0"})
+    assert problems == ["site_db.port: 0: must be at least 1 (from DBSYNC_SITE_DB__PORT)"]
+    sender_file.write_text(sender_file.read_text().replace('password = "broker-secret"', "password = 12345"))
+    problems = config.validate(sender_file, "sender", env={})
+    assert problems == [f"broker.password: expected str, got int ******** (in {sender_file})"]
+
+
+@pytest.mark.parametrize("key", ["broker.ca_file", "site_db.ssl_ca", "console.tls_cert", "console.tls_key"])
+def test_a_missing_ca_or_certificate_file_is_named_when_the_config_loads(sender_file: Path, key: str) -> None:
+    """Issue 26 item 7: a CA file that did not exist made every command loop on stomp.py's `Could not find file
+    None`; now the config does not load: one line naming the key and the path."""
+    section, name = key.split(".")
+    missing = sender_file.parent / "nowhere" / "ca.pem"
+    text = sender_file.read_text()
+    text = text.replace(f"[{section}]\n", f'[{section}]\n{name} = "{missing}"\n') if f"[{section}]" in text \
+        else text + f'\n[{section}]\n{name} = "{missing}"\n'
+    sender_file.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(sender_file, "sender", env={})
+    assert str(caught.value) == f"{key}: '{missing}': no such file (in {sender_file})"
+
+
+def test_a_missing_ca_file_stops_sender_and_config_check_at_once_with_exit_2(sender_file: Path) -> None:
+    missing = sender_file.parent / "ca-gone.pem"
+    sender_file.write_text(sender_file.read_text().replace("[broker]\n", f'[broker]\nca_file = "{missing}"\n'))
+    for command in (["sender"], ["publish"], ["config", "check"], ["status", "--json"]):
+        run = subprocess.run([sys.executable, "-m", "dbsync_cli", *command, "--config", str(sender_file)],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if command[0] == "status":  # a monitoring plugin's codes: 3 UNKNOWN, the reason in its report
+            assert run.returncode == 3 and f"broker.ca_file: '{missing}': no such file" in run.stdout, run
+            continue
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, (command, run.returncode, run.stderr)
+        assert lines[0].startswith("dbsync: ") and f"broker.ca_file: '{missing}': no such file" in lines[0], lines
+
+
+def test_defaults_live_only_in_the_model() -> None:
+    """The stages' settings dataclasses take their defaults from the model (issue 26 item 13)."""
+    import dataclasses
+
+    from dbsync_cli.config_model import DEFAULTS
+    from dbsync_cli.receiver.apply import ApplySettings
+    from dbsync_cli.receiver.consume import ConsumeSettings
+    from dbsync_cli.sender.enrich import EnrichSettings
+    from dbsync_cli.sender.publish import PublishSettings
+
+    def default(cls, name):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    for cls, name, key in ((ApplySettings, "batch_messages", "receiver.batch_messages"),
+                           (ApplySettings, "row_lock_wait_seconds", "receiver.row_lock_wait_seconds"),
+                           (ApplySettings, "future_tolerance_seconds", "receiver.future_tolerance_seconds"),
+                           (ApplySettings, "state_schema", "central_db.state_schema"),
+                           (ConsumeSettings, "consumer_window", "broker.consumer_window"),
+                           (EnrichSettings, "max_transaction_events", "sender.max_transaction_events"),
+                           (PublishSettings, "rows_per_message", "broker.rows_per_message")):
+        assert default(cls, name) == config.KEYS[key].default, (cls.__name__, name)
+    assert config.KEYS["receiver.batch_messages"].default == DEFAULTS.receiver.batch_messages
+    assert config.KEYS["sender.server_id"].required and config.KEYS["site_db.password"].secret
+
+
+def test_config_check_names_a_home_without_free_space(sender_file: Path, tmp_path: Path) -> None:
+    """Issue 26 items 9 and 13: a home on a file system with 2 MiB: `config check` warns, naming it and its free
+    space; filled to under 256 kB, it fails with exit 19 (a real small file system: a tmpfs, where the test may
+    mount one)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        home = small / "home"
+        sender_file.write_text(sender_file.read_text().replace(f'home = "{tmp_path / "home"}"', f'home = "{home}"'))
+        argv = [sys.executable, "-m", "dbsync_cli", "config", "check", "--offline", "--config", str(sender_file)]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        assert f"dbsync: config: warning: home {home} has 2.0 MB free of 2.0 MB" in run.stderr, run.stderr
+        (small / "filler").write_bytes(b"x" * (2 * 1024 * 1024 - 128 * 1024))
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert run.returncode == 19, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(f"dbsync: config: home {home} has "), run.stderr
+        assert "the state directory is full" in run.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -46,6 +46,20 @@ def test_pages_have_the_sections() -> None:
         assert not any(line.startswith(("'", ".  ")) for line in text.splitlines()), name
 
 
+def test_every_command_page_has_examples() -> None:
+    """Each command (not a group) shows how it is used: the EXAMPLES section, with at least one `dbsync` line."""
+    generated = pages()
+    lacking = []
+    for words in command_paths():
+        text = generated[f"dbsync-{'-'.join(words)}.1"]
+        if ".SH COMMANDS\n" in text:  # a group: its commands' pages have the examples
+            continue
+        examples = text.split(".SH EXAMPLES\n", 1)[1].split("\n.SH ", 1)[0] if ".SH EXAMPLES\n" in text else ""
+        if "dbsync " not in examples:
+            lacking.append(" ".join(words))
+    assert not lacking, f"man pages without EXAMPLES: {lacking}"
+
+
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_pages_render_without_warnings() -> None:
     run = subprocess.run(["groff", "-ww", "-z", "-man", *sorted(str(p) for p in MAN.glob("*.1"))],

@@ -1,0 +1,113 @@
+"""The console acts in the background: a click queues the action and the page comes back at once, then shows its
+progress and outcome (a real headless browser against a real central; no receiver runs, so the console's own
+worker carries the action out)."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import dbsync
+from receiver_helpers import Central, drop_schema, make_central, make_site
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from test_bulk_actions import _conflicts
+from test_console import PASSWORDS, browser, log_in, serve, shot  # noqa: F401 - the browser fixture
+
+pytestmark = pytest.mark.lane2
+PARKED = 6000  # due retry entries: the pass a resolve releases walks them all (the 2.5 minutes seen in the field)
+
+
+@pytest.fixture
+def busy_console(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[Central, str, dict[str, int]]]:
+    central = make_central(openmrs_db, tmp_path, broker_settings)
+    site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+    central.apply(site1.messages())
+    numbers = _conflicts(central, site1, [f"P{i}" for i in range(12)])
+    with central.db.connect(autocommit=False) as conn, conn.cursor() as cur:
+        for start in range(0, PARKED, 1000):
+            cur.executemany(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, "
+                            "reason, attempts, date_created, kind) VALUES (%s, 'site1', 'obs', 'held for the test', "
+                            "1, UTC_TIMESTAMP(3), 'transient')",
+                            [(f"site1:test:{uuidlib.uuid4().hex}",) for _ in range(start, start + 1000)])
+        cur.execute(f"INSERT INTO `{central.schema}`.receiver_retry_body (id, body) SELECT id, '{{}}' FROM "
+                    f"`{central.schema}`.receiver_retry_queue WHERE message_id LIKE 'site1:test:%'")
+        conn.commit()
+    dbsync("console", "user", "add", "admin", "--role", "operator", "--password-stdin", "--config",
+           str(central.config), env=central.env, stdin=(PASSWORDS["admin"] + "\n").encode())
+    proc, url = serve(central.config, central.env)
+    try:
+        yield central, url, numbers
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        drop_schema(central)
+
+
+def _request_row(driver: webdriver.Chrome) -> Any:
+    return driver.find_elements(By.CSS_SELECTOR, "tr.request")[0]
+
+
+def test_a_bulk_resolve_returns_at_once_and_the_page_follows_its_progress_to_the_outcome(
+        busy_console, browser) -> None:  # noqa: F811 - the browser fixture
+    central, url, numbers = busy_console
+    driver = browser
+    log_in(driver, url, "admin")
+    driver.get(url + "/conflicts")
+    driver.find_element(By.ID, "f-site").send_keys("site1")
+    driver.find_element(By.ID, "f-reason").send_keys("edited centrally")
+    driver.find_element(By.ID, "filter").click()
+    assert driver.find_element(By.ID, "count").get_attribute("data-total") == str(len(numbers))
+    shot(driver, "conflicts-filtered")
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, "bulk-keep-central").click()  # first the count and a confirm step
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    assert driver.find_element(By.ID, "confirm-count").get_attribute("data-total") == str(len(numbers))
+    assert f"{len(numbers)} entries match now" in driver.find_element(By.TAG_NAME, "main").text
+    shot(driver, "bulk-confirm")
+    old = driver.find_element(By.TAG_NAME, "html")
+    started = time.monotonic()
+    driver.find_element(By.ID, "confirm-yes").click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    driver.find_element(By.ID, "requests")  # the next page is there
+    answered = time.monotonic() - started
+    assert answered < 2.0, f"the confirmed bulk resolve took {answered:.1f} s to answer"
+    assert "queued" in driver.find_element(By.ID, "flash").text
+    seen = {_request_row(driver).get_attribute("data-state")}
+    deadline = time.monotonic() + 300
+    progress = ""
+    while time.monotonic() < deadline:
+        try:
+            row = _request_row(driver)
+            state = row.get_attribute("data-state")
+            if state == "running" and "/" in row.find_element(By.CSS_SELECTOR, ".outcome").text:
+                progress = row.find_element(By.CSS_SELECTOR, ".outcome").text
+                shot(driver, "bulk-running")
+        except Exception:  # noqa: BLE001 - the page reloads itself when the action ends
+            time.sleep(0.2)
+            continue
+        seen.add(state)
+        if state in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    outcome = _request_row(driver).find_element(By.CSS_SELECTOR, ".outcome").text
+    assert _request_row(driver).get_attribute("data-state") == "done", (seen, outcome)
+    assert f"{len(numbers)} conflict(s) resolved (keep-central)" in outcome
+    assert seen & {"pending", "running"}, seen
+    assert progress, f"no progress was shown (states seen: {seen})"
+    shot(driver, "bulk-done")
+    took = central.sql(f"SELECT TIMESTAMPDIFF(MICROSECOND, date_created, date_done) / 1e6 FROM "
+                       f"`{central.schema}`.receiver_request ORDER BY id DESC LIMIT 1")[0][0]
+    assert float(took) > answered and float(took) > 2.0, (took, answered)
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_conflict_queue WHERE resolved = 0") == [
+        (0,)]
+    audit = central.sql(f"SELECT action, detail FROM `{central.schema}`.console_audit WHERE user = 'admin' "
+                        "AND action LIKE 'conflict%%'")
+    assert audit and "bulk" in audit[-1][0] and "--site site1" in audit[-1][1]
+    print(f"bulk resolve of {len(numbers)} conflicts + a pass over {PARKED} entries: page back in "
+          f"{answered:.2f} s, work {float(took):.1f} s; progress shown: {progress!r}")

@@ -1,0 +1,257 @@
+"""Issue 26, items 1-5: the retry queue at scale, on the real central (binlog on, FULL row image)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections import Counter
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from helpers import dbsync, sender_config
+from test_apply import central, new_person, outcomes, site  # noqa: F401 - fixtures
+
+from dbsync_cli import config
+from dbsync_cli.receiver.retry import RetryLane, retry_pending
+from dbsync_cli.receiver.run import Receiver
+
+__all__ = ["central", "site"]
+
+MARK = "BODYMARK-" + uuidlib.uuid4().hex  # a string only the parked bodies hold
+
+
+@contextlib.contextmanager
+def applier_of(central) -> Iterator:  # noqa: F811
+    applier = Receiver(config.load(central.config, "receiver", env=central.env)).applier()
+    try:
+        applier.claim()
+        yield applier
+    finally:
+        applier.close()
+
+
+def binlog_bytes(central) -> int:  # noqa: F811
+    """Central's binlog size in all (every file): what a pass wrote."""
+    return sum(int(row[1]) for row in central.sql("SHOW BINARY LOGS"))
+
+
+def binlog_tail(central, since: int) -> bytes:  # noqa: F811
+    """The bytes central's binlog gained since it was `since` bytes long (its files read in order)."""
+    ((basename,),) = central.sql("SELECT @@log_bin_basename")
+    data = b""
+    for name, _size, *_ in central.sql("SHOW BINARY LOGS"):
+        with open(f"{basename.rsplit('/', 1)[0]}/{name}", "rb") as f:
+            data += f.read()
+    return data[since:]
+
+
+def binlog_position(central) -> tuple[str, int]:  # noqa: F811
+    ((file, pos, *_),) = central.sql("SHOW MASTER STATUS")
+    return file, int(pos)
+
+
+def tables_logged(central, since: tuple[str, int]) -> Counter:  # noqa: F811
+    """Row events written to central's binlog since `since`, per table of this test's state schema (other tests
+    may write to the same server at the same time: their tables are not counted)."""
+    names = [row[0] for row in central.sql("SHOW BINARY LOGS") if row[0] >= since[0]]
+    found: Counter = Counter()
+    for name in names:
+        start = since[1] if name == since[0] else 4
+        for event in central.sql(f"SHOW BINLOG EVENTS IN '{name}' FROM {start}"):
+            if event[2] == "Table_map" and f"`{central.schema}`." in event[5]:
+                found[event[5].split("`.`")[-1].rstrip("`) ")] += 1
+    return found
+
+
+def entries(central) -> list[tuple]:  # noqa: F811
+    return central.sql(f"SELECT id, kind, attempts, next_attempt, cause, reason FROM `{central.schema}`."
+                       "receiver_retry_queue ORDER BY id")
+
+
+def park_for_unregistered(central, site, count: int = 3) -> list[dict]:  # noqa: F811
+    """Messages of site `site9` (not registered): refused, parked as permanent errors, each body with MARK."""
+    for i in range(count):
+        new_person(site, given=f"{MARK[:20]}{i}")
+    messages = [dict(m, site="site9", id="site9:" + m["id"]) for m in site.messages()]
+    assert outcomes(central.apply(messages))["retry"] == len(messages)
+    return messages
+
+
+def test_a_pass_never_logs_a_body_and_writes_nothing_for_entries_not_due(central, site) -> None:  # noqa: F811
+    before_park = binlog_bytes(central)
+    messages = park_for_unregistered(central, site)
+    assert MARK.encode()[:20] in binlog_tail(central, before_park)  # the bodies are logged once, at insert
+    assert {kind for _id, kind, *_ in entries(central)} == {"permanent"}
+    with applier_of(central) as applier:
+        before = binlog_bytes(central)
+        tried = retry_pending(applier)  # due: parked entries are tried at the next pass
+        # the head of each entity is tried; what its entity holds behind it says it waits (tried, once)
+        assert 0 < len(tried) < len(messages) and all(o.outcome == "retry" for o in tried)
+        first = binlog_tail(central, before)
+        assert first and MARK.encode()[:20] not in first  # attempts logged, never a body
+        assert all(attempts == 1 and (next_at is not None or kind == "waiting")
+                   for _id, kind, attempts, next_at, *_ in entries(central))
+        since = binlog_position(central)
+        for _ in range(3):
+            assert retry_pending(applier) == []  # backing off: not tried
+        assert tables_logged(central, since) == Counter()  # and not a row written for them
+
+
+def test_a_permanent_error_backs_off_and_is_tried_at_once_when_its_site_is_registered(central, site) -> None:  # noqa: F811
+    park_for_unregistered(central, site, count=2)
+    with applier_of(central) as applier:
+        retry_pending(applier)
+        (_id, kind, attempts, next_at, cause, reason), *_ = entries(central)
+        ((now,),) = central.sql("SELECT UTC_TIMESTAMP(3)")
+        assert kind == "permanent" and cause == "site:site9" and attempts == 1 and "not registered" in reason
+        assert 4 * 60 < (next_at - now).total_seconds() <= 5 * 60 + 5  # its own backoff, not every pass
+        assert retry_pending(applier) == []
+    dbsync("sites", "add", "site9", "--config", str(central.config), env=central.env)
+    assert {next_at for _i, _k, _a, next_at, *_ in entries(central)} == {None}  # due now
+    with applier_of(central) as applier:
+        lane = RetryLane(applier, interval=1.0)
+        deadline = time.monotonic() + 1.0  # within one interval
+        while entries(central) and time.monotonic() < deadline + 5:
+            lane.round()
+        assert entries(central) == []
+    ((count,),) = central.sql("SELECT COUNT(*) FROM person_name WHERE given_name LIKE %s", (MARK[:20] + "%",))
+    assert count == 2
+
+
+def test_entries_behind_one_not_due_are_tried_within_one_interval(central, site) -> None:  # noqa: F811
+    """Item 5: entries waiting behind their entity's head kept attempts 0: they now say what they wait for."""
+    person, name = new_person(site, given="Head")
+    first = [dict(m, site="site9", id="site9:" + m["id"]) for m in site.messages()]
+    site.sql("UPDATE person_name SET family_name='Later' WHERE uuid=%s", (name,))
+    later = [dict(m, site="site9", id="site9:" + m["id"]) for m in site.messages()]
+    central.apply(first)
+    assert outcomes(central.apply(later)) == Counter({"retry": len(later)})  # refused before it waits
+    with applier_of(central) as applier:
+        retry_pending(applier)
+    rows = entries(central)
+    assert rows and all(attempts >= 1 for _i, _k, attempts, *_ in rows)  # none left untried
+    waiting = [r for r in rows if r[1] == "waiting"]
+    assert waiting and all(r[5].startswith("waiting behind retry entry") for r in waiting)
+
+
+def test_a_superseded_entry_closes_itself_and_is_counted(central, site) -> None:  # noqa: F811
+    """Item 4: a refused message whose row a newer change has since mended closes itself, counted, not silent."""
+    _person, name = new_person(site, given="Old")
+    old = site.messages()
+    site.sql("UPDATE person_name SET given_name='New' WHERE uuid=%s", (name,))
+    newer = site.messages()
+    s = f"`{central.schema}`"
+    (message,) = [m for m in old if m["table"] == "person_name"]
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, reason, date_created, kind, "
+                "entity_uuid, next_attempt) VALUES (%s, 'site1', 'person_name', 'refused (test)', UTC_TIMESTAMP(3) - "
+                "INTERVAL 1 MINUTE, 'permanent', %s, UTC_TIMESTAMP(3) + INTERVAL 6 HOUR)", (message["id"], name))
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT MAX(id), %s FROM {s}.receiver_retry_queue",
+                (orjson.dumps(message),))
+    with applier_of(central) as applier:
+        assert retry_pending(applier) == []  # not due, and its row has not been applied since: it stays
+    assert len(entries(central)) == 1  # the row has not been applied since: the entry stays
+    assert set(outcomes(central.apply([m for m in old if m["table"] != "person_name"] + newer))) <= {"applied"}
+    with applier_of(central) as applier:
+        closed = [o for o in retry_pending(applier) if o.outcome == "superseded"]
+    assert len(closed) == 1 and entries(central) == []
+    assert central.sql(f"SELECT count FROM {s}.receiver_skipped WHERE reason='superseded'") == [(1,)]
+    assert central.sql("SELECT given_name FROM person_name WHERE uuid=%s", (name,)) == [("New",)]
+
+
+def test_a_referenced_row_arriving_makes_its_entries_due(central) -> None:  # noqa: F811
+    """Item 3: an entry waiting for a row is due at once when that row is applied (not at the end of its backoff)."""
+    s = f"`{central.schema}`"
+    ref = str(uuidlib.uuid4())
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, reason, date_created, kind, cause, next_attempt) "
+                "VALUES ('m-ref', 'concept x does not exist at central', UTC_TIMESTAMP(3), 'transient', %s, "
+                "UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)", (f"ref:{ref}",))
+    with applier_of(central) as applier:
+        lane = RetryLane(applier, interval=3600)
+        lane.round()  # the pass reads what entries wait for
+        assert lane.note_applied([str(uuidlib.uuid4())]) == 0
+        assert central.sql(f"SELECT next_attempt IS NULL FROM {s}.receiver_retry_queue") == [(0,)]
+        assert lane.note_applied([ref.upper()]) == 1
+    assert central.sql(f"SELECT next_attempt IS NULL FROM {s}.receiver_retry_queue") == [(1,)]
+
+
+@pytest.mark.slow
+def test_a_round_never_keeps_live_messages_waiting_behind_thousands_of_entries(central, site) -> None:  # noqa: F811
+    """Item 2: a pass over 3,000 due entries runs in rounds of a quarter second; the loop applies live batches
+    between them."""
+    messages = park_for_unregistered(central, site, count=1)
+    s = f"`{central.schema}`"
+    for _ in range(12):  # 3 * 2**10 ≈ 3,000 entries, each a copy of a refused message
+        central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
+                    "date_created, kind, cause) SELECT CONCAT(message_id, 'x', id), site, table_name, NULL, reason, "
+                    f"date_created, kind, cause FROM {s}.receiver_retry_queue")
+        if central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue")[0][0] >= 3000:
+            break
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT q.id, (SELECT body FROM "
+                f"{s}.receiver_retry_body LIMIT 1) FROM {s}.receiver_retry_queue q LEFT JOIN {s}.receiver_retry_body b "
+                "ON b.id = q.id WHERE b.id IS NULL")
+    assert len(messages) >= 1
+    with applier_of(central) as applier:
+        lane = RetryLane(applier, interval=1.0)
+        rounds, longest = 0, 0.0
+        while rounds == 0 or lane.busy():
+            started = time.monotonic()
+            lane.round()
+            longest = max(longest, time.monotonic() - started)
+            rounds += 1
+    assert rounds > 3 and longest < 1.5, (rounds, longest)
+    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(0,)]
+
+
+def test_the_real_receiver_applies_another_sites_live_message_while_its_pass_walks_thousands(
+        central, site, broker_settings, tmp_path) -> None:  # noqa: F811
+    """Item 2 through the real process: `dbsync receiver` walks 5,000 due entries (refused, parked by `dbsync
+    apply`); a message of site1 published meanwhile is at central within a few seconds, while entries of that
+    same pass are still untried. The verdict reads central only."""
+    new_person(site, given="Refused")
+    template = site.messages()
+    parked: list[dict] = []
+    for copy in range(5000 // len(template) + 1):
+        for m in template:  # each copy its own row (own uuid, own id): every entry is the head of its entity
+            fresh = str(uuidlib.uuid4())
+            data = dict(m["data"], uuid=fresh) if "uuid" in (m.get("data") or {}) else m.get("data")
+            parked.append(dict(m, site="site9", id=f"site9:{copy}:{m['id']}", uuid=fresh, data=data))
+    assert outcomes(central.apply(parked))["retry"] == len(parked)
+    s = f"`{central.schema}`"
+    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(len(parked),)]
+    _person, live_name = new_person(site, given="Live")
+    live = site.messages()
+    destination = next(line.split('"')[1] for line in central.config.read_text().splitlines()
+                       if line.startswith("destination"))
+    sconf, senv = sender_config(tmp_path, site.admin, broker_settings, site="site1", destination=destination,
+                                home=site.home)
+    log = tmp_path / "receiver.log"
+    with log.open("wb") as out:
+        receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
+                                    env=central.env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts > 0")[0][0] < 200:
+            assert receiver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        dbsync("publish", "--config", str(sconf), env=senv, stdin=b"".join(orjson.dumps(m) + b"\n" for m in live))
+        published = time.monotonic()
+        while not central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (live_name,)):
+            assert receiver.poll() is None and time.monotonic() - published < 30, log.read_text()[-3000:]
+            time.sleep(0.05)
+        seconds = time.monotonic() - published
+        ((untried,),) = central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0")
+        print(f"live message at central {seconds:.2f} s after its publish; {untried} entries not tried yet")
+        assert seconds < 5, seconds  # a live change never waits behind the pass
+        assert untried > 0, "the pass was over before the live message came: not shown while it runs"
+        deadline = time.monotonic() + 300
+        while central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0")[0][0]:
+            assert receiver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)  # and the pass goes on to its end: every entry tried
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(60)
