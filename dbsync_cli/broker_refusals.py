@@ -6,6 +6,10 @@ broker's log); without `createAddress` on a new one ``AMQ229032 … permission='
 does not exist while auto-create is off ``AMQ339001 Destination does not exist``; a broker past `max-disk-usage`
 ``AMQ229119: Free storage space is at …`` and then no answer at all (it blocks producers). The first three need an
 operator (broker.xml or the destination key); a full disk passes when space is freed, so it is retried.
+
+A SUBSCRIBE (consume, the receiver) is refused the same ways: without `consume` on an existing queue a bare
+``AMQ339016 Error creating subscription`` (the reason again only in the broker's log), without `createAddress` on a
+new address AMQ229032, an unknown address AMQ339001; the broker then closes the connection.
 """
 
 from __future__ import annotations
@@ -29,35 +33,46 @@ class BrokerRefused(BrokerError):
         self.kind = kind
 
 
-def refusal(error: str, destination: str) -> BrokerRefused:
-    """The ERROR frame's `message` header (and body) as one line naming the cause."""
+def refusal(error: str, destination: str, what: str = "the batch", previous: str = "") -> BrokerRefused:
+    """The ERROR frame's `message` header (and body) as one line naming the cause; `what` the broker refused
+    (the batch, the subscription); `previous` the kind of the refusal before it on this publisher (after a full
+    disk, Artemis answers the batch sent again with a bare AMQ339011: measured, the disk still full)."""
     text = " ".join(error.split())
     found = _PERMISSION.search(text)
     if found:
         user, permission, address = found.groups()
         return BrokerRefused(
-            f"broker refused the batch: user {user} has no {permission.lower()} permission on address {address} "
+            f"broker refused {what}: user {user} has no {permission.lower()} permission on address {address} "
             "(AMQ229032; grant it in broker.xml's security-settings)",
             permanent=True, code=exitcodes.PRIVILEGES, kind="permission")
     if "AMQ339001" in text:
         return BrokerRefused(
-            f"broker refused the batch: address {destination} does not exist and the broker does not create it "
+            f"broker refused {what}: address {destination} does not exist and the broker does not create it "
             "(AMQ339001; auto-create-addresses is off): create it on the broker or correct broker.destination",
             permanent=True, code=exitcodes.CONFIG, kind="unknown_address")
     if "AMQ229119" in text:
         return BrokerRefused(
-            f"broker refused the batch: its disk is full ({_DUMP.sub('', text)}); it blocks every producer until "
+            f"broker refused {what}: its disk is full ({_DUMP.sub('', text)}); it blocks every producer until "
             "space is freed on the broker: retrying", permanent=False, kind="disk_full")
     if "AMQ229102" in text:
         return BrokerRefused(
-            f"broker refused the batch: address {destination} is full (AMQ229102, address-full-policy FAIL): "
+            f"broker refused {what}: address {destination} is full (AMQ229102, address-full-policy FAIL): "
             "retrying", permanent=False, kind="address_full")
+    if "AMQ339011" in text and previous == "disk_full":
+        return BrokerRefused(
+            f"broker refused {what}: its disk is still full (AMQ339011 after AMQ229119); it blocks every producer "
+            "until space is freed on the broker: retrying", permanent=False, kind="disk_full")
     if "AMQ339011" in text:  # the broker hides its reason; with the shipped broker.xml it is a missing `send`
         return BrokerRefused(
             f"broker refused the batch sent to {destination} (AMQ339011): the broker user lacks send permission on "
             "it (broker.xml's security-settings; the broker's log names the user)",
             permanent=True, code=exitcodes.PRIVILEGES, kind="permission")
-    return BrokerRefused(f"broker refused the batch: {_DUMP.sub('', text)[:300]}", permanent=False)
+    if "AMQ339016" in text:  # a SUBSCRIBE: with the shipped broker.xml a missing `consume`
+        return BrokerRefused(
+            f"broker refused the subscription to {destination} (AMQ339016): the broker user lacks consume permission "
+            "on it (broker.xml's security-settings; the broker's log names the user)",
+            permanent=True, code=exitcodes.PRIVILEGES, kind="permission")
+    return BrokerRefused(f"broker refused {what}: {_DUMP.sub('', text)[:300]}", permanent=False)
 
 
 __all__ = ["BrokerRefused", "refusal"]

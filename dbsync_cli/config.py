@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -353,5 +354,15 @@ def _envelope_checks(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+#: a URL's userinfo (``//user:password@``), wherever it stands in a shown value
+_USERINFO = re.compile(r"//[^\s'\"]*@")
+
+
 def _shown(spec: Key, value: Any) -> str:
-    return MASK if spec.secret else repr(value)
+    """A value as a problem line shows it: a secret masked, and a URL's userinfo (it may hold a password) too."""
+    return MASK if spec.secret else without_userinfo(repr(value))
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with every URL's userinfo masked (``stomp+ssl://***@host``): never shown, whatever the key."""
+    return _USERINFO.sub(f"//{MASK}@", text)

@@ -73,8 +73,9 @@ def _stomp_url(value: str) -> str:
         port = -1
     if port is not None and not 1 <= port <= 65535:
         raise PydanticCustomError("stomp_url", "the port is not from 1 to 65535")
-    if parts.password is not None:
-        raise PydanticCustomError("stomp_url", "holds a password: configure broker.password instead")
+    if parts.username is not None or parts.password is not None:  # never shown (config._shown masks userinfo)
+        raise PydanticCustomError("stomp_url", "holds a user or password: configure broker.user and "
+                                  "broker.password instead")
     return value
 
 

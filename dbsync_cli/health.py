@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -167,6 +169,28 @@ def connect(cfg: Config, section: str, timeout: float) -> tuple[Any, dict[str, A
         return None, info
     info["ok"] = True
     return conn, info
+
+
+def home_problem(report: Report, home: Path) -> None:
+    """The home in `dbsync status`: CRITICAL when no process can write it (not a directory, a read-only file
+    system: the commands stop with exit 2), WARNING while space is short (a full one stops them with exit 19).
+    Whether the service's own user may write it is `config check`'s to say: status may run as a monitoring user."""
+    from dbsync_cli import space
+
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        report.problem(CRITICAL, "home", _("home {home} is not writable: {path} is not a directory").format(
+            home=home, path=existing))
+        return
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        report.problem(CRITICAL, "home", _("home {home} is not writable: {path} is on a read-only file system "
+                                           "(the commands stop with exit 2)").format(home=home, path=existing))
+        return
+    warning = space.warning(home)
+    if warning:
+        report.problem(WARNING, "home", warning)
 
 
 def utcnow() -> dt.datetime:

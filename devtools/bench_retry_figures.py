@@ -5,7 +5,9 @@ imported (a checker of results never imports the code it checks).
   (or housekeeping's: counted against the retry lane, never for it); any other is a live change's
 - the schedule is read back from what the receiver wrote (each entry's next_attempt − date_last_attempt after its
   attempt, by kind and attempt number), and bytes per hour follow from it: a queue parked long ago (every entry at
-  its backoff cap) and a fresh one (its first hour)
+  its backoff cap) and a fresh one (its first hour: the first pass measured, the later attempts of the hour at the
+  measured bytes per attempt). Entries sharing a cause are tried through one representative: the cause's schedule
+  (receiver_retry_cause) counts once, not per entry
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 #: the done-when line of issue 26
 BINLOG_CEILING_MB_PER_HOUR = 10.0
 LATENCY_CEILING_P95_S = 5.0
-RETRY_TABLES = ("receiver_retry_queue", "receiver_retry_body", "receiver_fix_epoch")
+RETRY_TABLES = ("receiver_retry_queue", "receiver_retry_body", "receiver_fix_epoch", "receiver_retry_cause")
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,24 @@ def attempts_per_hour_at_cap(table: Mapping[int, float | None]) -> float:
 
 def attempts_in_first_hour(table: Mapping[int, float | None], interval: float) -> int:
     """Attempts of a fresh entry in its first hour: tried at the first pass, then after each wait of the schedule
-    (attempt numbers not seen take the nearest lower one's wait; none: every pass, `interval`)."""
+    (attempt numbers not seen take the nearest lower one's wait, below the lowest seen the lowest's: more
+    attempts, never fewer; a wait of None: no schedule of its own)."""
     t, n, attempt = 0.0, 0, 1
     while t < 3600.0:
         n += 1
-        known = [a for a in table if a <= attempt]
+        known = [a for a in table if a <= attempt] or ([min(table)] if table else [])
         wait = table[max(known)] if known else None
         if wait is None:
             return n  # no schedule of its own: tried when its entity's head applies, not by the clock
         t += max(wait, interval)
         attempt += 1
     return n
+
+
+def first_hour_bytes(first_pass: float, per_attempt: float, later_attempts: float) -> float:
+    """Binlog bytes of the first hour of a queue filled at once: its first pass as measured, then each later
+    attempt of the hour (from the schedule) at the bytes an attempt was measured to cost."""
+    return first_pass + per_attempt * later_attempts
 
 
 def percentiles(latencies: Sequence[float]) -> dict[str, float]:

@@ -29,6 +29,7 @@ from dbsync_cli.cli import (
 from dbsync_cli.faults import database_exit_code
 from dbsync_cli.files import restrict_process
 from dbsync_cli.i18n import _
+from dbsync_cli.receiver.state import MigrationRefused
 from dbsync_cli.retrying import Stopped
 
 app = typer.Typer(
@@ -112,6 +113,9 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C in a command that does not watch for it: no traceback either
         print("dbsync: " + _("interrupted"), file=sys.stderr)
         raise SystemExit(130) from None
+    except MigrationRefused as exc:  # the state schema's upgrade waits for the running receiver to stop
+        print(f"dbsync: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
     except BrokerError as exc:  # the broker refused us (login, certificate, a permission): one line
         print(f"dbsync: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(getattr(exc, "code", exitcodes.UNREACHABLE)) from None

@@ -67,10 +67,15 @@ def load_config(path: Path | None, role: str | None = None, *, log: bool = True)
     except config_mod.ConfigError as exc:
         fail(str(exc), exitcodes.CONFIG)
     if log:
+        from dbsync_cli import checks_home
+        from dbsync_cli.findings import ERROR
+
+        # before the first log line: a home that cannot be written (exit 2) or is full (exit 19) is named, never an
+        # `unexpected OSError` or a logging traceback (issue 26 items 9 and 13)
+        home = checks_home.state_directory(cfg.home)
+        if home.state == ERROR:
+            fail(home.message, home.exit_code or exitcodes.CONFIG)
         space.watch(cfg.home)
-        full = space.full(cfg.home)  # before the first log line: a full home is named, never a logging traceback
-        if full:
-            fail(full, exitcodes.HOME_FULL)
         logs.setup(cfg["log_level"], state["verbosity"], cfg.log_file, cfg.secrets())
         logging.getLogger("dbsync").debug("config %s (%s)", cfg.source, role)
     return cfg

@@ -36,7 +36,7 @@ def _state_conn(cfg: Config, *, migrate: bool = True) -> Any:
             state.migrate(conn, central.state_schema(cfg), openmrs_db=cfg["central_db.database"])
     except state.StateError as exc:
         conn.close()
-        common.fail(str(exc), exitcodes.CONFIG)
+        common.fail(str(exc), getattr(exc, "code", exitcodes.CONFIG))
     except pymysql.err.MySQLError as exc:
         conn.close()
         code = database_exit_code(exc) if isinstance(exc, pymysql.err.OperationalError) else exitcodes.FAILURE
@@ -62,8 +62,8 @@ def consume(
     settings = central.consume_settings(cfg)
     try:
         count = records.write(consume_stage(settings, stop, max_messages=max_messages, idle_seconds=idle_exit))
-    except BrokerError as exc:
-        common.fail(str(exc), exitcodes.UNREACHABLE)
+    except BrokerError as exc:  # a refused subscription (broker_refusals) carries its own operator-fault code
+        common.fail(" ".join(str(exc).split()), getattr(exc, "code", exitcodes.UNREACHABLE))
     except BrokenPipeError:
         raise typer.Exit(exitcodes.OK) from None
     log.info("consume: %d records", count)

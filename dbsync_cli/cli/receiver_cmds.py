@@ -80,8 +80,8 @@ def receiver(
         run_mod.Receiver(cfg).run(stop, idle_exit=idle_exit)
     except SchemaError as exc:
         common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
-    except StateError as exc:
-        common.fail(str(exc), exitcodes.CONFIG)
+    except StateError as exc:  # MigrationRefused: another receiver applies (13)
+        common.fail(str(exc), getattr(exc, "code", exitcodes.CONFIG))
     except AlreadyApplying as exc:
         common.fail(str(exc), exitcodes.ANOTHER_RECEIVER)
 

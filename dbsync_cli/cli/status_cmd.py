@@ -217,11 +217,15 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _retry_kinds(retry: dict[str, Any] | None) -> str:
-    """The retry queue's entries by kind, e.g. `: 12 transient, 3 permanent (5 due)`."""
+    """The retry queue's entries by kind, e.g. `: 12 transient, 3 permanent (5 due, 9 waiting for 2 causes)`."""
     kinds = (retry or {}).get("by_kind") or {}
     if not kinds:
         return ""
-    return ": " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f" ({(retry or {}).get('due', 0)} due)"
+    waiting = int((retry or {}).get("waiting_for_cause") or 0)
+    causes = _(", {count} waiting for {causes} cause(s)").format(
+        count=waiting, causes=(retry or {}).get("causes_backed_off", 0)) if waiting else ""
+    return ": " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f" ({(retry or {}).get('due', 0)} due" + \
+        causes + ")"
 
 
 def _dead_letters(broker: dict[str, Any]) -> str:

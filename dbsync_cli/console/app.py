@@ -196,7 +196,13 @@ class UserLanguage:
 def _csrf_ok(request: Request, token: str) -> bool:
     """The form's token equals the session's; an empty one never matches (a session without a token yet)."""
     expected = str(request.session.get("csrf") or "")
-    return bool(token and expected) and hmac.compare_digest(token, expected)
+    return bool(token and expected) and _same(token, expected)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of two texts as UTF-8 bytes: compare_digest refuses a non-ASCII str (TypeError, a 500),
+    and whatever a client sends must be a plain no."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 def _metrics_token(cfg: Config) -> str | None:
@@ -222,7 +228,7 @@ def _selection(queue: str, params: Any) -> tuple[Selection, str | None]:
 def _bearer_ok(request: Request, token: str | None) -> bool:
     if token is None:
         return True
-    return bool(token) and hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}")
+    return bool(token) and _same(request.headers.get("authorization", ""), f"Bearer {token}")
 
 
 def _metrics_refused(token: str | None) -> Response:

@@ -2,8 +2,8 @@
 
 A click in the console never does the work inside the HTTP request (a resolve that releases a big retry queue took
 minutes): it queues a request (receiver/actions.py `submit`) and the page shows its progress. The running receiver
-serves requests between two batches; with none running, this thread takes the applier lock, serves what is
-pending and lets the lock go again at once, so a receiver that starts meanwhile waits seconds at most.
+serves requests between two batches; with none running, this thread takes the applier lock for one request at a
+time and lets it go between two, so a receiver that starts meanwhile gets it after the request in hand.
 """
 
 from __future__ import annotations
@@ -47,21 +47,27 @@ class Worker:
                 log.exception("console: serving operators' requests failed")
 
     def serve_once(self) -> int:
-        """Serve every pending request if the applier lock is free (no receiver running); how many were served."""
+        """Serve the pending requests while the applier lock is free (no receiver running), taking the lock for one
+        request at a time and letting it go between, so a receiver that starts gets it within seconds. A request
+        left running by a process that stopped is served again (actions.serve). How many were served."""
         with self.connect() as conn:
-            if not actions.pending(conn, self.schema):
+            if not actions.pending(conn, self.schema, running=True) or not actions.lock_free(conn, self.schema):
                 return 0
         applier = self.make_applier()  # reads the schema model: only when there is work
         try:
-            try:
-                applier.claim(wait=0)
-            except AlreadyApplying:  # the running receiver serves them
-                return 0
             served = 0
-            while True:
-                done = actions.serve(applier)
+            while not self.stop.is_set():
+                try:
+                    applier.claim(wait=0)
+                except AlreadyApplying:  # a receiver started (or runs): it serves them
+                    return served
+                try:
+                    done = actions.serve(applier, limit=1)
+                finally:
+                    actions.release(applier)
                 if not done:
                     return served
                 served += done
+            return served
         finally:
             applier.close()

@@ -31,7 +31,7 @@ from dbsync_cli.receiver import bulk, conflicts, retry
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.batch import now
 from dbsync_cli.receiver.selection import Selection, SelectionError
-from dbsync_cli.receiver.state import StateError, schema_name
+from dbsync_cli.receiver.state import StateError, applier_lock, schema_name
 from dbsync_cli.sql import Sql, sql
 
 log = logging.getLogger("dbsync.actions")
@@ -55,7 +55,8 @@ def perform(applier: Applier, action: str, args: dict[str, Any],
     """Carry `action` out with `applier`, which holds the applier lock: {"text": one line, "records": outcomes}.
     A bulk action (…_many, with a selection) reports (done, total, phase) to `progress` as it goes."""
     if action == "retry_again":
-        outcomes = retry.retry_pending(applier, only=args.get("number"))
+        # no number: every entry now, due or not (each cause through its representative), not only the due ones
+        outcomes = retry.retry_pending(applier, only=args.get("number"), everything=args.get("number") is None)
         said = "; ".join(o.outcome + (f": {o.reason}" if o.reason else "") for o in outcomes) or _("nothing")
         text = (_("entry {number}: {result}").format(number=args["number"], result=said)
                 if args.get("number") is not None else
@@ -133,10 +134,12 @@ def requests(conn: Any, schema: str, *, limit: int = 20, requested_by: str | Non
     return found
 
 
-def pending(conn: Any, schema: str) -> int:
-    """How many requests wait for someone holding the applier lock."""
+def pending(conn: Any, schema: str, *, running: bool = False) -> int:
+    """How many requests wait for someone holding the applier lock (`running`: and those taken, which a process
+    that stopped may have left)."""
+    states = sql("('pending', 'running')") if running else sql("('pending')")
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_request WHERE state = 'pending'", schema_name(schema)))
+        cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_request WHERE state IN {}", schema_name(schema), states))
         (found,) = cur.fetchone() or (0,)
     conn.commit()
     return int(found)
@@ -240,6 +243,12 @@ def serve(applier: Applier, limit: int = 20) -> int:
     """Carry out the pending requests (the receiver's apply loop, between batches; it holds the lock)."""
     s = applier.s
     with applier.conn.cursor() as cur:
+        # only the holder of the applier lock serves requests, and that is us: a request another connection took
+        # was left running by a process that stopped (killed mid-action): it is served again
+        cur.execute(sql("UPDATE {}.receiver_request SET state = 'pending', taken_by = NULL WHERE state = 'running' "
+                        "AND (taken_by IS NULL OR taken_by <> CONNECTION_ID())", s))
+        if cur.rowcount:
+            log.warning("%d request(s) left running by a process that stopped are served again", cur.rowcount)
         cur.execute(sql("SELECT id, action, args, requested_by FROM {}.receiver_request WHERE state = 'pending' "
                         "ORDER BY id LIMIT %s", s), (limit,))
         pending = list(cur.fetchall())
@@ -281,6 +290,22 @@ def serve(applier: Applier, limit: int = 20) -> int:
                             "date_created < UTC_TIMESTAMP() - INTERVAL %s DAY", s), (KEEP_DAYS,))
         applier.conn.commit()
     return served
+
+
+def lock_free(conn: Any, schema: str) -> bool:
+    """Nobody holds the applier lock now (a look, not a claim)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT IS_FREE_LOCK(%s)", (applier_lock(schema),))
+        (free,) = cur.fetchone() or (0,)
+    conn.commit()
+    return free == 1
+
+
+def release(applier: Applier) -> None:
+    """Let the applier lock go (Applier.claim took it), so a receiver that starts gets it within seconds."""
+    with applier.conn.cursor() as cur:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (applier_lock(applier.settings.state_schema),))
+        cur.fetchall()
 
 
 def _progress_of(applier: Applier, request: int) -> bulk.Progress:

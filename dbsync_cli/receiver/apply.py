@@ -117,14 +117,30 @@ class Applier:
         self.conn.close()
 
     def claim(self, wait: float = LOCK_WAIT_SECONDS) -> None:
-        """Become the one applier of this state schema (a server lock held by this session until it closes)."""
+        """Become the one applier of this state schema (a server lock held by this session until it closes). With a
+        wait, a holder that is carrying out an operator action (the console's worker) is waited for, not refused."""
         name = f"dbsync:{self.settings.state_schema}"
+        told: set[int] = set()
         with self.conn.cursor() as cur:
-            cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
-            (got,) = cur.fetchone() or (0,)
-            if got != 1:
+            while True:
+                cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
+                (got,) = cur.fetchone() or (0,)
+                if got == 1:
+                    return
                 cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
                 (holder,) = cur.fetchone() or (None,)
+                # the console's worker (or a CLI action) holding the lock while it carries out an operator action
+                # is not another receiver: wait for it to finish instead of stopping with exit 13
+                cur.execute(sql("SELECT id FROM {}.receiver_request WHERE state = 'running' AND taken_by = %s "
+                                "LIMIT 1", self.s), (holder,))
+                serving = cur.fetchone()
+                self.conn.commit()
+                if wait > 0 and holder is not None and serving is not None:
+                    if serving[0] not in told:
+                        told.add(serving[0])
+                        log.warning("central connection %s is carrying out operator action %s: waiting for it "
+                                    "before applying", holder, serving[0])
+                    continue
                 raise AlreadyApplying(
                     f"another receiver (central connection {holder}) is applying to state schema "
                     f"{self.settings.state_schema!r}: run one receiver (or one `dbsync apply`) per central")

@@ -45,33 +45,38 @@ class _Throttle:
             self.last = time.monotonic()
 
 
-def _release(applier: Applier, step: _Throttle, done: int) -> int:
-    """One retry pass for what waited behind the entries just handled; how many applied."""
+def _release(applier: Applier, step: _Throttle, done: int, entities: set[str] | None = None) -> int:
+    """One retry pass for what waited behind the entries just handled (`entities`: their entries whether due or
+    not, else the due ones); how many applied."""
     step(done, "retrying", force=True)
     applier.reload_blocked()
-    return sum(1 for o in retry.retry_pending(applier) if o.outcome not in FAILED)
+    return sum(1 for o in retry.retry_pending(applier, entities=entities) if o.outcome not in FAILED)
 
 
 def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) -> dict[str, Any]:
     """Remove every selected retry entry for good; later messages of their entities follow."""
     schema, s = applier.settings.state_schema, applier.s
-    total, _highest = selection.count(applier.conn, schema, chosen)
+    total = selection.still_pinned(applier.conn, schema, chosen)
     step, dropped, held, after = _Throttle(progress, total), 0, 0, 0
+    entities: set[str] = set()
     while True:
         page = selection.ids(applier.conn, schema, chosen, after=after, limit=PAGE)
         if not page:
             break
         with applier.conn.cursor() as cur:
             marks = placeholders(len(page))
-            cur.execute(sql("SELECT COUNT(entity_key) FROM {}.receiver_retry_queue WHERE id IN ({})", s, marks), page)
-            held += int((cur.fetchone() or (0,))[0])
+            cur.execute(sql("SELECT entity_key FROM {}.receiver_retry_queue WHERE id IN ({}) AND entity_key IS NOT "
+                            "NULL", s, marks), page)
+            keys = [row[0] for row in cur.fetchall()]
+            held += len(keys)
+            entities.update(keys)
             retry_queue.delete_entries(cur, s, page)
             dropped += len(page)
         applier.conn.commit()
         after = page[-1]
         step(dropped, "dropping")
     log.warning("%d retry entries dropped by the operator (%s)", dropped, chosen.describe())
-    applied = _release(applier, step, dropped) if held else 0
+    applied = _release(applier, step, dropped, entities) if held else 0
     text = ngettext("{count} retry entry dropped ({filters}); {done} waiting message(s) applied",
                     "{count} retry entries dropped ({filters}); {done} waiting message(s) applied", dropped).format(
         count=dropped, filters=chosen.describe(), done=applied)
@@ -81,7 +86,7 @@ def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) 
 def again(applier: Applier, chosen: Selection, progress: Progress | None = None) -> dict[str, Any]:
     """Make every selected entry due now and retry the queue once; outcomes of the selected entries only."""
     schema, s = applier.settings.state_schema, applier.s
-    total, _highest = selection.count(applier.conn, schema, chosen)
+    total = selection.still_pinned(applier.conn, schema, chosen)
     step, after = _Throttle(progress, total), 0
     wanted: set[str] = set()
     while True:
@@ -94,6 +99,8 @@ def again(applier: Applier, chosen: Selection, progress: Progress | None = None)
             wanted.update(row[0] for row in cur.fetchall())
             cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE id IN ({}) "
                             "AND next_attempt IS NOT NULL", s, marks), page)
+            cur.execute(sql("DELETE FROM {}.receiver_retry_cause WHERE cause IN (SELECT cause FROM "
+                            "{}.receiver_retry_queue WHERE id IN ({}))", s, s, marks), page)  # their causes due
         applier.conn.commit()
         after = page[-1]
         step(len(wanted), "marking")
@@ -114,7 +121,7 @@ def resolve(applier: Applier, chosen: Selection, mode: str, progress: Progress |
     if mode not in MODES:
         raise conflicts.ConflictError(_("--merge resolves one conflict at a time"))
     schema = applier.settings.state_schema
-    total, _highest = selection.count(applier.conn, schema, chosen)
+    total = selection.still_pinned(applier.conn, schema, chosen)
     step, resolved, failed, first_error, after = _Throttle(progress, total), 0, 0, "", 0
     while True:
         page = selection.ids(applier.conn, schema, chosen, after=after, limit=PAGE)

@@ -35,6 +35,7 @@ import stomp.exception
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
 from dbsync_cli.broker_queue import dead_letter_queues
+from dbsync_cli.broker_refusals import refusal
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
@@ -216,6 +217,7 @@ class Consumer:
                            headers=self._subscribe_headers())
             log.info("consuming %s %s from %s", settings.destination_type, settings.destination,
                      settings.broker.address)
+            delivered = False  # an ERROR frame before the first delivery is the broker refusing the SUBSCRIBE
             while not self._finished():
                 limit = settings.batch_messages
                 remaining = self._remaining()
@@ -224,9 +226,9 @@ class Consumer:
                 frames = deliveries.take(limit, settings.batch_linger, timeout=0.2)
                 if not frames:
                     if deliveries.closed.is_set() or not conn.is_connected():
-                        raise BrokerError(f"connection to {settings.broker.address} lost"
-                                          + (f": {deliveries.error}" if deliveries.error else ""))
+                        raise self._lost(deliveries, delivered)
                     continue
+                delivered = True
                 self.last_delivery = time.monotonic()
                 broken = [frame for frame in frames if "ack" not in frame.headers]
                 frames = [frame for frame in frames if "ack" in frame.headers]
@@ -258,6 +260,18 @@ class Consumer:
             if db is not None:
                 with contextlib.suppress(Exception):
                     db.close()
+
+    def _lost(self, deliveries: _Deliveries, delivered: bool) -> BrokerError:
+        """Why the connection closed: a refused subscription named in one line (a missing `consume`, an unknown
+        address: permanent, so the receiver stops with the exit code publish gives the same fault), else the
+        broker's own words."""
+        lost = f"connection to {self.settings.broker.address} lost"
+        if deliveries.error is None:
+            return BrokerError(lost)
+        named = refusal(deliveries.error, self.settings.destination, "the subscription")
+        if named.permanent or not delivered:
+            return named
+        return BrokerError(f"{lost}: {deliveries.error}")
 
     def _park_broken(self, db: Any, frames: list[Any]) -> list[str]:
         """Deliveries cut short by a NUL byte in a header (no ack header, body lost): one line each; parked in the

@@ -5,7 +5,9 @@ backs off from one retry interval, doubling, to TRANSIENT_CAP; a permanent one (
 disabled, sent by another broker user; malformed for this central; another site's row) from PERMANENT_BASE to
 PERMANENT_CAP; one waiting behind an earlier entry of its entity has no schedule of its own (it is tried as soon as
 its entity's head applies). Whatever can fix an entry (its `cause`) makes it due at once: see state.fix_changed and
-the retry lane's reference triggers. An entry with such a cause is tried by the clock only as a safety net, so its
+the retry lane's reference triggers. Entries that share a cause are tried through one representative a pass and
+back off together (waits_for_cause; the schedule is the cause's). An entry with such a cause is tried by the clock
+only as a safety net, so its
 backoff grows to the longer RETRIGGERED_CAPS (each attempt is a row in central's binlog: 20,000 parked entries at
 the plain caps wrote ~17 MB an hour, scripts/bench-retry).
 """
@@ -68,3 +70,10 @@ def next_attempt(kind: str, attempts: int, interval: dt.timedelta, now: dt.datet
 
 def due(next_at: dt.datetime | None, now: dt.datetime) -> bool:
     return next_at is None or next_at <= now
+
+
+def waits_for_cause(cause: str | None, failed: set[str], backed_off: set[str]) -> bool:
+    """True when an entry of `cause` is not tried in this pass: its cause's representative failed in this pass
+    (`failed`) or before, and the cause's next attempt has not come (`backed_off`). Entries without a cause keep
+    their own schedule."""
+    return cause is not None and (cause in failed or cause in backed_off)

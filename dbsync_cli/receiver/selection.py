@@ -3,7 +3,9 @@
 One place turns an operator's filter into SQL, so `dbsync retry again|drop`, `dbsync conflicts resolve` and the
 console's filter form count and act on exactly the same rows. Filters read the queues' own columns only (never a
 message body: a listing of 20,000 entries must not read 20,000 bodies). A selection confirmed by an operator
-carries `upto`, the highest id counted then: an action never touches an entry that arrived after the count.
+carries `upto`, the highest id counted then (an action never touches an entry that arrived after the count), and
+`pin`, a fingerprint of the ids counted: an action on a set that changed since (an entry's kind or reason changed,
+one resolved or dropped) is refused, nothing changed, rather than acting on what the operator did not count.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from dbsync_cli.i18n import _
 from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.batch import now
-from dbsync_cli.receiver.state import schema_name
+from dbsync_cli.receiver.state import StateError, schema_name
 from dbsync_cli.sql import Sql, join, sql
 
 QUEUES = ("retry", "conflicts")
@@ -36,6 +38,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 class SelectionError(ValueError):
     """A filter an operator typed that cannot be used (one line naming it)."""
+
+
+class SelectionChanged(SelectionError, StateError):
+    """The entries a confirmed selection matches are not the ones the operator counted: nothing was changed."""
 
 
 def parse_age(text: str) -> dt.timedelta:
@@ -62,6 +68,7 @@ class Selection:
     kind: str | None = None
     older_than: dt.timedelta | None = None
     upto: int | None = None  # the highest id the operator's count saw
+    pin: str | None = None  # fingerprint() of the ids the operator counted
 
     def __post_init__(self) -> None:
         if self.queue not in QUEUES:
@@ -85,7 +92,7 @@ class Selection:
     def args(self) -> dict[str, Any]:
         """JSON-safe, for a request handed to the running receiver."""
         return {"queue": self.queue, "site": self.site, "table": self.table, "reason": self.reason,
-                "kind": self.kind, "upto": self.upto,
+                "kind": self.kind, "upto": self.upto, "pin": self.pin,
                 "older_than": self.older_than.total_seconds() if self.older_than is not None else None}
 
     @classmethod
@@ -93,7 +100,7 @@ class Selection:
         age = args.get("older_than")
         return cls(queue=str(args.get("queue") or "retry"), site=args.get("site") or None,
                    table=args.get("table") or None, reason=args.get("reason") or None,
-                   kind=args.get("kind") or None, upto=args.get("upto"),
+                   kind=args.get("kind") or None, upto=args.get("upto"), pin=args.get("pin") or None,
                    older_than=dt.timedelta(seconds=float(age)) if age is not None else None)
 
     def where(self) -> tuple[Sql, list[Any]]:
@@ -151,10 +158,33 @@ def count(conn: Any, schema: str, selection: Selection) -> tuple[int, int | None
     return int(found), int(highest) if highest is not None else None
 
 
+def fingerprint(conn: Any, schema: str, selection: Selection) -> tuple[int, int | None, str]:
+    """(count, highest id, fingerprint of the matching ids): equal fingerprints, the same set of entries."""
+    where, params = selection.where()
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT COUNT(*), MAX(id), COALESCE(SUM(id), 0), COALESCE(BIT_XOR(CRC32(id)), 0) FROM {}{}",
+                        selection.table_sql(schema), where), params)
+        found, highest, total, mixed = cur.fetchone() or (0, None, 0, 0)
+    conn.commit()
+    return int(found), int(highest) if highest is not None else None, f"{int(found)}:{int(total)}:{int(mixed)}"
+
+
 def pinned(conn: Any, schema: str, selection: Selection) -> tuple[int, Selection]:
-    """The count, and the selection bounded to what was counted."""
-    found, highest = count(conn, schema, selection)
-    return found, replace(selection, upto=highest if highest is not None else 0)
+    """The count, and the selection pinned to exactly what was counted (its highest id and their fingerprint)."""
+    found, highest, pin = fingerprint(conn, schema, replace(selection, upto=None, pin=None))
+    return found, replace(selection, upto=highest if highest is not None else 0, pin=pin)
+
+
+def still_pinned(conn: Any, schema: str, selection: Selection) -> int:
+    """How many entries the selection matches now, refusing (SelectionChanged) when they are not the ones counted
+    (the caller holds the applier lock: nothing else changes them while it acts)."""
+    found, _highest, pin = fingerprint(conn, schema, selection)
+    if selection.pin is not None and pin != selection.pin:
+        counted = selection.pin.split(":", 1)[0]
+        raise SelectionChanged(_("the entries selected ({filters}) changed since they were counted ({counted} then, "
+                                 "{found} now): nothing was changed; count and confirm again").format(
+            filters=selection.describe(), counted=counted, found=found))
+    return found
 
 
 def ids(conn: Any, schema: str, selection: Selection, *, after: int = 0, limit: int = 1000) -> list[int]:
@@ -178,10 +208,13 @@ def retry_rows(conn: Any, schema: str, selection: Selection, limit: int = 1000) 
                         selection.table_sql(schema), where), [*params, limit])
         rows = cur.fetchall()
     conn.commit()
-    return [{"id": r[0], "message_id": r[1], "site": r[2], "table": r[3], "entity": r[4],
-             "reason": reasons.shown(r[11], r[12], r[5]), "attempts": int(r[6]), "date_created": r[7].isoformat(sep=" "),
-             "date_last_attempt": r[8].isoformat(sep=" ") if r[8] else None, "kind": r[9],
-             "next_attempt": r[10].isoformat(sep=" ") if r[10] else None} for r in rows]
+    from dbsync_cli.receiver.retry_queue import annotate_waiting  # entries waiting for a cause say so
+
+    return annotate_waiting(conn, schema, [
+        {"id": r[0], "message_id": r[1], "site": r[2], "table": r[3], "entity": r[4],
+         "reason": reasons.shown(r[11], r[12], r[5]), "attempts": int(r[6]), "date_created": r[7].isoformat(sep=" "),
+         "date_last_attempt": r[8].isoformat(sep=" ") if r[8] else None, "kind": r[9],
+         "next_attempt": r[10].isoformat(sep=" ") if r[10] else None} for r in rows])
 
 
 def conflict_rows(conn: Any, schema: str, selection: Selection, limit: int = 1000) -> list[dict[str, Any]]:

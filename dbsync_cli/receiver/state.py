@@ -10,18 +10,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli import exitcodes
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs.rules import UUID_INDEX_TABLES
-from dbsync_cli.sql import Sql, quote, sql
+from dbsync_cli.sql import Sql, join, quote, sql
 
 log = logging.getLogger("dbsync.state")
 
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
-MIGRATIONS: list[list[str]] = [
+#: one step of a migration: SQL (idempotent: IF NOT EXISTS, an UPDATE that may run twice) or a function of
+#: (cursor, quoted schema, schema name) that looks at information_schema first (alter_table, copy_column_if_present)
+Step = str | Callable[[Any, Sql, str], None]
+
+MIGRATIONS: list[list[Step]] = [
     [
         "CREATE TABLE IF NOT EXISTS {s}.schema_version (version INT NOT NULL PRIMARY KEY, applied DATETIME NOT NULL)",
         """CREATE TABLE IF NOT EXISTS {s}.site_info (
@@ -211,13 +218,15 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE IF NOT EXISTS {s}.receiver_retry_body (
             id BIGINT NOT NULL PRIMARY KEY,
             body LONGBLOB NOT NULL) CHARACTER SET utf8mb4""",
-        "INSERT IGNORE INTO {s}.receiver_retry_body (id, body) SELECT id, body FROM {s}.receiver_retry_queue",
-        """ALTER TABLE {s}.receiver_retry_queue DROP COLUMN body,
-            ADD COLUMN kind VARCHAR(20) NOT NULL DEFAULT 'transient',
-            ADD COLUMN next_attempt DATETIME(3) NULL,
-            ADD COLUMN cause VARCHAR(160) NULL,
-            ADD COLUMN entity_uuid VARCHAR(38) NULL,
-            ADD KEY retry_next (next_attempt), ADD KEY retry_cause (cause)""",
+        # each step may run again after a crash at any point (DDL commits on its own): bodies are copied only while
+        # the queue still has them, and only non-empty ones (an empty body is a cut-short delivery, kept as none)
+        lambda cur, s, schema: copy_column_if_present(cur, schema, "receiver_retry_queue", "body",
+                                                      "INSERT IGNORE INTO {s}.receiver_retry_body (id, body) SELECT id, "
+                                                      "body FROM {s}.receiver_retry_queue WHERE body <> ''"),
+        lambda cur, s, schema: alter_table(cur, schema, "receiver_retry_queue", drop=("body",), add=(
+            ("kind", "VARCHAR(20) NOT NULL DEFAULT 'transient'"), ("next_attempt", "DATETIME(3) NULL"),
+            ("cause", "VARCHAR(160) NULL"), ("entity_uuid", "VARCHAR(38) NULL")),
+            keys=(("retry_next", "next_attempt"), ("retry_cause", "cause"))),
         "UPDATE {s}.receiver_retry_queue SET kind = 'permanent' WHERE entity_key IS NULL",
         "UPDATE {s}.receiver_retry_queue SET kind = 'waiting' WHERE reason LIKE 'waiting behind %'",
         """CREATE TABLE IF NOT EXISTS {s}.receiver_fix_epoch (
@@ -228,11 +237,29 @@ MIGRATIONS: list[list[str]] = [
     ],
     [  # 15: a parked message's reason as a code and its arguments (receiver/reasons.py), said in the reader's
         # language when shown; `reason` keeps the English text (older rows have only that)
-        "ALTER TABLE {s}.receiver_retry_queue ADD COLUMN reason_code VARCHAR(40) NULL, ADD COLUMN reason_args TEXT NULL",
-        "ALTER TABLE {s}.receiver_conflict_queue ADD COLUMN reason_code VARCHAR(40) NULL, "
-        "ADD COLUMN reason_args TEXT NULL",
+        lambda cur, s, schema: alter_table(cur, schema, "receiver_retry_queue", add=(
+            ("reason_code", "VARCHAR(40) NULL"), ("reason_args", "TEXT NULL"))),
+        lambda cur, s, schema: alter_table(cur, schema, "receiver_conflict_queue", add=(
+            ("reason_code", "VARCHAR(40) NULL"), ("reason_args", "TEXT NULL"))),
+    ],
+    [  # 16: the retry queue scheduled per cause: entries sharing a cause are tried through one representative; its
+        # failure moves this one row, not every entry (receiver/retry.py). No row: the cause is due
+        """CREATE TABLE IF NOT EXISTS {s}.receiver_retry_cause (
+            cause VARCHAR(160) NOT NULL PRIMARY KEY,
+            kind VARCHAR(20) NOT NULL,
+            attempts INT NOT NULL DEFAULT 0,
+            entry_id BIGINT NULL,
+            ref_table VARCHAR(64) NULL,
+            next_attempt DATETIME(3) NULL,
+            date_last_attempt DATETIME(3) NULL) CHARACTER SET utf8mb4""",
     ],
 ]
+
+#: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another
+#: process holds the applier lock (an older receiver parking a message between the copy and the DROP loses its body)
+MOVES_DATA = frozenset({14})
+#: how long a migration waits for another process migrating the same schema
+MIGRATION_LOCK_SECONDS = 60
 
 #: how long the per-minute samples of the console's charts are kept
 SAMPLE_DAYS = 31
@@ -247,6 +274,12 @@ class StateError(Exception):
     """Receiver state problem an operator must act on (one line)."""
 
 
+class MigrationRefused(StateError):
+    """A migration that must not run now: another receiver applies (or another process migrates); exit 13."""
+
+    code = exitcodes.ANOTHER_RECEIVER
+
+
 def schema_name(name: str) -> Sql:
     """The state schema, quoted, after checking it is a plain identifier (it comes from the configuration)."""
     if not _NAME.match(name):
@@ -254,27 +287,138 @@ def schema_name(name: str) -> Sql:
     return quote(name)
 
 
-def migrate(conn: Any, schema: str, openmrs_db: str | None = None) -> int:
-    """Create or upgrade the state schema; returns the version now in place."""
+def migrate(conn: Any, schema: str, openmrs_db: str | None = None, *, upto: int | None = None) -> int:
+    """Create or upgrade the state schema (to version `upto`, default the newest); returns the version now in place.
+
+    Each step may run again after a crash at any statement (MariaDB's DDL is not transactional, the version is
+    recorded after the last step): steps look at information_schema before they change anything. One process
+    migrates at a time (a server lock), and a migration that moves data is refused while another process holds the
+    applier lock (MigrationRefused: stop the running receiver first)."""
     s = schema_name(schema)
+    target = len(MIGRATIONS) if upto is None else upto
     with conn.cursor() as cur:
         cur.execute(sql("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", s))
-        cur.execute(sql(MIGRATIONS[0][0], s=s))  # schema_version itself
-        cur.execute(sql("SELECT COALESCE(MAX(version), 0) FROM {}.schema_version", s))
-        current = int(cur.fetchone()[0])
-        for number, statements in enumerate(MIGRATIONS, 1):
-            if number <= current:
-                continue
-            for statement in statements:
-                cur.execute(sql(statement, s=s))
-            cur.execute(sql("INSERT INTO {}.schema_version (version, applied) VALUES (%s, %s)", s),
-                        (number, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
-            log.info("receiver state schema %s migrated to version %d", schema, number)
-            current = number
+        cur.execute(sql(str(MIGRATIONS[0][0]), s=s))  # schema_version itself
+        current = _version(conn, cur, s)
+        if current < target:
+            with _migration_lock(cur, schema):
+                current = _version(conn, cur, s)  # another process may have migrated while we waited
+                for number in range(current + 1, target + 1):
+                    with _applier_lock_free(cur, schema, number) if number in MOVES_DATA else _nothing():
+                        for step in MIGRATIONS[number - 1]:
+                            run_step(cur, s, schema, step)
+                        cur.execute(sql("INSERT IGNORE INTO {}.schema_version (version, applied) VALUES (%s, %s)",
+                                        s), (number, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+                        conn.commit()
+                    log.info("receiver state schema %s migrated to version %d", schema, number)
+                    current = number
         if openmrs_db:
             _uuid_indexes(cur, openmrs_db)
     conn.commit()
     return current
+
+
+def run_step(cur: Any, s: Sql, schema: str, step: Step) -> None:
+    """One step of a migration (a test runs them one by one to stop a migration after any of them)."""
+    if isinstance(step, str):
+        cur.execute(sql(step, s=s))
+    else:
+        step(cur, s, schema)
+
+
+def _version(conn: Any, cur: Any, s: Sql) -> int:
+    conn.commit()  # a fresh read, not the snapshot of a transaction opened before another process migrated
+    cur.execute(sql("SELECT COALESCE(MAX(version), 0) FROM {}.schema_version", s))
+    (found,) = cur.fetchone() or (0,)
+    conn.commit()
+    return int(found)
+
+
+def applier_lock(schema: str) -> str:
+    """The server lock's name the one applier of `schema` holds (apply.Applier.claim)."""
+    return f"dbsync:{schema}"
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _migration_lock(cur: Any, schema: str) -> Iterator[None]:
+    """One migrating process per state schema (two would both add a column: the second fails)."""
+    name = f"dbsync-migrate:{schema}"
+    cur.execute("SELECT GET_LOCK(%s, %s)", (name, MIGRATION_LOCK_SECONDS))
+    (got,) = cur.fetchone() or (0,)
+    if got != 1:
+        raise MigrationRefused(_("receiver state schema {schema!r}: another process has been migrating it for "
+                                 "{seconds} s; try again when it has finished").format(
+            schema=schema, seconds=MIGRATION_LOCK_SECONDS))
+    try:
+        yield
+    finally:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+        cur.fetchall()
+
+
+@contextmanager
+def _applier_lock_free(cur: Any, schema: str, number: int) -> Iterator[None]:
+    """Hold the applier lock (apply.Applier.claim's, taken at once or not at all) while migration `number` moves
+    data: no receiver of any version writes meanwhile."""
+    name = applier_lock(schema)
+    cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
+    (got,) = cur.fetchone() or (0,)
+    if got != 1:
+        cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+        (holder,) = cur.fetchone() or (None,)
+        raise MigrationRefused(_(
+            "receiver state schema {schema!r} needs migration {number}, which moves parked messages, but another "
+            "receiver (central connection {holder}) is applying to it: stop the running receiver (and any "
+            "`dbsync apply` or console) first, then start this version").format(
+            schema=schema, number=number, holder=holder))
+    try:
+        yield
+    finally:
+        cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+        cur.fetchall()
+
+
+def _columns(cur: Any, schema: str, table: str) -> set[str]:
+    cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (schema, table))
+    return {str(row[0]).lower() for row in cur.fetchall()}
+
+
+def _indexes(cur: Any, schema: str, table: str) -> set[str]:
+    cur.execute("SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s AND "
+                "TABLE_NAME = %s", (schema, table))
+    return {str(row[0]).lower() for row in cur.fetchall()}
+
+
+def alter_table(cur: Any, schema: str, table: str, *, drop: tuple[str, ...] = (),
+                add: tuple[tuple[str, str], ...] = (), keys: tuple[tuple[str, str], ...] = ()) -> None:
+    """One ALTER TABLE with only what is still to do: drop the columns present, add the columns and keys (name,
+    column) missing; nothing when all is done (a migration run again after a crash)."""
+    have, indexes = _columns(cur, schema, table), _indexes(cur, schema, table)
+    parts = [sql("DROP COLUMN {}", quote(column)) for column in drop if column.lower() in have]
+    parts += [sql("ADD COLUMN {} " + definition, quote(column)) for column, definition in add
+              if column.lower() not in have]
+    parts += [sql("ADD KEY {} ({})", quote(name), quote(column)) for name, column in keys
+              if name.lower() not in indexes]
+    if parts:
+        cur.execute(sql("ALTER TABLE {} {}", quote(schema, table), join(parts)))
+
+
+def add_column_if_missing(cur: Any, schema: str, table: str, column: str, definition: str) -> None:
+    """ADD COLUMN unless it is there (a migration's step that may run twice)."""
+    alter_table(cur, schema, table, add=((column, definition),))
+
+
+def copy_column_if_present(cur: Any, schema: str, table: str, column: str, statement: str) -> None:
+    """Run `statement` (which reads `table`.`column`) only while that column still exists: once a later step
+    dropped it, what it copied is already where it belongs."""
+    if column.lower() in _columns(cur, schema, table):
+        cur.execute(sql(statement, s=schema_name(schema)))
 
 
 def _uuid_indexes(cur: Any, database: str) -> None:
@@ -389,7 +533,9 @@ def fix_changed(cur: Any, s: Sql, cause: str, fingerprint: str | None = None) ->
                 (cause[:160], fingerprint, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
     cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE cause = %s AND "
                     "next_attempt IS NOT NULL", s), (cause[:160],))
-    return int(cur.rowcount)
+    cur.execute(sql("DELETE FROM {}.receiver_retry_cause WHERE cause = %s", s), (cause[:160],))  # its schedule
+    cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue WHERE cause = %s", s), (cause[:160],))
+    return int((cur.fetchone() or (0,))[0])
 
 
 def fingerprint_changed(conn: Any, schema: str, cause: str, fingerprint: str) -> int:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pymysql
 
-from dbsync_cli import space
 from dbsync_cli.config import Config
 from dbsync_cli.health import (
     CRITICAL,
@@ -18,6 +17,7 @@ from dbsync_cli.health import (
     connect,
     duration,
     grade,
+    home_problem,
     limits,
     plaintext_problem,
     probe_broker,
@@ -56,9 +56,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     lim = limits(cfg, overrides)
     now = now or utcnow()
     report = Report("receiver", cfg["receiver.site_id"], cfg)
-    home_space = space.warning(cfg.home)  # its logs: a full home stops the receiver (exit 19)
-    if home_space:
-        report.problem(WARNING, "home", home_space)
+    home_problem(report, cfg.home)  # its logs: not writable, or space short (a full home stops it: exit 19)
     timeout = lim["timeout_seconds"] or 5
     schema = cfg["central_db.state_schema"]
     data = report.data
@@ -264,11 +262,18 @@ def _onboarding(report: Report, conn: Any, schema: str, now: dt.datetime,
 
 
 def _retry_kinds(cur: Any, s: Sql) -> dict[str, Any]:
-    """Retry entries by kind (transient | permanent | waiting) and how many are due now (the rest back off)."""
-    cur.execute(sql("SELECT kind, COUNT(*), COALESCE(SUM(next_attempt IS NULL OR next_attempt <= UTC_TIMESTAMP(3)), "
-                    "0) FROM {}.receiver_retry_queue GROUP BY kind ORDER BY kind", s))
-    rows = [(str(r[0]), int(r[1]), int(r[2])) for r in cur.fetchall()]
-    return {"by_kind": {kind: n for kind, n, _due in rows}, "due": sum(due for _kind, _n, due in rows)}
+    """Retry entries by kind (transient | permanent | waiting), how many are due now (the rest back off, their own
+    schedule or their cause's) and how many wait for a cause whose representative failed (receiver/retry.py)."""
+    cur.execute(sql("SELECT q.kind, COUNT(*), COALESCE(SUM(CASE WHEN c.cause IS NOT NULL THEN c.next_attempt IS NULL "
+                    "OR c.next_attempt <= UTC_TIMESTAMP(3) ELSE q.next_attempt IS NULL OR q.next_attempt <= "
+                    "UTC_TIMESTAMP(3) OR q.cause IS NOT NULL END), 0), COALESCE(SUM(c.next_attempt > "
+                    "UTC_TIMESTAMP(3)), 0) FROM {}.receiver_retry_queue q LEFT JOIN {}.receiver_retry_cause c ON "
+                    "c.cause = q.cause GROUP BY q.kind ORDER BY q.kind", s, s))
+    rows = [(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
+    cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_cause WHERE next_attempt > UTC_TIMESTAMP(3)", s))
+    (backed_off,) = cur.fetchone() or (0,)
+    return {"by_kind": {kind: n for kind, n, *_ in rows}, "due": sum(r[2] for r in rows),
+            "waiting_for_cause": sum(r[3] for r in rows), "causes_backed_off": int(backed_off)}
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

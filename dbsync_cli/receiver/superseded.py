@@ -28,17 +28,25 @@ def newer(message_position: SourcePosition | None, applied: SourcePosition | Non
             and applied.sent is not None and applied.sent > message_position.sent)
 
 
-def superseded_entries(applier: Applier) -> list[Outcome]:
-    """Close the entries whose row a later change has been applied to since they were parked; their outcomes."""
+def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT) -> tuple[list[Outcome], int]:
+    """Close the entries whose row a later change of the same site has been applied to since they were parked;
+    their outcomes, and the id the next call goes on after (the candidates are walked across passes, so those
+    that stay never hide the ones further down). An entry refused for its broker user is evidence (someone sent
+    as another site) and never closes itself."""
     s = applier.s
     src = join([quote("e", c) for c in COLUMNS])
     with applier.conn.cursor() as cur:
         cur.execute(sql("SELECT q.id, q.message_id, q.site, q.broker_user, q.header_site, q.table_name, b.body, {} "
                         "FROM {}.receiver_retry_queue q JOIN {}.entity_hash e ON e.table_name = q.table_name AND "
                         "e.entity_uuid = q.entity_uuid JOIN {}.receiver_retry_body b ON b.id = q.id "
-                        "WHERE e.date_synced > q.date_created ORDER BY q.id LIMIT %s", src, s, s, s), (LIMIT,))
+                        "LEFT JOIN {}.site_info i ON i.identifier = q.site "
+                        "WHERE q.id > %s AND e.date_synced > q.date_created AND e.src_site = q.site "
+                        "AND NOT (i.broker_user IS NOT NULL AND q.broker_user IS NOT NULL "
+                        "AND q.broker_user <> i.broker_user) ORDER BY q.id LIMIT %s", src, s, s, s, s),
+                    (after, limit))
         candidates = cur.fetchall()
     applier.conn.commit()
+    next_after = int(candidates[-1][0]) if len(candidates) >= limit else 0  # the end: from the start again
     batch, closed, ids = Batch(), [], []
     for row in candidates:
         entry_id, message_id, site, broker_user, header_site, table, body = row[:7]
@@ -56,4 +64,4 @@ def superseded_entries(applier: Applier) -> list[Outcome]:
         applier.conn.commit()
         log.info("retry queue: %d entries closed: a newer change of their row was applied since (superseded)",
                  len(ids))
-    return closed
+    return closed, next_after

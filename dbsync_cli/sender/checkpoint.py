@@ -18,6 +18,7 @@ from dbsync_cli.sender import drops
 BINLOG = "binlog"
 FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
 RESYNC_REFUSED = "resync_refused"  # central's re-sync requests the sender refused: count, last reason (resync.py)
+BROKER_REFUSED = "broker_refused"  # the broker's last refusal of a batch until one is confirmed again (publish.py)
 STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 
@@ -103,6 +104,21 @@ class CheckpointStore:
             raise
         self.unsaved_messages = 0
         self.unsaved_drops = []
+
+    def note_refusal(self, kind: str | None, message: str) -> None:
+        """The broker refused a batch (`kind`: disk_full, permission, …; `message`: its one line), or, with None,
+        took one again: `dbsync status` names an open refusal. `since` is when this kind of refusal began."""
+        if kind is None:
+            self.conn.execute("DELETE FROM checkpoint WHERE name=?", (BROKER_REFUSED,))
+            return
+        now = time.time()
+        previous = self.load(BROKER_REFUSED) or {}
+        same = previous.get("kind") == kind
+        value = {"kind": kind, "message": message[:500], "at": now, "since": previous["since"] if same else now,
+                 "count": int(previous.get("count") or 0) + 1 if same else 1}
+        self.conn.execute("INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
+                          "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                          (BROKER_REFUSED, orjson.dumps(value), now))
 
     def sent_since(self, since: float) -> int:
         """Messages confirmed since the epoch time `since` (at most STATS_KEEP_SECONDS back)."""

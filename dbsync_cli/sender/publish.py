@@ -29,7 +29,7 @@ from tenacity import RetryCallState
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
-from dbsync_cli.broker_refusals import refusal
+from dbsync_cli.broker_refusals import BrokerRefused, refusal
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.files import private_dir
 from dbsync_cli.retrying import GRACE_SECONDS, Stopped, backoff, pause, retrying, stopping
@@ -81,8 +81,9 @@ class _Batch:
 
 
 class _Receipts(stomp.ConnectionListener):
-    def __init__(self, destination: str = "") -> None:
+    def __init__(self, destination: str = "", previous: str = "") -> None:
         self.destination = destination
+        self.previous = previous  # the kind of the last refusal on this publisher (broker_refusals.refusal)
         self.lock = threading.Condition()
         self.received: set[str] = set()
         self.error: str | None = None
@@ -121,9 +122,9 @@ class _Receipts(stomp.ConnectionListener):
                 self.received.discard(receipt)
                 return
             if self.error:
-                refused = refusal(self.error, self.destination)
+                refused = refusal(self.error, self.destination, previous=self.previous)
                 if refused.permanent:  # e.g. no send permission: retrying cannot help, an operator must act
-                    raise BrokerStop(str(refused), refused.code)
+                    raise BrokerStop(str(refused), refused.code) from refused
                 raise refused
             if self.disconnected:
                 raise BrokerError("connection to the broker dropped before the receipt")
@@ -134,8 +135,13 @@ class _Receipts(stomp.ConnectionListener):
 class Publisher:
     def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None],
                  on_sent: Callable[[int], None] | None = None,
-                 on_dropped: Callable[[list[dict[str, Any]]], None] | None = None):
+                 on_dropped: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_refused: Callable[[str | None, str], None] | None = None):
         self.settings = settings
+        #: the broker's last refusal (kind, one line) for `dbsync status`, told (None, "") once a batch is confirmed
+        #: again; the first confirmation of a run also clears one a previous run left
+        self.on_refused = on_refused
+        self._refusal_open = True
         self.on_confirmed = on_confirmed
         self.on_dropped = on_dropped  # drop records of a confirmed batch, told before on_confirmed (drops.py)
         self.dropped: list[dict[str, Any]] = []  # drop records since the last batch was sealed
@@ -148,7 +154,7 @@ class Publisher:
         if self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected:
             return self.conn
         self.close()
-        self.receipts = _Receipts(self.settings.destination)
+        self.receipts = _Receipts(self.settings.destination, self.receipts.previous)
         try:
             self.conn = open_connection(self.settings.broker, listener=self.receipts)
         except BrokerError as exc:
@@ -259,12 +265,19 @@ class Publisher:
             if batch.receipt is not None:
                 try:
                     self.receipts.wait(batch.receipt, self.settings.receipt_timeout, self.settings.stop)
+                except BrokerStop as exc:
+                    self._refused(exc.__cause__, exc)
+                    raise
                 except RETRYABLE as exc:
+                    self._refused(exc, exc)
                     failures += 1
                     log.warning("publish failed (%s); retrying %d unconfirmed batch(es)", exc, len(pending))
                     self._resend(pending, failures)
                     continue
             pending.popleft()
+            if batch.receipt is not None and self._refusal_open and self.on_refused is not None:
+                self.on_refused(None, "")  # the broker takes batches again: status stops naming the refusal
+                self._refusal_open = False
             if batch.dropped and self.on_dropped is not None:
                 self.on_dropped(batch.dropped)
             if batch.records:
@@ -274,6 +287,14 @@ class Publisher:
             if batch.source is not None:
                 self.on_confirmed(batch.source)
             yield from batch.records
+
+    def _refused(self, cause: BaseException | None, error: BaseException) -> None:
+        """Record a refusal the broker named (broker_refusals: disk full, a permission, …) for `dbsync status`."""
+        if isinstance(cause, BrokerRefused) and self.on_refused is not None:
+            self.on_refused(cause.kind or "other", " ".join(str(error).split()))
+            self._refusal_open = True
+        if isinstance(cause, BrokerRefused):
+            self.receipts.previous = cause.kind
 
     def run(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Yield each message once the broker confirmed it; heartbeats move the checkpoint after the batch.
@@ -348,5 +369,6 @@ class Publisher:
 def publish(records: Iterable[dict[str, Any]], settings: PublishSettings,
             on_confirmed: Callable[[dict[str, Any]], None],
             on_sent: Callable[[int], None] | None = None,
-            on_dropped: Callable[[list[dict[str, Any]]], None] | None = None) -> Iterator[dict[str, Any]]:
-    yield from Publisher(settings, on_confirmed, on_sent, on_dropped).run(records)
+            on_dropped: Callable[[list[dict[str, Any]]], None] | None = None,
+            on_refused: Callable[[str | None, str], None] | None = None) -> Iterator[dict[str, Any]]:
+    yield from Publisher(settings, on_confirmed, on_sent, on_dropped, on_refused).run(records)

@@ -43,7 +43,8 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
             messages = enrich(events, enrich_settings(cfg), model)
             count = 0
             for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),
-                                   on_sent=store.count_sent, on_dropped=store.count_dropped):
+                                   on_sent=store.count_sent, on_dropped=store.count_dropped,
+                                   on_refused=store.note_refusal):
                 count += 1
                 if on_message is not None:
                     on_message(message)

@@ -9,7 +9,6 @@ from typing import Any
 
 import pymysql
 
-from dbsync_cli import space
 from dbsync_cli.config import Config
 from dbsync_cli.health import (
     CRITICAL,
@@ -19,6 +18,7 @@ from dbsync_cli.health import (
     connect,
     duration,
     grade,
+    home_problem,
     limits,
     plaintext_problem,
     probe_broker,
@@ -222,6 +222,28 @@ def _dropped(report: Report, home: Path, now: float) -> None:
                                 f"{utc(entry['last_at'])}: {what}")
 
 
+#: how `dbsync status` grades the broker's last refusal of a batch (broker_refusals kinds); others WARNING
+REFUSAL_STATES = {"disk_full": CRITICAL, "permission": CRITICAL, "unknown_address": CRITICAL,
+                  "address_full": WARNING}
+
+
+def _broker_refusal(report: Report, home: Path) -> None:
+    """The broker's last refusal of a batch, as publish recorded it (a full broker disk, AMQ229119, blocks every
+    producer while the broker itself answers CONNECT): named until a batch is confirmed again."""
+    from dbsync_cli.sender.checkpoint import BROKER_REFUSED
+
+    refused = report.data["broker_refused"] = _stored(home, BROKER_REFUSED)
+    if not refused:
+        return
+    if refused.get("kind") == "disk_full":
+        text = _("the broker's disk is full since {since} (AMQ229119, last at {at}): it blocks every producer; "
+                 "nothing is sent until space is freed on the broker (or its max-disk-usage raised)")
+    else:
+        text = _("the broker refuses batches since {since} (last at {at}): {message}")
+    report.problem(REFUSAL_STATES.get(str(refused.get("kind")), WARNING), "broker_refused", text.format(
+        since=utc(refused.get("since")), at=utc(refused.get("at")), message=refused.get("message", "")))
+
+
 def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                   now: float | None = None) -> dict[str, Any]:
     lim = limits(cfg, overrides)
@@ -244,9 +266,8 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                             "{last}").format(count=refused["count"], at=utc(refused["at"]),
                                                              last=refused["last"]))
     _dropped(report, cfg.home, now)
-    home_space = space.warning(cfg.home)  # before it is full: a full home stops the sender (exit 19)
-    if home_space:
-        report.problem(WARNING, "home", home_space)
+    _broker_refusal(report, cfg.home)
+    home_problem(report, cfg.home)  # not writable, or space short before it is full (a full home: exit 19)
     report.data["checkpoint"] = checkpoint
     report.data["rate"] = rate
     lag: dict[str, Any] = {"bytes": None, "seconds": None, "binlog_end": None, "purged": False}

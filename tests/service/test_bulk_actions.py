@@ -193,3 +193,43 @@ def test_conflicts_resolve_selects_by_each_filter_with_a_count_and_a_confirmatio
     assert central.sql("SELECT COUNT(*) FROM person_name WHERE family_name = 'Site'") == [(3,)]
     merge = cli(central, "conflicts", "resolve", "--site", "site1", "--merge", "given_name", "--yes")
     assert merge.returncode == exitcodes.CONFIG and "one conflict at a time" in one_line(merge)
+
+
+def test_a_confirmed_selection_acts_on_exactly_what_was_counted_or_refuses(bed) -> None:
+    """Review finding 8: an entry whose kind changed between the count and the action made the action touch a set
+    the operator never counted; now it is refused with one line and nothing changes, and a new count acts."""
+    from dbsync_cli import config as config_mod
+    from dbsync_cli.receiver import actions, selection
+    from dbsync_cli.receiver import run as run_mod
+    from dbsync_cli.receiver.apply import Applier
+
+    central, _site1, _site2 = bed
+    other = park(central, site="site1", table="obs", reason="pinned test", kind="transient")
+    mine = [park(central, site="site1", table="obs", reason="pinned test", kind="permanent") for _ in range(3)]
+    cfg = config_mod.load(central.config, "receiver", env=central.env)
+    chosen = selection.Selection(queue="retry", site="site1", kind="permanent", reason="pinned test")
+    with central.db.connect() as conn:
+        found, pinned = selection.pinned(conn, central.schema, chosen)
+    assert found == 3 and pinned.pin and pinned.upto == max(mine)
+    # counted; then one counted entry becomes transient and an older uncounted one permanent: the same count and
+    # highest id, another set
+    central.sql(f"UPDATE {_q(central)}.receiver_retry_queue SET kind = 'transient' WHERE id = %s", (mine[0],))
+    central.sql(f"UPDATE {_q(central)}.receiver_retry_queue SET kind = 'permanent' WHERE id = %s", (other,))
+    applier = Applier(run_mod.apply_settings(cfg), run_mod.load_model(cfg))
+    try:
+        with pytest.raises(selection.SelectionChanged, match="changed since they were counted"):
+            actions.run(applier, "retry_drop_many", {"selection": pinned.args()}, who="test")
+    finally:
+        applier.close()
+    assert {other, *mine} <= ids(central)  # nothing dropped
+    # counted again: exactly that set is dropped
+    with central.db.connect() as conn:
+        found, pinned = selection.pinned(conn, central.schema, chosen)
+    assert found == 3
+    applier = Applier(run_mod.apply_settings(cfg), run_mod.load_model(cfg))
+    try:
+        done = actions.run(applier, "retry_drop_many", {"selection": pinned.args()}, who="test")
+    finally:
+        applier.close()
+    assert "3 retry entries dropped" in done["text"]
+    assert mine[0] in ids(central) and not {other, *mine[1:]} & ids(central)  # exactly the counted set went

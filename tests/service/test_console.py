@@ -259,6 +259,20 @@ def test_nothing_without_login_nothing_without_csrf_and_read_only_users_cannot_a
         0] >= 5
 
 
+def test_a_non_ascii_token_or_csrf_field_is_refused_not_a_server_error(console) -> None:
+    """Review finding 10: hmac.compare_digest on str raised TypeError for non-ASCII input (a 500)."""
+    central, url, _data = console
+    entry = central.sql(f"SELECT MIN(id) FROM `{central.schema}`.receiver_retry_queue")[0][0]
+    client = _Http(url)
+    for header in ("Bearer scrape-tökén-1", "Bearer \u00e9", "Bäsic x"):
+        assert client.request("/metrics", headers={"Authorization": header})[0] == 401, header
+    client.log_in("admin")
+    for forged in ("ünïcode", "\u4e2d\u6587", client.csrf("/retry") + "é"):
+        assert client.request(f"/retry/{entry}/drop", {"csrf": forged})[0] == 403, forged
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
+                       (entry,)) == [(1,)]
+
+
 def test_metrics_parse_and_carry_per_site_lag_and_queue_sizes(console) -> None:
     _central, url, _data = console
     with urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers={

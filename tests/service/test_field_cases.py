@@ -232,7 +232,7 @@ def test_permanent_errors_at_the_head_of_the_retry_queue_hold_nothing_up(central
     # the operator's commands
     listed = orjson.loads(dbsync("retry", "list", "--json", "--limit", "3", "--config", str(central.config),
                                  env=central.env).stdout)
-    assert all(e["reason"].startswith("malformed JSON") for e in listed) and len(listed) == 3
+    assert all(e["reason"].startswith("malformed JSON") for e in listed) and len(listed) == 3, [e["reason"] for e in listed]
     assert listed[0]["kind"] == "permanent"
     shown = orjson.loads(dbsync("retry", "show", str(listed[0]["id"]), "--json", "--config", str(central.config),
                                 env=central.env).stdout)

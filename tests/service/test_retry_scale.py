@@ -1,4 +1,5 @@
-"""Issue 26, items 1-5: the retry queue at scale, on the real central (binlog on, FULL row image)."""
+"""Issue 26, items 1-5: the retry queue at scale, on the real central (binlog on, FULL row image). Entries that
+share a cause are tried through one representative a pass; the others wait for it, counted, without a write."""
 
 from __future__ import annotations
 
@@ -63,14 +64,41 @@ def tables_logged(central, since: tuple[str, int]) -> Counter:  # noqa: F811
     for name in names:
         start = since[1] if name == since[0] else 4
         for event in central.sql(f"SHOW BINLOG EVENTS IN '{name}' FROM {start}"):
-            if event[2] == "Table_map" and f"`{central.schema}`." in event[5]:
-                found[event[5].split("`.`")[-1].rstrip("`) ")] += 1
+            info = str(event[5]).replace("`", "")  # "table_id: 9 (schema.table)", quoted or not
+            if event[2] == "Table_map" and f"({central.schema}." in info:
+                found[info.split(f"({central.schema}.")[-1].rstrip(") ")] += 1
     return found
 
 
 def entries(central) -> list[tuple]:  # noqa: F811
     return central.sql(f"SELECT id, kind, attempts, next_attempt, cause, reason FROM `{central.schema}`."
                        "receiver_retry_queue ORDER BY id")
+
+
+def causes(central) -> list[tuple]:  # noqa: F811
+    return central.sql(f"SELECT cause, kind, attempts, entry_id, next_attempt FROM `{central.schema}`."
+                       "receiver_retry_cause ORDER BY cause")
+
+
+def untried_unseen(central) -> int:  # noqa: F811
+    """Entries never tried that neither wait behind their entity's head nor for a cause that backs off (item 5)."""
+    s = f"`{central.schema}`"
+    ((n,),) = central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue q LEFT JOIN {s}.receiver_retry_cause c ON "
+                          "c.cause = q.cause WHERE q.attempts = 0 AND c.cause IS NULL")
+    return int(n)
+
+
+def park_copies(central, site, count: int) -> list[dict]:  # noqa: F811
+    """`count` refused messages (site9, not registered), each its own row (own uuid, own id): one cause."""
+    new_person(site, given=f"{MARK[:20]}copy")
+    (template,) = [m for m in site.messages() if m["table"] == "person_name"]
+    parked = []
+    for copy in range(count):
+        fresh = str(uuidlib.uuid4())
+        parked.append(dict(template, site="site9", id=f"site9:{copy}:{template['id']}", uuid=fresh,
+                           data=dict(template["data"], uuid=fresh)))
+    assert outcomes(central.apply(parked))["retry"] == count
+    return parked
 
 
 def park_for_unregistered(central, site, count: int = 3) -> list[dict]:  # noqa: F811
@@ -90,12 +118,15 @@ def test_a_pass_never_logs_a_body_and_writes_nothing_for_entries_not_due(central
     with applier_of(central) as applier:
         before = binlog_bytes(central)
         tried = retry_pending(applier)  # due: parked entries are tried at the next pass
-        # the head of each entity is tried; what its entity holds behind it says it waits (tried, once)
-        assert 0 < len(tried) < len(messages) and all(o.outcome == "retry" for o in tried)
+        # one representative of the cause is tried; the others wait for it (untried, unwritten, counted)
+        assert len(tried) == 1 and all(o.outcome == "retry" for o in tried) and len(messages) > 1
         first = binlog_tail(central, before)
         assert first and MARK.encode()[:20] not in first  # attempts logged, never a body
-        assert all(attempts == 1 and (next_at is not None or kind == "waiting")
-                   for _id, kind, attempts, next_at, *_ in entries(central))
+        rows = entries(central)
+        assert sum(1 for _id, kind, attempts, *_ in rows if attempts == 1 and kind != "waiting") == 1
+        (cause,) = causes(central)
+        assert cause[:3] == ("site:site9", "permanent", 1) and cause[4] is not None
+        assert untried_unseen(central) == 0
         since = binlog_position(central)
         for _ in range(3):
             assert retry_pending(applier) == []  # backing off: not tried
@@ -134,9 +165,14 @@ def test_entries_behind_one_not_due_are_tried_within_one_interval(central, site)
     with applier_of(central) as applier:
         retry_pending(applier)
     rows = entries(central)
-    assert rows and all(attempts >= 1 for _i, _k, attempts, *_ in rows)  # none left untried
+    assert rows and untried_unseen(central) == 0  # none left unseen: tried, or waiting for the cause that failed
     waiting = [r for r in rows if r[1] == "waiting"]
     assert waiting and all(r[5].startswith("waiting behind retry entry") for r in waiting)
+    report = orjson.loads(dbsync("status", "--config", str(central.config), "--json", env=central.env,
+                                 check=False).stdout)
+    retry_queue = report["retry_queue"]
+    assert retry_queue["waiting_for_cause"] == len(rows)  # all of site9's, its representative too
+    assert retry_queue["causes_backed_off"] == 1 and retry_queue["due"] == 0
 
 
 def test_a_superseded_entry_closes_itself_and_is_counted(central, site) -> None:  # noqa: F811
@@ -170,13 +206,150 @@ def test_a_referenced_row_arriving_makes_its_entries_due(central) -> None:  # no
     central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, reason, date_created, kind, cause, next_attempt) "
                 "VALUES ('m-ref', 'concept x does not exist at central', UTC_TIMESTAMP(3), 'transient', %s, "
                 "UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)", (f"ref:{ref}",))
+    central.sql(f"INSERT INTO {s}.receiver_retry_cause (cause, kind, attempts, ref_table, next_attempt) VALUES "
+                "(%s, 'transient', 3, 'concept', UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)", (f"ref:{ref}",))
     with applier_of(central) as applier:
         lane = RetryLane(applier, interval=3600)
         lane.round()  # the pass reads what entries wait for
         assert lane.note_applied([str(uuidlib.uuid4())]) == 0
-        assert central.sql(f"SELECT next_attempt IS NULL FROM {s}.receiver_retry_queue") == [(0,)]
+        assert len(causes(central)) == 1
         assert lane.note_applied([ref.upper()]) == 1
-    assert central.sql(f"SELECT next_attempt IS NULL FROM {s}.receiver_retry_queue") == [(1,)]
+    assert causes(central) == []  # the cause's schedule is gone: its entries are due
+
+
+def test_entries_sharing_a_cause_are_tried_through_one_representative_and_written_once(central, site) -> None:  # noqa: F811
+    """Item 1, the first hour: a queue filled at once with one cause writes one entry and the cause's one row a
+    pass, not a row per entry; the cause's next attempt moves, its other entries wait for it."""
+    park_copies(central, site, count=40)
+    s = f"`{central.schema}`"
+    with applier_of(central) as applier:
+        since = binlog_position(central)
+        tried = retry_pending(applier)
+        assert [o.outcome for o in tried] == ["retry"]
+        assert tables_logged(central, since) == Counter({"receiver_retry_queue": 1, "receiver_retry_cause": 1})
+        central.sql(f"UPDATE {s}.receiver_retry_cause SET next_attempt = UTC_TIMESTAMP(3) - INTERVAL 1 SECOND")
+        since = binlog_position(central)
+        assert [o.outcome for o in retry_pending(applier)] == ["retry"]  # due again: one representative again
+        assert tables_logged(central, since) == Counter({"receiver_retry_queue": 1, "receiver_retry_cause": 1})
+        ((_cause, _kind, attempts, _entry, next_at),) = causes(central)
+        ((now,),) = central.sql("SELECT UTC_TIMESTAMP(3)")
+        assert attempts == 2 and (next_at - now).total_seconds() > 5 * 60  # the cause backs off, doubling
+    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(39,)]
+    assert untried_unseen(central) == 0
+    listed = orjson.loads(dbsync("retry", "list", "--config", str(central.config), "--json",
+                                 env=central.env).stdout)
+    rows = listed["entries"] if isinstance(listed, dict) else listed
+    assert sum(1 for e in rows if (e.get("waiting_for") or "") == "site:site9") == 39  # visibly waiting for it
+
+
+def test_retry_again_without_a_number_tries_entries_not_due(central, site) -> None:  # noqa: F811
+    """Review #2: `dbsync retry again` with no number retries every entry, not only the due ones."""
+    from dbsync_cli.receiver import actions
+
+    park_copies(central, site, count=3)
+    with applier_of(central) as applier:
+        retry_pending(applier)
+        assert retry_pending(applier) == []  # backing off: nothing due
+        done = actions.perform(applier, "retry_again", {})
+    assert len(done["records"]) == 1, done  # the cause's representative, tried although not due
+
+
+def test_a_conflict_made_between_two_rounds_holds_its_entity(central, site) -> None:  # noqa: F811
+    """Review #3: a live batch between two rounds of one pass makes a conflict for entity E; an entry of E further
+    on in the pass is not applied over it (the conflicts are read every round)."""
+    _person, name = new_person(site, given="Held")
+    messages = site.messages()
+    (named,) = [m for m in messages if m["table"] == "person_name"]
+    assert set(outcomes(central.apply([m for m in messages if m is not named]))) <= {"applied"}
+    s = f"`{central.schema}`"
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, reason, date_created, kind) VALUES "
+                "('first', 'no body', UTC_TIMESTAMP(3), 'transient')")
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
+                "date_created, kind, entity_uuid) VALUES (%s, 'site1', 'person_name', %s, 'waiting (test)', "
+                "UTC_TIMESTAMP(3), 'transient', %s)", (named["id"], f"person_name:{name}", name))
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT MAX(id), %s FROM {s}.receiver_retry_queue",
+                (orjson.dumps(named),))
+    with applier_of(central) as applier:
+        lane = RetryLane(applier, interval=1.0, round_seconds=1e-6, page=1)
+        lane.round()  # the pass starts: its first entry only
+        assert lane.busy()
+        central.sql(f"INSERT INTO {s}.receiver_conflict_queue (message_id, site, table_name, entity_uuid, entity_key, "
+                    "body, reason, date_created) VALUES ('live-m1', 'site1', 'person_name', %s, %s, '{}', 'test', "
+                    "UTC_TIMESTAMP(3))", (name, f"person_name:{name}"))
+        while lane.busy():
+            lane.round()
+    assert central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (name,)) == []  # held by the conflict
+    assert len(entries(central)) == 2
+
+
+def test_superseded_looks_past_cross_site_and_never_closes_broker_user_refusals(central, site) -> None:  # noqa: F811
+    """Review #6: candidates whose row another site changed never hide the real ones; an entry refused for its
+    broker user (evidence) never closes itself."""
+    from dbsync_cli.receiver.superseded import superseded_entries
+
+    _person, name = new_person(site, given="Old")
+    old = site.messages()
+    site.sql("UPDATE person_name SET given_name='New' WHERE uuid=%s", (name,))
+    newer = site.messages()
+    (message,) = [m for m in old if m["table"] == "person_name"]
+    assert set(outcomes(central.apply([m for m in old if m["table"] != "person_name"] + newer))) <= {"applied"}
+    s = f"`{central.schema}`"
+    central.sql(f"UPDATE {s}.site_info SET broker_user = 'site1-user' WHERE identifier = 'site1'")
+    for entry_site, broker_user in (("site2", None), ("site1", "mallory"), ("site1", None)):  # the real one last
+        central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, broker_user, table_name, reason, "
+                    "date_created, kind, entity_uuid) VALUES (%s, %s, %s, 'person_name', 'refused (test)', "
+                    "UTC_TIMESTAMP(3) - INTERVAL 1 HOUR, 'permanent', %s)",
+                    (f"{entry_site}-{broker_user}", entry_site, broker_user, name))
+        central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT MAX(id), %s FROM "
+                    f"{s}.receiver_retry_queue", (orjson.dumps(dict(message, site=entry_site)),))
+    with applier_of(central) as applier:
+        closed, _after = superseded_entries(applier, 0, limit=1)
+    assert [o.message_id for o in closed] == ["site1-None"]
+    assert sorted(r[0] for r in central.sql(f"SELECT message_id FROM {s}.receiver_retry_queue")) == [
+        "site1-mallory", "site2-None"]
+
+
+def test_a_row_created_at_central_makes_the_entries_waiting_for_it_due(central) -> None:  # noqa: F811
+    """Review #7: a referenced row that arrives other than through a batch (created at central, by a resolution,
+    by an operator) is found by the next round: its cause's entries are due."""
+    s = f"`{central.schema}`"
+    ((ref,),) = central.sql("SELECT uuid FROM concept ORDER BY concept_id LIMIT 1")  # a row at central
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, reason, date_created, kind, cause) VALUES "
+                "('m-ref', 'concept x does not exist at central', UTC_TIMESTAMP(3), 'transient', %s)", (f"ref:{ref}",))
+    central.sql(f"INSERT INTO {s}.receiver_retry_cause (cause, kind, attempts, ref_table, next_attempt) VALUES "
+                "(%s, 'transient', 3, 'concept', UTC_TIMESTAMP(3) + INTERVAL 6 HOUR)", (f"ref:{ref}",))
+    with applier_of(central) as applier:
+        lane = RetryLane(applier, interval=3600)
+        lane.round()
+    assert causes(central) == []
+
+
+def test_dropping_a_head_applies_what_waited_behind_it_even_in_its_own_backoff(central, site) -> None:  # noqa: F811
+    """Review #11: entries behind a dropped head are tried at once, whether due or not."""
+    from dbsync_cli.receiver.retry import drop_entry
+
+    _person, name = new_person(site, given="Behind")
+    messages = site.messages()
+    (named,) = [m for m in messages if m["table"] == "person_name"]
+    assert set(outcomes(central.apply([m for m in messages if m is not named]))) <= {"applied"}
+    s = f"`{central.schema}`"
+    ek = f"person_name:{name}"
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
+                "date_created, kind, next_attempt) VALUES ('head', 'site1', 'person_name', %s, 'broken (test)', "
+                "UTC_TIMESTAMP(3), 'permanent', UTC_TIMESTAMP(3) + INTERVAL 6 HOUR)", (ek,))
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT MAX(id), 'not json' FROM "
+                f"{s}.receiver_retry_queue")
+    central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
+                "date_created, kind, next_attempt) VALUES (%s, 'site1', 'person_name', %s, 'waiting (test)', "
+                "UTC_TIMESTAMP(3), 'transient', UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)", (named["id"], ek))
+    central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT MAX(id), %s FROM {s}.receiver_retry_queue",
+                (orjson.dumps(named),))
+    ((head,),) = central.sql(f"SELECT MIN(id) FROM {s}.receiver_retry_queue")
+    with applier_of(central) as applier:
+        said = drop_entry(applier, int(head))
+    assert "1 waiting" in said, said
+    assert central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (name,)) == [(1,)]
+    assert entries(central) == []
 
 
 @pytest.mark.slow
@@ -186,9 +359,10 @@ def test_a_round_never_keeps_live_messages_waiting_behind_thousands_of_entries(c
     messages = park_for_unregistered(central, site, count=1)
     s = f"`{central.schema}`"
     for _ in range(12):  # 3 * 2**10 ≈ 3,000 entries, each a copy of a refused message
+        # no cause: each entry on its own schedule, so that the pass has 3,000 attempts to make
         central.sql(f"INSERT INTO {s}.receiver_retry_queue (message_id, site, table_name, entity_key, reason, "
                     "date_created, kind, cause) SELECT CONCAT(message_id, 'x', id), site, table_name, NULL, reason, "
-                    f"date_created, kind, cause FROM {s}.receiver_retry_queue")
+                    f"date_created, kind, NULL FROM {s}.receiver_retry_queue")
         if central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue")[0][0] >= 3000:
             break
     central.sql(f"INSERT INTO {s}.receiver_retry_body (id, body) SELECT q.id, (SELECT body FROM "
@@ -223,6 +397,7 @@ def test_the_real_receiver_applies_another_sites_live_message_while_its_pass_wal
     assert outcomes(central.apply(parked))["retry"] == len(parked)
     s = f"`{central.schema}`"
     assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(len(parked),)]
+    central.sql(f"UPDATE {s}.receiver_retry_queue SET cause = NULL")  # each its own schedule: 5,000 attempts
     _person, live_name = new_person(site, given="Live")
     live = site.messages()
     destination = next(line.split('"')[1] for line in central.config.read_text().splitlines()

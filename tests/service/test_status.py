@@ -266,3 +266,26 @@ def test_a_normal_onboarding_is_a_note_and_an_unregistered_site_one_warning(cent
     code, report = status(central.config, central.env, "--retry-critical", "100")
     assert code == 1 and checks(report) == {"retry_queue": "WARNING"}
     assert report["problems"][0]["message"].startswith("2 message(s) in the retry queue")
+
+
+def test_status_speaks_portuguese_when_asked(central) -> None:
+    """Issue 26 item 15: the state words and every check's line a person reads are Portuguese with LANG=pt_PT; the
+    JSON stays English (scripts parse it). The English run is the control: each of its problem lines must be gone."""
+    for i in range(3):
+        central.sql(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, "
+                    "reason, date_created) VALUES (%s, 'site1', 'obs', 'concept x does not exist', %s)",
+                    (f"pt{i}-{os.urandom(4).hex()}", _utcnow() - dt.timedelta(minutes=10)))
+    dbsync("sites", "disable", "site2", "--config", str(central.config), env=central.env)
+    english = {**central.env, "LANG": "C.UTF-8", "DBSYNC_LANG": ""}
+    portuguese = {**central.env, "LANG": "pt_PT.UTF-8", "DBSYNC_LANG": ""}
+    en = dbsync("status", "--config", str(central.config), env=english, check=False)
+    pt = dbsync("status", "--config", str(central.config), env=portuguese, check=False)
+    assert en.returncode == pt.returncode == 1, (en.stdout + en.stderr).decode()
+    en_text, pt_text = en.stdout.decode(), pt.stdout.decode()
+    assert "WARNING" in en_text and "retry queue" in en_text, en_text
+    assert "WARNING" not in pt_text and "AVISO" in pt_text and "retry queue" not in pt_text, pt_text
+    _, report = status(central.config, english)
+    for problem in report["problems"]:  # each English line a person reads is translated
+        assert problem["message"] not in pt_text, (problem["message"], pt_text)
+    _, report_pt = status(central.config, portuguese)
+    assert report_pt["state"] == "WARNING" and report_pt["problems"] == report["problems"]

@@ -27,6 +27,15 @@ def test_hourly_attempts_follow_the_schedule_read_back() -> None:
     assert fig.attempts_in_first_hour(table["waiting"], 60) == 1 and fig.attempts_per_hour_at_cap({1: None}) == 0
 
 
+def test_the_first_hour_is_the_measured_first_pass_plus_the_later_attempts_of_the_schedule() -> None:
+    transient = {1: 60.0, 2: 120.0, 3: 240.0, 4: 480.0, 5: 960.0, 6: 1920.0}
+    later = fig.attempts_in_first_hour(transient, 60) - 1  # at 0, 1, 3, 7, 15, 31 minutes: 5 after the first
+    assert later == 5 and fig.first_hour_bytes(1000.0, 500.0, 10 * later) == 1000.0 + 500.0 * 50
+    assert fig.attempts_in_first_hour({2: 120.0, 3: 240.0, 4: 3600.0}, 60) == 4  # attempt 1 unseen: the lowest wait
+    events = fig.split_transactions(_tx("st.receiver_retry_cause"), "st")
+    assert events[2] == 1  # a cause's schedule row is the retry lane's
+
+
 def test_verdicts_are_strict_and_name_the_command() -> None:
     assert fig.verdict("x", 9.99, 10, "MB/h", "scripts/bench-retry")[0]
     ok, line = fig.verdict("x", 10.0, 10, "MB/h", "scripts/bench-retry")

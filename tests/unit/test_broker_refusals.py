@@ -39,3 +39,13 @@ def test_an_unknown_refusal_keeps_the_brokers_words_without_the_dump() -> None:
     named = refusal("AMQ999999 something new CoreMessage[messageID=1, …]", "d")
     assert not named.permanent
     assert str(named) == "broker refused the batch: AMQ999999 something new"
+
+
+def test_a_refused_subscription_and_a_disk_still_full_are_named() -> None:
+    """Measured over STOMP: SUBSCRIBE without `consume` gets a bare AMQ339016; after AMQ229119 the batch sent again
+    gets a bare AMQ339011, the disk still full (not a permission)."""
+    named = refusal("AMQ339016 Error creating subscription dbsync-consume", "q", "the subscription")
+    assert named.permanent and named.code == exitcodes.PRIVILEGES and "lacks consume permission" in str(named)
+    again = refusal(NO_SEND, "q", previous="disk_full")
+    assert not again.permanent and again.kind == "disk_full" and "still full" in str(again)
+    assert refusal(NO_SEND, "q").permanent

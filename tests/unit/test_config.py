@@ -252,3 +252,57 @@ def test_config_check_names_a_home_without_free_space(sender_file: Path, tmp_pat
         assert "the state directory is full" in run.stderr
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+SECRET = "S3cretPW-7f1c"
+
+
+@pytest.mark.parametrize("key", sorted(k for k, spec in config.KEYS.items() if spec.secret))
+@pytest.mark.parametrize("bad", [12345, [SECRET], {"x": SECRET}, f"stomp://u:{SECRET}@h:1"])
+def test_no_problem_line_shows_a_secret_value(tmp_path: Path, key: str, bad: object) -> None:
+    """Review finding 4: every secret key given a wrong value (of a wrong type, or holding the secret inside) gives
+    problem lines that name the key and never hold the value."""
+    role = "sender" if "sender" in config.KEYS[key].roles else "receiver"
+    section, name = key.split(".")
+    literal = (f'"{bad}"' if isinstance(bad, str) else f'["{SECRET}"]' if isinstance(bad, list)
+               else f'{{ x = "{SECRET}" }}' if isinstance(bad, dict) else str(bad))
+    path = tmp_path / "any.toml"
+    path.write_text(f'home = "{tmp_path}"\n[{section}]\n{name} = {literal}\n')
+    problems = config.validate(path, role, env={})
+    assert isinstance(problems, list)
+    for line in problems:
+        assert SECRET not in line and "12345" not in line, line
+    if not isinstance(bad, str):
+        assert any(line.startswith(key) for line in problems), problems
+
+
+@pytest.mark.parametrize(("key", "url"), [
+    ("broker.url", f"stomp+ssl://dbsync:{SECRET}@broker.example:61613"),
+    ("broker.url", f"stomp+ssl://{SECRET}@broker.example:61613"),
+    ("broker.url", f"stomp+ssl://dbsync:{SECRET}@broker.example:99999"),
+    ("broker.url", f"stomp+ssl://dbsync:a/{SECRET}@broker.example:61613"),
+    ("broker.url", f"amqp://dbsync:{SECRET}@broker.example:5672"),
+    ("openmrs.url", f"ftp://admin:{SECRET}@openmrs.example/openmrs"),
+])
+def test_a_url_with_a_password_is_refused_without_showing_it(sender_file: Path, key: str, url: str) -> None:
+    """Review finding 4: `broker.url: 'stomp+ssl://dbsync:S3cretPW@…': holds a password` leaked the password; a
+    URL's userinfo is never shown, from the file or from the environment, whatever the rule it breaks."""
+    role = "receiver" if key == "openmrs.url" else "sender"
+    path = sender_file
+    if role == "receiver":
+        path = sender_file.parent / "receiver.toml"
+        path.write_text(f'home = "{sender_file.parent}"\n[central_db]\npassword = "x"\n[broker]\npassword = "y"\n')
+    section, name = key.split(".")
+    text = path.read_text()
+    path.write_text(text.replace(f"[{section}]\n", f'[{section}]\n{name} = "{url}"\n') if f"[{section}]" in text
+                    else text + f'\n[{section}]\n{name} = "{url}"\n')
+    env_name = "DBSYNC_" + key.upper().replace(".", "__")
+    for env in ({}, {env_name: url}):
+        problems = config.validate(path, role, env=env)
+        assert isinstance(problems, list) and problems, problems
+        assert any(line.startswith(key) for line in problems), problems
+        for line in problems:
+            assert SECRET not in line, line
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, role, env={})
+    assert SECRET not in str(caught.value)

@@ -44,3 +44,10 @@ def test_an_entry_its_fix_makes_due_backs_off_longer_the_clock_being_a_safety_ne
     assert rules.backoff(rules.PERMANENT, 1, MINUTE, "site:site9") == 5 * MINUTE  # the first waits are the same
     assert rules.backoff(rules.WAITING, 3, MINUTE, "ref:abc") is None
     assert not rules.retriggered("references") and rules.retriggered("ref:x")
+
+
+def test_entries_of_a_cause_wait_while_it_backs_off_and_entries_without_one_never_do() -> None:
+    assert rules.waits_for_cause("site:site9", failed={"site:site9"}, backed_off=set())  # its representative failed
+    assert rules.waits_for_cause("ref:x", failed=set(), backed_off={"ref:x"})  # failed before, not due yet
+    assert not rules.waits_for_cause("ref:x", failed={"ref:y"}, backed_off={"central"})  # due: tried (a representative)
+    assert not rules.waits_for_cause(None, failed={"central"}, backed_off={"central"})  # its own schedule
