@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from dbsync_cli.reason_codes import reason
+
 VERSION = 1  # one sync message (one row); the only form of NDJSON between stages
 ENVELOPE_VERSION = 2  # several messages of one site in one broker message
 MAX_ENVELOPE_MESSAGES = 10_000
@@ -181,28 +183,28 @@ def is_heartbeat(record: Mapping[str, Any]) -> bool:
 def check(message: Any, tables: Collection[str]) -> str | None:
     """Why a decoded message is not a valid sync message for these synced tables, or None when it is."""
     if not isinstance(message, dict):
-        return f"expected a JSON object, got {type(message).__name__}"
+        return reason("not_object", type=type(message).__name__)
     if message.get("v") != VERSION:
-        return f"unsupported message version {str(message.get('v'))[:20]!r}"
+        return reason("version", version=str(message.get("v"))[:20])
     for key in ("id", "site", "table", "op", "uuid"):
         if not isinstance(message.get(key), str) or not message[key]:
-            return f"missing or invalid {key!r}"
+            return reason("missing_field", field=key)
     if message["table"] not in tables:
-        return f"unknown table {message['table'][:64]!r}"
+        return reason("unknown_table", table=message["table"][:64])
     if message["op"] not in OPS:
-        return f"unknown op {message['op'][:10]!r}"
+        return reason("unknown_op", op=message["op"][:10])
     if not UUID_TEXT.match(message["uuid"]):
-        return f"invalid uuid {message['uuid'][:40]!r}"
+        return reason("invalid_uuid", uuid=message["uuid"][:40])
     problem = _source_problem(message.get("source"))
     if problem is not None:
         return problem
     if message.get("sent") is not None and not isinstance(message["sent"], str):
-        return "sent must be a string"
+        return reason("sent_string")
     data = message.get("data")
     if message["op"] == DELETE:
-        return None if data is None or isinstance(data, dict) else "data of a delete must be null"
+        return None if data is None or isinstance(data, dict) else reason("delete_data")
     if not isinstance(data, dict):
-        return "data must be an object"
+        return reason("data_object")
     return None
 
 
@@ -228,7 +230,7 @@ def normalise_uuids(message: dict[str, Any]) -> str | None:
         if uuid is None:
             continue
         if not isinstance(uuid, str) or not UUID_TEXT.match(uuid):
-            return f"{message['table']}.{str(column)[:64]}: invalid uuid {str(uuid)[:40]!r}"
+            return reason("ref_uuid", table=message["table"], column=str(column)[:64], uuid=str(uuid)[:40])
         value["uuid"] = canonical_uuid(uuid)
     return None
 
@@ -245,23 +247,23 @@ def _source_problem(source: Any) -> str | None:
     if source is None:
         return None
     if not isinstance(source, dict):
-        return "source must be an object"
+        return reason("source_object")
     for key, (low, high) in _SOURCE_RANGES.items():
         value = source.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"source.{key} {str(value)[:30]!r} is not an integer from {low} to {high}"
+            return reason("source_integer", key=key, value=str(value)[:30], low=low, high=high)
     if source.get("file") is not None and (not isinstance(source["file"], str) or len(source["file"]) > 255):
-        return "source.file must be a binlog file name"
+        return reason("source_file")
     if source.get("epoch") is not None and (not isinstance(source["epoch"], str) or len(source["epoch"]) > 40):
-        return "source.epoch must be a short string"
+        return reason("source_epoch")
     if source.get("gtid") is not None and (not isinstance(source["gtid"], str) or len(source["gtid"]) > 200):
-        return "source.gtid must be a GTID of at most 200 characters"
+        return reason("source_gtid")
     if source.get("repair") is not None and (not isinstance(source["repair"], str) or len(source["repair"]) > 80):
-        return "source.repair must be a verify run id"
+        return reason("source_repair")
     if source.get("gtid_pos") is not None and not isinstance(source["gtid_pos"], str):
-        return "source.gtid_pos must be a string"  # the sender's own resume point: any length, never applied
+        return reason("source_gtid_pos")  # the sender's own resume point: any length, never applied
     return None
 
 
@@ -342,14 +344,14 @@ def is_envelope(decoded: Any) -> bool:
 def envelope_problem(decoded: Mapping[str, Any]) -> str | None:
     """Why a version-2 body is not a usable envelope (its messages are checked one by one later), or None."""
     if not isinstance(decoded.get("id"), str) or not decoded["id"]:
-        return "envelope: missing or invalid 'id'"
+        return reason("envelope_id")
     if not isinstance(decoded.get("site"), str) or not decoded["site"]:
-        return "envelope: missing or invalid 'site'"
+        return reason("envelope_site")
     messages = decoded.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "envelope: 'messages' must be a non-empty list"
+        return reason("envelope_messages")
     if len(messages) > MAX_ENVELOPE_MESSAGES:
-        return f"envelope: {len(messages)} messages, over the limit of {MAX_ENVELOPE_MESSAGES}"
+        return reason("envelope_too_many", count=len(messages), limit=MAX_ENVELOPE_MESSAGES)
     return None
 
 

@@ -11,12 +11,15 @@ from typing import Any
 import typer.rich_utils
 
 from dbsync_cli import i18n
+from dbsync_cli.cli import click_words
 from dbsync_cli.i18n import _
 
 #: typer's own words around the help texts (panel titles, default and required marks), set per language
 _TYPER_WORDS = {"ARGUMENTS_PANEL_TITLE": "Arguments", "OPTIONS_PANEL_TITLE": "Options",
                 "COMMANDS_PANEL_TITLE": "Commands", "DEFAULT_STRING": "[default: {}]",
-                "REQUIRED_LONG_STRING": "[required]", "ENVVAR_STRING": "[env var: {}]"}
+                "REQUIRED_LONG_STRING": "[required]", "ENVVAR_STRING": "[env var: {}]",
+                "ERRORS_PANEL_TITLE": "Error", "ABORTED_TEXT": "Aborted.",
+                "RICH_HELP": "Try [blue]'{command_path} {help_option}'[/] for help."}
 
 
 def lang_from_argv(argv: Sequence[str]) -> str | None:
@@ -60,3 +63,4 @@ def translate(root: Any) -> None:
                 setattr(item, attribute, _(text))
     for name, text in _TYPER_WORDS.items():
         setattr(typer.rich_utils, name, _(text))
+    click_words.install([item for item in walk(root) if hasattr(item, "context_class")])

@@ -56,7 +56,8 @@ def retry_list(
         table_out.add_column(col, overflow="fold")
     for e in found:
         table_out.add_row(str(e["id"]), e["site"] or "?", e["table"] or "?", e["entity"] or _("(error)"),
-                          _(e["kind"]) if e["kind"] else "", str(e["attempts"]), e["date_created"][:19], e["reason"])
+                          _(e["kind"]) if e["kind"] else "", str(e["attempts"]), e["date_created"][:19],
+                          f'{e["waiting"]}: {e["reason"]}' if e.get("waiting") else e["reason"])
     Console().print(table_out)
 
 

@@ -27,7 +27,7 @@ import orjson
 
 from dbsync_cli import i18n
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import bulk, conflicts, retry
+from dbsync_cli.receiver import bulk, conflicts, reasons, retry
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.batch import now
 from dbsync_cli.receiver.selection import Selection, SelectionError
@@ -57,7 +57,8 @@ def perform(applier: Applier, action: str, args: dict[str, Any],
     if action == "retry_again":
         # no number: every entry now, due or not (each cause through its representative), not only the due ones
         outcomes = retry.retry_pending(applier, only=args.get("number"), everything=args.get("number") is None)
-        said = "; ".join(o.outcome + (f": {o.reason}" if o.reason else "") for o in outcomes) or _("nothing")
+        said = "; ".join(o.outcome + (f": {reasons.said(o.reason)}" if o.reason else "") for o in outcomes) or _(
+            "nothing")
         text = (_("entry {number}: {result}").format(number=args["number"], result=said)
                 if args.get("number") is not None else
                 _("{count} entries tried: {applied} re-applied").format(

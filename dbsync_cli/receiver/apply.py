@@ -341,11 +341,10 @@ class Applier:
             return self._park(cur, item, reasons.reason("site_unknown", site=message["site"], why=why), batch,
                               queue_kind=PERMANENT, cause=state.site_cause(message["site"]))
         if site.broker_user is not None and item.broker_user is not None and item.broker_user != site.broker_user:
-            sender = (f"broker user {item.broker_user!r}" if item.broker_user else
-                      "a broker that stamps no sender (populate-validated-user is off in broker.xml)")
-            return self._park(cur, item, f"message for site {site.identifier!r} was sent by {sender}; the site "
-                                         f"sends as {site.broker_user!r}", batch, kind="error",
-                              cause=state.site_cause(site.identifier))
+            refused = (reasons.reason("sender_mismatch", site=site.identifier, user=item.broker_user,
+                                      expected=site.broker_user) if item.broker_user else
+                       reasons.reason("sender_unstamped", site=site.identifier, expected=site.broker_user))
+            return self._park(cur, item, refused, batch, kind="error", cause=state.site_cause(site.identifier))
         ek = entity_key(self.model, table, message["uuid"])
         if ek in self.blocked and not from_queue:
             return self._park(cur, item, reasons.reason("waiting_behind", entity=ek), batch, kind="waiting")
@@ -355,7 +354,8 @@ class Applier:
             return self._park(cur, item, exc.args[0] if exc.args else str(exc), batch,  # a Reason keeps its code
                               cause=reference_cause(exc.uuid))
         except MessageError as exc:
-            return self._park(cur, item, str(exc), batch, kind="error", cause=state.CENTRAL_CAUSE)
+            return self._park(cur, item, exc.args[0] if exc.args else str(exc), batch, kind="error",
+                              cause=state.CENTRAL_CAUSE)
         if outcome.outcome == "applied":
             count, _ = batch.sites.get(site.identifier, (0, ""))
             batch.sites[site.identifier] = (count + 1, item.message_id)
@@ -386,7 +386,7 @@ class Applier:
             if last is not None and position.older_than(last):
                 batch.skip(message["site"], "stale", item.message_id, table.name)
                 return Outcome(item.message_id, "stale", table.name, uuid,
-                               f"from {position}, before the change applied last ({last})")
+                               reasons.reason("older_position", position=position, last=last))
         key = held_parent or self.ids.lookup(cur, ident, uuid)
         current = self.rows.current(table, key) if key is not None and held_parent is None else None
         if current is not None and not force:
@@ -394,7 +394,7 @@ class Applier:
         if message["op"] == DELETE:
             if current is None:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
-                return Outcome(item.message_id, "applied", table.name, uuid, "already absent")
+                return Outcome(item.message_id, "applied", table.name, uuid, reasons.reason("already_absent"))
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
@@ -411,7 +411,7 @@ class Applier:
         if only is not None:
             unknown = sorted(set(only) - set(data))
             if unknown:
-                raise MessageError(f"--merge: {', '.join(unknown)} not in the incoming {table.name} row")
+                raise MessageError(reasons.reason("merge_unknown", columns=", ".join(unknown), table=table.name))
             data = {c: data[c] for c in only}
         values = self._values(cur, item, table, data, batch, defer=current is None)
         if key is None:  # the entity (or its parent) may have become a placeholder while converting
@@ -517,15 +517,14 @@ class Applier:
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         batch.skip(site.identifier, adopt.ADOPTED, item.message_id, table.name)
-        return Outcome(item.message_id, adopt.ADOPTED, table.name, uuid, "central has it unchanged: now the site's")
+        return Outcome(item.message_id, adopt.ADOPTED, table.name, uuid, reasons.reason("adopted"))
 
     def _check_owner(self, cur: Any, table: SyncedTable, uuid: str, site: str, batch: Batch) -> None:
         """A site changes only its own rows: one another site created is refused (error queue), naming both."""
         owner = batch.owners.get((table.name, uuid)) or self._synced_entry(cur, table.name, uuid).owner
         if owner is None or owner in (site, CENTRAL_OWNER) or self.settings.cross_site_changes == "allow":
             return
-        raise MessageError(f"{table.name} {uuid} belongs to site {owner}: a change from site {site} is refused "
-                           "(a site changes only its own rows; receiver.cross_site_changes)")
+        raise MessageError(reasons.reason("other_site_row", table=table.name, uuid=uuid, owner=owner, site=site))
 
     def _check_case(self, cur: Any, item: Parsed, table: SyncedTable, current: dict[str, Any], batch: Batch) -> None:
         """A uuid spelled in another letter case than central's row (e.g. central's `admin` in upper case) names the
@@ -540,9 +539,8 @@ class Applier:
         if owner not in (None, CENTRAL_OWNER):
             return
         batch.skip(message["site"], "uuid_case", item.message_id, table.name)
-        raise MessageError(f"{table.name} {message['uuid']} was sent as {sent[:40]!r}, which differs only in letter "
-                           f"case from central's own row {stored!r}: refused (a uuid names one row whatever its "
-                           "letter case)")
+        raise MessageError(reasons.reason("uuid_case", table=table.name, uuid=message["uuid"], sent=sent[:40],
+                                          stored=stored))
 
     def _applied_at(self, cur: Any, batch: Batch, table: SyncedTable, uuid: str, position: SourcePosition | None,
                     removed_by: str | None = None) -> None:

@@ -100,15 +100,14 @@ def amount(seconds: float) -> str:
 
 
 def future_reason(ahead: float, message: dict[str, Any], central_latest: dt.datetime | None,
-                  incoming_latest: dt.datetime | None) -> str:
+                  incoming_latest: dt.datetime | None) -> reasons.Reason:
     """The conflict reason of a change dated in central's future, with the sender's own measurement if it sent one."""
     skew_ms = (message.get("source") or {}).get("skew_ms")
-    measured = (f"; site {message.get('site')} measured its server's clock {amount(skew_ms / 1000)} "
-                f"{'ahead' if skew_ms >= 0 else 'behind'}") if isinstance(skew_ms, int) and abs(skew_ms) >= 1000 \
-        else ""
-    edited = f"row edited centrally at {central_latest}" if central_latest is not None else "row edited centrally"
-    return (f"dated {amount(ahead)} in central's future (site clock ahead?): {edited}, incoming change dated "
-            f"{incoming_latest}{measured}")
+    measured = isinstance(skew_ms, int) and abs(skew_ms) >= 1000
+    code = "future" + ("_at" if central_latest is not None else "") + ("_measured" if measured else "")
+    extra = {"site": message.get("site"), "skew": amount(skew_ms / 1000),
+             "direction": "ahead" if skew_ms >= 0 else "behind"} if isinstance(skew_ms, int) and measured else {}
+    return reasons.reason(code, ahead=amount(ahead), central=central_latest, incoming=incoming_latest, **extra)
 
 
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
@@ -144,8 +143,8 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
     if stored_hash == current[HASH]:
         other_site = last_site is not None and last_site != message.get("site")
         if other_site and values is not None and central_latest and incoming_latest and incoming_latest < central_latest:
-            return Verdict(skip="stale", reason=f"incoming change ({incoming_latest}) is older than central "
-                                              f"({central_latest})", future=future)
+            return Verdict(skip="stale", reason=reasons.reason("stale", incoming=incoming_latest, central=central_latest),
+                           future=future)
         return Verdict(future=future)
     if future is not None:  # whatever the dates say: a clock ahead must not let a site's change win
         return Verdict(park=True, reason=future_reason(future, message, central_latest, incoming_latest),

@@ -170,7 +170,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
             item = applier.parse_stored(conflict.body, conflict.message_id, conflict.site)
             if item.error is not None:
                 raise ConflictError(_("conflict {number}: stored message is invalid: {error}").format(
-                    number=number, error=item.error))
+                    number=number, error=reasons.said(item.error)))
             if mode == "merge" and (item.message or {}).get("op") == wire.DELETE:
                 raise ConflictError(_("conflict {number}: --merge does not apply to a delete").format(number=number))
             batch = Batch()
@@ -181,7 +181,7 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
                 applier.conn.rollback()
                 applier.rolled_back()  # placeholders it made are gone: the (long-lived) applier must forget them
                 raise ConflictError(_("conflict {number}: applying the incoming change failed: {reason}").format(
-                    number=number, reason=outcome.reason))
+                    number=number, reason=reasons.said(outcome.reason)))
             applier.finish_batch(cur, batch)
             if owner in (None, CENTRAL_OWNER):  # only take-incoming hands central's row to the site; merge keeps it
                 set_owner(cur, s, conflict.table, conflict.uuid,

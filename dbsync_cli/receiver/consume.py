@@ -41,6 +41,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.receiver import inbox, state
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
+from dbsync_cli.receiver.reasons import Reason, reason
 from dbsync_cli.retrying import backoff
 
 log = logging.getLogger("dbsync.consume")
@@ -287,10 +288,10 @@ class Consumer:
                             "to %s after its delivery attempts", problem,
                             dead_letter_queues(self.settings.destination)["dead_letter"])
                 continue
-            reason = f"{problem}; acknowledged by its message-id and parked"
-            log.warning("%s", reason)
+            parked = reason("cut_short_parked", **problem.args)
+            log.warning("%s", parked)
             inbox.park_broken(db, self.settings.state_schema, f"broker:{broker_id}",
-                              self._site_of(db, frame.headers), frame.headers.get(wire.VALIDATED_USER_HEADER), reason)
+                              self._site_of(db, frame.headers), frame.headers.get(wire.VALIDATED_USER_HEADER), parked)
             acks.append(broker_id)
         return acks
 
@@ -315,18 +316,18 @@ class Consumer:
         for frame in frames:
             message_id = wire.delivery_id(frame.headers)
             raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
-            problem = f"message of {len(raw)} bytes exceeds the {limit}-byte limit" if len(raw) > limit else None
+            problem = "refused_too_large" if len(raw) > limit else None
             try:
                 body = wire.decode_body(raw, frame.headers, limit)
             except zlib.error as exc:
                 body = raw
                 if _inflates_beyond(raw, limit):
-                    problem = f"deflate body of {len(raw)} bytes inflates beyond the {limit}-byte limit"
+                    problem = "refused_deflate"
                 else:  # broken, and small: stored as received, apply refuses it with one line (malformed JSON)
                     log.warning("message %s: deflate body cannot be inflated (%s); stored as received", message_id,
                                 exc)
             if problem is not None:
-                self._refuse(db, message_id, frame.headers, problem)
+                self._refuse(db, message_id, frame.headers, problem, len(raw))
                 continue
             deliveries.append(inbox.Delivery(
                 message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
@@ -334,15 +335,16 @@ class Consumer:
                 frame.headers.get(wire.SNAPSHOT_HEADER) == "1"))
         return inbox.store(db, self.settings.state_schema, deliveries)
 
-    def _refuse(self, db: Any, message_id: str, headers: dict[str, str], problem: str) -> None:
+    def _refuse(self, db: Any, message_id: str, headers: dict[str, str], problem: str, size: int) -> None:
         """A delivery consume does not store: one line, an entry of the retry queue without a body (counted per site
-        in `dbsync status`); the caller acknowledges it with the rest of its batch."""
+        in `dbsync status`); the caller acknowledges it with the rest of its batch. `problem`: its reason code."""
         self.refused += 1
         site = headers.get(wire.SITE_HEADER) or None
-        reason = f"message {message_id} from broker user {headers.get(wire.VALIDATED_USER_HEADER) or '?'!r}: {problem}"
-        log.warning("%s; refused and parked", reason)
+        refused = reason(problem, message=message_id, user=headers.get(wire.VALIDATED_USER_HEADER) or "?", size=size,
+                         limit=self.settings.max_message_bytes)
+        log.warning("%s; refused and parked", refused)
         inbox.park_broken(db, self.settings.state_schema, message_id, site, headers.get(wire.VALIDATED_USER_HEADER),
-                          reason)
+                          refused)
 
 
 def _inflates_beyond(raw: bytes, limit: int) -> bool:
@@ -353,13 +355,13 @@ def _inflates_beyond(raw: bytes, limit: int) -> bool:
         return False
 
 
-def broken_delivery(headers: dict[str, str], destination: str) -> str:
+def broken_delivery(headers: dict[str, str], destination: str) -> Reason:
     """One line naming a delivery whose headers stop short (stomp.py ends a frame at a NUL byte, which STOMP
     cannot carry in a header): its broker id, destination, sender and the header it stops in."""
     last = next(reversed(headers), "") if headers else ""
-    return (f"broker delivery {headers.get('message-id') or '?'} on {headers.get('destination') or destination} "
-            f"from broker user {headers.get(wire.VALIDATED_USER_HEADER) or '?'!r}: headers cut short at a NUL byte "
-            f"(last header read: {last[:64]!r}), no ack header, body lost")
+    return reason("cut_short", delivery=headers.get("message-id") or "?", last=last[:64],
+                  destination=headers.get("destination") or destination,
+                  user=headers.get(wire.VALIDATED_USER_HEADER) or "?")
 
 
 def consume(settings: ConsumeSettings, stop: threading.Event, *, max_messages: int | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbsync_cli import wire
+from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.state import schema_name
 from dbsync_cli.sql import placeholders, sql
 
@@ -101,15 +102,17 @@ def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_
     size limit): an entry of the retry queue with its one-line reason and no body, so it is counted and seen, never
     applied. A redelivery (consume stopped between this commit and the ACK) adds no second entry."""
     # no receiver_retry_body row: the retry pass passes it by without a write
-    statement = sql("INSERT INTO {0}.receiver_retry_queue (message_id, site, reason, date_created, broker_user, kind) "
-                    "SELECT %s, %s, %s, %s, %s, 'permanent' FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM "
+    statement = sql("INSERT INTO {0}.receiver_retry_queue (message_id, site, reason, date_created, broker_user, kind, "
+                    "reason_code, reason_args) "
+                    "SELECT %s, %s, %s, %s, %s, 'permanent', %s, %s FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM "
                     "{0}.receiver_retry_queue q WHERE q.message_id = %s AND NOT EXISTS (SELECT 1 FROM "
                     "{0}.receiver_retry_body b WHERE b.id = q.id))", schema_name(schema))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
         with db.cursor() as cur:
             cur.execute(statement, (message_id[:255], site[:MAX_SITE] if site else None, reason[:2000], now,
-                                    broker_user[:100] if broker_user else None, message_id[:255]))
+                                    broker_user[:100] if broker_user else None, *reasons.columns(reason),
+                                    message_id[:255]))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):

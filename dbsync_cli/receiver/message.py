@@ -10,6 +10,7 @@ import orjson
 
 from dbsync_cli import wire
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.receiver.reasons import reason
 from dbsync_cli.wire import dumps
 
 
@@ -74,7 +75,7 @@ def parse_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel,
     if len(items) == 1:
         return items[0]
     return Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=header_site,
-                  broker_user=broker_user, error=f"an envelope of {len(items)} messages where one was expected")
+                  broker_user=broker_user, error=reason("one_expected", count=len(items)))
 
 
 def expand_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel, max_bytes: int,
@@ -86,12 +87,12 @@ def expand_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel
     item = Parsed(message_id=message_id, raw=raw, inbox=inbox, site=site, header_site=header_site,
                   broker_user=broker_user)
     if len(raw) > max_bytes:
-        item.error = f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
+        item.error = reason("too_large", size=len(raw), limit=max_bytes)
         return [item]
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        item.error = f"malformed JSON: {str(exc).split(':')[0]}"
+        item.error = reason("malformed_json", error=str(exc).split(":")[0])
         return [item]
     if not wire.is_envelope(message):
         return [_finish(item, message, model)]
@@ -104,8 +105,8 @@ def expand_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel
         part = Parsed(message_id=inner_id if isinstance(inner_id, str) and inner_id else f"{message['id']}#{index}",
                       raw=dumps(inner), inbox=inbox, site=site, header_site=header_site, broker_user=broker_user)
         if isinstance(inner, dict) and inner.get("site") != message["site"]:
-            part.error = f"message for site {str(inner.get('site'))[:100]!r} in an envelope of site " \
-                         f"{message['site'][:100]!r}"
+            part.error = reason("envelope_other_site", site=str(inner.get("site"))[:100],
+                                envelope_site=message["site"][:100])
             items.append(part)
             continue
         items.append(_finish(part, inner, model))
@@ -121,19 +122,19 @@ def expand(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> list[P
             inbox = int(record["inbox"])
         except (TypeError, ValueError):
             return [Parsed(message_id=message_id, raw=dumps(record),
-                           error=f"invalid inbox id {str(record['inbox'])[:20]!r}")]
+                           error=reason("inbox_id", inbox=str(record["inbox"])[:20]))]
         try:
             body = _body(record)
         except ValueError:
             return [Parsed(message_id=message_id, raw=dumps(record), inbox=inbox, site=record.get("site"),
-                           error="inbox body is not valid base64")]
+                           error=reason("inbox_base64"))]
         user = record.get("broker_user")
         return expand_raw(body, message_id, record.get("site"), model, max_bytes, inbox=inbox,
                           broker_user=user if isinstance(user, str) else "")
     try:
         raw = dumps(record)
     except TypeError as exc:  # only from an in-process caller: JSON input cannot hold what orjson cannot write
-        return [Parsed(message_id=f"noid:{id(record)}", raw=b"{}", error=f"not a JSON message: {exc}")]
+        return [Parsed(message_id=f"noid:{id(record)}", raw=b"{}", error=reason("not_json", error=exc))]
     fallback = "noid:" + hashlib.sha1(raw).hexdigest()  # noqa: S324 - an identifier, not security
     return expand_raw(raw, str(record.get("id") or fallback), None, model, max_bytes)
 
@@ -142,7 +143,7 @@ def parse(record: dict[str, Any], model: SchemaModel, max_bytes: int) -> Parsed:
     """One message of a record (the first, or the error of an envelope where one message was expected)."""
     items = expand(record, model, max_bytes)
     return items[0] if len(items) == 1 else Parsed(
-        message_id=items[0].message_id, raw=b"{}", error=f"an envelope of {len(items)} messages")
+        message_id=items[0].message_id, raw=b"{}", error=reason("envelope_of", count=len(items)))
 
 
 def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
@@ -155,8 +156,8 @@ def _finish(item: Parsed, message: Any, model: SchemaModel) -> Parsed:
         item.table = model.synced[message["table"]]
         item.site = message["site"]
         if item.header_site is not None and item.header_site != message["site"]:
-            item.error = (f"message for site {message['site']!r} was sent with {wire.SITE_HEADER} "
-                          f"{item.header_site!r}")
+            item.error = reason("header_site", site=message["site"], header=wire.SITE_HEADER,
+                                header_site=item.header_site)
         # the sender's deterministic id, whatever the transport called it, in the form the receiver stores
         item.message_id = wire.storable_id(message["id"])
     return item

@@ -138,7 +138,7 @@ class Converter:
         """Central key of `uuid` in `table_name` (a synced table gets a placeholder when it is missing)."""
         identity = self.model.identity_of(table_name)
         if identity is None:
-            raise MessageError(f"reference to {table_name}, which has no uuid")
+            raise MessageError(reason("no_uuid_table", table=table_name))
         if self.held is not None:
             deferred = self.held(table_name, identity.table, uuid)
             if deferred is not None:
@@ -193,7 +193,7 @@ class Converter:
         plan = self._plan(table)
         if not plan.keys() >= data.keys():  # every name first: a bad message creates no placeholder on its way
             column = next(c for c in data if c not in plan)
-            raise MessageError(f"unknown column {table.name}.{str(column)[:64]!r}")
+            raise MessageError(reason("unknown_column", table=table.name, column=str(column)[:64]))
         out: dict[str, Any] = {}
         for column, value in data.items():
             kind, detail = plan[column]
@@ -203,7 +203,7 @@ class Converter:
                 elif isinstance(value, dict) and isinstance(value.get("uuid"), str):
                     out[column] = self.resolve(cur, detail, _uuid(value["uuid"]), allow_placeholder=True)
                 else:
-                    raise MessageError(f"{table.name}.{column}: expected a uuid reference")
+                    raise MessageError(reason("expected_ref", table=table.name, column=column))
             elif kind == "attribute" and isinstance(value, dict):
                 continue  # an id-valued attribute: resolved below
             elif value is None or (type(value) is str and detail not in _DATETIMES):
@@ -220,7 +220,8 @@ class Converter:
             if isinstance(value, dict) and isinstance(value.get("uuid"), str):
                 target = str(value.get(wire.REF))
                 if target not in self.model.tables or self.model.identity_of(target) is None:
-                    raise MessageError(f"{table.name}.{value_column}: unknown reference table {target[:64]!r}")
+                    raise MessageError(reason("unknown_ref_table", table=table.name, column=value_column,
+                                                           target=target[:64]))
                 key = self.resolve(cur, target, _uuid(value["uuid"]), allow_placeholder=False)
                 if isinstance(key, DeferredKey):  # stored as text: the key must be known now
                     raise HeldRow(f"{target} {value['uuid']}")
@@ -237,21 +238,21 @@ class Converter:
                 try:
                     return wire.unb64(value)
                 except ValueError:
-                    raise MessageError(f"{where}: invalid base64") from None
-            raise MessageError(f"{where}: unexpected object value")
+                    raise MessageError(reason("invalid_base64", where=where)) from None
+            raise MessageError(reason("object_value", where=where))
         if isinstance(value, list):
-            raise MessageError(f"{where}: unexpected list value")
+            raise MessageError(reason("list_value", where=where))
         try:
             if data_type == "datetime" and isinstance(value, str):
                 return wire.local_datetime(value, self.tz)
             if data_type == "timestamp" and isinstance(value, str):
                 return wire.local_datetime(value, dt.UTC)
         except ValueError:
-            raise MessageError(f"{where}: invalid datetime {value[:40]!r}") from None
+            raise MessageError(reason("invalid_datetime", where=where, value=value[:40])) from None
         return value
 
 
 def _uuid(value: str) -> str:
     if not wire.UUID_TEXT.match(value):
-        raise MessageError(f"invalid uuid {value[:40]!r}")
+        raise MessageError(reason("invalid_uuid", uuid=value[:40]))
     return wire.canonical_uuid(value)

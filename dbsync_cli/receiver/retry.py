@@ -310,8 +310,11 @@ class RetryLane:
                       stamp: dt.datetime) -> dt.datetime | None:
         """The representative of `cause` failed for it: the cause's one row moves to its next attempt (the
         cause's other entries are neither tried nor written until then); when that is."""
-        tries = current.causes.get(cause, 0) + 1
+        again = cause in current.failed  # a pass that tries every entry (an operator's): one step per pass
+        tries = current.causes.get(cause, 0) + (0 if again else 1)
         due_at = rules.next_attempt(kind, tries, dt.timedelta(seconds=self.interval), stamp, cause)
+        if again:
+            return due_at
         table = _ref_table(reason) if cause.startswith("ref:") else None
         cur.execute(sql("INSERT INTO {}.receiver_retry_cause (cause, kind, attempts, entry_id, ref_table, "
                         "next_attempt, date_last_attempt) VALUES (%s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY "
@@ -385,10 +388,10 @@ def _unpack(applier: Applier, cur: Any, entry_id: int, message_id: str, items: l
         if item.error is not None:
             applier.park(cur, item, item.error, batch, kind="error")
         else:
-            applier.park(cur, item, f"unpacked from envelope {message_id[:80]}", batch)
+            applier.park(cur, item, reasons.reason("unpacked_from", envelope=message_id[:80]), batch)
     delete_entries(cur, applier.s, [entry_id])
     log.info("retry entry %d (envelope %s): unpacked into %d entries", entry_id, message_id, len(items))
-    return Outcome(message_id, "retry", reason=f"unpacked into {len(items)} entries")
+    return Outcome(message_id, "retry", reason=reasons.reason("unpacked_into", count=len(items)))
 
 
 def drop_entry(applier: Applier, number: int) -> str:

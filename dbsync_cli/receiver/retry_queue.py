@@ -105,10 +105,11 @@ def annotate_waiting(conn: Any, schema: str, rows: list[dict[str, Any]]) -> list
         row["waiting_for"] = cause if cause is not None and representative != row["id"] else None
         if cause is not None:
             row["next_attempt"] = cause_next.isoformat(sep=" ") if cause_next else None
-        if row["waiting_for"] is not None:
-            row["reason"] = _("waiting for {cause} (tried {tries} time(s) through entry {entry}; next {next})").format(
+        # the note stands beside the entry's own reason (scripts read `reason`; people read both)
+        row["waiting"] = None if row["waiting_for"] is None else _(
+            "waiting for {cause} (tried {tries} time(s) through entry {entry}; next {next})").format(
                 cause=cause, tries=tries, entry=representative,
-                next=cause_next.isoformat(sep=" ", timespec="seconds") if cause_next else "-") + ": " + row["reason"]
+                next=cause_next.isoformat(sep=" ", timespec="seconds") if cause_next else "-")
     return rows
 
 

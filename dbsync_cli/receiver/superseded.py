@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome
 from dbsync_cli.receiver.guard import COLUMNS, SourcePosition
@@ -55,7 +56,7 @@ def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT) -> 
             continue
         batch.skip(str(item.message.get("site") or site or "?"), SUPERSEDED, message_id, table)
         closed.append(Outcome(message_id, SUPERSEDED, table, item.message.get("uuid"),
-                              "a newer change of its row has been applied since"))
+                              reasons.reason("superseded")))
         ids.append(int(entry_id))
     if ids:
         with applier.conn.cursor() as cur:

@@ -59,3 +59,62 @@ def test_conflict_and_retry_reasons_are_stored_as_codes_and_shown_in_both_langua
         assert "an old reason text" in run("--lang", "pt", "conflicts", "list")
     finally:
         drop_schema(central)
+
+
+def test_every_kind_of_parked_fault_stores_a_code_and_lists_without_english_in_portuguese(
+        openmrs_db, services, tmp_path, broker_settings) -> None:
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"))
+    try:
+        site1 = make_site(openmrs_db, services, tmp_path, broker_settings)
+        new_person(site1, "Ann")
+        valid = next(m for m in site1.messages() if m["table"] == "person_name")
+        s = central.schema
+        central.sql(f"UPDATE `{s}`.site_info SET broker_user = 'site1-sender' WHERE identifier = 'site1'")
+
+        def variant(number: int, **changes: object) -> dict[str, object]:
+            return {**valid, "id": f"{valid['id']}-fault{number}", **changes}
+
+        def inbox(number: int, body: bytes | dict[str, object], site: str = "site1",
+                  user: str = "site1-sender") -> dict[str, object]:
+            raw = body if isinstance(body, bytes) else orjson.dumps(body)
+            return {"inbox": 900000 + number, "message_id": f"fault-inbox-{number}", "site": site,
+                    "body": raw.decode(), "broker_user": user}
+
+        faults: list[dict[str, object]] = [
+            inbox(1, b'{"v": 1, "id": '),  # malformed JSON
+            variant(2, uuid=None),  # missing field
+            variant(3, table="no_such_table"),
+            variant(4, uuid="x" * 50),  # over the 38 characters of a uuid column
+            variant(5, source={**valid["source"], "pos": -5}),
+            variant(6, data={**valid["data"], "no_such_column": 1}),
+            variant(7, data={**valid["data"], "date_created": "yesterday"}),
+            variant(8, site="site9"),  # not registered
+            inbox(9, {"v": 2, "site": "site1", "messages": [valid]}),  # an envelope without its id
+            inbox(10, variant(10), site="site2"),  # the transport's site header names another site
+            inbox(11, variant(11), user="mallory"),  # sent by another broker user
+        ]
+        central.apply(faults)
+        rows = central.sql(f"SELECT reason_code, reason_args, reason FROM `{s}`.receiver_retry_queue")
+        codes = {row[0] for row in rows}
+        assert len(rows) == len(faults) and None not in codes, (central.last_stderr, rows)
+        assert codes == {"malformed_json", "missing_field", "unknown_table", "invalid_uuid", "source_integer",
+                         "unknown_column", "invalid_datetime", "site_unknown", "envelope_id", "header_site",
+                         "sender_mismatch"}, codes
+        assert all(text for _code, _args, text in rows)  # the English text stays stored beside the code
+
+        def listed(*argv: str) -> str:
+            return dbsync(*argv, "retry", "list", "--config", str(central.config),
+                          env={**central.env, "COLUMNS": "400", "LANG": "C.UTF-8"}).stdout.decode()
+
+        english, portuguese = listed(), listed("--lang", "pt")
+        flat = " ".join(english.split())
+        assert all(" ".join(text.split()) in flat for _code, _args, text in rows)  # the check below can fail
+        flat_pt = " ".join(portuguese.split())
+        left = [text for _code, _args, text in rows if " ".join(text.split()) in flat_pt]
+        assert not left, f"English reasons in `retry list --lang pt`: {left}"
+        for phrase in ("JSON mal formado", "em falta ou inválido", "tabela desconhecida", "uuid inválido",
+                       "não é um inteiro", "coluna desconhecida", "data e hora inválida", "não está registado",
+                       "envelope: 'id' em falta", "enviada com dbsync-site", "enviada pelo utilizador do broker"):
+            assert phrase in flat_pt, phrase
+    finally:
+        drop_schema(central)

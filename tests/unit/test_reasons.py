@@ -3,6 +3,9 @@ language when shown; a row without a code (parked before state migration 15) sho
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import orjson
 
 from dbsync_cli import i18n
@@ -57,3 +60,54 @@ def test_every_code_has_a_portuguese_template_with_the_same_placeholders() -> No
         assert translated != template or code == "central", code
         names = sorted(part.split("}")[0].split("!")[0] for part in template.split("{")[1:])
         assert sorted(part.split("}")[0].split("!")[0] for part in translated.split("{")[1:]) == names, code
+
+
+# ---- the places that park, refuse or skip use codes (read from the source: this checker imports none of it) ----
+RECEIVER = Path(__file__).resolve().parents[2] / "dbsync_cli"
+#: call name → where its reason is (a positional index, or a keyword)
+REASON_AT = {"_park": 2, "park": 2, "park_broken": 5, "MessageError": 0, "MissingReference": 0, "Verdict": "reason",
+             "Outcome": 4, "Parsed": "error"}
+CHECKERS = ("check", "normalise_uuids", "_source_problem", "envelope_problem")
+
+
+def _plain_text(node: ast.AST | None) -> bool:
+    """A reason written as English text in place: a literal, an f-string, or texts joined."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str) and bool(node.value)
+    if isinstance(node, ast.IfExp):
+        return _plain_text(node.body) or _plain_text(node.orelse)
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.BinOp) and _plain_text(node.left))
+
+
+def _plain_reasons(path: Path) -> list[str]:
+    found = []
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            where = REASON_AT.get(str(name))
+            value = (node.args[where] if isinstance(where, int) and len(node.args) > where else
+                     next((k.value for k in node.keywords if k.arg in (where, "reason")), None))
+            if where is not None and _plain_text(value):
+                found.append(f"{path.name}:{node.lineno} {name}")
+        elif isinstance(node, ast.Assign) and any(getattr(t, "attr", None) == "error" for t in node.targets):
+            if _plain_text(node.value):
+                found.append(f"{path.name}:{node.lineno} .error =")
+        elif isinstance(node, ast.FunctionDef) and node.name in CHECKERS:
+            found += [f"{path.name}:{ret.lineno} {node.name} returns" for ret in ast.walk(node)
+                      if isinstance(ret, ast.Return) and _plain_text(ret.value)]
+    return found
+
+
+def test_every_place_that_parks_refuses_or_skips_a_message_gives_a_reason_code() -> None:
+    paths = [*sorted((RECEIVER / "receiver").glob("*.py")), RECEIVER / "wire.py"]
+    assert len(paths) > 20
+    found = [hit for path in paths for hit in _plain_reasons(path)]
+    assert not found, f"reasons stored or shown as plain English text (give them a code in reasons.py): {found}"
+
+
+def test_the_source_check_finds_a_plain_reason(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('def f(self, cur, item, batch):\n    return self._park(cur, item, f"bad {item}", batch)\n'
+                      'def check(message):\n    return "data must be an object"\n')
+    assert sorted(_plain_reasons(sample)) == ["sample.py:2 _park", "sample.py:4 check returns"]
