@@ -162,6 +162,23 @@ def _check_names(names: Iterable[str] | None) -> list[str]:
     return wanted
 
 
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_ports(ports: Iterable[int]) -> None:
+    """Keep the kernel from giving the services' ports to client sockets as ephemeral ports (seen: a server of a
+    second lane failed to bind 33806, in use as the local port of some client connection). Best effort: root only."""
+    try:
+        have = RESERVED_PORTS.read_text().strip()
+        wanted = sorted(set(ports))
+        known = {int(p) for p in have.split(",") if p.strip().isdigit()}
+        missing = [str(p) for p in wanted if p not in known]
+        if missing:
+            RESERVED_PORTS.write_text(",".join(filter(None, [have, *missing])) + "\n")
+    except (OSError, ValueError):
+        pass
+
+
 def ensure_up(names: Iterable[str] | None = None, *, home: Path | None = None,
               report: Callable[[str], None] | None = None) -> Services:
     """Start the named services (default: all) that are not running, in parallel; return all endpoints."""
@@ -184,6 +201,11 @@ def ensure_up(names: Iterable[str] | None = None, *, home: Path | None = None,
         return svc
 
     ensure_tls(home)  # before the threads: artemis and the manifest both need it
+    ports = [instance(n, home=home).port for n in wanted if n != "artemis"]
+    if "artemis" in wanted:
+        b = broker(home)
+        ports += [b.core_port, b.stomp_port, b.tls_port]
+    reserve_ports(ports)
     with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
         futures = {n: pool.submit(one, n) for n in wanted}
     started, errors = [], []
