@@ -193,7 +193,8 @@ def _destination(cfg: Config) -> Finding:
     key = "broker.destination"
     try:
         info = address_info(settings_from_config(cfg), address)
-    except (QueueStatsError, BrokerError, stomp.exception.StompException) as exc:
+    except (QueueStatsError, BrokerError, stomp.exception.StompException, OSError) as exc:
+        # OSError: Artemis closes the connection of a user it refuses management to, mid-request
         return Finding(key, SKIPPED, _("{address!r} not checked: the broker user may not use management ({error}); normal for "
                                        "a site's user: the receiver's config check checks the address").format(
             address=address, error=exc))

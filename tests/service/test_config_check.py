@@ -19,7 +19,8 @@ from dbsync_cli import exitcodes
 def _check(conf, env, *extra: str) -> tuple[int, dict]:
     run = dbsync("config", "check", "--json", "--config", str(conf), *extra, env=env, check=False)
     assert "Traceback" not in run.stderr.decode(), run.stderr.decode()
-    return run.returncode, orjson.loads(run.stdout) if run.stdout.strip() else {}
+    assert run.stdout.strip(), run.stderr.decode()[-2000:]  # config check --json always reports
+    return run.returncode, orjson.loads(run.stdout)
 
 
 def _states(report: dict) -> dict[str, list[str]]:
