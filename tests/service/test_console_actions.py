@@ -13,6 +13,7 @@ import pytest
 from helpers import dbsync
 from receiver_helpers import Central, drop_schema, make_central, make_site
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -61,8 +62,12 @@ def test_a_bulk_resolve_returns_at_once_and_the_page_follows_its_progress_to_the
     driver.get(url + "/conflicts")
     driver.find_element(By.ID, "f-site").send_keys("site1")
     driver.find_element(By.ID, "f-reason").send_keys("edited centrally")
+    old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "filter").click()
-    assert driver.find_element(By.ID, "count").get_attribute("data-total") == str(len(numbers))
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))  # the filtered page, not the first one
+    total = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_element(By.ID, "count").get_attribute("data-total"))
+    assert total == str(len(numbers)), total
     shot(driver, "conflicts-filtered")
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "bulk-keep-central").click()  # first the count and a confirm step
