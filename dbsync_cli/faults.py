@@ -4,6 +4,7 @@ database) hides the fault behind a restart loop, so supervision lets them end th
 from __future__ import annotations
 
 import pymysql
+import stomp.exception
 
 from dbsync_cli import exitcodes
 from dbsync_cli.broker import BrokerError
@@ -17,6 +18,17 @@ DB_PRIVILEGE_CODES = frozenset({1044, 1142, 1143, 1227})
 DB_OPERATOR_CODES = DB_PRIVILEGE_CODES | {1045, 1049, 1698, 2026}
 #: what open_connection says when the broker refuses our certificate check or our login
 BROKER_MARKERS = ("TLS certificate rejected", "Security Error", "AMQ229031", "certificate verify failed")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a log, never empty: stomp.py raises NotConnectedException() without a word
+    when a connection drops under a send, which logged "publish failed ()" a hundred times in a soak."""
+    text = " ".join(str(exc).split())
+    if text:
+        return text
+    if isinstance(exc, stomp.exception.NotConnectedException):
+        return "the connection to the broker dropped"
+    return type(exc).__name__
 
 
 def operator_fault(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from dbsync_cli.faults import operator_fault
+from dbsync_cli.faults import describe, operator_fault
 from dbsync_cli.retrying import Stopped, backoff
 
 log = logging.getLogger("dbsync.supervise")
@@ -37,11 +37,11 @@ def supervise(name: str, target: Callable[[], object], stop: threading.Event, *,
             raise
         except Exception as exc:  # noqa: BLE001 - supervision restarts the part whatever failed
             if operator_fault(exc):
-                log.error("%s stopped: %s (a restart cannot fix this)", name, " ".join(str(exc).split()))
+                log.error("%s stopped: %s (a restart cannot fix this)", name, describe(exc))
                 raise
             failures = 1 if time.monotonic() - started >= healthy_seconds else failures + 1
             delay = backoff(failures)
-            log.error("%s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, delay)
+            log.error("%s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, describe(exc), delay)
             stop.wait(delay)  # the signal handlers set it (retrying.on_signals): the wait ends at once
 
 

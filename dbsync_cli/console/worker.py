@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dbsync_cli.receiver import actions
+from dbsync_cli.receiver import action_lane, actions
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 
 log = logging.getLogger("dbsync.console")
@@ -49,7 +49,7 @@ class Worker:
     def serve_once(self) -> int:
         """Serve the pending requests while the applier lock is free (no receiver running), taking the lock for one
         request at a time and letting it go between, so a receiver that starts gets it within seconds. A request
-        left running by a process that stopped is served again (actions.serve). How many were served."""
+        left running by a process that stopped is served again (action_lane.serve). How many were served."""
         with self.connect() as conn:
             if not actions.pending(conn, self.schema, running=True) or not actions.lock_free(conn, self.schema):
                 return 0
@@ -62,7 +62,7 @@ class Worker:
                 except AlreadyApplying:  # a receiver started (or runs): it serves them
                     return served
                 try:
-                    done = actions.serve(applier, limit=1)
+                    done = action_lane.serve(applier, limit=1)
                 finally:
                     actions.release(applier)
                 if not done:

@@ -31,7 +31,7 @@ from dbsync_cli.receiver import bulk, conflicts, reasons, retry
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.batch import now
 from dbsync_cli.receiver.selection import Selection, SelectionError
-from dbsync_cli.receiver.state import StateError, applier_lock, schema_name
+from dbsync_cli.receiver.state import applier_lock, schema_name
 from dbsync_cli.sql import Sql, sql
 
 log = logging.getLogger("dbsync.actions")
@@ -54,28 +54,36 @@ def perform(applier: Applier, action: str, args: dict[str, Any],
             progress: bulk.Progress | None = None) -> dict[str, Any]:
     """Carry `action` out with `applier`, which holds the applier lock: {"text": one line, "records": outcomes}.
     A bulk action (…_many, with a selection) reports (done, total, phase) to `progress` as it goes."""
+    return retry.drive(steps(applier, action, args, progress))
+
+
+def steps(applier: Applier, action: str, args: dict[str, Any], progress: bulk.Progress | None = None) -> bulk.Steps:
+    """`action` as steps that yield between committed transactions (bulk.py): the running receiver carries a long
+    action out a bounded time at a time between live batches (action_lane.ActionLane)."""
     if action == "retry_again":
-        # no number: every entry now, due or not (each cause through its representative), not only the due ones
-        outcomes = retry.retry_pending(applier, only=args.get("number"), everything=args.get("number") is None)
+        if args.get("number") is None:  # every entry now, due or not (each cause through its representative)
+            outcomes = yield from retry.pass_steps(applier, everything=True)
+            return {"text": _("{count} entries tried: {applied} re-applied").format(
+                count=len(outcomes), applied=sum(1 for o in outcomes if o.outcome not in bulk.FAILED)),
+                "records": [o.record() for o in outcomes]}
+        outcomes = retry.retry_pending(applier, only=args["number"])
         said = "; ".join(o.outcome + (f": {reasons.said(o.reason)}" if o.reason else "") for o in outcomes) or _(
             "nothing")
-        text = (_("entry {number}: {result}").format(number=args["number"], result=said)
-                if args.get("number") is not None else
-                _("{count} entries tried: {applied} re-applied").format(
-                    count=len(outcomes), applied=sum(1 for o in outcomes if o.outcome not in bulk.FAILED)))
-        return {"text": text, "records": [o.record() for o in outcomes]}
+        return {"text": _("entry {number}: {result}").format(number=args["number"], result=said),
+                "records": [o.record() for o in outcomes]}
     if action == "retry_drop":
         return {"text": retry.drop_entry(applier, int(args["number"])), "records": []}
     if action == "resolve":
         return {"text": conflicts.resolve(applier, int(args["number"]), str(args["mode"]), args.get("columns")),
                 "records": []}
     if action == "retry_again_many":
-        return bulk.again(applier, Selection.of({**args["selection"], "queue": "retry"}), progress)
+        return (yield from bulk.again(applier, Selection.of({**args["selection"], "queue": "retry"}), progress))
     if action == "retry_drop_many":
-        return bulk.drop(applier, Selection.of({**args["selection"], "queue": "retry"}), progress)
+        return (yield from bulk.drop(applier, Selection.of({**args["selection"], "queue": "retry"}), progress))
     if action == "resolve_many":
         chosen = args.get("selection") or {"site": args.get("site"), "table": args.get("table")}
-        return bulk.resolve(applier, Selection.of({**chosen, "queue": "conflicts"}), str(args["mode"]), progress)
+        return (yield from bulk.resolve(applier, Selection.of({**chosen, "queue": "conflicts"}), str(args["mode"]),
+                                        progress))
     raise ActionFailed(_("unknown action {action!r}").format(action=action))
 
 
@@ -239,60 +247,6 @@ def _outcome(state: str, result: dict[str, Any]) -> dict[str, Any]:
     return _done(result)
 
 
-# ---- the running receiver's side ------------------------------------------------------------------------------
-def serve(applier: Applier, limit: int = 20) -> int:
-    """Carry out the pending requests (the receiver's apply loop, between batches; it holds the lock)."""
-    s = applier.s
-    with applier.conn.cursor() as cur:
-        # only the holder of the applier lock serves requests, and that is us: a request another connection took
-        # was left running by a process that stopped (killed mid-action): it is served again
-        cur.execute(sql("UPDATE {}.receiver_request SET state = 'pending', taken_by = NULL WHERE state = 'running' "
-                        "AND (taken_by IS NULL OR taken_by <> CONNECTION_ID())", s))
-        if cur.rowcount:
-            log.warning("%d request(s) left running by a process that stopped are served again", cur.rowcount)
-        cur.execute(sql("SELECT id, action, args, requested_by FROM {}.receiver_request WHERE state = 'pending' "
-                        "ORDER BY id LIMIT %s", s), (limit,))
-        pending = list(cur.fetchall())
-    applier.conn.commit()
-    served = 0
-    for request, action, raw, who in pending:
-        with applier.conn.cursor() as cur:
-            cur.execute(sql("UPDATE {}.receiver_request SET state = 'running', taken_by = CONNECTION_ID() "
-                            "WHERE id = %s AND state = 'pending'", s), (request,))
-            taken = cur.rowcount == 1
-        applier.conn.commit()
-        if not taken:  # withdrawn by its requester meanwhile
-            continue
-        args = orjson.loads(raw)
-        token = i18n.use(str(args.pop("lang", "") or "en"))  # the requester's language, for its one-line answer
-        try:
-            result, state = perform(applier, action, args, _progress_of(applier, request)), "done"
-        except (ActionFailed, conflicts.ConflictError, StateError, ValueError, KeyError) as exc:
-            applier.conn.rollback()
-            applier.rolled_back()
-            applier.reload_blocked()
-            result, state = {"text": str(exc)}, "failed"
-        except Exception as exc:  # e.g. a deadlock: the request ends failed, never left running; the loop restarts
-            with contextlib.suppress(Exception):
-                applier.conn.rollback()
-            applier.rolled_back()
-            with contextlib.suppress(Exception):
-                _finish(applier, request, "failed", {"text": f"failed: {type(exc).__name__}: {exc}"[:500]})
-            raise
-        finally:
-            i18n.reset(token)
-        _finish(applier, request, state, _done(result))
-        served += 1
-        log.info("request %d (%s by %s) %s: %s", request, action, who, state,
-                 result.get("text") or f"{len(result.get('records') or [])} outcome(s)")
-    if served:
-        with applier.conn.cursor() as cur:
-            cur.execute(sql("DELETE FROM {}.receiver_request WHERE state IN ('done', 'failed', 'cancelled') AND "
-                            "date_created < UTC_TIMESTAMP() - INTERVAL %s DAY", s), (KEEP_DAYS,))
-        applier.conn.commit()
-    return served
-
-
 def lock_free(conn: Any, schema: str) -> bool:
     """Nobody holds the applier lock now (a look, not a claim)."""
     with conn.cursor() as cur:
@@ -307,15 +261,3 @@ def release(applier: Applier) -> None:
     with applier.conn.cursor() as cur:
         cur.execute("SELECT RELEASE_LOCK(%s)", (applier_lock(applier.settings.state_schema),))
         cur.fetchall()
-
-
-def _progress_of(applier: Applier, request: int) -> bulk.Progress:
-    """A running request's progress, written to its row for the console (called between transactions)."""
-    def report(done: int, total: int, phase: str) -> None:
-        with applier.conn.cursor() as cur:
-            cur.execute(sql("UPDATE {}.receiver_request SET result = %s WHERE id = %s AND state = 'running'",
-                            applier.s),
-                        (orjson.dumps({"progress": {"done": done, "total": total, "phase": phase}}).decode(),
-                         request))
-        applier.conn.commit()
-    return report

@@ -3,13 +3,17 @@
 Each walks its selection in pages, commits each page and reports progress (done, total) after it, so the console
 can show how far a long action got and a crash loses at most one page of it. What waited behind the entries is
 then retried once, in one pass, not once per entry. The caller holds the applier lock (receiver/actions.py).
+
+Each is a generator that yields after every committed step (a page, a retry round): the running receiver serves a
+bulk action a bounded time between two live batches (actions.ActionLane), and the CLI or the console's worker run
+it to its end at once (retry.drive). The result is the generator's return value.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from dbsync_cli.i18n import _, ngettext
@@ -27,6 +31,8 @@ PAGE = 500
 #: how a bulk resolve may resolve (a merge names columns of one conflict)
 MODES = ("keep-central", "take-incoming", "manual")
 FAILED = ("retry", "error", "waiting")
+#: a bulk action's steps: yields between committed steps, returns {"text", "records", "counts"}
+Steps = Generator[None, None, dict[str, Any]]
 
 
 def _quiet(done: int, total: int, phase: str) -> None:
@@ -45,24 +51,31 @@ class _Throttle:
             self.last = time.monotonic()
 
 
-def _release(applier: Applier, step: _Throttle, done: int, entities: set[str] | None = None) -> int:
-    """One retry pass for what waited behind the entries just handled (`entities`: their entries whether due or
-    not, else the due ones); how many applied."""
+def _release(applier: Applier, step: _Throttle, done: int,
+             entities: set[str]) -> Generator[None, None, int]:
+    """One retry pass, in rounds, for what waited behind the entries just handled (`entities`: their entries
+    whether due or not); how many applied."""
     step(done, "retrying", force=True)
     applier.reload_blocked()
-    return sum(1 for o in retry.retry_pending(applier, entities=entities) if o.outcome not in FAILED)
+    outcomes = yield from retry.pass_steps(applier, entities=entities)
+    return sum(1 for o in outcomes if o.outcome not in FAILED)
 
 
-def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) -> dict[str, Any]:
+def _pages(applier: Applier, chosen: Selection) -> Generator[list[int], None, None]:
+    """The selection's ids a page at a time (read afresh after each page: the caller changed the previous)."""
+    after = 0
+    while page := selection.ids(applier.conn, applier.settings.state_schema, chosen, after=after, limit=PAGE):
+        yield page
+        after = page[-1]
+
+
+def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) -> Steps:
     """Remove every selected retry entry for good; later messages of their entities follow."""
-    schema, s = applier.settings.state_schema, applier.s
-    total = selection.still_pinned(applier.conn, schema, chosen)
-    step, dropped, held, after = _Throttle(progress, total), 0, 0, 0
+    s = applier.s
+    total = selection.still_pinned(applier.conn, applier.settings.state_schema, chosen)
+    step, dropped, held = _Throttle(progress, total), 0, 0
     entities: set[str] = set()
-    while True:
-        page = selection.ids(applier.conn, schema, chosen, after=after, limit=PAGE)
-        if not page:
-            break
+    for page in _pages(applier, chosen):
         with applier.conn.cursor() as cur:
             marks = placeholders(len(page))
             cur.execute(sql("SELECT entity_key FROM {}.receiver_retry_queue WHERE id IN ({}) AND entity_key IS NOT "
@@ -73,26 +86,23 @@ def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) 
             retry_queue.delete_entries(cur, s, page)
             dropped += len(page)
         applier.conn.commit()
-        after = page[-1]
         step(dropped, "dropping")
+        yield
     log.warning("%d retry entries dropped by the operator (%s)", dropped, chosen.describe())
-    applied = _release(applier, step, dropped, entities) if held else 0
+    applied = (yield from _release(applier, step, dropped, entities)) if held else 0
     text = ngettext("{count} retry entry dropped ({filters}); {done} waiting message(s) applied",
                     "{count} retry entries dropped ({filters}); {done} waiting message(s) applied", dropped).format(
         count=dropped, filters=chosen.describe(), done=applied)
     return {"text": text, "records": [], "counts": {"dropped": dropped, "applied": applied}}
 
 
-def again(applier: Applier, chosen: Selection, progress: Progress | None = None) -> dict[str, Any]:
+def again(applier: Applier, chosen: Selection, progress: Progress | None = None) -> Steps:
     """Make every selected entry due now and retry the queue once; outcomes of the selected entries only."""
-    schema, s = applier.settings.state_schema, applier.s
-    total = selection.still_pinned(applier.conn, schema, chosen)
-    step, after = _Throttle(progress, total), 0
+    s = applier.s
+    total = selection.still_pinned(applier.conn, applier.settings.state_schema, chosen)
+    step = _Throttle(progress, total)
     wanted: set[str] = set()
-    while True:
-        page = selection.ids(applier.conn, schema, chosen, after=after, limit=PAGE)
-        if not page:
-            break
+    for page in _pages(applier, chosen):
         with applier.conn.cursor() as cur:
             marks = placeholders(len(page))
             cur.execute(sql("SELECT message_id FROM {}.receiver_retry_queue WHERE id IN ({})", s, marks), page)
@@ -102,11 +112,11 @@ def again(applier: Applier, chosen: Selection, progress: Progress | None = None)
             cur.execute(sql("DELETE FROM {}.receiver_retry_cause WHERE cause IN (SELECT cause FROM "
                             "{}.receiver_retry_queue WHERE id IN ({}))", s, s, marks), page)  # their causes due
         applier.conn.commit()
-        after = page[-1]
         step(len(wanted), "marking")
+        yield
     step(len(wanted), "retrying", force=True)
     applier.reload_blocked()
-    outcomes = [o for o in retry.retry_pending(applier) if o.message_id in wanted]
+    outcomes = [o for o in (yield from retry.pass_steps(applier)) if o.message_id in wanted]
     applied = sum(1 for o in outcomes if o.outcome not in FAILED)
     log.info("retry again of %d entries (%s): %d re-applied", len(wanted), chosen.describe(), applied)
     text = _("{count} entries retried ({filters}): {applied} re-applied, {failed} still in the queue").format(
@@ -115,22 +125,22 @@ def again(applier: Applier, chosen: Selection, progress: Progress | None = None)
             "counts": {"selected": len(wanted), "applied": applied}}
 
 
-def resolve(applier: Applier, chosen: Selection, mode: str, progress: Progress | None = None) -> dict[str, Any]:
+def resolve(applier: Applier, chosen: Selection, mode: str, progress: Progress | None = None) -> Steps:
     """Resolve every selected conflict the same way; one that cannot be resolved is counted, named in the log and
-    left unresolved, the others go on."""
+    left unresolved, the others go on. Then the entries of the resolved conflicts' entities are retried."""
     if mode not in MODES:
         raise conflicts.ConflictError(_("--merge resolves one conflict at a time"))
-    schema = applier.settings.state_schema
-    total = selection.still_pinned(applier.conn, schema, chosen)
-    step, resolved, failed, first_error, after = _Throttle(progress, total), 0, 0, "", 0
-    while True:
-        page = selection.ids(applier.conn, schema, chosen, after=after, limit=PAGE)
-        if not page:
-            break
+    total = selection.still_pinned(applier.conn, applier.settings.state_schema, chosen)
+    step, resolved, failed, first_error = _Throttle(progress, total), 0, 0, ""
+    entities: set[str] = set()
+    for page in _pages(applier, chosen):
+        keys = conflicts.entity_keys(applier.conn, applier.s, page)
         for number in page:
             try:
                 conflicts.resolve(applier, number, mode, release=False)
                 resolved += 1
+                if number in keys:
+                    entities.add(keys[number])
             except (conflicts.ConflictError, StateError) as exc:
                 applier.conn.rollback()
                 applier.rolled_back()
@@ -138,8 +148,8 @@ def resolve(applier: Applier, chosen: Selection, mode: str, progress: Progress |
                 first_error = first_error or str(exc)
                 log.warning("conflict %d not resolved: %s", number, exc)
             step(resolved + failed, "resolving")
-        after = page[-1]
-    applied = _release(applier, step, resolved + failed) if resolved else 0
+            yield
+    applied = (yield from _release(applier, step, resolved + failed, entities)) if entities else 0
     text = _("{count} conflict(s) resolved ({mode}); {done} waiting message(s) applied").format(
         count=resolved, mode=_(mode), done=applied)
     if failed:

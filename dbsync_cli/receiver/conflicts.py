@@ -23,7 +23,7 @@ from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.resolve import MessageError
 from dbsync_cli.receiver.retry import retry_pending
 from dbsync_cli.receiver.state import CENTRAL_OWNER, schema_name
-from dbsync_cli.sql import quote, sql
+from dbsync_cli.sql import Sql, placeholders, quote, sql
 
 MODES = ("keep-central", "take-incoming", "merge", "manual")
 
@@ -153,6 +153,18 @@ def _rebaseline(applier: Applier, cur: Any, conflict: Conflict) -> None:
                        owner=CENTRAL_OWNER if central_owned else None)
 
 
+def entity_keys(conn: Any, s: Sql, numbers: list[int]) -> dict[int, str]:
+    """Conflict → the entity its messages wait behind (the retry queue's entity_key)."""
+    if not numbers:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT id, entity_key FROM {}.receiver_conflict_queue WHERE id IN ({}) AND entity_key IS "
+                        "NOT NULL", s, placeholders(len(numbers))), numbers)
+        found = {int(number): str(key) for number, key in cur.fetchall()}
+    conn.commit()
+    return found
+
+
 def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] | None = None, *,
             release: bool = True) -> str:
     """Resolve conflict `number`; returns a one-line summary. Waiting messages are retried afterwards (unless
@@ -196,7 +208,8 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
     applier.reload_blocked()
     if not release:
         return _("conflict {number} resolved ({mode})").format(number=number, mode=_(mode))
-    released = retry_pending(applier)
+    waiting = entity_keys(applier.conn, s, [number])  # its entity's entries, whether due or not
+    released = retry_pending(applier, entities=set(waiting.values()))
     done = sum(1 for o in released if o.outcome not in ("retry", "error", "waiting"))
     return _("conflict {number} resolved ({mode}); {done} waiting message(s) applied").format(
         number=number, mode=_(mode), done=done)

@@ -20,9 +20,9 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 import pymysql
@@ -39,9 +39,11 @@ from dbsync_cli.receiver.retry_queue import RetryEntry, delete_entries, get_entr
 from dbsync_cli.receiver.superseded import SUPERSEDED, superseded_entries
 from dbsync_cli.sql import quote, sql
 
-__all__ = ["FAILED", "SUPERSEDED", "RetryEntry", "RetryLane", "drop_entry", "get_entry", "list_entries", "retry_pending"]
+__all__ = ["FAILED", "SUPERSEDED", "RetryEntry", "RetryLane", "drive", "drop_entry", "get_entry", "list_entries",
+           "pass_steps", "retry_pending"]
 
 log = logging.getLogger("dbsync.retry")
+T = TypeVar("T")
 
 FAILED = ("retry", "error", "waiting")
 PAGE = 200
@@ -339,6 +341,33 @@ def _ref_table(reason: str | None) -> str | None:
     return str(table)[:64] if table else None
 
 
+def pass_steps(applier: Applier, *, everything: bool = False, entities: set[str] | None = None,
+               interval: float = DEFAULT_INTERVAL, round_seconds: float = ROUND_SECONDS,
+               page: int = PAGE) -> Generator[None, None, list[Outcome]]:
+    """One whole pass (entries due; `everything`: all, each cause through its representative; `entities`: those
+    entities' entries whether due or not) in rounds of `round_seconds`, yielding between rounds: a bulk action the
+    running receiver serves goes on between live batches (receiver/actions.ActionLane). Returns the outcomes."""
+    if entities is not None and not entities:
+        return []
+    lane = RetryLane(applier, interval, round_seconds=round_seconds, page=page)
+    lane._start(everything or entities is not None, entities)
+    outcomes: list[Outcome] = []
+    while lane.busy():
+        outcomes = lane.round(everything or entities is not None)
+        if lane.busy():
+            yield
+    return outcomes
+
+
+def drive(steps: Generator[None, None, T]) -> T:
+    """Run steps to their end at once (no receiver is waiting with live messages); their result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return cast(T, end.value)
+
+
 def retry_pending(applier: Applier, limit: int | None = None, *, only: int | None = None, page: int = PAGE,
                   everything: bool = False, interval: float = DEFAULT_INTERVAL,
                   entities: set[str] | None = None) -> list[Outcome]:
@@ -346,16 +375,8 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
     `only` whether due or not, or the entries of `entities` whether due or not (what waited behind entries just
     dropped); its outcomes. For operators' actions and `dbsync apply --retry`; the receiver's loop uses a
     RetryLane."""
-    lane = RetryLane(applier, interval, round_seconds=3600.0, page=page if limit is None else min(page, limit))
-    if entities is not None:
-        if not entities:
-            return []
-        lane._start(True, entities)
-        outcomes: list[Outcome] = []
-        while lane.busy():
-            outcomes = lane.round(True)
-        return outcomes[:limit] if limit is not None else outcomes
     if only is not None:
+        lane = RetryLane(applier, interval, page=page)
         lane._start(True)
         current = lane.current
         assert current is not None
@@ -369,10 +390,8 @@ def retry_pending(applier: Applier, limit: int | None = None, *, only: int | Non
         applier.conn.commit()
         applier.reload_blocked()
         return [outcome] if outcome is not None else []
-    lane.last_start = -float("inf")
-    outcomes = lane.round(everything)
-    while lane.busy():
-        outcomes = lane.round(everything)
+    outcomes = drive(pass_steps(applier, everything=everything, entities=entities, interval=interval,
+                                round_seconds=3600.0, page=page if limit is None else min(page, limit)))
     return outcomes[:limit] if limit is not None else outcomes
 
 

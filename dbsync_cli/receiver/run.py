@@ -17,7 +17,8 @@ from typing import Any
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import actions, inbox, placeholder, state
+from dbsync_cli.receiver import inbox, placeholder, state
+from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import RetryLane
 from dbsync_cli.supervise import supervise
@@ -89,6 +90,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
     interval = cfg["receiver.retry_interval_seconds"]
     # the retry queue's own lane: a pass every interval, in short rounds between live batches (never in their way)
     lane = RetryLane(applier, interval)
+    requests = ActionLane(applier)  # operators' retry/conflict actions handed over under our lock, in rounds too
     central_changed(applier, cfg)
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
@@ -99,7 +101,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 outcomes = applier.apply_batch(records)
                 lane.note_applied(o.uuid for o in outcomes if o.outcome == "applied")
                 last_work = time.monotonic()
-            if actions.serve(applier):  # operators' retry/conflict actions, handed over under our lock
+            if requests.round():
                 last_work = time.monotonic()
             lane.round()
             if time.monotonic() - last_housekeeping >= interval:
@@ -110,7 +112,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
                 last_sample = time.monotonic()
-            if not records and not lane.busy():
+            if not records and not lane.busy() and not requests.busy():
                 if idle_exit is not None and time.monotonic() - last_work >= idle_exit:
                     return
                 stop.wait(0.2)

@@ -29,8 +29,10 @@ from tenacity import RetryCallState
 
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
-from dbsync_cli.broker_refusals import BrokerRefused, refusal
+from dbsync_cli.broker_access import SEND, Need, refused
+from dbsync_cli.broker_refusals import BrokerRefused, refusal, second_opinion
 from dbsync_cli.config_model import DEFAULTS
+from dbsync_cli.faults import describe
 from dbsync_cli.files import private_dir
 from dbsync_cli.retrying import GRACE_SECONDS, Stopped, backoff, pause, retrying, stopping
 from dbsync_cli.sender import drops
@@ -60,6 +62,7 @@ class PublishSettings:
     rows_per_message: int = DEFAULTS.broker.rows_per_message  # rows per envelope
     message_bytes: int = DEFAULTS.broker.message_bytes  # JSON bytes per envelope before deflate
     max_message_bytes: int = DEFAULTS.broker.max_message_bytes
+    #: seconds without a word from the broker (receipt or heart-beat) before the connection counts as dead
     receipt_timeout: float = 30.0
     max_unconfirmed_batches: int = 2  # sent while earlier ones await their receipt (0: wait for every batch)
     reject_dir: Path | None = None  # oversized messages are kept here for an operator, never silently dropped
@@ -81,17 +84,33 @@ class _Batch:
 
 
 class _Receipts(stomp.ConnectionListener):
-    def __init__(self, destination: str = "", previous: str = "") -> None:
+    """One connection's answers. `received` is the publisher's, shared by its connections: a receipt that came
+    before the connection dropped still confirms its batch (on a link that drops every few seconds, the batches
+    confirmed before a drop are not sent again)."""
+
+    def __init__(self, destination: str = "", previous: str = "", received: set[str] | None = None) -> None:
         self.destination = destination
         self.previous = previous  # the kind of the last refusal on this publisher (broker_refusals.refusal)
         self.lock = threading.Condition()
-        self.received: set[str] = set()
+        self.received: set[str] = received if received is not None else set()
         self.error: str | None = None
         self.disconnected = False
+        self.last_heard = time_now()  # a receipt, a heart-beat: the broker is alive and answering
+
+    def _heard(self) -> None:
+        with self.lock:
+            self.last_heard = time_now()
+
+    def on_connected(self, frame: Any) -> None:
+        self._heard()
+
+    def on_heartbeat(self) -> None:
+        self._heard()
 
     def on_receipt(self, frame: Any) -> None:
         with self.lock:
             self.received.add(frame.headers.get("receipt-id", ""))
+            self.last_heard = time_now()
             self.lock.notify_all()
 
     def on_error(self, frame: Any) -> None:
@@ -104,22 +123,23 @@ class _Receipts(stomp.ConnectionListener):
             self.disconnected = True
             self.lock.notify_all()
 
-    def wait(self, receipt: str, timeout: float, stop: threading.Event | None = None) -> None:
-        """Until the receipt, an ERROR frame, a dropped connection or `timeout`; once a stop is asked, at most
-        GRACE_SECONDS more (then Stopped: the batch stays unconfirmed and is sent again at the next start)."""
-        deadline = time_now() + timeout
+    def wait(self, receipt: str, silence: float, stop: threading.Event | None = None) -> None:
+        """Until the receipt, an ERROR frame, a dropped connection, or `silence` seconds without a word from the
+        broker (neither a receipt nor a heart-beat). A batch on a slow link may take minutes to arrive, and that is
+        no reason to send it again while the broker keeps talking; a dead link is one that stopped talking. Once a
+        stop is asked, at most GRACE_SECONDS more (then Stopped: the batch stays unconfirmed and is sent again at the
+        next start)."""
         stop_by: float | None = None
         with self.lock:
             while True:
                 ok = self.lock.wait_for(lambda: receipt in self.received or self.error or self.disconnected, 0.25)
-                if ok or time_now() >= deadline:
+                if ok or time_now() - self.last_heard >= silence:
                     break
                 if stopping(stop):
                     stop_by = stop_by or time_now() + GRACE_SECONDS
                     if time_now() >= stop_by:
                         raise Stopped("stopped while waiting for the broker's receipt")
             if receipt in self.received:
-                self.received.discard(receipt)
                 return
             if self.error:
                 refused = refusal(self.error, self.destination, previous=self.previous)
@@ -128,8 +148,7 @@ class _Receipts(stomp.ConnectionListener):
                 raise refused
             if self.disconnected:
                 raise BrokerError("connection to the broker dropped before the receipt")
-            if not ok:
-                raise BrokerError(f"no receipt from the broker within {timeout:.0f} s")
+            raise BrokerError(f"the broker sent nothing (no receipt, no heart-beat) for {silence:.0f} s")
 
 
 class Publisher:
@@ -147,14 +166,15 @@ class Publisher:
         self.dropped: list[dict[str, Any]] = []  # drop records since the last batch was sealed
         self.on_sent = on_sent  # messages confirmed per batch, told before on_confirmed (the rate for `dbsync status`)
         self.conn: stomp.Connection12 | None = None
-        self.receipts = _Receipts(settings.destination)
+        self.confirmed: set[str] = set()  # receipts received, on any connection, for batches not popped yet
+        self.receipts = _Receipts(settings.destination, received=self.confirmed)
         self.sent = 0
 
     def _connect(self) -> stomp.Connection12:
         if self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected:
             return self.conn
         self.close()
-        self.receipts = _Receipts(self.settings.destination, self.receipts.previous)
+        self.receipts = _Receipts(self.settings.destination, self.receipts.previous, self.confirmed)
         try:
             self.conn = open_connection(self.settings.broker, listener=self.receipts)
         except BrokerError as exc:
@@ -230,12 +250,15 @@ class Publisher:
 
     def _resend(self, pending: deque[_Batch], failures: int = 0) -> None:
         """Reconnect with backoff and send every unconfirmed batch again, in order, on one new connection (the
-        broker drops the duplicates by `_AMQ_DUPL_ID`)."""
+        broker drops the duplicates by `_AMQ_DUPL_ID`). Batches are sent again a message at a time, each asking its
+        own receipt: on a link that drops before a whole batch gets through, every message that did is kept."""
         if failures:
             pause(backoff(failures, multiplier=0.5, maximum=30), self.settings.stop)
+        self._split(pending)
 
         def before_sleep(state: RetryCallState) -> None:
-            log.warning("publish failed (%s); retrying", state.outcome.exception() if state.outcome else "?")
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("publish failed (%s); retrying", describe(error) if error else "no answer")
             self.close()
 
         for attempt in retrying(retry_on=RETRYABLE, stop=self.settings.stop, before_sleep=before_sleep):
@@ -243,7 +266,23 @@ class Publisher:
                 self.close()
                 conn = self._connect()
                 for batch in pending:
-                    self._transmit(batch, conn)
+                    if batch.receipt not in self.confirmed:  # confirmed before the drop: not sent again
+                        self._transmit(batch, conn)
+
+    def _split(self, pending: deque[_Batch]) -> None:
+        """Each unconfirmed batch of several messages becomes one batch per message; the rows, the drop records
+        and the checkpoint stay with its last message, so nothing moves before the whole batch is confirmed."""
+        if all(len(batch.frames) <= 1 or batch.receipt in self.confirmed for batch in pending):
+            return
+        parts: list[_Batch] = []
+        for batch in pending:
+            if len(batch.frames) <= 1 or batch.receipt in self.confirmed:
+                parts.append(batch)
+                continue
+            parts.extend(_Batch([frame], [], None) for frame in batch.frames[:-1])
+            parts.append(_Batch(batch.frames[-1:], batch.records, batch.source, dropped=batch.dropped))
+        pending.clear()
+        pending.extend(parts)
 
     def _send(self, pending: deque[_Batch], batch: _Batch) -> None:
         """Send a new batch behind the unconfirmed ones. A connection that dropped since must not carry it alone:
@@ -254,7 +293,7 @@ class Publisher:
                 self._transmit(batch, self._connect())
                 return
         except RETRYABLE as exc:
-            log.warning("publish failed (%s); retrying", exc)
+            log.warning("publish failed (%s); retrying", describe(exc))
         self._resend(pending)
 
     def _confirm(self, pending: deque[_Batch], keep: int) -> Iterator[dict[str, Any]]:
@@ -264,17 +303,18 @@ class Publisher:
             batch = pending[0]
             if batch.receipt is not None:
                 try:
-                    self.receipts.wait(batch.receipt, self.settings.receipt_timeout, self.settings.stop)
+                    self._wait(batch.receipt)
                 except BrokerStop as exc:
                     self._refused(exc.__cause__, exc)
                     raise
                 except RETRYABLE as exc:
                     self._refused(exc, exc)
                     failures += 1
-                    log.warning("publish failed (%s); retrying %d unconfirmed batch(es)", exc, len(pending))
+                    log.warning("publish failed (%s); retrying %d unconfirmed batch(es)", describe(exc), len(pending))
                     self._resend(pending, failures)
                     continue
             pending.popleft()
+            self.confirmed.discard(batch.receipt or "")
             if batch.receipt is not None and self._refusal_open and self.on_refused is not None:
                 self.on_refused(None, "")  # the broker takes batches again: status stops naming the refusal
                 self._refusal_open = False
@@ -287,6 +327,28 @@ class Publisher:
             if batch.source is not None:
                 self.on_confirmed(batch.source)
             yield from batch.records
+
+    def _wait(self, receipt: str) -> None:
+        """The receipt; a permission refusal read from a bare AMQ339011 is first checked with the probe `config
+        check` uses, since a broker past max-disk-usage sometimes answers a send so (broker_refusals.second_opinion)."""
+        try:
+            self.receipts.wait(receipt, self.settings.receipt_timeout, self.settings.stop)
+        except BrokerStop as exc:
+            first = exc.__cause__
+            if not (isinstance(first, BrokerRefused) and first.bare):
+                raise
+            routing = "ANYCAST" if self.settings.destination_type == "queue" else "MULTICAST"
+            need = Need(SEND, self.settings.destination, "publish", routing)
+            try:
+                answers = refused([need], self.settings.broker)
+            except BrokerError as probe_error:
+                answer: str | None = describe(probe_error)
+            else:
+                answer = answers[0][1] if answers else None
+            second = second_opinion(first, answer, self.settings.destination)
+            if second.permanent:
+                raise
+            raise second from None
 
     def _refused(self, cause: BaseException | None, error: BaseException) -> None:
         """Record a refusal the broker named (broker_refusals: disk full, a permission, …) for `dbsync status`."""

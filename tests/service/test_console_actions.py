@@ -5,7 +5,6 @@ worker carries the action out)."""
 from __future__ import annotations
 
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from test_bulk_actions import _conflicts
 from test_console import PASSWORDS, browser, log_in, serve, shot  # noqa: F401 - the browser fixture
 
 pytestmark = pytest.mark.lane2
-PARKED = 6000  # due retry entries: the pass a resolve releases walks them all (the 2.5 minutes seen in the field)
+PARKED = 6000  # messages held behind the conflicts: resolving them releases (and judges) every one
 
 
 @pytest.fixture
@@ -31,13 +30,19 @@ def busy_console(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tu
     central.apply(site1.messages())
     numbers = _conflicts(central, site1, [f"P{i}" for i in range(12)])
     with central.db.connect(autocommit=False) as conn, conn.cursor() as cur:
-        for start in range(0, PARKED, 1000):
+        # behind each conflicted row, copies of the site's message (as a site that kept editing it): resolving
+        # releases them and the receiver judges every one, so the action runs long enough to show its progress
+        cur.execute(f"SELECT message_id, site, table_name, entity_key, body FROM `{central.schema}`."
+                    "receiver_conflict_queue WHERE resolved = 0")
+        conflicted = cur.fetchall()
+        for message_id, site, table, entity, body in conflicted:
+            copies = PARKED // len(conflicted)
             cur.executemany(f"INSERT INTO `{central.schema}`.receiver_retry_queue (message_id, site, table_name, "
-                            "reason, attempts, date_created, kind) VALUES (%s, 'site1', 'obs', 'held for the test', "
-                            "1, UTC_TIMESTAMP(3), 'transient')",
-                            [(f"site1:test:{uuidlib.uuid4().hex}",) for _ in range(start, start + 1000)])
-        cur.execute(f"INSERT INTO `{central.schema}`.receiver_retry_body (id, body) SELECT id, '{{}}' FROM "
-                    f"`{central.schema}`.receiver_retry_queue WHERE message_id LIKE 'site1:test:%'")
+                            "entity_key, reason, attempts, date_created, kind) VALUES (%s, %s, %s, %s, "
+                            "'held for the test', 1, UTC_TIMESTAMP(3), 'transient')",
+                            [(f"{message_id}:copy{i}", site, table, entity) for i in range(copies)])
+            cur.execute(f"INSERT INTO `{central.schema}`.receiver_retry_body (id, body) SELECT id, %s FROM "
+                        f"`{central.schema}`.receiver_retry_queue WHERE entity_key = %s", (body, entity))
         conn.commit()
     dbsync("console", "user", "add", "admin", "--role", "operator", "--password-stdin", "--config",
            str(central.config), env=central.env, stdin=(PASSWORDS["admin"] + "\n").encode())
@@ -111,8 +116,11 @@ def test_a_bulk_resolve_returns_at_once_and_the_page_follows_its_progress_to_the
     assert float(took) > answered, (took, answered)  # the page answered before the work was done
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_conflict_queue WHERE resolved = 0") == [
         (0,)]
+    held = central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE message_id LIKE "
+                       "'%%:copy%%'")[0][0]
+    assert held == 0, f"{held} of the messages held behind the conflicts were not released"
     audit = central.sql(f"SELECT action, detail FROM `{central.schema}`.console_audit WHERE user = 'admin' "
                         "AND action LIKE 'conflict%%'")
     assert audit and "bulk" in audit[-1][0] and "--site site1" in audit[-1][1]
-    print(f"bulk resolve of {len(numbers)} conflicts + a pass over {PARKED} entries: page back in "
+    print(f"bulk resolve of {len(numbers)} conflicts releasing {PARKED} held messages: page back in "
           f"{answered:.2f} s, work {float(took):.1f} s; progress shown: {progress!r}")

@@ -696,9 +696,6 @@ def shutil_disk_percent() -> float:
     return 100.0 * usage.used / usage.total
 
 
-@pytest.mark.xfail(strict=False, reason="measured (1 run in 3): a broker past max-disk-usage may answer the first SEND with a bare "
-                   "AMQ339011 (no AMQ229119 before it), which broker_refusals reads as a missing send permission: "
-                   "publish stops with exit 15 instead of retrying (open: H9's report)")
 def test_status_names_a_full_broker_disk_until_a_send_succeeds(roles, full_broker, broker_settings) -> None:
     """Item 10: a broker past max-disk-usage (AMQ229119) refuses the batch and then blocks; publish logs the cause
     and retries (a full disk passes when space is freed), `dbsync status` says CRITICAL with one line naming it

@@ -431,3 +431,69 @@ def test_the_real_receiver_applies_another_sites_live_message_while_its_pass_wal
     finally:
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(60)
+
+
+def test_the_real_receiver_serves_a_bulk_action_in_rounds_and_applies_a_live_message_meanwhile(
+        central, site, broker_settings, tmp_path) -> None:  # noqa: F811
+    """Items 2 and 4: `dbsync retry again --site site9 --yes` over 5,000 entries is handed to the running receiver,
+    which carries it out in bounded rounds between live batches: a message of site1 published while the request is
+    running is at central within 5 s, and the request then ends done with every selected entry tried again. The
+    verdict reads central only."""
+    new_person(site, given="Refused")
+    template = site.messages()
+    parked: list[dict] = []
+    for copy in range(5000 // len(template) + 1):
+        for m in template:
+            fresh = str(uuidlib.uuid4())
+            data = dict(m["data"], uuid=fresh) if "uuid" in (m.get("data") or {}) else m.get("data")
+            parked.append(dict(m, site="site9", id=f"site9:{copy}:{m['id']}", uuid=fresh, data=data))
+    assert outcomes(central.apply(parked))["retry"] == len(parked)
+    s = f"`{central.schema}`"
+    # each its own schedule, none due: only the operator's action tries them (not the receiver's own pass)
+    central.sql(f"UPDATE {s}.receiver_retry_queue SET cause = NULL, attempts = 1, "
+                "next_attempt = UTC_TIMESTAMP() + INTERVAL 1 DAY")
+    central.sql(f"DELETE FROM {s}.receiver_retry_cause")
+    _person, live_name = new_person(site, given="Live")
+    live = site.messages()
+    destination = next(line.split('"')[1] for line in central.config.read_text().splitlines()
+                       if line.startswith("destination"))
+    sconf, senv = sender_config(tmp_path, site.admin, broker_settings, site="site1", destination=destination,
+                                home=site.home)
+    log = tmp_path / "receiver.log"
+    with log.open("wb") as out:
+        receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
+                                    env=central.env, stdout=out, stderr=out)
+    action = None
+    try:
+        deadline = time.monotonic() + 60
+        while not central.sql("SELECT IS_USED_LOCK(%s)", (f"dbsync:{central.schema}",))[0][0]:
+            assert receiver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        action = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "retry", "again", "--site", "site9", "--yes",
+                                   "--wait", "300", "--config", str(central.config)], env=central.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not central.sql(f"SELECT 1 FROM {s}.receiver_request WHERE state = 'running' AND result LIKE "
+                              "'%%retrying%%'"):
+            assert action.poll() is None and time.monotonic() < deadline, (action.poll(), log.read_text()[-3000:])
+            time.sleep(0.05)
+        dbsync("publish", "--config", str(sconf), env=senv, stdin=b"".join(orjson.dumps(m) + b"\n" for m in live))
+        published = time.monotonic()
+        while not central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (live_name,)):
+            assert receiver.poll() is None and time.monotonic() - published < 30, log.read_text()[-3000:]
+            time.sleep(0.05)
+        seconds = time.monotonic() - published
+        still = central.sql(f"SELECT state FROM {s}.receiver_request ORDER BY id DESC LIMIT 1")
+        print(f"live message at central {seconds:.2f} s after its publish; the bulk request is {still[0][0]}")
+        assert seconds < 5, seconds  # a live change never waits behind the operator's action
+        assert still == [("running",)], "the action was over before the live message came: not shown while it runs"
+        out, err = action.communicate(timeout=600)
+        assert action.returncode == 0, err.decode()[-2000:]
+        assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE site = 'site9' AND attempts < 2"
+                           ) == [(0,)], "every selected entry was tried again"
+        assert central.sql(f"SELECT state FROM {s}.receiver_request ORDER BY id DESC LIMIT 1") == [("done",)]
+    finally:
+        if action is not None and action.poll() is None:
+            action.kill()
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(60)

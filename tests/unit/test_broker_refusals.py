@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from dbsync_cli import exitcodes
-from dbsync_cli.broker_refusals import refusal
+from dbsync_cli.broker_refusals import refusal, second_opinion
 
 NO_SEND = ("AMQ339011 Error sending message CoreMessage[messageID=82, durable=true, userID=null, priority=4, "
            "timestamp=Sun Dec 06 230626 UTC 2026, expiration=0, durable=true, address=test.fault.zzz, size=297, "
@@ -49,3 +49,27 @@ def test_a_refused_subscription_and_a_disk_still_full_are_named() -> None:
     again = refusal(NO_SEND, "q", previous="disk_full")
     assert not again.permanent and again.kind == "disk_full" and "still full" in str(again)
     assert refusal(NO_SEND, "q").permanent
+
+
+@pytest.mark.parametrize(("probe", "permanent", "kind", "words"), [
+    ("refused (AMQ339011): no send permission", True, "permission", "lacks send permission"),
+    (NO_SEND, True, "permission", "lacks send permission"),
+    (DISK_FULL, False, "disk_full", "its disk is full"),
+    (None, False, "other", "grants send on it when asked again: retrying"),
+    ("no answer within 5s", False, "other", "asked again it answered no answer within 5s: retrying"),
+    (UNKNOWN, True, "unknown_address", "does not exist"),
+], ids=["probe refused", "probe refused raw", "probe disk full", "probe granted", "probe silent", "probe unknown"])
+def test_a_bare_amq339011_is_permanent_only_when_a_probe_is_refused_too(probe: str | None, permanent: bool,
+                                                                        kind: str, words: str) -> None:
+    """A broker past max-disk-usage answers some first sends with a bare AMQ339011 (measured 1 in 3), the frame a
+    missing `send` gets: publish asks again with a probe before it stops with exit 15."""
+    first = refusal(NO_SEND, "openmrs.sync")
+    assert first.permanent and first.bare
+    second = second_opinion(first, probe, "openmrs.sync")
+    assert (second.permanent, second.kind) == (permanent, kind)
+    assert words in str(second) and "CoreMessage" not in str(second) and "\n" not in str(second)
+
+
+def test_a_named_refusal_needs_no_second_opinion() -> None:
+    named = refusal(NO_CREATE, "openmrs.sync")
+    assert not named.bare and second_opinion(named, None, "openmrs.sync") is named

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import stomp.exception
 
 from dbsync_cli.supervise import backoff, supervise
 
@@ -51,3 +52,22 @@ def test_a_healthy_run_resets_the_backoff() -> None:
     assert 0.5 <= quick[0] <= 1 and 1 <= quick[1] <= 2 and 2 <= quick[2] <= 4
     assert 0.5 <= quick[3] <= 1, "the failure after a healthy run starts the backoff again"
     assert 1 <= quick[4] <= 2
+
+
+def test_a_failure_without_text_is_logged_with_what_it_means(caplog: pytest.LogCaptureFixture) -> None:
+    """stomp.py's NotConnectedException() has no text: the log line must still say what happened."""
+    stop = RecordingStop()
+    calls = iter([stomp.exception.NotConnectedException(), KeyError()])
+
+    def target() -> None:
+        try:
+            raise next(calls)
+        except StopIteration:
+            stop.set()
+
+    with caplog.at_level("ERROR", logger="dbsync.supervise"):
+        supervise("requests", target, stop)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "requests failed (NotConnectedException: the connection to the broker dropped)" in lines[0]
+    assert "requests failed (KeyError: KeyError)" in lines[1]
+    assert not any("()" in line or ": )" in line for line in lines)
