@@ -107,7 +107,38 @@ TEMPLATES: dict[str, str] = {
 }
 #: the words an argument may hold that are shown translated: {why}, {direction}, an undated {incoming}
 WORDS = {"is not registered": N_("is not registered"), "is disabled": N_("is disabled"), "ahead": N_("ahead"),
-         "behind": N_("behind"), "undated": N_("undated")}
+         "behind": N_("behind"), "undated": N_("undated"),
+         # what orjson says of a body that is not JSON (the `error` of malformed_json), its position cut off
+         "unexpected end of data": N_("unexpected end of data"),
+         "Input is a zero-length, empty document": N_("Input is a zero-length, empty document"),
+         "trailing comma is not allowed": N_("trailing comma is not allowed"),
+         "unexpected content after document": N_("unexpected content after document"),
+         "invalid escaped sequence in string": N_("invalid escaped sequence in string"),
+         "str is not valid UTF-8": N_("str is not valid UTF-8"),
+         "unexpected character, expected a JSON value": N_("unexpected character, expected a JSON value"),
+         "unexpected character, expected a string key": N_("unexpected character, expected a string key"),
+         "unexpected character, expected ':' after key": N_("unexpected character, expected ':' after key"),
+         "unexpected character, expected ',' or ']'": N_("unexpected character, expected ',' or ']'"),
+         "unexpected character, expected ',' or '}'": N_("unexpected character, expected ',' or '}'"),
+         "unexpected control character in string": N_("unexpected control character in string"),
+         "number with leading zero is not allowed": N_("number with leading zero is not allowed"),
+         "no low surrogate in string": N_("no low surrogate in string")}
+
+
+#: what MySQL/MariaDB say when they refuse a change (the `error` of apply_failed, values already cut to '…' by
+#: batch.failure_reason); said again in the reader's language with the identifiers they name
+DB_ERRORS = [
+    N_("Data too long for column '{column}' at row {row}"),
+    N_("Out of range value for column '{column}' at row {row}"),
+    N_("Column '{column}' cannot be null"),
+    N_("Duplicate entry '…' for key '{key}'"),
+    N_("Cannot add or update a child row: a foreign key constraint fails ({detail})"),
+    N_("Cannot delete or update a parent row: a foreign key constraint fails ({detail})"),
+    N_("Field '{column}' doesn't have a default value"),
+    N_("Incorrect {kind} value: '…' for column {column} at row {row}"),
+    N_("Lock wait timeout exceeded; try restarting transaction"),
+    N_("Deadlock found when trying to get lock; try restarting transaction"),
+]
 
 
 class Reason(str):

@@ -23,6 +23,9 @@ def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for transl
 
 
 USAGE = N_("Usage:")
+#: click's placeholders in a usage line (Command.options_metavar, Group.subcommand_metavar)
+OPTIONS_METAVAR = N_("[OPTIONS]")
+SUBCOMMAND_METAVAR = N_("COMMAND [ARGS]...")
 #: what typer (and pydantic, for a value of the wrong type) says in a usage error; the most specific first
 TEMPLATES = [
     N_("No such command {name}. Did you mean {suggestions}?"),
@@ -95,7 +98,8 @@ def _context_class(base: Any) -> Any:
 
 
 def install(commands: list[Any]) -> None:
-    """For a language other than English: `commands` (every command of the tree) write "Usage:" translated, and
+    """For a language other than English: `commands` (every command of the tree) write "Usage:" and click's
+    "[OPTIONS]" and "COMMAND [ARGS]..." translated, and
     typer's usage errors are printed translated. Called once, before parsing."""
     if i18n.current() == i18n.DEFAULT:
         return
@@ -103,5 +107,9 @@ def install(commands: list[Any]) -> None:
     for command in commands:
         base = command.context_class
         command.context_class = classes.setdefault(base, _context_class(base))
+        if command.options_metavar == "[OPTIONS]":
+            command.options_metavar = _(OPTIONS_METAVAR)
+        if getattr(command, "subcommand_metavar", None) == "COMMAND [ARGS]...":
+            command.subcommand_metavar = _(SUBCOMMAND_METAVAR)
     if not getattr(typer.rich_utils.rich_format_error, "__wrapped__", None):
         setattr(typer.rich_utils, "rich_format_error", _translated(typer.rich_utils.rich_format_error))  # noqa: B010

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from dbsync_cli import wire
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.receiver.reasons import reason
 from dbsync_cli.wire import dumps
+
+_POSITION = re.compile(r": line \d+ column \d+ \(char \d+\)$")  # orjson's; the message id says where
 
 
 @dataclass
@@ -92,7 +95,7 @@ def expand_raw(raw: bytes, message_id: str, site: str | None, model: SchemaModel
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        item.error = reason("malformed_json", error=str(exc).split(":")[0])
+        item.error = reason("malformed_json", error=_POSITION.sub("", str(exc)))
         return [item]
     if not wire.is_envelope(message):
         return [_finish(item, message, model)]

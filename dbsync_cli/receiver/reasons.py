@@ -8,10 +8,13 @@ templates and the `Reason` class are in dbsync_cli/reason_codes.py (wire.py's ch
 
 from __future__ import annotations
 
+import functools
+import re
+
 import orjson
 
 from dbsync_cli.i18n import _
-from dbsync_cli.reason_codes import N_, TEMPLATES, WORDS, Reason, reason
+from dbsync_cli.reason_codes import DB_ERRORS, N_, TEMPLATES, WORDS, Reason, reason
 
 __all__ = ["N_", "TEMPLATES", "WORDS", "Reason", "columns", "reason", "said", "shown"]
 
@@ -29,12 +32,30 @@ def shown(code: str | None, args: str | bytes | None, text: str) -> str:
         return text
     try:
         values = orjson.loads(args) if args else {}
-        for key in ("why", "direction", "incoming"):
+        for key in ("why", "direction", "incoming", "error"):
             if isinstance(values.get(key), str) and values[key] in WORDS:
                 values[key] = _(WORDS[values[key]])
+        if code == "apply_failed" and isinstance(values.get("error"), str):
+            values["error"] = _database_said(values["error"])
         return _(TEMPLATES[code]).format(**values)
     except (orjson.JSONDecodeError, KeyError, IndexError, ValueError, TypeError, AttributeError):
         return text  # arguments that do not fit the template (a code renamed since): the text as stored
+
+
+@functools.cache
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>.+?)"
+                              for index, part in enumerate(parts)), re.DOTALL)
+
+
+def _database_said(text: str) -> str:
+    """A database's refusal in the current language when one of DB_ERRORS fits it, else as the server wrote it."""
+    for template in DB_ERRORS:
+        found = _pattern(template).fullmatch(text)
+        if found is not None:
+            return _(template).format(**found.groupdict())
+    return text
 
 
 def said(text: str | None) -> str:

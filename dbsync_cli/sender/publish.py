@@ -166,15 +166,15 @@ class Publisher:
         self.dropped: list[dict[str, Any]] = []  # drop records since the last batch was sealed
         self.on_sent = on_sent  # messages confirmed per batch, told before on_confirmed (the rate for `dbsync status`)
         self.conn: stomp.Connection12 | None = None
-        self.confirmed: set[str] = set()  # receipts received, on any connection, for batches not popped yet
-        self.receipts = _Receipts(settings.destination, received=self.confirmed)
+        self.receipts_got: set[str] = set()  # receipts received, on any connection, for batches not popped yet
+        self.receipts = _Receipts(settings.destination, received=self.receipts_got)
         self.sent = 0
 
     def _connect(self) -> stomp.Connection12:
         if self.conn is not None and self.conn.is_connected() and not self.receipts.disconnected:
             return self.conn
         self.close()
-        self.receipts = _Receipts(self.settings.destination, self.receipts.previous, self.confirmed)
+        self.receipts = _Receipts(self.settings.destination, self.receipts.previous, self.receipts_got)
         try:
             self.conn = open_connection(self.settings.broker, listener=self.receipts)
         except BrokerError as exc:
@@ -266,17 +266,17 @@ class Publisher:
                 self.close()
                 conn = self._connect()
                 for batch in pending:
-                    if batch.receipt not in self.confirmed:  # confirmed before the drop: not sent again
+                    if batch.receipt not in self.receipts_got:  # confirmed before the drop: not sent again
                         self._transmit(batch, conn)
 
     def _split(self, pending: deque[_Batch]) -> None:
         """Each unconfirmed batch of several messages becomes one batch per message; the rows, the drop records
         and the checkpoint stay with its last message, so nothing moves before the whole batch is confirmed."""
-        if all(len(batch.frames) <= 1 or batch.receipt in self.confirmed for batch in pending):
+        if all(len(batch.frames) <= 1 or batch.receipt in self.receipts_got for batch in pending):
             return
         parts: list[_Batch] = []
         for batch in pending:
-            if len(batch.frames) <= 1 or batch.receipt in self.confirmed:
+            if len(batch.frames) <= 1 or batch.receipt in self.receipts_got:
                 parts.append(batch)
                 continue
             parts.extend(_Batch([frame], [], None) for frame in batch.frames[:-1])
@@ -314,7 +314,7 @@ class Publisher:
                     self._resend(pending, failures)
                     continue
             pending.popleft()
-            self.confirmed.discard(batch.receipt or "")
+            self.receipts_got.discard(batch.receipt or "")
             if batch.receipt is not None and self._refusal_open and self.on_refused is not None:
                 self.on_refused(None, "")  # the broker takes batches again: status stops naming the refusal
                 self._refusal_open = False

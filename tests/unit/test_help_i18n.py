@@ -45,6 +45,10 @@ def test_help_is_portuguese_when_asked_and_english_otherwise() -> None:
         assert "Only entries of this site." not in text and "Opções" in text and "[por omissão: 1000]" in text
     top = help_of("--help", env={"LANG": "pt_PT.UTF-8"})
     assert "Mantém uma base de dados OpenMRS central" in top and "Comandos" in top
+    group = help_of("--lang", "pt", "retry", "--help")
+    assert "Utilização: dbsync retry [OPÇÕES] COMANDO [ARGUMENTOS]..." in group, group[:300]
+    assert "[OPTIONS]" not in group and "COMMAND" not in group
+    assert "dbsync retry [OPTIONS] COMMAND [ARGS]..." in help_of("retry", "--help")  # English as typer writes it
     status = help_of("--lang", "pt", "status", "--help")
     assert "Saúde deste emissor ou recetor" in status and "Emissor: AVISO" in status
 

@@ -111,3 +111,37 @@ def test_the_source_check_finds_a_plain_reason(tmp_path: Path) -> None:
     sample.write_text('def f(self, cur, item, batch):\n    return self._park(cur, item, f"bad {item}", batch)\n'
                       'def check(message):\n    return "data must be an object"\n')
     assert sorted(_plain_reasons(sample)) == ["sample.py:2 _park", "sample.py:4 check returns"]
+
+
+def test_a_malformed_body_names_orjsons_error_in_the_readers_language() -> None:
+    from dbsync_cli.receiver.message import expand_raw
+
+    for raw, english, portuguese in [
+        (b'{"table": "obs",', "unexpected end of data", "fim inesperado dos dados"),
+        (b'{"a":1,}', "trailing comma is not allowed", "uma vírgula no fim não é permitida"),
+        (b'{"a" 1}', "unexpected character, expected ':' after key",
+         "carácter inesperado, esperava-se ':' depois da chave"),
+    ]:
+        (item,) = expand_raw(raw, "site1:1:1", "site1", None, 4_000_000)  # type: ignore[arg-type]
+        code, args = reasons.columns(item.error)
+        assert in_language("en", code, args, "stored") == f"malformed JSON: {english}"
+        assert in_language("pt", code, args, "stored") == f"JSON mal formado: {portuguese}"
+
+
+def test_a_database_refusal_is_said_in_the_readers_language_with_the_identifiers_it_names() -> None:
+    import pymysql
+
+    from dbsync_cli.receiver.batch import failure_reason
+
+    for error, portuguese in [
+        (pymysql.err.DataError(1406, "Data too long for column 'value_text' at row 1"),
+         "a aplicação falhou: dados demasiado longos para a coluna 'value_text' na linha 1"),
+        (pymysql.err.IntegrityError(1062, "Duplicate entry 'Maria' for key 'name'"),
+         "a aplicação falhou: entrada duplicada '…' para a chave 'name'"),
+    ]:
+        made = reasons.reason("apply_failed", error=failure_reason(error))
+        code, args = reasons.columns(made)
+        assert "Maria" not in made and in_language("en", code, args, "stored") == str(made)
+        assert in_language("pt", code, args, "stored") == portuguese
+    unknown = reasons.reason("apply_failed", error="Something new the server says")
+    assert in_language("pt", *reasons.columns(unknown), "stored").endswith("Something new the server says")
