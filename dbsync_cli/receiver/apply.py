@@ -331,7 +331,7 @@ class Applier:
     def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
              only: list[str] | None = None) -> Outcome:
         if item.error is not None:
-            return self._park(cur, item, item.error, batch, kind="error", cause=state.CENTRAL_CAUSE)
+            return self._park(cur, item, item.error, batch, kind="error", cause=state.central_cause(item.error))
         message = item.message
         assert message is not None and item.table is not None
         table = item.table
@@ -354,8 +354,8 @@ class Applier:
             return self._park(cur, item, exc.args[0] if exc.args else str(exc), batch,  # a Reason keeps its code
                               cause=reference_cause(exc.uuid))
         except MessageError as exc:
-            return self._park(cur, item, exc.args[0] if exc.args else str(exc), batch, kind="error",
-                              cause=state.CENTRAL_CAUSE)
+            why = exc.args[0] if exc.args else str(exc)  # a Reason keeps its code
+            return self._park(cur, item, why, batch, kind="error", cause=state.central_cause(why))
         if outcome.outcome == "applied":
             count, _ = batch.sites.get(site.identifier, (0, ""))
             batch.sites[site.identifier] = (count + 1, item.message_id)

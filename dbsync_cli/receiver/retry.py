@@ -271,7 +271,7 @@ class RetryLane:
         cur.execute("SAVEPOINT retry_entry")
         try:
             outcome = (Outcome(item.message_id, "error", reason=item.error,
-                               parked=(rules.PERMANENT, state.CENTRAL_CAUSE)) if item.error is not None
+                               parked=(rules.PERMANENT, state.central_cause(item.error))) if item.error is not None
                        else applier.apply_message(cur, item, batch, from_queue=True))
         except pymysql.MySQLError as exc:
             if operator_fault(exc) or deadlock(exc):  # every entry alike, or the pass was rolled back: stop

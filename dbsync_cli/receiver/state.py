@@ -520,8 +520,24 @@ def site_cause(identifier: str) -> str:
     return f"site:{identifier}"[:160]
 
 
-#: the cause of entries central's schema or the receiver's settings can fix (malformed here, cross-site)
+#: the family of causes central's schema or the receiver's settings can fix (malformed here, cross-site): one cause
+#: per kind of reason, `central:<code>` (central_cause), all made due when that schema or those settings change
 CENTRAL_CAUSE = "central"
+
+
+def central_cause(reason: str | None) -> str:
+    """The cause of an entry central's schema or settings can fix, one per reason code: a malformed message whose
+    representative keeps failing never holds a cross-site one (another code) waiting behind it."""
+    code = getattr(reason, "code", None) or "other"
+    return f"{CENTRAL_CAUSE}:{code}"[:160]
+
+
+def _cause_match(cause: str) -> tuple[Sql, tuple[str, ...]]:
+    """SQL matching the entries of `cause`; CENTRAL_CAUSE matches its whole family (and rows parked with the bare
+    family name before causes were per reason)."""
+    if cause == CENTRAL_CAUSE:
+        return sql("(cause = %s OR cause LIKE %s)"), (cause, f"{cause}:%")
+    return sql("cause = %s"), (cause[:160],)
 
 
 def fix_changed(cur: Any, s: Sql, cause: str, fingerprint: str | None = None) -> int:
@@ -531,10 +547,11 @@ def fix_changed(cur: Any, s: Sql, cause: str, fingerprint: str | None = None) ->
                     "(%s, 1, %s, %s) ON DUPLICATE KEY UPDATE epoch = epoch + 1, fingerprint = VALUES(fingerprint), "
                     "date_changed = VALUES(date_changed)", s),
                 (cause[:160], fingerprint, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
-    cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE cause = %s AND "
-                    "next_attempt IS NOT NULL", s), (cause[:160],))
-    cur.execute(sql("DELETE FROM {}.receiver_retry_cause WHERE cause = %s", s), (cause[:160],))  # its schedule
-    cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue WHERE cause = %s", s), (cause[:160],))
+    match, values = _cause_match(cause)
+    cur.execute(sql("UPDATE {}.receiver_retry_queue SET next_attempt = NULL WHERE {} AND next_attempt IS NOT NULL",
+                    s, match), values)
+    cur.execute(sql("DELETE FROM {}.receiver_retry_cause WHERE {}", s, match), values)  # its schedules
+    cur.execute(sql("SELECT COUNT(*) FROM {}.receiver_retry_queue WHERE {}", s, match), values)
     return int((cur.fetchone() or (0,))[0])
 
 

@@ -497,3 +497,40 @@ def test_the_real_receiver_serves_a_bulk_action_in_rounds_and_applies_a_live_mes
             action.kill()
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(60)
+
+
+def test_entries_central_can_fix_have_a_representative_per_reason(central, site) -> None:  # noqa: F811
+    """Item 3: a malformed body and a message for a table central does not have are both fixed only by central's
+    schema or settings, but for different reasons: each kind keeps a representative of its own (one failing never
+    holds the other untried), and a change of central's schema makes both due."""
+    from dbsync_cli.receiver.run import central_changed
+
+    settings = config.load(central.config, "receiver", env=central.env)
+    with applier_of(central) as applier:
+        central_changed(applier, settings)  # central's schema and settings as they are now, recorded
+    new_person(site, given="Shape")
+    (good,) = [m for m in site.messages() if m["table"] == "person_name"]
+    s = f"`{central.schema}`"
+    bodies = [("bad-1", b"{not json"), ("bad-2", b"[1,"),
+              ("table-1", orjson.dumps(dict(good, id="table-1", table="no_such_table"))),
+              ("table-2", orjson.dumps(dict(good, id="table-2", table="no_such_table", uuid=str(uuidlib.uuid4()))))]
+    central.sql(f"INSERT INTO {s}.inbox (message_id, body, date_received) VALUES " +
+                ", ".join(["(%s, %s, NOW())"] * len(bodies)), tuple(x for pair in bodies for x in pair))
+    central.apply(b"", "--from-inbox")
+    kinds = dict(central.sql(f"SELECT message_id, cause FROM {s}.receiver_retry_queue"))
+    assert len(kinds) == 4 and len(set(kinds.values())) == 2, kinds  # two reasons, two causes
+    assert kinds["bad-1"] == kinds["bad-2"] != kinds["table-1"] == kinds["table-2"]
+    central.sql(f"UPDATE {s}.receiver_retry_queue SET next_attempt = NULL")  # due now
+    central.sql(f"DELETE FROM {s}.receiver_retry_cause")
+    with applier_of(central) as applier:
+        tried = retry_pending(applier)
+    assert len(tried) == 2 and {o.message_id for o in tried} & {"bad-1", "bad-2"} and \
+        {o.message_id for o in tried} & {"table-1", "table-2"}, [o.message_id for o in tried]
+    assert sorted(c[0] for c in causes(central)) == sorted(set(kinds.values()))  # each backed off on its own
+    with applier_of(central) as applier:
+        assert retry_pending(applier) == []  # both backing off
+        assert central_changed(applier, settings) == 0  # nothing changed: nothing due
+        applier.model.tables.pop(next(iter(applier.model.tables)))  # central's schema "changed"
+        assert central_changed(applier, settings) == 4
+    assert causes(central) == [] and central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE "
+                                                 "next_attempt IS NOT NULL") == [(0,)]
