@@ -16,6 +16,8 @@ import functools
 import gettext
 import io
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from babel.messages.mofile import write_mo
@@ -90,3 +92,20 @@ def _(message: str) -> str:
 def ngettext(singular: str, plural: str, count: int) -> str:
     """`singular` or `plural` for `count`, in the CLI's language."""
     return gettext_for(current()).ngettext(singular, plural, count)
+
+
+@functools.cache
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>.+?)"
+                              for index, part in enumerate(parts)), re.DOTALL)
+
+
+def fitting(text: str, templates: Iterable[str]) -> tuple[str, dict[str, str]] | None:
+    """The first English template `text` was made from, with the values of its placeholders: for a library's
+    English message (typer's, a database's) said again from the catalogue. None when no template fits."""
+    for template in templates:
+        found = _pattern(template).fullmatch(text)
+        if found is not None:
+            return template, found.groupdict()
+    return None

@@ -8,7 +8,6 @@ English: nothing is installed, typer's output stays exactly as it is."""
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -58,22 +57,13 @@ TEMPLATES = [
 _NESTED = ("message",)
 
 
-@functools.cache
-def _pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile("".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>.+?)"
-                              for index, part in enumerate(parts)), re.DOTALL)
-
-
 def said(text: str) -> str:
     """`text`, one of typer's English messages, in the current language (as is when no template fits)."""
-    for template in TEMPLATES:
-        found = _pattern(template).fullmatch(text)
-        if found is None:
-            continue
-        values = {name: said(value) if name in _NESTED else value for name, value in found.groupdict().items()}
-        return _(template).format(**values)
-    return text
+    found = i18n.fitting(text, TEMPLATES)
+    if found is None:
+        return text
+    template, values = found
+    return _(template).format(**{name: said(value) if name in _NESTED else value for name, value in values.items()})
 
 
 def _translated(show: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -8,11 +8,9 @@ templates and the `Reason` class are in dbsync_cli/reason_codes.py (wire.py's ch
 
 from __future__ import annotations
 
-import functools
-import re
-
 import orjson
 
+from dbsync_cli import i18n
 from dbsync_cli.i18n import _
 from dbsync_cli.reason_codes import DB_ERRORS, N_, TEMPLATES, WORDS, Reason, reason
 
@@ -42,20 +40,10 @@ def shown(code: str | None, args: str | bytes | None, text: str) -> str:
         return text  # arguments that do not fit the template (a code renamed since): the text as stored
 
 
-@functools.cache
-def _pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile("".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>.+?)"
-                              for index, part in enumerate(parts)), re.DOTALL)
-
-
 def _database_said(text: str) -> str:
     """A database's refusal in the current language when one of DB_ERRORS fits it, else as the server wrote it."""
-    for template in DB_ERRORS:
-        found = _pattern(template).fullmatch(text)
-        if found is not None:
-            return _(template).format(**found.groupdict())
-    return text
+    found = i18n.fitting(text, DB_ERRORS)
+    return _(found[0]).format(**found[1]) if found is not None else text
 
 
 def said(text: str | None) -> str:

@@ -110,6 +110,21 @@ def park_for_unregistered(central, site, count: int = 3) -> list[dict]:  # noqa:
     return messages
 
 
+def park_thousands(central, site, count: int = 5000) -> list[dict]:  # noqa: F811
+    """About `count` refused messages of site9 (not registered), parked by `dbsync apply`: copies of a new person's
+    messages, each its own row (own uuid, own id), so that every entry is the head of its entity."""
+    new_person(site, given="Refused")
+    template = site.messages()
+    parked: list[dict] = []
+    for copy in range(count // len(template) + 1):
+        for m in template:
+            fresh = str(uuidlib.uuid4())
+            data = dict(m["data"], uuid=fresh) if "uuid" in (m.get("data") or {}) else m.get("data")
+            parked.append(dict(m, site="site9", id=f"site9:{copy}:{m['id']}", uuid=fresh, data=data))
+    assert outcomes(central.apply(parked))["retry"] == len(parked)
+    return parked
+
+
 def test_a_pass_never_logs_a_body_and_writes_nothing_for_entries_not_due(central, site) -> None:  # noqa: F811
     before_park = binlog_bytes(central)
     messages = park_for_unregistered(central, site)
@@ -382,44 +397,48 @@ def test_a_round_never_keeps_live_messages_waiting_behind_thousands_of_entries(c
     assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(0,)]
 
 
-def test_the_real_receiver_applies_another_sites_live_message_while_its_pass_walks_thousands(
-        central, site, broker_settings, tmp_path) -> None:  # noqa: F811
-    """Item 2 through the real process: `dbsync receiver` walks 5,000 due entries (refused, parked by `dbsync
-    apply`); a message of site1 published meanwhile is at central within a few seconds, while entries of that
-    same pass are still untried. The verdict reads central only."""
-    new_person(site, given="Refused")
-    template = site.messages()
-    parked: list[dict] = []
-    for copy in range(5000 // len(template) + 1):
-        for m in template:  # each copy its own row (own uuid, own id): every entry is the head of its entity
-            fresh = str(uuidlib.uuid4())
-            data = dict(m["data"], uuid=fresh) if "uuid" in (m.get("data") or {}) else m.get("data")
-            parked.append(dict(m, site="site9", id=f"site9:{copy}:{m['id']}", uuid=fresh, data=data))
-    assert outcomes(central.apply(parked))["retry"] == len(parked)
-    s = f"`{central.schema}`"
-    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(len(parked),)]
-    central.sql(f"UPDATE {s}.receiver_retry_queue SET cause = NULL")  # each its own schedule: 5,000 attempts
+def live_change_and_receiver(central, site, broker_settings, tmp_path):  # noqa: F811
+    """A new person at site1 (its name's uuid, and a function that publishes its messages with `dbsync publish`
+    and says how long they took to reach central), then a real `dbsync receiver` started (its log, its process)."""
     _person, live_name = new_person(site, given="Live")
     live = site.messages()
     destination = next(line.split('"')[1] for line in central.config.read_text().splitlines()
                        if line.startswith("destination"))
     sconf, senv = sender_config(tmp_path, site.admin, broker_settings, site="site1", destination=destination,
                                 home=site.home)
-    log = tmp_path / "receiver.log"
-    with log.open("wb") as out:
-        receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
-                                    env=central.env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts > 0")[0][0] < 200:
-            assert receiver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+
+    def publish_live() -> float:
+        """Publish the new person's messages; seconds until its name is at central."""
         dbsync("publish", "--config", str(sconf), env=senv, stdin=b"".join(orjson.dumps(m) + b"\n" for m in live))
         published = time.monotonic()
         while not central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (live_name,)):
             assert receiver.poll() is None and time.monotonic() - published < 30, log.read_text()[-3000:]
             time.sleep(0.05)
-        seconds = time.monotonic() - published
+        return time.monotonic() - published
+
+    log = tmp_path / "receiver.log"
+    with log.open("wb") as out:
+        receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
+                                    env=central.env, stdout=out, stderr=out)
+    return live_name, publish_live, log, receiver
+
+
+def test_the_real_receiver_applies_another_sites_live_message_while_its_pass_walks_thousands(
+        central, site, broker_settings, tmp_path) -> None:  # noqa: F811
+    """Item 2 through the real process: `dbsync receiver` walks 5,000 due entries (refused, parked by `dbsync
+    apply`); a message of site1 published meanwhile is at central within a few seconds, while entries of that
+    same pass are still untried. The verdict reads central only."""
+    parked = park_thousands(central, site)
+    s = f"`{central.schema}`"
+    assert central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0") == [(len(parked),)]
+    central.sql(f"UPDATE {s}.receiver_retry_queue SET cause = NULL")  # each its own schedule: 5,000 attempts
+    _name, publish_live, log, receiver = live_change_and_receiver(central, site, broker_settings, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts > 0")[0][0] < 200:
+            assert receiver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        seconds = publish_live()
         ((untried,),) = central.sql(f"SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE attempts = 0")
         print(f"live message at central {seconds:.2f} s after its publish; {untried} entries not tried yet")
         assert seconds < 5, seconds  # a live change never waits behind the pass
@@ -439,30 +458,13 @@ def test_the_real_receiver_serves_a_bulk_action_in_rounds_and_applies_a_live_mes
     which carries it out in bounded rounds between live batches: a message of site1 published while the request is
     running is at central within 5 s, and the request then ends done with every selected entry tried again. The
     verdict reads central only."""
-    new_person(site, given="Refused")
-    template = site.messages()
-    parked: list[dict] = []
-    for copy in range(5000 // len(template) + 1):
-        for m in template:
-            fresh = str(uuidlib.uuid4())
-            data = dict(m["data"], uuid=fresh) if "uuid" in (m.get("data") or {}) else m.get("data")
-            parked.append(dict(m, site="site9", id=f"site9:{copy}:{m['id']}", uuid=fresh, data=data))
-    assert outcomes(central.apply(parked))["retry"] == len(parked)
+    park_thousands(central, site)
     s = f"`{central.schema}`"
     # each its own schedule, none due: only the operator's action tries them (not the receiver's own pass)
     central.sql(f"UPDATE {s}.receiver_retry_queue SET cause = NULL, attempts = 1, "
                 "next_attempt = UTC_TIMESTAMP() + INTERVAL 1 DAY")
     central.sql(f"DELETE FROM {s}.receiver_retry_cause")
-    _person, live_name = new_person(site, given="Live")
-    live = site.messages()
-    destination = next(line.split('"')[1] for line in central.config.read_text().splitlines()
-                       if line.startswith("destination"))
-    sconf, senv = sender_config(tmp_path, site.admin, broker_settings, site="site1", destination=destination,
-                                home=site.home)
-    log = tmp_path / "receiver.log"
-    with log.open("wb") as out:
-        receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
-                                    env=central.env, stdout=out, stderr=out)
+    _name, publish_live, log, receiver = live_change_and_receiver(central, site, broker_settings, tmp_path)
     action = None
     try:
         deadline = time.monotonic() + 60
@@ -477,12 +479,7 @@ def test_the_real_receiver_serves_a_bulk_action_in_rounds_and_applies_a_live_mes
                               "'%%retrying%%'"):
             assert action.poll() is None and time.monotonic() < deadline, (action.poll(), log.read_text()[-3000:])
             time.sleep(0.05)
-        dbsync("publish", "--config", str(sconf), env=senv, stdin=b"".join(orjson.dumps(m) + b"\n" for m in live))
-        published = time.monotonic()
-        while not central.sql("SELECT 1 FROM person_name WHERE uuid = %s", (live_name,)):
-            assert receiver.poll() is None and time.monotonic() - published < 30, log.read_text()[-3000:]
-            time.sleep(0.05)
-        seconds = time.monotonic() - published
+        seconds = publish_live()
         still = central.sql(f"SELECT state FROM {s}.receiver_request ORDER BY id DESC LIMIT 1")
         print(f"live message at central {seconds:.2f} s after its publish; the bulk request is {still[0][0]}")
         assert seconds < 5, seconds  # a live change never waits behind the operator's action
