@@ -89,6 +89,8 @@ def second_opinion(first: BrokerRefused, probe: str | None, destination: str) ->
         return BrokerRefused(
             f"broker refused the batch sent to {destination} (AMQ339011) but grants send on it when asked again: "
             "retrying (the broker's log has the reason)", permanent=False, kind="other")
+    if "AMQ229032" in probe:  # broker_access words a named permission refusal its own way
+        return first
     again = refusal(probe, destination)
     if again.kind == "permission":
         return first

@@ -50,12 +50,14 @@ class ActionLane:
         self.applier, self.round_seconds = applier, round_seconds
         self.current: _Running | None = None
         self.served = 0
+        self._first = True  # the lock was just claimed: nothing can be running for someone else
 
     def busy(self) -> bool:
         return self.current is not None
 
     def round(self) -> bool:
-        """At most `round_seconds` of work (one step at least); whether there was any."""
+        """About `round_seconds` of work (one step at least; a step, e.g. a retry round, may overrun the deadline by
+        its own length); whether there was any."""
         if self.current is None:
             self.current = self._take()
             if self.current is None:
@@ -103,8 +105,11 @@ class ActionLane:
         with applier.conn.cursor() as cur:
             # only the holder of the applier lock serves requests, and that is us: a request another connection took
             # was left running by a process that stopped (killed mid-action): it is served again
+            # (all of them the first time: a restarted server may give our connection the id a stopped one had)
+            mine = sql("") if self._first else sql(" AND (taken_by IS NULL OR taken_by <> CONNECTION_ID())")
             cur.execute(sql("UPDATE {}.receiver_request SET state = 'pending', taken_by = NULL WHERE state = "
-                            "'running' AND (taken_by IS NULL OR taken_by <> CONNECTION_ID())", s))
+                            "'running'{}", s, mine))
+            self._first = False
             if cur.rowcount:
                 log.warning("%d request(s) left running by a process that stopped are served again", cur.rowcount)
             while True:

@@ -130,11 +130,17 @@ class _Receipts(stomp.ConnectionListener):
         stop is asked, at most GRACE_SECONDS more (then Stopped: the batch stays unconfirmed and is sent again at the
         next start)."""
         stop_by: float | None = None
+        started = time_now()
+        warn_at = started + silence
         with self.lock:
             while True:
                 ok = self.lock.wait_for(lambda: receipt in self.received or self.error or self.disconnected, 0.25)
-                if ok or time_now() - self.last_heard >= silence:
+                if ok or time_now() - max(self.last_heard, started) >= silence:
                     break
+                if time_now() >= warn_at:  # the broker talks but does not confirm: a slow link, a blocked producer
+                    log.warning("still waiting for the broker's receipt after %.0f s (the broker answers heart-beats)",
+                                time_now() - started)
+                    warn_at += silence
                 if stopping(stop):
                     stop_by = stop_by or time_now() + GRACE_SECONDS
                     if time_now() >= stop_by:
@@ -255,6 +261,8 @@ class Publisher:
         if failures:
             pause(backoff(failures, multiplier=0.5, maximum=30), self.settings.stop)
         self._split(pending)
+        # only receipts of batches still pending matter (a DISCONNECT's, a late one of a batch sent again: dropped)
+        self.receipts_got.intersection_update({batch.receipt for batch in pending if batch.receipt})
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -272,11 +280,14 @@ class Publisher:
     def _split(self, pending: deque[_Batch]) -> None:
         """Each unconfirmed batch of several messages becomes one batch per message; the rows, the drop records
         and the checkpoint stay with its last message, so nothing moves before the whole batch is confirmed."""
-        if all(len(batch.frames) <= 1 or batch.receipt in self.receipts_got for batch in pending):
+        def whole(batch: _Batch) -> bool:  # one message, confirmed already, or never sent (not failed yet)
+            return len(batch.frames) <= 1 or batch.receipt is None or batch.receipt in self.receipts_got
+
+        if all(whole(batch) for batch in pending):
             return
         parts: list[_Batch] = []
         for batch in pending:
-            if len(batch.frames) <= 1 or batch.receipt in self.receipts_got:
+            if whole(batch):
                 parts.append(batch)
                 continue
             parts.extend(_Batch([frame], [], None) for frame in batch.frames[:-1])
@@ -346,8 +357,10 @@ class Publisher:
             else:
                 answer = answers[0][1] if answers else None
             second = second_opinion(first, answer, self.settings.destination)
-            if second.permanent:
+            if second is first:
                 raise
+            if second.permanent:  # refused for another reason an operator must fix (an unknown address)
+                raise BrokerStop(str(second), second.code) from second
             raise second from None
 
     def _refused(self, cause: BaseException | None, error: BaseException) -> None:

@@ -58,7 +58,10 @@ def test_a_refused_subscription_and_a_disk_still_full_are_named() -> None:
     (None, False, "other", "grants send on it when asked again: retrying"),
     ("no answer within 5s", False, "other", "asked again it answered no answer within 5s: retrying"),
     (UNKNOWN, True, "unknown_address", "does not exist"),
-], ids=["probe refused", "probe refused raw", "probe disk full", "probe granted", "probe silent", "probe unknown"])
+    ("user site1 has no send permission on address openmrs.sync (AMQ229032)", True, "permission",
+     "lacks send permission"),
+], ids=["probe refused", "probe refused raw", "probe disk full", "probe granted", "probe silent", "probe unknown",
+        "probe named permission"])
 def test_a_bare_amq339011_is_permanent_only_when_a_probe_is_refused_too(probe: str | None, permanent: bool,
                                                                         kind: str, words: str) -> None:
     """A broker past max-disk-usage answers some first sends with a bare AMQ339011 (measured 1 in 3), the frame a

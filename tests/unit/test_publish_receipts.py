@@ -44,3 +44,23 @@ def test_a_receipt_that_came_on_an_earlier_connection_still_confirms() -> None:
     first.on_disconnected()
     second = _Receipts("openmrs.sync", received=shared)
     second.wait("r1", silence=0.5)  # returns at once
+
+
+def test_after_a_failure_sent_batches_go_again_a_message_at_a_time_and_the_checkpoint_stays_last() -> None:
+    from collections import deque
+
+    from dbsync_cli.broker import BrokerSettings
+    from dbsync_cli.sender.publish import Publisher, PublishSettings, _Batch
+
+    publisher = Publisher(PublishSettings(broker=BrokerSettings()), on_confirmed=lambda _s: None)
+    frame = (b"{}", {})
+    sent = _Batch([frame, frame, frame], [{"id": "a"}, {"id": "b"}], {"pos": 7}, receipt="r-sent")
+    confirmed = _Batch([frame, frame], [{"id": "c"}], {"pos": 8}, receipt="r-done")
+    unsent = _Batch([frame, frame], [{"id": "d"}], {"pos": 9})  # built while the link was down: never failed
+    publisher.receipts_got.add("r-done")
+    pending = deque([sent, confirmed, unsent])
+    publisher._split(pending)
+    assert [len(b.frames) for b in pending] == [1, 1, 1, 2, 2]
+    assert [b.source for b in pending] == [None, None, {"pos": 7}, {"pos": 8}, {"pos": 9}]
+    assert [len(b.records) for b in pending] == [0, 0, 2, 1, 1]  # rows go with the batch's last message
+    assert pending[3] is confirmed and pending[4] is unsent
