@@ -157,6 +157,28 @@ def check_history(conn: Any, checkpoint: dict[str, Any], born: Callable[[str], i
                                          f"{_utc(expected)}", restarted=True)
 
 
+class HistoryWatch:
+    """While capture waits at the end of the binlog, notice at once that the history restarted under it (RESET
+    MASTER, a restored server): the file it reads is gone, or holds fewer bytes than where it reads. Otherwise the
+    replication stream would wait until the new history's file grew past the old position (days on a quiet
+    clinic) and then read it from the middle. One SHOW BINARY LOGS every `every` seconds, only while idle."""
+
+    def __init__(self, db: DbParams, every: float = 10.0) -> None:
+        self.db, self.every = db, every
+        self.next = time.monotonic() + every
+
+    def check(self, position: Position) -> None:
+        """Raise PositionLost when `position` (where capture reads) is not in the server's history any more."""
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + self.every
+        try:
+            with self.db.connect() as conn:
+                check_history(conn, {"file": position.file, "pos": position.pos}, lambda file: None)
+        except pymysql.MySQLError as exc:  # the stream's own connection notices an outage: not this check's job
+            log.debug("binlog history check skipped: %s", exc)
+
+
 def _utc(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 

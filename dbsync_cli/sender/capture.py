@@ -171,6 +171,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
     binlog_ms: int | None = None  # time of the last binlog event read: a heartbeat is as old as what it covers
     clock = ClockWatch(db, settings.home, periodic=not settings.until_idle)  # the server's clock vs this host's
     clock.tick()
+    watch = binlog.HistoryWatch(db)  # RESET MASTER while we wait at the end of the binlog
     try:
         for event in reader:
             clock.tick()
@@ -251,6 +252,8 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     if max_events is not None and emitted >= max_events:
                         return boundary, emitted
             now = time.monotonic()
+            if isinstance(event, HeartbeatLogEvent) and not in_txn:  # idle at the end of the binlog
+                watch.check(boundary)
             if not in_txn and (isinstance(event, HeartbeatLogEvent) or now - last_beat >= settings.heartbeat_seconds):
                 last_beat = now
                 # an idle server's heartbeat means "caught up": it carries now; otherwise the binlog time

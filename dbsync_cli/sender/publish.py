@@ -307,12 +307,20 @@ class Publisher:
             log.warning("publish failed (%s); retrying", describe(exc))
         self._resend(pending)
 
+    def _unconfirmed(self, pending: deque[_Batch]) -> int:
+        """Batches sent and not confirmed yet (a batch without frames, a heart-beat's, needs no receipt)."""
+        return sum(1 for batch in pending if batch.receipt is not None and batch.receipt not in self.receipts_got)
+
     def _confirm(self, pending: deque[_Batch], keep: int) -> Iterator[dict[str, Any]]:
-        """Wait for the oldest receipts until at most `keep` batches are unconfirmed; yield confirmed records."""
+        """Take every confirmed batch off the front, in order (yielding its records and moving the checkpoint); wait
+        for the oldest receipt only while more than `keep` batches are unconfirmed. So the window stays full on a
+        high-latency link, and a checkpoint moves as soon as its batch and every one before it are confirmed."""
         failures = 0
-        while len(pending) > keep:
+        while pending:
             batch = pending[0]
-            if batch.receipt is not None:
+            if batch.receipt is not None and batch.receipt not in self.receipts_got:
+                if self._unconfirmed(pending) <= keep:
+                    return
                 try:
                     self._wait(batch.receipt)
                 except BrokerStop as exc:
@@ -375,8 +383,10 @@ class Publisher:
         """Yield each message once the broker confirmed it; heartbeats move the checkpoint after the batch.
 
         The next batch is built and sent while the broker persists the previous ones (at most
-        `max_unconfirmed_batches` in flight); receipts are awaited strictly in order, so the checkpoint only moves
-        over confirmed data. A heartbeat or the end of input waits for everything.
+        `max_unconfirmed_batches` in flight); batches are confirmed strictly in order, so the checkpoint only moves
+        over confirmed data. A heartbeat's checkpoint moves when every batch before it is confirmed (it does not
+        empty the window: on a link with a long round trip that left it idle most of the time); the end of input
+        waits for everything.
         """
         pending: deque[_Batch] = deque()
         frames: list[tuple[bytes, dict[str, str]]] = []
@@ -399,7 +409,11 @@ class Publisher:
         def flush(keep: int) -> Iterator[dict[str, Any]]:
             nonlocal frames, batch, size, last_source
             seal()
-            if frames or last_source is not None or self.dropped:
+            if not frames and not batch and pending and not pending[-1].frames and not pending[-1].records:
+                # a heart-beat behind a heart-beat: the later checkpoint replaces the earlier (one batch, not two)
+                pending[-1].source = last_source or pending[-1].source
+                pending[-1].dropped.extend(self.dropped)
+            elif frames or last_source is not None or self.dropped:
                 self._send(pending, _Batch(frames, batch, last_source, dropped=self.dropped))
             frames, batch, size, last_source = [], [], 0, None
             self.dropped = []
@@ -414,9 +428,9 @@ class Publisher:
                     self.dropped.append(record)
                     last_source = record.get("source") or last_source
                     continue
-                if record.get("op") == wire.HEARTBEAT:
+                if record.get("op") == wire.HEARTBEAT:  # its checkpoint moves once every batch before it is confirmed
                     last_source = record.get("source") or last_source
-                    yield from flush(0)
+                    yield from flush(window)
                     continue
                 if not self._valid(record):
                     self.dropped.append(drops.of_message(drops.NOT_A_MESSAGE, record))

@@ -154,6 +154,51 @@ def test_a_restarted_binlog_history_never_drops_new_changes_as_duplicates(extra_
         drop_schema(central)
 
 
+def test_a_running_sender_notices_reset_master_while_idle_and_snapshots_again(extra_site, broker_settings,
+                                                                             tmp_path) -> None:
+    """Issue 27 item 4: with `snapshot = "when_needed"`, a sender waiting at the end of the binlog noticed RESET
+    MASTER only once the new history's file grew past its old position (a quiet clinic: days, status CRITICAL
+    meanwhile). It notices within seconds now, with no new change at the site, and snapshots again."""
+    import signal
+    import sys
+
+    admin, repl = _site(extra_site, "reset_idle")
+    dest = f"test.reset.idle.{uuidlib.uuid4().hex[:8]}"
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=dest, snapshot="when_needed")
+    env["DBSYNC_SENDER__CATCH_UP"] = "snapshot"
+    _global(extra_site, "RESET MASTER")  # the checkpoint's file will be mysql-bin.000001, the name it gets again
+    generate(admin, seed=7, patients=3)  # the old history: its checkpoint is far past the new file's size
+    state = tmp_path / "home-site1" / "state.sqlite"
+    log = tmp_path / "sender.log"
+    with log.open("wb") as out:
+        sender = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(conf)], env=env,
+                                  stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the initial snapshot confirmed and the stream idle at the end of the binlog
+            assert sender.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            row = state.exists() and sqlite3.connect(state).execute(
+                "SELECT value FROM checkpoint WHERE name = ?", (BINLOG,)).fetchone()
+            if row and not orjson.loads(row[0]).get("snapshot"):
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        _global(extra_site, "RESET MASTER")  # nothing written afterwards: the new file stays small
+        reset = time.monotonic()
+        while "taking a new snapshot under a new message-id epoch" not in log.read_text():
+            assert sender.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() - reset < 60, "RESET MASTER not noticed in 60 s: " + log.read_text()[-3000:]
+            time.sleep(0.5)
+        seconds = time.monotonic() - reset
+        text = log.read_text()
+        assert "binlog history restarted" in text and "Traceback" not in text, text[-3000:]
+        print(f"RESET MASTER noticed after {seconds:.1f} s")
+    finally:
+        sender.send_signal(signal.SIGTERM)
+        sender.wait(60)
+    drain(broker_settings, dest, idle=1.5)
+
+
 def test_config_check_warns_about_a_fixed_offset_on_a_server_with_daylight_saving(extra_site, broker_settings,
                                                                                   tmp_path) -> None:
     """Issue 10 case 9: `sender.timezone = "+01:00"` for a server in Europe/Berlin converts summer DATETIMEs with

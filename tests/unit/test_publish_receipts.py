@@ -64,3 +64,44 @@ def test_after_a_failure_sent_batches_go_again_a_message_at_a_time_and_the_check
     assert [b.source for b in pending] == [None, None, {"pos": 7}, {"pos": 8}, {"pos": 9}]
     assert [len(b.records) for b in pending] == [0, 0, 2, 1, 1]  # rows go with the batch's last message
     assert pending[3] is confirmed and pending[4] is unsent
+
+
+def test_a_heartbeat_keeps_the_window_full_and_its_checkpoint_moves_after_the_batches_before_it() -> None:
+    """Issue 27 item 3: at 1 s round trip, a heartbeat that waited for every receipt left the link idle most of the
+    time. Now a heartbeat waits for nothing while the window has room; its checkpoint still moves only after every
+    batch before it is confirmed, and never before a later batch's rows are confirmed out of order."""
+    from collections import deque
+    from typing import Any
+
+    from dbsync_cli.broker import BrokerSettings
+    from dbsync_cli.sender.publish import Publisher, PublishSettings, _Batch
+
+    waits: list[str] = []
+    sent_after: list[int] = []  # receipts awaited before each batch went out
+    checkpoints: list[Any] = []
+
+    class Held(Publisher):
+        """Receipts come only when publish waits for one (as if the broker answered exactly then)."""
+
+        def _send(self, pending: deque[_Batch], batch: _Batch) -> None:
+            if batch.frames:
+                sent_after.append(len(waits))
+            batch.receipt = f"r{len(sent_after)}" if batch.frames else None
+            pending.append(batch)
+
+        def _wait(self, receipt: str) -> None:
+            waits.append(receipt)
+            self.receipts_got.add(receipt)
+
+    publisher = Held(PublishSettings(broker=BrokerSettings(), batch_messages=2, rows_per_message=2,
+                                     max_unconfirmed_batches=2), on_confirmed=checkpoints.append)
+    rows = [{"id": f"s1:{i}", "site": "s1", "table": "obs", "op": "u", "uuid": "u", "data": {},
+             "source": {"pos": 10 * i}} for i in range(6)]
+    beat = [{"op": "h", "source": {"pos": 15 + 20 * i}} for i in range(3)]  # after rows 1, 3 and 5
+    records = [rows[0], rows[1], beat[0], rows[2], rows[3], beat[1], rows[4], rows[5], beat[2]]
+    out = [message["id"] for message in publisher.run(records)]
+    assert sent_after == [0, 0, 0], "a heartbeat waited for a receipt although the window had room"
+    assert out == [f"s1:{i}" for i in range(6)]
+    positions = [c["pos"] for c in checkpoints]
+    assert positions == [10, 15, 30, 35, 50, 55]  # in the stream's order; the last heartbeat's at the end
+    assert len(waits) == 3  # each batch's receipt awaited once: the third batch made the window overflow, the end
