@@ -24,8 +24,9 @@ import stomp
 
 from dbsync_cli import wire
 from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.faults import describe
 from dbsync_cli.i18n import _
-from dbsync_cli.retrying import pause
+from dbsync_cli.retrying import backoff, pause
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ KIND_HEADER = "dbsync-kind"
 CORRELATION_HEADER = "correlation-id"
 COMPRESS_OVER = 4096
 MAX_BODY = 64 * 1024 * 1024  # inflated: a request carries digests, never rows
-#: what Artemis says when it refuses a user: a login (AMQ229031) or a permission (AMQ229213, AMQ229032)
-REFUSED = ("Security Error", "AMQ229031", "AMQ229213", "AMQ229032", "TLS certificate rejected")
+#: what Artemis says when it refuses a user: a login (AMQ229031) or a permission (AMQ229213, AMQ229032; a
+#: subscription refused for a missing `consume`, AMQ339016)
+REFUSED = ("Security Error", "AMQ229031", "AMQ229213", "AMQ229032", "AMQ339016", "TLS certificate rejected")
 
 
 class ControlError(Exception):
@@ -142,6 +144,7 @@ class ControlClient:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # request id → (kind, body) not answered yet
+        self._unsent: dict[str, None] = {}  # pending requests to send (again) on the next connection, in order
         self._replies: dict[str, Any] = {}
 
     def _connect(self) -> stomp.Connection12:
@@ -181,36 +184,56 @@ class ControlClient:
 
     def submit(self, kind: str, body: dict[str, Any]) -> str:
         """Send a request without waiting for its reply (the receiver answers requests in order, so the site
-        can compute its next request meanwhile); returns its id for `reply`."""
+        can compute its next request meanwhile); returns its id for `reply`. A link that is down does not fail it:
+        the request goes when `reply` has a connection again."""
         request_id = f"{self.site}:{uuidlib.uuid4()}"
         self._pending[request_id] = (kind, {**body, "kind": kind, "id": request_id, "site": self.site})
-        self._send(request_id)
+        self._unsent[request_id] = None
+        try:
+            self._send_unsent()
+        except BrokerError as exc:
+            if any(marker in str(exc) for marker in REFUSED):
+                raise
+            log.warning("control: %s; the request is sent when the broker answers again", describe(exc))
+            self.close()
         return request_id
 
     def reply(self, request_id: str, timeout: float) -> dict[str, Any]:
-        """The reply to a submitted request. A lost connection is reconnected and every request still unanswered
-        sent again (answering twice is harmless); ControlError when the receiver refuses it or never answers."""
+        """The reply to a submitted request. A lost connection is connected again with backoff and every request
+        still unanswered sent again (answering twice is harmless), until `timeout`: a link that drops every few
+        seconds slows a verify down but never ends it. ControlError when the receiver refuses the request or no
+        answer comes in time."""
         kind = self._pending[request_id][0]
         deadline = time.monotonic() + timeout
+        failures = 0
         while request_id not in self._replies:
             try:
+                self._send_unsent()
                 self._receive(kind, deadline)
+                failures = 0
             except BrokerError as exc:
                 if any(marker in str(exc) for marker in REFUSED):
                     raise  # the broker refused this user: retrying cannot help (exit 3, the broker's own words)
                 if time.monotonic() > deadline:
-                    raise ControlError(_("no answer from central to {kind}: {error}").format(kind=kind, error=exc)) from None
-                log.warning("control: %s; connecting again", exc)
-                pause(1)
-                with contextlib.suppress(BrokerError):
-                    for pending in list(self._pending):
-                        self._send(pending)
+                    raise ControlError(_("no answer from central to {kind}: {error}").format(
+                        kind=kind, error=describe(exc))) from None
+                failures += 1
+                log.warning("control: %s; connecting again", describe(exc))
+                self.close()
+                self._unsent.update(dict.fromkeys(self._pending))  # all unanswered go again, on the new connection
+                pause(min(backoff(failures, maximum=10), max(0.1, deadline - time.monotonic())))
         self._pending.pop(request_id, None)
         reply = self._replies.pop(request_id)
         if not isinstance(reply, dict) or not reply.get("ok"):
             error = reply.get("error") if isinstance(reply, dict) else None
             raise ControlError(_("central refused {kind}: {error}").format(kind=kind, error=error or _("no reason given")))
         return reply
+
+    def _send_unsent(self) -> None:
+        for request_id in list(self._unsent):
+            if request_id in self._pending:
+                self._send(request_id)
+            self._unsent.pop(request_id, None)
 
     def _send(self, request_id: str) -> None:
         kind, body = self._pending[request_id]

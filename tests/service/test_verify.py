@@ -146,6 +146,37 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     assert all(central_obs not in t["rows"] for t in report["tables"].values())
 
 
+def test_verify_and_repair_finish_over_a_link_that_keeps_dropping(pair, receiver, broker_settings) -> None:
+    """Issue 27 item 2: `dbsync verify` died with exit 3 at the first drop of a flapping link and could never finish
+    there. Through a link that drops every 4 s for 1 s (50 ms each way), verify and `--repair` go on across the
+    drops (connected again with backoff, unanswered requests sent again) and find exactly what differs."""
+    from devtools.field.link import LinkProxy
+
+    central, site = pair
+    generate(site.admin, seed=41, patients=12, mutations=0.2)
+    sync(central, site, broker_settings)
+    obs = [r[0] for r in site.sql("SELECT uuid FROM obs WHERE obs_group_id IS NULL ORDER BY obs_id LIMIT 1")]
+    central.sql("UPDATE obs SET comments = 'tampered at central' WHERE uuid = %s", (obs[0],))
+    with LinkProxy(broker_settings.host, broker_settings.port, latency_s=0.05, drop_every_s=4.0, drop_for_s=1.0,
+                   seed=27) as link:
+        env = {**site.env, "DBSYNC_BROKER__URL": f"stomp://{broker_settings.host}:{link.port}"}
+        runs = []
+        for args in ((), ("--repair",)):
+            run = dbsync("verify", "--config", str(site.config), "--json", "--settle", "1", *args, env=env,
+                         check=False, timeout=600)
+            assert run.returncode == 1, (run.returncode, run.stderr.decode()[-3000:])
+            runs.append((orjson.loads(run.stdout), run.stderr.decode()))
+        drops = link.connections_accepted
+    (report, first_log), (repaired, log) = runs
+    print(f"verify over the flapping link: {drops} connections; stderr: {(first_log + log)[-1500:]}")
+    assert "connecting again" in first_log + log or "when the broker answers again" in first_log + log, (
+        "no drop hit verify: not the case under test")
+    assert found(report, "different") == {("obs", obs[0])} and report["differences"] == 1, report["differences"]
+    assert repaired["repaired"] == {"rows_sent": 1, "deletes_sent": 0}
+    wait_applied(central, broker_settings)
+    assert verify(site, code=0)["differences"] == 0
+
+
 def test_a_central_edit_is_reported_and_repair_parks_it_as_a_conflict(pair, receiver, broker_settings) -> None:
     central, site = pair
     generate(site.admin, seed=32, patients=5, mutations=0.0)
