@@ -136,7 +136,7 @@ class Sender(Section):
                                      "`verify --repair` (only what differs is sent; needs the receiver) or by a new "
                                      "snapshot (every row sent again)")
     catch_up_timeout_seconds: int = key(300, roles=SENDER, ge=1, help="how long a catch-up waits for each answer "
-                                                                      "from central before it takes a snapshot")
+                                                                      "from central before it tries again later")
     requests: bool = key(True, roles=SENDER, help="`dbsync sender` takes central's re-sync requests from "
                                                   "<destination>.request.<id> (`dbsync sites resync`)")
     snapshot_method: Literal["auto", "mariadb", "lock", "log_status"] = key(

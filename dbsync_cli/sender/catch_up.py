@@ -5,9 +5,12 @@ read. A new snapshot re-sends every row and cannot delete at central the rows de
 central already holds the site, `verify --repair` sends only the rows that differ and deletes the extra ones.
 The new checkpoint (the binlog position taken *before* verify reads the site, under a new message-id epoch) is
 saved only after the repair's messages were confirmed by the broker: a sender killed meanwhile finds the lost
-checkpoint again and repeats the catch-up, which is idempotent. When central does not answer within
-`sender.catch_up_timeout_seconds`, the sender reloads from a snapshot as before (costly, never wrong). Changes made while it runs are streamed from that
-position afterwards; the receiver's order guard keeps the later of the two.
+checkpoint again and repeats the catch-up, which is idempotent. A link that drops meanwhile only slows it (verify
+connects again and sends its unanswered requests again). When central does not answer within
+`sender.catch_up_timeout_seconds`, the catch-up is tried again after a backoff, never replaced by a snapshot: a
+snapshot only upserts, so the rows deleted at the site inside the lost window would stay at central for good.
+Changes made while it runs are streamed from that position afterwards; the receiver's order guard keeps the later
+of the two.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from dbsync_cli.sender.binlog import CaptureSettings
 from dbsync_cli.sender.checkpoint import CheckpointStore
 
 log = logging.getLogger("dbsync.catch_up")
+
+
+class CatchUpWaiting(RuntimeError):
+    """Central did not answer the catch-up in time: the chain is started again after a backoff (not an operator
+    fault, not a reason to reload from a snapshot)."""
 
 
 def catch_up_if_lost(cfg: Config, settings: CaptureSettings, store: CheckpointStore,
@@ -48,9 +56,9 @@ def catch_up_if_lost(cfg: Config, settings: CaptureSettings, store: CheckpointSt
 
     try:
         report = verify(cfg, repair=True, progress=settings.progress, timeout=cfg["sender.catch_up_timeout_seconds"])
-    except ControlError as exc:
-        log.warning("catch-up: %s; taking a new snapshot instead", exc)
-        return checkpoint  # capture meets the lost position again and reloads from a snapshot
+    except ControlError as exc:  # supervision starts the chain again after a backoff: the catch-up is tried again
+        raise CatchUpWaiting(f"catch-up by verify --repair: {exc}; trying again (a snapshot could not delete at "
+                             "central the rows deleted here meanwhile)") from None
     log.info("catch-up: %d row(s) differed; %d row(s) sent again and %d delete(s) sent (%d rows at the site)",
              report.differences, report.repaired.get("rows_sent", 0), report.repaired.get("deletes_sent", 0),
              sum(t.site_rows for t in report.tables.values()))

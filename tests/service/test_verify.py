@@ -274,6 +274,30 @@ def purge_instance(services):
     destroy_mariadb(inst)
 
 
+def lose_a_window(site: Site, instance: Any) -> tuple[int, list[str], str]:
+    """While the sender is down: 1 % of the obs change, 3 obs and a person attribute are deleted, and the binlog
+    holding all of it is purged. Returns (obs at the site before, the deleted obs' uuids, the attribute's)."""
+    obs = site.sql("SELECT COUNT(*) FROM obs")[0][0]
+    site.sql("UPDATE obs SET comments = 'changed in the lost window' ORDER BY obs_id LIMIT %s", (obs // 100,))
+    gone = [r[0] for r in site.sql("SELECT uuid FROM obs WHERE obs_group_id IS NULL AND obs_id NOT IN "
+                                   "(SELECT obs_group_id FROM obs WHERE obs_group_id IS NOT NULL) "
+                                   "ORDER BY obs_id DESC LIMIT 3")]
+    site.sql("DELETE FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone))
+    attribute = site.sql("SELECT uuid FROM person_attribute ORDER BY person_attribute_id LIMIT 1")[0][0]
+    site.sql("DELETE FROM person_attribute WHERE uuid = %s", (attribute,))
+    with instance.admin.with_database(None).connect() as conn, conn.cursor() as cur:
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        current = cur.fetchone()[0]
+        for _ in range(50):  # a file a lingering dump thread still reads is kept: wait until it is gone
+            cur.execute("PURGE BINARY LOGS TO %s", (current,))
+            cur.execute("SHOW BINARY LOGS")
+            if len(cur.fetchall()) == 1:
+                break
+            time.sleep(0.2)
+    return obs, gone, attribute
+
+
 def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_instance, openmrs_db, tmp_path,
                                                                       broker_settings) -> None:
     name = f"purge_{uuidlib.uuid4().hex[:6]}"
@@ -290,26 +314,7 @@ def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_inst
         sync(central, site, broker_settings)
         before = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0]
         rows = sum(t["site_rows"] for t in verify(site, code=0)["tables"].values())
-        # while the sender is down: 1 % of the obs change, 3 obs and a person attribute are deleted, and the
-        # binlog holding all of it is purged
-        obs = site.sql("SELECT COUNT(*) FROM obs")[0][0]
-        site.sql("UPDATE obs SET comments = 'changed in the lost window' ORDER BY obs_id LIMIT %s", (obs // 100,))
-        gone = [r[0] for r in site.sql("SELECT uuid FROM obs WHERE obs_group_id IS NULL AND obs_id NOT IN "
-                                       "(SELECT obs_group_id FROM obs WHERE obs_group_id IS NOT NULL) "
-                                       "ORDER BY obs_id DESC LIMIT 3")]
-        site.sql("DELETE FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone))
-        attribute = site.sql("SELECT uuid FROM person_attribute ORDER BY person_attribute_id LIMIT 1")[0][0]
-        site.sql("DELETE FROM person_attribute WHERE uuid = %s", (attribute,))
-        with purge_instance.admin.with_database(None).connect() as conn, conn.cursor() as cur:
-            cur.execute("FLUSH BINARY LOGS")
-            cur.execute("SHOW MASTER STATUS")
-            current = cur.fetchone()[0]
-            for _ in range(50):  # a file a lingering dump thread still reads is kept: wait until it is gone
-                cur.execute("PURGE BINARY LOGS TO %s", (current,))
-                cur.execute("SHOW BINARY LOGS")
-                if len(cur.fetchall()) == 1:
-                    break
-                time.sleep(0.2)
+        obs, gone, attribute = lose_a_window(site, purge_instance)
         run = dbsync("sender", "--config", str(conf), "--until-idle", env=env)
         assert b"catching up by verify --repair" in run.stderr, run.stderr.decode()[-2000:]
         assert b"taking a new snapshot" not in run.stderr
@@ -327,6 +332,63 @@ def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_inst
     finally:
         receiver.terminate()
         receiver.wait(30)
+        drop_schema(central)
+
+
+def test_a_catch_up_waits_for_central_over_a_dropping_link_and_never_falls_back_to_a_snapshot(
+        purge_instance, openmrs_db, tmp_path, broker_settings) -> None:
+    """Issue 27 item 1: the catch-up gave up at the first refused connect or the first timeout and took a snapshot
+    (48.8k rows re-sent for 525 changed, the rows deleted in the purged window kept at central, status OK). With the
+    receiver down for longer than `catch_up_timeout_seconds` and a link that drops every 4 s, the sender tries again
+    until central answers; then it sends only what changed, deletes included, and never snapshots."""
+    from devtools.field.link import LinkProxy
+
+    name = f"purge_{uuidlib.uuid4().hex[:6]}"
+    load_openmrs(purge_instance.admin, name)
+    admin, repl = purge_instance.admin.with_database(name), purge_instance.repl.with_database(name)
+    destination = f"test.verify.{uuidlib.uuid4().hex[:8]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
+    conf, env = sender_config(tmp_path, repl, broker_settings, destination=destination, snapshot="when_needed")
+    site = Site(admin, conf, env, tmp_path / "home-site1")
+    start = [sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)]
+    receiver = subprocess.Popen(start, env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = None
+    try:
+        generate(admin, seed=36, patients=30, mutations=0.0)
+        sync(central, site, broker_settings)
+        before = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0]
+        rows = sum(t["site_rows"] for t in verify(site, code=0)["tables"].values())
+        receiver.terminate()
+        receiver.wait(30)
+        obs, gone, attribute = lose_a_window(site, purge_instance)
+        log = tmp_path / "sender.log"
+        with LinkProxy(broker_settings.host, broker_settings.port, latency_s=0.05, drop_every_s=4.0,
+                       drop_for_s=1.0, seed=271) as link, log.open("wb") as out:
+            flapping = {**env, "DBSYNC_BROKER__URL": f"stomp://{broker_settings.host}:{link.port}",
+                        "DBSYNC_SENDER__CATCH_UP_TIMEOUT_SECONDS": "5"}
+            sender = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(conf)],
+                                      env=flapping, stdout=out, stderr=out)
+            deadline = time.monotonic() + 120
+            while "CatchUpWaiting" not in log.read_text():  # central does not answer: tried again, no snapshot
+                assert sender.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            receiver = subprocess.Popen(start, env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while "catch-up: " not in log.read_text() or "row(s) differed" not in log.read_text():
+                assert sender.poll() is None and time.monotonic() < deadline + 240, log.read_text()[-3000:]
+                time.sleep(0.5)
+            wait_applied(central, broker_settings)
+        text = log.read_text()
+        assert "taking a new snapshot" not in text and "Traceback" not in text, text[-3000:]
+        sent = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0] - before
+        print(f"catch-up over the dropping link after central came back: {sent} messages for {rows} rows")
+        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
+        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
+        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
         drop_schema(central)
 
 
