@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbsync_cli.db import DbParams
+from devtools.services import reserve_ports
 from devtools.services.artemis import (
     CENTRAL_USER,
     SITE_USERS,
@@ -72,6 +73,9 @@ def start_bed(home: Path, offset: int, *, skew_site: str | None, skew: str, say:
     stop_artemis(home)
     shutil.rmtree(broker(home).dir / "data", ignore_errors=True)
     ports = {name: BASE_PORT + offset + i for i, name in enumerate(SERVER_IDS)}
+    planned = broker(home)
+    # never handed to a client socket as its local port (seen in CI: central's port in use by some connection)
+    reserve_ports([*ports.values(), planned.core_port, planned.stomp_port, planned.tls_port])
     starters = {name: _db_starter(name, home, ports[name], skew if name == skew_site else None) for name in SERVER_IDS}
     with ThreadPoolExecutor(max_workers=len(starters) + 1) as pool:
         futures = {name: pool.submit(fn) for name, fn in starters.items()}
