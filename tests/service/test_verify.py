@@ -298,15 +298,22 @@ def lose_a_window(site: Site, instance: Any) -> tuple[int, list[str], str]:
     return obs, gone, attribute
 
 
-def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_instance, openmrs_db, tmp_path,
-                                                                      broker_settings) -> None:
+def purge_pair(instance: Any, openmrs_db: Any, tmp_path: Any, broker_settings: Any
+               ) -> tuple[Central, Site, Any, Any, dict[str, str]]:
+    """A site database of `instance` (whose binlogs a test may purge), central, and the site's sender config with
+    `snapshot = "when_needed"`: (central, site, the site's admin, the sender config, its environment)."""
     name = f"purge_{uuidlib.uuid4().hex[:6]}"
-    load_openmrs(purge_instance.admin, name)
-    admin, repl = purge_instance.admin.with_database(name), purge_instance.repl.with_database(name)
+    load_openmrs(instance.admin, name)
+    admin, repl = instance.admin.with_database(name), instance.repl.with_database(name)
     destination = f"test.verify.{uuidlib.uuid4().hex[:8]}"
     central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
     conf, env = sender_config(tmp_path, repl, broker_settings, destination=destination, snapshot="when_needed")
-    site = Site(admin, conf, env, tmp_path / "home-site1")
+    return central, Site(admin, conf, env, tmp_path / "home-site1"), admin, conf, env
+
+
+def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_instance, openmrs_db, tmp_path,
+                                                                      broker_settings) -> None:
+    central, site, admin, conf, env = purge_pair(purge_instance, openmrs_db, tmp_path, broker_settings)
     receiver = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
                                 env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -343,13 +350,7 @@ def test_a_catch_up_waits_for_central_over_a_dropping_link_and_never_falls_back_
     until central answers; then it sends only what changed, deletes included, and never snapshots."""
     from devtools.field.link import LinkProxy
 
-    name = f"purge_{uuidlib.uuid4().hex[:6]}"
-    load_openmrs(purge_instance.admin, name)
-    admin, repl = purge_instance.admin.with_database(name), purge_instance.repl.with_database(name)
-    destination = f"test.verify.{uuidlib.uuid4().hex[:8]}"
-    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
-    conf, env = sender_config(tmp_path, repl, broker_settings, destination=destination, snapshot="when_needed")
-    site = Site(admin, conf, env, tmp_path / "home-site1")
+    central, site, admin, conf, env = purge_pair(purge_instance, openmrs_db, tmp_path, broker_settings)
     start = [sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)]
     receiver = subprocess.Popen(start, env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sender = None
