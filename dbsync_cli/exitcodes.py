@@ -15,10 +15,11 @@ PRIVILEGES = 15  # a database user lacks a privilege its role needs, or has one 
 NO_ANSWER = 17  # central did not answer a request sent over the broker (verify): is the receiver running?
 RECEIVER_BUSY = 18  # the running receiver (holding the applier lock) did not take an operator's action in time
 HOME_FULL = 19  # the state directory (home: state.sqlite, logs) has no free space left
+BUNDLE_REFUSED = 20  # dbsync import: a bundle not signed by its site's recorded key, of an unknown site, or damaged
 
 #: the codes of faults only an operator can fix: a restart cannot help, so the systemd units do not restart on them
 #: (RestartPreventExitStatus, checked by tests/unit/test_systemd_units.py); every other code is worth a restart
 OPERATOR_FAULTS = frozenset({CONFIG, UNREACHABLE, BINLOG_PURGED, BINLOG_SETTINGS, SCHEMA, ANOTHER_RECEIVER,
-                             DANGLING_REFERENCE, PRIVILEGES, ANOTHER_SENDER, HOME_FULL})
+                             DANGLING_REFERENCE, PRIVILEGES, ANOTHER_SENDER, HOME_FULL, BUNDLE_REFUSED})
 #: success and the codes a restart (or a later run) may cure: a crash, central not answering, a busy receiver
 TRANSIENT = frozenset({OK, FAILURE, NO_ANSWER, RECEIVER_BUSY})

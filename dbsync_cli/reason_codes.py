@@ -76,6 +76,8 @@ TEMPLATES: dict[str, str] = {
                           "{expected!r}"),
     "sender_unstamped": N_("message for site {site!r} was sent by a broker that stamps no sender "
                            "(populate-validated-user is off in broker.xml); the site sends as {expected!r}"),
+    "signed_mismatch": N_("row of site {site!r} came in a bundle signed by key {key}; the site's recorded key is "
+                          "{expected} (dbsync sites update SITE --public-key)"),
     # deliveries consume parks without a body (receiver/consume.py)
     "cut_short": N_("broker delivery {delivery} on {destination} from broker user {user!r}: headers cut short at a "
                     "NUL byte (last header read: {last!r}), no ack header, body lost"),

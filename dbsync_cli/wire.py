@@ -45,6 +45,8 @@ SITE_HEADER = "dbsync-site"
 #: the user Artemis authenticated the sender as: with populate-validated-user in broker.xml the broker stamps it as
 #: _AMQ_VALIDATED_USER, which reaches a STOMP consumer as JMSXUserID (a sender's own JMSXUserID is overwritten)
 VALIDATED_USER_HEADER = "JMSXUserID"
+#: the sender of rows imported from a signed bundle (`dbsync import`): this prefix and the key's fingerprint
+SIGNED_USER_PREFIX = "signed:"
 TABLE_HEADER = "dbsync-table"
 ENCODING_HEADER = "dbsync-encoding"
 DEFLATE = "deflate"

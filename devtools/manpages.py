@@ -38,6 +38,9 @@ EXIT_TEXT = {
                           "on its destination (broker.xml's security-settings)",
     exitcodes.HOME_FULL: "the home (state directory: state.sqlite, logs) has no free space left: the line names it "
                          "and its free space; free space there, then start again",
+    exitcodes.BUNDLE_REFUSED: "dbsync import refused a bundle: made by a site not registered here, not signed by the "
+                              "public key recorded for its site, or damaged (the line says which); nothing of it "
+                              "was stored",
     exitcodes.ANOTHER_RECEIVER: "another receiver (or dbsync apply) already applies to the same central state "
     "schema: run one per central",
     exitcodes.RECEIVER_BUSY: "the running receiver holds the applier lock and did not take the action within --wait "
@@ -89,6 +92,12 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                 "dbsync capture -c sender.toml --max-events 100 | dbsync enrich -c sender.toml")],
     "publish": [("The last stage of the sender chain, echoing what the broker confirmed:",
                  "dbsync capture -c s.toml | dbsync enrich -c s.toml | dbsync publish -c s.toml --echo")],
+    "export": [("Once: the site's public key, for dbsync sites add --public-key at central:",
+                "dbsync export --public-key -c sender.toml"),
+               ("A clinic with no network, the sender stopped: its changes onto a USB stick (run again to resume):",
+                "dbsync export -c sender.toml --to /media/usb/site5-2026-12-07.dbsync")],
+    "import": [("At central, while the receiver runs: a site's bundle, waiting until it is applied:",
+                "dbsync import /media/usb/site5-2026-12-07.dbsync -c receiver.toml --wait 600")],
     "sender": [("Run the sender (systemd: examples/dbsync-sender.service):",
                 "dbsync sender --config /etc/dbsync/sender.toml"),
                ("Catch up to the end of the binlog, then exit:",

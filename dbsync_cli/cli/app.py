@@ -13,6 +13,7 @@ import typer.main
 from dbsync_cli import __version__, exitcodes, i18n, logs, space
 from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
+    bundle_cmds,
     common,
     config_cmd,
     console_cmd,
@@ -78,6 +79,8 @@ app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)
 app.command("verify")(verify_cmd.verify)
 app.command("resync")(resync_cmd.resync)
+app.command("export")(bundle_cmds.export)
+app.command("import")(bundle_cmds.import_)
 app.add_typer(console_cmd.app, name="console")
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import pymysql
 import typer
 
-from dbsync_cli import exitcodes, records
+from dbsync_cli import exitcodes, records, signing
 from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import common, resync_cmd
 from dbsync_cli.cli.sender_cmds import stop_on_signals
@@ -98,17 +98,20 @@ def sites_add(
         "--adopt", help="Central already has the site's data (loaded from its dump, or the site rebuilt from "
                         "central): the site's initial snapshot takes over the rows central has unchanged, and parks "
                         "those that differ as conflicts.")] = False,
+    public_key: PublicKeyOption = None,
     config: common.ConfigOption = None,
 ) -> None:
     """Register a site and the broker user it sends as."""
     if broker_user is not None and any_broker_user:
         common.fail(_("--broker-user and --any-broker-user exclude each other"), exitcodes.CONFIG)
     user = None if any_broker_user else (broker_user or identifier)
+    key = _public_key(public_key)
 
     def add(conn: Any, schema: str) -> tuple[state.Site, bool]:
         existing = state.sites(conn, schema).get(identifier)
         if existing is None:
-            return state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt), True
+            return state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt,
+                                  public_key=key), True
         if existing.broker_user != user:  # the same command twice is fine; a different registration is not
             raise state.StateError(_("site {site!r} is already registered with broker user {registered!r}, not "
                                      "{wanted!r} (to change it: dbsync sites update {site} --{option})").format(
@@ -118,12 +121,30 @@ def sites_add(
             raise state.StateError(_("site {site!r} is already registered, without --adopt (to adopt central's "
                                      "rows with its next snapshot: dbsync sites update {site} --adopt)").format(
                 site=identifier))
+        if key is not None and existing.public_key != key:
+            raise state.StateError(_("site {site!r} is already registered with another public key (to change it: "
+                                     "dbsync sites update {site} --public-key …)").format(site=identifier))
         return existing, False
 
     site, added = _run(config, add)
     text = _("site {site!r} registered ({name}; {sender}{adopting})") if added \
         else _("site {site!r} is already registered ({name}; {sender}{adopting})")
     print(text.format(site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
+
+
+PublicKeyOption = Annotated[str | None, typer.Option(
+    "--public-key", help="The key the site signs its bundles with (sync by file: dbsync export --public-key prints "
+                         "it at the site); dbsync import refuses a bundle signed by any other.")]
+
+
+def _public_key(text: str | None) -> str | None:
+    """The key as `signing.public_text` writes it, or one line and exit 2."""
+    if text is None:
+        return None
+    try:
+        return signing.public_text(signing.parse_public(text))
+    except signing.BadPublicKey as exc:
+        common.fail(_("--public-key: {error}").format(error=exc), exitcodes.CONFIG)
 
 
 def _sender(site: state.Site) -> str:
@@ -146,17 +167,20 @@ def sites_update(
     adopt: Annotated[bool | None, typer.Option(
         "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add).")
     ] = None,
+    public_key: PublicKeyOption = None,
     config: common.ConfigOption = None,
 ) -> None:
     """Change a registered site's name or broker user (e.g. a site registered before broker users existed)."""
     if broker_user is not None and any_broker_user:
         common.fail(_("--broker-user and --any-broker-user exclude each other"), exitcodes.CONFIG)
-    if name is None and broker_user is None and not any_broker_user and adopt is None:
-        common.fail(_("sites update: nothing to change (--name, --broker-user, --any-broker-user or --adopt)"),
-                    exitcodes.CONFIG)
+    if name is None and broker_user is None and not any_broker_user and adopt is None and public_key is None:
+        common.fail(_("sites update: nothing to change (--name, --broker-user, --any-broker-user, --adopt or "
+                      "--public-key)"), exitcodes.CONFIG)
+    key = _public_key(public_key)
     site = _run(config, lambda conn, schema: state.update_site(conn, schema, identifier, name=name,
                                                                broker_user=broker_user,
-                                                               any_broker_user=any_broker_user, adopt=adopt))
+                                                               any_broker_user=any_broker_user, adopt=adopt,
+                                                               public_key=key))
     print(_("site {site!r} updated ({name}; {sender}{adopting})").format(
         site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
 
@@ -166,7 +190,7 @@ def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
     return [
         {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
          "disabled": site.disabled, "last_sync_date": last.get(site.id), "broker_user": site.broker_user,
-         "adopt": site.adopt}
+         "adopt": site.adopt, "public_key": site.public_key}
         for site in sorted(state.sites(conn, schema).values(), key=lambda s: s.identifier)
     ]
 

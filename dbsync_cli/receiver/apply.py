@@ -21,7 +21,7 @@ from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import adopt, bookkeeping, reasons, state
+from dbsync_cli.receiver import adopt, bookkeeping, reasons, state, trust
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
 from dbsync_cli.receiver.current_rows import (
@@ -340,10 +340,8 @@ class Applier:
             why = "is not registered" if site is None else "is disabled"
             return self._park(cur, item, reasons.reason("site_unknown", site=message["site"], why=why), batch,
                               queue_kind=PERMANENT, cause=state.site_cause(message["site"]))
-        if site.broker_user is not None and item.broker_user is not None and item.broker_user != site.broker_user:
-            refused = (reasons.reason("sender_mismatch", site=site.identifier, user=item.broker_user,
-                                      expected=site.broker_user) if item.broker_user else
-                       reasons.reason("sender_unstamped", site=site.identifier, expected=site.broker_user))
+        refused = trust.refused_sender(site, item.broker_user)
+        if refused is not None:
             return self._park(cur, item, refused, batch, kind="error", cause=state.site_cause(site.identifier))
         ek = entity_key(self.model, table, message["uuid"])
         if ek in self.blocked and not from_queue:
@@ -703,3 +701,4 @@ def apply(records: Iterable[dict[str, Any]], settings: ApplySettings, model: Sch
         yield from applier.run(records)
     finally:
         applier.close()
+

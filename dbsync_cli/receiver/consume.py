@@ -233,7 +233,7 @@ class Consumer:
                 self.last_delivery = time.monotonic()
                 broken = [frame for frame in frames if "ack" not in frame.headers]
                 frames = [frame for frame in frames if "ack" in frame.headers]
-                rows = self._store(db, frames)
+                rows = self.store(db, frames)
                 acks = [frame.headers["ack"] for frame in frames] + self._park_broken(db, broken)
                 ack_error: BaseException | None = None
                 for ack in acks:
@@ -306,14 +306,21 @@ class Consumer:
         db.commit()
         return sites[0] if len(sites) == 1 else None
 
-    def _store(self, db: Any, frames: list[Any]) -> list[InboxRow]:
+    def store(self, db: Any, frames: list[Any], signed_by: str | None = None) -> list[InboxRow]:
         """One transaction for the batch; returns the rows that were new (duplicates are ignored). A delivery apply
         would refuse for its size (over `max_message_bytes`, or deflated and inflating beyond it) is parked in the
         retry queue with one line instead, without its body: storing it could exceed what central accepts in one
-        statement (max_allowed_packet) and stop consume for every site."""
+        statement (max_allowed_packet) and stop consume for every site.
+
+        `signed_by`: the frames come from a bundle whose signature was checked (`dbsync import`): they are stored
+        as sent by that key (`wire.SIGNED_USER_PREFIX`), as if the broker had stamped it. A broker user whose name
+        looks like one is stored with a prefix, so no broker login can pass for a signature."""
         deliveries = []
         limit = self.settings.max_message_bytes
         for frame in frames:
+            user = frame.headers.get(wire.VALIDATED_USER_HEADER) or ""
+            frame.headers[wire.VALIDATED_USER_HEADER] = signed_by or (
+                f"broker:{user}" if user.startswith(wire.SIGNED_USER_PREFIX) else user)
             message_id = wire.delivery_id(frame.headers)
             raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
             problem = "refused_too_large" if len(raw) > limit else None

@@ -253,6 +253,20 @@ MIGRATIONS: list[list[Step]] = [
             next_attempt DATETIME(3) NULL,
             date_last_attempt DATETIME(3) NULL) CHARACTER SET utf8mb4""",
     ],
+    [  # 17: sync by file: the public key a site signs its bundles with, and the bundles imported (dbsync import)
+        lambda cur, s, schema: alter_table(cur, schema, "site_info", add=(("public_key", "VARCHAR(100) NULL"),)),
+        """CREATE TABLE IF NOT EXISTS {s}.bundle_import (
+            bundle_id VARCHAR(160) NOT NULL PRIMARY KEY,
+            site VARCHAR(100) NOT NULL,
+            file_name VARCHAR(255) NOT NULL,
+            envelopes INT NOT NULL,
+            n_rows INT NOT NULL,
+            stored INT NOT NULL,
+            times INT NOT NULL DEFAULT 1,
+            date_first DATETIME(3) NOT NULL,
+            date_last DATETIME(3) NOT NULL,
+            KEY bundle_import_site (site, date_last)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another
@@ -443,21 +457,22 @@ class Site:
     disabled: bool
     broker_user: str | None = None  # the only broker user whose messages may speak for the site (None: any)
     adopt: bool = False  # its snapshot rows equal to central's unowned rows become its own (sites add --adopt)
+    public_key: str | None = None  # `ed25519:…`: the key its bundles are signed with (sync by file)
 
 
 def sites(conn: Any, schema: str) -> dict[str, Site]:
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user, adopt FROM {}.site_info",
-                        schema_name(schema)))
-        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]))
+        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user, adopt, public_key "
+                        "FROM {}.site_info", schema_name(schema)))
+        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7])
                 for row in cur.fetchall()}
 
 
 def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
-             broker_user: str | None = None, adopt: bool = False) -> Site:
+             broker_user: str | None = None, adopt: bool = False, public_key: str | None = None) -> Site:
     """Register a site; `broker_user`: the broker user it sends as (its messages from any other are refused);
     `adopt`: central already has its data (loaded from its dump), so its initial snapshot adopts the rows central
-    has unchanged instead of finding them central's own."""
+    has unchanged instead of finding them central's own; `public_key`: the key its bundles are signed with."""
     if not SITE_IDENTIFIER.match(identifier):
         raise StateError(_("site identifier {site!r} must be 1-100 letters, digits, '_', '.' or '-', starting "
                            "with a letter or digit").format(site=identifier))
@@ -466,17 +481,18 @@ def add_site(conn: Any, schema: str, identifier: str, name: str | None = None,
         cur.execute(sql("SELECT id FROM {}.site_info WHERE identifier=%s", s), (identifier,))
         if cur.fetchone():
             raise StateError(_("site {site!r} is already registered").format(site=identifier))
-        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user, adopt) "
-                        "VALUES (%s, %s, %s, %s, %s)", s),
+        cur.execute(sql("INSERT INTO {}.site_info (name, identifier, date_created, broker_user, adopt, public_key) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)", s),
                     (name or identifier, identifier, dt.datetime.now(dt.UTC).replace(tzinfo=None), broker_user,
-                     int(adopt)))
+                     int(adopt), public_key))
         fix_changed(cur, s, site_cause(identifier))  # its parked messages are tried at once
     conn.commit()
     return sites(conn, schema)[identifier]
 
 
 def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = None,
-                broker_user: str | None = None, any_broker_user: bool = False, adopt: bool | None = None) -> Site:
+                broker_user: str | None = None, any_broker_user: bool = False, adopt: bool | None = None,
+                public_key: str | None = None) -> Site:
     """Change a registered site's display name or broker user (sites registered before broker users were
     recorded have none: their messages are taken from any broker user until this sets one)."""
     s = schema_name(schema)
@@ -490,6 +506,8 @@ def update_site(conn: Any, schema: str, identifier: str, *, name: str | None = N
                         (None if any_broker_user else broker_user, identifier))
         if adopt is not None:
             cur.execute(sql("UPDATE {}.site_info SET adopt=%s WHERE identifier=%s", s), (int(adopt), identifier))
+        if public_key is not None:
+            cur.execute(sql("UPDATE {}.site_info SET public_key=%s WHERE identifier=%s", s), (public_key, identifier))
         fix_changed(cur, s, site_cause(identifier))  # e.g. its broker user fixed: its refused messages are tried
     conn.commit()
     return sites(conn, schema)[identifier]

@@ -19,6 +19,8 @@ BINLOG = "binlog"
 FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
 RESYNC_REFUSED = "resync_refused"  # central's re-sync requests the sender refused: count, last reason (resync.py)
 BROKER_REFUSED = "broker_refused"  # the broker's last refusal of a batch until one is confirmed again (publish.py)
+EXPORT_PART = "export_part"  # the bundle `dbsync export` is writing: file, durable length, position reached (export.py)
+EXPORTED = "exported"  # the last sealed bundle: its id, file, positions and figures (export.py, dbsync status)
 STATS_KEEP_SECONDS = 3600  # the rate record `dbsync status` reads: messages confirmed per batch, last hour
 
 
@@ -85,16 +87,23 @@ class CheckpointStore:
                 for reason, count, last, at in rows}
 
     def save(self, value: dict[str, Any], name: str = BINLOG) -> None:
+        self.save_all({name: value})
+
+    def save_all(self, values: dict[str, dict[str, Any]], forget: tuple[str, ...] = ()) -> None:
+        """Several named checkpoints (and the counts waiting for them) in one transaction; `forget` deletes some."""
         now = time.time()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             if self.unsaved_drops:
                 self._write_drops(self.unsaved_drops, now)
-            self.conn.execute(
-                "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
-                (name, orjson.dumps(value), now),
-            )
+            for name, value in values.items():
+                self.conn.execute(
+                    "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
+                    "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                    (name, orjson.dumps(value), now),
+                )
+            for name in forget:
+                self.conn.execute("DELETE FROM checkpoint WHERE name=?", (name,))
             if self.unsaved_messages:
                 self.conn.execute("INSERT INTO stats (ts, messages) VALUES (?, ?)", (now, self.unsaved_messages))
                 self.conn.execute("DELETE FROM stats WHERE ts < ?", (now - STATS_KEEP_SECONDS,))

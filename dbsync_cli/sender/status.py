@@ -142,6 +142,20 @@ def _stored(home: Path, name: str) -> dict[str, Any] | None:
         return None  # _sender_state reports the file's problem
 
 
+def _exports(report: Report, home: Path) -> None:
+    """Sync by file (sender/export.py): the last sealed bundle, and an export that was cut short."""
+    from dbsync_cli.sender.checkpoint import EXPORT_PART, EXPORTED
+
+    exported = report.data["exported"] = _stored(home, EXPORTED)
+    if exported:
+        report.notes.append(f"last export: {exported['rows']:,} row(s) in {exported['file']}, sealed "
+                            f"{exported.get('sealed') or '?'}: the checkpoint is after them")
+    part = report.data["export_part"] = _stored(home, EXPORT_PART)
+    if part:
+        report.problem(WARNING, "export", _("an export to {file} stopped after {rows:,} row(s): dbsync export --to "
+                                            "{file} resumes it").format(file=part["file"], rows=part["rows"]))
+
+
 def clock_problem(skew: float) -> str:
     """What a site server's clock `skew` seconds off this host's does (status and config check say the same)."""
     amount = duration(round(abs(skew)))
@@ -260,6 +274,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
         report.notes.append(f"followed the site from server id {failover['from_server_id']} to "
                             f"{failover['to_server_id']} at {utc(failover['at'])}, going on at "
                             f"{failover['file']}:{failover['pos']} by GTID{passed}")
+    _exports(report, cfg.home)
     refused = report.data["resync_refused"] = _stored(cfg.home, RESYNC_REFUSED)
     if refused:
         report.problem(WARNING, "resync", _("{count} re-sync request(s) from central refused; the last at {at}: "

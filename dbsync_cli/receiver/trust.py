@@ -1,0 +1,28 @@
+"""Who may speak for a site: the broker user it is registered with, or, for rows imported from a bundle (sync by
+file), the key it signs with. Checked by apply for every message, and again for each retried one."""
+
+from __future__ import annotations
+
+from dbsync_cli import signing, wire
+from dbsync_cli.reason_codes import Reason
+from dbsync_cli.receiver import reasons, state
+
+
+def refused_sender(site: state.Site, user: str | None) -> Reason | None:
+    """Why a message may not speak for `site`, or None. A row imported from a bundle (`dbsync import`) is sent by
+    the key that signed it: the site's recorded key, or refused (the broker user does not matter then)."""
+    if user is not None and user.startswith(wire.SIGNED_USER_PREFIX):
+        recorded = signed_user(site.public_key) if site.public_key else None
+        if user != recorded:
+            return reasons.reason("signed_mismatch", site=site.identifier, key=user.removeprefix(
+                wire.SIGNED_USER_PREFIX), expected=recorded.removeprefix(wire.SIGNED_USER_PREFIX) if recorded else "-")
+        return None
+    if site.broker_user is None or user is None or user == site.broker_user:
+        return None
+    return (reasons.reason("sender_mismatch", site=site.identifier, user=user, expected=site.broker_user) if user
+            else reasons.reason("sender_unstamped", site=site.identifier, expected=site.broker_user))
+
+
+def signed_user(public_key: str) -> str:
+    """What a row imported from a bundle signed with `public_key` is stored as sent by."""
+    return wire.SIGNED_USER_PREFIX + signing.fingerprint(public_key)
