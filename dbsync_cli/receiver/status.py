@@ -290,6 +290,7 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
     verified = {run["site"]: run for run in latest_runs(conn, schema)}
     skipped = state.skipped(conn, schema)
     future_last = _future_dated(conn, schema)
+    bundles = _last_bundles(conn, schema)
     sites = sorted(state.sites(conn, schema).values(), key=lambda site: site.identifier)
     for site in sites:
         last, messages, last_id = status.get(site.id, (None, 0, None))
@@ -300,7 +301,12 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
                "date_created": utc(site.date_created), "last_sync_date": utc(last),
                "age_seconds": seconds_between(now, last), "silent_seconds": silence, "messages": int(messages or 0),
                "last_message_id": last_id, "skipped": counts, "future_dated": future,
-               "state": "DISABLED" if site.disabled else OK, "verify": _verify_summary(verified.get(site.identifier))}
+               "state": "DISABLED" if site.disabled else OK, "verify": _verify_summary(verified.get(site.identifier)),
+               "last_bundle": bundles.get(site.identifier)}
+        if row["last_bundle"]:
+            carried = row["last_bundle"]
+            report.notes.append(f"site {site.identifier}: last bundle {carried['file']} imported {carried['imported']} "
+                                f"({carried['rows']:,} rows, {carried['times']} time(s))")
         latest = future_last.get(site.identifier)
         if future and latest is not None and (seconds_between(now, latest) or 0) < FUTURE_RECENT_HOURS * 3600:
             report.problem(WARNING, "clock", _("site {site}: {count} change(s) dated in central's future, the last "
@@ -330,6 +336,18 @@ def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[s
 
 #: a site's change dated in central's future keeps `status` at WARNING this long (the counts stay in the report)
 FUTURE_RECENT_HOURS = 24
+
+
+def _last_bundles(conn: Any, schema: str) -> dict[str, dict[str, Any]]:
+    """Per site, the bundle it last carried by file (`dbsync import`): which, when, how often it came."""
+    from dbsync_cli.receiver import state
+
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT b.site, b.bundle_id, b.file_name, b.n_rows, b.times, b.date_last FROM {s}.bundle_import b "
+                        "JOIN (SELECT site, MAX(date_last) AS last FROM {s}.bundle_import GROUP BY site) l "
+                        "ON l.site = b.site AND l.last = b.date_last", s=state.schema_name(schema)))
+        return {site: {"bundle": bundle, "file": name, "rows": int(rows), "times": int(times), "imported": utc(last)}
+                for site, bundle, name, rows, times, last in cur.fetchall()}
 
 
 def _future_dated(conn: Any, schema: str) -> dict[str, dt.datetime]:

@@ -106,6 +106,15 @@ def test_a_clinic_syncs_by_file_twice_applied_once_while_central_serves_a_live_s
                           "WHERE site = 'site1' AND reason = 'duplicate'")[0][0]
     assert int(skipped) >= second["rows"], (skipped, second)
 
+    # both ends say so in `dbsync status`
+    central_status = orjson.loads(dbsync("status", "--json", "--config", str(central.config), env=central.env,
+                                         check=False).stdout)
+    (row,) = [r for r in central_status["sites"] if r["identifier"] == "site1"]
+    assert row["last_bundle"]["times"] == 2 and row["last_bundle"]["file"] == bundle.name, row
+    site_status = orjson.loads(dbsync("status", "--json", "--config", str(site1.config), env=site1.env,
+                                      check=False).stdout)
+    assert site_status["exported"]["file"] == str(bundle) and site_status["export_part"] is None, site_status
+
     # the live sender starts later: it continues after the bundle and sends only what changed since
     site1.sql("UPDATE person_name SET family_name = 'After-the-bundle' ORDER BY person_name_id DESC LIMIT 1")
     sent = dbsync("sender", "--config", str(site1.config), "--until-idle", env=site1.env)
