@@ -178,7 +178,9 @@ def sites_update(
     any_broker_user: Annotated[bool, typer.Option(
         "--any-broker-user", help="Accept the site's messages from any broker user again.")] = False,
     adopt: Annotated[bool | None, typer.Option(
-        "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add).")
+        "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add): --adopt "
+                                   "records the rows central holds now unless already recorded, --no-adopt forgets "
+                                   "them.")
     ] = None,
     config: common.ConfigOption = None,
 ) -> None:

@@ -245,3 +245,25 @@ def test_adoption_keeps_central_and_shared_rows_and_gives_the_site_its_suffix(ne
     assert _by_uuid(results) == {SHARED_USER: {"central_owned"}, CLINICS_PROVIDER: {"central_owned"}}, results
     assert receiver.sql("SELECT email FROM users WHERE uuid = %s", (SHARED_USER,)) == [(None,)]
     assert receiver.sql(f"SELECT COUNT(*) FROM `{receiver.schema}`.receiver_retry_queue") == [(0,)]
+
+
+def test_sites_update_adopt_records_central_once_and_says_what_it_recorded(central) -> None:  # noqa: F811
+    def update(*args: str) -> str:
+        return dbsync("sites", "update", "site1", *args, "--config", str(central.config), env=central.env).stdout.decode()
+
+    def record() -> list[tuple]:
+        return central.sql(f"SELECT table_name, held_rows, date_recorded FROM `{central.schema}`.adopt_table "
+                           "ORDER BY table_name")
+
+    said = update("--adopt")
+    (users,) = central.sql("SELECT COUNT(*) FROM users")[0]
+    first = record()
+    assert "recorded for site 'site1'" in said and "Load the site's data into central now" in said, said
+    assert ("users", users, first[0][2]) in first and len(first) > 20, first
+    said = update("--adopt")  # again (the data may be loaded by now): the first record stays, and says when
+    assert "stay so" in said and "--no-adopt, then --adopt" in said, said
+    assert record() == first
+    said = update("--no-adopt")
+    assert "forgotten" in said and record() == [], said
+    listed = orjson.loads(dbsync("sites", "list", "--json", "--config", str(central.config), env=central.env).stdout)
+    assert listed[0]["adopt"] is False and listed[0]["adopt_recorded"] is None, listed
