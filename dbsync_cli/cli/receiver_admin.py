@@ -17,7 +17,9 @@ from dbsync_cli.cli.sender_cmds import stop_on_signals
 from dbsync_cli.config import Config
 from dbsync_cli.faults import database_exit_code
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import central, state
+from dbsync_cli.openmrs import SchemaError
+from dbsync_cli.receiver import adopt_held, central, state
+from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.consume import consume as consume_stage
 
 log = logging.getLogger("dbsync")
@@ -74,14 +76,43 @@ sites_app = typer.Typer(help="Register, list, disable and remove the sites this 
 
 
 def _run(config: Any, action: Any) -> Any:
+    return _run_with(config, lambda conn, schema, _cfg: action(conn, schema))
+
+
+def _run_with(config: Any, action: Any) -> Any:
+    """`action(conn, schema, cfg)` on the state schema; a StateError is the operator's one line."""
     cfg = common.load_config(config, "receiver")
     conn = _state_conn(cfg)
     try:
-        return action(conn, central.state_schema(cfg))
+        return action(conn, central.state_schema(cfg), cfg)
     except state.StateError as exc:
         common.fail(str(exc))
     finally:
         conn.close()
+
+
+def _record_held(conn: Any, schema: str, cfg: Config, site: state.Site) -> str:
+    """Record what central holds now for the adopting `site` (adopt_held.py); the line that tells the operator."""
+    try:
+        done = adopt_held.record(conn, schema, site, run_mod.load_model(cfg))
+    except (SchemaError, pymysql.err.MySQLError) as exc:
+        raise state.StateError(_("site {site!r} adopts, but central's rows could not be recorded ({error}): nothing "
+                                 "is adopted until `dbsync sites update {site} --adopt` records them").format(
+            site=site.identifier, error=exc.args[-1] if exc.args else exc)) from None
+    return _("central's rows recorded for site {site!r}: {rows} rows in {tables} tables, at {date} UTC. Load the "
+             "site's data into central now: its snapshot adopts only rows loaded from now on, never these.").format(
+        site=site.identifier, rows=f"{done.rows:,}", tables=done.tables, date=_minute(done.date))
+
+
+def _held_already(conn: Any, schema: str, site: state.Site) -> str:
+    """The line that says what was recorded for an adopting site before (nothing is recorded again)."""
+    found = adopt_held.recorded(conn, schema, site)
+    if found is None:
+        return ""
+    return _("central's rows were recorded for site {site!r} at {date} UTC ({rows} rows in {tables} tables) and "
+             "stay so: its snapshot adopts only rows loaded after that (to record them again before a new load: "
+             "dbsync sites update {site} --no-adopt, then --adopt)").format(
+        site=site.identifier, date=_minute(found.date), rows=f"{found.rows:,}", tables=found.tables)
 
 
 @sites_app.command("add")
@@ -95,9 +126,9 @@ def sites_add(
         "--any-broker-user", help="Accept the site's messages from any broker user (one shared broker user).")
     ] = False,
     adopt: Annotated[bool, typer.Option(
-        "--adopt", help="Central already has the site's data (loaded from its dump, or the site rebuilt from "
-                        "central): the site's initial snapshot takes over the rows central has unchanged, and parks "
-                        "those that differ as conflicts.")] = False,
+        "--adopt", help="Central gets the site's data loaded after this (from its dump): records the rows central "
+                        "holds now, which stay central's; the site's initial snapshot takes over the loaded rows "
+                        "central has unchanged, and parks those that differ as conflicts.")] = False,
     public_key: PublicKeyOption = None,
     config: common.ConfigOption = None,
 ) -> None:
@@ -107,11 +138,11 @@ def sites_add(
     user = None if any_broker_user else (broker_user or identifier)
     key = _public_key(public_key)
 
-    def add(conn: Any, schema: str) -> tuple[state.Site, bool]:
+    def add(conn: Any, schema: str, cfg: Config) -> tuple[state.Site, bool, str]:
         existing = state.sites(conn, schema).get(identifier)
         if existing is None:
-            return state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt,
-                                  public_key=key), True
+            added = state.add_site(conn, schema, identifier, name, broker_user=user, adopt=adopt, public_key=key)
+            return added, True, _record_held(conn, schema, cfg, added) if adopt else ""
         if existing.broker_user != user:  # the same command twice is fine; a different registration is not
             raise state.StateError(_("site {site!r} is already registered with broker user {registered!r}, not "
                                      "{wanted!r} (to change it: dbsync sites update {site} --{option})").format(
@@ -124,12 +155,14 @@ def sites_add(
         if key is not None and existing.public_key != key:
             raise state.StateError(_("site {site!r} is already registered with another public key (to change it: "
                                      "dbsync sites update {site} --public-key …)").format(site=identifier))
-        return existing, False
+        return existing, False, _held_already(conn, schema, existing) if existing.adopt else ""
 
-    site, added = _run(config, add)
+    site, added, held = _run_with(config, add)
     text = _("site {site!r} registered ({name}; {sender}{adopting})") if added \
         else _("site {site!r} is already registered ({name}; {sender}{adopting})")
     print(text.format(site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
+    if held:
+        print(held)
 
 
 PublicKeyOption = Annotated[str | None, typer.Option(
@@ -165,7 +198,9 @@ def sites_update(
     any_broker_user: Annotated[bool, typer.Option(
         "--any-broker-user", help="Accept the site's messages from any broker user again.")] = False,
     adopt: Annotated[bool | None, typer.Option(
-        "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add).")
+        "--adopt/--no-adopt", help="Whether the site's snapshot adopts central's equal rows (see sites add): --adopt "
+                                   "records the rows central holds now unless already recorded, --no-adopt forgets "
+                                   "them.")
     ] = None,
     public_key: PublicKeyOption = None,
     config: common.ConfigOption = None,
@@ -177,12 +212,22 @@ def sites_update(
         common.fail(_("sites update: nothing to change (--name, --broker-user, --any-broker-user, --adopt or "
                       "--public-key)"), exitcodes.CONFIG)
     key = _public_key(public_key)
-    site = _run(config, lambda conn, schema: state.update_site(conn, schema, identifier, name=name,
-                                                               broker_user=broker_user,
-                                                               any_broker_user=any_broker_user, adopt=adopt,
-                                                               public_key=key))
+
+    def update(conn: Any, schema: str, cfg: Config) -> tuple[state.Site, str]:
+        site = state.update_site(conn, schema, identifier, name=name, broker_user=broker_user,
+                                 any_broker_user=any_broker_user, adopt=adopt, public_key=key)
+        if adopt is False and site.adopt_recorded is not None:
+            adopt_held.forget(conn, schema, site)
+            return site, _("the record of central's rows for site {site!r} is forgotten").format(site=identifier)
+        if adopt and site.adopt_recorded is None:  # turned on, or on without a record: record now
+            return site, _record_held(conn, schema, cfg, site)
+        return site, _held_already(conn, schema, site) if adopt else ""
+
+    site, held = _run_with(config, update)
     print(_("site {site!r} updated ({name}; {sender}{adopting})").format(
         site=site.identifier, name=site.name, sender=_sender(site), adopting=_adopting(site)))
+    if held:
+        print(held)
 
 
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
@@ -190,7 +235,7 @@ def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
     return [
         {"name": site.name, "identifier": site.identifier, "date_created": site.date_created,
          "disabled": site.disabled, "last_sync_date": last.get(site.id), "broker_user": site.broker_user,
-         "adopt": site.adopt, "public_key": site.public_key}
+         "adopt": site.adopt, "adopt_recorded": site.adopt_recorded, "public_key": site.public_key}
         for site in sorted(state.sites(conn, schema).values(), key=lambda s: s.identifier)
     ]
 
@@ -204,7 +249,8 @@ def sites_list(config: common.ConfigOption = None, as_json: common.JsonOption = 
     """List registered sites with their last sync date."""
     rows = _run(config, _listing)
     if as_json:
-        out = [{**row, "date_created": _when(row["date_created"]), "last_sync_date": _when(row["last_sync_date"])}
+        out = [{**row, "date_created": _when(row["date_created"]), "last_sync_date": _when(row["last_sync_date"]),
+                "adopt_recorded": _when(row["adopt_recorded"])}
                for row in rows]
         print(json.dumps(out, indent=2))
         return

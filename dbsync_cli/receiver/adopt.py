@@ -51,3 +51,10 @@ def differences(table: SyncedTable, current: dict[str, Any], values: dict[str, A
             f"|{site}")
 
     return sorted(c for c, v in values.items() if not same(c, v))
+
+
+def central_form(table: SyncedTable, current: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The site-suffixed columns (`|site` on usernames, provider identifiers) whose incoming value is central's form
+    of a value central holds without it: written at adoption, as for every other site's rows."""
+    return {c: values[c] for c in table.site_suffix_columns
+            if c in values and canonical(current.get(c)) != canonical(values[c])}

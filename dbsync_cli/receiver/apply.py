@@ -22,6 +22,7 @@ from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import adopt, bookkeeping, reasons, state, trust
+from dbsync_cli.receiver.adopt_held import HeldRows
 from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
 from dbsync_cli.receiver.current_rows import (
@@ -111,6 +112,7 @@ class Applier:
         self.rows = CurrentRows(self.conn, model, self.statements)
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
+        self.held_rows = HeldRows(self.s)  # what central held when each adopting site was registered: never adopted
         self.reload_blocked()
 
     def close(self) -> None:
@@ -187,6 +189,7 @@ class Applier:
     def rolled_back(self) -> None:
         """After a rollback (to a savepoint): cached ids may name rows that no longer exist."""
         self.ids.clear()
+        self.held_rows.clear()
 
     def finish_batch(self, cur: Any, batch: Batch) -> None:
         """Write what `batch` collected (entity hashes, handled ids, inbox deletions, REST calls, site status) in
@@ -276,6 +279,7 @@ class Applier:
     def _rolled_back_batch(self, blocked_before: set[str]) -> None:
         self.conn.rollback()
         self.ids.clear()
+        self.held_rows.clear()
         self.blocked = set(blocked_before)
 
     def _run(self, parsed: list[Parsed], careful: bool) -> list[Outcome]:
@@ -394,6 +398,7 @@ class Applier:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
                 return Outcome(item.message_id, "applied", table.name, uuid, reasons.reason("already_absent"))
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
+            self._sent_as_central(cur, table, key, message["site"], verdict)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
             if verdict.skip:
@@ -426,6 +431,7 @@ class Applier:
                 if adopted is not None:
                     return adopted
             verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, values, batch)
+            self._sent_as_central(cur, table, key, message["site"], verdict)
             if verdict.park:
                 return self._conflict(cur, item, verdict, current, batch)
             if verdict.skip:
@@ -502,20 +508,33 @@ class Applier:
             self._built_ins = adopt.built_in_uuids(cur)
         synced = self._synced_entry(cur, table.name, uuid)
         if not adopt.candidate(table, uuid, current, written_before=synced.owner is not None,
-                               built_in=self._built_ins):
-            return None
+                               built_in=self._built_ins) or self.held_rows.holds(cur, site, table, key):
+            return None  # central's own (held before the site's data was loaded, or sent by another site as such)
         differing = adopt.differences(table, current, values, site.identifier)
         if differing:
             shown = ", ".join(differing[:8]) + (" …" if len(differing) > 8 else "")
             return self._conflict(cur, item, Verdict(park=True, reason=reasons.reason(
                 "adopting", site=site.identifier, columns=shown)),
                                   current, batch)
+        suffixed = adopt.central_form(table, current, values)
+        if suffixed:  # central's form of the site's username / provider identifier: its next edit is an update
+            cur.execute(self.statements.get(("update", table.name, tuple(suffixed)), lambda: sql(
+                "UPDATE {} SET {} WHERE {} = %s", quote(table.name),
+                join(sql("{} = %s", quote(c)) for c in suffixed), quote(table.key))), [*suffixed.values(), key])
         batch.touched[(table.name, key)] = (uuid, site.identifier)
         batch.owners[(table.name, uuid)] = site.identifier
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         batch.skip(site.identifier, adopt.ADOPTED, item.message_id, table.name)
         return Outcome(item.message_id, adopt.ADOPTED, table.name, uuid, reasons.reason("adopted"))
+
+    def _sent_as_central(self, cur: Any, table: SyncedTable, key: Any, sender: str, verdict: Verdict) -> None:
+        """A site sent a row judged central's own: no adopting site may take it from now on (adopt_held.py)."""
+        if getattr(verdict.reason, "code", None) != "central_own":
+            return
+        for site in self.sites.values():
+            if site.adopt and site.identifier != sender:
+                self.held_rows.add(cur, site, table, key)
 
     def _check_owner(self, cur: Any, table: SyncedTable, uuid: str, site: str, batch: Batch) -> None:
         """A site changes only its own rows: one another site created is refused (error queue), naming both."""

@@ -253,7 +253,26 @@ MIGRATIONS: list[list[Step]] = [
             next_attempt DATETIME(3) NULL,
             date_last_attempt DATETIME(3) NULL) CHARACTER SET utf8mb4""",
     ],
-    [  # 17: sync by file: the public key a site signs its bundles with, and the bundles imported (dbsync import)
+    [  # 17: what central held when a site was registered for adoption (receiver/adopt_held.py): the synced tables
+        # recorded, and their keys as ranges; those rows, and rows other sites sent as central's, are never adopted
+        """CREATE TABLE IF NOT EXISTS {s}.adopt_table (
+            site_id INT NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            held_rows BIGINT NOT NULL,
+            date_recorded DATETIME(6) NOT NULL,
+            PRIMARY KEY (site_id, table_name),
+            CONSTRAINT adopt_table_site FOREIGN KEY (site_id) REFERENCES {s}.site_info (id) ON DELETE CASCADE)
+            CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.adopt_held (
+            site_id INT NOT NULL,
+            table_name VARCHAR(64) NOT NULL,
+            first_key BIGINT NOT NULL,
+            last_key BIGINT NOT NULL,
+            PRIMARY KEY (site_id, table_name, first_key),
+            CONSTRAINT adopt_held_site FOREIGN KEY (site_id) REFERENCES {s}.site_info (id) ON DELETE CASCADE)
+            CHARACTER SET utf8mb4""",
+    ],
+    [  # 18: sync by file: the public key a site signs its bundles with, and the bundles imported (dbsync import)
         lambda cur, s, schema: alter_table(cur, schema, "site_info", add=(("public_key", "VARCHAR(100) NULL"),)),
         """CREATE TABLE IF NOT EXISTS {s}.bundle_import (
             bundle_id VARCHAR(160) NOT NULL PRIMARY KEY,
@@ -457,14 +476,19 @@ class Site:
     disabled: bool
     broker_user: str | None = None  # the only broker user whose messages may speak for the site (None: any)
     adopt: bool = False  # its snapshot rows equal to central's unowned rows become its own (sites add --adopt)
+    # when central's rows were recorded for its adoption (receiver/adopt_held.py); None: never (nothing is adopted)
+    adopt_recorded: dt.datetime | None = None
     public_key: str | None = None  # `ed25519:…`: the key its bundles are signed with (sync by file)
 
 
 def sites(conn: Any, schema: str) -> dict[str, Site]:
+    s = schema_name(schema)
     with conn.cursor() as cur:
-        cur.execute(sql("SELECT id, name, identifier, date_created, disabled, broker_user, adopt, public_key "
-                        "FROM {}.site_info", schema_name(schema)))
-        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7])
+        cur.execute(sql("SELECT i.id, i.name, i.identifier, i.date_created, i.disabled, i.broker_user, i.adopt, "
+                        "(SELECT MIN(a.date_recorded) FROM {}.adopt_table a WHERE a.site_id = i.id), i.public_key "
+                        "FROM {}.site_info i", s, s))
+        return {row[2]: Site(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7],
+                            row[8])
                 for row in cur.fetchall()}
 
 

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbsync_cli import bundle, signing
+from dbsync_cli import bundle, exitcodes, signing
 from dbsync_cli.config import Config
-from dbsync_cli.sender.binlog import reader_id
+from dbsync_cli.i18n import _
+from dbsync_cli.sender import binlog
+from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, reader_id
 from dbsync_cli.sender.capture import capture
 from dbsync_cli.sender.checkpoint import BINLOG, EXPORT_PART, EXPORTED, CheckpointStore
 from dbsync_cli.sender.enrich import enrich
@@ -108,6 +110,7 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
                 log.info("export: resuming %s at %d bytes (%d rows written)", part, progress["bytes"], progress["rows"])
             writer = bundle.BundleWriter(part, int(progress["bytes"]) if resumed else 0)
             settings = capture_settings(cfg, model, stop, server_id=server_id, until_idle=True)
+            _refuse_lost(cfg, settings, progress["at"])
             publisher = _FilePublisher(cfg, writer, lambda source: None, stop)
 
             def batch_written(source: dict[str, Any]) -> None:
@@ -144,6 +147,22 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
                                 progress["start"], end, signing.public_text(key))
     finally:
         store.close()
+
+
+def _refuse_lost(cfg: Config, settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> None:
+    """With `sender.catch_up = "verify"`, a checkpoint the binlog no longer has is caught up by verify, never by
+    a snapshot (which cannot delete at central what was deleted here meanwhile): an export cannot do that alone."""
+    if (checkpoint is None or checkpoint.get("snapshot") or settings.snapshot != "when_needed"
+            or cfg["sender.catch_up"] != "verify"):
+        return
+    with settings.db.connect() as conn:
+        try:
+            binlog.check_history(conn, checkpoint, lambda file: binlog.file_born(settings, file))
+        except binlog.PositionLost as lost:
+            raise CaptureStop(_("{lost}: the changes since the checkpoint are gone from the binlog; with "
+                                "sender.catch_up = verify the site catches up by verify, not by a snapshot in a "
+                                "bundle: dbsync verify --to FILE here, then dbsync export again").format(lost=lost),
+                              exitcodes.BINLOG_PURGED) from None
 
 
 def _sync_dir(directory: Path) -> None:

@@ -60,7 +60,7 @@ def _check_upgraded(conn: Any, schema: str, ids: dict[str, int]) -> None:
     assert bodies == {ids[m]: body for m, _key, body, _reason in LEGACY if body}
 
 
-@pytest.mark.parametrize("number", [14, 15])
+@pytest.mark.parametrize("number", [14, 15, 17])
 def test_a_migration_stopped_after_any_statement_completes_when_run_again(openmrs_db, number: int) -> None:
     db = openmrs_db("central")
     schema = f"{db.database}_state"[:64]
