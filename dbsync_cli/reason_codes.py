@@ -18,6 +18,8 @@ def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for transl
 TEMPLATES: dict[str, str] = {
     "edited_centrally": N_("row edited centrally since its last sync"),
     "edited_after": N_("row edited centrally at {central}, after the incoming change ({incoming})"),
+    "edited_resent": N_("row edited centrally since its last sync; verify --repair sent the site's row again, "
+                        "which is no newer change"),
     "recreated": N_("row re-created at central after its synced delete; differs from the incoming one"),
     "central_own": N_("central's own row: central had it before any site changed it"),
     "adopting": N_("adopting site {site}: central's row differs in {columns}"),

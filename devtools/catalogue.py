@@ -21,7 +21,7 @@ DYNAMIC = ("readonly", "operator", "OK", "WARNING", "CRITICAL", "UNKNOWN", "DISA
            "ok", "warning", "error", "skipped", "keep-central", "take-incoming", "merge",
            "running", "finished", "repaired", "failed", "sender", "receiver",
            "site rows", "central rows", "matched", "missing", "different", "extra", "placeholders", "not owned",
-           "edited at central", "changing",
+           "edited at central", "changing", "added at central",
            # retry entry kinds, conflict kinds (receiver/selection.py) and the bulk resolve's manual mode
            "transient", "permanent", "waiting", "edited", "future", "central", "adopting", "recreated", "manual")
 Message = str | tuple[str, ...]

@@ -128,7 +128,8 @@ def _print(report: dict[str, Any]) -> None:
             skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(site.get("skipped", {}).items())) or "0"
             verified = site.get("verify")
             verify_text = _("never") if not verified else f"{verified['differences']} {_('differ')}" + (
-                f" ({verified['finished'] or verified['state']})" if verified else "")
+                f", {verified['added_at_central']} {_('added at central')}" if verified.get("added_at_central")
+                else "") + f" ({verified['finished'] or verified['state']})"
             sites.add_row(site["identifier"], site["name"], site["last_sync_date"] or _("never"),
                           health.duration(site["silent_seconds"]), str(site["messages"]), skipped, verify_text,
                           _cell(site["state"]))

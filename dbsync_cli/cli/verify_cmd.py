@@ -19,7 +19,7 @@ from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError
 
 _COLUMNS = ("site_rows", "central_rows", "matched", "missing", "different", "extra", "placeholders", "not_owned",
-            "edited_at_central", "changing")
+            "edited_at_central", "changing", "added_at_central")
 
 
 def verify(
@@ -28,8 +28,12 @@ def verify(
         "--table", "-t", help="Verify only this synced table (repeatable; default: all).")] = None,
     repair: Annotated[bool, typer.Option(
         "--repair", help="Send the missing and different rows again and delete the extra ones at central, as "
-                         "ordinary sync messages (conflicts and central's rows are reported, never overwritten).")
+                         "ordinary sync messages (conflicts and central's rows are reported, never overwritten), "
+                         "then wait until central has applied them and check them again.")
     ] = False,
+    delete_added: Annotated[bool, typer.Option(
+        "--delete-added", help="With --repair: delete the rows added at central that hang off this site's rows "
+                               "without asking (asked on a terminal, kept otherwise).")] = False,
     status: Annotated[bool, typer.Option(
         "--status", help="With a receiver config: the latest verify result of each site (stored at central).")
     ] = False,
@@ -54,7 +58,8 @@ def verify(
 
     try:
         report = Sender(cfg).verify(table, repair=repair, progress=sys.stderr.isatty() and not json_out,
-                                    timeout=timeout, rounds=rounds, settle_seconds=settle)
+                                    timeout=timeout, rounds=rounds, settle_seconds=settle,
+                                    confirm=lambda counts: delete_added or _ask_to_delete(counts, json_out))
     except SchemaError as exc:
         common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     except ControlError as exc:
@@ -63,17 +68,43 @@ def verify(
     if json_out:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        _print_tables(f"verify {report.run}", {n: t for n, t in result["tables"].items()})
+        _print_tables(f"verify {report.run}", report.found or {n: t for n, t in result["tables"].items()})
+        _print_columns(result["tables"])
         line = (_("{count} row(s) differ").format(count=report.differences) if report.differences
                 else _("no differences")) + "; " + _("{sent:,} bytes sent, {received:,} received, {seconds:.1f} s").format(
             sent=report.bytes_sent, received=report.bytes_received, seconds=report.seconds)
         if repair:
-            line += "; " + _("repair sent {rows} row(s) and {deletes} delete(s): verify again once they are "
-                             "applied").format(rows=report.repaired.get("rows_sent", 0),
-                                               deletes=report.repaired.get("deletes_sent", 0))
+            done = report.repaired
+            line = _("repair sent {rows} row(s) and {deletes} delete(s); central applied them: {mended} mended, "
+                     "{held} held at central (dbsync conflicts / retry list there), {waiting} not applied yet").format(
+                rows=done.get("rows_sent", 0), deletes=done.get("deletes_sent", 0), mended=done.get("mended", 0),
+                held=done.get("held_at_central", 0), waiting=done.get("not_applied", 0)) + "; " + line
         Console().print(line)
+    if report.repaired.get("added_kept"):
+        print("dbsync: " + _("not deleted: {count} row(s) added at central that hang off this site's rows; to delete them, "
+                      "run dbsync verify --repair --delete-added").format(count=report.repaired["added_kept"]),
+              file=sys.stderr)
     if report.differences:
         raise typer.Exit(exitcodes.FAILURE)
+
+
+def _ask_to_delete(counts: dict[str, int], json_out: bool) -> bool:
+    """On a terminal: whether to delete the rows added at central (central's own by the rules)."""
+    if json_out or not sys.stdin.isatty():
+        return False
+    shown = ", ".join(f"{name} {count:,}" for name, count in sorted(counts.items()))
+    return typer.confirm(_("Delete {count} row(s) at central that hang off this site's rows but no site sent ({tables})? "
+                           "They are central's own rows").format(count=sum(counts.values()), tables=shown),
+                         default=False, err=True)
+
+
+def _print_columns(tables: dict[str, dict[str, Any]]) -> None:
+    """Once per table: the columns only one side has, which verify left out of the comparison."""
+    for name, counts in tables.items():
+        parts = [_("{column} only at the site").format(column=c) for c in counts.get("columns_only_at_site") or []]
+        parts += [_("{column} only at central").format(column=c) for c in counts.get("columns_only_at_central") or []]
+        if parts:
+            Console().print(_("{table}: compared without {columns}").format(table=name, columns=", ".join(parts)))
 
 
 def _print_tables(title: str, tables: dict[str, dict[str, Any]]) -> None:
@@ -108,4 +139,5 @@ def _print_status(runs: list[dict[str, Any]], json_out: bool) -> None:
     for run in runs:
         _print_tables(_("{site}: verify {run} ({state}, finished {finished})").format(
             site=run["site"], run=run["run"], state=_(run["state"]), finished=run["finished"] or "-"), run["tables"])
+        _print_columns(run["tables"])
         Console().print(_("{count} difference(s)").format(count=run["differences"]))

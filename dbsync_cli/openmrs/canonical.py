@@ -48,17 +48,26 @@ def canonical_value(data_type: str, value: Any) -> Any:
     return value
 
 
-def canonical_row(table: SyncedTable, data: Mapping[str, Any]) -> list[list[Any]]:
-    """[[column, value], …] sorted by column: every data column of the table, secrets never."""
-    columns = table.info.columns
-    return [[c, canonical_value(columns[c].data_type, data.get(c))] for c in sorted(table.data_columns)]
+def canonical_row(table: SyncedTable, data: Mapping[str, Any],
+                  columns: Iterable[str] | None = None) -> list[list[Any]]:
+    """[[column, value], …] sorted by column: every data column of the table (or only `columns`, those both sides
+    have), secrets never."""
+    info = table.info.columns
+    return [[c, canonical_value(info[c].data_type, data.get(c))]
+            for c in sorted(table.data_columns if columns is None else columns)]
 
 
-def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any]) -> str:
+def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any], columns: Iterable[str] | None = None) -> str:
     """32 hex characters: the blake2b digest of the table, the uuid and the canonical row (every uuid in its
     canonical letter case: a site may spell one as central does not)."""
-    body = orjson.dumps([table.name, wire.canonical_uuid(uuid), canonical_row(table, data)])
+    body = orjson.dumps([table.name, wire.canonical_uuid(uuid), canonical_row(table, data, columns)])
     return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def columns_digest(columns: Iterable[str]) -> str:
+    """16 hex characters naming a set of column names: what a site sends so that central can tell, without the
+    names, whether both sides digest the same columns (they differ after an upgrade done on one side first)."""
+    return hashlib.blake2b(orjson.dumps(sorted(columns)), digest_size=8).hexdigest()
 
 
 def prefix_length(rows: int) -> int:

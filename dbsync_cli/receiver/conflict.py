@@ -110,6 +110,13 @@ def future_reason(ahead: float, message: dict[str, Any], central_latest: dt.date
     return reasons.reason(code, ahead=amount(ahead), central=central_latest, incoming=incoming_latest, **extra)
 
 
+def _resent(message: dict[str, Any]) -> bool:
+    """A row `verify --repair` sent again (its source names the run), not a change. A `resync` (source
+    `resync-…`) is an operator's explicit request for the site's row and is judged as a change."""
+    repair = (message.get("source") or {}).get("repair")
+    return isinstance(repair, str) and not repair.startswith("resync-")
+
+
 def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, message: dict[str, Any],
           values: dict[str, Any] | None, incoming_time: dt.datetime | None, policy: str, *,
           last_site: str | None = None, owner: str | None = None, central_rows: str = "skip",
@@ -151,6 +158,11 @@ def judge(table: SyncedTable, current: dict[str, Any], stored_hash: str | None, 
                        future=future)
     if policy == "any":
         return Verdict(park=True, reason=reasons.reason("edited_centrally"))
+    if _resent(message) and not (central_latest and incoming_latest and incoming_latest > central_latest):
+        # a row verify --repair sent again is the site's row as it stands, not a change made after
+        # central's edit: the dates show which is newer only when the site's is later. An undated central edit
+        # (obs, concept_numeric, a hand-made fix) or one that left the dates alone is kept, parked
+        return Verdict(park=True, reason=reasons.reason("edited_resent"))
     if central_latest is not None and (incoming_latest is None or central_latest > incoming_latest):
         return Verdict(park=True, reason=reasons.reason("edited_after", central=central_latest,
                                                         incoming=incoming_latest or "undated"))

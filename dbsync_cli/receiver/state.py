@@ -286,6 +286,12 @@ MIGRATIONS: list[list[Step]] = [
             date_last DATETIME(3) NOT NULL,
             KEY bundle_import_site (site, date_last)) CHARACTER SET utf8mb4""",
     ],
+    [  # 19: verify's rows added at central that hang off a site's rows, and the columns only one side has (compared
+        # without them), per table of a run
+        lambda cur, s, schema: alter_table(cur, schema, "verify_table", add=(
+            ("added_at_central", "BIGINT NOT NULL DEFAULT 0"), ("site_only_columns", "TEXT NULL"),
+            ("central_only_columns", "TEXT NULL"))),
+    ],
 ]
 
 #: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another

@@ -366,4 +366,4 @@ def _verify_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"run": run["run"], "state": run["state"], "finished": utc(run["finished"]),
             "differences": run["differences"], "site_rows": run["totals"]["site_rows"],
-            "matched": run["totals"]["matched"]}
+            "matched": run["totals"]["matched"], "added_at_central": run["totals"]["added_at_central"]}

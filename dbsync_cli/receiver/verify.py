@@ -6,27 +6,39 @@
 2. ``verify-rows``: the site's row digests of those buckets (or of single uuids, when it checks again); central
    classifies every row — matched, missing at central, different, extra at central, still a placeholder, held
    by another owner — and says which differing rows were also edited at central (repair would park them).
-3. ``verify-done``: the site's final figures, after re-checking rows that changed during the run; stored here.
+3. ``verify-done``: the site's final figures, after re-checking rows that changed during the run (and, after a
+   repair, once central applied it); stored here.
+
+Both sides digest the same columns: the site's first ``verify-buckets`` names a digest of each table's column set,
+and central answers with its own column names where they differ (an OpenMRS upgrade done at central first); the
+site then compares only the columns both have, and says in each request which of central's columns to leave out
+(``omit``). With ``queued``, a ``verify-rows`` answer also names the rows parked at central (a conflict, the retry
+queue), which a repair waits for no longer; ``verify-delete`` deletes rows added at central that the site's
+operator confirmed (verify_added.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from typing import Any
 
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.canonical import MAX_PREFIX, valid_buckets, valid_digests
+from dbsync_cli.openmrs.canonical import MAX_PREFIX, columns_digest, valid_buckets, valid_digests
 from dbsync_cli.receiver import state
 from dbsync_cli.receiver.conflict import hash_sql
+from dbsync_cli.receiver.verify_added import AddedRows
 from dbsync_cli.receiver.verify_rows import CentralRows
 from dbsync_cli.sql import chunks, join, placeholders, quote, sql
 from dbsync_cli.wire import canonical_uuid
 
 MAX_ROWS_PER_REQUEST = 100_000
 MAX_DIFFERENCES_KEPT = 100_000
-KINDS = ("missing", "different", "extra", "placeholders", "not_owned", "changing")
+KINDS = ("missing", "different", "extra", "placeholders", "not_owned", "changing", "added_at_central")
 COUNTS = ("site_rows", "central_rows", "matched", *KINDS, "edited_at_central")
+#: the kinds that are differences: a row added at central is central's own, reported apart
+DIFFERENCES = ("missing", "different", "extra", "placeholders")
 _PREFIX = re.compile(rf"^[0-9a-z-]{{0,{MAX_PREFIX + 1}}}\Z")
 _COUNT_COLUMNS = join(quote(c) for c in COUNTS)
 _RUN = re.compile(r"^[A-Za-z0-9_.:-]{1,80}\Z")
@@ -62,10 +74,15 @@ class VerifyHandler:
         rows = CentralRows(self.conn, self.s, self.model, self.tz, site)
         try:
             if kind == "verify-buckets":
-                return self._buckets(rows, run, site, bool(request.get("repair")), tables)
+                answer = self._buckets(rows, run, site, bool(request.get("repair")), tables)
+                if isinstance(request.get("columns"), dict):
+                    answer["columns"] = self._columns_differing(request["columns"])
+                return answer
             if kind == "verify-rows":
-                return {"ok": True, "tables": {t: self._rows(rows, self.model.synced[t], body)
+                return {"ok": True, "tables": {t: self._rows(rows, self.model.synced[t], body, site)
                                                for t, body in tables.items()}}
+            if kind == "verify-delete":
+                return self._delete(site, tables)
             if kind == "verify-done":
                 self._store(run, site, tables, str(request.get("state") or "finished"))
                 return {"ok": True}
@@ -87,13 +104,20 @@ class VerifyHandler:
             if not isinstance(length, int) or not 0 <= length <= MAX_PREFIX or not valid_buckets(
                     body.get("buckets"), length):
                 raise RequestError(f"verify: {name}: 'length' and 'buckets' malformed")
-            mine = rows.buckets(self.model.synced[name], length)
+            table = self.model.synced[name]
+            mine = rows.buckets(table, length, _compared(table, body))
             differing = mine.differing(body["buckets"])
-            answer[name] = {"differing": differing, "central_rows": mine.rows, "sub": mine.sub_wire(differing)}
+            answer[name] = {"differing": differing, "central_rows": mine.rows, "sub": mine.sub_wire(differing),
+                            "added": AddedRows(self.conn, self.s, self.model, site).find(table)}
         return {"ok": True, "tables": answer}
 
+    def _columns_differing(self, digests: dict[str, Any]) -> dict[str, list[str]]:
+        """Central's column names of each table whose column set is not the one the site digested."""
+        return {name: sorted(self.model.synced[name].data_columns) for name, digest in digests.items()
+                if name in self.model.synced and digest != columns_digest(self.model.synced[name].data_columns)}
+
     # ---- 2. rows ---------------------------------------------------------------------------------------------
-    def _rows(self, rows: CentralRows, table: SyncedTable, body: Any) -> dict[str, Any]:
+    def _rows(self, rows: CentralRows, table: SyncedTable, body: Any, site: str) -> dict[str, Any]:
         if not isinstance(body, dict) or not valid_digests(body.get("rows"), MAX_ROWS_PER_REQUEST):
             raise RequestError(f"verify: {table.name}: 'rows' must be {{uuid: digest or null}}")
         prefixes = body.get("prefixes") or []
@@ -105,8 +129,9 @@ class VerifyHandler:
         owners = rows.owners(table.name, listed)
         owned |= {u for u in listed if owners.get(u) == rows.site}
         central: dict[str, tuple[str, bool]] = {}
+        compared = _compared(table, body)
         for part in chunks(sorted(owned | listed)):
-            central.update(rows.digests(table, part))
+            central.update(rows.digests(table, part, compared))
         kinds: dict[str, str] = {}
         digests: dict[str, str | None] = {}
         for uuid in sorted(owned | set(site_rows)):
@@ -118,9 +143,37 @@ class VerifyHandler:
             kinds[uuid] = kind
             digests[uuid] = None if theirs is None else theirs[0]
         different = [u for u, k in kinds.items() if k == "different"]
-        return {"kinds": {u: k for u, k in kinds.items() if k != "matched"}, "central": {
+        answer = {"kinds": {u: k for u, k in kinds.items() if k != "matched"}, "central": {
             u: d for u, d in digests.items() if kinds[u] != "matched"},
             "edited_at_central": self._edited(table, different)}
+        if body.get("queued"):
+            answer["queued"] = self._queued(site, table, [u for u, k in kinds.items() if k != "matched"])
+        return answer
+
+    def _queued(self, site: str, table: SyncedTable, uuids: list[str]) -> list[str]:
+        """Of these rows, those a message of this site waits for at central: an unresolved conflict or a retry
+        queue entry (an operator's turn, not the pipeline's)."""
+        found: set[str] = set()
+        for part in chunks(sorted(uuids)):
+            with self.conn.cursor() as cur:
+                for queue, open_only in (("receiver_conflict_queue", sql(" AND resolved = 0")),
+                                         ("receiver_retry_queue", sql(""))):
+                    cur.execute(sql("SELECT entity_uuid FROM {}.{} WHERE site = %s AND table_name = %s AND "
+                                    "entity_uuid IN ({}){}", self.s, quote(queue), placeholders(len(part)), open_only),
+                                [site, table.name, *part])
+                    found.update(canonical_uuid(row[0]) for row in cur.fetchall() if row[0])
+        return sorted(found)
+
+    def _delete(self, site: str, tables: dict[str, Any]) -> dict[str, Any]:
+        wanted: dict[str, list[str]] = {}
+        for name, body in tables.items():
+            uuids = body.get("uuids") if isinstance(body, dict) else None
+            if not isinstance(uuids, list) or len(uuids) > MAX_ROWS_PER_REQUEST or not all(
+                    isinstance(u, str) and len(u) <= 38 for u in uuids):
+                raise RequestError(f"verify: {name}: 'uuids' must be a list of uuids")
+            wanted[name] = [canonical_uuid(u) for u in uuids]
+        deleted, kept = AddedRows(self.conn, self.s, self.model, site).delete(wanted)
+        return {"ok": True, "deleted": deleted, "kept": kept}
 
     def _edited(self, table: SyncedTable, uuids: list[str]) -> list[str]:
         """Of these rows, those whose row at central changed since dbsync last wrote it (a repair parks them)."""
@@ -155,9 +208,12 @@ class VerifyHandler:
                 counts = body.get("counts") if isinstance(body, dict) else None
                 if not isinstance(counts, dict) or not all(isinstance(counts.get(c, 0), int) for c in COUNTS):
                     raise RequestError(f"verify: {name}: 'counts' malformed")
-                cur.execute(sql("INSERT INTO {}.verify_table (run_id, table_name, {}) VALUES (%s, %s, {})", self.s,
+                columns = body.get("columns") or {}
+                one_side = [_column_list(columns, side) for side in ("site_only", "central_only")]
+                cur.execute(sql("INSERT INTO {}.verify_table (run_id, table_name, {}, site_only_columns, "
+                                "central_only_columns) VALUES (%s, %s, {}, %s, %s)", self.s,
                                 _COUNT_COLUMNS, placeholders(len(COUNTS))),
-                            [run, name, *(max(0, counts.get(c, 0)) for c in COUNTS)])
+                            [run, name, *(max(0, counts.get(c, 0)) for c in COUNTS), *one_side])
                 differences = body.get("differences") or {}
                 if not isinstance(differences, dict):
                     raise RequestError(f"verify: {name}: 'differences' malformed")
@@ -172,6 +228,26 @@ class VerifyHandler:
             cur.execute(sql("INSERT INTO {}.verify_run (run_id, site, state, date_started, date_finished) "
                             "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE state = VALUES(state), "
                             "date_finished = VALUES(date_finished)", self.s), (run, site, run_state, now(), now()))
+
+
+def _compared(table: SyncedTable, body: Any) -> list[str] | None:
+    """The columns a request compares: all of central's but those the site says it lacks (``omit``)."""
+    omit = body.get("omit") if isinstance(body, dict) else None
+    if not omit:
+        return None
+    if not isinstance(omit, list) or not all(isinstance(c, str) and c in table.data_columns for c in omit):
+        raise RequestError(f"verify: {table.name}: 'omit' must name columns central has")
+    return [c for c in table.data_columns if c not in omit]
+
+
+def _column_list(columns: Any, side: str) -> str | None:
+    """A side's columns as stored (JSON text), or NULL when it has none the other lacks."""
+    names = columns.get(side) if isinstance(columns, dict) else None
+    if not names:
+        return None
+    if not isinstance(names, list) or not all(isinstance(c, str) and len(c) <= 64 for c in names):
+        raise RequestError(f"verify: 'columns.{side}' must be column names")
+    return json.dumps(sorted(names)[:200])
 
 
 def _kind(mine: str | None, theirs: tuple[str, bool] | None, owned: bool) -> str | None:
@@ -199,12 +275,14 @@ def latest_runs(conn: Any, schema: str, site: str | None = None) -> list[dict[st
         runs = [dict(zip(("run", "site", "state", "repair", "started", "finished"), row, strict=True))
                 for row in cur.fetchall()]
         for run in runs:
-            cur.execute(sql("SELECT table_name, {} FROM {}.verify_table WHERE run_id = %s ORDER BY table_name",
-                            _COUNT_COLUMNS, s), (run["run"],))
-            run["tables"] = {row[0]: dict(zip(COUNTS, (int(v) for v in row[1:]), strict=True))
+            cur.execute(sql("SELECT table_name, {}, site_only_columns, central_only_columns FROM {}.verify_table "
+                            "WHERE run_id = %s ORDER BY table_name", _COUNT_COLUMNS, s), (run["run"],))
+            run["tables"] = {row[0]: {**dict(zip(COUNTS, (int(v) for v in row[1:-2]), strict=True)),
+                                      "columns_only_at_site": json.loads(row[-2] or "[]"),
+                                      "columns_only_at_central": json.loads(row[-1] or "[]")}
                              for row in cur.fetchall()}
             run["totals"] = {c: sum(t[c] for t in run["tables"].values()) for c in COUNTS}
-            run["differences"] = sum(run["totals"][k] for k in ("missing", "different", "extra", "placeholders"))
+            run["differences"] = sum(run["totals"][k] for k in DIFFERENCES)
             run["repair"] = bool(run["repair"])
     conn.commit()
     return runs

@@ -84,19 +84,20 @@ class CentralRows:
                     rows[canonical_uuid(row.pop(UUID_ALIAS))] = row
         return rows
 
-    def digests(self, table: SyncedTable, uuids: list[str]) -> dict[str, tuple[str, bool]]:
-        """uuid → (digest, is a placeholder) of the rows central has."""
+    def digests(self, table: SyncedTable, uuids: list[str],
+                columns: list[str] | None = None) -> dict[str, tuple[str, bool]]:
+        """uuid → (digest over `columns`, default all, and is a placeholder) of the rows central has."""
         rows = self.load(table, uuids)
         self._resolve(table, rows.values())
         out: dict[str, tuple[str, bool]] = {}
         for uuid, row in rows.items():
-            out[uuid] = (row_digest(table, uuid, self.data(table, row)), _is_placeholder(row))
+            out[uuid] = (row_digest(table, uuid, self.data(table, row), columns), _is_placeholder(row))
         return out
 
-    def buckets(self, table: SyncedTable, length: int) -> Buckets:
+    def buckets(self, table: SyncedTable, length: int, columns: list[str] | None = None) -> Buckets:
         found = Buckets(length)
         for page in self.owned(table.name):
-            for uuid, (digest, _placeholder) in self.digests(table, page).items():
+            for uuid, (digest, _placeholder) in self.digests(table, page, columns).items():
                 found.add(uuid, digest)
         return found
 

@@ -9,18 +9,20 @@
    goes on) are re-checked, not reported. Rows still changing after `rounds` re-checks are reported as changing.
 4. With `repair`, the missing and different rows are sent again as ordinary sync messages (enrich + publish,
    every receiver rule applies: a row edited at central is parked as a conflict, central's own rows are refused)
-   and the extra rows are deleted at central by ordinary delete messages.
+   and the extra rows are deleted at central by ordinary delete messages (verify_repair.py). The repair then waits
+   until central applied or parked them and checks them again: the figures it stores are the final ones.
+
+Both sides digest only the columns both have (central names its own where the sets differ, after an upgrade done
+on one side first); the others are named once per table. Rows central holds that hang off this site's rows but
+no site sent are reported as "added_at_central" (receiver/verify_added.py): central's own, never a difference.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymysql.cursors
@@ -30,60 +32,18 @@ from dbsync_cli import control, logs, wire
 from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.canonical import Buckets, prefix_length, row_digest
-from dbsync_cli.sender.binlog import current_position
-from dbsync_cli.sender.checkpoint import record_dropped
-from dbsync_cli.sender.drops import is_dropped
+from dbsync_cli.openmrs.canonical import Buckets, columns_digest, prefix_length, row_digest
 from dbsync_cli.sender.enrich import Enricher
-from dbsync_cli.sender.publish import Publisher
-from dbsync_cli.sender.settings import enrich_settings, load_model, publish_settings
+from dbsync_cli.sender.settings import enrich_settings, load_model
+from dbsync_cli.sender.verify_report import DIFFERENCE_KINDS, DIFFERENCES, TableReport, VerifyReport
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.verify")
 
 PAGE = 1000
 ROWS_PER_REQUEST = 20_000
-#: what a row is, after comparison; "edited_at_central" is a `different` row central changed too
-DIFFERENCE_KINDS = ("missing", "different", "extra", "placeholders", "not_owned", "changing")
-#: the kinds that are differences (exit 1) and that repair mends: a row central or another site owns (the
-#: built-in admin and daemon users every site has, say) is reported, never changed; a changing one is re-checked
-DIFFERENCES = ("missing", "different", "extra", "placeholders")
-
-
-@dataclass
-class TableReport:
-    site_rows: int = 0
-    central_rows: int = 0
-    kinds: dict[str, str] = field(default_factory=dict)  # uuid → kind, differences only
-    edited: set[str] = field(default_factory=set)
-
-    def counts(self) -> dict[str, int]:
-        found = {k: 0 for k in DIFFERENCE_KINDS}
-        for kind in self.kinds.values():
-            found[kind] += 1
-        at_site = sum(n for k, n in found.items() if k != "extra")
-        return {"site_rows": self.site_rows, "central_rows": self.central_rows,
-                "matched": max(0, self.site_rows - at_site), **found, "edited_at_central": len(self.edited)}
-
-
-@dataclass
-class VerifyReport:
-    run: str
-    tables: dict[str, TableReport]
-    repaired: dict[str, int] = field(default_factory=dict)  # rows sent again / deletes sent
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    seconds: float = 0.0
-
-    @property
-    def differences(self) -> int:
-        return sum(1 for t in self.tables.values() for k in t.kinds.values() if k in DIFFERENCES)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"run": self.run, "differences": self.differences, "seconds": round(self.seconds, 1),
-                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "repaired": self.repaired,
-                "tables": {name: {**t.counts(), "rows": dict(sorted(t.kinds.items()))}
-                           for name, t in self.tables.items()}}
+#: the report's shapes (verify_report.py), named here too
+__all__ = ["DIFFERENCE_KINDS", "DIFFERENCES", "SiteRows", "TableReport", "Verifier", "VerifyReport", "verify"]
 
 
 class SiteRows:
@@ -92,6 +52,7 @@ class SiteRows:
     def __init__(self, enricher: Enricher) -> None:
         self.enricher = enricher
         self.conn = enricher.conn
+        self.columns: dict[str, list[str]] = {}  # table → the columns both sides have, where central lacks some
 
     def count(self, table: SyncedTable) -> int:
         with self.conn.cursor() as cur:
@@ -103,7 +64,8 @@ class SiteRows:
 
     def _digests(self, table: SyncedTable, rows: dict[Any, dict[str, Any]]) -> list[tuple[Any, str, str]]:
         # keyed by the canonical uuid, as central keys its rows (the server matches either case)
-        return [(key, wire.canonical_uuid(uuid), row_digest(table, uuid, data))
+        columns = self.columns.get(table.name)
+        return [(key, wire.canonical_uuid(uuid), row_digest(table, uuid, data, columns))
                 for key, uuid, data in self.enricher.wire_rows(table, rows)]
 
     def _select(self, table: SyncedTable, where: Sql, args: list[Any]) -> dict[Any, dict[str, Any]]:
@@ -159,30 +121,64 @@ class Verifier:
         self.rounds = rounds
         self.settle = settle_seconds
         self.run_id = f"{self.site}:{uuidlib.uuid4().hex[:20]}"
+        self.central_only: dict[str, list[str]] = {}
 
-    def _call(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.client.call(kind, {"run": self.run_id, **body}, self.timeout)
 
-    def verify(self, tables: list[str], *, repair: bool, progress: bool) -> VerifyReport:
+    def verify(self, tables: list[str], *, repair: bool, progress: bool,
+               confirm: Callable[[dict[str, int]], bool] | None = None) -> VerifyReport:
+        """Compare (and with `repair`, mend) these tables; `confirm` is asked before rows added at central are
+        deleted (none: never deleted)."""
+        from dbsync_cli.sender.verify_repair import Repair
+
         started = time.monotonic()
         report = VerifyReport(self.run_id, {t: TableReport() for t in tables})
+        self._agree_columns(tables, report, repair)
         buckets, submitted = self._buckets(tables, report, progress, repair)
         states: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
+        added: dict[str, list[str]] = {}
         for name in tables:
             reply = self.client.reply(submitted[name], self.timeout)["tables"].get(name, {})
             report.tables[name].central_rows = int(reply.get("central_rows") or 0)
+            added[name] = [wire.canonical_uuid(u) for u in reply.get("added") or [] if isinstance(u, str)]
             differing = list(reply.get("differing") or [])
             narrowed = buckets[name].differing_subs(differing, reply.get("sub") or {}) if differing else []
             states[name] = self._first_rows(name, narrowed, report.tables[name])
         self._recheck(states, report)
+        for name, uuids in added.items():
+            report.tables[name].kinds.update({u: "added_at_central" for u in uuids})
         if repair:
-            report.repaired = self._repair(report)
-        self._call("verify-done", {"state": "repaired" if repair else "finished", "tables": {
-            name: {"counts": t.counts(), "differences": {**t.kinds, **{u: "edited_at_central" for u in t.edited}}}
+            report.found = {name: t.counts() for name, t in report.tables.items()}
+            report.repaired = Repair(self, report).run(confirm)
+        self.call("verify-done", {"state": "repaired" if repair else "finished", "tables": {
+            name: {"counts": t.counts(), "differences": {**t.kinds, **{u: "edited_at_central" for u in t.edited}},
+                   "columns": {"site_only": t.site_only, "central_only": t.central_only}}
             for name, t in report.tables.items()}})
         report.bytes_sent, report.bytes_received = self.client.bytes_sent, self.client.bytes_received
         report.seconds = time.monotonic() - started
         return report
+
+    def _agree_columns(self, tables: list[str], report: VerifyReport, repair: bool) -> None:
+        """Ask central which tables it holds with other columns (a digest of each table's set goes, only central's
+        differing lists come back), so that both sides digest only the columns both have."""
+        digests = {name: columns_digest(self.model.synced[name].data_columns) for name in tables}
+        answer = self.call("verify-buckets", {"repair": repair, "tables": {}, "columns": digests})
+        for name, theirs in (answer.get("columns") or {}).items():
+            if name not in report.tables or not isinstance(theirs, list):
+                continue
+            mine = self.model.synced[name].data_columns
+            out = report.tables[name]
+            out.site_only = sorted(set(mine) - set(theirs))
+            out.central_only = sorted(set(theirs) - set(mine))
+            self.rows.columns[name] = sorted(set(mine) & set(theirs))
+            self.central_only[name] = out.central_only
+            log.warning("verify: %s compared without the column(s) only one side has: %s", name, ", ".join(
+                [f"{c} (only at the site)" for c in out.site_only] + [f"{c} (only at central)" for c in out.central_only]))
+
+    def omit(self, name: str) -> dict[str, Any]:
+        """What a request says of a table whose columns differ: central's columns to leave out."""
+        return {"omit": self.central_only[name]} if self.central_only.get(name) else {}
 
     def _buckets(self, tables: list[str], report: VerifyReport, show: bool,
                  repair: bool) -> tuple[dict[str, Buckets], dict[str, str]]:
@@ -205,12 +201,16 @@ class Verifier:
                 found[name] = buckets
                 report.tables[name].site_rows = buckets.rows
                 submitted[name] = self.client.submit("verify-buckets", {"run": self.run_id, "repair": repair, "tables": {
-                    name: {"length": buckets.length, "buckets": buckets.as_wire(), "rows": buckets.rows}}})
+                    name: {"length": buckets.length, "buckets": buckets.as_wire(), "rows": buckets.rows,
+                           **self.omit(name)}}})
         return found, submitted
 
-    def _ask(self, name: str, rows: dict[str, str | None], prefixes: list[str], out: TableReport,
-             states: dict[str, tuple[str, str | None, str | None]]) -> None:
-        reply = self._call("verify-rows", {"tables": {name: {"prefixes": prefixes, "rows": rows}}})["tables"][name]
+    def ask(self, name: str, rows: dict[str, str | None], prefixes: list[str], out: TableReport,
+            states: dict[str, tuple[str, str | None, str | None]], *, queued: bool = False) -> dict[str, Any]:
+        """Central's verdict on these rows (or the rows of these prefixes), kept in `states` and `out.edited`;
+        with `queued`, the answer names the rows a conflict or the retry queue holds at central too."""
+        body = {"prefixes": prefixes, "rows": rows, **self.omit(name), **({"queued": True} if queued else {})}
+        reply = self.call("verify-rows", {"tables": {name: body}})["tables"][name]
         central = reply.get("central") or {}
         asked = set(rows)
         for uuid in asked:
@@ -218,6 +218,7 @@ class Verifier:
         for uuid, kind in (reply.get("kinds") or {}).items():
             states[uuid] = (kind, rows.get(uuid), central.get(uuid))
         out.edited = (out.edited - asked - set(reply.get("kinds") or {})) | set(reply.get("edited_at_central") or [])
+        return dict(reply)
 
     def _first_rows(self, name: str, prefixes: list[str], out: TableReport) -> dict[str, tuple[str, str | None,
                                                                                                 str | None]]:
@@ -230,10 +231,10 @@ class Verifier:
             rows.update(self.rows.in_prefix(table, prefix))
             asked.append(prefix)
             if len(rows) >= ROWS_PER_REQUEST:
-                self._ask(name, rows, asked, out, states)
+                self.ask(name, rows, asked, out, states)
                 rows, asked = {}, []
         if asked:
-            self._ask(name, rows, asked, out, states)
+            self.ask(name, rows, asked, out, states)
         return states
 
     def _recheck(self, states: dict[str, dict[str, tuple[str, str | None, str | None]]], report: VerifyReport) -> None:
@@ -252,43 +253,18 @@ class Verifier:
                 before = {u: states[name][u] for u in uuids}
                 for part in chunks(sorted(uuids), ROWS_PER_REQUEST):
                     now = self.rows.by_uuid(table, part)
-                    self._ask(name, {u: now[u][1] if u in now else None for u in part}, [], report.tables[name],
+                    self.ask(name, {u: now[u][1] if u in now else None for u in part}, [], report.tables[name],
                               states[name])
                 unsettled[name] = {u for u in uuids if u in states[name] and states[name][u] != before[u]}
         for name, s in states.items():
             report.tables[name].kinds = {u: ("changing" if u in unsettled[name] else k) for u, (k, _m, _c) in s.items()}
 
-    # ---- repair ----------------------------------------------------------------------------------------------
-    def _repair(self, report: VerifyReport) -> dict[str, int]:
-        """Send the missing, different and placeholder rows again and delete the extra ones, as sync messages."""
-        position = current_position(self.enricher.conn)
-        source = {"snapshot": True, "file": position.file, "pos": position.pos, "row": -1,
-                  "repair": self.run_id.split(":", 1)[1]}
-        events: list[dict[str, Any]] = []
-        deletes: list[dict[str, Any]] = []
-        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        for name, table_report in report.tables.items():
-            table = self.model.synced[name]
-            again = sorted(u for u, k in table_report.kinds.items() if k in ("missing", "different", "placeholders"))
-            for key, _digest in self.rows.by_uuid(table, again).values():
-                events.append({"op": wire.READ, "db": self.model.database, "table": name, "before": None,
-                               "after": {table.key: key}, "source": source})
-            for uuid in sorted(u for u, k in table_report.kinds.items() if k == "extra"):
-                deletes.append(wire.message(site=self.site, table=name, op=wire.DELETE, uuid=uuid,
-                                            source=source, key=uuid, data=None, sent=sent))
-        messages = list(self.enricher.run(events)) + deletes
-        publisher = Publisher(publish_settings(self.cfg, threading.Event()), lambda _position: None,
-                              on_dropped=lambda found: record_dropped(self.cfg.home, found))
-        confirmed = sum(1 for _ in publisher.run(messages))
-        messages = [m for m in messages if not is_dropped(m)]  # rows enrich could not send: counted, not sent
-        log.info("verify --repair: %d row(s) sent again, %d delete(s) sent (%d confirmed by the broker)",
-                 len(messages) - len(deletes), len(deletes), confirmed)
-        return {"rows_sent": len(messages) - len(deletes), "deletes_sent": len(deletes)}
-
 
 def verify(cfg: Config, tables: list[str] | None = None, *, repair: bool = False, progress: bool = True,
-           timeout: float = 1800, rounds: int = 3, settle_seconds: float = 5) -> VerifyReport:
-    """Verify (and with `repair`, mend) this site's synced tables against central; the sender may run meanwhile."""
+           timeout: float = 1800, rounds: int = 3, settle_seconds: float = 5,
+           confirm: Callable[[dict[str, int]], bool] | None = None) -> VerifyReport:
+    """Verify (and with `repair`, mend) this site's synced tables against central; the sender may run meanwhile.
+    `confirm(counts per table)` decides whether rows added at central are deleted (none: they are not)."""
     model = load_model(cfg)
     names = list(model.synced) if not tables else [model.table(t).name for t in tables]
     enricher = Enricher(enrich_settings(cfg), model)
@@ -296,7 +272,7 @@ def verify(cfg: Config, tables: list[str] | None = None, *, repair: bool = False
     try:
         verifier = Verifier(cfg, model, enricher, client, timeout=timeout, rounds=rounds,
                             settle_seconds=settle_seconds)
-        return verifier.verify(names, repair=repair, progress=progress)
+        return verifier.verify(names, repair=repair, progress=progress, confirm=confirm)
     finally:
         client.close()
         enricher.close()

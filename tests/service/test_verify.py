@@ -9,83 +9,24 @@ import sys
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 from helpers import dbsync, sender_config
 from receiver_helpers import Central, Site, drop_schema, make_central, make_site
+from verify_helpers import COPY_OBS, found, pair, receiver, sync, verify, wait_applied
 
 from dbsync_cli import control
 from dbsync_cli.broker import open_connection
-from dbsync_cli.broker_queue import queue_stats
 from dbsync_cli.receiver import state
 from devtools.services.common import port_offset
 from devtools.services.mariadb import destroy_mariadb, start_mariadb
 from devtools.workload.generator import generate
 from devtools.workload.openmrs import load_openmrs
 
-#: a new obs (its own uuid) copied from the obs with the given uuid, with the given value_text
-COPY_OBS = ("INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, value_text, creator, "
-            "date_created, voided, status, uuid) SELECT person_id, concept_id, encounter_id, obs_datetime, location_id, "
-            "%s, creator, date_created, 0, status, UUID() FROM obs WHERE uuid = %s")
 pytestmark = pytest.mark.lane2  # about 3 minutes of receivers and senders: beside the shorter lane 1
-
-
-@pytest.fixture
-def pair(openmrs_db, services, tmp_path, broker_settings) -> Iterator[tuple[Central, Site]]:
-    destination = f"test.verify.{uuidlib.uuid4().hex[:8]}"
-    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
-    site = make_site(openmrs_db, services, tmp_path, broker_settings)
-    site.env["DBSYNC_BROKER__DESTINATION"] = destination
-    yield central, site
-    drop_schema(central)
-
-
-@pytest.fixture
-def receiver(pair) -> Iterator[subprocess.Popen[bytes]]:
-    central, _site = pair
-    proc = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)],
-                            env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def verify(site: Site, *args: str, code: int | None = None) -> dict[str, Any]:
-    run = dbsync("verify", "--config", str(site.config), "--json", "--settle", "1", *args, env=site.env,
-                 check=False, timeout=600)
-    assert run.returncode in ((0, 1) if code is None else (code,)), run.stderr.decode()[-3000:]
-    return orjson.loads(run.stdout)
-
-
-def found(report: dict[str, Any], kind: str) -> set[tuple[str, str]]:
-    return {(table, uuid) for table, t in report["tables"].items() for uuid, k in t["rows"].items() if k == kind}
-
-
-def sync(central: Central, site: Site, broker) -> None:
-    """The site's changes since its checkpoint through the real sender; the running receiver applies them."""
-    dbsync("sender", "--config", str(site.config), "--until-idle", env=site.env)
-    wait_applied(central, broker)
-
-
-def wait_applied(central: Central, broker, timeout: float = 120) -> None:
-    """The running receiver has applied everything: its queue on the broker and its inbox stay empty a while."""
-    destination = central.config.read_text().split('destination = "')[1].split('"')[0]
-    deadline = time.monotonic() + timeout
-    quiet = 0
-    while time.monotonic() < deadline:
-        waiting = queue_stats(broker, destination).messages
-        pending = central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.inbox")[0][0]
-        quiet = quiet + 1 if waiting == pending == 0 else 0
-        if quiet >= 4:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the receiver did not apply everything in time")
+__all__ = ["pair", "receiver"]  # the fixtures this module's tests use
 
 
 def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver, broker_settings) -> None:
@@ -101,10 +42,10 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
                                   "(SELECT o.uuid FROM obs o JOIN obs g ON g.obs_group_id = o.obs_id) "
                                   "ORDER BY obs_id LIMIT 6")]
     names = [r[0] for r in site.sql("SELECT uuid FROM person_name ORDER BY person_name_id DESC LIMIT 2")]
-    # at central: one obs deleted, one name changed (no date: not a central edit the conflict rule keeps)
+    # at central: one obs deleted, one name changed (undated: a repair parks it all the same, issue 27 item 9)
     central.sql("DELETE FROM obs WHERE uuid = %s", (obs[0],))
     central.sql("UPDATE person_name SET family_name = 'Tampered' WHERE uuid = %s", (names[0],))
-    # and one obs added at central: central's own row, never reported as the site's nor touched by its repair
+    # and one obs added at central: central's own row, reported apart (not a difference), kept by the repair
     central.sql(COPY_OBS, ("added at central", obs[4]))
     central_obs = central.sql("SELECT uuid FROM obs WHERE value_text = 'added at central'")[0][0]
     # at the site, behind the sender's back (no binlog): one obs deleted, one obs value changed, one obs added
@@ -135,15 +76,18 @@ def test_verify_reports_exactly_what_differs_and_repair_mends_it(pair, receiver,
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_sample WHERE site = 'site1'")[0][0] >= 1
 
     repaired = verify(site, "--repair", code=1)
-    assert repaired["repaired"] == {"rows_sent": 4, "deletes_sent": 1}
+    assert repaired["repaired"] == {"rows_sent": 4, "deletes_sent": 1, "added_kept": 1, "mended": 4,
+                                    "held_at_central": 1, "not_applied": 0}
+    assert found(repaired, "different") == {("person_name", names[0])} and repaired["differences"] == 1
     wait_applied(central, broker_settings)
-    after = verify(site, code=0)
-    assert after["differences"] == 0, after
-    assert central.sql("SELECT family_name FROM person_name WHERE uuid = %s", (names[0],)) != [("Tampered",)]
+    after = verify(site, code=1)
+    assert found(after, "different") == {("person_name", names[0])}, after
+    assert central.sql("SELECT family_name FROM person_name WHERE uuid = %s", (names[0],)) == [("Tampered",)]
+    assert central.sql(f"SELECT entity_uuid FROM `{central.schema}`.receiver_conflict_queue") == [(names[0],)]
     assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s)", (obs[0], added)) == [(2,)]
     assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid = %s", (obs[1],)) == [(0,)]
     assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid = %s", (central_obs,)) == [(1,)]
-    assert all(central_obs not in t["rows"] for t in report["tables"].values())
+    assert found(report, "added_at_central") == found(after, "added_at_central") == {("obs", central_obs)}
 
 
 def test_verify_and_repair_finish_over_a_link_that_keeps_dropping(pair, receiver, broker_settings) -> None:
@@ -156,15 +100,17 @@ def test_verify_and_repair_finish_over_a_link_that_keeps_dropping(pair, receiver
     generate(site.admin, seed=41, patients=12, mutations=0.2)
     sync(central, site, broker_settings)
     obs = [r[0] for r in site.sql("SELECT uuid FROM obs WHERE obs_group_id IS NULL ORDER BY obs_id LIMIT 1")]
-    central.sql("UPDATE obs SET comments = 'tampered at central' WHERE uuid = %s", (obs[0],))
+    with site.admin.connect() as conn, conn.cursor() as cur:  # behind the sender's back: central edits are parked
+        cur.execute("SET sql_log_bin = 0")
+        cur.execute("UPDATE obs SET comments = 'changed at the site' WHERE uuid = %s", (obs[0],))
     with LinkProxy(broker_settings.host, broker_settings.port, latency_s=0.05, drop_every_s=4.0, drop_for_s=1.0,
                    seed=27) as link:
         env = {**site.env, "DBSYNC_BROKER__URL": f"stomp://{broker_settings.host}:{link.port}"}
         runs = []
-        for args in ((), ("--repair",)):
+        for args, code in (((), 1), (("--repair",), 0)):  # the repair waits until central applied its row
             run = dbsync("verify", "--config", str(site.config), "--json", "--settle", "1", *args, env=env,
                          check=False, timeout=600)
-            assert run.returncode == 1, (run.returncode, run.stderr.decode()[-3000:])
+            assert run.returncode == code, (run.returncode, run.stderr.decode()[-3000:])
             runs.append((orjson.loads(run.stdout), run.stderr.decode()))
         drops = link.connections_accepted
     (report, first_log), (repaired, log) = runs
@@ -172,7 +118,7 @@ def test_verify_and_repair_finish_over_a_link_that_keeps_dropping(pair, receiver
     assert "connecting again" in first_log + log or "when the broker answers again" in first_log + log, (
         "no drop hit verify: not the case under test")
     assert found(report, "different") == {("obs", obs[0])} and report["differences"] == 1, report["differences"]
-    assert repaired["repaired"] == {"rows_sent": 1, "deletes_sent": 0}
+    assert {k: repaired["repaired"][k] for k in ("rows_sent", "deletes_sent")} == {"rows_sent": 1, "deletes_sent": 0}
     wait_applied(central, broker_settings)
     assert verify(site, code=0)["differences"] == 0
 
