@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,23 @@ class Frame:
 
     headers: dict[str, str]
     body: bytes
+
+
+def json_frame(value: Any, table: str) -> tuple[bytes, dict[str, str]]:
+    """A frame of verify by file: `value` as deflated JSON (no sync message: never stored in the inbox)."""
+    return zlib.compress(orjson.dumps(value), 6), {"dbsync-verify": "1", "dbsync-table": table}
+
+
+def json_of(frame: Frame, limit: int, path: Path) -> Any:
+    """The value of a `json_frame` (at most `limit` bytes inflated: a deflate bomb is damage)."""
+    try:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(frame.body, limit + 1)
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise BundleError(_("{path}: a frame inflates beyond {limit:,} bytes").format(path=path, limit=limit))
+        return orjson.loads(data)
+    except (zlib.error, orjson.JSONDecodeError):
+        raise BundleError(_("{path}: a frame is not deflated JSON").format(path=path)) from None
 
 
 class BundleWriter:

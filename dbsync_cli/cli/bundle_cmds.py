@@ -58,11 +58,19 @@ def import_(
     file: Annotated[Path, typer.Argument(help="A bundle made by dbsync export at a site.")],
     wait: Annotated[float, typer.Option(
         "--wait", min=0, help="Seconds to wait for the running receiver to apply it (0: do not wait).")] = 0,
+    answer_to: Annotated[Path | None, typer.Option(
+        "--answer-to", help="FILE is a site's verify question (dbsync verify --to): write central's answer here.")
+    ] = None,
     config: common.ConfigOption = None,
     json_out: common.JsonOption = False,
 ) -> None:
     """Check a site's bundle against the public key recorded for the site and hand its changes to the receiver
     (through the inbox: the running receiver applies them; importing a bundle again applies nothing twice)."""
+    if answer_to is not None:
+        from dbsync_cli.cli import verify_file_cmd
+
+        verify_file_cmd.answer(config, file, answer_to, json_out)
+        return
     cfg = common.load_config(config, "receiver")
     from dbsync_cli.receiver.bundle_import import import_bundle
 

@@ -4,6 +4,7 @@ config, `--status` shows the latest result of every site."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -44,9 +45,25 @@ def verify(
         "--settle", min=0, help="Seconds between two checks of a differing row (sync goes on meanwhile).")] = 5,
     timeout: Annotated[float, typer.Option(
         "--timeout", min=1, help="Seconds to wait for each answer from central.")] = 1800,
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="By file (no network): write the question for central (dbsync import FILE --answer-to …); "
+                     "with --from and --repair: the bundle of the repair.")] = None,
+    from_: Annotated[Path | None, typer.Option(
+        "--from", help="By file: read central's answer to this site's last question.")] = None,
     json_out: common.JsonOption = False,
 ) -> None:
     """Prove that central holds this site's rows, row by row; exit 1 when they differ, 2+ when it could not run."""
+    if to is not None or from_ is not None:
+        from dbsync_cli.cli import verify_file_cmd
+
+        result = verify_file_cmd.by_file(config, to, from_, repair=repair, json_out=json_out)
+        if result is not None and not json_out:
+            _print_tables(f"verify {result.run}", result.as_json()["tables"])
+            _print_columns(result.as_json()["tables"])
+            verify_file_cmd.summary(result)
+        if result is not None and result.differences:
+            raise typer.Exit(exitcodes.FAILURE)
+        return
     if status:
         cfg = common.load_config(config, "receiver")
         from dbsync_cli.receiver.run import Receiver

@@ -11,12 +11,14 @@ skipped as a duplicate by apply (counted per site). `bundle_import` records each
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,10 @@ class ImportReport:
                 "waiting": self.waiting}
 
 
-def import_bundle(cfg: Config, path: Path, *, wait_seconds: float | None = None) -> ImportReport:
-    """Check `path`'s signature against its site's recorded key, then store its frames in the inbox."""
+@contextlib.contextmanager
+def checked(cfg: Config, path: Path, kind: str) -> Iterator[tuple[dict[str, Any], Path, state.Site, Any]]:
+    """A bundle of `kind` whose signature is its site's recorded key: (manifest, the private copy to read, the site,
+    a central connection). BundleError (one line) otherwise."""
     settings = consume_settings(cfg)
     read_limit = 4 * settings.max_message_bytes  # a bigger frame is damage; one over the limit is parked
     work = private_dir(cfg.home / "imports")
@@ -83,12 +87,20 @@ def import_bundle(cfg: Config, path: Path, *, wait_seconds: float | None = None)
                                            "{site} --public-key …, with what dbsync export --public-key prints at the "
                                            "site)").format(path=path, site=site.identifier))
             bundle.check(found, site.public_key, path)
-            if found.get("kind") != "changes":
-                raise bundle.BundleError(_("{path}: a bundle of kind {kind!r}, not of changes").format(
-                    path=path, kind=found.get("kind")))
-            report = _store(conn, settings, private, read_limit, found, site.public_key, path)
+            if found.get("kind") != kind:
+                raise bundle.BundleError(_("{path}: a bundle of kind {kind!r}, not {wanted!r}").format(
+                    path=path, kind=found.get("kind"), wanted=kind))
+            yield found, private, site, conn
         finally:
             conn.close()
+
+
+def import_bundle(cfg: Config, path: Path, *, wait_seconds: float | None = None) -> ImportReport:
+    """Check `path`'s signature against its site's recorded key, then store its frames in the inbox."""
+    settings = consume_settings(cfg)
+    with checked(cfg, path, "changes") as (found, private, site, conn):
+        assert site.public_key is not None
+        report = _store(conn, settings, private, 4 * settings.max_message_bytes, found, site.public_key, path)
     if wait_seconds:
         report.waiting = _wait_applied(settings, report, wait_seconds)
     return report

@@ -33,7 +33,7 @@ from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, reader_id
 from dbsync_cli.sender.capture import capture
-from dbsync_cli.sender.checkpoint import BINLOG, EXPORT_PART, EXPORTED, CheckpointStore
+from dbsync_cli.sender.checkpoint import BINLOG, EXPORT_PART, EXPORTED, CheckpointStore, record_dropped
 from dbsync_cli.sender.enrich import enrich
 from dbsync_cli.sender.housekeeping import BinlogPurger
 from dbsync_cli.sender.publish import Publisher, _Batch
@@ -82,6 +82,25 @@ class _FilePublisher(Publisher):
 
     def close(self) -> None:  # no connection to close
         return
+
+
+def write_messages(cfg: Config, path: Path, messages: list[dict[str, Any]], manifest: dict[str, Any]) -> tuple[
+        int, int]:
+    """Sync messages that move no checkpoint (a repair by file) into a sealed bundle: (rows, envelopes)."""
+    part = part_path(path)
+    writer = bundle.BundleWriter(part)
+    publisher = _FilePublisher(cfg, writer, lambda source: None, threading.Event())
+    try:
+        rows = sum(1 for _ in publisher.run(messages))
+    except BaseException:
+        writer.close()
+        raise
+    writer.finish(signing.site_key(cfg.home), {**manifest, "kind": "changes", "site": cfg["sender.id"],
+                                               "rows": rows, "envelopes": publisher.frames})
+    part.replace(path)
+    _sync_dir(path.parent)
+    record_dropped(cfg.home, publisher.drops)
+    return rows, publisher.frames
 
 
 def part_path(path: Path) -> Path:

@@ -35,8 +35,8 @@ from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.canonical import Buckets, columns_digest, prefix_length, row_digest
 from dbsync_cli.sender.enrich import Enricher
 from dbsync_cli.sender.settings import enrich_settings, load_model
-from dbsync_cli.sender.verify_report import DIFFERENCE_KINDS, DIFFERENCES, TableReport, VerifyReport
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
+from dbsync_cli.verify_report import DIFFERENCE_KINDS, DIFFERENCES, TableReport, VerifyReport
 
 log = logging.getLogger("dbsync.verify")
 

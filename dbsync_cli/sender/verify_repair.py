@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from dbsync_cli.config import Config
     from dbsync_cli.openmrs import SchemaModel
     from dbsync_cli.sender.enrich import Enricher
-    from dbsync_cli.sender.verify_report import TableReport, VerifyReport
+    from dbsync_cli.verify_report import TableReport, VerifyReport
 
 log = logging.getLogger("dbsync.verify")
 
@@ -72,8 +72,8 @@ class Repair:
         return outcome
 
     # ---- 1. rows and deletes ---------------------------------------------------------------------------------
-    def _send(self) -> tuple[dict[str, set[str]], int, int]:
-        """Send the rows and deletes; returns (the uuids sent per table, rows sent, deletes sent)."""
+    def messages(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The sync messages of the repair: the rows sent again (drop records among them) and the deletes."""
         v = self.v
         position = current_position(v.enricher.conn)
         source = {"snapshot": True, "file": position.file, "pos": position.pos, "row": -1,
@@ -90,7 +90,13 @@ class Repair:
             for uuid in sorted(u for u, k in table_report.kinds.items() if k == "extra"):
                 deletes.append(wire.message(site=v.site, table=name, op=wire.DELETE, uuid=uuid,
                                             source=source, key=uuid, data=None, sent=stamp))
-        messages = list(v.enricher.run(events)) + deletes
+        return list(v.enricher.run(events)), deletes
+
+    def _send(self) -> tuple[dict[str, set[str]], int, int]:
+        """Send the rows and deletes; returns (the uuids sent per table, rows sent, deletes sent)."""
+        v = self.v
+        rows, deletes = self.messages()
+        messages = rows + deletes
         publisher = Publisher(publish_settings(v.cfg, threading.Event()), lambda _position: None,
                               on_dropped=lambda found: record_dropped(v.cfg.home, found))
         confirmed = sum(1 for _ in publisher.run(messages))
