@@ -40,6 +40,8 @@ def verify(
         "--settle", min=0, help="Seconds between two checks of a differing row (sync goes on meanwhile).")] = 5,
     timeout: Annotated[float, typer.Option(
         "--timeout", min=1, help="Seconds to wait for each answer from central.")] = 1800,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Start over instead of resuming an interrupted run of the same tables.")] = False,
     json_out: common.JsonOption = False,
 ) -> None:
     """Prove that central holds this site's rows, row by row; exit 1 when they differ, 2+ when it could not run."""
@@ -54,7 +56,7 @@ def verify(
 
     try:
         report = Sender(cfg).verify(table, repair=repair, progress=sys.stderr.isatty() and not json_out,
-                                    timeout=timeout, rounds=rounds, settle_seconds=settle)
+                                    timeout=timeout, rounds=rounds, settle_seconds=settle, restart=restart)
     except SchemaError as exc:
         common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
     except ControlError as exc:
