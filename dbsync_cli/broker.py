@@ -174,6 +174,8 @@ def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
             conn.connect(settings.user, settings.password, wait=False, headers=headers)
     except stomp.exception.ConnectFailedException:
         raise _fail(settings, _diagnose(settings)) from None
+    except stomp.exception.NotConnectedException:  # the link dropped between the TCP connect and CONNECT
+        raise _fail(settings, "the connection was closed before logging in") from None
     except OSError as exc:
         raise _fail(settings, exc) from None
     deadline = time.monotonic() + settings.connect_timeout

@@ -153,8 +153,11 @@ class ControlClient:
         self.close()
         self.inbox = FrameQueue()
         conn = open_connection(self.settings, listener=self.inbox, auto_decode=False)
-        conn.subscribe(self.replies, id="dbsync-replies", ack="client-individual",
-                       headers={"subscription-type": "ANYCAST", "receipt": "dbsync-subscribed"})
+        try:
+            conn.subscribe(self.replies, id="dbsync-replies", ack="client-individual",
+                           headers={"subscription-type": "ANYCAST", "receipt": "dbsync-subscribed"})
+        except Exception as exc:  # noqa: BLE001 - the link dropped between CONNECT and SUBSCRIBE: connect again
+            raise BrokerError(f"subscribing to {self.replies}: {exc or type(exc).__name__}") from None
         deadline = time.monotonic() + self.settings.connect_timeout
         while True:  # a refused subscription (another site's reply queue) ends here, in the broker's words
             try:

@@ -50,6 +50,8 @@ def verify(
                      "with --from and --repair: the bundle of the repair.")] = None,
     from_: Annotated[Path | None, typer.Option(
         "--from", help="By file: read central's answer to this site's last question.")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Start over instead of resuming an interrupted run of the same tables.")] = False,
     json_out: common.JsonOption = False,
 ) -> None:
     """Prove that central holds this site's rows, row by row; exit 1 when they differ, 2+ when it could not run."""
@@ -75,7 +77,7 @@ def verify(
 
     try:
         report = Sender(cfg).verify(table, repair=repair, progress=sys.stderr.isatty() and not json_out,
-                                    timeout=timeout, rounds=rounds, settle_seconds=settle,
+                                    timeout=timeout, rounds=rounds, settle_seconds=settle, restart=restart,
                                     confirm=lambda counts: delete_added or _ask_to_delete(counts, json_out))
     except SchemaError as exc:
         common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)

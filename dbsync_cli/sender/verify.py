@@ -35,6 +35,7 @@ from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.canonical import Buckets, columns_digest, prefix_length, row_digest
 from dbsync_cli.sender.enrich import Enricher
 from dbsync_cli.sender.settings import enrich_settings, load_model
+from dbsync_cli.sender.verify_progress import VERIFY_MAX_AGE_SECONDS, State, VerifyProgress
 from dbsync_cli.sql import Sql, chunks, placeholders, quote, sql
 from dbsync_cli.verify_report import DIFFERENCE_KINDS, DIFFERENCES, TableReport, VerifyReport
 
@@ -110,7 +111,7 @@ class SiteRows:
 
 class Verifier:
     def __init__(self, cfg: Config, model: SchemaModel, enricher: Enricher, client: control.ControlClient,
-                 *, timeout: float, rounds: int, settle_seconds: float) -> None:
+                 *, timeout: float, rounds: int, settle_seconds: float, saved: VerifyProgress | None = None) -> None:
         self.cfg = cfg
         self.site = cfg["sender.id"]
         self.model = model
@@ -120,7 +121,8 @@ class Verifier:
         self.timeout = timeout
         self.rounds = rounds
         self.settle = settle_seconds
-        self.run_id = f"{self.site}:{uuidlib.uuid4().hex[:20]}"
+        self.saved = saved  # what an interrupted run finished (verify_progress.py): resumed, not done again
+        self.run_id = saved.start(self.site) if saved else f"{self.site}:{uuidlib.uuid4().hex[:20]}"
         self.central_only: dict[str, list[str]] = {}
 
     def call(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -135,16 +137,14 @@ class Verifier:
         started = time.monotonic()
         report = VerifyReport(self.run_id, {t: TableReport() for t in tables})
         self._agree_columns(tables, report, repair)
-        buckets, submitted = self._buckets(tables, report, progress, repair)
-        states: dict[str, dict[str, tuple[str, str | None, str | None]]] = {}
-        added: dict[str, list[str]] = {}
+        narrowed, added = self._buckets(tables, report, progress, repair)
+        states: dict[str, dict[str, State]] = {}
         for name in tables:
-            reply = self.client.reply(submitted[name], self.timeout)["tables"].get(name, {})
-            report.tables[name].central_rows = int(reply.get("central_rows") or 0)
-            added[name] = [wire.canonical_uuid(u) for u in reply.get("added") or [] if isinstance(u, str)]
-            differing = list(reply.get("differing") or [])
-            narrowed = buckets[name].differing_subs(differing, reply.get("sub") or {}) if differing else []
-            states[name] = self._first_rows(name, narrowed, report.tables[name])
+            states[name] = self._first_rows(name, narrowed[name], report.tables[name])
+        if self.saved and self.saved.resuming:  # kept answers may be old: the rows are read and asked about again
+            for name in tables:
+                if states[name]:
+                    self._ask_again(name, states[name], report.tables[name])
         self._recheck(states, report)
         for name, uuids in added.items():
             report.tables[name].kinds.update({u: "added_at_central" for u in uuids})
@@ -181,29 +181,58 @@ class Verifier:
         return {"omit": self.central_only[name]} if self.central_only.get(name) else {}
 
     def _buckets(self, tables: list[str], report: VerifyReport, show: bool,
-                 repair: bool) -> tuple[dict[str, Buckets], dict[str, str]]:
-        """Each table's buckets, each sent as soon as it is computed: central digests one table while the site
-        reads the next."""
-        found: dict[str, Buckets] = {}
-        submitted: dict[str, str] = {}
-        totals = {t: self.rows.count(self.model.synced[t]) for t in tables}
+                 repair: bool) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Each table's differing buckets (narrowed), from central's answer to the table's buckets, and the rows
+        central added under the site's rows. Each table's buckets are sent as soon as they are computed and the
+        answer to the one before is awaited then: central digests one table while the site reads the next, and
+        each answer is saved as it comes."""
+        narrowed: dict[str, list[str]] = {}
+        added: dict[str, list[str]] = {}
+        for name in tables:
+            kept = self.saved.answer(name) if self.saved else None
+            if kept is not None:
+                report.tables[name].site_rows, report.tables[name].central_rows = kept["site_rows"], kept["central_rows"]
+                narrowed[name] = list(kept["prefixes"])
+        todo = [t for t in tables if t not in narrowed]
+        if self.saved and self.saved.resuming:
+            log.info("verify: resuming run %s: %d of %d table(s) compared already", self.run_id,
+                     len(tables) - len(todo), len(tables))
+        waiting: list[tuple[str, Buckets, str]] = []
+        totals = {t: self.rows.count(self.model.synced[t]) for t in todo}
         console = logs.stderr_console()
         with Progress(TextColumn("[bold]verify {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, disable=not (show and console.is_terminal)) as bar:
             task = bar.add_task("rows", total=sum(totals.values()))
-            for name in tables:
+            for name in todo:
                 table = self.model.synced[name]
                 buckets = Buckets(prefix_length(totals[name]))
                 for page in self.rows.pages(table):
                     for _key, uuid, digest in page:
                         buckets.add(uuid, digest)
                     bar.advance(task, len(page))
-                found[name] = buckets
                 report.tables[name].site_rows = buckets.rows
-                submitted[name] = self.client.submit("verify-buckets", {"run": self.run_id, "repair": repair, "tables": {
-                    name: {"length": buckets.length, "buckets": buckets.as_wire(), "rows": buckets.rows,
-                           **self.omit(name)}}})
-        return found, submitted
+                waiting.append((name, buckets, self.client.submit("verify-buckets", {
+                    "run": self.run_id, "repair": repair, "tables": {
+                        name: {"length": buckets.length, "buckets": buckets.as_wire(), "rows": buckets.rows,
+                               **self.omit(name)}}})))
+                if len(waiting) > 1:
+                    narrowed.update(self._answered(*waiting.pop(0), report.tables, added))
+        for waited in waiting:
+            narrowed.update(self._answered(*waited, report.tables, added))
+        return narrowed, added
+
+    def _answered(self, name: str, buckets: Buckets, request: str, reports: dict[str, TableReport],
+                  added: dict[str, list[str]]) -> dict[str, list[str]]:
+        reply = self.client.reply(request, self.timeout)["tables"].get(name, {})
+        reports[name].central_rows = int(reply.get("central_rows") or 0)
+        added[name] = [wire.canonical_uuid(u) for u in reply.get("added") or [] if isinstance(u, str)]
+        differing = list(reply.get("differing") or [])
+        narrowed = buckets.differing_subs(differing, reply.get("sub") or {}) if differing else []
+        if self.saved:
+            self.saved.save_answer(name, buckets.rows, reports[name].central_rows, narrowed)
+        log.info("verify: %s compared: %d row(s) here, %d at central, %d bucket(s) differ", name, buckets.rows,
+                 reports[name].central_rows, len(narrowed))
+        return {name: narrowed}
 
     def ask(self, name: str, rows: dict[str, str | None], prefixes: list[str], out: TableReport,
             states: dict[str, tuple[str, str | None, str | None]], *, queued: bool = False) -> dict[str, Any]:
@@ -220,24 +249,40 @@ class Verifier:
         out.edited = (out.edited - asked - set(reply.get("kinds") or {})) | set(reply.get("edited_at_central") or [])
         return dict(reply)
 
-    def _first_rows(self, name: str, prefixes: list[str], out: TableReport) -> dict[str, tuple[str, str | None,
-                                                                                                str | None]]:
-        """Row digests of the differing buckets, a request per ROWS_PER_REQUEST rows."""
+    def _first_rows(self, name: str, prefixes: list[str], out: TableReport) -> dict[str, State]:
+        """Row digests of the differing buckets, a request per ROWS_PER_REQUEST rows (each answer saved: a
+        resumed run asks only about the buckets not answered yet)."""
         table = self.model.synced[name]
-        states: dict[str, tuple[str, str | None, str | None]] = {}
+        done, states, out.edited = self.saved.rows(name) if self.saved else (set(), {}, set())
         rows: dict[str, str | None] = {}
         asked: list[str] = []
-        for prefix in prefixes:
+        for prefix in (p for p in prefixes if p not in done):
             rows.update(self.rows.in_prefix(table, prefix))
             asked.append(prefix)
             if len(rows) >= ROWS_PER_REQUEST:
                 self.ask(name, rows, asked, out, states)
+                done.update(asked)
+                self._save_rows(name, done, states, out)
                 rows, asked = {}, []
         if asked:
             self.ask(name, rows, asked, out, states)
+            done.update(asked)
+            self._save_rows(name, done, states, out)
         return states
 
-    def _recheck(self, states: dict[str, dict[str, tuple[str, str | None, str | None]]], report: VerifyReport) -> None:
+    def _save_rows(self, name: str, done: set[str], states: dict[str, State], out: TableReport) -> None:
+        if self.saved:
+            self.saved.save_rows(name, done, states, out.edited)
+
+    def _ask_again(self, name: str, states: dict[str, State], out: TableReport) -> None:
+        """Read a resumed table's differing rows again and ask central about them again: a kept answer is from
+        before the interruption (a row reported extra then may be back at the site now)."""
+        table = self.model.synced[name]
+        for part in chunks(sorted(states), ROWS_PER_REQUEST):
+            now = self.rows.by_uuid(table, part)
+            self.ask(name, {u: now[u][1] if u in now else None for u in part}, [], out, states)
+
+    def _recheck(self, states: dict[str, dict[str, State]], report: VerifyReport) -> None:
         """Ask again about every difference until it holds still over two rounds."""
         unsettled = {name: set(s) if self.rounds else set() for name, s in states.items()}  # 0: report at once
         for round_number in range(1, self.rounds + 1):
@@ -262,17 +307,30 @@ class Verifier:
 
 def verify(cfg: Config, tables: list[str] | None = None, *, repair: bool = False, progress: bool = True,
            timeout: float = 1800, rounds: int = 3, settle_seconds: float = 5,
-           confirm: Callable[[dict[str, int]], bool] | None = None) -> VerifyReport:
+           confirm: Callable[[dict[str, int]], bool] | None = None, restart: bool = False,
+           saved: VerifyProgress | None = None) -> VerifyReport:
     """Verify (and with `repair`, mend) this site's synced tables against central; the sender may run meanwhile.
-    `confirm(counts per table)` decides whether rows added at central are deleted (none: they are not)."""
+    `confirm(counts per table)` decides whether rows added at central are deleted (none: they are not).
+
+    An interrupted run of the same tables (and repair) is resumed unless `restart`; `saved` is the caller's own
+    progress (a catch-up's), which the caller forgets once it is done with it."""
     model = load_model(cfg)
     names = list(model.synced) if not tables else [model.table(t).name for t in tables]
+    own = saved is None
+    if saved is None:
+        saved = VerifyProgress(cfg.home, "verify", {"tables": names, "repair": repair},
+                               max_age=VERIFY_MAX_AGE_SECONDS, restart=restart)
     enricher = Enricher(enrich_settings(cfg), model)
     client = control.ControlClient(settings_from_config(cfg), cfg["broker.destination"], cfg["sender.id"])
     try:
         verifier = Verifier(cfg, model, enricher, client, timeout=timeout, rounds=rounds,
-                            settle_seconds=settle_seconds)
-        return verifier.verify(names, repair=repair, progress=progress, confirm=confirm)
+                            settle_seconds=settle_seconds, saved=saved)
+        report = verifier.verify(names, repair=repair, progress=progress, confirm=confirm)
+        if own:
+            saved.clear()
+        return report
     finally:
         client.close()
         enricher.close()
+        if own:
+            saved.close()

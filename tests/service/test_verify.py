@@ -111,6 +111,7 @@ def test_verify_and_repair_finish_over_a_link_that_keeps_dropping(pair, receiver
             run = dbsync("verify", "--config", str(site.config), "--json", "--settle", "1", *args, env=env,
                          check=False, timeout=600)
             assert run.returncode == code, (run.returncode, run.stderr.decode()[-3000:])
+            assert run.stdout, run.stderr.decode()[-3000:]
             runs.append((orjson.loads(run.stdout), run.stderr.decode()))
         drops = link.connections_accepted
     (report, first_log), (repaired, log) = runs
@@ -335,6 +336,77 @@ def test_a_catch_up_waits_for_central_over_a_dropping_link_and_never_falls_back_
         for proc in (sender, receiver):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
+                proc.wait(30)
+        drop_schema(central)
+
+
+def compared(text: str) -> list[str]:
+    """The tables a sender's log says central answered the buckets of, in order."""
+    return [line.split("verify: ", 1)[1].split(" compared:", 1)[0] for line in text.splitlines()
+            if " compared: " in line and "verify: " in line]
+
+
+def test_a_catch_up_killed_mid_way_resumes_where_it_was(purge_instance, openmrs_db, tmp_path,
+                                                        broker_settings) -> None:
+    """Issue 27 item 1: a catch-up tried again started over (a new verify run, every table read and asked about
+    again), so on a link that drops often it never finished. Here the sender is killed (-9) over a slow link once
+    central answered some tables; started again, it continues the same run (one verify run at central) without
+    comparing those tables again, and the purged window's rows, deletes included, end up right at central; a row
+    changed between the two attempts arrives too."""
+    from devtools.field.link import LinkProxy
+
+    central, site, admin, conf, env = purge_pair(purge_instance, openmrs_db, tmp_path, broker_settings)
+    start = [sys.executable, "-m", "dbsync_cli", "receiver", "--config", str(central.config)]
+    receiver = subprocess.Popen(start, env=central.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = None
+    runs = f"SELECT run_id FROM `{central.schema}`.verify_run WHERE site = 'site1'"
+    try:
+        generate(admin, seed=37, patients=30, mutations=0.0)
+        sync(central, site, broker_settings)
+        before = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0]
+        obs, gone, attribute = lose_a_window(site, purge_instance)
+        first, second = tmp_path / "first.log", tmp_path / "second.log"
+        with LinkProxy(broker_settings.host, broker_settings.port, latency_s=0.3, seed=272) as link:
+            slow = {**env, "DBSYNC_BROKER__URL": f"stomp://{broker_settings.host}:{link.port}"}
+            with first.open("wb") as out:
+                sender = subprocess.Popen([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(conf)],
+                                          env=slow, stdout=out, stderr=out)
+                deadline = time.monotonic() + 180
+                while len(compared(first.read_text())) < 3:
+                    assert sender.poll() is None and time.monotonic() < deadline, first.read_text()[-3000:]
+                    time.sleep(0.05)
+                sender.kill()
+                sender.wait(30)
+            done = compared(first.read_text())
+            assert "catch-up: " not in first.read_text(), "killed too late: the catch-up had finished"
+            assert len(central.sql(runs)) == 1
+            # between the attempts, a row of a table compared already changes: capture streams it afterwards
+            site.sql("UPDATE person_name SET family_name = 'Between the attempts' ORDER BY person_name_id DESC LIMIT 1")
+            with second.open("wb") as out:
+                again = subprocess.run([sys.executable, "-m", "dbsync_cli", "sender", "--config", str(conf),
+                                        "--until-idle"], env=slow, stdout=out, stderr=out, timeout=600, check=False)
+            text = second.read_text()
+            assert again.returncode == 0, text[-3000:]
+        wait_applied(central, broker_settings)
+        assert "resuming run site1:" in text and "taking a new snapshot" not in text, text[-3000:]
+        redone = set(done) & set(compared(text))
+        assert not redone, f"compared again after the kill: {sorted(redone)}"
+        assert compared(text), text[-3000:]  # the rest was compared in the second attempt
+        assert len(central.sql(runs)) == 1  # the same verify run, not a new one
+        sent = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0] - before
+        final = verify(site, code=0)
+        rows = sum(t["site_rows"] for t in final["tables"].values())
+        print(f"catch-up killed after {len(done)} table(s) and resumed: {sent} messages")
+        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
+        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
+        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+        assert central.sql("SELECT COUNT(*) FROM obs WHERE comments = 'changed in the lost window'") == [(obs // 100,)]
+        assert central.sql("SELECT COUNT(*) FROM person_name WHERE family_name = 'Between the attempts'") == [(1,)]
+        assert final["differences"] == 0
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
                 proc.wait(30)
         drop_schema(central)
 
