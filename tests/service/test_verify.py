@@ -258,6 +258,22 @@ def purge_pair(instance: Any, openmrs_db: Any, tmp_path: Any, broker_settings: A
     return central, Site(admin, conf, env, tmp_path / "home-site1"), admin, conf, env
 
 
+def window_mended(central: Central, sent: int, rows: int, obs: int, gone: list[str], attribute: str) -> None:
+    """The catch-up sent only what changed (about 1 % of the obs, deletes included) and deleted the rows deleted
+    at the site inside the lost window."""
+    assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
+    assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
+    assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+
+
+def stop_and_drop(central: Central, *procs: Any, kill: bool = False) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+            proc.wait(30)
+    drop_schema(central)
+
+
 def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_instance, openmrs_db, tmp_path,
                                                                       broker_settings) -> None:
     central, site, admin, conf, env = purge_pair(purge_instance, openmrs_db, tmp_path, broker_settings)
@@ -275,9 +291,7 @@ def test_a_purged_site_catches_up_by_verify_sending_only_what_changed(purge_inst
         wait_applied(central, broker_settings)
         sent = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0] - before
         print(f"catch-up after the purge: {sent} messages for a site of {rows} rows ({sent / rows:.1%})")
-        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
-        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
-        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+        window_mended(central, sent, rows, obs, gone, attribute)
         assert verify(site, code=0)["differences"] == 0
         # and capture goes on from the new checkpoint: a later change arrives as usual
         site.sql("UPDATE person_name SET family_name = 'After the catch-up' ORDER BY person_name_id DESC LIMIT 1")
@@ -329,15 +343,9 @@ def test_a_catch_up_waits_for_central_over_a_dropping_link_and_never_falls_back_
         assert "taking a new snapshot" not in text and "Traceback" not in text, text[-3000:]
         sent = central.sql(f"SELECT SUM(messages) FROM `{central.schema}`.receiver_sync_status")[0][0] - before
         print(f"catch-up over the dropping link after central came back: {sent} messages for {rows} rows")
-        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
-        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
-        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+        window_mended(central, sent, rows, obs, gone, attribute)
     finally:
-        for proc in (sender, receiver):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
-        drop_schema(central)
+        stop_and_drop(central, sender, receiver)
 
 
 def compared(text: str) -> list[str]:
@@ -397,18 +405,12 @@ def test_a_catch_up_killed_mid_way_resumes_where_it_was(purge_instance, openmrs_
         final = verify(site, code=0)
         rows = sum(t["site_rows"] for t in final["tables"].values())
         print(f"catch-up killed after {len(done)} table(s) and resumed: {sent} messages")
-        assert obs // 100 + 4 <= sent <= 0.05 * rows, (sent, rows)
-        assert central.sql("SELECT COUNT(*) FROM obs WHERE uuid IN (%s, %s, %s)", tuple(gone)) == [(0,)]
-        assert central.sql("SELECT COUNT(*) FROM person_attribute WHERE uuid = %s", (attribute,)) == [(0,)]
+        window_mended(central, sent, rows, obs, gone, attribute)
         assert central.sql("SELECT COUNT(*) FROM obs WHERE comments = 'changed in the lost window'") == [(obs // 100,)]
         assert central.sql("SELECT COUNT(*) FROM person_name WHERE family_name = 'Between the attempts'") == [(1,)]
         assert final["differences"] == 0
     finally:
-        for proc in (sender, receiver):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
-        drop_schema(central)
+        stop_and_drop(central, sender, receiver, kill=True)
 
 
 def test_resync_a_patient_at_the_site_and_one_row_on_central_s_request(pair, receiver, broker_settings) -> None:
