@@ -105,3 +105,34 @@ def test_a_heartbeat_keeps_the_window_full_and_its_checkpoint_moves_after_the_ba
     positions = [c["pos"] for c in checkpoints]
     assert positions == [10, 15, 30, 35, 50, 55]  # in the stream's order; the last heartbeat's at the end
     assert len(waits) == 3  # each batch's receipt awaited once: the third batch made the window overflow, the end
+
+
+def test_while_the_broker_cannot_be_reached_the_sender_tries_again_every_few_seconds(monkeypatch) -> None:
+    """A clinic link comes back without a word: after many refused connects the next try is still seconds away, not
+    30 s (a backlog over a link down 10 s every 30 s used 71 % of its up time so; scripts/bench-link)."""
+    from collections import deque
+
+    import dbsync_cli.retrying as retrying_module
+    from dbsync_cli.broker import BrokerSettings
+    from dbsync_cli.sender.publish import Publisher, PublishSettings, _Batch
+
+    waits: list[float] = []
+    monkeypatch.setattr(retrying_module, "_sleeper", lambda _stop: waits.append)  # no real sleep: the waits asked
+    sent: list[bytes] = []
+    refusals = iter(range(10))
+
+    class Conn:
+        def send(self, destination: str, body: bytes, headers: dict[str, str], content_type: str) -> None:
+            sent.append(body)
+
+    def connect(_self: Publisher) -> Conn:
+        if next(refusals, None) is not None:
+            raise BrokerError("cannot connect to STOMP broker 127.0.0.1:61613: [Errno 111] Connection refused")
+        return Conn()
+
+    monkeypatch.setattr(Publisher, "_connect", connect)
+    publisher = Publisher(PublishSettings(broker=BrokerSettings()), on_confirmed=lambda _s: None)
+    publisher._resend(deque([_Batch([(b"{}", {})], [{"id": "a"}], {"pos": 1})]))
+    assert sent == [b"{}"] and len(waits) == 10
+    assert max(waits) <= 4.0, waits  # was up to 30 s
+    assert min(waits[5:]) >= 2.0, waits  # backed off all the same (half of each wait fixed, half random)
