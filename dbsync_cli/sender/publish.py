@@ -314,19 +314,26 @@ class Publisher:
             log.warning("publish failed (%s); retrying", describe(exc))
         self._resend(pending)
 
+    def _broken(self) -> bool:
+        """The connection dropped or the broker sent an ERROR frame: the unconfirmed batches will not be confirmed
+        on it. Noticed at the next heart-beat too (every second), not only when the next batch is sent: at the end
+        of a backlog no batch follows, and the last ones waited, lost, for the site's next change."""
+        return self.receipts.disconnected or self.receipts.error is not None
+
     def _unconfirmed(self, pending: deque[_Batch]) -> int:
         """Batches sent and not confirmed yet (a batch without frames, a heart-beat's, needs no receipt)."""
         return sum(1 for batch in pending if batch.receipt is not None and batch.receipt not in self.receipts_got)
 
     def _confirm(self, pending: deque[_Batch], keep: int) -> Iterator[dict[str, Any]]:
         """Take every confirmed batch off the front, in order (yielding its records and moving the checkpoint); wait
-        for the oldest receipt only while more than `keep` batches are unconfirmed. So the window stays full on a
-        high-latency link, and a checkpoint moves as soon as its batch and every one before it are confirmed."""
+        for the oldest receipt only while more than `keep` batches are unconfirmed, or once the connection broke (the
+        wait then fails at once and the unconfirmed batches go again). So the window stays full on a high-latency
+        link, and a checkpoint moves as soon as its batch and every one before it are confirmed."""
         failures = 0
         while pending:
             batch = pending[0]
             if batch.receipt is not None and batch.receipt not in self.receipts_got:
-                if self._unconfirmed(pending) <= keep:
+                if self._unconfirmed(pending) <= keep and not self._broken():
                     return
                 try:
                     self._wait(batch.receipt)
