@@ -178,12 +178,16 @@ def manifest(path: Path, max_frame_bytes: int) -> dict[str, Any]:
     raise BundleError(_("{path}: no manifest").format(path=path))  # pragma: no cover - _frames ends with one
 
 
-def check(found: dict[str, Any], public_key: str, path: Path) -> None:
-    """The manifest's signature is the recorded key's (BundleError naming the site otherwise)."""
-    if not signing.verifies(public_key, found["_signature"], SIGNED_PREFIX + found["_signed"]):
-        raise BundleError(_("{path}: not signed by the key recorded for site {site!r} (made by another site, or the "
-                            "site's key changed: dbsync sites update {site} --public-key …)").format(
-            path=path, site=found.get("site")))
+def check(found: dict[str, Any], public_key: str, path: Path, who: str | None = None) -> None:
+    """The manifest's signature is the recorded key's (BundleError naming the site, or `who`, otherwise)."""
+    if signing.verifies(public_key, found["_signature"], SIGNED_PREFIX + found["_signed"]):
+        return
+    if who is not None:
+        raise BundleError(_("{path}: not signed by {who}'s key (sender.central_public_key)").format(path=path,
+                                                                                                    who=who))
+    raise BundleError(_("{path}: not signed by the key recorded for site {site!r} (made by another site, or the "
+                        "site's key changed: confirm the new key with the site by another way, then dbsync sites "
+                        "update {site} --public-key …)").format(path=path, site=found.get("site")))
 
 
 def frames(path: Path, max_frame_bytes: int) -> Iterator[Frame]:

@@ -137,6 +137,8 @@ class Sender(Section):
                                      "snapshot (every row sent again)")
     catch_up_timeout_seconds: int = key(300, roles=SENDER, ge=1, help="how long a catch-up waits for each answer "
                                                                       "from central before it tries again later")
+    central_public_key: str | None = key(None, roles=SENDER, help="central's key (`dbsync sites central-key` prints "
+                                                                  "it): verify by file reads only answers it signed")
     requests: bool = key(True, roles=SENDER, help="`dbsync sender` takes central's re-sync requests from "
                                                   "<destination>.request.<id> (`dbsync sites resync`)")
     snapshot_method: Literal["auto", "mariadb", "lock", "log_status"] = key(

@@ -142,6 +142,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
          "dbsync conflicts resolve -c receiver.toml --site site1 --table person_name --older-than 1d "
          "--keep-central"),
     ],
+    "sites central-key": [("Central's public key, for each site's sender.central_public_key (verify by file):",
+                           "dbsync sites central-key -c receiver.toml")],
     "sites add": [("Register a site before its sender starts:",
                    "dbsync sites add site1 --name 'Site One' -c receiver.toml")],
     "sites list": [("Sites and their last sync:", "dbsync sites list -c receiver.toml")],

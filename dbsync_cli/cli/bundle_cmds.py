@@ -90,7 +90,10 @@ def import_(
         if report.waiting:
             line += "; " + _("{waiting} still waiting for the receiver").format(waiting=report.waiting)
         elif report.waiting == 0:
-            line += "; " + _("applied")
+            line += "; " + _("handled by the receiver")
+        if report.parked:
+            line += "; " + _("{parked} of the site's messages parked since (dbsync retry list, dbsync conflicts "
+                             "list)").format(parked=report.parked)
         print(line)
-    if report.waiting:
+    if report.waiting or report.parked:
         raise typer.Exit(exitcodes.FAILURE)

@@ -230,6 +230,14 @@ def sites_update(
         print(held)
 
 
+@sites_app.command("central-key")
+def sites_central_key(config: common.ConfigOption = None) -> None:
+    """Print central's public key (made at its first use, kept in the receiver's home): the sites' sender.central_public_key,
+    with which they check central's answers to verify by file."""
+    cfg = common.load_config(config, "receiver")
+    print(signing.public_text(signing.site_key(cfg.home)))
+
+
 def _listing(conn: Any, schema: str) -> list[dict[str, Any]]:
     last = state.last_sync_dates(conn, schema)
     return [

@@ -36,6 +36,9 @@ from dbsync_cli.sql import sql
 log = logging.getLogger("dbsync.import")
 
 FRAMES_PER_TRANSACTION = 200
+BYTES_PER_TRANSACTION = 16 * 1024 * 1024  # and at most this many bytes of frames (memory, max_allowed_packet)
+COPY_HEADROOM_BYTES = 256 * 1024 * 1024  # what the copy of a bundle leaves free in the receiver's home
+MAX_BUNDLE_ID = 160  # bundle_import.bundle_id
 
 
 @dataclass
@@ -50,11 +53,12 @@ class ImportReport:
     times: int  # how often this bundle was imported, this time included
     sender: str = ""  # what its rows are stored as sent by (trust.signed_user)
     waiting: int | None = None  # with --wait: envelopes of it still in the inbox when the wait ended
+    parked: int = 0  # with --wait: the site's messages parked since the import began (retry queue, conflicts)
 
     def as_json(self) -> dict[str, Any]:
         return {"file": str(self.file), "site": self.site, "bundle": self.bundle, "envelopes": self.envelopes,
                 "rows": self.rows, "stored": self.stored, "refused": self.refused, "times": self.times,
-                "waiting": self.waiting}
+                "waiting": self.waiting, "parked": self.parked}
 
 
 @contextlib.contextmanager
@@ -64,6 +68,17 @@ def checked(cfg: Config, path: Path, kind: str) -> Iterator[tuple[dict[str, Any]
     settings = consume_settings(cfg)
     read_limit = 4 * settings.max_message_bytes  # a bigger frame is damage; one over the limit is parked
     work = private_dir(cfg.home / "imports")
+    try:
+        if not path.is_file():
+            raise bundle.BundleError(_("{path}: not a file").format(path=path))
+        room = shutil.disk_usage(work).free - COPY_HEADROOM_BYTES
+        if path.stat().st_size > room:
+            raise bundle.BundleError(_("{path}: {size:,} bytes, more than {work} has room for (its copy is checked "
+                                       "there): free space there first").format(path=path, size=path.stat().st_size,
+                                                                                work=work))
+    except OSError as exc:
+        raise bundle.BundleError(_("{path}: cannot be read ({error})").format(
+            path=path, error=exc.strerror or exc)) from None
     with tempfile.NamedTemporaryFile(dir=work, suffix=".bundle") as copy:
         try:
             with path.open("rb") as source:
@@ -74,6 +89,8 @@ def checked(cfg: Config, path: Path, kind: str) -> Iterator[tuple[dict[str, Any]
         copy.flush()
         private = Path(copy.name)
         found = bundle.manifest(private, read_limit)
+        if not isinstance(found.get("bundle"), str) or not 0 < len(found["bundle"]) <= MAX_BUNDLE_ID:
+            raise bundle.BundleError(_("{path}: damaged (its manifest names no bundle)").format(path=path))
         site_id = found.get("site")
         conn = settings.db.connect(autocommit=False)
         try:
@@ -98,12 +115,29 @@ def checked(cfg: Config, path: Path, kind: str) -> Iterator[tuple[dict[str, Any]
 def import_bundle(cfg: Config, path: Path, *, wait_seconds: float | None = None) -> ImportReport:
     """Check `path`'s signature against its site's recorded key, then store its frames in the inbox."""
     settings = consume_settings(cfg)
+    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with checked(cfg, path, "changes") as (found, private, site, conn):
         assert site.public_key is not None
+        _refuse_forgotten(conn, settings.state_schema, found, path, cfg["receiver.applied_ids_days"])
         report = _store(conn, settings, private, 4 * settings.max_message_bytes, found, site.public_key, path)
     if wait_seconds:
-        report.waiting = _wait_applied(settings, report, wait_seconds)
+        report.waiting, report.parked = _wait_applied(settings, report, wait_seconds, started)
     return report
+
+
+def _refuse_forgotten(conn: Any, schema: str, found: dict[str, Any], path: Path, days: int) -> None:
+    """A bundle first imported longer ago than central remembers applied message ids (receiver.applied_ids_days):
+    its rows would no longer be known as applied, and could bring back rows deleted since."""
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT date_first FROM {}.bundle_import WHERE bundle_id = %s", state.schema_name(schema)),
+                    (found["bundle"],))
+        row = cur.fetchone()
+    conn.commit()
+    if row and row[0] < dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=days):
+        raise bundle.BundleError(_("{path}: bundle {bundle} was imported first on {first:%Y-%m-%d}, longer ago than "
+                                   "central remembers applied messages (receiver.applied_ids_days = {days}): "
+                                   "importing it again could bring back rows deleted since; it is refused").format(
+            path=path, bundle=found["bundle"], first=row[0], days=days))
 
 
 def _store(conn: Any, settings: Any, private: Path, read_limit: int, found: dict[str, Any], public_key: str,
@@ -111,14 +145,15 @@ def _store(conn: Any, settings: Any, private: Path, read_limit: int, found: dict
     consumer = Consumer(settings, threading.Event())
     sender = signed_user(public_key)
     batch: list[bundle.Frame] = []
-    envelopes = rows = stored = 0
+    envelopes = rows = stored = size = 0
     for frame in bundle.frames(private, read_limit):
         envelopes += 1
         rows += wire.delivery_rows(frame.headers)
         batch.append(frame)
-        if len(batch) >= FRAMES_PER_TRANSACTION:
+        size += len(frame.body)
+        if len(batch) >= FRAMES_PER_TRANSACTION or size >= BYTES_PER_TRANSACTION:
             stored += len(consumer.store(conn, batch, sender))
-            batch = []
+            batch, size = [], 0
     if batch:
         stored += len(consumer.store(conn, batch, sender))
     times = _record(conn, settings.state_schema, found, path, envelopes, rows, stored)
@@ -144,8 +179,9 @@ def _record(conn: Any, schema: str, found: dict[str, Any], path: Path, envelopes
     return int(times)
 
 
-def _wait_applied(settings: Any, report: ImportReport, seconds: float) -> int:
-    """Envelopes of the site's bundles still in the inbox after waiting up to `seconds` for the receiver."""
+def _wait_applied(settings: Any, report: ImportReport, seconds: float, started: dt.datetime) -> tuple[int, int]:
+    """Envelopes of the site's bundles still in the inbox after waiting up to `seconds` for the receiver, and the
+    messages of the site parked since the import began (retry queue of its key, conflicts of the site)."""
     conn = settings.db.connect(autocommit=False)
     s = state.schema_name(settings.state_schema)
     deadline = time.monotonic() + seconds
@@ -157,8 +193,15 @@ def _wait_applied(settings: Any, report: ImportReport, seconds: float) -> int:
                 (waiting,) = cur.fetchone()
             conn.commit()
             if not waiting or time.monotonic() >= deadline:
-                return int(waiting)
+                break
             time.sleep(0.5)
+        with conn.cursor() as cur:
+            cur.execute(sql("SELECT (SELECT COUNT(*) FROM {s}.receiver_retry_queue WHERE broker_user = %s AND "
+                            "date_created >= %s) + (SELECT COUNT(*) FROM {s}.receiver_conflict_queue WHERE site = %s "
+                            "AND date_created >= %s)", s=s), (report.sender, started, report.site, started))
+            (parked,) = cur.fetchone()
+        conn.commit()
+        return int(waiting), int(parked)
     finally:
         conn.close()
 

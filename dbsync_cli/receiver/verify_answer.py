@@ -19,13 +19,14 @@ from dbsync_cli import bundle, signing, wire
 from dbsync_cli.config import Config
 from dbsync_cli.receiver.bundle_import import checked
 from dbsync_cli.receiver.run import load_model
-from dbsync_cli.receiver.verify import VerifyHandler
+from dbsync_cli.receiver.verify import RequestError, VerifyHandler
 from dbsync_cli.timezones import parse_timezone
 from dbsync_cli.verify_report import TableReport
 
 log = logging.getLogger("dbsync.verify")
 
 MAX_FRAME_JSON = 256 * 1024 * 1024
+ROWS_PER_FRAME = 50_000  # differences per frame of an answer
 
 
 @dataclass
@@ -35,7 +36,7 @@ class _Table:
     name: str
     omit: list[str]
     site_only: list[str]
-    compared: list[str] | None
+    compared: list[str]  # the columns both sides have: the site's next question digests these
     differing: list[str]
     report: TableReport
     site_digests: dict[str, str | None] = field(default_factory=dict)
@@ -44,6 +45,13 @@ class _Table:
 
 def answer(cfg: Config, question: Path, answer_path: Path) -> dict[str, Any]:
     """Answer a site's question; returns the figures per table (and writes `answer_path`)."""
+    try:
+        return _answer(cfg, question, answer_path)
+    except RequestError as exc:  # a question central will not answer (its shape): one line, like a damaged file
+        raise bundle.BundleError(f"{question}: {exc}") from None
+
+
+def _answer(cfg: Config, question: Path, answer_path: Path) -> dict[str, Any]:
     with checked(cfg, question, "verify-request") as (found, private, site, conn):
         model = load_model(cfg)
         with conn.cursor() as cur:
@@ -87,8 +95,9 @@ def _head(handler: VerifyHandler, run: str, site: str, central_columns: list[str
     report = TableReport(site_rows=int(body.get("rows") or 0), central_rows=int(reply.get("central_rows") or 0),
                          site_only=site_only, central_only=omit)
     report.kinds.update({wire.canonical_uuid(u): "added_at_central" for u in reply.get("added") or []})
-    compared = sorted(set(site_columns) & set(central_columns)) if site_only else None
-    if site_only:
+    compared = sorted(set(site_columns) & set(central_columns))
+    if site_only:  # central cannot digest what it lacks: not compared now (not stored as matched either)
+        report.site_rows = 0
         log.warning("verify by file: %s: the site has column(s) central lacks (%s): compared by the next question",
                     name, ", ".join(site_only))
     return _Table(name, omit, site_only, compared, list(reply.get("differing") or []), report)
@@ -129,10 +138,14 @@ def _write(cfg: Config, path: Path, question: dict[str, Any], tables: dict[str, 
     try:
         for t in tables.values():
             report = t.report
-            writer.frame(*bundle.json_frame({
-                "table": t.name, "site_rows": report.site_rows, "central_rows": report.central_rows,
-                "site_only": t.site_only, "central_only": report.central_only, "compared": t.compared,
-                "kinds": report.kinds, "site": t.site_digests, "edited": sorted(report.edited)}, t.name))
+            kinds = sorted(report.kinds.items())
+            for start in range(0, max(1, len(kinds)), ROWS_PER_FRAME):  # a table's answer in frames of bounded size
+                chunk = dict(kinds[start:start + ROWS_PER_FRAME])
+                writer.frame(*bundle.json_frame({
+                    "table": t.name, "site_rows": report.site_rows, "central_rows": report.central_rows,
+                    "site_only": t.site_only, "central_only": report.central_only, "compared": t.compared,
+                    "kinds": chunk, "site": {u: t.site_digests.get(u) for u in chunk if u in t.site_digests},
+                    "edited": sorted(u for u in report.edited if u in chunk)}, t.name))
         writer.finish(signing.site_key(cfg.home), {
             "kind": "verify-answer", "site": question.get("site"), "run": question.get("run"),
             "bundle": f"{question.get('run')}:answer", "created": dt.datetime.now(dt.UTC).isoformat(

@@ -119,6 +119,11 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
         with reader_id(cfg.home, cfg["sender.server_id"], exclusive=True) as server_id:
             checkpoint = store.load()
             earlier = store.load(EXPORT_PART)
+            if path.exists():
+                if earlier and earlier.get("file") == str(path) and not part.exists():
+                    return _sealed_already(cfg, store, path, earlier, key)
+                raise bundle.BundleError(_("{path} exists: carry it to central first, or export to another "
+                                           "file").format(path=path))
             resumed = bool(earlier and earlier.get("file") == str(path) and earlier.get("start") == checkpoint
                            and part.exists() and part.stat().st_size >= int(earlier.get("bytes") or 0))
             progress: dict[str, Any] = dict(earlier) if resumed and earlier else {
@@ -140,7 +145,7 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
 
             publisher.on_confirmed = batch_written
             try:
-                for _ in publisher.run(enrich(capture(settings, progress["at"]), enrich_settings(cfg), model)):
+                for _message in publisher.run(enrich(capture(settings, progress["at"]), enrich_settings(cfg), model)):
                     pass
             except BaseException:
                 writer.close()
@@ -154,18 +159,37 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
                 "from": progress["start"], "to": progress["at"]})
             part.replace(path)
             _sync_dir(path.parent)
-            end = progress["at"]
-            exported = {"bundle": progress["bundle"], "file": str(path), "rows": progress["rows"],
-                        "envelopes": progress["frames"], "from": progress["start"], "to": end,
-                        "sha256": manifest["sha256"], "sealed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-            store.count_dropped(progress["drops"])
-            store.save_all({EXPORTED: exported, **({BINLOG: end} if end is not None else {})}, forget=(EXPORT_PART,))
-            if end is not None and cfg["sender.purge_binlogs"]:
-                BinlogPurger(cfg.db("site_db"), cfg["sender.keep_binlog_files"], 0).after_checkpoint(end)
-            return ExportReport(path, progress["bundle"], int(progress["rows"]), int(progress["frames"]), resumed,
-                                progress["start"], end, signing.public_text(key))
+            return _seal(cfg, store, path, progress, manifest["sha256"], key, resumed)
     finally:
         store.close()
+
+
+def _seal(cfg: Config, store: CheckpointStore, path: Path, progress: dict[str, Any], sha256: str,
+          key: Any, resumed: bool) -> ExportReport:
+    """The sealed bundle's end becomes the sender's checkpoint, in the transaction that records the export, forgets
+    its progress and counts what it did not carry (drop records)."""
+    end = progress["at"]
+    exported = {"bundle": progress["bundle"], "file": str(path), "rows": progress["rows"],
+                "envelopes": progress["frames"], "from": progress["start"], "to": end, "sha256": sha256,
+                "sealed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    store.count_dropped(progress["drops"])  # written by save_all, in its transaction
+    store.save_all({EXPORTED: exported, **({BINLOG: end} if end is not None else {})}, forget=(EXPORT_PART,))
+    if end is not None and cfg["sender.purge_binlogs"]:
+        BinlogPurger(cfg.db("site_db"), cfg["sender.keep_binlog_files"], 0).after_checkpoint(end)
+    return ExportReport(path, progress["bundle"], int(progress["rows"]), int(progress["frames"]), resumed,
+                        progress["start"], end, signing.public_text(key))
+
+
+def _sealed_already(cfg: Config, store: CheckpointStore, path: Path, progress: dict[str, Any],
+                    key: Any) -> ExportReport:
+    """Killed after the file was sealed and renamed, before the checkpoint moved: the file is whole and is this
+    export's (same bundle id), so only the last step is done again."""
+    found = bundle.manifest(path, 4 * cfg["broker.max_message_bytes"])
+    if found.get("bundle") != progress.get("bundle") or found.get("to") != progress.get("at"):
+        raise bundle.BundleError(_("{path} exists: carry it to central first, or export to another file").format(
+            path=path))
+    log.info("export: %s was sealed before the last run stopped; the checkpoint moves past it now", path)
+    return _seal(cfg, store, path, progress, str(found.get("sha256")), key, True)
 
 
 def _refuse_lost(cfg: Config, settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> None:

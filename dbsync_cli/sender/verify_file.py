@@ -34,11 +34,12 @@ from dbsync_cli.sender.export import part_path, write_messages
 from dbsync_cli.sender.settings import enrich_settings, load_model
 from dbsync_cli.sender.verify import ROWS_PER_REQUEST, SiteRows, Verifier
 from dbsync_cli.sender.verify_repair import Repair
-from dbsync_cli.verify_report import TableReport, VerifyReport
+from dbsync_cli.verify_report import DIFFERENCE_KINDS, TableReport, VerifyReport
 
 log = logging.getLogger("dbsync.verify")
 
 VERIFY_BY_FILE = "verify_by_file"  # the last question asked by file, and the columns both sides had at the last answer
+KINDS = frozenset(DIFFERENCE_KINDS)
 #: what a frame of an answer may inflate to
 MAX_FRAME_JSON = 256 * 1024 * 1024
 
@@ -99,6 +100,11 @@ def answered(cfg: Config, path: Path, *, repair_to: Path | None = None) -> Verif
         asked = store.load(VERIFY_BY_FILE) or {}
     finally:
         store.close()
+    central_key = cfg.get("sender.central_public_key")
+    if not central_key:
+        raise bundle.BundleError(_("sender.central_public_key is not set: an answer by file is read only when it is "
+                                   "signed by central's key (dbsync sites central-key prints it at central)"))
+    bundle.check(found, central_key, path, who=_("central"))
     if found.get("kind") != "verify-answer" or found.get("site") != cfg["sender.id"]:
         raise bundle.BundleError(_("{path}: not central's answer to a question of site {site!r}").format(
             path=path, site=cfg["sender.id"]))
@@ -121,11 +127,12 @@ def answered(cfg: Config, path: Path, *, repair_to: Path | None = None) -> Verif
                 continue
             out = report.tables.setdefault(name, TableReport())
             _read_table(verifier, name, body, out)
-            if body.get("compared"):
-                columns[name] = list(body["compared"])
+            if isinstance(body.get("compared"), list):
+                columns[name] = [c for c in body["compared"] if isinstance(c, str)]
         store = CheckpointStore(cfg.home)
         try:  # the next question digests the columns both sides have now
-            store.save({**asked, "columns": columns, "answered": found.get("created")}, VERIFY_BY_FILE)
+            kept = {**(asked.get("columns") or {}), **columns}
+            store.save({**asked, "columns": kept, "answered": found.get("created")}, VERIFY_BY_FILE)
         finally:
             store.close()
         if repair_to is not None:
@@ -142,9 +149,10 @@ def _read_table(verifier: Verifier, name: str, body: dict[str, Any], out: TableR
     out.central_rows = int(body.get("central_rows") or 0)
     out.site_only = list(body.get("site_only") or [])
     out.central_only = list(body.get("central_only") or [])
-    kinds = {wire.canonical_uuid(u): k for u, k in (body.get("kinds") or {}).items() if isinstance(u, str)}
+    kinds = {wire.canonical_uuid(u): k for u, k in (body.get("kinds") or {}).items()
+             if isinstance(u, str) and k in KINDS}
     then = {wire.canonical_uuid(u): d for u, d in (body.get("site") or {}).items() if isinstance(u, str)}
-    out.edited = {wire.canonical_uuid(u) for u in body.get("edited") or [] if isinstance(u, str)}
+    out.edited |= {wire.canonical_uuid(u) for u in body.get("edited") or [] if isinstance(u, str)}
     table = verifier.model.synced[name]
     uuids = sorted(u for u, k in kinds.items() if k != "added_at_central")
     for start in range(0, len(uuids), ROWS_PER_REQUEST):
@@ -154,7 +162,7 @@ def _read_table(verifier: Verifier, name: str, body: dict[str, Any], out: TableR
             current = now[uuid][1] if uuid in now else None
             if current != then.get(uuid):
                 kinds[uuid] = "changing"
-    out.kinds = kinds
+    out.kinds.update(kinds)  # a table's answer may come in several frames
 
 
 def _repair(cfg: Config, verifier: Verifier, report: VerifyReport, path: Path) -> dict[str, Any]:
@@ -166,8 +174,9 @@ def _repair(cfg: Config, verifier: Verifier, report: VerifyReport, path: Path) -
             out.kinds[uuid] = "changing"
     rows, deletes = Repair(verifier, report).messages()
     written, envelopes = write_messages(cfg, path.resolve(), rows + deletes, {
-        "bundle": f"{verifier.run_id}:repair", "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "from": None, "to": None, "repair": verifier.run_id})
+        "bundle": f"{verifier.run_id}:repair:{uuidlib.uuid4().hex[:8]}",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "from": None, "to": None,
+        "repair": verifier.run_id})
     added = sum(1 for t in report.tables.values() for k in t.kinds.values() if k == "added_at_central")
     log.info("verify --repair by file: %d row(s) and %d delete(s) written to %s", written - len(deletes),
              len(deletes), path)

@@ -32,6 +32,9 @@ def ask(central: Central, site: Site, tmp_path: Path, name: str) -> dict[str, An
 def test_verify_and_repair_by_file_mend_what_differs(clinics, tmp_path) -> None:  # noqa: F811
     central, site1, _site2 = clinics
     register_key(central, site1)
+    central_key = dbsync("sites", "central-key", "--config", str(central.config), env=central.env).stdout.decode()
+    assert central_key.startswith("ed25519:"), central_key
+    site1.env["DBSYNC_SENDER__CENTRAL_PUBLIC_KEY"] = central_key.strip()
     generate(site1.admin, seed=95, patients=20, mutations=0.2)
     carried = tmp_path / "week.dbsync"
     dbsync("export", "--to", str(carried), "--config", str(site1.config), env=site1.env)
@@ -75,3 +78,14 @@ def test_verify_and_repair_by_file_mend_what_differs(clinics, tmp_path) -> None:
     # an answer is for this site's last question only
     stale = dbsync("verify", "--from", str(answer), "--config", str(site1.config), env=site1.env, check=False)
     assert stale.returncode == 20 and b"not this site's last one" in stale.stderr, stale.stderr
+    # and only an answer central signed is read: one signed by any other key (a forged one) is refused whole
+    other = {**central.env, "DBSYNC_HOME": str(tmp_path / "not-central")}
+    forged = tmp_path / "forged-a.dbsync"
+    dbsync("verify", "--to", str(tmp_path / "third-q.dbsync"), "--config", str(site1.config), env=site1.env)
+    dbsync("import", str(tmp_path / "third-q.dbsync"), "--answer-to", str(forged), "--config", str(central.config),
+           env=other)
+    refused = dbsync("verify", "--from", str(forged), "--config", str(site1.config), env=site1.env, check=False)
+    assert refused.returncode == 20 and b"not signed by central's key" in refused.stderr, refused.stderr
+    # an export never writes over a bundle that may not have been carried yet
+    again = dbsync("export", "--to", str(carried), "--config", str(site1.config), env=site1.env, check=False)
+    assert again.returncode == 1 and b"exists: carry it to central first" in again.stderr, again.stderr
