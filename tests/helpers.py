@@ -84,19 +84,26 @@ def messages_of(frame: Any) -> list[dict[str, Any]]:
 
 def drain(broker: BrokerSettings, destination: str, idle: float = 3.0, *,
           envelopes: bool = False) -> list[dict[str, Any]]:
-    """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds: the
-    sync messages, taken out of their wire-v2 envelopes (or the envelopes themselves)."""
+    """Consume (and acknowledge) every message of an ANYCAST queue until it stays quiet for `idle` seconds and the
+    broker holds none of it (a loaded broker may pause longer than `idle`): the sync messages, taken out of their
+    wire-v2 envelopes (or the envelopes themselves)."""
+    from dbsync_cli.broker_queue import queue_stats
+
     collector = _Collector()
     conn = open_connection(broker, listener=collector, auto_decode=False)
     conn.subscribe(destination, id="drain", ack="client-individual",
                    headers={"subscription-type": "ANYCAST", "consumer-window-size": "1048576"})
     out: list[dict[str, Any]] = []
+    quiet_rounds = 0
     try:
         while True:
             try:
                 frame = collector.frames.get(timeout=idle)
             except queue.Empty:
-                return out
+                quiet_rounds += 1
+                if quiet_rounds >= 20 or queue_stats(broker, destination).messages == 0:
+                    return out
+                continue
             if envelopes:
                 out.append(decode_body(frame))
             else:
