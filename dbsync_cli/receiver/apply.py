@@ -45,6 +45,7 @@ from dbsync_cli.receiver.resolve import (
     UuidToId,
 )
 from dbsync_cli.receiver.retry_rules import PERMANENT, queue_kind_of, reference_cause
+from dbsync_cli.receiver.set_apply import SetApply, json_table_works
 from dbsync_cli.receiver.state import CENTRAL_OWNER
 from dbsync_cli.retrying import pause
 from dbsync_cli.sql import StatementCache, chunks, columns, join, placeholders, quote, sql
@@ -77,6 +78,7 @@ class ApplySettings:
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
     future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
+    set_apply: bool = True  # plain new rows written set-based (set_apply.py) before the per-row path
 
 
 class Applier:
@@ -107,9 +109,14 @@ class Applier:
             (packet,) = cur.fetchone() or (4_194_304,)
         self.inserts = GroupedInserts(self.ids, consecutive, max_bytes=min(GROUP_BYTES, int(packet) // 2))
         self._grouping = False
+        with self.conn.cursor() as cur:
+            set_based = settings.set_apply and json_table_works(cur)
         # The rows a batch judges, read and locked up front (current_rows.py); entity_hash entries read for a whole
         # batch up front (None outside a batch): entity_hash only changes in finish_batch.
         self.rows = CurrentRows(self.conn, model, self.statements)
+        self.set_path = SetApply(model, self.ids, self.convert.value, self.s, consecutive=consecutive,
+                                 rest_enabled=settings.rest_enabled, held=self.rows.holds,
+                                 max_bytes=min(GROUP_BYTES, int(packet) // 2)) if set_based else None
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.held_rows = HeldRows(self.s)  # what central held when each adopting site was registered: never adopted
@@ -291,7 +298,8 @@ class Applier:
             self._prefetch_rows(cur, parsed, lock=not careful)
             self._grouping = not careful
             try:
-                self._messages(cur, parsed, batch, done, careful)
+                written = self._set_based(cur, parsed, batch, done) if not careful else {}
+                self._messages(cur, parsed, batch, done, careful, written)
                 self.inserts.flush(cur, batch)
             finally:
                 self._grouping = False
@@ -303,11 +311,23 @@ class Applier:
         log_outcomes(batch.outcomes)
         return batch.outcomes
 
+    def _set_based(self, cur: Any, parsed: list[Parsed], batch: Batch,
+                   done: dict[str, bytes | None]) -> dict[int, Outcome]:
+        """The batch's plain new rows, written set-based (set_apply.py); their outcomes by index."""
+        if self.set_path is None:
+            return {}
+        rows = self.set_path.choose(cur, parsed, done=done, sites=self.sites, blocked=self.blocked,
+                                    synced=self._synced)
+        return self.set_path.write(cur, rows, batch) if rows else {}
+
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],
-                  careful: bool) -> None:
+                  careful: bool, written: dict[int, Outcome] | None = None) -> None:
         for index, item in enumerate(parsed):
             if item.inbox is not None:
                 batch.inbox.append(item.inbox)
+            if written and index in written:  # applied by the set path
+                batch.outcomes.append(written[index])
+                continue
             digest = item.digest()
             if item.message_id in done:
                 seen = done[item.message_id]

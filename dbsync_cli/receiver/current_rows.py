@@ -75,6 +75,10 @@ class CurrentRows:
             for row in self.by_key(name, sorted(set(keys[name])), lock=True):
                 self._rows[(name, row[key_column])] = row
 
+    def holds(self, table: str, key: Any) -> bool:
+        """Whether the batch's read found this row (the set path leaves rows central holds to the per-row path)."""
+        return self._rows is not None and (table, key) in self._rows
+
     def reset(self) -> None:
         """The batch ended (its commit or rollback released the locks)."""
         self._rows = None
