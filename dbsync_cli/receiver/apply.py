@@ -115,7 +115,8 @@ class Applier:
         # batch up front (None outside a batch): entity_hash only changes in finish_batch.
         self.rows = CurrentRows(self.conn, model, self.statements)
         self.set_path = SetApply(model, self.ids, self.convert.value, self.s, consecutive=consecutive,
-                                 rest_enabled=settings.rest_enabled, held=self.rows.holds,
+                                 rest_enabled=settings.rest_enabled, peek=self.rows.peek,
+                                 central_now=self._central_now, tolerance=settings.future_tolerance_seconds,
                                  max_bytes=min(GROUP_BYTES, int(packet) // 2)) if set_based else None
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted

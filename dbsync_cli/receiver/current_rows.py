@@ -75,9 +75,10 @@ class CurrentRows:
             for row in self.by_key(name, sorted(set(keys[name])), lock=True):
                 self._rows[(name, row[key_column])] = row
 
-    def holds(self, table: str, key: Any) -> bool:
-        """Whether the batch's read found this row (the set path leaves rows central holds to the per-row path)."""
-        return self._rows is not None and (table, key) in self._rows
+    def peek(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row as the batch's read found it (None: not found, or not read), left for `current` (set_apply.py
+        judges with it whether a change needs the per-row path)."""
+        return self._rows.get((table, key)) if self._rows is not None else None
 
     def reset(self) -> None:
         """The batch ended (its commit or rollback released the locks)."""

@@ -22,6 +22,7 @@ by message (savepoints, no set path), so one bad row still parks only its own me
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,13 +38,24 @@ from dbsync_cli.receiver.conflict import hash_sql
 from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.message import Parsed
 from dbsync_cli.receiver.resolve import UuidToId
-from dbsync_cli.receiver.set_select import Need, Plans, Row, Unfit, candidate, convert, settle, subclass_rows
-from dbsync_cli.sql import Sql, StatementCache, columns, join, quote, sql
+from dbsync_cli.receiver.set_select import (
+    Need,
+    Plans,
+    Row,
+    Unfit,
+    candidate,
+    convert,
+    future_dated,
+    settle,
+    subclass_rows,
+)
+from dbsync_cli.sql import Sql, StatementCache, columns, join, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.apply")
 
 #: bytes of one statement's JSON document at most (also at most half the server's max_allowed_packet)
 SET_BYTES = 1_000_000
+SET_ROWS = 1000  # rows per INSERT at most
 
 
 def json_table_works(cur: Any) -> bool:
@@ -62,15 +74,17 @@ def _default(value: Any) -> Any:
 
 class SetApply:
     def __init__(self, model: SchemaModel, ids: UuidToId, value_of: Callable[..., Any], schema: Sql, *,
-                 consecutive: bool, rest_enabled: bool, held: Callable[[str, Any], bool],
-                 max_bytes: int = SET_BYTES) -> None:
+                 consecutive: bool, rest_enabled: bool, peek: Callable[[str, Any], dict[str, Any] | None],
+                 central_now: Callable[[Any], dt.datetime], tolerance: float, max_bytes: int = SET_BYTES) -> None:
         self.model = model
         self.ids = ids
         self.value_of = value_of  # Converter.value: a DATETIME in central's zone, a TIMESTAMP in UTC
         self.s = schema
         self.consecutive = consecutive
         self.rest_enabled = rest_enabled
-        self.held = held  # (table, key) → central holds the row (the batch's locked read found it)
+        self.peek = peek  # (table, key) → central's row as the batch's locked read found it (None: none)
+        self.central_now = central_now  # central's clock (cursor → naive, central's zone)
+        self.tolerance = tolerance  # seconds a change may be dated past central's clock and still count as now
         self.max_bytes = max_bytes
         self.plans = Plans(model)
         self.statements = StatementCache()
@@ -94,12 +108,14 @@ class SetApply:
                 if item.message_id in done or seen_ids[item.message_id] > 1:
                     raise Unfit
                 row = candidate(item, index, sites=sites, blocked=blocked, synced=synced, ids=self.ids,
-                                held=self.held, model=self.model)
+                                peek=self.peek, model=self.model)
                 if (row.table.name, row.uuid) in seen_rows:
                     raise Unfit
                 seen_rows.add((row.table.name, row.uuid))
                 assert item.message is not None
                 convert(self.plans, self.ids, self.value_of, row.table, item.message.get("data") or {}, row)
+                if row.update and future_dated(row, self.central_now(cur), self.tolerance):
+                    raise Unfit
             except Unfit:
                 if ek is not None:
                     unfit.add(ek)
@@ -115,14 +131,17 @@ class SetApply:
         """Write `rows` (from `choose`) and their bookkeeping in the caller's transaction; their outcomes by the
         index of their message in the batch."""
         by_key = {(r.table.name, r.uuid): r for r in rows}
-        waves: dict[int, dict[tuple[str, tuple[str, ...]], list[Row]]] = {}
+        waves: dict[int, dict[tuple[str, tuple[str, ...], bool], list[Row]]] = {}
         for row in rows:
-            waves.setdefault(row.wave, {}).setdefault((row.table.name, row.columns), []).append(row)
+            waves.setdefault(row.wave, {}).setdefault((row.table.name, row.columns, row.update), []).append(row)
         stamp = now()
         for wave in sorted(waves):
             for group in waves[wave].values():
                 for part in self._parts(group, by_key):
-                    self._insert(cur, part, by_key)
+                    if group[0].update:
+                        self._update(cur, part)
+                    else:
+                        self._insert(cur, part)
             written: dict[str, list[Row]] = {}
             for group in waves[wave].values():
                 written.setdefault(group[0].table.name, []).extend(group)
@@ -130,42 +149,43 @@ class SetApply:
                 self._hashes(cur, table_rows, stamp)
         return {row.index: self._applied(row, batch) for row in rows}
 
-    def _parts(self, group: list[Row], by_key: Mapping[tuple[str, str], Row]) -> list[tuple[list[Row], bytes]]:
-        """The group's rows as JSON documents of at most `max_bytes` (keys of earlier waves filled in)."""
-        parts: list[tuple[list[Row], bytes]] = []
+    def _parts(self, group: list[Row], by_key: Mapping[tuple[str, str], Row]) -> list[tuple[list[Row], list[Any]]]:
+        """The group's rows, keys of earlier waves filled in, in parts of at most `max_bytes` of statement (twice
+        a message's JSON plus 16 bytes a column bounds its values, as for the per-row path's grouped INSERTs)."""
+        parts: list[tuple[list[Row], list[Any]]] = []
         members: list[Row] = []
-        docs: list[bytes] = []
+        params: list[Any] = []
         size = 0
         for row in group:
             values = [by_key[(v.table, v.uuid)].key if isinstance(v, Need) else v for v in row.values]
-            if row.table.is_subclass:
+            if row.update:
+                values.insert(0, row.key)
+            elif row.table.is_subclass:
                 row.key = by_key[(row.parent.table, row.parent.uuid)].key if isinstance(row.parent, Need) \
                     else row.parent
                 values.append(row.key)
             else:
                 values.append(row.uuid)
-            doc = orjson.dumps(values, default=_default)
-            if members and size + len(doc) > self.max_bytes:
-                parts.append((members, b"[" + b",".join(docs) + b"]"))
-                members, docs, size = [], [], 0
+            bound = 2 * len(row.item.raw) + 16 * len(values)
+            if members and (size + bound > self.max_bytes or len(members) >= SET_ROWS):
+                parts.append((members, params))
+                members, params, size = [], [], 0
             members.append(row)
-            docs.append(doc)
-            size += len(doc) + 1
+            params.extend(values)
+            size += bound
         if members:
-            parts.append((members, b"[" + b",".join(docs) + b"]"))
+            parts.append((members, params))
         return parts
 
-    def _insert(self, cur: Any, part: tuple[list[Row], bytes], by_key: Mapping[tuple[str, str], Row]) -> None:
-        members, doc = part
+    def _insert(self, cur: Any, part: tuple[list[Row], list[Any]]) -> None:
+        members, params = part
         table, cols = members[0].table, members[0].columns
         target = (*cols, table.key if table.is_subclass else "uuid")
-        statement = self.statements.get(("insert", table.name, cols), lambda: sql(
-            "INSERT INTO {} ({}) SELECT {} FROM JSON_TABLE(%s, '$[*]' COLUMNS (dbsync_n FOR ORDINALITY, {})) "
-            "AS dbsync_j ORDER BY dbsync_n", quote(table.name), columns(target),
-            join(quote(f"dbsync_{i}") for i in range(len(target))),
-            join(sql("{} {} PATH {}", quote(f"dbsync_{i}"), _json_type(table, c), _path(i))
-                 for i, c in enumerate(target))))
-        cur.execute(statement, (doc.decode(),))  # text: a bytes parameter would be a binary string
+        prefix, one_row = self.statements.get(("insert", table.name, cols), lambda: sql(
+            "INSERT INTO {} ({}) VALUES ", quote(table.name), columns(target))), sql(
+            "({})", placeholders(len(target)))
+        # one multi-row statement (its keys are consecutive where the server promises it)
+        cur.execute(sql("{}{}", prefix, join([one_row] * len(members))), params)
         if cur.rowcount != len(members):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(members)} set rows inserted")
         self.rows_written += len(members)
@@ -177,12 +197,32 @@ class SetApply:
             keys = list(range(cur.lastrowid, cur.lastrowid + len(members)))
         else:
             cur.execute(sql("SELECT uuid, {} FROM {} WHERE uuid IN ({})", quote(table.key), quote(table.name),
-                            join([sql("%s")] * len(members))), [r.uuid for r in members])
+                            placeholders(len(members))), [r.uuid for r in members])
             found = {str(u).lower(): k for u, k in cur.fetchall()}
             keys = [found[r.uuid] for r in members]
         for row, key in zip(members, keys, strict=True):
             row.key = key
             self.ids.remember(table.identity.table, row.uuid, key)
+
+    def _update(self, cur: Any, part: tuple[list[Row], list[Any]]) -> None:
+        """One UPDATE of a table's rows (one column set): joined to their new values by key. Central's rows are
+        locked since the batch read them, so each exists; the server converts each value as for the per-row path's
+        UPDATE (strict mode refuses the same values)."""
+        members, params = part
+        table, cols = members[0].table, members[0].columns
+        self.rows_written += len(members)
+        if not cols:
+            return
+        names = [quote(f"dbsync_{i}") for i in range(len(cols) + 1)]
+        first = self.statements.get(("update-first", len(names)), lambda: sql(
+            "SELECT {}", join(sql("%s AS {}", n) for n in names)))
+        other = self.statements.get(("update-other", len(names)), lambda: sql(
+            " UNION ALL SELECT {}", placeholders(len(names))))
+        setting = self.statements.get(("update-set", table.name, cols), lambda: join(
+            sql("{}.{} = dbsync_v.{}", quote(table.name), quote(c), n) for c, n in zip(cols, names[1:], strict=True)))
+        cur.execute(sql("UPDATE {t} JOIN ({}{}) AS dbsync_v ON {t}.{} = dbsync_v.{} SET {}", first,
+                        Sql(other * (len(members) - 1)), quote(table.key), names[0], setting, t=quote(table.name)),
+                    params)
 
     def _hashes(self, cur: Any, rows: list[Row], stamp: Any) -> None:
         """entity_hash of the rows just written: the server's hash of each row, its site as owner, the source
@@ -193,7 +233,8 @@ class SetApply:
         doc = orjson.dumps([[r.key, r.uuid, r.site, *(_position(r) or no_position)] for r in rows],
                            default=_default)
         cur.execute(statement, (table.name, stamp, doc.decode()))
-        if cur.rowcount < len(rows):
+        # a new entry counts 1; a changed one 2, an unchanged one 0: only new rows' entries can be counted
+        if not any(r.update for r in rows) and cur.rowcount < len(rows):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(rows)} entity hashes written")
 
     def _applied(self, row: Row, batch: Batch) -> Outcome:
@@ -223,12 +264,6 @@ def _position(row: Row) -> list[Any] | None:
 def _path(index: int) -> Sql:
     """The JSON path of a row document's `index`th value."""
     return Sql("'$[" + str(int(index)) + "]'")
-
-
-def _json_type(table: SyncedTable, column: str) -> Sql:
-    """A BIT column takes a number (text would be a bit string); everything else is converted by the INSERT."""
-    info = table.info.columns.get(column)
-    return sql("BIGINT") if info is not None and info.data_type == "bit" else sql("LONGTEXT")
 
 
 def _hash_statement(schema: Sql, table: SyncedTable) -> Sql:

@@ -7,7 +7,8 @@ or snapshot row whose entity central does not hold) of a row
 - from a registered, enabled site, sent by its own broker user (trust.py), not waiting behind a queued entity,
   whose message id is new and appears once in the batch;
 - of an entity dbsync never wrote (no entity_hash entry: no owner, no tombstone, no order guard to consult) and
-  that central does not hold, in a table without per-site suffixes or id-valued attributes;
+  that central does not hold, in a table without id-valued attributes (person_attribute); or an update the per-row
+  path's judgement could only apply (see `candidate`);
 - whose columns and values convert without a question (no binary values, integers where central keeps integers);
 - whose every reference names a row central holds, or a row the set path writes in the same batch (a placeholder
   or a missing metadata row is the per-row path's);
@@ -19,22 +20,25 @@ the per-row path then finds the set path's rows as central rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dbsync_cli import wire
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
-from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
+from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES, CHANGE_DATE_COLUMNS, with_site_suffix
 from dbsync_cli.receiver import bookkeeping, state, trust
+from dbsync_cli.receiver.conflict import HASH, future_seconds
 from dbsync_cli.receiver.guard import SourcePosition
 from dbsync_cli.receiver.message import Parsed, entity_key
+from dbsync_cli.receiver.placeholder import is_placeholder
 from dbsync_cli.receiver.resolve import MessageError, UuidToId
 from dbsync_cli.sql import chunks, placeholders, quote, sql
-from dbsync_cli.wire import DELETE
+from dbsync_cli.wire import DELETE, READ
 
 #: column kinds of the set path's plan
-REF, INT, TEXT, DATETIME, TIMESTAMP = "ref", "int", "text", "datetime", "timestamp"
+REF, INT, TEXT, SUFFIXED, DATETIME, TIMESTAMP = "ref", "int", "text", "suffixed", "datetime", "timestamp"
 _INTEGERS = {"tinyint", "smallint", "mediumint", "int", "bigint", "bit"}
 #: taken as text by the server's own conversion (the same as a literal of the per-row path's)
 _TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "date", "time", "decimal", "double",
@@ -64,7 +68,8 @@ class Row:
     parent: Any = None  # a subclass row: its parent's key, or a Need of the parent row
     needs: list[Need] = field(default_factory=list)
     checks: list[tuple[str, Any, Need]] = field(default_factory=list)  # (subclass table, key, row) to look up
-    key: Any = None  # learnt when written
+    key: Any = None  # learnt when written (an update: the key of central's row)
+    update: bool = False
     wave: int = -1
 
 
@@ -82,7 +87,7 @@ class Plans:
         return self._plans[table.name]
 
     def _build(self, table: SyncedTable) -> dict[str, tuple[str, Any]] | None:
-        if table.name in ATTRIBUTE_ID_VALUES or table.site_suffix_columns:
+        if table.name in ATTRIBUTE_ID_VALUES:
             return None
         skip = {table.key, "uuid", *table.secret_columns}
         plan: dict[str, tuple[str, Any]] = {}
@@ -94,6 +99,8 @@ class Plans:
                 plan[column] = (REF, ref)
             elif info.data_type in _INTEGERS:
                 plan[column] = (INT, None)
+            elif column in table.site_suffix_columns and info.data_type in _TEXTS:
+                plan[column] = (SUFFIXED, None)
             elif info.data_type in _TEXTS:
                 plan[column] = (TEXT, None)
             elif info.data_type in ("datetime", "timestamp"):
@@ -122,6 +129,10 @@ def convert(plans: Plans, ids: UuidToId, value_of: Any, table: SyncedTable, data
             if type(value) is bool or not isinstance(value, str | int | float):
                 raise Unfit
             out.append(value)
+        elif kind == SUFFIXED:  # a username from site s1 is `name|s1` at central (resolve.py)
+            if not isinstance(value, str):
+                raise Unfit
+            out.append(with_site_suffix(value, row.site) if value else value)
         elif kind == REF:
             if not isinstance(value, dict) or not isinstance(value.get("uuid"), str) \
                     or not wire.UUID_TEXT.match(value["uuid"]):
@@ -146,10 +157,9 @@ def convert(plans: Plans, ids: UuidToId, value_of: Any, table: SyncedTable, data
             if not isinstance(value, str):
                 raise Unfit
             try:
-                converted = value_of(kind, value, table.name, column)
+                out.append(value_of(kind, value, table.name, column))
             except MessageError:
                 raise Unfit from None
-            out.append(converted.isoformat(sep=" "))
         else:
             raise Unfit
     row.columns = tuple(data)
@@ -229,9 +239,12 @@ def _waves(rows: list[Row], unfit: set[str]) -> bool:
 
 
 def candidate(item: Parsed, index: int, *, sites: Mapping[str, state.Site], blocked: set[str],
-              synced: Mapping[tuple[str, str], bookkeeping.Synced] | None, ids: UuidToId, held: Any,
-              model: SchemaModel) -> Row:
-    """The message as a set path row, or Unfit (the checks of the per-row path that need no central row)."""
+              synced: Mapping[tuple[str, str], bookkeeping.Synced] | None, ids: UuidToId,
+              peek: Callable[[str, Any], dict[str, Any] | None], model: SchemaModel) -> Row:
+    """The message as a set path row, or Unfit: the checks of the per-row path that need no judgement. A row central
+    holds is an update when the per-row path's judgement could only say "apply": the site owns the entity, the
+    site's change applied last to it (no other site's in between), central's row has not changed since (its hash is
+    the stored one), it is no placeholder, and the message is not older than that change (the order guard)."""
     message, table = item.message, item.table
     if item.error is not None or message is None or table is None or message["op"] == DELETE:
         raise Unfit
@@ -243,17 +256,35 @@ def candidate(item: Parsed, index: int, *, sites: Mapping[str, state.Site], bloc
     if ek is None or ek in blocked or synced is None:
         raise Unfit
     entry = synced.get((table.name, uuid))
-    if entry is None or entry != bookkeeping.UNKNOWN:
+    if entry is None:
         raise Unfit
+    position = SourcePosition.of(message)
     parent = ids.get(table.identity.table, uuid)
-    known_absent = (table.identity.table, uuid) in ids.absent  # looked up for this batch: central has no row
-    if parent is None and not known_absent:
+    if parent is None and (table.identity.table, uuid) not in ids.absent:  # not looked up for this batch
+        raise Unfit
+    current = peek(table.name, parent) if parent is not None else None
+    if current is not None:  # an update of a row central holds
+        if site.adopt and message["op"] == READ:  # a snapshot row of an adopting site: adopt.py judges it
+            raise Unfit
+        last = entry.position
+        if entry.owner != site.identifier or entry.hash is None or entry.hash != current.get(HASH) \
+                or is_placeholder(current) or (last is not None and (
+                    last.site != site.identifier or (position is not None and position.older_than(last)))):
+            raise Unfit
+        return Row(index, item, table, uuid, site.identifier, ek, (), [],
+                   position.since(last) if position is not None else None, key=parent, update=True)
+    if entry != bookkeeping.UNKNOWN:  # a tombstone, an owner: the per-row path knows what they mean
         raise Unfit
     if table.is_subclass:
         if parent is None:
             parent = Need(table.identity.table, uuid)
-        elif held(table.name, parent):  # central holds the row: an update, judged by the per-row path
-            raise Unfit
-    elif parent is not None:
+    elif parent is not None:  # central holds it, but the batch's read did not find it (another transaction's)
         raise Unfit
-    return Row(index, item, table, uuid, message["site"], ek, (), [], SourcePosition.of(message), parent)
+    return Row(index, item, table, uuid, site.identifier, ek, (), [], position, parent)
+
+
+def future_dated(row: Row, central_now: dt.datetime, tolerance: float) -> bool:
+    """An update dated past central's clock (and the tolerance): the per-row path counts it per site."""
+    dates = [v for c, v in zip(row.columns, row.values, strict=True)
+             if c in CHANGE_DATE_COLUMNS and isinstance(v, dt.datetime)]
+    return bool(dates) and future_seconds(max(dates), central_now, tolerance) is not None
