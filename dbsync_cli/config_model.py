@@ -181,6 +181,8 @@ class Receiver(Section):
     row_lock_wait_seconds: int = key(10, roles=RECEIVER, ge=1, le=1_073_741_824,
                                      help="how long apply waits for a row a central transaction holds before it "
                                           "retries the batch, then parks that one message for retry")
+    set_apply: bool = key(True, roles=RECEIVER, help="write a batch's plain new rows and unjudged updates a statement "
+                                                    "per table (false: every message one by one)")
     tables: list[str] | None = key(None, roles=RECEIVER)
     extra_tables: list[str] = key([], roles=RECEIVER)
     batch_messages: int = key(500, roles=RECEIVER, ge=1)

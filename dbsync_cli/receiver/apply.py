@@ -78,7 +78,7 @@ class ApplySettings:
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
     future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
-    set_apply: bool = True  # plain new rows written set-based (set_apply.py) before the per-row path
+    set_apply: bool = DEFAULTS.receiver.set_apply  # plain rows written set-based (set_apply.py) before the rest
 
 
 class Applier:

@@ -33,7 +33,7 @@ def apply_settings(cfg: Config) -> ApplySettings:
         conflict_policy=cfg["receiver.conflict_policy"], central_rows=cfg["receiver.central_rows"],
         cross_site_changes=cfg["receiver.cross_site_changes"],
         future_tolerance_seconds=cfg["receiver.future_tolerance_seconds"],
-        row_lock_wait_seconds=cfg["receiver.row_lock_wait_seconds"],
+        row_lock_wait_seconds=cfg["receiver.row_lock_wait_seconds"], set_apply=cfg["receiver.set_apply"],
         batch_messages=cfg["receiver.batch_messages"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
     )

@@ -49,7 +49,7 @@ from dbsync_cli.receiver.set_select import (
     settle,
     subclass_rows,
 )
-from dbsync_cli.sql import Sql, StatementCache, columns, join, placeholders, quote, sql
+from dbsync_cli.sql import Sql, StatementCache, chunks, columns, join, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.apply")
 
@@ -142,11 +142,12 @@ class SetApply:
                         self._update(cur, part)
                     else:
                         self._insert(cur, part)
-            written: dict[str, list[Row]] = {}
-            for group in waves[wave].values():
-                written.setdefault(group[0].table.name, []).extend(group)
-            for table_rows in written.values():
-                self._hashes(cur, table_rows, stamp)
+        written: dict[str, list[Row]] = {}  # the hashes once every wave is written: one statement per table
+        for row in rows:
+            written.setdefault(row.table.name, []).append(row)
+        for table_rows in written.values():
+            for chunk in chunks(table_rows, SET_ROWS):
+                self._hashes(cur, chunk, stamp)
         return {row.index: self._applied(row, batch) for row in rows}
 
     def _parts(self, group: list[Row], by_key: Mapping[tuple[str, str], Row]) -> list[tuple[list[Row], list[Any]]]:
@@ -221,7 +222,7 @@ class SetApply:
         setting = self.statements.get(("update-set", table.name, cols), lambda: join(
             sql("{}.{} = dbsync_v.{}", quote(table.name), quote(c), n) for c, n in zip(cols, names[1:], strict=True)))
         cur.execute(sql("UPDATE {t} JOIN ({}{}) AS dbsync_v ON {t}.{} = dbsync_v.{} SET {}", first,
-                        Sql(other * (len(members) - 1)), quote(table.key), names[0], setting, t=quote(table.name)),
+                        join([other] * (len(members) - 1), separator=""), quote(table.key), names[0], setting, t=quote(table.name)),
                     params)
 
     def _hashes(self, cur: Any, rows: list[Row], stamp: Any) -> None:
@@ -263,7 +264,7 @@ def _position(row: Row) -> list[Any] | None:
 
 def _path(index: int) -> Sql:
     """The JSON path of a row document's `index`th value."""
-    return Sql("'$[" + str(int(index)) + "]'")
+    return sql("'$[" + str(int(index)) + "]'")  # a number in a constant: no value ever goes into SQL text
 
 
 def _hash_statement(schema: Sql, table: SyncedTable) -> Sql:
@@ -282,5 +283,5 @@ def _hash_statement(schema: Sql, table: SyncedTable) -> Sql:
         "entity_hash.owner=COALESCE(entity_hash.owner, VALUES(owner)), entity_hash.date_synced=VALUES(date_synced), {}",
         schema, columns(POSITION_COLUMNS), hash_sql(table),
         join(quote(n) for n in names[3:]),
-        join(sql("{} {} PATH {}", quote(n), Sql(t), _path(i)) for i, (n, t) in enumerate(zip(names, types, strict=True))),
+        join(sql("{} {} PATH {}", quote(n), sql(t), _path(i)) for i, (n, t) in enumerate(zip(names, types, strict=True))),
         quote(table.name), quote(table.name), quote(table.key), keep)

@@ -134,10 +134,11 @@ def convert(plans: Plans, ids: UuidToId, value_of: Any, table: SyncedTable, data
                 raise Unfit
             out.append(with_site_suffix(value, row.site) if value else value)
         elif kind == REF:
-            if not isinstance(value, dict) or not isinstance(value.get("uuid"), str) \
-                    or not wire.UUID_TEXT.match(value["uuid"]):
+            # parsing checked and lower-cased every {"$ref", "uuid"} (wire.normalise_uuids); another shape is the
+            # per-row path's to refuse
+            if type(value) is not dict or wire.REF not in value or type(value.get("uuid")) is not str:
                 raise Unfit
-            uuid = wire.canonical_uuid(value["uuid"])
+            uuid = value["uuid"]
             assert detail.identity is not None
             key = ids.get(detail.identity.table, uuid)
             if key is None:

@@ -220,6 +220,7 @@ def test_defaults_live_only_in_the_model() -> None:
     for cls, name, key in ((ApplySettings, "batch_messages", "receiver.batch_messages"),
                            (ApplySettings, "row_lock_wait_seconds", "receiver.row_lock_wait_seconds"),
                            (ApplySettings, "future_tolerance_seconds", "receiver.future_tolerance_seconds"),
+                           (ApplySettings, "set_apply", "receiver.set_apply"),
                            (ApplySettings, "state_schema", "central_db.state_schema"),
                            (ConsumeSettings, "consumer_window", "broker.consumer_window"),
                            (EnrichSettings, "max_transaction_events", "sender.max_transaction_events"),
