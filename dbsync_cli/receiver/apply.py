@@ -319,6 +319,7 @@ class Applier:
             return {}
         rows = self.set_path.choose(cur, parsed, done=done, sites=self.sites, blocked=self.blocked,
                                     synced=self._synced)
+        log.debug("set path: %d of %d messages", len(rows), len(parsed))
         return self.set_path.write(cur, rows, batch) if rows else {}
 
     def _messages(self, cur: Any, parsed: list[Parsed], batch: Batch, done: dict[str, bytes | None],

@@ -80,3 +80,52 @@ def test_an_update_dated_past_centrals_clock_is_left_to_the_per_row_path() -> No
     assert not future_dated(update, now, tolerance=120)
     update.columns, update.values = ("given_name",), ["Ann"]
     assert not future_dated(update, now, tolerance=120)
+
+
+def synced_table(name: str = "users") -> Any:
+    """A table as the schema model describes it: what `Plans` and `convert` read."""
+    from dbsync_cli.openmrs.introspect import Column
+    from dbsync_cli.openmrs.model import Identity, Reference
+
+    def column(col: str, data_type: str) -> Column:
+        return Column(col, data_type, data_type, True, None, False)
+
+    columns = {c.name: c for c in (column("user_id", "int"), column("uuid", "char"), column("username", "varchar"),
+                                   column("retired", "tinyint"), column("date_changed", "datetime"),
+                                   column("photo", "blob"), column("creator", "int"), column("password", "varchar"))}
+    person = Identity("person", "person_id")
+    return SimpleNamespace(name=name, key="user_id", secret_columns=("password",), site_suffix_columns=("username",),
+                           info=SimpleNamespace(columns=columns),
+                           references={"creator": Reference("creator", "person", person)})
+
+
+def converted(data: dict[str, Any], known: dict[str, int] | None = None) -> Row:
+    from dbsync_cli.receiver.set_select import Plans, convert
+
+    class Known:
+        def get(self, table: str, uuid: str) -> Any:
+            return (known or {}).get(uuid)
+
+    table = synced_table()
+    target = row("users", "u")
+    target.site = "s1"
+    convert(Plans(None), Known(), lambda kind, value, t, c: dt.datetime.fromisoformat(value).replace(tzinfo=None),  # type: ignore[arg-type]
+            table, data, target)
+    return target
+
+
+def test_values_convert_as_the_per_row_path_does_or_go_its_way() -> None:
+    import pytest
+
+    from dbsync_cli.receiver.set_select import Unfit
+
+    done = converted({"username": "ann", "retired": True, "date_changed": "2024-01-01T10:00:00+00:00",
+                      "creator": {"$ref": "person", "uuid": "p1"}}, known={"p1": 7})
+    assert done.columns == ("username", "retired", "date_changed", "creator")
+    assert done.values == ["ann|s1", 1, dt.datetime(2024, 1, 1, 10, 0), 7]
+    waiting = converted({"creator": {"$ref": "person", "uuid": "p2"}})
+    assert waiting.values == [Need("person", "p2")] and waiting.needs == [Need("person", "p2")]
+    for unfit in ({"retired": 1.5}, {"retired": "1"}, {"photo": {"$b64": "AA=="}}, {"password": "x"},
+                  {"nonesuch": 1}, {"creator": {"uuid": "p1"}}, {"creator": 7}, {"date_changed": 5}):
+        with pytest.raises(Unfit):
+            converted(unfit, known={"p1": 7})
