@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import re
 import zlib
@@ -141,6 +142,7 @@ def dumps(record: Any) -> bytes:
     return orjson.dumps(record, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
+@functools.lru_cache(maxsize=4096)  # the rows of one transaction share their dates: apply converts each once
 def local_datetime(value: str, tz: dt.tzinfo) -> dt.datetime:
     """A wire DATETIME (ISO with offset) as a naive value in `tz`: how central stores a site's DATETIME.
 

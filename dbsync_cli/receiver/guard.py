@@ -14,6 +14,7 @@ crash has an old position but was loaded later (its data is the newer row), and 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ class SourcePosition:
             row = -1
         server_id = source.get("server_id")
         return cls(str(message.get("site")), server_id if isinstance(server_id, int) else None, file[:255], pos,
-                   row, _parse_sent(message.get("sent")))
+                   row, _parse_sent(sent if isinstance(sent := message.get("sent"), str) else None))
 
     @classmethod
     def from_row(cls, values: tuple[Any, ...]) -> SourcePosition | None:
@@ -86,6 +87,7 @@ def _seq(file: str) -> int | None:
     return int(suffix) if suffix.isdigit() else None
 
 
+@functools.lru_cache(maxsize=256)  # the messages of one enrich batch carry one load time
 def _parse_sent(value: Any) -> dt.datetime | None:
     """UTC, naive (as stored in DATETIME(3))."""
     if not isinstance(value, str):

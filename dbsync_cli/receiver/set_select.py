@@ -214,27 +214,25 @@ def settle(rows: list[Row], unfit: set[str], ids: UuidToId) -> list[Row]:
 def _waves(rows: list[Row], unfit: set[str]) -> bool:
     """Number the waves; False (and the rows of a cycle unfit) when references among the rows go round."""
     by_key = {(r.table.name, r.uuid): r for r in rows}
+    deps: dict[int, list[Row]] = {}
     for row in rows:
         row.wave = -1
+        needed = [by_key[(n.table, n.uuid)] for n in row.needs]
+        needed += [by_key[(need.table, need.uuid)] for _table, _key, need in row.checks
+                   if (need.table, need.uuid) in by_key]
+        if isinstance(row.parent, Need):
+            needed.append(by_key[(row.parent.table, row.parent.uuid)])
+        deps[id(row)] = needed
     pending = list(rows)
     wave = 0
     while pending:
-        ready = []
-        for row in pending:
-            deps = [by_key[(n.table, n.uuid)] for n in row.needs] + [
-                by_key[(need.table, need.uuid)] for table, key, need in row.checks
-                if (need.table, need.uuid) in by_key]
-            if isinstance(row.parent, Need):
-                deps.append(by_key[(row.parent.table, row.parent.uuid)])
-            if all(0 <= d.wave < wave for d in deps):
-                ready.append(row)
+        ready = [row for row in pending if all(0 <= d.wave < wave for d in deps[id(row)])]
         if not ready:
             unfit.update(r.ek for r in pending)  # a cycle (a user created by itself): the per-row path breaks it
             return False
         for row in ready:
             row.wave = wave
-        ready_ids = {id(r) for r in ready}
-        pending = [r for r in pending if id(r) not in ready_ids]
+        pending = [r for r in pending if r.wave < 0]
         wave += 1
     return True
 
