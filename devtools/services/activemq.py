@@ -173,7 +173,8 @@ def kill_activemq(home: Path | None = None) -> None:
 
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(pid), timeout=15, what="activemq to die")
+        wait_until(lambda: not pid_alive(pid) and not port_open(b.stomp_port, b.host) and not port_open(b.tls_port, b.host),
+                   timeout=30, what="activemq to die")
 
 
 def stop_activemq(home: Path | None = None, *, timeout: float = 30) -> bool:

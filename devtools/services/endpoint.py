@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dbsync_cli.broker import BrokerSettings
 from devtools.services.common import secret
+
+if TYPE_CHECKING:
+    from dbsync_cli.broker import BrokerSettings
 
 #: per-site broker users and central's, as on the Artemis of the services (devtools/services/artemis.py)
 SITE_USERS = ("site1", "site2", "site3", "site4")
@@ -34,9 +36,11 @@ class BrokerEndpoint:
 
     def settings(self, user: str = CENTRAL_USER, *, tls: bool = False) -> BrokerSettings:
         """Connection settings for `user` (central's by default) on the plain or the TLS STOMP port."""
+        from dbsync_cli.broker import BrokerSettings
+
         return BrokerSettings(host=self.host, port=self.tls_port if tls else self.stomp_port, user=user,
                               password=user_password(self.home, user), tls=tls,
                               ca_file=self.ca_file if tls else None, vhost=self.vhost)
 
     def site_settings(self, site: str, *, tls: bool = False) -> BrokerSettings:
-        return dataclasses.replace(self.settings(site, tls=tls))
+        return self.settings(site, tls=tls)

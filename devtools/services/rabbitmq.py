@@ -40,7 +40,8 @@ from devtools.services.tls import ensure_tls
 SBIN = Path("/usr/lib/rabbitmq/bin")
 VHOST = "dbsync"
 ADMIN = "dbsync"
-DEFAULT_PORTS = {"stomp": 61643, "stomp_tls": 61644, "management": 15672, "dist": 25672, "epmd": 4369}
+#: not RabbitMQ's own defaults (5672, 15672, 25672, epmd 4369): a system service or epmd may hold those
+DEFAULT_PORTS = {"stomp": 61643, "stomp_tls": 61644, "management": 15682, "dist": 25682, "epmd": 4379}
 
 
 def _ports() -> dict[str, int]:
@@ -187,7 +188,9 @@ def kill_rabbitmq(home: Path | None = None) -> None:
     pid = read_pid(_dir(home) / "pid")
     if pid is not None and pid_alive(pid, _marker(home)):
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(pid), timeout=15, what="rabbitmq to die")
+        b = endpoint(home)
+        wait_until(lambda: not pid_alive(pid) and not port_open(b.stomp_port, b.host), timeout=30,
+                   what="rabbitmq to die")
 
 
 def stop_rabbitmq(home: Path | None = None, *, timeout: float = 60) -> bool:
