@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import stomp
 
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection, server_of
+from dbsync_cli.broker_kind import ARTEMIS, kind_of
 
 MANAGEMENT_ADDRESS = "activemq.management"
 NO_SUCH_QUEUE = "AMQ229067"  # "Cannot find resource": Artemis creates the queue on the first SEND or SUBSCRIBE
@@ -40,6 +41,10 @@ def dead_letter_queues(destination: str) -> dict[str, str]:
 
 class QueueStatsError(Exception):
     """The broker did not answer a management request (one line)."""
+
+
+class NotAvailable(QueueStatsError):
+    """This broker (or its configuration) offers no way to read it: said once, not a warning."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,10 @@ class _Management:
         self.timeout = timeout
         settings = dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0))
         self.conn = open_connection(settings, listener=self.replies, auto_decode=False)
+        server = server_of(self.conn)
+        if kind_of(server) != ARTEMIS:  # activemq.management is Artemis's: elsewhere nothing would answer
+            self.close()
+            raise NotAvailable(f"Artemis management is not available on {server or 'a broker that does not name itself'}")
         self.reply_to = f"dbsync.status.reply.{uuid.uuid4().hex[:12]}"
         self.conn.auto_content_length = False  # a text message: see the module docstring
         self.conn.subscribe(self.reply_to, id="reply", ack="auto", headers={"subscription-type": "ANYCAST"})
@@ -174,4 +183,5 @@ def _answer(replies: _Replies, operation: str, resource: str, timeout: float) ->
     return value
 
 
-__all__ = ["AddressInfo", "BrokerError", "QueueStats", "QueueStatsError", "address_info", "queue_stats"]
+__all__ = ["AddressInfo", "BrokerError", "NotAvailable", "QueueStats", "QueueStatsError", "address_info",
+           "queue_stats"]

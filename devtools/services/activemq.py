@@ -35,7 +35,9 @@ from devtools.services.tls import ensure_tls
 
 VERSION = "6.1.7"
 #: group:artifact:version → SHA-512 of its jar: the broker, the JAAS principals SimpleAuthenticationPlugin uses
-#: (not in activemq-all), and the log4j its bundled SLF4J binding logs through (not in it either)
+#: (not in activemq-all), the log4j its bundled SLF4J binding logs through (not in it either), and the XStream and
+#: Jettison its `jms-map-json` STOMP transformation needs (the statistics plugin answers in a MapMessage; ActiveMQ's
+#: own distribution ships them in lib/optional)
 JARS = {
     f"org.apache.activemq:activemq-all:{VERSION}": "60ab1a0ac1ae9ffa5117ae024b821e4ecf711a1668eaaa2ebc4c8f28995d7e1a"
                                                    "da9bbf952e995f1380ef9f6be02a41d8599bf2fbf880ae2275c7a74946034cbc",
@@ -45,6 +47,14 @@ JARS = {
                                                  "b888aaa307c58e80e4e9d645b73792433f52adcccd30378fbac99b1d271042f7",
     "org.apache.logging.log4j:log4j-core:2.24.3": "61332e92ea6ef6656994105a675eb8de85ec859f07cde9da5ef16a22cbf2e0d7"
                                                   "695348e04e066dd1a1ff0146ec03a8884974319d4f71155db9c9ab0d073197ef",
+    "com.thoughtworks.xstream:xstream:1.4.21": "dbaf02229503c9c69198c7f90f361a20d68c6f1a5c6238d298c13bf8c5090b1e"
+                                               "ba99307c668481a4c7901fe23a7175f6a5218ccf40c45422bc46894f29cc87c5",
+    "org.codehaus.jettison:jettison:1.5.4": "afde3c34e3229c1999dc847b5e2bbd243c48feff9659ba043ccc677d34d9d8d6"
+                                            "2f4e02c3cfec8d4641b7a3ea7f462b0993fcba2319096a432526c5ca17fab49a",
+    "io.github.x-stream:mxparser:1.2.2": "c6578e6d5356b9ff6f80ce2fada028387f78b57099e85eba49b4e80f057fd124"
+                                         "c338df2193190072e65b71d4f10d749e3890fae11738e5d7350bf44125fb7d7e",
+    "xmlpull:xmlpull:1.1.3.1": "54d1090623497e81270b2af633268656e8855e1edce2217886431039516a391b"
+                               "a9f8d8db3c21a0b5e51c7f7cb672d63ebe77be75708b760b06f399486960f261",
 }
 LAUNCHER = Path(__file__).with_name("activemq") / "DbsyncActiveMq.java"
 ADMIN = "dbsync"

@@ -120,6 +120,7 @@ def _configure(home: Path) -> None:
         f"management.tcp.ip = {HOST}",
         f"management.tcp.port = {ports['management']}",
         f"load_definitions = {d / 'definitions.json'}",
+        "collect_statistics_interval = 1000",  # the management API's queue figures: 1 s old at most (5 s default)
         "log.console = true", "log.console.formatter = plaintext", "log.file = false",
         # the tests' small disks: the default 50 MB free-disk alarm is fine, the memory one too
         "",

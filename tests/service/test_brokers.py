@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 from helpers import dbsync, dbsync_cmd, query, receiver_config, sender_config
 
@@ -48,6 +49,7 @@ class Broker:
     destination_prefix: str  # Artemis's shipped broker.xml lets the site users send to test.trust.* only
     kill: Callable[[], None]
     start: Callable[[], None]
+    management_url: str | None = None  # RabbitMQ's management API
 
 
 def _kill_artemis() -> None:
@@ -69,7 +71,7 @@ def broker(request, services) -> Broker:
     endpoint = other_broker(request.param)
     kill, start = ((kill_activemq, start_activemq) if request.param == "activemq" else (kill_rabbitmq, start_rabbitmq))
     return Broker(request.param, endpoint.settings(), {s: endpoint.site_settings(s) for s in ("site1", "site2")},
-                  "test.brokers.", kill, lambda: start() and None)
+                  "test.brokers.", kill, lambda: start() and None, endpoint.management_url)
 
 
 def _broker_keys(settings: BrokerSettings, destination: str, mode: str) -> str:
@@ -157,7 +159,8 @@ def receivers(request) -> Iterator[list[Receiver]]:
 @pytest.mark.parametrize("mode", ["queue", "topic"])
 def test_two_sites_sync_through_kills_of_the_broker_and_the_receiver(broker, mode, services, openmrs_db, tmp_path,
                                                                      receivers) -> None:
-    destination = f"{broker.destination_prefix}{uuidlib.uuid4().hex[:8]}"
+    run_id = uuidlib.uuid4().hex[:8]
+    destination = f"{broker.destination_prefix}{run_id}"
     sites = {}
     for name in ("site1", "site2"):
         admin = openmrs_db(name)
@@ -175,8 +178,10 @@ def test_two_sites_sync_through_kills_of_the_broker_and_the_receiver(broker, mod
             for name in sites:
                 state.add_site(conn, schema, name, broker_user=name)  # trust: each site sends as its own user
         conf, env = receiver_config(tmp_path, db, broker.central, destination=destination, state_schema=schema,
-                                    destination_type=mode, site_id=f"central{number}", name=f"receiver{number}")
-        conf.write_text(conf.read_text() + (f'vhost = "{broker.central.vhost}"\n' if broker.central.vhost else ""))
+                                    destination_type=mode, site_id=f"central{number}-{run_id}",
+                                    name=f"receiver{number}")
+        conf.write_text(conf.read_text() + (f'vhost = "{broker.central.vhost}"\n' if broker.central.vhost else "")
+                        + (f'management_url = "{broker.management_url}"\n' if broker.management_url else ""))
         receivers.append(Receiver(conf, env, db, tmp_path / f"receiver{number}.log"))
     try:
         sent: list[str] = []
@@ -205,6 +210,7 @@ def test_two_sites_sync_through_kills_of_the_broker_and_the_receiver(broker, mod
         for receiver in receivers:
             receiver.kill()
         round_of_changes()
+        _status_sees_the_waiting_messages(broker, mode, receivers[0])
         for receiver in receivers:
             receiver.start()
             all_arrived(receiver)
@@ -220,7 +226,32 @@ def test_two_sites_sync_through_kills_of_the_broker_and_the_receiver(broker, mod
             query(db, f"DROP DATABASE IF EXISTS `{schema}`")
         if mode == "topic" and broker.kind == "artemis":
             for number in range(len(schemas)):
-                _unsubscribe_artemis(broker.central, f"central{number}", destination)
+                _unsubscribe_artemis(services.artemis.settings(), f"central{number}-{run_id}", destination)
+
+
+def _status_sees_the_waiting_messages(broker: Broker, mode: str, receiver: Receiver) -> None:
+    """`dbsync status` reads the consumed queue the broker's own way (Artemis management, ActiveMQ's statistics
+    plugin, RabbitMQ's management API), or says once that it cannot: never a WARNING that it got no answer."""
+    deadline = time.monotonic() + 15  # RabbitMQ's management statistics lag (collect_statistics_interval)
+    while True:
+        run = dbsync("status", "--config", str(receiver.config), "--json", env=receiver.env, check=False)
+        report = orjson.loads(run.stdout)
+        queue = report["broker"]["queue"]
+        if queue.get("messages") or "messages" not in queue or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    problems = " | ".join(p["message"] for p in report["problems"])
+    assert "cannot read broker queue statistics" not in problems, problems
+    if broker.kind == "activemq" and mode == "topic":
+        assert queue["available"] is False, queue
+        assert queue["note"] == "not available on ActiveMQ Classic for a durable topic subscription"
+        assert any("not available on ActiveMQ Classic" in note for note in report["notes"]), report["notes"]
+        return
+    assert queue["messages"] > 0 and queue["consumers"] == 0, queue
+    if broker.kind == "rabbitmq":  # RabbitMQ keeps no age of its oldest message: a warning at once
+        assert queue["first_message_age_seconds"] is None and "with no consumer" in problems, problems
+    else:
+        assert queue["first_message_age_seconds"] is not None, queue
 
 
 def receiver_schema(receiver: Receiver, schemas: list[tuple[DbParams, str]]) -> str:
@@ -228,7 +259,8 @@ def receiver_schema(receiver: Receiver, schemas: list[tuple[DbParams, str]]) -> 
 
 
 def _unsubscribe_artemis(settings: BrokerSettings, client_id: str, destination: str) -> None:
-    """Artemis keeps a durable subscription's queue (and what reaches it) until it is removed."""
+    """Artemis keeps a durable subscription's queue (and what reaches it) until it is removed (as the admin user:
+    it takes deleteDurableQueue)."""
     with contextlib.suppress(BrokerError, OSError):
         conn = open_connection(settings, client_id=client_id)
         try:
