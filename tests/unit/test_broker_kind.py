@@ -84,3 +84,23 @@ def test_activemq_statistics_map() -> None:
     body = (b'{"map":{"entry":[{"string":"size","long":3},{"string":["destinationName","queue:\\/\\/q"]},'
             b'{"string":"consumerCount","long":0},{"string":"averageEnqueueTime","double":0.5}]}}')
     assert _map(body) == {"size": 3, "destinationName": "queue://q", "consumerCount": 0, "averageEnqueueTime": 0.5}
+
+
+def test_the_receiver_stops_with_exit_2_for_topic_mode_on_an_unknown_broker() -> None:
+    """Not a retry loop: a BrokerRefused an operator must fix, with the configuration's exit code."""
+    import threading
+
+    from dbsync_cli import exitcodes
+    from dbsync_cli.broker import BrokerSettings
+    from dbsync_cli.broker_refusals import BrokerRefused
+    from dbsync_cli.db import DbParams
+    from dbsync_cli.faults import operator_fault
+    from dbsync_cli.receiver.consume import Consumer, ConsumeSettings
+
+    consumer = Consumer(ConsumeSettings(broker=BrokerSettings(), db=DbParams(host="h", port=1),
+                                        destination_type="topic"), threading.Event())
+    with pytest.raises(BrokerRefused) as refused:
+        consumer._subscription(dialect("Apollo/1.7"))
+    assert refused.value.code == exitcodes.CONFIG and operator_fault(refused.value)
+    destination, _id, headers = consumer._subscription(dialect("RabbitMQ/3.10.8"))
+    assert destination == "/topic/openmrs.sync" and headers["durable"] == "true"
