@@ -29,9 +29,9 @@ from urllib.parse import quote
 import orjson
 import stomp
 
-from dbsync_cli.broker import BrokerSettings, error_text, open_connection
+from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.broker_kind import ACTIVEMQ, ARTEMIS, NAMES, RABBITMQ, kind_of
-from dbsync_cli.broker_queue import NotAvailable, QueueStats, QueueStatsError, queue_stats
+from dbsync_cli.broker_queue import NotAvailable, QueueStats, QueueStatsError, Replies, queue_stats
 
 STATISTICS_PREFIX = "ActiveMQ.Statistics."
 REPLY_TO = "/temp-queue/dbsync-status"
@@ -54,20 +54,8 @@ def depth(settings: BrokerSettings, queue_name: str, *, server: str | None, topi
     raise NotAvailable(f"not available on {server or NAMES[kind]}")
 
 
-class _Frames(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self.error: str | None = None
-
-    def on_message(self, frame: Any) -> None:
-        self.frames.put(frame)
-
-    def on_error(self, frame: Any) -> None:
-        self.error = error_text(frame)
-
-
 def _activemq(settings: BrokerSettings, queue_name: str, timeout: float) -> QueueStats:
-    frames = _Frames()
+    frames = Replies()
     conn = open_connection(dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0)), listener=frames,
                            auto_decode=False)
     try:
@@ -88,7 +76,7 @@ def _activemq(settings: BrokerSettings, queue_name: str, timeout: float) -> Queu
             conn.disconnect()
 
 
-def _statistics(conn: stomp.Connection12, frames: _Frames, destination: str, timeout: float) -> dict[str, Any] | None:
+def _statistics(conn: stomp.Connection12, frames: Replies, destination: str, timeout: float) -> dict[str, Any] | None:
     conn.send(f"/queue/{destination}", "", headers={"reply-to": REPLY_TO})
     try:
         frame = frames.frames.get(timeout=timeout)
@@ -113,7 +101,7 @@ def _map(body: bytes | str) -> dict[str, Any]:
     return found
 
 
-def _oldest_age_ms(conn: stomp.Connection12, frames: _Frames, queue_name: str, timeout: float) -> int | None:
+def _oldest_age_ms(conn: stomp.Connection12, frames: Replies, queue_name: str, timeout: float) -> int | None:
     """How old the first message is, from its broker timestamp, seen by a queue browser (nothing is consumed)."""
     conn.subscribe(f"/queue/{queue_name}", id="browse", ack="auto",
                    headers={"browser": "true", "activemq.prefetchSize": "1"})

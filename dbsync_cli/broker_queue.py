@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import stomp
 
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection, server_of
+from dbsync_cli.broker import BrokerError, BrokerSettings, error_text, open_connection, server_of
 from dbsync_cli.broker_kind import ARTEMIS, kind_of
 
 MANAGEMENT_ADDRESS = "activemq.management"
@@ -63,7 +63,9 @@ class QueueStats:
         return (self.first_message_age_ms or 0) / 1000
 
 
-class _Replies(stomp.ConnectionListener):
+class Replies(stomp.ConnectionListener):
+    """The answers to management requests, and the broker's ERROR frame if one came (broker_depth uses it too)."""
+
     def __init__(self) -> None:
         self.frames: queue.Queue[Any] = queue.Queue()
         self.error: str | None = None
@@ -72,14 +74,14 @@ class _Replies(stomp.ConnectionListener):
         self.frames.put(frame)
 
     def on_error(self, frame: Any) -> None:
-        self.error = frame.headers.get("message") or "ERROR frame"
+        self.error = error_text(frame)
 
 
 class _Management:
     """One STOMP connection for management requests, each answered on a private reply queue."""
 
     def __init__(self, settings: BrokerSettings, timeout: float) -> None:
-        self.replies = _Replies()
+        self.replies = Replies()
         self.timeout = timeout
         settings = dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0))
         self.conn = open_connection(settings, listener=self.replies, auto_decode=False)
@@ -165,7 +167,7 @@ def _count(value: Any) -> int:
     return number
 
 
-def _answer(replies: _Replies, operation: str, resource: str, timeout: float) -> Any:
+def _answer(replies: Replies, operation: str, resource: str, timeout: float) -> Any:
     try:
         frame = replies.frames.get(timeout=timeout)
     except queue.Empty:

@@ -14,6 +14,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+from devtools.services.artemis import stomp_probe
 from devtools.services.common import (
     HOST,
     ServiceError,
@@ -143,8 +144,6 @@ def _properties(b: BrokerEndpoint) -> str:
 
 
 def running(b: BrokerEndpoint) -> bool:
-    from devtools.services.artemis import stomp_probe
-
     return pid_alive(read_pid(_dir(b.home) / "pid"), _marker(b.home)) and \
         stomp_probe(b.host, b.stomp_port, CENTRAL_USER, user_password(b.home, CENTRAL_USER)) == "CONNECTED"
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from devtools.services.artemis import stomp_probe
 from devtools.services.common import (
     HOST,
     ServiceError,
@@ -129,34 +130,7 @@ def _configure(home: Path) -> None:
 
 def running(b: BrokerEndpoint) -> bool:
     return pid_alive(read_pid(_dir(b.home) / "pid"), _marker(b.home)) and \
-        stomp_probe_vhost(b, CENTRAL_USER) == "CONNECTED"
-
-
-def stomp_probe_vhost(b: BrokerEndpoint, user: str) -> str | None:
-    """A raw CONNECT naming the vhost (RabbitMQ reads STOMP's host header as the vhost)."""
-    import socket
-
-    try:
-        sock = socket.create_connection((b.host, b.stomp_port), timeout=3)
-    except OSError:
-        return None
-    try:
-        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:{b.vhost}\nlogin:{user}\n"
-                     f"passcode:{user_password(b.home, user)}\n\n\0".encode())
-        data = b""
-        while b"\0" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        if data.lstrip(b"\r\n").startswith(b"CONNECTED"):
-            sock.sendall(b"DISCONNECT\n\n\0")
-            return "CONNECTED"
-        return data[:200].decode(errors="replace") or None
-    except OSError:
-        return None
-    finally:
-        sock.close()
+        stomp_probe(b.host, b.stomp_port, CENTRAL_USER, user_password(b.home, CENTRAL_USER), vhost=b.vhost) == "CONNECTED"
 
 
 def start_rabbitmq(home: Path | None = None, *, timeout: float = 120) -> BrokerEndpoint:

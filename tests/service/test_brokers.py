@@ -33,7 +33,7 @@ from devtools.services import other_broker
 from devtools.services.activemq import kill_activemq, start_activemq
 from devtools.services.artemis import broker as artemis_broker
 from devtools.services.artemis import start_artemis
-from devtools.services.common import pid_alive, port_open, services_home
+from devtools.services.common import pid_alive, port_open, services_home, wait_until
 from devtools.services.rabbitmq import kill_rabbitmq, start_rabbitmq
 
 pytestmark = pytest.mark.lane2
@@ -57,9 +57,10 @@ def _kill_artemis() -> None:
     pid = art.pid()
     if pid is not None and pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not pid_alive(pid) and not any(port_open(p, art.host) for p in (art.core_port, art.stomp_port,
-                                                                                         art.tls_port)),
-              30, "artemis gone after kill -9")
+        wait_until(lambda: not pid_alive(pid) and not any(port_open(p, art.host) for p in (art.core_port,
+                                                                                              art.stomp_port,
+                                                                                              art.tls_port)),
+                   timeout=30, what="artemis gone after kill -9")
 
 
 @pytest.fixture(scope="module", params=["artemis", "activemq", "rabbitmq"])
@@ -96,8 +97,9 @@ class Receiver:
             self.proc = subprocess.Popen(dbsync_cmd("receiver", "--config", str(self.config)), env=self.env,
                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         # a topic subscription must exist before anything is published to it
-        _wait(lambda: self.log.read_text().count("consuming ") > seen, 60, f"receiver subscribed ({self.log})",
-              alive=lambda: self.proc is not None and self.proc.poll() is None)
+        wait_until(lambda: self.log.read_text().count("consuming ") > seen, timeout=60,
+                   what=f"receiver ({self.log})", alive=lambda: self.proc is not None and self.proc.poll() is None,
+                   log=self.log)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -118,17 +120,6 @@ class Receiver:
         marks = ",".join(["%s"] * len(uuids))
         return query(self.db, f"SELECT COUNT(*) FROM person p JOIN person_name n ON n.person_id = p.person_id "
                               f"WHERE p.uuid IN ({marks})", tuple(uuids))[0][0]
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str, alive: Callable[[], bool] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if alive is not None and not alive():
-            raise AssertionError(f"{what}: the process exited")
-        time.sleep(0.3)
-    raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
 
 
 def _people(admin: DbParams, count: int) -> list[str]:
@@ -192,8 +183,8 @@ def test_two_sites_sync_through_kills_of_the_broker_and_the_receiver(broker, mod
                 dbsync("sender", "--config", str(conf), "--until-idle", env=env, timeout=120)
 
         def all_arrived(receiver: Receiver) -> None:
-            _wait(lambda: receiver.people(sent) == len(sent), 90,
-                  f"{len(sent)} people at {receiver.db.database} ({receiver.log})")
+            wait_until(lambda: receiver.people(sent) == len(sent), timeout=90,
+                       what=f"{len(sent)} people at {receiver.db.database} ({receiver.log})")
 
         for receiver in receivers:
             receiver.start()
@@ -298,7 +289,7 @@ def test_rabbitmq_refuses_a_user_id_that_is_not_the_login(services) -> None:
     conn = open_connection(other_broker("rabbitmq").site_settings("site1"), listener=Errors())
     try:
         conn.send(f"test.brokers.{uuidlib.uuid4().hex[:8]}", "{}", headers={"user-id": "site2", "receipt": "r"})
-        _wait(lambda: bool(errors), 10, "an ERROR frame")
+        wait_until(lambda: bool(errors), timeout=10, what="an ERROR frame")
     finally:
         with contextlib.suppress(Exception):
             conn.disconnect()
