@@ -3,6 +3,7 @@ receiver's archive indexes each message by, so "everything of this patient" is o
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 from dbsync_cli import wire
@@ -31,13 +32,15 @@ def person_uuids(table: SyncedTable, uuid: str, data: dict[str, Any] | None) -> 
     return found
 
 
-def parent_uuids(table: SyncedTable, uuid: str, data: dict[str, Any] | None) -> list[str]:
+def parent_uuids(table: SyncedTable, uuid: str, data: dict[str, Any] | None, synced: Container[str]) -> list[str]:
     """The rows a row of `table` hangs off when it names no person itself, whose person is then its person: its own
-    identity (a drug_order is its orders row; a delete carries no data) and then each reference to a synced row that
-    is not a person, a user or a provider (encounter_provider → encounter, patient_state → patient_program …)."""
+    identity (a drug_order is its orders row; a delete carries no data) and then each reference to a row of a
+    `synced` table that is not a person, a user or a provider (encounter_provider → encounter, patient_state →
+    patient_program …); metadata (concepts, locations …) hangs off nobody."""
     found = [wire.canonical_uuid(uuid)]
     for column, ref in table.references.items():
-        if column in AUDIT_COLUMNS or ref.identity is None or ref.identity.table in (PERSON_TABLE, *LEAF_TABLES):
+        if (column in AUDIT_COLUMNS or ref.identity is None or ref.identity.table in (PERSON_TABLE, *LEAF_TABLES)
+                or ref.identity.table not in synced):
             continue
         target = wire.ref_target((data or {}).get(column))
         if target is not None and target[1] and wire.canonical_uuid(target[1]) not in found:

@@ -209,7 +209,7 @@ class Applier:
         """`outcome` kept for the archive; from the retry or conflict queue its decider is the operator acting, or
         the retry pass."""
         actor = self.actor or (archive.RETRY_ACTOR if from_queue else None)
-        self.archived(batch, archive.entry(item, outcome, actor=actor, from_queue=from_queue))
+        self.archived(batch, archive.entry(item, outcome, self.model.synced, actor=actor, from_queue=from_queue))
         return outcome
 
     def rolled_back(self) -> None:

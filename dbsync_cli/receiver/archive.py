@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Any
 
 from dbsync_cli.openmrs.patients import parent_uuids, person_uuids
@@ -27,19 +27,21 @@ from dbsync_cli.wire import canonical_uuid
 
 #: bodies deflated into one blob at most (a bigger write takes several blobs: the server's packet limit)
 BLOB_BYTES = 4 << 20
-#: an archive row's own bytes beside its body, for the size cap (ids, uuids, outcome; the indexes come on top)
-ROW_BYTES = 120
+#: an archive row's own bytes beside its body, for the size cap: the row and its index entries as InnoDB stores
+#: them (scripts/bench measured 883 bytes a row on disk, 59 of them the deflated body)
+ROW_BYTES = 800
 #: who decided an outcome when no person did: the receiver applying live, or its retry pass
 RETRY_ACTOR = "retry queue"
 
 
-def entry(item: Parsed, outcome: Outcome, *, actor: str | None = None, from_queue: bool = False) -> Entry:
-    """The archive entry of a message's outcome."""
+def entry(item: Parsed, outcome: Outcome, synced: Container[str], *, actor: str | None = None,
+          from_queue: bool = False) -> Entry:
+    """The archive entry of a message's outcome (`synced`: the synced tables, whose rows others hang off)."""
     message = item.message or {}
     uuid = message.get("uuid") if isinstance(message.get("uuid"), str) else None
     data = message.get("data") if isinstance(message.get("data"), dict) else None
     persons = person_uuids(item.table, uuid, data) if item.table is not None and uuid else []
-    parents = parent_uuids(item.table, uuid, data) if item.table is not None and uuid and not persons else []
+    parents = parent_uuids(item.table, uuid, data, synced) if item.table is not None and uuid and not persons else []
     return Entry(item.message_id, outcome.outcome, str(message.get("site") or item.site or "") or None,
                  item.table.name if item.table else None, message.get("op") if isinstance(message.get("op"), str)
                  else None, uuid, outcome.reason, actor, item.raw, "unless_kept" if from_queue else "always",
