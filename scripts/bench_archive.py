@@ -21,7 +21,7 @@ from dbsync_cli.receiver import archive_prune
 from dbsync_cli.sql import quote, sql
 from devtools.workload.generator import generate
 
-PAIRS = 2
+PAIRS = 3
 
 
 def binlog_total(db: Any) -> int:

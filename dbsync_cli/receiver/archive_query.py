@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from dbsync_cli.i18n import _
+from dbsync_cli.reason_codes import N_
 from dbsync_cli.receiver import archive, reasons
 from dbsync_cli.receiver.selection import SelectionError, parse_age
 from dbsync_cli.receiver.state import StateError, schema_name
@@ -19,8 +20,8 @@ from dbsync_cli.sql import Sql, join, quote, sql
 from dbsync_cli.wire import canonical_uuid
 
 #: the outcomes a row can have (Outcome.outcome, and the events an operator's action adds)
-OUTCOMES = ("applied", "stale", "central_owned", "adopted", "superseded", "conflict", "waiting", "retry", "error",
-            "dropped", "resolved")
+OUTCOMES = (N_("applied"), N_("stale"), N_("central_owned"), N_("adopted"), N_("superseded"), N_("conflict"),
+            N_("waiting"), N_("retry"), N_("error"), N_("dropped"), N_("resolved"))
 DEFAULT_LIMIT = 200
 
 _COLUMNS = sql("id, date_handled, message_id, site, table_name, op, entity_uuid, patient_uuid, patient2_uuid, outcome, "
