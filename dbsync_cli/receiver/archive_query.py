@@ -52,12 +52,13 @@ class Filters:
         if self.patient:
             parts.append(sql("(patient_uuid = %s OR patient2_uuid = %s)"))
             args += [canonical_uuid(self.patient)] * 2
+        # a time range names its days too: only those day partitions are read (no index on the time itself)
         if self.since is not None:
-            parts.append(sql("date_handled >= %s"))
-            args.append(self.since)
+            parts.append(sql("day >= %s AND date_handled >= %s"))
+            args += [self.since.date(), self.since]
         if self.until is not None:
-            parts.append(sql("date_handled < %s"))
-            args.append(self.until)
+            parts.append(sql("day <= %s AND date_handled < %s"))
+            args += [self.until.date(), self.until]
         return (join(parts, " AND ") if parts else sql("1 = 1")), args
 
 

@@ -327,7 +327,6 @@ MIGRATIONS: list[list[Step]] = [
             KEY archive_patient (patient_uuid),
             KEY archive_patient2 (patient2_uuid),
             KEY archive_message (message_id),
-            KEY archive_when (date_handled),
             KEY archive_blob_of (blob_id)) CHARACTER SET utf8mb4
             PARTITION BY RANGE COLUMNS(day) (PARTITION pmax VALUES LESS THAN (MAXVALUE))""",
         """CREATE TABLE IF NOT EXISTS {s}.archive_pruned (
