@@ -11,6 +11,8 @@ the receiver does) against deleting the same rows (DELETE, which logs every row'
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,14 @@ PAIRS = 3
 
 def binlog_total(db: Any) -> int:
     return sum(int(row[1]) for row in bl.sql(db, "SHOW BINARY LOGS"))
+
+
+def server_cpu(svc: Any) -> float:
+    """CPU seconds central's mariadbd has used (the machine is shared: CPU, not wall time, is what a row costs)."""
+    manifest = json.loads((Path(svc.home) / "services.json").read_text())
+    pid = int(Path(manifest["mariadb"]["central"]["pid_file"]).read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def messages_file(svc: Any, work: Path, rows: int, prefix: str, patients: int, obs_per_encounter: int
@@ -61,15 +71,16 @@ def _apply(svc: Any, work: Path, messages: Path, n: int, prefix: str, tag: str, 
     env["DBSYNC_RECEIVER__ARCHIVE_DAYS"] = str(days)
     name = f"apply, archive {'on' if days else 'off'}"
     bl.console.print(f"[bold]{name}: {n:,} messages …")
-    before = binlog_total(admin)
+    before, cpu = binlog_total(admin), server_cpu(svc)
     with messages.open("rb") as f:
         proc = bl.run("apply", ["apply", "--config", str(conf)], env, work / "logs-archive", stdin=f)
-    grown = binlog_total(admin) - before
+    grown, cpu = binlog_total(admin) - before, server_cpu(svc) - cpu
     applied, _ = bl.applied_count(central, schema)
     if applied != n:
         raise RuntimeError(f"{name}: {applied} of {n} messages applied")
     figures: dict[str, Any] = {"stage": name, "rows": n, "seconds": round(proc.seconds, 1),
-                               "rows_per_second": round(n / proc.seconds), "binlog_bytes": grown}
+                               "rows_per_second": round(n / proc.seconds), "binlog_bytes": grown,
+                               "apply_cpu_seconds": round(proc.cpu, 2), "server_cpu_seconds": round(cpu, 2)}
     if days:
         bl.sql(central, sql("ANALYZE TABLE {s}.archive, {s}.archive_blob", s=quote(schema)))
         ((rows, counted, bodies),) = bl.sql(central, sql(
@@ -103,6 +114,9 @@ def run_archive(svc: Any, work: Path, rows: int, prefix: str, out: dict[str, Any
     off = statistics.median(r["rows_per_second"] for r in runs if "archive_rows" not in r)
     on_runs = [r for r in runs if "archive_rows" in r]
     on = statistics.median(r["rows_per_second"] for r in on_runs)
+    cpu_off = statistics.median(r["apply_cpu_seconds"] + r["server_cpu_seconds"] for r in runs
+                                if "archive_rows" not in r)
+    cpu_on = statistics.median(r["apply_cpu_seconds"] + r["server_cpu_seconds"] for r in on_runs)
     binlog_off = statistics.median(r["binlog_bytes"] for r in runs if "archive_rows" not in r)
     binlog_on = statistics.median(r["binlog_bytes"] for r in on_runs)
     last = on_runs[-1]
@@ -110,6 +124,8 @@ def run_archive(svc: Any, work: Path, rows: int, prefix: str, out: dict[str, Any
     out["archive"] = {
         "runs": runs, "messages": n, "rows_per_second_off": off, "rows_per_second_on": on,
         "on_off_ratio": round(on / off, 3),
+        "cpu_us_per_row_off": round(cpu_off / n * 1e6), "cpu_us_per_row_on": round(cpu_on / n * 1e6),
+        "cpu_on_off_ratio": round(cpu_on / cpu_off, 3),
         "archive_bytes_per_row": round(last["archive_bytes"] / n, 1),
         "body_bytes_per_row": round(last["body_bytes"] / n, 1),
         "disk_bytes_per_row": round(last["disk_bytes"] / n, 1),
@@ -127,11 +143,13 @@ def report(result: dict[str, Any]) -> None:
     if not a:
         return
     bl.print_table("apply with the archive off and on (same messages, alternating, one window)",
-                   ["run", "messages", "seconds", "rows/s", "binlog B/row"],
-                   [[r["stage"], r["rows"], r["seconds"], r["rows_per_second"], round(r["binlog_bytes"] / r["rows"])]
-                    for r in a["runs"]],
+                   ["run", "messages", "seconds", "rows/s", "apply CPU s", "central CPU s", "binlog B/row"],
+                   [[r["stage"], r["rows"], r["seconds"], r["rows_per_second"], r["apply_cpu_seconds"],
+                     r["server_cpu_seconds"], round(r["binlog_bytes"] / r["rows"])] for r in a["runs"]],
                    caption=f"median rows/s off {a['rows_per_second_off']:,}, on {a['rows_per_second_on']:,} "
-                           f"({a['on_off_ratio']:.2f}×)")
+                           f"({a['on_off_ratio']:.2f}×); CPU a row (apply + central's server) off "
+                           f"{a['cpu_us_per_row_off']} µs, on {a['cpu_us_per_row_on']} µs "
+                           f"({a['cpu_on_off_ratio']:.2f}×)")
     bl.print_table("the archive's bytes a row", ["what", "bytes/row"],
                    [["archive (deflated bodies + rows, as the size cap counts)", a["archive_bytes_per_row"]],
                     ["of which deflated bodies", a["body_bytes_per_row"]],

@@ -3,7 +3,7 @@ receiver's archive indexes each message by, so "everything of this patient" is o
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any
 
 from dbsync_cli import wire
@@ -16,33 +16,52 @@ PERSON_TABLE = "person"
 LEAF_TABLES = (USERS_TABLE, "provider")
 
 
-def person_uuids(table: SyncedTable, uuid: str, data: dict[str, Any] | None) -> list[str]:
-    """The people a row of `table` names directly: itself (person, patient) or its references to a person or
-    patient (obs.person_id, encounter.patient_id, relationship.person_a and person_b …), lower case, in column
-    order; audit columns (creator …) name users, not the row's person, and are left out."""
-    if table.identity.table == PERSON_TABLE:
-        return [wire.canonical_uuid(uuid)]
-    found: list[str] = []
-    for column, ref in table.references.items():
-        if column in AUDIT_COLUMNS or ref.identity is None or ref.identity.table != PERSON_TABLE:
-            continue
-        target = wire.ref_target((data or {}).get(column))
-        if target is not None and target[1] and wire.canonical_uuid(target[1]) not in found:
-            found.append(wire.canonical_uuid(target[1]))
-    return found
+def person_columns(table: SyncedTable) -> tuple[str, ...]:
+    """The columns of `table` that name a person or patient (obs.person_id, encounter.patient_id, relationship.person_a
+    and person_b …); audit columns (creator …) name users, not the row's person, and are left out."""
+    return tuple(column for column, ref in table.references.items() if column not in AUDIT_COLUMNS
+                 and ref.identity is not None and ref.identity.table == PERSON_TABLE)
 
 
-def parent_uuids(table: SyncedTable, uuid: str, data: dict[str, Any] | None, synced: Container[str]) -> list[str]:
-    """The rows a row of `table` hangs off when it names no person itself, whose person is then its person: its own
-    identity (a drug_order is its orders row; a delete carries no data) and then each reference to a row of a
+def parent_columns(table: SyncedTable, synced: Container[str]) -> tuple[str, ...]:
+    """The columns of `table` that name a row it hangs off when it names no person itself: references to a row of a
     `synced` table that is not a person, a user or a provider (encounter_provider → encounter, patient_state →
     patient_program …); metadata (concepts, locations …) hangs off nobody."""
-    found = [wire.canonical_uuid(uuid)]
-    for column, ref in table.references.items():
-        if (column in AUDIT_COLUMNS or ref.identity is None or ref.identity.table in (PERSON_TABLE, *LEAF_TABLES)
-                or ref.identity.table not in synced):
-            continue
+    return tuple(column for column, ref in table.references.items() if column not in AUDIT_COLUMNS
+                 and ref.identity is not None and ref.identity.table not in (PERSON_TABLE, *LEAF_TABLES)
+                 and ref.identity.table in synced)
+
+
+def _uuids(first: list[str], columns: tuple[str, ...], data: dict[str, Any] | None) -> list[str]:
+    found = first
+    for column in columns:
         target = wire.ref_target((data or {}).get(column))
         if target is not None and target[1] and wire.canonical_uuid(target[1]) not in found:
             found.append(wire.canonical_uuid(target[1]))
     return found
+
+
+class Links:
+    """Who the rows of a schema model hang off, the columns worked out once per table."""
+
+    def __init__(self, synced: Mapping[str, SyncedTable]) -> None:
+        self.synced = synced
+        self._columns: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def _of(self, table: SyncedTable) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        found = self._columns.get(table.name)
+        if found is None:
+            found = self._columns[table.name] = (person_columns(table), parent_columns(table, self.synced))
+        return found
+
+    def people(self, table: SyncedTable, uuid: str, data: dict[str, Any] | None) -> list[str]:
+        """The people a row names directly, lower case, in column order: itself (person, patient: their identity is
+        a person) or its person columns."""
+        if table.identity.table == PERSON_TABLE:
+            return [wire.canonical_uuid(uuid)]
+        return _uuids([], self._of(table)[0], data)
+
+    def parents(self, table: SyncedTable, uuid: str, data: dict[str, Any] | None) -> list[str]:
+        """The rows a row hangs off when it names no person, whose person is then its person: its own identity (a
+        drug_order is its orders row; a delete carries no data), then its parent columns' rows."""
+        return _uuids([wire.canonical_uuid(uuid)], self._of(table)[1], data)

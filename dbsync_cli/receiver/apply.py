@@ -20,6 +20,7 @@ from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.patients import Links
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import adopt, archive, bookkeeping, reasons, state, trust
 from dbsync_cli.receiver.adopt_held import HeldRows
@@ -116,6 +117,7 @@ class Applier:
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.held_rows = HeldRows(self.s)  # what central held when each adopting site was registered: never adopted
+        self.links = Links(model.synced)  # who the rows hang off, for the archive
         self.reload_blocked()
 
     def close(self) -> None:
@@ -209,7 +211,7 @@ class Applier:
         """`outcome` kept for the archive; from the retry or conflict queue its decider is the operator acting, or
         the retry pass."""
         actor = self.actor or (archive.RETRY_ACTOR if from_queue else None)
-        self.archived(batch, archive.entry(item, outcome, self.model.synced, actor=actor, from_queue=from_queue))
+        self.archived(batch, archive.entry(item, outcome, self.links, actor=actor, from_queue=from_queue))
         return outcome
 
     def rolled_back(self) -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import zlib
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from dbsync_cli.openmrs.patients import parent_uuids, person_uuids
+from dbsync_cli.openmrs.patients import Links
 from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.batch import ArchiveEntry as Entry
 from dbsync_cli.receiver.batch import Outcome
@@ -34,14 +34,14 @@ ROW_BYTES = 800
 RETRY_ACTOR = "retry queue"
 
 
-def entry(item: Parsed, outcome: Outcome, synced: Container[str], *, actor: str | None = None,
+def entry(item: Parsed, outcome: Outcome, links: Links, *, actor: str | None = None,
           from_queue: bool = False) -> Entry:
-    """The archive entry of a message's outcome (`synced`: the synced tables, whose rows others hang off)."""
+    """The archive entry of a message's outcome (`links`: who the rows of the schema model hang off)."""
     message = item.message or {}
     uuid = message.get("uuid") if isinstance(message.get("uuid"), str) else None
     data = message.get("data") if isinstance(message.get("data"), dict) else None
-    persons = person_uuids(item.table, uuid, data) if item.table is not None and uuid else []
-    parents = parent_uuids(item.table, uuid, data, synced) if item.table is not None and uuid and not persons else []
+    persons = links.people(item.table, uuid, data) if item.table is not None and uuid else []
+    parents = links.parents(item.table, uuid, data) if item.table is not None and uuid and not persons else []
     return Entry(item.message_id, outcome.outcome, str(message.get("site") or item.site or "") or None,
                  item.table.name if item.table else None, message.get("op") if isinstance(message.get("op"), str)
                  else None, uuid, outcome.reason, actor, item.raw, "unless_kept" if from_queue else "always",
@@ -87,6 +87,9 @@ def write(cur: Any, s: Sql, entries: list[Entry], stamp: dt.datetime) -> None:
     patients = _patients(cur, s, entries)
     kept = _bodies_kept(cur, s, [e.message_id for e in entries if e.body == "unless_kept"])
     day = stamp.date()
+    # the write's day and time as text, formatted once (PyMySQL escapes a date or datetime per row at about the
+    # cost of all the row's other values)
+    day_text, stamp_text = day.isoformat(), stamp.isoformat(sep=" ", timespec="microseconds")
     rows: list[tuple[Any, ...]] = []
     groups: list[list[int]] = [[]]  # indexes of entries per blob
     size = 0
@@ -103,16 +106,17 @@ def write(cur: Any, s: Sql, entries: list[Entry], stamp: dt.datetime) -> None:
     blob_of: dict[int, int] = {}
     for number, group in enumerate(groups):
         body = pack(entries[i].raw or b"" for i in group) if group else None
-        members = group if number else [i for i in range(len(entries)) if i not in with_body or i in group]
+        # the entries without a body of their own are counted with the first blob
+        members = group if number else [i for i in range(len(entries)) if i not in with_body] + group
         cur.execute(sql("INSERT INTO {}.archive_blob (day, n_rows, bytes, body) VALUES (%s, %s, %s, %s)", s),
-                    (day, len(members), len(body or b"") + ROW_BYTES * len(members), body))
+                    (day_text, len(members), len(body or b"") + ROW_BYTES * len(members), body))
         for i in members:
             blob_of[i] = int(cur.lastrowid)
     for index, e in enumerate(entries):
         people = patients.get(index) or []
         first, second = (people[0] if people else None), (people[1] if len(people) > 1 else None)
         code, args = reasons.columns(e.reason)
-        rows.append((day, stamp, blob_of[index], with_body.get(index), e.message_id[:255], (e.site or "")[:100] or None,
+        rows.append((day_text, stamp_text, blob_of[index], with_body.get(index), e.message_id[:255], (e.site or "")[:100] or None,
                      e.table, (e.op or "")[:1] or None, _uuid(e.uuid), first, second,
                      e.outcome[:32], (e.reason or "")[:1000] or None, code, args, (e.actor or "")[:100] or None))
     cur.executemany(sql("INSERT INTO {}.archive (day, date_handled, blob_id, part, message_id, site, table_name, op, "

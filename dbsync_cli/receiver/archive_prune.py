@@ -93,8 +93,7 @@ def prune(conn: Any, schema: str, days: int, max_bytes: int, today: dt.date | No
         cur.execute("SET SESSION lock_wait_timeout = %s", (DDL_WAIT_SECONDS,))
         ensure_partitions(cur, schema, today)
         cutoff = today - dt.timedelta(days=days) if days > 0 else today + dt.timedelta(days=1)
-        old = [(name, bound) for name, bound in partitions(cur, schema) if bound is not None and bound <= cutoff]
-        _drop(cur, s, schema, [name for name, _ in old], done["age"])
+        _drop(cur, s, schema, cutoff, done["age"])
         _delete_blobs(conn, cur, s, sql("day < %s"), (cutoff,), done["age"])
         if max_bytes > 0:
             _cap(conn, cur, s, schema, today, max_bytes, done["size"])
@@ -110,20 +109,27 @@ def prune(conn: Any, schema: str, days: int, max_bytes: int, today: dt.date | No
     return done
 
 
-def _drop(cur: Any, s: Sql, schema: str, names: list[str], pruned: Pruned) -> bool:
-    """Drop these day partitions of both tables, counting what they held; False when the DDL had to wait."""
-    if not names:
-        return True
-    cur.execute(sql("SELECT COALESCE(SUM(n_rows), 0), COALESCE(SUM(bytes), 0) FROM {}.archive_blob PARTITION ({})",
-                    s, join([quote(n) for n in names])))
-    rows, size = cur.fetchone() or (0, 0)
+def _drop(cur: Any, s: Sql, schema: str, upto: dt.date, pruned: Pruned) -> bool:
+    """Drop the day partitions ending by `upto` of each table (each its own: a pass that dropped one table's and not
+    the other's finishes the other's next time), counting what the blobs' held; False when a DDL had to wait."""
+    dropped = False
     for table in TABLES:
-        if not _ddl(cur, sql("ALTER TABLE {}.{} DROP PARTITION {}", s, quote(table), join([quote(n) for n in names]))):
+        names = [name for name, bound in partitions(cur, schema, table) if bound is not None and bound <= upto]
+        if not names:
+            continue
+        listed = join([quote(n) for n in names])
+        if table == "archive_blob":
+            cur.execute(sql("SELECT COALESCE(SUM(n_rows), 0), COALESCE(SUM(bytes), 0) FROM {}.archive_blob "
+                            "PARTITION ({})", s, listed))
+            rows, size = cur.fetchone() or (0, 0)
+        if not _ddl(cur, sql("ALTER TABLE {}.{} DROP PARTITION {}", s, quote(table), listed)):
             return False
-    pruned.rows += int(rows)
-    pruned.bytes += int(size)
-    pruned.partitions += names
-    return True
+        if table == "archive_blob":
+            pruned.rows += int(rows)
+            pruned.bytes += int(size)
+            pruned.partitions += [n for n in names if n not in pruned.partitions]
+        dropped = True
+    return dropped
 
 
 def _delete_blobs(conn: Any, cur: Any, s: Sql, where: Sql, args: tuple[Any, ...], pruned: Pruned,
@@ -166,8 +172,8 @@ def _cap(conn: Any, cur: Any, s: Sql, schema: str, today: dt.date, max_bytes: in
             return
         oldest = by_day[0][0]
         # the partition holding the oldest day, when it ends by today (it holds no row of today's)
-        whole = [name for name, bound in partitions(cur, schema) if bound is not None and oldest < bound <= today]
-        if whole and _drop(cur, s, schema, whole[:1], pruned):
+        ends = [bound for _, bound in partitions(cur, schema, "archive_blob") if bound is not None and oldest < bound]
+        if ends and min(ends) <= today and _drop(cur, s, schema, min(ends), pruned):
             continue
         _delete_blobs(conn, cur, s, sql("1 = 1"), (), pruned, budget=over)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dbsync_cli.openmrs import SchemaModel
 from dbsync_cli.openmrs.introspect import Column, ForeignKey, TableInfo
-from dbsync_cli.openmrs.patients import parent_uuids, person_uuids
+from dbsync_cli.openmrs.patients import Links
 from dbsync_cli.receiver.archive import pack, unpack
 from dbsync_cli.wire import ref
 
@@ -30,25 +30,26 @@ TABLES = {t.name: t for t in (
     _table("drug_order", "orders_id", ("orders_id", "orders"), uuid=False),
 )}  # fmt: skip
 MODEL = SchemaModel("openmrs", TABLES, synced=[n for n in TABLES if n != "location"])
+LINKS = Links(MODEL.synced)
 
 
 def test_a_row_names_its_people_through_person_and_patient_references_not_audit_columns() -> None:
     synced = MODEL.synced
-    assert person_uuids(synced["person"], ANN.upper(), {"creator": ref("users", BEA)}) == [ANN]
-    assert person_uuids(synced["patient"], ANN, None) == [ANN]  # its identity is person
+    assert LINKS.people(synced["person"], ANN.upper(), {"creator": ref("users", BEA)}) == [ANN]
+    assert LINKS.people(synced["patient"], ANN, None) == [ANN]  # its identity is person
     encounter = {"patient_id": ref("patient", ANN), "creator": ref("users", BEA), "location_id": ref("location", ENC)}
-    assert person_uuids(synced["encounter"], ENC, encounter) == [ANN]
+    assert LINKS.people(synced["encounter"], ENC, encounter) == [ANN]
     both = {"person_a": ref("person", ANN), "person_b": ref("person", BEA)}
-    assert person_uuids(synced["relationship"], ENC, both) == [ANN, BEA]
-    assert person_uuids(synced["encounter_provider"], ENC, {"encounter_id": ref("encounter", ENC)}) == []
+    assert LINKS.people(synced["relationship"], ENC, both) == [ANN, BEA]
+    assert LINKS.people(synced["encounter_provider"], ENC, {"encounter_id": ref("encounter", ENC)}) == []
 
 
 def test_a_row_without_people_hangs_off_its_own_identity_then_synced_rows_but_not_providers_or_metadata() -> None:
     synced = MODEL.synced
     data = {"encounter_id": ref("encounter", ENC), "provider_id": ref("provider", PROVIDER)}
-    assert parent_uuids(synced["encounter_provider"], ORDER, data, synced) == [ORDER, ENC]
-    assert parent_uuids(synced["drug_order"], ORDER, None, synced) == [ORDER]  # a delete: no data
-    assert parent_uuids(synced["encounter"], ENC, {"location_id": ref("location", ANN)}, synced) == [ENC]
+    assert LINKS.parents(synced["encounter_provider"], ORDER, data) == [ORDER, ENC]
+    assert LINKS.parents(synced["drug_order"], ORDER, None) == [ORDER]  # a delete: no data
+    assert LINKS.parents(synced["encounter"], ENC, {"location_id": ref("location", ANN)}) == [ENC]
 
 
 def test_bodies_come_back_from_their_blob_in_order() -> None:
