@@ -210,8 +210,9 @@ class Applier:
     def _archived(self, batch: Batch, item: Parsed, outcome: Outcome, *, from_queue: bool = False) -> Outcome:
         """`outcome` kept for the archive; from the retry or conflict queue its decider is the operator acting, or
         the retry pass."""
-        actor = self.actor or (archive.RETRY_ACTOR if from_queue else None)
-        self.archived(batch, archive.entry(item, outcome, self.links, actor=actor, from_queue=from_queue))
+        if self.settings.archive_days > 0:  # off: not even worked out
+            actor = self.actor or (archive.RETRY_ACTOR if from_queue else None)
+            batch.archive.append(archive.entry(item, outcome, self.links, actor=actor, from_queue=from_queue))
         return outcome
 
     def rolled_back(self) -> None:

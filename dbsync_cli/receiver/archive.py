@@ -28,7 +28,7 @@ from dbsync_cli.wire import canonical_uuid
 #: bodies deflated into one blob at most (a bigger write takes several blobs: the server's packet limit)
 BLOB_BYTES = 4 << 20
 #: an archive row's own bytes beside its body, for the size cap: the row and its index entries as InnoDB stores
-#: them (scripts/bench measured 883 bytes a row on disk, 59 of them the deflated body)
+#: them (scripts/bench measured 803 bytes a row on disk, 60 of them the deflated body)
 ROW_BYTES = 800
 #: who decided an outcome when no person did: the receiver applying live, or its retry pass
 RETRY_ACTOR = "retry queue"
