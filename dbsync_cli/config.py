@@ -114,6 +114,8 @@ def _coerce_env(key: str, spec: Key, raw: str) -> Any:
             return lowered in ("1", "true", "yes", "on")
         if kind is int:
             return int(raw)
+        if kind is float:
+            return float(raw)
         if kind is list:
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:

@@ -190,6 +190,10 @@ class Receiver(Section):
     batch_messages: int = key(500, roles=RECEIVER, ge=1)
     retry_interval_seconds: int = key(60, roles=RECEIVER, ge=1)
     applied_ids_days: int = key(30, roles=RECEIVER, ge=1, help="how long handled message ids are kept")
+    archive_days: int = key(30, roles=RECEIVER, ge=0, help="how long the archive keeps each handled message's wire "
+                                                          "form and outcome (dbsync archive); 0: no archive")
+    archive_max_mb: float = key(0.0, roles=RECEIVER, ge=0, help="the archive's size cap in MB (its deflated bodies "
+                                                                "and rows; the oldest days go first); 0: no cap")
 
 
 class CentralDb(Section):

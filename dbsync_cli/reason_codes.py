@@ -94,6 +94,8 @@ TEMPLATES: dict[str, str] = {
     "unpacked_from": N_("unpacked from envelope {envelope}"),
     "unpacked_into": N_("unpacked into {count} entries"),
     "superseded": N_("a newer change of its row has been applied since"),
+    # the archive (receiver/archive.py): an operator's decision about a parked message
+    "resolved_as": N_("conflict resolved: {mode}"),
     # conflicts and skips (receiver/conflict.py)
     "stale": N_("incoming change ({incoming}) is older than central ({central})"),
     "older_position": N_("from {position}, before the change applied last ({last})"),

@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pymysql
+
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import inbox, placeholder, state
+from dbsync_cli.receiver import archive_prune, archive_query, inbox, placeholder, state
 from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import RetryLane
@@ -34,7 +36,7 @@ def apply_settings(cfg: Config) -> ApplySettings:
         cross_site_changes=cfg["receiver.cross_site_changes"],
         future_tolerance_seconds=cfg["receiver.future_tolerance_seconds"],
         row_lock_wait_seconds=cfg["receiver.row_lock_wait_seconds"],
-        batch_messages=cfg["receiver.batch_messages"],
+        batch_messages=cfg["receiver.batch_messages"], archive_days=cfg["receiver.archive_days"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
     )
 
@@ -108,6 +110,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 # fillers nothing references any more (their placeholders were overwritten), a bounded number
                 placeholder.remove_fillers(applier.conn, applier.model, applier.s)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
+                prune_archive(applier, cfg)
                 last_housekeeping = time.monotonic()
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
@@ -118,6 +121,19 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 stop.wait(0.2)
     finally:
         applier.close()
+
+
+def prune_archive(applier: Applier, cfg: Config) -> None:
+    """The archive within receiver.archive_days and archive_max_mb (archive_prune.py), on a connection of its own
+    (its DDL waits a few seconds at most for the tables' metadata lock: the applier's must hold none, so commit). A
+    failure is logged and tried again at the next pass: it never stops applying."""
+    applier.conn.commit()
+    try:
+        with cfg.db("central_db").connect(autocommit=False) as conn:
+            archive_prune.prune(conn, applier.settings.state_schema, cfg["receiver.archive_days"],
+                                int(cfg["receiver.archive_max_mb"] * 1024 * 1024))
+    except pymysql.MySQLError as exc:
+        log.warning("archive: pruning failed (%s); the next housekeeping pass tries again", exc)
 
 
 def central_changed(applier: Applier, cfg: Config) -> int:
@@ -202,6 +218,16 @@ class Receiver:
     def applier(self) -> Applier:
         """An Applier on the central DB (the caller closes it): apply, retry and conflict resolution."""
         return Applier(apply_settings(self.cfg), load_model(self.cfg))
+
+    def archive(self, filters: archive_query.Filters) -> list[dict[str, Any]]:
+        """Archive rows matching `filters`, oldest first (`dbsync archive list`)."""
+        with self.cfg.db("central_db").connect() as conn:
+            return archive_query.list_rows(conn, self.cfg["central_db.state_schema"], filters)
+
+    def archive_entry(self, number: int) -> dict[str, Any]:
+        """Archive row `number` with its message's wire form and every outcome of it (`dbsync archive show`)."""
+        with self.cfg.db("central_db").connect() as conn:
+            return archive_query.show(conn, self.cfg["central_db.state_schema"], number)
 
     def verify_status(self, site: str | None = None) -> list[dict[str, Any]]:
         """The latest verify result of each site (or of one), as stored at central."""

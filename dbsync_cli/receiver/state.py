@@ -292,6 +292,49 @@ MIGRATIONS: list[list[Step]] = [
             ("added_at_central", "BIGINT NOT NULL DEFAULT 0"), ("site_only_columns", "TEXT NULL"),
             ("central_only_columns", "TEXT NULL"))),
     ],
+    [  # 20 (issue 28: the archive of what was synced; receiver/archive*.py): each handled message's outcome, its
+        # wire form deflated a write at a time in archive_blob, by day partitions that pruning drops whole (a
+        # DROP PARTITION is a few bytes of binlog; a DELETE would log every pruned body again)
+        """CREATE TABLE IF NOT EXISTS {s}.archive_blob (
+            id BIGINT NOT NULL AUTO_INCREMENT,
+            day DATE NOT NULL,
+            n_rows INT NOT NULL,
+            bytes INT NOT NULL,
+            body MEDIUMBLOB NULL,
+            PRIMARY KEY (id, day),
+            KEY archive_blob_day (day, bytes)) CHARACTER SET utf8mb4
+            PARTITION BY RANGE COLUMNS(day) (PARTITION pmax VALUES LESS THAN (MAXVALUE))""",
+        """CREATE TABLE IF NOT EXISTS {s}.archive (
+            id BIGINT NOT NULL AUTO_INCREMENT,
+            day DATE NOT NULL,
+            date_handled DATETIME(6) NOT NULL,
+            blob_id BIGINT NOT NULL,
+            part INT NULL,
+            message_id VARCHAR(255) NOT NULL,
+            site VARCHAR(100) NULL,
+            table_name VARCHAR(64) NULL,
+            op CHAR(1) NULL,
+            entity_uuid VARCHAR(38) NULL,
+            patient_uuid VARCHAR(38) NULL,
+            patient2_uuid VARCHAR(38) NULL,
+            outcome VARCHAR(32) NOT NULL,
+            reason VARCHAR(1000) NULL,
+            reason_code VARCHAR(64) NULL,
+            reason_args TEXT NULL,
+            actor VARCHAR(100) NULL,
+            PRIMARY KEY (id, day),
+            KEY archive_entity (entity_uuid),
+            KEY archive_patient (patient_uuid),
+            KEY archive_patient2 (patient2_uuid),
+            KEY archive_message (message_id),
+            KEY archive_blob_of (blob_id)) CHARACTER SET utf8mb4
+            PARTITION BY RANGE COLUMNS(day) (PARTITION pmax VALUES LESS THAN (MAXVALUE))""",
+        """CREATE TABLE IF NOT EXISTS {s}.archive_pruned (
+            why VARCHAR(16) NOT NULL PRIMARY KEY,
+            n_rows BIGINT NOT NULL,
+            bytes BIGINT NOT NULL,
+            last_date DATETIME(6) NOT NULL) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another

@@ -48,6 +48,20 @@ def _fillers(cur: Any, s: Sql) -> int | None:
     return int(cur.fetchone()[0])
 
 
+def _archive(conn: Any, schema: str, cfg: Config) -> dict[str, Any] | None:
+    """What the archive holds and what pruning removed (None before the receiver upgraded the state schema)."""
+    from dbsync_cli.receiver.archive_prune import stats
+
+    try:
+        found = stats(conn, schema)
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:  # no such table
+            raise
+        conn.rollback()
+        return None
+    return {**found, "days": cfg["receiver.archive_days"], "max_mb": cfg["receiver.archive_max_mb"]}
+
+
 def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     now: dt.datetime | None = None) -> dict[str, Any]:
     from dbsync_cli.receiver import state
@@ -61,7 +75,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     schema = cfg["central_db.state_schema"]
     data = report.data
     data.update({"state_schema": schema, "sites": [], "inbox": None, "retry_queue": None, "conflicts": None,
-                 "rest": None, "fillers": None})
+                 "rest": None, "fillers": None, "archive": None})
     conn, central = connect(cfg, "central_db", timeout)
     data["central_db"] = central
     silent_max: float | None = None
@@ -107,6 +121,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     data["conflicts"] = {"unresolved": size_, "oldest": utc(oldest),
                                          "oldest_seconds": seconds_between(now, oldest)}
                     data["fillers"] = _fillers(cur, s)
+                data["archive"] = _archive(conn, schema, cfg)
                 rest = rest_status(conn, schema)
                 rest["enabled"] = bool(cfg.get("openmrs.url"))
                 rest["last_error_date"] = utc(rest["last_error_date"])

@@ -24,7 +24,8 @@ from dbsync_cli.broker import open_connection, settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, SyncedTable
-from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
+from dbsync_cli.openmrs.patients import LEAF_TABLES
+from dbsync_cli.openmrs.rules import AUDIT_COLUMNS
 from dbsync_cli.sender.binlog import current_position
 from dbsync_cli.sender.checkpoint import RESYNC_REFUSED, CheckpointStore, record_dropped
 from dbsync_cli.sender.enrich import Enricher
@@ -34,8 +35,6 @@ from dbsync_cli.sql import chunks, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.resync")
 
-#: rows of these tables are sent with a patient but never followed further (they reference many patients' rows)
-LEAF_TABLES = (USERS_TABLE, "provider")
 MAX_ROWS = 1_000_000
 
 
