@@ -44,6 +44,11 @@ def destination(sync_destination: str) -> str:
     return sync_destination + SUFFIX
 
 
+def folder(value: str | None) -> Path | None:
+    """The complex obs folder a config names (None: files are not synced)."""
+    return Path(value).expanduser() if value else None
+
+
 def file_name(value_complex: object) -> str | None:
     """The file name a value_complex names (None: no file), as OpenMRS's parseDataKey reads it (Java's split
     drops trailing empty parts)."""

@@ -71,7 +71,8 @@ def control_settings(cfg: Config) -> ControlSettings:
     from dbsync_cli.receiver.control_service import ControlSettings
 
     return ControlSettings(broker=broker_settings(cfg), db=central_db(cfg), state_schema=state_schema(cfg),
-                           destination=cfg["broker.destination"], timezone=cfg["receiver.timezone"])
+                           destination=cfg["broker.destination"], timezone=cfg["receiver.timezone"],
+                           complex_obs_dir=cfg["receiver.complex_obs_dir"])
 
 
 def rest_settings(cfg: Config) -> RestSettings | None:

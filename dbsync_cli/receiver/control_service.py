@@ -15,7 +15,7 @@ from typing import Any
 
 import stomp
 
-from dbsync_cli import control, wire
+from dbsync_cli import complex_obs, control, wire
 from dbsync_cli.broker import BrokerSettings, open_connection
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
@@ -35,6 +35,7 @@ class ControlSettings:
     state_schema: str
     destination: str  # the sync destination; requests arrive on <destination>.control
     timezone: str = DEFAULTS.receiver.timezone
+    complex_obs_dir: str | None = None  # verify compares complex obs files' digests too
 
 
 def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:
@@ -45,7 +46,8 @@ def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) 
     try:
         with db.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
-        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone))
+        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone),
+                                complex_obs.folder(settings.complex_obs_dir))
         conn.subscribe(control.request_destination(settings.destination), id="dbsync-control",
                        ack="client-individual", headers={"subscription-type": "ANYCAST"})
         while not stop.is_set():
