@@ -295,7 +295,9 @@ def _complex_obs(report: Report, conn: Any, s: Sql, cfg: Config) -> None:
                 site=site, refused=entry["refused"], conflicts=entry["conflicts"],
                 last=entry.get("last_conflict") or entry.get("last_refused") or "?"))
     report.notes.append(_("complex obs files: {received} written, {in_flight} arriving, {waiting_obs} obs waiting "
-                          "for theirs, {refused} refused, {conflicts} in conflict").format(**totals))
+                          "for theirs, {refused} refused, {conflicts} in conflict").format(
+        received=totals["received"], in_flight=totals["in_flight"], waiting_obs=totals["waiting_obs"],
+        refused=totals["refused"], conflicts=totals["conflicts"]))
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

@@ -272,7 +272,8 @@ def _files(report: Report, cfg: Config) -> None:
                                                  "folder); the last: {name} ({reason})").format(
             count=found["refused"], name=last.get("name"), reason=last.get("reason")))
     report.notes.append(_("complex obs files: {waiting} waiting ({sending} sending), {sent} sent, {refused} "
-                          "refused").format(**found))
+                          "refused").format(waiting=found["waiting"], sending=found["sending"], sent=found["sent"],
+                                            refused=found["refused"]))
 
 
 #: how `dbsync status` grades the broker's last refusal of a batch (broker_refusals kinds); others WARNING
