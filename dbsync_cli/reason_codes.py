@@ -123,7 +123,7 @@ WORDS = {"is not registered": N_("is not registered"), "is disabled": N_("is dis
          "not a file name": N_("not a file name"), "control character": N_("control character"),
          "another site's file": N_("another site's file"), "not sent by dbsync": N_("not sent by dbsync"),
          "the site sent other bytes before": N_("the site sent other bytes before"),
-         "changed at central": N_("changed at central"),
+         "changed at central": N_("changed at central"), "not a regular file": N_("not a regular file"),
          "behind": N_("behind"), "undated": N_("undated"),
          # what orjson says of a body that is not JSON (the `error` of malformed_json), its position cut off
          "unexpected end of data": N_("unexpected end of data"),

@@ -192,11 +192,12 @@ def _place(cur: Any, s: Sql, folder: Path, target: Path, temporary: Path, site: 
     dbsync did not write, nor another site's file."""
     others = [holder for holder in complex_files.holders(cur, s, name) if holder[0] != site]
     ours = [found for holder, found in complex_files.holders(cur, s, name) if holder == site]
-    try:
-        on_disk: str | None = complex_obs.sha256_of(target)[0]
-    except FileNotFoundError:
-        on_disk = None
+    on_disk: str | None = None
     why = None
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        return reasons.reason("file_conflict", name=complex_obs.shown(name), why="not a regular file")
+    with contextlib.suppress(FileNotFoundError):
+        on_disk = complex_obs.sha256_of(target)[0]
     if others:
         why = "another site's file"
     elif on_disk == sha:

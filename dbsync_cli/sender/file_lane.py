@@ -148,6 +148,8 @@ class FileLane:
     def _send(self, job: Job) -> bool:
         path = self.folder / job.name
         try:
+            if path.is_symlink():  # the folder is OpenMRS's: a link out of it is never followed
+                raise FileNotFoundError("a symbolic link, not followed")
             if not path.is_file():
                 raise FileNotFoundError("not in the folder")
             sha, size = complex_obs.sha256_of(path)

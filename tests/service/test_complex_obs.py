@@ -222,6 +222,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         leftovers = _sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk")[0][0]
         assert leftovers == 0
         assert proxy.bytes_up > 20 << 10  # site 2's files crossed the slow link
+        assert b"going on from chunk" in (logs / "sender1.log").read_bytes()  # resumed, not started over
 
         # 5. the refused names: no row at central, parked as errors with their reason, nothing outside the folder
         for uuid in hostile:
@@ -242,7 +243,20 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         assert files_status["by_site"]["site2"]["received"] == 2
         assert receiver.poll() is None, "the receiver keeps running"
 
-        # 6. verify compares the files' digests: a file changed at central is found, and --repair mends it
+        # 6. voiding keeps the file; a delete (OpenMRS's purgeObs, whose handler removes the file) removes it
+        sig, form = obs[("site2", "sig_1.png")], obs[("site2", "form_20kb.pdf")]
+        site2.sql("UPDATE obs SET voided = 1, voided_by = 1, date_voided = NOW(), void_reason = 'wrong patient' "
+                  "WHERE uuid = %s", (sig,))
+        site2.sql("DELETE FROM obs WHERE uuid = %s", (form,))
+        _wait("the deleted obs gone at central", lambda: not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s",
+                                                                   (form,)), timeout=60, every=0.2)
+        _wait("its file removed at central", lambda: not (central_obs / "form_20kb.pdf").exists(), timeout=60,
+              every=0.2)
+        _wait("the voided obs at central", lambda: _sql(central.db, "SELECT voided FROM obs WHERE uuid = %s",
+                                                         (sig,)) == [(1,)], timeout=60, every=0.2)
+        assert _sha(central_obs / "sig_1.png") == hashlib.sha256(files[("site2", "sig_1.png")]).hexdigest()
+
+        # 7. verify compares the files' digests: a file changed at central is found, and --repair mends it
         damaged = central_obs / "small_1.png"
         damaged.write_bytes(b"changed at central")
         report = orjson.loads(dbsync("verify", "--config", str(site1.config), "--json", "--settle", "1",
