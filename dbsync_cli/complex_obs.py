@@ -10,7 +10,6 @@ apply (a name that could leave the folder is refused, never opened) and the dige
 from __future__ import annotations
 
 import hashlib
-import os
 import zlib
 from pathlib import Path
 
@@ -147,12 +146,3 @@ def digest_for_verify(folder: Path | None, value_complex: object) -> str | None:
             return "absent"
         _DIGESTS.put(key, found)
     return str(found)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dbsync_cli import complex_obs, wire
+from dbsync_cli.files import sync_dir
 from dbsync_cli.receiver import complex_files, reasons, state, trust
 from dbsync_cli.receiver.complex_files import CONFLICT, REFUSED
 from dbsync_cli.receiver.consume import Consumer, ConsumeSettings
@@ -209,7 +210,7 @@ def _place(cur: Any, s: Sql, folder: Path, target: Path, temporary: Path, site: 
     if why is not None:
         return reasons.reason("file_conflict", name=complex_obs.shown(name), why=why)
     temporary.replace(target)
-    complex_obs.fsync_dir(folder)
+    sync_dir(folder)
     return None
 
 

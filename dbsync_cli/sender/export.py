@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import uuid as uuidlib
 from collections import deque
@@ -29,6 +28,7 @@ from typing import Any
 
 from dbsync_cli import bundle, exitcodes, signing
 from dbsync_cli.config import Config
+from dbsync_cli.files import sync_dir
 from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, reader_id
@@ -98,7 +98,7 @@ def write_messages(cfg: Config, path: Path, messages: list[dict[str, Any]], mani
     writer.finish(signing.site_key(cfg.home), {**manifest, "kind": "changes", "site": cfg["sender.id"],
                                                "rows": rows, "envelopes": publisher.frames})
     part.replace(path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     record_dropped(cfg.home, publisher.drops)
     return rows, publisher.frames
 
@@ -158,7 +158,7 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
                 "created": progress["created"], "rows": progress["rows"], "envelopes": progress["frames"],
                 "from": progress["start"], "to": progress["at"]})
             part.replace(path)
-            _sync_dir(path.parent)
+            sync_dir(path.parent)
             return _seal(cfg, store, path, progress, manifest["sha256"], key, resumed)
     finally:
         store.close()
@@ -206,15 +206,6 @@ def _refuse_lost(cfg: Config, settings: CaptureSettings, checkpoint: dict[str, A
                                 "sender.catch_up = verify the site catches up by verify, not by a snapshot in a "
                                 "bundle: dbsync verify --to FILE here, then dbsync export again").format(lost=lost),
                               exitcodes.BINLOG_PURGED) from None
-
-
-def _sync_dir(directory: Path) -> None:
-    """The rename itself durable (a power cut after it must not bring the .part name back)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def public_key(cfg: Config) -> str:
