@@ -97,3 +97,32 @@ def test_sender_jobs_once_per_name_again_for_a_repair() -> None:
     assert (counts["queued"], counts["missing"], counts["refused"], counts["sent"]) == (1, 1, 1, 0)
     assert counts["last_refused"]["reason"] == "path separator"
     assert file_jobs.next_due(db, 50.0).name == "a.png"
+
+
+SENDER = """
+home = "{home}"
+[sender]
+id = "site1"
+server_id = 11
+complex_obs_dir = "{folder}"
+[site_db]
+user = "dbsync_repl"
+password = "x"
+[broker]
+user = "dbsync"
+password = "y"
+"""
+
+
+def test_config_check_names_a_complex_obs_folder_that_is_not_there(tmp_path: Path) -> None:
+    from dbsync_cli import checks, config, exitcodes
+
+    folder = tmp_path / "complex_obs"
+    path = tmp_path / "sender.toml"
+    path.write_text(SENDER.format(home=tmp_path / "home", folder=folder))
+    cfg = config.load(path, "sender", env={})
+    (finding,) = [f for f in checks.offline(cfg) if f.check == "sender.complex_obs_dir"]
+    assert (finding.state, finding.exit_code) == ("error", exitcodes.CONFIG) and "not a directory" in finding.message
+    folder.mkdir()
+    (finding,) = [f for f in checks.offline(cfg) if f.check == "sender.complex_obs_dir"]
+    assert finding.state == "ok"
