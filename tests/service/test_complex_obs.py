@@ -29,6 +29,7 @@ from devtools.field.link import LinkProxy
 pytestmark = [pytest.mark.slow, pytest.mark.lane2]
 
 KBIT_256 = 32_000  # bytes per second each way
+FAST = 8_000_000  # 64 Mbit/s: a 40 MB file takes seconds, long enough to kill a process in the middle of it
 
 
 def _sql(params: Any, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -120,9 +121,11 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
     central: Central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"),
                                     destination=destination)
     proxy = LinkProxy(broker_settings.host, broker_settings.port, bandwidth_bytes_per_s=KBIT_256, latency_s=0.05)
+    fast = LinkProxy(broker_settings.host, broker_settings.port, bandwidth_bytes_per_s=FAST)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         proxy.start()
+        fast.start()
         folders = {name: tmp_path / f"obs-{name}" for name in ("site1", "site2", "central")}
         for folder in folders.values():
             folder.mkdir()
@@ -132,6 +135,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
             site.env.update({"DBSYNC_BROKER__DESTINATION": destination,
                              "DBSYNC_SENDER__COMPLEX_OBS_DIR": str(folders[name])})
         site1.env["DBSYNC_SENDER__COMPLEX_OBS_CHUNK_BYTES"] = "65536"  # the fast link: 640 chunks for 40 MB
+        site1.env["DBSYNC_BROKER__URL"] = f"stomp://127.0.0.1:{fast.port}"
         site2.env["DBSYNC_BROKER__URL"] = f"stomp://127.0.0.1:{proxy.port}"  # 256 kbit/s, 32 KB chunks
         central.env["DBSYNC_RECEIVER__COMPLEX_OBS_DIR"] = str(folders["central"])
         logs = tmp_path / "logs"
@@ -156,6 +160,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         outside = tmp_path / "escape.png"
 
         central_obs = folders["central"]
+        started = time.monotonic()
         procs.append(receiver := _start(["receiver", "--config", str(central.config)], central.env,
                                         logs / "receiver.log"))
         procs.append(_start(["sender", "--config", str(site2.config)], site2.env, logs / "sender2.log"))
@@ -213,6 +218,8 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
                        for (_site, name), data in files.items())
 
         _wait("every file at central", all_there, timeout=240, every=0.5)
+        print(f"\nevery file at central {time.monotonic() - started:.1f} s after the senders started (two kills "
+              f"included); the slow link carried {proxy.bytes_up} bytes up")
         for key, uuid in obs.items():
             rows = _wait(f"obs {key} at central", lambda uuid=uuid: _sql(
                 central.db, "SELECT value_complex FROM obs WHERE uuid = %s", (uuid,)), timeout=60, every=0.2)
@@ -271,4 +278,5 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         for proc in procs:
             _stop(proc)
         proxy.stop()
+        fast.stop()
         drop_schema(central)
