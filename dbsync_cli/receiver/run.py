@@ -94,7 +94,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
     lane = RetryLane(applier, interval)
     requests = ActionLane(applier)  # operators' retry/conflict actions handed over under our lock, in rounds too
     central_changed(applier, cfg)
-    folder = Path(cfg["receiver.complex_obs_dir"]) if cfg["receiver.complex_obs_dir"] else None
+    folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
     try:
@@ -179,7 +179,7 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
     files_arrived: threading.Event | None = None
     if cfg["receiver.complex_obs_dir"]:  # complex obs files, on their own lane
         files_arrived = threading.Event()
-        folder, limit = Path(cfg["receiver.complex_obs_dir"]), cfg["receiver.complex_obs_max_bytes"]
+        folder, limit = Path(cfg["receiver.complex_obs_dir"]).expanduser(), cfg["receiver.complex_obs_max_bytes"]
         threads.append(part("files", lambda: file_lane.run_files(central.files_settings(cfg), stop, folder, limit,
                                                                  files_arrived)))
     rest_settings = central.rest_settings(cfg)

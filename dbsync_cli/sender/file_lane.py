@@ -37,6 +37,7 @@ from dbsync_cli.sender.file_jobs import Job
 log = logging.getLogger("dbsync.files")
 
 IDLE_SECONDS = 1.0  # how often the lane looks for new jobs when it has none
+SILENCE_SECONDS = 60.0  # no receipt and no heart-beat for this long: the connection is dead
 FAILURES = (BrokerError, OSError, stomp.exception.StompException)
 
 
@@ -46,11 +47,17 @@ class _Receipts(stomp.ConnectionListener):
         self.got: set[str] = set()
         self.error: str | None = None
         self.closed = False
+        self.last_heard = time.monotonic()  # a receipt or a heart-beat: the broker is alive and answering
 
     def on_receipt(self, frame: Any) -> None:
         with self.cond:
             self.got.add(frame.headers.get("receipt-id", ""))
+            self.last_heard = time.monotonic()
             self.cond.notify_all()
+
+    def on_heartbeat(self) -> None:
+        with self.cond:
+            self.last_heard = time.monotonic()
 
     def on_error(self, frame: Any) -> None:
         body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else (frame.body or "")
@@ -63,17 +70,18 @@ class _Receipts(stomp.ConnectionListener):
             self.closed = True
             self.cond.notify_all()
 
-    def wait(self, receipt: str, timeout: float, stop: threading.Event) -> None:
-        deadline = time.monotonic() + timeout
+    def wait(self, receipt: str, silence: float, stop: threading.Event) -> None:
+        """Until the receipt; a broker silent (no receipt, no heart-beat) for `silence` seconds counts as gone (a
+        slow link busy with a row backlog delays a receipt, but its heart-beats still come)."""
         with self.cond:
             while receipt not in self.got:
                 if self.error is not None:
                     raise BrokerError(f"the broker refused a file chunk: {self.error}")
                 if self.closed:
                     raise BrokerError("connection to the broker dropped before the receipt")
-                left = deadline - time.monotonic()
+                left = self.last_heard + silence - time.monotonic()
                 if left <= 0:
-                    raise BrokerError(f"no receipt for a file chunk within {timeout:g} s")
+                    raise BrokerError(f"the broker sent nothing (no receipt, no heart-beat) for {silence:g} s")
                 if stop.is_set():
                     raise BrokerError("stopping")
                 self.cond.wait(min(left, 0.5))
@@ -81,13 +89,13 @@ class _Receipts(stomp.ConnectionListener):
 
 
 class FileLane:
-    """Sends due file jobs one file at a time; `run` until stop, `drain` until no job is due (tests, tools)."""
+    """Sends due file jobs one file at a time until stop."""
 
     def __init__(self, cfg: Config, stop: threading.Event) -> None:
         self.cfg = cfg
         self.stop = stop
         self.site = cfg["sender.id"]
-        self.folder = Path(cfg["sender.complex_obs_dir"])
+        self.folder = complex_obs.folder(cfg["sender.complex_obs_dir"]) or Path()
         self.chunk_bytes = cfg["sender.complex_obs_chunk_bytes"]
         self.window = cfg["sender.complex_obs_window"]
         self.retry_max = float(cfg["sender.complex_obs_retry_max_seconds"])
@@ -112,19 +120,6 @@ class FileLane:
                     self.stop.wait(IDLE_SECONDS)
         finally:
             self.close()
-
-    def drain(self) -> int:
-        """Send every job due now (missing files are tried once); returns the files sent."""
-        sent = 0
-        try:
-            while not self.stop.is_set():
-                job = file_jobs.next_due(self.db, time.time())
-                if job is None:
-                    return sent
-                sent += int(self._send(job))
-        finally:
-            self.close()
-        return sent
 
     def step(self) -> bool:
         """One due job (False: none was due)."""
@@ -195,7 +190,7 @@ class FileLane:
 
     def _confirm(self, name: str, pending: deque[tuple[int, str]]) -> None:
         seq, receipt = pending[0]
-        self.receipts.wait(receipt, 60.0, self.stop)
+        self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)
         pending.popleft()
         file_jobs.confirmed(self.db, name, seq + 1)
 
