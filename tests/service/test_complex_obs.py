@@ -250,7 +250,25 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         assert files_status["by_site"]["site2"]["received"] == 2
         assert receiver.poll() is None, "the receiver keeps running"
 
-        # 6. voiding keeps the file; a delete (OpenMRS's purgeObs, whose handler removes the file) removes it
+        # 6. a name central holds with other bytes (here site 1's file, sent again by site 2 with its own bytes) is a
+        # conflict with its reason, never an overwrite; that obs keeps waiting
+        (folders["site2"] / "small_1.png").write_bytes(b"site 2's own bytes")
+        clash = _obs(site2, p2, c2, "image/png|small_1.png")
+        conflict = _wait("the conflict", lambda: _sql(
+            central.db, f"SELECT site, reason_code, reason FROM `{central.schema}`.complex_file_issue "
+                        "WHERE kind = 'conflict'"), timeout=60, every=0.2)
+        assert conflict == [("site2", "file_conflict", "complex obs file 'small_1.png': central holds other bytes "
+                                                       "under this name (another site's file); not overwritten")]
+        assert _sha(central_obs / "small_1.png") == hashlib.sha256(files[("site1", "small_1.png")]).hexdigest()
+        assert _sql(central.db, f"SELECT reason_code FROM `{central.schema}`.receiver_retry_queue "
+                                "WHERE entity_uuid = %s", (clash,)) == [("file_waiting",)]
+        health = orjson.loads(dbsync("status", "--json", "--config", str(central.config), env=central.env,
+                                     check=False).stdout)
+        assert health["complex_obs"]["by_site"]["site2"]["conflicts"] == 1
+        assert health["complex_obs"]["by_site"]["site2"]["waiting_obs"] == 1
+        assert any(p["check"] == "complex_obs" and "in conflict" in p["message"] for p in health["problems"])
+
+        # 7. voiding keeps the file; a delete (OpenMRS's purgeObs, whose handler removes the file) removes it
         sig, form = obs[("site2", "sig_1.png")], obs[("site2", "form_20kb.pdf")]
         site2.sql("UPDATE obs SET voided = 1, voided_by = 1, date_voided = NOW(), void_reason = 'wrong patient' "
                   "WHERE uuid = %s", (sig,))
@@ -263,7 +281,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
                                                          (sig,)) == [(1,)], timeout=60, every=0.2)
         assert _sha(central_obs / "sig_1.png") == hashlib.sha256(files[("site2", "sig_1.png")]).hexdigest()
 
-        # 7. verify compares the files' digests: a file changed at central is found, and --repair mends it
+        # 8. verify compares the files' digests: a file changed at central is found, and --repair mends it
         damaged = central_obs / "small_1.png"
         damaged.write_bytes(b"changed at central")
         report = orjson.loads(dbsync("verify", "--config", str(site1.config), "--json", "--settle", "1",
@@ -274,6 +292,13 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
                env=site1.env, check=False, timeout=300)
         _wait("the repaired file", lambda: _sha(damaged) == hashlib.sha256(files[("site1", "small_1.png")]).hexdigest(),
               timeout=60, every=0.2)
+        # and `dbsync resync` of an obs sends its file again too
+        late_at_central = central_obs / "late_1.png"
+        late_at_central.write_bytes(b"truncated")
+        dbsync("resync", "--config", str(site1.config), "--table", "obs", "--uuid", obs[("site1", "late_1.png")],
+               env=site1.env)
+        _wait("the re-sent file", lambda: _sha(late_at_central) == hashlib.sha256(late).hexdigest(), timeout=60,
+              every=0.2)
     finally:
         for proc in procs:
             _stop(proc)
