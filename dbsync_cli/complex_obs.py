@@ -33,6 +33,7 @@ CHUNK_SHA256 = "dbsync-chunk-sha256"  # of the body as sent (after deflate)
 ENCODING = "dbsync-chunk-encoding"  # deflate | identity
 OBS = "dbsync-file-obs"  # the obs uuid that named it (for the operator)
 REPAIR = "dbsync-file-repair"  # set by verify --repair and resync: central may replace its own copy of the site's file
+GONE = "dbsync-file-gone"  # "1": the site says this file will never come (its obs was deleted or renamed there first)
 DEFLATE, IDENTITY = "deflate", "identity"
 
 MAX_NAME_BYTES = 255

@@ -420,7 +420,7 @@ class Applier:
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
         if self.settings.complex_obs and table.name == complex_obs.TABLE:
-            refused = complex_files.check_obs(cur, self.s, message["site"], data, current)
+            refused = complex_files.check_obs(cur, self.s, message["site"], uuid, data, current)
             if refused is not None:
                 raise MessageError(refused)
         if only is not None:

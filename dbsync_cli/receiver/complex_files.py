@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from dbsync_cli import complex_obs
-from dbsync_cli.receiver import reasons
+from dbsync_cli.receiver import reasons, state
 from dbsync_cli.sql import Sql, sql
 
 log = logging.getLogger("dbsync.files")
 
-RECEIVED, PURGE, REMOVED = "received", "purge", "removed"
+RECEIVED, PURGE, REMOVED, GONE = "received", "purge", "removed", "gone"
 REFUSED, CONFLICT = "refused", "conflict"
 CAUSE_PREFIX = "file:"
 SWEEP_LIMIT = 100
@@ -47,7 +47,7 @@ class FileWaiting(Exception):  # noqa: N818 - a verdict, like MissingReference
         self.why, self.cause = why, cause
 
 
-def check_obs(cur: Any, s: Sql, site: str, data: dict[str, Any],
+def check_obs(cur: Any, s: Sql, site: str, uuid: str, data: dict[str, Any],
               current: dict[str, Any] | None) -> reasons.Reason | None:
     """Before an obs row is written: the file it names (when the row is new or names another file than central's
     row) must be in place. Raises FileWaiting, or returns a refusal reason for a name that leaves the folder."""
@@ -58,7 +58,7 @@ def check_obs(cur: Any, s: Sql, site: str, data: dict[str, Any],
     why = complex_obs.refusal(name)
     if why is not None:
         return reasons.reason("file_name_refused", name=complex_obs.shown(name), why=why)
-    if not ready(cur, s, site, name):
+    if not ready(cur, s, site, name, uuid):
         raise FileWaiting(reasons.reason("file_waiting", name=complex_obs.shown(name), site=site), cause(site, name))
     return None
 
@@ -67,11 +67,24 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def ready(cur: Any, s: Sql, site: str, name: str) -> bool:
-    """Whether the site's file is in central's folder (an obs naming it may be applied)."""
-    cur.execute(sql("SELECT 1 FROM {}.complex_file WHERE site = %s AND name = %s AND state = %s", s),
-                (site, name, RECEIVED))
+def ready(cur: Any, s: Sql, site: str, name: str, obs_uuid: str) -> bool:
+    """Whether the site's file is in central's folder, or the site said it will never come for this obs (an obs
+    naming it may be applied)."""
+    cur.execute(sql("SELECT 1 FROM {}.complex_file WHERE site = %s AND name = %s AND (state = %s OR (state = %s AND "
+                    "obs_uuid = %s))", s), (site, name, RECEIVED, GONE, obs_uuid))
     return cur.fetchone() is not None
+
+
+def gone(cur: Any, s: Sql, site: str, name: str, obs_uuid: str | None) -> int:
+    """The site says this file will never come (its obs was deleted or renamed there before the file was read): an
+    obs waiting for it is applied without it (the site's later change deletes or renames it). A file already
+    written is left as it is. Returns how many waiting entries became due."""
+    cur.execute(sql("INSERT INTO {}.complex_file (site, name, sha256, size, state, obs_uuid, date_created, "
+                    "date_changed) VALUES (%s, %s, %s, 0, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+                    "obs_uuid = IF(state IN (%s, %s), obs_uuid, VALUES(obs_uuid)), "
+                    "state = IF(state IN (%s, %s), state, VALUES(state)), date_changed = VALUES(date_changed)", s),
+                (site, name, "0" * 64, GONE, obs_uuid, now(), now(), RECEIVED, PURGE, RECEIVED, PURGE))
+    return state.fix_changed(cur, s, cause(site, name))
 
 
 def purge(cur: Any, s: Sql, site: str, name: str) -> None:
@@ -141,13 +154,13 @@ def counts(conn: Any, s: Sql) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
     def site(name: str) -> dict[str, Any]:
-        return out.setdefault(name, {"received": 0, "removed": 0, "in_flight": 0, "waiting_obs": 0, "refused": 0,
-                                     "conflicts": 0})
+        return out.setdefault(name, {"received": 0, "removed": 0, "gone": 0, "in_flight": 0, "waiting_obs": 0,
+                                     "refused": 0, "conflicts": 0})
 
     with conn.cursor() as cur:
         cur.execute(sql("SELECT site, state, COUNT(*) FROM {}.complex_file GROUP BY site, state", s))
-        for name, state, count in cur.fetchall():
-            key = "received" if state in (RECEIVED, PURGE) else "removed"
+        for name, kind, count in cur.fetchall():
+            key = {RECEIVED: "received", PURGE: "received", GONE: "gone"}.get(str(kind), "removed")
             site(str(name))[key] += int(count)
         cur.execute(sql("SELECT site, COUNT(DISTINCT name, sha256), COUNT(*), COALESCE(SUM(LENGTH(data)), 0) "
                         "FROM {}.complex_file_chunk GROUP BY site", s))

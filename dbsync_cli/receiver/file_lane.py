@@ -95,6 +95,14 @@ class FileConsumer(Consumer):
         why = complex_obs.refusal(name)
         if why is not None:
             raise refuse("file_name_refused", name=complex_obs.shown(name), why=why)
+        if headers.get(complex_obs.GONE) == "1":
+            obs_uuid = headers.get(complex_obs.OBS) or None
+            if complex_files.gone(cur, self.s, site_id, name, None if obs_uuid is None else obs_uuid[:38]) and \
+                    self.arrived is not None:
+                self.arrived.set()
+            log.info("complex obs file %s of site %s will never come (its obs was deleted or renamed there)",
+                     complex_obs.shown(name), site_id)
+            return None
         body = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
         sha = headers.get(complex_obs.SHA256, "")
         try:

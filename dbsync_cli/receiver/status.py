@@ -283,7 +283,7 @@ def _complex_obs(report: Report, conn: Any, s: Sql, cfg: Config) -> None:
     from dbsync_cli.receiver import complex_files
 
     per_site = complex_files.counts(conn, s)
-    keys = ("received", "removed", "in_flight", "waiting_obs", "refused", "conflicts")
+    keys = ("received", "removed", "gone", "in_flight", "waiting_obs", "refused", "conflicts")
     totals = {key: sum(int(entry.get(key, 0)) for entry in per_site.values()) for key in keys}
     report.data["complex_obs"] = {"enabled": bool(cfg["receiver.complex_obs_dir"]), **totals, "by_site": per_site}
     if not report.data["complex_obs"]["enabled"] and not any(totals.values()):

@@ -6,7 +6,9 @@ writes the job then; after it, the job survives any kill. The file lane (file_la
 records each chunk the broker confirmed, so a restart goes on from the last confirmed chunk.
 
 States: queued (not read yet) → sending → sent; missing (not in the folder yet: OpenMRS writes the file next to the
-row; tried again with backoff, counted); refused (a name that would leave the folder: never opened).
+row; tried again with backoff, counted); refused (a name that would leave the folder: never opened); gone (missing,
+and its obs was deleted or names another file at the site now: central is told, so the obs waiting there for it
+does not wait for ever).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 from dbsync_cli import complex_obs, wire
 
-QUEUED, SENDING, SENT, MISSING, REFUSED = "queued", "sending", "sent", "missing", "refused"
-STATES = (QUEUED, SENDING, MISSING, SENT, REFUSED)
+QUEUED, SENDING, SENT, MISSING, REFUSED, GONE = "queued", "sending", "sent", "missing", "refused", "gone"
+STATES = (QUEUED, SENDING, MISSING, SENT, REFUSED, GONE)
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS complex_file (name TEXT PRIMARY KEY, obs_uuid TEXT, state TEXT NOT NULL, "
           "sha256 TEXT, size INTEGER, chunks INTEGER, confirmed INTEGER NOT NULL DEFAULT 0, "
@@ -57,15 +59,21 @@ def jobs_of(records: Iterable[dict[str, Any]]) -> list[tuple[str, str | None]]:
 
 
 def write(conn: sqlite3.Connection, jobs: list[tuple[str, str | None]], now: float, repair: str | None = None) -> None:
-    """Add jobs inside the caller's transaction. A name already known is left as it is (an obs voided or edited
-    keeps its file); with `repair` (verify --repair, resync) it is queued again in a new generation, so the
-    broker's duplicate detection does not drop its chunks."""
+    """Add jobs inside the caller's transaction. A name already known for the same obs is left as it is (an obs
+    voided or edited keeps its file); a name done for another obs is queued again (OpenMRS reuses a file name once
+    its file was purged); with `repair` (verify --repair, resync) it is queued again whatever its state. Queued
+    again means a new generation, so the broker's duplicate detection does not drop its chunks."""
     for name, obs_uuid in jobs:
         why = complex_obs.refusal(name)
         state, reason = (REFUSED, why) if why is not None else (QUEUED, None)
         if repair is None or why is not None:
-            conn.execute("INSERT INTO complex_file (name, obs_uuid, state, reason, created, updated) "
-                         "VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO NOTHING", (name, obs_uuid, state, reason, now, now))
+            conn.execute(
+                "INSERT INTO complex_file (name, obs_uuid, state, reason, created, updated) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, obs_uuid = excluded.obs_uuid, confirmed = 0, "
+                "sha256 = NULL, attempts = 0, next_try = 0, reason = excluded.reason, repair = NULL, "
+                "generation = generation + 1, updated = excluded.updated "
+                "WHERE complex_file.obs_uuid IS NOT excluded.obs_uuid AND complex_file.state IN (?, ?)",
+                (name, obs_uuid, state, reason, now, now, SENT, GONE))
             continue
         conn.execute(
             "INSERT INTO complex_file (name, obs_uuid, state, repair, created, updated) VALUES (?,?,?,?,?,?) "
@@ -112,6 +120,11 @@ def confirmed(conn: sqlite3.Connection, name: str, upto: int) -> None:
 def finished(conn: sqlite3.Connection, name: str) -> None:
     conn.execute("UPDATE complex_file SET state = ?, next_try = 0, updated = ? WHERE name = ?",
                  (SENT, time.time(), name))
+
+
+def gone(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("UPDATE complex_file SET state = ?, next_try = 0, reason = ?, updated = ? WHERE name = ?",
+                 (GONE, "its obs was deleted or renamed at the site before the file was read", time.time(), name))
 
 
 def missing(conn: sqlite3.Connection, name: str, attempts: int, next_try: float, reason: str) -> None:

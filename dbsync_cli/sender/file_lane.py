@@ -149,7 +149,10 @@ class FileLane:
                 raise FileNotFoundError("not in the folder")
             sha, size = complex_obs.sha256_of(path)
         except OSError as exc:
-            self._missing(job, exc)
+            if self._obs_names(job):
+                self._missing(job, exc)
+            else:
+                self._gone(job)
             return False
         chunks = max(1, -(-size // self.chunk_bytes))
         first = file_jobs.start(self.db, job, sha, size, chunks)
@@ -201,6 +204,28 @@ class FileLane:
         file_jobs.missing(self.db, job.name, attempts, time.time() + delay, why)
         log.warning("file %s (obs %s) is not readable in %s (%s), attempt %d; looking again in %.0f s",
                     complex_obs.shown(job.name), job.obs_uuid, self.folder, why, attempts, delay)
+
+    def _obs_names(self, job: Job) -> bool:
+        """Whether the job's obs still names its file at the site (a file missing because its obs was deleted or
+        renamed first will never come)."""
+        with self.cfg.db("site_db").connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT value_complex FROM obs WHERE uuid = %s", (job.obs_uuid,))
+            row = cur.fetchone()
+        return row is not None and complex_obs.file_name(row[0]) == job.name
+
+    def _gone(self, job: Job) -> None:
+        """Tell central the file will never come (its obs there, if it waits, is applied without it and then
+        deleted or renamed by the site's later change), then record the job as gone."""
+        conn = self._connect()
+        receipt = uuidlib.uuid4().hex
+        conn.send(destination=self.destination, body=b"", headers={
+            "persistent": "true", "destination-type": "ANYCAST", "receipt": receipt, complex_obs.GONE: "1",
+            wire.DUPLICATE_ID_HEADER: f"{self.site}:file-gone:{uuidlib.uuid4().hex}",
+            complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.OBS: job.obs_uuid or ""})
+        self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)
+        file_jobs.gone(self.db, job.name)
+        log.warning("file %s: not in %s and its obs %s was deleted or renamed at the site: it will never be sent "
+                    "(central is told)", complex_obs.shown(job.name), self.folder, job.obs_uuid)
 
     def _confirmed(self, name: str) -> int:
         row = self.db.execute("SELECT confirmed FROM complex_file WHERE name = ?", (name,)).fetchone()

@@ -211,6 +211,11 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         assert status["complex_obs"]["refused"] == len(hostile)
         assert any(p["check"] == "complex_obs" for p in status["problems"])
         (folders["site1"] / "late_1.png").write_bytes(late)
+        # an obs deleted at the site before its file was read (OpenMRS's purgeObs removed the file): the site tells
+        # central the file will never come, so the obs waiting there for it does not wait for ever
+        never = _obs(site1, p1, c1, "image/png|never_1.png")
+        _wait("its file counted as missing", lambda: (_job(site1.home, "never_1.png") or ("",))[0] == "missing")
+        site1.sql("DELETE FROM obs WHERE uuid = %s", (never,))
 
         # 4. every file at central, byte for byte, and every obs row naming it
         def all_there() -> bool:
@@ -226,6 +231,12 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
             assert rows[0][0] == site1.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0] \
                 if key[0] == "site1" else site2.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0]
         assert sorted(p.name for p in central_obs.iterdir()) == sorted(name for _site, name in files)
+        _wait("the never-sent file gone at the site", lambda: (_job(site1.home, "never_1.png") or ("",))[0] == "gone",
+              timeout=60, every=0.2)
+        _wait("its obs created and deleted at central", lambda: not _sql(
+            central.db, f"SELECT 1 FROM `{central.schema}`.receiver_retry_queue WHERE entity_uuid = %s", (never,)),
+            timeout=60, every=0.2)
+        assert not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (never,))
         leftovers = _sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk")[0][0]
         assert leftovers == 0
         assert proxy.bytes_up > 20 << 10  # site 2's files crossed the slow link

@@ -97,6 +97,12 @@ def test_sender_jobs_once_per_name_again_for_a_repair() -> None:
     assert (counts["queued"], counts["missing"], counts["refused"], counts["sent"]) == (1, 1, 1, 0)
     assert counts["last_refused"]["reason"] == "path separator"
     assert file_jobs.next_due(db, 50.0).name == "a.png"
+    file_jobs.finished(db, "a.png")
+    file_jobs.gone(db, "c.pdf")
+    # OpenMRS reuses a purged file's name for a new obs: its file is sent again; the old obs's edit sends nothing
+    file_jobs.write(db, [("a.png", "u9"), ("c.pdf", "u2")], 4.0)
+    assert db.execute("SELECT name, state, obs_uuid, generation FROM complex_file WHERE name IN ('a.png', 'c.pdf') "
+                      "ORDER BY name").fetchall() == [("a.png", "queued", "u9", 2), ("c.pdf", "gone", "u2", 0)]
 
 
 SENDER = """
