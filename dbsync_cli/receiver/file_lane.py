@@ -37,6 +37,8 @@ log = logging.getLogger("dbsync.files")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: a chunk's bytes after inflating, at most (the sender's chunk size is at most 1 MB)
 CHUNK_LIMIT = 1_048_576
+#: a file written into central's folder: the receiver's user writes, the folder's group (OpenMRS's) reads
+FILE_MODE = 0o640
 #: the consumer window of the file lane: a few chunks ahead, so the rows' lane keeps central's attention
 WINDOW_BYTES = 262_144
 
@@ -181,7 +183,9 @@ def _write(cur: Any, s: Sql, temporary: Path, site: str, name: str, sha: str, ch
     """The chunks inflated into `temporary`, one at a time, fsynced; returns the bytes' sha256 and size."""
     digest = hashlib.sha256()
     size = 0
-    with temporary.open("xb") as out:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # whatever the process's umask (077 for its own state): OpenMRS's group reads it
+    with os.fdopen(fd, "wb") as out:
         for seq in range(chunks):
             cur.execute(sql("SELECT data, encoding FROM {}.complex_file_chunk WHERE site = %s AND name = %s AND "
                             "sha256 = %s AND seq = %s", s), (site, name, sha, seq))

@@ -231,6 +231,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
             assert rows[0][0] == site1.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0] \
                 if key[0] == "site1" else site2.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0]
         assert sorted(p.name for p in central_obs.iterdir()) == sorted(name for _site, name in files)
+        assert {p.stat().st_mode & 0o777 for p in central_obs.iterdir()} == {0o640}  # OpenMRS's group reads them
         _wait("the never-sent file gone at the site", lambda: (_job(site1.home, "never_1.png") or ("",))[0] == "gone",
               timeout=60, every=0.2)
         _wait("its obs created and deleted at central", lambda: not _sql(
