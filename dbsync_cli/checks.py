@@ -205,13 +205,15 @@ def _destination(cfg: Config) -> Finding:
     import stomp.exception
 
     from dbsync_cli.broker import BrokerError, settings_from_config
-    from dbsync_cli.broker_queue import QueueStatsError, address_info
+    from dbsync_cli.broker_queue import NotAvailable, QueueStatsError, address_info
 
     address, kind = cfg["broker.destination"], cfg["broker.destination_type"]
     wanted = "ANYCAST" if kind == "queue" else "MULTICAST"
     key = "broker.destination"
     try:
         info = address_info(settings_from_config(cfg), address)
+    except NotAvailable as exc:  # ActiveMQ Classic, RabbitMQ: they create the destination on first use
+        return Finding(key, SKIPPED, _("{address!r} not checked: {why}").format(address=address, why=exc))
     except (QueueStatsError, BrokerError, stomp.exception.StompException, OSError) as exc:
         # OSError: Artemis closes the connection of a user it refuses management to, mid-request
         return Finding(key, SKIPPED, _("{address!r} not checked: the broker user may not use management ({error}); normal for "

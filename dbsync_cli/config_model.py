@@ -110,6 +110,10 @@ class Broker(Section):
     tls: bool = key(False)
     ca_file: FilePath = key(None, help="CA file (PEM) that signed the broker's certificate")
     verify_hostname: bool = key(True)
+    vhost: str | None = key(None, min_length=1, help="the virtual host STOMP's CONNECT names (RabbitMQ reads it as "
+                                                     "its vhost); default: the broker's host name")
+    management_url: HttpUrl = key(None, roles=RECEIVER, help="RabbitMQ's management HTTP API (http(s)://host:15672) "
+                                                             "`dbsync status` reads the broker queue from")
     destination: Name = key("openmrs.sync")
     destination_type: Literal["queue", "topic"] = key("queue")
     batch_messages: int = key(500, roles=SENDER, ge=1, help="rows per confirmed batch")

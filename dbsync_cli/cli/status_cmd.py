@@ -233,5 +233,5 @@ def _dead_letters(broker: dict[str, Any]) -> str:
     """The dead-letter and expiry queues' counts, each with its queue name ("?" when they could not be read)."""
     counts, queues = broker.get("dead_letters"), broker.get("dead_letter_queues") or {}
     if not counts:
-        return "?"
+        return str(broker.get("dead_letters_note") or "?")
     return ", ".join(f"{counts[kind]} ({queues.get(kind, kind)})" for kind in ("dead_letter", "expiry"))

@@ -16,7 +16,8 @@ from typing import Any
 import stomp
 
 from dbsync_cli import complex_obs, control, wire
-from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerSettings, open_connection, server_of
+from dbsync_cli.broker_kind import dialect
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel
@@ -42,6 +43,7 @@ def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) 
     """Answer requests until `stop`; raises on a lost broker or database (the supervisor reconnects)."""
     frames = control.FrameQueue()
     conn = open_connection(settings.broker, listener=frames, auto_decode=False)
+    speak = dialect(server_of(conn))
     db = settings.db.connect()
     try:
         with db.cursor() as cur:
@@ -54,6 +56,7 @@ def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) 
             frame = frames.next(conn, 0.5, "control")
             if frame is None or frame.cmd != "MESSAGE":
                 continue
+            speak.stamp(frame.headers)
             _answer(conn, db, settings, handler, frame)
             conn.ack(frame.headers["ack"])
     finally:

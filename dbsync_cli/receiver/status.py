@@ -172,13 +172,20 @@ def consumed_queue(cfg: Config) -> str:
 
 
 def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: float, lim: dict[str, int]) -> None:
-    """Messages waiting at the broker that nobody consumes (a receiver down or stuck): the inbox cannot see them."""
+    """Messages waiting at the broker that nobody consumes (a receiver down or stuck): the inbox cannot see them.
+    Read the broker's own way (broker_depth); a broker that offers none is noted once, not a warning."""
     from dbsync_cli.broker import BrokerError, settings_from_config
-    from dbsync_cli.broker_queue import QueueStatsError, queue_stats
+    from dbsync_cli.broker_depth import NotAvailable, depth
+    from dbsync_cli.broker_queue import QueueStatsError
 
     name = consumed_queue(cfg)
     try:
-        stats = queue_stats(settings_from_config(cfg), name, timeout)
+        stats = depth(settings_from_config(cfg), name, server=broker.get("server"), timeout=timeout,
+                      topic=cfg["broker.destination_type"] == "topic", management_url=cfg.get("broker.management_url"))
+    except NotAvailable as exc:
+        broker["queue"] = {"name": name, "available": False, "note": str(exc)}
+        report.notes.append(_("broker queue {queue}: {why}").format(queue=name, why=exc))
+        return
     except (BrokerError, QueueStatsError) as exc:
         broker["queue"] = {"name": name, "error": str(exc)}
         report.problem(WARNING, "broker_queue", _("cannot read broker queue statistics: {error}").format(error=exc))
@@ -188,6 +195,11 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
                        "consumers": stats.consumers, "first_message_age_seconds":
                            None if stats.first_message_age_ms is None else round(stats.first_message_age_ms / 1000, 1),
                        "unconsumed_seconds": waited}
+    if stats.first_message_age_ms is None and stats.messages and not stats.consumers:  # RabbitMQ keeps no age
+        report.problem(WARNING, "broker_queue", _("{count} message(s) waiting at the broker in {queue} with no "
+                                                  "consumer (is the receiver running?)").format(
+            count=stats.messages, queue=name))
+        return
     report.problem(grade(waited, lim["unconsumed_warning_seconds"], lim["unconsumed_critical_seconds"]),
                    "broker_queue", _("{count} message(s) waiting at the broker in {queue} with no consumer for "
                                      "{duration} (is the receiver running?)").format(
@@ -200,8 +212,14 @@ def _dead_letters(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
     """Messages Artemis took off the consumed destination (never acknowledged after max-delivery-attempts, or
     expired): dbsync never applied them and nothing else shows them. A queue that does not exist holds none."""
     from dbsync_cli.broker import BrokerError, settings_from_config
+    from dbsync_cli.broker_kind import ARTEMIS, NAMES, kind_of
     from dbsync_cli.broker_queue import QueueStatsError, dead_letter_queues, queue_stats
 
+    kind = kind_of(broker.get("server"))
+    if kind != ARTEMIS:  # the queue names are Artemis's (address-settings of the shipped broker.xml)
+        broker["dead_letters"] = None
+        broker["dead_letters_note"] = _("not counted on {broker}").format(broker=NAMES[kind])
+        return
     queues = dead_letter_queues(str(cfg["broker.destination"]))
     broker["dead_letter_queues"] = queues
     try:

@@ -26,8 +26,9 @@ import stomp
 import stomp.exception
 
 from dbsync_cli import complex_obs, wire
-from dbsync_cli.broker import BrokerError, settings_from_config
+from dbsync_cli.broker import BrokerError, server_of, settings_from_config
 from dbsync_cli.broker import open_connection as _open
+from dbsync_cli.broker_kind import dialect
 from dbsync_cli.config import Config
 from dbsync_cli.faults import describe, operator_fault
 from dbsync_cli.retrying import backoff
@@ -106,6 +107,7 @@ class FileLane:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(file_jobs.SCHEMA)
         self.conn: stomp.Connection12 | None = None
+        self.speak = dialect(None)  # the connected broker's dialect (broker_kind): RabbitMQ wants user-id
         self.receipts = _Receipts()
         self.failures = 0
 
@@ -172,7 +174,7 @@ class FileLane:
                 body, encoding = complex_obs.encode_chunk(handle.read(self.chunk_bytes))
                 receipt = uuidlib.uuid4().hex
                 headers = {
-                    "persistent": "true", "destination-type": "ANYCAST", "receipt": receipt,
+                    **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
                     wire.DUPLICATE_ID_HEADER: f"{self.site}:file:{name_key}:{sha[:32]}:{job.generation}:{seq}",
                     complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.SHA256: sha,
                     complex_obs.SIZE: str(size), complex_obs.CHUNKS: str(chunks), complex_obs.SEQ: str(seq),
@@ -219,7 +221,8 @@ class FileLane:
         conn = self._connect()
         receipt = uuidlib.uuid4().hex
         conn.send(destination=self.destination, body=b"", headers={
-            "persistent": "true", "destination-type": "ANYCAST", "receipt": receipt, complex_obs.GONE: "1",
+            **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
+            complex_obs.GONE: "1",
             wire.DUPLICATE_ID_HEADER: f"{self.site}:file-gone:{uuidlib.uuid4().hex}",
             complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.OBS: job.obs_uuid or ""})
         self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)
@@ -239,6 +242,7 @@ class FileLane:
         self._disconnect()
         self.receipts = _Receipts()
         self.conn = _open(self.broker, listener=self.receipts)
+        self.speak = dialect(server_of(self.conn))
         return self.conn
 
     def _disconnect(self) -> None:
