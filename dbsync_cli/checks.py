@@ -8,6 +8,7 @@ exits like the first run would. Passwords never appear: the texts come from our 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +92,25 @@ def check(cfg: Config, steps: list[Step], broker_sites: Callable[[Config], list[
 def offline(cfg: Config) -> list[Finding]:
     """What can be checked without a server: the files the config names, the state directory, plain-text
     warnings."""
-    return _files(cfg) + [state_directory(cfg.home)] + _plaintext(cfg)
+    return _files(cfg) + [state_directory(cfg.home)] + _complex_obs_dir(cfg) + _plaintext(cfg)
+
+
+def _complex_obs_dir(cfg: Config) -> list[Finding]:
+    """The complex obs folder: a site's must be readable (its files are sent), central's writable (they are written
+    there, under a temporary name first)."""
+    key = f"{cfg.role}.complex_obs_dir"
+    folder = cfg.get(key)
+    if not folder:
+        return []
+    path = Path(folder).expanduser()
+    write = cfg.role == "receiver"
+    if not path.is_dir():
+        return [Finding(key, ERROR, _("{path} is not a directory").format(path=path), exitcodes.CONFIG)]
+    if not os.access(path, (os.R_OK | os.X_OK | os.W_OK) if write else (os.R_OK | os.X_OK)):
+        return [Finding(key, ERROR, (_("{path} is not writable by this user") if write
+                                     else _("{path} is not readable by this user")).format(path=path),
+                        exitcodes.CONFIG)]
+    return [Finding(key, OK, (_("{path}, writable") if write else _("{path} readable")).format(path=path))]
 
 
 #: the PEM files a config names, and the block each must hold

@@ -159,6 +159,16 @@ class Sender(Section):
     purge_interval_seconds: int = key(300, roles=SENDER, ge=1)
     max_transaction_events: int = key(20_000, roles=SENDER, ge=1, help="an enrich batch grows to the end of its "
                                                                        "transaction, up to this many events")
+    complex_obs_dir: str | None = key(None, roles=SENDER, help="the site OpenMRS's complex obs folder "
+                                      "(<application data dir>/complex_obs): its files travel with their obs; unset: "
+                                      "no files are sent")
+    complex_obs_chunk_bytes: int = key(32_768, roles=SENDER, ge=1024, le=1_048_576,
+                                       help="file bytes per chunk on the file lane (small: a slow link stays shared "
+                                            "with rows)")
+    complex_obs_window: int = key(4, roles=SENDER, ge=1, le=64, help="chunks sent before the first is confirmed")
+    complex_obs_retry_max_seconds: int = key(600, roles=SENDER, ge=1,
+                                             help="longest wait before a file not in the folder yet is looked for "
+                                                  "again")
 
 
 class SiteDb(Section):
@@ -194,6 +204,11 @@ class Receiver(Section):
                                                           "form and outcome (dbsync archive); 0: no archive")
     archive_max_mb: float = key(0.0, roles=RECEIVER, ge=0, help="the archive's size cap in MB (its deflated bodies "
                                                                 "and rows; the oldest days go first); 0: no cap")
+    complex_obs_dir: str | None = key(None, roles=RECEIVER, help="central OpenMRS's complex obs folder: files from "
+                                      "the sites are written there and an obs that names one waits for it; unset: "
+                                      "obs rows apply without their files")
+    complex_obs_max_bytes: int = key(2_147_483_648, roles=RECEIVER, ge=1024,
+                                     help="a file announced larger than this is refused")
 
 
 class CentralDb(Section):

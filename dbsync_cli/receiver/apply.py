@@ -16,13 +16,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli import complex_obs
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.patients import Links
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import adopt, archive, bookkeeping, reasons, state, trust
+from dbsync_cli.receiver import adopt, archive, bookkeeping, complex_files, reasons, state, trust
 from dbsync_cli.receiver.adopt_held import HeldRows
 from dbsync_cli.receiver.batch import ArchiveEntry, Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
@@ -79,6 +80,7 @@ class ApplySettings:
     future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
     archive_days: int = DEFAULTS.receiver.archive_days  # 0: no archive of handled messages (receiver/archive.py)
+    complex_obs: bool = False  # receiver.complex_obs_dir is set: an obs waits for its file (complex_files.py)
 
 
 class Applier:
@@ -390,6 +392,8 @@ class Applier:
         except MessageError as exc:
             why = exc.args[0] if exc.args else str(exc)  # a Reason keeps its code
             return self._park(cur, item, why, batch, kind="error", cause=state.central_cause(why))
+        except complex_files.FileWaiting as exc:  # its file is not in central's folder yet
+            return self._park(cur, item, exc.why, batch, cause=exc.cause)
         if outcome.outcome == "applied":
             count, _ = batch.sites.get(site.identifier, (0, ""))
             batch.sites[site.identifier] = (count + 1, item.message_id)
@@ -437,12 +441,20 @@ class Applier:
                 return self._skipped(item, verdict, batch)
             cur.execute(self.statements.get(("delete", table.name), lambda: sql(
                 "DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key))), (key,))
+            if self.settings.complex_obs and table.name == complex_obs.TABLE:  # OpenMRS's purgeObs removes the file
+                name = complex_obs.file_name(current.get(complex_obs.COLUMN))
+                if name is not None and complex_obs.refusal(name) is None:
+                    complex_files.purge(cur, self.s, message["site"], name)
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
             self._applied_at(cur, batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
+        if self.settings.complex_obs and table.name == complex_obs.TABLE:
+            refused = complex_files.check_obs(cur, self.s, message["site"], uuid, data, current)
+            if refused is not None:
+                raise MessageError(refused)
         if only is not None:
             unknown = sorted(set(only) - set(data))
             if unknown:

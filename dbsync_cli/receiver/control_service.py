@@ -15,7 +15,7 @@ from typing import Any
 
 import stomp
 
-from dbsync_cli import control, wire
+from dbsync_cli import complex_obs, control, wire
 from dbsync_cli.broker import BrokerSettings, open_connection, server_of
 from dbsync_cli.broker_kind import dialect
 from dbsync_cli.config_model import DEFAULTS
@@ -36,6 +36,7 @@ class ControlSettings:
     state_schema: str
     destination: str  # the sync destination; requests arrive on <destination>.control
     timezone: str = DEFAULTS.receiver.timezone
+    complex_obs_dir: str | None = None  # verify compares complex obs files' digests too
 
 
 def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:
@@ -47,7 +48,8 @@ def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) 
     try:
         with db.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
-        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone))
+        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone),
+                                complex_obs.folder(settings.complex_obs_dir))
         conn.subscribe(control.request_destination(settings.destination), id="dbsync-control",
                        ack="client-individual", headers={"subscription-type": "ANYCAST"})
         while not stop.is_set():

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -19,7 +20,7 @@ import pymysql
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import archive_prune, archive_query, inbox, placeholder, state
+from dbsync_cli.receiver import archive_prune, archive_query, complex_files, inbox, placeholder, state
 from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import RetryLane
@@ -38,6 +39,7 @@ def apply_settings(cfg: Config) -> ApplySettings:
         row_lock_wait_seconds=cfg["receiver.row_lock_wait_seconds"],
         batch_messages=cfg["receiver.batch_messages"], archive_days=cfg["receiver.archive_days"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
+        complex_obs=bool(cfg["receiver.complex_obs_dir"]),
     )
 
 
@@ -76,7 +78,7 @@ def _claim_again(applier: Applier, stop: threading.Event) -> None:
 
 
 def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None, *,
-                   restart: bool = False) -> None:
+                   restart: bool = False, files_arrived: threading.Event | None = None) -> None:
     """The apply loop. At the receiver's start another applier holding the lock is fatal (exit 13: one receiver per
     central); on a `restart` after a failure the lock may be held for a while by an operator's action (`dbsync
     retry`, `conflicts resolve`, the console), which took it while this loop was down: wait for it."""
@@ -94,6 +96,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
     lane = RetryLane(applier, interval)
     requests = ActionLane(applier)  # operators' retry/conflict actions handed over under our lock, in rounds too
     central_changed(applier, cfg)
+    folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
     try:
@@ -105,8 +108,13 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 last_work = time.monotonic()
             if requests.round():
                 last_work = time.monotonic()
+            if files_arrived is not None and files_arrived.is_set():  # obs rows waiting for a file are due now
+                files_arrived.clear()
+                lane.again = True
             lane.round()
             if time.monotonic() - last_housekeeping >= interval:
+                if folder is not None:  # files of obs a site deleted (OpenMRS's purgeObs removes them)
+                    complex_files.sweep(applier.conn, applier.s, folder)
                 # fillers nothing references any more (their placeholders were overwritten), a bounded number
                 placeholder.remove_fillers(applier.conn, applier.model, applier.s)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
@@ -165,7 +173,7 @@ def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:
 
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
-    from dbsync_cli.receiver import central, consume, control_service, rest
+    from dbsync_cli.receiver import central, consume, control_service, file_lane, rest
 
     model = _start_up(cfg, stop)
     if model is None:  # stopped while central was still unreachable
@@ -184,6 +192,12 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
 
     threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop)),
                part("control", lambda: control_service.serve(central.control_settings(cfg), model, stop))]
+    files_arrived: threading.Event | None = None
+    if cfg["receiver.complex_obs_dir"]:  # complex obs files, on their own lane
+        files_arrived = threading.Event()
+        folder, limit = Path(cfg["receiver.complex_obs_dir"]).expanduser(), cfg["receiver.complex_obs_max_bytes"]
+        threads.append(part("files", lambda: file_lane.run_files(central.files_settings(cfg), stop, folder, limit,
+                                                                 files_arrived)))
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
@@ -193,7 +207,7 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
 
     def apply_loop() -> None:
         starts[0] += 1
-        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1)
+        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1, files_arrived=files_arrived)
 
     try:
         supervise("apply", apply_loop, stop, once=idle_exit is not None, fatal=(AlreadyApplying,))

@@ -335,6 +335,46 @@ MIGRATIONS: list[list[Step]] = [
             bytes BIGINT NOT NULL,
             last_date DATETIME(6) NOT NULL) CHARACTER SET utf8mb4""",
     ],
+    [  # 21: complex obs files (receiver/complex_files.py): the files written into central's folder, the chunks of
+        # those still arriving, and the ones refused or in conflict
+        """CREATE TABLE IF NOT EXISTS {s}.complex_file (
+            site VARCHAR(100) NOT NULL,
+            name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            sha256 CHAR(64) CHARACTER SET ascii NOT NULL,
+            size BIGINT NOT NULL,
+            state VARCHAR(16) NOT NULL,
+            obs_uuid VARCHAR(38) NULL,
+            date_created DATETIME(3) NOT NULL,
+            date_changed DATETIME(3) NOT NULL,
+            PRIMARY KEY (site, name),
+            KEY complex_file_name (name),
+            KEY complex_file_state (state)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.complex_file_chunk (
+            site VARCHAR(100) NOT NULL,
+            name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            sha256 CHAR(64) CHARACTER SET ascii NOT NULL,
+            seq INT NOT NULL,
+            chunks INT NOT NULL,
+            size BIGINT NOT NULL,
+            encoding VARCHAR(16) NOT NULL,
+            repair VARCHAR(100) NULL,
+            obs_uuid VARCHAR(38) NULL,
+            data LONGBLOB NOT NULL,
+            date_created DATETIME(3) NOT NULL,
+            PRIMARY KEY (site, name, sha256, seq)) CHARACTER SET utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS {s}.complex_file_issue (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            site VARCHAR(100) NOT NULL,
+            kind VARCHAR(16) NOT NULL,
+            name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            sha256 CHAR(64) CHARACTER SET ascii NULL,
+            reason_code VARCHAR(64) NOT NULL,
+            reason VARCHAR(2000) NOT NULL,
+            times INT NOT NULL DEFAULT 1,
+            date_first DATETIME(3) NOT NULL,
+            date_last DATETIME(3) NOT NULL,
+            UNIQUE KEY complex_file_issue_key (site, kind, name)) CHARACTER SET utf8mb4""",
+    ],
 ]
 
 #: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another

@@ -122,6 +122,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                          "oldest_seconds": seconds_between(now, oldest)}
                     data["fillers"] = _fillers(cur, s)
                 data["archive"] = _archive(conn, schema, cfg)
+                _complex_obs(report, conn, s, cfg)
                 rest = rest_status(conn, schema)
                 rest["enabled"] = bool(cfg.get("openmrs.url"))
                 rest["last_error_date"] = utc(rest["last_error_date"])
@@ -307,6 +308,29 @@ def _retry_kinds(cur: Any, s: Sql) -> dict[str, Any]:
     (backed_off,) = cur.fetchone() or (0,)
     return {"by_kind": {kind: n for kind, n, *_ in rows}, "due": sum(r[2] for r in rows),
             "waiting_for_cause": sum(r[3] for r in rows), "causes_backed_off": int(backed_off)}
+
+
+def _complex_obs(report: Report, conn: Any, s: Sql, cfg: Config) -> None:
+    """Complex obs files per site (receiver/complex_files.py): written, in flight, obs waiting, refused, conflicts;
+    a WARNING while any was refused or is in conflict."""
+    from dbsync_cli.receiver import complex_files
+
+    per_site = complex_files.counts(conn, s)
+    keys = ("received", "removed", "gone", "in_flight", "waiting_obs", "refused", "conflicts")
+    totals = {key: sum(int(entry.get(key, 0)) for entry in per_site.values()) for key in keys}
+    report.data["complex_obs"] = {"enabled": bool(cfg["receiver.complex_obs_dir"]), **totals, "by_site": per_site}
+    if not report.data["complex_obs"]["enabled"] and not any(totals.values()):
+        return
+    for site, entry in sorted(per_site.items()):
+        if entry["refused"] or entry["conflicts"]:
+            report.problem(WARNING, "complex_obs", _(
+                "site {site}: {refused} complex obs file(s) refused, {conflicts} in conflict; the last: {last}").format(
+                site=site, refused=entry["refused"], conflicts=entry["conflicts"],
+                last=entry.get("last_conflict") or entry.get("last_refused") or "?"))
+    report.notes.append(_("complex obs files: {received} written, {in_flight} arriving, {waiting_obs} obs waiting "
+                          "for theirs, {refused} refused, {conflicts} in conflict").format(
+        received=totals["received"], in_flight=totals["in_flight"], waiting_obs=totals["waiting_obs"],
+        refused=totals["refused"], conflicts=totals["conflicts"]))
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

@@ -168,8 +168,11 @@ class Publisher:
     def __init__(self, settings: PublishSettings, on_confirmed: Callable[[dict[str, Any]], None],
                  on_sent: Callable[[int], None] | None = None,
                  on_dropped: Callable[[list[dict[str, Any]]], None] | None = None,
-                 on_refused: Callable[[str | None, str], None] | None = None):
+                 on_refused: Callable[[str | None, str], None] | None = None,
+                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None):
         self.settings = settings
+        #: the rows of a confirmed batch, told before on_confirmed (the complex obs files they name: file_jobs.py)
+        self.on_batch = on_batch
         #: the broker's last refusal (kind, one line) for `dbsync status`, told (None, "") once a batch is confirmed
         #: again; the first confirmation of a run also clears one a previous run left
         self.on_refused = on_refused
@@ -368,6 +371,8 @@ class Publisher:
                 self.sent += len(batch.records)
                 if self.on_sent is not None:
                     self.on_sent(len(batch.records))
+                if self.on_batch is not None:
+                    self.on_batch(batch.records)
             if batch.source is not None:
                 self.on_confirmed(batch.source)
             yield from batch.records
@@ -484,5 +489,6 @@ def publish(records: Iterable[dict[str, Any]], settings: PublishSettings,
             on_confirmed: Callable[[dict[str, Any]], None],
             on_sent: Callable[[int], None] | None = None,
             on_dropped: Callable[[list[dict[str, Any]]], None] | None = None,
-            on_refused: Callable[[str | None, str], None] | None = None) -> Iterator[dict[str, Any]]:
-    yield from Publisher(settings, on_confirmed, on_sent, on_dropped, on_refused).run(records)
+            on_refused: Callable[[str | None, str], None] | None = None,
+            on_batch: Callable[[list[dict[str, Any]]], None] | None = None) -> Iterator[dict[str, Any]]:
+    yield from Publisher(settings, on_confirmed, on_sent, on_dropped, on_refused, on_batch).run(records)

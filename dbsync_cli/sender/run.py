@@ -19,6 +19,7 @@ from dbsync_cli.sender.capture_process import capture_events
 from dbsync_cli.sender.catch_up import catch_up_if_lost
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import enrich
+from dbsync_cli.sender.file_lane import run_lane
 from dbsync_cli.sender.housekeeping import BinlogPurger
 from dbsync_cli.sender.publish import publish
 from dbsync_cli.sender.settings import capture_settings, enrich_settings, load_model, publish_settings
@@ -26,7 +27,7 @@ from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.sender")
 
-__all__ = ["Sender", "capture_settings", "enrich_settings", "load_model", "publish_settings", "run_once",
+__all__ = ["Sender", "capture_settings", "enrich_settings", "files_of", "load_model", "publish_settings", "run_once",
            "run_supervised"]
 
 
@@ -44,13 +45,18 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
             count = 0
             for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),
                                    on_sent=store.count_sent, on_dropped=store.count_dropped,
-                                   on_refused=store.note_refusal):
+                                   on_refused=store.note_refusal, on_batch=files_of(cfg, store)):
                 count += 1
                 if on_message is not None:
                     on_message(message)
             return count
     finally:
         store.close()
+
+
+def files_of(cfg: Config, store: CheckpointStore) -> Callable[[list[dict[str, Any]]], None] | None:
+    """With sender.complex_obs_dir: the files a confirmed batch's obs name become jobs with its checkpoint."""
+    return store.note_files if cfg["sender.complex_obs_dir"] else None
 
 
 def on_confirmed(cfg: Config, store: CheckpointStore) -> Callable[[dict[str, Any]], None]:
@@ -80,6 +86,9 @@ def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any)
 
         threading.Thread(target=supervise, args=("requests", lambda: serve_requests(cfg, stop), stop),
                          name="requests", daemon=True).start()
+    if not bounded and cfg["sender.complex_obs_dir"]:  # complex obs files, on their own lane
+        threading.Thread(target=supervise, args=("files", lambda: run_lane(cfg, stop), stop),
+                         name="files", daemon=True).start()
     supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
     return total
 
