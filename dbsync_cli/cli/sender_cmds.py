@@ -96,7 +96,8 @@ def publish(
                               on_sent=store.count_sent, on_dropped=store.count_dropped,
                               on_refused=store.note_refusal, on_batch=sender_mod.files_of(cfg, store))
     try:
-        count = records.write(confirmed) if echo else sum(1 for _message in confirmed)
+        with sender_mod.FilesBeside(cfg, stop):  # complex obs files travel as they do with `dbsync sender`
+            count = records.write(confirmed) if echo else sum(1 for _message in confirmed)
     except CaptureStop as exc:  # e.g. the broker's certificate is not trusted: retrying cannot help
         common.fail(str(exc), exc.code)
     finally:

@@ -173,7 +173,7 @@ def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:
 
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
-    from dbsync_cli.receiver import central, consume, control_service, file_lane, rest
+    from dbsync_cli.receiver import central, consume, control_service, rest
 
     model = _start_up(cfg, stop)
     if model is None:  # stopped while central was still unreachable
@@ -195,9 +195,7 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
     files_arrived: threading.Event | None = None
     if cfg["receiver.complex_obs_dir"]:  # complex obs files, on their own lane
         files_arrived = threading.Event()
-        folder, limit = Path(cfg["receiver.complex_obs_dir"]).expanduser(), cfg["receiver.complex_obs_max_bytes"]
-        threads.append(part("files", lambda: file_lane.run_files(central.files_settings(cfg), stop, folder, limit,
-                                                                 files_arrived)))
+        threads.append(part("files", files_lane(cfg, stop, files_arrived)))
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
@@ -217,6 +215,15 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         thread.join(timeout=30)
     if faults:
         raise faults[0]
+
+
+def files_lane(cfg: Config, stop: threading.Event, arrived: threading.Event | None = None) -> Callable[[], object]:
+    """The complex obs file lane (receiver.complex_obs_dir is set): `dbsync receiver` runs it beside apply, and
+    `dbsync consume` beside itself, so the pipe receives the same files."""
+    from dbsync_cli.receiver import central, file_lane
+
+    folder, limit = Path(cfg["receiver.complex_obs_dir"]).expanduser(), cfg["receiver.complex_obs_max_bytes"]
+    return lambda: file_lane.run_files(central.files_settings(cfg), stop, folder, limit, arrived)
 
 
 class Receiver:
