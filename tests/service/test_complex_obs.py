@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pymysql
 import pytest
 import stomp
 from helpers import dbsync
-from receiver_helpers import Central, Site, drop_schema, make_central, make_site
+from receiver_helpers import Central, Site, drop_schema, make_central, make_site, plain_sql
 
 from devtools.field.link import LinkProxy
 
@@ -31,17 +30,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.lane2]
 KBIT_256 = 32_000  # bytes per second each way
 FAST = 8_000_000  # 64 Mbit/s: a 40 MB file takes seconds, long enough to kill a process in the middle of it
 
-
-def _sql(params: Any, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """The checker's own connection (plain pymysql)."""
-    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
-                           database=params.database, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def _sha(path: Path) -> str:
@@ -171,10 +159,10 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         # names the file waits for it (counted, with its reason) while every other row flows
         _wait("the 40 MB file to be sending", lambda: (_job(site1.home, big[1]) or ("", 0, 0))[1] >= 20)
         plain = _obs(site1, p1, c1, None, "a row behind the X-ray")
-        _wait("the plain row at central", lambda: _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (plain,)))
+        _wait("the plain row at central", lambda: plain_sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (plain,)))
         assert not (central_obs / big[1]).exists()
-        assert not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (obs[big],))
-        waiting = _sql(central.db, f"SELECT reason_code, cause FROM `{central.schema}`.receiver_retry_queue "
+        assert not plain_sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (obs[big],))
+        waiting = plain_sql(central.db, f"SELECT reason_code, cause FROM `{central.schema}`.receiver_retry_queue "
                                    "WHERE entity_uuid = %s", (obs[big],))
         assert waiting == [("file_waiting", "file:site1:xray_40mb.png")]
         seen_plain_while_in_flight = _job(site1.home, big[1])
@@ -182,7 +170,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
 
         # 2. kill -9 the receiver while central holds part of the 40 MB file, then the sender in the middle of it
         def chunks_at_central() -> int:
-            return int(_sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk WHERE name = %s",
+            return int(plain_sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk WHERE name = %s",
                             (big[1],))[0][0])
 
         _wait("part of the 40 MB file at central", lambda: chunks_at_central() >= 10)
@@ -226,7 +214,7 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         print(f"\nevery file at central {time.monotonic() - started:.1f} s after the senders started (two kills "
               f"included); the slow link carried {proxy.bytes_up} bytes up")
         for key, uuid in obs.items():
-            rows = _wait(f"obs {key} at central", lambda uuid=uuid: _sql(
+            rows = _wait(f"obs {key} at central", lambda uuid=uuid: plain_sql(
                 central.db, "SELECT value_complex FROM obs WHERE uuid = %s", (uuid,)), timeout=60, every=0.2)
             assert rows[0][0] == site1.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0] \
                 if key[0] == "site1" else site2.sql("SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))[0][0]
@@ -234,24 +222,24 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         assert {p.stat().st_mode & 0o777 for p in central_obs.iterdir()} == {0o640}  # OpenMRS's group reads them
         _wait("the never-sent file gone at the site", lambda: (_job(site1.home, "never_1.png") or ("",))[0] == "gone",
               timeout=60, every=0.2)
-        _wait("its obs created and deleted at central", lambda: not _sql(
+        _wait("its obs created and deleted at central", lambda: not plain_sql(
             central.db, f"SELECT 1 FROM `{central.schema}`.receiver_retry_queue WHERE entity_uuid = %s", (never,)),
             timeout=60, every=0.2)
-        assert not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (never,))
-        leftovers = _sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk")[0][0]
+        assert not plain_sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (never,))
+        leftovers = plain_sql(central.db, f"SELECT COUNT(*) FROM `{central.schema}`.complex_file_chunk")[0][0]
         assert leftovers == 0
         assert proxy.bytes_up > 20 << 10  # site 2's files crossed the slow link
         assert b"going on from chunk" in (logs / "sender1.log").read_bytes()  # resumed, not started over
 
         # 5. the refused names: no row at central, parked as errors with their reason, nothing outside the folder
         for uuid in hostile:
-            assert not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (uuid,))
-        parked = _sql(central.db, f"SELECT reason_code, kind, site FROM `{central.schema}`.receiver_retry_queue "
+            assert not plain_sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s", (uuid,))
+        parked = plain_sql(central.db, f"SELECT reason_code, kind, site FROM `{central.schema}`.receiver_retry_queue "
                                   "WHERE entity_uuid IN %s", (tuple(hostile),))
         assert sorted(parked) == [("file_name_refused", "permanent", "site1")] * len(hostile)
         assert not outside.exists()
         _send_hostile_chunk(broker_settings, destination, "../escape.png")
-        refused = _wait("the hostile chunk refused", lambda: _sql(
+        refused = _wait("the hostile chunk refused", lambda: plain_sql(
             central.db, f"SELECT site, kind, reason_code FROM `{central.schema}`.complex_file_issue"))
         assert refused == [("site1", "refused", "file_name_refused")]
         assert not outside.exists()
@@ -266,13 +254,13 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         # conflict with its reason, never an overwrite; that obs keeps waiting
         (folders["site2"] / "small_1.png").write_bytes(b"site 2's own bytes")
         clash = _obs(site2, p2, c2, "image/png|small_1.png")
-        conflict = _wait("the conflict", lambda: _sql(
+        conflict = _wait("the conflict", lambda: plain_sql(
             central.db, f"SELECT site, reason_code, reason FROM `{central.schema}`.complex_file_issue "
                         "WHERE kind = 'conflict'"), timeout=60, every=0.2)
         assert conflict == [("site2", "file_conflict", "complex obs file 'small_1.png': central holds other bytes "
                                                        "under this name (another site's file); not overwritten")]
         assert _sha(central_obs / "small_1.png") == hashlib.sha256(files[("site1", "small_1.png")]).hexdigest()
-        assert _sql(central.db, f"SELECT reason_code FROM `{central.schema}`.receiver_retry_queue "
+        assert plain_sql(central.db, f"SELECT reason_code FROM `{central.schema}`.receiver_retry_queue "
                                 "WHERE entity_uuid = %s", (clash,)) == [("file_waiting",)]
         health = orjson.loads(dbsync("status", "--json", "--config", str(central.config), env=central.env,
                                      check=False).stdout)
@@ -285,11 +273,11 @@ def test_complex_obs_files_travel_beside_their_rows(openmrs_db, services, tmp_pa
         site2.sql("UPDATE obs SET voided = 1, voided_by = 1, date_voided = NOW(), void_reason = 'wrong patient' "
                   "WHERE uuid = %s", (sig,))
         site2.sql("DELETE FROM obs WHERE uuid = %s", (form,))
-        _wait("the deleted obs gone at central", lambda: not _sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s",
+        _wait("the deleted obs gone at central", lambda: not plain_sql(central.db, "SELECT 1 FROM obs WHERE uuid = %s",
                                                                    (form,)), timeout=60, every=0.2)
         _wait("its file removed at central", lambda: not (central_obs / "form_20kb.pdf").exists(), timeout=60,
               every=0.2)
-        _wait("the voided obs at central", lambda: _sql(central.db, "SELECT voided FROM obs WHERE uuid = %s",
+        _wait("the voided obs at central", lambda: plain_sql(central.db, "SELECT voided FROM obs WHERE uuid = %s",
                                                          (sig,)) == [(1,)], timeout=60, every=0.2)
         assert _sha(central_obs / "sig_1.png") == hashlib.sha256(files[("site2", "sig_1.png")]).hexdigest()
 

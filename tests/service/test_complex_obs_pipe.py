@@ -11,25 +11,13 @@ import os
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any
 
-import pymysql
 import pytest
 from helpers import dbsync
-from receiver_helpers import Central, Site, make_central, make_site
+from receiver_helpers import Central, Site, make_central, make_site, plain_sql
 
 pytestmark = [pytest.mark.service]
 
-
-def _sql(params: Any, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
-                           database=params.database, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def _obs_with_file(site: Site, folder: Path, name: str, size: int) -> tuple[str, bytes]:
@@ -51,7 +39,7 @@ def _at_central(central: Central, folder: Path, uuid: str, name: str, data: byte
     waited for its file)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        row = _sql(central.db, "SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))
+        row = plain_sql(central.db, "SELECT value_complex FROM obs WHERE uuid = %s", (uuid,))
         path = folder / name
         if row and path.is_file():
             assert row[0][0] == f"image/png|{name}"
