@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import socket
 import ssl
 import threading
@@ -109,12 +110,16 @@ def server_of(conn: stomp.Connection12) -> str:
     return _SERVERS.get(conn, "")
 
 
+_SECRET_HEADER = re.compile(r"\b(passcode|login|password|authorization)\s*:\s*\S+", re.IGNORECASE)
+
+
 def error_text(frame) -> str:
     """An ERROR frame in one line: its `message` header and its body (RabbitMQ puts the reason only in the body,
     e.g. "Virtual host '127.0.0.1' access denied" under a bare "Bad CONNECT")."""
     body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else str(frame.body or "")
     message = str(frame.headers.get("message") or "").strip()
-    body = " ".join(body.split())[:300]
+    # a broker may echo the offending frame ("The message: ---- CONNECT login:… passcode:…"): never its secrets
+    body = _SECRET_HEADER.sub(r"\1:***", " ".join(body.split()))[:300]
     if message and body and body not in message:
         return f"{message}: {body}"
     return message or body or "ERROR frame"

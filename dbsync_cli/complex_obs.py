@@ -9,9 +9,13 @@ apply (a name that could leave the folder is refused, never opened) and the dige
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from dbsync_cli.lru import LruMap
 
@@ -100,6 +104,8 @@ def encode_chunk(raw: bytes) -> tuple[bytes, str]:
 def decode_chunk(body: bytes, encoding: str, limit: int) -> bytes:
     """A chunk's bytes; ValueError for an unknown encoding or one that inflates beyond `limit`."""
     if encoding == IDENTITY:
+        if len(body) > limit:
+            raise ValueError(f"chunk holds more than {limit} bytes")
         return body
     if encoding != DEFLATE:
         raise ValueError(f"unknown chunk encoding {encoding[:20]!r}")
@@ -110,14 +116,34 @@ def decode_chunk(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def sha256_of(path: Path) -> tuple[str, int]:
-    """The file's sha256 (hex) and size, read in 1 MB pieces (constant memory)."""
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading only when it is a regular file itself. The folder belongs to OpenMRS's user, who
+    could swap in a symbolic link (to dbsync's secrets) between a check and an open: a link is never followed
+    (O_NOFOLLOW), and a FIFO or device is never read (O_NONBLOCK, then fstat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_of(source: Path | BinaryIO) -> tuple[str, int]:
+    """The file's sha256 (hex) and size, read in 1 MB pieces (constant memory); a path is opened as
+    `open_regular` does, an open file is read from its start."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
+    handle = open_regular(source) if isinstance(source, Path) else source
+    try:
+        handle.seek(0)
         while block := handle.read(_READ):
             digest.update(block)
             size += len(block)
+    finally:
+        if isinstance(source, Path):
+            handle.close()
     return digest.hexdigest(), size
 
 

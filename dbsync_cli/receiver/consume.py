@@ -40,7 +40,7 @@ from dbsync_cli.broker_refusals import BrokerRefused, refusal
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
-from dbsync_cli.receiver import inbox, state
+from dbsync_cli.receiver import inbox, state, trust
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
 from dbsync_cli.receiver.reasons import Reason, reason
 from dbsync_cli.retrying import backoff
@@ -324,9 +324,7 @@ class Consumer:
         deliveries = []
         limit = self.settings.max_message_bytes
         for frame in frames:
-            user = frame.headers.get(wire.VALIDATED_USER_HEADER) or ""
-            frame.headers[wire.VALIDATED_USER_HEADER] = signed_by or (
-                f"broker:{user}" if user.startswith(wire.SIGNED_USER_PREFIX) else user)
+            frame.headers[wire.VALIDATED_USER_HEADER] = trust.stamped_user(frame.headers, signed_by)
             message_id = wire.delivery_id(frame.headers)
             raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
             problem = "refused_too_large" if len(raw) > limit else None

@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from dbsync_cli import complex_obs, wire
+from dbsync_cli import complex_obs
 from dbsync_cli.files import sync_dir
 from dbsync_cli.receiver import complex_files, reasons, state, trust
 from dbsync_cli.receiver.complex_files import CONFLICT, REFUSED
@@ -37,6 +38,7 @@ log = logging.getLogger("dbsync.files")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: a chunk's bytes after inflating, at most (the sender's chunk size is at most 1 MB)
 CHUNK_LIMIT = 1_048_576
+STALE_PART_SECONDS = 600
 #: a file written into central's folder: the receiver's user writes, the folder's group (OpenMRS's) reads
 FILE_MODE = 0o640
 #: the consumer window of the file lane: a few chunks ahead, so the rows' lane keeps central's attention
@@ -91,7 +93,7 @@ class FileConsumer(Consumer):
         site = sites.get(site_id)
         if site is None or site.disabled:
             raise refuse("site_unknown", site=site_id, why="is not registered" if site is None else "is disabled")
-        not_trusted = trust.refused_sender(site, headers.get(wire.VALIDATED_USER_HEADER))
+        not_trusted = trust.refused_sender(site, trust.stamped_user(headers))  # unstamped: refused, as rows are
         if not_trusted is not None:
             raise _Refused(not_trusted, site_id, name)
         why = complex_obs.refusal(name)
@@ -123,8 +125,8 @@ class FileConsumer(Consumer):
         elif hashlib.sha256(body).hexdigest() != headers.get(complex_obs.CHUNK_SHA256):
             problem = "the chunk's sha256 does not match its body"
         else:
-            try:
-                complex_obs.decode_chunk(body, headers.get(complex_obs.ENCODING, ""), CHUNK_LIMIT)
+            try:  # no chunk holds more than its whole file (a deflate bomb is refused here, not in the folder)
+                complex_obs.decode_chunk(body, headers.get(complex_obs.ENCODING, ""), min(CHUNK_LIMIT, max(size, 1)))
             except (ValueError, OSError) as exc:
                 problem = str(exc)
         if problem is not None:
@@ -154,7 +156,7 @@ def assemble(db: Any, s: Sql, folder: Path, site: str, name: str, sha: str,
         target = complex_obs.path_in(folder, name)
         temporary = folder / f".dbsync-{uuidlib.uuid4().hex}.part"
         try:
-            written = _write(cur, s, temporary, site, name, sha, chunks)
+            written = _write(cur, s, temporary, site, name, sha, chunks, size)
             verdict = None if written == (sha, size) else reasons.reason("file_digest", name=complex_obs.shown(
                 name))
             if verdict is None:
@@ -168,7 +170,8 @@ def assemble(db: Any, s: Sql, folder: Path, site: str, name: str, sha: str,
         else:
             complex_files.issue(cur, s, site, REFUSED if verdict.code == "file_digest" else CONFLICT, name, sha,
                                 verdict)
-        cur.execute(sql("DELETE FROM {}.complex_file_chunk WHERE site = %s AND name = %s", s), (site, name))
+        cur.execute(sql("DELETE FROM {}.complex_file_chunk WHERE site = %s AND name = %s AND sha256 = %s", s),
+                    (site, name, sha))  # only this version's: a newer one (a repair) may be arriving already
     db.commit()
     if verdict is not None:
         return False
@@ -179,8 +182,10 @@ def assemble(db: Any, s: Sql, folder: Path, site: str, name: str, sha: str,
     return True
 
 
-def _write(cur: Any, s: Sql, temporary: Path, site: str, name: str, sha: str, chunks: int) -> tuple[str, int]:
-    """The chunks inflated into `temporary`, one at a time, fsynced; returns the bytes' sha256 and size."""
+def _write(cur: Any, s: Sql, temporary: Path, site: str, name: str, sha: str, chunks: int,
+           declared: int) -> tuple[str, int]:
+    """The chunks inflated into `temporary`, one at a time, fsynced; returns the bytes' sha256 and size. Stops at
+    the first byte beyond the `declared` size (the digest then cannot match): a sender cannot fill central's disk."""
     digest = hashlib.sha256()
     size = 0
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -190,10 +195,12 @@ def _write(cur: Any, s: Sql, temporary: Path, site: str, name: str, sha: str, ch
             cur.execute(sql("SELECT data, encoding FROM {}.complex_file_chunk WHERE site = %s AND name = %s AND "
                             "sha256 = %s AND seq = %s", s), (site, name, sha, seq))
             data, encoding = cur.fetchone()
-            raw = complex_obs.decode_chunk(bytes(data), str(encoding), CHUNK_LIMIT)
+            raw = complex_obs.decode_chunk(bytes(data), str(encoding), min(CHUNK_LIMIT, max(declared, 1)))
             out.write(raw)
             digest.update(raw)
             size += len(raw)
+            if size > declared:
+                break
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest(), size
@@ -227,7 +234,13 @@ def _place(cur: Any, s: Sql, folder: Path, target: Path, temporary: Path, site: 
 
 
 def recover(settings: ConsumeSettings, folder: Path, arrived: threading.Event | None = None) -> int:
-    """Files whose chunks were all stored before a crash: written now. Returns how many."""
+    """Files whose chunks were all stored before a crash: written now. Returns how many. A temporary file a kill
+    left behind (untouched for STALE_PART_SECONDS: no assembly is writing it) is removed first."""
+    for part in folder.glob(".dbsync-*.part"):
+        with contextlib.suppress(OSError):
+            if time.time() - part.lstat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+                log.info("removed %s, a temporary file an interrupted assembly left", part)
     s = state.schema_name(settings.state_schema)
     db = settings.db.connect(autocommit=False)
     written = 0
@@ -247,7 +260,9 @@ def recover(settings: ConsumeSettings, folder: Path, arrived: threading.Event | 
 def run_files(settings: ConsumeSettings, stop: threading.Event, folder: Path, max_bytes: int,
               arrived: threading.Event | None = None) -> int:
     """The receiver's file lane until stop; returns the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o750)  # whatever the receiver's umask (077): OpenMRS's group reads the files in it
     written = recover(settings, folder, arrived)
     consumer = FileConsumer(settings, stop, folder, max_bytes, arrived)
     for _rows in consumer.batches():

@@ -112,14 +112,16 @@ def start(conn: sqlite3.Connection, job: Job, sha256: str, size: int, chunks: in
     return first
 
 
-def confirmed(conn: sqlite3.Connection, name: str, upto: int) -> None:
-    """Chunks before `upto` are confirmed by the broker (one commit: a kill -9 resumes after them)."""
-    conn.execute("UPDATE complex_file SET confirmed = ?, updated = ? WHERE name = ?", (upto, time.time(), name))
+def confirmed(conn: sqlite3.Connection, name: str, generation: int, upto: int) -> None:
+    """Chunks before `upto` are confirmed by the broker (one commit: a kill -9 resumes after them). Only for the
+    job's `generation`: a repair or resync that queued the file again meanwhile is sent in full afterwards."""
+    conn.execute("UPDATE complex_file SET confirmed = ?, updated = ? WHERE name = ? AND generation = ?",
+                 (upto, time.time(), name, generation))
 
 
-def finished(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("UPDATE complex_file SET state = ?, next_try = 0, updated = ? WHERE name = ?",
-                 (SENT, time.time(), name))
+def finished(conn: sqlite3.Connection, name: str, generation: int) -> None:
+    conn.execute("UPDATE complex_file SET state = ?, next_try = 0, updated = ? WHERE name = ? AND generation = ?",
+                 (SENT, time.time(), name, generation))
 
 
 def gone(conn: sqlite3.Connection, name: str) -> None:

@@ -20,7 +20,7 @@ import time
 import uuid as uuidlib
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import stomp
 import stomp.exception
@@ -144,18 +144,19 @@ class FileLane:
     # ---- one file --------------------------------------------------------------------------------------------
     def _send(self, job: Job) -> bool:
         path = self.folder / job.name
-        try:
-            if path.is_symlink():  # the folder is OpenMRS's: a link out of it is never followed
-                raise FileNotFoundError("a symbolic link, not followed")
-            if not path.is_file():
-                raise FileNotFoundError("not in the folder")
-            sha, size = complex_obs.sha256_of(path)
+        try:  # the folder is OpenMRS's: a link in it is never followed, and what is hashed is what is sent
+            handle = complex_obs.open_regular(path)
         except OSError as exc:
             if self._obs_names(job):
                 self._missing(job, exc)
             else:
                 self._gone(job)
             return False
+        with handle:
+            return self._send_open(job, handle)
+
+    def _send_open(self, job: Job, handle: BinaryIO) -> bool:
+        sha, size = complex_obs.sha256_of(handle)
         chunks = max(1, -(-size // self.chunk_bytes))
         first = file_jobs.start(self.db, job, sha, size, chunks)
         if first == 0 or job.state != file_jobs.SENDING:
@@ -166,38 +167,37 @@ class FileLane:
         conn = self._connect()
         pending: deque[tuple[int, str]] = deque()
         name_key = hashlib.blake2b(job.name.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        with path.open("rb") as handle:
-            handle.seek(first * self.chunk_bytes)
-            for seq in range(first, chunks):
-                if self.stop.is_set():
-                    return False
-                body, encoding = complex_obs.encode_chunk(handle.read(self.chunk_bytes))
-                receipt = uuidlib.uuid4().hex
-                headers = {
-                    **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
-                    wire.DUPLICATE_ID_HEADER: f"{self.site}:file:{name_key}:{sha[:32]}:{job.generation}:{seq}",
-                    complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.SHA256: sha,
-                    complex_obs.SIZE: str(size), complex_obs.CHUNKS: str(chunks), complex_obs.SEQ: str(seq),
-                    complex_obs.CHUNK_SHA256: hashlib.sha256(body).hexdigest(), complex_obs.ENCODING: encoding,
-                    complex_obs.OBS: job.obs_uuid or ""}
-                if job.repair:
-                    headers[complex_obs.REPAIR] = job.repair
-                conn.send(destination=self.destination, body=body, headers=headers)
-                pending.append((seq, receipt))
-                if len(pending) >= self.window:
-                    self._confirm(job.name, pending)
+        handle.seek(first * self.chunk_bytes)
+        for seq in range(first, chunks):
+            if self.stop.is_set():
+                return False
+            body, encoding = complex_obs.encode_chunk(handle.read(self.chunk_bytes))
+            receipt = uuidlib.uuid4().hex
+            headers = {
+                **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
+                wire.DUPLICATE_ID_HEADER: f"{self.site}:file:{name_key}:{sha[:32]}:{job.generation}:{seq}",
+                complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.SHA256: sha,
+                complex_obs.SIZE: str(size), complex_obs.CHUNKS: str(chunks), complex_obs.SEQ: str(seq),
+                complex_obs.CHUNK_SHA256: hashlib.sha256(body).hexdigest(), complex_obs.ENCODING: encoding,
+                complex_obs.OBS: job.obs_uuid or ""}
+            if job.repair:
+                headers[complex_obs.REPAIR] = job.repair
+            conn.send(destination=self.destination, body=body, headers=headers)
+            pending.append((seq, receipt))
+            if len(pending) >= self.window:
+                self._confirm(job, pending)
         while pending:
-            self._confirm(job.name, pending)
-        file_jobs.finished(self.db, job.name)
+            self._confirm(job, pending)
+        file_jobs.finished(self.db, job.name, job.generation)
         self.failures = 0
         log.info("file %s: %d chunk(s) confirmed by the broker", complex_obs.shown(job.name), chunks)
         return True
 
-    def _confirm(self, name: str, pending: deque[tuple[int, str]]) -> None:
+    def _confirm(self, job: Job, pending: deque[tuple[int, str]]) -> None:
         seq, receipt = pending[0]
         self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)
         pending.popleft()
-        file_jobs.confirmed(self.db, name, seq + 1)
+        file_jobs.confirmed(self.db, job.name, job.generation, seq + 1)
 
     def _missing(self, job: Job, exc: OSError) -> None:
         attempts = job.attempts + 1

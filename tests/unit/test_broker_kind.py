@@ -104,3 +104,10 @@ def test_the_receiver_stops_with_exit_2_for_topic_mode_on_an_unknown_broker() ->
     assert refused.value.code == exitcodes.CONFIG and operator_fault(refused.value)
     destination, _id, headers = consumer._subscription(dialect("RabbitMQ/3.10.8"))
     assert destination == "/topic/openmrs.sync" and headers["durable"] == "true"
+
+
+def test_an_error_frame_echoing_the_connect_never_shows_its_secrets() -> None:
+    frame = SimpleNamespace(headers={"message": "Bad CONNECT"},
+                            body=b"The message:\n-----\nCONNECT\nlogin:site1\npasscode:s3cret\n\n-----")
+    text = error_text(frame)
+    assert "s3cret" not in text and "site1" not in text and text.startswith("Bad CONNECT: The message:")

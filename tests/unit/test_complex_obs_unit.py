@@ -81,23 +81,26 @@ def test_sender_jobs_once_per_name_again_for_a_repair() -> None:
     job = file_jobs.next_due(db, 2.0)
     assert job is not None and job.name == "a.png"
     assert file_jobs.start(db, job, "f" * 64, 10, 2) == 0
-    file_jobs.confirmed(db, "a.png", 1)
+    file_jobs.confirmed(db, "a.png", 0, 1)
     again = file_jobs.next_due(db, 2.0)
     assert again is not None and again.name == "a.png" and again.state == "sending"  # a file being sent goes first
     assert file_jobs.start(db, again, "f" * 64, 10, 2) == 1  # on from the last confirmed chunk
     assert file_jobs.start(db, again, "e" * 64, 10, 2) == 0  # other bytes since: from the start
-    file_jobs.finished(db, "a.png")
+    file_jobs.finished(db, "a.png", 0)
     file_jobs.write(db, [("a.png", "u1")], 3.0)  # the obs edited: its file is not sent again
     assert db.execute("SELECT state, generation FROM complex_file WHERE name = 'a.png'").fetchone() == ("sent", 0)
     file_jobs.queue_now(db, [("a.png", "u1")], repair="verify:run")
     assert db.execute("SELECT state, generation, repair, confirmed FROM complex_file WHERE name = 'a.png'"
                       ).fetchone() == ("queued", 1, "verify:run", 0)
+    file_jobs.confirmed(db, "a.png", 0, 2)  # the lane still sending the version before the repair: ignored
+    file_jobs.finished(db, "a.png", 0)
+    assert db.execute("SELECT state, confirmed FROM complex_file WHERE name = 'a.png'").fetchone() == ("queued", 0)
     file_jobs.missing(db, "c.pdf", 1, 99.0, "not in the folder")
     counts = file_jobs.counts(db)
     assert (counts["queued"], counts["missing"], counts["refused"], counts["sent"]) == (1, 1, 1, 0)
     assert counts["last_refused"]["reason"] == "path separator"
     assert file_jobs.next_due(db, 50.0).name == "a.png"
-    file_jobs.finished(db, "a.png")
+    file_jobs.finished(db, "a.png", 1)
     file_jobs.gone(db, "c.pdf")
     # OpenMRS reuses a purged file's name for a new obs: its file is sent again; the old obs's edit sends nothing
     file_jobs.write(db, [("a.png", "u9"), ("c.pdf", "u2")], 4.0)
@@ -132,3 +135,26 @@ def test_config_check_names_a_complex_obs_folder_that_is_not_there(tmp_path: Pat
     folder.mkdir()
     (finding,) = [f for f in checks.offline(cfg) if f.check == "sender.complex_obs_dir"]
     assert finding.state == "ok"
+
+
+def test_a_chunk_stored_as_is_may_not_hold_more_than_its_limit() -> None:
+    assert complex_obs.decode_chunk(b"x" * 10, complex_obs.IDENTITY, 10) == b"x" * 10
+    with pytest.raises(ValueError, match="more than 10 bytes"):
+        complex_obs.decode_chunk(b"x" * 11, complex_obs.IDENTITY, 10)
+
+
+def test_only_a_regular_file_itself_is_opened_never_a_link_or_a_fifo(tmp_path: Path) -> None:
+    """OpenMRS's user owns the folder: a link swapped in for a file (to dbsync's secrets) is never followed."""
+    secret = tmp_path / "sender.toml"
+    secret.write_text("password = 'x'")
+    (tmp_path / "scan.png").write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(secret)
+    os.mkfifo(tmp_path / "fifo.png")
+    with complex_obs.open_regular(tmp_path / "scan.png") as handle:
+        assert complex_obs.sha256_of(handle) == (hashlib.sha256(b"png").hexdigest(), 3)
+    with pytest.raises(OSError):
+        complex_obs.open_regular(tmp_path / "link.png")
+    with pytest.raises(FileNotFoundError, match="not a regular file"):
+        complex_obs.open_regular(tmp_path / "fifo.png")
+    with pytest.raises(OSError):
+        complex_obs.sha256_of(tmp_path / "link.png")
