@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import socket
 import ssl
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,8 +95,34 @@ def settings_from_config(cfg: Config) -> BrokerSettings:
     settings = BrokerSettings.from_url(
         cfg["broker.url"], user=cfg["broker.user"], password=cfg["broker.password"],
         ca_file=cfg.get("broker.ca_file"), verify_hostname=cfg["broker.verify_hostname"],
+        vhost=cfg.get("broker.vhost"),
     )
     return dataclasses.replace(settings, tls=True) if cfg["broker.tls"] else settings
+
+
+#: the CONNECTED frame's `server` header of each open connection (broker_kind reads the broker's dialect from it)
+_SERVERS: weakref.WeakKeyDictionary[stomp.Connection12, str] = weakref.WeakKeyDictionary()
+
+
+def server_of(conn: stomp.Connection12) -> str:
+    """What the broker called itself when `conn` connected (``ActiveMQ/6.1.7``, ``RabbitMQ/3.10.8``, …; "" if
+    nothing)."""
+    return _SERVERS.get(conn, "")
+
+
+_SECRET_HEADER = re.compile(r"\b(passcode|login|password|authorization)\s*:\s*\S+", re.IGNORECASE)
+
+
+def error_text(frame) -> str:
+    """An ERROR frame in one line: its `message` header and its body (RabbitMQ puts the reason only in the body,
+    e.g. "Virtual host '127.0.0.1' access denied" under a bare "Bad CONNECT")."""
+    body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else str(frame.body or "")
+    message = str(frame.headers.get("message") or "").strip()
+    # a broker may echo the offending frame ("The message: ---- CONNECT login:… passcode:…"): never its secrets
+    body = _SECRET_HEADER.sub(r"\1:***", " ".join(body.split()))[:300]
+    if message and body and body not in message:
+        return f"{message}: {body}"
+    return message or body or "ERROR frame"
 
 
 class _ConnectWaiter(stomp.ConnectionListener):
@@ -103,12 +131,14 @@ class _ConnectWaiter(stomp.ConnectionListener):
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: str | None = None
+        self.server = ""
 
     def on_connected(self, frame) -> None:
+        self.server = str(frame.headers.get("server") or "")
         self.done.set()
 
     def on_error(self, frame) -> None:
-        self.error = frame.headers.get("message") or (frame.body or "ERROR frame")
+        self.error = error_text(frame)
         self.done.set()
 
     def on_disconnected(self) -> None:
@@ -187,6 +217,7 @@ def open_connection(settings: BrokerSettings, *, client_id: str | None = None,
     ok = waiter.done.is_set()
     conn.remove_listener("dbsync-connect")
     if ok and waiter.error is None and conn.is_connected():
+        _SERVERS[conn] = waiter.server
         return conn
     with contextlib.suppress(Exception):  # best effort close of a half-open connection
         conn.disconnect()

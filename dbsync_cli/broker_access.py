@@ -19,7 +19,8 @@ from typing import Any
 
 import stomp
 
-from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerSettings, open_connection, server_of
+from dbsync_cli.broker_kind import dialect
 
 SEND, CONSUME = "send", "consume"
 _PERMISSION = re.compile(r"AMQ229032:? User:? (\S+) does not have permission='(\w+)' on address (\S+)")
@@ -76,12 +77,13 @@ def refused(needs: list[Need], settings: BrokerSettings, timeout: float = 5) -> 
 
 def _probe(conn: stomp.Connection12, frames: _Frames, need: Need, tag: str, timeout: float) -> str | None:
     """None when granted, else the broker's answer."""
+    address = dialect(server_of(conn)).destination(need.address, need.routing == "MULTICAST")  # /topic/… elsewhere
     if need.operation == SEND:
         conn.begin(transaction=tag)
-        conn.send(need.address, body="", transaction=tag,
+        conn.send(address, body="", transaction=tag,
                   headers={"receipt": tag, "destination-type": need.routing, "dbsync-check": "permission"})
     else:
-        conn.subscribe(need.address, id=tag, ack="client-individual",
+        conn.subscribe(address, id=tag, ack="client-individual",
                        headers={"receipt": tag, "subscription-type": need.routing, "selector": "1=0"})
     try:
         kind, text = frames.frames.get(timeout=timeout)

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import stomp
 
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerError, BrokerSettings, error_text, open_connection, server_of
+from dbsync_cli.broker_kind import ARTEMIS, kind_of
 
 MANAGEMENT_ADDRESS = "activemq.management"
 NO_SUCH_QUEUE = "AMQ229067"  # "Cannot find resource": Artemis creates the queue on the first SEND or SUBSCRIBE
@@ -42,6 +43,10 @@ class QueueStatsError(Exception):
     """The broker did not answer a management request (one line)."""
 
 
+class NotAvailable(QueueStatsError):
+    """This broker (or its configuration) offers no way to read it: said once, not a warning."""
+
+
 @dataclass(frozen=True)
 class QueueStats:
     queue: str
@@ -58,7 +63,9 @@ class QueueStats:
         return (self.first_message_age_ms or 0) / 1000
 
 
-class _Replies(stomp.ConnectionListener):
+class Replies(stomp.ConnectionListener):
+    """The answers to management requests, and the broker's ERROR frame if one came (broker_depth uses it too)."""
+
     def __init__(self) -> None:
         self.frames: queue.Queue[Any] = queue.Queue()
         self.error: str | None = None
@@ -67,17 +74,21 @@ class _Replies(stomp.ConnectionListener):
         self.frames.put(frame)
 
     def on_error(self, frame: Any) -> None:
-        self.error = frame.headers.get("message") or "ERROR frame"
+        self.error = error_text(frame)
 
 
 class _Management:
     """One STOMP connection for management requests, each answered on a private reply queue."""
 
     def __init__(self, settings: BrokerSettings, timeout: float) -> None:
-        self.replies = _Replies()
+        self.replies = Replies()
         self.timeout = timeout
         settings = dataclasses.replace(settings, connect_timeout=timeout, heartbeats=(0, 0))
         self.conn = open_connection(settings, listener=self.replies, auto_decode=False)
+        server = server_of(self.conn)
+        if kind_of(server) != ARTEMIS:  # activemq.management is Artemis's: elsewhere nothing would answer
+            self.close()
+            raise NotAvailable(f"Artemis management is not available on {server or 'a broker that does not name itself'}")
         self.reply_to = f"dbsync.status.reply.{uuid.uuid4().hex[:12]}"
         self.conn.auto_content_length = False  # a text message: see the module docstring
         self.conn.subscribe(self.reply_to, id="reply", ack="auto", headers={"subscription-type": "ANYCAST"})
@@ -156,7 +167,7 @@ def _count(value: Any) -> int:
     return number
 
 
-def _answer(replies: _Replies, operation: str, resource: str, timeout: float) -> Any:
+def _answer(replies: Replies, operation: str, resource: str, timeout: float) -> Any:
     try:
         frame = replies.frames.get(timeout=timeout)
     except queue.Empty:
@@ -174,4 +185,5 @@ def _answer(replies: _Replies, operation: str, resource: str, timeout: float) ->
     return value
 
 
-__all__ = ["AddressInfo", "BrokerError", "QueueStats", "QueueStatsError", "address_info", "queue_stats"]
+__all__ = ["AddressInfo", "BrokerError", "NotAvailable", "QueueStats", "QueueStatsError", "address_info",
+           "queue_stats"]

@@ -8,6 +8,7 @@ exits like the first run would. Passwords never appear: the texts come from our 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +92,25 @@ def check(cfg: Config, steps: list[Step], broker_sites: Callable[[Config], list[
 def offline(cfg: Config) -> list[Finding]:
     """What can be checked without a server: the files the config names, the state directory, plain-text
     warnings."""
-    return _files(cfg) + [state_directory(cfg.home)] + _plaintext(cfg)
+    return _files(cfg) + [state_directory(cfg.home)] + _complex_obs_dir(cfg) + _plaintext(cfg)
+
+
+def _complex_obs_dir(cfg: Config) -> list[Finding]:
+    """The complex obs folder: a site's must be readable (its files are sent), central's writable (they are written
+    there, under a temporary name first)."""
+    key = f"{cfg.role}.complex_obs_dir"
+    folder = cfg.get(key)
+    if not folder:
+        return []
+    path = Path(folder).expanduser()
+    write = cfg.role == "receiver"
+    if not path.is_dir():
+        return [Finding(key, ERROR, _("{path} is not a directory").format(path=path), exitcodes.CONFIG)]
+    if not os.access(path, (os.R_OK | os.X_OK | os.W_OK) if write else (os.R_OK | os.X_OK)):
+        return [Finding(key, ERROR, (_("{path} is not writable by this user") if write
+                                     else _("{path} is not readable by this user")).format(path=path),
+                        exitcodes.CONFIG)]
+    return [Finding(key, OK, (_("{path}, writable") if write else _("{path} readable")).format(path=path))]
 
 
 #: the PEM files a config names, and the block each must hold
@@ -186,13 +205,15 @@ def _destination(cfg: Config) -> Finding:
     import stomp.exception
 
     from dbsync_cli.broker import BrokerError, settings_from_config
-    from dbsync_cli.broker_queue import QueueStatsError, address_info
+    from dbsync_cli.broker_queue import NotAvailable, QueueStatsError, address_info
 
     address, kind = cfg["broker.destination"], cfg["broker.destination_type"]
     wanted = "ANYCAST" if kind == "queue" else "MULTICAST"
     key = "broker.destination"
     try:
         info = address_info(settings_from_config(cfg), address)
+    except NotAvailable as exc:  # ActiveMQ Classic, RabbitMQ: they create the destination on first use
+        return Finding(key, SKIPPED, _("{address!r} not checked: {why}").format(address=address, why=exc))
     except (QueueStatsError, BrokerError, stomp.exception.StompException, OSError) as exc:
         # OSError: Artemis closes the connection of a user it refuses management to, mid-request
         return Finding(key, SKIPPED, _("{address!r} not checked: the broker user may not use management ({error}); normal for "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stomp.exception
 
-from dbsync_cli import control, exitcodes
+from dbsync_cli import complex_obs, control, exitcodes
 from dbsync_cli.broker import BrokerError, settings_from_config
 from dbsync_cli.broker_access import CONSUME, SEND, Need, refused
 from dbsync_cli.config import Config
@@ -31,8 +31,12 @@ def needs(cfg: Config, sites: list[str]) -> list[Need]:
                  Need(CONSUME, control.reply_destination(destination, site), _("central's answers"))]
         if cfg["sender.requests"]:
             found.append(Need(CONSUME, control.site_request_destination(destination, site), _("re-sync requests")))
+        if cfg["sender.complex_obs_dir"]:
+            found.append(Need(SEND, complex_obs.destination(destination), _("complex obs files")))
         return found
     found = [Need(CONSUME, requests, _("the sites' requests"))]
+    if cfg["receiver.complex_obs_dir"]:
+        found.append(Need(CONSUME, complex_obs.destination(destination), _("the sites' complex obs files")))
     if routing == "ANYCAST":  # a topic's durable subscription queue is the receiver's own: not probed
         found.insert(0, Need(CONSUME, destination, _("the sites' rows")))
     for site in sites:

@@ -114,6 +114,8 @@ def _coerce_env(key: str, spec: Key, raw: str) -> Any:
             return lowered in ("1", "true", "yes", "on")
         if kind is int:
             return int(raw)
+        if kind is float:
+            return float(raw)
         if kind is list:
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
@@ -294,7 +296,11 @@ def plaintext_host(values: Mapping[str, Any]) -> str | None:
     url = urlsplit(str(values.get("broker.url") or ""))
     if url.scheme != "stomp" or values.get("broker.tls"):
         return None
-    host = url.hostname or ""
+    return _remote(url.hostname or "")
+
+
+def _remote(host: str) -> str | None:
+    """`host` unless it is this machine (loopback)."""
     if host == "localhost":
         return None
     try:
@@ -311,6 +317,16 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if host is not None and not values.get("broker.allow_plaintext"):
         problems.append(_("broker.url: plain stomp:// to {host} would send patient data and the broker password "
                           "unencrypted; use stomp+ssl:// (or set broker.allow_plaintext = true)").format(host=host))
+    management = urlsplit(str(values.get("broker.management_url") or ""))
+    remote = _remote(management.hostname or "") if management.scheme == "http" else None
+    if remote is not None:
+        problems.append(_("broker.management_url: plain http:// to {host} would send central's broker password "
+                          "unencrypted; use https://").format(host=remote))
+    for key in ("sender.complex_obs_dir", "receiver.complex_obs_dir"):
+        if values.get(key) and values.get("broker.destination_type") == "topic":
+            problems.append(_("{key}: complex obs files travel on a queue that several receivers would share in "
+                              "topic mode (each would get a part of each file); use queue mode or unset it").format(
+                key=key))
     if "sender.id" in values:  # a sender's envelopes; a receiver's limit is its own
         problems += _site_id_checks(str(values["sender.id"]))
         problems += _envelope_checks(values)

@@ -110,6 +110,10 @@ class Broker(Section):
     tls: bool = key(False)
     ca_file: FilePath = key(None, help="CA file (PEM) that signed the broker's certificate")
     verify_hostname: bool = key(True)
+    vhost: str | None = key(None, min_length=1, help="the virtual host STOMP's CONNECT names (RabbitMQ reads it as "
+                                                     "its vhost); default: the broker's host name")
+    management_url: HttpUrl = key(None, roles=RECEIVER, help="RabbitMQ's management HTTP API (http(s)://host:15672) "
+                                                             "`dbsync status` reads the broker queue from")
     destination: Name = key("openmrs.sync")
     destination_type: Literal["queue", "topic"] = key("queue")
     batch_messages: int = key(500, roles=SENDER, ge=1, help="rows per confirmed batch")
@@ -155,6 +159,16 @@ class Sender(Section):
     purge_interval_seconds: int = key(300, roles=SENDER, ge=1)
     max_transaction_events: int = key(20_000, roles=SENDER, ge=1, help="an enrich batch grows to the end of its "
                                                                        "transaction, up to this many events")
+    complex_obs_dir: str | None = key(None, roles=SENDER, help="the site OpenMRS's complex obs folder "
+                                      "(<application data dir>/complex_obs): its files travel with their obs; unset: "
+                                      "no files are sent")
+    complex_obs_chunk_bytes: int = key(32_768, roles=SENDER, ge=1024, le=1_048_576,
+                                       help="file bytes per chunk on the file lane (small: a slow link stays shared "
+                                            "with rows)")
+    complex_obs_window: int = key(4, roles=SENDER, ge=1, le=64, help="chunks sent before the first is confirmed")
+    complex_obs_retry_max_seconds: int = key(600, roles=SENDER, ge=1,
+                                             help="longest wait before a file not in the folder yet is looked for "
+                                                  "again")
 
 
 class SiteDb(Section):
@@ -188,6 +202,15 @@ class Receiver(Section):
     batch_messages: int = key(500, roles=RECEIVER, ge=1)
     retry_interval_seconds: int = key(60, roles=RECEIVER, ge=1)
     applied_ids_days: int = key(30, roles=RECEIVER, ge=1, help="how long handled message ids are kept")
+    archive_days: int = key(30, roles=RECEIVER, ge=0, help="how long the archive keeps each handled message's wire "
+                                                          "form and outcome (dbsync archive); 0: no archive")
+    archive_max_mb: float = key(0.0, roles=RECEIVER, ge=0, help="the archive's size cap in MB (its deflated bodies "
+                                                                "and rows; the oldest days go first); 0: no cap")
+    complex_obs_dir: str | None = key(None, roles=RECEIVER, help="central OpenMRS's complex obs folder: files from "
+                                      "the sites are written there and an obs that names one waits for it; unset: "
+                                      "obs rows apply without their files")
+    complex_obs_max_bytes: int = key(2_147_483_648, roles=RECEIVER, ge=1024,
+                                     help="a file announced larger than this is refused")
 
 
 class CentralDb(Section):

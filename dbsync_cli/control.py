@@ -23,7 +23,8 @@ import orjson
 import stomp
 
 from dbsync_cli import wire
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection, server_of
+from dbsync_cli.broker_kind import dialect
 from dbsync_cli.faults import describe
 from dbsync_cli.i18n import _
 from dbsync_cli.retrying import backoff, pause
@@ -244,7 +245,9 @@ class ControlClient:
         raw, headers = encode(body)
         self.bytes_sent += len(raw)
         try:
-            conn.send(self.requests, raw, headers={**headers, KIND_HEADER: kind, CORRELATION_HEADER: request_id,
+            stamp = dialect(server_of(conn)).send_headers(False, self.settings.user)  # RabbitMQ: user-id
+            conn.send(self.requests, raw, headers={**headers, **stamp, KIND_HEADER: kind,
+                                                   CORRELATION_HEADER: request_id,
                                                    "receipt": f"control-{next(self._numbers)}"})
         except Exception as exc:  # noqa: BLE001 - stomp.py raises a few kinds on a broken socket
             raise BrokerError(f"send failed: {self.inbox.error or exc or type(exc).__name__}") from None

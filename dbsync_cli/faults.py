@@ -16,8 +16,10 @@ DB_PRIVILEGE_CODES = frozenset({1044, 1142, 1143, 1227})
 #: MySQL/MariaDB errors that no retry cures: the missing grants, login refused (1045, 1698), unknown database
 #: (1049), TLS refused (2026)
 DB_OPERATOR_CODES = DB_PRIVILEGE_CODES | {1045, 1049, 1698, 2026}
-#: what open_connection says when the broker refuses our certificate check or our login
-BROKER_MARKERS = ("TLS certificate rejected", "Security Error", "AMQ229031", "certificate verify failed")
+#: what open_connection says when the broker refuses our certificate check or our login (Artemis AMQ229031,
+#: ActiveMQ Classic "User name [x] or password is invalid", RabbitMQ "Bad CONNECT" for a refused login or vhost)
+BROKER_MARKERS = ("TLS certificate rejected", "Security Error", "AMQ229031", "certificate verify failed",
+                  "password is invalid", "Bad CONNECT")
 
 
 def describe(exc: BaseException) -> str:

@@ -33,3 +33,12 @@ def private_file(path: Path) -> Path:
 
 def restrict_process() -> None:
     os.umask(UMASK)
+
+
+def sync_dir(directory: Path) -> None:
+    """A rename in `directory` made durable (a power cut after it must not bring the old name back)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

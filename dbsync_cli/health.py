@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pymysql
 
-from dbsync_cli.broker import BrokerError, open_connection, settings_from_config
+from dbsync_cli.broker import BrokerError, open_connection, server_of, settings_from_config
 from dbsync_cli.config import KEYS, Config
 from dbsync_cli.i18n import _
 
@@ -152,11 +152,12 @@ def probe_broker(cfg: Config, timeout: float) -> dict[str, Any]:
         settings = dataclasses.replace(settings_from_config(cfg), connect_timeout=timeout, heartbeats=(0, 0))
         url = settings.url
         conn = open_connection(settings)
+        server = server_of(conn)  # which broker: how to read its queues (broker_depth)
         with contextlib.suppress(Exception):  # the CONNECTED frame already answered the question
             conn.disconnect()
     except BrokerError as exc:
         return {"url": url, "ok": False, "error": str(exc), "seconds": None}
-    return {"url": url, "ok": True, "error": None, "seconds": round(time.monotonic() - started, 3)}
+    return {"url": url, "ok": True, "error": None, "seconds": round(time.monotonic() - started, 3), "server": server}
 
 
 def connect(cfg: Config, section: str, timeout: float) -> tuple[Any, dict[str, Any]]:

@@ -28,6 +28,13 @@ TEMPLATES: dict[str, str] = {
     "waiting_behind": N_("waiting behind an earlier message for {entity}"),
     "waiting_behind_entry": N_("waiting behind retry entry {entry} for {entity}"),
     "missing_row": N_("{table} {uuid} does not exist at central"),
+    # complex obs files (receiver/complex_files.py, receiver/file_lane.py)
+    "file_waiting": N_("waiting for complex obs file {name} of site {site}"),
+    "file_name_refused": N_("complex obs file name {name} refused ({why}): it could leave the folder"),
+    "file_conflict": N_("complex obs file {name}: central holds other bytes under this name ({why}); not "
+                        "overwritten"),
+    "file_chunk_refused": N_("complex obs file {name}, chunk {seq}: {why}"),
+    "file_digest": N_("complex obs file {name}: the assembled bytes do not match the sha256 the site sent"),
     # a body that is no sync message (receiver/message.py, wire.check): parked as an error
     "too_large": N_("message of {size} bytes exceeds the {limit}-byte limit"),
     "malformed_json": N_("malformed JSON: {error}"),
@@ -94,6 +101,8 @@ TEMPLATES: dict[str, str] = {
     "unpacked_from": N_("unpacked from envelope {envelope}"),
     "unpacked_into": N_("unpacked into {count} entries"),
     "superseded": N_("a newer change of its row has been applied since"),
+    # the archive (receiver/archive.py): an operator's decision about a parked message
+    "resolved_as": N_("conflict resolved: {mode}"),
     # conflicts and skips (receiver/conflict.py)
     "stale": N_("incoming change ({incoming}) is older than central ({central})"),
     "older_position": N_("from {position}, before the change applied last ({last})"),
@@ -111,6 +120,12 @@ TEMPLATES: dict[str, str] = {
 }
 #: the words an argument may hold that are shown translated: {why}, {direction}, an undated {incoming}
 WORDS = {"is not registered": N_("is not registered"), "is disabled": N_("is disabled"), "ahead": N_("ahead"),
+         # why a complex obs file name is refused (complex_obs.refusal) or in conflict (receiver/file_lane.py)
+         "empty": N_("empty"), "NUL byte": N_("NUL byte"), "path separator": N_("path separator"),
+         "not a file name": N_("not a file name"), "control character": N_("control character"),
+         "another site's file": N_("another site's file"), "not sent by dbsync": N_("not sent by dbsync"),
+         "the site sent other bytes before": N_("the site sent other bytes before"),
+         "changed at central": N_("changed at central"), "not a regular file": N_("not a regular file"),
          "behind": N_("behind"), "undated": N_("undated"),
          # what orjson says of a body that is not JSON (the `error` of malformed_json), its position cut off
          "unexpected end of data": N_("unexpected end of data"),

@@ -67,6 +67,7 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
     "conflicts list": _STATE, "conflicts show": _STATE, "conflicts resolve": (*_STATE, exitcodes.RECEIVER_BUSY),
     "retry list": _STATE, "retry show": _STATE, "retry drop": (*_STATE, exitcodes.RECEIVER_BUSY),
     "retry again": (*_STATE, exitcodes.RECEIVER_BUSY),
+    "archive list": _STATE, "archive show": _STATE,
     "sites add": _DB, "sites list": _DB, "sites disable": _DB, "sites enable": _DB, "sites remove": _DB,
     "sites update": _DB,
 }
@@ -161,6 +162,16 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                    ("One site's permanent errors, as JSON:",
                     "dbsync retry list -c receiver.toml --site site1 --kind permanent --json")],
     "retry show": [("One entry with the message it holds:", "dbsync retry show 42 -c receiver.toml")],
+    "archive list": [("Everything central did with one row, oldest first:",
+                      "dbsync archive list -c receiver.toml --uuid 0f9a1c2e-4b6d-4e8f-a1b3-c5d7e9f1a2b4"),
+                     ("Everything of one patient (their person uuid) in the last week, as JSON:",
+                      "dbsync archive list -c receiver.toml --patient 5b5e2c3a-8a4f-4c5e-9d2b-3f1e6a7b8c9d "
+                      "--since 7d --json"),
+                     ("What one site sent that was parked for retry yesterday:",
+                      "dbsync archive list -c receiver.toml --site site1 --outcome retry --since 2026-12-06 "
+                      "--until 2026-12-07")],
+    "archive show": [("One archive row: the message as it came and every outcome it had:",
+                      "dbsync archive show 1234 -c receiver.toml")],
     "retry again": [("Retry the whole queue after creating missing metadata:", "dbsync retry again -c receiver.toml"),
                     ("Retry one site's entries about one table, without a question (scripts):",
                      "dbsync retry again -c receiver.toml --site site1 --table obs --yes")],

@@ -15,6 +15,8 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mariadbd || missing+=(mariadb-server-core)
 have mariadb || missing+=(mariadb-client)
 have java || missing+=(openjdk-17-jre-headless)   # Artemis
+have javac || missing+=(openjdk-17-jdk-headless)  # the embedded ActiveMQ Classic's launcher (devtools/services)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)  # tests/service/test_brokers.py
 have openssl || missing+=(openssl)                # dev CA and broker certificate
 have python3 || missing+=(python3)
 have chromium || missing+=(chromium)              # the console's browser tests (selenium drives it)
@@ -25,6 +27,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "scripts/test: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates "${missing[@]}"
+  case " ${missing[*]} " in
+    *" rabbitmq-server "*)  # the tests run a node of their own on other ports: the package's service stays off
+      if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now rabbitmq-server epmd.socket epmd.service >/dev/null 2>&1 || true
+      fi ;;
+  esac
 fi
 
 # --- Python environment: a venv of the project's own, with the pinned versions of requirements.lock -------

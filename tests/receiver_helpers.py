@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pymysql
 from helpers import dbsync, sender_config
 
 from dbsync_cli.db import DbParams
@@ -102,3 +103,15 @@ def make_site(openmrs_db, services, tmp_path: Path, broker, *, name: str = "site
     site = Site(admin, conf, env, home)
     site.initial = site.messages()  # the initial snapshot of the metadata rows (admin, daemon, …)
     return site
+
+
+def plain_sql(params: Any, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """A checker's own connection (plain pymysql, nothing of dbsync's): all rows of one statement."""
+    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
+                           database=params.database, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()

@@ -13,6 +13,7 @@ import typer.main
 from dbsync_cli import __version__, exitcodes, i18n, logs, space
 from dbsync_cli.broker import BrokerError
 from dbsync_cli.cli import (
+    archive_cmd,
     bundle_cmds,
     common,
     config_cmd,
@@ -74,6 +75,7 @@ app.command("apply")(receiver_cmds.apply)
 app.command("receiver")(receiver_cmds.receiver)
 app.add_typer(receiver_cmds.conflicts_app, name="conflicts")
 app.add_typer(retry_cmd.app, name="retry")
+app.add_typer(archive_cmd.app, name="archive")
 app.command("consume")(receiver_admin.consume)
 app.add_typer(receiver_admin.sites_app, name="sites")
 app.command("status")(status_cmd.status)

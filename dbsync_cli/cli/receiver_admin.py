@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import Annotated, Any
 
 import pymysql
@@ -21,6 +22,7 @@ from dbsync_cli.openmrs import SchemaError
 from dbsync_cli.receiver import adopt_held, central, state
 from dbsync_cli.receiver import run as run_mod
 from dbsync_cli.receiver.consume import consume as consume_stage
+from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync")
 
@@ -62,12 +64,18 @@ def consume(
     stop = stop_on_signals()
     _state_conn(cfg).close()
     settings = central.consume_settings(cfg)
+    lane_stop = threading.Event()
+    if cfg["receiver.complex_obs_dir"]:  # complex obs files arrive as they do with `dbsync receiver`
+        threading.Thread(target=supervise, args=("files", run_mod.files_lane(cfg, lane_stop), lane_stop),
+                         name="files", daemon=True).start()
     try:
         count = records.write(consume_stage(settings, stop, max_messages=max_messages, idle_seconds=idle_exit))
     except BrokerError as exc:  # a refused subscription (broker_refusals) carries its own operator-fault code
         common.fail(" ".join(str(exc).split()), getattr(exc, "code", exitcodes.UNREACHABLE))
     except BrokenPipeError:
         raise typer.Exit(exitcodes.OK) from None
+    finally:
+        lane_stop.set()
     log.info("consume: %d records", count)
 
 

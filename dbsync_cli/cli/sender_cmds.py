@@ -94,9 +94,10 @@ def publish(
     messages = records.read(sys.stdin.buffer, "stdin", max_bytes=None)
     confirmed = publish_stage(messages, sender_mod.publish_settings(cfg, stop), sender_mod.on_confirmed(cfg, store),
                               on_sent=store.count_sent, on_dropped=store.count_dropped,
-                              on_refused=store.note_refusal)
+                              on_refused=store.note_refusal, on_batch=sender_mod.files_of(cfg, store))
     try:
-        count = records.write(confirmed) if echo else sum(1 for _message in confirmed)
+        with sender_mod.FilesBeside(cfg, stop):  # complex obs files travel as they do with `dbsync sender`
+            count = records.write(confirmed) if echo else sum(1 for _message in confirmed)
     except CaptureStop as exc:  # e.g. the broker's certificate is not trusted: retrying cannot help
         common.fail(str(exc), exc.code)
     finally:

@@ -209,12 +209,28 @@ def _receiver_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (_("retry queue"), queue("retry_queue", "size") + _retry_kinds(report.get("retry_queue")), "retry_queue"),
         (_("conflicts"), queue("conflicts", "unresolved"), "conflicts"),
         (_("placeholder fillers"), "?" if report.get("fillers") is None else str(report["fillers"]), "fillers"),
+        (_("archive"), _archive(report.get("archive")), "archive"),
         ("OpenMRS REST", rest_text, "rest"),
         (_("central db"), _probe(report.get("central_db"), report.get("central_db", {}).get("address", "")),
          "central_db"),
         (_("broker"), _probe(report.get("broker"), report.get("broker", {}).get("url", "")), "broker"),
         (_("dead letters"), _dead_letters(report.get("broker") or {}), "dead_letters"),
     ]
+
+
+def _archive(archive: dict[str, Any] | None) -> str:
+    """`12,345 rows, 3.2 MB since 2026-11-07 (30 days); pruned 9,000 by age, 0 by size`, or off."""
+    if archive is None:
+        return "?"
+    text = _("off (receiver.archive_days = 0)") if not archive["days"] else _(
+        "{rows:,} rows, {mb:.1f} MB since {oldest} (keeps {days} days{cap})").format(
+        rows=archive["rows"], mb=archive["bytes"] / 1048576, oldest=archive["oldest_day"] or "-",
+        days=archive["days"], cap=_(", at most {mb:g} MB").format(mb=archive["max_mb"]) if archive["max_mb"] else "")
+    pruned = archive.get("pruned") or {}
+    if pruned:
+        text += "; " + _("pruned {age:,} rows by age, {size:,} by size").format(
+            age=pruned.get("age", {}).get("rows", 0), size=pruned.get("size", {}).get("rows", 0))
+    return text
 
 
 def _retry_kinds(retry: dict[str, Any] | None) -> str:
@@ -233,5 +249,5 @@ def _dead_letters(broker: dict[str, Any]) -> str:
     """The dead-letter and expiry queues' counts, each with its queue name ("?" when they could not be read)."""
     counts, queues = broker.get("dead_letters"), broker.get("dead_letter_queues") or {}
     if not counts:
-        return "?"
+        return str(broker.get("dead_letters_note") or "?")
     return ", ".join(f"{counts[kind]} ({queues.get(kind, kind)})" for kind in ("dead_letter", "expiry"))

@@ -12,6 +12,7 @@ to the audit log.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import secrets
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dbsync_cli.config import Config
 from dbsync_cli.console import i18n
+from dbsync_cli.console.archive_pages import archive_routes
 from dbsync_cli.console.data import Console, SenderConsole
 from dbsync_cli.console.users import User, authenticate, current_user, end_sessions
 from dbsync_cli.i18n import _
@@ -165,6 +167,7 @@ def create_app(cfg: Config, users_file: Path, secret_key: str, *, https: bool = 
         routes += _sender_routes(sender, render, page, metrics_token)
     if console is not None:
         routes += _receiver_routes(console, render, page, user_of, lang_of, metrics_token)
+        routes += archive_routes(console, render, page)
     middleware = [Middleware(SessionMiddleware, secret_key=secret_key, session_cookie="dbsync_console",
                              max_age=cfg["console.session_hours"] * 3600, same_site="strict", https_only=https),
                   Middleware(UserLanguage)]
@@ -316,9 +319,13 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
         if error:
             request.session["flash"] = error
         total, _pinned = await run_in_threadpool(console.count, chosen)
-        return render(request, "retry.html", entries=await run_in_threadpool(console.retry_entries, chosen),
-                      total=total, chosen=chosen, kinds=selection.RETRY_KINDS,
-                      requests=await run_in_threadpool(console.requests))
+        entries = await run_in_threadpool(console.retry_entries, chosen)
+        shown = next((e for e in entries if str(e["id"]) == request.query_params.get("history")), None)
+        history = None if shown is None else await run_in_threadpool(functools.partial(
+            console.history, uuid=(shown["entity"] or "").partition(":")[2] or None, message_id=shown["message_id"]))
+        return render(request, "retry.html", entries=entries, total=total, chosen=chosen,
+                      kinds=selection.RETRY_KINDS, requests=await run_in_threadpool(console.requests),
+                      history_of=shown, history=history)
 
     async def retry_action(request: Request) -> Response:
         number, action = int(request.path_params["number"]), request.path_params["action"]
@@ -380,7 +387,8 @@ def _receiver_routes(console: Console, render: Callable[..., Response], page: Ca
             conflict, rows = await run_in_threadpool(console.conflict, int(request.path_params["number"]))
         except Exception as exc:  # noqa: BLE001 - a conflict that does not exist, or its rows cannot be read
             return render(request, "message.html", 404, text=str(exc))
-        return render(request, "conflict.html", conflict=conflict, rows=rows)
+        history = await run_in_threadpool(functools.partial(console.history, uuid=conflict["uuid"]))
+        return render(request, "conflict.html", conflict=conflict, rows=rows, history=history)
 
     async def conflict_resolve(request: Request) -> Response:
         number = int(request.path_params["number"])

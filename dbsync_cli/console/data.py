@@ -11,7 +11,7 @@ from dbsync_cli.config import Config
 from dbsync_cli.console import charts
 from dbsync_cli.console.worker import Worker
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import actions, conflicts, selection, state
+from dbsync_cli.receiver import actions, archive_query, conflicts, selection, state
 from dbsync_cli.receiver.rest import rest_status
 from dbsync_cli.receiver.run import Receiver
 from dbsync_cli.receiver.selection import Selection
@@ -88,6 +88,23 @@ class Console:
             return found.summary(), rows
         finally:
             applier.close()
+
+    def archive(self, filters: archive_query.Filters) -> list[dict[str, Any]]:
+        """Archive rows matching `filters` (the search page), oldest first."""
+        return self.receiver.archive(filters)
+
+    def archive_entry(self, number: int) -> dict[str, Any]:
+        """One archive row, its message as it came and every outcome of it."""
+        return self.receiver.archive_entry(number)
+
+    def history(self, *, uuid: str | None = None, message_id: str | None = None, limit: int = 50
+                ) -> list[dict[str, Any]]:
+        """The "history of this row" panel: what the archive holds of a row (its uuid), or of one message when the
+        row is unknown (a message that could not be parsed)."""
+        if not uuid and not message_id:
+            return []
+        return self.receiver.archive(archive_query.Filters(uuid=uuid, message_id=None if uuid else message_id,
+                                                           limit=limit))
 
     def charts(self, site: str, label: Callable[[str], str]) -> list[dict[str, str]]:
         """The site's throughput and backlog over the last 24 hours (per 5 minutes) and 30 days (per hour)."""

@@ -57,10 +57,15 @@ def canonical_row(table: SyncedTable, data: Mapping[str, Any],
             for c in sorted(table.data_columns if columns is None else columns)]
 
 
-def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any], columns: Iterable[str] | None = None) -> str:
+def row_digest(table: SyncedTable, uuid: str, data: Mapping[str, Any], columns: Iterable[str] | None = None,
+               file_digest: str | None = None) -> str:
     """32 hex characters: the blake2b digest of the table, the uuid and the canonical row (every uuid in its
-    canonical letter case: a site may spell one as central does not)."""
-    body = orjson.dumps([table.name, wire.canonical_uuid(uuid), canonical_row(table, data, columns)])
+    canonical letter case: a site may spell one as central does not), and of a complex obs's file when each side
+    has its folder (complex_obs.digest_for_verify): a file changed at central makes its obs differ."""
+    row: list[Any] = [table.name, wire.canonical_uuid(uuid), canonical_row(table, data, columns)]
+    if file_digest is not None:
+        row.append(["$file", file_digest])
+    body = orjson.dumps(row)
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

@@ -71,6 +71,7 @@ class ActionLane:
 
     def _step(self, running: _Running) -> None:
         token = i18n.use(running.lang)  # the requester's language, for its one-line answer
+        self.applier.actor = running.who  # the archive says who decided it (live batches between steps: nobody)
         try:
             next(running.steps)
             return
@@ -91,6 +92,7 @@ class ActionLane:
             raise
         finally:
             i18n.reset(token)
+            self.applier.actor = None
         self.current = None
         _finish(self.applier, running.request, state, _done(result))
         self.served += 1

@@ -95,7 +95,11 @@ def run(applier: Applier, action: str, args: dict[str, Any], *, who: str, wait: 
         applier.claim(wait=0)
     except AlreadyApplying:
         return _hand_over(applier, action, args, who, wait)
-    return _done(perform(applier, action, args))
+    applier.actor = who  # the archive says who decided what this action changes
+    try:
+        return _done(perform(applier, action, args))
+    finally:
+        applier.actor = None
 
 
 def _done(result: dict[str, Any]) -> dict[str, Any]:

@@ -16,14 +16,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dbsync_cli import complex_obs
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
+from dbsync_cli.openmrs.patients import Links
 from dbsync_cli.openmrs.rules import REST_RESOURCES
-from dbsync_cli.receiver import adopt, bookkeeping, reasons, state, trust
+from dbsync_cli.receiver import adopt, archive, bookkeeping, complex_files, reasons, state, trust
 from dbsync_cli.receiver.adopt_held import HeldRows
-from dbsync_cli.receiver.batch import Batch, Outcome, failure_reason, log_outcomes, now
+from dbsync_cli.receiver.batch import ArchiveEntry, Batch, Outcome, failure_reason, log_outcomes, now
 from dbsync_cli.receiver.conflict import FUTURE_DATED, HASH, Verdict, amount, judge
 from dbsync_cli.receiver.current_rows import (
     LOCK_RETRIES,
@@ -78,11 +80,15 @@ class ApplySettings:
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
     future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
+    archive_days: int = DEFAULTS.receiver.archive_days  # 0: no archive of handled messages (receiver/archive.py)
+    complex_obs: bool = False  # receiver.complex_obs_dir is set: an obs waits for its file (complex_files.py)
     set_apply: bool = DEFAULTS.receiver.set_apply  # plain rows written set-based (set_apply.py) before the rest
 
 
 class Applier:
     _clock: tuple[dt.datetime, float] | None = None  # central's UTC clock read at a monotonic time (_central_now)
+    #: who decides the outcomes being written (an operator's action: the console user or the CLI's); None: the receiver
+    actor: str | None = None
     _future_logged: frozenset[str] = frozenset()  # sites whose future-dated changes were logged once
 
     def __init__(self, settings: ApplySettings, model: SchemaModel):
@@ -115,12 +121,14 @@ class Applier:
         # batch up front (None outside a batch): entity_hash only changes in finish_batch.
         self.rows = CurrentRows(self.conn, model, self.statements)
         self.set_path = SetApply(model, self.ids, self.convert.value, self.s, consecutive=consecutive,
-                                 rest_enabled=settings.rest_enabled, peek=self.rows.peek,
+                                 rest_enabled=settings.rest_enabled, complex_obs=settings.complex_obs,
+                                 peek=self.rows.peek,
                                  central_now=self._central_now, tolerance=settings.future_tolerance_seconds,
                                  max_bytes=min(GROUP_BYTES, int(packet) // 2)) if set_based else None
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.held_rows = HeldRows(self.s)  # what central held when each adopting site was registered: never adopted
+        self.links = Links(model.synced)  # who the rows hang off, for the archive
         self.reload_blocked()
 
     def close(self) -> None:
@@ -176,7 +184,7 @@ class Applier:
 
     def park(self, cur: Any, item: Parsed, reason: str, batch: Batch, kind: str = "retry") -> Outcome:
         """Put a message in the retry queue ("error": it never applies as it is) inside the caller's transaction."""
-        return self._park(cur, item, reason, batch, kind)
+        return self._archived(batch, item, self._park(cur, item, reason, batch, kind), from_queue=True)
 
     def parse_stored(self, raw: bytes, message_id: str, site: str | None, broker_user: str | None = None,
                      header_site: str | None = None) -> Parsed:
@@ -192,7 +200,31 @@ class Applier:
         `from_queue`: the message is the one its entity waits for (it is not parked behind itself); `force`
         skips the conflict rule and the order guard; `only` limits an update to these columns (--merge)."""
         batch.digests.setdefault(item.message_id, item.digest())
-        return self._one(cur, item, batch, from_queue=from_queue, force=force, only=only)
+        return self._archived(batch, item, self._one(cur, item, batch, from_queue=from_queue, force=force, only=only),
+                              from_queue=from_queue)
+
+    def archived(self, batch: Batch, entry: ArchiveEntry) -> None:
+        """Keep `entry` for the archive, written with the batch (nothing when the archive is off)."""
+        if self.settings.archive_days > 0:
+            batch.archive.append(entry)
+
+    def write_archive(self, cur: Any, batch: Batch) -> None:
+        """The archive entries `batch` collected, in the caller's transaction (finish_batch does it too)."""
+        archive.write(cur, self.s, batch.archive, now())
+        batch.archive.clear()
+
+    def archive_dropped(self, cur: Any, ids: list[int]) -> None:
+        """Retry entries `ids`, about to be dropped by an operator (`self.actor`), as events of their messages."""
+        if self.settings.archive_days > 0:
+            archive.write(cur, self.s, archive.queue_events(cur, self.s, ids, "dropped", self.actor), now())
+
+    def _archived(self, batch: Batch, item: Parsed, outcome: Outcome, *, from_queue: bool = False) -> Outcome:
+        """`outcome` kept for the archive; from the retry or conflict queue its decider is the operator acting, or
+        the retry pass."""
+        if self.settings.archive_days > 0:  # off: not even worked out
+            actor = self.actor or (archive.RETRY_ACTOR if from_queue else None)
+            batch.archive.append(archive.entry(item, outcome, self.links, actor=actor, from_queue=from_queue))
+        return outcome
 
     def rolled_back(self) -> None:
         """After a rollback (to a savepoint): cached ids may name rows that no longer exist."""
@@ -203,7 +235,10 @@ class Applier:
         """Write what `batch` collected (entity hashes, handled ids, inbox deletions, REST calls, site status) in
         the caller's transaction, which commits it with the changes."""
         site_ids = {identifier: self.sites[identifier].id for identifier in batch.sites}
-        bookkeeping.write_batch(cur, self.s, batch, site_ids, now(), self._hashes)
+        stamp = now()
+        bookkeeping.write_batch(cur, self.s, batch, site_ids, stamp, self._hashes)
+        archive.write(cur, self.s, batch.archive, stamp)
+        batch.archive.clear()
 
     def rebaseline(self, cur: Any, table: SyncedTable, uuid: str, site: str, position: SourcePosition | None,
                    key: Any, owner: str | None = None) -> None:
@@ -327,8 +362,8 @@ class Applier:
         for index, item in enumerate(parsed):
             if item.inbox is not None:
                 batch.inbox.append(item.inbox)
-            if written and index in written:  # applied by the set path
-                batch.outcomes.append(written[index])
+            if written and index in written:  # applied by the set path: archived like any other
+                batch.outcomes.append(self._archived(batch, item, written[index]))
                 continue
             digest = item.digest()
             if item.message_id in done:
@@ -344,14 +379,14 @@ class Applier:
             if careful:
                 cur.execute(sql("SAVEPOINT {}", quote(f"m{index}")))
             try:
-                batch.outcomes.append(self._one(cur, item, batch))
+                batch.outcomes.append(self._archived(batch, item, self._one(cur, item, batch)))
             except Exception as exc:
                 if not careful or operator_fault(exc) or deadlock(exc):  # the transaction is gone: retry it
                     raise
                 cur.execute(sql("ROLLBACK TO SAVEPOINT {}", quote(f"m{index}")))
                 self.rolled_back()
-                batch.outcomes.append(self._park(cur, item, reasons.reason("apply_failed", error=failure_reason(exc)),
-                                                 batch))
+                batch.outcomes.append(self._archived(batch, item, self._park(
+                    cur, item, reasons.reason("apply_failed", error=failure_reason(exc)), batch)))
 
     # ---- one message ---------------------------------------------------------------------------------------
     def _one(self, cur: Any, item: Parsed, batch: Batch, *, from_queue: bool = False, force: bool = False,
@@ -380,6 +415,8 @@ class Applier:
         except MessageError as exc:
             why = exc.args[0] if exc.args else str(exc)  # a Reason keeps its code
             return self._park(cur, item, why, batch, kind="error", cause=state.central_cause(why))
+        except complex_files.FileWaiting as exc:  # its file is not in central's folder yet
+            return self._park(cur, item, exc.why, batch, cause=exc.cause)
         if outcome.outcome == "applied":
             count, _ = batch.sites.get(site.identifier, (0, ""))
             batch.sites[site.identifier] = (count + 1, item.message_id)
@@ -427,12 +464,20 @@ class Applier:
                 return self._skipped(item, verdict, batch)
             cur.execute(self.statements.get(("delete", table.name), lambda: sql(
                 "DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key))), (key,))
+            if self.settings.complex_obs and table.name == complex_obs.TABLE:  # OpenMRS's purgeObs removes the file
+                name = complex_obs.file_name(current.get(complex_obs.COLUMN))
+                if name is not None and complex_obs.refusal(name) is None:
+                    complex_files.purge(cur, self.s, message["site"], name)
             if not table.is_subclass:
                 self.ids.forget(ident, uuid)
             batch.touched.pop((table.name, key), None)
             self._applied_at(cur, batch, table, uuid, position, message["site"])
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
+        if self.settings.complex_obs and table.name == complex_obs.TABLE:
+            refused = complex_files.check_obs(cur, self.s, message["site"], uuid, data, current)
+            if refused is not None:
+                raise MessageError(refused)
         if only is not None:
             unknown = sorted(set(only) - set(data))
             if unknown:

@@ -31,6 +31,23 @@ class Outcome:
 
 
 @dataclass
+class ArchiveEntry:
+    """One outcome of one message as the archive keeps it (receiver/archive.py writes them with the batch)."""
+    message_id: str
+    outcome: str
+    site: str | None = None
+    table: str | None = None
+    op: str | None = None
+    uuid: str | None = None
+    reason: str | None = None
+    actor: str | None = None  # who decided it (None: the receiver applying live)
+    raw: bytes | None = None  # the wire form; None: an event of a message archived before (drop, resolve)
+    body: str = "always"  # always | unless_kept (a queued message: its first outcome kept its body) | never
+    persons: list[str] = field(default_factory=list)  # the people it names itself
+    parents: list[str] = field(default_factory=list)  # the rows it hangs off, whose people are its people
+
+
+@dataclass
 class Batch:
     outcomes: list[Outcome] = field(default_factory=list)
     handled: list[str] = field(default_factory=list)
@@ -45,6 +62,7 @@ class Batch:
     owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, uuid) → owner, for rows written here
     # (site, reason, table) → (count, last message id)
     skipped: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
+    archive: list[ArchiveEntry] = field(default_factory=list)  # outcomes for the archive (empty when it is off)
 
     def skip(self, site: str | None, reason: str, message_id: str, table: str | None = None) -> None:
         """Count a message apply decided not to apply (duplicate, stale, central_owned): never silent."""

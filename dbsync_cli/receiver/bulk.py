@@ -83,6 +83,7 @@ def drop(applier: Applier, chosen: Selection, progress: Progress | None = None) 
             keys = [row[0] for row in cur.fetchall()]
             held += len(keys)
             entities.update(keys)
+            applier.archive_dropped(cur, page)
             retry_queue.delete_entries(cur, s, page)
             dropped += len(page)
         applier.conn.commit()

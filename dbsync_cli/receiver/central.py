@@ -40,6 +40,15 @@ def migrate_state(cfg: Config) -> int:
         conn.close()
 
 
+def files_settings(cfg: Config) -> ConsumeSettings:
+    """ConsumeSettings of the file lane: ``<destination>.files``, always a queue, a small window."""
+    from dbsync_cli import complex_obs
+    from dbsync_cli.receiver.file_lane import WINDOW_BYTES
+
+    return consume_settings(cfg, destination=complex_obs.destination(cfg["broker.destination"]),
+                            destination_type="queue", consumer_window=WINDOW_BYTES, batch_messages=8)
+
+
 def consume_settings(cfg: Config, **overrides: Any) -> ConsumeSettings:
     """ConsumeSettings for ``broker.destination`` (queue or durable topic subscription)."""
     from dbsync_cli.receiver.consume import ConsumeSettings
@@ -62,7 +71,8 @@ def control_settings(cfg: Config) -> ControlSettings:
     from dbsync_cli.receiver.control_service import ControlSettings
 
     return ControlSettings(broker=broker_settings(cfg), db=central_db(cfg), state_schema=state_schema(cfg),
-                           destination=cfg["broker.destination"], timezone=cfg["receiver.timezone"])
+                           destination=cfg["broker.destination"], timezone=cfg["receiver.timezone"],
+                           complex_obs_dir=cfg["receiver.complex_obs_dir"])
 
 
 def rest_settings(cfg: Config) -> RestSettings | None:

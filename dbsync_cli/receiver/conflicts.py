@@ -14,7 +14,7 @@ import pymysql.cursors
 
 from dbsync_cli import wire
 from dbsync_cli.i18n import _
-from dbsync_cli.receiver import reasons, state
+from dbsync_cli.receiver import archive, reasons, state
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, now
 from dbsync_cli.receiver.bookkeeping import set_owner
@@ -202,9 +202,15 @@ def resolve(applier: Applier, number: int, mode: str, merge_columns: list[str] |
             _rebaseline(applier, cur, conflict)
         cur.execute(sql("UPDATE {}.receiver_conflict_queue SET resolved = 1, resolution = %s, date_resolved = %s "
                         "WHERE id = %s", s), (mode, now(), number))
+        resolved = Batch()
+        applier.archived(resolved, archive.event(conflict.message_id, "resolved", site=conflict.site,
+                                                 table=conflict.table, uuid=conflict.uuid,
+                                                 reason=reasons.reason("resolved_as", mode=mode),
+                                                 actor=applier.actor or who()))
+        applier.write_archive(cur, resolved)
     applier.conn.commit()
     log.info("conflict %d (%s %s %s from %s) resolved %s by %s", number, conflict.table, conflict.uuid,
-             conflict.message_id, conflict.site, mode, who())
+             conflict.message_id, conflict.site, mode, applier.actor or who())
     applier.reload_blocked()
     if not release:
         return _("conflict {number} resolved ({mode})").format(number=number, mode=_(mode))

@@ -32,14 +32,15 @@ import pymysql
 import stomp
 import stomp.exception
 
-from dbsync_cli import wire
-from dbsync_cli.broker import BrokerError, BrokerSettings, open_connection
+from dbsync_cli import exitcodes, wire
+from dbsync_cli.broker import BrokerError, BrokerSettings, error_text, open_connection, server_of
+from dbsync_cli.broker_kind import Dialect, TopicRefused, dialect
 from dbsync_cli.broker_queue import dead_letter_queues
-from dbsync_cli.broker_refusals import refusal
+from dbsync_cli.broker_refusals import BrokerRefused, refusal
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.faults import operator_fault
-from dbsync_cli.receiver import inbox, state
+from dbsync_cli.receiver import inbox, state, trust
 from dbsync_cli.receiver.inbox import InboxRow, pending_rows
 from dbsync_cli.receiver.reasons import Reason, reason
 from dbsync_cli.retrying import backoff
@@ -100,8 +101,7 @@ class _Deliveries(stomp.ConnectionListener):
     def on_error(self, frame: Any) -> None:
         if self.desynced.is_set():
             return  # possibly a frame the sender wrote into a message: the session reconnects anyway
-        body = frame.body.decode("utf-8", "replace") if isinstance(frame.body, bytes) else (frame.body or "")
-        self.error = (frame.headers.get("message") or "ERROR frame") + (f": {body[:200]}" if body else "")
+        self.error = error_text(frame)
         log.error("broker error: %s", " ".join(self.error.split()))
 
     def on_disconnected(self) -> None:
@@ -196,14 +196,17 @@ class Consumer:
                             delay)
                 self.stop.wait(delay)
 
-    def _subscribe_headers(self) -> dict[str, str]:
-        headers = {"consumer-window-size": str(self.settings.consumer_window)}
-        if self.settings.destination_type == "topic":
-            headers["subscription-type"] = "MULTICAST"
-            headers["durable-subscription-name"] = self.settings.subscription
-        else:
-            headers["subscription-type"] = "ANYCAST"
-        return headers
+    def _subscription(self, speak: Dialect) -> tuple[str, str, dict[str, str]]:
+        """Destination, subscription id and headers in the broker's own dialect (broker_kind); topic mode on a
+        broker whose fan-out is unknown stops the receiver with one line instead of losing messages."""
+        settings = self.settings
+        try:
+            sub = speak.subscription(settings.destination, topic=settings.destination_type == "topic",
+                                     subscription=settings.subscription, client_id=settings.client_id,
+                                     window=settings.consumer_window, default_id=SUBSCRIPTION_ID)
+        except TopicRefused as exc:
+            raise BrokerRefused(str(exc), permanent=True, code=exitcodes.CONFIG, kind="topic") from None
+        return sub.destination, sub.id, sub.headers
 
     def _session(self) -> Iterator[list[InboxRow]]:
         settings = self.settings
@@ -213,11 +216,12 @@ class Consumer:
         conn = open_connection(settings.broker, client_id=client_id, listener=deliveries, auto_decode=False)
         db = None
         try:
+            speak = dialect(server_of(conn))
+            destination, subscription_id, headers = self._subscription(speak)
             db = settings.db.connect(autocommit=False)
-            conn.subscribe(settings.destination, id=SUBSCRIPTION_ID, ack="client-individual",
-                           headers=self._subscribe_headers())
-            log.info("consuming %s %s from %s", settings.destination_type, settings.destination,
-                     settings.broker.address)
+            conn.subscribe(destination, id=subscription_id, ack="client-individual", headers=headers)
+            log.info("consuming %s %s from %s (%s)", settings.destination_type, destination,
+                     settings.broker.address, speak.server or speak.name)
             delivered = False  # an ERROR frame before the first delivery is the broker refusing the SUBSCRIBE
             while not self._finished():
                 limit = settings.batch_messages
@@ -231,6 +235,8 @@ class Consumer:
                     continue
                 delivered = True
                 self.last_delivery = time.monotonic()
+                for frame in frames:
+                    speak.stamp(frame.headers)
                 broken = [frame for frame in frames if "ack" not in frame.headers]
                 frames = [frame for frame in frames if "ack" in frame.headers]
                 rows = self.store(db, frames)
@@ -318,9 +324,7 @@ class Consumer:
         deliveries = []
         limit = self.settings.max_message_bytes
         for frame in frames:
-            user = frame.headers.get(wire.VALIDATED_USER_HEADER) or ""
-            frame.headers[wire.VALIDATED_USER_HEADER] = signed_by or (
-                f"broker:{user}" if user.startswith(wire.SIGNED_USER_PREFIX) else user)
+            frame.headers[wire.VALIDATED_USER_HEADER] = trust.stamped_user(frame.headers, signed_by)
             message_id = wire.delivery_id(frame.headers)
             raw = frame.body if isinstance(frame.body, bytes) else (frame.body or "").encode("utf-8")
             problem = "refused_too_large" if len(raw) > limit else None

@@ -15,8 +15,9 @@ from typing import Any
 
 import stomp
 
-from dbsync_cli import control, wire
-from dbsync_cli.broker import BrokerSettings, open_connection
+from dbsync_cli import complex_obs, control, wire
+from dbsync_cli.broker import BrokerSettings, open_connection, server_of
+from dbsync_cli.broker_kind import dialect
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import DbParams
 from dbsync_cli.openmrs import SchemaModel
@@ -35,23 +36,27 @@ class ControlSettings:
     state_schema: str
     destination: str  # the sync destination; requests arrive on <destination>.control
     timezone: str = DEFAULTS.receiver.timezone
+    complex_obs_dir: str | None = None  # verify compares complex obs files' digests too
 
 
 def serve(settings: ControlSettings, model: SchemaModel, stop: threading.Event) -> None:
     """Answer requests until `stop`; raises on a lost broker or database (the supervisor reconnects)."""
     frames = control.FrameQueue()
     conn = open_connection(settings.broker, listener=frames, auto_decode=False)
+    speak = dialect(server_of(conn))
     db = settings.db.connect()
     try:
         with db.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
-        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone))
+        handler = VerifyHandler(db, settings.state_schema, model, parse_timezone(settings.timezone),
+                                complex_obs.folder(settings.complex_obs_dir))
         conn.subscribe(control.request_destination(settings.destination), id="dbsync-control",
                        ack="client-individual", headers={"subscription-type": "ANYCAST"})
         while not stop.is_set():
             frame = frames.next(conn, 0.5, "control")
             if frame is None or frame.cmd != "MESSAGE":
                 continue
+            speak.stamp(frame.headers)
             _answer(conn, db, settings, handler, frame)
             conn.ack(frame.headers["ack"])
     finally:

@@ -408,6 +408,7 @@ def _unpack(applier: Applier, cur: Any, entry_id: int, message_id: str, items: l
             applier.park(cur, item, item.error, batch, kind="error")
         else:
             applier.park(cur, item, reasons.reason("unpacked_from", envelope=message_id[:80]), batch)
+    applier.write_archive(cur, batch)
     delete_entries(cur, applier.s, [entry_id])
     log.info("retry entry %d (envelope %s): unpacked into %d entries", entry_id, message_id, len(items))
     return Outcome(message_id, "retry", reason=reasons.reason("unpacked_into", count=len(items)))
@@ -417,6 +418,7 @@ def drop_entry(applier: Applier, number: int) -> str:
     """Remove entry `number` for good (an operator decided it must never apply); later messages it held follow."""
     entry = get_entry(applier.conn, applier.settings.state_schema, number)
     with applier.conn.cursor() as cur:
+        applier.archive_dropped(cur, [number])
         delete_entries(cur, applier.s, [number])
     applier.conn.commit()
     log.warning("retry entry %d (%s, %s) dropped by the operator: %s", number, entry.message_id, entry.table,

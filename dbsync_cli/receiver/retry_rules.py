@@ -30,7 +30,7 @@ PERMANENT_CAP = dt.timedelta(hours=6)
 #: registered or enabled, central's schema or settings changed): the clock is only a safety net for it
 RETRIGGERED_CAPS = {TRANSIENT: dt.timedelta(hours=6), PERMANENT: dt.timedelta(hours=24)}
 #: causes whose fix is noticed (state.site_cause, state.CENTRAL_CAUSE, reference_cause)
-RETRIGGERED = ("ref:", "site:", "central")
+RETRIGGERED = ("ref:", "site:", "central", "file:")  # file: the file lane makes it due (complex_files.py)
 
 
 def queue_kind_of(outcome: str) -> str:

@@ -12,12 +12,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pymysql
 
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import inbox, placeholder, state
+from dbsync_cli.receiver import archive_prune, archive_query, complex_files, inbox, placeholder, state
 from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.retry import RetryLane
@@ -34,8 +37,9 @@ def apply_settings(cfg: Config) -> ApplySettings:
         cross_site_changes=cfg["receiver.cross_site_changes"],
         future_tolerance_seconds=cfg["receiver.future_tolerance_seconds"],
         row_lock_wait_seconds=cfg["receiver.row_lock_wait_seconds"], set_apply=cfg["receiver.set_apply"],
-        batch_messages=cfg["receiver.batch_messages"],
+        batch_messages=cfg["receiver.batch_messages"], archive_days=cfg["receiver.archive_days"],
         max_message_bytes=cfg["broker.max_message_bytes"], rest_enabled=bool(cfg.get("openmrs.url")),
+        complex_obs=bool(cfg["receiver.complex_obs_dir"]),
     )
 
 
@@ -74,7 +78,7 @@ def _claim_again(applier: Applier, stop: threading.Event) -> None:
 
 
 def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None, *,
-                   restart: bool = False) -> None:
+                   restart: bool = False, files_arrived: threading.Event | None = None) -> None:
     """The apply loop. At the receiver's start another applier holding the lock is fatal (exit 13: one receiver per
     central); on a `restart` after a failure the lock may be held for a while by an operator's action (`dbsync
     retry`, `conflicts resolve`, the console), which took it while this loop was down: wait for it."""
@@ -92,6 +96,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
     lane = RetryLane(applier, interval)
     requests = ActionLane(applier)  # operators' retry/conflict actions handed over under our lock, in rounds too
     central_changed(applier, cfg)
+    folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
     try:
@@ -103,11 +108,17 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 last_work = time.monotonic()
             if requests.round():
                 last_work = time.monotonic()
+            if files_arrived is not None and files_arrived.is_set():  # obs rows waiting for a file are due now
+                files_arrived.clear()
+                lane.again = True
             lane.round()
             if time.monotonic() - last_housekeeping >= interval:
+                if folder is not None:  # files of obs a site deleted (OpenMRS's purgeObs removes them)
+                    complex_files.sweep(applier.conn, applier.s, folder)
                 # fillers nothing references any more (their placeholders were overwritten), a bounded number
                 placeholder.remove_fillers(applier.conn, applier.model, applier.s)
                 state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
+                prune_archive(applier, cfg)
                 last_housekeeping = time.monotonic()
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
@@ -118,6 +129,19 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 stop.wait(0.2)
     finally:
         applier.close()
+
+
+def prune_archive(applier: Applier, cfg: Config) -> None:
+    """The archive within receiver.archive_days and archive_max_mb (archive_prune.py), on a connection of its own
+    (its DDL waits a few seconds at most for the tables' metadata lock: the applier's must hold none, so commit). A
+    failure is logged and tried again at the next pass: it never stops applying."""
+    applier.conn.commit()
+    try:
+        with cfg.db("central_db").connect(autocommit=False) as conn:
+            archive_prune.prune(conn, applier.settings.state_schema, cfg["receiver.archive_days"],
+                                int(cfg["receiver.archive_max_mb"] * 1024 * 1024))
+    except pymysql.MySQLError as exc:
+        log.warning("archive: pruning failed (%s); the next housekeeping pass tries again", exc)
 
 
 def central_changed(applier: Applier, cfg: Config) -> int:
@@ -168,6 +192,10 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
 
     threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop)),
                part("control", lambda: control_service.serve(central.control_settings(cfg), model, stop))]
+    files_arrived: threading.Event | None = None
+    if cfg["receiver.complex_obs_dir"]:  # complex obs files, on their own lane
+        files_arrived = threading.Event()
+        threads.append(part("files", files_lane(cfg, stop, files_arrived)))
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
@@ -177,7 +205,7 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
 
     def apply_loop() -> None:
         starts[0] += 1
-        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1)
+        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1, files_arrived=files_arrived)
 
     try:
         supervise("apply", apply_loop, stop, once=idle_exit is not None, fatal=(AlreadyApplying,))
@@ -187,6 +215,15 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         thread.join(timeout=30)
     if faults:
         raise faults[0]
+
+
+def files_lane(cfg: Config, stop: threading.Event, arrived: threading.Event | None = None) -> Callable[[], object]:
+    """The complex obs file lane (receiver.complex_obs_dir is set): `dbsync receiver` runs it beside apply, and
+    `dbsync consume` beside itself, so the pipe receives the same files."""
+    from dbsync_cli.receiver import central, file_lane
+
+    folder, limit = Path(cfg["receiver.complex_obs_dir"]).expanduser(), cfg["receiver.complex_obs_max_bytes"]
+    return lambda: file_lane.run_files(central.files_settings(cfg), stop, folder, limit, arrived)
 
 
 class Receiver:
@@ -202,6 +239,16 @@ class Receiver:
     def applier(self) -> Applier:
         """An Applier on the central DB (the caller closes it): apply, retry and conflict resolution."""
         return Applier(apply_settings(self.cfg), load_model(self.cfg))
+
+    def archive(self, filters: archive_query.Filters) -> list[dict[str, Any]]:
+        """Archive rows matching `filters`, oldest first (`dbsync archive list`)."""
+        with self.cfg.db("central_db").connect() as conn:
+            return archive_query.list_rows(conn, self.cfg["central_db.state_schema"], filters)
+
+    def archive_entry(self, number: int) -> dict[str, Any]:
+        """Archive row `number` with its message's wire form and every outcome of it (`dbsync archive show`)."""
+        with self.cfg.db("central_db").connect() as conn:
+            return archive_query.show(conn, self.cfg["central_db.state_schema"], number)
 
     def verify_status(self, site: str | None = None) -> list[dict[str, Any]]:
         """The latest verify result of each site (or of one), as stored at central."""

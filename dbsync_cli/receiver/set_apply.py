@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import pymysql
 
+from dbsync_cli import complex_obs
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
 from dbsync_cli.openmrs.rules import REST_RESOURCES
 from dbsync_cli.receiver import bookkeeping, state
@@ -74,7 +75,7 @@ def _default(value: Any) -> Any:
 
 class SetApply:
     def __init__(self, model: SchemaModel, ids: UuidToId, value_of: Callable[..., Any], schema: Sql, *,
-                 consecutive: bool, rest_enabled: bool, peek: Callable[[str, Any], dict[str, Any] | None],
+                 consecutive: bool, rest_enabled: bool, complex_obs: bool = False, peek: Callable[[str, Any], dict[str, Any] | None],
                  central_now: Callable[[Any], dt.datetime], tolerance: float, max_bytes: int = SET_BYTES) -> None:
         self.model = model
         self.ids = ids
@@ -82,6 +83,7 @@ class SetApply:
         self.s = schema
         self.consecutive = consecutive
         self.rest_enabled = rest_enabled
+        self.complex_obs = complex_obs  # receiver.complex_obs_dir is set: an obs naming a file waits for it
         self.peek = peek  # (table, key) → central's row as the batch's locked read found it (None: none)
         self.central_now = central_now  # central's clock (cursor → naive, central's zone)
         self.tolerance = tolerance  # seconds a change may be dated past central's clock and still count as now
@@ -113,7 +115,11 @@ class SetApply:
                     raise Unfit
                 seen_rows.add((row.table.name, row.uuid))
                 assert item.message is not None
-                convert(self.plans, self.ids, self.value_of, row.table, item.message.get("data") or {}, row)
+                data = item.message.get("data") or {}
+                if self.complex_obs and row.table.name == complex_obs.TABLE \
+                        and complex_obs.file_name(data.get(complex_obs.COLUMN)) is not None:
+                    raise Unfit  # its file may not be at central yet: the per-row path waits for it (complex_files.py)
+                convert(self.plans, self.ids, self.value_of, row.table, data, row)
                 if row.update and future_dated(row, self.central_now(cur), self.tolerance):
                     raise Unfit
             except Unfit:

@@ -48,6 +48,20 @@ def _fillers(cur: Any, s: Sql) -> int | None:
     return int(cur.fetchone()[0])
 
 
+def _archive(conn: Any, schema: str, cfg: Config) -> dict[str, Any] | None:
+    """What the archive holds and what pruning removed (None before the receiver upgraded the state schema)."""
+    from dbsync_cli.receiver.archive_prune import stats
+
+    try:
+        found = stats(conn, schema)
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:  # no such table
+            raise
+        conn.rollback()
+        return None
+    return {**found, "days": cfg["receiver.archive_days"], "max_mb": cfg["receiver.archive_max_mb"]}
+
+
 def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     now: dt.datetime | None = None) -> dict[str, Any]:
     from dbsync_cli.receiver import state
@@ -61,7 +75,7 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
     schema = cfg["central_db.state_schema"]
     data = report.data
     data.update({"state_schema": schema, "sites": [], "inbox": None, "retry_queue": None, "conflicts": None,
-                 "rest": None, "fillers": None})
+                 "rest": None, "fillers": None, "archive": None})
     conn, central = connect(cfg, "central_db", timeout)
     data["central_db"] = central
     silent_max: float | None = None
@@ -107,6 +121,8 @@ def receiver_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                     data["conflicts"] = {"unresolved": size_, "oldest": utc(oldest),
                                          "oldest_seconds": seconds_between(now, oldest)}
                     data["fillers"] = _fillers(cur, s)
+                data["archive"] = _archive(conn, schema, cfg)
+                _complex_obs(report, conn, s, cfg)
                 rest = rest_status(conn, schema)
                 rest["enabled"] = bool(cfg.get("openmrs.url"))
                 rest["last_error_date"] = utc(rest["last_error_date"])
@@ -171,13 +187,20 @@ def consumed_queue(cfg: Config) -> str:
 
 
 def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: float, lim: dict[str, int]) -> None:
-    """Messages waiting at the broker that nobody consumes (a receiver down or stuck): the inbox cannot see them."""
+    """Messages waiting at the broker that nobody consumes (a receiver down or stuck): the inbox cannot see them.
+    Read the broker's own way (broker_depth); a broker that offers none is noted once, not a warning."""
     from dbsync_cli.broker import BrokerError, settings_from_config
-    from dbsync_cli.broker_queue import QueueStatsError, queue_stats
+    from dbsync_cli.broker_depth import NotAvailable, depth
+    from dbsync_cli.broker_queue import QueueStatsError
 
     name = consumed_queue(cfg)
     try:
-        stats = queue_stats(settings_from_config(cfg), name, timeout)
+        stats = depth(settings_from_config(cfg), name, server=broker.get("server"), timeout=timeout,
+                      topic=cfg["broker.destination_type"] == "topic", management_url=cfg.get("broker.management_url"))
+    except NotAvailable as exc:
+        broker["queue"] = {"name": name, "available": False, "note": str(exc)}
+        report.notes.append(_("broker queue {queue}: {why}").format(queue=name, why=exc))
+        return
     except (BrokerError, QueueStatsError) as exc:
         broker["queue"] = {"name": name, "error": str(exc)}
         report.problem(WARNING, "broker_queue", _("cannot read broker queue statistics: {error}").format(error=exc))
@@ -187,6 +210,11 @@ def _broker_queue(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
                        "consumers": stats.consumers, "first_message_age_seconds":
                            None if stats.first_message_age_ms is None else round(stats.first_message_age_ms / 1000, 1),
                        "unconsumed_seconds": waited}
+    if stats.first_message_age_ms is None and stats.messages and not stats.consumers:  # RabbitMQ keeps no age
+        report.problem(WARNING, "broker_queue", _("{count} message(s) waiting at the broker in {queue} with no "
+                                                  "consumer (is the receiver running?)").format(
+            count=stats.messages, queue=name))
+        return
     report.problem(grade(waited, lim["unconsumed_warning_seconds"], lim["unconsumed_critical_seconds"]),
                    "broker_queue", _("{count} message(s) waiting at the broker in {queue} with no consumer for "
                                      "{duration} (is the receiver running?)").format(
@@ -199,8 +227,14 @@ def _dead_letters(report: Report, cfg: Config, broker: dict[str, Any], timeout: 
     """Messages Artemis took off the consumed destination (never acknowledged after max-delivery-attempts, or
     expired): dbsync never applied them and nothing else shows them. A queue that does not exist holds none."""
     from dbsync_cli.broker import BrokerError, settings_from_config
+    from dbsync_cli.broker_kind import ARTEMIS, NAMES, kind_of
     from dbsync_cli.broker_queue import QueueStatsError, dead_letter_queues, queue_stats
 
+    kind = kind_of(broker.get("server"))
+    if kind != ARTEMIS:  # the queue names are Artemis's (address-settings of the shipped broker.xml)
+        broker["dead_letters"] = None
+        broker["dead_letters_note"] = _("not counted on {broker}").format(broker=NAMES[kind])
+        return
     queues = dead_letter_queues(str(cfg["broker.destination"]))
     broker["dead_letter_queues"] = queues
     try:
@@ -274,6 +308,29 @@ def _retry_kinds(cur: Any, s: Sql) -> dict[str, Any]:
     (backed_off,) = cur.fetchone() or (0,)
     return {"by_kind": {kind: n for kind, n, *_ in rows}, "due": sum(r[2] for r in rows),
             "waiting_for_cause": sum(r[3] for r in rows), "causes_backed_off": int(backed_off)}
+
+
+def _complex_obs(report: Report, conn: Any, s: Sql, cfg: Config) -> None:
+    """Complex obs files per site (receiver/complex_files.py): written, in flight, obs waiting, refused, conflicts;
+    a WARNING while any was refused or is in conflict."""
+    from dbsync_cli.receiver import complex_files
+
+    per_site = complex_files.counts(conn, s)
+    keys = ("received", "removed", "gone", "in_flight", "waiting_obs", "refused", "conflicts")
+    totals = {key: sum(int(entry.get(key, 0)) for entry in per_site.values()) for key in keys}
+    report.data["complex_obs"] = {"enabled": bool(cfg["receiver.complex_obs_dir"]), **totals, "by_site": per_site}
+    if not report.data["complex_obs"]["enabled"] and not any(totals.values()):
+        return
+    for site, entry in sorted(per_site.items()):
+        if entry["refused"] or entry["conflicts"]:
+            report.problem(WARNING, "complex_obs", _(
+                "site {site}: {refused} complex obs file(s) refused, {conflicts} in conflict; the last: {last}").format(
+                site=site, refused=entry["refused"], conflicts=entry["conflicts"],
+                last=entry.get("last_conflict") or entry.get("last_refused") or "?"))
+    report.notes.append(_("complex obs files: {received} written, {in_flight} arriving, {waiting_obs} obs waiting "
+                          "for theirs, {refused} refused, {conflicts} in conflict").format(
+        received=totals["received"], in_flight=totals["in_flight"], waiting_obs=totals["waiting_obs"],
+        refused=totals["refused"], conflicts=totals["conflicts"]))
 
 
 def _sites(report: Report, conn: Any, schema: str, now: dt.datetime, lim: dict[str, int]) -> float | None:

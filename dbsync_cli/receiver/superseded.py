@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from dbsync_cli.receiver import reasons
+from dbsync_cli.receiver import archive, reasons
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.batch import Batch, Outcome
 from dbsync_cli.receiver.guard import COLUMNS, SourcePosition
@@ -57,6 +57,9 @@ def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT) -> 
         batch.skip(str(item.message.get("site") or site or "?"), SUPERSEDED, message_id, table)
         closed.append(Outcome(message_id, SUPERSEDED, table, item.message.get("uuid"),
                               reasons.reason("superseded")))
+        applier.archived(batch, archive.event(message_id, SUPERSEDED, site=site, table=table,
+                                              uuid=item.message.get("uuid"), reason=closed[-1].reason,
+                                              actor=applier.actor or archive.RETRY_ACTOR))
         ids.append(int(entry_id))
     if ids:
         with applier.conn.cursor() as cur:

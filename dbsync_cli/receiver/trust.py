@@ -23,6 +23,16 @@ def refused_sender(site: state.Site, user: str | None) -> Reason | None:
             else reasons.reason("sender_unstamped", site=site.identifier, expected=site.broker_user))
 
 
+def stamped_user(headers: dict[str, str], signed_by: str | None = None) -> str:
+    """Who a delivery was sent by: the user the broker stamped ('' when none, which `refused_sender` refuses for a
+    site registered with a broker user), or the key a bundle was signed with. A broker login that looks like a
+    signature is kept apart with a prefix, so no login can pass for one."""
+    if signed_by:
+        return signed_by
+    user = headers.get(wire.VALIDATED_USER_HEADER) or ""
+    return f"broker:{user}" if user.startswith(wire.SIGNED_USER_PREFIX) else user
+
+
 def signed_user(public_key: str) -> str:
     """What a row imported from a bundle signed with `public_key` is stored as sent by."""
     return wire.SIGNED_USER_PREFIX + signing.fingerprint(public_key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
@@ -55,8 +56,9 @@ def now() -> dt.datetime:
 class VerifyHandler:
     """Answers one site's verify requests on a central connection (session time zone +00:00, as apply's)."""
 
-    def __init__(self, conn: Any, schema: str, model: SchemaModel, tz: dt.tzinfo) -> None:
+    def __init__(self, conn: Any, schema: str, model: SchemaModel, tz: dt.tzinfo, files: Path | None = None) -> None:
         self.conn = conn
+        self.files = files  # receiver.complex_obs_dir: obs digests cover their files
         self.schema = schema
         self.s = state.schema_name(schema)
         self.model = model
@@ -71,7 +73,7 @@ class VerifyHandler:
             unknown = [str(t)[:64] for t in (tables or {}) if t not in self.model.synced] if isinstance(
                 tables, dict) else []
             raise RequestError(f"verify: 'tables' must name synced tables (unknown: {', '.join(unknown) or '-'})")
-        rows = CentralRows(self.conn, self.s, self.model, self.tz, site)
+        rows = CentralRows(self.conn, self.s, self.model, self.tz, site, self.files)
         try:
             if kind == "verify-buckets":
                 answer = self._buckets(rows, run, site, bool(request.get("repair")), tables)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbsync_cli import bundle, signing, wire
+from dbsync_cli import bundle, complex_obs, signing, wire
 from dbsync_cli.config import Config
 from dbsync_cli.receiver.bundle_import import checked
 from dbsync_cli.receiver.run import load_model
@@ -56,7 +56,8 @@ def _answer(cfg: Config, question: Path, answer_path: Path) -> dict[str, Any]:
         model = load_model(cfg)
         with conn.cursor() as cur:
             cur.execute("SET time_zone = '+00:00'")
-        handler = VerifyHandler(conn, cfg["central_db.state_schema"], model, parse_timezone(cfg["receiver.timezone"]))
+        handler = VerifyHandler(conn, cfg["central_db.state_schema"], model, parse_timezone(cfg["receiver.timezone"]),
+                                complex_obs.folder(cfg["receiver.complex_obs_dir"]))
         run = str(found.get("run"))
         tables: dict[str, _Table] = {}
         current: _Table | None = None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql.cursors
 
+from dbsync_cli import complex_obs
 from dbsync_cli.lru import LruMap
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.canonical import Buckets, row_digest
@@ -29,8 +31,10 @@ UUID_ALIAS = "dbsync_verify_uuid"
 class CentralRows:
     """Digests of central's copies of one site's rows (read with the session at +00:00, as apply writes them)."""
 
-    def __init__(self, conn: Any, state: Sql, model: SchemaModel, tz: dt.tzinfo, site: str) -> None:
+    def __init__(self, conn: Any, state: Sql, model: SchemaModel, tz: dt.tzinfo, site: str,
+                 files: Path | None = None) -> None:
         self.conn = conn
+        self.files = files  # receiver.complex_obs_dir: an obs's digest covers its file's
         self.s = state
         self.model = model
         self.tz = tz
@@ -90,8 +94,11 @@ class CentralRows:
         rows = self.load(table, uuids)
         self._resolve(table, rows.values())
         out: dict[str, tuple[str, bool]] = {}
+        files = self.files if table.name == complex_obs.TABLE else None
         for uuid, row in rows.items():
-            out[uuid] = (row_digest(table, uuid, self.data(table, row), columns), _is_placeholder(row))
+            data = self.data(table, row)
+            out[uuid] = (row_digest(table, uuid, data, columns, complex_obs.digest_for_verify(
+                files, data.get(complex_obs.COLUMN))), _is_placeholder(row))
         return out
 
     def buckets(self, table: SyncedTable, length: int, columns: list[str] | None = None) -> Buckets:

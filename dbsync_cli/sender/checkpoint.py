@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from dbsync_cli.files import private_dir, private_file
-from dbsync_cli.sender import drops
+from dbsync_cli.sender import drops, file_jobs
 
 BINLOG = "binlog"
 FAILOVER = "failover"  # the last time capture followed the site to another server by GTID (capture.py)
@@ -39,8 +39,12 @@ class CheckpointStore:
         # what the sender read and did not send, per reason (drops.py): written with the checkpoint past them
         self.conn.execute("CREATE TABLE IF NOT EXISTS dropped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL, "
                           "last TEXT NOT NULL, last_at REAL NOT NULL)")
+        # complex obs files to send (file_jobs.py): written with the checkpoint that passes their obs
+        self.conn.execute(file_jobs.SCHEMA)
+        self.conn.execute(file_jobs.INDEX)
         self.unsaved_messages = 0
         self.unsaved_drops: list[dict[str, Any]] = []
+        self.unsaved_files: list[tuple[str, str | None]] = []
         for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
             private_file(home / name)
 
@@ -60,6 +64,11 @@ class CheckpointStore:
         """Drop records (drops.py) the checkpoint is about to move past: counted by the next save(), in the same
         transaction, so a crash before it re-reads them and counts them then, never twice."""
         self.unsaved_drops.extend(items)
+
+    def note_files(self, records: list[dict[str, Any]]) -> None:
+        """A confirmed batch: the complex obs files its obs name become file jobs with the next save(), in the same
+        transaction as the checkpoint that passes them (a crash before it re-reads the obs)."""
+        self.unsaved_files.extend(file_jobs.jobs_of(records))
 
     def record_dropped(self, items: list[dict[str, Any]]) -> None:
         """Drop records of sends that move no checkpoint (verify --repair, re-sync requests): counted now."""
@@ -96,6 +105,8 @@ class CheckpointStore:
         try:
             if self.unsaved_drops:
                 self._write_drops(self.unsaved_drops, now)
+            if self.unsaved_files:
+                file_jobs.write(self.conn, self.unsaved_files, now)
             for name, value in values.items():
                 self.conn.execute(
                     "INSERT INTO checkpoint(name, value, updated) VALUES (?,?,?) "
@@ -113,6 +124,7 @@ class CheckpointStore:
             raise
         self.unsaved_messages = 0
         self.unsaved_drops = []
+        self.unsaved_files = []
 
     def note_refusal(self, kind: str | None, message: str) -> None:
         """The broker refused a batch (`kind`: disk_full, permission, …; `message`: its one line), or, with None,

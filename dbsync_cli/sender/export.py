@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import uuid as uuidlib
 from collections import deque
@@ -29,8 +28,9 @@ from typing import Any
 
 from dbsync_cli import bundle, exitcodes, signing
 from dbsync_cli.config import Config
+from dbsync_cli.files import sync_dir
 from dbsync_cli.i18n import _
-from dbsync_cli.sender import binlog
+from dbsync_cli.sender import binlog, file_jobs
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, reader_id
 from dbsync_cli.sender.capture import capture
 from dbsync_cli.sender.checkpoint import BINLOG, EXPORT_PART, EXPORTED, CheckpointStore, record_dropped
@@ -98,7 +98,7 @@ def write_messages(cfg: Config, path: Path, messages: list[dict[str, Any]], mani
     writer.finish(signing.site_key(cfg.home), {**manifest, "kind": "changes", "site": cfg["sender.id"],
                                                "rows": rows, "envelopes": publisher.frames})
     part.replace(path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     record_dropped(cfg.home, publisher.drops)
     return rows, publisher.frames
 
@@ -136,14 +136,19 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
             settings = capture_settings(cfg, model, stop, server_id=server_id, until_idle=True)
             _refuse_lost(cfg, settings, progress["at"])
             publisher = _FilePublisher(cfg, writer, lambda source: None, stop)
+            files: list[tuple[str, str | None]] = []  # complex obs files the batch's obs name (file_jobs.py)
 
             def batch_written(source: dict[str, Any]) -> None:
                 progress.update(at=source, bytes=writer.out.tell(), frames=int(progress["frames"]) + publisher.frames,
-                                rows=int(progress["rows"]) + publisher.sent, drops=progress["drops"] + publisher.drops)
+                                rows=int(progress["rows"]) + publisher.sent, drops=progress["drops"] + publisher.drops,
+                                files=list(progress.get("files") or []) + files)
                 publisher.frames, publisher.sent, publisher.drops = 0, 0, []
+                files.clear()
                 store.save(progress, EXPORT_PART)
 
             publisher.on_confirmed = batch_written
+            if cfg["sender.complex_obs_dir"]:
+                publisher.on_batch = lambda records: files.extend(file_jobs.jobs_of(records))
             try:
                 for _message in publisher.run(enrich(capture(settings, progress["at"]), enrich_settings(cfg), model)):
                     pass
@@ -158,7 +163,7 @@ def export(cfg: Config, path: Path, *, stop: threading.Event | None = None) -> E
                 "created": progress["created"], "rows": progress["rows"], "envelopes": progress["frames"],
                 "from": progress["start"], "to": progress["at"]})
             part.replace(path)
-            _sync_dir(path.parent)
+            sync_dir(path.parent)
             return _seal(cfg, store, path, progress, manifest["sha256"], key, resumed)
     finally:
         store.close()
@@ -173,6 +178,8 @@ def _seal(cfg: Config, store: CheckpointStore, path: Path, progress: dict[str, A
                 "envelopes": progress["frames"], "from": progress["start"], "to": end, "sha256": sha256,
                 "sealed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     store.count_dropped(progress["drops"])  # written by save_all, in its transaction
+    # the files of the bundle's complex obs: sent over the broker by `dbsync sender` (a bundle carries no files)
+    store.unsaved_files.extend((str(name), uuid) for name, uuid in progress.get("files") or [])
     store.save_all({EXPORTED: exported, **({BINLOG: end} if end is not None else {})}, forget=(EXPORT_PART,))
     if end is not None and cfg["sender.purge_binlogs"]:
         BinlogPurger(cfg.db("site_db"), cfg["sender.keep_binlog_files"], 0).after_checkpoint(end)
@@ -206,15 +213,6 @@ def _refuse_lost(cfg: Config, settings: CaptureSettings, checkpoint: dict[str, A
                                 "sender.catch_up = verify the site catches up by verify, not by a snapshot in a "
                                 "bundle: dbsync verify --to FILE here, then dbsync export again").format(lost=lost),
                               exitcodes.BINLOG_PURGED) from None
-
-
-def _sync_dir(directory: Path) -> None:
-    """The rename itself durable (a power cut after it must not bring the .part name back)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def public_key(cfg: Config) -> str:

@@ -19,23 +19,23 @@ import time
 import uuid as uuidlib
 from typing import Any
 
-from dbsync_cli import control, wire
+from dbsync_cli import complex_obs, control, wire
 from dbsync_cli.broker import open_connection, settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, SyncedTable
-from dbsync_cli.openmrs.rules import AUDIT_COLUMNS, USERS_TABLE
+from dbsync_cli.openmrs.patients import LEAF_TABLES
+from dbsync_cli.openmrs.rules import AUDIT_COLUMNS
 from dbsync_cli.sender.binlog import current_position
 from dbsync_cli.sender.checkpoint import RESYNC_REFUSED, CheckpointStore, record_dropped
 from dbsync_cli.sender.enrich import Enricher
+from dbsync_cli.sender.file_lane import queue_files
 from dbsync_cli.sender.publish import Publisher
 from dbsync_cli.sender.settings import enrich_settings, load_model, publish_settings
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.resync")
 
-#: rows of these tables are sent with a patient but never followed further (they reference many patients' rows)
-LEAF_TABLES = (USERS_TABLE, "provider")
 MAX_ROWS = 1_000_000
 
 
@@ -120,8 +120,12 @@ def resync(cfg: Config, *, patient: str | None = None, table: str | None = None,
         publisher = Publisher(publish_settings(cfg, threading.Event()), lambda _position: None,
                               on_dropped=lambda found: record_dropped(cfg.home, found))
         sent: dict[str, int] = {}
+        obs: list[dict[str, Any]] = []
         for message in publisher.run(enricher.run(events)):
             sent[message["table"]] = sent.get(message["table"], 0) + 1
+            if message["table"] == complex_obs.TABLE and (message.get("data") or {}).get(complex_obs.COLUMN):
+                obs.append(message)
+        queue_files(cfg, obs, str(source["repair"])[:100])  # their complex obs files go again
     finally:
         enricher.close()
     log.info("resync %s: %d message(s) sent (%s)", patient or f"{table} {uuid}", sum(sent.values()),

@@ -19,6 +19,7 @@ from dbsync_cli.sender.capture_process import capture_events
 from dbsync_cli.sender.catch_up import catch_up_if_lost
 from dbsync_cli.sender.checkpoint import CheckpointStore
 from dbsync_cli.sender.enrich import enrich
+from dbsync_cli.sender.file_lane import FileLane, run_lane
 from dbsync_cli.sender.housekeeping import BinlogPurger
 from dbsync_cli.sender.publish import publish
 from dbsync_cli.sender.settings import capture_settings, enrich_settings, load_model, publish_settings
@@ -26,7 +27,7 @@ from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.sender")
 
-__all__ = ["Sender", "capture_settings", "enrich_settings", "load_model", "publish_settings", "run_once",
+__all__ = ["FilesBeside", "Sender", "capture_settings", "enrich_settings", "files_of", "load_model", "publish_settings", "run_once",
            "run_supervised"]
 
 
@@ -44,13 +45,18 @@ def run_once(cfg: Config, stop: threading.Event, on_message: Callable[[dict[str,
             count = 0
             for message in publish(messages, publish_settings(cfg, stop), on_confirmed(cfg, store),
                                    on_sent=store.count_sent, on_dropped=store.count_dropped,
-                                   on_refused=store.note_refusal):
+                                   on_refused=store.note_refusal, on_batch=files_of(cfg, store)):
                 count += 1
                 if on_message is not None:
                     on_message(message)
             return count
     finally:
         store.close()
+
+
+def files_of(cfg: Config, store: CheckpointStore) -> Callable[[list[dict[str, Any]]], None] | None:
+    """With sender.complex_obs_dir: the files a confirmed batch's obs name become jobs with its checkpoint."""
+    return store.note_files if cfg["sender.complex_obs_dir"] else None
 
 
 def on_confirmed(cfg: Config, store: CheckpointStore) -> Callable[[dict[str, Any]], None]:
@@ -80,8 +86,44 @@ def run_supervised(cfg: Config, stop: threading.Event, **capture_overrides: Any)
 
         threading.Thread(target=supervise, args=("requests", lambda: serve_requests(cfg, stop), stop),
                          name="requests", daemon=True).start()
-    supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
+    with FilesBeside(cfg, stop, running=not bounded):
+        supervise("sender chain", chain, stop, once=bounded, fatal=(CaptureStop, SchemaError))
     return total
+
+
+class FilesBeside:
+    """The complex obs file lane beside a chain (`dbsync sender`, or `dbsync publish` in a pipe): the same files
+    travel whichever runs the rows. A running lane sends while the chain runs; when the chain ends, the files due
+    then are sent before the process exits (a file missing at the site waits for the next run: its job is durable)."""
+
+    def __init__(self, cfg: Config, stop: threading.Event, *, running: bool = True) -> None:
+        self.cfg, self.stop, self.running = cfg, stop, running and bool(cfg["sender.complex_obs_dir"])
+        self.lane_stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> FilesBeside:
+        if self.running:
+            self.thread = threading.Thread(target=supervise, args=("files", lambda: run_lane(self.cfg, self.lane_stop),
+                                                                   self.lane_stop), name="files", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lane_stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+        if exc[0] is None and not self.stop.is_set() and self.cfg["sender.complex_obs_dir"]:
+            send_due_files(self.cfg, self.stop)
+
+
+def send_due_files(cfg: Config, stop: threading.Event) -> None:
+    """The files due now, one after another, until none is due or `stop`."""
+    lane = FileLane(cfg, stop)
+    try:
+        while not stop.is_set() and lane.step():
+            pass
+    finally:
+        lane.close()
 
 
 class Sender:

@@ -236,6 +236,46 @@ def _dropped(report: Report, home: Path, now: float) -> None:
                                 f"{utc(entry['last_at'])}: {what}")
 
 
+def _files(report: Report, cfg: Config) -> None:
+    """Complex obs files (file_jobs.py): waiting (queued, sending, not in the folder yet), sent, refused; a WARNING
+    while a file is missing from the folder or a name was refused."""
+    import sqlite3
+
+    from dbsync_cli.sender import file_jobs
+
+    path = cfg.home / "state.sqlite"
+    if not cfg["sender.complex_obs_dir"] or not path.exists():
+        report.data["complex_obs"] = None
+        return
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            db.execute("SELECT 1 FROM complex_file LIMIT 1")
+            found = file_jobs.counts(db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        found = {state: 0 for state in file_jobs.STATES}
+    found["waiting"] = found["queued"] + found["sending"] + found["missing"]
+    report.data["complex_obs"] = found
+    if found["missing"]:
+        last = found.get("last_missing") or {}
+        report.problem(WARNING, "complex_obs", _("{count} complex obs file(s) not in {folder} yet (their obs was "
+                                                 "sent; looked for again with backoff); the last: {name}, {attempts} "
+                                                 "attempt(s)").format(count=found["missing"],
+                                                                      folder=cfg["sender.complex_obs_dir"],
+                                                                      name=last.get("name"),
+                                                                      attempts=last.get("attempts")))
+    if found["refused"]:
+        last = found.get("last_refused") or {}
+        report.problem(WARNING, "complex_obs", _("{count} complex obs file name(s) refused (they would leave the "
+                                                 "folder); the last: {name} ({reason})").format(
+            count=found["refused"], name=last.get("name"), reason=last.get("reason")))
+    report.notes.append(_("complex obs files: {waiting} waiting ({sending} sending), {sent} sent, {refused} "
+                          "refused").format(waiting=found["waiting"], sending=found["sending"], sent=found["sent"],
+                                            refused=found["refused"]))
+
+
 #: how `dbsync status` grades the broker's last refusal of a batch (broker_refusals kinds); others WARNING
 REFUSAL_STATES = {"disk_full": CRITICAL, "permission": CRITICAL, "unknown_address": CRITICAL,
                   "address_full": WARNING}
@@ -281,6 +321,7 @@ def sender_status(cfg: Config, overrides: dict[str, int | None] | None = None,
                                             "{last}").format(count=refused["count"], at=utc(refused["at"]),
                                                              last=refused["last"]))
     _dropped(report, cfg.home, now)
+    _files(report, cfg)
     _broker_refusal(report, cfg.home)
     home_problem(report, cfg.home)  # not writable, or space short before it is full (a full home: exit 19)
     report.data["checkpoint"] = checkpoint

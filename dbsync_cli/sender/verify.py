@@ -23,12 +23,13 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql.cursors
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dbsync_cli import control, logs, wire
+from dbsync_cli import complex_obs, control, logs, wire
 from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, SyncedTable
@@ -50,8 +51,9 @@ __all__ = ["DIFFERENCE_KINDS", "DIFFERENCES", "SiteRows", "TableReport", "Verifi
 class SiteRows:
     """This site's rows in canonical digests, read through the enricher (the rows as a message would carry them)."""
 
-    def __init__(self, enricher: Enricher) -> None:
+    def __init__(self, enricher: Enricher, files: Path | None = None) -> None:
         self.enricher = enricher
+        self.files = files  # sender.complex_obs_dir: an obs's digest covers its file's
         self.conn = enricher.conn
         self.columns: dict[str, list[str]] = {}  # table → the columns both sides have, where central lacks some
 
@@ -66,7 +68,9 @@ class SiteRows:
     def _digests(self, table: SyncedTable, rows: dict[Any, dict[str, Any]]) -> list[tuple[Any, str, str]]:
         # keyed by the canonical uuid, as central keys its rows (the server matches either case)
         columns = self.columns.get(table.name)
-        return [(key, wire.canonical_uuid(uuid), row_digest(table, uuid, data, columns))
+        files = self.files if table.name == complex_obs.TABLE else None
+        return [(key, wire.canonical_uuid(uuid), row_digest(table, uuid, data, columns, complex_obs.digest_for_verify(
+            files, data.get(complex_obs.COLUMN))))
                 for key, uuid, data in self.enricher.wire_rows(table, rows)]
 
     def _select(self, table: SyncedTable, where: Sql, args: list[Any]) -> dict[Any, dict[str, Any]]:
@@ -115,7 +119,7 @@ class Verifier:
         self.cfg = cfg
         self.site = cfg["sender.id"]
         self.model = model
-        self.rows = SiteRows(enricher)
+        self.rows = SiteRows(enricher, complex_obs.folder(cfg["sender.complex_obs_dir"]))
         self.enricher = enricher
         self.client = client
         self.timeout = timeout

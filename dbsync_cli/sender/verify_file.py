@@ -24,7 +24,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from dbsync_cli import bundle, signing, wire
+from dbsync_cli import bundle, complex_obs, signing, wire
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs.canonical import Buckets, prefix_length
@@ -50,7 +50,7 @@ def request(cfg: Config, path: Path) -> dict[str, Any]:
     enricher = Enricher(enrich_settings(cfg), model)
     store = CheckpointStore(cfg.home)
     try:
-        rows = SiteRows(enricher)
+        rows = SiteRows(enricher, complex_obs.folder(cfg["sender.complex_obs_dir"]))
         asked = store.load(VERIFY_BY_FILE) or {}
         rows.columns.update({t: c for t, c in (asked.get("columns") or {}).items() if t in model.synced})
         run = f"{cfg['sender.id']}:{uuidlib.uuid4().hex[:20]}"

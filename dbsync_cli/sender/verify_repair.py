@@ -24,6 +24,7 @@ from dbsync_cli import wire
 from dbsync_cli.sender.binlog import current_position
 from dbsync_cli.sender.checkpoint import record_dropped
 from dbsync_cli.sender.drops import is_dropped
+from dbsync_cli.sender.file_lane import queue_files
 from dbsync_cli.sender.publish import Publisher
 from dbsync_cli.sender.settings import publish_settings
 from dbsync_cli.sql import chunks
@@ -101,6 +102,9 @@ class Repair:
                               on_dropped=lambda found: record_dropped(v.cfg.home, found))
         confirmed = sum(1 for _ in publisher.run(messages))
         messages = [m for m in messages if not is_dropped(m)]  # rows enrich could not send: counted, not sent
+        files = queue_files(v.cfg, messages, f"verify:{v.run_id}"[:100])  # their complex obs files go again
+        if files:
+            log.info("verify --repair: %d complex obs file(s) queued for the sender's file lane", files)
         log.info("verify --repair: %d row(s) sent again, %d delete(s) sent (%d confirmed by the broker)",
                  len(messages) - len(deletes), len(deletes), confirmed)
         sent: dict[str, set[str]] = {}

@@ -8,6 +8,7 @@ All state is under ``services_home()``; ``<home>/services.json`` lists the endpo
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbsync_cli.db import DbParams
+from devtools.services.activemq import start_activemq, stop_activemq
 from devtools.services.artemis import ArtemisBroker, broker, start_artemis, stop_artemis
 from devtools.services.common import ServiceError, pid_alive, read_pid, secret, services_home
+from devtools.services.endpoint import BrokerEndpoint
 from devtools.services.mariadb import (
     ADMIN_USER,
     DEFAULT_INSTANCES,
@@ -27,6 +30,7 @@ from devtools.services.mariadb import (
     start_mariadb,
     stop_mariadb,
 )
+from devtools.services.rabbitmq import start_rabbitmq, stop_rabbitmq
 from devtools.services.tls import ensure_tls
 
 if TYPE_CHECKING:
@@ -34,10 +38,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_NAMES", "ArtemisService", "MariaDbInstance", "MariaDbService", "ServiceError", "Services", "destroy_mariadb",
-    "down", "ensure_up", "load", "services_home", "start_mariadb", "status", "stop_mariadb",
+    "down", "ensure_up", "load", "other_broker", "services_home", "start_mariadb", "status", "stop_mariadb",
 ]
 
 ALL_NAMES: tuple[str, ...] = (*DEFAULT_INSTANCES, "artemis")
+#: brokers besides Artemis (tests/service/test_brokers.py starts them when it runs; `scripts/services up` only when
+#: DBSYNC_SERVICES_BROKERS names them, e.g. "activemq,rabbitmq"); `down` stops them
+OTHER_BROKERS = {"activemq": (start_activemq, stop_activemq), "rabbitmq": (start_rabbitmq, stop_rabbitmq)}
+
+
+def other_broker(kind: str, home: Path | None = None) -> BrokerEndpoint:
+    """ActiveMQ Classic or RabbitMQ of this services home, started if it is not running."""
+    return OTHER_BROKERS[kind][0](home or services_home())
+
+
+def _brokers_asked() -> list[str]:
+    asked = [k.strip() for k in os.environ.get("DBSYNC_SERVICES_BROKERS", "").split(",") if k.strip()]
+    unknown = [k for k in asked if k not in OTHER_BROKERS]
+    if unknown:
+        raise ServiceError(f"DBSYNC_SERVICES_BROKERS: unknown broker(s) {unknown}; known: {sorted(OTHER_BROKERS)}")
+    return asked
 
 
 @dataclass(frozen=True)
@@ -215,6 +235,12 @@ def ensure_up(names: Iterable[str] | None = None, *, home: Path | None = None,
         except Exception as exc:  # noqa: BLE001 - report every failing service, not just the first
             errors.append(f"{name}: {exc}")
     _record(home, started)
+    for kind in _brokers_asked():
+        try:
+            endpoint = other_broker(kind, home)
+            say(f"{kind:8} up (stomp {endpoint.stomp_port}, stomp+tls {endpoint.tls_port})")
+        except ServiceError as exc:
+            errors.append(f"{kind}: {exc}")
     if errors:
         raise ServiceError("; ".join(errors))
     return load(home)
@@ -229,10 +255,13 @@ def down(names: Iterable[str] | None = None, *, home: Path | None = None,
     db_names = [n for n in wanted if n != "artemis"]
     if not names and (home / "mariadb").is_dir():
         db_names = sorted({*db_names, *(p.name for p in (home / "mariadb").iterdir() if p.is_dir())})
-    with ThreadPoolExecutor(max_workers=len(db_names) + 1) as pool:
+    with ThreadPoolExecutor(max_workers=len(db_names) + 1 + len(OTHER_BROKERS)) as pool:
         stopped = {n: pool.submit(stop_mariadb, n, home=home) for n in db_names}
         if "artemis" in wanted:
             stopped["artemis"] = pool.submit(stop_artemis, home)
+        if not names:
+            stopped.update({kind: pool.submit(stop, home) for kind, (_start, stop) in OTHER_BROKERS.items()
+                            if (home / kind).is_dir()})
     for name, fut in stopped.items():
         say(f"{name:8} {'stopped' if fut.result() else 'was not running'}")
 

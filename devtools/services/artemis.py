@@ -95,8 +95,10 @@ def broker(home: Path | None = None) -> ArtemisBroker:
                          stomp_port=DEFAULT_PORTS["stomp"] + off, tls_port=DEFAULT_PORTS["stomp_tls"] + off)
 
 
-def stomp_probe(host: str, port: int, user: str, password: str, *, tls_ca: Path | None = None) -> str | None:
-    """Send a raw STOMP CONNECT; return ``CONNECTED``, ``ERROR: <message>``, or None if nothing answered."""
+def stomp_probe(host: str, port: int, user: str, password: str, *, tls_ca: Path | None = None,
+                vhost: str | None = None) -> str | None:
+    """Send a raw STOMP CONNECT; return ``CONNECTED``, ``ERROR: <message>``, or None if nothing answered. `vhost`:
+    the host header (RabbitMQ's virtual host), the host by default."""
     try:
         sock = socket.create_connection((host, port), timeout=3)
     except OSError:
@@ -104,7 +106,7 @@ def stomp_probe(host: str, port: int, user: str, password: str, *, tls_ca: Path 
     try:
         if tls_ca is not None:
             sock = ssl.create_default_context(cafile=str(tls_ca)).wrap_socket(sock, server_hostname=host)
-        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:{host}\nlogin:{user}\npasscode:{password}\n\n\0".encode())
+        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:{vhost or host}\nlogin:{user}\npasscode:{password}\n\n\0".encode())
         data = b""
         while b"\0" not in data:
             chunk = sock.recv(4096)

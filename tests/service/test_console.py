@@ -156,17 +156,28 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     row.find_element(By.TAG_NAME, "a").click()
     differing = {r.get_attribute("data-column") for r in driver.find_elements(By.CSS_SELECTOR, "tr.differs")}
     assert {"given_name", "family_name"} <= differing
+    conflict_url = driver.current_url
+    assert _history(driver) == ["applied", "conflict"]  # the archive's "history of this row"
     shot(driver, "conflict")
     driver.find_element(By.ID, "col-family_name").click()  # the site's family name, central's given name
     assert "queued" in click_for_flash(driver, driver.find_element(By.ID, "merge"))  # carried out in the background
     assert "resolved (merge)" in last_outcome(driver)
     assert central.sql("SELECT given_name, family_name FROM person_name WHERE uuid = %s", (data["name"],)) == [
         ("Central Ann", "Site")]
+    driver.get(conflict_url)  # the story goes on: merged and resolved by the console's user
+    assert _history(driver) == ["applied", "conflict", "applied", "resolved"]
+    rows = driver.find_elements(By.CSS_SELECTOR, "#history-rows tr.event")
+    assert [r.find_elements(By.TAG_NAME, "td")[6].text for r in rows[2:]] == ["console:admin"] * 2
+    assert rows[3].find_elements(By.TAG_NAME, "td")[7].text == "conflict resolved: merge"
 
     driver.find_element(By.LINK_TEXT, "Retry queue").click()
     entries = driver.find_elements(By.CSS_SELECTOR, "tr.entry")
     assert len(entries) >= 2
     first, second = (e.get_attribute("data-id") for e in entries[:2])
+    driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{second}'] a.history").click()
+    assert set(_history(driver)) == {"retry"}  # parked (its site is disabled): the person and its patient row
+    ((dropped, table),) = central.sql(f"SELECT entity_uuid, table_name FROM `{central.schema}`.receiver_retry_queue "
+                                      "WHERE id = %s", (second,))
     shot(driver, "retry")
     click_for_flash(driver, driver.find_element(By.CSS_SELECTOR, f"tr.entry[data-id='{first}'] button.again"))
     assert f"entry {first}:" in last_outcome(driver)
@@ -176,6 +187,15 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert f"retry entry {second} dropped" in last_outcome(driver)
     assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.receiver_retry_queue WHERE id = %s",
                        (second,)) == [(0,)]
+    driver.find_element(By.LINK_TEXT, "Archive").click()  # the search page: the dropped entry's row, by uuid
+    driver.find_element(By.ID, "a-uuid").send_keys(dropped.upper())
+    driver.find_element(By.ID, "a-table").send_keys(table)
+    driver.find_element(By.ID, "search").click()
+    found = driver.find_elements(By.CSS_SELECTOR, "#archive-rows tr.archived")
+    assert [r.get_attribute("data-outcome") for r in found] == ["retry", "dropped"]
+    found[0].find_element(By.TAG_NAME, "a").click()
+    assert dropped in driver.find_element(By.ID, "wire").text  # the message as it came
+    shot(driver, "archive")
 
     driver.find_element(By.LINK_TEXT, "Audit log").click()
     audit = driver.find_element(By.ID, "audit").text
@@ -187,6 +207,11 @@ def test_an_operator_sees_the_sites_resolves_a_conflict_by_merge_retries_drops_a
     assert "Sítio" in driver.find_element(By.ID, "sites").text
     shot(driver, "sites-pt")
     driver.find_element(By.ID, "lang-en").click()
+
+
+def _history(driver: webdriver.Chrome) -> list[str]:
+    """The outcomes the page's "history of this row" panel lists, oldest first."""
+    return [r.get_attribute("data-outcome") for r in driver.find_elements(By.CSS_SELECTOR, "#history-rows tr.event")]
 
 
 class _Http:

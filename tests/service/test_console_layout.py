@@ -37,7 +37,8 @@ def test_pages_fit_a_phone_screen(console, browser) -> None:  # noqa: F811
     log_in(browser, url, "admin")
     width = browser.execute_script("return window.innerWidth")
     assert width <= 400
-    for path in ("/", "/sites/site1", "/retry", "/conflicts", "/conflicts/1", "/verify", "/audit", "/rest"):
+    for path in ("/", "/sites/site1", "/retry", "/conflicts", "/conflicts/1", "/verify", "/audit", "/rest",
+                 "/archive?site=site1", "/archive/1", "/retry?history=1"):
         browser.get(url + path)
         scroll = browser.execute_script("return document.documentElement.scrollWidth")
         body = browser.execute_script("return document.body.scrollWidth")

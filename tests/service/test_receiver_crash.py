@@ -277,6 +277,10 @@ def test_kill_minus_9_during_a_100k_row_sync(world, broker_settings, tmp_path) -
     assert counted <= applied_ids, f"{counted} apply counts for {applied_ids} distinct message ids: applied twice"
     assert counted + sum(int(n) for n in not_applied.values()) == applied_ids, (
         f"{counted} apply counts and {not_applied} not applied for {applied_ids} distinct message ids")
+    # the archive row of each outcome commits with it: after every kill, one row per handled message, with its body
+    archived = query(central, f"SELECT COUNT(DISTINCT message_id), COUNT(*), SUM(part IS NOT NULL) "  # noqa: S608
+                              f"FROM {s}.archive")
+    assert archived == [(applied_ids, applied_ids, applied_ids)], f"{archived} archive rows for {applied_ids} handled"
     assert replayed > REDELIVER // 2  # capture counts heartbeats too; enrich skips them
     sender_text = sender_log.read_bytes()
     sent = int(re.findall(rb"sender: (\d+) messages confirmed", sender_text)[-1])

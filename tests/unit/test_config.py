@@ -307,3 +307,21 @@ def test_a_url_with_a_password_is_refused_without_showing_it(sender_file: Path, 
     with pytest.raises(config.ConfigError) as caught:
         config.load(path, role, env={})
     assert SECRET not in str(caught.value)
+
+
+def test_complex_obs_files_are_refused_in_topic_mode(sender_file: Path) -> None:
+    """A topic's receivers would share the file queue, each getting a part of each file."""
+    env = {"DBSYNC_SENDER__COMPLEX_OBS_DIR": "/srv/obs", "DBSYNC_BROKER__DESTINATION_TYPE": "topic"}
+    with pytest.raises(config.ConfigError, match="sender.complex_obs_dir: .*topic mode"):
+        config.load(sender_file, "sender", env=env)
+    config.load(sender_file, "sender", env={"DBSYNC_SENDER__COMPLEX_OBS_DIR": "/srv/obs"})
+
+
+def test_rabbitmq_management_api_is_never_asked_in_clear_text_over_a_network(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text(f'home = "{tmp_path}"\n[receiver]\nsite_id = "central"\n[central_db]\nuser = "u"\n'
+                    'password = "p"\ndatabase = "openmrs"\n[broker]\nuser = "dbsync"\npassword = "b"\n')
+    with pytest.raises(config.ConfigError, match="broker.management_url: plain http:// to mq.example.org"):
+        config.load(path, "receiver", env={"DBSYNC_BROKER__MANAGEMENT_URL": "http://mq.example.org:15672"})
+    for url in ("https://mq.example.org:15672", "http://127.0.0.1:15672"):
+        config.load(path, "receiver", env={"DBSYNC_BROKER__MANAGEMENT_URL": url})
