@@ -58,8 +58,9 @@ def apply(
                     records.write(o.record() for o in retry_pending(applier, everything=True))
             finally:
                 applier.close()
-            return
-        records.write(apply_stage(records.read(sys.stdin.buffer, "stdin"), settings, model))
+        else:
+            records.write(apply_stage(records.read(sys.stdin.buffer, "stdin"), settings, model))
+        run_mod.housekeeping_once(cfg, model)  # the limits `dbsync receiver` keeps, kept by the pipe too
     except AlreadyApplying as exc:
         common.fail(str(exc), exitcodes.ANOTHER_RECEIVER)
 

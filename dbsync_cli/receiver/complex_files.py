@@ -70,8 +70,10 @@ def now() -> dt.datetime:
 def ready(cur: Any, s: Sql, site: str, name: str, obs_uuid: str) -> bool:
     """Whether the site's file is in central's folder, or the site said it will never come for this obs (an obs
     naming it may be applied)."""
-    cur.execute(sql("SELECT 1 FROM {}.complex_file WHERE site = %s AND name = %s AND (state = %s OR (state = %s AND "
-                    "obs_uuid = %s))", s), (site, name, RECEIVED, GONE, obs_uuid))
+    cur.execute(sql("SELECT 1 FROM {0}.complex_file WHERE site = %s AND name = %s AND (state = %s OR (state = %s AND "
+                    "obs_uuid = %s AND NOT EXISTS (SELECT 1 FROM {0}.complex_file o WHERE o.name = %s AND "
+                    "o.site <> %s AND o.state = %s)))", s),  # `gone` never lends a site another's file
+                (site, name, RECEIVED, GONE, obs_uuid, name, site, RECEIVED))
     return cur.fetchone() is not None
 
 

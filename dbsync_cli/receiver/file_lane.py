@@ -39,6 +39,7 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: a chunk's bytes after inflating, at most (the sender's chunk size is at most 1 MB)
 CHUNK_LIMIT = 1_048_576
 STALE_PART_SECONDS = 600
+NAME_LOCK_SECONDS = 120
 #: a file written into central's folder: the receiver's user writes, the folder's group (OpenMRS's) reads
 FILE_MODE = 0o640
 #: the consumer window of the file lane: a few chunks ahead, so the rows' lane keeps central's attention
@@ -144,7 +145,24 @@ class FileConsumer(Consumer):
 def assemble(db: Any, s: Sql, folder: Path, site: str, name: str, sha: str,
              arrived: threading.Event | None = None) -> bool:
     """Write a file whose chunks are all stored; returns whether it is in place now (False: not complete yet, or
-    refused, or a conflict, each recorded)."""
+    refused, or a conflict, each recorded). Under a server lock per name: two lanes (`dbsync receiver` beside a
+    `dbsync consume`) placing one name for two sites at once would otherwise both see it free."""
+    lock = "dbsync-cobs-" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()
+    with db.cursor() as cur:
+        cur.execute("SELECT GET_LOCK(%s, %s)", (lock, NAME_LOCK_SECONDS))
+        got = cur.fetchone()
+    if not got or got[0] != 1:
+        raise TimeoutError(f"complex obs file {complex_obs.shown(name)}: another lane held its name for "
+                           f"{NAME_LOCK_SECONDS} s")
+    try:
+        return _assemble(db, s, folder, site, name, sha, arrived)
+    finally:
+        with db.cursor() as cur:
+            cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+
+
+def _assemble(db: Any, s: Sql, folder: Path, site: str, name: str, sha: str,
+              arrived: threading.Event | None) -> bool:
     with db.cursor() as cur:
         cur.execute(sql("SELECT COUNT(*), MAX(chunks), MAX(size), MAX(repair), MAX(obs_uuid) FROM "
                         "{}.complex_file_chunk WHERE site = %s AND name = %s AND sha256 = %s", s), (site, name, sha))

@@ -113,12 +113,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 lane.again = True
             lane.round()
             if time.monotonic() - last_housekeeping >= interval:
-                if folder is not None:  # files of obs a site deleted (OpenMRS's purgeObs removes them)
-                    complex_files.sweep(applier.conn, applier.s, folder)
-                # fillers nothing references any more (their placeholders were overwritten), a bounded number
-                placeholder.remove_fillers(applier.conn, applier.model, applier.s)
-                state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
-                prune_archive(applier, cfg)
+                housekeeping(applier, cfg, folder)
                 last_housekeeping = time.monotonic()
             if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
@@ -127,6 +122,28 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 if idle_exit is not None and time.monotonic() - last_work >= idle_exit:
                     return
                 stop.wait(0.2)
+    finally:
+        applier.close()
+
+
+def housekeeping(applier: Applier, cfg: Config, folder: Path | None) -> None:
+    """What the apply loop does every receiver.retry_interval_seconds, and `dbsync apply` once when it finishes (so
+    the pipe keeps the same limits): files of obs a site deleted removed (OpenMRS's purgeObs removes them), fillers
+    nothing references any more, handled message ids past applied_ids_days, the archive within its limits."""
+    if folder is not None:
+        complex_files.sweep(applier.conn, applier.s, folder)
+    placeholder.remove_fillers(applier.conn, applier.model, applier.s)  # a bounded number
+    state.prune_applied(applier.conn, applier.settings.state_schema, cfg["receiver.applied_ids_days"])
+    prune_archive(applier, cfg)
+
+
+def housekeeping_once(cfg: Config, model: SchemaModel) -> None:
+    """`housekeeping` under the applier lock, for `dbsync apply`."""
+    applier = Applier(apply_settings(cfg), model)
+    try:
+        applier.claim()
+        folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
+        housekeeping(applier, cfg, folder)
     finally:
         applier.close()
 

@@ -25,7 +25,7 @@ from receiver_helpers import Central, Site, drop_schema, make_central, make_site
 
 from devtools.field.link import LinkProxy
 
-pytestmark = [pytest.mark.slow, pytest.mark.lane2]
+pytestmark = [pytest.mark.slow]  # in the first lane: the second holds the brokers (tests/service/test_brokers.py)
 
 KBIT_256 = 32_000  # bytes per second each way
 FAST = 8_000_000  # 64 Mbit/s: a 40 MB file takes seconds, long enough to kill a process in the middle of it
