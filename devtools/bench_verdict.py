@@ -119,3 +119,12 @@ class RowsMissing(RuntimeError):
     def __init__(self, verdicts: list[Verdict], extra: Iterable[str] = ()):
         self.verdicts = verdicts
         super().__init__("\n".join([*(line for v in verdicts for line in v.lines()), *extra]))
+
+
+def counted(what: str, expected: int, found: int) -> Verdict:
+    """A stage that ends before central (capture, enrich, publish, consume): its rows counted where it put them
+    against what it was given; a shortfall fails the run like a missing row (named by count: no uuid is read there)."""
+    short = max(0, expected - found)
+    extra = max(0, found - expected)
+    return Verdict(what, expected, tuple((what, f"#{n + 1} of {short} not counted") for n in range(short)),
+                   ((what, "(count)", f"{extra} more than expected"),) if extra else ())

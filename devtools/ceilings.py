@@ -2,8 +2,11 @@
 same run on the same data, so that every stage is reported as a ratio to what the parts below it can do.
 
 - raw decode: python-mysql-replication reading the same binlog range, touching every row, doing nothing else
-- raw STOMP send: persistent SENDs of the same JSON, a RECEIPT per 500 frames, 1 or N rows per message
-- raw STOMP receive: a client-individual subscriber that acknowledges every frame (or one cumulative ACK per N)
+- raw STOMP send: persistent SENDs, a RECEIPT per 500 frames: of the very frames `dbsync publish` put on the broker
+  (its envelopes: the same rows per message, the same deflated bytes, taken off its queue by the raw receive), and
+  of the rows' plain JSON one row per message (what wire version 1 would cost)
+- raw STOMP receive: a client-individual subscriber that acknowledges every frame, of publish's frames (kept, for
+  the raw send above) or of one-row messages
 - id-mapped executemany: the rows apply wrote, copied into an empty central schema with their ids (no uuid
   lookups), executemany 500 rows per COMMIT, foreign key checks off
 - a byte-counting TCP proxy, to see what crosses a clinic's link
@@ -112,9 +115,10 @@ def raw_send(broker: BrokerSettings, destination: str, lines: list[bytes], rows_
 
 
 def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int, ack_every: int = 1,
-                window: int = 1_048_576, rows_per_message: int = 1) -> Ceiling:
+                window: int = 1_048_576, rows_per_message: float = 1, keep: list[Frame] | None = None) -> Ceiling:
     """A subscriber that takes `frames` frames and acknowledges each (client-individual) or every `ack_every`
-    (client, cumulative); no database."""
+    (client, cumulative); no database. With `keep`, each frame's body and dbsync headers are appended to it (the
+    rows a frame holds are its `dbsync-rows` header), for `raw_send_frames`."""
     listener = _Receipts()
     conn = open_connection(broker, listener=listener, auto_decode=False)
     mode = "client-individual" if ack_every == 1 else "client"
@@ -130,6 +134,8 @@ def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int
                 batch, listener.frames = listener.frames, []
             for frame in batch:
                 taken += 1
+                if keep is not None:
+                    keep.append(Frame.of(frame))
                 if ack_every == 1 or taken % ack_every == 0 or taken == frames:
                     conn.ack(frame.headers["ack"])
         seconds = time.perf_counter() - started
@@ -138,8 +144,79 @@ def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int
     if taken < frames:
         raise RuntimeError(f"raw receive: {taken} of {frames} frames")
     what = "an ACK per frame" if ack_every == 1 else f"one ACK per {ack_every}"
-    return Ceiling(f"raw STOMP receive, {rows_per_message} row(s)/message", rows, seconds, f"{what}, no database",
-                   {"messages": frames})
+    return Ceiling(f"raw STOMP receive, {per_message(rows_per_message)} row(s)/message", rows, seconds,
+                   f"{what}, no database", {"messages": frames})
+
+
+def per_message(rows_per_message: float) -> str:
+    return f"{rows_per_message:.0f}" if float(rows_per_message).is_integer() else f"{rows_per_message:.1f}"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One broker message as a consumer got it: its body and the headers its sender set (dbsync's own and the
+    duplicate id), not the broker's (message-id, subscription, ack, the validated user …)."""
+
+    body: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, frame: Any) -> Frame:
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        return cls(body, {k: v for k, v in frame.headers.items() if k.startswith(SENDER_HEADERS)})
+
+    @property
+    def rows(self) -> int:
+        try:
+            return max(1, int(self.headers.get("dbsync-rows") or 1))
+        except ValueError:
+            return 1
+
+
+SENDER_HEADERS = ("dbsync-", "_AMQ_DUPL_ID")
+
+
+def frames_figures(frames: list[Frame]) -> dict[str, Any]:
+    """What publish's envelopes held on this workload: rows and bytes per broker message."""
+    rows = sum(f.rows for f in frames)
+    size = sum(len(f.body) for f in frames)
+    deflated = sum(1 for f in frames if f.headers.get("dbsync-encoding") == "deflate")
+    return {"messages": len(frames), "rows": rows, "rows_per_message": round(rows / len(frames), 1) if frames else 0,
+            "body_bytes": size, "body_bytes_per_message": round(size / len(frames)) if frames else 0,
+            "body_bytes_per_row": round(size / rows, 1) if rows else 0, "deflated_messages": deflated}
+
+
+def raw_send_frames(broker: BrokerSettings, destination: str, frames: list[Frame],
+                    receipt_every: int = 500) -> Ceiling:
+    """Persistent SENDs of exactly these frames (publish's envelopes: same rows per message, same bytes, same
+    headers), a receipt per `receipt_every` frames."""
+    listener = _Receipts()
+    conn = open_connection(broker, listener=listener)
+    rows = sum(f.rows for f in frames)
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(frames), receipt_every):
+            part = frames[start:start + receipt_every]
+            receipt = uuidlib.uuid4().hex
+            for index, frame in enumerate(part):
+                headers = {**frame.headers, "persistent": "true", "destination-type": "ANYCAST"}
+                if index == len(part) - 1:
+                    headers["receipt"] = receipt
+                conn.send(destination=destination, body=frame.body, headers=headers)
+            listener.wait_receipt(receipt)
+        seconds = time.perf_counter() - started
+    finally:
+        conn.disconnect()
+    return Ceiling(f"raw STOMP send, {per_message(rows / len(frames) if frames else 0)} row(s)/message", rows,
+                   seconds, f"publish's own envelopes resent byte for byte, persistent, receipt per {receipt_every} "
+                   "frames", {"messages": len(frames)})
+
+
+def queue_depth(broker: BrokerSettings, queue: str) -> int:
+    """Messages waiting on an Artemis queue (its management address): what a stage put on the broker."""
+    from dbsync_cli.broker_queue import queue_stats
+
+    return queue_stats(broker, queue, timeout=30).messages
 
 
 # ---------------------------------------------------------------------------------------------------- database

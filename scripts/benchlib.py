@@ -89,15 +89,19 @@ def sql(db: DbParams, statement: str, args: tuple[Any, ...] | list[Any] = ()) ->
 
 
 def fresh_central(svc: Services, name: str, schema: str, sites: tuple[str, ...]) -> DbParams:
-    admin = svc["central"].admin
-    _drop(admin, schema)
-    _created(admin, schema)
-    central = fresh_openmrs(admin, name)
+    central = fresh_openmrs(svc["central"].admin, name)
+    fresh_state(central, schema, sites)
+    return central
+
+
+def fresh_state(central: DbParams, schema: str, sites: tuple[str, ...]) -> None:
+    """A new receiver-state schema for `central` (an earlier one of that name dropped) with `sites` added."""
+    _drop(central, schema)
+    _created(central, schema)
     with central.connect(autocommit=False) as conn:
         state.migrate(conn, schema, central.database)
         for site in sites:
             state.add_site(conn, schema, site)
-    return central
 
 
 def binlog_end(db: DbParams) -> dict[str, Any]:
