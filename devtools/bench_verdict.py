@@ -26,6 +26,8 @@ class Verdict:
     missing: tuple[tuple[str, str], ...] = ()  # (table, uuid)
     different: tuple[tuple[str, str, str], ...] = ()  # (table, uuid, how)
     notes: tuple[str, ...] = field(default=(), compare=False)
+    found: int | None = None  # a count (`counted`): what was found, where no uuid is read
+
 
     @property
     def ok(self) -> bool:
@@ -34,6 +36,8 @@ class Verdict:
     def line(self) -> str:
         """One line: the verdict of this check."""
         state = "ok" if self.ok else "FAILED"
+        if self.found is not None:
+            return f"verdict {self.what}: {state}: {self.found:,} counted, {self.expected:,} expected"
         return (f"verdict {self.what}: {state}: {self.expected - len(self.missing):,} of {self.expected:,} committed "
                 f"rows arrived, {len(self.missing):,} missing, {len(self.different):,} different")
 
@@ -126,5 +130,5 @@ def counted(what: str, expected: int, found: int) -> Verdict:
     against what it was given; a shortfall fails the run like a missing row (named by count: no uuid is read there)."""
     short = max(0, expected - found)
     extra = max(0, found - expected)
-    return Verdict(what, expected, tuple((what, f"#{n + 1} of {short} not counted") for n in range(short)),
-                   ((what, "(count)", f"{extra} more than expected"),) if extra else ())
+    return Verdict(what, expected, tuple(("(count)", f"#{n + 1} of {short} short") for n in range(short)),
+                   (("(count)", "-", f"{extra} more than expected"),) if extra else (), found=found)

@@ -457,7 +457,8 @@ def check(verdicts: list[bv.Verdict], out: dict[str, Any] | None = None, *, cent
     if failed:
         extra: list[str] = []
         if central is not None and schema is not None:
-            rows = [row for v in failed for row in [*v.missing, *((t, u) for t, u, _ in v.different)]]
+            rows = [row for v in failed if v.found is None  # a count names no row to look up
+                    for row in [*v.missing, *((t, u) for t, u, _ in v.different)]]
             extra = whereabouts(central, schema, rows)
         raise bv.RowsMissing(failed, extra)
 
