@@ -1,0 +1,74 @@
+"""scripts/bench's figures as Markdown (`--markdown FILE`), each table headed by the command that produced it, so
+that the figures in docs/performance.md are pasted from a run, never typed."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and abs(value) < 100:
+        return f"{value:.2f}"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _ratios(stage: dict[str, Any]) -> str:
+    parts = [f"{stage[k + '_ratio']:.2f} × {stage[k]}" for k in ("ceiling", "also") if stage.get(k + "_ratio") is not None]
+    parts += [f"memory {stage[k]:.2f} × {stage['ceiling' if k == 'memory_ratio' else 'also']}"
+              for k in ("memory_ratio", "memory_ratio_also") if stage.get(k) is not None]
+    return "; ".join(parts)
+
+
+def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) -> str:
+    """The run's figures: stages with their ratios, ceilings, envelopes, growth pairs, end to end and latency."""
+    command = "scripts/bench " + shlex.join(argv)
+    lines = [f"Measured by `{command}` ({when}, commit {commit}, {result.get('cpus', '?')} CPUs, shared machine; "
+             f"{result.get('wall_seconds', '?')} s in all).", ""]
+    stages = result.get("stages", [])
+    if stages:
+        lines += table(["stage", "rows", "what is counted", "seconds", "CPU s", "rows/s", "peak RSS MB", "ratios"],
+                       [[s["stage"], s["rows"], s.get("counted", ""), s["seconds"], s["cpu_seconds"],
+                         s["rows_per_second"], s.get("peak_rss_total_mb", s["peak_rss_mb"]), _ratios(s)]
+                        for s in stages]) + [""]
+    if result.get("ceilings"):
+        lines += table(["ceiling (same data, same window)", "rows", "seconds", "rows/s", "how"],
+                       [[c["ceiling"], c["rows"], c["seconds"], c["rows_per_second"], c["note"]]
+                        for c in result["ceilings"]]) + [""]
+    if "envelopes" in result:
+        e = result["envelopes"]
+        lines += [f"publish's messages on this workload: {e['messages']:,} messages holding {e['rows']:,} rows "
+                  f"({e['rows_per_message']} rows a message, {e['body_bytes_per_message']:,} body bytes a message, "
+                  f"{e['body_bytes_per_row']} a row; {e['deflated_messages']:,} deflated).", ""]
+    if "growth" in result:
+        g = result["growth"]
+        pre = g["preload"]
+        lines += table(["pair", "empty central rows/s", f"central at {pre['central_rows']:,} rows, rows/s", "ratio"],
+                       [[n, p["empty_rows_per_second"], p["big_rows_per_second"], f"{p['ratio']:.2f}"]
+                        for n, p in enumerate(g["pairs"], 1)])
+        built = (f"built in {pre['seconds']:.0f} s (generator {pre.get('generator_seconds', 0):.0f} s, copies "
+                 f"{pre.get('copy_seconds', 0):.0f} s)" if pre["how"] == "built" else "reused (built by an earlier run)")
+        lines += ["", f"Median growth ratio {g['median_ratio']}; the big central {built}.", ""]
+    if "e2e" in result:
+        e = result["e2e"]
+        rss = ", ".join(f"{k} {v.get('peak_rss_total_mb', v['peak_rss_mb']):.0f} MB"
+                        for k, v in e.get("processes", {}).items())
+        lines += [f"Whole pipeline (2 sites → central): {e['rows']:,} rows found at central in {e['seconds']} s, "
+                  f"{e['rows_per_second']:,} rows/s; peak RSS {rss}.", ""]
+    for key, title in (("latency", "Latency"), ("fairness", "Fairness")):
+        if key in result and "p50_ms" in result[key]:
+            lat = result[key]
+            lines += [f"{title}: {lat.get('rows'):,} rows, p50 {lat['p50_ms']:,} ms, p95 {lat['p95_ms']:,} ms, "
+                      f"max {lat['max_ms']:,} ms, {lat.get('missing', 0)} missing.", ""]
+    return "\n".join(lines)
