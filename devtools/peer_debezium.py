@@ -7,6 +7,9 @@ JSON text message to an ANYCAST Artemis queue over the core protocol (artemis-jm
 transaction per 500 messages. It prints one JSON line, ``{"events": n, "seconds": s, ...}``, with seconds from
 engine start to the last commit.
 
+scripts/bench runs it twice: with the JVM's default heap and with ``-Xmx256m`` (``java_opts``); ``max_heap_mb``
+says what heap each allowed.
+
 ``build()`` runs ``mvn -q package`` once (needs Maven Central or a warm ~/.m2); ``run()`` starts it and measures
 it the way scripts/benchlib.py's ``Proc`` measures dbsync: peak RSS is VmHWM polled from /proc every 100 ms, CPU
 seconds are user + system from the rusage of ``os.wait4``. Passwords go to the peer in its environment only.
@@ -62,6 +65,18 @@ def build(force: bool = False) -> Path:
         raise RuntimeError(f"building the Debezium peer failed (exit {proc.returncode}):\n"
                            f"{(proc.stdout + proc.stderr)[-4000:]}")
     return JAR
+
+
+def max_heap_mb(java_opts: tuple[str, ...] = ()) -> float | None:
+    """The largest heap the JVM takes with these options (its default: a quarter of the machine's memory), from
+    ``-XX:+PrintFlagsFinal``; None when java does not say."""
+    proc = subprocess.run([shutil.which("java") or "java", *java_opts, "-XX:+PrintFlagsFinal", "-version"],
+                          capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "MaxHeapSize":
+            return round(int(parts[3]) / 1048576, 1)
+    return None
 
 
 def classpath() -> str:

@@ -92,3 +92,13 @@ def test_rows_missing_message_holds_every_failed_verdict() -> None:
     exc = RowsMissing([failed])
     assert str(exc).splitlines()[:3] == ["verdict probe: FAILED: 0 of 1 committed rows arrived, 1 missing, 0 different",
                                          "  missing:", "    obs a"]
+
+
+def test_a_count_that_falls_short_fails_and_says_by_how_much() -> None:
+    from devtools.bench_verdict import counted
+
+    assert counted("publish: rows on the broker", 300, 300).ok
+    short = counted("publish: rows on the broker", 300, 298)
+    assert not short.ok and len(short.missing) == 2
+    assert short.line() == "verdict publish: rows on the broker: FAILED: 298 counted, 300 expected"
+    assert not counted("consume: inbox", 4, 5).ok  # more than expected is wrong too
