@@ -11,6 +11,7 @@ nothing of the code it measures.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,3 +121,17 @@ def total_rows(db: DbParams) -> int:
             total += one(cur)
         conn.commit()
     return total
+
+
+def wait_purged(db: DbParams, timeout: float = 120, below: int = 1000) -> float:
+    """Wait until InnoDB has purged what a removal left (its history list is short again), so that the next run
+    does not pay for the previous one's deletes; returns the seconds waited (at most `timeout`)."""
+    started = time.monotonic()
+    with db.connect() as conn, conn.cursor() as cur:
+        while time.monotonic() - started < timeout:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")
+            row = cur.fetchone()
+            if row is None or int(row[1]) < below:
+                break
+            time.sleep(0.5)
+    return round(time.monotonic() - started, 1)
