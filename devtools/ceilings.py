@@ -92,26 +92,31 @@ class _Receipts(stomp.ConnectionListener):
 def raw_send(broker: BrokerSettings, destination: str, lines: list[bytes], rows_per_message: int,
              receipt_every: int = 500) -> Ceiling:
     """Persistent SENDs of the messages' JSON (N rows joined by newlines per message), a receipt per batch."""
-    bodies = [b"\n".join(lines[i:i + rows_per_message]) for i in range(0, len(lines), rows_per_message)]
+    frames = [Frame(b"\n".join(lines[i:i + rows_per_message]), {}) for i in range(0, len(lines), rows_per_message)]
+    seconds = _send_all(broker, destination, frames, receipt_every)
+    return Ceiling(f"raw STOMP send, {rows_per_message} row(s)/message", len(lines), seconds,
+                   f"persistent, receipt per {receipt_every} frames, uncompressed",
+                   {"messages": len(frames)})
+
+
+def _send_all(broker: BrokerSettings, destination: str, frames: list[Frame], receipt_every: int) -> float:
+    """Persistent SENDs of `frames` (their own headers kept), a receipt per `receipt_every`: the seconds taken."""
     listener = _Receipts()
     conn = open_connection(broker, listener=listener)
     started = time.perf_counter()
     try:
-        for start in range(0, len(bodies), receipt_every):
-            part = bodies[start:start + receipt_every]
+        for start in range(0, len(frames), receipt_every):
+            part = frames[start:start + receipt_every]
             receipt = uuidlib.uuid4().hex
-            for index, body in enumerate(part):
-                headers = {"persistent": "true", "destination-type": "ANYCAST"}
+            for index, frame in enumerate(part):
+                headers = {**frame.headers, "persistent": "true", "destination-type": "ANYCAST"}
                 if index == len(part) - 1:
                     headers["receipt"] = receipt
-                conn.send(destination=destination, body=body, headers=headers)
+                conn.send(destination=destination, body=frame.body, headers=headers)
             listener.wait_receipt(receipt)
-        seconds = time.perf_counter() - started
+        return time.perf_counter() - started
     finally:
         conn.disconnect()
-    return Ceiling(f"raw STOMP send, {rows_per_message} row(s)/message", len(lines), seconds,
-                   f"persistent, receipt per {receipt_every} frames, uncompressed",
-                   {"messages": len(bodies)})
 
 
 def raw_receive(broker: BrokerSettings, destination: str, frames: int, rows: int, ack_every: int = 1,
@@ -190,23 +195,8 @@ def raw_send_frames(broker: BrokerSettings, destination: str, frames: list[Frame
                     receipt_every: int = 500) -> Ceiling:
     """Persistent SENDs of exactly these frames (publish's envelopes: same rows per message, same bytes, same
     headers), a receipt per `receipt_every` frames."""
-    listener = _Receipts()
-    conn = open_connection(broker, listener=listener)
     rows = sum(f.rows for f in frames)
-    started = time.perf_counter()
-    try:
-        for start in range(0, len(frames), receipt_every):
-            part = frames[start:start + receipt_every]
-            receipt = uuidlib.uuid4().hex
-            for index, frame in enumerate(part):
-                headers = {**frame.headers, "persistent": "true", "destination-type": "ANYCAST"}
-                if index == len(part) - 1:
-                    headers["receipt"] = receipt
-                conn.send(destination=destination, body=frame.body, headers=headers)
-            listener.wait_receipt(receipt)
-        seconds = time.perf_counter() - started
-    finally:
-        conn.disconnect()
+    seconds = _send_all(broker, destination, frames, receipt_every)
     return Ceiling(f"raw STOMP send, {per_message(rows / len(frames) if frames else 0)} row(s)/message", rows,
                    seconds, f"publish's own envelopes resent byte for byte, persistent, receipt per {receipt_every} "
                    "frames", {"messages": len(frames)})
