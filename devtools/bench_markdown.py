@@ -19,7 +19,9 @@ def _cell(value: Any) -> str:
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    """A Markdown table: columns of numbers right-aligned, of words left."""
+    numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(columns))]
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return out
 
@@ -40,7 +42,7 @@ def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) 
     if stages:
         lines += table(["stage", "rows", "what is counted", "seconds", "CPU s", "rows/s", "peak RSS MB", "ratios"],
                        [[s["stage"], s["rows"], s.get("counted", ""), s["seconds"], s["cpu_seconds"],
-                         s["rows_per_second"], s.get("peak_rss_total_mb", s["peak_rss_mb"]), _ratios(s)]
+                         s["rows_per_second"], round(s.get("peak_rss_total_mb", s["peak_rss_mb"])), _ratios(s)]
                         for s in stages]) + [""]
     if result.get("ceilings"):
         lines += table(["ceiling (same data, same window)", "rows", "seconds", "rows/s", "how"],
@@ -55,7 +57,7 @@ def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) 
         g = result["growth"]
         pre = g["preload"]
         lines += table(["pair", "empty central rows/s", f"central at {pre['central_rows']:,} rows, rows/s", "ratio"],
-                       [[n, p["empty_rows_per_second"], p["big_rows_per_second"], f"{p['ratio']:.2f}"]
+                       [[n, p["empty_rows_per_second"], p["big_rows_per_second"], float(p["ratio"])]
                         for n, p in enumerate(g["pairs"], 1)])
         built = (f"built in {pre['seconds']:.0f} s (generator {pre.get('generator_seconds', 0):.0f} s, copies "
                  f"{pre.get('copy_seconds', 0):.0f} s)" if pre["how"] == "built" else "reused (built by an earlier run)")
