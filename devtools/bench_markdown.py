@@ -28,6 +28,8 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def _ratios(stage: dict[str, Any]) -> str:
     parts = [f"{stage[k + '_ratio']:.2f} × {stage[k]}" for k in ("ceiling", "also") if stage.get(k + "_ratio") is not None]
+    if stage.get("cpu_ratio") is not None:
+        parts.append(f"{stage['cpu_ratio']:.2f} × {stage['ceiling']} by CPU")
     parts += [f"memory {stage[k]:.2f} × {stage['ceiling' if k == 'memory_ratio' else 'also']}"
               for k in ("memory_ratio", "memory_ratio_also") if stage.get(k) is not None]
     return "; ".join(parts)
@@ -68,6 +70,12 @@ def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) 
                         for k, v in e.get("processes", {}).items())
         lines += [f"Whole pipeline (2 sites → central): {e['rows']:,} rows found at central in {e['seconds']} s, "
                   f"{e['rows_per_second']:,} rows/s; peak RSS {rss}.", ""]
+    if "archive" in result:
+        a = result["archive"]
+        lines += [f"Archive: apply {a['rows_per_second_off']:,} rows/s off, {a['rows_per_second_on']:,} on (median, "
+                  f"{a['on_off_ratio']:.2f} ×); CPU a row {a['cpu_us_per_row_off']} µs off, {a['cpu_us_per_row_on']} µs "
+                  f"on; the archive {a['archive_bytes_per_row']} bytes a row, its binlog "
+                  f"{a['archive_binlog_bytes_per_row']} bytes a row.", ""]
     for key, title in (("latency", "Latency"), ("fairness", "Fairness")):
         if key in result and "p50_ms" in result[key]:
             lat = result[key]

@@ -51,7 +51,7 @@ def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
     settings = {"host": repl.host, "port": repl.port, "user": repl.user, "passwd": repl.password}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     stream = BinLogStreamReader(connection_settings=settings, server_id=server_id, log_file=start["file"],
                                 log_pos=start["pos"], resume_stream=True, blocking=False,
                                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
@@ -62,7 +62,8 @@ def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling
     finally:
         stream.close()
     return Ceiling("raw decode (python-mysql-replication)", rows, time.perf_counter() - started,
-                   "same binlog range, rows decoded and counted, nothing else")
+                   "same binlog range, rows decoded and counted, nothing else",
+                   {"cpu_seconds": round(time.thread_time() - cpu, 2)})  # the decoding thread's own CPU
 
 
 # ------------------------------------------------------------------------------------------------------- STOMP
