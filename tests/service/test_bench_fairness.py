@@ -1,5 +1,6 @@
 """scripts/bench's fairness and archive phases end to end at a tiny size (≈ 30 s): every committed row judged, a
-clean run exits 0, prints one verdict line per check and leaves nothing behind; the archive phase reports its pairs."""
+clean run exits 0, prints one verdict line per check and leaves nothing behind; the archive phase reports its pairs,
+each run's rows counted in central's tables."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_fairness_phase_runs_and_judges_every_row(services: Services, tmp_path: 
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     verdicts = [line for line in proc.stderr.splitlines() if line.startswith("verdict ")]
-    assert len(verdicts) == 3, proc.stderr[-3000:]
+    assert len([line for line in verdicts if line.startswith("verdict fairness")]) == 3, proc.stderr[-3000:]
+    assert len([line for line in verdicts if line.startswith("verdict apply, archive")]) == 6, proc.stderr[-3000:]
     assert all(": ok: " in line for line in verdicts), verdicts
     fairness = json.loads(out.read_text())["fairness"]
     assert fairness["missing"] == 0
