@@ -275,13 +275,14 @@ class Applier:
         """The messages of an inbox record or a bare message (an envelope holds several)."""
         return expand(record, self.model, self.settings.max_message_bytes)
 
-    def apply_batch(self, records: list[dict[str, Any]]) -> list[Outcome]:
+    def apply_batch(self, records: list[dict[str, Any]], expanded: list[list[Parsed]] | None = None) -> list[Outcome]:
         """Apply the messages of `records`, a transaction per `batch_messages` messages they really hold (the row
-        counts the inbox read them by come from the senders' headers), whole deliveries in each."""
+        counts the inbox read them by come from the senders' headers), whole deliveries in each; `expanded`: each
+        record's messages, parsed already (inbox_reader.py)."""
         outcomes: list[Outcome] = []
         batch: list[Parsed] = []
-        for record in records:
-            items = self.expand(record)
+        for index, record in enumerate(records):
+            items = expanded[index] if expanded is not None else self.expand(record)
             if batch and len(batch) + len(items) > self.settings.batch_messages:
                 outcomes += self.apply_parsed(batch)
                 batch = []
