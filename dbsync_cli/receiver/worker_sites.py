@@ -2,12 +2,13 @@
 
 Senders set the Artemis message group to their site (JMSXGroupID), so the broker gives all of one site's deliveries
 to one worker's consume, in order; each stores them in the shared inbox with its slot number. Between two batches
-(everything committed) a worker takes, without waiting, the lock of every site whose inbox rows it stored itself, or
-that a worker no longer alive stored (its slot lock is free: MariaDB released it with the dead session), or that
-has retry entries; it keeps the locks it holds until it stops. It applies only the inbox rows and retry entries of
-the sites it holds, oldest first, so one site's messages are applied by one worker at a time and in the order the
-broker delivered them, whichever worker stored them (a site whose worker died goes on where that one stopped: its
-rows not yet applied are still in the inbox, its unacknowledged deliveries come back from the broker).
+(everything committed) a worker takes, without waiting, the locks of about its share of the sites with work (`plan`:
+first those it stored itself, then those of a worker no longer alive — its slot lock is free: MariaDB released it
+with the dead session), and lets go of what is above its share when a worker joins. It applies only the inbox rows
+and retry entries of the sites it holds, oldest first, so one site's messages are applied by one worker at a time
+and in the order the broker delivered them, whichever worker stored them (a site whose worker died goes on where
+that one stopped: its rows not yet applied are still in the inbox, its unacknowledged deliveries come back from the
+broker).
 
 One worker at a time (the holder of the lead lock) does what the single receiver does once: housekeeping, the
 console's samples, operators' requests (`dbsync retry`, `conflicts resolve`, the console). A request may touch any
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dbsync_cli.receiver.apply import Applier
 from dbsync_cli.receiver.worker_locks import (
+    MAX_WORKERS,
     WorkerSlot,
     holders,
     lead_lock,
@@ -39,17 +42,41 @@ DISCOVER_SECONDS = 1.0  # how often the inbox is looked at for sites to take (at
 RETRY_DISCOVER_SECONDS = 10.0  # how often the retry and conflict queues are
 
 
-def wanted(rows: list[tuple[str | None, int | None]], mine: int, alive: set[int]) -> set[str | None]:
-    """The sites of inbox rows (site, worker slot) this worker should apply: those it stored, those stored without
-    a worker (`dbsync consume`, a receiver before --worker) and those of a worker no longer `alive`."""
-    return {site for site, worker in rows if worker is None or worker == mine or worker not in alive}
+Site = str | None
 
 
-def handed_on(rows: list[tuple[str | None, int | None]], mine: int, alive: set[int],
-              held: set[str | None]) -> set[str | None]:
-    """Held sites whose inbox rows another live worker stored, all of them (the broker moved the site's group to
-    that worker, e.g. when a worker joined): let go, so that the worker consuming them applies them."""
-    return {site for site, worker in rows if site in held} - wanted(rows, mine, alive)
+@dataclass(frozen=True)
+class Plan:
+    take: list[Site]  # free sites to try, best first (the locks decide)
+    release: set[Site]  # held sites above this worker's share
+
+
+def plan(rows: list[tuple[Site, int | None]], queued: set[Site], *, mine: int, alive: set[int], workers: int,
+         held: set[Site]) -> Plan:
+    """Which sites to take and let go between two batches. `rows`: (site, slot of the worker that stored them) of
+    the inbox; `queued`: sites with retry entries; `alive`: the slots of live workers, `workers` how many.
+
+    Each worker applies about its share of the sites with work (ceil(sites / workers)): consume is far faster
+    than apply, so the first worker up may store a whole broker backlog, and who applies must not follow who
+    consumed. Within the share a worker prefers the sites it stored itself, then those stored by no worker (`dbsync
+    consume`, a receiver before --worker) or by a worker that died, then those with retry entries only, then those
+    another live worker stored. Above its share (a worker joined) it lets the least preferred go; sites without
+    work it keeps (nothing to balance)."""
+    def rank(site: Site) -> int:
+        writers = {w for s, w in rows if s == site}
+        if mine in writers:
+            return 0
+        if any(w is None or w not in alive for w in writers):
+            return 1
+        return 2 if not writers else 3
+
+    active = {site for site, _w in rows} | queued
+    share = -(-len(active) // max(1, workers))
+    busy = sorted(held & active, key=lambda site: (rank(site), str(site)))
+    release = set(busy[share:])
+    room = share - (len(busy) - len(release))
+    candidates = sorted(active - held, key=lambda site: (rank(site), str(site)))
+    return Plan(candidates[:max(0, room)] if room > 0 else [], release)
 
 
 class WorkerSites:
@@ -62,6 +89,7 @@ class WorkerSites:
         self.lead = False
         self.holding_all = False  # every site, for an operator's request
         self._looked = self._looked_at_queues = -float("inf")
+        self.queued: set[Site] = set()  # sites with retry entries, looked at every RETRY_DISCOVER_SECONDS
 
     def round(self, idle: bool = False) -> bool:
         """Between two batches: take the lead or sites that are due; False while another worker carries out an
@@ -81,7 +109,7 @@ class WorkerSites:
                 return False
             now = time.monotonic()
             if idle or now - self._looked >= DISCOVER_SECONDS:
-                self._take(cur, self._due(cur, queues=now - self._looked_at_queues >= RETRY_DISCOVER_SECONDS))
+                self._balance(cur, queues=now - self._looked_at_queues >= RETRY_DISCOVER_SECONDS)
                 self._looked = now
         conn.commit()
         return True
@@ -91,25 +119,26 @@ class WorkerSites:
                         "taken_by <> CONNECTION_ID()) LIMIT 1", self.applier.s))
         return cur.fetchone() is not None
 
-    def _due(self, cur: Any, queues: bool) -> set[str | None]:
+    def _balance(self, cur: Any, queues: bool) -> None:
         s = self.applier.s
         cur.execute(sql("SELECT site, worker FROM {}.inbox GROUP BY site, worker", s))
         rows = [(site, None if worker is None else int(worker)) for site, worker in cur.fetchall()]
-        others = sorted({w for _site, w in rows if w is not None and w != self.slot.number})
-        alive = {w for w, holder in zip(others, holders(cur, [slot_lock(self.schema, w) for w in others]), strict=True)
-                 if holder is not None}
-        mine = self.slot.number if self.slot.number is not None else -1
-        due = wanted(rows, mine, alive)
-        if not self.holding_all:
-            for site in handed_on(rows, mine, alive, self.held):
-                release(cur, site_lock(self.schema, site))
-                self.held.discard(site)
-                log.info("receiver worker %s: site %s is consumed by another worker now: handed on", mine, site)
+        slots = [slot_lock(self.schema, k) for k in range(MAX_WORKERS)]
+        alive = {k for k, holder in enumerate(holders(cur, slots)) if holder is not None}
         if queues:
             self._looked_at_queues = time.monotonic()
             cur.execute(sql("SELECT DISTINCT site FROM {}.receiver_retry_queue", s))
-            due |= {site for (site,) in cur.fetchall()}
-        return due - self.held
+            self.queued = {site for (site,) in cur.fetchall()}
+        mine = self.slot.number if self.slot.number is not None else -1
+        chosen = plan(rows, self.queued, mine=mine, alive=alive, workers=len(alive), held=self.held)
+        if not self.holding_all and chosen.release:
+            for site in chosen.release:
+                release(cur, site_lock(self.schema, site))
+            self.held -= chosen.release
+            log.info("receiver worker %s hands site(s) %s on (more than its share)", mine,
+                     ", ".join(str(site) for site in sorted(chosen.release, key=str)))
+        if chosen.take:
+            self._take(cur, set(chosen.take))
 
     def _take(self, cur: Any, sites: set[str | None]) -> bool:
         """Take the free locks of `sites` (never waiting); whether all of them are held now."""

@@ -21,6 +21,7 @@ import pytest
 import stomp
 from helpers import dbsync, dbsync_cmd, sender_config
 from receiver_helpers import Site, drop_schema, make_central, plain_sql
+from test_bulk_actions import park
 
 from devtools.workload.generator import generate
 from devtools.workload.truth import compare
@@ -162,4 +163,32 @@ def test_two_workers_three_sites_with_a_kill_9(openmrs_db, services, tmp_path, b
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        drop_schema(central)
+
+
+def test_operator_actions_are_carried_out_by_the_lead_worker(openmrs_db, tmp_path, broker_settings) -> None:
+    """`dbsync retry drop` while two workers run: handed over (receiver_request), carried out by the lead worker
+    holding every site's lock meanwhile; `dbsync apply --from-inbox` (a second applier) still exits 13."""
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=("site1", "site2"),
+                           destination=f"test.workers.{uuidlib.uuid4().hex[:8]}")
+    workers = _workers(central, tmp_path / "workers.log", 2)
+    try:
+        s = f"`{central.schema}`"
+        first = park(central, site="site1", table="obs", reason="refused: test", kind="permanent")
+        second = park(central, site="site2", table="obs", reason="refused: test", kind="permanent")
+        time.sleep(3)  # both workers up, one of them the lead
+        dropped = dbsync("retry", "drop", "--site", "site1", "--yes", "--config", str(central.config),
+                         env=central.env, check=False)
+        assert dropped.returncode == 0, dropped.stderr.decode()[-2000:]
+        left = {r[0] for r in plain_sql(central.db, f"SELECT id FROM {s}.receiver_retry_queue")}  # noqa: S608
+        assert first not in left and second in left
+        served = plain_sql(central.db, f"SELECT state, taken_by FROM {s}.receiver_request")  # noqa: S608
+        assert [r[0] for r in served] == ["done"] and served[0][1] is not None  # a worker served it
+        again = dbsync("apply", "--from-inbox", "--config", str(central.config), env=central.env, check=False)
+        assert again.returncode == 13 and b"--worker" in again.stderr, again.stderr.decode()[-2000:]
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=60)
         drop_schema(central)

@@ -5,22 +5,30 @@ from __future__ import annotations
 
 from dbsync_cli.receiver.inbox import site_filter
 from dbsync_cli.receiver.worker_locks import MAX_WORKERS, applier_lock, lead_lock, site_lock, slot_lock
-from dbsync_cli.receiver.worker_sites import handed_on, wanted
+from dbsync_cli.receiver.worker_sites import plan
 
 
-def test_a_worker_wants_the_sites_it_consumed_those_of_no_worker_and_those_of_dead_workers() -> None:
+def test_each_worker_takes_its_share_preferring_what_it_stored_then_what_dead_workers_stored() -> None:
     rows = [("a", 0), ("b", 1), ("c", 2), ("d", None), ("e", 1), ("e", 0)]
-    # worker 0; worker 1 alive, worker 2 dead
-    assert wanted(rows, 0, alive={1}) == {"a", "c", "d", "e"}
-    assert wanted(rows, 1, alive={0, 2}) == {"b", "d", "e"}
-    assert wanted([(None, 3)], 0, alive=set()) == {None}  # deliveries without a site header: one lock too
+    # worker 0 of two live workers (0, 1); worker 2 is dead: five sites with work, a share of three
+    chosen = plan(rows, set(), mine=0, alive={0, 1}, workers=2, held=set())
+    assert chosen.take == ["a", "e", "c"] and chosen.release == set()  # its own, then a dead worker's
+    # a worker alone takes everything, its own first, then no worker's, then retry-only sites
+    assert plan(rows, {"q"}, mine=1, alive={1}, workers=1, held=set()).take == ["b", "e", "a", "c", "d", "q"]
+    # holding its share already: nothing more
+    assert plan(rows, set(), mine=0, alive={0, 1}, workers=2, held={"a", "b", "c"}).take == []
 
 
-def test_a_held_site_is_handed_on_only_when_all_its_inbox_rows_are_a_live_worker_s() -> None:
-    rows = [("a", 1), ("b", 1), ("b", 0), ("c", 2)]
-    assert handed_on(rows, 0, alive={1, 2}, held={"a", "b", "z"}) == {"a"}  # b: rows of its own; z: no rows at all
-    assert handed_on(rows, 0, alive={2}, held={"a", "c"}) == {"c"}  # a's worker is dead: kept
-    assert handed_on(rows, 0, alive={1, 2}, held=set()) == set()
+def test_the_first_worker_up_hands_sites_on_when_another_joins() -> None:
+    # worker 0 consumed the whole backlog before worker 1 started, and holds all four sites
+    rows = [("a", 0), ("b", 0), ("c", 0), ("d", 0)]
+    first = plan(rows, set(), mine=0, alive={0, 1}, workers=2, held={"a", "b", "c", "d"})
+    assert first.take == [] and first.release == {"c", "d"}
+    second = plan(rows, set(), mine=1, alive={0, 1}, workers=2, held=set())
+    assert second.take == ["a", "b"]  # the locks decide: c and d are free once the first let them go
+    # sites without work are kept (nothing to balance) and do not count toward the share
+    assert plan([("a", 0)], set(), mine=0, alive={0, 1}, workers=2, held={"z", "a"}).release == set()
+    assert plan([(None, 3)], set(), mine=0, alive={0}, workers=1, held=set()).take == [None]  # no site header
 
 
 def test_lock_names_fit_mariadb_and_differ_per_schema_and_site() -> None:
