@@ -20,7 +20,8 @@ import orjson
 import pytest
 import stomp
 from helpers import dbsync, dbsync_cmd, sender_config
-from receiver_helpers import Site, drop_schema, make_central, plain_sql
+from receiver_helpers import Site, drop_schema, make_central, make_site, plain_sql
+from test_apply import new_person
 from test_bulk_actions import park
 
 from devtools.workload.generator import generate
@@ -191,4 +192,30 @@ def test_operator_actions_are_carried_out_by_the_lead_worker(openmrs_db, tmp_pat
             proc.send_signal(signal.SIGTERM)
         for proc in workers:
             proc.wait(timeout=60)
+        drop_schema(central)
+
+
+def test_a_placeholder_another_worker_creates_at_the_same_time_is_read_back_not_doubled(
+        openmrs_db, services, tmp_path, broker_settings) -> None:
+    """Two workers (two sites) referencing one missing person at once both create its placeholder: the loser of
+    the unique key waits for the winner's transaction, gets a duplicate key, replays its batch and reads the row."""
+    central = make_central(openmrs_db, tmp_path, broker_settings)
+    site = make_site(openmrs_db, services, tmp_path, broker_settings)
+    try:
+        person, _name = new_person(site)
+        names = [m for m in site.messages() if m["table"] == "person_name"]
+        assert len(names) == 1 and names[0]["data"]["person_id"]["uuid"] == person
+        winner = central.db.connect(autocommit=False)  # another worker's batch, its placeholder not committed yet
+        with winner.cursor() as cur:
+            cur.execute("INSERT INTO person (gender, creator, date_created, voided, void_reason, uuid) "
+                        "VALUES ('', 1, NOW(), 1, '[placeholder]', %s)", (person,))
+        threading.Timer(2.0, winner.commit).start()  # while this apply waits on the unique key
+        outcomes = central.apply(names)
+        winner.close()
+        assert [o["outcome"] for o in outcomes] == ["applied"], central.last_stderr[-2000:]
+        rows = plain_sql(central.db, "SELECT p.person_id, COUNT(n.person_name_id) FROM person p LEFT JOIN "
+                                     "person_name n ON n.person_id = p.person_id WHERE p.uuid = %s "
+                                     "GROUP BY p.person_id", (person,))
+        assert len(rows) == 1 and rows[0][1] == 1  # one person, the name on it
+    finally:
         drop_schema(central)
