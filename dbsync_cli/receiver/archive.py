@@ -22,7 +22,7 @@ from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.batch import ArchiveEntry as Entry
 from dbsync_cli.receiver.batch import Outcome
 from dbsync_cli.receiver.message import Parsed
-from dbsync_cli.sql import Sql, chunks, placeholders, sql
+from dbsync_cli.sql import Sql, chunks, placeholders, sql, value_rows
 from dbsync_cli.wire import canonical_uuid
 
 #: bodies deflated into one blob at most (a bigger write takes several blobs: the server's packet limit)
@@ -119,9 +119,10 @@ def write(cur: Any, s: Sql, entries: list[Entry], stamp: dt.datetime) -> None:
         rows.append((day_text, stamp_text, blob_of[index], with_body.get(index), e.message_id[:255], (e.site or "")[:100] or None,
                      e.table, (e.op or "")[:1] or None, _uuid(e.uuid), first, second,
                      e.outcome[:32], (e.reason or "")[:1000] or None, code, args, (e.actor or "")[:100] or None))
-    cur.executemany(sql("INSERT INTO {}.archive (day, date_handled, blob_id, part, message_id, site, table_name, op, "
-                        "entity_uuid, patient_uuid, patient2_uuid, outcome, reason, reason_code, reason_args, actor) "
-                        "VALUES ({})", s, placeholders(16)), rows)
+    for part in chunks(rows):
+        cur.execute(sql("INSERT INTO {}.archive (day, date_handled, blob_id, part, message_id, site, table_name, "
+                        "op, entity_uuid, patient_uuid, patient2_uuid, outcome, reason, reason_code, reason_args, "
+                        "actor) VALUES {}", s, value_rows(cur.connection, part)))
 
 
 def _uuid(value: str | None) -> str | None:

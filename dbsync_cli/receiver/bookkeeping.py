@@ -12,7 +12,7 @@ from typing import Any
 from dbsync_cli.receiver.batch import Batch
 from dbsync_cli.receiver.guard import COLUMNS as POSITION_COLUMNS
 from dbsync_cli.receiver.guard import SourcePosition
-from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql, value_rows
 from dbsync_cli.wire import canonical_uuid
 
 #: (key, hash) of central rows of a table, as the central server computes them
@@ -83,9 +83,11 @@ def write_batch(cur: Any, schema: Sql, batch: Batch, site_ids: dict[str, int], s
     """Everything `batch` collected; `site_ids` maps each site identifier in `batch.sites` to its site_info id."""
     write_entity_hashes(cur, schema, batch, stamp, hashes)
     if batch.handled:
-        cur.executemany(sql("INSERT INTO {}.applied_message (message_id, date_applied, digest) VALUES (%s, %s, %s) "
-                            "ON DUPLICATE KEY UPDATE digest = COALESCE(VALUES(digest), digest)", schema),
-                        [(m[:255], stamp, batch.digests.get(m)) for m in dict.fromkeys(batch.handled)])
+        stamp_text = stamp.isoformat(sep=" ", timespec="microseconds")  # once, not per row
+        for part in chunks(list(dict.fromkeys(batch.handled))):
+            cur.execute(sql("INSERT INTO {}.applied_message (message_id, date_applied, digest) VALUES {} "
+                            "ON DUPLICATE KEY UPDATE digest = COALESCE(VALUES(digest), digest)", schema,
+                            value_rows(cur.connection, [(m[:255], stamp_text, batch.digests.get(m)) for m in part])))
     if batch.inbox:
         inbox = sorted(set(batch.inbox))
         cur.execute(sql("DELETE FROM {}.inbox WHERE id IN ({})", schema, placeholders(len(inbox))), inbox)

@@ -137,6 +137,16 @@ def other_content_id(message_id: str, body: bytes) -> str:
     return f"{message_id[:MAX_ID - 17]}~{hashlib.blake2b(body, digest_size=8).hexdigest()}"
 
 
+def present(conn: Any, schema: str, ids: Collection[int]) -> set[int]:
+    """Which of inbox rows `ids` are still there (read ahead, then something else deleted them)."""
+    if not ids:
+        return set()
+    with conn.cursor() as cur:
+        cur.execute(sql("SELECT id FROM {}.inbox WHERE id IN ({})", schema_name(schema), placeholders(len(ids))),
+                    sorted(ids))
+        return {int(r[0]) for r in cur.fetchall()}
+
+
 def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) -> list[InboxRow]:
     """Inbox rows after ``after_id``, in id order. Rows whose id apply recorded as handled are included: apply
     decides (a duplicate, or the same id with other content) and deletes them, as the combined receiver does."""
@@ -149,18 +159,22 @@ def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) ->
     return rows
 
 
-def oldest(conn: Any, schema: str, limit: int, sites: Collection[str | None] | None = None) -> list[dict[str, Any]]:
+def oldest(conn: Any, schema: str, limit: int, *, besides: Collection[int] = (),
+           sites: Collection[str | None] | None = None) -> list[dict[str, Any]]:
     """The next inbox rows for apply, live changes first, holding about `limit` messages (at least one row) as
-    apply's records (apply deletes what it handled in the same transaction). `sites`: only theirs (a receiver
-    worker's, None standing for rows without a site header)."""
+    apply's records (apply deletes what it handled in the same transaction); `besides`: rows apply holds now;
+    `sites`: only theirs (a receiver worker's, None standing for rows without a site header)."""
     s = schema_name(schema)
     conn.commit()
     if sites is not None and not sites:
         return []
     where, params = site_filter(sites)
     with conn.cursor() as cur:
+        if besides:
+            where = sql("{} {} id NOT IN ({})", where, sql("AND") if where else sql("WHERE"),
+                        placeholders(len(besides)))
         cur.execute(sql("SELECT id, n_rows FROM {}.inbox{} ORDER BY snapshot, id LIMIT %s", s, where),
-                    [*params, max(1, limit)])
+                    [*params, *sorted(besides), max(1, limit)])
         wanted: list[int] = []
         total = 0
         for row_id, n_rows in cur.fetchall():

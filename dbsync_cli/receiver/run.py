@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ import pymysql
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaError, SchemaModel, synced_table_names
-from dbsync_cli.receiver import archive_prune, archive_query, complex_files, inbox, placeholder, state
+from dbsync_cli.receiver import archive_prune, archive_query, complex_files, placeholder, state
 from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
+from dbsync_cli.receiver.inbox_reader import InboxReader
 from dbsync_cli.receiver.retry import RetryLane
 from dbsync_cli.receiver.worker_locks import WorkerSlot, rest_lock
 from dbsync_cli.receiver.worker_sites import WorkerSites
@@ -52,20 +53,18 @@ def load_model(cfg: Config) -> SchemaModel:
             cfg.get("receiver.tables"), cfg.get("receiver.extra_tables")))
 
 
-def read_inbox(applier: Applier, limit: int, sites: Collection[str | None] | None = None) -> list[dict[str, Any]]:
-    """The oldest inbox rows (of `sites`: a receiver worker's); apply deletes what it applied in the same
-    transaction."""
-    return inbox.oldest(applier.conn, applier.settings.state_schema, limit, sites)
-
-
 def drain_inbox(applier: Applier, stop: threading.Event | None = None) -> int:
     """Apply inbox rows until the inbox is empty; returns messages handled."""
     total = 0
-    while stop is None or not stop.is_set():
-        records = read_inbox(applier, applier.settings.batch_messages)
-        if not records:
-            break
-        total += len(applier.apply_batch(records))
+    reader = InboxReader(applier, applier.settings.batch_messages)
+    try:
+        while stop is None or not stop.is_set():
+            batch = reader.take()
+            if not batch:
+                break
+            total += len(applier.apply_batch([r for r, _ in batch], [items for _, items in batch]))
+    finally:
+        reader.close()
     return total
 
 
@@ -107,6 +106,8 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
     folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
+    # the next batch read while one is applied (a worker's: of the sites it holds)
+    reader = InboxReader(applier, applier.settings.batch_messages, sites.held if sites is not None else None)
     records: list[dict[str, Any]] = []
     try:
         while not stop.is_set():
@@ -115,9 +116,10 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                 stop.wait(0.2)
                 continue
             lead = sites is None or sites.lead  # one worker does what one process at a time does
-            records = read_inbox(applier, applier.settings.batch_messages, sites.held if sites else None)
+            batch = reader.take()
+            records = [r for r, _ in batch]
             if records:
-                outcomes = applier.apply_batch(records)
+                outcomes = applier.apply_batch(records, [items for _, items in batch])
                 lane.note_applied(o.uuid for o in outcomes if o.outcome == "applied")
                 last_work = time.monotonic()
             if lead and requests.round():
@@ -139,6 +141,7 @@ def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_
                     return
                 stop.wait(0.2)
     finally:
+        reader.close()
         applier.close()
 
 

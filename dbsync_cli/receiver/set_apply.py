@@ -50,7 +50,7 @@ from dbsync_cli.receiver.set_select import (
     settle,
     subclass_rows,
 )
-from dbsync_cli.sql import Sql, StatementCache, chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.sql import Sql, StatementCache, chunks, columns, join, placeholders, quote, sql, value_rows
 
 log = logging.getLogger("dbsync.apply")
 
@@ -156,12 +156,12 @@ class SetApply:
                 self._hashes(cur, chunk, stamp)
         return {row.index: self._applied(row, batch) for row in rows}
 
-    def _parts(self, group: list[Row], by_key: Mapping[tuple[str, str], Row]) -> list[tuple[list[Row], list[Any]]]:
+    def _parts(self, group: list[Row], by_key: Mapping[tuple[str, str], Row]) -> list[tuple[list[Row], list[list[Any]]]]:
         """The group's rows, keys of earlier waves filled in, in parts of at most `max_bytes` of statement (twice
         a message's JSON plus 16 bytes a column bounds its values, as for the per-row path's grouped INSERTs)."""
         parts: list[tuple[list[Row], list[Any]]] = []
         members: list[Row] = []
-        params: list[Any] = []
+        params: list[list[Any]] = []  # each member's values
         size = 0
         for row in group:
             values = [by_key[(v.table, v.uuid)].key if isinstance(v, Need) else v for v in row.values]
@@ -178,21 +178,20 @@ class SetApply:
                 parts.append((members, params))
                 members, params, size = [], [], 0
             members.append(row)
-            params.extend(values)
+            params.append(values)
             size += bound
         if members:
             parts.append((members, params))
         return parts
 
-    def _insert(self, cur: Any, part: tuple[list[Row], list[Any]]) -> None:
+    def _insert(self, cur: Any, part: tuple[list[Row], list[list[Any]]]) -> None:
         members, params = part
         table, cols = members[0].table, members[0].columns
         target = (*cols, table.key if table.is_subclass else "uuid")
-        prefix, one_row = self.statements.get(("insert", table.name, cols), lambda: sql(
-            "INSERT INTO {} ({}) VALUES ", quote(table.name), columns(target))), sql(
-            "({})", placeholders(len(target)))
+        prefix = self.statements.get(("insert", table.name, cols), lambda: sql(
+            "INSERT INTO {} ({}) VALUES ", quote(table.name), columns(target)))
         # one multi-row statement (its keys are consecutive where the server promises it)
-        cur.execute(sql("{}{}", prefix, join([one_row] * len(members))), params)
+        cur.execute(sql("{}{}", prefix, value_rows(cur.connection, params)))
         if cur.rowcount != len(members):
             raise pymysql.err.DataError(f"{table.name}: {cur.rowcount} of {len(members)} set rows inserted")
         self.rows_written += len(members)
@@ -211,7 +210,7 @@ class SetApply:
             row.key = key
             self.ids.remember(table.identity.table, row.uuid, key)
 
-    def _update(self, cur: Any, part: tuple[list[Row], list[Any]]) -> None:
+    def _update(self, cur: Any, part: tuple[list[Row], list[list[Any]]]) -> None:
         """One UPDATE of a table's rows (one column set): joined to their new values by key. Central's rows are
         locked since the batch read them, so each exists; the server converts each value as for the per-row path's
         UPDATE (strict mode refuses the same values)."""
@@ -229,7 +228,7 @@ class SetApply:
             sql("{}.{} = dbsync_v.{}", quote(table.name), quote(c), n) for c, n in zip(cols, names[1:], strict=True)))
         cur.execute(sql("UPDATE {t} JOIN ({}{}) AS dbsync_v ON {t}.{} = dbsync_v.{} SET {}", first,
                         join([other] * (len(members) - 1), separator=""), quote(table.key), names[0], setting, t=quote(table.name)),
-                    params)
+                    [value for values in params for value in values])
 
     def _hashes(self, cur: Any, rows: list[Row], stamp: Any) -> None:
         """entity_hash of the rows just written: the server's hash of each row, its site as owner, the source

@@ -427,3 +427,39 @@ def test_the_set_path_off_writes_nothing_set_based(central, site) -> None:
     results, written = apply_in_process(central, site.messages(), set_apply=False)
     assert written == 0 and set(Counter(r["outcome"] for r in results)) == {"applied"}
     assert compare(central.db, truth, username_suffix="|site1") == []
+
+
+def test_the_inbox_read_ahead_skips_what_apply_holds_and_what_went_meanwhile(central, site) -> None:
+    """InboxReader reads batch n+1 while batch n applies: never a row of batch n, never a row removed since (an
+    operator's action), and an empty read-ahead is read again (rows arrived since)."""
+    from dbsync_cli.receiver import inbox
+    from dbsync_cli.receiver.inbox_reader import InboxReader
+
+    generate(site.admin, seed=44, patients=2, obs_per_encounter=2, mutations=0.0)
+    messages = site.messages()
+    assert len(messages) >= 9
+    deliveries = [inbox.Delivery(m["id"], m["site"], orjson.dumps(m), "") for m in messages]
+    with central.db.connect(autocommit=False) as conn:
+        inbox.store(conn, central.schema, deliveries[:6])
+    with central.db.connect() as conn:
+        model = SchemaModel.load(conn, central.db.database or "", synced_table_names(None, None))
+    applier = Applier(ApplySettings(central=central.db, state_schema=central.schema, batch_messages=3), model)
+    reader = InboxReader(applier, 3)
+    try:
+        first = reader.take()
+        assert [r["message_id"] for r, _ in first] == [m["id"] for m in messages[:3]]
+        assert all(len(items) == 1 and items[0].message_id == r["message_id"] for r, items in first)
+        applier.apply_batch([r for r, _ in first], [items for _, items in first])
+        # while it applied, the next three were read ahead; an operator removes one of them meanwhile
+        central.sql(f"DELETE FROM `{central.schema}`.inbox WHERE message_id = %s", (messages[4]["id"],))
+        second = reader.take()
+        assert [r["message_id"] for r, _ in second] == [messages[3]["id"], messages[5]["id"]]
+        applier.apply_batch([r for r, _ in second], [items for _, items in second])
+        assert reader.take() == []  # read ahead while the second applied: nothing then, so read again now
+        with central.db.connect(autocommit=False) as conn:
+            inbox.store(conn, central.schema, deliveries[6:])
+        assert [r["message_id"] for r, _ in reader.take()] == [m["id"] for m in messages[6:9]]
+    finally:
+        reader.close()
+        applier.close()
+    assert central.sql(f"SELECT COUNT(*) FROM `{central.schema}`.applied_message") == [(5,)]

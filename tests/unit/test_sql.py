@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql
+from dbsync_cli.sql import Sql, chunks, columns, join, placeholders, quote, sql, value_rows
 
 
 def test_quote_backticks_each_part_and_joins_them_with_dots() -> None:
@@ -73,3 +73,32 @@ def test_chunks_sizes() -> None:
     assert list(chunks([1, 2], 2)) == [[1, 2]]
     assert list(chunks([], 10)) == []
     assert list(chunks((1, 2, 3), 5)) == [[1, 2, 3]]
+
+
+def _connection(no_backslash_escapes: bool) -> object:
+    import pymysql
+    from pymysql.constants import SERVER_STATUS
+
+    conn = pymysql.connections.Connection(defer_connect=True, charset="utf8mb4")
+    conn.server_status = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES if no_backslash_escapes else 0
+    return conn
+
+
+@pytest.mark.parametrize("no_backslash_escapes", [False, True])
+def test_value_rows_is_the_text_pymysqls_parameter_binding_makes(no_backslash_escapes: bool) -> None:
+    import datetime as dt
+    import decimal
+
+    import pymysql
+
+    conn = _connection(no_backslash_escapes)
+    rows = [("it's", "back\\slash", "nul\x00byte", "quote\"d\n\r\x1a", "ção 🙂", "", "%s {} %%"),
+            (0, -7, 2**70, None, True, 1.25, decimal.Decimal("12.500")),
+            (b"\x00'\\bin", bytearray(b"ab"), dt.datetime(2026, 1, 2, 3, 4, 5, 6), dt.date(2026, 1, 2),
+             dt.time(1, 2, 3), dt.timedelta(hours=-1, seconds=5), "x")]
+    cursor = pymysql.cursors.Cursor(conn)  # type: ignore[arg-type]
+    for row in rows:
+        expected = cursor.mogrify("(" + ",".join(["%s"] * len(row)) + ")", row)
+        assert value_rows(conn, [row]) == expected
+    assert value_rows(conn, rows[:2]) == ",".join(value_rows(conn, [r]) for r in rows[:2])
+    assert type(value_rows(conn, rows)) is Sql
