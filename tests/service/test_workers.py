@@ -213,6 +213,7 @@ def test_a_placeholder_another_worker_creates_at_the_same_time_is_read_back_not_
         outcomes = central.apply(names)
         winner.close()
         assert [o["outcome"] for o in outcomes] == ["applied"], central.last_stderr[-2000:]
+        assert "Duplicate entry" in central.last_stderr  # the race happened: the batch lost the unique key
         rows = plain_sql(central.db, "SELECT p.person_id, COUNT(n.person_name_id) FROM person p LEFT JOIN "
                                      "person_name n ON n.person_id = p.person_id WHERE p.uuid = %s "
                                      "GROUP BY p.person_id", (person,))
