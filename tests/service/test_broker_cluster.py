@@ -74,6 +74,32 @@ def test_two_clustered_brokers_keep_each_group_on_one_consumer_and_lose_nothing(
             assert [n for _name, n in values] == sorted(n for _name, n in values), group
         # the consumer on the first broker got groups sent to the second: the cluster routed them
         assert {name for names in owners.values() for name in names} == {"on-first", "on-second"}, owners
+
+        # the second broker's consumer goes (its worker stopped): its groups stay bound to that broker (Artemis does
+        # not redistribute grouped messages); they wait there, and a worker that connects to it again gets them
+        consumers[1].disconnect()
+        time.sleep(2)
+        for n in range(MESSAGES, 2 * MESSAGES):
+            producer.send(queue, str(n), headers={"persistent": "true", "destination-type": "ANYCAST",
+                                                  "JMSXGroupID": f"site{order.randrange(GROUPS)}"})
+        time.sleep(5)
+        waiting = 2 * MESSAGES - sum(len(v) for v in seen.values())
+        assert 0 < waiting < MESSAGES  # the first broker's groups went on, the second's wait
+        again = _connect(second)
+        again.set_listener("c", _Collect("on-second", seen, again))
+        again.subscribe(queue, id="again", ack="client-individual",
+                        headers={"subscription-type": "ANYCAST", "consumer-window-size": "1024"})
+        consumers.append(again)
+        deadline = time.monotonic() + 60
+        while sum(len(v) for v in seen.values()) < 2 * MESSAGES and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        assert sorted(n for values in seen.values() for _name, n in values) == list(range(2 * MESSAGES))
+        owners = {group: {name for name, _n in values} for group, values in seen.items()}
+        assert all(len(names) == 1 for names in owners.values()), owners  # each site on one broker throughout
+        for group, values in seen.items():
+            assert [n for _name, n in values] == sorted(n for _name, n in values), group
     finally:
         for conn in [*consumers, producer]:
-            conn.disconnect()
+            if conn.is_connected():
+                conn.disconnect()
