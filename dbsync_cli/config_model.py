@@ -183,6 +183,8 @@ class SiteDb(Section):
 
 class Receiver(Section):
     site_id: Name = key("central", roles=RECEIVER, help="this receiver's own identifier")
+    worker: bool = key(False, roles=RECEIVER, help="one of several receivers on this central (--worker): each "
+                                                  "applies the sites whose deliveries it consumes (queue mode)")
     timezone: TimeZone = key("UTC", roles=RECEIVER, help="time zone of DATETIME values at central")
     conflict_policy: Literal["newer", "any"] = key("newer", roles=RECEIVER)
     cross_site_changes: Literal["refuse", "allow"] = key(

@@ -43,6 +43,9 @@ B64 = "$b64"
 # broker headers (STOMP)
 ID_HEADER = "dbsync-id"
 SITE_HEADER = "dbsync-site"
+#: the message group (Artemis: JMSXGroupID → _AMQ_GROUP_ID; ActiveMQ Classic reads it too): the site, so the broker
+#: gives one site's deliveries to one consumer in order while several receiver workers share the queue
+GROUP_HEADER = "JMSXGroupID"
 #: the user Artemis authenticated the sender as: with populate-validated-user in broker.xml the broker stamps it as
 #: _AMQ_VALIDATED_USER, which reaches a STOMP consumer as JMSXUserID (a sender's own JMSXUserID is overwritten)
 VALIDATED_USER_HEADER = "JMSXUserID"
@@ -303,6 +306,7 @@ def _headers(message: Mapping[str, Any], anycast: bool) -> dict[str, str]:
         DUPLICATE_ID_HEADER: message_id,
         ID_HEADER: message_id,
         SITE_HEADER: header_value(SITE_HEADER, message.get("site", "")),
+        GROUP_HEADER: header_value(GROUP_HEADER, message.get("site", "")),
     }
 
 

@@ -71,11 +71,17 @@ def receiver(
                                                 "durable subscription's client id. --site-id is its old name.")] = None,
     config: common.ConfigOption = None,
     idle_exit: Annotated[float | None, typer.Option("--idle-exit", help="Exit after N idle seconds.")] = None,
+    worker: Annotated[bool, typer.Option("--worker", help="One of several receivers on this central (each on any "
+                                         "machine): each applies the sites whose deliveries the broker gives it "
+                                         "(message groups); a site whose worker stops is taken over. Default: "
+                                         "receiver.worker.")] = False,
 ) -> None:
     """consume + apply + retry + OpenMRS REST calls in one supervised process; SIGTERM drains and exits 0."""
     cfg = common.load_config(config, "receiver")
     if site_id:
         cfg.values["receiver.site_id"] = site_id
+    if worker:
+        cfg.values["receiver.worker"] = True
     stop = stop_on_signals()
     try:
         run_mod.Receiver(cfg).run(stop, idle_exit=idle_exit)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ class ActionLane:
         self.current: _Running | None = None
         self.served = 0
         self._first = True  # the lock was just claimed: nothing can be running for someone else
+        #: receiver workers: whether the lead holds every site's lock yet (the request waits for that, in rounds)
+        self.ready: Callable[[], bool] | None = None
 
     def busy(self) -> bool:
         return self.current is not None
@@ -62,6 +65,8 @@ class ActionLane:
             self.current = self._take()
             if self.current is None:
                 return False
+        if self.ready is not None and not self.ready():
+            return True  # marked running: the other workers let their sites go at their next round
         deadline = time.monotonic() + self.round_seconds
         while self.current is not None:
             self._step(self.current)

@@ -32,6 +32,7 @@ from dbsync_cli.receiver.apply import AlreadyApplying, Applier
 from dbsync_cli.receiver.batch import now
 from dbsync_cli.receiver.selection import Selection, SelectionError
 from dbsync_cli.receiver.state import applier_lock, schema_name
+from dbsync_cli.receiver.worker_locks import running_workers
 from dbsync_cli.sql import Sql, sql
 
 log = logging.getLogger("dbsync.actions")
@@ -252,12 +253,13 @@ def _outcome(state: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def lock_free(conn: Any, schema: str) -> bool:
-    """Nobody holds the applier lock now (a look, not a claim)."""
+    """Nobody holds the applier lock now and no receiver worker runs (a look, not a claim)."""
     with conn.cursor() as cur:
         cur.execute("SELECT IS_FREE_LOCK(%s)", (applier_lock(schema),))
         (free,) = cur.fetchone() or (0,)
+        free = free == 1 and not running_workers(cur, schema)
     conn.commit()
-    return free == 1
+    return free
 
 
 def release(applier: Applier) -> None:

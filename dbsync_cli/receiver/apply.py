@@ -35,16 +35,13 @@ from dbsync_cli.receiver.resolve import (
     UuidToId,
 )
 from dbsync_cli.receiver.set_apply import SetApply, json_table_works
+from dbsync_cli.receiver.worker_locks import AlreadyApplying, refuse_beside_workers
 from dbsync_cli.retrying import pause
 from dbsync_cli.sql import StatementCache, chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
 from dbsync_cli.wire import is_heartbeat
 
 log = logging.getLogger("dbsync.apply")
-
-
-class AlreadyApplying(Exception):
-    """Another process applies to the same central state schema: two appliers could both write one row."""
 
 
 #: how long a starting applier waits for the lock (a killed predecessor's session may take a moment to end)
@@ -106,6 +103,7 @@ class Applier(RowApply):
                 cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
                 (got,) = cur.fetchone() or (0,)
                 if got == 1:
+                    refuse_beside_workers(cur, self.settings.state_schema)  # receiver workers run: the gate goes
                     return
                 cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
                 (holder,) = cur.fetchone() or (None,)

@@ -74,6 +74,7 @@ class ConsumeSettings:
     #: apply refuses a message over this (broker.max_message_bytes): a body over it, or a deflate body that inflates
     #: beyond it, is refused here, never stored (64 MB of inflated bomb would pass central's max_allowed_packet)
     max_message_bytes: int = DEFAULTS.broker.max_message_bytes
+    worker: int | None = None  # the receiver worker's slot (--worker), kept with each delivery stored
 
 
 class _Desynced(BrokerError):
@@ -344,7 +345,7 @@ class Consumer:
                 message_id, frame.headers.get(wire.SITE_HEADER) or None, body,
                 frame.headers.get(wire.VALIDATED_USER_HEADER) or "", wire.delivery_rows(frame.headers),
                 frame.headers.get(wire.SNAPSHOT_HEADER) == "1"))
-        return inbox.store(db, self.settings.state_schema, deliveries)
+        return inbox.store(db, self.settings.state_schema, deliveries, self.settings.worker)
 
     def _refuse(self, db: Any, message_id: str, headers: dict[str, str], problem: str, size: int) -> None:
         """A delivery consume does not store: one line, an entry of the retry queue without a body (counted per site

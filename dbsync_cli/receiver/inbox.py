@@ -22,7 +22,7 @@ from typing import Any
 from dbsync_cli import wire
 from dbsync_cli.receiver import reasons
 from dbsync_cli.receiver.state import schema_name
-from dbsync_cli.sql import Sql, placeholders, sql
+from dbsync_cli.sql import Sql, join, placeholders, quote, sql
 
 log = logging.getLogger("dbsync.consume")
 
@@ -62,18 +62,19 @@ class InboxRow:
                 "broker_user": self.broker_user, "body": body}
 
 
-def store(db: Any, schema: str, deliveries: list[Delivery]) -> list[InboxRow]:
-    """One batch of deliveries in one transaction; returns the new rows (a redelivery adds none)."""
+def store(db: Any, schema: str, deliveries: list[Delivery], worker: int | None = None) -> list[InboxRow]:
+    """One batch of deliveries in one transaction; returns the new rows (a redelivery adds none). `worker`: the
+    slot of the receiver worker storing them (--worker), whose apply takes their site first (worker_sites.py)."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows: list[InboxRow] = []
     statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user, n_rows, "
-                    "snapshot) VALUES (%s, %s, %s, %s, %s, %s, %s)", schema_name(schema))
+                    "snapshot, worker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", schema_name(schema))
     stored_body = sql("SELECT body FROM {}.inbox WHERE message_id = %s", schema_name(schema))
     try:
         with db.cursor() as cur:
             for d in deliveries:
                 values = (d.site[:MAX_SITE] if d.site else None, d.body, now, d.broker_user[:100], d.rows,
-                          int(d.snapshot))
+                          int(d.snapshot), worker)
                 row_id = d.message_id
                 cur.execute(statement, (row_id, *values))
                 if cur.rowcount == 0:  # the id is in the inbox: a redelivery, unless the content differs
@@ -121,6 +122,16 @@ def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_
         raise
 
 
+def site_filter(sites: Collection[str | None] | None, column: str = "site") -> tuple[Sql, list[Any]]:
+    """` WHERE <column> IN (…)` for `sites` (None in them: rows without a site), or nothing for None."""
+    if sites is None:
+        return sql(""), []
+    named = sorted(site for site in sites if site is not None)
+    tests = ([sql("{} IN ({})", quote(column), placeholders(len(named)))] if named else []) + (
+        [sql("{} IS NULL", quote(column))] if None in sites else [])
+    return sql(" WHERE ({})", join(tests, " OR ") if tests else sql("FALSE")), named
+
+
 def other_content_id(message_id: str, body: bytes) -> str:
     """The inbox id of a delivery whose id is taken by one with other content: its id and a digest of its body."""
     return f"{message_id[:MAX_ID - 17]}~{hashlib.blake2b(body, digest_size=8).hexdigest()}"
@@ -148,15 +159,22 @@ def pending_rows(conn: Any, schema: str, after_id: int = 0, limit: int = 200) ->
     return rows
 
 
-def oldest(conn: Any, schema: str, limit: int, *, besides: Collection[int] = ()) -> list[dict[str, Any]]:
+def oldest(conn: Any, schema: str, limit: int, *, besides: Collection[int] = (),
+           sites: Collection[str | None] | None = None) -> list[dict[str, Any]]:
     """The next inbox rows for apply, live changes first, holding about `limit` messages (at least one row) as
-    apply's records (apply deletes what it handled in the same transaction); `besides`: rows apply holds now."""
+    apply's records (apply deletes what it handled in the same transaction); `besides`: rows apply holds now;
+    `sites`: only theirs (a receiver worker's, None standing for rows without a site header)."""
     s = schema_name(schema)
     conn.commit()
+    if sites is not None and not sites:
+        return []
+    where, params = site_filter(sites)
     with conn.cursor() as cur:
-        others = sql(" WHERE id NOT IN ({})", placeholders(len(besides))) if besides else Sql("")
-        cur.execute(sql("SELECT id, n_rows FROM {}.inbox{} ORDER BY snapshot, id LIMIT %s", s, others),
-                    (*sorted(besides), max(1, limit)))
+        if besides:
+            where = sql("{} {} id NOT IN ({})", where, sql("AND") if where else sql("WHERE"),
+                        placeholders(len(besides)))
+        cur.execute(sql("SELECT id, n_rows FROM {}.inbox{} ORDER BY snapshot, id LIMIT %s", s, where),
+                    [*params, *sorted(besides), max(1, limit)])
         wanted: list[int] = []
         total = 0
         for row_id, n_rows in cur.fetchall():

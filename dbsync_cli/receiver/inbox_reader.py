@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from dbsync_cli.receiver import inbox
@@ -24,8 +25,9 @@ Batch = list[tuple[dict[str, Any], list[Parsed]]]  # inbox records with their me
 class InboxReader:
     """`take()` → the next batch of inbox records and their parsed messages, the one after it read meanwhile."""
 
-    def __init__(self, applier: Any, limit: int):
+    def __init__(self, applier: Any, limit: int, sites: Collection[str | None] | None = None):
         self.applier, self.limit = applier, limit
+        self.sites = sites  # a receiver worker's sites (worker_sites.py: they change between batches)
         self.schema = applier.settings.state_schema
         self._conn: Any = None
         self._thread: threading.Thread | None = None
@@ -37,10 +39,12 @@ class InboxReader:
         ahead = self._collect()
         if ahead:
             there = inbox.present(self.applier.conn, self.schema, [r["inbox"] for r, _ in ahead])
-            ahead = [(r, items) for r, items in ahead if r["inbox"] in there]
-        batch = ahead or self._read(self.applier.conn, ())
+            held = None if self.sites is None else set(self.sites)  # a site let go meanwhile is another's now
+            ahead = [(r, items) for r, items in ahead if r["inbox"] in there and (held is None or r["site"] in held)]
+        sites = None if self.sites is None else frozenset(self.sites)  # the thread reads a copy
+        batch = ahead or self._read(self.applier.conn, (), sites)
         if batch:
-            self._start([r["inbox"] for r, _ in batch])
+            self._start([r["inbox"] for r, _ in batch], sites)
         return batch
 
     def close(self) -> None:
@@ -50,16 +54,16 @@ class InboxReader:
                 self._conn.close()
             self._conn = None
 
-    def _read(self, conn: Any, besides: list[int] | tuple[int, ...]) -> Batch:
-        records = inbox.oldest(conn, self.schema, self.limit, besides=besides)
+    def _read(self, conn: Any, besides: list[int] | tuple[int, ...], sites: frozenset[str | None] | None) -> Batch:
+        records = inbox.oldest(conn, self.schema, self.limit, besides=besides, sites=sites)
         return [(record, self.applier.expand(record)) for record in records]
 
-    def _start(self, besides: list[int]) -> None:
+    def _start(self, besides: list[int], sites: frozenset[str | None] | None) -> None:
         def run() -> None:
             try:
                 if self._conn is None:
                     self._conn = self.applier.settings.central.connect(autocommit=False)
-                self._ahead = self._read(self._conn, besides)
+                self._ahead = self._read(self._conn, besides, sites)
             except BaseException as exc:  # noqa: BLE001 - handed to take(), which reads again itself
                 self._error = exc
 

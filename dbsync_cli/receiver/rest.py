@@ -69,6 +69,7 @@ class RestSettings:
     batch_rows: int = 200  # rows read per round
     retry_base: float = 2.0  # seconds before the first retry; doubles per attempt
     retry_max: float = 600.0
+    lock: str | None = None  # receiver workers (--worker): only the holder of this server lock makes the calls
 
 
 class RestError(Exception):
@@ -77,6 +78,13 @@ class RestError(Exception):
     def __init__(self, message: str, *, unreachable: bool = False):
         super().__init__(message)
         self.unreachable = unreachable
+
+
+def _holds(cur: Any, lock: str) -> bool:
+    """This session holds `lock` (taken now if free; kept until the session ends)."""
+    cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID() OR GET_LOCK(%s, 0) = 1", (lock, lock))
+    (held,) = cur.fetchone() or (0,)
+    return held == 1
 
 
 def _utcnow() -> dt.datetime:
@@ -161,6 +169,8 @@ class RestWorker:
         """One round over the due rows; returns how many entities were refreshed."""
         done = 0
         with self._connect().cursor() as cur:
+            if self.settings.lock is not None and not _holds(cur, self.settings.lock):
+                return 0  # another receiver worker's REST thread makes the calls
             rows = self._due(cur)
             if not rows:
                 return 0

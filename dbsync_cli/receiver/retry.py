@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable
+from collections.abc import Collection, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -87,6 +87,7 @@ class RetryLane:
         self.ref_tables: dict[str, str] = {}  # such a cause → the table its row belongs to
         self.refs_checked: set[str] = set()  # looked up at central since the lookups last went round
         self.superseded_after = 0  # where the next pass goes on looking for superseded entries
+        self.sites: Collection[str | None] | None = None  # a receiver worker's: only their entries are tried
 
     # ---- what the apply loop calls ----------------------------------------------------------------------
     def busy(self) -> bool:
@@ -171,7 +172,7 @@ class RetryLane:
         applier.refresh_sites()
         closed: list[Outcome] = []
         if entities is None:
-            closed, self.superseded_after = superseded_entries(applier, self.superseded_after)
+            closed, self.superseded_after = superseded_entries(applier, self.superseded_after, sites=self.sites)
         with applier.conn.cursor() as cur:
             cur.execute("SELECT UTC_TIMESTAMP(3)")
             (cutoff,) = cur.fetchone() or (now(),)
@@ -228,6 +229,8 @@ class RetryLane:
     # ---- an entry --------------------------------------------------------------------------------------------
     def _entry(self, cur: Any, current: _Pass, row: tuple[Any, ...]) -> Outcome | None:
         entry_id, message_id, site, broker_user, header_site, ek, kind, attempts, next_at, cause, reason = row
+        if self.sites is not None and site not in self.sites:  # another receiver worker's site
+            return None
         if current.entities is not None and ek not in current.entities:
             return None
         if ek is not None and ek in current.in_conflict:

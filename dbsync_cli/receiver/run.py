@@ -25,6 +25,8 @@ from dbsync_cli.receiver.action_lane import ActionLane
 from dbsync_cli.receiver.apply import AlreadyApplying, Applier, ApplySettings
 from dbsync_cli.receiver.inbox_reader import InboxReader
 from dbsync_cli.receiver.retry import RetryLane
+from dbsync_cli.receiver.worker_locks import WorkerSlot, rest_lock
+from dbsync_cli.receiver.worker_sites import WorkerSites
 from dbsync_cli.supervise import supervise
 
 log = logging.getLogger("dbsync.receiver")
@@ -78,46 +80,60 @@ def _claim_again(applier: Applier, stop: threading.Event) -> None:
 
 
 def run_apply_loop(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None = None, *,
-                   restart: bool = False, files_arrived: threading.Event | None = None) -> None:
+                   restart: bool = False, files_arrived: threading.Event | None = None,
+                   slot: WorkerSlot | None = None) -> None:
     """The apply loop. At the receiver's start another applier holding the lock is fatal (exit 13: one receiver per
     central); on a `restart` after a failure the lock may be held for a while by an operator's action (`dbsync
-    retry`, `conflicts resolve`, the console), which took it while this loop was down: wait for it."""
+    retry`, `conflicts resolve`, the console), which took it while this loop was down: wait for it. A receiver
+    worker (`slot`: --worker) takes no such lock: it applies the sites whose locks it holds (worker_sites.py)."""
     applier = Applier(apply_settings(cfg), model)
     try:
-        if restart:
+        if slot is None and restart:
             _claim_again(applier, stop)
-        else:
+        elif slot is None:
             applier.claim()
     except AlreadyApplying:
         applier.close()
         raise
+    sites = WorkerSites(applier, slot) if slot is not None else None
     interval = cfg["receiver.retry_interval_seconds"]
     # the retry queue's own lane: a pass every interval, in short rounds between live batches (never in their way)
     lane = RetryLane(applier, interval)
     requests = ActionLane(applier)  # operators' retry/conflict actions handed over under our lock, in rounds too
+    if sites is not None:  # a worker retries its own sites' entries; its requests wait for every site's lock
+        lane.sites, requests.ready = sites.held, sites.hold_all
     central_changed(applier, cfg)
     folder = Path(cfg["receiver.complex_obs_dir"]).expanduser() if cfg["receiver.complex_obs_dir"] else None
     last_housekeeping = last_sample = 0.0
     last_work = time.monotonic()
-    reader = InboxReader(applier, applier.settings.batch_messages)  # the next batch read while one is applied
+    # the next batch read while one is applied (a worker's: of the sites it holds)
+    reader = InboxReader(applier, applier.settings.batch_messages, sites.held if sites is not None else None)
+    records: list[dict[str, Any]] = []
     try:
         while not stop.is_set():
+            if sites is not None and not sites.round(idle=not records):  # another worker's operator request runs
+                records = []
+                stop.wait(0.2)
+                continue
+            lead = sites is None or sites.lead  # one worker does what one process at a time does
             batch = reader.take()
             records = [r for r, _ in batch]
             if records:
                 outcomes = applier.apply_batch(records, [items for _, items in batch])
                 lane.note_applied(o.uuid for o in outcomes if o.outcome == "applied")
                 last_work = time.monotonic()
-            if requests.round():
+            if lead and requests.round():
                 last_work = time.monotonic()
+            if sites is not None and not requests.busy():
+                sites.request_done()
             if files_arrived is not None and files_arrived.is_set():  # obs rows waiting for a file are due now
                 files_arrived.clear()
                 lane.again = True
             lane.round()
-            if time.monotonic() - last_housekeeping >= interval:
+            if lead and time.monotonic() - last_housekeeping >= interval:
                 housekeeping(applier, cfg, folder)
                 last_housekeeping = time.monotonic()
-            if time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
+            if lead and time.monotonic() - last_sample >= SAMPLE_SECONDS:  # the console's charts
                 state.record_samples(applier.conn, applier.settings.state_schema)
                 last_sample = time.monotonic()
             if not records and not lane.busy() and not requests.busy():
@@ -193,11 +209,34 @@ def _start_up(cfg: Config, stop: threading.Event) -> SchemaModel | None:
 
 def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = None) -> None:
     """Supervise: each part restarts with exponential backoff after a failure."""
-    from dbsync_cli.receiver import central, consume, control_service, rest
-
     model = _start_up(cfg, stop)
     if model is None:  # stopped while central was still unreachable
         return
+    slot = worker_slot(cfg)
+    try:
+        _run_parts(cfg, stop, model, idle_exit, slot)
+    finally:
+        if slot is not None:
+            slot.close()
+
+
+def worker_slot(cfg: Config) -> WorkerSlot | None:
+    """A receiver worker's slot (receiver.worker, --worker), taken before anything runs; None without --worker.
+    Workers share a queue (message groups pin each site to one): a durable topic subscription is one client's."""
+    if not cfg["receiver.worker"]:
+        return None
+    if cfg["broker.destination_type"] != "queue":
+        raise state.StateError(_("receiver workers (--worker) need broker.destination_type = \"queue\": a durable "
+                                 "topic subscription belongs to one client"))
+    slot = WorkerSlot(cfg.db("central_db"), cfg["central_db.state_schema"])
+    slot.take()
+    return slot
+
+
+def _run_parts(cfg: Config, stop: threading.Event, model: SchemaModel, idle_exit: float | None,
+               slot: WorkerSlot | None) -> None:
+    from dbsync_cli.receiver import central, consume, control_service, rest
+
     faults: list[BaseException] = []
 
     def part(name: str, target: Callable[[], object]) -> threading.Thread:
@@ -210,7 +249,8 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
                 stop.set()
         return threading.Thread(target=run, name=name, daemon=True)
 
-    threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg), stop)),
+    worker = None if slot is None else slot.number
+    threads = [part("consume", lambda: consume.run_into_inbox(central.consume_settings(cfg, worker=worker), stop)),
                part("control", lambda: control_service.serve(central.control_settings(cfg), model, stop))]
     files_arrived: threading.Event | None = None
     if cfg["receiver.complex_obs_dir"]:  # complex obs files, on their own lane
@@ -218,6 +258,8 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
         threads.append(part("files", files_lane(cfg, stop, files_arrived)))
     rest_settings = central.rest_settings(cfg)
     if rest_settings is not None:
+        if slot is not None:  # one worker's REST thread makes the calls
+            rest_settings.lock = rest_lock(cfg["central_db.state_schema"])
         threads.append(part("rest", lambda: rest.RestWorker(rest_settings, stop).run()))
     for thread in threads:
         thread.start()
@@ -225,7 +267,7 @@ def run_receiver(cfg: Config, stop: threading.Event, idle_exit: float | None = N
 
     def apply_loop() -> None:
         starts[0] += 1
-        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1, files_arrived=files_arrived)
+        run_apply_loop(cfg, stop, model, idle_exit, restart=starts[0] > 1, files_arrived=files_arrived, slot=slot)
 
     try:
         supervise("apply", apply_loop, stop, once=idle_exit is not None, fatal=(AlreadyApplying,))

@@ -18,6 +18,7 @@ from typing import Any
 from dbsync_cli import exitcodes
 from dbsync_cli.i18n import _
 from dbsync_cli.openmrs.rules import UUID_INDEX_TABLES
+from dbsync_cli.receiver.worker_locks import applier_lock, release, running_workers
 from dbsync_cli.sql import Sql, join, quote, sql
 
 log = logging.getLogger("dbsync.state")
@@ -375,6 +376,10 @@ MIGRATIONS: list[list[Step]] = [
             date_last DATETIME(3) NOT NULL,
             UNIQUE KEY complex_file_issue_key (site, kind, name)) CHARACTER SET utf8mb4""",
     ],
+    [  # 22: several receiver workers (--worker): which worker's consume stored each delivery (its slot number);
+        # a site's rows another live worker consumed are left to it (worker_sites.py)
+        "ALTER TABLE {s}.inbox ADD COLUMN worker SMALLINT NULL, ADD KEY inbox_site_worker (site, worker)",
+    ],
 ]
 
 #: migrations that move parked data between tables (14: bodies to receiver_retry_body): refused while another
@@ -456,11 +461,6 @@ def _version(conn: Any, cur: Any, s: Sql) -> int:
     return int(found)
 
 
-def applier_lock(schema: str) -> str:
-    """The server lock's name the one applier of `schema` holds (apply.Applier.claim)."""
-    return f"dbsync:{schema}"
-
-
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
@@ -490,9 +490,13 @@ def _applier_lock_free(cur: Any, schema: str, number: int) -> Iterator[None]:
     name = applier_lock(schema)
     cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
     (got,) = cur.fetchone() or (0,)
-    if got != 1:
+    workers = running_workers(cur, schema) if got == 1 else []  # receiver workers take the gate only to start
+    if got != 1 or workers:
+        if workers:
+            release(cur, name)
         cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
         (holder,) = cur.fetchone() or (None,)
+        holder = holder or ", ".join(str(w) for w in workers)
         raise MigrationRefused(_(
             "receiver state schema {schema!r} needs migration {number}, which moves parked messages, but another "
             "receiver (central connection {holder}) is applying to it: stop the running receiver (and any "

@@ -5,6 +5,7 @@ whose rows `verify --repair` has mended stops keeping status CRITICAL."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from dbsync_cli.receiver import archive, reasons
 from dbsync_cli.receiver.apply import Applier
@@ -29,7 +30,8 @@ def newer(message_position: SourcePosition | None, applied: SourcePosition | Non
             and applied.sent is not None and applied.sent > message_position.sent)
 
 
-def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT) -> tuple[list[Outcome], int]:
+def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT,
+                       sites: Collection[str | None] | None = None) -> tuple[list[Outcome], int]:
     """Close the entries whose row a later change of the same site has been applied to since they were parked;
     their outcomes, and the id the next call goes on after (the candidates are walked across passes, so those
     that stay never hide the ones further down). An entry refused for its broker user is evidence (someone sent
@@ -51,6 +53,8 @@ def superseded_entries(applier: Applier, after: int = 0, limit: int = LIMIT) -> 
     batch, closed, ids = Batch(), [], []
     for row in candidates:
         entry_id, message_id, site, broker_user, header_site, table, body = row[:7]
+        if sites is not None and site not in sites:  # a receiver worker closes only its own sites' entries
+            continue
         item = applier.parse_stored(bytes(body), message_id, site, broker_user, header_site)
         if item.message is None or not newer(SourcePosition.of(item.message), SourcePosition.from_row(row[7:])):
             continue

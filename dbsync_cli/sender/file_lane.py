@@ -176,7 +176,8 @@ class FileLane:
             headers = {
                 **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
                 wire.DUPLICATE_ID_HEADER: f"{self.site}:file:{name_key}:{sha[:32]}:{job.generation}:{seq}",
-                complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.SHA256: sha,
+                complex_obs.SITE: self.site, wire.GROUP_HEADER: self.site, complex_obs.NAME: job.name,
+                complex_obs.SHA256: sha,
                 complex_obs.SIZE: str(size), complex_obs.CHUNKS: str(chunks), complex_obs.SEQ: str(seq),
                 complex_obs.CHUNK_SHA256: hashlib.sha256(body).hexdigest(), complex_obs.ENCODING: encoding,
                 complex_obs.OBS: job.obs_uuid or ""}
@@ -224,7 +225,8 @@ class FileLane:
             **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
             complex_obs.GONE: "1",
             wire.DUPLICATE_ID_HEADER: f"{self.site}:file-gone:{uuidlib.uuid4().hex}",
-            complex_obs.SITE: self.site, complex_obs.NAME: job.name, complex_obs.OBS: job.obs_uuid or ""})
+            complex_obs.SITE: self.site, wire.GROUP_HEADER: self.site, complex_obs.NAME: job.name,
+            complex_obs.OBS: job.obs_uuid or ""})
         self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)
         file_jobs.gone(self.db, job.name)
         log.warning("file %s: not in %s and its obs %s was deleted or renamed at the site: it will never be sent "

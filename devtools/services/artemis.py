@@ -200,12 +200,14 @@ def site_password(home: Path, site: str) -> str:
     return secret(home, f"artemis-{site}")
 
 
-def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles) -> None:
-    """``artemis create``, then etc/broker.xml = examples/artemis/broker.xml rendered for this machine, and the
-    users with their roles; re-run when any of it changes."""
+def _create(b: ArtemisBroker, dist: Path, tls: TlsFiles, core_extra: str = "") -> None:
+    """``artemis create``, then etc/broker.xml = examples/artemis/broker.xml rendered for this machine (plus
+    `core_extra` in its core section: a cluster's), and the users with their roles; re-run when any of it changes."""
     # the shipped file, made this machine's the way the docs tell an operator (broker_config)
     xml = broker_config.render(broker_config.example_text(), destinations=SYNC_DESTINATIONS, sites=SITE_USERS,
                                acceptors=_acceptors(b, tls), name=b.host)
+    if core_extra:
+        xml = xml.replace("   </core>", f"{core_extra}\n   </core>", 1)
     wanted = {"version": VERSION, "memory": JAVA_MEMORY, "users": [CENTRAL_USER, *SITE_USERS],
               "broker_xml": hashlib.sha256(xml.encode()).hexdigest()}
     stamp = b.dir / "dbsync-instance.json"
@@ -237,7 +239,7 @@ def start_artemis(home: Path | None = None, *, timeout: float = 90) -> ArtemisBr
         return _start(b, timeout)
 
 
-def _start(b: ArtemisBroker, timeout: float) -> ArtemisBroker:
+def _start(b: ArtemisBroker, timeout: float, core_extra: str = "") -> ArtemisBroker:
     if b.running():
         return b
     if pid_alive(b.pid(), f"-Dartemis.instance={b.dir}"):
@@ -250,7 +252,7 @@ def _start(b: ArtemisBroker, timeout: float) -> ArtemisBroker:
             raise ServiceError(f"artemis: port {b.host}:{port} is taken by another process")
     dist = ensure_distribution()
     tls = ensure_tls(b.home)
-    _create(b, dist, tls)
+    _create(b, dist, tls, core_extra)
     env = {k: v for k, v in os.environ.items() if k not in ("JAVA_ARGS", "ARTEMIS_INSTANCE")}
     pid = spawn([str(b.dir / "bin" / "artemis"), "run"], log=b.log, cwd=b.dir, env=env)
     b.pid_file.write_text(f"{pid}\n")

@@ -113,7 +113,8 @@ def test_encode_sets_the_headers_of_a_persistent_send() -> None:
     body, headers = wire.encode(_msg(), anycast=True, compress_over=10_000)
     assert orjson.loads(body) == _msg()
     assert headers == {"persistent": "true", "destination-type": "ANYCAST", "_AMQ_DUPL_ID": _msg()["id"],
-                       "dbsync-id": _msg()["id"], "dbsync-site": "s1", "dbsync-table": "person"}  # fmt: skip
+                       "dbsync-id": _msg()["id"], "dbsync-site": "s1", "JMSXGroupID": "s1",
+                       "dbsync-table": "person"}  # fmt: skip
     assert wire.encode(_msg(), anycast=False, compress_over=10_000)[1]["destination-type"] == "MULTICAST"
     assert wire.decode_body(body, headers, 10) == body  # not deflated: as it is, whatever the limit
 
