@@ -367,6 +367,19 @@ def services() -> Services:
     return ensure_up()
 
 
+def central_cpu() -> float:
+    """CPU seconds central's mariadbd has used so far (user + system): read before and after a stage, the server's
+    share of its work beside the dbsync process's own CPU (0.0 when the pid cannot be read)."""
+    from devtools.services.mariadb import instance
+
+    pid = instance("central").pid()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -------------------------------------------------------------------------------------------------------- output
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None) -> None:
