@@ -46,16 +46,25 @@ def strip(image: dict | None, secrets: tuple[str, ...]) -> dict | None:
     return {k: v for k, v in image.items() if k not in secrets}
 
 
-def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None]]:
+def _gaps(none_sources: dict[str, str]) -> list[str] | None:
+    """Columns of an after image whose None is not a NULL: not logged (binlog_row_image NOBLOB or MINIMAL), a zero
+    or invalid date, an empty SET. Enrich reads those rows from the site database instead of trusting the image."""
+    if not none_sources:
+        return None
+    gaps = [column for column, source in none_sources.items() if source != "null"]
+    return gaps or None
+
+
+def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None, list[str] | None]]:
     if isinstance(event, WriteRowsEvent):
         for row in event.rows:
-            yield wire.CREATE, None, row["values"]
+            yield wire.CREATE, None, row["values"], _gaps(row["none_sources"])
     elif isinstance(event, UpdateRowsEvent):
         for row in event.rows:
-            yield wire.UPDATE, row["before_values"], row["after_values"]
+            yield wire.UPDATE, row["before_values"], row["after_values"], _gaps(row["after_none_sources"])
     else:
         for row in event.rows:
-            yield wire.DELETE, row["values"], None
+            yield wire.DELETE, row["values"], None, None
 
 
 def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Iterator[Event]:
@@ -223,7 +232,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     _stop_undecodable(settings, end, f"a {event.table} row event {problem}")
                 skipping = txn == start and skip_rows > 0
                 secrets = settings.secret_columns.get(event.table, ())
-                for op, before, after in _row_images(event):
+                for op, before, after, gaps in _row_images(event):
                     row += 1
                     if skipping and row < skip_rows:
                         continue
@@ -233,6 +242,7 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                         "table": event.table,
                         "before": strip(before, secrets),
                         "after": strip(after, secrets),
+                        **({"gaps": gaps} if gaps else {}),
                         "source": {
                             "server_id": server_id,
                             "file": txn.file,

@@ -1,8 +1,17 @@
 """Enrich: change events → sync messages, the wire format.
 
-Each message carries the row as it is now in the site DB (loaded by primary key in batches), not the binlog image:
-the latest state wins and an update for a row deleted since is dropped. Foreign keys become uuid references; local
-ids never leave the site. Output order equals input order, so per-entity binlog order survives.
+A create's or update's message carries the row as the binlog's after image gives it (binlog_row_image=FULL: every
+column, as it was at that point of the binlog) wherever that image is exactly what a read of the site DB gives
+(`after_image`); otherwise, and for snapshot rows, the row as it is now in the site DB (loaded by primary key in
+batches), where the latest state wins and an update for a row deleted since is dropped. An image row whose
+references cannot all be resolved (a parent deleted since) is read again too, as before. Foreign keys become uuid
+references, looked up in one query per referenced table per batch through the uuid cache; local ids never leave
+the site. Output order equals input order, so per-entity binlog order survives.
+
+A message's `sent` is when its data was true at the site: the batch's read time for a row read again, the
+binlog event's time for an after image (never later than the read time, never before the previous message's
+`sent`): the receiver's order guard takes a message from earlier in the binlog with a later `sent` for newer data,
+which an after image re-sent after a crash is not.
 
 A batch's rows and the uuids they reference are read in one consistent snapshot: read apart, a row could be
 loaded and its parent deleted (with the row, or after the row moved away from it) before the parent's uuid was
@@ -34,7 +43,7 @@ from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
 from dbsync_cli.retrying import pause
-from dbsync_cli.sender import drops
+from dbsync_cli.sender import after_image, drops
 from dbsync_cli.sender.binlog import CaptureStop, Position
 from dbsync_cli.sender.parent_deletes import ParentDeletes, position_key
 from dbsync_cli.sender.uuid_cache import IdToUuid
@@ -77,9 +86,13 @@ class Enricher:
         self.uuids = IdToUuid(self.conn, settings.cache_size)
         self.parents = ParentDeletes(settings.db, settings.home, settings.parent_cache_size)
         self.converters: dict[str, list[tuple[str, Converter]]] = {}
+        self.images: dict[str, after_image.Reader | None] = {}  # per table: its after images as rows, or None
         self.attribute_formats: dict[Any, str | None] = {}
+        self.last_sent: dt.datetime | None = None  # `sent` never goes back from one message to the next
+        self.image_rows = 0  # rows sent from their after image (the rest were read again)
 
     def close(self) -> None:
+        log.debug("enrich: %d row(s) sent from their binlog after image", self.image_rows)
         self.conn.close()
 
     def _converters(self, table: SyncedTable) -> list[tuple[str, Converter]]:
@@ -136,6 +149,7 @@ class Enricher:
         log.info("columns of %s changed: reloading the schema model", ", ".join(sorted(tables)))
         self.model = SchemaModel.load(self.conn, self.model.database, list(self.model.synced))
         self.converters.clear()
+        self.images.clear()
         self.attribute_formats.clear()
 
     def _valid(self, event: dict[str, Any]) -> SyncedTable | None:
@@ -187,23 +201,17 @@ class Enricher:
         """The batch's messages from one consistent read, and the references no uuid was found for."""
         messages: list[dict[str, Any]] = []
         missing: list[Missing] = []
-        wanted: dict[str, set[Any]] = {}
-        for event, table in valid:
-            if event["op"] != wire.DELETE:
-                wanted.setdefault(table.name, set()).add(event["after"][table.key])
-        current: dict[str, dict[Any, dict[str, Any]]] = {}
-        changed: list[str] = []
-        for name, keys in wanted.items():
-            current[name], ddl = self._load_rows(self.model.synced[name], keys)
-            if ddl:
-                changed.append(name)
-        if changed:
+        now = dt.datetime.now(dt.UTC)
+        images = self._images(valid, now)
+        current, changed = self._load_wanted(valid, images)
+        if changed:  # DDL since the model was read: every row read again under the new model
             self._reload_model(changed)
             valid = [(e, self.model.synced[t.name]) for e, t in valid]
+            images = {}
+            current, _changed = self._load_wanted(valid, images)
         refs = self._resolve_references(current)
         deleted_uuids = self._deleted_identity(valid)
-        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        for event, table in valid:
+        for index, (event, table) in enumerate(valid):
             if event["op"] == wire.DELETE:
                 key = event["before"][table.key]
                 uuid = deleted_uuids.get((table.identity.table, key))
@@ -214,9 +222,14 @@ class Enricher:
                         "with foreign key checks off?); enrich stops before the delete and nothing after it is "
                         "sent: put the {parent} row {key} back at the site with its uuid, then restart").format(
                         table=table.name, key=key, parent=table.identity.table), exitcodes.DANGLING_REFERENCE)
-                messages.append(self._message(event, table, key, uuid, None, sent))  # the batch's time
+                messages.append(self._message(event, table, key, uuid, None, self._sent(now)))  # the batch's time
                 continue
             key = event["after"][table.key]
+            image = images.get(index)
+            if image is not None:
+                uuid, data, when = image
+                messages.append(self._message(event, table, key, uuid, data, self._sent(when)))
+                continue
             row = current[table.name].get(key)
             if row is None:
                 log.debug("%s %s of %s %s: row deleted since; dropped", event["op"], event["source"], table.name, key)
@@ -228,8 +241,58 @@ class Enricher:
                 messages.append(drops.of_event(drops.PARENT_GONE, event, key))
                 continue
             data = self._data(table, row, refs, missing, key)
-            messages.append(self._message(event, table, key, uuid, data, sent))
+            messages.append(self._message(event, table, key, uuid, data, self._sent(now)))
+        self.image_rows += len(images)
         return valid, messages, missing
+
+    def _images(self, valid: list[tuple[dict[str, Any], SyncedTable]],
+                now: dt.datetime) -> dict[int, tuple[str, dict[str, Any], dt.datetime]]:
+        """(uuid, wire data, when it was true) of the batch's binlog creates and updates whose after image is the
+        row (after_image.py) and whose references all resolve, by index in `valid`; the others are read again."""
+        rows: list[tuple[int, SyncedTable, dict[str, Any]]] = []
+        for index, (event, table) in enumerate(valid):
+            if event["op"] not in (wire.CREATE, wire.UPDATE) or (event.get("source") or {}).get("snapshot"):
+                continue
+            if table.name not in self.images:
+                self.images[table.name] = after_image.reader(table)
+            read = self.images[table.name]
+            row = read(event) if read is not None else None
+            if row is not None:
+                rows.append((index, table, row))
+        if not rows:
+            return {}
+        refs = self._references((table, [row]) for _index, table, row in rows)
+        found: dict[int, tuple[str, dict[str, Any], dt.datetime]] = {}
+        for index, table, row in rows:
+            key = row[table.key]
+            uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
+            missing: list[Missing] = []
+            data = self._data(table, row, refs, missing, key)
+            if uuid is not None and not missing:  # else read again: a parent deleted since, say
+                found[index] = (uuid, data, _event_time(valid[index][0], now))
+        return found
+
+    def _load_wanted(self, valid: list[tuple[dict[str, Any], SyncedTable]],
+                     images: dict[int, Any]) -> tuple[dict[str, dict[Any, dict[str, Any]]], list[str]]:
+        """The rows of the batch's creates and updates not sent from their image, read now; and the tables whose
+        columns differ from the model's."""
+        wanted: dict[str, set[Any]] = {}
+        for index, (event, table) in enumerate(valid):
+            if event["op"] != wire.DELETE and index not in images:
+                wanted.setdefault(table.name, set()).add(event["after"][table.key])
+        current: dict[str, dict[Any, dict[str, Any]]] = {}
+        changed: list[str] = []
+        for name, keys in wanted.items():
+            current[name], ddl = self._load_rows(self.model.synced[name], keys)
+            if ddl:
+                changed.append(name)
+        return current, changed
+
+    def _sent(self, when: dt.datetime) -> str:
+        """`when`, or the previous message's `sent` when that is later: never back within a run."""
+        if self.last_sent is None or when > self.last_sent:
+            self.last_sent = when
+        return _iso(self.last_sent)
 
     def _message(
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
@@ -277,17 +340,23 @@ class Enricher:
 
     def _resolve_references(self, current: dict[str, dict[Any, dict[str, Any]]]) -> dict[tuple[str, Any], str]:
         """One batched lookup per referenced identity table for every foreign key (and subclass identity)."""
+        return self._references((self.model.synced[name], rows.values()) for name, rows in current.items())
+
+    def _references(self, tables: Iterable[tuple[SyncedTable, Iterable[dict[str, Any]]]]) -> dict[tuple[str, Any], str]:
+        """uuids of what these rows reference (and of a subclass row's identity): one query per referenced table
+        (through the uuid cache), never one per row."""
         need: dict[tuple[str, str], set[Any]] = {}
-        for name, rows in current.items():
-            table = self.model.synced[name]
+        for table, table_rows in tables:
+            rows = list(table_rows)
             if table.is_subclass:
-                need.setdefault((table.identity.table, table.identity.key), set()).update(rows)
+                need.setdefault((table.identity.table, table.identity.key), set()).update(row[table.key]
+                                                                                        for row in rows)
             for column, ref in table.references.items():
                 if ref.identity is None:
                     continue
                 ids = need.setdefault((ref.identity.table, ref.identity.key), set())
-                ids.update(row[column] for row in rows.values() if row[column] is not None)
-            if name in ATTRIBUTE_ID_VALUES:
+                ids.update(row[column] for row in rows if row[column] is not None)
+            if table.name in ATTRIBUTE_ID_VALUES:
                 self._attribute_value_ids(table, rows, need)
         resolved: dict[tuple[str, Any], str] = {}
         for (ident_table, key), ids in need.items():
@@ -307,10 +376,10 @@ class Enricher:
                     self.attribute_formats[tid] = target if target in self.model.tables else None
         return self.attribute_formats.get(type_id)
 
-    def _attribute_value_ids(self, table: SyncedTable, rows: dict[Any, dict[str, Any]],
+    def _attribute_value_ids(self, table: SyncedTable, rows: list[dict[str, Any]],
                              need: dict[tuple[str, str], set[Any]]) -> None:
         value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
-        for row in rows.values():
+        for row in rows:
             target = self._attribute_format(table, row[type_column])
             if target and row[value_column] and str(row[value_column]).isdigit():
                 identity = self.model.identity_of(target)
@@ -342,6 +411,21 @@ class Enricher:
                     missing.append((table.name, key, value_column, target, raw))
                 data[value_column] = wire.ref(target, uuid)
         return data
+
+
+def _event_time(event: dict[str, Any], now: dt.datetime) -> dt.datetime:
+    """When a binlog event's after image was true, on this host's clock (the server's skew taken off), at most
+    `now`. The event's time is when its statement started, in whole seconds: never after the change."""
+    source = event.get("source") or {}
+    ts_ms, skew_ms = source.get("ts_ms"), source.get("skew_ms")
+    if not isinstance(ts_ms, int):
+        return now
+    when = dt.datetime.fromtimestamp((ts_ms - (skew_ms if isinstance(skew_ms, int) else 0)) / 1000, dt.UTC)
+    return min(when, now)
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.isoformat(timespec="milliseconds")
 
 
 def _in_order(checked: list[tuple[dict[str, Any], SyncedTable | None]], records: list[dict[str, Any]],

@@ -1,0 +1,155 @@
+"""The binlog's after image as the row a re-read of the site database would give, where it can be trusted.
+
+With binlog_row_image=FULL a create's or update's after image holds every column of the row as it was at that
+point of the binlog, so enrich need not read the row again. It is used only when it gives exactly what the re-read
+(PyMySQL, session time zone +00:00) gives, column for column; otherwise the row is read from the site database as
+before. Never trusted:
+- a column capture marked as a gap (``gaps``: not logged, a zero or invalid DATE/DATETIME, an empty SET);
+- an image whose columns are not the model's (DDL since the model was read, a column not logged);
+- a column type OpenMRS does not use, whose binlog decoding differs from the re-read's or was not compared: FLOAT
+  (1.1 comes as 1.100000023841858), JSON (parsed), SET (a set), BIT, ENUM, YEAR, binary, BLOB and spatial types;
+- text in a character set other than utf8/utf8mb3/utf8mb4/ascii (without binlog_row_metadata=FULL the decoder
+  guesses UTF-8);
+- a negative value in an unsigned column (decoded signed without row metadata);
+- a TIMESTAMP of 1970-01-01 00:00:00 (how the decoder gives the zero TIMESTAMP);
+- a negative TIME (the decoder gets the fraction of a negative TIME(n) wrong: -12:30:05.25 as -12:30:05.75).
+
+The image may come as the decoder's values (capture in the same process) or through NDJSON (the capture process,
+`dbsync capture | dbsync enrich`): DATETIME as ``YYYY-MM-DD HH:MM:SS[.ffffff]``, DECIMAL as text, TIME as text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from dbsync_cli.openmrs import SyncedTable
+from dbsync_cli.openmrs.introspect import Column
+
+#: a change event → its row as the re-read gives it, or None
+Reader = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "bigint"}
+_TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}
+_UTF8 = {"utf8", "utf8mb3", "utf8mb4", "ascii"}
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+class _Untrusted(Exception):
+    """The image's value is not what the re-read gives."""
+
+
+def _integer(unsigned: bool) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if type(value) is not int or (unsigned and value < 0):
+            raise _Untrusted
+        return value
+
+    return convert
+
+
+def _text(value: Any) -> Any:
+    if type(value) is not str:
+        raise _Untrusted
+    return value
+
+
+def _datetime(value: Any) -> Any:
+    if type(value) is str:
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise _Untrusted from None
+    if type(value) is not dt.datetime:
+        raise _Untrusted
+    return value
+
+
+def _timestamp(value: Any) -> Any:
+    value = _datetime(value)
+    if value == _EPOCH:  # the zero TIMESTAMP, which the re-read gives as "0000-00-00 00:00:00"
+        raise _Untrusted
+    return value
+
+
+def _date(value: Any) -> Any:
+    if type(value) is str:
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise _Untrusted from None
+    if type(value) is not dt.date:
+        raise _Untrusted
+    return value
+
+
+def _time(value: Any) -> Any:
+    if type(value) is str:  # already the wire form (format_time)
+        if value.startswith("-"):
+            raise _Untrusted
+        return value
+    if type(value) is not dt.timedelta or value < dt.timedelta(0):
+        raise _Untrusted
+    return value
+
+
+def _decimal(value: Any) -> Any:
+    if type(value) is str:
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            raise _Untrusted from None
+    if type(value) is not Decimal:
+        raise _Untrusted
+    return value
+
+
+def _double(value: Any) -> Any:
+    if type(value) is int:  # NDJSON gives 2.0 back as 2.0, but be safe with integral text
+        return float(value)
+    if type(value) is not float:
+        raise _Untrusted
+    return value
+
+
+def converter(column: Column) -> Callable[[Any], Any] | None:
+    """How an image value of `column` becomes the re-read's value; None when the type is never trusted."""
+    kind = column.data_type
+    if kind in _INTEGERS:
+        return _integer("unsigned" in column.column_type)
+    if kind in _TEXTS:
+        return _text if (column.charset or "") in _UTF8 else None
+    return {"datetime": _datetime, "timestamp": _timestamp, "date": _date, "time": _time, "decimal": _decimal,
+            "double": _double}.get(kind)
+
+
+def reader(table: SyncedTable) -> Reader | None:
+    """A function from a change event to its row as the re-read would give it (None: read it), or None when a
+    column type of `table` is never trusted (the table is always read again)."""
+    secrets = set(table.secret_columns)
+    converters: list[tuple[str, Callable[[Any], Any]]] = []
+    for name, column in table.info.columns.items():
+        if name in secrets:
+            continue  # capture strips them from the image; the message never carries them
+        convert = converter(column)
+        if convert is None:
+            return None
+        converters.append((name, convert))
+    names = {name for name, _convert in converters}
+
+    def row_of(event: dict[str, Any]) -> dict[str, Any] | None:
+        image = event.get("after")
+        if event.get("gaps") or not isinstance(image, dict) or image.keys() != names:
+            return None
+        row: dict[str, Any] = {}
+        try:
+            for name, convert in converters:
+                value = image[name]
+                row[name] = None if value is None else convert(value)
+        except _Untrusted:
+            return None
+        return row
+
+    return row_of
