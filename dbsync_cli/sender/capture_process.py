@@ -124,7 +124,7 @@ def _child(settings: CaptureSettings, checkpoint: dict[str, Any] | None,
     chunk: list[bytes] = []
     try:
         for event in capture(settings, checkpoint):
-            chunk.append(wire.dumps(event))
+            chunk.append(wire.dumps_event(event))
             if len(chunk) >= CHUNK_EVENTS or event.get("op") == wire.HEARTBEAT:
                 conn.send_bytes(_DATA + b"\n".join(chunk))
                 chunk = []

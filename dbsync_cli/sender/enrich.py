@@ -261,7 +261,10 @@ class Enricher:
                 rows.append((index, table, row))
         if not rows:
             return {}
-        refs = self._references((table, [row]) for _index, table, row in rows)
+        by_table: dict[str, tuple[SyncedTable, list[dict[str, Any]]]] = {}
+        for _index, table, row in rows:
+            by_table.setdefault(table.name, (table, []))[1].append(row)
+        refs = self._references(by_table.values())
         found: dict[int, tuple[str, dict[str, Any], dt.datetime]] = {}
         for index, table, row in rows:
             key = row[table.key]
