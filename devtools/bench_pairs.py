@@ -39,20 +39,32 @@ from devtools.bench import (
     sender_config,
 )
 
-_RAW = ("import json, sys; from devtools.ceilings import raw_decode; from dbsync_cli.db import DbParams; "
-        "a = json.loads(sys.stdin.read()); c = raw_decode(DbParams(**a['db']), a['start'], a['server_id']); "
-        "print(json.dumps({'rows': c.rows, 'seconds': c.seconds}))")
+_RAW = """
+import json, sys, time
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+a = json.loads(sys.stdin.read())
+stream = BinLogStreamReader(connection_settings=a["db"], server_id=a["server_id"], log_file=a["start"]["file"],
+                            log_pos=a["start"]["pos"], resume_stream=True, blocking=False, only_schemas=[a["schema"]],
+                            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
+rows = 0
+for event in stream:
+    rows += len(event.rows)
+stream.close()
+print(json.dumps({"rows": rows}))
+"""
 
 
 def _raw_decode(repl: Any, start: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """The raw decoder in a process of its own, so that its CPU time is measured as capture's is."""
+    """The raw decoder (devtools/ceilings.py's, reading only this database's row events as capture does) in a
+    process of its own, so that its CPU time is measured as capture's is."""
     request = workdir / "raw.json"
     request.write_text(json.dumps({"db": {"host": repl.host, "port": repl.port, "user": repl.user,
-                                          "password": repl.password}, "start": start, "server_id": 7398}))
+                                          "passwd": repl.password}, "start": start, "server_id": 7398,
+                                   "schema": repl.database}))
     out = workdir / "raw.out"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     with request.open("rb") as inp, out.open("wb") as result:
-        m = measure([sys.executable, "-c", _RAW], env=env, stdin=inp, stdout=result)
+        m = measure([sys.executable, "-c", _RAW], stdin=inp, stdout=result)
     request.unlink()
     if m.exit_code != 0:
         raise SystemExit(f"raw decode failed: {m.stderr.decode(errors='replace')[-2000:]}")
@@ -83,6 +95,7 @@ class Pairs:
         self.repl = self.instance.repl.with_database(self.database)
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-pairs-"))
         self.queues: list[str] = []
+        self.end: tuple[dict[str, Any], Path] = ({}, self.workdir)
 
     def say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -92,25 +105,29 @@ class Pairs:
         from devtools.workload.generator import generate
         from devtools.workload.openmrs import load_openmrs
 
+        def checkpoint(name: str) -> tuple[dict[str, Any], Path]:
+            with self.admin.connect() as conn, conn.cursor() as cur:
+                cur.execute("SHOW MASTER STATUS")
+                row = cur.fetchone()
+            assert row is not None, "binary logging is off"
+            at = {"file": row[0], "pos": int(row[1]), "row": -1, "snapshot": False}
+            home = self.workdir / f"home-{name}"
+            home.mkdir(parents=True)
+            store = CheckpointStore(home)
+            store.save(at)
+            store.close()
+            return at, home
+
         load_openmrs(self.instance.admin, self.database)
-        with self.admin.connect() as conn, conn.cursor() as cur:
-            cur.execute("SHOW MASTER STATUS")
-            row = cur.fetchone()
-        assert row is not None, "binary logging is off"
-        file, pos = row[:2]
-        start = {"file": file, "pos": int(pos), "row": -1, "snapshot": False}
-        home = self.workdir / "home-start"
-        home.mkdir(parents=True)
-        store = CheckpointStore(home)
-        store.save(start)
-        store.close()
+        start, home = checkpoint("start")
         patients = max(1, round(self.args.rows / ROWS_PER_PATIENT))
         self.say(f"generating ~{self.args.rows:,} rows in {self.database} on {self.instance.name} …")
         truth = generate(self.admin, seed=29, patients=patients, obs_per_encounter=20, mutations=0)
+        self.end = checkpoint("end")  # nothing to read from there: what starting up alone costs
         return start, home, int(truth.stats["rows_created"])
 
     def capture(self, home: Path, rows: int) -> dict[str, Any]:
-        conf, env = self._config("capture", home)
+        conf, env = self._config(f"capture{rows}", home)
         out = self.workdir / "events.ndjson"
         with out.open("wb") as events:
             m = measure(dbsync_cmd("capture", "--config", str(conf), "--until-idle", "--snapshot", "never"),
@@ -169,6 +186,12 @@ class Pairs:
             pair["raw_decode"] = _raw_decode(self.repl, start, self.workdir)
             pair["capture"] = self.capture(home, rows)
             pair["capture_over_raw_by_cpu"] = round(_per_cpu(pair["capture"]) / _per_cpu(pair["raw_decode"]), 3)
+            # the same past start-up (interpreter, imports, schema model, connections): per row, as a running sender
+            raw0, capture0 = _raw_decode(self.repl, self.end[0], self.workdir), self.capture(self.end[1], 0)
+            pair["startup_cpu_seconds"] = {"raw_decode": raw0["cpu_seconds"], "capture": capture0["cpu_seconds"]}
+            pair["capture_over_raw_by_cpu_past_startup"] = round(
+                (pair["raw_decode"]["cpu_seconds"] - raw0["cpu_seconds"])
+                / max(0.01, pair["capture"]["cpu_seconds"] - capture0["cpu_seconds"]), 3)
             if not self.args.no_sender:
                 pair["load_before_sender"] = [round(x, 2) for x in os.getloadavg()]
                 self.say(f"pair {number}: sender" + ("" if self.args.no_peer else ", Debezium") + " …")
@@ -183,7 +206,8 @@ class Pairs:
                 raise SystemExit(f"bench: {', '.join(missing)} saw other than the {rows:,} binlog rows: {pair}")
             pairs.append(pair)
             self.say(json.dumps(pair))
-        summary = {"capture_over_raw_by_cpu": statistics.median(p["capture_over_raw_by_cpu"] for p in pairs)}
+        summary = {key: statistics.median(p[key] for p in pairs)
+                   for key in ("capture_over_raw_by_cpu", "capture_over_raw_by_cpu_past_startup")}
         if all("sender_over_debezium" in p for p in pairs) and pairs:
             summary["sender_over_debezium"] = statistics.median(p["sender_over_debezium"] for p in pairs)
         return {"rows": rows, "database": self.database, "instance": self.instance.name, "cpus": os.cpu_count(),

@@ -21,12 +21,15 @@ The image may come as the decoder's values (capture in the same process) or thro
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dbsync_cli.openmrs import SyncedTable
 from dbsync_cli.openmrs.introspect import Column
+
+log = logging.getLogger("dbsync.enrich")
 
 #: a change event → its row as the re-read gives it, or None
 Reader = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -129,15 +132,23 @@ def reader(table: SyncedTable) -> Reader | None:
     """A function from a change event to its row as the re-read would give it (None: read it), or None when a
     column type of `table` is never trusted (the table is always read again)."""
     secrets = set(table.secret_columns)
-    converters: list[tuple[str, Callable[[Any], Any]]] = []
+    # per column: the value's type when it goes as it is (int, str, float), else what converts it
+    plan: list[tuple[str, type | None, Callable[[Any], Any] | None]] = []
     for name, column in table.info.columns.items():
         if name in secrets:
             continue  # capture strips them from the image; the message never carries them
         convert = converter(column)
         if convert is None:
             return None
-        converters.append((name, convert))
-    names = {name for name, _convert in converters}
+        exact: type | None = None
+        if column.is_integer:
+            exact = None if "unsigned" in column.column_type else int
+        elif convert is _text:
+            exact = str
+        elif convert is _double:
+            exact = float
+        plan.append((name, exact, None if exact in (int, str) else convert))  # not of that type: read again
+    names = {name for name, _exact, _convert in plan}
 
     def row_of(event: dict[str, Any]) -> dict[str, Any] | None:
         image = event.get("after")
@@ -145,10 +156,16 @@ def reader(table: SyncedTable) -> Reader | None:
             return None
         row: dict[str, Any] = {}
         try:
-            for name, convert in converters:
+            for name, exact, convert in plan:
                 value = image[name]
-                row[name] = None if value is None else convert(value)
+                if value is None or type(value) is exact:
+                    row[name] = value
+                elif convert is None:
+                    raise _Untrusted
+                else:
+                    row[name] = convert(value)
         except _Untrusted:
+            log.debug("%s: the after image's %s is not what a read gives: the row is read again", table.name, name)
             return None
         return row
 

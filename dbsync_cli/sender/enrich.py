@@ -49,7 +49,7 @@ from dbsync_cli.sender.parent_deletes import ParentDeletes, position_key
 from dbsync_cli.sender.uuid_cache import IdToUuid
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
-from dbsync_cli.values import Converter, wire_converter
+from dbsync_cli.values import UNCHANGED, Converter, wire_converter
 
 log = logging.getLogger("dbsync.enrich")
 
@@ -85,7 +85,7 @@ class Enricher:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot per batch
         self.uuids = IdToUuid(self.conn, settings.cache_size)
         self.parents = ParentDeletes(settings.db, settings.home, settings.parent_cache_size)
-        self.converters: dict[str, list[tuple[str, Converter]]] = {}
+        self.converters: dict[str, list[tuple[str, Converter | None, str | None, str | None]]] = {}
         self.images: dict[str, after_image.Reader | None] = {}  # per table: its after images as rows, or None
         self.attribute_formats: dict[Any, str | None] = {}
         self.last_sent: dt.datetime | None = None  # `sent` never goes back from one message to the next
@@ -95,11 +95,19 @@ class Enricher:
         log.debug("enrich: %d row(s) sent from their binlog after image", self.image_rows)
         self.conn.close()
 
-    def _converters(self, table: SyncedTable) -> list[tuple[str, Converter]]:
+    def _converters(self, table: SyncedTable) -> list[tuple[str, Converter | None, str | None, str | None]]:
+        """Per data column: its converter (None: the value as it is), or for a reference its table and the table
+        its uuid is in (a subclass's parent): worked out once per table, not per row."""
         if table.name not in self.converters:
-            self.converters[table.name] = [
-                (c, wire_converter(table.info.columns[c], self.tz)) for c in table.data_columns
-            ]
+            plan: list[tuple[str, Converter | None, str | None, str | None]] = []
+            for column in table.data_columns:
+                ref = table.references.get(column)
+                if ref is not None and ref.identity is not None:
+                    plan.append((column, None, ref.table, ref.identity.table))
+                else:
+                    convert = wire_converter(table.info.columns[column], self.tz)
+                    plan.append((column, None if convert is UNCHANGED else convert, None, None))
+            self.converters[table.name] = plan
         return self.converters[table.name]
 
     def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -271,8 +279,11 @@ class Enricher:
             uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
             missing: list[Missing] = []
             data = self._data(table, row, refs, missing, key)
-            if uuid is not None and not missing:  # else read again: a parent deleted since, say
+            if uuid is not None and not missing:
                 found[index] = (uuid, data, _event_time(valid[index][0], now))
+            else:  # a row it references, or its parent, deleted since: read it again as it is now
+                log.debug("%s %s: %s not found for its after image: the row is read again", table.name, key,
+                          missing[0][2] if missing else "its identity")
         return found
 
     def _load_wanted(self, valid: list[tuple[dict[str, Any], SyncedTable]],
@@ -393,16 +404,17 @@ class Enricher:
               missing: list[Missing], key: Any) -> dict[str, Any]:
         """The wire form of `row`; a reference whose uuid is not in `refs` is added to `missing`."""
         data: dict[str, Any] = {}
-        for column, convert in self._converters(table):
+        for column, convert, ref_table, ref_identity in self._converters(table):
             value = row[column]
-            ref = table.references.get(column)
-            if ref is not None and ref.identity is not None:
-                uuid = None if value is None else refs.get((ref.identity.table, value))
-                if value is not None and uuid is None:
-                    missing.append((table.name, key, column, ref.table, value))
-                data[column] = None if value is None else wire.ref(ref.table, uuid)
-            else:
+            if ref_identity is not None and ref_table is not None and value is not None:
+                uuid = refs.get((ref_identity, value))
+                if uuid is None:
+                    missing.append((table.name, key, column, ref_table, value))
+                data[column] = wire.ref(ref_table, uuid)
+            elif convert is not None and value is not None:
                 data[column] = convert(value)
+            else:
+                data[column] = value
         if table.name in ATTRIBUTE_ID_VALUES:
             value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
             target = self._attribute_format(table, row[type_column])

@@ -113,7 +113,7 @@ def test_after_image_messages_equal_the_re_read_for_every_column_type(site) -> N
     used = int(log.split(" row(s) sent from their binlog after image")[0].rsplit(" ", 1)[-1])
     expected = sum(1 for e in parsed if e.get("op") in ("c", "u") and e["table"] != "visit" and not e.get("gaps")
                    and not str(e["after"].get("t_time3") or "").startswith("-")
-                   and e["after"].get("t_ts") != "1970-01-01 00:00:00")
+                   and not str(e["after"].get("t_ts") or "").startswith("1970-01-01"))
     assert used == expected > 100, (used, expected)
 
     def created(messages: list[dict], uuid: str) -> bool:
