@@ -28,6 +28,7 @@ delete whose uuid none of them gives stops enrich before it (exit 14): it is nev
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -435,8 +436,12 @@ def _event_time(event: dict[str, Any], now: dt.datetime) -> dt.datetime:
     ts_ms, skew_ms = source.get("ts_ms"), source.get("skew_ms")
     if not isinstance(ts_ms, int):
         return now
-    when = dt.datetime.fromtimestamp((ts_ms - (skew_ms if isinstance(skew_ms, int) else 0)) / 1000, dt.UTC)
-    return min(when, now)
+    return min(_utc(ts_ms - (skew_ms if isinstance(skew_ms, int) else 0)), now)
+
+
+@functools.lru_cache(maxsize=256)  # the rows of one transaction share their time
+def _utc(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def _iso(when: dt.datetime) -> str:
