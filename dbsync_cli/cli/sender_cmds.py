@@ -70,7 +70,7 @@ def capture(
 
 
 def enrich(config: common.ConfigOption = None) -> None:
-    """Turn change events (stdin) into sync messages (stdout): current row, uuid references, wire types."""
+    """Turn change events (stdin) into sync messages (stdout): the row from its after image or read now, uuid references, wire types."""
     cfg = common.load_config(config, "sender")
     model = _model(cfg)
     events = records.read(sys.stdin.buffer, "stdin")
