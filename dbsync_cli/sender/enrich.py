@@ -8,10 +8,9 @@ references cannot all be resolved (a parent deleted since) is read again too, as
 references, looked up in one query per referenced table per batch through the uuid cache; local ids never leave
 the site. Output order equals input order, so per-entity binlog order survives.
 
-A message's `sent` is when its data was true at the site: the batch's read time for a row read again, the
-binlog event's time for an after image (never later than the read time, never before the previous message's
-`sent`): the receiver's order guard takes a message from earlier in the binlog with a later `sent` for newer data,
-which an after image re-sent after a crash is not.
+Every message of a batch carries the batch's read time as `sent`, image or not, so `sent` never goes back from one
+message to the next (the receiver's order guard and its retry queue compare it with the binlog position; an event
+time, in whole seconds of the site server's clock, would not order against read times).
 
 A batch's rows and the uuids they reference are read in one consistent snapshot: read apart, a row could be
 loaded and its parent deleted (with the row, or after the row moved away from it) before the parent's uuid was
@@ -28,7 +27,6 @@ delete whose uuid none of them gives stops enrich before it (exit 14): it is nev
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -89,7 +87,6 @@ class Enricher:
         self.converters: dict[str, list[tuple[str, Converter | None, str | None, str | None]]] = {}
         self.images: dict[str, after_image.Reader | None] = {}  # per table: its after images as rows, or None
         self.attribute_formats: dict[Any, str | None] = {}
-        self.last_sent: dt.datetime | None = None  # `sent` never goes back from one message to the next
         self.image_rows = 0  # rows sent from their after image (the rest were read again)
 
     def close(self) -> None:
@@ -210,8 +207,8 @@ class Enricher:
         """The batch's messages from one consistent read, and the references no uuid was found for."""
         messages: list[dict[str, Any]] = []
         missing: list[Missing] = []
-        now = dt.datetime.now(dt.UTC)
-        images = self._images(valid, now)
+        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        images = self._images(valid)
         current, changed = self._load_wanted(valid, images)
         if changed:  # DDL since the model was read: every row read again under the new model
             self._reload_model(changed)
@@ -231,13 +228,13 @@ class Enricher:
                         "with foreign key checks off?); enrich stops before the delete and nothing after it is "
                         "sent: put the {parent} row {key} back at the site with its uuid, then restart").format(
                         table=table.name, key=key, parent=table.identity.table), exitcodes.DANGLING_REFERENCE)
-                messages.append(self._message(event, table, key, uuid, None, self._sent(now)))  # the batch's time
+                messages.append(self._message(event, table, key, uuid, None, sent))  # the batch's time
                 continue
             key = event["after"][table.key]
             image = images.get(index)
             if image is not None:
-                uuid, data, when = image
-                messages.append(self._message(event, table, key, uuid, data, self._sent(when)))
+                uuid, data = image
+                messages.append(self._message(event, table, key, uuid, data, sent))
                 continue
             row = current[table.name].get(key)
             if row is None:
@@ -250,13 +247,12 @@ class Enricher:
                 messages.append(drops.of_event(drops.PARENT_GONE, event, key))
                 continue
             data = self._data(table, row, refs, missing, key)
-            messages.append(self._message(event, table, key, uuid, data, self._sent(now)))
+            messages.append(self._message(event, table, key, uuid, data, sent))
         self.image_rows += len(images)
         return valid, messages, missing
 
-    def _images(self, valid: list[tuple[dict[str, Any], SyncedTable]],
-                now: dt.datetime) -> dict[int, tuple[str, dict[str, Any], dt.datetime]]:
-        """(uuid, wire data, when it was true) of the batch's binlog creates and updates whose after image is the
+    def _images(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """(uuid, wire data) of the batch's binlog creates and updates whose after image is the
         row (after_image.py) and whose references all resolve, by index in `valid`; the others are read again."""
         rows: list[tuple[int, SyncedTable, dict[str, Any]]] = []
         for index, (event, table) in enumerate(valid):
@@ -274,14 +270,14 @@ class Enricher:
         for _index, table, row in rows:
             by_table.setdefault(table.name, (table, []))[1].append(row)
         refs = self._references(by_table.values())
-        found: dict[int, tuple[str, dict[str, Any], dt.datetime]] = {}
+        found: dict[int, tuple[str, dict[str, Any]]] = {}
         for index, table, row in rows:
             key = row[table.key]
             uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
             missing: list[Missing] = []
             data = self._data(table, row, refs, missing, key)
             if uuid is not None and not missing:
-                found[index] = (uuid, data, _event_time(valid[index][0], now))
+                found[index] = (uuid, data)
             else:  # a row it references, or its parent, deleted since: read it again as it is now
                 log.debug("%s %s: %s not found for its after image: the row is read again", table.name, key,
                           missing[0][2] if missing else "its identity")
@@ -302,12 +298,6 @@ class Enricher:
             if ddl:
                 changed.append(name)
         return current, changed
-
-    def _sent(self, when: dt.datetime) -> str:
-        """`when`, or the previous message's `sent` when that is later: never back within a run."""
-        if self.last_sent is None or when > self.last_sent:
-            self.last_sent = when
-        return _iso(self.last_sent)
 
     def _message(
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
@@ -427,25 +417,6 @@ class Enricher:
                     missing.append((table.name, key, value_column, target, raw))
                 data[value_column] = wire.ref(target, uuid)
         return data
-
-
-def _event_time(event: dict[str, Any], now: dt.datetime) -> dt.datetime:
-    """When a binlog event's after image was true, on this host's clock (the server's skew taken off), at most
-    `now`. The event's time is when its statement started, in whole seconds: never after the change."""
-    source = event.get("source") or {}
-    ts_ms, skew_ms = source.get("ts_ms"), source.get("skew_ms")
-    if not isinstance(ts_ms, int):
-        return now
-    return min(_utc(ts_ms - (skew_ms if isinstance(skew_ms, int) else 0)), now)
-
-
-@functools.lru_cache(maxsize=256)  # the rows of one transaction share their time
-def _utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-
-
-def _iso(when: dt.datetime) -> str:
-    return when.isoformat(timespec="milliseconds")
 
 
 def _in_order(checked: list[tuple[dict[str, Any], SyncedTable | None]], records: list[dict[str, Any]],
