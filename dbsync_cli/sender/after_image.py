@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from dbsync_cli.openmrs import SyncedTable
@@ -59,31 +59,30 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _datetime(value: Any) -> Any:
-    if type(value) is str:
-        try:
-            return dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise _Untrusted from None
-    if type(value) is not dt.datetime:
-        raise _Untrusted
-    return value
+def _from_text(kind: type, parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """DATETIME, DATE, DECIMAL: the decoder's value, or its text from NDJSON."""
+
+    def convert(value: Any) -> Any:
+        if type(value) is str:
+            try:
+                return parse(value)
+            except (ValueError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
+                raise _Untrusted from None
+        if type(value) is not kind:
+            raise _Untrusted
+        return value
+
+    return convert
+
+
+_datetime = _from_text(dt.datetime, dt.datetime.fromisoformat)
+_date = _from_text(dt.date, dt.date.fromisoformat)
+_decimal = _from_text(Decimal, Decimal)
 
 
 def _timestamp(value: Any) -> Any:
     value = _datetime(value)
     if value == _EPOCH:  # the zero TIMESTAMP, which the re-read gives as "0000-00-00 00:00:00"
-        raise _Untrusted
-    return value
-
-
-def _date(value: Any) -> Any:
-    if type(value) is str:
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            raise _Untrusted from None
-    if type(value) is not dt.date:
         raise _Untrusted
     return value
 
@@ -94,17 +93,6 @@ def _time(value: Any) -> Any:
             raise _Untrusted
         return value
     if type(value) is not dt.timedelta or value < dt.timedelta(0):
-        raise _Untrusted
-    return value
-
-
-def _decimal(value: Any) -> Any:
-    if type(value) is str:
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            raise _Untrusted from None
-    if type(value) is not Decimal:
         raise _Untrusted
     return value
 
