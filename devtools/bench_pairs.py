@@ -3,12 +3,15 @@
 On a fresh OpenMRS database on a dev MariaDB, the workload generator writes ROWS obs-heavy rows after a checkpoint
 at the end of the binlog. Then, N times, each pair right after the other on that same binlog range:
 
-  decode pair   the raw decoder (python-mysql-replication reading every row event and touching every row, nothing
-                else; devtools/ceilings.py, in a process of its own) and `dbsync capture --until-idle` (→ /dev/null):
-                capture's rows per CPU second over the raw decoder's (target >= 0.9)
+  decode pair   the raw decoder (python-mysql-replication reading this database's row events and touching every
+                row, nothing else: devtools/ceilings.py's, with capture's schema filter, in a process of its own)
+                and `dbsync capture --until-idle` (→ /dev/null): capture's rows per CPU second over the raw
+                decoder's (target >= 0.9); and the same past start-up (each run once more where there is nothing to
+                read, and that CPU time taken off: interpreter, imports, schema model, connections)
   sender pair   `dbsync sender --until-idle` (binlog → a fresh Artemis queue, its own home from the checkpoint) and
                 Debezium embedded 3.5 → Artemis JMS (devtools/peer_debezium.py): rows per wall second, start-up
-                included, sender over Debezium (target >= 1.5); --no-peer leaves Debezium out
+                included, sender over Debezium (target >= 1.5); --no-peer leaves Debezium out; --baseline DIR
+                also runs another checkout's sender (the code before a change) right after this one
 
 The load average is read before each pair: the machine is shared, so only ratios within a pair count, and the
 median of the pairs is the figure. Every run must see every row (capture's events, the sender's confirmed
@@ -137,8 +140,10 @@ class Pairs:
         out.unlink()
         return {"rows": got, "seconds": round(m.seconds, 2), "cpu_seconds": round(m.cpu_seconds, 2)}
 
-    def sender(self, home: Path) -> dict[str, Any]:
+    def sender(self, home: Path, code: Path | None = None) -> dict[str, Any]:
         conf, env = self._config("sender", home)
+        if code is not None:  # another checkout's dbsync (--baseline), ahead of the installed one
+            env = {**env, "PYTHONPATH": f"{code}{os.pathsep}{env.get('PYTHONPATH', '')}"}
         m = measure(dbsync_cmd("sender", "--config", str(conf), "--until-idle"), env=env)
         self._check("sender", m.exit_code, m.stderr)
         self._drop_queue()
@@ -196,11 +201,15 @@ class Pairs:
                 pair["load_before_sender"] = [round(x, 2) for x in os.getloadavg()]
                 self.say(f"pair {number}: sender" + ("" if self.args.no_peer else ", Debezium") + " …")
                 pair["sender"] = self.sender(home)
+                if self.args.baseline:
+                    pair["sender_baseline"] = self.sender(home, self.args.baseline)
+                    pair["sender_over_baseline"] = round(_per_second(pair["sender"]) /
+                                                         _per_second(pair["sender_baseline"]), 3)
                 if not self.args.no_peer:
                     pair["debezium"] = self.debezium(start, rows)
                     pair["sender_over_debezium"] = round(_per_second(pair["sender"]) /
                                                          _per_second(pair["debezium"]), 3)
-            missing = [name for name in ("raw_decode", "capture", "sender", "debezium")
+            missing = [name for name in ("raw_decode", "capture", "sender", "sender_baseline", "debezium")
                        if name in pair and pair[name]["rows"] != rows]
             if missing:
                 raise SystemExit(f"bench: {', '.join(missing)} saw other than the {rows:,} binlog rows: {pair}")
@@ -208,8 +217,9 @@ class Pairs:
             self.say(json.dumps(pair))
         summary = {key: statistics.median(p[key] for p in pairs)
                    for key in ("capture_over_raw_by_cpu", "capture_over_raw_by_cpu_past_startup")}
-        if all("sender_over_debezium" in p for p in pairs) and pairs:
-            summary["sender_over_debezium"] = statistics.median(p["sender_over_debezium"] for p in pairs)
+        for key in ("sender_over_debezium", "sender_over_baseline"):
+            if pairs and all(key in p for p in pairs):
+                summary[key] = statistics.median(p[key] for p in pairs)
         return {"rows": rows, "database": self.database, "instance": self.instance.name, "cpus": os.cpu_count(),
                 "pairs": pairs, "median": summary}
 
@@ -227,6 +237,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--instance", default="site2", help="dev MariaDB instance (default site2)")
     parser.add_argument("--no-peer", action="store_true", help="leave Debezium out (no Java needed)")
     parser.add_argument("--no-sender", action="store_true", help="only the decode pairs (raw decode, capture)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the sender of another checkout (e.g. `git archive main | tar -x -C DIR`) in "
+                             "each pair, right after this one")
     parser.add_argument("--out", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     pairs = Pairs(args)
