@@ -142,9 +142,11 @@ class Pairs:
 
     def sender(self, home: Path, code: Path | None = None) -> dict[str, Any]:
         conf, env = self._config("sender", home)
-        if code is not None:  # another checkout's dbsync (--baseline), ahead of the installed one
-            env = {**env, "PYTHONPATH": f"{code}{os.pathsep}{env.get('PYTHONPATH', '')}"}
-        m = measure(dbsync_cmd("sender", "--config", str(conf), "--until-idle"), env=env)
+        cmd = dbsync_cmd("sender", "--config", str(conf), "--until-idle")
+        if code is not None:  # another checkout's dbsync (--baseline): first on sys.path, ahead of the working dir
+            cmd[1:3] = ["-c", f"import sys; sys.path.insert(0, {str(code)!r}); sys.argv[0] = 'dbsync'; "
+                              "from dbsync_cli.cli.app import main; main()"]
+        m = measure(cmd, env=env)
         self._check("sender", m.exit_code, m.stderr)
         self._drop_queue()
         return {"rows": confirmed(m.stderr, "sender"), "seconds": round(m.seconds, 2),
