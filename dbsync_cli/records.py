@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -34,12 +34,13 @@ def read(stream: IO[bytes], source: str = "stdin", max_bytes: int | None = None)
         yield record
 
 
-def write(records: Iterable[dict[str, Any]], stream: IO[bytes] | None = None) -> int:
+def write(records: Iterable[dict[str, Any]], stream: IO[bytes] | None = None,
+          encode: Callable[[Any], bytes] = dumps) -> int:
     """Write records as NDJSON; flush on heartbeats and every few records so a downstream pipe never waits long."""
     out = stream or sys.stdout.buffer
     count = 0
     for record in records:
-        out.write(dumps(record) + b"\n")
+        out.write(encode(record) + b"\n")
         count += 1
         if record.get("op") == wire.HEARTBEAT or count % 64 == 0:
             out.flush()

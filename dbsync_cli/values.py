@@ -22,6 +22,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
+#: the converter of columns whose value goes on the wire as it is (callers may skip calling it)
+UNCHANGED: Converter = _identity
+
+
 def datetime_out(tz: dt.tzinfo) -> Converter:
     def convert(value: Any) -> Any:
         if isinstance(value, dt.datetime):

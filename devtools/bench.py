@@ -479,6 +479,11 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--pairs" or a.startswith("--pairs=") for a in argv):  # back-to-back pairs (devtools/bench_pairs.py)
+        from devtools import bench_pairs
+
+        return bench_pairs.main(argv)
     parser = argparse.ArgumentParser(prog="bench-sender", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="approximate rows to write (default 200,000)")
     parser.add_argument("--small-rows", type=int, default=50_000,
@@ -490,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database, queues and work dir")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile an in-process sender run (report in the work dir)")
+    parser.add_argument("--pairs", type=int, metavar="N",
+                        help="instead: N back-to-back pairs, raw decode vs capture by CPU and the sender vs Debezium "
+                             "(devtools/bench_pairs.py; --pairs N --help for its options)")
     args = parser.parse_args(argv)
     bench = Bench(args)
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dbsync_cli import exitcodes, records, retrying
+from dbsync_cli import exitcodes, records, retrying, wire
 from dbsync_cli.cli import common
 from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
@@ -61,7 +61,7 @@ def capture(
             settings = sender_mod.capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
                                                    max_events=max_events, progress=sys.stderr.isatty(),
                                                    server_id=server_id)
-            count = records.write(capture_stage(settings, checkpoint))
+            count = records.write(capture_stage(settings, checkpoint), encode=wire.dumps_event)
     except CaptureStop as exc:
         common.fail(str(exc), exc.code)
     except BrokenPipeError:
@@ -70,7 +70,7 @@ def capture(
 
 
 def enrich(config: common.ConfigOption = None) -> None:
-    """Turn change events (stdin) into sync messages (stdout): current row, uuid references, wire types."""
+    """Turn change events (stdin) into sync messages (stdout): the row from its after image or read now, uuid references, wire types."""
     cfg = common.load_config(config, "sender")
     model = _model(cfg)
     events = records.read(sys.stdin.buffer, "stdin")

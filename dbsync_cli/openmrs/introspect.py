@@ -17,6 +17,7 @@ class Column:
     nullable: bool
     default: str | None
     auto_increment: bool
+    charset: str | None = None  # information_schema CHARACTER_SET_NAME (None: not a character column)
 
     @property
     def is_integer(self) -> bool:
@@ -58,9 +59,10 @@ def introspect(conn: Any, database: str) -> dict[str, TableInfo]:
         (database,),
     ):
         tables[name] = TableInfo(name=name)
-    for table, col, data_type, column_type, nullable, default, extra in _rows(
+    for table, col, data_type, column_type, nullable, default, extra, charset in _rows(
         conn,
-        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA "
+        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, "
+        "CHARACTER_SET_NAME "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s ORDER BY TABLE_NAME, ORDINAL_POSITION",
         (database,),
     ):
@@ -72,6 +74,7 @@ def introspect(conn: Any, database: str) -> dict[str, TableInfo]:
                 nullable=nullable == "YES",
                 default=default,
                 auto_increment="auto_increment" in str(extra).lower(),
+                charset=str(charset).lower() if charset else None,
             )
     pk: dict[str, list[str]] = {}
     composite_fk: set[tuple[str, str]] = set()

@@ -46,16 +46,25 @@ def strip(image: dict | None, secrets: tuple[str, ...]) -> dict | None:
     return {k: v for k, v in image.items() if k not in secrets}
 
 
-def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None]]:
+def _gaps(none_sources: dict[str, str]) -> list[str] | None:
+    """Columns of an after image whose None is not a NULL: not logged (binlog_row_image NOBLOB or MINIMAL), a zero
+    or invalid date, an empty SET. Enrich reads those rows from the site database instead of trusting the image."""
+    if not none_sources:
+        return None
+    gaps = [column for column, source in none_sources.items() if source != "null"]
+    return gaps or None
+
+
+def _row_images(event: Any) -> Iterator[tuple[str, dict | None, dict | None, list[str] | None]]:
     if isinstance(event, WriteRowsEvent):
         for row in event.rows:
-            yield wire.CREATE, None, row["values"]
+            yield wire.CREATE, None, row["values"], _gaps(row["none_sources"])
     elif isinstance(event, UpdateRowsEvent):
         for row in event.rows:
-            yield wire.UPDATE, row["before_values"], row["after_values"]
+            yield wire.UPDATE, row["before_values"], row["after_values"], _gaps(row["after_none_sources"])
     else:
         for row in event.rows:
-            yield wire.DELETE, row["values"], None
+            yield wire.DELETE, row["values"], None, None
 
 
 def capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> Iterator[Event]:
@@ -223,31 +232,24 @@ def stream(settings: CaptureSettings, start: Position, skip_rows: int, max_event
                     _stop_undecodable(settings, end, f"a {event.table} row event {problem}")
                 skipping = txn == start and skip_rows > 0
                 secrets = settings.secret_columns.get(event.table, ())
-                for op, before, after in _row_images(event):
+                skew_ms = clock.skew_ms
+                # what every row of this event shares, built once per event (a row event holds up to ~8 kB of rows)
+                shared = {"server_id": server_id, "file": txn.file, "pos": txn.pos, "row": 0, "gtid": txn_gtid,
+                          "gtid_pos": gtid_pos, "ts_ms": event.timestamp * 1000, "snapshot": False, "epoch": epoch,
+                          "born": born, "end_pos": end.pos,  # how far the rows read so far reach: status's lag in it
+                          **({"skew_ms": skew_ms} if skew_ms is not None else {})}
+                for op, before, after, gaps in _row_images(event):
                     row += 1
                     if skipping and row < skip_rows:
                         continue
-                    yield {
-                        "op": op,
-                        "db": event.schema,
-                        "table": event.table,
-                        "before": strip(before, secrets),
-                        "after": strip(after, secrets),
-                        "source": {
-                            "server_id": server_id,
-                            "file": txn.file,
-                            "pos": txn.pos,
-                            "row": row,
-                            "gtid": txn_gtid,
-                            "gtid_pos": gtid_pos,
-                            "ts_ms": event.timestamp * 1000,
-                            "snapshot": False,
-                            "epoch": epoch,
-                            "born": born,
-                            "end_pos": end.pos,  # how far the rows read so far reach: status's lag inside it
-                            **({"skew_ms": clock.skew_ms} if clock.skew_ms is not None else {}),
-                        },
-                    }
+                    source = shared.copy()
+                    source["row"] = row
+                    record = {"op": op, "db": event.schema, "table": event.table,
+                              "before": strip(before, secrets) if secrets else before,
+                              "after": strip(after, secrets) if secrets else after, "source": source}
+                    if gaps:
+                        record["gaps"] = gaps
+                    yield record
                     emitted += 1
                     if max_events is not None and emitted >= max_events:
                         return boundary, emitted

@@ -1,8 +1,16 @@
 """Enrich: change events → sync messages, the wire format.
 
-Each message carries the row as it is now in the site DB (loaded by primary key in batches), not the binlog image:
-the latest state wins and an update for a row deleted since is dropped. Foreign keys become uuid references; local
-ids never leave the site. Output order equals input order, so per-entity binlog order survives.
+A create's or update's message carries the row as the binlog's after image gives it (binlog_row_image=FULL: every
+column, as it was at that point of the binlog) wherever that image is exactly what a read of the site DB gives
+(`after_image`); otherwise, and for snapshot rows, the row as it is now in the site DB (loaded by primary key in
+batches), where the latest state wins and an update for a row deleted since is dropped. An image row whose
+references cannot all be resolved (a parent deleted since) is read again too, as before. Foreign keys become uuid
+references, looked up in one query per referenced table per batch through the uuid cache; local ids never leave
+the site. Output order equals input order, so per-entity binlog order survives.
+
+Every message of a batch carries the batch's read time as `sent`, image or not, so `sent` never goes back from one
+message to the next (the receiver's order guard and its retry queue compare it with the binlog position; an event
+time, in whole seconds of the site server's clock, would not order against read times).
 
 A batch's rows and the uuids they reference are read in one consistent snapshot: read apart, a row could be
 loaded and its parent deleted (with the row, or after the row moved away from it) before the parent's uuid was
@@ -34,13 +42,13 @@ from dbsync_cli.i18n import _
 from dbsync_cli.openmrs import SchemaModel, SyncedTable, class_table
 from dbsync_cli.openmrs.rules import ATTRIBUTE_ID_VALUES
 from dbsync_cli.retrying import pause
-from dbsync_cli.sender import drops
+from dbsync_cli.sender import after_image, drops
 from dbsync_cli.sender.binlog import CaptureStop, Position
 from dbsync_cli.sender.parent_deletes import ParentDeletes, position_key
 from dbsync_cli.sender.uuid_cache import IdToUuid
 from dbsync_cli.sql import chunks, placeholders, quote, sql
 from dbsync_cli.timezones import parse_timezone
-from dbsync_cli.values import Converter, wire_converter
+from dbsync_cli.values import UNCHANGED, Converter, wire_converter
 
 log = logging.getLogger("dbsync.enrich")
 
@@ -76,17 +84,28 @@ class Enricher:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot per batch
         self.uuids = IdToUuid(self.conn, settings.cache_size)
         self.parents = ParentDeletes(settings.db, settings.home, settings.parent_cache_size)
-        self.converters: dict[str, list[tuple[str, Converter]]] = {}
+        self.converters: dict[str, list[tuple[str, Converter | None, str | None, str | None]]] = {}
+        self.images: dict[str, after_image.Reader | None] = {}  # per table: its after images as rows, or None
         self.attribute_formats: dict[Any, str | None] = {}
+        self.image_rows = 0  # rows sent from their after image (the rest were read again)
 
     def close(self) -> None:
+        log.debug("enrich: %d row(s) sent from their binlog after image", self.image_rows)
         self.conn.close()
 
-    def _converters(self, table: SyncedTable) -> list[tuple[str, Converter]]:
+    def _converters(self, table: SyncedTable) -> list[tuple[str, Converter | None, str | None, str | None]]:
+        """Per data column: its converter (None: the value as it is), or for a reference its table and the table
+        its uuid is in (a subclass's parent): worked out once per table, not per row."""
         if table.name not in self.converters:
-            self.converters[table.name] = [
-                (c, wire_converter(table.info.columns[c], self.tz)) for c in table.data_columns
-            ]
+            plan: list[tuple[str, Converter | None, str | None, str | None]] = []
+            for column in table.data_columns:
+                ref = table.references.get(column)
+                if ref is not None and ref.identity is not None:
+                    plan.append((column, None, ref.table, ref.identity.table))
+                else:
+                    convert = wire_converter(table.info.columns[column], self.tz)
+                    plan.append((column, None if convert is UNCHANGED else convert, None, None))
+            self.converters[table.name] = plan
         return self.converters[table.name]
 
     def run(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -136,6 +155,7 @@ class Enricher:
         log.info("columns of %s changed: reloading the schema model", ", ".join(sorted(tables)))
         self.model = SchemaModel.load(self.conn, self.model.database, list(self.model.synced))
         self.converters.clear()
+        self.images.clear()
         self.attribute_formats.clear()
 
     def _valid(self, event: dict[str, Any]) -> SyncedTable | None:
@@ -187,23 +207,17 @@ class Enricher:
         """The batch's messages from one consistent read, and the references no uuid was found for."""
         messages: list[dict[str, Any]] = []
         missing: list[Missing] = []
-        wanted: dict[str, set[Any]] = {}
-        for event, table in valid:
-            if event["op"] != wire.DELETE:
-                wanted.setdefault(table.name, set()).add(event["after"][table.key])
-        current: dict[str, dict[Any, dict[str, Any]]] = {}
-        changed: list[str] = []
-        for name, keys in wanted.items():
-            current[name], ddl = self._load_rows(self.model.synced[name], keys)
-            if ddl:
-                changed.append(name)
-        if changed:
+        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        images = self._images(valid)
+        current, changed = self._load_wanted(valid, images)
+        if changed:  # DDL since the model was read: every row read again under the new model
             self._reload_model(changed)
             valid = [(e, self.model.synced[t.name]) for e, t in valid]
+            images = {}
+            current, _changed = self._load_wanted(valid, images)
         refs = self._resolve_references(current)
         deleted_uuids = self._deleted_identity(valid)
-        sent = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        for event, table in valid:
+        for index, (event, table) in enumerate(valid):
             if event["op"] == wire.DELETE:
                 key = event["before"][table.key]
                 uuid = deleted_uuids.get((table.identity.table, key))
@@ -217,6 +231,11 @@ class Enricher:
                 messages.append(self._message(event, table, key, uuid, None, sent))  # the batch's time
                 continue
             key = event["after"][table.key]
+            image = images.get(index)
+            if image is not None:
+                uuid, data = image
+                messages.append(self._message(event, table, key, uuid, data, sent))
+                continue
             row = current[table.name].get(key)
             if row is None:
                 log.debug("%s %s of %s %s: row deleted since; dropped", event["op"], event["source"], table.name, key)
@@ -229,7 +248,56 @@ class Enricher:
                 continue
             data = self._data(table, row, refs, missing, key)
             messages.append(self._message(event, table, key, uuid, data, sent))
+        self.image_rows += len(images)
         return valid, messages, missing
+
+    def _images(self, valid: list[tuple[dict[str, Any], SyncedTable]]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """(uuid, wire data) of the batch's binlog creates and updates whose after image is the
+        row (after_image.py) and whose references all resolve, by index in `valid`; the others are read again."""
+        rows: list[tuple[int, SyncedTable, dict[str, Any]]] = []
+        for index, (event, table) in enumerate(valid):
+            if event["op"] not in (wire.CREATE, wire.UPDATE) or (event.get("source") or {}).get("snapshot"):
+                continue
+            if table.name not in self.images:
+                self.images[table.name] = after_image.reader(table)
+            read = self.images[table.name]
+            row = read(event) if read is not None else None
+            if row is not None:
+                rows.append((index, table, row))
+        if not rows:
+            return {}
+        by_table: dict[str, tuple[SyncedTable, list[dict[str, Any]]]] = {}
+        for _index, table, row in rows:
+            by_table.setdefault(table.name, (table, []))[1].append(row)
+        refs = self._references(by_table.values())
+        found: dict[int, tuple[str, dict[str, Any]]] = {}
+        for index, table, row in rows:
+            key = row[table.key]
+            uuid = row["uuid"] if not table.is_subclass else refs.get((table.identity.table, key))
+            missing: list[Missing] = []
+            data = self._data(table, row, refs, missing, key)
+            if uuid is not None and not missing:
+                found[index] = (uuid, data)
+            else:  # a row it references, or its parent, deleted since: read it again as it is now
+                log.debug("%s %s: %s not found for its after image: the row is read again", table.name, key,
+                          missing[0][2] if missing else "its identity")
+        return found
+
+    def _load_wanted(self, valid: list[tuple[dict[str, Any], SyncedTable]],
+                     images: dict[int, Any]) -> tuple[dict[str, dict[Any, dict[str, Any]]], list[str]]:
+        """The rows of the batch's creates and updates not sent from their image, read now; and the tables whose
+        columns differ from the model's."""
+        wanted: dict[str, set[Any]] = {}
+        for index, (event, table) in enumerate(valid):
+            if event["op"] != wire.DELETE and index not in images:
+                wanted.setdefault(table.name, set()).add(event["after"][table.key])
+        current: dict[str, dict[Any, dict[str, Any]]] = {}
+        changed: list[str] = []
+        for name, keys in wanted.items():
+            current[name], ddl = self._load_rows(self.model.synced[name], keys)
+            if ddl:
+                changed.append(name)
+        return current, changed
 
     def _message(
         self, event: dict[str, Any], table: SyncedTable, key: Any, uuid: str, data: dict[str, Any] | None,
@@ -277,17 +345,23 @@ class Enricher:
 
     def _resolve_references(self, current: dict[str, dict[Any, dict[str, Any]]]) -> dict[tuple[str, Any], str]:
         """One batched lookup per referenced identity table for every foreign key (and subclass identity)."""
+        return self._references((self.model.synced[name], rows.values()) for name, rows in current.items())
+
+    def _references(self, tables: Iterable[tuple[SyncedTable, Iterable[dict[str, Any]]]]) -> dict[tuple[str, Any], str]:
+        """uuids of what these rows reference (and of a subclass row's identity): one query per referenced table
+        (through the uuid cache), never one per row."""
         need: dict[tuple[str, str], set[Any]] = {}
-        for name, rows in current.items():
-            table = self.model.synced[name]
+        for table, table_rows in tables:
+            rows = list(table_rows)
             if table.is_subclass:
-                need.setdefault((table.identity.table, table.identity.key), set()).update(rows)
+                need.setdefault((table.identity.table, table.identity.key), set()).update(row[table.key]
+                                                                                        for row in rows)
             for column, ref in table.references.items():
                 if ref.identity is None:
                     continue
                 ids = need.setdefault((ref.identity.table, ref.identity.key), set())
-                ids.update(row[column] for row in rows.values() if row[column] is not None)
-            if name in ATTRIBUTE_ID_VALUES:
+                ids.update(row[column] for row in rows if row[column] is not None)
+            if table.name in ATTRIBUTE_ID_VALUES:
                 self._attribute_value_ids(table, rows, need)
         resolved: dict[tuple[str, Any], str] = {}
         for (ident_table, key), ids in need.items():
@@ -307,10 +381,10 @@ class Enricher:
                     self.attribute_formats[tid] = target if target in self.model.tables else None
         return self.attribute_formats.get(type_id)
 
-    def _attribute_value_ids(self, table: SyncedTable, rows: dict[Any, dict[str, Any]],
+    def _attribute_value_ids(self, table: SyncedTable, rows: list[dict[str, Any]],
                              need: dict[tuple[str, str], set[Any]]) -> None:
         value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
-        for row in rows.values():
+        for row in rows:
             target = self._attribute_format(table, row[type_column])
             if target and row[value_column] and str(row[value_column]).isdigit():
                 identity = self.model.identity_of(target)
@@ -321,16 +395,17 @@ class Enricher:
               missing: list[Missing], key: Any) -> dict[str, Any]:
         """The wire form of `row`; a reference whose uuid is not in `refs` is added to `missing`."""
         data: dict[str, Any] = {}
-        for column, convert in self._converters(table):
+        for column, convert, ref_table, ref_identity in self._converters(table):
             value = row[column]
-            ref = table.references.get(column)
-            if ref is not None and ref.identity is not None:
-                uuid = None if value is None else refs.get((ref.identity.table, value))
-                if value is not None and uuid is None:
-                    missing.append((table.name, key, column, ref.table, value))
-                data[column] = None if value is None else wire.ref(ref.table, uuid)
-            else:
+            if ref_identity is not None and ref_table is not None and value is not None:
+                uuid = refs.get((ref_identity, value))
+                if uuid is None:
+                    missing.append((table.name, key, column, ref_table, value))
+                data[column] = wire.ref(ref_table, uuid)
+            elif convert is not None and value is not None:
                 data[column] = convert(value)
+            else:
+                data[column] = value
         if table.name in ATTRIBUTE_ID_VALUES:
             value_column, type_column, _format = ATTRIBUTE_ID_VALUES[table.name]
             target = self._attribute_format(table, row[type_column])

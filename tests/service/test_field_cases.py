@@ -417,17 +417,18 @@ def test_a_parent_deleted_while_enrich_reads_a_batch_never_leaves_a_reference_wi
     cfg = load(site.config, "sender", env=site.env)
 
     class PurgedMeanwhile(Enricher):
-        """A clinic purges the obs group (children first) right after enrich loaded the batch's rows."""
+        """A clinic purges the obs group (children first) right after enrich has the batch's obs rows (from their
+        after images, or read) and before it looks up the uuids they reference."""
         purged = False
 
-        def _load_rows(self, table, keys):
-            found = super()._load_rows(table, keys)
-            if table.name == "obs" and not self.purged:
+        def _references(self, tables):
+            tables = list(tables)
+            if any(table.name == "obs" for table, _rows in tables) and not self.purged:
                 PurgedMeanwhile.purged = True
                 group = child["obs_group_id"]
                 site.sql("DELETE FROM obs WHERE obs_group_id = %s", (group,))
                 site.sql("DELETE FROM obs WHERE obs_id = %s", (group,))
-            return found
+            return super()._references(tables)
 
     enricher = PurgedMeanwhile(sender_run.enrich_settings(cfg), sender_run.load_model(cfg))
     try:
@@ -438,7 +439,7 @@ def test_a_parent_deleted_while_enrich_reads_a_batch_never_leaves_a_reference_wi
     unresolved = [(m.get("table"), m.get("uuid"), r) for m in messages for r in _refs(m.get("data")) if not r.get("uuid")]
     assert unresolved == [], unresolved[:5]
     sent_child = [m for m in messages if m.get("table") == "obs" and m.get("uuid") == child["uuid"]]
-    assert sent_child and sent_child[0]["data"]["obs_group_id"]["uuid"]  # the group as it was when read
+    assert sent_child and sent_child[0]["data"]["obs_group_id"]["uuid"]  # the group as it was in the batch's read
 
 
 def test_a_dangling_reference_at_the_site_stops_enrich_before_the_row(site) -> None:  # noqa: F811

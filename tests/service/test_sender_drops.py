@@ -111,8 +111,13 @@ def test_rows_the_sender_does_not_send_are_counted_per_reason(openmrs_db, servic
     _copy_state(tmp_path / "home-combined", tmp_path / "home-pipe")
     sql("DELETE FROM person WHERE person_id = %s", (orphan,))
     sql("UPDATE patient SET date_changed = NOW() WHERE patient_id = %s", (orphan,))
-    # 3. a row created and deleted before the sender read it: the create is superseded by the delete
+    # 3. a row created and deleted before the sender read it, whose reference is gone too (its after image cannot
+    # be sent: the person it names has no uuid any more), so enrich reads it again: the create is superseded by the
+    # delete. (The person's own create goes out from its after image, followed by its delete.)
     gone = person()
+    sql("INSERT INTO person_name (person_id, given_name, creator, date_created, preferred, uuid) "
+        "VALUES (%s, 'Gone', 1, NOW(), 1, UUID())", (gone,))
+    sql("DELETE FROM person_name WHERE person_id = %s", (gone,))
     sql("DELETE FROM person WHERE person_id = %s", (gone,))
 
     # the obs went out in step 2 already: send it again by changing it
@@ -123,7 +128,7 @@ def test_rows_the_sender_does_not_send_are_counted_per_reason(openmrs_db, servic
     dropped = report.get("dropped")
     assert dropped is not None, f"sender status has no 'dropped': {sorted(report)}"
     counted = {reason: n for reason, n in dropped.items() if n}
-    # too_large twice: the obs's create (step 2's run) and its update; the patient update; the person's create
+    # too_large twice: the obs's create (step 2's run) and its update; the patient update; the person_name's create
     assert counted == {"too_large": 2, "parent_gone": 1, "row_deleted": 1}, dropped
     last = report["dropped_last"]["too_large"]
     assert last["table"] == "obs" and last["uuid"] == big_uuid, last
@@ -135,7 +140,7 @@ def test_rows_the_sender_does_not_send_are_counted_per_reason(openmrs_db, servic
     assert {r: n for r, n in _status(conf, env)["dropped"].items() if n} == counted
 
     # the pipe, from a copy of the state after step 2's run (the obs's create counted: too_large 1), counts the
-    # same events as the combined sender: the patient update, the person created and deleted, the obs's update
+    # same events as the combined sender: the patient update, the person_name created and deleted, the obs's update
     _pipe(pipe_conf, pipe_env)
     piped = {r: n for r, n in _status(pipe_conf, pipe_env)["dropped"].items() if n}
     assert piped == counted, piped
