@@ -26,6 +26,12 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return out
 
 
+def _cpu(stage: dict[str, Any]) -> str:
+    """The process's CPU seconds, and central's mariadbd's meanwhile where the stage writes into central."""
+    server = stage.get("central_cpu_seconds")
+    return f"{stage['cpu_seconds']:.2f}" + (f" + central {server:.2f}" if server is not None else "")
+
+
 def _ratios(stage: dict[str, Any]) -> str:
     parts = [f"{stage[k + '_ratio']:.2f} × {stage[k]}" for k in ("ceiling", "also") if stage.get(k + "_ratio") is not None]
     if stage.get("cpu_ratio") is not None:
@@ -43,12 +49,14 @@ def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) 
     stages = result.get("stages", [])
     if stages:
         lines += table(["stage", "rows", "what is counted", "seconds", "CPU s", "rows/s", "peak RSS MB", "ratios"],
-                       [[s["stage"], s["rows"], s.get("counted", ""), s["seconds"], s["cpu_seconds"],
+                       [[s["stage"], s["rows"], s.get("counted", ""), s["seconds"], _cpu(s),
                          s["rows_per_second"], round(s.get("peak_rss_total_mb", s["peak_rss_mb"])), _ratios(s)]
                         for s in stages]) + [""]
     if result.get("ceilings"):
         lines += table(["ceiling (same data, same window)", "rows", "seconds", "rows/s", "how"],
-                       [[c["ceiling"], c["rows"], c["seconds"], c["rows_per_second"], c["note"]]
+                       [[c["ceiling"], c["rows"], c["seconds"], c["rows_per_second"],
+                         c["note"] + (f" (central's mariadbd: {c['central_cpu_seconds']:.2f} CPU s)"
+                                      if c.get("central_cpu_seconds") is not None else "")]
                         for c in result["ceilings"]]) + [""]
     if "envelopes" in result:
         e = result["envelopes"]
