@@ -100,12 +100,9 @@ class RowApply(Judging, Parking):
             if current is None:
                 self._applied_at(cur, batch, table, uuid, position, message["site"])
                 return Outcome(item.message_id, "applied", table.name, uuid, reasons.reason("already_absent"))
-            verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, None, batch)
-            self._sent_as_central(cur, table, key, message["site"], verdict)
-            if verdict.park:
-                return self._conflict(cur, item, verdict, current, batch)
-            if verdict.skip:
-                return self._skipped(item, verdict, batch)
+            judged = self._refused(cur, item, table, key, current, None, batch, force)
+            if judged is not None:
+                return judged
             cur.execute(self.statements.get(("delete", table.name), lambda: sql(
                 "DELETE FROM {} WHERE {} = %s", quote(table.name), quote(table.key))), (key,))
             if self.settings.complex_obs and table.name == complex_obs.TABLE:  # OpenMRS's purgeObs removes the file
@@ -119,9 +116,9 @@ class RowApply(Judging, Parking):
             return Outcome(item.message_id, "applied", table.name, uuid)
         data = message["data"] or {}
         if self.settings.complex_obs and table.name == complex_obs.TABLE:
-            refused = complex_files.check_obs(cur, self.s, message["site"], uuid, data, current)
-            if refused is not None:
-                raise MessageError(refused)
+            bad_name = complex_files.check_obs(cur, self.s, message["site"], uuid, data, current)
+            if bad_name is not None:
+                raise MessageError(bad_name)
         if only is not None:
             unknown = sorted(set(only) - set(data))
             if unknown:
@@ -141,12 +138,9 @@ class RowApply(Judging, Parking):
                 adopted = self._adopt(cur, item, table, key, current, values, position, batch)
                 if adopted is not None:
                     return adopted
-            verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, values, batch)
-            self._sent_as_central(cur, table, key, message["site"], verdict)
-            if verdict.park:
-                return self._conflict(cur, item, verdict, current, batch)
-            if verdict.skip:
-                return self._skipped(item, verdict, batch)
+            judged = self._refused(cur, item, table, key, current, values, batch, force)
+            if judged is not None:
+                return judged
             if values:
                 cur.execute(self.statements.get(("update", table.name, tuple(values)), lambda: sql(
                     "UPDATE {} SET {} WHERE {} = %s", quote(table.name), join(sql("{} = %s", quote(c)) for c in values),
@@ -174,6 +168,21 @@ class RowApply(Judging, Parking):
         batch.ours.add((table.name, uuid))
         self._applied_at(cur, batch, table, uuid, position)
         return Outcome(item.message_id, "applied", table.name, uuid)
+
+    def _refused(self, cur: Any, item: Parsed, table: SyncedTable, key: Any, current: dict[str, Any],
+                 values: dict[str, Any] | None, batch: Batch, force: bool) -> Outcome | None:
+        """The judgement of a change (`values`; None: a delete) to central's row `current`: its conflict or its
+        skip, or None when it is to be written (`force`: no judgement)."""
+        message = item.message
+        assert message is not None
+        uuid = message["uuid"]
+        verdict = Verdict() if force else self._judge(cur, table, uuid, current, message, values, batch)
+        self._sent_as_central(cur, table, key, message["site"], verdict)
+        if verdict.park:
+            return self._conflict(cur, item, verdict, current, batch)
+        if verdict.skip:
+            return self._skipped(item, verdict, batch)
+        return None
 
     def _values(self, cur: Any, item: Parsed, table: SyncedTable, data: dict[str, Any], batch: Batch, *,
                 defer: bool) -> dict[str, Any]:
