@@ -8,6 +8,7 @@ run beside them (exit 13). Checked with plain SQL on central's tables and the si
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import threading
@@ -122,10 +123,15 @@ def test_two_workers_three_sites_with_a_kill_9(openmrs_db, services, tmp_path, b
                                                kwargs={"env": site.env, "stdin": data}))
         for thread in publishers:
             thread.start()
+        # kill one worker once both hold sites and apply has begun, so that the one killed surely leaves sites
+        # with work behind (killed later, on a loaded machine, its sites may all be done: nothing to take over)
         deadline = time.monotonic() + 120
-        while _applied(central) < sent // 4 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+                len(set(re.findall(r"receiver worker (\d+) applies site", log.read_text()))) < 2
+                or _applied(central) < sent // 10):
             time.sleep(0.05)
         at_kill = _applied(central)
+        assert at_kill < sent, "every message was applied before the kill: the test proves nothing"
         workers[0].send_signal(signal.SIGKILL)  # mid-run: its sites are taken over by the other worker
         workers[0].wait()
         for thread in publishers:
