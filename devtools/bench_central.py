@@ -40,19 +40,22 @@ def _q(name: str) -> str:
 def watermarks(db: DbParams) -> list[Mark]:
     """The highest primary key (or the row count) of every base table in `db`'s database."""
     with db.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT t.TABLE_NAME, (SELECT GROUP_CONCAT(k.COLUMN_NAME) FROM information_schema.KEY_COLUMN_USAGE k "
+        # two plain look-ups filtered by schema (correlated subqueries over information_schema took ~8 s on a
+        # server holding many schemas)
+        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND "
+                    "TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME")
+        names = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT k.TABLE_NAME, k.COLUMN_NAME, c.DATA_TYPE FROM information_schema.KEY_COLUMN_USAGE k "
                     "JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = k.TABLE_SCHEMA AND "
                     "c.TABLE_NAME = k.TABLE_NAME AND c.COLUMN_NAME = k.COLUMN_NAME "
-                    "WHERE k.TABLE_SCHEMA = t.TABLE_SCHEMA AND k.TABLE_NAME = t.TABLE_NAME AND "
-                    "k.CONSTRAINT_NAME = 'PRIMARY' AND c.DATA_TYPE IN ('int', 'bigint', 'mediumint', 'smallint')), "
-                    "(SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE k2 WHERE k2.TABLE_SCHEMA = "
-                    "t.TABLE_SCHEMA AND k2.TABLE_NAME = t.TABLE_NAME AND k2.CONSTRAINT_NAME = 'PRIMARY') "
-                    "FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_TYPE = 'BASE TABLE' "
-                    "ORDER BY t.TABLE_NAME")
-        tables = list(cur.fetchall())
+                    "WHERE k.TABLE_SCHEMA = DATABASE() AND k.CONSTRAINT_NAME = 'PRIMARY'")
+        primary: dict[str, list[tuple[str, str]]] = {}
+        for table_name, column, data_type in cur.fetchall():
+            primary.setdefault(str(table_name), []).append((str(column), str(data_type)))
         marks: list[Mark] = []
-        for table, key, keys in tables:
-            single = key if key and int(keys) == 1 else None
+        for table in names:
+            pk = primary.get(table, [])
+            single = pk[0][0] if len(pk) == 1 and pk[0][1] in ("int", "bigint", "mediumint", "smallint") else None
             if single:
                 cur.execute(f"SELECT COALESCE(MAX({_q(single)}), 0) FROM {_q(table)}")  # noqa: S608
             else:
