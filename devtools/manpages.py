@@ -461,7 +461,9 @@ def command_paths(app: Any = None) -> list[list[str]]:
     import typer.main
 
     if app is None:
-        from dbsync_cli.cli.app import app
+        from dbsync_cli.cli import app as app_module
+
+        app = app_module.app
     found: list[list[str]] = []
 
     def walk(words: list[str], command: Any) -> None:

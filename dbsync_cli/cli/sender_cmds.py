@@ -5,21 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dbsync_cli import exitcodes, records, retrying, wire
+from dbsync_cli import exitcodes
 from dbsync_cli.cli import common
-from dbsync_cli.config import Config
 from dbsync_cli.i18n import _
-from dbsync_cli.openmrs import SchemaError, SchemaModel
-from dbsync_cli.sender import run as sender_mod
-from dbsync_cli.sender.binlog import CaptureStop, reader_id
-from dbsync_cli.sender.capture import capture as capture_stage
-from dbsync_cli.sender.checkpoint import CheckpointStore
-from dbsync_cli.sender.enrich import enrich as enrich_stage
-from dbsync_cli.sender.publish import publish as publish_stage
+
+if TYPE_CHECKING:
+    from dbsync_cli.config import Config
+    from dbsync_cli.openmrs import SchemaModel
+
+# Each command imports its stages itself: `dbsync capture` loads neither enrich nor publish (nor stomp), so a stage
+# started alone in a pipe costs little more CPU than the binlog decoder it runs (issue 29).
 
 log = logging.getLogger("dbsync")
 
@@ -33,12 +32,17 @@ MaxEventsOption = Annotated[int | None, typer.Option("--max-events", help="Stop 
 def stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT ask for a clean stop: finish (or, while the broker is down, abandon) the batch, exit 0; the
     waits between retries end at once (retrying.py). A second signal exits at once."""
+    from dbsync_cli import retrying
+
     return retrying.on_signals()
 
 
 def _model(cfg: Config) -> SchemaModel:
+    from dbsync_cli.openmrs import SchemaError
+    from dbsync_cli.sender.settings import load_model
+
     try:
-        return sender_mod.load_model(cfg)
+        return load_model(cfg)
     except SchemaError as exc:
         common.fail(_("schema: {error}").format(error=exc), exitcodes.SCHEMA)
 
@@ -50,6 +54,12 @@ def capture(
     max_events: MaxEventsOption = None,
 ) -> None:
     """Stream the site's binlog as NDJSON change events, resuming after the published checkpoint."""
+    from dbsync_cli import records, wire
+    from dbsync_cli.sender.binlog import CaptureStop, reader_id
+    from dbsync_cli.sender.capture import capture as capture_stage
+    from dbsync_cli.sender.checkpoint import CheckpointStore
+    from dbsync_cli.sender.settings import capture_settings
+
     cfg = common.load_config(config, "sender")
     stop = stop_on_signals()
     model = _model(cfg)
@@ -58,7 +68,7 @@ def capture(
     store.close()
     try:
         with reader_id(cfg.home, cfg["sender.server_id"]) as server_id:  # never the running sender's id
-            settings = sender_mod.capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
+            settings = capture_settings(cfg, model, stop, snapshot=snapshot, until_idle=until_idle,
                                                    max_events=max_events, progress=sys.stderr.isatty(),
                                                    server_id=server_id)
             count = records.write(capture_stage(settings, checkpoint), encode=wire.dumps_event)
@@ -71,11 +81,16 @@ def capture(
 
 def enrich(config: common.ConfigOption = None) -> None:
     """Turn change events (stdin) into sync messages (stdout): the row from its after image or read now, uuid references, wire types."""
+    from dbsync_cli import records
+    from dbsync_cli.sender.binlog import CaptureStop
+    from dbsync_cli.sender.enrich import enrich as enrich_stage
+    from dbsync_cli.sender.settings import enrich_settings
+
     cfg = common.load_config(config, "sender")
     model = _model(cfg)
     events = records.read(sys.stdin.buffer, "stdin")
     try:
-        count = records.write(enrich_stage(events, sender_mod.enrich_settings(cfg), model))
+        count = records.write(enrich_stage(events, enrich_settings(cfg), model))
     except CaptureStop as exc:  # e.g. a dangling reference at the site: nothing after it may be sent
         common.fail(str(exc), exc.code)
     except BrokenPipeError:
@@ -88,6 +103,12 @@ def publish(
     echo: Annotated[bool, typer.Option("--echo", help="Write confirmed messages to stdout.")] = False,
 ) -> None:
     """Send sync messages (stdin) to Artemis; move the checkpoint only after the broker's receipt."""
+    from dbsync_cli import records
+    from dbsync_cli.sender import run as sender_mod
+    from dbsync_cli.sender.binlog import CaptureStop
+    from dbsync_cli.sender.checkpoint import CheckpointStore
+    from dbsync_cli.sender.publish import publish as publish_stage
+
     cfg = common.load_config(config, "sender")
     stop = stop_on_signals()
     store = CheckpointStore(cfg.home)
@@ -113,6 +134,10 @@ def sender(
 ) -> None:
     """capture → enrich → publish, supervised (capture in a child process; restart with backoff; SIGTERM drains
     and exits 0)."""
+    from dbsync_cli.openmrs import SchemaError
+    from dbsync_cli.sender import run as sender_mod
+    from dbsync_cli.sender.binlog import CaptureStop
+
     cfg = common.load_config(config, "sender")
     stop = stop_on_signals()
     try:

@@ -30,7 +30,6 @@ from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateR
 from dbsync_cli import exitcodes, wire
 from dbsync_cli.i18n import _
 from dbsync_cli.sender import binlog, gtid, schema_history
-from dbsync_cli.sender import snapshot as snapshot_stage
 from dbsync_cli.sender.binlog import CaptureSettings, CaptureStop, Position
 from dbsync_cli.sender.checkpoint import FAILOVER, CheckpointStore
 from dbsync_cli.sender.clock import ClockWatch
@@ -116,6 +115,8 @@ def _capture(settings: CaptureSettings, checkpoint: dict[str, Any] | None) -> It
         columns = schema_history.current_columns(conn, settings.db.database or "", settings.tables)
     emitted = 0
     if checkpoint is None and (settings.snapshot != "never" or snapshot_again) or resume_snapshot is not None:
+        from dbsync_cli.sender import snapshot as snapshot_stage  # only here: it loads rich's progress
+
         snap = snapshot_stage.Snapshot(settings, resume_snapshot, epoch)
         events = snap.events()
         for event in events:

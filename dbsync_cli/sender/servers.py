@@ -27,7 +27,6 @@ import orjson
 import pymysql
 
 from dbsync_cli import exitcodes
-from dbsync_cli.checks import privileges
 from dbsync_cli.i18n import _
 from dbsync_cli.retrying import pause
 from dbsync_cli.sender.binlog import CaptureStop, Position, current_position
@@ -67,6 +66,8 @@ def choose(conn: Any, forced: str = "auto") -> str:
     found = server(conn)
     if found.flavor == "mariadb":
         return "mariadb"
+    from dbsync_cli.checks import privileges  # the config checks' module, loaded only for a MySQL snapshot
+
     granted, _local = privileges(conn, "")
     if {"RELOAD", "ALL PRIVILEGES"} & granted:
         return "lock"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dbsync_cli.broker import settings_from_config
 from dbsync_cli.config import Config
 from dbsync_cli.openmrs import SchemaModel, synced_table_names
 from dbsync_cli.sender.binlog import CaptureSettings
-from dbsync_cli.sender.enrich import EnrichSettings
-from dbsync_cli.sender.publish import PublishSettings
+
+if TYPE_CHECKING:  # imported where used: `dbsync capture` alone loads neither enrich nor publish (nor stomp)
+    from dbsync_cli.sender.enrich import EnrichSettings
+    from dbsync_cli.sender.publish import PublishSettings
 
 
 def load_model(cfg: Config) -> SchemaModel:
@@ -34,12 +35,17 @@ def capture_settings(cfg: Config, model: SchemaModel, stop: threading.Event, **o
 
 
 def enrich_settings(cfg: Config) -> EnrichSettings:
+    from dbsync_cli.sender.enrich import EnrichSettings
+
     return EnrichSettings(db=cfg.db("site_db"), site=cfg["sender.id"], timezone=cfg["sender.timezone"],
                           batch_events=cfg["broker.batch_messages"],
                           max_transaction_events=cfg["sender.max_transaction_events"], home=cfg.home)
 
 
 def publish_settings(cfg: Config, stop: threading.Event) -> PublishSettings:
+    from dbsync_cli.broker import settings_from_config
+    from dbsync_cli.sender.publish import PublishSettings
+
     return PublishSettings(
         broker=settings_from_config(cfg), destination=cfg["broker.destination"],
         destination_type=cfg["broker.destination_type"], batch_messages=cfg["broker.batch_messages"],

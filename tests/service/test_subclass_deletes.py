@@ -110,8 +110,23 @@ def _assert_subclass_deletes_carry_their_parent(messages: list[dict[str, Any]], 
         assert deleted[("drug_order", uuid)] + deleted[("test_order", uuid)] >= 1, f"no subclass delete of {uuid}"
 
 
-def _assert_gone_at_central(central: Central, population: Population) -> None:
+def _patients_left(central: Central, population: Population) -> list[str]:
+    values = tuple(population.persons.values())
+    return [row[0] for row in central.sql(f"SELECT s.uuid FROM patient p JOIN person s ON s.person_id = p.patient_id "
+                                          f"WHERE s.uuid IN ({_marks(values)})", values)]
+
+
+def _assert_gone_at_central(central: Central, population: Population, run: Any = None) -> None:
+    """`run`: (messages, apply's results, the checkpoint at the kill), named for each patient row left."""
     persons = population.persons
+    left = _patients_left(central, population)
+    if left and run is not None:
+        messages, results, killed_at = run
+        outcome = {r.get("message_id"): (r.get("outcome"), r.get("reason")) for r in results}
+        seen = [(m["id"], m["op"], outcome.get(m["id"])) for m in messages
+                if m["table"] == "patient" and m["uuid"] in set(left)]
+        pytest.fail(f"{len(left)} patient row(s) left at central; checkpoint at the kill {killed_at}; their patient "
+                    f"messages (id, op, outcome): {seen[:30]}")
     assert _central_count(central, "person", persons) == 0
     values = tuple(persons.values())
     assert central.sql(f"SELECT COUNT(*) FROM patient p JOIN person s ON s.person_id = p.patient_id "
@@ -222,9 +237,9 @@ def test_a_sender_killed_between_the_subclass_delete_and_the_parent_delete(
         _delete_parent_rows(site, population)
         dbsync("sender", "--config", str(site.config), "--until-idle", env=site.env)
     messages = drain(broker_settings, destination)
-    central.apply(messages)
-    _assert_gone_at_central(central, population)
+    results = central.apply(messages)
     _assert_subclass_deletes_carry_their_parent(messages, population)
+    _assert_gone_at_central(central, population, (messages, results, killed_at))
 
 
 def test_a_subclass_delete_whose_parent_uuid_is_nowhere_stops_the_sender_before_it(
