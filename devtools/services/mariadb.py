@@ -122,6 +122,10 @@ class MariaDbInstance:
             # Throwaway servers: durability of the last second is not worth the fsyncs.
             "--innodb-flush-log-at-trx-commit=2",
             "--sync-binlog=0",
+            # Tests create and drop a whole OpenMRS schema (128 tables) each: with a file per table every CREATE
+            # and DROP makes or removes (and syncs) a file. In the system tablespace a schema loads in 1.1-1.7 s
+            # instead of 3.6-5.3 s and drops in 0.3-0.9 s instead of 0.5-1.8 s (same server, alternating, CI load).
+            "--innodb-file-per-table=0",
             "--max-connections=300",
             "--max-allowed-packet=64M",
         ]
