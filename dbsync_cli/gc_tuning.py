@@ -1,11 +1,13 @@
-"""The garbage collector tuned for a stream of short-lived records.
+"""The garbage collector tuned for the receiver's stream of short-lived records.
 
-dbsync's long work (decoding the binlog, parsing and applying messages) allocates a few hundred objects a row, nearly
+The receiver's work (parsing and applying messages) allocates a few hundred objects a row, nearly
 all freed at once by reference counting and almost none in reference cycles. With CPython's default thresholds
 (700, 10, 10) a young collection runs every few messages and the full ones walk the caches (uuid ↔ id maps of up to
 200,000 entries) again and again: measured on apply, 10-15 % of its CPU (20,639 messages: 3.1-3.2 CPU-s with the
 defaults, 2.6-2.8 with the settings below, same window, alternating). Objects alive at start-up (modules, the schema
 model) are frozen out of the collections; cycles are still collected, only less often, so memory stays bounded.
+The sender is left with the defaults: alternating runs of capture with and without these settings showed no CPU
+gain beyond the noise, and capture's peak RSS was higher with them (84 MB against 69 MB).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 import typer.main
 
-from dbsync_cli import __version__, exitcodes, gc_tuning, i18n, logs, space
+from dbsync_cli import __version__, exitcodes, i18n, logs, space
 from dbsync_cli.cli import common, help_text
 from dbsync_cli.files import restrict_process
 from dbsync_cli.i18n import _
@@ -147,7 +147,6 @@ def main() -> None:
         named = command_named(sys.argv[1:])
         root = command(build(None if named is None else [named]))
         help_text.translate(root)
-        gc_tuning.tune()
         root(prog_name="dbsync")
     except Stopped:  # SIGTERM/SIGINT while waiting for a server: nothing confirmed is lost (retrying.py)
         raise SystemExit(exitcodes.OK) from None

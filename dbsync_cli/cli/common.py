@@ -62,6 +62,10 @@ def detect_role(path: Path | None) -> str:
 def load_config(path: Path | None, role: str | None = None, *, log: bool = True) -> config_mod.Config:
     path = config_path(path)
     role = role or detect_role(path)
+    if role == "receiver":  # central's work parses and applies a stream of short-lived records (gc_tuning.py)
+        from dbsync_cli import gc_tuning
+
+        gc_tuning.tune()
     try:
         cfg = config_mod.load(path, role)
     except config_mod.ConfigError as exc:

@@ -147,10 +147,8 @@ def _die_with_parent() -> None:
 
 def _child(settings: CaptureSettings, checkpoint: dict[str, Any] | None,
            conn: multiprocessing.connection.Connection, level: int) -> None:
-    from dbsync_cli import gc_tuning
     from dbsync_cli.sender.capture import capture  # imported here: the parent need not load the decoder
 
-    gc_tuning.tune()
     _die_with_parent()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
