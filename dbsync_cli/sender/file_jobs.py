@@ -62,7 +62,7 @@ def write(conn: sqlite3.Connection, jobs: list[tuple[str, str | None]], now: flo
     """Add jobs inside the caller's transaction. A name already known for the same obs is left as it is (an obs
     voided or edited keeps its file); a name done for another obs is queued again (OpenMRS reuses a file name once
     its file was purged); with `repair` (verify --repair, resync) it is queued again whatever its state. Queued
-    again means a new generation, so the broker's duplicate detection does not drop its chunks."""
+    again means a new generation: central takes its chunks as a new file."""
     for name, obs_uuid in jobs:
         why = complex_obs.refusal(name)
         state, reason = (REFUSED, why) if why is not None else (QUEUED, None)

@@ -4,7 +4,7 @@ Its own STOMP connection and destination, so a 40 MB X-ray never stands in front
 not wait for it, and small chunks (sender.complex_obs_chunk_bytes, 32 KB) with a small window
 (sender.complex_obs_window) keep a slow link shared with the rows' batches. Every chunk is a persistent SEND with a
 receipt; the job records each chunk the broker confirmed (file_jobs.confirmed), so after a kill -9 the file goes on
-from the last confirmed chunk, and a chunk sent twice carries the same `_AMQ_DUPL_ID` and the same key at central.
+from the last confirmed chunk, and a chunk sent twice has the same key at central (no broker duplicate detection: wire.py says why).
 A file not in the folder yet (OpenMRS writes it next to the row) is looked for again with backoff, counted in
 `dbsync status`; a refused name is never opened.
 """
@@ -166,7 +166,6 @@ class FileLane:
             log.info("file %s: going on from chunk %d of %d", complex_obs.shown(job.name), first, chunks)
         conn = self._connect()
         pending: deque[tuple[int, str]] = deque()
-        name_key = hashlib.blake2b(job.name.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         handle.seek(first * self.chunk_bytes)
         for seq in range(first, chunks):
             if self.stop.is_set():
@@ -175,7 +174,6 @@ class FileLane:
             receipt = uuidlib.uuid4().hex
             headers = {
                 **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
-                wire.DUPLICATE_ID_HEADER: f"{self.site}:file:{name_key}:{sha[:32]}:{job.generation}:{seq}",
                 complex_obs.SITE: self.site, wire.GROUP_HEADER: self.site, complex_obs.NAME: job.name,
                 complex_obs.SHA256: sha,
                 complex_obs.SIZE: str(size), complex_obs.CHUNKS: str(chunks), complex_obs.SEQ: str(seq),
@@ -224,7 +222,6 @@ class FileLane:
         conn.send(destination=self.destination, body=b"", headers={
             **self.speak.send_headers(False, self.broker.user), "persistent": "true", "receipt": receipt,
             complex_obs.GONE: "1",
-            wire.DUPLICATE_ID_HEADER: f"{self.site}:file-gone:{uuidlib.uuid4().hex}",
             complex_obs.SITE: self.site, wire.GROUP_HEADER: self.site, complex_obs.NAME: job.name,
             complex_obs.OBS: job.obs_uuid or ""})
         self.receipts.wait(receipt, SILENCE_SECONDS, self.stop)

@@ -6,8 +6,8 @@ byte; `wire_version = 1` sends one row per message for a receiver older than env
 a batch ends with a RECEIPT request, and since frames on one connection are processed in
 order, the receipt confirms the whole batch. Only then is the checkpoint written. While the broker persists a batch
 the next ones are built and sent (at most `max_unconfirmed_batches` in flight, confirmed strictly in order). A dropped
-connection means reconnect with backoff and resend every unconfirmed batch with the same `_AMQ_DUPL_ID`s (the broker
-drops duplicates).
+connection means reconnect with backoff and resend every unconfirmed batch with the same ids (the receiver drops
+the copies; the broker's duplicate detection is not used: wire.py says why).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class Publisher:
 
     def _resend(self, pending: deque[_Batch], failures: int = 0) -> None:
         """Reconnect with backoff and send every unconfirmed batch again, in order, on one new connection (the
-        broker drops the duplicates by `_AMQ_DUPL_ID`). Batches are sent again a message at a time, each asking its
+        receiver drops the copies by their ids). Batches are sent again a message at a time, each asking its
         own receipt: on a link that drops before a whole batch gets through, every message that did is kept."""
         if failures:
             pause(backoff(failures, multiplier=0.5, maximum=30), self.settings.stop)

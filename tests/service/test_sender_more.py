@@ -298,11 +298,12 @@ def test_broker_down_mid_stream_reconnects_and_loses_nothing(site, broker_settin
     assert confirmed(rest.stderr) == 0, "the running sender should have delivered everything itself"
     messages = drain(broker_settings, dest)
     check_final_state(admin, truths, messages)
-    # unconfirmed batches were resent in order on the new connection: the queue keeps binlog order, no duplicates
-    streamed = [m for m in messages if not m["snapshot"]]
+    # unconfirmed batches were resent in order on the new connection: the queue keeps binlog order (a batch the
+    # broker had before it went down may be there twice, the copy after it: the receiver drops it by its id)
+    first = {m["id"]: m for m in reversed(messages)}
+    streamed = [m for m in messages if not m["snapshot"] and first[m["id"]] is m]
     order = [(m["source"]["file"], m["source"]["pos"], m["source"]["row"]) for m in streamed]
     assert order == sorted(order), "messages reached the queue out of binlog order"
-    assert len({m["id"] for m in messages}) == len(messages)
 
 
 # --------------------------------------------------------------------------------------------------- TLS

@@ -112,7 +112,7 @@ def test_b64_round_trip_and_invalid_base64() -> None:
 def test_encode_sets_the_headers_of_a_persistent_send() -> None:
     body, headers = wire.encode(_msg(), anycast=True, compress_over=10_000)
     assert orjson.loads(body) == _msg()
-    assert headers == {"persistent": "true", "destination-type": "ANYCAST", "_AMQ_DUPL_ID": _msg()["id"],
+    assert headers == {"persistent": "true", "destination-type": "ANYCAST",
                        "dbsync-id": _msg()["id"], "dbsync-site": "s1", "JMSXGroupID": "s1",
                        "dbsync-table": "person"}  # fmt: skip
     assert wire.encode(_msg(), anycast=False, compress_over=10_000)[1]["destination-type"] == "MULTICAST"
