@@ -57,9 +57,9 @@ DEFLATE = "deflate"
 ROWS_HEADER = "dbsync-rows"  # messages in an envelope (what apply budgets its batches by)
 SNAPSHOT_HEADER = "dbsync-snapshot"  # "1": rows of an initial load, which apply takes after live changes
 #: No SEND carries Artemis's duplicate-detection header (`_AMQ_DUPL_ID`). Artemis caches such an id as it takes the
-#: SEND, before the message is stored: a SEND cut off by a sender killed mid-batch left its id cached and its message
-#: gone, so the same rows sent again after the restart were dropped as duplicates and never reached central (seen
-#: in CI: 20 patient deletes lost). A re-sent message reaches the receiver, which drops a copy by its envelope id
+#: SEND, before the message is stored: a SEND cut off by a sender killed mid-batch can leave its id cached and its
+#: message gone, and the same rows sent again after the restart are then dropped as duplicates (CI lost 20 patient
+#: deletes so: docs/architecture.md, *No broker duplicate detection*). A re-sent message reaches the receiver, which drops a copy by its envelope id
 #: (the inbox) and its message id (apply): at-least-once plus an idempotent receiver, with nothing left to the cache.
 
 MAX_ID = 255  # the receiver stores ids in VARCHAR(255) columns
