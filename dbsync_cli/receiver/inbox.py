@@ -62,11 +62,17 @@ class InboxRow:
                 "broker_user": self.broker_user, "body": body}
 
 
+DUPLICATE_DELIVERY = "duplicate_delivery"  # receiver_skipped reason: a copy of a delivery still in the inbox
+
+
 def store(db: Any, schema: str, deliveries: list[Delivery], worker: int | None = None) -> list[InboxRow]:
     """One batch of deliveries in one transaction; returns the new rows (a redelivery adds none). `worker`: the
-    slot of the receiver worker storing them (--worker), whose apply takes their site first (worker_sites.py)."""
+    slot of the receiver worker storing them (--worker), whose apply takes their site first (worker_sites.py).
+    Each redelivery dropped here is counted per site (`DUPLICATE_DELIVERY`, shown by `dbsync status`) in the same
+    transaction, so a copy is counted once however often consume is killed around it."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     rows: list[InboxRow] = []
+    copies: dict[str, tuple[int, str]] = {}  # site → (copies dropped, the last one's id)
     statement = sql("INSERT IGNORE INTO {}.inbox (message_id, site, body, date_received, broker_user, n_rows, "
                     "snapshot, worker) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", schema_name(schema))
     stored_body = sql("SELECT body FROM {}.inbox WHERE message_id = %s", schema_name(schema))
@@ -81,21 +87,35 @@ def store(db: Any, schema: str, deliveries: list[Delivery], worker: int | None =
                     cur.execute(stored_body, (row_id,))  # (the duplicate key check locked that row)
                     found = cur.fetchone()
                     if found is not None and bytes(found[0]) == d.body:
+                        _count_copy(copies, d)
                         continue
                     if found is not None:
                         row_id = other_content_id(d.message_id, d.body)
                     cur.execute(statement, (row_id, *values))
                     if cur.rowcount == 0:
+                        _count_copy(copies, d)
                         continue  # that other content is in the inbox already: a redelivery of it
                     log.warning("delivery %s arrived with other content than the one in the inbox under its id: "
                                 "kept beside it (as %s); apply judges each", d.message_id, row_id)
                 rows.append(InboxRow(int(cur.lastrowid), row_id, d.site, d.body, d.broker_user[:100], d.rows))
+            if copies:
+                cur.executemany(
+                    sql("INSERT INTO {}.receiver_skipped (site, reason, table_name, count, last_message_id, "
+                        "last_date) VALUES (%s, %s, '', %s, %s, %s) ON DUPLICATE KEY UPDATE count = count + "
+                        "VALUES(count), last_message_id = VALUES(last_message_id), last_date = VALUES(last_date)",
+                        schema_name(schema)),
+                    [(site, DUPLICATE_DELIVERY, n, last[:MAX_ID], now) for site, (n, last) in sorted(copies.items())])
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):  # the connection may be gone; the error raised says why
             db.rollback()
         raise
     return rows
+
+
+def _count_copy(copies: dict[str, tuple[int, str]], d: Delivery) -> None:
+    site = d.site[:MAX_SITE] if d.site else ""  # '' for a delivery without a site header
+    copies[site] = (copies.get(site, (0, ""))[0] + 1, d.message_id)
 
 
 def park_broken(db: Any, schema: str, message_id: str, site: str | None, broker_user: str | None,

@@ -23,6 +23,30 @@ from devtools.workload.generator import generate
 __all__ = ["central", "site"]
 
 
+def test_a_copy_of_a_delivery_still_in_the_inbox_is_counted_per_site_in_status(openmrs_db, services, tmp_path,
+                                                                              broker_settings) -> None:
+    """A sender killed after its SEND left the broker but before the receipt sends the message again, and nothing
+    at the broker drops the copy (no duplicate detection: wire.py). The inbox keeps the first; the copy it drops
+    is counted per site in `dbsync status`, in the same transaction as the store, never only in a log line."""
+    destination = f"test.trust.copies{uuidlib.uuid4().hex[:8]}"
+    central = make_central(openmrs_db, tmp_path, broker_settings, destination=destination)
+    try:
+        site_ = make_site(openmrs_db, services, tmp_path, broker_settings)
+        new_person(site_)
+        messages = site_.messages()[:3]
+        publish_raw(services.artemis.site_settings("site1"), destination, messages + messages[:2])
+        out = dbsync("consume", "--config", str(central.config), "--idle-exit", "3", env=central.env).stdout
+        assert [orjson.loads(line)["message_id"] for line in out.splitlines()] == [m["id"] for m in messages]
+        run = dbsync("status", "--json", "--config", str(central.config), env=central.env, check=False)
+        (row,) = [s for s in orjson.loads(run.stdout)["sites"] if s["identifier"] == "site1"]
+        assert row["skipped"] == {"duplicate_delivery": 2}
+        (last,) = central.sql(f"SELECT last_message_id FROM `{central.schema}`.receiver_skipped WHERE "
+                              "reason = 'duplicate_delivery'")
+        assert last == (messages[1]["id"],)
+    finally:
+        drop_schema(central)
+
+
 def test_a_backdated_change_of_a_row_central_never_touched_is_applied(central, site) -> None:  # noqa: F811
     """Case 10: a clinic clock corrected backwards makes a change's date_changed older than the row's previous
     one. The site's binlog says it is newer; before, apply dropped it as `stale` (no conflict, no retry, status OK)."""
