@@ -382,6 +382,26 @@ def central_cpu() -> float:
 
 # -------------------------------------------------------------------------------------------------------- output
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, every core summed (/proc/stat: busy is everything but
+    idle and iowait): read before and after a window, busy ÷ wall says how many cores were in use."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def artemis_cpu(svc: Services) -> float:
+    """CPU seconds the Artemis JVM has used so far (0.0 when its pid cannot be read)."""
+    try:
+        pid = int(Path(json.loads((Path(svc.home) / "services.json").read_text())["artemis"]["pid_file"])
+                  .read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, KeyError, ValueError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def print_table(title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None) -> None:
     table = Table(title=title, caption=caption)
     for index, col in enumerate(columns):

@@ -47,8 +47,9 @@ Site = str | None
 
 @dataclass(frozen=True)
 class Plan:
-    take: list[Site]  # free sites to try, best first (the locks decide)
+    take: list[Site]  # sites to try, best first: the first `room` whose locks are free are taken
     release: set[Site]  # held sites above this worker's share
+    room: int = 0  # how many more sites this worker's share has room for
 
 
 def plan(rows: list[tuple[Site, int | None]], queued: set[Site], *, mine: int, alive: set[int], workers: int,
@@ -61,7 +62,9 @@ def plan(rows: list[tuple[Site, int | None]], queued: set[Site], *, mine: int, a
     consumed. Within the share a worker prefers the sites it stored itself, then those stored by no worker (`dbsync
     consume`, a receiver before --worker) or by a worker that died, then those with retry entries only, then those
     another live worker stored. Above its share (a worker joined) it lets the least preferred go; sites without
-    work it keeps (nothing to balance)."""
+    work it keeps (nothing to balance). Every site it does not hold is a candidate, in that order: the locks decide
+    which it gets, so a site another worker holds never keeps it from a free one further down (it used to be cut
+    to the first `room` candidates, and a worker whose preferred sites were busy elsewhere stayed idle)."""
     def rank(site: Site) -> int:
         writers = {w for s, w in rows if s == site}
         if mine in writers:
@@ -76,7 +79,7 @@ def plan(rows: list[tuple[Site, int | None]], queued: set[Site], *, mine: int, a
     release = set(busy[share:])
     room = share - (len(busy) - len(release))
     candidates = sorted(active - held, key=lambda site: (rank(site), str(site)))
-    return Plan(candidates[:max(0, room)] if room > 0 else [], release)
+    return Plan(candidates if room > 0 else [], release, max(0, room))
 
 
 class WorkerSites:
@@ -138,19 +141,24 @@ class WorkerSites:
             log.info("receiver worker %s hands site(s) %s on (more than its share)", mine,
                      ", ".join(str(site) for site in sorted(chosen.release, key=str)))
         if chosen.take:
-            self._take(cur, set(chosen.take))
+            self._take(cur, chosen.take, chosen.room)
 
-    def _take(self, cur: Any, sites: set[str | None]) -> bool:
-        """Take the free locks of `sites` (never waiting); whether all of them are held now."""
-        taken = [site for site in sorted(sites, key=lambda x: (x is None, x or "")) if take(cur, site_lock(
-            self.schema, site))]
+    def _take(self, cur: Any, sites: list[str | None], room: int | None = None) -> bool:
+        """Take the free locks of `sites`, in their order, never waiting, until `room` are taken (None: all);
+        whether that many are held now."""
+        taken: list[str | None] = []
+        for site in sites:
+            if room is not None and len(taken) >= room:
+                break
+            if take(cur, site_lock(self.schema, site)):
+                taken.append(site)
         if taken:
             self.held.update(taken)
             self.applier.reload_blocked()  # the queues of these sites as the worker that had them left them
             self.applier.ids.clear()
             log.info("receiver worker %s applies site(s) %s now", self.slot.number,
                      ", ".join(str(site) for site in taken))
-        return len(taken) == len(sites)
+        return len(taken) == (len(sites) if room is None else min(room, len(sites)))
 
     def hold_all(self) -> bool:
         """Before an operator's request (the lead): every site's lock, taken without waiting (the other workers let
@@ -162,7 +170,7 @@ class WorkerSites:
             cur.execute(sql("SELECT identifier FROM {s}.site_info UNION SELECT site FROM {s}.inbox UNION SELECT site "
                             "FROM {s}.receiver_retry_queue UNION SELECT site FROM {s}.receiver_conflict_queue", s=s))
             sites = {site for (site,) in cur.fetchall()} | {None}
-            self.holding_all = self._take(cur, sites - self.held)
+            self.holding_all = self._take(cur, sorted(sites - self.held, key=lambda x: (x is None, x or "")))
         self.applier.conn.commit()
         return self.holding_all
 

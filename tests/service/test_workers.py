@@ -226,3 +226,45 @@ def test_a_placeholder_another_worker_creates_at_the_same_time_is_read_back_not_
         assert len(rows) == 1 and rows[0][1] == 1  # one person, the name on it
     finally:
         drop_schema(central)
+
+
+def test_a_worker_that_joins_takes_the_sites_the_first_hands_on_whichever_it_prefers(openmrs_db, tmp_path,
+                                                                                     broker_settings) -> None:
+    """The first worker up stored and took all four sites; when a second joins, the first hands two on at its next
+    round and the second takes exactly those, although it ranks the two the first keeps higher (by name). Real
+    server locks on real sessions: before, the second tried only the first two candidates, both held, and stayed
+    idle while sites waited (scripts/bench-workers: one worker idle for seconds mid-backlog)."""
+    from dbsync_cli.openmrs import SchemaModel, synced_table_names
+    from dbsync_cli.receiver import inbox
+    from dbsync_cli.receiver.apply import Applier, ApplySettings
+    from dbsync_cli.receiver.worker_locks import WorkerSlot
+    from dbsync_cli.receiver.worker_sites import WorkerSites
+
+    names = ("wa", "wb", "wc", "wd")
+    central = make_central(openmrs_db, tmp_path, broker_settings, sites=names)
+    workers: list[tuple[WorkerSlot, Applier, WorkerSites]] = []
+    try:
+        with central.db.connect(autocommit=False) as conn:
+            inbox.store(conn, central.schema, [inbox.Delivery(f"{n}:1", n, b"{}", "") for n in names], worker=0)
+        with central.db.connect() as conn:
+            model = SchemaModel.load(conn, central.db.database or "", synced_table_names(None, None))
+        for _ in range(2):
+            slot = WorkerSlot(central.db, central.schema)
+            slot.take()
+            applier = Applier(ApplySettings(central=central.db, state_schema=central.schema), model)
+            workers.append((slot, applier, WorkerSites(applier, slot)))
+            if len(workers) == 1:
+                workers[0][2].round(idle=True)  # alone: it takes every site with work
+                assert workers[0][2].held == set(names)
+        (_, _, first), (_, _, second) = workers
+        second.round(idle=True)
+        assert second.held == set()  # all four are the first's until it hands some on
+        first.round(idle=True)
+        assert first.held == {"wa", "wb"}  # two went: its share of four sites for two workers is two
+        second.round(idle=True)
+        assert second.held == {"wc", "wd"}
+    finally:
+        for slot, applier, _sites in workers:
+            applier.close()
+            slot.close()
+        drop_schema(central)

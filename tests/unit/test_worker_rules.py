@@ -12,9 +12,11 @@ def test_each_worker_takes_its_share_preferring_what_it_stored_then_what_dead_wo
     rows = [("a", 0), ("b", 1), ("c", 2), ("d", None), ("e", 1), ("e", 0)]
     # worker 0 of two live workers (0, 1); worker 2 is dead: five sites with work, a share of three
     chosen = plan(rows, set(), mine=0, alive={0, 1}, workers=2, held=set())
-    assert chosen.take == ["a", "e", "c"] and chosen.release == set()  # its own, then a dead worker's
+    # its own, then a dead worker's, then no worker's, then the other live worker's: the first three it can lock
+    assert chosen.take == ["a", "e", "c", "d", "b"] and chosen.room == 3 and chosen.release == set()
     # a worker alone takes everything, its own first, then no worker's, then retry-only sites
-    assert plan(rows, {"q"}, mine=1, alive={1}, workers=1, held=set()).take == ["b", "e", "a", "c", "d", "q"]
+    alone = plan(rows, {"q"}, mine=1, alive={1}, workers=1, held=set())
+    assert alone.take == ["b", "e", "a", "c", "d", "q"] and alone.room == 6
     # holding its share already: nothing more
     assert plan(rows, set(), mine=0, alive={0, 1}, workers=2, held={"a", "b", "c"}).take == []
 
@@ -25,7 +27,9 @@ def test_the_first_worker_up_hands_sites_on_when_another_joins() -> None:
     first = plan(rows, set(), mine=0, alive={0, 1}, workers=2, held={"a", "b", "c", "d"})
     assert first.take == [] and first.release == {"c", "d"}
     second = plan(rows, set(), mine=1, alive={0, 1}, workers=2, held=set())
-    assert second.take == ["a", "b"]  # the locks decide: c and d are free once the first let them go
+    # every site is a candidate and the locks decide: a and b stay with the first, c and d are free once it let
+    # them go, so the second takes those two (it used to try only a and b, held, and take nothing)
+    assert second.take == ["a", "b", "c", "d"] and second.room == 2
     # sites without work are kept (nothing to balance) and do not count toward the share
     assert plan([("a", 0)], set(), mine=0, alive={0, 1}, workers=2, held={"z", "a"}).release == set()
     assert plan([(None, 3)], set(), mine=0, alive={0}, workers=1, held=set()).take == [None]  # no site header
