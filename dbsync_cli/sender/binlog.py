@@ -20,7 +20,7 @@ from pymysqlreplication.event import FormatDescriptionEvent
 
 from dbsync_cli import exitcodes
 from dbsync_cli.config_model import DEFAULTS
-from dbsync_cli.db import DbParams
+from dbsync_cli.db import Connection, DbParams
 from dbsync_cli.i18n import _
 from dbsync_cli.sql import placeholders, sql
 
@@ -235,7 +235,7 @@ def reader(settings: CaptureSettings, file: str, pos: int, **options: Any) -> Bi
         connection_settings={"host": db.host, "port": db.port, "user": db.user, "password": db.password,
                              **db.ssl_options()},
         server_id=settings.server_id, resume_stream=True, log_file=file, log_pos=pos, is_mariadb=False,
-        report_slave=REPORT_HOST, **options)
+        report_slave=REPORT_HOST, pymysql_wrapper=Connection, **options)
 
 
 def file_born(settings: CaptureSettings, file: str) -> int | None:

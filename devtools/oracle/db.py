@@ -36,7 +36,8 @@ class DbConn:
     def connect(self) -> pymysql.connections.Connection:
         return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
                                database=self.database, autocommit=True, charset="utf8mb4", connect_timeout=20,
-                               read_timeout=600)
+                               read_timeout=600, ssl_disabled=True)  # the dev servers offer no TLS; PyMySQL's
+                               # attempt at it costs ~30 ms of CPU a connection
 
     def where(self) -> str:
         return f"{self.host}:{self.port}/{self.database}"
