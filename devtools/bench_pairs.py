@@ -42,37 +42,14 @@ from devtools.bench import (
     sender_config,
 )
 
-_RAW = """
-import json, sys, time
-from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
-a = json.loads(sys.stdin.read())
-stream = BinLogStreamReader(connection_settings=a["db"], server_id=a["server_id"], log_file=a["start"]["file"],
-                            log_pos=a["start"]["pos"], resume_stream=True, blocking=False, only_schemas=[a["schema"]],
-                            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
-rows = 0
-for event in stream:
-    rows += len(event.rows)
-stream.close()
-print(json.dumps({"rows": rows}))
-"""
-
 
 def _raw_decode(repl: Any, start: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """The raw decoder (devtools/ceilings.py's, reading only this database's row events as capture does) in a
-    process of its own, so that its CPU time is measured as capture's is."""
-    request = workdir / "raw.json"
-    request.write_text(json.dumps({"db": {"host": repl.host, "port": repl.port, "user": repl.user,
-                                          "passwd": repl.password}, "start": start, "server_id": 7398,
-                                   "schema": repl.database}))
-    out = workdir / "raw.out"
-    with request.open("rb") as inp, out.open("wb") as result:
-        m = measure([sys.executable, "-c", _RAW], stdin=inp, stdout=result)
-    request.unlink()
-    if m.exit_code != 0:
-        raise SystemExit(f"raw decode failed: {m.stderr.decode(errors='replace')[-2000:]}")
-    rows = int(json.loads(out.read_text())["rows"])
-    return {"rows": rows, "seconds": round(m.seconds, 2), "cpu_seconds": round(m.cpu_seconds, 2)}
+    """The raw decoder of `scripts/bench` (devtools/ceilings.py: this database's row events, in a process of its
+    own), so that both benches give capture's ratio by one measurement."""
+    from devtools.ceilings import raw_decode
+
+    decoded = raw_decode(repl, start, server_id=7398)
+    return {"rows": decoded.rows, "seconds": round(decoded.seconds, 2), "cpu_seconds": decoded.extra["cpu_seconds"]}
 
 
 def _per_cpu(run: dict[str, Any]) -> float:

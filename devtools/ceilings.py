@@ -1,7 +1,10 @@
 """Ceilings for `scripts/bench`: the same work as a dbsync stage with nothing of dbsync in the way, measured in the
 same run on the same data, so that every stage is reported as a ratio to what the parts below it can do.
 
-- raw decode: python-mysql-replication reading the same binlog range, touching every row, doing nothing else
+- raw decode: python-mysql-replication reading the same binlog range (this database's row events, as capture reads
+  them), touching every row, doing nothing else, in a process of its own as capture runs: its CPU seconds (start-up
+  included) against capture's are the one capture ÷ decoder figure of `scripts/bench` and `scripts/bench-sender
+  --pairs`
 - raw STOMP send: persistent SENDs, a RECEIPT per 500 frames: of the very frames `dbsync publish` put on the broker
   (its envelopes: the same rows per message, the same deflated bytes, taken off its queue by the raw receive), and
   of the rows' plain JSON one row per message (what wire version 1 would cost)
@@ -14,7 +17,11 @@ same run on the same data, so that every stage is reported as a ratio to what th
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -45,25 +52,46 @@ class Ceiling:
 
 # ------------------------------------------------------------------------------------------------ binlog decode
 
-def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling:
-    """Every row event from `start` (file, pos) to the end of the binlog, decoded and touched."""
-    from pymysqlreplication import BinLogStreamReader
-    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+_DECODER = """
+import json, sys
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+a = json.loads(sys.stdin.read())
+stream = BinLogStreamReader(connection_settings=a["db"], server_id=a["server_id"], log_file=a["start"]["file"],
+                            log_pos=a["start"]["pos"], resume_stream=True, blocking=False,
+                            only_schemas=[a["schema"]] if a["schema"] else None,
+                            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
+rows = 0
+for event in stream:
+    rows += len(event.rows)
+stream.close()
+print(json.dumps({"rows": rows}))
+"""
 
-    settings = {"host": repl.host, "port": repl.port, "user": repl.user, "passwd": repl.password}
-    started, cpu = time.perf_counter(), time.thread_time()
-    stream = BinLogStreamReader(connection_settings=settings, server_id=server_id, log_file=start["file"],
-                                log_pos=start["pos"], resume_stream=True, blocking=False,
-                                only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
-    rows = 0
-    try:
-        for event in stream:
-            rows += len(event.rows)
-    finally:
-        stream.close()
-    return Ceiling("raw decode (python-mysql-replication)", rows, time.perf_counter() - started,
-                   "same binlog range, rows decoded and counted, nothing else",
-                   {"cpu_seconds": round(time.thread_time() - cpu, 2)})  # the decoding thread's own CPU
+
+def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling:
+    """Every row event of `repl`'s database from `start` (file, pos) to the end of the binlog, decoded and touched,
+    in a process of its own (the password on its stdin): wall seconds, and its CPU seconds (user + system, wait4)
+    in `extra`, start-up included as capture's are."""
+    request = json.dumps({"db": {"host": repl.host, "port": repl.port, "user": repl.user, "passwd": repl.password},
+                          "start": start, "server_id": server_id, "schema": repl.database})
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _DECODER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(request.encode())
+    proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()  # a line, and a traceback at most
+    _pid, status, usage = os.wait4(proc.pid, 0)  # reaped here, for its own rusage
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    proc.stdout.close()
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"raw decode failed: {err.decode(errors='replace')[-2000:]}")
+    return Ceiling("raw decode (python-mysql-replication)", int(json.loads(out)["rows"]), seconds,
+                   "same binlog range, this database's rows decoded and counted, nothing else; a process of its own",
+                   {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)})
 
 
 # ------------------------------------------------------------------------------------------------------- STOMP
