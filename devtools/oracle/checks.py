@@ -14,8 +14,9 @@ from devtools.oracle.rows import Reader, Row
 
 #: receiver skip reasons that never explain a difference of a site's own row: a redelivery, an older change, an
 #: adopted equal row, and changes to central's own rows (those are invariant 3's, compared to the snapshot)
-#: and the sender's drops of a change whose row is gone from the site since (nothing of it is left to send)
-BENIGN_SKIPS = frozenset({"duplicate", "stale", "adopted", "central_owned", "row_deleted"})
+#: and the sender's drops of a change whose row is gone from the site since (nothing of it is left to send), and
+#: the copies of a delivery the inbox dropped while the first waited there (duplicate_delivery)
+BENIGN_SKIPS = frozenset({"duplicate", "duplicate_delivery", "stale", "adopted", "central_owned", "row_deleted"})
 EXAMPLES = 5
 
 
