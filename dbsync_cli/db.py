@@ -19,8 +19,8 @@ import pymysql.cursors
 def _preferred_tls() -> ssl.SSLContext:
     """The context of PyMySQL's "preferred" TLS (no ssl_ca: encrypted when the server offers TLS, not verified),
     made once per process. PyMySQL makes a new one per connection and loads the system's CA store into it first,
-    which it then does not use: 42 ms of CPU a connection against 0.6 ms for the rest of it (measured on a 2-core
-    test machine, 30 connections to a server without TLS)."""
+    which it then does not use: `DbParams.connect()` cost 31 ms of CPU a connection with PyMySQL's contexts and
+    0.5 ms with this one (30 connections to a server without TLS, on a 2-core test machine)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
