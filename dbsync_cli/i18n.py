@@ -20,9 +20,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-
 LOCALES = ("en", "pt")
 DEFAULT = "en"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -36,6 +33,9 @@ def translations(lang: str) -> gettext.NullTranslations:
     path = LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
     if lang == DEFAULT or not path.exists():
         return gettext.NullTranslations()
+    from babel.messages.mofile import write_mo  # only for a language other than English
+    from babel.messages.pofile import read_po
+
     with path.open("rb") as src:
         catalog = read_po(src, locale=lang)
     buffer = io.BytesIO()

@@ -22,7 +22,13 @@ have python3 || missing+=(python3)
 have chromium || missing+=(chromium)              # the console's browser tests (selenium drives it)
 have chromedriver || missing+=(chromium-driver)
 have faketime || missing+=(faketime)              # the field bed's MariaDB with a skewed clock
-if ! python3 -m venv --help >/dev/null 2>&1; then missing+=(python3-venv); fi
+# The distribution's interpreter when it is new enough: Debian builds it with PGO and LTO, which makes every dbsync
+# process about a fifth cheaper in CPU than an unoptimised build (pyenv's default) that may come first on PATH.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] \
+   && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  PYTHON=/usr/bin/python3
+fi
+if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "scripts/test: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -42,6 +48,12 @@ PYTHON="${PYTHON:-python3}"
 venv="${DBSYNC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dbsync/venv}"
 if [ "$("$PYTHON" -c 'import sys; print(sys.prefix != sys.base_prefix)')" = True ] && [ -z "${DBSYNC_VENV:-}" ]; then
   venv="$("$PYTHON" -c 'import sys; print(sys.prefix)')"   # already in a venv: use it
+fi
+# a venv this script made earlier from another interpreter is made again from the chosen one
+base="$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')"
+if [ -z "${DBSYNC_VENV:-}" ] && [ -x "$venv/bin/python" ] && [ "$venv" != "$("$PYTHON" -c 'import sys; print(sys.prefix)')" ] \
+   && [ "$("$venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$base" ]; then
+  rm -rf "$venv"
 fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 PYTHON="$venv/bin/python"

@@ -11,8 +11,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import typer.rich_utils
-
 from dbsync_cli import i18n
 from dbsync_cli.i18n import _
 
@@ -101,5 +99,7 @@ def install(commands: list[Any]) -> None:
             command.options_metavar = _(OPTIONS_METAVAR)
         if getattr(command, "subcommand_metavar", None) == "COMMAND [ARGS]...":
             command.subcommand_metavar = _(SUBCOMMAND_METAVAR)
+    import typer.rich_utils  # not at start-up: English never needs it
+
     if not getattr(typer.rich_utils.rich_format_error, "__wrapped__", None):
         setattr(typer.rich_utils, "rich_format_error", _translated(typer.rich_utils.rich_format_error))  # noqa: B010

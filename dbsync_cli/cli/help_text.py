@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import typer.rich_utils
-
 from dbsync_cli import i18n
 from dbsync_cli.cli import click_words
 from dbsync_cli.i18n import _
@@ -56,6 +54,8 @@ def translate(root: Any) -> None:
     """The tree's help texts and typer's words in the current language (English: left as they are)."""
     if i18n.current() == i18n.DEFAULT:
         return
+    import typer.rich_utils  # only here: its import (rich's markdown, syntax, traceback) is 60 ms of every start
+
     for item in walk(root):
         for attribute in ("help", "short_help"):
             text = getattr(item, attribute, None)
