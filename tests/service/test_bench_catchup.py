@@ -9,12 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from devtools.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.lane2  # a few minutes of senders and receivers: beside the shorter lane 1
+# lane 1: a minute of senders and receivers; with it there the two lanes end within seconds of each other
 
 
 def test_the_catch_up_bench_runs_small_and_judges_every_check(services: Services, tmp_path: Path) -> None:
