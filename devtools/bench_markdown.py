@@ -78,14 +78,15 @@ def render(result: dict[str, Any], argv: Sequence[str], when: str, commit: str) 
                         for k, v in e.get("processes", {}).items())
         workers = e.get("receiver_workers", 1)
         receiving = f", {workers} receiver workers" if workers > 1 else ""
-        lines += [f"Whole pipeline (2 sites → central{receiving}): {e['rows']:,} rows found at central in {e['seconds']} s, "
-                  f"{e['rows_per_second']:,} rows/s; peak RSS {rss}.", ""]
+        lines.append(f"Whole pipeline (2 sites → central{receiving}): {e['rows']:,} rows found at central in "
+                     f"{e['seconds']} s, {e['rows_per_second']:,} rows/s; peak RSS {rss}.")
         m = e.get("machine")
         if m:
-            lines[-1:-1] = [f"The machine over that window: {m['cores_busy']} of {m['cores']} cores busy; "
-                            f"{m['cpu_us_per_row']:,} µs of CPU a row in all processes but the workload writer "
-                            f"({m['writer_cpu_seconds']} CPU s); at that cost {m['cores']} cores allow "
-                            f"{m['rows_per_second_all_cores']:,} rows/s."]
+            lines.append(f"The machine over that window: {m['cores_busy']} of {m['cores']} cores busy; "
+                         f"{m['cpu_us_per_row']:,} µs of CPU a row in all processes but the bench's own (the workload "
+                         f"writer, {m['writer_cpu_seconds']} CPU s); at that cost {m['cores']} cores allow "
+                         f"{m['rows_per_second_all_cores']:,} rows/s.")
+        lines.append("")
     if "archive" in result:
         a = result["archive"]
         lines += [f"Archive: apply {a['rows_per_second_off']:,} rows/s off, {a['rows_per_second_on']:,} on (median, "
