@@ -36,6 +36,8 @@ def _ratios(stage: dict[str, Any]) -> str:
     parts = [f"{stage[k + '_ratio']:.2f} × {stage[k]}" for k in ("ceiling", "also") if stage.get(k + "_ratio") is not None]
     if stage.get("cpu_ratio") is not None:
         parts.append(f"{stage['cpu_ratio']:.2f} × {stage['ceiling']} by CPU")
+    if stage.get("cpu_ratio_also") is not None:
+        parts.append(f"{stage['cpu_ratio_also']:.2f} × {stage['also']} by CPU")
     parts += [f"memory {stage[k]:.2f} × {stage['ceiling' if k == 'memory_ratio' else 'also']}"
               for k in ("memory_ratio", "memory_ratio_also") if stage.get(k) is not None]
     return "; ".join(parts)

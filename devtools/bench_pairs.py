@@ -7,7 +7,9 @@ at the end of the binlog. Then, N times, each pair right after the other on that
                 row, nothing else: devtools/ceilings.py's, with capture's schema filter, in a process of its own)
                 and `dbsync capture --until-idle` (→ /dev/null): capture's rows per CPU second over the raw
                 decoder's (target >= 0.9); and the same past start-up (each run once more where there is nothing to
-                read, and that CPU time taken off: interpreter, imports, schema model, connections)
+                read, and that CPU time taken off: interpreter, imports, schema model, connections); and capture
+                over the raw decoder with capture's own row reader (dbsync_cli/sender/row_reader.py): what capture
+                adds to decoding
   sender pair   `dbsync sender --until-idle` (binlog → a fresh Artemis queue, its own home from the checkpoint) and
                 Debezium embedded 3.5 → Artemis JMS (devtools/peer_debezium.py): rows per wall second, start-up
                 included, sender over Debezium (target >= 1.5); --no-peer leaves Debezium out; --baseline DIR
@@ -43,12 +45,13 @@ from devtools.bench import (
 )
 
 
-def _raw_decode(repl: Any, start: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def _raw_decode(repl: Any, start: dict[str, Any], reader: str = "library") -> dict[str, Any]:
     """The raw decoder of `scripts/bench` (devtools/ceilings.py: this database's row events, in a process of its
-    own), so that both benches give capture's ratio by one measurement."""
+    own), so that both benches give capture's ratio by one measurement; `reader` "dbsync": with capture's row
+    reader."""
     from devtools.ceilings import raw_decode
 
-    decoded = raw_decode(repl, start, server_id=7398)
+    decoded = raw_decode(repl, start, server_id=7398, reader=reader)
     return {"rows": decoded.rows, "seconds": round(decoded.seconds, 2), "cpu_seconds": decoded.extra["cpu_seconds"]}
 
 
@@ -167,11 +170,14 @@ class Pairs:
         for number in range(1, self.args.pairs + 1):
             pair: dict[str, Any] = {"pair": number, "load_before": [round(x, 2) for x in os.getloadavg()]}
             self.say(f"pair {number}: raw decode, capture …")
-            pair["raw_decode"] = _raw_decode(self.repl, start, self.workdir)
+            pair["raw_decode"] = _raw_decode(self.repl, start)
             pair["capture"] = self.capture(home, rows)
+            pair["raw_decode_dbsync_reader"] = _raw_decode(self.repl, start, "dbsync")
             pair["capture_over_raw_by_cpu"] = round(_per_cpu(pair["capture"]) / _per_cpu(pair["raw_decode"]), 3)
+            pair["capture_over_same_reader_by_cpu"] = round(
+                _per_cpu(pair["capture"]) / _per_cpu(pair["raw_decode_dbsync_reader"]), 3)
             # the same past start-up (interpreter, imports, schema model, connections): per row, as a running sender
-            raw0, capture0 = _raw_decode(self.repl, self.end[0], self.workdir), self.capture(self.end[1], 0)
+            raw0, capture0 = _raw_decode(self.repl, self.end[0]), self.capture(self.end[1], 0)
             pair["startup_cpu_seconds"] = {"raw_decode": raw0["cpu_seconds"], "capture": capture0["cpu_seconds"]}
             pair["capture_over_raw_by_cpu_past_startup"] = round(
                 (pair["raw_decode"]["cpu_seconds"] - raw0["cpu_seconds"])
@@ -188,14 +194,16 @@ class Pairs:
                     pair["debezium"] = self.debezium(start, rows)
                     pair["sender_over_debezium"] = round(_per_second(pair["sender"]) /
                                                          _per_second(pair["debezium"]), 3)
-            missing = [name for name in ("raw_decode", "capture", "sender", "sender_baseline", "debezium")
+            missing = [name for name in ("raw_decode", "raw_decode_dbsync_reader", "capture", "sender",
+                                         "sender_baseline", "debezium")
                        if name in pair and pair[name]["rows"] != rows]
             if missing:
                 raise SystemExit(f"bench: {', '.join(missing)} saw other than the {rows:,} binlog rows: {pair}")
             pairs.append(pair)
             self.say(json.dumps(pair))
         summary = {key: statistics.median(p[key] for p in pairs)
-                   for key in ("capture_over_raw_by_cpu", "capture_over_raw_by_cpu_past_startup")}
+                   for key in ("capture_over_raw_by_cpu", "capture_over_raw_by_cpu_past_startup",
+                               "capture_over_same_reader_by_cpu")}
         for key in ("sender_over_debezium", "sender_over_baseline"):
             if pairs and all(key in p for p in pairs):
                 summary[key] = statistics.median(p[key] for p in pairs)

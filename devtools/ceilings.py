@@ -4,7 +4,7 @@ same run on the same data, so that every stage is reported as a ratio to what th
 - raw decode: python-mysql-replication reading the same binlog range (this database's row events, as capture reads
   them), touching every row, doing nothing else, in a process of its own as capture runs: its CPU seconds (start-up
   included) against capture's are the one capture ÷ decoder figure of `scripts/bench` and `scripts/bench-sender
-  --pairs`
+  --pairs`; and the same with dbsync's row reader (what capture decodes with): capture ÷ that is what capture adds
 - raw STOMP send: persistent SENDs, a RECEIPT per 500 frames: of the very frames `dbsync publish` put on the broker
   (its envelopes: the same rows per message, the same deflated bytes, taken off its queue by the raw receive), and
   of the rows' plain JSON one row per message (what wire version 1 would cost)
@@ -57,6 +57,9 @@ import json, sys
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 a = json.loads(sys.stdin.read())
+if a["reader"] == "dbsync":
+    from dbsync_cli.sender import row_reader
+    assert row_reader.install()
 stream = BinLogStreamReader(connection_settings=a["db"], server_id=a["server_id"], log_file=a["start"]["file"],
                             log_pos=a["start"]["pos"], resume_stream=True, blocking=False,
                             only_schemas=[a["schema"]] if a["schema"] else None,
@@ -69,12 +72,14 @@ print(json.dumps({"rows": rows}))
 """
 
 
-def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling:
+def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int, reader: str = "library") -> Ceiling:
     """Every row event of `repl`'s database from `start` (file, pos) to the end of the binlog, decoded and touched,
     in a process of its own (the password on its stdin): wall seconds, and its CPU seconds (user + system, wait4)
-    in `extra`, start-up included as capture's are."""
+    in `extra`, start-up included as capture's are. `reader`: the library's own row reader, or "dbsync"'s
+    (dbsync_cli/sender/row_reader.py, which capture uses): capture over the second is what capture adds to
+    decoding."""
     request = json.dumps({"db": {"host": repl.host, "port": repl.port, "user": repl.user, "passwd": repl.password},
-                          "start": start, "server_id": server_id, "schema": repl.database})
+                          "start": start, "server_id": server_id, "schema": repl.database, "reader": reader})
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _DECODER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -89,7 +94,9 @@ def raw_decode(repl: DbParams, start: dict[str, Any], server_id: int) -> Ceiling
     proc.stderr.close()
     if proc.returncode != 0:
         raise RuntimeError(f"raw decode failed: {err.decode(errors='replace')[-2000:]}")
-    return Ceiling("raw decode (python-mysql-replication)", int(json.loads(out)["rows"]), seconds,
+    name = "raw decode (python-mysql-replication)" if reader == "library" else \
+        "raw decode (python-mysql-replication, dbsync's row reader)"
+    return Ceiling(name, int(json.loads(out)["rows"]), seconds,
                    "same binlog range, this database's rows decoded and counted, nothing else; a process of its own",
                    {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)})
 

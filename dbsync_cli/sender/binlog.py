@@ -22,6 +22,7 @@ from dbsync_cli import exitcodes
 from dbsync_cli.config_model import DEFAULTS
 from dbsync_cli.db import Connection, DbParams
 from dbsync_cli.i18n import _
+from dbsync_cli.sender import row_reader
 from dbsync_cli.sql import placeholders, sql
 
 log = logging.getLogger("dbsync.binlog")
@@ -229,7 +230,8 @@ class CaptureSettings:
 
 def reader(settings: CaptureSettings, file: str, pos: int, **options: Any) -> BinLogStreamReader:
     """A binlog stream from (file, pos) by file and position (mysql-replication positions MariaDB by GTID only
-    when is_mariadb is set, so it stays off)."""
+    when is_mariadb is set, so it stays off); its rows read by row_reader.py."""
+    row_reader.install()
     db = settings.db
     return BinLogStreamReader(
         connection_settings={"host": db.host, "port": db.port, "user": db.user, "password": db.password,
