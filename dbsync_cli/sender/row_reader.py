@@ -21,7 +21,6 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from pymysql.charset import charset_by_name
 from pymysqlreplication import row_event
 from pymysqlreplication.constants import BINLOG, FIELD_TYPE, NONE_SOURCE
 
@@ -31,6 +30,7 @@ Reader = Callable[[Any, bytes, int], tuple[Any, int]]
 _LIBRARY_READ = row_event.RowsEvent._read_column_data
 _LIBRARY_NONE_SOURCES = row_event.RowsEvent._get_none_sources
 _ABSENT = -1  # a column's place in the null bitmap when the row image leaves it out
+_OUT_OF_RANGE = object()  # a DATETIME2 that is no date: None, with its none source
 
 
 def install() -> bool:
@@ -77,8 +77,7 @@ def _string(length_size: int, column: Any) -> Reader | None:
     the binlog names none); None when Python has no codec for the set (the library keeps the bytes then)."""
     encoding = "utf-8"
     if column.character_set_name is not None:
-        charset = charset_by_name(column.character_set_name)
-        encoding = charset.encoding if charset else column.character_set_name
+        encoding = row_event.RowsEvent.charset_to_encoding(column.character_set_name)
         try:
             codecs.lookup(encoding)
         except LookupError:
@@ -130,7 +129,6 @@ def _datetime2(column: Any) -> Reader:
     return read
 
 
-_OUT_OF_RANGE = object()  # a DATETIME2 that is no date: None, with its none source
 
 
 def _reader(column: Any) -> Reader | None:
