@@ -9,11 +9,12 @@ introspected schema (`SchemaModel.ident`) or from the receiver's validated state
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pymysql.constants import SERVER_STATUS
-from pymysql.converters import escape_string
+from pymysql.converters import escape_datetime, escape_string
 
 from dbsync_cli.lru import LruMap
 
@@ -68,8 +69,10 @@ def value_rows(conn: Any, rows: Iterable[Sequence[Any]]) -> Sql:
     binding escapes them (PyMySQL binds on the client: a statement's text is the same either way). Apply's set path
     sends a batch's rows this way because PyMySQL's per-value dispatch cost about as much as the server's insert
     (scripts/bench); text, integers and NULL take a short path here (PyMySQL's own string escaping), everything else
-    PyMySQL's escape."""
+    PyMySQL's escape; a naive datetime as PyMySQL's escape_datetime writes it (ISO 8601, microseconds only when
+    there are any), unless the connection encodes datetimes its own way."""
     escape, encoders = conn.escape, conn.encoders
+    datetimes = encoders.get(dt.datetime) is escape_datetime
     plain_quotes = bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
     out: list[str] = []
     for row in rows:
@@ -82,6 +85,8 @@ def value_rows(conn: Any, rows: Iterable[Sequence[Any]]) -> Sql:
                 values.append(str(value))
             elif value is None:
                 values.append("NULL")
+            elif kind is dt.datetime and datetimes and value.tzinfo is None:
+                values.append("'" + value.isoformat(" ") + "'")
             else:
                 values.append(escape(value, encoders))
         out.append("(" + ",".join(values) + ")")

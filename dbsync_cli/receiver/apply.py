@@ -34,7 +34,7 @@ from dbsync_cli.receiver.resolve import (
     Converter,
     UuidToId,
 )
-from dbsync_cli.receiver.set_apply import SetApply, json_table_works
+from dbsync_cli.receiver.set_apply import SetApply, insert_returning_works, json_table_works
 from dbsync_cli.receiver.worker_locks import AlreadyApplying, refuse_beside_workers
 from dbsync_cli.retrying import pause
 from dbsync_cli.sql import StatementCache, chunks, placeholders, quote, sql
@@ -76,6 +76,7 @@ class Applier(RowApply):
         self._grouping = False
         with self.conn.cursor() as cur:
             set_based = settings.set_apply and json_table_works(cur)
+            returning = settings.insert_returning and insert_returning_works(cur)
         # The rows a batch judges, read and locked up front (current_rows.py); entity_hash entries read for a whole
         # batch up front (None outside a batch): entity_hash only changes in finish_batch.
         self.rows = CurrentRows(self.conn, model, self.statements)
@@ -83,7 +84,7 @@ class Applier(RowApply):
                                  rest_enabled=settings.rest_enabled, complex_obs=settings.complex_obs,
                                  peek=self.rows.peek,
                                  central_now=self._central_now, tolerance=settings.future_tolerance_seconds,
-                                 max_bytes=min(GROUP_BYTES, int(packet) // 2)) if set_based else None
+                                 max_bytes=min(GROUP_BYTES, int(packet) // 2), returning=returning) if set_based else None
         self._synced: dict[tuple[str, str], bookkeeping.Synced] | None = None
         self._built_ins: set[str] | None = None  # central's OpenMRS users and their persons: never adopted
         self.held_rows = HeldRows(self.s)  # what central held when each adopting site was registered: never adopted

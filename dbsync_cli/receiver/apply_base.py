@@ -37,6 +37,7 @@ class ApplySettings:
     max_message_bytes: int = DEFAULTS.broker.max_message_bytes
     rest_enabled: bool = False
     consecutive_keys: bool = True  # take new keys from a grouped INSERT when the server makes them consecutive
+    insert_returning: bool = True  # the set path reads new keys and hashes back with INSERT … RETURNING (MariaDB)
     future_tolerance_seconds: int = DEFAULTS.receiver.future_tolerance_seconds  # later than central's clock: no win
     row_lock_wait_seconds: int = ROW_LOCK_WAIT_SECONDS  # innodb_lock_wait_timeout of apply's session
     archive_days: int = DEFAULTS.receiver.archive_days  # 0: no archive of handled messages (receiver/archive.py)

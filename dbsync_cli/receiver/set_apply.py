@@ -11,8 +11,13 @@ rows that need no judgement (set_select.py says which). Those are written here b
   prefetched ids, or the keys learnt from an earlier wave);
 - waves: a row referencing another row of the batch goes in a later statement than it (an obs group before its
   members, a person before its patient row); a table and column set is one statement per wave;
-- the entity hashes (computed by the server from the rows just written, with the source position of each
-  message) are one `INSERT … SELECT … JOIN` per table and wave, the same statement for any number of rows;
+- new keys and the hashes of the new rows come back from the INSERT itself (`RETURNING`, MariaDB 10.5+): the
+  server computes each hash from the row as stored, in the statement that stores it, and no key is inferred from
+  `LAST_INSERT_ID()`. Where the server has no `RETURNING` (MySQL), keys come from the statement when the server
+  makes them consecutive, else are read back by uuid;
+- the entity hashes, with the source position of each message, are one `INSERT … SELECT` from a JSON document per
+  table: the hashes returned, or (updates, and servers without `RETURNING`) computed by the server by a join to
+  the rows just written;
 - applied ids, status counts and REST calls join the batch's bookkeeping (bookkeeping.write_batch) as the per-row
   path's do.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,6 +75,14 @@ def json_table_works(cur: Any) -> bool:
     return True
 
 
+def insert_returning_works(cur: Any) -> bool:
+    """Whether central's server has `INSERT … RETURNING` (MariaDB 10.5+; MySQL has none)."""
+    cur.execute("SELECT VERSION()")
+    (text,) = cur.fetchone() or ("",)
+    match = re.match(r"(\d+)\.(\d+)", str(text))
+    return "mariadb" in str(text).lower() and match is not None and (int(match[1]), int(match[2])) >= (10, 5)
+
+
 def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
@@ -76,7 +90,8 @@ def _default(value: Any) -> Any:
 class SetApply:
     def __init__(self, model: SchemaModel, ids: UuidToId, value_of: Callable[..., Any], schema: Sql, *,
                  consecutive: bool, rest_enabled: bool, complex_obs: bool = False, peek: Callable[[str, Any], dict[str, Any] | None],
-                 central_now: Callable[[Any], dt.datetime], tolerance: float, max_bytes: int = SET_BYTES) -> None:
+                 central_now: Callable[[Any], dt.datetime], tolerance: float, max_bytes: int = SET_BYTES,
+                 returning: bool = False) -> None:
         self.model = model
         self.ids = ids
         self.value_of = value_of  # Converter.value: a DATETIME in central's zone, a TIMESTAMP in UTC
@@ -88,6 +103,7 @@ class SetApply:
         self.central_now = central_now  # central's clock (cursor → naive, central's zone)
         self.tolerance = tolerance  # seconds a change may be dated past central's clock and still count as now
         self.max_bytes = max_bytes
+        self.returning = returning  # new keys and hashes come back from the INSERT (insert_returning_works)
         self.plans = Plans(model)
         self.statements = StatementCache()
         self.rows_written = 0  # rows written by the set path (the benchmark's profile reads it)
@@ -152,7 +168,11 @@ class SetApply:
         for row in rows:
             written.setdefault(row.table.name, []).append(row)
         for table_rows in written.values():
-            for chunk in chunks(table_rows, SET_ROWS):
+            returned = [r for r in table_rows if r.hash is not None]
+            joined = [r for r in table_rows if r.hash is None]
+            for chunk in chunks(returned, SET_ROWS):
+                self._hashes(cur, chunk, stamp, returned=True)
+            for chunk in chunks(joined, SET_ROWS):
                 self._hashes(cur, chunk, stamp)
         return {row.index: self._applied(row, batch) for row in rows}
 
@@ -190,6 +210,26 @@ class SetApply:
         target = (*cols, table.key if table.is_subclass else "uuid")
         prefix = self.statements.get(("insert", table.name, cols), lambda: sql(
             "INSERT INTO {} ({}) VALUES ", quote(table.name), columns(target)))
+        if self.returning:  # each new row's key (or uuid) and hash, computed from the row as stored
+            returning = self.statements.get(("returning", table.name), lambda: sql(
+                " RETURNING {}, {}, {}", quote(table.key), quote(table.key if table.is_subclass else "uuid"),
+                hash_sql(table)))
+            cur.execute(sql("{}{}{}", prefix, value_rows(cur.connection, params), returning))
+            back = cur.fetchall()
+            if len(back) != len(members):
+                raise pymysql.err.DataError(f"{table.name}: {len(back)} of {len(members)} set rows inserted")
+            self.rows_written += len(members)
+            if table.is_subclass:
+                by_key = {k: h for k, _same, h in back}
+                for row in members:
+                    row.hash = by_key[row.key]
+                    self.ids.subclass_rows.put((table.name, row.key), True)
+                return
+            by_uuid = {str(u).lower(): (k, h) for k, u, h in back}
+            for row in members:
+                row.key, row.hash = by_uuid[row.uuid]
+                self.ids.remember(table.identity.table, row.uuid, row.key)
+            return
         # one multi-row statement (its keys are consecutive where the server promises it)
         cur.execute(sql("{}{}", prefix, value_rows(cur.connection, params)))
         if cur.rowcount != len(members):
@@ -230,14 +270,16 @@ class SetApply:
                         join([other] * (len(members) - 1), separator=""), quote(table.key), names[0], setting, t=quote(table.name)),
                     [value for values in params for value in values])
 
-    def _hashes(self, cur: Any, rows: list[Row], stamp: Any) -> None:
-        """entity_hash of the rows just written: the server's hash of each row, its site as owner, the source
-        position of its message; one statement for the table's rows of a wave."""
+    def _hashes(self, cur: Any, rows: list[Row], stamp: Any, *, returned: bool = False) -> None:
+        """entity_hash of the rows just written: the server's hash of each row (`returned`: as their INSERT
+        returned it; else computed by a join to the rows by key), its site as owner, the source position of its
+        message; one statement for the table's rows."""
         table = rows[0].table
-        statement = self.statements.get(("hash", table.name), lambda: _hash_statement(self.s, table))
+        statement = self.statements.get(("hash", table.name, returned),
+                                        lambda: _hash_statement(self.s, table, returned=returned))
         no_position = [None] * len(POSITION_COLUMNS)
-        doc = orjson.dumps([[r.key, r.uuid, r.site, *(_position(r) or no_position)] for r in rows],
-                           default=_default)
+        doc = orjson.dumps([[r.hash if returned else r.key, r.uuid, r.site, *(_position(r) or no_position)]
+                            for r in rows], default=_default)
         cur.execute(statement, (table.name, stamp, doc.decode()))
         # a new entry counts 1; a changed one 2, an unchanged one 0: only new rows' entries can be counted
         if not any(r.update for r in rows) and cur.rowcount < len(rows):
@@ -272,21 +314,26 @@ def _path(index: int) -> Sql:
     return sql("'$[" + str(int(index)) + "]'")  # a number in a constant: no value ever goes into SQL text
 
 
-def _hash_statement(schema: Sql, table: SyncedTable) -> Sql:
-    """entity_hash rows of a table's rows by key (the per-row path's write_entity_hashes, as one INSERT … SELECT)."""
+def _hash_statement(schema: Sql, table: SyncedTable, *, returned: bool = False) -> Sql:
+    """entity_hash rows of a table's rows (the per-row path's write_entity_hashes, as one INSERT … SELECT): with
+    the hashes in the document (`returned`), or by key, the hash computed from the row joined."""
     names = ("dbsync_k", "dbsync_u", "dbsync_s", *(f"dbsync_{c}" for c in POSITION_COLUMNS))
-    types = ["BIGINT", "VARCHAR(255)", "VARCHAR(255)", "VARCHAR(255)", "BIGINT", "VARCHAR(255)", "BIGINT",
-             "BIGINT", "VARCHAR(40)"]
+    types = ["CHAR(64)" if returned else "BIGINT", "VARCHAR(255)", "VARCHAR(255)", "VARCHAR(255)", "BIGINT",
+             "VARCHAR(255)", "BIGINT", "BIGINT", "VARCHAR(40)"]
     # the UPDATE names entity_hash's columns by table: the selected OpenMRS table may have columns of these names
     keep = join(sql("{c}=IF(VALUES(src_pos) IS NULL, {c}, VALUES({v}))", c=quote("entity_hash", c), v=quote(c))
                 for c in POSITION_COLUMNS)
+    source = sql("JSON_TABLE(%s, '$[*]' COLUMNS ({})) AS dbsync_j",
+                 join(sql("{} {} PATH {}", quote(n), sql(t), _path(i))
+                      for i, (n, t) in enumerate(zip(names, types, strict=True))))
+    if returned:
+        hashed, rows = sql("dbsync_k"), source
+    else:
+        hashed = hash_sql(table)
+        rows = sql("{} JOIN {} ON {}.{} = dbsync_k", source, quote(table.name), quote(table.name), quote(table.key))
     return sql(
         "INSERT INTO {}.entity_hash (table_name, entity_uuid, hash, site, owner, date_synced, {}) "
-        "SELECT %s, dbsync_u, {}, dbsync_s, dbsync_s, %s, {} FROM JSON_TABLE(%s, '$[*]' COLUMNS ({})) AS dbsync_j "
-        "JOIN {} ON {}.{} = dbsync_k "
+        "SELECT %s, dbsync_u, {}, dbsync_s, dbsync_s, %s, {} FROM {} "
         "ON DUPLICATE KEY UPDATE entity_hash.hash=VALUES(hash), entity_hash.site=VALUES(site), "
         "entity_hash.owner=COALESCE(entity_hash.owner, VALUES(owner)), entity_hash.date_synced=VALUES(date_synced), {}",
-        schema, columns(POSITION_COLUMNS), hash_sql(table),
-        join(quote(n) for n in names[3:]),
-        join(sql("{} {} PATH {}", quote(n), sql(t), _path(i)) for i, (n, t) in enumerate(zip(names, types, strict=True))),
-        quote(table.name), quote(table.name), quote(table.key), keep)
+        schema, columns(POSITION_COLUMNS), hashed, join(quote(n) for n in names[3:]), rows, keep)

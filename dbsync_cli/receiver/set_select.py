@@ -69,6 +69,7 @@ class Row:
     needs: list[Need] = field(default_factory=list)
     checks: list[tuple[str, Any, Need]] = field(default_factory=list)  # (subclass table, key, row) to look up
     key: Any = None  # learnt when written (an update: the key of central's row)
+    hash: str | None = None  # the written row's hash, when its INSERT returned it (set_apply.py)
     update: bool = False
     wave: int = -1
 

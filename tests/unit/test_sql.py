@@ -95,7 +95,12 @@ def test_value_rows_is_the_text_pymysqls_parameter_binding_makes(no_backslash_es
     rows = [("it's", "back\\slash", "nul\x00byte", "quote\"d\n\r\x1a", "ção 🙂", "", "%s {} %%"),
             (0, -7, 2**70, None, True, 1.25, decimal.Decimal("12.500")),
             (b"\x00'\\bin", bytearray(b"ab"), dt.datetime(2026, 1, 2, 3, 4, 5, 6), dt.date(2026, 1, 2),
-             dt.time(1, 2, 3), dt.timedelta(hours=-1, seconds=5), "x")]
+             dt.time(1, 2, 3), dt.timedelta(hours=-1, seconds=5), "x"),
+            # datetimes take a short path of their own: with and without microseconds, early years, the extremes,
+            # an aware one (PyMySQL drops the zone) and a subclass (PyMySQL's way)
+            (dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(999, 12, 31, 23, 59, 59, 999999), dt.datetime.min,
+             dt.datetime.max, dt.datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=dt.UTC),
+             type("Stamp", (dt.datetime,), {})(2026, 5, 6, 7, 8, 9, 10), dt.datetime(1, 1, 1, 0, 0, 0, 1))]
     cursor = pymysql.cursors.Cursor(conn)  # type: ignore[arg-type]
     for row in rows:
         expected = cursor.mogrify("(" + ",".join(["%s"] * len(row)) + ")", row)
